@@ -1,0 +1,5 @@
+"""Allow ``python -m highlightsmail``."""
+
+from highlightsmail.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""One root exception for everything a user should see, and the problem records
+that validation and lint produce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import click
+
+
+class HighlightsError(click.ClickException):
+    """Root of every error a user should see: click prints the message and exits 1."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding in a file, with where it is (1-based line and column)."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        tag = "" if self.severity == "error" else "warning: "
+        return f"{self.file}:{self.line}:{self.col}: {tag}{self.message}"
+
+
+class ValidationFailed(HighlightsError):
+    """A file is invalid; carries every problem found, all reported at once."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    def format_message(self) -> str:  # click prefixes "Error: " otherwise
+        return self.message
+
+    def show(self, file=None) -> None:  # type: ignore[override]
+        click.echo(self.format_message(), err=True)
+
+
+class InvalidToken(HighlightsError):
+    """An unsubscribe token that is malformed, forged, altered or for another purpose."""
+
+
+def display_path(path: Path | str) -> str:
+    """A path as the user would type it: relative to the CWD when inside it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)

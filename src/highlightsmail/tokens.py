@@ -1,0 +1,117 @@
+"""Signing and checking the tokens in unsubscribe links.
+
+A token is `<kind><id>.<mac>`: the kind (`u` unsubscribe, `t` test send) and the
+subscriber's id in base 36, then 128 bits of HMAC-SHA256 over both, URL-safe base64.
+It names the subscriber by id, never by address, and cannot be moved to another
+subscriber or another purpose without the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from highlightsmail.errors import HighlightsError, InvalidToken
+
+KINDS = {"unsubscribe": "u", "test": "t"}
+_KIND_NAMES = {v: k for k, v in KINDS.items()}
+_MAC_BYTES = 16  # 128 bits: far beyond guessing, and keeps the link tidy
+_TOKEN_RE = re.compile(r"^([ut])([0-9a-z]{1,13})\.([A-Za-z0-9_-]{22})$")
+_DOMAIN = b"highlightsmail/token/v1"
+
+
+class SecretWarning(UserWarning):
+    """The signing secret was generated because HIGHLIGHTS_SECRET is unset."""
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Makes tokens with the current secret; accepts the current and any previous one."""
+
+    secret: bytes
+    previous: tuple[bytes, ...] = field(default=())
+
+    def _mac(self, key: bytes, kind: str, ident: str) -> bytes:
+        msg = b"|".join((_DOMAIN, kind.encode(), ident.encode()))
+        return hmac.new(key, msg, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def make(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
+        """A token for this subscriber and purpose (`unsubscribe` or `test`)."""
+        kind = KINDS[purpose]
+        if subscriber_id < 0:
+            raise ValueError("subscriber ids are not negative")
+        ident = _base36(subscriber_id)
+        mac = base64.urlsafe_b64encode(self._mac(self.secret, kind, ident)).rstrip(b"=").decode()
+        return f"{kind}{ident}.{mac}"
+
+    def read(self, token: str) -> tuple[str, int]:
+        """(purpose, subscriber id) of a valid token; InvalidToken for anything else."""
+        match = _TOKEN_RE.match(token or "")
+        if not match:
+            raise InvalidToken("this link is not valid")
+        kind, ident, mac_text = match.groups()
+        if _base36(int(ident, 36)) != ident:  # one id, one spelling (no leading zeros)
+            raise InvalidToken("this link is not valid")
+        try:
+            given = base64.urlsafe_b64decode(mac_text + "==")
+        except ValueError:
+            raise InvalidToken("this link is not valid") from None
+        # Check every key, always, so timing does not tell which secret matched.
+        ok = False
+        for key in (self.secret, *self.previous):
+            ok |= hmac.compare_digest(given, self._mac(key, kind, ident))
+        if not ok:
+            raise InvalidToken("this link is not valid")
+        return _KIND_NAMES[kind], int(ident, 36)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def load_signer(secret_path: Path) -> Signer:
+    """The signer from HIGHLIGHTS_SECRET (and HIGHLIGHTS_SECRET_PREVIOUS, comma-separated,
+    for links in mail sent before a rotation), else from secret_path, created once with
+    mode 0600 and a warning."""
+    previous = tuple(
+        p.strip().encode() for p in os.environ.get("HIGHLIGHTS_SECRET_PREVIOUS", "").split(",") if p.strip()
+    )
+    env = os.environ.get("HIGHLIGHTS_SECRET", "").strip()
+    if env:
+        if len(env) < 16:
+            raise HighlightsError("HIGHLIGHTS_SECRET is too short: use at least 16 characters (32 random bytes is best)")
+        return Signer(env.encode(), previous)
+    if secret_path.is_file():
+        value = secret_path.read_text(encoding="ascii").strip()
+        if len(value) < 16:
+            raise HighlightsError(f"{secret_path}: the secret is too short; delete the file to make a new one")
+        return Signer(value.encode(), previous)
+    secret_path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    # O_EXCL: two processes starting at once must not end up with different secrets.
+    try:
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return load_signer(secret_path)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(value + "\n")
+    warnings.warn(
+        f"HIGHLIGHTS_SECRET is not set: created a random signing secret in {secret_path} "
+        "(keep it: unsubscribe links in sent mail depend on it)",
+        SecretWarning,
+        stacklevel=2,
+    )
+    return Signer(value.encode(), previous)

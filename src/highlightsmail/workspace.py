@@ -1,0 +1,139 @@
+"""Finding the workspace (the folder with highlights.yaml) and loading its settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.fields import Address, HttpUrl, SingleLine
+
+SETTINGS_FILE = "highlights.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SendGridSettings(_Strict):
+    host: HttpUrl = "https://api.sendgrid.com"
+    categories: list[SingleLine] = Field(default_factory=list, max_length=10)
+    asm_group_id: int | None = None
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+    concurrency: int = Field(default=4, ge=1, le=32)
+    timeout: float = Field(default=30.0, gt=0, le=600)
+
+
+class SmtpSettings(_Strict):
+    host: SingleLine = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    username: SingleLine | None = None
+    max_per_second: float | None = Field(default=None, gt=0)
+    timeout: float = Field(default=30.0, gt=0, le=600)
+
+
+class OutboxSettings(_Strict):
+    dir: SingleLine = "outbox"
+
+
+class DeliverySettings(_Strict):
+    backend: Literal["outbox", "smtp", "sendgrid"] = "outbox"
+    sendgrid: SendGridSettings = Field(default_factory=SendGridSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+
+
+class Settings(_Strict):
+    """The newsletter's settings, from highlights.yaml."""
+
+    name: SingleLine = Field(max_length=200)
+    from_: Address = Field(alias="from")
+    reply_to: Address | None = None
+    base_url: HttpUrl
+    postal_address: SingleLine = Field(max_length=500)
+    list_id: SingleLine = Field(max_length=200)
+    editors: list[Address] = Field(min_length=1)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    database: SingleLine = "subscribers/highlights.db"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A newsletter's folder: settings, issues, templates, state."""
+
+    root: Path
+    settings: Settings
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / SETTINGS_FILE
+
+    @property
+    def issues_dir(self) -> Path:
+        return self.root / "issues"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / self.settings.database
+
+    @property
+    def secret_path(self) -> Path:
+        return self.db_path.parent / ".secret"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.root / self.settings.delivery.outbox.dir
+
+    def issue_path(self, ref: str) -> Path:
+        """Resolve an ISSUE argument: a path, a slug (2024-w02) or `latest`."""
+        if ref == "latest":
+            found = sorted(self.issues_dir.glob("*.yaml"))
+            if not found:
+                raise HighlightsError(f"{display_path(self.issues_dir)}: no issue files yet; create one with `highlights new`")
+            return found[-1]
+        as_path = Path(ref)
+        if as_path.suffix in (".yaml", ".yml") or os.sep in ref or "/" in ref:
+            if not as_path.is_file():
+                raise HighlightsError(f"{ref}: no such issue file")
+            return as_path
+        slug_path = self.issues_dir / f"{ref}.yaml"
+        if not slug_path.is_file():
+            raise HighlightsError(f"{ref}: no issue file {display_path(slug_path)}")
+        return slug_path
+
+
+def find_root(start: Path | None = None, override: str | Path | None = None) -> Path:
+    """The workspace folder: --workspace, HIGHLIGHTS_WORKSPACE, or the nearest parent
+    of the current directory holding highlights.yaml (as git finds .git)."""
+    chosen = override or os.environ.get("HIGHLIGHTS_WORKSPACE")
+    if chosen:
+        root = Path(chosen)
+        if not (root / SETTINGS_FILE).is_file():
+            raise HighlightsError(f"{display_path(root)}: no {SETTINGS_FILE} here; create a workspace with `highlights init {chosen}`")
+        return root.resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / SETTINGS_FILE).is_file():
+            return folder
+    raise HighlightsError(
+        f"no {SETTINGS_FILE} in {display_path(here)} or its parents; "
+        "run `highlights init DIR` or pass --workspace DIR"
+    )
+
+
+def load_workspace(override: str | Path | None = None, start: Path | None = None) -> Workspace:
+    """Find the workspace and load its validated settings."""
+    from highlightsmail.yamlfile import load_model
+
+    root = find_root(start, override)
+    settings = load_model(root / SETTINGS_FILE, Settings)
+    return Workspace(root=root, settings=settings)
