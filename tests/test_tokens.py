@@ -1,0 +1,150 @@
+"""Unsubscribe tokens: they round-trip, are bound to one subscriber and one purpose,
+survive a secret rotation, and a generated secret is kept private."""
+
+from __future__ import annotations
+
+import stat
+import string
+import warnings
+from pathlib import Path
+
+import pytest
+
+from highlightsmail.errors import HighlightsError, InvalidToken
+from highlightsmail.tokens import SecretWarning, Signer, load_signer
+
+NEW = "new-secret-0123456789abcdef0123456789"
+OLD = "old-secret-0123456789abcdef0123456789"
+OLDER = "older-secret-0123456789abcdef01234567"
+FORGOTTEN = "forgotten-secret-0123456789abcdef0123"
+
+
+def _readable(signer: Signer, token: str) -> bool:
+    try:
+        signer.read(token)
+    except InvalidToken:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("subscriber_id", [0, 1, 35, 36, 1295, 1296, 123_456_789, 2**40])
+@pytest.mark.parametrize("purpose", ["unsubscribe", "test"])
+def test_round_trip(subscriber_id: int, purpose: str) -> None:
+    signer = Signer(NEW.encode())
+    token = signer.make(subscriber_id, purpose)
+    assert signer.read(token) == (purpose, subscriber_id)
+    # Safe in a URL path segment as it is, with no escaping.
+    assert set(token) <= set(string.ascii_letters + string.digits + "-_.")
+
+
+def test_token_names_the_id_not_the_address_and_is_stable() -> None:
+    signer = Signer(NEW.encode())
+    assert signer.make(42) == signer.make(42)
+    assert signer.make(42) != signer.make(43)
+    assert "@" not in signer.make(42)
+
+
+def test_purpose_is_bound_into_the_signature() -> None:
+    signer = Signer(NEW.encode())
+    unsub, test = signer.make(7, "unsubscribe"), signer.make(7, "test")
+    assert unsub != test
+    # Relabel the kind letter: the MAC no longer matches.
+    assert not _readable(signer, "t" + unsub[1:])
+    assert not _readable(signer, "u" + test[1:])
+    # Put the other purpose's MAC on this token.
+    assert not _readable(signer, unsub.split(".")[0] + "." + test.split(".")[1])
+
+
+def test_signature_cannot_be_moved_to_another_subscriber() -> None:
+    signer = Signer(NEW.encode())
+    mine, theirs = signer.make(7), signer.make(8)
+    assert not _readable(signer, mine.split(".")[0] + "." + theirs.split(".")[1])
+    assert not _readable(signer, "u8." + mine.split(".")[1])
+
+
+def test_each_token_has_exactly_one_spelling() -> None:
+    signer = Signer(NEW.encode())
+    token = signer.make(7)
+    alphabet = string.ascii_letters + string.digits + "-_"
+    # The last base64 character carries unused bits; no other spelling may pass.
+    for ch in alphabet:
+        variant = token[:-1] + ch
+        assert _readable(signer, variant) == (variant == token), variant
+    assert not _readable(signer, token + "\n")
+    assert not _readable(signer, token.replace("u7.", "u07."))  # leading zero in the id
+    assert not _readable(signer, token.upper())
+
+
+@pytest.mark.parametrize("garbage", ["", "u", "u7", "u7.", ".", "x7.AAAAAAAAAAAAAAAAAAAAAA",
+                                     "u7.AAAAAAAAAAAAAAAAAAAAAA", "u-7.AAAAAAAAAAAAAAAAAAAAAA",
+                                     "u" + "z" * 14 + ".AAAAAAAAAAAAAAAAAAAAAA"])
+def test_garbage_is_invalid(garbage: str) -> None:
+    with pytest.raises(InvalidToken, match="not valid"):
+        Signer(NEW.encode()).read(garbage)
+
+
+def test_negative_ids_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Signer(NEW.encode()).make(-1)
+
+
+def test_rotation_keeps_old_links_working(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent_before = Signer(OLD.encode()).make(5)
+    sent_long_before = Signer(OLDER.encode()).make(6, "test")
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", NEW)
+    monkeypatch.setenv("HIGHLIGHTS_SECRET_PREVIOUS", f"{OLD}, {OLDER} ,")
+    signer = load_signer(tmp_path / ".secret")
+
+    assert signer.read(sent_before) == ("unsubscribe", 5)
+    assert signer.read(sent_long_before) == ("test", 6)
+    # New links are signed with the new secret only.
+    fresh = signer.make(5)
+    assert fresh == Signer(NEW.encode()).make(5)
+    assert fresh != sent_before
+    assert not _readable(Signer(OLD.encode()), fresh)
+    assert not (tmp_path / ".secret").exists()  # an env secret never creates the file
+
+
+def test_a_secret_that_is_no_longer_listed_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", NEW)
+    monkeypatch.setenv("HIGHLIGHTS_SECRET_PREVIOUS", OLD)
+    signer = load_signer(tmp_path / ".secret")
+    with pytest.raises(InvalidToken):
+        signer.read(Signer(FORGOTTEN.encode()).make(5))
+    # Without the previous list, the old secret's links stop working too.
+    monkeypatch.delenv("HIGHLIGHTS_SECRET_PREVIOUS")
+    with pytest.raises(InvalidToken):
+        load_signer(tmp_path / ".secret").read(Signer(OLD.encode()).make(5))
+
+
+def test_too_short_env_secret_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", "tiny-s3cret")
+    with pytest.raises(HighlightsError, match="too short") as info:
+        load_signer(tmp_path / ".secret")
+    assert "tiny-s3cret" not in str(info.value)  # the secret is not echoed
+
+
+def test_generated_secret_is_private_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "subscribers" / ".secret"
+    with pytest.warns(SecretWarning, match="HIGHLIGHTS_SECRET is not set") as record:
+        first = load_signer(path)
+    assert path.is_file()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    secret = path.read_text().strip()
+    assert len(secret) >= 32
+    assert secret not in str(record[0].message)  # the warning names the file, not the secret
+
+    # The second start reads the same file silently and makes the same links.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = load_signer(path)
+    assert second.make(9) == first.make(9)
+    assert second.read(first.make(9)) == ("unsubscribe", 9)
+
+
+def test_env_secret_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / ".secret"
+    with pytest.warns(SecretWarning):
+        from_file = load_signer(path)
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", NEW)
+    assert load_signer(path).make(3) == Signer(NEW.encode()).make(3) != from_file.make(3)
