@@ -46,6 +46,9 @@ class DeliverySettings(_Strict):
     sendgrid: SendGridSettings = Field(default_factory=SendGridSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    # Retries of throttling, server errors, time-outs and dropped connections.
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    backoff: float = Field(default=0.5, ge=0, le=60)
 
 
 class Settings(_Strict):
