@@ -1,0 +1,208 @@
+"""`highlights init` (a new workspace) and `highlights new` (next week's issue file).
+
+The files come from the package's `skeleton/` folder and default `templates/`, so a
+workspace made by `init` always starts from the templates of the installed version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING
+
+import click
+
+from highlightsmail.errors import HighlightsError, display_path
+
+if TYPE_CHECKING:
+    from highlightsmail.workspace import Workspace
+
+SETTINGS_FILE = "highlights.yaml"  # same name as workspace.SETTINGS_FILE, without importing pydantic
+# Lines `init` makes sure a workspace's .gitignore holds: state and secrets never go in git.
+STARTER_NAME = "My Newsletter"  # the `name:` of skeleton/highlights.yaml
+GITIGNORE_LINES = ("out/", "outbox/", "subscribers/*.db*", "subscribers/.secret")
+
+
+def _package_dir(name: str) -> Traversable:
+    return resources.files("highlightsmail").joinpath(name)
+
+
+def issue_filename(date: dt.date) -> str:
+    """`YYYY-wWW.yaml` for the ISO week holding `date` (2024-12-30 is in 2025-w01)."""
+    year, week, _ = date.isocalendar()
+    return f"{year:04d}-w{week:02d}.yaml"
+
+
+def issue_title(name: str, date: dt.date) -> str:
+    """`<name> | Week W, YYYY`, the title an issue starts with."""
+    year, week, _ = date.isocalendar()
+    return f"{name} | Week {week}, {year}"
+
+
+def _fill(template_name: str, *, title: str, date: dt.date, slug: str) -> str:
+    """A skeleton issue with its title, date and slug filled in.
+
+    The title goes in as a JSON string, which is also a valid YAML double-quoted
+    scalar, so a newsletter name with quotes or colons cannot break the file.
+    """
+    text = _package_dir("skeleton").joinpath(template_name).read_text(encoding="utf-8")
+    return Template(text).substitute(
+        title=json.dumps(title, ensure_ascii=False), date=date.isoformat(), slug=slug
+    )
+
+
+def _write_atomic(path: Path, data: str | bytes, *, exclusive: bool = False) -> None:
+    """Write via a temporary file in the same folder and a rename, so a reader never
+    sees half a file. With `exclusive`, an existing file is never replaced (the link
+    fails instead), which closes the race between checking and writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        if exclusive:
+            _link_exclusive(tmp, path, raw)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _link_exclusive(tmp: str, path: Path, raw: bytes) -> None:
+    """Put `tmp` at `path` unless `path` exists (FileExistsError then)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        # A file system without hard links: exclusive create instead.
+        with open(path, "xb") as fh:
+            fh.write(raw)
+    os.unlink(tmp)
+
+
+def _walk(folder: Traversable, prefix: Path = Path()) -> list[tuple[Path, Traversable]]:
+    """Every file under a package folder, with its path relative to it."""
+    found: list[tuple[Path, Traversable]] = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name == "__pycache__" or entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found.extend(_walk(entry, prefix / entry.name))
+        elif entry.is_file():
+            found.append((prefix / entry.name, entry))
+    return found
+
+
+def _starter_files(today: dt.date) -> list[tuple[Path, bytes]]:
+    """(relative path, content) of every file of a new workspace except highlights.yaml."""
+    files: list[tuple[Path, bytes]] = []
+    templates = _package_dir("templates")
+    if templates.is_dir():
+        for rel, entry in _walk(templates):
+            files.append((Path("templates") / rel, entry.read_bytes()))
+    skeleton = _package_dir("skeleton")
+    files.append((Path("subscribers/subscribers.csv"),
+                  skeleton.joinpath("subscribers/subscribers.csv").read_bytes()))
+    name = issue_filename(today)
+    first = _fill("first-issue.yaml.tmpl", title=issue_title(STARTER_NAME, today),
+                  date=today, slug=name.removesuffix(".yaml"))
+    files.append((Path("issues") / name, first.encode("utf-8")))
+    return files
+
+
+def _merged_gitignore(existing: str | None) -> str | None:
+    """The .gitignore to write: ours for a new folder; for an existing one, its own text
+    plus whichever of our lines it lacks (None when it lacks none)."""
+    ours = _package_dir("skeleton").joinpath("gitignore").read_text(encoding="utf-8")
+    if existing is None:
+        return ours
+    present = {line.strip() for line in existing.splitlines()}
+    missing = [line for line in GITIGNORE_LINES if line not in present]
+    if not missing:
+        return None
+    sep = "" if existing.endswith("\n") or not existing else "\n"
+    return existing + sep + "\n# highlightsmail\n" + "\n".join(missing) + "\n"
+
+
+def init_workspace(directory: Path, *, today: dt.date | None = None) -> None:
+    """Create a workspace in `directory`: settings, a first issue, the default templates,
+    a sample subscriber list and a .gitignore. Refuses where highlights.yaml exists.
+
+    Files already there (a .gitignore, templates of your own) are kept; highlights.yaml
+    is written last, so an interrupted init leaves no half-made workspace behind that
+    a second `init` would refuse.
+    """
+    today = today or dt.date.today()
+    directory = Path(directory)
+    settings_path = directory / SETTINGS_FILE
+    if settings_path.exists():
+        raise HighlightsError(f"{display_path(settings_path)} already exists: this is a workspace already")
+    if directory.exists() and not directory.is_dir():
+        raise HighlightsError(f"{display_path(directory)}: not a folder")
+
+    planned = _starter_files(today)  # read everything before writing anything
+    gitignore_path = directory / ".gitignore"
+    gitignore = _merged_gitignore(
+        gitignore_path.read_text(encoding="utf-8") if gitignore_path.is_file() else None
+    )
+    settings_text = _package_dir("skeleton").joinpath(SETTINGS_FILE).read_bytes()
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        kept: list[Path] = []
+        for rel, data in planned:
+            target = directory / rel
+            if target.exists():
+                kept.append(rel)
+                continue
+            _write_atomic(target, data)
+        if gitignore is not None:
+            _write_atomic(gitignore_path, gitignore)
+        _write_atomic(settings_path, settings_text, exclusive=True)
+    except FileExistsError:
+        raise HighlightsError(f"{display_path(settings_path)} already exists: this is a workspace already") from None
+    except OSError as exc:
+        raise HighlightsError(f"{display_path(directory)}: cannot create the workspace: {exc.strerror or exc}") from None
+
+    for rel in kept:
+        click.echo(f"kept the existing {display_path(directory / rel)}", err=True)
+    slug = next(rel for rel, _ in planned if rel.parts[0] == "issues").stem
+    where = display_path(directory)
+    steps = [] if Path(where) == Path(".") else [f"cd {where}"]
+    steps += [
+        "edit highlights.yaml: the name, sender, base_url, postal address and editors",
+        f"highlights preview {slug}    (the first issue, live in a browser)",
+        f"highlights check {slug}",
+        f"highlights send {slug} --test    (to the editors; the outbox backend writes .eml files)",
+        "highlights subscribers import subscribers/subscribers.csv",
+        "highlights new    (next week's issue)",
+    ]
+    click.echo(f"Created a newsletter workspace in {where}\n\nNext steps:\n" + "\n".join(f"  {s}" for s in steps))
+
+
+def new_issue(ws: Workspace, date: dt.date) -> None:
+    """Create issues/YYYY-wWW.yaml for the ISO week of `date` from the skeleton;
+    refuses when that file exists, so nothing an editor wrote is overwritten."""
+    name = issue_filename(date)
+    path = ws.issues_dir / name
+    if path.exists():
+        raise HighlightsError(f"{display_path(path)} already exists; edit it, or pass --date for another week")
+    text = _fill("new-issue.yaml.tmpl", title=issue_title(ws.settings.name, date), date=date,
+                 slug=name.removesuffix(".yaml"))
+    try:
+        _write_atomic(path, text, exclusive=True)
+    except FileExistsError:
+        raise HighlightsError(f"{display_path(path)} already exists; edit it, or pass --date for another week") from None
+    except OSError as exc:
+        raise HighlightsError(f"{display_path(path)}: cannot write: {exc.strerror or exc}") from None
+    click.echo(display_path(path))
