@@ -1,0 +1,111 @@
+"""`highlights build`: the rendered issue as files, to open in a browser or a mail client.
+
+OUT/<slug>.html and OUT/<slug>.txt are the two parts of the email, and OUT/<slug>.eml is
+a complete sample message to a placeholder reader. All three carry a sample unsubscribe
+URL (BASE/u/sample) in place of the per-recipient one, so the files work as they are and
+no signing secret is needed (or created) to build.
+
+Imports stay lean on purpose: the whole command is meant to take under a second.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from highlightsmail.errors import HighlightsError, display_path
+
+if TYPE_CHECKING:
+    from highlightsmail.workspace import Settings, Workspace
+
+SAMPLE_TOKEN = "sample"
+SAMPLE_READER = ("reader@example.org", "Reader")
+
+
+class _SampleSigner:
+    """Stands in for tokens.Signer: every link gets the token `sample`, which the web
+    endpoint rejects as not valid, so a built file can unsubscribe nobody."""
+
+    def make(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
+        return SAMPLE_TOKEN
+
+
+def sample_unsubscribe_url(settings: Settings) -> str:
+    """The unsubscribe URL the built files carry: BASE/u/sample."""
+    return f"{settings.base_url.rstrip('/')}/u/{SAMPLE_TOKEN}"
+
+
+def new_file_mode() -> int:
+    """The mode a plain `open()` would give a new file (0666 less the umask); mkstemp's
+    own 0600 would hide the built files from a web server or a colleague."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Write every file to a temporary name in its folder first, then rename them all
+    into place, so an error (a full disk) leaves the previous files, never half of
+    the new ones. Raises HighlightsError naming the file that failed."""
+    mode = new_file_mode()
+    staged: list[tuple[str, Path]] = []
+    current: Path | None = None
+    try:
+        for path, data in files.items():
+            current = path
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, mode)
+        for tmp, path in staged:
+            current = path
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise HighlightsError(f"cannot write {display_path(current or '.')}: {exc.strerror or exc}") from None
+
+
+def build_command(ws: Workspace, issue_path: Path, out_dir: Path) -> list[Path]:
+    """Render the issue once and write OUT/<slug>.html, .txt and .eml; print the paths.
+
+    `out_dir` is taken relative to the current directory, as typed, and created.
+    """
+    from highlightsmail.issue import load_issue
+    from highlightsmail.message import Recipient, build_message, recipient_links
+    from highlightsmail.render import render_issue
+
+    issue = load_issue(issue_path)
+    rendered = render_issue(issue, ws)
+
+    # The same header logic as a real send, with the sample token.
+    links = recipient_links(ws.settings, _SampleSigner(), 0)  # type: ignore[arg-type]
+    html, text = rendered.personalize(links.unsubscribe_url)
+    reader = Recipient(email=SAMPLE_READER[0], name=SAMPLE_READER[1])
+    message = build_message(rendered, ws.settings, reader, links)
+    # SMTP policy: CRLF line ends, as a mail client expects in a .eml file.
+    eml = message.as_bytes(policy=email.policy.SMTP)
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HighlightsError(f"{display_path(out_dir)}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HighlightsError(f"cannot create {display_path(out_dir)}: {exc.strerror or exc}") from None
+    paths = [out_dir / f"{rendered.slug}.{ext}" for ext in ("html", "txt", "eml")]
+    write_files({
+        paths[0]: html.encode("utf-8"),
+        paths[1]: text.encode("utf-8"),
+        paths[2]: eml,
+    })
+    for path in paths:
+        click.echo(display_path(path))
+    return paths
