@@ -57,37 +57,27 @@ def _fill(template_name: str, *, title: str, date: dt.date, slug: str) -> str:
     )
 
 
-def _write_atomic(path: Path, data: str | bytes, *, exclusive: bool = False) -> None:
-    """Write via a temporary file in the same folder and a rename, so a reader never
-    sees half a file. With `exclusive`, an existing file is never replaced (the link
-    fails instead), which closes the race between checking and writing."""
+def _create(path: Path, data: bytes) -> None:
+    """Write a new file whole (temporary file, then a hard link) unless `path` exists:
+    FileExistsError then, so nothing is ever overwritten, even in a race."""
+    from highlightsmail.build import new_file_mode
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        if exclusive:
-            _link_exclusive(tmp, path, raw)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _link_exclusive(tmp: str, path: Path, raw: bytes) -> None:
-    """Put `tmp` at `path` unless `path` exists (FileExistsError then)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError:
-        # A file system without hard links: exclusive create instead.
-        with open(path, "xb") as fh:
-            fh.write(raw)
-    os.unlink(tmp)
+            fh.write(data)
+        os.chmod(tmp, new_file_mode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:
+            # A file system without hard links: exclusive create instead.
+            with open(path, "xb") as fh:
+                fh.write(data)
+    finally:
+        os.unlink(tmp)
 
 
 def _walk(folder: Traversable, prefix: Path = Path()) -> list[tuple[Path, Traversable]]:
@@ -157,18 +147,17 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> None:
     )
     settings_text = _package_dir("skeleton").joinpath(SETTINGS_FILE).read_bytes()
 
+    from highlightsmail.build import write_files
+
+    kept = [rel for rel, _ in planned if (directory / rel).exists()]
+    files = {directory / rel: data for rel, data in planned if rel not in kept}
+    if gitignore is not None:
+        files[gitignore_path] = gitignore.encode("utf-8")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        kept: list[Path] = []
-        for rel, data in planned:
-            target = directory / rel
-            if target.exists():
-                kept.append(rel)
-                continue
-            _write_atomic(target, data)
-        if gitignore is not None:
-            _write_atomic(gitignore_path, gitignore)
-        _write_atomic(settings_path, settings_text, exclusive=True)
+        for folder in sorted({path.parent for path in files} | {directory}):
+            folder.mkdir(parents=True, exist_ok=True)
+        write_files(files)
+        _create(settings_path, settings_text)
     except FileExistsError:
         raise HighlightsError(f"{display_path(settings_path)} already exists: this is a workspace already") from None
     except OSError as exc:
@@ -200,7 +189,7 @@ def new_issue(ws: Workspace, date: dt.date) -> None:
     text = _fill("new-issue.yaml.tmpl", title=issue_title(ws.settings.name, date), date=date,
                  slug=name.removesuffix(".yaml"))
     try:
-        _write_atomic(path, text, exclusive=True)
+        _create(path, text.encode("utf-8"))
     except FileExistsError:
         raise HighlightsError(f"{display_path(path)} already exists; edit it, or pass --date for another week") from None
     except OSError as exc:

@@ -1,0 +1,174 @@
+"""The command line itself: --help and --version, finding the workspace, handing each
+command its arguments, and errors as one line rather than a traceback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from highlightsmail import __version__
+from highlightsmail.cli import main
+from highlightsmail.scaffold import init_workspace
+
+REPO = Path(__file__).resolve().parent.parent
+HIGHLIGHTS = Path(sys.executable).parent / "highlights"
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def all_commands(group: click.Group = main, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += all_commands(command, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workspace made by `init`, with one issue 2024-w02, and the CWD elsewhere."""
+    root = tmp_path / "site"
+    init_workspace(root, today=dt.date(2024, 1, 12))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return root
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"highlights, version {__version__}"
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=lambda c: " ".join(c) or "highlights")
+def test_help_everywhere(command: tuple[str, ...]) -> None:
+    for flag in ("--help", "-h"):
+        result = run(*command, flag)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("Usage: ")
+        assert " ".join(("main", *command)) in result.stdout.splitlines()[0] or command == ()
+
+
+def test_every_product_command_is_there() -> None:
+    names = {" ".join(c) for c in all_commands()}
+    for expected in ("init", "new", "check", "build", "preview", "send", "status", "serve",
+                     "subscribers import", "subscribers add", "subscribers remove",
+                     "subscribers list", "subscribers export"):
+        assert expected in names
+
+
+def test_check_hands_off_the_workspace_and_the_issue_path(site: Path) -> None:
+    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+        result = run("--workspace", str(site), "check", "2024-w02")
+    assert result.exit_code == 0, result.output
+    (ws, path), kwargs = check.call_args
+    assert kwargs == {}
+    assert ws.root == site.resolve()
+    assert path.resolve() == site / "issues" / "2024-w02.yaml"
+
+
+def test_build_hands_off_the_out_folder_as_typed(site: Path) -> None:
+    with mock.patch("highlightsmail.build.build_command", autospec=True) as build:
+        assert run("-w", str(site), "build", "latest").exit_code == 0
+        assert run("-w", str(site), "build", "latest", "--out", "site-out").exit_code == 0
+    first, second = build.call_args_list
+    assert first.args[2] == Path("out")
+    assert second.args[2] == Path("site-out")
+    assert first.args[1].resolve() == site / "issues" / "2024-w02.yaml"
+
+
+def test_new_and_init_hand_off_their_arguments(site: Path) -> None:
+    with mock.patch("highlightsmail.scaffold.new_issue", autospec=True) as new:
+        assert run("-w", str(site), "new", "--date", "2024-03-01").exit_code == 0
+    assert new.call_args.args[1] == dt.date(2024, 3, 1)
+    with mock.patch("highlightsmail.scaffold.init_workspace", autospec=True) as init:
+        assert run("init", "news").exit_code == 0
+        assert run("init").exit_code == 0
+    assert [c.args for c in init.call_args_list] == [(Path("news"),), (Path("."),)]
+
+
+def test_a_bad_date_is_a_usage_error(site: Path) -> None:
+    result = run("-w", str(site), "new", "--date", "12/01/2024")
+    assert result.exit_code == 2
+    assert "YYYY-MM-DD" in result.stderr or "%Y-%m-%d" in result.stderr
+
+
+def test_workspace_from_the_environment(site: Path) -> None:
+    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+        result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": str(site)})
+    assert result.exit_code == 0, result.output
+    assert check.call_args.args[0].root == site.resolve()
+
+
+def test_option_beats_the_environment(site: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    init_workspace(other, today=dt.date(2024, 2, 2))
+    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+        result = run("-w", str(other), "check", "latest", env={"HIGHLIGHTS_WORKSPACE": str(site)})
+    assert result.exit_code == 0, result.output
+    assert check.call_args.args[0].root == other.resolve()
+
+
+def test_workspace_found_in_a_parent_folder(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = site / "issues" / "drafts"
+    deep.mkdir()
+    monkeypatch.chdir(deep)
+    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+        result = run("check", "2024-w02")
+    assert result.exit_code == 0, result.output
+    assert check.call_args.args[0].root == site.resolve()
+
+
+def test_no_workspace_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for args in (("check", "latest"), ("build", "latest"), ("new",), ("-w", str(tmp_path), "check", "x")):
+        result = run(*args)
+        assert result.exit_code == 1, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "highlights.yaml" in lines[0]
+        assert "highlights init" in lines[0]
+
+
+def test_unknown_issue_is_a_one_line_error(site: Path) -> None:
+    for ref in ("2031-w07", "issues/nope.yaml"):
+        result = run("-w", str(site), "check", ref)
+        assert result.exit_code == 1
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "nope.yaml" in result.stderr or "2031-w07" in result.stderr
+
+
+def test_broken_settings_name_the_place(site: Path) -> None:
+    (site / "highlights.yaml").write_text("name: X\nfrom: nobody\nbase_url: ftp://x\n")
+    result = run("-w", str(site), "check", "latest")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert any(line.startswith(f"{site / 'highlights.yaml'}:3:") or ":3:" in line for line in result.stderr.splitlines())
+    assert "base_url" in result.stderr
+
+
+def test_a_real_process_reports_a_broken_issue_without_a_traceback(site: Path) -> None:
+    """The installed `highlights` script, end to end, on a file that is not YAML."""
+    (site / "issues" / "2024-w03.yaml").write_text("title: [unclosed\nitems:\n  - x\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HIGHLIGHTS_", "SENDGRID_"))}
+    proc = subprocess.run([str(HIGHLIGHTS), "check", "2024-w03"], cwd=site, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("issues/2024-w03.yaml:")
+    first = proc.stderr.splitlines()[0].split(":")
+    assert first[1].isdigit() and first[2].isdigit()
+    assert proc.stdout == ""
