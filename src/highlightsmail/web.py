@@ -1,0 +1,535 @@
+"""The web endpoint: unsubscribe pages, RFC 8058 one-click unsubscribe, and a health check.
+
+Run by `highlights serve`, or in production as `uvicorn highlightsmail.web:app`.
+
+Behaviour worth knowing (the product contract has the table of routes):
+
+- `GET /u/TOKEN` changes nothing: mail scanners and link previews fetch every link.
+- `POST /u/TOKEN` is the unsubscribe. The token authorises it; the body only says where it
+  came from: `List-Unsubscribe=One-Click` (RFC 8058, urlencoded or multipart) is recorded as
+  `one-click`, anything else (the page's form sends `action=unsubscribe`; an empty body from a
+  browser or proxy that drops it) as `web`. The answer is 200 with a page, never a redirect,
+  needs no cookie and sets none; a repeat answers the same and records nothing new.
+- A bounced or complained subscriber keeps that status on unsubscribe (they already receive
+  nothing, and the reason stays visible); resubscribing them is refused with 409, since mail
+  to that address could not be delivered or was reported as unwanted.
+- Test-send tokens open a page saying it was a test, on any method; nothing changes.
+- Invalid, altered or unknown-subscriber tokens: 400 "This link is not valid".
+- Every response carries a strict CSP, `Referrer-Policy: no-referrer` (the token is in the
+  path and must not leak), `nosniff` and `Cache-Control: no-store`. Bodies over 8 KiB: 413.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from highlightsmail.errors import HighlightsError, InvalidToken
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from highlightsmail.tokens import Signer
+    from highlightsmail.workspace import Workspace
+
+log = logging.getLogger("highlightsmail.web")
+
+MAX_BODY_BYTES = 8 * 1024  # a one-click body is 26 bytes; a multipart one, a few hundred
+
+# No scripts, no images, nothing from elsewhere; inline styles only; forms post back here.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "X-Robots-Tag": "noindex, nofollow",
+}
+
+SOURCE_ONE_CLICK = "one-click"
+SOURCE_WEB = "web"
+_SUPPRESSED = ("bounced", "complained")
+
+
+def mask_email(address: str) -> str:
+    """`ad***@example.org`: enough for the owner to recognise, little for anyone else."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    shown = local[:2] if len(local) > 3 else local[:1]
+    return f"{shown}***" + (f"@{domain}" if domain else "")
+
+
+# ---------------------------------------------------------------- pages
+
+
+class Pages:
+    """The HTML pages: the workspace's `templates/pages/` first, then the package's.
+
+    If a workspace template fails to render, the package's own page is used instead
+    (and the error logged): a typo in a customised page must never stop an unsubscribe.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        package = jinja2.PackageLoader("highlightsmail", "templates")
+        self._env = _environment(jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(ws.templates_dir)), package]))
+        self._fallback = _environment(package)
+        self._common = {"newsletter": ws.settings.name, "postal_address": ws.settings.postal_address}
+
+    def render(self, name: str, **context: Any) -> str:
+        context = {**self._common, **context}
+        try:
+            return self._env.get_template(f"pages/{name}").render(context)
+        except jinja2.TemplateError:
+            log.exception("templates/pages/%s failed to render; using the built-in page", name)
+            return self._fallback.get_template(f"pages/{name}").render(context)
+
+    def response(self, name: str, status_code: int = 200, headers: dict[str, str] | None = None,
+                 **context: Any) -> HTMLResponse:
+        return HTMLResponse(self.render(name, **context), status_code=status_code, headers=headers)
+
+    def notice(self, status_code: int, title: str, *paragraphs: str,
+               headers: dict[str, str] | None = None) -> HTMLResponse:
+        return self.response("notice.html.j2", status_code, headers, title=title, paragraphs=paragraphs)
+
+
+def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
+    return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+# ---------------------------------------------------------------- database work (in a worker thread)
+
+
+@dataclass(frozen=True)
+class SubscriberView:
+    """What a page shows of a subscriber."""
+
+    masked_email: str
+    status: str
+
+
+class Subscriptions:
+    """The endpoint's database work. Each call opens its own Store, so requests served in
+    different threads never share a SQLite connection; the store's busy timeout and
+    BEGIN IMMEDIATE let these writes wait out an import instead of failing."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self._ws = ws
+
+    def _store(self):  # -> Store
+        from highlightsmail.store import Store
+
+        return Store.open(self._ws)
+
+    def look(self, subscriber_id: int) -> SubscriberView | None:
+        with self._store() as store:
+            sub = store.get(subscriber_id)
+        return None if sub is None else SubscriberView(mask_email(sub.email), sub.status)
+
+    def unsubscribe(self, subscriber_id: int, source: str) -> SubscriberView | None:
+        return self._move(subscriber_id, "active", "unsubscribed", source)
+
+    def resubscribe(self, subscriber_id: int) -> SubscriberView | None:
+        return self._move(subscriber_id, "unsubscribed", "active", SOURCE_WEB)
+
+    def _move(self, subscriber_id: int, from_status: str, to_status: str, source: str) -> SubscriberView | None:
+        """`from_status` -> `to_status`; any other status is left as it is (a bounced or
+        complained address stays so). None for an unknown subscriber."""
+        from highlightsmail.store import UnknownSubscriber
+
+        with self._store() as store:
+            sub = store.get(subscriber_id)
+            if sub is None:
+                return None
+            if sub.status == from_status:
+                try:
+                    # Records an event only when the status changes, so a repeat adds nothing.
+                    store.set_status(subscriber_id, to_status, source=source)
+                except UnknownSubscriber:  # deleted in between
+                    return None
+                sub = store.get(subscriber_id) or sub
+        return SubscriberView(mask_email(sub.email), sub.status)
+
+
+# ---------------------------------------------------------------- the app
+
+
+class _Endpoint:
+    """The route handlers, sharing the workspace's pages, signer and database."""
+
+    def __init__(self, ws: Workspace, signer: Signer) -> None:
+        self.pages = Pages(ws)
+        self.signer = signer
+        self.db = Subscriptions(ws)
+
+    # -- helpers
+
+    def _read(self, token: str) -> tuple[str, int]:
+        try:
+            return self.signer.read(token)
+        except InvalidToken:
+            raise _BadLink from None
+
+    def invalid(self) -> HTMLResponse:
+        return self.pages.notice(
+            400, "This link is not valid",
+            "The link may have been cut short or changed on its way to you.",
+            "To unsubscribe, use the link at the bottom of the newsletter email itself, "
+            "or reply to it and we will take you off the list.",
+        )
+
+    def test_page(self) -> HTMLResponse:
+        return self.pages.response("test-link.html.j2", title="This was a test message")
+
+    def _actions(self, token: str, nested: bool) -> dict[str, str]:
+        # Relative form actions keep working when a proxy serves the app under a prefix.
+        up = "../" if nested else ""
+        return {"unsubscribe_action": f"{up}{token}", "resubscribe_action": f"{up}{token}/resubscribe"}
+
+    # -- routes
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def token_page(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.unsubscribe(request)
+        return await self.show(request)
+
+    async def show(self, request: Request) -> Response:
+        """GET /u/TOKEN: the confirmation page; changes nothing."""
+        token = request.path_params["token"]
+        try:
+            purpose, subscriber_id = self._read(token)
+        except _BadLink:
+            return self.invalid()
+        if purpose == "test":
+            return self.test_page()
+        sub = await run_in_threadpool(self.db.look, subscriber_id)
+        if sub is None:
+            return self.invalid()
+        return self.pages.response("unsubscribe.html.j2", title="Unsubscribe", masked_email=sub.masked_email,
+                                   status=sub.status, **self._actions(token, nested=False))
+
+    async def unsubscribe(self, request: Request) -> Response:
+        """POST /u/TOKEN: the form on the page, or an RFC 8058 one-click POST."""
+        token = request.path_params["token"]
+        try:
+            purpose, subscriber_id = self._read(token)
+        except _BadLink:
+            return self.invalid()
+        if purpose == "test":
+            return self.test_page()
+        source = SOURCE_ONE_CLICK if await _is_one_click(request) else SOURCE_WEB
+        sub = await run_in_threadpool(self.db.unsubscribe, subscriber_id, source)
+        if sub is None:
+            return self.invalid()
+        return self.pages.response("unsubscribed.html.j2", title="You are unsubscribed",
+                                   masked_email=sub.masked_email, status=sub.status,
+                                   **self._actions(token, nested=False))
+
+    async def resubscribe(self, request: Request) -> Response:
+        """POST /u/TOKEN/resubscribe: active again, unless mail to the address fails."""
+        token = request.path_params["token"]
+        try:
+            purpose, subscriber_id = self._read(token)
+        except _BadLink:
+            return self.invalid()
+        if purpose == "test":
+            return self.test_page()
+        sub = await run_in_threadpool(self.db.resubscribe, subscriber_id)
+        if sub is None:
+            return self.invalid()
+        if sub.status in _SUPPRESSED:
+            return self.pages.notice(
+                409, "We can't send to this address",
+                f"Mail to {sub.masked_email} could not be delivered or was reported as unwanted, "
+                "so we no longer send to it.",
+                "To subscribe again, please write to the editors from that address.",
+            )
+        return self.pages.response("resubscribed.html.j2", title="You are subscribed again",
+                                   masked_email=sub.masked_email, status=sub.status,
+                                   **self._actions(token, nested=True))
+
+    # -- errors
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            return self.pages.notice(404, "Page not found", "There is nothing at this address.", headers=headers)
+        if exc.status_code == 405:
+            return self.pages.notice(405, "Not allowed", "This page does not accept that kind of request.",
+                                     headers=headers)
+        return self.pages.notice(exc.status_code, "Request not accepted", str(exc.detail), headers=headers)
+
+
+class _BadLink(Exception):
+    """A token that does not read; always answered with the same 400 page."""
+
+
+async def _is_one_click(request: Request) -> bool:
+    """Whether the body is RFC 8058's `List-Unsubscribe=One-Click`, urlencoded or multipart.
+
+    A body that can't be parsed is not one-click; it still unsubscribes (as `web`), since
+    the signed token, not the body, is what authorises the request.
+    """
+    content_type = request.headers.get("content-type", "").lower()
+    fields: list[tuple[str, str]] = []
+    if content_type.startswith("multipart/form-data"):
+        try:
+            async with request.form(max_files=0, max_fields=20) as form:
+                fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        except Exception:  # malformed multipart: treat as an unlabelled form post
+            fields = []
+    else:
+        # urlencoded, or a sender that forgot the content type: the same key=value text
+        body = await request.body()
+        fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return any(
+        k.strip().lower() == "list-unsubscribe" and v.strip().lower() == "one-click" for k, v in fields
+    )
+
+
+class _SecurityHeaders:
+    """Adds the security headers to every response, and turns an unexpected error into a
+    plain 500 page (also with the headers), logging the traceback instead of showing it."""
+
+    def __init__(self, app: ASGIApp, pages: Pages) -> None:
+        self.app = app
+        self.pages = pages
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_secured(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_secured)
+        except Exception:
+            log.exception("error answering %s %s", scope.get("method"), _redact(scope.get("path", "")))
+            if started:
+                raise
+            page = self.pages.notice(500, "Something went wrong",
+                                     "Nothing was changed. Please try the link again in a few minutes.")
+            await page(scope, receive, send_secured)
+
+
+class _BodyLimit:
+    """Refuses bodies over `limit` bytes with 413, by Content-Length and by counting what
+    actually arrives (a chunked body has no Content-Length). The body is read here, then
+    replayed to the app, so the app never sees more than the limit."""
+
+    def __init__(self, app: ASGIApp, pages: Pages, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.pages = pages
+        self.limit = limit
+
+    def _too_large(self) -> HTMLResponse:
+        # Connection: close, since the rest of the body is left unread.
+        return self.pages.notice(413, "Request too large", f"This address accepts at most {self.limit} bytes.",
+                                 headers={"Connection": "close"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > self.limit
+            except ValueError:
+                too_large = False  # the server has already refused a malformed length
+            if too_large:
+                await self._too_large()(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._too_large()(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
+    """The ASGI app for this workspace: unsubscribe pages, one-click POST, health."""
+    if signer is None:
+        from highlightsmail.tokens import load_signer
+
+        signer = load_signer(ws.secret_path)
+    _install_log_redaction()
+    endpoint = _Endpoint(ws, signer)
+    routes = [
+        Route("/healthz", endpoint.healthz, methods=["GET"]),
+        # One route for both methods, so a wrong method's 405 lists both in Allow.
+        Route("/u/{token}", endpoint.token_page, methods=["GET", "POST"]),
+        Route("/u/{token}/resubscribe", endpoint.resubscribe, methods=["POST"]),
+    ]
+    middleware = [
+        Middleware(_SecurityHeaders, pages=endpoint.pages),  # outermost: every answer gets the headers
+        Middleware(_BodyLimit, pages=endpoint.pages),
+    ]
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={HTTPException: endpoint.http_error})
+
+
+# ---------------------------------------------------------------- logs
+
+
+_TOKEN_IN_PATH = re.compile(r"(/u/[ut][0-9a-z]{1,13}\.)[A-Za-z0-9_-]+")
+
+
+def _redact(text: str) -> str:
+    """A path with the token's signature cut: logs keep which subscriber, not a working link."""
+    return _TOKEN_IN_PATH.sub(r"\1…", text)
+
+
+class _RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _install_log_redaction() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactTokens) for f in access.filters):
+        access.addFilter(_RedactTokens())
+
+
+# ---------------------------------------------------------------- production entry points
+
+
+class _LazyApp:
+    """`highlightsmail.web:app` for uvicorn: finds the workspace (HIGHLIGHTS_WORKSPACE, or
+    the current directory and its parents) on startup, not at import, so the module
+    imports anywhere."""
+
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    def _build(self) -> Starlette:
+        if self._app is None:
+            from highlightsmail.workspace import load_workspace
+
+            self._app = create_app(load_workspace())
+        return self._app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            app = self._build()
+        except HighlightsError as exc:
+            if scope["type"] == "lifespan":
+                # uvicorn prints this and exits, instead of serving 500s.
+                await receive()
+                await send({"type": "lifespan.startup.failed", "message": exc.format_message()})
+                return
+            raise
+        await app(scope, receive, send)
+
+
+app = _LazyApp()
+
+
+def serve_command(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """`highlights serve`: run the endpoint with uvicorn until Ctrl-C.
+
+    Trusts X-Forwarded-Proto/For from the addresses in FORWARDED_ALLOW_IPS (uvicorn's
+    setting; 127.0.0.1 by default), so it can sit behind a reverse proxy doing HTTPS.
+    """
+    import click
+    import uvicorn
+
+    application = create_app(ws)
+    sock = bind_socket(host, port)
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    click.echo(f"Serving {ws.settings.name} unsubscribe pages on http://{shown_host}:{bound_port}/")
+    base = ws.settings.base_url
+    click.echo(f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.",
+               err=True)
+    if not base.startswith("https://"):
+        click.echo("Note: base_url is not https, so messages carry no List-Unsubscribe-Post "
+                   "(one-click needs https).", err=True)
+    config = uvicorn.Config(application, proxy_headers=True,
+                            forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+                            server_header=False, log_level="info")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down cleanly, then re-raises the Ctrl-C; stopping is the normal end.
+        pass
+    finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free port), or a one-line error saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise HighlightsError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise HighlightsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+__all__ = ["app", "bind_socket", "create_app", "mask_email", "serve_command", "CONTENT_SECURITY_POLICY",
+           "MAX_BODY_BYTES", "SECURITY_HEADERS"]

@@ -1,0 +1,95 @@
+"""Shared by the web endpoint's tests: the app served by a real uvicorn on a loopback port,
+subscribers in the real SQLite file, and a dump of the database to compare."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from highlightsmail.store import Store
+from highlightsmail.tokens import Signer, load_signer
+from highlightsmail.web import bind_socket, create_app
+from highlightsmail.workspace import Workspace, load_workspace
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """uvicorn serving `app` in a background thread on 127.0.0.1:<free port>; yields the
+    base URL and stops the server (waiting for it) on exit."""
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=True)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+class Site:
+    """A workspace, its signer and database, and the endpoint serving it over HTTP."""
+
+    def __init__(self, ws: Workspace, url: str) -> None:
+        self.ws = ws
+        self.url = url
+        self.signer: Signer = load_signer(ws.secret_path)
+
+    def store(self) -> Store:
+        return Store.open(self.ws)
+
+    def add(self, email: str, name: str = "", status: str = "active") -> int:
+        with self.store() as store:
+            sub, created = store.add(email, name, status=status)
+        assert created
+        return sub.id
+
+    def link(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
+        return f"{self.url}/u/{self.signer.make(subscriber_id, purpose)}"
+
+    def status(self, subscriber_id: int) -> str:
+        with self.store() as store:
+            sub = store.get(subscriber_id)
+        assert sub is not None
+        return sub.status
+
+    def events(self, subscriber_id: int) -> list[tuple[str | None, str, str]]:
+        """(from, to, source) of each change, oldest first."""
+        with self.store() as store:
+            return [(e.from_status, e.to_status, e.source) for e in store.events(subscriber_id)]
+
+    def dump(self) -> list[tuple]:
+        return dump_people(self.ws.db_path)
+
+
+def dump_people(db_path: Path) -> list[tuple]:
+    """Every row of subscribers and events, in order: equal dumps mean nothing changed."""
+    conn = sqlite3.connect(db_path)
+    try:
+        rows: list[tuple] = [("subscribers",), *conn.execute("SELECT * FROM subscribers ORDER BY id")]
+        rows += [("events",), *conn.execute("SELECT * FROM events ORDER BY id")]
+        return rows
+    finally:
+        conn.close()
+
+
+@contextmanager
+def serve_workspace(root: Path) -> Iterator[Site]:
+    """The workspace at `root`, served by `create_app` exactly as `highlights serve` does."""
+    ws = load_workspace(root)
+    Store.open(ws).close()  # create the database before anyone reads it
+    with live_server(create_app(ws)) as url:
+        yield Site(ws, url)

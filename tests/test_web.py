@@ -1,0 +1,599 @@
+"""The web endpoint over real HTTP: uvicorn on a loopback port, a real SQLite file.
+
+RFC 8058 one-click (urlencoded and multipart, no cookies, repeated), the confirmation page
+flow, resubscribing, test-send links, refusals (400/404/405/409/413), security headers,
+1,000+ mutated tokens that must change nothing, and 200 concurrent unsubscribes while an
+import runs.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+import pytest
+
+from helpers_web import Site, live_server, serve_workspace
+from highlightsmail.message import Recipient, build_message, recipient_links
+from highlightsmail.store import ImportRow, Store
+from highlightsmail.tokens import Signer
+from highlightsmail.web import CONTENT_SECURITY_POLICY, MAX_BODY_BYTES, mask_email
+from highlightsmail.workspace import load_workspace
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}
+NOT_VALID = "This link is not valid"
+
+
+@pytest.fixture
+def site(workspace: Path):
+    with serve_workspace(workspace) as s:
+        yield s
+
+
+@pytest.fixture
+def http():
+    # A fresh client per test, never following redirects: a redirect would be a failure.
+    with httpx.Client(follow_redirects=False, timeout=30) as client:
+        yield client
+
+
+class _Forms(HTMLParser):
+    """The forms of a page: action, method and the fields they would post."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "form":
+            self.forms.append({"action": a.get("action"), "method": (a.get("method") or "get").lower(), "fields": {}})
+        elif tag == "input" and self.forms and a.get("name"):
+            self.forms[-1]["fields"][a["name"]] = a.get("value") or ""
+
+
+def forms_of(html: str) -> list[dict]:
+    parser = _Forms()
+    parser.feed(html)
+    return parser.forms
+
+
+def assert_secure_headers(response: httpx.Response) -> None:
+    h = response.headers
+    assert h["content-security-policy"] == CONTENT_SECURITY_POLICY
+    for part in ("default-src 'none'", "form-action 'self'", "frame-ancestors 'none'", "base-uri 'none'"):
+        assert part in h["content-security-policy"]
+    assert "script-src" not in h["content-security-policy"]  # so scripts fall back to 'none'
+    assert h["referrer-policy"] == "no-referrer"
+    assert h["x-content-type-options"] == "nosniff"
+    assert h["cache-control"] == "no-store"
+    assert "set-cookie" not in h
+
+
+# ---------------------------------------------------------------- health and pages
+
+
+def test_healthz(site: Site, http: httpx.Client) -> None:
+    r = http.get(f"{site.url}/healthz")
+    assert (r.status_code, r.text) == (200, "ok")
+    assert_secure_headers(r)
+
+
+def test_mask_email() -> None:
+    assert mask_email("adalovelace@example.org") == "ad***@example.org"
+    assert mask_email("bob@example.org") == "b***@example.org"
+    assert mask_email("x@example.org") == "x***@example.org"
+
+
+def test_get_shows_the_page_and_changes_nothing(site: Site, http: httpx.Client) -> None:
+    ada = site.add("adalovelace@example.org", "Ada")
+    before = site.dump()
+    link = site.link(ada)
+    for _ in range(3):  # scanners and previews fetch links, some more than once
+        r = http.get(link)
+        assert r.status_code == 200
+        assert http.head(link).status_code == 200
+    assert site.dump() == before
+    assert_secure_headers(r)
+    assert r.headers["content-type"].startswith("text/html")
+    assert site.ws.settings.name in r.text
+    assert "ad***@example.org" in r.text
+    assert "adalovelace" not in r.text  # only the masked address
+    assert '<meta name="viewport"' in r.text
+    assert "<script" not in r.text.lower()
+    [form] = forms_of(r.text)
+    assert form["method"] == "post"
+    assert urljoin(link, form["action"]) == link
+    assert form["fields"] == {"action": "unsubscribe"}
+
+
+def test_page_form_unsubscribes_as_web_then_resubscribe(site: Site, http: httpx.Client) -> None:
+    ada, grace = site.add("ada@example.org"), site.add("grace@example.org")
+    link = site.link(ada)
+    [form] = forms_of(http.get(link).text)
+
+    # Press the button: post what the form would post.
+    r = http.post(urljoin(link, form["action"]), data=form["fields"])
+    assert r.status_code == 200
+    assert "You are unsubscribed" in r.text
+    assert site.status(ada) == "unsubscribed"
+    assert site.events(ada)[-1] == ("active", "unsubscribed", "web")
+    assert site.status(grace) == "active"
+
+    # The confirmation page offers to subscribe again; its form resolves to /u/TOKEN/resubscribe.
+    [again] = forms_of(r.text)
+    target = urljoin(link, again["action"])
+    assert target == f"{link}/resubscribe"
+    r = http.post(target, data=again["fields"])
+    assert r.status_code == 200
+    assert "subscribed again" in r.text
+    assert site.status(ada) == "active"
+    assert site.events(ada)[-1] == ("unsubscribed", "active", "web")
+
+    # ... and the resubscribed page's button unsubscribes again, at the same link.
+    [back] = forms_of(r.text)
+    assert urljoin(target, back["action"]) == link
+    assert http.post(link, data=back["fields"]).status_code == 200
+    assert [e[2] for e in site.events(ada)] == ["cli", "web", "web", "web"]
+
+
+def test_already_unsubscribed_page_offers_resubscribe(site: Site, http: httpx.Client) -> None:
+    sid = site.add("left@example.org", status="unsubscribed")
+    before = site.dump()
+    r = http.get(site.link(sid))
+    assert r.status_code == 200
+    assert "already unsubscribed" in r.text
+    [form] = forms_of(r.text)
+    assert urljoin(site.link(sid), form["action"]) == site.link(sid) + "/resubscribe"
+    assert site.dump() == before
+
+
+# ---------------------------------------------------------------- RFC 8058 one-click
+
+
+def test_one_click_urlencoded(site: Site, http: httpx.Client) -> None:
+    ada, grace = site.add("ada@example.org"), site.add("grace@example.org")
+    r = http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED)
+    assert r.status_code == 200  # not a redirect (RFC 8058 section 3.2)
+    assert "You are unsubscribed" in r.text
+    assert_secure_headers(r)
+    assert site.status(ada) == "unsubscribed"
+    assert site.events(ada)[-1] == ("active", "unsubscribed", "one-click")
+    assert site.status(grace) == "active"
+    assert site.events(grace) == [(None, "active", "cli")]
+
+
+def test_one_click_multipart(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    r = http.post(site.link(ada), files={"List-Unsubscribe": (None, "One-Click")})
+    assert r.request.headers["content-type"].startswith("multipart/form-data")
+    assert r.status_code == 200
+    assert site.events(ada)[-1] == ("active", "unsubscribed", "one-click")
+
+
+def test_one_click_needs_no_cookies_and_repeats_harmlessly(site: Site) -> None:
+    ada = site.add("ada@example.org")
+    answers = []
+    for _ in range(3):
+        # A new client each time: no cookie jar, no connection reuse, like a mail provider.
+        with httpx.Client(follow_redirects=False) as client:
+            r = client.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED)
+        assert "set-cookie" not in r.headers
+        answers.append((r.status_code, "You are unsubscribed" in r.text))
+    assert answers == [(200, True)] * 3
+    assert site.events(ada) == [(None, "active", "cli"), ("active", "unsubscribed", "one-click")]
+
+
+def test_empty_post_unsubscribes_as_web(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    assert http.post(site.link(ada)).status_code == 200
+    assert site.events(ada)[-1] == ("active", "unsubscribed", "web")
+
+
+def test_bounced_and_complained_keep_their_status(site: Site, http: httpx.Client) -> None:
+    for status in ("bounced", "complained"):
+        sid = site.add(f"{status}@example.org", status=status)
+        before = site.dump()
+        page = http.get(site.link(sid))
+        assert page.status_code == 200 and "receives no mail" in page.text
+        assert forms_of(page.text) == []
+        r = http.post(site.link(sid), content=ONE_CLICK, headers=URLENCODED)
+        assert r.status_code == 200 and "You are unsubscribed" in r.text
+        assert forms_of(r.text) == []  # no resubscribe button for them
+        r = http.post(site.link(sid) + "/resubscribe")
+        assert r.status_code == 409
+        assert "send to this address" in r.text
+        assert_secure_headers(r)
+        assert site.status(sid) == status
+        assert site.dump() == before
+
+
+def test_resubscribing_an_active_subscriber_changes_nothing(site: Site, http: httpx.Client) -> None:
+    sid = site.add("ada@example.org")
+    before = site.dump()
+    r = http.post(site.link(sid) + "/resubscribe")
+    assert r.status_code == 200 and "subscribed again" in r.text
+    assert site.dump() == before
+
+
+def test_test_send_links_change_nothing(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    gone = site.add("gone@example.org", status="unsubscribed")
+    before = site.dump()
+    for sid in (0, ada, gone, 999_999):  # editors have no subscriber row; ids do not matter
+        link = site.link(sid, "test")
+        for r in (http.get(link), http.post(link, content=ONE_CLICK, headers=URLENCODED),
+                  http.post(link, data={"action": "unsubscribe"}), http.post(link + "/resubscribe")):
+            assert r.status_code == 200
+            assert "This was a test message" in r.text
+            assert "nobody was unsubscribed" in r.text
+            assert forms_of(r.text) == []
+            assert_secure_headers(r)
+    assert site.dump() == before
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_invalid_and_unknown_tokens_answer_400(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    before = site.dump()
+    valid = site.signer.make(ada)
+    unknown = site.signer.make(ada + 1000)  # signed correctly, but nobody has that id
+    for token in ("sample", "u1", valid[:-1], valid + "A", valid.upper(), unknown, "%20", "..x"):
+        for method, suffix in (("GET", ""), ("POST", ""), ("POST", "/resubscribe")):
+            r = http.request(method, f"{site.url}/u/{quote(token, safe='')}{suffix}", content=ONE_CLICK,
+                             headers=URLENCODED)
+            assert r.status_code == 400, (token, method, suffix)
+            assert NOT_VALID in r.text
+            assert_secure_headers(r)
+    assert site.dump() == before
+
+
+def test_wrong_methods_405_and_unknown_paths_404(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    link = site.link(ada)
+    before = site.dump()
+    for method, url, allowed in (
+        ("PUT", link, {"GET", "HEAD", "POST"}),
+        ("DELETE", link, {"GET", "HEAD", "POST"}),
+        ("PATCH", link, {"GET", "HEAD", "POST"}),
+        ("GET", link + "/resubscribe", {"POST"}),
+        ("PUT", link + "/resubscribe", {"POST"}),
+        ("POST", f"{site.url}/healthz", {"GET", "HEAD"}),
+    ):
+        r = http.request(method, url)
+        assert r.status_code == 405, (method, url)
+        assert {m.strip() for m in r.headers["allow"].split(",")} == allowed
+        assert_secure_headers(r)
+    for path in ("/", "/nope", "/u", "/u/", f"/u/{site.signer.make(ada)}/other", "/u/a/b/resubscribe"):
+        r = http.get(site.url + path)
+        assert r.status_code == 404, path
+        assert "Page not found" in r.text
+        assert_secure_headers(r)
+    assert site.dump() == before
+
+
+def test_bodies_over_the_limit_get_413(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    link = site.link(ada)
+    too_big = ONE_CLICK + "&pad=" + "x" * MAX_BODY_BYTES
+
+    r = http.post(link, content=too_big, headers=URLENCODED)  # refused by Content-Length
+    assert r.status_code == 413
+    assert_secure_headers(r)
+
+    def chunks():  # no Content-Length: refused by counting what arrives
+        yield ONE_CLICK.encode() + b"&pad="
+        for _ in range(MAX_BODY_BYTES // 1024 + 2):
+            yield b"x" * 1024
+
+    with httpx.Client() as fresh:
+        r = fresh.post(link, content=chunks(), headers=URLENCODED)
+    assert r.request.headers.get("transfer-encoding") == "chunked"
+    assert r.status_code == 413
+    assert site.status(ada) == "active"
+    assert site.events(ada) == [(None, "active", "cli")]
+
+    # Exactly at the limit is fine.
+    at_limit = ONE_CLICK + "&pad=" + "x" * (MAX_BODY_BYTES - len(ONE_CLICK) - 5)
+    assert len(at_limit) == MAX_BODY_BYTES
+    r = http.post(link, content=at_limit, headers=URLENCODED)
+    assert r.status_code == 200
+    assert site.events(ada)[-1] == ("active", "unsubscribed", "one-click")
+
+
+def test_a_broken_database_gets_a_plain_500_page(site: Site, http: httpx.Client,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    ada = site.add("ada@example.org")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{site.ws.db_path}{suffix}").unlink(missing_ok=True)
+    site.ws.db_path.write_bytes(b"this is not a database" * 100)
+    r = http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED)
+    assert r.status_code == 500
+    assert "Something went wrong" in r.text
+    assert "Traceback" not in r.text and "sqlite" not in r.text.lower()
+    assert_secure_headers(r)
+    assert any("error answering POST" in rec.getMessage() for rec in caplog.records)
+    # The log names the subscriber's token kind and id, not a working link.
+    assert site.signer.make(ada) not in caplog.text
+
+
+def test_workspace_pages_override_and_a_broken_one_falls_back(site: Site, http: httpx.Client) -> None:
+    pages = site.ws.templates_dir / "pages"
+    pages.mkdir(parents=True, exist_ok=True)
+    (pages / "test-link.html.j2").write_text(
+        '{% extends "pages/_base.html.j2" %}{% block content %}<h1>Only a rehearsal</h1>{% endblock %}')
+    r = http.get(site.link(0, "test"))
+    assert r.status_code == 200 and "Only a rehearsal" in r.text
+
+    (pages / "test-link.html.j2").write_text("{% block content %}{{ oops( }}")
+    r = http.get(site.link(0, "test"))
+    assert r.status_code == 200
+    assert "This was a test message" in r.text  # the package's own page
+
+
+def test_security_headers_on_every_kind_of_answer(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    link = site.link(ada)
+    seen = set()
+    for method, url, body in (
+        ("GET", f"{site.url}/healthz", None), ("GET", link, None), ("HEAD", link, None),
+        ("POST", link, ONE_CLICK), ("POST", link + "/resubscribe", ""), ("GET", site.link(ada, "test"), None),
+        ("GET", f"{site.url}/u/nope", None), ("GET", f"{site.url}/nope", None), ("DELETE", link, None),
+        ("POST", link, "x" * (MAX_BODY_BYTES + 1)),
+    ):
+        r = http.request(method, url, content=body, headers=URLENCODED if body is not None else None)
+        assert_secure_headers(r)
+        seen.add(r.status_code)
+    assert seen == {200, 400, 404, 405, 413}
+
+
+# ---------------------------------------------------------------- mutated tokens
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~+=%:@!$&'()*,; é\n\x00?#"
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+FORGOTTEN = "a-secret-nobody-lists-any-more-0123456"
+
+
+def _mutants(rng: random.Random, token: str, count: int) -> list[str]:
+    out = []
+    for _ in range(count):
+        kind = rng.randrange(6)
+        i = rng.randrange(len(token))
+        if kind == 0:  # flip one character
+            m = token[:i] + rng.choice(_ALPHABET.replace(token[i], "")) + token[i + 1:]
+        elif kind == 1:  # truncate
+            m = token[:rng.randrange(1, len(token))]
+        elif kind == 2:  # extend
+            m = token + "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(1, 4)))
+        elif kind == 3:  # insert
+            m = token[:i] + rng.choice(_ALPHABET) + token[i:]
+        elif kind == 4:  # delete
+            m = token[:i] + token[i + 1:]
+        else:  # swap two neighbours (when they differ)
+            j = min(i + 1, len(token) - 1)
+            m = token[:i] + token[j] + token[i] + token[j + 1:] if token[i] != token[j] else token[:-1]
+        out.append(m)
+    return out
+
+
+@pytest.mark.slow
+def test_a_thousand_mutated_tokens_change_nothing(site: Site, http: httpx.Client) -> None:
+    rng = random.Random(8058)
+    ids = {"active": site.add("ada@example.org"), "unsubscribed": site.add("left@example.org", status="unsubscribed"),
+           "bounced": site.add("gone@example.org", status="bounced"), "other": site.add("grace@example.org")}
+    signer, forgotten = site.signer, Signer(FORGOTTEN.encode())
+    valid = {signer.make(i, p) for i in ids.values() for p in ("unsubscribe", "test")}
+
+    candidates: list[str] = []
+    for token in sorted(valid):
+        candidates += _mutants(rng, token, 160)
+        # Every other last character: base64's unused low bits must not give a second spelling.
+        candidates += [token[:-1] + c for c in _B64 if c != token[-1]]
+        candidates += [token + "\n", token + "\r\n", token + "\x00", token + " "]
+    for a in ids.values():
+        for b in ids.values():
+            if a != b:  # another subscriber's signature spliced onto this id
+                candidates.append(f"u{signer.make(a).split('.')[0][1:]}.{signer.make(b).split('.')[1]}")
+        kind_u, mac_u = signer.make(a, "unsubscribe").split(".")
+        kind_t, mac_t = signer.make(a, "test").split(".")
+        candidates += [f"{kind_u}.{mac_t}", f"{kind_t}.{mac_u}"]  # the other purpose's signature
+        candidates += [forgotten.make(a), forgotten.make(a, "test")]  # an old secret not listed
+        candidates += [signer.make(a + 500)]  # well signed, nobody with that id
+    mutants = [m for m in dict.fromkeys(candidates) if m not in valid]
+    assert len(mutants) >= 1000
+
+    before = site.dump()
+    outcomes: dict[int, int] = {}
+    variants = (("GET", ""), ("POST", ""), ("POST", "/resubscribe"))
+    for n, m in enumerate(mutants):
+        method, suffix = variants[n % 3]
+        r = http.request(method, f"{site.url}/u/{quote(m, safe='')}{suffix}", content=ONE_CLICK, headers=URLENCODED)
+        outcomes[r.status_code] = outcomes.get(r.status_code, 0) + 1
+        if "/" in m:  # the path has another shape now: no route, never a page that acts
+            assert r.status_code in (404, 405), (m, r.status_code)
+        else:
+            assert r.status_code == 400, (m, method, suffix, r.status_code)
+            assert NOT_VALID in r.text
+    assert site.dump() == before
+    assert outcomes.get(400, 0) >= 1000
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+@pytest.mark.slow
+def test_200_concurrent_unsubscribes_while_an_import_runs(site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    with site.store() as store:
+        store.import_rows([ImportRow(email=f"reader{i:03d}@example.org") for i in range(200)])
+        targets = [s.id for s in store.iter_subscribers()]
+    assert len(targets) == 200
+
+    started, stop = threading.Event(), threading.Event()
+    imports: list[int] = []
+    failures: list[BaseException] = []
+
+    def importer() -> None:
+        # Keep importing fresh batches (each one transaction holding the write lock)
+        # until every request has been answered.
+        batch = 0
+        try:
+            with Store.open(site.ws) as store:
+                while not stop.is_set():
+                    rows = [ImportRow(email=f"bulk{batch}-{i}@example.org", detail=f"bulk.csv:{i + 2}")
+                            for i in range(3000)]
+                    started.set()
+                    result = store.import_rows(rows)
+                    imports.append(result.new)
+                    batch += 1
+                    # A breath between imports, as between two runs of `subscribers import`;
+                    # without it SQLite's busy backoff lets the importer starve the requests.
+                    stop.wait(0.02)
+        except BaseException as exc:  # reported below, with the requests' results
+            failures.append(exc)
+            started.set()
+
+    thread = threading.Thread(target=importer)
+    thread.start()
+    assert started.wait(30)
+    try:
+        with httpx.Client(follow_redirects=False, timeout=60,
+                          limits=httpx.Limits(max_connections=50, max_keepalive_connections=50)) as client:
+
+            def unsubscribe(sid: int) -> tuple[int, str]:
+                r = client.post(site.link(sid), content=ONE_CLICK, headers=URLENCODED)
+                return r.status_code, r.text
+
+            with ThreadPoolExecutor(max_workers=50) as pool:
+                answers = list(pool.map(unsubscribe, targets))
+    finally:
+        stop.set()
+        thread.join(120)
+
+    assert not failures, failures
+    print(f"{len(imports)} imports of 3000 rows ran while 200 unsubscribes were answered")
+    assert imports and all(n == 3000 for n in imports)
+    assert [code for code, _ in answers] == [200] * 200
+    assert all("You are unsubscribed" in text for _, text in answers)
+    with site.store() as store:
+        assert all(store.get(sid).status == "unsubscribed" for sid in targets)
+        changes = [e for sid in targets for e in store.events(sid) if e.to_status == "unsubscribed"]
+        assert len(changes) == 200 and {e.source for e in changes} == {"one-click"}
+        assert store.count_by_status()["active"] == 3000 * len(imports)
+    assert "locked" not in caplog.text and "busy" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+# ---------------------------------------------------------------- a real message's header
+
+
+def _rendered_issue(ws):
+    """The example issue rendered by the real renderer, once."""
+    from highlightsmail.issue import load_issue
+    from highlightsmail.render import render_issue
+
+    return render_issue(load_issue(ws.issue_path("latest")), ws)
+
+
+def test_list_unsubscribe_header_of_a_built_message_unsubscribes_exactly_that_subscriber(
+        site: Site, http: httpx.Client) -> None:
+    ada, grace = site.add("ada@example.org", "Ada"), site.add("grace@example.org", "Grace")
+    rendered = _rendered_issue(site.ws)
+    links = recipient_links(site.ws.settings, site.signer, ada)
+    msg = build_message(rendered, site.ws.settings, Recipient("ada@example.org", "Ada", ada), links)
+
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    header = parsed["List-Unsubscribe"]
+    assert parsed["List-Unsubscribe-Post"] == ONE_CLICK
+    url = re.fullmatch(r"<(https://[^>]+)>", header).group(1)
+    assert url.startswith(site.ws.settings.base_url.rstrip("/") + "/u/")
+    text = parsed.get_body(("plain",)).get_content()
+    assert url in text  # the footer carries the same link
+
+    # Mail providers POST to the header's URL; here the host is the test server's.
+    local = site.url + urlsplit(url).path
+    with httpx.Client(follow_redirects=False) as provider:
+        r = provider.post(local, content=ONE_CLICK, headers=URLENCODED)
+    assert r.status_code == 200
+    assert site.events(ada)[-1] == ("active", "unsubscribed", "one-click")
+    assert site.status(grace) == "active" and len(site.events(grace)) == 1
+
+
+# ---------------------------------------------------------------- production entry points
+
+
+def test_module_app_imports_anywhere_and_builds_from_the_environment(workspace: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    code = "import highlightsmail.web as w; print(type(w.app).__name__)"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIGHLIGHTS_")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=empty, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+    from highlightsmail.web import _LazyApp
+
+    monkeypatch.setenv("HIGHLIGHTS_WORKSPACE", str(workspace))
+    monkeypatch.chdir(empty)
+    with Store(load_workspace(workspace).db_path) as store:
+        sid = store.add("ada@example.org")[0].id
+    with live_server(_LazyApp()) as url, httpx.Client() as client:
+        assert client.get(f"{url}/healthz").text == "ok"
+        signer = Signer(os.environ["HIGHLIGHTS_SECRET"].encode())
+        assert client.post(f"{url}/u/{signer.make(sid)}", content=ONE_CLICK, headers=URLENCODED).status_code == 200
+    with Store(load_workspace(workspace).db_path) as store:
+        assert store.get(sid).status == "unsubscribed"
+
+
+def test_uvicorn_without_a_workspace_stops_with_the_reason(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIGHLIGHTS_")}
+    out = subprocess.run([sys.executable, "-m", "uvicorn", "highlightsmail.web:app", "--port", "0"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "no highlights.yaml" in out.stderr
+
+
+@pytest.mark.slow
+def test_highlights_serve_prints_the_url_serves_and_keeps_tokens_out_of_the_log(workspace: Path) -> None:
+    with Store(load_workspace(workspace).db_path) as store:
+        sid = store.add("ada@example.org")[0].id
+    token = Signer(os.environ["HIGHLIGHTS_SECRET"].encode()).make(sid)
+    exe = Path(sys.executable).with_name("highlights")
+    proc = subprocess.Popen([str(exe), "serve", "--port", "0"], cwd=workspace, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        first = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
+        assert match, first
+        url = match.group(0).rstrip("/")
+        with httpx.Client() as client:
+            for _ in range(100):
+                try:
+                    if client.get(f"{url}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    threading.Event().wait(0.05)
+            r = client.get(f"{url}/u/{token}")
+            assert r.status_code == 200 and "a***@example.org" in r.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    logged = first + out + err
+    assert f"/u/u{token.split('.')[0][1:]}." in logged  # the access log names the request...
+    assert token not in logged  # ...without the working link
+    assert os.environ["HIGHLIGHTS_SECRET"] not in logged
