@@ -1,0 +1,1 @@
+"""Test helpers: a local SendGrid-compatible server for tests and benchmarks."""
