@@ -179,3 +179,29 @@ def test_new_outside_a_workspace_is_a_one_line_error(here: Path) -> None:
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "highlights.yaml" in result.stderr
+
+
+def test_a_new_workspace_checks_builds_and_takes_new_issues(here: Path) -> None:
+    assert run("init", "letter").exit_code == 0
+    week = issue_filename(dt.date.today()).removesuffix(".yaml")
+    runner = CliRunner()
+    ws = ["--workspace", str(here / "letter")]
+
+    checked = runner.invoke(main, [*ws, "check", "latest"], catch_exceptions=False)
+    assert checked.exit_code == 0, checked.output
+    assert checked.stderr == "", "the first issue is clean: no warnings"
+    assert checked.stdout.startswith(f"letter/issues/{week}.yaml: OK (2 items, HTML ")
+
+    built = runner.invoke(main, [*ws, "build", week], catch_exceptions=False)
+    assert built.exit_code == 0, built.output
+    for ext in ("html", "txt", "eml"):
+        assert (here / "out" / f"{week}.{ext}").stat().st_size > 0
+    assert "https://newsletter.example.org/u/sample" in (here / "out" / f"{week}.txt").read_text()
+
+    created = runner.invoke(main, [*ws, "new", "--date", "2024-01-12"], catch_exceptions=False)
+    assert created.exit_code == 0, created.output
+    assert (here / "letter" / "issues" / "2024-w02.yaml").is_file()
+    rechecked = runner.invoke(main, [*ws, "check", "2024-w02"], catch_exceptions=False)
+    assert rechecked.exit_code == 0, rechecked.output
+    assert "TODO" in rechecked.stderr, "the skeleton's placeholders are pointed out"
+    assert runner.invoke(main, [*ws, "build", "2024-w02"]).exit_code == 0
