@@ -230,8 +230,7 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
     found: list[Problem] = []
 
     # -- size: measured as sent, with an unsubscribe URL as long as a real one
-    sample_url = f"{ws.settings.base_url.rstrip('/')}/u/{_TOKEN_SHAPE}"
-    html, text = rendered.personalize(sample_url)
+    html, text = _as_sent(ws, rendered)
     size = len(html.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
         found.append(pos.problem(("items",), f"the HTML is {size / KB:.1f} KB: Gmail clips emails over "
@@ -315,6 +314,11 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
     return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
 
 
+def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:
+    """(html, text) with an unsubscribe URL as long as any real one."""
+    return rendered.personalize(f"{ws.settings.base_url.rstrip('/')}/u/{_TOKEN_SHAPE}")
+
+
 def _html_text(value: str) -> str:
     """`value` as it appears in HTML once Jinja escapes it."""
     from markupsafe import escape
@@ -326,10 +330,12 @@ def check_command(ws: Workspace, issue_path: Path) -> None:
     """`highlights check ISSUE`: validation errors or lint findings on stderr as
     FILE:LINE:COL lines; exit 1 on any error, else a one-line summary on stdout."""
     from highlightsmail.issue import load_issue
-    from highlightsmail.render import render_issue
 
     file = display_path(issue_path)
     issue = load_issue(issue_path)  # ValidationFailed prints its FILE:LINE:COL lines itself
+
+    from highlightsmail.render import render_issue
+
     rendered = render_issue(issue, ws)
     problems = lint_issue(ws, issue, rendered)
     errors = [p for p in problems if p.severity == "error"]
@@ -341,7 +347,7 @@ def check_command(ws: Workspace, issue_path: Path) -> None:
     )
     if errors:
         raise HighlightsError(f"{file}: {counts}")
-    size = len(rendered.html.encode("utf-8"))
+    size = len(_as_sent(ws, rendered)[0].encode("utf-8"))
     items = len(issue.items)
     status = f"OK with {counts}" if warnings else "OK"
     click.echo(f"{file}: {status} ({items} item{'' if items == 1 else 's'}, HTML {size / KB:.0f} KB)")
