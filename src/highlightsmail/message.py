@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from typing import TYPE_CHECKING
@@ -65,6 +66,11 @@ def subject_for(rendered: RenderedIssue, *, test: bool = False) -> str:
 def format_recipient(recipient: Recipient) -> str:
     """`Name <address>` with the name cleaned of anything that could break the header."""
     name = _CONTROL_RE.sub(" ", recipient.name or "").strip()
+    if name and not recipient.email.isascii():
+        # formataddr refuses internationalised addresses (RFC 6532), which subscribers
+        # may have; the header's own folding quotes and encodes the name then.
+        local, _, domain = recipient.email.rpartition("@")
+        return str(Address(display_name=name, username=local, domain=domain))
     return formataddr((name, recipient.email)) if name else recipient.email
 
 
