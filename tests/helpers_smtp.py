@@ -1,0 +1,148 @@
+"""A real SMTP server (aiosmtpd) on loopback for the SMTP backend's tests and benchmark:
+it keeps what it receives and can refuse, defer or drop on request; plus a private CA
+(trustme) for STARTTLS and implicit TLS."""
+
+from __future__ import annotations
+
+import hmac
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Received:
+    """One message as the server took it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    session: int  # which connection it came on
+
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=default_policy)  # type: ignore[return-value]
+
+
+@dataclass
+class SinkHandler:
+    """Records every message; faults are queued per recipient address.
+
+    rcpt_replies / data_replies: address -> replies to give at RCPT / after DATA, one per
+    attempt, before accepting (e.g. ["451 4.3.0 try later"]).
+    drop_at: numbers (1-based, over all DATA commands) of messages whose connection is
+    cut instead of answered; those messages are not kept.
+    keep: False keeps only a count (benchmarks).
+    """
+
+    rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
+    data_replies: dict[str, list[str]] = field(default_factory=dict)
+    drop_at: set[int] = field(default_factory=set)
+    keep: bool = True
+    received: list[Received] = field(default_factory=list)
+    count: int = 0
+    data_commands: int = 0
+    sessions: int = 0
+    logins: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if not hasattr(session, "number"):
+            with self._lock:
+                self.sessions += 1
+                session.number = self.sessions
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        queued = self.rcpt_replies.get(address)
+        if queued:
+            return queued.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self._lock:
+            self.data_commands += 1
+            number = self.data_commands
+        if number in self.drop_at:
+            server.transport.close()  # the server "crashes" before keeping the message
+            return "421 4.3.0 gone"
+        for rcpt in envelope.rcpt_tos:
+            queued = self.data_replies.get(rcpt)
+            if queued:
+                return queued.pop(0)
+        with self._lock:
+            self.count += 1
+            if self.keep:
+                self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                              envelope.original_content or envelope.content,
+                                              getattr(session, "number", 0)))
+        return "250 Message accepted for delivery"
+
+
+class PasswordCheck:
+    """An aiosmtpd authenticator accepting one user and password (constant-time)."""
+
+    def __init__(self, user: str, password: str, handler: SinkHandler) -> None:
+        self.user = user.encode()
+        self.password = password.encode()
+        self.handler = handler
+
+    def __call__(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        ok = hmac.compare_digest(auth_data.login, self.user) & hmac.compare_digest(auth_data.password, self.password)
+        if ok:
+            self.handler.logins.append(f"{mechanism}:{auth_data.login.decode()}")
+        return AuthResult(success=ok, handled=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def smtp_server(handler: SinkHandler, **kwargs) -> Iterator[Controller]:
+    """aiosmtpd on 127.0.0.1:<free port> in a thread; kwargs go to the Controller/SMTP
+    (tls_context, require_starttls, authenticator, ssl_context, ...)."""
+    kwargs.setdefault("enable_SMTPUTF8", True)
+    controller = Controller(handler, hostname=HOST, port=free_port(), **kwargs)
+    controller.start()
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+
+@dataclass
+class Tls:
+    """A private CA and a server certificate for 127.0.0.1/localhost."""
+
+    ca_file: Path
+    server_context: ssl.SSLContext
+
+
+def make_tls(folder: Path) -> Tls:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert(HOST, "localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    ca_file = folder / "smtp-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return Tls(ca_file=ca_file, server_context=context)

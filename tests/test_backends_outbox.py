@@ -1,0 +1,127 @@
+"""The outbox backend: one .eml per recipient, test sends apart, nothing ever replaced."""
+
+from __future__ import annotations
+
+import email
+import os
+from email.policy import default as default_policy
+from pathlib import Path
+
+import pytest
+from helpers_delivery import check_message, example_issue, make_batch, make_workspace, recipients
+
+from highlightsmail.backends import get_backend
+from highlightsmail.backends.base import DeliveryError
+from highlightsmail.backends.outbox import OutboxBackend
+from highlightsmail.message import Recipient
+
+
+def _parse(path: Path) -> email.message.EmailMessage:
+    return email.message_from_bytes(path.read_bytes(), policy=default_policy)
+
+
+def test_one_file_per_recipient_with_every_header(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    backend = get_backend(ws)
+    assert isinstance(backend, OutboxBackend)
+    batch = make_batch(ws, recipients(7))
+    backend.open()
+    result = backend.send_batch(batch)
+    backend.close()
+
+    assert sorted(result.sent) == [e.key for e in batch.envelopes] and result.failed == {}
+    folder = workspace / "outbox" / "2024-w02"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == sorted(f"{e.key:06d}-{e.recipient.email}.eml" for e in batch.envelopes)
+    for env in batch.envelopes:
+        raw = (folder / f"{env.key:06d}-{env.recipient.email}.eml").read_bytes()
+        # CRLF throughout, as on the wire; 7-bit with lines within RFC 5322's limit.
+        assert b"\n" not in raw.replace(b"\r\n", b"")
+        assert raw.isascii()
+        assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+        check_message(_parse(folder / f"{env.key:06d}-{env.recipient.email}.eml"), env, ws.settings)
+
+
+def test_no_secret_in_the_files(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    get_backend(ws).send_batch(make_batch(ws, recipients(3)))
+    secret = os.environ["HIGHLIGHTS_SECRET"].encode()
+    for path in (workspace / "outbox").rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes()
+
+
+def test_test_sends_go_under_test(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    editors = [Recipient(email="ada@example.org"), Recipient(email="grace@example.org", name="Grace")]
+    batch = make_batch(ws, editors, test=True)
+    result = get_backend(ws, test=True).send_batch(batch)
+
+    assert result.sent == [1, 2]
+    folder = workspace / "outbox" / "2024-w02" / "test"
+    assert sorted(p.name for p in folder.iterdir()) == ["000001-ada@example.org.eml", "000002-grace@example.org.eml"]
+    assert not [p for p in (workspace / "outbox" / "2024-w02").iterdir() if p.is_file()]
+    for env in batch.envelopes:
+        msg = _parse(folder / f"{env.key:06d}-{env.recipient.email}.eml")
+        check_message(msg, env, ws.settings, test=True)
+        assert msg["Subject"].startswith("[TEST] ")
+        assert "/u/t" in msg["List-Unsubscribe"]  # a test token: the page changes nothing
+
+
+def test_a_second_copy_never_replaces_the_first(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    backend = get_backend(ws)
+    people = recipients(3)
+    backend.send_batch(make_batch(ws, people))
+    folder = workspace / "outbox" / "2024-w02"
+    first = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    # The same recipients again (a duplicate send), and again: both stay visible.
+    backend.send_batch(make_batch(ws, people, number=2))
+    get_backend(ws).send_batch(make_batch(ws, people[:1], number=3))
+
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(
+        [f"{p.subscriber_id:06d}-{p.email}.eml" for p in people]
+        + [f"{p.subscriber_id:06d}-{p.email}.2.eml" for p in people]
+        + [f"{people[0].subscriber_id:06d}-{people[0].email}.3.eml"]
+    )
+    for name, data in first.items():
+        assert (folder / name).read_bytes() == data
+    # A key whose address changed is still a second copy for that key.
+    moved = Recipient(email="new-address@example.org", subscriber_id=people[1].subscriber_id)
+    backend.send_batch(make_batch(ws, [moved], number=4))
+    # (key 2 has two files already: this is its third)
+    assert (folder / f"{moved.subscriber_id:06d}-new-address@example.org.3.eml").is_file()
+
+
+def test_no_temporary_files_left(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    get_backend(ws).send_batch(make_batch(ws, recipients(5)))
+    leftovers = [p.name for p in (workspace / "outbox").rglob(".*")]
+    assert leftovers == []
+
+
+def test_outbox_dir_from_settings_and_odd_addresses(workspace: Path) -> None:
+    ws = make_workspace(workspace, delivery={"outbox": {"dir": "mail/out"}})
+    person = Recipient(email="o'brien+news@example.org", name="Pat O'Brien", subscriber_id=1234567)
+    get_backend(ws).send_batch(make_batch(ws, [person]))
+    files = list((workspace / "mail" / "out" / "2024-w02").iterdir())
+    assert [p.name for p in files] == ["1234567-o_brien+news@example.org.eml"]
+    assert _parse(files[0])["To"].addresses[0].addr_spec == "o'brien+news@example.org"
+
+
+def test_unwritable_folder_is_a_clear_error(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    (workspace / "outbox").write_text("a file where the folder should be")
+    with pytest.raises(DeliveryError, match=r"outbox: cannot write to outbox"):
+        get_backend(ws).send_batch(make_batch(ws, recipients(1)))
+
+
+def test_a_slug_cannot_leave_the_outbox(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    batch = make_batch(ws, recipients(1))
+    bad = batch.__class__(**{**batch.__dict__, "slug": ".."})
+    with pytest.raises(DeliveryError, match="cannot be a folder name"):
+        get_backend(ws).send_batch(bad)
+    assert example_issue().slug == "2024-w02"

@@ -1,0 +1,362 @@
+"""The SMTP backend against a real aiosmtpd server on loopback, and the fast message
+builder it shares with the outbox, checked against `build_message`."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+from email.policy import SMTP as SMTP_POLICY
+from email.policy import default as default_policy
+from pathlib import Path
+
+import pytest
+from helpers_delivery import SIGNER, check_message, make_batch, make_workspace, recipients
+from helpers_smtp import PasswordCheck, SinkHandler, make_tls, smtp_server
+
+from highlightsmail.backends import get_backend
+from highlightsmail.backends.base import DeliveryError
+from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, MessageTemplate, SmtpBackend
+from highlightsmail.message import Recipient, build_message, recipient_links
+from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+
+PASSWORD = "correct horse battery staple"
+
+
+def _smtp_ws(root: Path, port: int, **smtp) -> object:
+    config = {"host": "127.0.0.1", "port": port, "security": "none", "timeout": 5, **smtp}
+    return make_workspace(root, delivery={"backend": "smtp", "smtp": config})
+
+
+def _send(ws, batch) -> tuple[SmtpBackend, object]:
+    backend = get_backend(ws)
+    assert isinstance(backend, SmtpBackend)
+    backend.open()
+    try:
+        return backend, backend.send_batch(batch)
+    finally:
+        backend.close()
+
+
+def _check_all_received(handler: SinkHandler, batch, ws) -> None:
+    by_rcpt = {r.rcpt_tos[0]: r for r in handler.received}
+    assert len(handler.received) == len(batch.envelopes) == len(by_rcpt)
+    for env in batch.envelopes:
+        got = by_rcpt[env.recipient.email]
+        assert got.mail_from == "highlights@example.org"  # the bare address of From
+        assert got.rcpt_tos == [env.recipient.email]
+        check_message(got.message(), env, ws.settings, test=batch.test)
+
+
+# ---------------------------------------------------------------------------- delivery
+
+
+def test_plain_delivery_on_one_connection(workspace: Path) -> None:
+    handler = SinkHandler()
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, recipients(25))
+        backend, result = _send(ws, batch)
+    assert result.sent == [e.key for e in batch.envelopes] and result.failed == {}
+    _check_all_received(handler, batch, ws)
+    assert handler.sessions == 1 and backend.connections == 1
+
+
+def test_test_send_has_test_subject(workspace: Path) -> None:
+    handler = SinkHandler()
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, [Recipient("ada@example.org"), Recipient("grace@example.org", "Grace")], test=True)
+        _, result = _send(ws, batch)
+    assert result.sent == [1, 2]
+    _check_all_received(handler, batch, ws)
+
+
+def test_starttls_with_login(workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = make_tls(tmp_path)
+    handler = SinkHandler()
+    monkeypatch.setenv(ENV_CAFILE, str(tls.ca_file))
+    monkeypatch.setenv(ENV_PASSWORD, PASSWORD)
+    with smtp_server(handler, tls_context=tls.server_context, require_starttls=True, auth_required=True,
+                     auth_require_tls=True, authenticator=PasswordCheck("newsletter", PASSWORD, handler)) as server:
+        ws = _smtp_ws(workspace, server.port, security="starttls", username="newsletter")
+        batch = make_batch(ws, recipients(5))
+        _, result = _send(ws, batch)
+    assert result.sent == [e.key for e in batch.envelopes]
+    assert handler.logins and handler.logins[0].endswith(":newsletter")
+    _check_all_received(handler, batch, ws)
+
+
+def test_implicit_tls(workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = make_tls(tmp_path)
+    handler = SinkHandler()
+    monkeypatch.setenv(ENV_CAFILE, str(tls.ca_file))
+    with smtp_server(handler, ssl_context=tls.server_context) as server:
+        ws = _smtp_ws(workspace, server.port, security="tls")
+        batch = make_batch(ws, recipients(3))
+        _, result = _send(ws, batch)
+    assert result.sent == [e.key for e in batch.envelopes]
+    _check_all_received(handler, batch, ws)
+
+
+def test_untrusted_certificate_is_refused_with_a_hint(workspace: Path, tmp_path: Path) -> None:
+    tls = make_tls(tmp_path)
+    handler = SinkHandler()
+    with smtp_server(handler, tls_context=tls.server_context, require_starttls=True) as server:
+        ws = _smtp_ws(workspace, server.port, security="starttls")
+        backend = get_backend(ws)
+        with pytest.raises(DeliveryError, match=f"certificate is not trusted.*{ENV_CAFILE}"):
+            backend.open()
+    assert handler.received == []
+
+
+def test_wrong_password_is_refused_and_not_shown(workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = make_tls(tmp_path)
+    handler = SinkHandler()
+    monkeypatch.setenv(ENV_CAFILE, str(tls.ca_file))
+    monkeypatch.setenv(ENV_PASSWORD, "not the password")
+    with smtp_server(handler, tls_context=tls.server_context, auth_required=True,
+                     authenticator=PasswordCheck("newsletter", PASSWORD, handler)) as server:
+        ws = _smtp_ws(workspace, server.port, security="starttls", username="newsletter")
+        batch = make_batch(ws, recipients(3))
+        with pytest.raises(DeliveryError, match="refused the login of 'newsletter'") as info:
+            get_backend(ws).open()
+        assert "not the password" not in info.value.message
+        # Mid-batch (after a reconnect) the same refusal fails the batch's recipients.
+        result = SmtpBackend(ws).send_batch(batch)
+    assert result.sent == [] and set(result.failed) == {e.key for e in batch.envelopes}
+    assert all("refused the login" in why for why in result.failed.values())
+    assert handler.received == []
+
+
+def test_missing_password_is_a_clear_error(workspace: Path) -> None:
+    ws = _smtp_ws(workspace, 2525, username="newsletter")
+    with pytest.raises(DeliveryError, match=f"set {ENV_PASSWORD}"):
+        get_backend(ws).open()
+
+
+def test_starttls_required_but_not_offered(workspace: Path) -> None:
+    with smtp_server(SinkHandler()) as server:
+        ws = _smtp_ws(workspace, server.port, security="starttls")
+        with pytest.raises(DeliveryError, match="does not offer STARTTLS"):
+            get_backend(ws).open()
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def test_dropped_connection_reconnects_and_delivers_all(workspace: Path) -> None:
+    handler = SinkHandler(drop_at={4, 9})
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, recipients(12))
+        backend, result = _send(ws, batch)
+    assert result.sent == [e.key for e in batch.envelopes] and result.failed == {}
+    _check_all_received(handler, batch, ws)  # each exactly once
+    assert backend.connections == 3 and handler.sessions == 3
+
+
+def test_421_closes_and_reconnects(workspace: Path) -> None:
+    people = recipients(4)
+    handler = SinkHandler(data_replies={people[1].email: ["421 4.7.0 too many messages on this connection"]})
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, people)
+        backend, result = _send(ws, batch)
+    assert result.sent == [p.subscriber_id for p in people]
+    _check_all_received(handler, batch, ws)
+    assert backend.connections == 2
+
+
+def test_4xx_is_retried_then_delivered(workspace: Path) -> None:
+    people = recipients(5)
+    handler = SinkHandler(
+        rcpt_replies={people[1].email: ["450 4.2.1 mailbox busy", "451 4.3.0 try again"]},
+        data_replies={people[3].email: ["452 4.3.1 insufficient storage"]},
+    )
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, people)
+        backend, result = _send(ws, batch)
+    assert result.sent == [p.subscriber_id for p in people] and result.failed == {}
+    _check_all_received(handler, batch, ws)
+    assert backend.connections == 1  # a deferral is not a reason to reconnect
+
+
+def test_5xx_fails_that_recipient_only(workspace: Path) -> None:
+    people = recipients(5)
+    handler = SinkHandler(
+        rcpt_replies={people[1].email: ["550 5.1.1 <reader2@example.org>: no such user"]},
+        data_replies={people[3].email: ["554 5.7.1 message refused as spam"]},
+    )
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, people)
+        _, result = _send(ws, batch)
+    keys = [p.subscriber_id for p in people]
+    assert result.sent == [keys[0], keys[2], keys[4]]
+    assert set(result.failed) == {keys[1], keys[3]}
+    assert "550 5.1.1 <reader2@example.org>: no such user" in result.failed[keys[1]]
+    assert "554 5.7.1 message refused as spam" in result.failed[keys[3]]
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == sorted(people[i].email for i in (0, 2, 4))
+    # One refused try each: a 5xx is not retried.
+    assert handler.data_commands == 4
+
+
+def test_4xx_that_never_ends_fails_that_recipient_after_the_attempts(workspace: Path) -> None:
+    people = recipients(3)
+    handler = SinkHandler(rcpt_replies={people[0].email: ["451 4.3.0 later"] * 10})
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        _, result = _send(ws, make_batch(ws, people))
+    assert result.sent == [people[1].subscriber_id, people[2].subscriber_id]
+    assert "gave up after 4 attempts" in result.failed[people[0].subscriber_id]
+    assert len(handler.rcpt_replies[people[0].email]) == 10 - 4
+
+
+def test_server_gone_fails_the_rest_of_the_batch(workspace: Path) -> None:
+    handler = SinkHandler()
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        backend = get_backend(ws)
+        backend.open()
+        first = backend.send_batch(make_batch(ws, recipients(2)))
+    # The server is stopped: reconnecting is refused every time.
+    batch = make_batch(ws, recipients(3, start=10))
+    result = backend.send_batch(batch)
+    backend.close()
+    assert first.sent == [1, 2]
+    assert result.sent == [] and set(result.failed) == {10, 11, 12}
+    assert all(why.startswith("not sent: cannot connect to SMTP server 127.0.0.1:") for why in result.failed.values())
+
+
+def test_non_ascii_address_uses_smtputf8(workspace: Path) -> None:
+    person = Recipient(email="zoë@example.org", name="Zoë", subscriber_id=7)
+    handler = SinkHandler()
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, [person])
+        _, result = _send(ws, batch)
+    assert result.sent == [7]
+    assert handler.received[0].rcpt_tos == ["zoë@example.org"]
+    check_message(handler.received[0].message(), batch.envelopes[0], ws.settings)
+
+
+def test_non_ascii_address_without_smtputf8_fails_clearly(workspace: Path) -> None:
+    people = [Recipient(email="zoë@example.org", subscriber_id=7), Recipient(email="ada@example.org", subscriber_id=8)]
+    handler = SinkHandler()
+    with smtp_server(handler, enable_SMTPUTF8=False) as server:
+        ws = _smtp_ws(workspace, server.port)
+        _, result = _send(ws, make_batch(ws, people))
+    assert result.sent == [8]
+    assert "SMTPUTF8" in result.failed[7]
+
+
+def test_rate_limit_spaces_messages(workspace: Path) -> None:
+    handler = SinkHandler()
+    now = [1000.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port, max_per_second=20)
+        backend = SmtpBackend(ws, sleep=sleep, clock=lambda: now[0])
+        result = backend.send_batch(make_batch(ws, recipients(11)))
+        backend.close()
+    assert len(result.sent) == 11
+    # On a clock that only moves when told to, 11 messages at 20/s take 10 gaps of 50 ms.
+    assert len(waits) == 10 and sum(waits) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------- message bytes
+
+
+def _parse(data: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(data, policy=default_policy)
+
+
+def _same_message(ours: bytes, reference: email.message.EmailMessage) -> None:
+    """Same headers (bar Date and Message-ID) and the same decoded parts."""
+    mine, theirs = _parse(ours), _parse(reference.as_bytes(policy=SMTP_POLICY))
+    skip = {"date", "message-id", "content-type", "content-transfer-encoding"}
+    # (values unfolded: the email package folds long ones, the fast path need not)
+    assert [(k, " ".join(str(v).split())) for k, v in mine.items() if k.lower() not in skip] == [
+        (k, " ".join(str(v).split())) for k, v in theirs.items() if k.lower() not in skip
+    ]
+    # (line ends as CRLF or LF depend on the transfer encoding each side chose)
+    assert [(p.get_content_type(), p.get_content().replace("\r\n", "\n")) for p in mine.iter_parts()] == [
+        (p.get_content_type(), p.get_content().replace("\r\n", "\n")) for p in theirs.iter_parts()
+    ]
+    # Quoted-printable: 7-bit, CRLF, no line over RFC 2045's 76 characters in the bodies.
+    assert ours.isascii() or b"\xc3" in ours.split(b"\r\n\r\n", 1)[0]
+    body = ours.split(b"\r\n\r\n", 1)[1]
+    assert b"\n" not in body.replace(b"\r\n", b"")
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+
+
+P = UNSUBSCRIBE_PLACEHOLDER
+# Placeholders at the edges, side by side, deep in long lines next to multi-byte
+# characters and escapes (so soft breaks fall everywhere), after trailing spaces, on
+# lines starting with "." or "From ", and with CR/CRLF line ends.
+AWKWARD_HTML = (
+    f'{P}<p>start</p>\n<a href="{P}">{P}{P}</a>\n'
+    + "".join(f'<p>{"é" * k}{"=" * (k % 3)}{"x" * k}<a href="{P}">unsubscribe</a>{"ü" * k}</p>\n' for k in range(60, 80))
+    + f"<p>trailing space {P} \t\n.<br>\nFrom here\r\nCR\ronly</p>{P}"
+)
+AWKWARD_TEXT = f"{P}\nUnsubscribe: {P}\n" + "".join(f"{'a' * k} {P} {'b' * k}\n" for k in range(60, 80)) + f".\nFrom {P}"
+
+
+@pytest.mark.parametrize("base_url", ["https://highlights.example.org", "https://example.org/news/letter?a=1&b=2"])
+def test_fast_messages_equal_build_message(workspace: Path, base_url: str) -> None:
+    ws = make_workspace(workspace, base_url=base_url)
+    rendered = RenderedIssue(slug="2024-w02", subject="Zoë's «weekly» notes, with a subject long enough to be folded "
+                             "across lines by any mail client", preheader="", html=AWKWARD_HTML, text=AWKWARD_TEXT)
+    batch = make_batch(ws, recipients(12) + [Recipient("zoë@example.org", "Zoë", 99)], rendered=rendered)
+    template = MessageTemplate(rendered, ws.settings, batch.envelopes[0])
+    assert template.fast
+    for env in batch.envelopes:
+        data, utf8 = template.render(env)
+        assert utf8 == (not env.recipient.email.isascii())
+        _same_message(data, build_message(rendered, ws.settings, env.recipient, env.links))
+
+
+def test_a_personalize_it_cannot_reproduce_falls_back_to_build_message(workspace: Path) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Signed(RenderedIssue):
+        # Not a plain substitution: adds a line at the very end, wherever the link is.
+        def personalize(self, unsubscribe_url: str) -> tuple[str, str]:
+            html, text = super().personalize(unsubscribe_url)
+            return html, text + "\n-- sent to you (ONE CLICK above)"
+
+    ws = make_workspace(workspace)
+    rendered = Signed(slug="s", subject="Subject", preheader="", html=f"<a href='{P}'>x</a>", text=f"Leave: {P} now")
+    envelope = make_batch(ws, recipients(1), rendered=rendered).envelopes[0]
+    template = MessageTemplate(rendered, ws.settings, envelope)
+    assert not template.fast
+    other = make_batch(ws, recipients(1, start=5), rendered=rendered).envelopes[0]
+    data, _ = template.render(other)
+    assert "now\r\n-- sent to you" in _parse(data).get_body(("plain",)).get_content()
+    _same_message(data, build_message(rendered, ws.settings, other.recipient, other.links))
+
+
+def test_test_links_and_subject_in_fast_messages(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    batch = make_batch(ws, [Recipient("ada@example.org")], test=True)
+    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0], test=True)
+    data, _ = template.render(batch.envelopes[0])
+    links = recipient_links(ws.settings, SIGNER, 1, test=True)
+    _same_message(data, build_message(batch.rendered, ws.settings, Recipient("ada@example.org"), links, test=True))
+    check_message(_parse(data), batch.envelopes[0], ws.settings, test=True)
+
+
+def test_the_example_issue_takes_the_fast_path(workspace: Path) -> None:
+    ws = make_workspace(workspace)
+    batch = make_batch(ws, recipients(3))
+    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0])
+    assert template.fast
+    for env in batch.envelopes:
+        data, _ = template.render(env)
+        check_message(_parse(data), env, ws.settings)
+        _same_message(data, build_message(batch.rendered, ws.settings, env.recipient, env.links))
