@@ -1,0 +1,508 @@
+"""All SQL of highlightsmail: the SQLite state under `subscribers/highlights.db`.
+
+The database is shared by the CLI and the web endpoint, often at the same moment, so:
+
+- WAL mode: readers never block the one writer, and the writer never blocks readers.
+- Every write is an explicit `BEGIN IMMEDIATE` transaction. A deferred transaction that
+  reads first and writes later can fail at once with SQLITE_BUSY when another writer got
+  in between, whatever the busy timeout; taking the write lock up front makes writers
+  queue on the busy timeout (30 s) instead.
+- The schema carries its version in `PRAGMA user_version`; opening an older database
+  upgrades it in one transaction, opening a newer one is refused.
+
+Threads: a `Store` owns one connection and guards it with a lock, so one `Store` may be
+shared by threads (each call is serialised). The simplest safe pattern for a server is
+still one `Store` per worker thread (or per request): each has its own connection, and
+SQLite itself orders their writes. Opening a `Store` is cheap (well under a millisecond
+once the file exists).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
+
+from highlightsmail.errors import HighlightsError, display_path
+
+if TYPE_CHECKING:
+    from highlightsmail.workspace import Workspace
+
+Status = Literal["active", "unsubscribed", "bounced", "complained"]
+Source = Literal["web", "one-click", "cli", "import", "sendgrid"]
+STATUSES: tuple[str, ...] = get_args(Status)
+SOURCES: tuple[str, ...] = get_args(Source)
+#: Statuses that mean "never mail this address again".
+SUPPRESSED: frozenset[str] = frozenset({"unsubscribed", "bounced", "complained"})
+
+BUSY_TIMEOUT_S = 30.0
+_PAGE = 1000  # rows per page when streaming subscribers
+
+
+def _in(values: Iterable[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+# Each migration is a list of statements run in order inside one transaction; the
+# schema's version is the number of migrations applied. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: subscribers, their history, and the tables of the send ledger
+        f"""CREATE TABLE subscribers (
+            id      INTEGER PRIMARY KEY,
+            email   TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            name    TEXT NOT NULL DEFAULT '',
+            status  TEXT NOT NULL CHECK (status IN ({_in(STATUSES)})),
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        )""",
+        # Listing by status in id order (`list --status`, choosing recipients).
+        "CREATE INDEX subscribers_status ON subscribers (status, id)",
+        f"""CREATE TABLE events (
+            id            INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+            at            TEXT NOT NULL,
+            from_status   TEXT CHECK (from_status IN ({_in(STATUSES)})),
+            to_status     TEXT NOT NULL CHECK (to_status IN ({_in(STATUSES)})),
+            source        TEXT NOT NULL CHECK (source IN ({_in(SOURCES)})),
+            detail        TEXT
+        )""",
+        "CREATE INDEX events_subscriber ON events (subscriber_id, id)",
+        # One row per (issue, recipient): the recipients are fixed when a dispatch starts,
+        # and the state is committed before and after every request to the backend.
+        """CREATE TABLE dispatches (
+            issue    TEXT PRIMARY KEY,
+            started  TEXT NOT NULL,
+            backend  TEXT NOT NULL,
+            total    INTEGER NOT NULL,
+            finished TEXT
+        )""",
+        """CREATE TABLE deliveries (
+            issue         TEXT NOT NULL,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+            email         TEXT NOT NULL,
+            state         TEXT NOT NULL DEFAULT 'pending'
+                          CHECK (state IN ('pending', 'in_flight', 'sent', 'skipped', 'failed', 'in_doubt')),
+            batch         INTEGER,
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            last_error    TEXT,
+            message_id    TEXT,
+            created       TEXT NOT NULL,
+            updated       TEXT NOT NULL,
+            PRIMARY KEY (issue, subscriber_id)
+        )""",
+        "CREATE INDEX deliveries_state ON deliveries (issue, state)",
+        # A batch's recipients change state together (in_flight -> sent / in_doubt).
+        "CREATE INDEX deliveries_batch ON deliveries (issue, batch)",
+        """CREATE TABLE test_sends (
+            id          INTEGER PRIMARY KEY,
+            issue       TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            recipients  TEXT NOT NULL CHECK (json_valid(recipients)),
+            at          TEXT NOT NULL
+        )""",
+        "CREATE INDEX test_sends_issue ON test_sends (issue, fingerprint)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def format_time(moment: datetime) -> str:
+    """ISO 8601 in UTC to the second, with a `Z`: how every time is stored."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UnknownSubscriber(HighlightsError):
+    """No subscriber with that id or address."""
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str
+    status: str
+    created: str
+    updated: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change of a subscriber's status (from_status is None when they were created)."""
+
+    id: int
+    subscriber_id: int
+    at: str
+    from_status: str | None
+    to_status: str
+    source: str
+    detail: str | None
+
+
+class ImportRow(NamedTuple):
+    """One validated row of an import. `email` is already normalised; `created` and
+    `updated` (stored format) are used only when the address is new. A tuple, since
+    an import makes 100,000 of them and may pass them between processes."""
+
+    email: str
+    name: str = ""
+    status: str = "active"
+    created: str | None = None
+    updated: str | None = None
+    detail: str | None = None  # recorded with the event, e.g. "subscribers.csv:12"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    new: int
+    updated: int
+    unchanged: int
+
+
+_SUBSCRIBER_COLUMNS = "id, email, name, status, created, updated"
+
+
+class Store:
+    """The database of one workspace. Also a context manager that closes it."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None,
+                 timeout: float = BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        self._clock = clock or _utc_now
+        self._lock = threading.RLock()
+        where = display_path(self.path)
+        try:
+            # isolation_level=None: the module never opens transactions behind our back;
+            # every write below says BEGIN IMMEDIATE itself.
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise HighlightsError(f"{where}: cannot open the database: {exc}") from None
+        try:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA temp_store = MEMORY")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise HighlightsError(f"{where}: not a usable highlightsmail database: {exc}") from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @classmethod
+    def open(cls, ws: Workspace, **kwargs) -> Store:
+        """The workspace's database (settings `database`), creating its folder if needed."""
+        path = ws.db_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(path, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def now(self) -> str:
+        """The current time in the stored format (the clock is injectable for tests)."""
+        return format_time(self._clock())
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise HighlightsError(
+                f"{display_path(self.path)}: this database was made by a newer highlightsmail "
+                f"(schema {version}, this version knows up to {SCHEMA_VERSION}); upgrade highlightsmail"
+            )
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        self._check_version(version)
+        if version == SCHEMA_VERSION:
+            return
+        with self._write() as conn:
+            # Another process may have migrated while we waited for the write lock.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            self._check_version(version)
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from its first statement."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._busy_error(exc) from None
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise self._busy_error(exc) from None
+
+    def _busy_error(self, exc: sqlite3.OperationalError) -> Exception:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return HighlightsError(
+                f"{display_path(self.path)}: the database stayed busy for more than "
+                f"{BUSY_TIMEOUT_S:.0f} s (another highlights process is writing); try again"
+            )
+        return exc
+
+    def _query(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    @staticmethod
+    def _event(conn: sqlite3.Connection, subscriber_id: int, at: str, from_status: str | None,
+               to_status: str, source: str, detail: str | None) -> None:
+        conn.execute(
+            "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (subscriber_id, at, from_status, to_status, source, detail),
+        )
+
+    # -- subscribers ------------------------------------------------------------
+
+    def get(self, subscriber_id: int) -> Subscriber | None:
+        """The subscriber with this id, or None."""
+        rows = self._query(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,))
+        return Subscriber(*rows[0]) if rows else None
+
+    def find(self, email: str) -> Subscriber | None:
+        """The subscriber with this address (ASCII letters compared case-insensitively), or None."""
+        rows = self._query(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE email = ?", (email,))
+        return Subscriber(*rows[0]) if rows else None
+
+    def add(self, email: str, name: str = "", *, status: Status = "active", source: Source = "cli",
+            detail: str | None = None) -> tuple[Subscriber, bool]:
+        """Add a subscriber; `(subscriber, True)` if new, `(existing, False)` if the address
+        is already there (then nothing is changed). `email` must already be validated."""
+        _check(status, STATUSES, "status")
+        _check(source, SOURCES, "source")
+        with self._write() as conn:
+            row = conn.execute(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE email = ?", (email,)).fetchone()
+            if row:
+                return Subscriber(*row), False
+            now = self.now()
+            cur = conn.execute(
+                "INSERT INTO subscribers (email, name, status, created, updated) VALUES (?, ?, ?, ?, ?)",
+                (email, name, status, now, now),
+            )
+            sid = cur.lastrowid
+            self._event(conn, sid, now, None, status, source, detail)
+            return Subscriber(sid, email, name, status, now, now), True
+
+    def set_name(self, ident: int | str, name: str) -> bool:
+        """Change a subscriber's name; True if it changed."""
+        with self._write() as conn:
+            sid, _status, old_name = self._locate(conn, ident)
+            if old_name == name:
+                return False
+            conn.execute("UPDATE subscribers SET name = ?, updated = ? WHERE id = ?", (name, self.now(), sid))
+            return True
+
+    def set_status(self, ident: int | str, status: Status, source: Source, detail: str | None = None) -> bool:
+        """Move a subscriber (by id or address) to `status`, recording an event in the same
+        transaction. True if the status changed; False (and no event) if it already was.
+        Raises UnknownSubscriber."""
+        _check(status, STATUSES, "status")
+        _check(source, SOURCES, "source")
+        with self._write() as conn:
+            sid, old, _name = self._locate(conn, ident)
+            if old == status:
+                return False
+            now = self.now()
+            conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?", (status, now, sid))
+            self._event(conn, sid, now, old, status, source, detail)
+            return True
+
+    @staticmethod
+    def _locate(conn: sqlite3.Connection, ident: int | str) -> tuple[int, str, str]:
+        column = "id" if isinstance(ident, int) else "email"
+        row = conn.execute(f"SELECT id, status, name FROM subscribers WHERE {column} = ?", (ident,)).fetchone()
+        if row is None:
+            raise UnknownSubscriber(f"no subscriber {ident}")
+        return row
+
+    def iter_subscribers(self, status: Status | None = None, *, page: int = _PAGE) -> Iterator[Subscriber]:
+        """Every subscriber (or those with `status`) in id order, fetched a page at a time.
+
+        Pages are read by id (keyset), each in its own short statement, so nothing holds a
+        read transaction open while a slow consumer (a pager, a network) takes its time,
+        and other calls on this Store can run between pages. A subscriber added while
+        iterating appears at the end; none appears twice.
+        """
+        if status is not None:
+            _check(status, STATUSES, "status")
+        where = "id > ?" if status is None else "status = ? AND id > ?"
+        sql = f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE {where} ORDER BY id LIMIT ?"
+        last = 0
+        while True:
+            params = (last, page) if status is None else (status, last, page)
+            with self._lock:
+                cursor = self._conn.execute(sql, params)
+                rows = cursor.fetchmany(page)
+            for row in rows:
+                yield Subscriber(*row)
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many subscribers have each status (every status present, zeros included)."""
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update(self._query("SELECT status, count(*) FROM subscribers GROUP BY status"))
+        return counts
+
+    def events(self, subscriber_id: int) -> list[Event]:
+        """A subscriber's history, oldest first."""
+        rows = self._query(
+            "SELECT id, subscriber_id, at, from_status, to_status, source, detail FROM events"
+            " WHERE subscriber_id = ? ORDER BY id",
+            (subscriber_id,),
+        )
+        return [Event(*row) for row in rows]
+
+    def import_rows(self, rows: Iterable[ImportRow], *, source: Source = "import",
+                    dry_run: bool = False) -> ImportResult:
+        """Import validated rows in ONE transaction; with `dry_run`, roll it back.
+
+        Rules (so a list moved from another tool keeps its suppressions, and nobody who
+        left is mailed again):
+        - a new address is added with the row's status (`created`/`updated` from the row
+          when given, e.g. from `subscribers export`, else now);
+        - an existing address keeps its status unless the row says the person left
+          (unsubscribed, bounced, complained), in which case that change is recorded;
+          an import never makes anyone active again;
+        - an existing address takes the row's name only when the name is not empty
+          (a list without names never erases the names you have).
+        Every creation and status change gets an event with `source` and the row's detail.
+        Addresses must be unique within `rows` (ValueError otherwise).
+        """
+        _check(source, SOURCES, "source")
+        now = self.now()
+        params = (
+            (r.email, r.name, _check(r.status, STATUSES, "status"), r.created or now,
+             r.updated or r.created or now, r.detail)
+            for r in rows
+        )
+        try:
+            with self._write() as conn:
+                result = self._import(conn, params, now, source)
+                if dry_run:
+                    raise _Rollback(result)
+        except _Rollback as rollback:
+            return rollback.result
+        return result
+
+    @staticmethod
+    def _import(conn: sqlite3.Connection, params: Iterable[tuple], now: str, source: str) -> ImportResult:
+        # Stage the rows in a temporary table and let SQLite do the matching and the
+        # writes in a handful of set-based statements: 100,000 rows take well under a second.
+        conn.execute("DROP TABLE IF EXISTS temp.import_rows")
+        conn.execute(
+            """CREATE TEMP TABLE import_rows (
+                pos        INTEGER PRIMARY KEY,
+                email      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                name       TEXT NOT NULL,
+                status     TEXT NOT NULL,
+                created    TEXT NOT NULL,
+                updated    TEXT NOT NULL,
+                detail     TEXT,
+                sid        INTEGER,
+                old_status TEXT,
+                old_name   TEXT,
+                is_new     INTEGER NOT NULL DEFAULT 1
+            )"""
+        )
+        try:
+            conn.executemany(
+                "INSERT INTO import_rows (email, name, status, created, updated, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                params,
+            )
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"an address appears twice in the rows to import: {exc}") from None
+        conn.execute(
+            "UPDATE import_rows SET sid = s.id, old_status = s.status, old_name = s.name, is_new = 0"
+            " FROM subscribers AS s WHERE s.email = import_rows.email"
+        )
+        total, new = conn.execute("SELECT count(*), coalesce(sum(is_new), 0) FROM import_rows").fetchone()
+
+        conn.execute(
+            "INSERT INTO subscribers (email, name, status, created, updated)"
+            " SELECT email, name, status, created, updated FROM import_rows WHERE is_new ORDER BY pos"
+        )
+        conn.execute(
+            "UPDATE import_rows SET sid = s.id FROM subscribers AS s"
+            " WHERE import_rows.is_new AND s.email = import_rows.email"
+        )
+        conn.execute(
+            "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
+            " SELECT sid, ?, NULL, status, ?, detail FROM import_rows WHERE is_new ORDER BY pos",
+            (now, source),
+        )
+
+        # Conditions on the staged row `i`: the person left (and was not already in that
+        # state), or the row brings a different, non-empty name.
+        leaves = f"i.status IN ({_in(SUPPRESSED)}) AND i.status <> i.old_status"
+        renames = "i.name <> '' AND i.name <> i.old_name"
+        conn.execute(
+            "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
+            f" SELECT i.sid, ?, i.old_status, i.status, ?, i.detail FROM import_rows AS i"
+            f" WHERE NOT i.is_new AND {leaves} ORDER BY i.pos",
+            (now, source),
+        )
+        cur = conn.execute(
+            f"""UPDATE subscribers SET
+                    status = CASE WHEN {leaves} THEN i.status ELSE subscribers.status END,
+                    name = CASE WHEN {renames} THEN i.name ELSE subscribers.name END,
+                    updated = ?
+                FROM import_rows AS i
+                WHERE subscribers.id = i.sid AND NOT i.is_new AND (({leaves}) OR ({renames}))""",
+            (now,),
+        )
+        updated = cur.rowcount
+        conn.execute("DROP TABLE temp.import_rows")
+        return ImportResult(new=new, updated=updated, unchanged=total - new - updated)
+
+
+class _Rollback(Exception):
+    def __init__(self, result: ImportResult) -> None:
+        self.result = result
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+    return value
