@@ -328,3 +328,9 @@ def test_every_validation_error_at_once(workspace: Path) -> None:
     result = check(workspace, text)
     assert result.exit_code == 1
     assert len(findings(result)) >= 3, result.stderr
+
+
+def test_markdown_link_without_a_host_is_an_error(workspace: Path) -> None:
+    result = check(workspace, CLEAN.replace("Plain text.", "[x](https:///nowhere)"))
+    assert result.exit_code == 1
+    assert one(result) == f"{FILE}:7:11: items[0].summary: link 'https:///nowhere' has no host; write it like https://example.org/page"

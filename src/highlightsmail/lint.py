@@ -205,6 +205,8 @@ def _check_url(link: _Link) -> tuple[str, str] | None:
         return "warning", f"{what} {link.url} is not https: {why}"
     if scheme == "mailto" and not link.is_image:
         return None
+    if scheme in ("http", "https"):
+        return "error", f"{what} {link.url!r} has no host; write it like https://example.org/page"
     shown = f"'{scheme}:'" if scheme else "a relative URL"
     shown_as = "; the email shows it as plain text" if link.in_markdown and not link.is_image else ""
     return "error", f"{what} {link.url!r}: links must be absolute http(s) URLs, not {shown}{shown_as}"
