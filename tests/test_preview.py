@@ -186,6 +186,16 @@ def test_changed_settings_are_picked_up(client: TestClient, workspace: Path) -> 
     settings.write_text(new.replace("list_id:", "list_idd:"), encoding="utf-8")
     page = page_when(client, lambda p: 'id="errors"' in p)
     assert re.search(r"highlights\.yaml:\d+:1: ", page), page
+    # Saving the issue meanwhile does not hide the broken settings behind the old ones.
+    preview = client.app.state.preview
+    renders = preview.renders
+    set_first_item_title(workspace / ISSUE, "Edited While The Settings Were Broken")
+    deadline = time.monotonic() + 15
+    while preview.renders == renders:
+        assert time.monotonic() < deadline, "saving the issue did not re-render"
+        time.sleep(0.02)
+    page = client.get("/").text
+    assert 'id="errors"' in page and "list_idd" in page and "Edited While" not in page
 
 
 def test_without_lint_the_page_says_so(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,7 +233,6 @@ def test_only_loopback_host_names_are_served(workspace: Path) -> None:
         assert httpx.get(url, headers={"Host": f"preview.attacker.example:{port}"}).status_code == 400
 
 
-@pytest.mark.slow
 def test_cli_prints_the_url_serves_and_stops_cleanly_on_ctrl_c(workspace: Path) -> None:
     proc = subprocess.Popen([str(HIGHLIGHTS), "preview", "2024-w02", "--no-open", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

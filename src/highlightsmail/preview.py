@@ -59,7 +59,9 @@ WAIT_TIMEOUT_MAX_S = 60.0
 _NO_STORE = {"Cache-Control": "no-store"}
 # Scripts never run in an email; nor in its preview, even when opened on its own.
 _EMAIL_HEADERS = {**_NO_STORE, "Content-Security-Policy": "script-src 'none'; object-src 'none'"}
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Host names a browser uses for a loopback server (an IPv6 Host header would need its
+# brackets understood, so ::1 goes unchecked).
+_LOOPBACK = {"127.0.0.1", "localhost"}
 
 Log = Callable[[str], None]
 
@@ -100,6 +102,7 @@ class _Built:
 
     snapshot: Snapshot
     ws: Workspace
+    settings_loaded: bool = True
 
 
 class _Preview:
@@ -108,7 +111,7 @@ class _Preview:
     def __init__(self, ws: Workspace, issue_path: Path, log: Log) -> None:
         self.ws = ws
         self.issue_path = Path(issue_path).resolve()
-        self.settings_path = (ws.root / "highlights.yaml").resolve()
+        self.settings_path = ws.settings_path.resolve()
         self.templates_dir = ws.templates_dir.resolve()
         self.log = log
         # A new id per server start, so a page left open across a restart reloads too.
@@ -123,6 +126,7 @@ class _Preview:
         self._changed: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self.closing = False
+        self.renders = 0  # every render, shown or not (the page changes only on a new build)
 
     # ------------------------------------------------------------------ rendering
 
@@ -131,7 +135,11 @@ class _Preview:
         reload_settings, self._settings_dirty = self._settings_dirty, False
         templates_moved, self._templates_moved = self._templates_moved, False
         built = await asyncio.to_thread(self._build, self.ws, reload_settings, templates_moved)
+        self.renders += 1
         self.ws = built.ws
+        if not built.settings_loaded:
+            # Until highlights.yaml loads again, every build must show why it doesn't.
+            self._settings_dirty = True
         digest = built.snapshot.digest()
         if digest == self._digest:
             return
@@ -151,11 +159,13 @@ class _Preview:
         issue_file = display_path(self.issue_path)
         if templates_moved:
             _forget_compiled_templates()
+        settings_loaded = not reload_settings
         try:
             if reload_settings:
                 from highlightsmail.workspace import load_workspace
 
                 ws = load_workspace(ws.root)
+                settings_loaded = True
             from highlightsmail.issue import load_issue
             from highlightsmail.render import render_issue
 
@@ -164,7 +174,7 @@ class _Preview:
             html, text = rendered.personalize(PREVIEW_UNSUBSCRIBE_URL)
         except Exception as exc:  # noqa: BLE001 - every failure is shown, the server stays up
             return _Built(Snapshot(build="", issue_file=issue_file, errors=_error_lines(exc, self.log),
-                                   render_ms=_ms_since(started)), ws)
+                                   render_ms=_ms_since(started)), ws, settings_loaded)
         lint, note = _lint(ws, issue, rendered, self.log)
         snapshot = Snapshot(build="", issue_file=issue_file, subject=rendered.subject,
                             preheader=rendered.preheader, html=html, text=text, lint=lint,
@@ -449,7 +459,7 @@ def _url(sock: socket.socket, host: str) -> str:
 def _server(ws: Workspace, issue_path: Path, host: str, log: Log,
             on_started: Callable[[], None] | None = None) -> _PreviewServer:
     # Only loopback names are accepted on a loopback address; a chosen host is the user's call.
-    allowed = sorted(_LOOPBACK | {host}) if host in _LOOPBACK else None
+    allowed = sorted(_LOOPBACK) if host in _LOOPBACK else None
     app = create_preview_app(ws, issue_path, log=log, allowed_hosts=allowed)
     # The long poll would fill the terminal with access lines; builds are reported instead.
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",

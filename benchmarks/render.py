@@ -1,0 +1,226 @@
+"""How fast an editor sees the example issue: rendering in-process, `highlights build`,
+`highlights --help`, and the preview's save-to-page latency in a real Chromium.
+
+Run from the repository root: `.venv/bin/python benchmarks/render.py`.
+Targets: warm render <= 20 ms, build <= 1.0 s, --help <= 0.3 s, save-to-page <= 500 ms.
+Everything runs on a temporary copy of the example workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HIGHLIGHTS = Path(sys.executable).with_name("highlights")
+ISSUE = Path("issues/2024-w02.yaml")
+CHROMIUM = os.environ.get("HIGHLIGHTS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+results: list[tuple[str, float, float, str]] = []  # what, figure, target, unit
+
+
+def report(what: str, value: float, target: float | None, unit: str, extra: str = "") -> None:
+    verdict = "" if target is None else ("  ok" if value <= target else "  OVER TARGET")
+    goal = "" if target is None else f" (target <= {target:g} {unit})"
+    shown = f"{value:8.3f}" if unit == "s" else f"{value:8.1f}"
+    print(f"  {what:<44} {shown} {unit}{goal}{verdict}{extra}")
+    if target is not None:
+        results.append((what, value, target, unit))
+
+
+def copy_workspace() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="highlights-render-bench-"))
+    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
+    shutil.copytree(REPO / "issues", root / "issues")
+    if (REPO / "templates").is_dir():
+        shutil.copytree(REPO / "templates", root / "templates")
+    (root / "subscribers").mkdir()
+    return root
+
+
+def bench_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HIGHLIGHTS_", "SENDGRID_"))}
+    env["HIGHLIGHTS_SECRET"] = "benchmark-secret-0123456789abcdef0123"
+    return env
+
+
+# --------------------------------------------------------------------------- (a)
+
+COLD = textwrap.dedent("""
+    import json, time
+    t0 = time.perf_counter()
+    from highlightsmail.issue import load_issue
+    from highlightsmail.render import render_issue
+    from highlightsmail.workspace import load_workspace
+    t1 = time.perf_counter()
+    ws = load_workspace()
+    issue = load_issue(ws.issue_path("2024-w02"))
+    t2 = time.perf_counter()
+    render_issue(issue, ws)
+    t3 = time.perf_counter()
+    print(json.dumps({"import": t1 - t0, "load": t2 - t1, "render": t3 - t2}))
+""")
+
+
+def bench_render(root: Path) -> None:
+    print("(a) rendering the example issue in-process")
+    colds = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", COLD], cwd=root, env=bench_env(),
+                              capture_output=True, text=True, check=True)
+        colds.append(json.loads(done.stdout))
+    cold = statistics.median(c["render"] for c in colds) * 1000
+    report("cold: first render_issue in a new process", cold, None, "ms",
+           f"  (imports {statistics.median(c['import'] for c in colds) * 1000:.0f} ms, "
+           f"load settings+issue {statistics.median(c['load'] for c in colds) * 1000:.0f} ms; median of 3)")
+
+    from highlightsmail.issue import load_issue
+    from highlightsmail.render import render_issue
+    from highlightsmail.workspace import load_workspace
+
+    ws = load_workspace(root)
+    issue = load_issue(root / ISSUE)
+    render_issue(issue, ws)
+    times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        rendered = render_issue(issue, ws)
+        times.append((time.perf_counter() - start) * 1000)
+    report("warm: render_issue, median of 50", statistics.median(times), 20, "ms",
+           f"  (min {min(times):.1f}, max {max(times):.1f}; HTML {len(rendered.html.encode()) / 1000:.1f} KB)")
+    loads = []
+    for _ in range(20):
+        start = time.perf_counter()
+        load_issue(root / ISSUE)
+        loads.append((time.perf_counter() - start) * 1000)
+    report("warm: load_issue (YAML + validation), median of 20", statistics.median(loads), None, "ms")
+
+
+# --------------------------------------------------------------------------- (b), (c)
+
+
+def wall(args: list[str], cwd: Path, runs: int) -> tuple[float, float, float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run([str(HIGHLIGHTS), *args], cwd=cwd, env=bench_env(), capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise RuntimeError(f"highlights {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
+    return statistics.median(times), min(times), max(times)
+
+
+def bench_cli(root: Path) -> None:
+    print("(b) highlights build issues/2024-w02.yaml --out TMP (whole process)")
+    out = Path(tempfile.mkdtemp(prefix="highlights-render-bench-out-"))
+    try:
+        median, low, high = wall(["build", str(ISSUE), "--out", str(out)], root, 5)
+        report("build, median of 5", median, 1.0, "s", f"  (min {low:.2f}, max {high:.2f})")
+    except RuntimeError as exc:
+        print(f"  build FAILED: {exc}")
+        results.append(("build", float("inf"), 1.0, "s"))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+    print("(c) highlights --help (whole process)")
+    median, low, high = wall(["--help"], root, 10)
+    report("--help, median of 10", median, 0.3, "s", f"  (min {low:.2f}, max {high:.2f})")
+
+
+# --------------------------------------------------------------------------- (d)
+
+SHOWS = """title => {
+  const text = document.getElementById('text');
+  if (!text || !text.textContent.includes(title)) return false;
+  return ['desktop', 'phone'].every(id => {
+    const doc = document.getElementById(id).contentDocument;
+    return doc && doc.body && doc.body.textContent.includes(title);
+  });
+}"""
+
+
+def set_first_item_title(path: Path, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    start = text.index("\nitems:")
+    match = re.compile(r"^(\s*-\s*title:\s*)(['\"]?)(.+?)\2\s*$", re.M).search(text, start)
+    assert match, "no item title in the example issue"
+    path.write_text(text[:match.start(3)] + new + text[match.end(3):], encoding="utf-8")
+
+
+def bench_preview(root: Path, rounds: int = 5) -> None:
+    print("(d) preview: saving the issue file -> the page shows the change (Chromium)")
+    from playwright.sync_api import sync_playwright
+
+    proc = subprocess.Popen([str(HIGHLIGHTS), "preview", str(ISSUE), "--no-open", "--port", "0"], cwd=root,
+                            env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server_log: list[str] = []
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        found = re.search(r"(http://\S+/)", first)
+        if not found:
+            raise RuntimeError(f"preview did not start: {first}{proc.stderr.read()}")
+        url = found.group(1)
+        reader = threading.Thread(target=lambda: server_log.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.wait_for_selector("#text")
+            latencies, to_reload = [], []
+            for i in range(rounds):
+                title = f"Benchmark Title Number {i} {time.time_ns()}"
+                start, start_epoch_ms = time.perf_counter(), time.time() * 1000
+                set_first_item_title(root / ISSUE, title)
+                page.wait_for_function(SHOWS, arg=title, timeout=10_000)
+                latencies.append((time.perf_counter() - start) * 1000)
+                # When the page began reloading: watcher + render + the long poll's answer.
+                to_reload.append(page.evaluate("performance.timeOrigin") - start_epoch_ms)
+                time.sleep(0.3)  # separate saves, as an editor's are
+            browser.close()
+        report(f"save-to-page, median of {rounds}", statistics.median(latencies), 500, "ms",
+               f"  (each: {', '.join(f'{v:.0f}' for v in latencies)})")
+        print(f"  {'of which save -> page starts reloading':<44} {statistics.median(to_reload):8.1f} ms"
+              "  (file watcher + render + long-poll answer; the rest is the page and frames loading)")
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    renders = [float(m.group(1)) for line in server_log if (m := re.search(r"rendered in (\d+) ms", line))]
+    if len(renders) > 1:
+        print(f"  {'of which the server re-rendering (render + lint)':<44} "
+              f"{statistics.median(renders[1:]):8.1f} ms  (median of {len(renders) - 1}; first render {renders[0]:.0f} ms)")
+
+
+def main() -> None:
+    if not (REPO / "highlights.yaml").is_file():
+        sys.exit("run from a checkout with the example workspace (highlights.yaml, issues/)")
+    root = copy_workspace()
+    try:
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, workspace copy {root}")
+        bench_render(root)
+        bench_cli(root)
+        bench_preview(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    over = [r for r in results if r[1] > r[2]]
+    print("all targets met" if not over else "over target: " + ", ".join(r[0] for r in over))
+
+
+if __name__ == "__main__":
+    main()
