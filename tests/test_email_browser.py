@@ -1,0 +1,125 @@
+"""The rendered email in a real browser (Debian's Chromium): the 600 px column on a
+desktop, reflowing without sideways scrolling on a 375 px phone, readable text sizes,
+and text contrast of at least 4.5:1 in light and dark mode (WCAG 2 AA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from highlightsmail.issue import load_issue
+from highlightsmail.render import render_issue
+from highlightsmail.workspace import load_workspace
+
+pytestmark = pytest.mark.browser
+
+PHONE = {"width": 375, "height": 812}
+DESKTOP = {"width": 800, "height": 900}
+
+# Every visible element that holds text directly, with its font size, and the
+# contrast of its colour against the first opaque background behind it.
+TEXT_ELEMENTS_JS = """
+() => {
+  const rgba = (s) => { const m = s.match(/[\\d.]+/g).map(Number); return m.length === 3 ? [...m, 1] : m; };
+  const lum = ([r, g, b]) => {
+    const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0.5) return c;
+    }
+    return [255, 255, 255, 1];
+  };
+  const out = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    const own = [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
+    if (!own) continue;
+    const rect = el.getBoundingClientRect();
+    const style = getComputedStyle(el);
+    if (rect.width === 0 || rect.height === 0 || style.visibility === 'hidden' || style.opacity === '0') continue;
+    if (el.closest('[style*="display:none"]')) continue;
+    const a = lum(rgba(style.color)), b = lum(background(el));
+    out.push({tag: el.tagName.toLowerCase(), text: own.slice(0, 40), size: parseFloat(style.fontSize),
+              contrast: (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)});
+  }
+  return out;
+}
+"""
+
+
+@pytest.fixture
+def example_html(workspace: Path) -> str:
+    ws = load_workspace()
+    return render_issue(load_issue(ws.issue_path("2024-w02")), ws).html
+
+
+def test_phone_width_reflows_without_horizontal_scrolling(page, example_html: str) -> None:
+    page.set_viewport_size(PHONE)
+    page.set_content(example_html)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    # The column takes the whole phone width rather than a shrunk desktop layout.
+    column = page.evaluate("document.querySelector('div[style*=\"max-width:600px\"]').getBoundingClientRect().width")
+    assert column == 375
+
+
+def test_phone_body_text_is_at_least_14px(page, example_html: str) -> None:
+    page.set_viewport_size(PHONE)
+    page.set_content(example_html)
+    sizes = page.evaluate("[...document.querySelectorAll('p, li')].filter(e => e.getClientRects().length && e.textContent.trim()).map(e => parseFloat(getComputedStyle(e).fontSize))")
+    assert len(sizes) > 20
+    assert min(sizes) >= 14
+    summary = page.evaluate("parseFloat(getComputedStyle(document.querySelector('p[dir=auto]')).fontSize)")
+    assert summary == 16
+    small = [e for e in page.evaluate(TEXT_ELEMENTS_JS) if e["size"] < 14]
+    assert small == []
+
+
+def test_desktop_column_is_600px(page, example_html: str) -> None:
+    page.set_viewport_size(DESKTOP)
+    page.set_content(example_html)
+    widths = page.evaluate("[...document.querySelectorAll('div[style*=\"max-width:600px\"]')].map(d => d.getBoundingClientRect().width)")
+    assert widths and all(w == 600 for w in widths)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_contrast_is_at_least_4_5(page, example_html: str, scheme: str) -> None:
+    page.emulate_media(color_scheme=scheme)
+    page.set_viewport_size(DESKTOP)
+    page.set_content(example_html)
+    elements = page.evaluate(TEXT_ELEMENTS_JS)
+    assert len(elements) > 50
+    poor = [e for e in elements if e["contrast"] < 4.5]
+    assert poor == []
+
+
+def test_dark_mode_media_query_applies(page, example_html: str) -> None:
+    card = "getComputedStyle(document.querySelector('.hl-card')).backgroundColor"
+    text = "getComputedStyle(document.querySelector('p[dir=auto]')).color"
+    page.emulate_media(color_scheme="light")
+    page.set_content(example_html)
+    assert page.evaluate(card) == "rgb(255, 255, 255)"
+    assert page.evaluate(text) == "rgb(31, 41, 55)"
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate(card) == "rgb(17, 26, 46)"
+    assert page.evaluate(text) == "rgb(229, 231, 235)"
+
+
+def test_long_words_and_urls_do_not_widen_the_phone_layout(page, workspace: Path) -> None:
+    ws = load_workspace()
+    url = "https://example.org/" + "very-long-path-segment/" * 8
+    data = {
+        "title": "T", "date": "2024-01-19", "preheader": "p",
+        "items": [{"title": "A" * 120, "summary": f"{'x' * 400} and <{url}>\n\n    {'code ' * 40}",
+                   "links": [{"label": "A rather long button label that goes on", "url": url}]}],
+    }
+    path = ws.issues_dir / "2024-w05.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    html = render_issue(load_issue(path), ws).html
+    page.set_viewport_size(PHONE)
+    page.set_content(html)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
