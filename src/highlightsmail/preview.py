@@ -592,7 +592,7 @@ _PAGE = r"""<!doctype html>
 <main>
 {% if not s.ok %}
   <section id="errors" role="alert">
-    <h2>{{ s.issue_file }} cannot be rendered</h2>
+    <h2>The email cannot be rendered</h2>
     <pre>{% for line in s.errors %}{{ line }}
 {% endfor %}</pre>
     <p>Fix it and save: this page updates by itself.</p>
