@@ -23,7 +23,8 @@ def live_server(app) -> Iterator[str]:
     base URL and stops the server (waiting for it) on exit."""
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=True)
+    # log_config=None: leave logging alone, so uvicorn's own errors reach pytest's caplog.
+    config = uvicorn.Config(app, log_config=None, lifespan="on", proxy_headers=True)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

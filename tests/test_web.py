@@ -184,6 +184,24 @@ def test_one_click_multipart(site: Site, http: httpx.Client) -> None:
     assert site.events(ada)[-1] == ("active", "unsubscribed", "one-click")
 
 
+@pytest.mark.parametrize("content_type, body, source", [
+    # The multipart body some providers send, written out by hand.
+    ("multipart/form-data; boundary=XyZ",
+     '--XyZ\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n--XyZ--\r\n',
+     "one-click"),
+    (None, ONE_CLICK, "one-click"),  # no content type at all
+    ("text/plain", ONE_CLICK + "\r\n", "one-click"),
+    ("multipart/form-data; boundary=XyZ", "--XyZ\r\nthis is not multipart", "web"),  # unreadable: still leaves
+    ("application/x-www-form-urlencoded", "List-Unsubscribe=Two-Clicks", "web"),
+])
+def test_one_click_body_variants(site: Site, http: httpx.Client, content_type: str | None, body: str,
+                                 source: str) -> None:
+    ada = site.add("ada@example.org")
+    r = http.post(site.link(ada), content=body, headers={"Content-Type": content_type} if content_type else {})
+    assert r.status_code == 200
+    assert site.events(ada)[-1] == ("active", "unsubscribed", source)
+
+
 def test_one_click_needs_no_cookies_and_repeats_harmlessly(site: Site) -> None:
     ada = site.add("ada@example.org")
     answers = []
@@ -279,9 +297,12 @@ def test_wrong_methods_405_and_unknown_paths_404(site: Site, http: httpx.Client)
         assert r.status_code == 405, (method, url)
         assert {m.strip() for m in r.headers["allow"].split(",")} == allowed
         assert_secure_headers(r)
-    for path in ("/", "/nope", "/u", "/u/", f"/u/{site.signer.make(ada)}/other", "/u/a/b/resubscribe"):
-        r = http.get(site.url + path)
-        assert r.status_code == 404, path
+    for path in ("/", "/nope", "/u", "/u/", f"/u/{site.signer.make(ada)}/other", "/u/a/b/resubscribe",
+                 f"/u/{site.signer.make(ada)}/", f"/u/{site.signer.make(ada)}/resubscribe/", "/healthz/"):
+        for method in ("GET", "POST"):
+            r = http.request(method, site.url + path, content=ONE_CLICK, headers=URLENCODED)
+            assert r.status_code == 404, (method, path)  # never a redirect, even to add or drop a slash
+            assert "location" not in r.headers
         assert "Page not found" in r.text
         assert_secure_headers(r)
     assert site.dump() == before
@@ -597,3 +618,16 @@ def test_highlights_serve_prints_the_url_serves_and_keeps_tokens_out_of_the_log(
     assert f"/u/u{token.split('.')[0][1:]}." in logged  # the access log names the request...
     assert token not in logged  # ...without the working link
     assert os.environ["HIGHLIGHTS_SECRET"] not in logged
+
+
+def test_repository_pages_are_the_package_defaults() -> None:
+    """The example workspace's templates/pages/ are copies of the package's, so a new
+    newsletter starts from the same pages the package falls back to."""
+    repo = Path(__file__).resolve().parent.parent
+    ours = repo / "templates" / "pages"
+    package = repo / "src" / "highlightsmail" / "templates" / "pages"
+    names = sorted(p.name for p in package.glob("*.html.j2"))
+    assert names == sorted(p.name for p in ours.glob("*.html.j2"))
+    assert {"unsubscribe.html.j2", "unsubscribed.html.j2", "resubscribed.html.j2", "notice.html.j2"} <= set(names)
+    for name in names:
+        assert (ours / name).read_text() == (package / name).read_text(), name

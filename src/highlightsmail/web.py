@@ -25,6 +25,9 @@ import logging
 import os
 import re
 import socket
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -131,15 +134,32 @@ class SubscriberView:
 class Subscriptions:
     """The endpoint's database work. Each call opens its own Store, so requests served in
     different threads never share a SQLite connection; the store's busy timeout and
-    BEGIN IMMEDIATE let these writes wait out an import instead of failing."""
+    BEGIN IMMEDIATE let these writes wait out an import instead of failing.
+
+    One more connection stays open for the app's lifetime: when the last connection to a
+    WAL database closes, SQLite checkpoints and removes the WAL, which costs a sync per
+    request (about 25 ms instead of 1 ms here).
+    """
 
     def __init__(self, ws: Workspace) -> None:
         self._ws = ws
+        self._keeper = None  # Store | None
+        self._keeper_lock = threading.Lock()
 
     def _store(self):  # -> Store
         from highlightsmail.store import Store
 
+        if self._keeper is None:
+            with self._keeper_lock:
+                if self._keeper is None:
+                    self._keeper = Store.open(self._ws)  # also creates or upgrades the schema once
         return Store.open(self._ws)
+
+    def close(self) -> None:
+        with self._keeper_lock:
+            if self._keeper is not None:
+                self._keeper.close()
+                self._keeper = None
 
     def look(self, subscriber_id: int) -> SubscriberView | None:
         with self._store() as store:
@@ -341,7 +361,7 @@ class _SecurityHeaders:
             if started:
                 raise
             page = self.pages.notice(500, "Something went wrong",
-                                     "Nothing was changed. Please try the link again in a few minutes.")
+                                     "The page could not be shown. Please try the link again in a few minutes.")
             await page(scope, receive, send_secured)
 
 
@@ -418,8 +438,17 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         Middleware(_SecurityHeaders, pages=endpoint.pages),  # outermost: every answer gets the headers
         Middleware(_BodyLimit, pages=endpoint.pages),
     ]
-    return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={HTTPException: endpoint.http_error})
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        endpoint.db.close()
+
+    application = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                            exception_handlers={HTTPException: endpoint.http_error})
+    # No redirects at all (RFC 8058 forbids them for the POST): `/u/TOKEN/` is a 404,
+    # not a 307 to `/u/TOKEN`.
+    application.router.redirect_slashes = False
+    return application
 
 
 # ---------------------------------------------------------------- logs
