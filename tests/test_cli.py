@@ -156,8 +156,11 @@ def test_broken_settings_name_the_place(site: Path) -> None:
     result = run("-w", str(site), "check", "latest")
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    assert any(line.startswith(f"{site / 'highlights.yaml'}:3:") or ":3:" in line for line in result.stderr.splitlines())
-    assert "base_url" in result.stderr
+    lines = result.stderr.splitlines()
+    settings = site / "highlights.yaml"  # outside the CWD: shown in full
+    assert f"{settings}:2:7: from: 'nobody' is not an email address" in lines
+    assert f"{settings}:3:11: base_url: links must be absolute http(s) URLs, not 'ftp:'" in lines
+    assert all(line.startswith(f"{settings}:") for line in lines)
 
 
 def test_a_real_process_reports_a_broken_issue_without_a_traceback(site: Path) -> None:
