@@ -515,10 +515,20 @@ def serve_command(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> N
     Trusts X-Forwarded-Proto/For from the addresses in FORWARDED_ALLOW_IPS (uvicorn's
     setting; 127.0.0.1 by default), so it can sit behind a reverse proxy doing HTTPS.
     """
+    import warnings
+
     import click
     import uvicorn
 
-    application = create_app(ws)
+    from highlightsmail.tokens import load_signer
+
+    # A generated secret is worth a plain one-line warning, not Python's warning format.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        signer = load_signer(ws.secret_path)
+    for warning in caught:
+        click.echo(f"Warning: {warning.message}", err=True)
+    application = create_app(ws, signer)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
