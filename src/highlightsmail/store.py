@@ -179,6 +179,7 @@ class Store:
                  timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self._clock = clock or _utc_now
+        self._timeout = timeout
         self._lock = threading.RLock()
         where = display_path(self.path)
         try:
@@ -275,7 +276,7 @@ class Store:
         if "locked" in text or "busy" in text:
             return HighlightsError(
                 f"{display_path(self.path)}: the database stayed busy for more than "
-                f"{BUSY_TIMEOUT_S:.0f} s (another highlights process is writing); try again"
+                f"{self._timeout:g} s (another highlights process is writing); try again"
             )
         return exc
 

@@ -67,19 +67,21 @@ def check_name(raw: str) -> str:
     return name
 
 
+def _formula_like(value: str) -> bool:
+    # Quotes already in front count too: `'=x` must come back as `'=x`, not `=x`.
+    return value.lstrip("'").startswith(_FORMULA_START)
+
+
 def protect_cell(value: str) -> str:
-    """A CSV cell a spreadsheet will not run as a formula. A value that already starts
-    with `'` + a formula character gets one more `'`, so `unprotect_cell` is exact."""
-    if value.startswith(_FORMULA_START) or (value.startswith("'") and value[1:2].startswith(_FORMULA_START)):
-        return "'" + value
-    return value
+    """A CSV cell a spreadsheet will not run as a formula: a leading `'` before a value
+    that starts with a formula character (after any quotes it already has)."""
+    return "'" + value if _formula_like(value) else value
 
 
 def unprotect_cell(value: str) -> str:
-    """Undo `protect_cell`: drop one leading `'` when a formula character follows it."""
-    if value.startswith("'") and value[1:2].startswith(_FORMULA_START):
-        return value[1:]
-    return value
+    """Undo `protect_cell`: drop one leading `'` before a formula character (or before
+    more quotes and then one), so `unprotect_cell(protect_cell(v)) == v` for any v."""
+    return value[1:] if value.startswith("'") and _formula_like(value) else value
 
 
 def _shown(value: str, limit: int = 80) -> str:
@@ -388,7 +390,7 @@ def _write_table(out: TextIO, rows: Iterator[Subscriber]) -> None:
 def _stdout() -> Iterator[TextIO]:
     """Standard output for streaming; a reader that stops early (`| head`) ends the
     command quietly instead of with a BrokenPipeError traceback."""
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     try:
         yield out
         out.flush()

@@ -1,0 +1,386 @@
+"""`highlights subscribers ...` end to end: the CLI on a real workspace and database."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from highlightsmail import subscribers as subscribers_module
+from highlightsmail.cli import main
+from highlightsmail.store import ImportRow, Store
+
+HIGHLIGHTS = Path(sys.executable).with_name("highlights")
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, ["subscribers", *args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def db_of(ws: Path) -> Path:
+    return ws / "subscribers" / "highlights.db"
+
+
+def rows_of(ws: Path) -> dict[str, tuple[str, str]]:
+    """address -> (name, status), straight from the database file."""
+    conn = sqlite3.connect(db_of(ws))
+    try:
+        return {e: (n, s) for e, n, s in conn.execute("SELECT email, name, status FROM subscribers")}
+    finally:
+        conn.close()
+
+
+def dump(ws: Path) -> tuple[list, list]:
+    conn = sqlite3.connect(db_of(ws))
+    try:
+        return (conn.execute("SELECT * FROM subscribers ORDER BY id").fetchall(),
+                conn.execute("SELECT * FROM events ORDER BY id").fetchall())
+    finally:
+        conn.close()
+
+
+# -- import ------------------------------------------------------------------------------
+
+MESSY = (
+    "\ufeffEmail, Name ,STATUS,Phone\r\n"                         # 1 header: BOM, odd case, an extra column
+    'ada@example.org,"Lovelace, Ada",,555\r\n'                    # 2
+    "\r\n"                                                        # 3 blank
+    "bob@,Bob,,\r\n"                                              # 4 invalid
+    "ADA@Example.org,Ada again,,\r\n"                             # 5 duplicate of 2
+    '"eve\r\nx@example.org",Eve,,\r\n'                            # 6-7 a line break in the address
+    'grace@example.org,"Hopper, ""Amazing"" Grace",unsubscribed,\r\n'  # 8
+    'hal@example.org,"Hal\r\nNine",,\r\n'                         # 9-10 a line break in the name
+    ",,,\r\n"                                                     # 11 only empty cells
+    "carl@example.org,Carl,paused,\r\n"                           # 12 unknown status
+    " dan@example.org , Dan ,BOUNCED,\r\n"                        # 13 spaces, status in capitals
+    "x@example.org,a,b,c,d\r\n"                                   # 14 too many cells
+    "  \r\n"                                                      # 15 blank
+    "zoë@bücher.de,Zoë,,\r\n"                                     # 16 internationalised
+    "GRACE@example.org,,active,\r\n"                              # 17 duplicate of 8
+)
+
+
+def test_import_reports_each_bad_row_by_line_and_imports_the_rest(workspace: Path) -> None:
+    (workspace / "list.csv").write_bytes(MESSY.encode("utf-8"))
+    result = run("import", "list.csv")
+    assert result.stdout == "imported 4 new, 0 updated, 0 unchanged, 7 rejected\n"
+    messages = result.stderr.splitlines()
+    assert [m.split(": ")[0] for m in messages] == [
+        "list.csv:1", "list.csv:4", "list.csv:5", "list.csv:6", "list.csv:9", "list.csv:12", "list.csv:14", "list.csv:17"]
+    assert messages[0] == "list.csv:1: warning: ignoring the column 'Phone'"
+    assert messages[1].startswith("list.csv:4: invalid address 'bob@': ")
+    assert messages[2] == "list.csv:5: duplicate of line 2 (ADA@example.org)"
+    assert messages[3].startswith("list.csv:6: invalid address 'eve\\r\\nx@example.org': ")
+    assert "line break" in messages[4] and "hal@example.org" in messages[4]
+    assert messages[5].startswith("list.csv:12: unknown status 'paused'")
+    assert messages[6].startswith("list.csv:14: 5 cells but the header has 4")
+    assert messages[7] == "list.csv:17: duplicate of line 8 (GRACE@example.org)"
+    assert rows_of(workspace) == {
+        "ada@example.org": ("Lovelace, Ada", "active"),
+        "grace@example.org": ('Hopper, "Amazing" Grace', "unsubscribed"),
+        "dan@example.org": ("Dan", "bounced"),
+        "zoë@bücher.de": ("Zoë", "active"),
+    }
+    with Store(db_of(workspace)) as store:
+        grace = store.find("grace@example.org")
+        assert [(e.to_status, e.source, e.detail) for e in store.events(grace.id)] == [
+            ("unsubscribed", "import", "list.csv:8")]
+
+
+def test_import_keeps_suppressions_and_never_reactivates(workspace: Path) -> None:
+    (workspace / "a.csv").write_text("email\ngone@example.org\nstays@example.org\nleaves@example.org\n")
+    run("import", "a.csv")
+    run("remove", "gone@example.org")
+    (workspace / "b.csv").write_text(
+        "email,name,status\n"
+        "Gone@example.org,Back Again,active\n"    # unsubscribed stays so (the name may change)
+        "stays@example.org,,\n"                   # unchanged
+        "leaves@example.org,,complained\n"        # the old tool knew they complained
+        "new@example.org,,bounced\n"
+    )
+    result = run("import", "b.csv")
+    assert result.stdout == "imported 1 new, 2 updated, 1 unchanged, 0 rejected\n"
+    assert rows_of(workspace) == {
+        "gone@example.org": ("Back Again", "unsubscribed"),
+        "stays@example.org": ("", "active"),
+        "leaves@example.org": ("", "complained"),
+        "new@example.org": ("", "bounced"),
+    }
+
+
+def test_dry_run_reports_the_same_counts_and_changes_nothing(workspace: Path) -> None:
+    (workspace / "a.csv").write_text("email,name\nada@example.org,Ada\nbob@example.org,\n")
+    (workspace / "b.csv").write_text("email,name,status\nada@example.org,Ada L.,\nbob@example.org,,\ncy@example.org,,\nbad@,,\n")
+    dry = run("import", "a.csv", "--dry-run")
+    assert dry.stdout == "dry run: would import 2 new, 0 updated, 0 unchanged, 0 rejected; nothing was changed\n"
+    assert not db_of(workspace).exists()  # not even an empty database
+    run("import", "a.csv")
+    before = dump(workspace)
+    dry = run("import", "b.csv", "--dry-run")
+    assert dry.stdout == "dry run: would import 1 new, 1 updated, 1 unchanged, 1 rejected; nothing was changed\n"
+    assert dump(workspace) == before
+    real = run("import", "b.csv")
+    assert real.stdout == "imported 1 new, 1 updated, 1 unchanged, 1 rejected\n"
+
+
+def test_a_file_with_only_a_header_is_fine(workspace: Path) -> None:
+    (workspace / "empty.csv").write_text("email,name,status\n")
+    assert run("import", "empty.csv").stdout == "imported 0 new, 0 updated, 0 unchanged, 0 rejected\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"email,name\nada@example.org,Ada\nzo\xeb@example.org,Zo\xeb\n",
+         "list.csv:3:3: not UTF-8 text (byte 0xeb); save the file as CSV UTF-8"),
+        (b"Email Address,First Name\nada@example.org,Ada\n",
+         "list.csv:1: no `email` column (found 'Email Address', 'First Name'); name the column of addresses `email`"),
+        (b"email;name\nada@example.org;Ada\n", "separate the columns with commas, not semicolons"),
+        (b"email,name,email\n", "list.csv:1: the column 'email' appears twice"),
+        (b"", "list.csv: the file is empty"),
+        (b'email,name\nada@example.org,"Ada\nbob@example.org,Bob\n', "list.csv:2: not valid CSV"),
+        (b"email\nbob@\n@example.org\n", "list.csv: no valid rows (2 rejected); nothing imported"),
+    ],
+)
+def test_a_file_that_cannot_be_used_fails_and_writes_nothing(workspace: Path, content: bytes, message: str) -> None:
+    (workspace / "list.csv").write_bytes(content)
+    result = run("import", "list.csv", ok=False)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert not db_of(workspace).exists()
+
+
+def test_a_missing_file_is_named(workspace: Path) -> None:
+    result = run("import", "nowhere.csv", ok=False)
+    assert result.exit_code == 1 and "nowhere.csv: no such file" in result.stderr
+
+
+def test_created_and_updated_must_be_times(workspace: Path) -> None:
+    (workspace / "list.csv").write_text(
+        "email,created,updated\n"
+        "a@example.org,2023-03-04T05:06:07Z,2023-04-05T06:07:08Z\n"
+        "b@example.org,last tuesday,\n"
+        "c@example.org,2023-03-04 05:06:07+02:00,\n")
+    result = run("import", "list.csv")
+    assert result.stdout == "imported 2 new, 0 updated, 0 unchanged, 1 rejected\n"
+    assert result.stderr.startswith("list.csv:3: created 'last tuesday' is not an ISO 8601 time")
+    with Store(db_of(workspace)) as store:
+        a, c = store.find("a@example.org"), store.find("c@example.org")
+    assert (a.created, a.updated) == ("2023-03-04T05:06:07Z", "2023-04-05T06:07:08Z")
+    assert c.created == "2023-03-04T03:06:07Z"  # stored in UTC
+
+
+# -- export and the round trip -------------------------------------------------------------
+
+TRICKY_NAMES = [
+    '=HYPERLINK("https://evil.example/?q=1","click me")',
+    "-1",
+    "@x",
+    "+44 20 7946 0000",
+    "Zoë, \"Z\" O'Brien",
+    "'quoted",
+    "",
+]
+
+
+def fill(ws: Path) -> None:
+    lines = io.StringIO()
+    writer = csv.writer(lines)
+    writer.writerow(["email", "name", "status"])
+    for i, name in enumerate(TRICKY_NAMES):
+        writer.writerow([f"reader{i}@example.org", name, ["active", "unsubscribed", "bounced"][i % 3]])
+    writer.writerow(["-dash@example.org", "", "complained"])
+    (ws / "in.csv").write_text(lines.getvalue(), encoding="utf-8")
+    run("import", "in.csv")
+    run("add", "=eq@example.org", "--name", "'=already escaped")
+
+
+def test_export_neutralises_formulas_and_imports_back_unchanged(workspace: Path, tmp_path: Path) -> None:
+    fill(workspace)
+    assert run("export", "out.csv").stderr == "exported 9 subscribers to out.csv\n"
+    exported = (workspace / "out.csv").read_text(encoding="utf-8")
+    cells = list(csv.reader(io.StringIO(exported)))
+    assert cells[0] == ["email", "name", "status", "created", "updated"]
+    by_email = {row[0]: row for row in cells[1:]}
+    assert by_email["reader0@example.org"][1] == "'" + TRICKY_NAMES[0]
+    assert by_email["reader1@example.org"][1] == "'-1"
+    assert by_email["reader2@example.org"][1] == "'@x"
+    assert by_email["reader3@example.org"][1] == "'+44 20 7946 0000"
+    assert by_email["reader5@example.org"][1] == "'quoted"  # not a formula: left alone
+    assert by_email["'-dash@example.org"][2] == "complained"
+    assert by_email["'=eq@example.org"][1] == "''=already escaped"
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in cells for cell in row)
+
+    # Back into the same database: nothing changes.
+    before = dump(workspace)
+    assert run("import", "out.csv").stdout == "imported 0 new, 0 updated, 9 unchanged, 0 rejected\n"
+    assert dump(workspace) == before
+
+    # Into a new workspace: the same subscribers, byte for byte the same export.
+    other = tmp_path / "other"
+    (other / "subscribers").mkdir(parents=True)
+    shutil.copy(workspace / "highlights.yaml", other / "highlights.yaml")
+    runner = CliRunner()
+    moved = runner.invoke(main, ["--workspace", str(other), "subscribers", "import", str(workspace / "out.csv")])
+    assert moved.stdout == "imported 9 new, 0 updated, 0 unchanged, 0 rejected\n", moved.output
+    again = runner.invoke(main, ["--workspace", str(other), "subscribers", "export"])
+    assert again.exit_code == 0
+    assert again.stdout == exported
+    with Store(other / "subscribers" / "highlights.db") as store:
+        assert store.find("reader0@example.org").name == TRICKY_NAMES[0]
+        assert store.find("=eq@example.org").name == "'=already escaped"
+
+
+def test_export_replaces_a_file_whole_or_not_at_all(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill(workspace)
+    target = workspace / "out.csv"
+    target.write_text("the previous export\n")
+
+    def broken(out, rows):
+        out.write("email,name,status,created,updated\nhalf")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(subscribers_module, "_write_csv", broken)
+    result = run("export", "out.csv", ok=False)
+    assert result.exit_code != 0
+    assert target.read_text() == "the previous export\n"
+    assert sorted(p.name for p in workspace.iterdir() if p.name.startswith(".out.csv")) == []
+
+
+def test_export_to_a_missing_folder_is_a_clear_error(workspace: Path) -> None:
+    result = run("export", "no/such/folder/out.csv", ok=False)
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+
+
+# -- list ----------------------------------------------------------------------------------------
+
+
+def test_list_formats_and_status_filter(workspace: Path) -> None:
+    fill(workspace)
+    exported = run("export").stdout
+    assert run("list", "--format", "csv").stdout == exported
+
+    items = json.loads(run("list", "--format", "json").stdout)
+    assert [i["email"] for i in items][:2] == ["reader0@example.org", "reader1@example.org"]
+    assert set(items[0]) == {"id", "email", "name", "status", "created", "updated"}
+    assert items[0]["name"] == TRICKY_NAMES[0]  # JSON carries the name as it is
+
+    active = json.loads(run("list", "--status", "active", "--format", "json").stdout)
+    assert {i["email"] for i in active} == {"reader0@example.org", "reader3@example.org",
+                                            "reader6@example.org", "=eq@example.org"}
+    assert json.loads(run("list", "--status", "complained", "--format", "json").stdout)[0]["email"] == "-dash@example.org"
+    assert json.loads(run("list", "--status", "complained", "--format", "json").stdout) != []
+
+    table = run("list", "--status", "bounced").stdout.splitlines()
+    assert table[0].split() == ["ID", "EMAIL", "NAME", "STATUS", "UPDATED"]
+    assert [line.split()[1] for line in table[1:]] == ["reader2@example.org", "reader5@example.org"]
+    # fixed columns: every row puts the status at the same place
+    assert {line.index("bounced") for line in table[1:]} == {table[0].index("STATUS")}
+
+
+def test_list_of_an_empty_database(workspace: Path) -> None:
+    assert json.loads(run("list", "--format", "json").stdout) == []
+    assert run("list", "--format", "csv").stdout == "email,name,status,created,updated\n"
+
+
+@pytest.mark.slow
+def test_list_stops_quietly_when_the_reader_goes_away(workspace: Path) -> None:
+    """`highlights subscribers list | head -1` ends without a traceback."""
+    with Store(db_of(workspace)) as store:
+        store.import_rows(ImportRow(f"reader{i}@example.org", f"Reader {i}") for i in range(5000))
+    proc = subprocess.Popen([str(HIGHLIGHTS), "subscribers", "list"], cwd=workspace,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().split() == [b"ID", b"EMAIL", b"NAME", b"STATUS", b"UPDATED"]
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert b"Traceback" not in err and b"Error" not in err
+
+
+# -- add and remove -----------------------------------------------------------------------------
+
+
+def test_add_and_remove(workspace: Path) -> None:
+    assert run("add", " Ada@EXAMPLE.org ", "--name", "Ada").stdout == "added Ada@example.org\n"
+    assert run("add", "ada@example.org").stdout == "Ada@example.org is already subscribed\n"
+    assert run("add", "ADA@example.org", "--name", "Ada Lovelace").stdout == \
+        "Ada@example.org is already subscribed; name set to 'Ada Lovelace'\n"
+    assert run("remove", "ada@example.org").stdout == "unsubscribed Ada@example.org\n"
+    assert run("remove", "ada@example.org").stdout == "Ada@example.org is already unsubscribed; it gets no mail\n"
+
+    again = run("add", "ada@example.org", ok=False)
+    assert again.exit_code == 1
+    assert "is unsubscribed and stays so" in again.stderr and "resubscribe" in again.stderr
+    assert rows_of(workspace) == {"Ada@example.org": ("Ada Lovelace", "unsubscribed")}
+    with Store(db_of(workspace)) as store:
+        events = store.events(store.find("ada@example.org").id)
+    assert [(e.from_status, e.to_status, e.source) for e in events] == [
+        (None, "active", "cli"), ("active", "unsubscribed", "cli")]
+
+
+def test_add_and_remove_refuse_bad_input(workspace: Path) -> None:
+    bad = run("add", "bob@", ok=False)
+    assert bad.exit_code == 1 and "invalid address 'bob@'" in bad.stderr
+    newline = run("add", "eve@example.org", "--name", "Eve\nBcc: x@example.org", ok=False)
+    assert newline.exit_code == 1 and "--name: the name contains a line break" in newline.stderr
+    unknown = run("remove", "nobody@example.org", ok=False)
+    assert unknown.exit_code == 1 and "nobody@example.org is not a subscriber" in unknown.stderr
+    assert rows_of(workspace) == {}
+
+
+def test_remove_leaves_a_bounced_address_bounced(workspace: Path) -> None:
+    (workspace / "list.csv").write_text("email,status\nb@example.org,bounced\n")
+    run("import", "list.csv")
+    assert run("remove", "b@example.org").stdout == "b@example.org is already bounced; it gets no mail\n"
+    assert rows_of(workspace) == {"b@example.org": ("", "bounced")}
+
+
+# -- cells and addresses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", "plain", "=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'", "'=x", "''=x",
+                                   "'plain", "a=b"])
+def test_protect_and_unprotect_cells_round_trip(value: str) -> None:
+    protected = subscribers_module.protect_cell(value)
+    assert not protected.startswith(("=", "+", "-", "@", "\t", "\r"))
+    assert subscribers_module.unprotect_cell(protected) == value
+
+
+def test_the_domain_cache_gives_the_validators_own_answers() -> None:
+    import email_validator.validate_email as _  # noqa: F401 - make sure the module is loaded
+    import importlib
+
+    module = importlib.import_module("email_validator.validate_email")
+    original = module.validate_email_domain_name
+    addresses = ["Ada@Example.ORG", "ada@example.org", "x@BÜCHER.de", "x@xn--bcher-kva.de", "a@localhost",
+                 "a@b", "a@-x.org", "a@x..org", "a@" + "x" * 64 + ".org", "a@test.invalid", "b@Example.ORG",
+                 "Postmaster@Example.org", '"quoted local"@example.org', "a@[127.0.0.1]", "ü@例え.jp"]
+
+    def answers() -> list[str]:
+        out = []
+        for address in addresses:
+            try:
+                out.append(subscribers_module.normalize_address(address))
+            except subscribers_module.BadAddress as exc:
+                out.append(f"error: {exc}")
+        return out
+
+    plain = answers()
+    with subscribers_module._domain_checks_memoized():
+        assert module.validate_email_domain_name is not original  # the cache is in place
+        cached_twice = [answers(), answers()]
+    assert module.validate_email_domain_name is original  # and gone afterwards
+    assert cached_twice == [plain, plain]
+    assert plain[0] == "Ada@example.org" and plain[4].startswith("error:")
