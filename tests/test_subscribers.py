@@ -254,7 +254,8 @@ def test_export_replaces_a_file_whole_or_not_at_all(workspace: Path, monkeypatch
 
     monkeypatch.setattr(subscribers_module, "_write_csv", broken)
     result = run("export", "out.csv", ok=False)
-    assert result.exit_code != 0
+    assert result.exit_code == 1
+    assert "out.csv: cannot write it: No space left on device; any previous file there is unchanged" in result.stderr
     assert target.read_text() == "the previous export\n"
     assert sorted(p.name for p in workspace.iterdir() if p.name.startswith(".out.csv")) == []
 

@@ -49,26 +49,27 @@ def _in(values: Iterable[str]) -> str:
 
 
 # Each migration is a list of statements run in order inside one transaction; the
-# schema's version is the number of migrations applied. Append, never edit.
+# schema's version is the number of migrations applied. Append, never edit (so the
+# value lists below are spelt out rather than taken from STATUSES and SOURCES).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 1: subscribers, their history, and the tables of the send ledger
-        f"""CREATE TABLE subscribers (
+        """CREATE TABLE subscribers (
             id      INTEGER PRIMARY KEY,
             email   TEXT NOT NULL UNIQUE COLLATE NOCASE,
             name    TEXT NOT NULL DEFAULT '',
-            status  TEXT NOT NULL CHECK (status IN ({_in(STATUSES)})),
+            status  TEXT NOT NULL CHECK (status IN ('active', 'unsubscribed', 'bounced', 'complained')),
             created TEXT NOT NULL,
             updated TEXT NOT NULL
         )""",
         # Listing by status in id order (`list --status`, choosing recipients).
         "CREATE INDEX subscribers_status ON subscribers (status, id)",
-        f"""CREATE TABLE events (
+        """CREATE TABLE events (
             id            INTEGER PRIMARY KEY,
             subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
             at            TEXT NOT NULL,
-            from_status   TEXT CHECK (from_status IN ({_in(STATUSES)})),
-            to_status     TEXT NOT NULL CHECK (to_status IN ({_in(STATUSES)})),
-            source        TEXT NOT NULL CHECK (source IN ({_in(SOURCES)})),
+            from_status   TEXT CHECK (from_status IN ('active', 'unsubscribed', 'bounced', 'complained')),
+            to_status     TEXT NOT NULL CHECK (to_status IN ('active', 'unsubscribed', 'bounced', 'complained')),
+            source        TEXT NOT NULL CHECK (source IN ('web', 'one-click', 'cli', 'import', 'sendgrid')),
             detail        TEXT
         )""",
         "CREATE INDEX events_subscriber ON events (subscriber_id, id)",
@@ -476,7 +477,7 @@ class Store:
 
         # Conditions on the staged row `i`: the person left (and was not already in that
         # state), or the row brings a different, non-empty name.
-        leaves = f"i.status IN ({_in(SUPPRESSED)}) AND i.status <> i.old_status"
+        leaves = f"i.status IN ({_in(sorted(SUPPRESSED))}) AND i.status <> i.old_status"
         renames = "i.name <> '' AND i.name <> i.old_name"
         conn.execute(
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"

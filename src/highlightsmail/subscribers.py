@@ -403,18 +403,26 @@ def _stdout() -> Iterator[TextIO]:
 
 def _atomic_write(path: Path, write) -> int:
     """Write a text file through a temporary file in the same folder, then rename it
-    into place, so the file is either the old one or the whole new one."""
+    into place, so the file is either the old one or the whole new one. It holds
+    personal data, so it is readable by its owner only (mode 0600, as mkstemp makes it)."""
+    shown = display_path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise HighlightsError(f"{display_path(path)}: the folder {display_path(folder)} does not exist")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        raise HighlightsError(f"{shown}: the folder {display_path(folder)} does not exist")
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise HighlightsError(f"{shown}: cannot write there: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             result = write(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise HighlightsError(f"{shown}: cannot write it: {exc.strerror or exc}; "
+                                  "any previous file there is unchanged") from None
         raise
     return result
