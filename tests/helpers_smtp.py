@@ -30,6 +30,7 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     session: int  # which connection it came on
+    mail_options: list[str] = field(default_factory=list)
 
     def message(self) -> EmailMessage:
         return message_from_bytes(self.data, policy=default_policy)  # type: ignore[return-value]
@@ -44,12 +45,14 @@ class SinkHandler:
     drop_at: numbers (1-based, over all DATA commands) of messages whose connection is
     cut instead of answered; those messages are not kept.
     keep: False keeps only a count (benchmarks).
+    no_8bitmime: leave 8BITMIME out of the EHLO answer, as an old server would.
     """
 
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     data_replies: dict[str, list[str]] = field(default_factory=dict)
     drop_at: set[int] = field(default_factory=set)
     keep: bool = True
+    no_8bitmime: bool = False
     received: list[Received] = field(default_factory=list)
     count: int = 0
     data_commands: int = 0
@@ -63,6 +66,8 @@ class SinkHandler:
             with self._lock:
                 self.sessions += 1
                 session.number = self.sessions
+        if self.no_8bitmime:
+            return [r for r in responses if "8BITMIME" not in r.upper()]
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -88,7 +93,7 @@ class SinkHandler:
             if self.keep:
                 self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
                                               envelope.original_content or envelope.content,
-                                              getattr(session, "number", 0)))
+                                              getattr(session, "number", 0), list(envelope.mail_options)))
         return "250 Message accepted for delivery"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import email
+import re
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import default as default_policy
 from pathlib import Path
@@ -15,7 +16,7 @@ from helpers_smtp import PasswordCheck, SinkHandler, make_tls, smtp_server
 
 from highlightsmail.backends import get_backend
 from highlightsmail.backends.base import DeliveryError
-from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, MessageTemplate, SmtpBackend
+from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, MessageTemplate, Outgoing, SmtpBackend
 from highlightsmail.message import Recipient, build_message, recipient_links
 from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
@@ -59,6 +60,25 @@ def test_plain_delivery_on_one_connection(workspace: Path) -> None:
     assert result.sent == [e.key for e in batch.envelopes] and result.failed == {}
     _check_all_received(handler, batch, ws)
     assert handler.sessions == 1 and backend.connections == 1
+
+
+@pytest.mark.parametrize("has_8bitmime", [True, False], ids=["8bitmime", "no-8bitmime"])
+def test_8bit_bodies_only_where_the_server_takes_them(workspace: Path, has_8bitmime: bool) -> None:
+    handler = SinkHandler(no_8bitmime=not has_8bitmime)
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, recipients(3))
+        _, result = _send(ws, batch)
+    assert len(result.sent) == 3
+    _check_all_received(handler, batch, ws)
+    for got in handler.received:
+        html = got.message().get_body(("html",))
+        if has_8bitmime:  # the example's HTML is not ASCII: 8bit, declared (RFC 6152)
+            assert "BODY=8BITMIME" in got.mail_options and html["Content-Transfer-Encoding"] == "8bit"
+        else:
+            assert not [o for o in got.mail_options if o.startswith("BODY")]
+            assert html["Content-Transfer-Encoding"] == "quoted-printable"
+            assert got.data.isascii()
 
 
 def test_test_send_has_test_subject(workspace: Path) -> None:
@@ -277,8 +297,10 @@ def _parse(data: bytes) -> email.message.EmailMessage:
     return email.message_from_bytes(data, policy=default_policy)
 
 
-def _same_message(ours: bytes, reference: email.message.EmailMessage) -> None:
-    """Same headers (bar Date and Message-ID) and the same decoded parts."""
+def _same_message(out: Outgoing, reference: email.message.EmailMessage, *, eight_bit: bool = True) -> None:
+    """Same headers (bar Date and Message-ID) and the same decoded parts, each part in
+    an encoding whose rules its lines keep."""
+    ours = out.data
     mine, theirs = _parse(ours), _parse(reference.as_bytes(policy=SMTP_POLICY))
     skip = {"date", "message-id", "content-type", "content-transfer-encoding"}
     # (values unfolded: the email package folds long ones, the fast path need not)
@@ -289,11 +311,17 @@ def _same_message(ours: bytes, reference: email.message.EmailMessage) -> None:
     assert [(p.get_content_type(), p.get_content().replace("\r\n", "\n")) for p in mine.iter_parts()] == [
         (p.get_content_type(), p.get_content().replace("\r\n", "\n")) for p in theirs.iter_parts()
     ]
-    # Quoted-printable: 7-bit, CRLF, no line over RFC 2045's 76 characters in the bodies.
-    assert ours.isascii() or b"\xc3" in ours.split(b"\r\n\r\n", 1)[0]
+    assert b"\n" not in ours.replace(b"\r\n", b"")  # CRLF only
     body = ours.split(b"\r\n\r\n", 1)[1]
-    assert b"\n" not in body.replace(b"\r\n", b"")
-    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    assert body.isascii() or (eight_bit and out.eight_bit)
+    # Each part's raw lines: quoted-printable within 76 (RFC 2045), else within 998 (RFC 5322).
+    for raw in body.split(b"\r\n--=_hl_")[1:-1]:
+        head, _, content = raw.partition(b"\r\n\r\n")
+        cte = re.search(rb"Content-Transfer-Encoding: (\S+)", head).group(1).decode()
+        limit = 76 if cte == "quoted-printable" else 998
+        assert max(len(line) for line in content.split(b"\r\n")) <= limit
+        assert cte in (("7bit", "8bit", "quoted-printable") if eight_bit else ("7bit", "quoted-printable"))
+        assert cte != "7bit" or content.isascii()
 
 
 P = UNSUBSCRIBE_PLACEHOLDER
@@ -306,20 +334,35 @@ AWKWARD_HTML = (
     + f"<p>trailing space {P} \t\n.<br>\nFrom here\r\nCR\ronly</p>{P}"
 )
 AWKWARD_TEXT = f"{P}\nUnsubscribe: {P}\n" + "".join(f"{'a' * k} {P} {'b' * k}\n" for k in range(60, 80)) + f".\nFrom {P}"
+BODIES = {
+    "short lines": (AWKWARD_HTML, AWKWARD_TEXT),
+    # Too long as it is (HTML), or too long once the URL is in (text): quoted-printable.
+    "long lines": (AWKWARD_HTML + "<p>" + "y" * 1200 + "</p>", AWKWARD_TEXT + "\n" + "z" * 960 + P),
+    "ascii": (AWKWARD_HTML.encode("ascii", "replace").decode(), AWKWARD_TEXT),
+}
 
 
+@pytest.mark.parametrize("eight_bit", [True, False], ids=["8bitmime", "7bit-only"])
+@pytest.mark.parametrize("bodies", list(BODIES), ids=list(BODIES))
 @pytest.mark.parametrize("base_url", ["https://highlights.example.org", "https://example.org/news/letter?a=1&b=2"])
-def test_fast_messages_equal_build_message(workspace: Path, base_url: str) -> None:
+def test_fast_messages_equal_build_message(workspace: Path, base_url: str, bodies: str, eight_bit: bool) -> None:
     ws = make_workspace(workspace, base_url=base_url)
+    html, text = BODIES[bodies]
     rendered = RenderedIssue(slug="2024-w02", subject="Zoë's «weekly» notes, with a subject long enough to be folded "
-                             "across lines by any mail client", preheader="", html=AWKWARD_HTML, text=AWKWARD_TEXT)
+                             "across lines by any mail client", preheader="", html=html, text=text)
     batch = make_batch(ws, recipients(12) + [Recipient("zoë@example.org", "Zoë", 99)], rendered=rendered)
     template = MessageTemplate(rendered, ws.settings, batch.envelopes[0])
     assert template.fast
+    expected = {  # (text, html) transfer encodings
+        "short lines": ("7bit", "8bit" if eight_bit else "quoted-printable"),
+        "long lines": ("quoted-printable", "quoted-printable"),
+        "ascii": ("7bit", "7bit"),
+    }[bodies]
     for env in batch.envelopes:
-        data, utf8 = template.render(env)
-        assert utf8 == (not env.recipient.email.isascii())
-        _same_message(data, build_message(rendered, ws.settings, env.recipient, env.links))
+        out = template.render(env, eight_bit=eight_bit)
+        assert out.smtputf8 == (not env.recipient.email.isascii())
+        assert tuple(p["Content-Transfer-Encoding"] for p in _parse(out.data).iter_parts()) == expected
+        _same_message(out, build_message(rendered, ws.settings, env.recipient, env.links), eight_bit=eight_bit)
 
 
 def test_a_personalize_it_cannot_reproduce_falls_back_to_build_message(workspace: Path) -> None:
@@ -336,27 +379,31 @@ def test_a_personalize_it_cannot_reproduce_falls_back_to_build_message(workspace
     template = MessageTemplate(rendered, ws.settings, envelope)
     assert not template.fast
     other = make_batch(ws, recipients(1, start=5), rendered=rendered).envelopes[0]
-    data, _ = template.render(other)
-    assert "now\r\n-- sent to you" in _parse(data).get_body(("plain",)).get_content()
-    _same_message(data, build_message(rendered, ws.settings, other.recipient, other.links))
+    for eight_bit in (True, False):
+        out = template.render(other, eight_bit=eight_bit, message_id="<fixed@example.org>")
+        assert _parse(out.data)["Message-ID"] == "<fixed@example.org>"
+        assert "now\r\n-- sent to you" in _parse(out.data).get_body(("plain",)).get_content()
+        _same_message(out, build_message(rendered, ws.settings, other.recipient, other.links), eight_bit=eight_bit)
 
 
 def test_test_links_and_subject_in_fast_messages(workspace: Path) -> None:
     ws = make_workspace(workspace)
     batch = make_batch(ws, [Recipient("ada@example.org")], test=True)
     template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0], test=True)
-    data, _ = template.render(batch.envelopes[0])
+    out = template.render(batch.envelopes[0])
     links = recipient_links(ws.settings, SIGNER, 1, test=True)
-    _same_message(data, build_message(batch.rendered, ws.settings, Recipient("ada@example.org"), links, test=True))
-    check_message(_parse(data), batch.envelopes[0], ws.settings, test=True)
+    _same_message(out, build_message(batch.rendered, ws.settings, Recipient("ada@example.org"), links, test=True))
+    check_message(_parse(out.data), batch.envelopes[0], ws.settings, test=True)
 
 
-def test_the_example_issue_takes_the_fast_path(workspace: Path) -> None:
+@pytest.mark.parametrize("eight_bit", [True, False], ids=["8bitmime", "7bit-only"])
+def test_the_example_issue_takes_the_fast_path(workspace: Path, eight_bit: bool) -> None:
     ws = make_workspace(workspace)
     batch = make_batch(ws, recipients(3))
     template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0])
     assert template.fast
     for env in batch.envelopes:
-        data, _ = template.render(env)
-        check_message(_parse(data), env, ws.settings)
-        _same_message(data, build_message(batch.rendered, ws.settings, env.recipient, env.links))
+        out = template.render(env, eight_bit=eight_bit, message_id="<one@example.org>")
+        assert out.eight_bit == eight_bit  # its HTML is not ASCII (no-break spaces, arrows)
+        check_message(_parse(out.data), env, ws.settings)
+        _same_message(out, build_message(batch.rendered, ws.settings, env.recipient, env.links), eight_bit=eight_bit)

@@ -56,7 +56,7 @@ class OutboxBackend(Backend):
         result = BatchResult()
         for env in batch.envelopes:
             try:
-                data, _ = template.render(env)
+                data = template.render(env, eight_bit=True).data  # as an SMTP server with 8BITMIME gets it
             except (UnicodeError, ValueError) as err:
                 result.failed[env.key] = f"cannot build the message for {env.recipient.email!r}: {err}"
                 continue

@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from typing import TYPE_CHECKING
@@ -51,6 +52,15 @@ _PROBE = Recipient(email="probe@example.invalid", name="Probe")
 # ---------------------------------------------------------------------------- message bytes
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One recipient's message, and what the SMTP server must support to take it."""
+
+    data: bytes
+    smtputf8: bool = False  # a non-ASCII address (RFC 6531)
+    eight_bit: bool = False  # an 8bit body (RFC 6152: BODY=8BITMIME)
+
+
 class MessageTemplate:
     """Every recipient's message as SMTP-ready bytes (CRLF), from one template per issue.
 
@@ -58,10 +68,13 @@ class MessageTemplate:
     Python (quoted-printable, since the HTML has long lines): about 8 ms per message.
     Here the first recipient's message from `build_message` fixes the headers and their
     order; headers that are the same for everyone are folded once, and per recipient
-    only To, Date, Message-ID and the List-* headers are made. Each body is encoded
-    quoted-printable once, in pieces around the unsubscribe placeholder, and joined per
-    recipient with the encoded URL between soft line breaks; no line wrapping can split
-    the link, lines stay within 76 characters, and the message stays 7-bit (no 8BITMIME).
+    only To, Date, Message-ID and the List-* headers are made. Each body is prepared
+    once, in pieces around the unsubscribe placeholder, and joined per recipient with
+    their URL, so nothing can split the link:
+      - as it is (7bit, or 8bit where the server takes 8BITMIME) when every line stays
+        within RFC 5322's 998 octets: fewer, longer lines, which is what makes a
+        receiving server quick;
+      - otherwise quoted-printable (C `binascii`), the URL between soft line breaks.
     The first recipient's result is checked against `build_message`'s: any difference,
     or a message of another shape, and every message is built fully instead.
     """
@@ -77,7 +90,11 @@ class MessageTemplate:
         # The layout comes from a plain ASCII stand-in, so no odd first address can spoil it.
         probe = dataclasses.replace(probe, recipient=_PROBE)
         reference = build_message(rendered, settings, probe.recipient, probe.links, test=test)
-        self.fast = self._compile(reference) and self._agrees(reference, probe)
+        self.fast = self._compile(reference) and all(self._agrees(reference, probe, flag) for flag in (True, False))
+
+    def new_message_id(self) -> str:
+        """A Message-ID for one recipient (kept across retries of that message)."""
+        return make_msgid(domain=self._domain)
 
     def _compile(self, msg: EmailMessage) -> bool:
         from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
@@ -102,28 +119,25 @@ class MessageTemplate:
             part_heads = []
             for part in parts:
                 lines = [policy.fold_binary(n, v) for n, v in part.items() if n.lower() != "content-transfer-encoding"]
-                part_heads.append(b"".join(lines) + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+                part_heads.append(b"".join(lines))
             # The same substitution as RenderedIssue.personalize, applied to the placeholder
             # alone: gives what each part shows in its place (HTML-escaped or not).
             self._bare = dataclasses.replace(self.rendered, html=UNSUBSCRIBE_PLACEHOLDER, text=UNSUBSCRIBE_PLACEHOLDER)
         except (UnicodeError, ValueError, TypeError):
             return False
-        self._text = _SplitBody(self.rendered.text, UNSUBSCRIBE_PLACEHOLDER)
-        self._html = _SplitBody(self.rendered.html, UNSUBSCRIBE_PLACEHOLDER)
-        # "=_" never occurs in quoted-printable text ("=" is always followed by hex or
-        # a line break), so the boundary cannot collide with a body line.
+        # A boundary no body line can hold: "=_" never occurs in quoted-printable text
+        # ("=" is always followed by hex or a line break), and 96 random bits elsewhere.
         boundary = ("=_hl_" + secrets.token_hex(12)).encode("ascii")
+        self._text = _SplitBody(self.rendered.text, UNSUBSCRIBE_PLACEHOLDER, b"--" + boundary, part_heads[0])
+        self._html = _SplitBody(self.rendered.html, UNSUBSCRIBE_PLACEHOLDER, b"\r\n--" + boundary, part_heads[1])
         self._head = head
         self._mime = b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n\r\n'
-        self._text_start = b"--" + boundary + b"\r\n" + part_heads[0]
-        self._html_start = b"\r\n--" + boundary + b"\r\n" + part_heads[1]
         self._end = b"\r\n--" + boundary + b"--\r\n"
         return True
 
-    def _agrees(self, reference: EmailMessage, probe: Envelope) -> bool:
+    def _agrees(self, reference: EmailMessage, probe: Envelope, eight_bit: bool) -> bool:
         """Whether the fast path gives the probe the same message as build_message."""
-        data, _ = self._render_fast(probe)
-        ours = email.message_from_bytes(data, policy=email.policy.default)
+        ours = email.message_from_bytes(self._render_fast(probe, eight_bit, None).data, policy=email.policy.default)
         reference = email.message_from_bytes(reference.as_bytes(policy=email.policy.SMTP), policy=email.policy.default)
         if _headers(ours) != _headers(reference):
             return False
@@ -135,13 +149,15 @@ class MessageTemplate:
             for a, b in zip(mine, theirs)
         )
 
-    def render(self, env: Envelope) -> tuple[bytes, bool]:
-        """(message bytes, whether it needs SMTPUTF8: a non-ASCII address)."""
+    def render(self, env: Envelope, *, eight_bit: bool = True, message_id: str | None = None) -> Outgoing:
+        """This recipient's message; `eight_bit` says whether the receiver takes 8bit
+        bodies (8BITMIME; a file does)."""
         if not self.fast:
-            return _full_message(self.rendered, self.settings, env, test=self.test)
-        return self._render_fast(env)
+            return _full_message(self.rendered, self.settings, env, test=self.test, eight_bit=eight_bit,
+                                 message_id=message_id)
+        return self._render_fast(env, eight_bit, message_id)
 
-    def _render_fast(self, env: Envelope) -> tuple[bytes, bool]:
+    def _render_fast(self, env: Envelope, eight_bit: bool, message_id: str | None) -> Outgoing:
         html_url, text_url = self._bare.personalize(env.links.unsubscribe_url)
         utf8 = False
         out: list[bytes] = []
@@ -155,13 +171,15 @@ class MessageTemplate:
             elif item == "date":
                 out.append(_header("Date", formatdate(usegmt=True))[0])
             elif item == "message-id":
-                out.append(_header("Message-ID", make_msgid(domain=self._domain))[0])
+                out.append(_header("Message-ID", message_id or self.new_message_id())[0])
             else:  # "links": List-Unsubscribe, List-Unsubscribe-Post, List-Id
                 for name, value in env.links.headers.items():
                     out.append(_header(name, value)[0])
-        out += [self._mime, self._text_start, self._text.fill(text_url),
-                self._html_start, self._html.fill(html_url), self._end]
-        return b"".join(out), utf8
+        out.append(self._mime)
+        text, text_8bit = self._text.fill(text_url, eight_bit)
+        html, html_8bit = self._html.fill(html_url, eight_bit)
+        out += [text, html, self._end]
+        return Outgoing(b"".join(out), smtputf8=utf8, eight_bit=text_8bit or html_8bit)
 
 
 def _headers(msg: EmailMessage) -> list[tuple[str, str]]:
@@ -172,17 +190,45 @@ def _headers(msg: EmailMessage) -> list[tuple[str, str]]:
 
 
 class _SplitBody:
-    """A body encoded quoted-printable once, in pieces around the placeholder; a
-    recipient's copy is the pieces joined by their encoded URL."""
+    """One part (boundary line, headers, body), prepared once in pieces around the
+    placeholder; a recipient's copy is the pieces joined by their URL."""
 
-    def __init__(self, body: str, placeholder: str) -> None:
+    def __init__(self, body: str, placeholder: str, delimiter: bytes, headers: bytes) -> None:
         pieces = body.split(placeholder)
-        self._chunks = [_qp(p, last=i == len(pieces) - 1) for i, p in enumerate(pieces)]
+        start = delimiter + b"\r\n" + headers + b"Content-Transfer-Encoding: "
+        self._qp_start = start + b"quoted-printable\r\n\r\n"
+        self._qp = [_qp(p, last=i == len(pieces) - 1) for i, p in enumerate(pieces)]
+        self._ascii = body.isascii()
+        self._7bit_start = start + b"7bit\r\n\r\n"
+        self._8bit_start = start + b"8bit\r\n\r\n"
+        self._raw = [_crlf(p) for p in pieces]
+        if not self._raw[-1].endswith(b"\r\n"):
+            self._raw[-1] += b"\r\n"
+        # As it is only if no line can outgrow 998 octets once the URL is in (a line's
+        # length without its placeholders, and how many it holds), and no NUL (RFC 6152).
+        lines = [(len(line.replace(placeholder.encode(), b"")), line.count(placeholder.encode()))
+                 for line in _crlf(body).split(b"\r\n")]
+        self._raw_ok = "\x00" not in body and all(n or size <= _MAX_LINE for size, n in lines)
+        self._holders = [(size, n) for size, n in lines if n]
 
-    def fill(self, insert: str) -> bytes:
-        if len(self._chunks) == 1:
-            return self._chunks[0]
-        return _qp(insert, last=False).join(self._chunks)
+    def fill(self, insert: str, eight_bit: bool) -> tuple[bytes, bool]:
+        """(the part's bytes, whether they are 8bit)."""
+        data = insert.encode("utf-8")
+        plain = self._ascii and data.isascii()
+        if (self._raw_ok and (plain or eight_bit) and b"\r" not in data and b"\n" not in data
+                and all(size + n * len(data) <= _MAX_LINE for size, n in self._holders)):
+            return (self._7bit_start if plain else self._8bit_start) + data.join(self._raw), not plain
+        if len(self._qp) == 1:
+            return self._qp_start + self._qp[0], False
+        return self._qp_start + _qp(insert, last=False).join(self._qp), False
+
+
+def _crlf(text: str) -> bytes:
+    """UTF-8 with every line break (CRLF, CR or LF, as the email package counts them) as CRLF."""
+    data = text.encode("utf-8")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data.replace(b"\n", b"\r\n")
 
 
 def _header(name: str, value: str) -> tuple[bytes, bool]:
@@ -219,13 +265,16 @@ def _qp(text: str, *, last: bool = True) -> bytes:
     return out + b"=\r\n"
 
 
-def _full_message(rendered: RenderedIssue, settings: Settings, env: Envelope, *, test: bool) -> tuple[bytes, bool]:
+def _full_message(rendered: RenderedIssue, settings: Settings, env: Envelope, *, test: bool,
+                  eight_bit: bool, message_id: str | None) -> Outgoing:
     """The slow, general path: the email package does everything."""
-    msg = build_message(rendered, settings, env.recipient, env.links, test=test)
+    msg = build_message(rendered, settings, env.recipient, env.links, test=test, message_id=message_id)
+    policy = email.policy.SMTP if eight_bit else email.policy.SMTP.clone(cte_type="7bit")
     try:
-        return msg.as_bytes(policy=email.policy.SMTP), False
+        data = msg.as_bytes(policy=policy)
+        return Outgoing(data, smtputf8=False, eight_bit=not data.isascii())
     except UnicodeError:
-        return msg.as_bytes(policy=email.policy.SMTPUTF8), True
+        return Outgoing(msg.as_bytes(policy=email.policy.SMTPUTF8), smtputf8=True, eight_bit=True)
 
 
 class TemplateCache:
@@ -391,16 +440,23 @@ class SmtpBackend(Backend):
             now = self._next_send
         self._next_send = now + 1.0 / rate
 
-    def _send_one(self, data: bytes, to_addr: str, utf8: bool) -> None:
+    def _send_one(self, template: MessageTemplate, env: Envelope, message_id: str) -> None:
         conn = self._conn or self._connect()
+        try:
+            # Built for this connection: 8bit bodies only where the server takes them.
+            out = template.render(env, eight_bit=conn.has_extn("8bitmime"), message_id=message_id)
+        except (UnicodeError, ValueError) as err:
+            raise PermanentError(f"cannot build the message for {env.recipient.email!r}: {err}") from None
         options: list[str] = []
-        if utf8:
+        if out.smtputf8:
             if not conn.has_extn("smtputf8"):
                 raise PermanentError(f"{self.where} does not accept non-ASCII addresses (no SMTPUTF8)")
-            options.append("SMTPUTF8")
+            options += ["SMTPUTF8", "BODY=8BITMIME"]
+        elif out.eight_bit:
+            options.append("BODY=8BITMIME")
         self._throttle()
         try:
-            conn.sendmail(self.from_addr, [to_addr], data, mail_options=options)
+            conn.sendmail(self.from_addr, [env.recipient.email], out.data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as err:
             code, text = next(iter(err.recipients.values()), (0, b""))
             raise _classify(code, text, "refused the recipient") from None
@@ -419,13 +475,9 @@ class SmtpBackend(Backend):
         template = self._templates.get(batch)
         envelopes = batch.envelopes
         for index, env in enumerate(envelopes):
+            message_id = template.new_message_id()  # a retry is the same message
             try:
-                data, utf8 = template.render(env)  # once: a retry sends the same Message-ID
-            except (UnicodeError, ValueError) as err:
-                result.failed[env.key] = f"cannot build the message for {env.recipient.email!r}: {err}"
-                continue
-            try:
-                with_retries(lambda: self._send_one(data, env.recipient.email, utf8), self.policy, sleep=self._sleep)
+                with_retries(lambda: self._send_one(template, env, message_id), self.policy, sleep=self._sleep)
             except (_ConnectionProblem, _SetupError) as err:
                 # The server is gone or refuses everyone: the rest are not tried now
                 # (the dispatcher retries failed recipients on the next run).
@@ -466,4 +518,4 @@ def _close_quietly(conn: smtplib.SMTP | None) -> None:
             pass
 
 
-__all__ = ["ENV_CAFILE", "ENV_PASSWORD", "MessageTemplate", "SmtpBackend", "TemplateCache", "ssl_context"]
+__all__ = ["ENV_CAFILE", "ENV_PASSWORD", "MessageTemplate", "Outgoing", "SmtpBackend", "TemplateCache", "ssl_context"]
