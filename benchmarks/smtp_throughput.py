@@ -1,0 +1,116 @@
+"""How many messages a second the SMTP backend hands to a local server on one connection,
+and what building each recipient's message costs.
+
+The server is aiosmtpd's own Sink (it answers 250 and discards), in a separate process on
+127.0.0.1, so it does not share this process's interpreter lock. Messages are the example
+issue, one per recipient in batches of the backend's size, exactly as a dispatch sends them.
+Run from the repository root: `.venv/bin/python benchmarks/smtp_throughput.py [N]`.
+Target: at least 300 messages a second.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers_delivery import example_issue, make_batch, make_workspace, recipients  # noqa: E402
+
+from highlightsmail.backends.smtp import MessageTemplate, SmtpBackend  # noqa: E402
+from highlightsmail.message import build_message  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit("the aiosmtpd sink did not start")
+
+
+def per_message_cost(ws, n: int = 200) -> None:
+    batch = make_batch(ws, recipients(n))
+    rendered = batch.rendered
+    start = time.perf_counter()
+    for env in batch.envelopes[:50]:
+        build_message(rendered, ws.settings, env.recipient, env.links).as_bytes(policy=email.policy.SMTP)
+    full = (time.perf_counter() - start) / 50
+    start = time.perf_counter()
+    template = MessageTemplate(rendered, ws.settings, batch.envelopes[0])
+    setup = time.perf_counter() - start
+    assert template.fast, "the example issue should take the fast path"
+    start = time.perf_counter()
+    for env in batch.envelopes:
+        data = template.render(env).data
+    fast = (time.perf_counter() - start) / n
+    print(f"message of {len(data):,} bytes; build_message + as_bytes {full * 1e3:.2f} ms each; "
+          f"template: {setup * 1e3:.1f} ms once, then {fast * 1e6:.0f} us each")
+
+
+def throughput(ws, n: int, *, fast: bool = True) -> float:
+    backend = SmtpBackend(ws)
+    backend.open()
+    people = recipients(n)
+    size = backend.batch_size
+    batches = [make_batch(ws, people[i:i + size], number=i // size + 1) for i in range(0, n, size)]
+    if not fast:
+        template = backend._templates.get(batches[0])
+        template.fast = False  # every message through build_message, for comparison
+    start = time.perf_counter()
+    sent = 0
+    for batch in batches:
+        result = backend.send_batch(batch)
+        assert not result.failed, result.failed
+        sent += len(result.sent)
+    elapsed = time.perf_counter() - start
+    backend.close()
+    assert sent == n and backend.connections == 1
+    return n / elapsed
+
+
+def main(n: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "highlights.yaml").write_bytes((REPO / "highlights.yaml").read_bytes())
+        port = free_port()
+        ws = make_workspace(root, delivery={"backend": "smtp", "smtp": {
+            "host": "127.0.0.1", "port": port, "security": "none", "timeout": 30}})
+        example_issue()  # render once, outside the timings
+        per_message_cost(ws)
+        sink = start_sink(port)
+        try:
+            throughput(ws, 200)  # warm-up
+            rate = throughput(ws, n)
+            print(f"smtp backend, one connection: {n} messages at {rate:,.0f} messages/s (target >= 300)")
+            slow_n = min(n, 500)
+            slow = throughput(ws, slow_n, fast=False)
+            print(f"  for comparison, building each with build_message: {slow:,.0f} messages/s ({slow_n} messages)")
+        finally:
+            sink.terminate()
+            sink.wait(10)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3000)

@@ -1,0 +1,278 @@
+"""The SendGrid backend against the local SendGrid-compatible server, which checks every
+request against SendGrid's OpenAPI schema and documented limits."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers_delivery import example_issue, make_batch, make_workspace, recipients
+
+from highlightsmail.backends import get_backend
+from highlightsmail.backends.base import DeliveryError, PermanentError, TransientError
+from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
+from highlightsmail.message import Recipient
+from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.testing.sendgrid_server import SendGridServer
+
+API_KEY = "SG.test-key-for-the-local-server"
+
+
+@pytest.fixture
+def sg(monkeypatch: pytest.MonkeyPatch) -> Iterator[SendGridServer]:
+    server = SendGridServer(api_key=API_KEY, stall_seconds=5, rate_limit_reset_seconds=1)
+    # Without the spec these tests would prove nothing about what SendGrid accepts.
+    assert server.schema_validation, server.schema_skip_reason
+    with server:
+        monkeypatch.setenv(ENV_API_KEY, API_KEY)
+        monkeypatch.setenv(ENV_HOST, server.url)
+        yield server
+
+
+class Waits:
+    """Stands in for time.sleep: records what the backend asked to wait."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+
+
+def _backend(root: Path, waits: Waits | None = None, **sendgrid) -> SendGridBackend:
+    ws = make_workspace(root, delivery={"backend": "sendgrid", "sendgrid": sendgrid})
+    if waits is None:
+        backend = get_backend(ws)
+        assert isinstance(backend, SendGridBackend)
+        return backend
+    return SendGridBackend(ws, sleep=waits)
+
+
+# ---------------------------------------------------------------------------- payload
+
+
+def test_a_batch_of_1000_is_one_valid_request(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace)
+    assert backend.batch_size == 1000 and backend.concurrency == 4
+    batch = make_batch(backend.ws, recipients(1000))
+    backend.open()
+    result = backend.send_batch(batch)
+
+    assert result.sent == [e.key for e in batch.envelopes] and result.failed == {}
+    assert len(sg.accepted) == 1 and sg.rejected == []
+    request = sg.accepted[0]
+    assert result.message_id == request.message_id
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    body = request.body
+    rendered = example_issue()
+    assert body["from"] == {"email": "highlights@example.org", "name": "AI Research Highlights"}
+    assert body["reply_to"] == {"email": "editors@example.org"}
+    assert body["subject"] == rendered.subject
+    assert body["headers"] == {"List-Id": '"AI Research Highlights" <highlights.example.org>'}
+    # text/plain first, then text/html, each sent once for the whole batch.
+    assert body["content"] == [{"type": "text/plain", "value": rendered.text},
+                               {"type": "text/html", "value": rendered.html}]
+    assert body["categories"] == ["highlights"]
+    assert "asm" not in body
+    assert body["tracking_settings"]["click_tracking"] == {"enable": False, "enable_text": False}
+
+    assert len(body["personalizations"]) == 1000
+    for env, p in zip(batch.envelopes, body["personalizations"]):
+        url = env.links.unsubscribe_url
+        to = {"email": env.recipient.email, **({"name": env.recipient.name} if env.recipient.name else {})}
+        assert p["to"] == [to]
+        assert p["substitutions"] == {UNSUBSCRIBE_PLACEHOLDER: url}
+        assert p["headers"] == {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+        # The id, as a string, never the address.
+        assert p["custom_args"] == {"issue": "2024-w02", "subscriber_id": str(env.recipient.subscriber_id)}
+    # What SendGrid's substitution makes of the content is each recipient's own message.
+    url = batch.envelopes[0].links.unsubscribe_url
+    assert [c["value"].replace(UNSUBSCRIBE_PLACEHOLDER, url) for c in body["content"]] == list(
+        reversed(rendered.personalize(url))
+    )
+
+
+def test_test_send_payload(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace)
+    batch = make_batch(backend.ws, [Recipient("ada@example.org"), Recipient("grace@example.org", "Grace")], test=True)
+    backend.send_batch(batch)
+    body = sg.accepted[0].body
+    assert body["subject"] == "[TEST] " + example_issue().subject
+    assert [p["custom_args"] for p in body["personalizations"]] == [{"issue": "2024-w02", "test": "true"}] * 2
+    assert all("/u/t" in p["substitutions"][UNSUBSCRIBE_PLACEHOLDER] for p in body["personalizations"])
+
+
+def test_unsubscribe_group_and_categories(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace, asm_group_id=4242, categories=["highlights", "weekly"])
+    backend.send_batch(make_batch(backend.ws, recipients(2)))
+    body = sg.accepted[0].body
+    assert body["asm"] == {"group_id": 4242}
+    assert body["categories"] == ["highlights", "weekly"]
+
+
+def test_host_from_settings_without_the_env(workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_HOST)
+    backend = _backend(workspace, host=sg.url)
+    assert backend.send_batch(make_batch(backend.ws, recipients(1))).sent == [1]
+    assert len(sg.accepted) == 1
+
+
+def test_more_than_1000_is_refused_before_sending(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace)
+    with pytest.raises(PermanentError, match="1 to 1000 recipients"):
+        backend.send_batch(make_batch(backend.ws, recipients(1001)))
+    assert sg.stats.received == 0
+
+
+def test_a_refused_payload_carries_sendgrids_words(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace)
+    people = [Recipient("reader@example.org", subscriber_id=1), Recipient("not-an-address", subscriber_id=2)]
+    with pytest.raises(PermanentError) as info:
+        backend.send_batch(make_batch(backend.ws, people))
+    assert "(400)" in info.value.message and "personalizations.1.to.0.email" in info.value.message
+    assert sg.stats.received == 1  # a refusal is not retried
+
+
+def test_missing_api_key(workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_API_KEY)
+    backend = _backend(workspace)
+    with pytest.raises(DeliveryError, match=f"set {ENV_API_KEY}"):
+        backend.open()
+    with pytest.raises(DeliveryError, match=f"set {ENV_API_KEY}"):
+        list(backend.suppressions())
+    assert sg.stats.received == 0
+
+
+def test_wrong_api_key_is_permanent_and_not_shown(workspace: Path, sg: SendGridServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_API_KEY, "SG.wrong-key")
+    backend = _backend(workspace)
+    with pytest.raises(PermanentError, match=r"\(401\)") as info:
+        backend.send_batch(make_batch(backend.ws, recipients(1)))
+    assert "SG.wrong-key" not in info.value.message
+    assert sg.stats.received == 1
+
+
+def test_each_worker_has_its_own_client(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace)
+    workers = [backend.clone() for _ in range(4)]
+    for w in workers:
+        w.open()
+    assert len({id(w._api()) for w in workers}) == 4
+    results: list = []
+
+    def run(index: int) -> None:
+        batch = make_batch(backend.ws, recipients(250, start=1 + 250 * index), number=index)
+        results.append(workers[index].send_batch(batch))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(k for r in results for k in r.sent) == list(range(1, 1001))
+    assert sg.stats.accepted == 4 and sg.stats.personalizations == 1000
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def test_429_waits_for_the_reset_then_succeeds(workspace: Path, sg: SendGridServer) -> None:
+    waits = Waits()
+    backend = _backend(workspace, waits)
+    sg.fail_next("429")
+    result = backend.send_batch(make_batch(backend.ws, recipients(3)))
+    assert result.sent == [1, 2, 3]
+    assert sg.faulted == [(1, "429")] and sg.stats.accepted == 1
+    # X-RateLimit-Reset is a whole second ahead (rounded up): the wait follows it,
+    # not the 0.01 s backoff.
+    assert len(waits.asked) == 1 and 0.0 < waits.asked[0] <= 2.0 and waits.asked[0] > 0.05
+
+
+def test_server_errors_are_retried(workspace: Path, sg: SendGridServer) -> None:
+    waits = Waits()
+    backend = _backend(workspace, waits)
+    sg.plan_faults(["500", "503"])
+    result = backend.send_batch(make_batch(backend.ws, recipients(3)))
+    assert result.sent == [1, 2, 3]
+    assert [f for _, f in sg.faulted] == ["500", "503"] and sg.stats.accepted == 1
+    assert len(waits.asked) == 2
+
+
+def test_a_stall_past_the_timeout_is_retried(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace, Waits(), timeout=0.5)
+    sg.fail_next("stall")
+    result = backend.send_batch(make_batch(backend.ws, recipients(2)))
+    assert result.sent == [1, 2]
+    assert sg.faulted == [(1, "stall")] and sg.stats.accepted == 1
+
+
+def test_a_dropped_connection_is_retried(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace, Waits())
+    sg.fail_next("drop")
+    result = backend.send_batch(make_batch(backend.ws, recipients(2)))
+    assert result.sent == [1, 2]
+    assert sg.faulted == [(1, "drop")] and sg.stats.accepted == 1
+
+
+def test_a_400_is_not_retried(workspace: Path, sg: SendGridServer) -> None:
+    waits = Waits()
+    backend = _backend(workspace, waits)
+    sg.fail_next("400")
+    with pytest.raises(PermanentError, match=r"SendGrid refused POST /v3/mail/send \(400\): bad request \(injected fault\)"):
+        backend.send_batch(make_batch(backend.ws, recipients(2)))
+    assert sg.stats.received == 1 and waits.asked == []
+
+
+def test_errors_that_never_end_give_up_after_the_attempts(workspace: Path, sg: SendGridServer) -> None:
+    waits = Waits()
+    backend = _backend(workspace, waits)
+    sg.fail_next("500", count=10)
+    with pytest.raises(TransientError, match=r"\(500\): internal server error"):
+        backend.send_batch(make_batch(backend.ws, recipients(2)))
+    assert sg.stats.received == 4 and len(waits.asked) == 3  # max_attempts is 4 here
+
+
+def test_nobody_listening_is_transient(workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = sg.url
+    sg.stop()
+    monkeypatch.setenv(ENV_HOST, url)
+    backend = _backend(workspace, Waits())
+    with pytest.raises(TransientError, match="cannot reach SendGrid"):
+        backend.send_batch(make_batch(backend.ws, recipients(1)))
+
+
+# ---------------------------------------------------------------------------- suppressions
+
+
+def test_suppressions_are_paged_and_mapped(workspace: Path, sg: SendGridServer) -> None:
+    sg.suppressions["unsubscribes"] = [f"gone{i}@example.org" for i in range(1200)]
+    sg.suppressions["bounces"] = ["bounced@example.org", {"email": "full@example.org", "reason": "552 mailbox full"}]
+    sg.suppressions["spam_reports"] = ["angry@example.org"]
+    sg.group_suppressions[4242] = ["group-left@example.org"]
+    backend = _backend(workspace, asm_group_id=4242)
+
+    found = list(backend.suppressions())
+    by_status: dict[str, list[str]] = {}
+    for s in found:
+        by_status.setdefault(s.status, []).append(s.email)
+    assert sorted(by_status) == ["bounced", "complained", "unsubscribed"]
+    assert by_status["unsubscribed"] == [f"gone{i}@example.org" for i in range(1200)] + ["group-left@example.org"]
+    assert by_status["bounced"] == ["bounced@example.org", "full@example.org"]
+    assert by_status["complained"] == ["angry@example.org"]
+    assert next(s for s in found if s.email == "full@example.org").detail == "552 mailbox full"
+
+
+def test_exactly_one_full_page(workspace: Path, sg: SendGridServer) -> None:
+    sg.suppressions["unsubscribes"] = [f"gone{i}@example.org" for i in range(500)]
+    assert len(list(_backend(workspace).suppressions())) == 500
+
+
+@pytest.mark.parametrize("fault", ["500", "400", "drop"])
+def test_a_failing_suppression_list_stops_with_a_clear_error(workspace: Path, sg: SendGridServer, fault: str) -> None:
+    sg.fail_suppressions = fault
+    backend = _backend(workspace, Waits())
+    with pytest.raises(DeliveryError, match="/v3/suppression/unsubscribes"):
+        list(backend.suppressions())
