@@ -60,7 +60,7 @@ def test_new_database_has_the_schema_in_wal_mode(store: Store, db: Path) -> None
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"subscribers", "events", "deliveries", "dispatches", "test_sends"} <= tables
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"deliveries_state", "subscribers_status", "events_subscriber"} <= indexes
+    assert {"deliveries_claim", "subscribers_status", "events_subscriber"} <= indexes
     assert store.schema_version == 1
     conn.close()
 

@@ -96,7 +96,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated       TEXT NOT NULL,
             PRIMARY KEY (issue, subscriber_id)
         )""",
-        "CREATE INDEX deliveries_state ON deliveries (issue, state)",
         # A batch's recipients change state together (in_flight -> sent / in_doubt).
         "CREATE INDEX deliveries_batch ON deliveries (issue, batch)",
         """CREATE TABLE test_sends (
@@ -107,6 +106,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             at          TEXT NOT NULL
         )""",
         "CREATE INDEX test_sends_issue ON test_sends (issue, fingerprint)",
+        # Claiming the next pending recipients in id order without sorting the whole ledger.
+        "CREATE INDEX deliveries_claim ON deliveries (issue, state, subscriber_id)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -171,6 +172,38 @@ class ImportResult:
 
 
 _SUBSCRIBER_COLUMNS = "id, email, name, status, created, updated"
+
+
+@dataclass(frozen=True)
+class DispatchInfo:
+    """An issue's dispatch: when it began, through what, and for how many recipients."""
+
+    issue: str
+    started: str
+    backend: str
+    total: int
+    finished: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One recipient's row in the ledger of an issue."""
+
+    subscriber_id: int
+    email: str
+    name: str
+    state: str
+    batch: int | None
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class TestSend:
+    issue: str
+    fingerprint: str
+    recipients: list[str]
+    at: str
 
 
 class Store:
@@ -497,6 +530,206 @@ class Store:
         updated = cur.rowcount
         conn.execute("DROP TABLE temp.import_rows")
         return ImportResult(new=new, updated=updated, unchanged=total - new - updated)
+
+
+    # -- the send ledger ----------------------------------------------------------
+    # The dispatcher's contract: rows move pending -> in_flight (committed before the
+    # request) -> sent | failed (committed after it). in_flight rows found by a later
+    # run become in_doubt. Nothing here deletes a delivery row.
+
+    def record_test_send(self, issue: str, fingerprint: str, recipients: list[str]) -> None:
+        """Remember that this rendering (by fingerprint) went to these editors."""
+        import json
+
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO test_sends (issue, fingerprint, recipients, at) VALUES (?, ?, ?, ?)",
+                (issue, fingerprint, json.dumps(recipients), self.now()),
+            )
+
+    def has_test_send(self, issue: str, fingerprint: str | None = None) -> bool:
+        """Whether the issue (this exact rendering, when `fingerprint` is given) was test-sent."""
+        if fingerprint is None:
+            rows = self._query("SELECT 1 FROM test_sends WHERE issue = ? LIMIT 1", (issue,))
+        else:
+            rows = self._query("SELECT 1 FROM test_sends WHERE issue = ? AND fingerprint = ? LIMIT 1",
+                               (issue, fingerprint))
+        return bool(rows)
+
+    def test_sends(self, issue: str) -> list[TestSend]:
+        """The issue's test sends, oldest first."""
+        import json
+
+        rows = self._query("SELECT issue, fingerprint, recipients, at FROM test_sends WHERE issue = ? ORDER BY id",
+                           (issue,))
+        return [TestSend(i, f, json.loads(r), at) for i, f, r, at in rows]
+
+    def apply_suppressions(self, suppressions: Iterable) -> int:
+        """Mark active subscribers whom the provider suppresses (items with `email`,
+        `status`, `detail`), source `sendgrid`; returns how many changed. The iterable is
+        read whole before writing, so a failure while reading it changes nothing."""
+        wanted = [(x.email, x.status, x.detail or None) for x in suppressions]
+        if not wanted:
+            return 0
+        now = self.now()
+        changed = 0
+        with self._write() as conn:
+            for email, status, detail in wanted:
+                _check(status, STATUSES, "status")
+                row = conn.execute("SELECT id FROM subscribers WHERE email = ? AND status = 'active'",
+                                   (email,)).fetchone()
+                if row is None:
+                    continue
+                conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?", (status, now, row[0]))
+                self._event(conn, row[0], now, "active", status, "sendgrid", detail)
+                changed += 1
+        return changed
+
+    def count_subscribers(self, status: Status) -> int:
+        return self._query("SELECT count(*) FROM subscribers WHERE status = ?", (status,))[0][0]
+
+    def dispatch_info(self, issue: str) -> DispatchInfo | None:
+        rows = self._query("SELECT issue, started, backend, total, finished FROM dispatches WHERE issue = ?", (issue,))
+        return DispatchInfo(*rows[0]) if rows else None
+
+    def begin_dispatch(self, issue: str, backend: str) -> int:
+        """Fix the recipients of an issue: every subscriber active now. Returns how many."""
+        now = self.now()
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM dispatches WHERE issue = ?", (issue,)).fetchone():
+                raise HighlightsError(f"{issue}: its dispatch has already begun")
+            cur = conn.execute(
+                "INSERT INTO deliveries (issue, subscriber_id, email, state, created, updated)"
+                " SELECT ?, id, email, 'pending', ?, ? FROM subscribers WHERE status = 'active' ORDER BY id",
+                (issue, now, now),
+            )
+            total = cur.rowcount
+            conn.execute("INSERT INTO dispatches (issue, started, backend, total) VALUES (?, ?, ?, ?)",
+                         (issue, now, backend, total))
+            return total
+
+    def mark_in_doubt(self, issue: str) -> int:
+        """A run that died left rows in_flight: nobody knows whether they went out."""
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET state = 'in_doubt', updated = ? WHERE issue = ? AND state = 'in_flight'",
+                (self.now(), issue),
+            ).rowcount
+
+    def requeue(self, issue: str, state: str) -> int:
+        """Put rows in `state` (failed, in_doubt) back to pending; returns how many."""
+        _check(state, ("failed", "in_doubt"), "state")
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET state = 'pending', updated = ? WHERE issue = ? AND state = ?",
+                (self.now(), issue, state),
+            ).rowcount
+
+    def count_pending(self, issue: str) -> int:
+        return self._query("SELECT count(*) FROM deliveries WHERE issue = ? AND state = 'pending'", (issue,))[0][0]
+
+    def next_batch_number(self, issue: str) -> int:
+        return self._query("SELECT coalesce(max(batch), 0) + 1 FROM deliveries WHERE issue = ?", (issue,))[0][0]
+
+    def peek_recipients(self, issue: str, started: bool, limit: int) -> list[Delivery]:
+        """The next recipients a dispatch would take, without claiming them."""
+        if started:
+            sql = ("SELECT d.subscriber_id, d.email, s.name, d.state, d.batch, d.attempts, d.last_error"
+                   " FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
+                   " WHERE d.issue = ? AND d.state = 'pending' AND s.status = 'active'"
+                   " ORDER BY d.subscriber_id LIMIT ?")
+            rows = self._query(sql, (issue, limit))
+        else:
+            rows = self._query("SELECT id, email, name, 'pending', NULL, 0, NULL FROM subscribers"
+                               " WHERE status = 'active' ORDER BY id LIMIT ?", (limit,))
+        return [Delivery(*row) for row in rows]
+
+    def claim_batch(self, issue: str, batch: int, size: int, after_id: int = 0) -> tuple[list[Delivery], int, int]:
+        """Take up to `size` pending recipients after `after_id`, in one transaction:
+        anyone no longer active becomes `skipped`, the rest `in_flight` in `batch`.
+        Returns (claimed, skipped count, last subscriber id looked at)."""
+        now = self.now()
+        claimed: list[Delivery] = []
+        skipped = 0
+        with self._write() as conn:
+            while len(claimed) < size:
+                rows = conn.execute(
+                    "SELECT d.subscriber_id, d.email, s.name, s.status, d.attempts"
+                    " FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
+                    " WHERE d.issue = ? AND d.state = 'pending' AND d.subscriber_id > ?"
+                    " ORDER BY d.subscriber_id LIMIT ?",
+                    (issue, after_id, size - len(claimed)),
+                ).fetchall()
+                if not rows:
+                    break
+                after_id = rows[-1][0]
+                gone = [(now, f"{status} since the dispatch began", issue, sid)
+                        for sid, _e, _n, status, _a in rows if status != "active"]
+                if gone:
+                    conn.executemany(
+                        "UPDATE deliveries SET state = 'skipped', last_error = ?, updated = ?"
+                        " WHERE issue = ? AND subscriber_id = ?",
+                        [(why, at, i, sid) for at, why, i, sid in gone],
+                    )
+                    skipped += len(gone)
+                take = [r for r in rows if r[3] == "active"]
+                conn.executemany(
+                    "UPDATE deliveries SET state = 'in_flight', batch = ?, attempts = attempts + 1, updated = ?"
+                    " WHERE issue = ? AND subscriber_id = ?",
+                    [(batch, now, issue, r[0]) for r in take],
+                )
+                claimed.extend(Delivery(sid, email, name, "in_flight", batch, attempts + 1, None)
+                               for sid, email, name, _s, attempts in take)
+        return claimed, skipped, after_id
+
+    def finish_batch(self, issue: str, *, sent: Iterable[int], failed: dict[int, str],
+                     message_id: str | None = None) -> None:
+        """Record what the backend said about a claimed batch."""
+        now = self.now()
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET state = 'sent', message_id = ?, last_error = NULL, updated = ?"
+                " WHERE issue = ? AND subscriber_id = ? AND state = 'in_flight'",
+                [(message_id, now, issue, sid) for sid in sent],
+            )
+            conn.executemany(
+                "UPDATE deliveries SET state = 'failed', last_error = ?, updated = ?"
+                " WHERE issue = ? AND subscriber_id = ? AND state = 'in_flight'",
+                [(why[:2000], now, issue, sid) for sid, why in failed.items()],
+            )
+
+    def delivery_counts(self, issue: str) -> dict[str, int]:
+        return dict(self._query("SELECT state, count(*) FROM deliveries WHERE issue = ? GROUP BY state", (issue,)))
+
+    def iter_deliveries(self, issue: str, states: Iterable[str]) -> Iterator[Delivery]:
+        """The ledger rows of an issue in these states, in id order, a page at a time."""
+        wanted = tuple(_check(s, ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt"), "state")
+                       for s in states)
+        marks = ", ".join("?" for _ in wanted)
+        last = 0
+        while True:
+            rows = self._query(
+                "SELECT d.subscriber_id, d.email, coalesce(s.name, ''), d.state, d.batch, d.attempts, d.last_error"
+                " FROM deliveries AS d LEFT JOIN subscribers AS s ON s.id = d.subscriber_id"
+                f" WHERE d.issue = ? AND d.state IN ({marks}) AND d.subscriber_id > ?"
+                " ORDER BY d.subscriber_id LIMIT ?",
+                (issue, *wanted, last, _PAGE),
+            )
+            yield from (Delivery(*row) for row in rows)
+            if len(rows) < _PAGE:
+                return
+            last = rows[-1][0]
+
+    def finish_dispatch_if_done(self, issue: str) -> bool:
+        """Mark the dispatch finished once every recipient is sent or skipped."""
+        with self._write() as conn:
+            open_rows = conn.execute(
+                "SELECT count(*) FROM deliveries WHERE issue = ? AND state NOT IN ('sent', 'skipped')", (issue,)
+            ).fetchone()[0]
+            if open_rows:
+                return False
+            conn.execute("UPDATE dispatches SET finished = coalesce(finished, ?) WHERE issue = ?", (self.now(), issue))
+            return True
 
 
 class _Rollback(Exception):
