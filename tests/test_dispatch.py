@@ -1,0 +1,356 @@
+"""`send --test`, `send` and `status` end to end: through the outbox, a real SMTP server
+(aiosmtpd) and the local SendGrid-compatible server, with the ledger in a real SQLite file.
+
+What must hold (PRODUCT.md "Sending", "Guarantees"): the test-send gate, one copy per
+recipient, nobody who left is mailed, faults retried or failed as they should be, and a
+one-click POST to a delivered message's List-Unsubscribe URL unsubscribes exactly that
+recipient.
+"""
+
+from __future__ import annotations
+
+import re
+from email import message_from_bytes
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from helpers_smtp import SinkHandler, smtp_server
+from starlette.testclient import TestClient
+
+from highlightsmail.cli import main
+from highlightsmail.store import ImportRow, Store
+from highlightsmail.testing.sendgrid_server import SendGridServer
+from highlightsmail.web import create_app
+from highlightsmail.workspace import load_workspace
+
+API_KEY = "SG.dispatch-tests"
+
+
+def run(*args: str, input: str | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def configure(root: Path, **delivery: Any) -> None:
+    """Change the workspace's delivery settings; retries are instant."""
+    path = root / "highlights.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["delivery"].update({"max_attempts": 4, "backoff": 0.01})
+    for key, value in delivery.items():
+        if isinstance(value, dict):
+            data["delivery"].setdefault(key, {}).update(value)
+        else:
+            data["delivery"][key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def add_subscribers(root: Path, n: int, *, start: int = 1) -> list[str]:
+    emails = [f"reader{i}@example.org" for i in range(start, start + n)]
+    with Store(root / "subscribers" / "highlights.db") as store:
+        store.import_rows(ImportRow(e, f"Reader {i}") for i, e in enumerate(emails, start=start))
+    return emails
+
+
+def ledger(root: Path, issue: str = "2024-w02") -> dict[str, str]:
+    with Store(root / "subscribers" / "highlights.db") as store:
+        return {d.email: d.state for d in store.iter_deliveries(
+            issue, ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt"))}
+
+
+def status_of(root: Path, email: str) -> str:
+    with Store(root / "subscribers" / "highlights.db") as store:
+        sub = store.find(email)
+        assert sub is not None
+        return sub.status
+
+
+def unsubscribe_url(msg) -> str:
+    match = re.fullmatch(r"<(https://highlights\.example\.org/u/[^>]+)>", str(msg["List-Unsubscribe"]))
+    assert match, msg["List-Unsubscribe"]
+    return match.group(1)
+
+
+def one_click(root: Path, url: str) -> int:
+    """POST List-Unsubscribe=One-Click, with no cookies, as a mail provider would."""
+    app = create_app(load_workspace(root))
+    with TestClient(app, base_url="https://highlights.example.org") as client:
+        client.cookies.clear()
+        reply = client.post(url, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)
+    return reply.status_code
+
+
+# ------------------------------------------------------------------------- the outbox
+
+
+def test_fresh_workspace_test_send_then_send_writes_one_message_each(workspace: Path) -> None:
+    """The issue's 'done when': send --test, then send --yes: one message per editor, then
+    one per active subscriber; a second send --yes writes none."""
+    emails = add_subscribers(workspace, 7)
+    with Store(workspace / "subscribers" / "highlights.db") as store:
+        store.set_status(emails[0], "unsubscribed", "web")
+    outbox = workspace / "outbox" / "2024-w02"
+
+    refused = run("send", "2024-w02", "--yes")
+    assert refused.exit_code == 1
+    assert "send 2024-w02 --test" in refused.output
+    assert not outbox.exists()
+
+    tested = run("send", "2024-w02", "--test")
+    assert tested.exit_code == 0, tested.output
+    test_files = sorted((outbox / "test").glob("*.eml"))
+    assert len(test_files) == 2
+    tos = sorted(str(message_from_bytes(p.read_bytes(), policy=default_policy)["To"]) for p in test_files)
+    assert tos == ["ada@example.org", "grace@example.org"]
+    for p in test_files:
+        assert message_from_bytes(p.read_bytes(), policy=default_policy)["Subject"].startswith("[TEST] ")
+
+    sent = run("send", "2024-w02", "--yes")
+    assert sent.exit_code == 0, sent.output
+    assert "sent 6, skipped 0, failed 0, in doubt 0" in sent.output
+    files = sorted(outbox.glob("*.eml"))
+    got = sorted(str(message_from_bytes(p.read_bytes(), policy=default_policy)["To"]) for p in files)
+    assert got == sorted(f"Reader {i} <{e}>" for i, e in enumerate(emails, start=1) if e != emails[0])
+
+    again = run("send", "2024-w02", "--yes")
+    assert again.exit_code == 0, again.output
+    assert "nothing left to send" in again.output
+    assert sorted(outbox.glob("*.eml")) == files
+
+    status = run("status", "2024-w02")
+    assert "sent 6" in status.output and "finished" in status.output
+
+
+def test_send_refuses_a_version_that_was_not_test_sent(workspace: Path) -> None:
+    add_subscribers(workspace, 2)
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    issue = workspace / "issues" / "2024-w02.yaml"
+    issue.write_text(issue.read_text(encoding="utf-8").replace("Mixtral of Experts", "Mixtral of Many Experts"),
+                     encoding="utf-8")
+
+    refused = run("send", "2024-w02", "--yes")
+    assert refused.exit_code == 1
+    assert "this version was not test-sent" in refused.output
+    assert ledger(workspace) == {}
+
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    assert run("send", "2024-w02", "--yes").exit_code == 0
+    assert set(ledger(workspace).values()) == {"sent"}
+
+
+def test_skip_test_check_and_confirmation(workspace: Path) -> None:
+    add_subscribers(workspace, 3)
+    declined = run("send", "2024-w02", "--skip-test-check", input="n\n")
+    assert declined.exit_code == 1
+    assert "Send 2024-w02 to 3 recipient(s) through outbox?" in declined.output
+    assert ledger(workspace) == {}
+    accepted = run("send", "2024-w02", "--skip-test-check", input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert len(list((workspace / "outbox" / "2024-w02").glob("*.eml"))) == 3
+
+
+def test_limit_sends_a_canary_then_the_rest(workspace: Path) -> None:
+    add_subscribers(workspace, 5)
+    first = run("send", "2024-w02", "--yes", "--skip-test-check", "--limit", "2")
+    assert first.exit_code == 0, first.output
+    assert "3 still to send" in first.output
+    assert sorted(ledger(workspace).values()) == ["pending"] * 3 + ["sent"] * 2
+    rest = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert rest.exit_code == 0
+    assert set(ledger(workspace).values()) == {"sent"}
+    assert len(list((workspace / "outbox" / "2024-w02").glob("*.eml"))) == 5
+
+
+def test_dry_run_hands_nothing_over_and_records_nothing(workspace: Path) -> None:
+    add_subscribers(workspace, 4)
+    result = run("send", "2024-w02", "--dry-run", "--skip-test-check")
+    assert result.exit_code == 0, result.output
+    assert "would send 2024-w02 to 4 recipient(s)" in result.output
+    assert not (workspace / "outbox").exists()
+    assert ledger(workspace) == {}
+    test = run("send", "2024-w02", "--test", "--dry-run")
+    assert test.exit_code == 0 and not (workspace / "outbox").exists()
+    with Store(workspace / "subscribers" / "highlights.db") as store:
+        assert not store.has_test_send("2024-w02")
+
+
+def test_test_send_to_chosen_addresses(workspace: Path) -> None:
+    assert run("send", "2024-w02", "--test", "--to", "Someone@Example.org").exit_code == 0
+    files = list((workspace / "outbox" / "2024-w02" / "test").glob("*.eml"))
+    assert len(files) == 1
+    assert "someone@example.org" in str(message_from_bytes(files[0].read_bytes(), policy=default_policy)["To"]).lower()
+    bad = run("send", "2024-w02", "--test", "--to", "not-an-address")
+    assert bad.exit_code == 1 and "not-an-address" in bad.output
+    assert run("send", "2024-w02", "--to", "a@example.org").exit_code == 2  # --to needs --test
+
+
+# ------------------------------------------------------------------------- SMTP
+
+
+def test_smtp_end_to_end_and_one_click_from_the_delivered_header(workspace: Path) -> None:
+    emails = add_subscribers(workspace, 4)
+    handler = SinkHandler()
+    with smtp_server(handler) as server:
+        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port,
+                                                   "security": "none"})
+        assert run("send", "2024-w02", "--test").exit_code == 0
+        result = run("send", "2024-w02", "--yes")
+    assert result.exit_code == 0, result.output
+    messages = [r.message() for r in handler.received]
+    assert len(messages) == 2 + 4
+    tests, real = messages[:2], messages[2:]
+    assert all(m["Subject"].startswith("[TEST] ") for m in tests)
+    assert sorted(r.rcpt_tos[0] for r in handler.received[2:]) == emails
+    for msg in real:
+        assert msg.get_content_type() == "multipart/alternative"
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        for header in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Id",
+                       "List-Unsubscribe", "List-Unsubscribe-Post"):
+            assert msg[header], header
+        url = unsubscribe_url(msg)
+        text, html = (p.get_content() for p in msg.iter_parts())
+        assert url in text and f'href="{url}"' in html
+
+    # A provider's one-click POST to the third recipient's header URL.
+    target = real[2]
+    who = re.search(r"<([^>]+)>", str(target["To"])).group(1)
+    assert one_click(workspace, unsubscribe_url(target)) == 200
+    assert status_of(workspace, who) == "unsubscribed"
+    assert [status_of(workspace, e) for e in emails].count("unsubscribed") == 1
+    # A test message's link changes nothing.
+    assert one_click(workspace, unsubscribe_url(tests[0])) == 200
+    assert [status_of(workspace, e) for e in emails].count("unsubscribed") == 1
+
+
+def test_smtp_refusal_of_one_recipient_fails_only_that_one(workspace: Path) -> None:
+    emails = add_subscribers(workspace, 3)
+    handler = SinkHandler(rcpt_replies={emails[1]: ["550 5.1.1 no such user"]})
+    with smtp_server(handler) as server:
+        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port,
+                                                   "security": "none"})
+        result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 1
+    assert "sent 2, skipped 0, failed 1, in doubt 0" in result.output
+    assert ledger(workspace) == {emails[0]: "sent", emails[1]: "failed", emails[2]: "sent"}
+    status = run("status", "2024-w02")
+    assert "no such user" in status.output and emails[1] in status.output
+
+
+# ------------------------------------------------------------------------- SendGrid
+
+
+@pytest.fixture
+def sg(workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    server = SendGridServer(api_key=API_KEY, stall_seconds=3, rate_limit_reset_seconds=1)
+    assert server.schema_validation, server.schema_skip_reason
+    with server:
+        monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
+        monkeypatch.setenv("HIGHLIGHTS_SENDGRID_HOST", server.url)
+        configure(workspace, backend="sendgrid", sendgrid={"batch_size": 10, "concurrency": 2, "timeout": 1})
+        yield server
+
+
+def delivered(sg: SendGridServer) -> list[str]:
+    return [p["to"][0]["email"] for req in sg.accepted for p in req.body["personalizations"]]
+
+
+def test_sendgrid_end_to_end_with_suppressions(workspace: Path, sg: SendGridServer) -> None:
+    emails = add_subscribers(workspace, 25)
+    sg.suppressions["unsubscribes"] = [emails[3]]
+    sg.suppressions["bounces"] = [{"email": emails[4], "created": 1704067200, "reason": "550 gone",
+                                   "status": "5.1.1"}]
+    sg.suppressions["spam_reports"] = [{"email": emails[5], "created": 1704067200, "ip": "192.0.2.1"}]
+
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    result = run("send", "2024-w02", "--yes")
+    assert result.exit_code == 0, result.output
+    assert sg.rejected == []
+    assert status_of(workspace, emails[3]) == "unsubscribed"
+    assert status_of(workspace, emails[4]) == "bounced"
+    assert status_of(workspace, emails[5]) == "complained"
+    got = delivered(sg)
+    assert sorted(got) == sorted(["ada@example.org", "grace@example.org"]
+                                 + [e for e in emails if e not in emails[3:6]])
+    # Every personalization carries its own link; custom_args name the id, never the address.
+    for req in sg.accepted[1:]:
+        assert len(req.body["personalizations"]) <= 10
+        for p in req.body["personalizations"]:
+            url = p["headers"]["List-Unsubscribe"].strip("<>")
+            assert list(p["substitutions"].values()) == [url]
+            assert p["custom_args"]["issue"] == "2024-w02"
+            assert "@" not in p["custom_args"]["subscriber_id"]
+    # The one-click POST to one delivered recipient's URL unsubscribes exactly them.
+    last = sg.accepted[-1].body["personalizations"][-1]
+    assert one_click(workspace, last["headers"]["List-Unsubscribe"].strip("<>")) == 200
+    assert status_of(workspace, last["to"][0]["email"]) == "unsubscribed"
+    active = [e for e in emails if status_of(workspace, e) == "active"]
+    assert len(active) == 25 - 3 - 1
+
+
+def test_unreadable_suppressions_stop_the_send(workspace: Path, sg: SendGridServer) -> None:
+    add_subscribers(workspace, 3)
+    sg.fail_suppressions = "500"
+    result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 1
+    assert "suppression" in result.output and "nothing was sent" in result.output
+    assert sg.accepted == [] and ledger(workspace) == {}
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "stall", "drop"])
+def test_transient_faults_are_retried_and_everyone_gets_one_copy(workspace: Path, sg: SendGridServer,
+                                                                 fault: str) -> None:
+    emails = add_subscribers(workspace, 30)
+    configure(workspace, sendgrid={"concurrency": 1})
+    sg.plan_faults({2: fault})
+    result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 0, result.output
+    assert [n for n, _ in sg.faulted] == [2]
+    assert sorted(delivered(sg)) == sorted(emails)
+    assert set(ledger(workspace).values()) == {"sent"}
+
+
+def test_a_refusal_fails_that_batch_with_sendgrids_words(workspace: Path, sg: SendGridServer) -> None:
+    emails = add_subscribers(workspace, 30)
+    configure(workspace, sendgrid={"concurrency": 1})
+    sg.plan_faults({2: "400"})
+    result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 1
+    assert "sent 20, skipped 0, failed 10, in doubt 0" in result.output
+    state = ledger(workspace)
+    assert [state[e] for e in emails] == ["sent"] * 10 + ["failed"] * 10 + ["sent"] * 10
+    status = run("status", "2024-w02")
+    # SendGrid's own error text reaches the editor, for each failed recipient.
+    assert status.output.count("bad request (injected fault)") == 10
+    # Running send again retries exactly the failed ones.
+    again = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert again.exit_code == 0, again.output
+    assert sorted(delivered(sg)) == sorted(emails)
+
+
+def test_unsubscribes_during_a_dispatch_are_honoured(workspace: Path, sg: SendGridServer,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    emails = add_subscribers(workspace, 40)
+    configure(workspace, sendgrid={"concurrency": 1})
+    leaving = [emails[15], emails[27], emails[39]]  # in the 2nd, 3rd and 4th batches
+    from highlightsmail.backends.sendgrid import SendGridBackend
+
+    original = SendGridBackend.send_batch
+    calls = []
+
+    def send_batch(self, batch):
+        calls.append(batch.number)
+        if len(calls) == 1:  # while the first batch is out, three people leave
+            with Store(workspace / "subscribers" / "highlights.db") as store:
+                for e in leaving:
+                    store.set_status(e, "unsubscribed", "one-click")
+        return original(self, batch)
+
+    monkeypatch.setattr(SendGridBackend, "send_batch", send_batch)
+    result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 0, result.output
+    assert "sent 37, skipped 3" in result.output
+    assert sorted(delivered(sg)) == sorted(set(emails) - set(leaving))
+    state = ledger(workspace)
+    assert [state[e] for e in leaving] == ["skipped"] * 3
