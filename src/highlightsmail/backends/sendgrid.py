@@ -47,6 +47,7 @@ PAGE_SIZE = 500  # the largest page SendGrid's suppression lists serve
 # SendGrid's list -> our subscriber status.
 SUPPRESSION_LISTS = (("unsubscribes", "unsubscribed"), ("bounces", "bounced"), ("spam_reports", "complained"))
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+_LIST_SEPARATORS = re.compile(r"[,;]")
 
 # python_http_client logs every request's headers, the API key among them, at DEBUG.
 logging.getLogger("python_http_client.client").setLevel(logging.INFO)
@@ -58,8 +59,7 @@ class SendGridBackend(Backend):
 
     name = "sendgrid"
 
-    def __init__(self, ws: Workspace, *, test: bool = False,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, ws: Workspace, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.ws = ws
         config = ws.settings.delivery.sendgrid
         self.config = config
@@ -112,7 +112,7 @@ class SendGridBackend(Backend):
             else:
                 args = {"issue": batch.slug, "test": "true"}
             personalizations.append({
-                "to": [_address(env.recipient.email, env.recipient.name)],
+                "to": [_address(env.recipient.email, env.recipient.name, recipient=True)],
                 # Substitutions are plain find-and-replace (legacy, non-dynamic templates
                 # only); the placeholder is in both the HTML and the text.
                 "substitutions": {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url},
@@ -218,10 +218,17 @@ class SendGridBackend(Backend):
         return data
 
 
-def _address(email: str, name: str = "") -> dict[str, str]:
-    """SendGrid's `{"email", "name"}`; the name without anything that breaks a header."""
+def _address(email: str, name: str = "", *, recipient: bool = False) -> dict[str, str]:
+    """SendGrid's `{"email", "name"}`; the name without anything that breaks a header.
+
+    A recipient's name loses its commas and semicolons: SendGrid documents that it
+    cannot take them in to/cc/bcc names, and drops such mail silently (it splits the
+    header there and takes part of the name for the address)."""
     out = {"email": email}
-    clean = _CONTROL_RE.sub(" ", name or "").strip()
+    clean = _CONTROL_RE.sub(" ", name or "")
+    if recipient:
+        clean = _LIST_SEPARATORS.sub(" ", clean)
+    clean = " ".join(clean.split())
     if clean:
         out["name"] = clean
     return out
