@@ -154,6 +154,15 @@ def test_missing_password_is_a_clear_error(workspace: Path) -> None:
         get_backend(ws).open()
 
 
+def test_no_password_over_a_plain_connection_to_another_host(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_PASSWORD, PASSWORD)
+    ws = make_workspace(workspace, delivery={"smtp": {"host": "mail.example.org", "security": "none",
+                                                      "username": "newsletter"}})
+    with pytest.raises(DeliveryError, match="refusing to send the password .* unencrypted") as info:
+        SmtpBackend(ws).open()
+    assert PASSWORD not in info.value.message
+
+
 def test_starttls_required_but_not_offered(workspace: Path) -> None:
     with smtp_server(SinkHandler()) as server:
         ws = _smtp_ws(workspace, server.port, security="starttls")

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from email.utils import parseaddr, parsedate_to_datetime
@@ -171,7 +170,7 @@ class SendGridBackend(Backend):
             if isinstance(reason, TimeoutError):
                 raise TransientError(f"SendGrid did not answer {what} within {self.timeout:g} s") from None
             raise TransientError(f"cannot reach SendGrid at {self.host} ({what}): {reason}") from None
-        except (http.client.HTTPException, ConnectionError, socket.error) as err:
+        except (http.client.HTTPException, OSError) as err:
             # RemoteDisconnected, resets: the request may or may not have arrived.
             raise TransientError(f"connection to SendGrid lost during {what}: {err or type(err).__name__}") from None
 

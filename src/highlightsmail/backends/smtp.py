@@ -46,6 +46,7 @@ ENV_PASSWORD = "HIGHLIGHTS_SMTP_PASSWORD"
 ENV_CAFILE = "HIGHLIGHTS_SMTP_CAFILE"
 _MAX_LINE = 998  # RFC 5322 2.1.1: the hard limit on a line, CRLF excluded
 _PROBE = Recipient(email="probe@example.invalid", name="Probe")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")  # a relay on this machine: nothing on the wire
 
 
 # ---------------------------------------------------------------------------- message bytes
@@ -374,6 +375,11 @@ class SmtpBackend(Backend):
     def _password(self) -> str | None:
         if not self.config.username:
             return None
+        if self.config.security == "none" and self.config.host not in _LOOPBACK:
+            raise _SetupError(
+                f"{self.where}: refusing to send the password of {self.config.username!r} unencrypted; "
+                "set delivery.smtp.security to starttls or tls"
+            )
         password = os.environ.get(ENV_PASSWORD)
         if not password:
             raise _SetupError(
