@@ -354,3 +354,16 @@ def test_unsubscribes_during_a_dispatch_are_honoured(workspace: Path, sg: SendGr
     assert sorted(delivered(sg)) == sorted(set(emails) - set(leaving))
     state = ledger(workspace)
     assert [state[e] for e in leaving] == ["skipped"] * 3
+
+
+def test_a_setup_error_stops_the_send_before_anything_is_claimed(workspace: Path) -> None:
+    add_subscribers(workspace, 3)
+    handler = SinkHandler()
+    with smtp_server(handler) as server:
+        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port,
+                                                   "security": "none", "username": "editor"})
+        result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 1
+    assert "HIGHLIGHTS_SMTP_PASSWORD" in result.output and "nothing was sent" in result.output
+    assert handler.received == []
+    assert set(ledger(workspace).values()) == {"pending"}

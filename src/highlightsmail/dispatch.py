@@ -303,14 +303,25 @@ def run_dispatch(
     opened: list[Backend] = []
     opened_lock = threading.Lock()
 
+    # Open once here, before anything is claimed: a setup error (a missing key or
+    # password, a refused login) stops the send instead of failing batch after batch.
+    try:
+        backend.open()
+    except DeliveryError as err:
+        raise HighlightsError(f"{backend.name}: {err.message}; nothing was sent") from None
+    opened.append(backend)
+
     def deliver(batch: Batch) -> BatchResult:
         b = getattr(local, "backend", None)
         if b is None:
-            b = backend.clone() if workers > 1 else backend
-            b.open()
+            if workers == 1:
+                b = backend
+            else:
+                b = backend.clone()
+                b.open()
+                with opened_lock:
+                    opened.append(b)
             local.backend = b
-            with opened_lock:
-                opened.append(b)
         return b.send_batch(batch)
 
     remaining = limit
