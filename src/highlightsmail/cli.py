@@ -44,6 +44,9 @@ pass_ctx = click.make_pass_decorator(_Ctx)
 @click.pass_context
 def main(ctx: click.Context, workspace: str | None) -> None:
     """Write a newsletter issue in YAML, preview it, test-send it, then send it."""
+    from highlightsmail.errors import show_warnings_plainly
+
+    show_warnings_plainly()
     ctx.obj = _Ctx(workspace)
 
 
@@ -167,7 +170,7 @@ def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
 @click.option("--name", default="", help="The subscriber's name.")
 @pass_ctx
 def subscribers_add(obj: _Ctx, email: str, name: str) -> None:
-    """Add one subscriber (or make an existing one active again)."""
+    """Add one subscriber (someone who left is never made active again from here)."""
     from highlightsmail.subscribers import add_command
 
     add_command(obj.ws, email, name=name)

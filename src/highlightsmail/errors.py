@@ -49,6 +49,26 @@ class InvalidToken(HighlightsError):
     """An unsubscribe token that is malformed, forged, altered or for another purpose."""
 
 
+class HighlightsWarning(UserWarning):
+    """Something a user should know that does not stop the work (shown as `warning: ...`)."""
+
+
+def show_warnings_plainly() -> None:
+    """Print our warnings as one `warning: ...` line on stderr, not Python's
+    file:line form with a source line; other warnings keep the default display."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, HighlightsWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def display_path(path: Path | str) -> str:
     """A path as the user would type it: relative to the CWD when inside it."""
     p = Path(path)

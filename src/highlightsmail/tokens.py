@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from highlightsmail.errors import HighlightsError, InvalidToken
+from highlightsmail.errors import HighlightsError, HighlightsWarning, InvalidToken
 
 KINDS = {"unsubscribe": "u", "test": "t"}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
@@ -27,7 +27,7 @@ _TOKEN_RE = re.compile(r"^([ut])([0-9a-z]{1,13})\.([A-Za-z0-9_-]{22})$")
 _DOMAIN = b"highlightsmail/token/v1"
 
 
-class SecretWarning(UserWarning):
+class SecretWarning(HighlightsWarning):
     """The signing secret was generated because HIGHLIGHTS_SECRET is unset."""
 
 
