@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from highlightsmail.serving import bind_socket
 from highlightsmail.errors import HighlightsError, Problem, ValidationFailed, display_path
 
 if TYPE_CHECKING:
@@ -428,26 +429,6 @@ class _PreviewServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket, so that a port in use is one clear line, not a log record."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise HighlightsError(f"--host {host}: {exc.strerror}") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        hint = "; pick another with --port" if exc.errno == 98 else ""
-        raise HighlightsError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
-
-
 def _url(sock: socket.socket, host: str) -> str:
     port = sock.getsockname()[1]
     shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -470,7 +451,7 @@ def _server(ws: Workspace, issue_path: Path, host: str, log: Log,
 def serve_preview(ws: Workspace, issue_path: Path, host: str = "127.0.0.1", port: int = 8025,
                   open_browser: bool = True) -> None:
     """Serve the live preview of `issue_path` until Ctrl-C; open it in a browser."""
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     url = _url(sock, host)
 
     def log(line: str) -> None:
@@ -501,7 +482,7 @@ def running_preview(ws: Workspace, issue_path: Path, host: str = "127.0.0.1", po
                     log: Log | None = None) -> Iterator[str]:
     """Run the preview server in a background thread (for tests and benchmarks); yields
     its URL once it answers, and stops it (watchers included) on exit."""
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     url = _url(sock, host)
     ready = threading.Event()
     server = _server(ws, issue_path, host, log or (lambda _line: None), ready.set)

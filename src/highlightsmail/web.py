@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +42,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from highlightsmail.errors import HighlightsError, InvalidToken
+from highlightsmail.serving import bind_socket
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -236,15 +236,23 @@ class _Endpoint:
             return await self.unsubscribe(request)
         return await self.show(request)
 
-    async def show(self, request: Request) -> Response:
-        """GET /u/TOKEN: the confirmation page; changes nothing."""
-        token = request.path_params["token"]
+    def _subscriber_id(self, token: str) -> int | Response:
+        """The subscriber a token names, or the page to answer instead: 400 for a bad
+        link, the "this was a test" page for a test send's link (which changes nothing)."""
         try:
             purpose, subscriber_id = self._read(token)
         except _BadLink:
             return self.invalid()
         if purpose == "test":
             return self.test_page()
+        return subscriber_id
+
+    async def show(self, request: Request) -> Response:
+        """GET /u/TOKEN: the confirmation page; changes nothing."""
+        token = request.path_params["token"]
+        subscriber_id = self._subscriber_id(token)
+        if isinstance(subscriber_id, Response):
+            return subscriber_id
         sub = await run_in_threadpool(self.db.look, subscriber_id)
         if sub is None:
             return self.invalid()
@@ -254,12 +262,9 @@ class _Endpoint:
     async def unsubscribe(self, request: Request) -> Response:
         """POST /u/TOKEN: the form on the page, or an RFC 8058 one-click POST."""
         token = request.path_params["token"]
-        try:
-            purpose, subscriber_id = self._read(token)
-        except _BadLink:
-            return self.invalid()
-        if purpose == "test":
-            return self.test_page()
+        subscriber_id = self._subscriber_id(token)
+        if isinstance(subscriber_id, Response):
+            return subscriber_id
         source = SOURCE_ONE_CLICK if await _is_one_click(request) else SOURCE_WEB
         sub = await run_in_threadpool(self.db.unsubscribe, subscriber_id, source)
         if sub is None:
@@ -271,12 +276,9 @@ class _Endpoint:
     async def resubscribe(self, request: Request) -> Response:
         """POST /u/TOKEN/resubscribe: active again, unless mail to the address fails."""
         token = request.path_params["token"]
-        try:
-            purpose, subscriber_id = self._read(token)
-        except _BadLink:
-            return self.invalid()
-        if purpose == "test":
-            return self.test_page()
+        subscriber_id = self._subscriber_id(token)
+        if isinstance(subscriber_id, Response):
+            return subscriber_id
         sub = await run_in_threadpool(self.db.resubscribe, subscriber_id)
         if sub is None:
             return self.invalid()
@@ -549,25 +551,6 @@ def serve_command(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> N
         pass
     finally:
         sock.close()
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0: any free port), or a one-line error saying why not."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise HighlightsError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise HighlightsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 __all__ = ["app", "bind_socket", "create_app", "mask_email", "serve_command", "CONTENT_SECURITY_POLICY",
