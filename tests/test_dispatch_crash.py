@@ -75,12 +75,20 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
             proc.wait(timeout=30)
         assert kills >= 3, "the dispatch finished before it could be killed: nothing was tested"
 
+        # Straight after a kill, before any resume, status already counts what was under
+        # way as in doubt, and names each address.
+        in_flight = sorted(e for e, s in _ledger(workspace).items() if s == "in_flight")
+        status = subprocess.run([*HIGHLIGHTS, "status", "2024-w02"], cwd=workspace, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "stopped" in status.stdout
+        for email in in_flight:
+            assert email in status.stdout
+
         # Resume without --resend-in-doubt: everyone else goes out; in-doubt stays.
         proc = _send(workspace, env)
         out, err = proc.communicate(timeout=120)
         state = _ledger(workspace)
         doubt = sorted(e for e, s in state.items() if s == "in_doubt")
-        print(f"{kills} kills, {len(doubt)} in doubt")
         assert set(state.values()) <= {"sent", "in_doubt"}, set(state.values())
         assert len(state) == N
         assert proc.returncode == (1 if doubt else 0), err.decode()

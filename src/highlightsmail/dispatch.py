@@ -69,6 +69,15 @@ def _send_lock(ws: Workspace, slug: str) -> Iterator[None]:
         yield
 
 
+def _send_running(ws: Workspace, slug: str) -> bool:
+    """Whether a `send` of this issue holds its lock right now."""
+    try:
+        with _send_lock(ws, slug):
+            return False
+    except HighlightsError:
+        return True
+
+
 def _render(ws: Workspace, issue_path: Path) -> RenderedIssue:
     from highlightsmail.issue import load_issue
     from highlightsmail.render import render_issue
@@ -405,14 +414,18 @@ def status_command(ws: Workspace, issue_path: Path) -> None:
         if info is None:
             click.echo(f"{slug}: not sent yet ({store.count_subscribers('active')} active subscribers)")
             return
-        # Rows left in_flight by a run that died are in doubt: say so even before a resume.
+        running = _send_running(ws, slug)
         counts = store.delivery_counts(slug)
         summary = Summary.from_counts(counts)
-        state = "finished" if info.finished else "in progress or stopped"
+        state = "finished" if info.finished else ("sending now" if running else "stopped")
         click.echo(f"{slug}: dispatch through {info.backend} started {info.started}, {state}")
         click.echo(f"  recipients {summary.total}: {summary.line()}, pending {summary.pending}"
                    + (f", in flight {summary.in_flight}" if summary.in_flight else ""))
-        for title, states in (("in doubt", ("in_doubt", "in_flight")), ("failed", ("failed",))):
+        # Rows left in_flight by a run that died are in doubt already: say so before a resume.
+        doubt_states = ("in_doubt",) if running else ("in_doubt", "in_flight")
+        if not running:
+            summary.in_doubt += summary.in_flight
+        for title, states in (("in doubt", doubt_states), ("failed", ("failed",))):
             rows = list(store.iter_deliveries(slug, states))
             if rows:
                 click.echo(f"  {title}:")
