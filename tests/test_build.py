@@ -169,3 +169,10 @@ def test_out_must_be_a_folder(workspace: Path) -> None:
     assert result.exit_code != 0
     assert "Traceback" not in result.output
     assert (workspace / "out").read_text() == "not a folder"
+
+
+def test_out_that_is_a_symlink_loop_is_a_one_line_error(workspace: Path) -> None:
+    (workspace / "loop").symlink_to("loop")
+    result = CliRunner().invoke(main, ["build", "2024-w02", "--out", "loop"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["Error: loop: exists and is not a folder"]

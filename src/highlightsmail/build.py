@@ -94,7 +94,7 @@ def build_command(ws: Workspace, issue_path: Path, out_dir: Path) -> list[Path]:
     eml = message.as_bytes(policy=email.policy.SMTP)
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
+    if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():  # a file, or a broken link
         raise HighlightsError(f"{display_path(out_dir)}: exists and is not a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
