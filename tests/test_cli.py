@@ -151,6 +151,31 @@ def test_unknown_issue_is_a_one_line_error(site: Path) -> None:
         assert "nope.yaml" in result.stderr or "2031-w07" in result.stderr
 
 
+def test_latest_is_the_newest_week_and_skips_what_is_not_an_issue_file(site: Path) -> None:
+    issues = site / "issues"
+    (issues / "2024-w01.yaml").write_text((issues / "2024-w02.yaml").read_text())
+    (issues / "notes.yaml").write_text("title: [not an issue\n")  # sorts after the weeks
+    (issues / "2099-w01.yaml").mkdir()  # a folder
+    (issues / "2099-w02.yaml").symlink_to("2099-w02.yaml")  # a link to itself
+    with mock.patch("highlightsmail.lint.check_command") as check:
+        result = run("-w", str(site), "check", "latest")
+    assert result.exit_code == 0, result.output
+    assert check.call_args.args[1] == site / "issues" / "2024-w02.yaml"
+
+
+@pytest.mark.parametrize("ref", ["issues/2099-w01.yaml", "issues/2099-w02.yaml"])
+def test_a_folder_or_a_symlink_loop_as_issue_is_a_one_line_error(site: Path, ref: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    (site / "issues" / "2099-w01.yaml").mkdir()
+    (site / "issues" / "2099-w02.yaml").symlink_to("2099-w02.yaml")
+    monkeypatch.chdir(site)
+    for command in ("check", "build", "preview"):
+        result = run(command, ref)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.stderr.strip().splitlines() == [
+            f"Error: {ref}: " + ("is a folder, not an issue file" if "w01" in ref else "no such issue file")]
+
+
 def test_broken_settings_name_the_place(site: Path) -> None:
     (site / "highlights.yaml").write_text("name: X\nfrom: nobody\nbase_url: ftp://x\n")
     result = run("-w", str(site), "check", "latest")

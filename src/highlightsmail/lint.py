@@ -39,7 +39,6 @@ SUBJECT_MAX = 78
 _TOKEN_SHAPE = "u" + "z" * 13 + "." + "A" * 22
 
 _TODO = re.compile(r"\bTODO\b")
-_ISSUE_NAME = re.compile(r"^(\d{4})-w(\d{2})$")
 
 Loc = tuple[str | int, ...]
 
@@ -289,7 +288,9 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
                                          "warning"))
 
     # -- the date and the file's week
-    match = _ISSUE_NAME.match(issue.slug or "")
+    from highlightsmail.workspace import ISSUE_SLUG
+
+    match = ISSUE_SLUG.match(issue.slug or "")
     if match:
         year, week, _ = issue.date.isocalendar()
         if (year, week) != (int(match[1]), int(match[2])):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,8 @@ from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.fields import Address, HttpUrl, SingleLine
 
 SETTINGS_FILE = "highlights.yaml"
+#: An issue's slug when its file is named after its ISO week: YYYY-wWW (year, week).
+ISSUE_SLUG = re.compile(r"^(\d{4})-w(\d{2})$")
 
 
 class _Strict(BaseModel):
@@ -99,12 +102,17 @@ class Workspace:
     def issue_path(self, ref: str) -> Path:
         """Resolve an ISSUE argument: a path, a slug (2024-w02) or `latest`."""
         if ref == "latest":
-            found = sorted(self.issues_dir.glob("*.yaml"))
+            # The newest week by file name; a folder or a broken link named *.yaml is no issue.
+            found = sorted(p for p in self.issues_dir.glob("*.yaml") if p.is_file())
+            weekly = [p for p in found if ISSUE_SLUG.match(p.stem)]
+            found = weekly or found
             if not found:
                 raise HighlightsError(f"{display_path(self.issues_dir)}: no issue files yet; create one with `highlights new`")
             return found[-1]
         as_path = Path(ref)
         if as_path.suffix in (".yaml", ".yml") or os.sep in ref or "/" in ref:
+            if as_path.is_dir():
+                raise HighlightsError(f"{ref}: is a folder, not an issue file")
             if not as_path.is_file():
                 raise HighlightsError(f"{ref}: no such issue file")
             return as_path
