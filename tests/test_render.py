@@ -525,6 +525,14 @@ def test_invalid_mjml_names_the_template(ws: Workspace, example: Issue) -> None:
     assert "MJML" in err.value.format_message()
 
 
+def test_a_template_that_is_not_utf8_names_the_file(ws: Workspace, example: Issue) -> None:
+    (ws.templates_dir / "issue.txt.j2").write_bytes("caf\u00e9 {{ unsubscribe_url }}\n".encode("latin-1"))
+    with pytest.raises(HighlightsError) as err:
+        render_issue(example, ws)
+    assert err.value.format_message() == ("templates/issue.txt.j2: not UTF-8 text (byte 0xe9 at offset 3); "
+                                          "save the template as UTF-8")
+
+
 # --------------------------------------------------------------------------- quiet
 
 

@@ -12,6 +12,7 @@ import re
 import traceback
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from highlightsmail import markdown
@@ -263,7 +264,8 @@ def _hanging_filter(text: str, prefix: str, width: int = TEXT_WIDTH) -> str:
     return markdown.wrap(str(text), width, prefix, " " * len(prefix))
 
 
-def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> tuple[str, str]:
+def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any],
+                     templates_dir: str) -> tuple[str, str]:
     """The template's output and the file it came from (the workspace's or the package's)."""
     import jinja2
 
@@ -273,6 +275,13 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
         raise HighlightsError(f"{display_path(exc.filename or name)}:{exc.lineno}: {exc.message}") from None
     except jinja2.TemplateNotFound:
         raise HighlightsError(f"template {name} not found in templates/ or the package defaults") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        # Only the workspace's own copy can be unreadable: the package's are UTF-8.
+        file = display_path(Path(templates_dir) / name)
+        if isinstance(exc, UnicodeDecodeError):
+            raise HighlightsError(f"{file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                  f"{exc.start}); save the template as UTF-8") from None
+        raise HighlightsError(f"{file}: cannot read the template ({exc.strerror or exc})") from None
     try:
         return template.render(context), template.filename or name
     except HighlightsError:
@@ -408,9 +417,9 @@ def render_issue(issue: Issue, ws: Workspace) -> RenderedIssue:
     """Render an issue into its subject, preheader, HTML and plain text, once."""
     env = _environment(str(ws.templates_dir))
     context = _context(issue, ws)
-    mjml_source, mjml_file = _render_template(env, HTML_TEMPLATE, context)
+    mjml_source, mjml_file = _render_template(env, HTML_TEMPLATE, context, str(ws.templates_dir))
     html = _inline_css(_keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source))
-    text = _tidy_text(_render_template(env, TEXT_TEMPLATE, context)[0])
+    text = _tidy_text(_render_template(env, TEXT_TEMPLATE, context, str(ws.templates_dir))[0])
     return RenderedIssue(
         slug=issue.slug,
         subject=context["issue"]["subject"],
