@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,6 +142,21 @@ def test_a_broken_issue_shows_its_errors_and_the_page_recovers(client: TestClien
     page = page_when(client, lambda p: 'id="errors"' not in p)
     assert "<iframe" in page
     assert client.get("/email.html").status_code == 200
+
+
+def test_a_symlink_loop_next_to_the_issue_does_not_stop_the_reloads(client: TestClient, workspace: Path) -> None:
+    (workspace / "issues" / "loop.yaml").symlink_to("loop.yaml")
+    time.sleep(0.3)  # the watcher sees the link first
+    set_first_item_title(workspace / ISSUE, "Seen After The Looping Link", atomic=True)
+    page_when(client, lambda p: "Seen After The Looping Link" in p)
+
+
+def test_a_templates_folder_that_is_a_looping_link_falls_back_to_the_defaults(workspace: Path) -> None:
+    shutil.rmtree(workspace / "templates")
+    (workspace / "templates").symlink_to("templates")
+    with TestClient(create_preview_app(load_workspace(), workspace / ISSUE)) as client:
+        assert 'id="errors"' not in client.get("/").text
+        assert "Mixtral of Experts" in client.get("/email.txt").text
 
 
 def test_a_template_added_while_previewing_takes_over_from_the_default(workspace: Path) -> None:

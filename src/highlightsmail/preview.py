@@ -113,7 +113,7 @@ class _Preview:
         self.ws = ws
         self.issue_path = Path(issue_path).resolve()
         self.settings_path = ws.settings_path.resolve()
-        self.templates_dir = ws.templates_dir.resolve()
+        self.templates_dir = _resolved(ws.templates_dir) or ws.templates_dir
         self.log = log
         # A new id per server start, so a page left open across a restart reloads too.
         self._boot = secrets.token_hex(3)
@@ -201,7 +201,7 @@ class _Preview:
 
     def _is_watched_file(self, path: str) -> bool:
         p = Path(path)
-        return p in (self.issue_path, self.settings_path) or p.resolve() in (self.issue_path, self.settings_path)
+        return p in (self.issue_path, self.settings_path) or _resolved(p) in (self.issue_path, self.settings_path)
 
     async def _render_loop(self) -> None:
         """Render whenever a watcher marked the preview dirty; changes that arrive during
@@ -230,7 +230,7 @@ class _Preview:
                 # inotify: a save is seen at once; polling would add its delay to the budget.
                 force_polling=False,
             ):
-                if any(Path(p).resolve() == self.settings_path for _, p in changes):
+                if any(_resolved(Path(p)) == self.settings_path for _, p in changes):
                     self._settings_dirty = True
                 if any(change != watchfiles.Change.modified and Path(p).is_relative_to(self.templates_dir)
                        for change, p in changes):
@@ -277,6 +277,15 @@ class _Preview:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
         return self.snapshot.build
+
+
+def _resolved(path: Path) -> Path | None:
+    """The real path, or None for a link that loops: a watcher must not stop on a bad
+    file next to the issue (Path.resolve raises RuntimeError on a loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
 
 
 def _forget_compiled_templates() -> None:
@@ -358,7 +367,7 @@ def create_preview_app(ws: Workspace, issue_path: Path, *, log: Log | None = Non
 
     async def page(request: Request) -> Response:
         snap = preview.snapshot
-        body = _page_template().render(s=snap, wait_timeout=WAIT_TIMEOUT_S)
+        body = _page_template().render(s=snap)
         return HTMLResponse(body, headers=_NO_STORE)
 
     async def email_html(request: Request) -> Response:
