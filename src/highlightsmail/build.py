@@ -21,7 +21,7 @@ import click
 from highlightsmail.errors import HighlightsError, display_path
 
 if TYPE_CHECKING:
-    from highlightsmail.workspace import Settings, Workspace
+    from highlightsmail.workspace import Workspace
 
 SAMPLE_TOKEN = "sample"
 SAMPLE_READER = ("reader@example.org", "Reader")
@@ -33,11 +33,6 @@ class _SampleSigner:
 
     def make(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
         return SAMPLE_TOKEN
-
-
-def sample_unsubscribe_url(settings: Settings) -> str:
-    """The unsubscribe URL the built files carry: BASE/u/sample."""
-    return f"{settings.base_url.rstrip('/')}/u/{SAMPLE_TOKEN}"
 
 
 def new_file_mode() -> int:

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
 
 SETTINGS_FILE = "highlights.yaml"  # same name as workspace.SETTINGS_FILE, without importing pydantic
-# Lines `init` makes sure a workspace's .gitignore holds: state and secrets never go in git.
 STARTER_NAME = "My Newsletter"  # the `name:` of skeleton/highlights.yaml
+# Lines `init` makes sure a workspace's .gitignore holds: state and secrets never go in git.
 GITIGNORE_LINES = ("out/", "outbox/", "subscribers/*.db*", "subscribers/.secret")
 
 
