@@ -1,5 +1,5 @@
-"""How fast an editor sees the example issue: rendering in-process, `highlights build`,
-`highlights --help`, and the preview's save-to-page latency in a real Chromium.
+"""How fast an editor sees the example issue: rendering in-process, `highlights build`
+and `check`, `highlights --help`, and the preview's save-to-page latency in a real Chromium.
 
 Run from the repository root: `.venv/bin/python benchmarks/render.py`.
 Targets: warm render <= 20 ms, build <= 1.0 s, --help <= 0.3 s, save-to-page <= 500 ms.
@@ -122,7 +122,7 @@ def wall(args: list[str], cwd: Path, runs: int) -> tuple[float, float, float]:
 
 
 def bench_cli(root: Path) -> None:
-    print("(b) highlights build issues/2024-w02.yaml --out TMP (whole process)")
+    print("(b) highlights build issues/2024-w02.yaml --out TMP, and check (whole process)")
     out = Path(tempfile.mkdtemp(prefix="highlights-render-bench-out-"))
     try:
         median, low, high = wall(["build", str(ISSUE), "--out", str(out)], root, 5)
@@ -132,6 +132,9 @@ def bench_cli(root: Path) -> None:
         results.append(("build", float("inf"), 1.0, "s"))
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+    median, low, high = wall(["check", str(ISSUE)], root, 5)
+    report("check (validate, render, lint), median of 5", median, None, "s", f"  (min {low:.2f}, max {high:.2f})")
 
     print("(c) highlights --help (whole process)")
     median, low, high = wall(["--help"], root, 10)
