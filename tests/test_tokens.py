@@ -148,3 +148,17 @@ def test_env_secret_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.Monke
         from_file = load_signer(path)
     monkeypatch.setenv("HIGHLIGHTS_SECRET", NEW)
     assert load_signer(path).make(3) == Signer(NEW.encode()).make(3) != from_file.make(3)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"\xff\xfe not ascii at all, but long\n"), "not ASCII text"),
+    (lambda p: p.mkdir(), "cannot read the secret"),
+    (lambda p: p.symlink_to(p.parent / "missing"), "cannot read the secret"),
+    (lambda p: p.parent.rmdir() or p.parent.write_text("a file"), "cannot create the signing secret"),
+], ids=["binary", "folder", "dangling-link", "parent-is-a-file"])
+def test_an_unusable_secret_file_is_a_one_line_error(tmp_path: Path, make, message: str) -> None:
+    path = tmp_path / "subscribers" / ".secret"
+    path.parent.mkdir()
+    make(path)
+    with pytest.raises(HighlightsError, match=message):
+        load_signer(path)

@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from highlightsmail.errors import HighlightsError, HighlightsWarning, InvalidToken
+from highlightsmail.errors import HighlightsError, HighlightsWarning, InvalidToken, display_path
 
 KINDS = {"unsubscribe": "u", "test": "t"}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
@@ -97,18 +97,32 @@ def load_signer(secret_path: Path) -> Signer:
         if len(env) < 16:
             raise HighlightsError("HIGHLIGHTS_SECRET is too short: use at least 16 characters (32 random bytes is best)")
         return Signer(env.encode(), previous)
-    if secret_path.is_file():
-        value = secret_path.read_text(encoding="ascii").strip()
+    if os.path.lexists(secret_path):  # a dangling link too: reading it names the problem
+        # Anything but a readable file of ASCII text is a sentence, not a traceback (and
+        # a folder in its place must not send the O_EXCL retry below round in circles).
+        shown = display_path(secret_path)
+        try:
+            value = secret_path.read_text(encoding="ascii").strip()
+        except UnicodeDecodeError:
+            raise HighlightsError(f"{shown}: the secret is not ASCII text; delete the file to make a new one") from None
+        except OSError as exc:
+            raise HighlightsError(f"{shown}: cannot read the secret: {exc.strerror or exc}") from None
         if len(value) < 16:
-            raise HighlightsError(f"{secret_path}: the secret is too short; delete the file to make a new one")
+            raise HighlightsError(f"{shown}: the secret is too short; delete the file to make a new one")
         return Signer(value.encode(), previous)
-    secret_path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     # O_EXCL: two processes starting at once must not end up with different secrets.
     try:
-        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_signer(secret_path)
+        secret_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return load_signer(secret_path)
+    except OSError as exc:
+        raise HighlightsError(
+            f"{display_path(secret_path)}: cannot create the signing secret: {exc.strerror or exc}; "
+            "or set HIGHLIGHTS_SECRET"
+        ) from None
     with os.fdopen(fd, "w", encoding="ascii") as fh:
         fh.write(value + "\n")
     warnings.warn(
