@@ -581,6 +581,27 @@ def test_escape_character(tmp_path):
     assert problems(path) == ["issue.yaml:1:8: control character U+001B is not allowed"]
 
 
+def test_control_characters_written_as_yaml_escapes_are_refused_where_they_are(tmp_path):
+    """The file is printable text, but "\\x1b" or "\\uffff" in double quotes are not: MJML
+    would refuse the whole email, blaming the template."""
+    path = write(tmp_path, r"""
+        title: T
+        date: 2024-01-12
+        intro: "a \x1b[31mred"
+        items:
+          - title: "x\uFFFE"
+            summary: "tab\tand\nlines are fine, \x0c is not"
+            links: [{label: "L\x85", url: "https://example.org/\uffff"}]
+    """.lstrip("\n"))
+    assert problems(path) == [
+        "issue.yaml:3:8: intro: character U+001B is not allowed (a control character or a noncharacter)",
+        "issue.yaml:5:12: items[0].title: character U+FFFE is not allowed (a control character or a noncharacter)",
+        "issue.yaml:6:14: items[0].summary: character U+000C is not allowed (a control character or a noncharacter)",
+        "issue.yaml:7:21: items[0].links[0].label: character U+0085 is not allowed (a control character or a noncharacter)",
+        "issue.yaml:7:35: items[0].links[0].url: a URL must not contain spaces or control characters",
+    ]
+
+
 def test_latin1_file(tmp_path):
     path = tmp_path / "issue.yaml"
     path.write_bytes("date: 2024-01-12\ntitle: Café\n".encode("latin-1"))
