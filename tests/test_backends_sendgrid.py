@@ -247,6 +247,19 @@ def test_nobody_listening_is_transient(workspace: Path, sg: SendGridServer, monk
         backend.send_batch(make_batch(backend.ws, recipients(1)))
 
 
+
+@pytest.mark.parametrize("host", ["api.sendgrid.com", "htps://api.sendgrid.com", "http://", "http://[::1",
+                                  "https://api.sendgrid.com:99999"])
+def test_a_host_typo_is_refused_by_name_before_any_request(workspace: Path, sg: SendGridServer,
+                                                           monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv(ENV_HOST, host)
+    backend = _backend(workspace, Waits())
+    with pytest.raises(PermanentError, match=f"{ENV_HOST}: .* is not an http\\(s\\) URL"):
+        backend.open()
+    with pytest.raises(PermanentError, match=ENV_HOST):
+        list(backend.suppressions())
+
+
 # ---------------------------------------------------------------------------- suppressions
 
 

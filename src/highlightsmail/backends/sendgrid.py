@@ -64,7 +64,9 @@ class SendGridBackend(Backend):
         self.config = config
         self.batch_size = config.batch_size
         self.concurrency = config.concurrency
-        self.host = (os.environ.get(ENV_HOST, "").strip() or config.host).rstrip("/")
+        from_env = os.environ.get(ENV_HOST, "").strip()
+        self._host_given = (ENV_HOST if from_env else "delivery.sendgrid.host", from_env or config.host)
+        self.host = self._host_given[1].rstrip("/")
         self.timeout = config.timeout
         delivery = ws.settings.delivery
         self.policy = RetryPolicy(attempts=delivery.max_attempts, base=delivery.backoff)
@@ -77,6 +79,7 @@ class SendGridBackend(Backend):
 
     def _api(self) -> Any:
         if self._client is None:
+            _check_host(*self._host_given)
             key = os.environ.get(ENV_API_KEY, "").strip()
             if not key:
                 raise PermanentError(f"set {ENV_API_KEY} to send through SendGrid (it comes only from the environment)")
@@ -215,6 +218,21 @@ class SendGridBackend(Backend):
         if not isinstance(data, list):
             raise DeliveryError(f"SendGrid answered {what} with {type(data).__name__}, not a list")
         return data
+
+
+def _check_host(origin: str, host: str) -> None:
+    """A typo in the host is a refusal naming where it came from: urllib would raise a
+    bare ValueError for `api.sendgrid.com` (no scheme), or retry `htps://...` in vain."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(host)
+        parts.port  # noqa: B018 (reading it checks it: "Port out of range")
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise PermanentError(f"{origin}: {host!r} is not an http(s) URL like https://api.sendgrid.com")
 
 
 def _address(email: str, name: str = "", *, recipient: bool = False) -> dict[str, str]:
