@@ -115,6 +115,18 @@ def test_unsubscribe_group_and_categories(workspace: Path, sg: SendGridServer) -
     assert body["categories"] == ["highlights", "weekly"]
 
 
+def test_a_non_ascii_newsletter_name_gives_an_ascii_list_id(workspace: Path, sg: SendGridServer) -> None:
+    # SendGrid takes custom headers as given: raw UTF-8 there would reach readers as is.
+    from email.header import decode_header, make_header
+
+    ws = make_workspace(workspace, name="Zoë's Ünicode Weekly", delivery={"backend": "sendgrid"})
+    backend = SendGridBackend(ws)
+    backend.send_batch(make_batch(ws, recipients(1)))
+    value = sg.accepted[0].body["headers"]["List-Id"]
+    assert value.isascii() and value.endswith(" <highlights.example.org>")
+    assert str(make_header(decode_header(value))) == "Zoë's Ünicode Weekly <highlights.example.org>"
+
+
 def test_host_from_settings_without_the_env(workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_HOST)
     backend = _backend(workspace, host=sg.url)

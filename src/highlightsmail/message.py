@@ -40,8 +40,19 @@ class RecipientLinks:
 
 
 def list_id(settings: Settings) -> str:
-    """The List-Id header value (RFC 2919): `Name <list.id>`."""
+    """The List-Id header value (RFC 2919): `"Name" <list.id>`, always ASCII.
+
+    A non-ASCII name becomes RFC 2047 encoded-words: the email package would otherwise
+    encode the opening quote with the name and leave the closing one bare, and SendGrid
+    takes custom headers exactly as given, raw UTF-8 included.
+    """
     name = _CONTROL_RE.sub(" ", settings.name).replace('"', "'")
+    if not name.isascii():
+        from email.header import Header
+
+        # Header folds a long name into several encoded-words (each at most 75
+        # characters, RFC 2047); on one line they read back as the one name.
+        return " ".join(Header(name, "utf-8").encode().split()) + f" <{settings.list_id}>"
     return f'"{name}" <{settings.list_id}>'
 
 
