@@ -366,6 +366,13 @@ def test_workspace_pages_override_and_a_broken_one_falls_back(site: Site, http: 
     assert r.status_code == 200
     assert "This was a test message" in r.text  # the package's own page
 
+    # A page saved in another encoding is no reason to answer an unsubscribe with a 500.
+    ada = site.add("ada@example.org")
+    (pages / "unsubscribed.html.j2").write_bytes("<h1>Désabonné</h1>".encode("latin-1"))
+    r = http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED)
+    assert r.status_code == 200 and "You are unsubscribed" in r.text
+    assert site.status(ada) == "unsubscribed"
+
 
 def test_security_headers_on_every_kind_of_answer(site: Site, http: httpx.Client) -> None:
     ada = site.add("ada@example.org")

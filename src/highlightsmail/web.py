@@ -102,7 +102,7 @@ class Pages:
         context = {**self._common, **context}
         try:
             return self._env.get_template(f"pages/{name}").render(context)
-        except jinja2.TemplateError:
+        except Exception:  # a syntax error, but also a file that is not UTF-8 or not readable
             log.exception("templates/pages/%s failed to render; using the built-in page", name)
             return self._fallback.get_template(f"pages/{name}").render(context)
 
@@ -517,20 +517,11 @@ def serve_command(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> N
     Trusts X-Forwarded-Proto/For from the addresses in FORWARDED_ALLOW_IPS (uvicorn's
     setting; 127.0.0.1 by default), so it can sit behind a reverse proxy doing HTTPS.
     """
-    import warnings
-
     import click
     import uvicorn
 
-    from highlightsmail.tokens import load_signer
-
-    # A generated secret is worth a plain one-line warning, not Python's warning format.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        signer = load_signer(ws.secret_path)
-    for warning in caught:
-        click.echo(f"Warning: {warning.message}", err=True)
-    application = create_app(ws, signer)
+    # A generated secret's warning shows as the CLI shows all of ours: one `warning:` line.
+    application = create_app(ws)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
