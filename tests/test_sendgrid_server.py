@@ -199,6 +199,14 @@ def _duplicate_recipient(body: dict[str, Any]) -> None:
     body["personalizations"][0]["cc"] = [{"email": "Reader0@example.org"}]
 
 
+def _comma_in_name(body: dict[str, Any]) -> None:
+    body["personalizations"][0]["to"][0]["name"] = "Hopper, Grace"
+
+
+def _semicolon_in_bcc_name(body: dict[str, Any]) -> None:
+    body["personalizations"][0]["bcc"] = [{"email": "ada@example.org", "name": "Ada; Countess"}]
+
+
 def _no_subject(body: dict[str, Any]) -> None:
     del body["subject"]
 
@@ -224,6 +232,8 @@ INVALID: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "top-level custom_args as a string": (_string_top_custom_args, "custom_args"),
     "malformed address": (_bad_address, "personalizations.0.to.0.email"),
     "address in both to and cc": (_duplicate_recipient, "personalizations.0.cc.0.email"),
+    "comma in a to name": (_comma_in_name, "personalizations.0.to.0.name"),
+    "semicolon in a bcc name": (_semicolon_in_bcc_name, "personalizations.0.bcc.0.name"),
     "no subject": (_no_subject, "subject"),
     "send_at 73 hours ahead": (_send_at_too_far, "send_at"),
 }

@@ -393,6 +393,13 @@ class _LimitChecker:
             for kind in ("to", "cc", "bcc"):
                 if kind not in p:
                     continue
+                for j, item in enumerate(p[kind] if isinstance(p[kind], list) else ()):
+                    name = item.get("name") if isinstance(item, dict) else None
+                    if isinstance(name, str) and (";" in name or "," in name):
+                        # Documented under "Limitations" of v3 Mail Send; SendGrid would
+                        # split the header there and lose the recipient.
+                        self.add(f"The {kind}.name may not include ';' or ',' characters.",
+                                 f"{where}.{kind}.{j}.name")
                 for addr, addr_field in self.address_list(p[kind], f"{where}.{kind}"):
                     recipients += 1
                     key = addr.lower()
