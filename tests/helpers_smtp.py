@@ -1,6 +1,6 @@
 """A real SMTP server (aiosmtpd) on loopback for the SMTP backend's tests and benchmark:
 it keeps what it receives and can refuse, defer or drop on request; plus a private CA
-(trustme) for STARTTLS and implicit TLS."""
+(trustme), or a self-signed certificate, for STARTTLS and implicit TLS."""
 
 from __future__ import annotations
 
@@ -151,3 +151,35 @@ def make_tls(folder: Path) -> Tls:
     ca_file = folder / "smtp-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     return Tls(ca_file=ca_file, server_context=context)
+
+
+def make_self_signed(folder: Path) -> Tls:
+    """A self-signed certificate for 127.0.0.1/localhost (no CA at all), as a small
+    relay often has; trusting it means naming the certificate itself."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST)),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "smtp-self-signed.pem", folder / "smtp-self-signed.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return Tls(ca_file=cert_file, server_context=context)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers_smtp import SinkHandler, smtp_server
+from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
 from starlette.testclient import TestClient
 
 from highlightsmail.cli import main
@@ -222,6 +222,48 @@ def test_smtp_end_to_end_and_one_click_from_the_delivered_header(workspace: Path
     # A test message's link changes nothing.
     assert one_click(workspace, unsubscribe_url(tests[0])) == 200
     assert [status_of(workspace, e) for e in emails].count("unsubscribed") == 1
+
+
+def test_smtp_starttls_with_a_self_signed_certificate_and_login_end_to_end(
+        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """send --test, then send, to a relay that insists on STARTTLS (self-signed certificate,
+    trusted through HIGHLIGHTS_SMTP_CAFILE) and on a login before any mail."""
+    emails = add_subscribers(workspace, 3)
+    password = "smtp-password-for-tests"
+    tls = make_self_signed(tmp_path)
+    handler = SinkHandler()
+    monkeypatch.setenv("HIGHLIGHTS_SMTP_CAFILE", str(tls.ca_file))
+    monkeypatch.setenv("HIGHLIGHTS_SMTP_PASSWORD", password)
+    with smtp_server(handler, tls_context=tls.server_context, require_starttls=True, auth_required=True,
+                     auth_require_tls=True, authenticator=PasswordCheck("newsletter", password, handler)) as server:
+        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port,
+                                                   "security": "starttls", "username": "newsletter"})
+        tested = run("send", "2024-w02", "--test")
+        sent = run("send", "2024-w02", "--yes")
+    assert tested.exit_code == 0, tested.output
+    assert sent.exit_code == 0, sent.output
+    assert password not in tested.output + sent.output
+    assert handler.logins and all(login.endswith(":newsletter") for login in handler.logins)
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == sorted(["ada@example.org", "grace@example.org",
+                                                                       *emails])
+    real = [r.message() for r in handler.received if r.rcpt_tos[0] in emails]
+    for msg in real:
+        assert msg.get_content_type() == "multipart/alternative"
+        parts = list(msg.iter_parts())
+        assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+        for header in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Id",
+                       "List-Unsubscribe", "List-Unsubscribe-Post"):
+            assert msg[header], header
+        url = unsubscribe_url(msg)
+        text, html = (p.get_content() for p in parts)
+        assert set(re.findall(r"https://highlights\.example\.org/u/[^\s\"<>]+", text + html)) == {url}
+        assert f'href="{url}"' in html
+
+    # The one-click POST to one delivered message's header unsubscribes exactly that reader.
+    target = real[1]
+    who = re.search(r"<([^>]+)>", str(target["To"])).group(1)
+    assert one_click(workspace, unsubscribe_url(target)) == 200
+    assert [e for e in emails if status_of(workspace, e) == "unsubscribed"] == [who]
 
 
 def test_smtp_refusal_of_one_recipient_fails_only_that_one(workspace: Path) -> None:
