@@ -293,6 +293,21 @@ def test_import_keeps_suppressions_and_never_reactivates(store: Store) -> None:
     assert store.events(here.id)[-1].source == "import" and store.events(here.id)[-1].detail == "old-tool.csv:9"
 
 
+
+def test_import_never_turns_a_bounce_or_complaint_into_an_unsubscribe(store: Store) -> None:
+    # An unsubscribed address may resubscribe itself from its link; a bounced or
+    # complained one may not, so an import must not downgrade it.
+    for address, status in (("b@example.org", "bounced"), ("c@example.org", "complained"),
+                            ("u@example.org", "unsubscribed")):
+        store.add(address, status=status)
+    result = store.import_rows([ImportRow("b@example.org", status="unsubscribed"),
+                                ImportRow("c@example.org", status="bounced"),
+                                ImportRow("u@example.org", status="complained")])
+    assert result == store_module.ImportResult(new=0, updated=1, unchanged=2)
+    assert [store.find(a).status for a in ("b@example.org", "c@example.org", "u@example.org")] == [
+        "bounced", "complained", "complained"]
+
+
 def test_import_uses_given_times_only_for_new_addresses(store: Store) -> None:
     ada, _ = store.add("ada@example.org")
     store.import_rows([

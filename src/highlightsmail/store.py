@@ -439,7 +439,9 @@ class Store:
           when given, e.g. from `subscribers export`, else now);
         - an existing address keeps its status unless the row says the person left
           (unsubscribed, bounced, complained), in which case that change is recorded;
-          an import never makes anyone active again;
+          an import never makes anyone active again, and a bounced or complained
+          address keeps that status (as on the web and with `remove`: an unsubscribed
+          one could resubscribe itself);
         - an existing address takes the row's name only when the name is not empty
           (a list without names never erases the names you have).
         Every creation and status change gets an event with `source` and the row's detail.
@@ -509,8 +511,9 @@ class Store:
         )
 
         # Conditions on the staged row `i`: the person left (and was not already in that
-        # state), or the row brings a different, non-empty name.
-        leaves = f"i.status IN ({_in(sorted(SUPPRESSED))}) AND i.status <> i.old_status"
+        # state, nor bounced or complained), or the row brings a different, non-empty name.
+        leaves = (f"i.status IN ({_in(sorted(SUPPRESSED))}) AND i.status <> i.old_status"
+                  " AND i.old_status NOT IN ('bounced', 'complained')")
         renames = "i.name <> '' AND i.name <> i.old_name"
         conn.execute(
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
