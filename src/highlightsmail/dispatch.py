@@ -92,13 +92,14 @@ def _signer(ws: Workspace) -> Signer:
 
 
 def _validate_addresses(addresses: list[str]) -> list[str]:
-    from email_validator import EmailNotValidError, validate_email
+    """`--to` addresses, checked and normalised as subscribers' addresses are."""
+    from highlightsmail.subscribers import BadAddress, normalize_address
 
     out = []
     for addr in addresses:
         try:
-            out.append(validate_email(addr.strip(), check_deliverability=False).normalized)
-        except EmailNotValidError as err:
+            out.append(normalize_address(addr))
+        except BadAddress as err:
             raise HighlightsError(f"--to {addr!r}: {err}") from None
     return out
 

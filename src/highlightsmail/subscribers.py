@@ -27,13 +27,12 @@ import click
 from email_validator import EmailNotValidError, validate_email
 
 from highlightsmail.errors import HighlightsError, display_path
-from highlightsmail.store import ImportResult, ImportRow, Store, Subscriber, format_time
+from highlightsmail.store import STATUSES, ImportResult, ImportRow, Store, Subscriber, format_time
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
 
 CSV_COLUMNS = ("email", "name", "status", "created", "updated")
-STATUSES = ("active", "unsubscribed", "bounced", "complained")
 MAX_NAME = 200
 # OWASP's list of characters that make a spreadsheet cell a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -119,8 +119,8 @@ class Suppression:
 
 class Backend(ABC):
     """A way of delivering. Subclasses fill in the hooks; the dispatcher calls them in order:
-    `open()`, then `send_batch()` any number of times (from `workers()` threads, one
-    backend object each), then `close()`."""
+    `open()`, then `send_batch()` any number of times (from `concurrency` threads, one
+    backend object each, made by `clone()`), then `close()`."""
 
     name: str = "?"
     batch_size: int = 100
