@@ -211,6 +211,17 @@ def test_set_status_rejects_unknown_subscribers_statuses_and_sources(store: Stor
     assert len(store.events(ada.id)) == 1
 
 
+
+def test_set_status_only_from_leaves_any_other_status_alone(store: Store) -> None:
+    sub, _ = store.add("ada@example.org")
+    store.set_status(sub.id, "bounced", "sendgrid")
+    assert store.set_status(sub.id, "active", "web", only_from="unsubscribed") is False
+    assert store.get(sub.id).status == "bounced" and len(store.events(sub.id)) == 2
+    store.set_status(sub.id, "unsubscribed", "cli")
+    assert store.set_status(sub.id, "active", "web", only_from="unsubscribed") is True
+    assert store.get(sub.id).status == "active"
+
+
 def test_count_by_status_names_every_status(store: Store) -> None:
     assert store.count_by_status() == {"active": 0, "unsubscribed": 0, "bounced": 0, "complained": 0}
     for i in range(3):

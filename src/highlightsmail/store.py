@@ -367,15 +367,18 @@ class Store:
             conn.execute("UPDATE subscribers SET name = ?, updated = ? WHERE id = ?", (name, self.now(), sid))
             return True
 
-    def set_status(self, ident: int | str, status: Status, source: Source, detail: str | None = None) -> bool:
+    def set_status(self, ident: int | str, status: Status, source: Source, detail: str | None = None, *,
+                   only_from: Status | None = None) -> bool:
         """Move a subscriber (by id or address) to `status`, recording an event in the same
-        transaction. True if the status changed; False (and no event) if it already was.
+        transaction. True if the status changed; False (and no event) if it already was,
+        or if `only_from` is given and the status is another (checked inside the
+        transaction, so a bounce recorded meanwhile is never overwritten).
         Raises UnknownSubscriber."""
         _check(status, STATUSES, "status")
         _check(source, SOURCES, "source")
         with self._write() as conn:
             sid, old, _name = self._locate(conn, ident)
-            if old == status:
+            if old == status or (only_from is not None and old != only_from):
                 return False
             now = self.now()
             conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?", (status, now, sid))

@@ -183,8 +183,9 @@ class Subscriptions:
                 return None
             if sub.status == from_status:
                 try:
-                    # Records an event only when the status changes, so a repeat adds nothing.
-                    store.set_status(subscriber_id, to_status, source=source)
+                    # Records an event only when the status changes, so a repeat adds nothing;
+                    # only_from: a change since the read above (a bounce) is left alone.
+                    store.set_status(subscriber_id, to_status, source=source, only_from=from_status)
                 except UnknownSubscriber:  # deleted in between
                     return None
                 sub = store.get(subscriber_id) or sub
