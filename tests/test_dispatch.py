@@ -177,6 +177,29 @@ def test_dry_run_hands_nothing_over_and_records_nothing(workspace: Path) -> None
         assert not store.has_test_send("2024-w02")
 
 
+
+def test_declining_a_resend_of_those_in_doubt_leaves_them_in_doubt(workspace: Path) -> None:
+    emails = add_subscribers(workspace, 4)
+    with Store(workspace / "subscribers" / "highlights.db") as store:
+        store.begin_dispatch("2024-w02", "outbox")
+        store.claim_batch("2024-w02", 1, 2)  # a run that died with its first batch under way
+
+    dry = run("send", "2024-w02", "--dry-run", "--skip-test-check", "--resend-in-doubt")
+    assert "would send 2024-w02 to 4 recipient(s)" in dry.output
+    declined = run("send", "2024-w02", "--skip-test-check", "--resend-in-doubt", input="n\n")
+    assert declined.exit_code == 1
+    assert "Resume sending 2024-w02 to 4 recipient(s)" in declined.output
+    state = ledger(workspace)
+    assert [state[e] for e in emails] == ["in_doubt", "in_doubt", "pending", "pending"]
+
+    # A later plain resume must not take the editor's "no" for a yes.
+    resumed = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert resumed.exit_code == 1 and "in doubt 2" in resumed.output
+    state = ledger(workspace)
+    assert [state[e] for e in emails] == ["in_doubt", "in_doubt", "sent", "sent"]
+    assert len(list((workspace / "outbox" / "2024-w02").glob("*.eml"))) == 2
+
+
 def test_test_send_to_chosen_addresses(workspace: Path) -> None:
     assert run("send", "2024-w02", "--test", "--to", "Someone@Example.org").exit_code == 0
     files = list((workspace / "outbox" / "2024-w02" / "test").glob("*.eml"))

@@ -194,43 +194,45 @@ def send_command(
             click.echo(f"{suppressed} subscriber(s) marked from {backend.name}'s suppression lists.", err=True)
 
         info = store.dispatch_info(slug)
-        if dry_run:
-            to_send = store.count_pending(slug) if info else store.count_subscribers("active")
-            if limit is not None:
-                to_send = min(to_send, limit)
-            click.echo(f"Dry run: would send {slug} to {to_send} recipient(s) through {backend.name}; nothing sent.")
-            _dry_build(ws, rendered, signer, store, slug, info is not None, limit)
-            return
-
-        if info is None:
-            total = store.count_subscribers("active")
-            if total == 0:
-                raise HighlightsError("there are no active subscribers; import some with `highlights subscribers import FILE`")
-            pending = total
-        else:
+        if info is not None and not dry_run:
+            # What was under way when a run died is in doubt: the truth, whatever comes next.
             doubt = store.mark_in_doubt(slug)
             if doubt:
                 click.echo(
                     f"{doubt} recipient(s) were in a batch under way when an earlier run stopped: now in doubt.",
                     err=True,
                 )
-            if resend_in_doubt:
-                store.requeue(slug, "in_doubt")
-            retried = store.requeue(slug, "failed")
-            if retried:
-                click.echo(f"Retrying {retried} recipient(s) whose delivery failed before.", err=True)
-            pending = store.count_pending(slug)
-            if pending == 0:
-                summary = Summary.from_counts(store.delivery_counts(slug))
-                click.echo(f"{slug}: nothing left to send ({summary.line()}).")
-                _finish(slug, summary)
-                return
+        if info is None:
+            pending = store.count_subscribers("active")
+        else:
+            # Those left to send: pending, failed ones (retried), in doubt only when asked.
+            # Nothing is put back to pending before the editor has said yes.
+            counts = store.delivery_counts(slug)
+            again = ("pending", "failed", "in_flight", "in_doubt") if resend_in_doubt else ("pending", "failed")
+            pending = sum(counts.get(state, 0) for state in again)
         count = min(pending, limit) if limit is not None else pending
+        if dry_run:
+            click.echo(f"Dry run: would send {slug} to {count} recipient(s) through {backend.name}; nothing sent.")
+            _dry_build(ws, rendered, signer, store, slug, info is not None, limit)
+            return
+        if info is None and pending == 0:
+            raise HighlightsError("there are no active subscribers; import some with `highlights subscribers import FILE`")
+        if pending == 0:
+            summary = Summary.from_counts(store.delivery_counts(slug))
+            click.echo(f"{slug}: nothing left to send ({summary.line()}).")
+            _finish(slug, summary)
+            return
         if not yes:
             verb = "Send" if info is None else "Resume sending"
             click.confirm(f"{verb} {slug} to {count} recipient(s) through {backend.name}?", abort=True, err=True)
         if info is None:
             store.begin_dispatch(slug, backend.name)
+        else:
+            if resend_in_doubt:
+                store.requeue(slug, "in_doubt")
+            retried = store.requeue(slug, "failed")
+            if retried:
+                click.echo(f"Retrying {retried} recipient(s) whose delivery failed before.", err=True)
 
         progress_cm = _progress(count)
         with progress_cm as bar:

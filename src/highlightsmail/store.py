@@ -631,9 +631,6 @@ class Store:
                 (self.now(), issue, state),
             ).rowcount
 
-    def count_pending(self, issue: str) -> int:
-        return self._query("SELECT count(*) FROM deliveries WHERE issue = ? AND state = 'pending'", (issue,))[0][0]
-
     def next_batch_number(self, issue: str) -> int:
         return self._query("SELECT coalesce(max(batch), 0) + 1 FROM deliveries WHERE issue = ?", (issue,))[0][0]
 
