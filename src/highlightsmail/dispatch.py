@@ -59,7 +59,8 @@ def _send_lock(ws: Workspace, slug: str) -> Iterator[None]:
     in-flight batches for abandoned. flock is released by the OS even on kill -9."""
     import fcntl
 
-    path = ws.db_path.parent / f".send-{slug}.lock"
+    # Named after the database, so the workspace's .gitignore (`subscribers/*.db*`) covers it.
+    path = ws.db_path.with_name(f"{ws.db_path.name}.send-{slug}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         try:
