@@ -292,6 +292,28 @@ def test_suppressions_are_paged_and_mapped(workspace: Path, sg: SendGridServer) 
     assert next(s for s in found if s.email == "full@example.org").detail == "552 mailbox full"
 
 
+
+def test_internationalised_addresses(workspace: Path, sg: SendGridServer) -> None:
+    """SendGrid takes no Unicode address: a Unicode domain goes in its xn-- form (and comes
+    back in SendGrid's lists that way), an address with a Unicode local part fails alone
+    instead of getting the whole request of up to 1,000 refused."""
+    backend = _backend(workspace)
+    people = [Recipient("ada@example.org", subscriber_id=1), Recipient("zoe@bücher.de", subscriber_id=2),
+              Recipient("zoë@example.org", subscriber_id=3)]
+    result = backend.send_batch(make_batch(backend.ws, people))
+    assert result.sent == [1, 2] and list(result.failed) == [3]
+    assert "only ASCII before the @" in result.failed[3]
+    assert [p["to"][0]["email"] for p in sg.accepted[0].body["personalizations"]] == [
+        "ada@example.org", "zoe@xn--bcher-kva.de"]
+    assert sg.rejected == []
+
+    only_odd = backend.send_batch(make_batch(backend.ws, people[2:]))
+    assert only_odd.sent == [] and list(only_odd.failed) == [3] and sg.stats.received == 1
+
+    sg.suppressions["unsubscribes"] = ["zoe@xn--bcher-kva.de"]
+    assert [s.email for s in backend.suppressions()] == ["zoe@bücher.de"]  # as subscribers are stored
+
+
 def test_exactly_one_full_page(workspace: Path, sg: SendGridServer) -> None:
     sg.suppressions["unsubscribes"] = [f"gone{i}@example.org" for i in range(500)]
     assert len(list(_backend(workspace).suppressions())) == 500

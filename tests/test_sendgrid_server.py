@@ -195,6 +195,10 @@ def _bad_address(body: dict[str, Any]) -> None:
     body["personalizations"][0]["to"] = [{"email": "reader at example.org"}]
 
 
+def _unicode_address(body: dict[str, Any]) -> None:
+    body["personalizations"][0]["to"] = [{"email": "zoë@example.org"}]
+
+
 def _duplicate_recipient(body: dict[str, Any]) -> None:
     body["personalizations"][0]["cc"] = [{"email": "Reader0@example.org"}]
 
@@ -231,6 +235,7 @@ INVALID: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "non-string custom_args value": (_int_custom_arg, "personalizations.0.custom_args.subscriber_id"),
     "top-level custom_args as a string": (_string_top_custom_args, "custom_args"),
     "malformed address": (_bad_address, "personalizations.0.to.0.email"),
+    "unicode address": (_unicode_address, "personalizations.0.to.0.email"),
     "address in both to and cc": (_duplicate_recipient, "personalizations.0.cc.0.email"),
     "comma in a to name": (_comma_in_name, "personalizations.0.to.0.name"),
     "semicolon in a bcc name": (_semicolon_in_bcc_name, "personalizations.0.bcc.0.name"),

@@ -13,6 +13,7 @@ subscription footer is turned off too: the issue's footer already carries the li
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
@@ -106,6 +107,9 @@ class SendGridBackend(Backend):
         rendered = batch.rendered
         personalizations = []
         for env in batch.envelopes:
+            to = ascii_address(env.recipient.email)
+            if to is None:
+                continue  # send_batch fails this one alone
             # SendGrid sets List-Id once for all (below); the rest are this recipient's.
             headers = {k: v for k, v in env.links.headers.items() if k.lower() != "list-id"}
             if env.recipient.subscriber_id is not None:
@@ -114,7 +118,7 @@ class SendGridBackend(Backend):
             else:
                 args = {"issue": batch.slug, "test": "true"}
             personalizations.append({
-                "to": [_address(env.recipient.email, env.recipient.name, recipient=True)],
+                "to": [_address(to, env.recipient.name, recipient=True)],
                 # Substitutions are plain find-and-replace (legacy, non-dynamic templates
                 # only); the placeholder is in both the HTML and the text.
                 "substitutions": {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url},
@@ -147,9 +151,16 @@ class SendGridBackend(Backend):
         return payload
 
     def send_batch(self, batch: Batch) -> BatchResult:
+        # SendGrid refuses a whole request over one address it cannot take: those fail
+        # alone, before the request, and the rest of the batch goes.
+        failed = {e.key: f"SendGrid cannot send to {e.recipient.email!r}: it takes only ASCII before the @"
+                  for e in batch.envelopes if ascii_address(e.recipient.email) is None}
+        if len(failed) == len(batch.envelopes):
+            return BatchResult(failed=failed)
         payload = self.build_payload(batch)
         message_id = with_retries(lambda: self._post(payload), self.policy, sleep=self._sleep)
-        return BatchResult(sent=[e.key for e in batch.envelopes], message_id=message_id)
+        return BatchResult(sent=[e.key for e in batch.envelopes if e.key not in failed], failed=failed,
+                           message_id=message_id)
 
     def _post(self, payload: dict[str, Any]) -> str | None:
         client = self._api()
@@ -194,7 +205,8 @@ class SendGridBackend(Backend):
                 for item in page:
                     if not isinstance(item, dict) or not isinstance(item.get("email"), str):
                         raise DeliveryError(f"SendGrid's {kind} list has an entry without an address: {item!r:.80}")
-                    yield Suppression(email=item["email"], status=status, detail=str(item.get("reason") or ""))
+                    yield Suppression(email=_stored_form(item["email"]), status=status,
+                                      detail=str(item.get("reason") or ""))
                 if len(page) < PAGE_SIZE:
                     break
                 offset += PAGE_SIZE
@@ -207,7 +219,8 @@ class SendGridBackend(Backend):
             for item in members:
                 if not isinstance(item, str):
                     raise DeliveryError(f"SendGrid's unsubscribe group {group} has an odd entry: {item!r:.80}")
-                yield Suppression(email=item, status="unsubscribed", detail=f"unsubscribe group {group}")
+                yield Suppression(email=_stored_form(item), status="unsubscribed",
+                                  detail=f"unsubscribe group {group}")
 
     def _get_list(self, request: Callable[[], Any], what: str) -> list[Any]:
         response = with_retries(lambda: self._call(request, what), self.policy, sleep=self._sleep)
@@ -218,6 +231,42 @@ class SendGridBackend(Backend):
         if not isinstance(data, list):
             raise DeliveryError(f"SendGrid answered {what} with {type(data).__name__}, not a list")
         return data
+
+
+def ascii_address(address: str) -> str | None:
+    """The address as SendGrid takes it: an internationalised domain in its ASCII (IDNA)
+    form; None when the part before the @ is not ASCII, which SendGrid cannot deliver."""
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        return None
+    if domain.isascii():
+        return address
+    ascii_domain = _idna(domain)
+    return None if ascii_domain is None else f"{local}@{ascii_domain}"
+
+
+def _stored_form(address: str) -> str:
+    """An address from SendGrid as our database holds it: we send an internationalised
+    domain in its xn-- form, so SendGrid lists it that way; subscribers are stored with
+    the Unicode domain."""
+    if "xn--" not in address.lower():
+        return address
+    from highlightsmail.subscribers import BadAddress, normalize_address
+
+    try:
+        return normalize_address(address)
+    except BadAddress:
+        return address
+
+
+@functools.lru_cache(maxsize=4096)
+def _idna(domain: str) -> str | None:
+    import idna  # email-validator's own IDNA 2008 library, which checked the domain on import
+
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
 
 
 def _check_host(origin: str, host: str) -> None:

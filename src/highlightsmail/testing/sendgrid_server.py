@@ -89,10 +89,11 @@ _SUPPRESSION_DEFAULTS: dict[str, dict[str, Any]] = {
 
 RecordMode = Literal["full", "count", "ids"]
 
-# A basic syntax check, not RFC 5322: a local part without spaces or specials, and an
-# ASCII domain with at least one dot (SendGrid refuses "user@localhost").
+# A basic syntax check, not RFC 5322: an ASCII local part without spaces or specials, and
+# an ASCII domain with at least one dot (SendGrid refuses "user@localhost", and takes no
+# internationalised address: a Unicode domain must come in its xn-- form).
 _EMAIL_RE = re.compile(
-    r"(?!\.)(?!.*\.\.)[^\s@\"(),:;<>\[\]\\]{1,64}(?<!\.)"
+    r"(?!\.)(?!.*\.\.)[!#-'*+\-./0-9=?A-Z^-~]{1,64}(?<!\.)"
     r"@(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
     r"(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})"
 )
