@@ -433,3 +433,55 @@ def test_a_setup_error_stops_the_send_before_anything_is_claimed(workspace: Path
     assert "HIGHLIGHTS_SMTP_PASSWORD" in result.output and "nothing was sent" in result.output
     assert handler.received == []
     assert set(ledger(workspace).values()) == {"pending"}
+
+
+def test_a_request_that_never_got_an_answer_is_in_doubt_not_failed(workspace: Path, sg: SendGridServer) -> None:
+    """A stall past the time-out on every attempt: SendGrid may have taken the batch, so
+    its recipients are in doubt (not sent again by default), not failed (which would be)."""
+    emails = add_subscribers(workspace, 30)
+    configure(workspace, max_attempts=2, sendgrid={"concurrency": 1, "timeout": 0.5})
+    sg.plan_faults({2: "stall", 3: "stall"})  # both attempts at the second batch
+    result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 1
+    assert "sent 20, skipped 0, failed 0, in doubt 10" in result.output
+    state = ledger(workspace)
+    assert [state[e] for e in emails[10:20]] == ["in_doubt"] * 10
+
+    again = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert again.exit_code == 1 and "in doubt 10" in again.output
+    assert sorted(delivered(sg)) == sorted(emails[:10] + emails[20:])
+
+    resend = run("send", "2024-w02", "--yes", "--skip-test-check", "--resend-in-doubt")
+    assert resend.exit_code == 0, resend.output
+    assert sorted(delivered(sg)) == sorted(emails)
+
+
+def test_an_unreachable_sendgrid_stops_the_send_before_anything_is_claimed(workspace: Path, sg: SendGridServer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers_smtp import free_port
+
+    add_subscribers(workspace, 3)
+    configure(workspace, max_attempts=2)
+    monkeypatch.setenv("HIGHLIGHTS_SENDGRID_HOST", f"http://127.0.0.1:{free_port()}")
+    sg.suppressions["unsubscribes"] = []
+    # Suppressions come first and cannot be read either: the send stops before claiming.
+    stopped = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert stopped.exit_code == 1 and ledger(workspace) == {}
+
+
+def test_smtp_connection_lost_after_data_is_in_doubt_for_that_message_only(workspace: Path) -> None:
+    emails = add_subscribers(workspace, 3)
+    handler = SinkHandler(drop_at={2, 3, 4, 5})  # every attempt at the second message
+    with smtp_server(handler) as server:
+        configure(workspace, max_attempts=2, backend="smtp",
+                  smtp={"host": server.hostname, "port": server.port, "security": "none"})
+        result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 1
+    state = ledger(workspace)
+    assert state[emails[0]] == "sent"
+    assert state[emails[1]] == "in_doubt"
+    # The connection was lost for good: the next one was never tried, so it is failed
+    # (and will be sent by the next run), not in doubt.
+    assert state[emails[2]] == "failed"
+    status = run("status", "2024-w02")
+    assert emails[1] in status.output and "--resend-in-doubt" in status.output

@@ -139,8 +139,10 @@ def send_test_command(ws: Workspace, issue_path: Path, to: list[str], *, dry_run
         raise HighlightsError(f"test send failed: {err.message}") from None
     finally:
         backend.close()
-    if result.failed:
-        lines = "; ".join(f"{envelopes[k - 1].recipient.email}: {why}" for k, why in result.failed.items())
+    problems = {**result.failed, **{k: f"no answer, it may or may not have arrived ({why})"
+                                    for k, why in result.in_doubt.items()}}
+    if problems:
+        lines = "; ".join(f"{envelopes[k - 1].recipient.email}: {why}" for k, why in problems.items())
         raise HighlightsError(f"test send failed for {lines}")
     with Store.open(ws) as store:
         store.record_test_send(rendered.slug, rendered.fingerprint, [e.recipient.email for e in envelopes])
@@ -308,7 +310,7 @@ def run_dispatch(
 ) -> None:
     """The send loop. Only this thread touches the database; `backend.concurrency`
     worker threads, each with its own backend instance, make the requests."""
-    from highlightsmail.backends.base import Batch, DeliveryError
+    from highlightsmail.backends.base import Batch, DeliveryError, TransientError
 
     slug = rendered.slug
     workers = max(1, backend.concurrency)
@@ -375,11 +377,15 @@ def run_dispatch(
                     try:
                         result = fut.result()
                     except DeliveryError as err:
-                        store.finish_batch(slug, sent=[], failed={k: err.message for k in keys})
+                        if isinstance(err, TransientError) and err.maybe_delivered:
+                            # No answer to a request that was sent: maybe it went out.
+                            store.finish_batch(slug, sent=[], failed={}, in_doubt={k: err.message for k in keys})
+                        else:
+                            store.finish_batch(slug, sent=[], failed={k: err.message for k in keys})
                     except Exception as err:  # a bug in a backend must not lose the ledger
                         store.finish_batch(slug, sent=[], failed={k: f"{type(err).__name__}: {err}" for k in keys})
                     else:
-                        store.finish_batch(slug, sent=result.sent, failed=result.failed,
+                        store.finish_batch(slug, sent=result.sent, failed=result.failed, in_doubt=result.in_doubt,
                                            message_id=result.message_id)
                     progress(len(keys))
             except KeyboardInterrupt:

@@ -686,7 +686,7 @@ class Store:
         return claimed, skipped, after_id
 
     def finish_batch(self, issue: str, *, sent: Iterable[int], failed: dict[int, str],
-                     message_id: str | None = None) -> None:
+                     in_doubt: dict[int, str] | None = None, message_id: str | None = None) -> None:
         """Record what the backend said about a claimed batch."""
         now = self.now()
         with self._write() as conn:
@@ -695,11 +695,12 @@ class Store:
                 " WHERE issue = ? AND subscriber_id = ? AND state = 'in_flight'",
                 [(message_id, now, issue, sid) for sid in sent],
             )
-            conn.executemany(
-                "UPDATE deliveries SET state = 'failed', last_error = ?, updated = ?"
-                " WHERE issue = ? AND subscriber_id = ? AND state = 'in_flight'",
-                [(why[:2000], now, issue, sid) for sid, why in failed.items()],
-            )
+            for state, reasons in (("failed", failed), ("in_doubt", in_doubt or {})):
+                conn.executemany(
+                    f"UPDATE deliveries SET state = '{state}', last_error = ?, updated = ?"
+                    " WHERE issue = ? AND subscriber_id = ? AND state = 'in_flight'",
+                    [(why[:2000], now, issue, sid) for sid, why in reasons.items()],
+                )
 
     def delivery_counts(self, issue: str) -> dict[str, int]:
         return dict(self._query("SELECT state, count(*) FROM deliveries WHERE issue = ? GROUP BY state", (issue,)))

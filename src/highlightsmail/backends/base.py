@@ -30,11 +30,18 @@ class DeliveryError(HighlightsError):
 
 class TransientError(DeliveryError):
     """Worth trying again: throttling (429), server errors (5xx, SMTP 4xx), time-outs,
-    dropped connections. `retry_after` is the wait the server asked for, in seconds."""
+    dropped connections. `retry_after` is the wait the server asked for, in seconds.
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    `maybe_delivered`: the request was sent but no answer came (a time-out or a dropped
+    connection while waiting), so the server may have taken it. When retries run out
+    after such an attempt, the recipients are in doubt, not failed: a failed recipient
+    is sent again by the next run, and that could be a second copy.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None, *, maybe_delivered: bool = False) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
 
 
 class PermanentError(DeliveryError):
@@ -64,10 +71,11 @@ class Batch:
 
 @dataclass
 class BatchResult:
-    """What happened to each recipient of a batch: every key is in `sent` or `failed`."""
+    """What happened to each recipient of a batch: every key is in `sent`, `failed` or `in_doubt`."""
 
     sent: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    in_doubt: dict[int, str] = field(default_factory=dict)  # may or may not have gone out
     message_id: str | None = None
 
 
@@ -93,13 +101,17 @@ def with_retries(
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[int, TransientError, float], None] | None = None,
 ) -> T:
-    """Run `call`, retrying TransientError per the policy; the last one is re-raised."""
+    """Run `call`, retrying TransientError per the policy; the last one is re-raised,
+    marked `maybe_delivered` if any attempt might have reached the server."""
     attempt = 1
+    maybe_delivered = False
     while True:
         try:
             return call()
         except TransientError as err:
+            maybe_delivered = maybe_delivered or err.maybe_delivered
             if attempt >= policy.attempts:
+                err.maybe_delivered = maybe_delivered
                 raise
             wait = policy.delay(attempt, err.retry_after)
             if on_retry:

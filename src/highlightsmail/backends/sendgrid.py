@@ -178,15 +178,19 @@ class SendGridBackend(Backend):
         except HTTPError as err:
             raise _http_error(err, what) from None
         except TimeoutError:
-            raise TransientError(f"SendGrid did not answer {what} within {self.timeout:g} s") from None
+            # Raised while waiting for the answer: the request was sent whole.
+            raise TransientError(f"SendGrid did not answer {what} within {self.timeout:g} s",
+                                 maybe_delivered=True) from None
         except URLError as err:
+            # urllib wraps what fails while connecting or sending: no whole request arrived.
             reason = err.reason
             if isinstance(reason, TimeoutError):
-                raise TransientError(f"SendGrid did not answer {what} within {self.timeout:g} s") from None
+                raise TransientError(f"SendGrid did not take {what} within {self.timeout:g} s") from None
             raise TransientError(f"cannot reach SendGrid at {self.host} ({what}): {reason}") from None
         except (http.client.HTTPException, OSError) as err:
-            # RemoteDisconnected, resets: the request may or may not have arrived.
-            raise TransientError(f"connection to SendGrid lost during {what}: {err or type(err).__name__}") from None
+            # RemoteDisconnected, resets while waiting: the request may or may not have arrived.
+            raise TransientError(f"connection to SendGrid lost during {what}: {err or type(err).__name__}",
+                                 maybe_delivered=True) from None
 
     # -- suppressions
 

@@ -462,8 +462,26 @@ class SmtpBackend(Backend):
         elif out.eight_bit:
             options.append("BODY=8BITMIME")
         self._throttle()
+        stage = "envelope"
         try:
-            conn.sendmail(self.from_addr, [env.recipient.email], out.data, mail_options=options)
+            # sendmail() in its steps, so that a lost connection can be told apart: before
+            # DATA nothing was handed over; during DATA the server may have taken it.
+            conn.ehlo_or_helo_if_needed()
+            if conn.does_esmtp and conn.has_extn("size"):
+                options = [*options, f"SIZE={len(out.data)}"]
+            code, reply = conn.mail(self.from_addr, options)
+            if code != 250:
+                _reset_quietly(conn)
+                raise smtplib.SMTPSenderRefused(code, reply, self.from_addr)
+            code, reply = conn.rcpt(env.recipient.email)
+            if code not in (250, 251):
+                _reset_quietly(conn)
+                raise smtplib.SMTPRecipientsRefused({env.recipient.email: (code, reply)})
+            stage = "data"
+            code, reply = conn.data(out.data)
+            if code != 250:
+                _reset_quietly(conn)
+                raise smtplib.SMTPDataError(code, reply)
         except smtplib.SMTPRecipientsRefused as err:
             code, text = next(iter(err.recipients.values()), (0, b""))
             raise _classify(code, text, "refused the recipient") from None
@@ -475,7 +493,8 @@ class SmtpBackend(Backend):
             raise _classify(err.smtp_code, err.smtp_error, "refused the message") from None
         except (OSError, smtplib.SMTPException) as err:  # disconnects, time-outs, resets
             self._drop()
-            raise _ConnectionProblem(f"connection to {self.where} lost: {err or type(err).__name__}") from None
+            raise _ConnectionProblem(f"connection to {self.where} lost: {err or type(err).__name__}",
+                                     maybe_delivered=stage == "data") from None
 
     def send_batch(self, batch: Batch) -> BatchResult:
         result = BatchResult()
@@ -488,11 +507,16 @@ class SmtpBackend(Backend):
             except (_ConnectionProblem, _SetupError) as err:
                 # The server is gone or refuses everyone: the rest are not tried now
                 # (the dispatcher retries failed recipients on the next run).
-                for rest in envelopes[index:]:
-                    result.failed[rest.key] = f"not sent: {err.message}"
+                rest = envelopes[index:]
+                if isinstance(err, TransientError) and err.maybe_delivered:
+                    result.in_doubt[env.key] = f"no answer after sending: {err.message}"
+                    rest = rest[1:]
+                for other in rest:
+                    result.failed[other.key] = f"not sent: {err.message}"
                 break
             except TransientError as err:
-                result.failed[env.key] = f"gave up after {self.policy.attempts} attempts: {err.message}"
+                target = result.in_doubt if err.maybe_delivered else result.failed
+                target[env.key] = f"gave up after {self.policy.attempts} attempts: {err.message}"
             except PermanentError as err:
                 result.failed[env.key] = err.message
             else:
@@ -515,6 +539,14 @@ def _classify(code: int, text: bytes | str, what: str) -> DeliveryError:
     if 400 <= code < 500:
         return TransientError(f"server {what}: {message}")
     return PermanentError(f"server {what}: {message}")
+
+
+def _reset_quietly(conn: smtplib.SMTP) -> None:
+    """RSET after a refusal, so the connection is ready for the next message."""
+    try:
+        conn.rset()
+    except (OSError, smtplib.SMTPException):
+        pass
 
 
 def _close_quietly(conn: smtplib.SMTP | None) -> None:
