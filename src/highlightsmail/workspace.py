@@ -6,9 +6,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.fields import Address, HttpUrl, SingleLine
@@ -54,13 +54,28 @@ class DeliverySettings(_Strict):
     backoff: float = Field(default=0.5, ge=0, le=60)
 
 
+def _base_url(value: str) -> str:
+    """Where the unsubscribe endpoint answers: each link is BASE/u/TOKEN, put into
+    headers and HTML as it is (SendGrid substitutes it unescaped), so no query, no
+    fragment and nothing that would need escaping."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.query or parts.fragment or any(ch in value for ch in "&<>\"'`;,"):
+        raise ValueError("must be a plain https://host[/path], with no query, fragment or &<>\"'`;, characters")
+    return value
+
+
+BaseUrl = Annotated[HttpUrl, AfterValidator(_base_url)]
+
+
 class Settings(_Strict):
     """The newsletter's settings, from highlights.yaml."""
 
     name: SingleLine = Field(max_length=200)
     from_: Address = Field(alias="from")
     reply_to: Address | None = None
-    base_url: HttpUrl
+    base_url: BaseUrl
     postal_address: SingleLine = Field(max_length=500)
     list_id: SingleLine = Field(max_length=200)
     editors: list[Address] = Field(min_length=1)
