@@ -353,7 +353,7 @@ BODIES = {
 
 @pytest.mark.parametrize("eight_bit", [True, False], ids=["8bitmime", "7bit-only"])
 @pytest.mark.parametrize("bodies", list(BODIES), ids=list(BODIES))
-@pytest.mark.parametrize("base_url", ["https://highlights.example.org", "https://example.org/news/letter?a=1&b=2"])
+@pytest.mark.parametrize("base_url", ["https://highlights.example.org", "https://example.org/news/l%C3%A9tter~x"])
 def test_fast_messages_equal_build_message(workspace: Path, base_url: str, bodies: str, eight_bit: bool) -> None:
     ws = make_workspace(workspace, base_url=base_url)
     html, text = BODIES[bodies]
