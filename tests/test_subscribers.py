@@ -367,7 +367,8 @@ def test_the_domain_cache_gives_the_validators_own_answers() -> None:
     original = module.validate_email_domain_name
     addresses = ["Ada@Example.ORG", "ada@example.org", "x@BÜCHER.de", "x@xn--bcher-kva.de", "a@localhost",
                  "a@b", "a@-x.org", "a@x..org", "a@" + "x" * 64 + ".org", "a@test.invalid", "b@Example.ORG",
-                 "Postmaster@Example.org", '"quoted local"@example.org', "a@[127.0.0.1]", "ü@例え.jp"]
+                 "Postmaster@Example.org", '"quoted local"@example.org', "a@[127.0.0.1]", "ü@例え.jp",
+                 "a@ex\u2488ample.org", "a@ex\u00adample.org", "a@exa\u0301mple.org"]
 
     def answers() -> list[str]:
         out = []
@@ -378,10 +379,14 @@ def test_the_domain_cache_gives_the_validators_own_answers() -> None:
                 out.append(f"error: {exc}")
         return out
 
+    syntax = importlib.import_module("email_validator.syntax")
+    char_check = syntax.uts46_valid_char
     plain = answers()
     with subscribers_module._domain_checks_memoized():
-        assert module.validate_email_domain_name is not original  # the cache is in place
+        assert module.validate_email_domain_name is not original  # the caches are in place
+        assert syntax.uts46_valid_char is not char_check
         cached_twice = [answers(), answers()]
     assert module.validate_email_domain_name is original  # and gone afterwards
+    assert syntax.uts46_valid_char is char_check
     assert cached_twice == [plain, plain]
     assert plain[0] == "Ada@example.org" and plain[4].startswith("error:")
