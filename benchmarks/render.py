@@ -23,7 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
-ISSUE = Path("issues/2024-w02.yaml")
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers_preview import ISSUE, SHOWS_IN_TEXT_AND_FRAMES, set_first_item_title  # noqa: E402
 CHROMIUM = os.environ.get("HIGHLIGHTS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -143,24 +145,6 @@ def bench_cli(root: Path) -> None:
 
 # --------------------------------------------------------------------------- (d)
 
-SHOWS = """title => {
-  const text = document.getElementById('text');
-  if (!text || !text.textContent.includes(title)) return false;
-  return ['desktop', 'phone'].every(id => {
-    const doc = document.getElementById(id).contentDocument;
-    return doc && doc.body && doc.body.textContent.includes(title);
-  });
-}"""
-
-
-def set_first_item_title(path: Path, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    start = text.index("\nitems:")
-    match = re.compile(r"^(\s*-\s*title:\s*)(['\"]?)(.+?)\2\s*$", re.M).search(text, start)
-    assert match, "no item title in the example issue"
-    path.write_text(text[:match.start(3)] + new + text[match.end(3):], encoding="utf-8")
-
-
 def bench_preview(root: Path, rounds: int = 5) -> None:
     print("(d) preview: saving the issue file -> the page shows the change (Chromium)")
     from playwright.sync_api import sync_playwright
@@ -188,7 +172,7 @@ def bench_preview(root: Path, rounds: int = 5) -> None:
                 title = f"Benchmark Title Number {i} {time.time_ns()}"
                 start, start_epoch_ms = time.perf_counter(), time.time() * 1000
                 set_first_item_title(root / ISSUE, title)
-                page.wait_for_function(SHOWS, arg=title, timeout=10_000)
+                page.wait_for_function(SHOWS_IN_TEXT_AND_FRAMES, arg=title, timeout=10_000)
                 latencies.append((time.perf_counter() - start) * 1000)
                 # When the page began reloading: watcher + render + the long poll's answer.
                 to_reload.append(page.evaluate("performance.timeOrigin") - start_epoch_ms)

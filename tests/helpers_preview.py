@@ -1,4 +1,5 @@
-"""Shared by the preview's tests: editing the example issue on disk the way an editor does."""
+"""Shared by the preview's tests and its benchmark: editing the example issue on disk the
+way an editor does, and telling when the page shows the change."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ import re
 from pathlib import Path
 
 ISSUE = Path("issues/2024-w02.yaml")
+
+# For page.wait_for_function(SHOWS_IN_TEXT_AND_FRAMES, arg=title): true once the plain
+# text and both email frames show the title.
+SHOWS_IN_TEXT_AND_FRAMES = """title => {
+  const text = document.getElementById('text');
+  if (!text || !text.textContent.includes(title)) return false;
+  return ['desktop', 'phone'].every(id => {
+    const doc = document.getElementById(id).contentDocument;
+    return doc && doc.body && doc.body.textContent.includes(title);
+  });
+}"""
 
 
 def first_item_title(path: Path) -> str:

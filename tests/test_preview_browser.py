@@ -9,6 +9,7 @@ import pytest
 
 from helpers_preview import (
     ISSUE,
+    SHOWS_IN_TEXT_AND_FRAMES,
     break_top_level_title,
     first_item_title,
     fix_top_level_title,
@@ -21,16 +22,6 @@ pytestmark = pytest.mark.browser
 
 # Updates arrive within a second; the margin is for a loaded CI machine.
 WAIT_MS = 8_000
-
-SHOWS_IN_TEXT_AND_FRAMES = """title => {
-  const text = document.getElementById('text');
-  if (!text || !text.textContent.includes(title)) return false;
-  return ['desktop', 'phone'].every(id => {
-    const doc = document.getElementById(id).contentDocument;
-    return doc && doc.body && doc.body.textContent.includes(title);
-  });
-}"""
-
 
 @pytest.fixture
 def preview_url(workspace: Path):
