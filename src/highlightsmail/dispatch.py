@@ -206,7 +206,7 @@ def send_command(
                     err=True,
                 )
         if info is None:
-            pending = store.count_subscribers("active")
+            pending = store.count_by_status()["active"]
         else:
             # Those left to send: pending, failed ones (retried), in doubt only when asked.
             # Nothing is put back to pending before the editor has said yes.
@@ -357,8 +357,7 @@ def run_dispatch(
                         exhausted = True
                         break
                     claimed, skipped, after_id = store.claim_batch(slug, batch_no, size, after_id)
-                    if skipped:
-                        progress(0)
+                    progress(skipped)  # they were counted in the bar's length too
                     if not claimed:
                         exhausted = True
                         break
@@ -422,7 +421,7 @@ def status_command(ws: Workspace, issue_path: Path) -> None:
         else:
             click.echo(f"{slug}: no test send yet")
         if info is None:
-            click.echo(f"{slug}: not sent yet ({store.count_subscribers('active')} active subscribers)")
+            click.echo(f"{slug}: not sent yet ({store.count_by_status()['active']} active subscribers)")
             return
         running = _send_running(ws, slug)
         counts = store.delivery_counts(slug)

@@ -591,9 +591,6 @@ class Store:
                 changed += 1
         return changed
 
-    def count_subscribers(self, status: Status) -> int:
-        return self._query("SELECT count(*) FROM subscribers WHERE status = ?", (status,))[0][0]
-
     def dispatch_info(self, issue: str) -> DispatchInfo | None:
         rows = self._query("SELECT issue, started, backend, total, finished FROM dispatches WHERE issue = ?", (issue,))
         return DispatchInfo(*rows[0]) if rows else None
