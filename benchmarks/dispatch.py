@@ -61,13 +61,22 @@ def _peak_kb(pid: int) -> int:
 def run(n: int, folder: Path) -> dict[str, float]:
     root = make_workspace(folder, n)
     with SendGridServer(api_key=API_KEY, record="ids") as sg:
-        env = {**os.environ, "SENDGRID_API_KEY": API_KEY, "HIGHLIGHTS_SENDGRID_HOST": sg.url,
-               "HIGHLIGHTS_SECRET": "benchmark-secret-0123456789abcdef"}
+        env = {
+            **os.environ,
+            "SENDGRID_API_KEY": API_KEY,
+            "HIGHLIGHTS_SENDGRID_HOST": sg.url,
+            "HIGHLIGHTS_SECRET": "benchmark-secret-0123456789abcdef",
+        }
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "highlights"), "send", "2024-w02", "--yes",
-                                 "--skip-test-check"], cwd=root, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "highlights"), "send", "2024-w02", "--yes", "--skip-test-check"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         peak_kb = 0
         while proc.poll() is None:
             peak_kb = max(peak_kb, _peak_kb(proc.pid))
@@ -95,14 +104,18 @@ def run(n: int, folder: Path) -> dict[str, float]:
 
 def main() -> None:
     sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
-    print(f"{'recipients':>11} {'wall s':>8} {'client cpu s':>12} {'peak MB':>8} {'requests':>9} "
-          f"{'rejected':>8} {'once':>9} {'per s':>8}")
+    print(
+        f"{'recipients':>11} {'wall s':>8} {'client cpu s':>12} {'peak MB':>8} {'requests':>9} "
+        f"{'rejected':>8} {'once':>9} {'per s':>8}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             r = run(n, Path(tmp))
-            print(f"{r['n']:>11,} {r['wall_s']:>8.2f} {r['cpu_s']:>12.2f} {r['peak_mb']:>8.1f} "
-                  f"{r['requests']:>9} {r['rejected']:>8} {r['exactly_once']:>9,} {r['per_s']:>8,.0f}",
-                  flush=True)
+            print(
+                f"{r['n']:>11,} {r['wall_s']:>8.2f} {r['cpu_s']:>12.2f} {r['peak_mb']:>8.1f} "
+                f"{r['requests']:>9} {r['rejected']:>8} {r['exactly_once']:>9,} {r['per_s']:>8,.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

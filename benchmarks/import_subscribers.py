@@ -70,8 +70,10 @@ def main() -> None:
         (work / "subscribers").mkdir()
         csv_path = work / "list.csv"
         write_csv(csv_path, rows, domains=100)
-        print(f"{rows:,} rows over 100 domains ({csv_path.stat().st_size / 1e6:.1f} MB); "
-              f"cores: {os.cpu_count()}; load average: {os.getloadavg()[0]:.2f}")
+        print(
+            f"{rows:,} rows over 100 domains ({csv_path.stat().st_size / 1e6:.1f} MB); "
+            f"cores: {os.cpu_count()}; load average: {os.getloadavg()[0]:.2f}"
+        )
 
         figure, _ = run(["--version"], work)
         print(f"highlights --version (start-up):      {figure}")
@@ -84,9 +86,12 @@ def main() -> None:
 
         for fmt in ("table", "csv", "json"):
             first, total, lines = time_to_first_line(
-                ["subscribers", "list", "--status", "active", "--format", fmt], work)
-            print(f"list --status active --format {fmt:<5}: first row after {first:4.2f} s, "
-                  f"all {lines:,} lines {total:5.2f} s")
+                ["subscribers", "list", "--status", "active", "--format", fmt], work
+            )
+            print(
+                f"list --status active --format {fmt:<5}: first row after {first:4.2f} s, "
+                f"all {lines:,} lines {total:5.2f} s"
+            )
         figure, _ = run(["subscribers", "export", str(work / "export.csv")], work)
         print(f"export to a file:                     {figure}")
         db = work / "subscribers" / "highlights.db"

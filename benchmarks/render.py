@@ -26,6 +26,7 @@ HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers_preview import ISSUE, SHOWS_IN_TEXT_AND_FRAMES, set_first_item_title  # noqa: E402
+
 CHROMIUM = os.environ.get("HIGHLIGHTS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -79,13 +80,19 @@ def bench_render(root: Path) -> None:
     print("(a) rendering the example issue in-process")
     colds = []
     for _ in range(3):
-        done = subprocess.run([sys.executable, "-c", COLD], cwd=root, env=bench_env(),
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", COLD], cwd=root, env=bench_env(), capture_output=True, text=True, check=True
+        )
         colds.append(json.loads(done.stdout))
     cold = statistics.median(c["render"] for c in colds) * 1000
-    report("cold: first render_issue in a new process", cold, None, "ms",
-           f"  (imports {statistics.median(c['import'] for c in colds) * 1000:.0f} ms, "
-           f"load settings+issue {statistics.median(c['load'] for c in colds) * 1000:.0f} ms; median of 3)")
+    report(
+        "cold: first render_issue in a new process",
+        cold,
+        None,
+        "ms",
+        f"  (imports {statistics.median(c['import'] for c in colds) * 1000:.0f} ms, "
+        f"load settings+issue {statistics.median(c['load'] for c in colds) * 1000:.0f} ms; median of 3)",
+    )
 
     from highlightsmail.issue import load_issue
     from highlightsmail.render import render_issue
@@ -99,8 +106,13 @@ def bench_render(root: Path) -> None:
         start = time.perf_counter()
         rendered = render_issue(issue, ws)
         times.append((time.perf_counter() - start) * 1000)
-    report("warm: render_issue, median of 50", statistics.median(times), 20, "ms",
-           f"  (min {min(times):.1f}, max {max(times):.1f}; HTML {len(rendered.html.encode()) / 1000:.1f} KB)")
+    report(
+        "warm: render_issue, median of 50",
+        statistics.median(times),
+        20,
+        "ms",
+        f"  (min {min(times):.1f}, max {max(times):.1f}; HTML {len(rendered.html.encode()) / 1000:.1f} KB)",
+    )
     loads = []
     for _ in range(20):
         start = time.perf_counter()
@@ -145,12 +157,19 @@ def bench_cli(root: Path) -> None:
 
 # --------------------------------------------------------------------------- (d)
 
+
 def bench_preview(root: Path, rounds: int = 5) -> None:
     print("(d) preview: saving the issue file -> the page shows the change (Chromium)")
     from playwright.sync_api import sync_playwright
 
-    proc = subprocess.Popen([str(HIGHLIGHTS), "preview", str(ISSUE), "--no-open", "--port", "0"], cwd=root,
-                            env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(HIGHLIGHTS), "preview", str(ISSUE), "--no-open", "--port", "0"],
+        cwd=root,
+        env=bench_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     server_log: list[str] = []
     try:
         assert proc.stdout is not None and proc.stderr is not None
@@ -178,10 +197,17 @@ def bench_preview(root: Path, rounds: int = 5) -> None:
                 to_reload.append(page.evaluate("performance.timeOrigin") - start_epoch_ms)
                 time.sleep(0.3)  # separate saves, as an editor's are
             browser.close()
-        report(f"save-to-page, median of {rounds}", statistics.median(latencies), 500, "ms",
-               f"  (each: {', '.join(f'{v:.0f}' for v in latencies)})")
-        print(f"  {'of which save -> page starts reloading':<44} {statistics.median(to_reload):8.1f} ms"
-              "  (file watcher + render + long-poll answer; the rest is the page and frames loading)")
+        report(
+            f"save-to-page, median of {rounds}",
+            statistics.median(latencies),
+            500,
+            "ms",
+            f"  (each: {', '.join(f'{v:.0f}' for v in latencies)})",
+        )
+        print(
+            f"  {'of which save -> page starts reloading':<44} {statistics.median(to_reload):8.1f} ms"
+            "  (file watcher + render + long-poll answer; the rest is the page and frames loading)"
+        )
     finally:
         proc.send_signal(2)  # Ctrl-C
         try:
@@ -190,8 +216,10 @@ def bench_preview(root: Path, rounds: int = 5) -> None:
             proc.kill()
     renders = [float(m.group(1)) for line in server_log if (m := re.search(r"rendered in (\d+) ms", line))]
     if len(renders) > 1:
-        print(f"  {'of which the server re-rendering (render + lint)':<44} "
-              f"{statistics.median(renders[1:]):8.1f} ms  (median of {len(renders) - 1}; first render {renders[0]:.0f} ms)")
+        print(
+            f"  {'of which the server re-rendering (render + lint)':<44} "
+            f"{statistics.median(renders[1:]):8.1f} ms  (median of {len(renders) - 1}; first render {renders[0]:.0f} ms)"
+        )
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers_delivery import example_issue, make_batch, make_workspace, recipients  # noqa: E402
-
 from highlightsmail.backends.smtp import MessageTemplate, SmtpBackend  # noqa: E402
 from highlightsmail.message import build_message  # noqa: E402
 
@@ -36,7 +35,8 @@ def free_port() -> int:
 def start_sink(port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -64,8 +64,10 @@ def per_message_cost(ws, n: int = 200) -> None:
     for env in batch.envelopes:
         data = template.render(env).data
     fast = (time.perf_counter() - start) / n
-    print(f"message of {len(data):,} bytes; build_message + as_bytes {full * 1e3:.2f} ms each; "
-          f"template: {setup * 1e3:.1f} ms once, then {fast * 1e6:.0f} us each")
+    print(
+        f"message of {len(data):,} bytes; build_message + as_bytes {full * 1e3:.2f} ms each; "
+        f"template: {setup * 1e3:.1f} ms once, then {fast * 1e6:.0f} us each"
+    )
 
 
 def _cpu(who: int) -> float:
@@ -78,7 +80,7 @@ def throughput(ws, n: int, *, fast: bool = True) -> float:
     backend.open()
     people = recipients(n)
     size = backend.batch_size
-    batches = [make_batch(ws, people[i:i + size], number=i // size + 1) for i in range(0, n, size)]
+    batches = [make_batch(ws, people[i : i + size], number=i // size + 1) for i in range(0, n, size)]
     if not fast:
         template = backend._templates.get(batches[0])
         template.fast = False  # every message through build_message, for comparison
@@ -101,8 +103,13 @@ def main(n: int) -> None:
         root = Path(tmp)
         (root / "highlights.yaml").write_bytes((REPO / "highlights.yaml").read_bytes())
         port = free_port()
-        ws = make_workspace(root, delivery={"backend": "smtp", "smtp": {
-            "host": "127.0.0.1", "port": port, "security": "none", "timeout": 30}})
+        ws = make_workspace(
+            root,
+            delivery={
+                "backend": "smtp",
+                "smtp": {"host": "127.0.0.1", "port": port, "security": "none", "timeout": 30},
+            },
+        )
         example_issue()  # render once, outside the timings
         per_message_cost(ws)
         sink = start_sink(port)
@@ -111,8 +118,10 @@ def main(n: int) -> None:
             cpu = _cpu(resource.RUSAGE_SELF)
             rate = throughput(ws, n)
             cpu = _cpu(resource.RUSAGE_SELF) - cpu
-            print(f"smtp backend, one connection: {n} messages at {rate:,.0f} messages/s (target >= 300); "
-                  f"this process used {cpu / n * 1e3:.2f} ms CPU per message")
+            print(
+                f"smtp backend, one connection: {n} messages at {rate:,.0f} messages/s (target >= 300); "
+                f"this process used {cpu / n * 1e3:.2f} ms CPU per message"
+            )
             slow_n = min(n, 500)
             slow = throughput(ws, slow_n, fast=False)
             print(f"  for comparison, building each with build_message: {slow:,.0f} messages/s ({slow_n} messages)")

@@ -26,8 +26,14 @@ CHROMIUM_ARGS = [
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's own secrets or workspace."""
-    for name in ("HIGHLIGHTS_WORKSPACE", "HIGHLIGHTS_SECRET", "HIGHLIGHTS_SECRET_PREVIOUS",
-                 "SENDGRID_API_KEY", "HIGHLIGHTS_SMTP_PASSWORD", "HIGHLIGHTS_SENDGRID_HOST"):
+    for name in (
+        "HIGHLIGHTS_WORKSPACE",
+        "HIGHLIGHTS_SECRET",
+        "HIGHLIGHTS_SECRET_PREVIOUS",
+        "SENDGRID_API_KEY",
+        "HIGHLIGHTS_SMTP_PASSWORD",
+        "HIGHLIGHTS_SENDGRID_HOST",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

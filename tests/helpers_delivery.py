@@ -54,20 +54,29 @@ def make_workspace(root: Path, **changes: Any) -> Workspace:
 def recipients(n: int, *, start: int = 1, domain: str = "example.org") -> list[Recipient]:
     """Subscribers with a few awkward names: non-ASCII, quotes and commas, none."""
     names = ["Ada Lovelace", "Zoë Ångström", 'Grace "Amazing" Hopper, Rear Admiral', ""]
-    return [Recipient(email=f"reader{i}@{domain}", name=names[i % len(names)], subscriber_id=i)
-            for i in range(start, start + n)]
+    return [
+        Recipient(email=f"reader{i}@{domain}", name=names[i % len(names)], subscriber_id=i)
+        for i in range(start, start + n)
+    ]
 
 
-def make_batch(ws: Workspace, people: list[Recipient], *, test: bool = False, number: int = 1,
-               rendered: RenderedIssue | None = None) -> Batch:
+def make_batch(
+    ws: Workspace,
+    people: list[Recipient],
+    *,
+    test: bool = False,
+    number: int = 1,
+    rendered: RenderedIssue | None = None,
+) -> Batch:
     rendered = rendered or example_issue()
     envelopes = []
     for index, person in enumerate(people, start=1):
         key = person.subscriber_id if person.subscriber_id is not None else index
         links = recipient_links(ws.settings, SIGNER, key, test=test)
         envelopes.append(Envelope(key=key, recipient=person, links=links))
-    return Batch(number=number, slug=rendered.slug, rendered=rendered, settings=ws.settings,
-                 envelopes=envelopes, test=test)
+    return Batch(
+        number=number, slug=rendered.slug, rendered=rendered, settings=ws.settings, envelopes=envelopes, test=test
+    )
 
 
 def check_message(msg: EmailMessage, env: Envelope, settings: Settings, *, test: bool = False) -> None:
@@ -106,5 +115,6 @@ def note_missing_schema(server: Any) -> None:
     if not server.schema_validation:
         import warnings
 
-        warnings.warn(f"SendGrid requests checked against the documented limits only: "
-                      f"{server.schema_skip_reason}", stacklevel=2)
+        warnings.warn(
+            f"SendGrid requests checked against the documented limits only: {server.schema_skip_reason}", stacklevel=2
+        )

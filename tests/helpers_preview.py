@@ -37,7 +37,7 @@ def set_first_item_title(path: Path, new: str, *, atomic: bool = False) -> None:
     items = text.index("\nitems:")
     old = first_item_title(path)
     at = text.index(old, items)
-    changed = text[:at] + new + text[at + len(old):]
+    changed = text[:at] + new + text[at + len(old) :]
     if atomic:
         tmp = path.with_name(f".{path.name}.swp-new")
         tmp.write_text(changed, encoding="utf-8")
@@ -51,7 +51,7 @@ def break_top_level_title(path: Path) -> int:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     for number, line in enumerate(lines, 1):
         if line.startswith("title:"):
-            lines[number - 1] = "titel:" + line[len("title:"):]
+            lines[number - 1] = "titel:" + line[len("title:") :]
             path.write_text("".join(lines), encoding="utf-8")
             return number
     raise AssertionError(f"no top-level title in {path}")

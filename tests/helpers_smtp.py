@@ -91,9 +91,15 @@ class SinkHandler:
         with self._lock:
             self.count += 1
             if self.keep:
-                self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                              envelope.original_content or envelope.content,
-                                              getattr(session, "number", 0), list(envelope.mail_options)))
+                self.received.append(
+                    Received(
+                        envelope.mail_from,
+                        list(envelope.rcpt_tos),
+                        envelope.original_content or envelope.content,
+                        getattr(session, "number", 0),
+                        list(envelope.mail_options),
+                    )
+                )
         return "250 Message accepted for delivery"
 
 
@@ -166,20 +172,27 @@ def make_self_signed(folder: Path) -> Tls:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST)),
-                                                    x509.DNSName("localhost")]), critical=False)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = folder / "smtp-self-signed.pem", folder / "smtp-self-signed.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
     return Tls(ca_file=cert_file, server_context=context)

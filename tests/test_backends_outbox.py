@@ -8,8 +8,8 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
-from helpers_delivery import check_message, example_issue, make_batch, make_workspace, recipients
 
+from helpers_delivery import check_message, example_issue, make_batch, make_workspace, recipients
 from highlightsmail.backends import get_backend
 from highlightsmail.backends.base import DeliveryError
 from highlightsmail.backends.outbox import OutboxBackend

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers_delivery import example_issue, make_batch, make_workspace, note_missing_schema, recipients
 
+from helpers_delivery import example_issue, make_batch, make_workspace, note_missing_schema, recipients
 from highlightsmail.backends import get_backend
 from highlightsmail.backends.base import DeliveryError, PermanentError, TransientError
 from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
@@ -71,16 +71,19 @@ def test_a_batch_of_1000_is_one_valid_request(workspace: Path, sg: SendGridServe
     assert body["subject"] == rendered.subject
     assert body["headers"] == {"List-Id": '"AI Research Highlights" <highlights.example.org>'}
     # text/plain first, then text/html, each sent once for the whole batch.
-    assert body["content"] == [{"type": "text/plain", "value": rendered.text},
-                               {"type": "text/html", "value": rendered.html}]
+    assert body["content"] == [
+        {"type": "text/plain", "value": rendered.text},
+        {"type": "text/html", "value": rendered.html},
+    ]
     assert body["categories"] == ["highlights"]
     assert "asm" not in body
     assert body["tracking_settings"]["click_tracking"] == {"enable": False, "enable_text": False}
 
     assert len(body["personalizations"]) == 1000
     assert {"email": "reader2@example.org", "name": 'Grace "Amazing" Hopper Rear Admiral'} in (
-        p["to"][0] for p in body["personalizations"])
-    for env, p in zip(batch.envelopes, body["personalizations"]):
+        p["to"][0] for p in body["personalizations"]
+    )
+    for env, p in zip(batch.envelopes, body["personalizations"], strict=False):
         url = env.links.unsubscribe_url
         # SendGrid drops mail whose recipient name has a comma or semicolon: they go.
         name = " ".join(env.recipient.name.replace(",", " ").replace(";", " ").split())
@@ -126,7 +129,9 @@ def test_a_non_ascii_newsletter_name_gives_an_ascii_list_id(workspace: Path, sg:
     assert str(make_header(decode_header(value))) == "Zoë's Ünicode Weekly <highlights.example.org>"
 
 
-def test_host_from_settings_without_the_env(workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_host_from_settings_without_the_env(
+    workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(ENV_HOST)
     backend = _backend(workspace, host=sg.url)
     assert backend.send_batch(make_batch(backend.ws, recipients(1))).sent == [1]
@@ -159,8 +164,9 @@ def test_missing_api_key(workspace: Path, sg: SendGridServer, monkeypatch: pytes
     assert sg.stats.received == 0
 
 
-def test_wrong_api_key_is_permanent_and_not_shown(workspace: Path, sg: SendGridServer,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_api_key_is_permanent_and_not_shown(
+    workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(ENV_API_KEY, "SG.wrong-key")
     backend = _backend(workspace)
     with pytest.raises(PermanentError, match=r"\(401\)") as info:
@@ -235,7 +241,9 @@ def test_a_400_is_not_retried(workspace: Path, sg: SendGridServer) -> None:
     waits = Waits()
     backend = _backend(workspace, waits)
     sg.fail_next("400")
-    with pytest.raises(PermanentError, match=r"SendGrid refused POST /v3/mail/send \(400\): bad request \(injected fault\)"):
+    with pytest.raises(
+        PermanentError, match=r"SendGrid refused POST /v3/mail/send \(400\): bad request \(injected fault\)"
+    ):
         backend.send_batch(make_batch(backend.ws, recipients(2)))
     assert sg.stats.received == 1 and waits.asked == []
 
@@ -258,11 +266,12 @@ def test_nobody_listening_is_transient(workspace: Path, sg: SendGridServer, monk
         backend.send_batch(make_batch(backend.ws, recipients(1)))
 
 
-
-@pytest.mark.parametrize("host", ["api.sendgrid.com", "htps://api.sendgrid.com", "http://", "http://[::1",
-                                  "https://api.sendgrid.com:99999"])
-def test_a_host_typo_is_refused_by_name_before_any_request(workspace: Path, sg: SendGridServer,
-                                                           monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+@pytest.mark.parametrize(
+    "host", ["api.sendgrid.com", "htps://api.sendgrid.com", "http://", "http://[::1", "https://api.sendgrid.com:99999"]
+)
+def test_a_host_typo_is_refused_by_name_before_any_request(
+    workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
     monkeypatch.setenv(ENV_HOST, host)
     backend = _backend(workspace, Waits())
     with pytest.raises(PermanentError, match=f"{ENV_HOST}: .* is not an http\\(s\\) URL"):
@@ -292,19 +301,23 @@ def test_suppressions_are_paged_and_mapped(workspace: Path, sg: SendGridServer) 
     assert next(s for s in found if s.email == "full@example.org").detail == "552 mailbox full"
 
 
-
 def test_internationalised_addresses(workspace: Path, sg: SendGridServer) -> None:
     """SendGrid takes no Unicode address: a Unicode domain goes in its xn-- form (and comes
     back in SendGrid's lists that way), an address with a Unicode local part fails alone
     instead of getting the whole request of up to 1,000 refused."""
     backend = _backend(workspace)
-    people = [Recipient("ada@example.org", subscriber_id=1), Recipient("zoe@bücher.de", subscriber_id=2),
-              Recipient("zoë@example.org", subscriber_id=3)]
+    people = [
+        Recipient("ada@example.org", subscriber_id=1),
+        Recipient("zoe@bücher.de", subscriber_id=2),
+        Recipient("zoë@example.org", subscriber_id=3),
+    ]
     result = backend.send_batch(make_batch(backend.ws, people))
     assert result.sent == [1, 2] and list(result.failed) == [3]
     assert "only ASCII before the @" in result.failed[3]
     assert [p["to"][0]["email"] for p in sg.accepted[0].body["personalizations"]] == [
-        "ada@example.org", "zoe@xn--bcher-kva.de"]
+        "ada@example.org",
+        "zoe@xn--bcher-kva.de",
+    ]
     assert sg.rejected == []
 
     only_odd = backend.send_batch(make_batch(backend.ws, people[2:]))

@@ -11,9 +11,9 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
+
 from helpers_delivery import SIGNER, check_message, make_batch, make_workspace, recipients
 from helpers_smtp import PasswordCheck, SinkHandler, make_tls, smtp_server
-
 from highlightsmail.backends import get_backend
 from highlightsmail.backends.base import DeliveryError
 from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, MessageTemplate, Outgoing, SmtpBackend
@@ -96,8 +96,14 @@ def test_starttls_with_login(workspace: Path, tmp_path: Path, monkeypatch: pytes
     handler = SinkHandler()
     monkeypatch.setenv(ENV_CAFILE, str(tls.ca_file))
     monkeypatch.setenv(ENV_PASSWORD, PASSWORD)
-    with smtp_server(handler, tls_context=tls.server_context, require_starttls=True, auth_required=True,
-                     auth_require_tls=True, authenticator=PasswordCheck("newsletter", PASSWORD, handler)) as server:
+    with smtp_server(
+        handler,
+        tls_context=tls.server_context,
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=PasswordCheck("newsletter", PASSWORD, handler),
+    ) as server:
         ws = _smtp_ws(workspace, server.port, security="starttls", username="newsletter")
         batch = make_batch(ws, recipients(5))
         _, result = _send(ws, batch)
@@ -129,13 +135,19 @@ def test_untrusted_certificate_is_refused_with_a_hint(workspace: Path, tmp_path:
     assert handler.received == []
 
 
-def test_wrong_password_is_refused_and_not_shown(workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_password_is_refused_and_not_shown(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tls = make_tls(tmp_path)
     handler = SinkHandler()
     monkeypatch.setenv(ENV_CAFILE, str(tls.ca_file))
     monkeypatch.setenv(ENV_PASSWORD, "not the password")
-    with smtp_server(handler, tls_context=tls.server_context, auth_required=True,
-                     authenticator=PasswordCheck("newsletter", PASSWORD, handler)) as server:
+    with smtp_server(
+        handler,
+        tls_context=tls.server_context,
+        auth_required=True,
+        authenticator=PasswordCheck("newsletter", PASSWORD, handler),
+    ) as server:
         ws = _smtp_ws(workspace, server.port, security="starttls", username="newsletter")
         batch = make_batch(ws, recipients(3))
         with pytest.raises(DeliveryError, match="refused the login of 'newsletter'") as info:
@@ -156,9 +168,10 @@ def test_missing_password_is_a_clear_error(workspace: Path) -> None:
 
 def test_no_password_over_a_plain_connection_to_another_host(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_PASSWORD, PASSWORD)
-    ws = make_workspace(workspace, delivery={"smtp": {"host": "mail.example.org", "security": "none",
-                                                      "username": "newsletter"}})
-    with pytest.raises(DeliveryError, match="refusing to send the password .* unencrypted") as info:
+    ws = make_workspace(
+        workspace, delivery={"smtp": {"host": "mail.example.org", "security": "none", "username": "newsletter"}}
+    )
+    with pytest.raises(DeliveryError, match=r"refusing to send the password .* unencrypted") as info:
         SmtpBackend(ws).open()
     assert PASSWORD not in info.value.message
 
@@ -339,10 +352,14 @@ P = UNSUBSCRIBE_PLACEHOLDER
 # lines starting with "." or "From ", and with CR/CRLF line ends.
 AWKWARD_HTML = (
     f'{P}<p>start</p>\n<a href="{P}">{P}{P}</a>\n'
-    + "".join(f'<p>{"é" * k}{"=" * (k % 3)}{"x" * k}<a href="{P}">unsubscribe</a>{"ü" * k}</p>\n' for k in range(60, 80))
+    + "".join(
+        f'<p>{"é" * k}{"=" * (k % 3)}{"x" * k}<a href="{P}">unsubscribe</a>{"ü" * k}</p>\n' for k in range(60, 80)
+    )
     + f"<p>trailing space {P} \t\n.<br>\nFrom here\r\nCR\ronly</p>{P}"
 )
-AWKWARD_TEXT = f"{P}\nUnsubscribe: {P}\n" + "".join(f"{'a' * k} {P} {'b' * k}\n" for k in range(60, 80)) + f".\nFrom {P}"
+AWKWARD_TEXT = (
+    f"{P}\nUnsubscribe: {P}\n" + "".join(f"{'a' * k} {P} {'b' * k}\n" for k in range(60, 80)) + f".\nFrom {P}"
+)
 BODIES = {
     "short lines": (AWKWARD_HTML, AWKWARD_TEXT),
     # Too long as it is (HTML), or too long once the URL is in (text): quoted-printable.
@@ -357,9 +374,14 @@ BODIES = {
 def test_fast_messages_equal_build_message(workspace: Path, base_url: str, bodies: str, eight_bit: bool) -> None:
     ws = make_workspace(workspace, base_url=base_url)
     html, text = BODIES[bodies]
-    rendered = RenderedIssue(slug="2024-w02", subject="Zoë's «weekly» notes, with a subject long enough to be folded "
-                             "across lines by any mail client", preheader="", html=html, text=text)
-    batch = make_batch(ws, recipients(12) + [Recipient("zoë@example.org", "Zoë", 99)], rendered=rendered)
+    rendered = RenderedIssue(
+        slug="2024-w02",
+        subject="Zoë's «weekly» notes, with a subject long enough to be folded across lines by any mail client",
+        preheader="",
+        html=html,
+        text=text,
+    )
+    batch = make_batch(ws, [*recipients(12), Recipient("zoë@example.org", "Zoë", 99)], rendered=rendered)
     template = MessageTemplate(rendered, ws.settings, batch.envelopes[0])
     assert template.fast
     expected = {  # (text, html) transfer encodings

@@ -66,7 +66,7 @@ def test_text_has_every_title_followed_by_its_links(built: Path, workspace: Path
     assert starts == sorted(starts)
     for i, item in enumerate(items):
         end = starts[i + 1] if i + 1 < len(items) else len(flat)
-        section = flat[starts[i]:end]
+        section = flat[starts[i] : end]
         assert item.links, "every example item has a link"
         for link in item.links:
             assert link.url in section
@@ -84,8 +84,17 @@ def test_eml_is_a_complete_multipart_alternative_message(built: Path) -> None:
     assert plain.get_content_charset() == "utf-8"
     assert html_part.get_content_type() == "text/html"
 
-    for header in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Id",
-                   "List-Unsubscribe", "List-Unsubscribe-Post"):
+    for header in (
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Reply-To",
+        "List-Id",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ):
         assert msg[header], header
     assert msg["From"] == "AI Research Highlights <highlights@example.org>"
     assert msg["To"] == "Reader <reader@example.org>"
@@ -117,15 +126,19 @@ def test_build_needs_no_secret_and_writes_none(workspace: Path, monkeypatch: pyt
     assert not (workspace / "subscribers" / ".secret").exists()
 
 
-def test_out_folder_is_relative_to_the_current_folder(workspace: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_folder_is_relative_to_the_current_folder(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     result = run("-w", str(workspace), "build", "2024-w02", "--out", "dist/mail")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (elsewhere / "dist" / "mail").iterdir()) == [
-        "2024-w02.eml", "2024-w02.html", "2024-w02.txt"]
+        "2024-w02.eml",
+        "2024-w02.html",
+        "2024-w02.txt",
+    ]
     assert not (workspace / "out").exists()
 
 
@@ -155,7 +168,8 @@ def test_a_failed_write_keeps_the_previous_build(built: Path) -> None:
         return real(*args, **kwargs)
 
     (built.parent / "issues" / "2024-w02.yaml").write_text(
-        (built.parent / "issues" / "2024-w02.yaml").read_text().replace("Week 2, 2024", "Week 2 (v2), 2024"))
+        (built.parent / "issues" / "2024-w02.yaml").read_text().replace("Week 2, 2024", "Week 2 (v2), 2024")
+    )
     with mock.patch("highlightsmail.build.tempfile.mkstemp", side_effect=disk_fills_up):
         result = run("build", "2024-w02")
     assert result.exit_code == 1

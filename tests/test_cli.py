@@ -64,9 +64,21 @@ def test_help_everywhere(command: tuple[str, ...]) -> None:
 
 def test_every_product_command_is_there() -> None:
     names = {" ".join(c) for c in all_commands()}
-    for expected in ("init", "new", "check", "build", "preview", "send", "status", "serve",
-                     "subscribers import", "subscribers add", "subscribers remove",
-                     "subscribers list", "subscribers export"):
+    for expected in (
+        "init",
+        "new",
+        "check",
+        "build",
+        "preview",
+        "send",
+        "status",
+        "serve",
+        "subscribers import",
+        "subscribers add",
+        "subscribers remove",
+        "subscribers list",
+        "subscribers export",
+    ):
         assert expected in names
 
 
@@ -164,8 +176,9 @@ def test_latest_is_the_newest_week_and_skips_what_is_not_an_issue_file(site: Pat
 
 
 @pytest.mark.parametrize("ref", ["issues/2099-w01.yaml", "issues/2099-w02.yaml"])
-def test_a_folder_or_a_symlink_loop_as_issue_is_a_one_line_error(site: Path, ref: str,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_folder_or_a_symlink_loop_as_issue_is_a_one_line_error(
+    site: Path, ref: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (site / "issues" / "2099-w01.yaml").mkdir()
     (site / "issues" / "2099-w02.yaml").symlink_to("2099-w02.yaml")
     monkeypatch.chdir(site)
@@ -173,7 +186,8 @@ def test_a_folder_or_a_symlink_loop_as_issue_is_a_one_line_error(site: Path, ref
         result = run(command, ref)
         assert result.exit_code == 1, (command, result.output)
         assert result.stderr.strip().splitlines() == [
-            f"Error: {ref}: " + ("is a folder, not an issue file" if "w01" in ref else "no such issue file")]
+            f"Error: {ref}: " + ("is a folder, not an issue file" if "w01" in ref else "no such issue file")
+        ]
 
 
 def test_broken_settings_name_the_place(site: Path) -> None:
@@ -192,8 +206,9 @@ def test_a_real_process_reports_a_broken_issue_without_a_traceback(site: Path) -
     """The installed `highlights` script, end to end, on a file that is not YAML."""
     (site / "issues" / "2024-w03.yaml").write_text("title: [unclosed\nitems:\n  - x\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HIGHLIGHTS_", "SENDGRID_"))}
-    proc = subprocess.run([str(HIGHLIGHTS), "check", "2024-w03"], cwd=site, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(HIGHLIGHTS), "check", "2024-w03"], cwd=site, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("issues/2024-w03.yaml:")

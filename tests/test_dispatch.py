@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers_delivery import note_missing_schema
-from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
 from starlette.testclient import TestClient
 
+from helpers_delivery import note_missing_schema
+from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.testing.sendgrid_server import SendGridServer
@@ -57,8 +57,10 @@ def add_subscribers(root: Path, n: int, *, start: int = 1) -> list[str]:
 
 def ledger(root: Path, issue: str = "2024-w02") -> dict[str, str]:
     with Store(root / "subscribers" / "highlights.db") as store:
-        return {d.email: d.state for d in store.iter_deliveries(
-            issue, ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt"))}
+        return {
+            d.email: d.state
+            for d in store.iter_deliveries(issue, ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt"))
+        }
 
 
 def status_of(root: Path, email: str) -> str:
@@ -128,8 +130,9 @@ def test_send_refuses_a_version_that_was_not_test_sent(workspace: Path) -> None:
     add_subscribers(workspace, 2)
     assert run("send", "2024-w02", "--test").exit_code == 0
     issue = workspace / "issues" / "2024-w02.yaml"
-    issue.write_text(issue.read_text(encoding="utf-8").replace("Mixtral of Experts", "Mixtral of Many Experts"),
-                     encoding="utf-8")
+    issue.write_text(
+        issue.read_text(encoding="utf-8").replace("Mixtral of Experts", "Mixtral of Many Experts"), encoding="utf-8"
+    )
 
     refused = run("send", "2024-w02", "--yes")
     assert refused.exit_code == 1
@@ -177,7 +180,6 @@ def test_dry_run_hands_nothing_over_and_records_nothing(workspace: Path) -> None
         assert not store.has_test_send("2024-w02")
 
 
-
 def test_declining_a_resend_of_those_in_doubt_leaves_them_in_doubt(workspace: Path) -> None:
     emails = add_subscribers(workspace, 4)
     with Store(workspace / "subscribers" / "highlights.db") as store:
@@ -217,8 +219,7 @@ def test_smtp_end_to_end_and_one_click_from_the_delivered_header(workspace: Path
     emails = add_subscribers(workspace, 4)
     handler = SinkHandler()
     with smtp_server(handler) as server:
-        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port,
-                                                   "security": "none"})
+        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port, "security": "none"})
         assert run("send", "2024-w02", "--test").exit_code == 0
         result = run("send", "2024-w02", "--yes")
     assert result.exit_code == 0, result.output
@@ -230,8 +231,17 @@ def test_smtp_end_to_end_and_one_click_from_the_delivered_header(workspace: Path
     for msg in real:
         assert msg.get_content_type() == "multipart/alternative"
         assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
-        for header in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Id",
-                       "List-Unsubscribe", "List-Unsubscribe-Post"):
+        for header in (
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "Reply-To",
+            "List-Id",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+        ):
             assert msg[header], header
         url = unsubscribe_url(msg)
         text, html = (p.get_content() for p in msg.iter_parts())
@@ -249,7 +259,8 @@ def test_smtp_end_to_end_and_one_click_from_the_delivered_header(workspace: Path
 
 
 def test_smtp_starttls_with_a_self_signed_certificate_and_login_end_to_end(
-        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """send --test, then send, to a relay that insists on STARTTLS (self-signed certificate,
     trusted through HIGHLIGHTS_SMTP_CAFILE) and on a login before any mail."""
     emails = add_subscribers(workspace, 3)
@@ -258,25 +269,42 @@ def test_smtp_starttls_with_a_self_signed_certificate_and_login_end_to_end(
     handler = SinkHandler()
     monkeypatch.setenv("HIGHLIGHTS_SMTP_CAFILE", str(tls.ca_file))
     monkeypatch.setenv("HIGHLIGHTS_SMTP_PASSWORD", password)
-    with smtp_server(handler, tls_context=tls.server_context, require_starttls=True, auth_required=True,
-                     auth_require_tls=True, authenticator=PasswordCheck("newsletter", password, handler)) as server:
-        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port,
-                                                   "security": "starttls", "username": "newsletter"})
+    with smtp_server(
+        handler,
+        tls_context=tls.server_context,
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=PasswordCheck("newsletter", password, handler),
+    ) as server:
+        configure(
+            workspace,
+            backend="smtp",
+            smtp={"host": server.hostname, "port": server.port, "security": "starttls", "username": "newsletter"},
+        )
         tested = run("send", "2024-w02", "--test")
         sent = run("send", "2024-w02", "--yes")
     assert tested.exit_code == 0, tested.output
     assert sent.exit_code == 0, sent.output
     assert password not in tested.output + sent.output
     assert handler.logins and all(login.endswith(":newsletter") for login in handler.logins)
-    assert sorted(r.rcpt_tos[0] for r in handler.received) == sorted(["ada@example.org", "grace@example.org",
-                                                                       *emails])
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == sorted(["ada@example.org", "grace@example.org", *emails])
     real = [r.message() for r in handler.received if r.rcpt_tos[0] in emails]
     for msg in real:
         assert msg.get_content_type() == "multipart/alternative"
         parts = list(msg.iter_parts())
         assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
-        for header in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Id",
-                       "List-Unsubscribe", "List-Unsubscribe-Post"):
+        for header in (
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "Reply-To",
+            "List-Id",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+        ):
             assert msg[header], header
         url = unsubscribe_url(msg)
         text, html = (p.get_content() for p in parts)
@@ -294,8 +322,7 @@ def test_smtp_refusal_of_one_recipient_fails_only_that_one(workspace: Path) -> N
     emails = add_subscribers(workspace, 3)
     handler = SinkHandler(rcpt_replies={emails[1]: ["550 5.1.1 no such user"]})
     with smtp_server(handler) as server:
-        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port,
-                                                   "security": "none"})
+        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port, "security": "none"})
         result = run("send", "2024-w02", "--yes", "--skip-test-check")
     assert result.exit_code == 1
     assert "sent 2, skipped 0, failed 1, in doubt 0" in result.output
@@ -325,8 +352,7 @@ def delivered(sg: SendGridServer) -> list[str]:
 def test_sendgrid_end_to_end_with_suppressions(workspace: Path, sg: SendGridServer) -> None:
     emails = add_subscribers(workspace, 25)
     sg.suppressions["unsubscribes"] = [emails[3]]
-    sg.suppressions["bounces"] = [{"email": emails[4], "created": 1704067200, "reason": "550 gone",
-                                   "status": "5.1.1"}]
+    sg.suppressions["bounces"] = [{"email": emails[4], "created": 1704067200, "reason": "550 gone", "status": "5.1.1"}]
     sg.suppressions["spam_reports"] = [{"email": emails[5], "created": 1704067200, "ip": "192.0.2.1"}]
 
     assert run("send", "2024-w02", "--test").exit_code == 0
@@ -337,8 +363,7 @@ def test_sendgrid_end_to_end_with_suppressions(workspace: Path, sg: SendGridServ
     assert status_of(workspace, emails[4]) == "bounced"
     assert status_of(workspace, emails[5]) == "complained"
     got = delivered(sg)
-    assert sorted(got) == sorted(["ada@example.org", "grace@example.org"]
-                                 + [e for e in emails if e not in emails[3:6]])
+    assert sorted(got) == sorted(["ada@example.org", "grace@example.org"] + [e for e in emails if e not in emails[3:6]])
     # Every personalization carries its own link; custom_args name the id, never the address.
     for req in sg.accepted[1:]:
         assert len(req.body["personalizations"]) <= 10
@@ -365,8 +390,9 @@ def test_unreadable_suppressions_stop_the_send(workspace: Path, sg: SendGridServ
 
 
 @pytest.mark.parametrize("fault", ["429", "500", "stall", "drop"])
-def test_transient_faults_are_retried_and_everyone_gets_one_copy(workspace: Path, sg: SendGridServer,
-                                                                 fault: str) -> None:
+def test_transient_faults_are_retried_and_everyone_gets_one_copy(
+    workspace: Path, sg: SendGridServer, fault: str
+) -> None:
     emails = add_subscribers(workspace, 30)
     configure(workspace, sendgrid={"concurrency": 1})
     sg.plan_faults({2: fault})
@@ -395,8 +421,9 @@ def test_a_refusal_fails_that_batch_with_sendgrids_words(workspace: Path, sg: Se
     assert sorted(delivered(sg)) == sorted(emails)
 
 
-def test_unsubscribes_during_a_dispatch_are_honoured(workspace: Path, sg: SendGridServer,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unsubscribes_during_a_dispatch_are_honoured(
+    workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     emails = add_subscribers(workspace, 40)
     configure(workspace, sendgrid={"concurrency": 1})
     leaving = [emails[15], emails[27], emails[39]]  # in the 2nd, 3rd and 4th batches
@@ -426,8 +453,11 @@ def test_a_setup_error_stops_the_send_before_anything_is_claimed(workspace: Path
     add_subscribers(workspace, 3)
     handler = SinkHandler()
     with smtp_server(handler) as server:
-        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port,
-                                                   "security": "none", "username": "editor"})
+        configure(
+            workspace,
+            backend="smtp",
+            smtp={"host": server.hostname, "port": server.port, "security": "none", "username": "editor"},
+        )
         result = run("send", "2024-w02", "--yes", "--skip-test-check")
     assert result.exit_code == 1
     assert "HIGHLIGHTS_SMTP_PASSWORD" in result.output and "nothing was sent" in result.output
@@ -456,8 +486,9 @@ def test_a_request_that_never_got_an_answer_is_in_doubt_not_failed(workspace: Pa
     assert sorted(delivered(sg)) == sorted(emails)
 
 
-def test_an_unreachable_sendgrid_stops_the_send_before_anything_is_claimed(workspace: Path, sg: SendGridServer,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_sendgrid_stops_the_send_before_anything_is_claimed(
+    workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from helpers_smtp import free_port
 
     add_subscribers(workspace, 3)
@@ -473,8 +504,12 @@ def test_smtp_connection_lost_after_data_is_in_doubt_for_that_message_only(works
     emails = add_subscribers(workspace, 3)
     handler = SinkHandler(drop_at={2, 3, 4, 5})  # every attempt at the second message
     with smtp_server(handler) as server:
-        configure(workspace, max_attempts=2, backend="smtp",
-                  smtp={"host": server.hostname, "port": server.port, "security": "none"})
+        configure(
+            workspace,
+            max_attempts=2,
+            backend="smtp",
+            smtp={"host": server.hostname, "port": server.port, "security": "none"},
+        )
         result = run("send", "2024-w02", "--yes", "--skip-test-check")
     assert result.exit_code == 1
     state = ledger(workspace)

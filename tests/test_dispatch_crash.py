@@ -36,15 +36,24 @@ def _configure(root: Path) -> None:
 
 
 def _send(root: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*HIGHLIGHTS, "send", "2024-w02", "--yes", "--skip-test-check", *extra],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [*HIGHLIGHTS, "send", "2024-w02", "--yes", "--skip-test-check", *extra],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _ledger(root: Path) -> dict[str, str]:
     with Store(root / "subscribers" / "highlights.db") as store:
-        return {d.email: d.state for d in store.iter_deliveries(
-            "2024-w02", ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt"))}
+        return {
+            d.email: d.state
+            for d in store.iter_deliveries(
+                "2024-w02", ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt")
+            )
+        }
 
 
 @pytest.mark.slow
@@ -56,8 +65,12 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
         store.import_rows(ImportRow(e) for e in emails)
 
     with SendGridServer(api_key=API_KEY, record="ids") as sg:
-        env = {**os.environ, "SENDGRID_API_KEY": API_KEY, "HIGHLIGHTS_SENDGRID_HOST": sg.url,
-               "HIGHLIGHTS_SECRET": os.environ["HIGHLIGHTS_SECRET"]}
+        env = {
+            **os.environ,
+            "SENDGRID_API_KEY": API_KEY,
+            "HIGHLIGHTS_SENDGRID_HOST": sg.url,
+            "HIGHLIGHTS_SECRET": os.environ["HIGHLIGHTS_SECRET"],
+        }
         kills = 0
         for _ in range(4):
             before = sg.stats.received
@@ -78,15 +91,16 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
         # Straight after a kill, before any resume, status already counts what was under
         # way as in doubt, and names each address.
         in_flight = sorted(e for e, s in _ledger(workspace).items() if s == "in_flight")
-        status = subprocess.run([*HIGHLIGHTS, "status", "2024-w02"], cwd=workspace, env=env,
-                                capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [*HIGHLIGHTS, "status", "2024-w02"], cwd=workspace, env=env, capture_output=True, text=True, timeout=60
+        )
         assert status.returncode == 0 and "stopped" in status.stdout
         for email in in_flight:
             assert email in status.stdout
 
         # Resume without --resend-in-doubt: everyone else goes out; in-doubt stays.
         proc = _send(workspace, env)
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
         state = _ledger(workspace)
         doubt = sorted(e for e, s in state.items() if s == "in_doubt")
         assert set(state.values()) <= {"sent", "in_doubt"}, set(state.values())
@@ -102,8 +116,9 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
         assert not set(copies) - set(emails) - {None}
 
         if doubt:
-            status = subprocess.run([*HIGHLIGHTS, "status", "2024-w02"], cwd=workspace, env=env,
-                                    capture_output=True, text=True, timeout=60)
+            status = subprocess.run(
+                [*HIGHLIGHTS, "status", "2024-w02"], cwd=workspace, env=env, capture_output=True, text=True, timeout=60
+            )
             assert status.returncode == 0
             for email in doubt:
                 assert email in status.stdout
@@ -111,7 +126,7 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
 
         # Only now, and only when asked, do those in doubt get a copy again.
         proc = _send(workspace, env, "--resend-in-doubt")
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
         assert set(_ledger(workspace).values()) == {"sent"}
         for email in emails:

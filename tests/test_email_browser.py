@@ -69,7 +69,9 @@ def test_phone_width_reflows_without_horizontal_scrolling(page, example_html: st
 def test_phone_body_text_is_at_least_14px(page, example_html: str) -> None:
     page.set_viewport_size(PHONE)
     page.set_content(example_html)
-    sizes = page.evaluate("[...document.querySelectorAll('p, li')].filter(e => e.getClientRects().length && e.textContent.trim()).map(e => parseFloat(getComputedStyle(e).fontSize))")
+    sizes = page.evaluate(
+        "[...document.querySelectorAll('p, li')].filter(e => e.getClientRects().length && e.textContent.trim()).map(e => parseFloat(getComputedStyle(e).fontSize))"
+    )
     assert len(sizes) > 20
     assert min(sizes) >= 14
     summary = page.evaluate("parseFloat(getComputedStyle(document.querySelector('p[dir=auto]')).fontSize)")
@@ -81,7 +83,9 @@ def test_phone_body_text_is_at_least_14px(page, example_html: str) -> None:
 def test_desktop_column_is_600px(page, example_html: str) -> None:
     page.set_viewport_size(DESKTOP)
     page.set_content(example_html)
-    widths = page.evaluate("[...document.querySelectorAll('div[style*=\"max-width:600px\"]')].map(d => d.getBoundingClientRect().width)")
+    widths = page.evaluate(
+        "[...document.querySelectorAll('div[style*=\"max-width:600px\"]')].map(d => d.getBoundingClientRect().width)"
+    )
     assert widths and all(w == 600 for w in widths)
     assert page.evaluate("document.documentElement.scrollWidth") <= 800
 
@@ -113,9 +117,16 @@ def test_long_words_and_urls_do_not_widen_the_phone_layout(page, workspace: Path
     ws = load_workspace()
     url = "https://example.org/" + "very-long-path-segment/" * 8
     data = {
-        "title": "T", "date": "2024-01-19", "preheader": "p",
-        "items": [{"title": "A" * 120, "summary": f"{'x' * 400} and <{url}>\n\n    {'code ' * 40}",
-                   "links": [{"label": "A rather long button label that goes on", "url": url}]}],
+        "title": "T",
+        "date": "2024-01-19",
+        "preheader": "p",
+        "items": [
+            {
+                "title": "A" * 120,
+                "summary": f"{'x' * 400} and <{url}>\n\n    {'code ' * 40}",
+                "links": [{"label": "A rather long button label that goes on", "url": url}],
+            }
+        ],
     }
     path = ws.issues_dir / "2024-w05.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")

@@ -80,7 +80,9 @@ def test_a_clean_issue_by_slug(workspace: Path) -> None:
 def test_http_link_button_is_a_warning_at_its_url(workspace: Path) -> None:
     result = check(workspace, CLEAN.replace("url: https://example.org/a", "url: http://example.org/a"))
     assert result.exit_code == 0
-    assert one(result).startswith(f"{FILE}:10:14: warning: items[0].links[0].url: link http://example.org/a is not https")
+    assert one(result).startswith(
+        f"{FILE}:10:14: warning: items[0].links[0].url: link http://example.org/a is not https"
+    )
     assert "OK with 1 warning" in result.stdout
 
 
@@ -91,20 +93,28 @@ def test_http_link_in_markdown_is_a_warning_at_the_url_in_the_text(workspace: Pa
 
 
 def test_http_image_is_a_warning(workspace: Path) -> None:
-    text = CLEAN.replace('  - title: "Second"', '    image:\n      url: http://example.org/f.png\n'
-                                                  '      alt: "A figure"\n  - title: "Second"')
+    text = CLEAN.replace(
+        '  - title: "Second"',
+        '    image:\n      url: http://example.org/f.png\n      alt: "A figure"\n  - title: "Second"',
+    )
     result = check(workspace, text)
     assert result.exit_code == 0
-    assert one(result).startswith(f"{FILE}:12:12: warning: items[0].image.url: image http://example.org/f.png is not https")
+    assert one(result).startswith(
+        f"{FILE}:12:12: warning: items[0].image.url: image http://example.org/f.png is not https"
+    )
 
 
-@pytest.mark.parametrize(("link", "shown"), [("/relative", "a relative URL"), ("javascript:alert(1)", "'javascript:'"),
-                                              ("data:text/html,hi", "'data:'")])
+@pytest.mark.parametrize(
+    ("link", "shown"),
+    [("/relative", "a relative URL"), ("javascript:alert(1)", "'javascript:'"), ("data:text/html,hi", "'data:'")],
+)
 def test_markdown_link_that_is_not_http_is_an_error(workspace: Path, link: str, shown: str) -> None:
     result = check(workspace, CLEAN.replace("Plain text.", f"[x]({link})"))
     assert result.exit_code == 1
-    assert one(result) == (f"{FILE}:7:11: items[0].summary: link {link!r}: links must be absolute "
-                           f"http(s) URLs, not {shown}; the email shows it as plain text")
+    assert one(result) == (
+        f"{FILE}:7:11: items[0].summary: link {link!r}: links must be absolute "
+        f"http(s) URLs, not {shown}; the email shows it as plain text"
+    )
     assert result.stderr.splitlines()[-1] == f"Error: {FILE}: 1 error"
     assert result.stdout == ""
 
@@ -118,8 +128,10 @@ def test_mailto_in_markdown_is_fine(workspace: Path) -> None:
 def test_the_same_link_in_two_items_is_a_warning_at_the_second(workspace: Path) -> None:
     result = check(workspace, CLEAN.replace('"Also plain."', '"Also [again](https://example.org/a/)."'))
     assert result.exit_code == 0
-    assert one(result) == (f"{FILE}:12:28: warning: items[1].summary: https://example.org/a/ is also linked "
-                           "from item 1 (items[0].links[0].url)")
+    assert one(result) == (
+        f"{FILE}:12:28: warning: items[1].summary: https://example.org/a/ is also linked "
+        "from item 1 (items[0].links[0].url)"
+    )
 
 
 def test_the_same_link_twice_in_one_item_is_fine(workspace: Path) -> None:
@@ -204,7 +216,7 @@ def test_a_new_skeleton_checks_with_todo_warnings(workspace: Path) -> None:
         m = LOCATED.match(line)
         if "links[0].url" in line:
             continue
-        assert text[int(m["line"]) - 1][int(m["col"]) - 1:].startswith("TODO"), line
+        assert text[int(m["line"]) - 1][int(m["col"]) - 1 :].startswith("TODO"), line
 
 
 # --------------------------------------------------------------------------- the footer
@@ -216,8 +228,10 @@ def test_text_template_without_unsubscribe_link_is_an_error(workspace: Path) -> 
     (workspace / "templates" / "issue.txt.j2").write_text(own)
     result = check(workspace, CLEAN)
     assert result.exit_code == 1
-    assert one(result) == ("templates/issue.txt.j2:1:1: the plain text has no unsubscribe link: "
-                           "the template must keep the unsubscribe URL in its footer")
+    assert one(result) == (
+        "templates/issue.txt.j2:1:1: the plain text has no unsubscribe link: "
+        "the template must keep the unsubscribe URL in its footer"
+    )
     assert result.stderr.splitlines()[-1] == f"Error: {FILE}: 1 error"
 
 
@@ -230,8 +244,10 @@ def test_html_template_without_unsubscribe_link_is_an_error(workspace: Path) -> 
     lines = findings(result)
     # Issue findings first, then the template's.
     assert lines[0].startswith(f"{FILE}:10:14: warning: ")
-    assert lines[1] == ("templates/issue.mjml.j2:1:1: the HTML has no unsubscribe link: "
-                        "the template must keep the unsubscribe URL in its footer")
+    assert lines[1] == (
+        "templates/issue.mjml.j2:1:1: the HTML has no unsubscribe link: "
+        "the template must keep the unsubscribe URL in its footer"
+    )
     assert result.stderr.splitlines()[-1] == f"Error: {FILE}: 1 error, 1 warning"
 
 
@@ -241,7 +257,9 @@ def test_template_without_postal_address_is_a_warning(workspace: Path) -> None:
     (workspace / "templates" / "issue.txt.j2").write_text(own)
     result = check(workspace, CLEAN)
     assert result.exit_code == 0
-    assert one(result).startswith("templates/issue.txt.j2:1:1: warning: the plain text does not show the postal address")
+    assert one(result).startswith(
+        "templates/issue.txt.j2:1:1: warning: the plain text does not show the postal address"
+    )
 
 
 # --------------------------------------------------------------------------- size
@@ -302,14 +320,21 @@ def test_lint_issue_without_a_file_reports_at_the_start(example) -> None:
 # --------------------------------------------------------------------------- malformed files
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (b"title: [unclosed\nitems:\n", ":2:6: did not find expected"),
-    (CLEAN.replace("summary: |", "summry: |").encode(), ":6:5: items[0].summry: unknown key 'summry' (did you mean 'summary'?)"),
-    (CLEAN.replace("https://example.org/a", "javascript:alert(1)").encode(), ":10:14: items[0].links[0].url: "),
-    (b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\xff\xfe binary", ":1:"),
-    (b"", ":1:1: the file is empty"),
-    (b"- title: a list\n- title: not a mapping\n", ":1:1: the top level must be a mapping"),
-], ids=["broken-yaml", "unknown-key", "javascript-link", "binary", "empty", "top-level-list"])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"title: [unclosed\nitems:\n", ":2:6: did not find expected"),
+        (
+            CLEAN.replace("summary: |", "summry: |").encode(),
+            ":6:5: items[0].summry: unknown key 'summry' (did you mean 'summary'?)",
+        ),
+        (CLEAN.replace("https://example.org/a", "javascript:alert(1)").encode(), ":10:14: items[0].links[0].url: "),
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\xff\xfe binary", ":1:"),
+        (b"", ":1:1: the file is empty"),
+        (b"- title: a list\n- title: not a mapping\n", ":1:1: the top level must be a mapping"),
+    ],
+    ids=["broken-yaml", "unknown-key", "javascript-link", "binary", "empty", "top-level-list"],
+)
 def test_malformed_files_are_located_errors_without_traceback(workspace: Path, content: bytes, expected: str) -> None:
     (workspace / FILE).write_bytes(content)
     result = CliRunner().invoke(main, ["check", FILE])
@@ -333,4 +358,7 @@ def test_every_validation_error_at_once(workspace: Path) -> None:
 def test_markdown_link_without_a_host_is_an_error(workspace: Path) -> None:
     result = check(workspace, CLEAN.replace("Plain text.", "[x](https:///nowhere)"))
     assert result.exit_code == 1
-    assert one(result) == f"{FILE}:7:11: items[0].summary: link 'https:///nowhere' has no host; write it like https://example.org/page"
+    assert (
+        one(result)
+        == f"{FILE}:7:11: items[0].summary: link 'https:///nowhere' has no host; write it like https://example.org/page"
+    )

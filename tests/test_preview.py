@@ -20,6 +20,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+import highlightsmail
 from helpers_preview import (
     ISSUE,
     break_top_level_title,
@@ -27,7 +28,6 @@ from helpers_preview import (
     fix_top_level_title,
     set_first_item_title,
 )
-import highlightsmail
 from highlightsmail.preview import PREVIEW_UNSUBSCRIBE_URL, create_preview_app, running_preview
 from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
 from highlightsmail.workspace import load_workspace
@@ -191,8 +191,9 @@ def test_a_broken_template_shows_its_file_and_line(client: TestClient, workspace
 def test_changed_settings_are_picked_up(client: TestClient, workspace: Path) -> None:
     settings = workspace / "highlights.yaml"
     text = settings.read_text(encoding="utf-8")
-    new = re.sub(r"^postal_address:.*$", 'postal_address: "42 Preview Lane, 99999 Watchtown"', text,
-                 count=1, flags=re.M)
+    new = re.sub(
+        r"^postal_address:.*$", 'postal_address: "42 Preview Lane, 99999 Watchtown"', text, count=1, flags=re.M
+    )
     assert new != text
     settings.write_text(new, encoding="utf-8")
     page_when(client, lambda p: "42 Preview Lane" in p)
@@ -250,8 +251,12 @@ def test_only_loopback_host_names_are_served(workspace: Path) -> None:
 
 
 def test_cli_prints_the_url_serves_and_stops_cleanly_on_ctrl_c(workspace: Path) -> None:
-    proc = subprocess.Popen([str(HIGHLIGHTS), "preview", "2024-w02", "--no-open", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(HIGHLIGHTS), "preview", "2024-w02", "--no-open", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -262,8 +267,11 @@ def test_cli_prints_the_url_serves_and_stops_cleanly_on_ctrl_c(workspace: Path) 
         build = json.load(urllib.request.urlopen(f"{url}wait?v=", timeout=10))["build"]
 
         answers: list[dict] = []
-        waiter = threading.Thread(target=lambda: answers.append(
-            json.load(urllib.request.urlopen(f"{url}wait?v={build}&timeout=60", timeout=90))))
+        waiter = threading.Thread(
+            target=lambda: answers.append(
+                json.load(urllib.request.urlopen(f"{url}wait?v={build}&timeout=60", timeout=90))
+            )
+        )
         waiter.start()
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
@@ -283,8 +291,12 @@ def test_cli_names_a_port_in_use(workspace: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([str(HIGHLIGHTS), "preview", "2024-w02", "--no-open", "--port", str(port)],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [str(HIGHLIGHTS), "preview", "2024-w02", "--no-open", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "--port" in done.stderr

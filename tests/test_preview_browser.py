@@ -23,6 +23,7 @@ pytestmark = pytest.mark.browser
 # Updates arrive within a second; the margin is for a loaded CI machine.
 WAIT_MS = 8_000
 
+
 @pytest.fixture
 def preview_url(workspace: Path):
     with running_preview(load_workspace(), workspace / ISSUE) as url:
@@ -75,8 +76,9 @@ def test_the_phone_frame_keeps_its_scroll_position_across_a_reload(page, preview
 
     set_first_item_title(workspace / ISSUE, "Scrolled Reader Keeps Place")
     page.wait_for_function(SHOWS_IN_TEXT_AND_FRAMES, arg="Scrolled Reader Keeps Place", timeout=WAIT_MS)
-    page.wait_for_function(f"() => document.getElementById('phone').contentWindow.scrollY === {scrolled}",
-                           timeout=WAIT_MS)
+    page.wait_for_function(
+        f"() => document.getElementById('phone').contentWindow.scrollY === {scrolled}", timeout=WAIT_MS
+    )
 
 
 def test_a_broken_issue_shows_its_error_then_the_email_again(page, preview_url: str, workspace: Path) -> None:
@@ -86,8 +88,11 @@ def test_a_broken_issue_shows_its_error_then_the_email_again(page, preview_url: 
 
     line = break_top_level_title(issue)
     where = f"issues/2024-w02.yaml:{line}:1:"
-    page.wait_for_function("where => { const e = document.getElementById('errors');"
-                           " return e && e.textContent.includes(where); }", arg=where, timeout=WAIT_MS)
+    page.wait_for_function(
+        "where => { const e = document.getElementById('errors'); return e && e.textContent.includes(where); }",
+        arg=where,
+        timeout=WAIT_MS,
+    )
     assert page.locator("iframe").count() == 0
 
     fix_top_level_title(issue)

@@ -81,8 +81,13 @@ def write_issue(ws: Workspace, slug: str = "2024-w03", **overrides: object) -> I
         "title": "Test issue",
         "date": "2024-01-19",
         "preheader": "A short preheader",
-        "items": [{"title": "First item", "summary": "Some *text*.",
-                   "links": [{"label": "Paper", "url": "https://example.org/paper"}]}],
+        "items": [
+            {
+                "title": "First item",
+                "summary": "Some *text*.",
+                "links": [{"label": "Paper", "url": "https://example.org/paper"}],
+            }
+        ],
     }
     data.update(overrides)
     path = ws.issues_dir / f"{slug}.yaml"
@@ -133,7 +138,8 @@ def test_example_issue_matches_golden_file(rendered: RenderedIssue, part: str) -
     expected = golden.read_text(encoding="utf-8")
     assert actual == expected, (
         f"the rendering differs from {golden.name}; if the change is intended, regenerate with "
-        "HIGHLIGHTS_REGEN_GOLDEN=1 pytest tests/test_render.py")
+        "HIGHLIGHTS_REGEN_GOLDEN=1 pytest tests/test_render.py"
+    )
 
 
 def test_rendering_is_deterministic(example: Issue, ws: Workspace, rendered: RenderedIssue) -> None:
@@ -185,7 +191,7 @@ def test_layout_tables_are_presentational(rendered: RenderedIssue) -> None:
 def test_html_holds_every_title_and_link_in_order(rendered: RenderedIssue, example: Issue) -> None:
     assert len(example.items) == 10
     text = visible_text(rendered.html)
-    body = text[text.index(f"1. {example.items[0].title}"):]  # past the table of contents
+    body = text[text.index(f"1. {example.items[0].title}") :]  # past the table of contents
     positions = [body.index(f"{n}. {item.title}") for n, item in enumerate(example.items, start=1)]
     assert positions == sorted(positions)
     hrefs = [v for tag, name, v in attributes(rendered.html) if tag == "a" and name == "href"]
@@ -215,7 +221,10 @@ def test_html_has_hidden_preheader_and_footer(rendered: RenderedIssue, example: 
     assert body_first.text_content().startswith(example.preheader)
     assert "\u034f" in body_first.text_content()  # spacer after the preheader
     footer = visible_text(rendered.html)[-400:]
-    assert "You are receiving this because you subscribed to AI Research Highlights at https://highlights.example.org" in footer
+    assert (
+        "You are receiving this because you subscribed to AI Research Highlights at https://highlights.example.org"
+        in footer
+    )
     assert ws.settings.postal_address in footer
     unsubscribe = doc.xpath('//a[text()="Unsubscribe"]')
     assert [a.get("href") for a in unsubscribe] == [UNSUBSCRIBE_PLACEHOLDER]
@@ -255,10 +264,16 @@ def test_preheader_falls_back_to_the_first_titles(ws: Workspace) -> None:
 
 
 def test_image_has_alt_and_fits_the_column(ws: Workspace) -> None:
-    issue = write_issue(ws, items=[{
-        "title": "With a figure", "summary": "See the figure.",
-        "image": {"url": "https://example.org/figure.png", "alt": "Accuracy rises with context length"},
-    }])
+    issue = write_issue(
+        ws,
+        items=[
+            {
+                "title": "With a figure",
+                "summary": "See the figure.",
+                "image": {"url": "https://example.org/figure.png", "alt": "Accuracy rises with context length"},
+            }
+        ],
+    )
     doc = lxml_html.fromstring(render_issue(issue, ws).html)
     (img,) = doc.xpath('//img[@src="https://example.org/figure.png"]')
     assert img.get("alt") == "Accuracy rises with context length"
@@ -288,7 +303,10 @@ def test_text_lines_fit_72_columns(rendered: RenderedIssue) -> None:
 
 def test_text_footer(rendered: RenderedIssue, ws: Workspace) -> None:
     footer = rendered.text.rsplit("=" * 72, 1)[1]
-    assert "You are receiving this because you subscribed to AI Research Highlights at https://highlights.example.org" in flat(footer)
+    assert (
+        "You are receiving this because you subscribed to AI Research Highlights at https://highlights.example.org"
+        in flat(footer)
+    )
     assert f"\n{UNSUBSCRIBE_PLACEHOLDER}\n" in footer
     assert ws.settings.postal_address in flat(footer)
     assert rendered.text.endswith("\n") and not rendered.text.endswith("\n\n")
@@ -305,14 +323,17 @@ def test_text_part_has_intro_and_outro(rendered: RenderedIssue) -> None:
 
 
 def test_markdown_to_html() -> None:
-    out = render_markdown("Some *em* and **strong**, `code` and [a link](https://example.org/?a=1&b=2).\n\n- one\n- two")
+    out = render_markdown(
+        "Some *em* and **strong**, `code` and [a link](https://example.org/?a=1&b=2).\n\n- one\n- two"
+    )
     assert "<em>em</em>" in out and "<strong>strong</strong>" in out and "<code>code</code>" in out
     assert '<a href="https://example.org/?a=1&amp;b=2">a link</a>' in out
-    assert "<ul>" in out and "<li dir=\"auto\">two</li>" in out
+    assert "<ul>" in out and '<li dir="auto">two</li>' in out
 
 
 def test_markdown_to_text() -> None:
-    out = markdown_to_text(textwrap.dedent("""\
+    out = markdown_to_text(
+        textwrap.dedent("""\
         Read *this* **now**: [the paper](https://example.org/p) and <https://example.org/auto>.
 
         - first point
@@ -320,7 +341,8 @@ def test_markdown_to_text() -> None:
 
         1. step
         2. step
-        """))
+        """)
+    )
     assert out.splitlines() == [
         "Read this *now*: the paper [1] and https://example.org/auto.",
         "",
@@ -357,9 +379,11 @@ def test_script_and_ampersand_in_a_title_show_as_text(ws: Workspace) -> None:
 
 
 def test_no_javascript_urls_reach_the_html(ws: Workspace) -> None:
-    summary = ("[click](javascript:alert(1)) [data](data:text/html;base64,PHNjcmlwdD4=) "
-               "[rel](/relative) ![img](javascript:alert(2)) <javascript:alert(3)> "
-               '<a href="javascript:alert(4)">raw</a>')
+    summary = (
+        "[click](javascript:alert(1)) [data](data:text/html;base64,PHNjcmlwdD4=) "
+        "[rel](/relative) ![img](javascript:alert(2)) <javascript:alert(3)> "
+        '<a href="javascript:alert(4)">raw</a>'
+    )
     issue = write_issue(ws, intro=summary, items=[{"title": "t", "summary": summary}], outro=summary)
     rendered = render_issue(issue, ws)
     for tag, name, value in attributes(rendered.html):
@@ -419,13 +443,15 @@ def test_user_text_cannot_forge_the_unsubscribe_placeholder(ws: Workspace) -> No
         title=f"Title {p}",
         preheader=f"pre {p}",
         intro=f"Intro {p} and {spelled} and {split} and `{p}`",
-        items=[{
-            "title": f"Item {p}",
-            "summary": f"Summary {p} [leak](https://evil.example/?u={p}) <https://evil.example/{p}>",
-            "links": [{"label": f"Label {p}", "url": f"https://evil.example/c?u={p}"}],
-            "image": {"url": f"https://evil.example/{p}.png", "alt": f"alt {p}"},
-            "tags": [p],
-        }],
+        items=[
+            {
+                "title": f"Item {p}",
+                "summary": f"Summary {p} [leak](https://evil.example/?u={p}) <https://evil.example/{p}>",
+                "links": [{"label": f"Label {p}", "url": f"https://evil.example/c?u={p}"}],
+                "image": {"url": f"https://evil.example/{p}.png", "alt": f"alt {p}"},
+                "tags": [p],
+            }
+        ],
         outro=f"Outro {p}",
     )
     rendered = render_issue(hostile, ws)
@@ -472,7 +498,8 @@ def test_fingerprint_covers_subject_html_and_text(rendered: RenderedIssue) -> No
 
 def test_workspace_template_overrides_the_package_one(ws: Workspace, example: Issue) -> None:
     (ws.templates_dir / "issue.txt.j2").write_text(
-        "CUSTOM {{ issue.title }}\n{{ unsubscribe_url }}\n", encoding="utf-8")
+        "CUSTOM {{ issue.title }}\n{{ unsubscribe_url }}\n", encoding="utf-8"
+    )
     rendered = render_issue(example, ws)
     assert rendered.text == f"CUSTOM AI Research Highlights | Week 2, 2024\n{UNSUBSCRIBE_PLACEHOLDER}\n"
     assert "hl-toc" in rendered.html  # the HTML template still comes from the workspace copy
@@ -501,7 +528,8 @@ def test_edited_template_is_picked_up_without_restart(ws: Workspace, example: Is
 
 def test_unknown_variable_names_template_and_line(ws: Workspace, example: Issue) -> None:
     (ws.templates_dir / "issue.txt.j2").write_text(
-        "line one\n{{ issue.title }}\n{{ issue.no_such_thing }}\n", encoding="utf-8")
+        "line one\n{{ issue.title }}\n{{ issue.no_such_thing }}\n", encoding="utf-8"
+    )
     with pytest.raises(HighlightsError) as err:
         render_issue(example, ws)
     message = err.value.format_message()
@@ -529,8 +557,9 @@ def test_a_template_that_is_not_utf8_names_the_file(ws: Workspace, example: Issu
     (ws.templates_dir / "issue.txt.j2").write_bytes("caf\u00e9 {{ unsubscribe_url }}\n".encode("latin-1"))
     with pytest.raises(HighlightsError) as err:
         render_issue(example, ws)
-    assert err.value.format_message() == ("templates/issue.txt.j2: not UTF-8 text (byte 0xe9 at offset 3); "
-                                          "save the template as UTF-8")
+    assert err.value.format_message() == (
+        "templates/issue.txt.j2: not UTF-8 text (byte 0xe9 at offset 3); save the template as UTF-8"
+    )
 
 
 # --------------------------------------------------------------------------- quiet

@@ -38,8 +38,7 @@ def valid_body(n: int = 1) -> dict[str, Any]:
     """A mail-send body SendGrid accepts, with ``n`` personalizations."""
     return {
         "personalizations": [
-            {"to": [{"email": f"reader{i}@example.org"}], "custom_args": {"subscriber_id": str(i)}}
-            for i in range(n)
+            {"to": [{"email": f"reader{i}@example.org"}], "custom_args": {"subscriber_id": str(i)}} for i in range(n)
         ],
         "from": {"email": "news@example.org", "name": "Highlights"},
         "subject": "This week's highlights",
@@ -118,7 +117,8 @@ def test_message_ids_differ_and_connection_is_kept_alive(sg: SendGridServer, htt
 def test_gzip_body_is_accepted(sg: SendGridServer, http: httpx.Client) -> None:
     data = gzip.compress(json.dumps(valid_body()).encode())
     response = http.post(
-        "/v3/mail/send", content=data,
+        "/v3/mail/send",
+        content=data,
         headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
     )
     assert response.status_code == 202
@@ -127,7 +127,7 @@ def test_gzip_body_is_accepted(sg: SendGridServer, http: httpx.Client) -> None:
 
 def test_chunked_body_is_accepted(sg: SendGridServer, http: httpx.Client) -> None:
     data = json.dumps(valid_body(3)).encode()
-    chunks = (data[i:i + 100] for i in range(0, len(data), 100))  # a generator: sent chunked
+    chunks = (data[i : i + 100] for i in range(0, len(data), 100))  # a generator: sent chunked
     response = http.post("/v3/mail/send", content=chunks, headers={"Content-Type": "application/json"})
     assert response.status_code == 202
     assert sg.accepted[0].body == valid_body(3)
@@ -434,9 +434,7 @@ def test_suppression_shapes(sg: SendGridServer, http: httpx.Client, kind: str, f
 
 
 def test_time_range_is_honoured(sg: SendGridServer, http: httpx.Client) -> None:
-    sg.suppressions["spam_reports"] = [
-        {"email": f"s{t}@example.org", "created": t} for t in (100, 200, 300)
-    ]
+    sg.suppressions["spam_reports"] = [{"email": f"s{t}@example.org", "created": t} for t in (100, 200, 300)]
     items = http.get("/v3/suppression/spam_reports", params={"start_time": 150, "end_time": 300}).json()
     assert [item["email"] for item in items] == ["s200@example.org", "s300@example.org"]
 
@@ -453,9 +451,7 @@ def test_group_and_global_suppressions(sg: SendGridServer, http: httpx.Client) -
     sg.suppressions["unsubscribes"] = ["gone@example.org"]
     assert http.get("/v3/asm/groups/42/suppressions").json() == ["a@example.org", "b@example.org"]
     assert http.get("/v3/asm/groups/7/suppressions").json() == []
-    assert http.get("/v3/asm/suppressions/global/gone@example.org").json() == {
-        "recipient_email": "gone@example.org"
-    }
+    assert http.get("/v3/asm/suppressions/global/gone@example.org").json() == {"recipient_email": "gone@example.org"}
     assert http.get("/v3/asm/suppressions/global/here@example.org").json() == {}
     # The spec documents only POST on the collection; listing is /v3/suppression/unsubscribes.
     response = http.get("/v3/asm/suppressions/global")
@@ -547,7 +543,10 @@ def test_command_line_serves_until_interrupted() -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "highlightsmail.testing.sendgrid_server", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None

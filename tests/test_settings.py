@@ -10,8 +10,9 @@ from highlightsmail.errors import ValidationFailed
 from highlightsmail.workspace import load_workspace
 
 
-@pytest.mark.parametrize("url", ["https://h.example.org/?a=1&b=2", "https://h.example.org/#x",
-                                 'https://h.example.org/"x'])
+@pytest.mark.parametrize(
+    "url", ["https://h.example.org/?a=1&b=2", "https://h.example.org/#x", 'https://h.example.org/"x']
+)
 def test_base_url_that_would_need_escaping_is_refused_at_its_place(workspace: Path, url: str) -> None:
     path = workspace / "highlights.yaml"
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -27,7 +28,8 @@ def test_base_url_that_would_need_escaping_is_refused_at_its_place(workspace: Pa
 
 def test_base_url_with_a_path_is_fine(workspace: Path) -> None:
     path = workspace / "highlights.yaml"
-    text = path.read_text(encoding="utf-8").replace("base_url: https://highlights.example.org",
-                                                    "base_url: https://example.org/highlights")
+    text = path.read_text(encoding="utf-8").replace(
+        "base_url: https://highlights.example.org", "base_url: https://example.org/highlights"
+    )
     path.write_text(text, encoding="utf-8")
     assert load_workspace(workspace).settings.base_url == "https://example.org/highlights"

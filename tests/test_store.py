@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from highlightsmail import store as store_module
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import ImportRow, Store, UnknownSubscriber
 
-T0 = datetime(2024, 1, 12, 8, 30, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 12, 8, 30, tzinfo=UTC)
 
 
 class Clock:
@@ -44,8 +44,10 @@ def dump(path: Path) -> dict[str, list[tuple]]:
     """Every row of every table, read through a separate connection."""
     conn = sqlite3.connect(path)
     try:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                for t in ("subscribers", "events", "deliveries", "dispatches", "test_sends")}
+        return {
+            t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("subscribers", "events", "deliveries", "dispatches", "test_sends")
+        }
     finally:
         conn.close()
 
@@ -78,7 +80,7 @@ def test_an_older_database_is_upgraded_in_place(db: Path, monkeypatch: pytest.Mo
     db.parent.mkdir()
     with Store(db) as s:
         s.add("ada@example.org", "Ada")
-    later = store_module.MIGRATIONS + (("ALTER TABLE subscribers ADD COLUMN locale TEXT NOT NULL DEFAULT 'en'",),)
+    later = (*store_module.MIGRATIONS, ("ALTER TABLE subscribers ADD COLUMN locale TEXT NOT NULL DEFAULT 'en'",))
     monkeypatch.setattr(store_module, "MIGRATIONS", later)
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
     with Store(db) as s:
@@ -92,7 +94,7 @@ def test_an_older_database_is_upgraded_in_place(db: Path, monkeypatch: pytest.Mo
 def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db.parent.mkdir()
     Store(db).close()
-    broken = store_module.MIGRATIONS + (("CREATE TABLE half (x)", "ALTER TABLE nowhere ADD COLUMN y"),)
+    broken = (*store_module.MIGRATIONS, ("CREATE TABLE half (x)", "ALTER TABLE nowhere ADD COLUMN y"))
     monkeypatch.setattr(store_module, "MIGRATIONS", broken)
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
     with pytest.raises(HighlightsError, match="not a usable highlightsmail database"):
@@ -130,7 +132,7 @@ def test_many_first_opens_at_once_migrate_exactly_once(db: Path) -> None:
             start.wait()
             with Store(db) as s:
                 s.add(f"user{i}@example.org")
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=opener, args=(i,)) for i in range(20)]
@@ -149,17 +151,25 @@ def test_constraints_hold_in_the_database_itself(store: Store, db: Path) -> None
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA foreign_keys = ON")
     with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO subscribers (email, status, created, updated) VALUES ('ADA@EXAMPLE.ORG', 'active', 'x', 'x')")
+        conn.execute(
+            "INSERT INTO subscribers (email, status, created, updated) VALUES ('ADA@EXAMPLE.ORG', 'active', 'x', 'x')"
+        )
     with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO subscribers (email, status, created, updated) VALUES ('b@example.org', 'paused', 'x', 'x')")
+        conn.execute(
+            "INSERT INTO subscribers (email, status, created, updated) VALUES ('b@example.org', 'paused', 'x', 'x')"
+        )
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (99, 'x', 'active', 'cli')")
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (1, 'x', 'active', 'fax')")
-    conn.execute("INSERT INTO deliveries (issue, subscriber_id, email, created, updated) VALUES ('2024-w02', 1, 'a', 'x', 'x')")
+    conn.execute(
+        "INSERT INTO deliveries (issue, subscriber_id, email, created, updated) VALUES ('2024-w02', 1, 'a', 'x', 'x')"
+    )
     assert conn.execute("SELECT state, attempts FROM deliveries").fetchone() == ("pending", 0)
     with pytest.raises(sqlite3.IntegrityError):  # one row per issue and subscriber
-        conn.execute("INSERT INTO deliveries (issue, subscriber_id, email, created, updated) VALUES ('2024-w02', 1, 'a', 'x', 'x')")
+        conn.execute(
+            "INSERT INTO deliveries (issue, subscriber_id, email, created, updated) VALUES ('2024-w02', 1, 'a', 'x', 'x')"
+        )
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("UPDATE deliveries SET state = 'lost'")
     with pytest.raises(sqlite3.IntegrityError):
@@ -211,7 +221,6 @@ def test_set_status_rejects_unknown_subscribers_statuses_and_sources(store: Stor
     assert len(store.events(ada.id)) == 1
 
 
-
 def test_set_status_only_from_leaves_any_other_status_alone(store: Store) -> None:
     sub, _ = store.add("ada@example.org")
     store.set_status(sub.id, "bounced", "sendgrid")
@@ -241,8 +250,7 @@ def test_set_name(store: Store) -> None:
 
 
 def test_iter_subscribers_pages_in_id_order_with_a_status_filter(store: Store) -> None:
-    store.import_rows(ImportRow(f"u{i}@example.org", status="bounced" if i % 3 == 0 else "active")
-                      for i in range(10))
+    store.import_rows(ImportRow(f"u{i}@example.org", status="bounced" if i % 3 == 0 else "active") for i in range(10))
     everyone = list(store.iter_subscribers(page=3))
     assert [s.email for s in everyone] == [f"u{i}@example.org" for i in range(10)]
     active = list(store.iter_subscribers("active", page=2))
@@ -266,24 +274,31 @@ def test_iter_subscribers_streams_instead_of_loading_everything_first(store: Sto
 
 
 def test_import_counts_new_updated_unchanged_and_records_events(store: Store) -> None:
-    ada, _ = store.add("ada@example.org", "Ada")
+    _ada, _ = store.add("ada@example.org", "Ada")
     bob, _ = store.add("bob@example.org")
-    result = store.import_rows([
-        ImportRow("ADA@example.org", "", detail="list.csv:2"),               # known, nothing new
-        ImportRow("bob@example.org", "Bob", detail="list.csv:3"),            # known, gets a name
-        ImportRow("cy@example.org", "Cy", detail="list.csv:4"),              # new, active
-        ImportRow("di@example.org", "", "complained", detail="list.csv:5"),  # new, suppressed
-    ])
+    result = store.import_rows(
+        [
+            ImportRow("ADA@example.org", "", detail="list.csv:2"),  # known, nothing new
+            ImportRow("bob@example.org", "Bob", detail="list.csv:3"),  # known, gets a name
+            ImportRow("cy@example.org", "Cy", detail="list.csv:4"),  # new, active
+            ImportRow("di@example.org", "", "complained", detail="list.csv:5"),  # new, suppressed
+        ]
+    )
     assert result == store_module.ImportResult(new=2, updated=1, unchanged=1)
     assert store.find("ada@example.org").name == "Ada"  # an empty name never erases one
     assert store.find("bob@example.org").name == "Bob"
     di = store.find("di@example.org")
     assert di.status == "complained"
     assert [(e.from_status, e.to_status, e.source, e.detail) for e in store.events(di.id)] == [
-        (None, "complained", "import", "list.csv:5")]
+        (None, "complained", "import", "list.csv:5")
+    ]
     assert len(store.events(bob.id)) == 1  # a name is not a status change
     assert [s.email for s in store.iter_subscribers()] == [
-        "ada@example.org", "bob@example.org", "cy@example.org", "di@example.org"]  # file order
+        "ada@example.org",
+        "bob@example.org",
+        "cy@example.org",
+        "di@example.org",
+    ]  # file order
 
 
 def test_import_keeps_suppressions_and_never_reactivates(store: Store) -> None:
@@ -291,11 +306,13 @@ def test_import_keeps_suppressions_and_never_reactivates(store: Store) -> None:
         store.add(address)
     store.set_status("gone@example.org", "unsubscribed", "one-click")
     store.set_status("bounced@example.org", "bounced", "sendgrid")
-    result = store.import_rows([
-        ImportRow("gone@example.org", status="active"),
-        ImportRow("bounced@example.org"),
-        ImportRow("here@example.org", status="unsubscribed", detail="old-tool.csv:9"),
-    ])
+    result = store.import_rows(
+        [
+            ImportRow("gone@example.org", status="active"),
+            ImportRow("bounced@example.org"),
+            ImportRow("here@example.org", status="unsubscribed", detail="old-tool.csv:9"),
+        ]
+    )
     assert result == store_module.ImportResult(new=0, updated=1, unchanged=2)
     assert store.find("gone@example.org").status == "unsubscribed"
     assert store.find("bounced@example.org").status == "bounced"
@@ -304,28 +321,39 @@ def test_import_keeps_suppressions_and_never_reactivates(store: Store) -> None:
     assert store.events(here.id)[-1].source == "import" and store.events(here.id)[-1].detail == "old-tool.csv:9"
 
 
-
 def test_import_never_turns_a_bounce_or_complaint_into_an_unsubscribe(store: Store) -> None:
     # An unsubscribed address may resubscribe itself from its link; a bounced or
     # complained one may not, so an import must not downgrade it.
-    for address, status in (("b@example.org", "bounced"), ("c@example.org", "complained"),
-                            ("u@example.org", "unsubscribed")):
+    for address, status in (
+        ("b@example.org", "bounced"),
+        ("c@example.org", "complained"),
+        ("u@example.org", "unsubscribed"),
+    ):
         store.add(address, status=status)
-    result = store.import_rows([ImportRow("b@example.org", status="unsubscribed"),
-                                ImportRow("c@example.org", status="bounced"),
-                                ImportRow("u@example.org", status="complained")])
+    result = store.import_rows(
+        [
+            ImportRow("b@example.org", status="unsubscribed"),
+            ImportRow("c@example.org", status="bounced"),
+            ImportRow("u@example.org", status="complained"),
+        ]
+    )
     assert result == store_module.ImportResult(new=0, updated=1, unchanged=2)
     assert [store.find(a).status for a in ("b@example.org", "c@example.org", "u@example.org")] == [
-        "bounced", "complained", "complained"]
+        "bounced",
+        "complained",
+        "complained",
+    ]
 
 
 def test_import_uses_given_times_only_for_new_addresses(store: Store) -> None:
     ada, _ = store.add("ada@example.org")
-    store.import_rows([
-        ImportRow("ada@example.org", created="2020-01-01T00:00:00Z", updated="2020-01-02T00:00:00Z"),
-        ImportRow("bob@example.org", created="2021-05-06T07:08:09Z", updated="2022-01-01T00:00:00Z"),
-        ImportRow("cy@example.org", created="2021-05-06T07:08:09Z"),
-    ])
+    store.import_rows(
+        [
+            ImportRow("ada@example.org", created="2020-01-01T00:00:00Z", updated="2020-01-02T00:00:00Z"),
+            ImportRow("bob@example.org", created="2021-05-06T07:08:09Z", updated="2022-01-01T00:00:00Z"),
+            ImportRow("cy@example.org", created="2021-05-06T07:08:09Z"),
+        ]
+    )
     assert store.find("ada@example.org").created == ada.created
     bob = store.find("bob@example.org")
     assert (bob.created, bob.updated) == ("2021-05-06T07:08:09Z", "2022-01-01T00:00:00Z")
@@ -337,8 +365,9 @@ def test_dry_run_import_changes_nothing(store: Store, db: Path) -> None:
     store.add("gone@example.org")
     store.set_status("gone@example.org", "unsubscribed", "web")
     before = dump(db)
-    result = store.import_rows([ImportRow("gone@example.org", "G"), ImportRow("new@example.org", status="bounced")],
-                               dry_run=True)
+    result = store.import_rows(
+        [ImportRow("gone@example.org", "G"), ImportRow("new@example.org", status="bounced")], dry_run=True
+    )
     assert result == store_module.ImportResult(new=1, updated=1, unchanged=0)
     assert dump(db) == before
     # and the store still works normally afterwards
@@ -377,7 +406,7 @@ def test_200_writers_and_a_big_import_at_once_all_succeed(db: Path) -> None:
         try:
             with Store(db) as s:
                 results.append(s.import_rows(rows()).new == 40_000)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:
             errors.append(exc)
 
     def writer(i: int) -> None:
@@ -385,7 +414,7 @@ def test_200_writers_and_a_big_import_at_once_all_succeed(db: Path) -> None:
             import_started.wait(30)
             with Store(db) as s:
                 results.append(s.set_status(f"reader{i}@example.org", "unsubscribed", "one-click", detail=f"w{i}"))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=importer)] + [threading.Thread(target=writer, args=(i,)) for i in range(200)]
@@ -411,7 +440,7 @@ def test_one_store_shared_by_threads_serialises_its_calls(store: Store) -> None:
         try:
             store.set_status(f"u{i}@example.org", "unsubscribed", "web")
             assert sum(1 for _ in store.iter_subscribers(page=7)) == 50
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(50)]

@@ -44,8 +44,10 @@ def rows_of(ws: Path) -> dict[str, tuple[str, str]]:
 def dump(ws: Path) -> tuple[list, list]:
     conn = sqlite3.connect(db_of(ws))
     try:
-        return (conn.execute("SELECT * FROM subscribers ORDER BY id").fetchall(),
-                conn.execute("SELECT * FROM events ORDER BY id").fetchall())
+        return (
+            conn.execute("SELECT * FROM subscribers ORDER BY id").fetchall(),
+            conn.execute("SELECT * FROM events ORDER BY id").fetchall(),
+        )
     finally:
         conn.close()
 
@@ -53,21 +55,21 @@ def dump(ws: Path) -> tuple[list, list]:
 # -- import ------------------------------------------------------------------------------
 
 MESSY = (
-    "\ufeffEmail, Name ,STATUS,Phone\r\n"                         # 1 header: BOM, odd case, an extra column
-    'ada@example.org,"Lovelace, Ada",,555\r\n'                    # 2
-    "\r\n"                                                        # 3 blank
-    "bob@,Bob,,\r\n"                                              # 4 invalid
-    "ADA@Example.org,Ada again,,\r\n"                             # 5 duplicate of 2
-    '"eve\r\nx@example.org",Eve,,\r\n'                            # 6-7 a line break in the address
+    "\ufeffEmail, Name ,STATUS,Phone\r\n"  # 1 header: BOM, odd case, an extra column
+    'ada@example.org,"Lovelace, Ada",,555\r\n'  # 2
+    "\r\n"  # 3 blank
+    "bob@,Bob,,\r\n"  # 4 invalid
+    "ADA@Example.org,Ada again,,\r\n"  # 5 duplicate of 2
+    '"eve\r\nx@example.org",Eve,,\r\n'  # 6-7 a line break in the address
     'grace@example.org,"Hopper, ""Amazing"" Grace",unsubscribed,\r\n'  # 8
-    'hal@example.org,"Hal\r\nNine",,\r\n'                         # 9-10 a line break in the name
-    ",,,\r\n"                                                     # 11 only empty cells
-    "carl@example.org,Carl,paused,\r\n"                           # 12 unknown status
-    " dan@example.org , Dan ,BOUNCED,\r\n"                        # 13 spaces, status in capitals
-    "x@example.org,a,b,c,d\r\n"                                   # 14 too many cells
-    "  \r\n"                                                      # 15 blank
-    "zoë@bücher.de,Zoë,,\r\n"                                     # 16 internationalised
-    "GRACE@example.org,,active,\r\n"                              # 17 duplicate of 8
+    'hal@example.org,"Hal\r\nNine",,\r\n'  # 9-10 a line break in the name
+    ",,,\r\n"  # 11 only empty cells
+    "carl@example.org,Carl,paused,\r\n"  # 12 unknown status
+    " dan@example.org , Dan ,BOUNCED,\r\n"  # 13 spaces, status in capitals
+    "x@example.org,a,b,c,d\r\n"  # 14 too many cells
+    "  \r\n"  # 15 blank
+    "zoë@bücher.de,Zoë,,\r\n"  # 16 internationalised
+    "GRACE@example.org,,active,\r\n"  # 17 duplicate of 8
 )
 
 
@@ -77,7 +79,15 @@ def test_import_reports_each_bad_row_by_line_and_imports_the_rest(workspace: Pat
     assert result.stdout == "imported 4 new, 0 updated, 0 unchanged, 7 rejected\n"
     messages = result.stderr.splitlines()
     assert [m.split(": ")[0] for m in messages] == [
-        "list.csv:1", "list.csv:4", "list.csv:5", "list.csv:6", "list.csv:9", "list.csv:12", "list.csv:14", "list.csv:17"]
+        "list.csv:1",
+        "list.csv:4",
+        "list.csv:5",
+        "list.csv:6",
+        "list.csv:9",
+        "list.csv:12",
+        "list.csv:14",
+        "list.csv:17",
+    ]
     assert messages[0] == "list.csv:1: warning: ignoring the column 'Phone'"
     assert messages[1].startswith("list.csv:4: invalid address 'bob@': ")
     assert messages[2] == "list.csv:5: duplicate of line 2 (ADA@example.org)"
@@ -95,7 +105,8 @@ def test_import_reports_each_bad_row_by_line_and_imports_the_rest(workspace: Pat
     with Store(db_of(workspace)) as store:
         grace = store.find("grace@example.org")
         assert [(e.to_status, e.source, e.detail) for e in store.events(grace.id)] == [
-            ("unsubscribed", "import", "list.csv:8")]
+            ("unsubscribed", "import", "list.csv:8")
+        ]
 
 
 def test_import_keeps_suppressions_and_never_reactivates(workspace: Path) -> None:
@@ -104,9 +115,9 @@ def test_import_keeps_suppressions_and_never_reactivates(workspace: Path) -> Non
     run("remove", "gone@example.org")
     (workspace / "b.csv").write_text(
         "email,name,status\n"
-        "Gone@example.org,Back Again,active\n"    # unsubscribed stays so (the name may change)
-        "stays@example.org,,\n"                   # unchanged
-        "leaves@example.org,,complained\n"        # the old tool knew they complained
+        "Gone@example.org,Back Again,active\n"  # unsubscribed stays so (the name may change)
+        "stays@example.org,,\n"  # unchanged
+        "leaves@example.org,,complained\n"  # the old tool knew they complained
         "new@example.org,,bounced\n"
     )
     result = run("import", "b.csv")
@@ -121,7 +132,9 @@ def test_import_keeps_suppressions_and_never_reactivates(workspace: Path) -> Non
 
 def test_dry_run_reports_the_same_counts_and_changes_nothing(workspace: Path) -> None:
     (workspace / "a.csv").write_text("email,name\nada@example.org,Ada\nbob@example.org,\n")
-    (workspace / "b.csv").write_text("email,name,status\nada@example.org,Ada L.,\nbob@example.org,,\ncy@example.org,,\nbad@,,\n")
+    (workspace / "b.csv").write_text(
+        "email,name,status\nada@example.org,Ada L.,\nbob@example.org,,\ncy@example.org,,\nbad@,,\n"
+    )
     dry = run("import", "a.csv", "--dry-run")
     assert dry.stdout == "dry run: would import 2 new, 0 updated, 0 unchanged, 0 rejected; nothing was changed\n"
     assert not db_of(workspace).exists()  # not even an empty database
@@ -142,10 +155,14 @@ def test_a_file_with_only_a_header_is_fine(workspace: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"email,name\nada@example.org,Ada\nzo\xeb@example.org,Zo\xeb\n",
-         "list.csv:3:3: not UTF-8 text (byte 0xeb); save the file as CSV UTF-8"),
-        (b"Email Address,First Name\nada@example.org,Ada\n",
-         "list.csv:1: no `email` column (found 'Email Address', 'First Name'); name the column of addresses `email`"),
+        (
+            b"email,name\nada@example.org,Ada\nzo\xeb@example.org,Zo\xeb\n",
+            "list.csv:3:3: not UTF-8 text (byte 0xeb); save the file as CSV UTF-8",
+        ),
+        (
+            b"Email Address,First Name\nada@example.org,Ada\n",
+            "list.csv:1: no `email` column (found 'Email Address', 'First Name'); name the column of addresses `email`",
+        ),
         (b"email;name\nada@example.org;Ada\n", "separate the columns with commas, not semicolons"),
         (b"email,name,email\n", "list.csv:1: the column 'email' appears twice"),
         (b"", "list.csv: the file is empty"),
@@ -172,7 +189,8 @@ def test_created_and_updated_must_be_times(workspace: Path) -> None:
         "email,created,updated\n"
         "a@example.org,2023-03-04T05:06:07Z,2023-04-05T06:07:08Z\n"
         "b@example.org,last tuesday,\n"
-        "c@example.org,2023-03-04 05:06:07+02:00,\n")
+        "c@example.org,2023-03-04 05:06:07+02:00,\n"
+    )
     result = run("import", "list.csv")
     assert result.stdout == "imported 2 new, 0 updated, 0 unchanged, 1 rejected\n"
     assert result.stderr.startswith("list.csv:3: created 'last tuesday' is not an ISO 8601 time")
@@ -189,7 +207,7 @@ TRICKY_NAMES = [
     "-1",
     "@x",
     "+44 20 7946 0000",
-    "Zoë, \"Z\" O'Brien",
+    'Zoë, "Z" O\'Brien',
     "'quoted",
     "",
 ]
@@ -279,9 +297,15 @@ def test_list_formats_and_status_filter(workspace: Path) -> None:
     assert items[0]["name"] == TRICKY_NAMES[0]  # JSON carries the name as it is
 
     active = json.loads(run("list", "--status", "active", "--format", "json").stdout)
-    assert {i["email"] for i in active} == {"reader0@example.org", "reader3@example.org",
-                                            "reader6@example.org", "=eq@example.org"}
-    assert json.loads(run("list", "--status", "complained", "--format", "json").stdout)[0]["email"] == "-dash@example.org"
+    assert {i["email"] for i in active} == {
+        "reader0@example.org",
+        "reader3@example.org",
+        "reader6@example.org",
+        "=eq@example.org",
+    }
+    assert (
+        json.loads(run("list", "--status", "complained", "--format", "json").stdout)[0]["email"] == "-dash@example.org"
+    )
     assert json.loads(run("list", "--status", "complained", "--format", "json").stdout) != []
 
     table = run("list", "--status", "bounced").stdout.splitlines()
@@ -301,8 +325,9 @@ def test_list_stops_quietly_when_the_reader_goes_away(workspace: Path) -> None:
     """`highlights subscribers list | head -1` ends without a traceback."""
     with Store(db_of(workspace)) as store:
         store.import_rows(ImportRow(f"reader{i}@example.org", f"Reader {i}") for i in range(5000))
-    proc = subprocess.Popen([str(HIGHLIGHTS), "subscribers", "list"], cwd=workspace,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(HIGHLIGHTS), "subscribers", "list"], cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout.readline().split() == [b"ID", b"EMAIL", b"NAME", b"STATUS", b"UPDATED"]
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
@@ -316,8 +341,10 @@ def test_list_stops_quietly_when_the_reader_goes_away(workspace: Path) -> None:
 def test_add_and_remove(workspace: Path) -> None:
     assert run("add", " Ada@EXAMPLE.org ", "--name", "Ada").stdout == "added Ada@example.org\n"
     assert run("add", "ada@example.org").stdout == "Ada@example.org is already subscribed\n"
-    assert run("add", "ADA@example.org", "--name", "Ada Lovelace").stdout == \
-        "Ada@example.org is already subscribed; name set to 'Ada Lovelace'\n"
+    assert (
+        run("add", "ADA@example.org", "--name", "Ada Lovelace").stdout
+        == "Ada@example.org is already subscribed; name set to 'Ada Lovelace'\n"
+    )
     assert run("remove", "ada@example.org").stdout == "unsubscribed Ada@example.org\n"
     assert run("remove", "ada@example.org").stdout == "Ada@example.org is already unsubscribed; it gets no mail\n"
 
@@ -328,7 +355,9 @@ def test_add_and_remove(workspace: Path) -> None:
     with Store(db_of(workspace)) as store:
         events = store.events(store.find("ada@example.org").id)
     assert [(e.from_status, e.to_status, e.source) for e in events] == [
-        (None, "active", "cli"), ("active", "unsubscribed", "cli")]
+        (None, "active", "cli"),
+        ("active", "unsubscribed", "cli"),
+    ]
 
 
 def test_add_and_remove_refuse_bad_input(workspace: Path) -> None:
@@ -351,8 +380,9 @@ def test_remove_leaves_a_bounced_address_bounced(workspace: Path) -> None:
 # -- cells and addresses ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["", "plain", "=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'", "'=x", "''=x",
-                                   "'plain", "a=b"])
+@pytest.mark.parametrize(
+    "value", ["", "plain", "=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'", "'=x", "''=x", "'plain", "a=b"]
+)
 def test_protect_and_unprotect_cells_round_trip(value: str) -> None:
     protected = subscribers_module.protect_cell(value)
     assert not protected.startswith(("=", "+", "-", "@", "\t", "\r"))
@@ -360,15 +390,32 @@ def test_protect_and_unprotect_cells_round_trip(value: str) -> None:
 
 
 def test_the_domain_cache_gives_the_validators_own_answers() -> None:
-    import email_validator.validate_email as _  # noqa: F401 - make sure the module is loaded
     import importlib
+
+    import email_validator.validate_email as _  # noqa: F401 - make sure the module is loaded
 
     module = importlib.import_module("email_validator.validate_email")
     original = module.validate_email_domain_name
-    addresses = ["Ada@Example.ORG", "ada@example.org", "x@BÜCHER.de", "x@xn--bcher-kva.de", "a@localhost",
-                 "a@b", "a@-x.org", "a@x..org", "a@" + "x" * 64 + ".org", "a@test.invalid", "b@Example.ORG",
-                 "Postmaster@Example.org", '"quoted local"@example.org', "a@[127.0.0.1]", "ü@例え.jp",
-                 "a@ex\u2488ample.org", "a@ex\u00adample.org", "a@exa\u0301mple.org"]
+    addresses = [
+        "Ada@Example.ORG",
+        "ada@example.org",
+        "x@BÜCHER.de",
+        "x@xn--bcher-kva.de",
+        "a@localhost",
+        "a@b",
+        "a@-x.org",
+        "a@x..org",
+        "a@" + "x" * 64 + ".org",
+        "a@test.invalid",
+        "b@Example.ORG",
+        "Postmaster@Example.org",
+        '"quoted local"@example.org',
+        "a@[127.0.0.1]",
+        "ü@例え.jp",
+        "a@ex\u2488ample.org",
+        "a@ex\u00adample.org",
+        "a@exa\u0301mple.org",
+    ]
 
     def answers() -> list[str]:
         out = []

@@ -75,9 +75,20 @@ def test_each_token_has_exactly_one_spelling() -> None:
     assert not _readable(signer, token.upper())
 
 
-@pytest.mark.parametrize("garbage", ["", "u", "u7", "u7.", ".", "x7.AAAAAAAAAAAAAAAAAAAAAA",
-                                     "u7.AAAAAAAAAAAAAAAAAAAAAA", "u-7.AAAAAAAAAAAAAAAAAAAAAA",
-                                     "u" + "z" * 14 + ".AAAAAAAAAAAAAAAAAAAAAA"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "u",
+        "u7",
+        "u7.",
+        ".",
+        "x7.AAAAAAAAAAAAAAAAAAAAAA",
+        "u7.AAAAAAAAAAAAAAAAAAAAAA",
+        "u-7.AAAAAAAAAAAAAAAAAAAAAA",
+        "u" + "z" * 14 + ".AAAAAAAAAAAAAAAAAAAAAA",
+    ],
+)
 def test_garbage_is_invalid(garbage: str) -> None:
     with pytest.raises(InvalidToken, match="not valid"):
         Signer(NEW.encode()).read(garbage)
@@ -150,12 +161,16 @@ def test_env_secret_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert load_signer(path).make(3) == Signer(NEW.encode()).make(3) != from_file.make(3)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(b"\xff\xfe not ascii at all, but long\n"), "not ASCII text"),
-    (lambda p: p.mkdir(), "cannot read the secret"),
-    (lambda p: p.symlink_to(p.parent / "missing"), "cannot read the secret"),
-    (lambda p: p.parent.rmdir() or p.parent.write_text("a file"), "cannot create the signing secret"),
-], ids=["binary", "folder", "dangling-link", "parent-is-a-file"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"\xff\xfe not ascii at all, but long\n"), "not ASCII text"),
+        (lambda p: p.mkdir(), "cannot read the secret"),
+        (lambda p: p.symlink_to(p.parent / "missing"), "cannot read the secret"),
+        (lambda p: p.parent.rmdir() or p.parent.write_text("a file"), "cannot create the signing secret"),
+    ],
+    ids=["binary", "folder", "dangling-link", "parent-is-a-file"],
+)
 def test_an_unusable_secret_file_is_a_one_line_error(tmp_path: Path, make, message: str) -> None:
     path = tmp_path / "subscribers" / ".secret"
     path.parent.mkdir()

@@ -184,18 +184,24 @@ def test_one_click_multipart(site: Site, http: httpx.Client) -> None:
     assert site.events(ada)[-1] == ("active", "unsubscribed", "one-click")
 
 
-@pytest.mark.parametrize("content_type, body, source", [
-    # The multipart body some providers send, written out by hand.
-    ("multipart/form-data; boundary=XyZ",
-     '--XyZ\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n--XyZ--\r\n',
-     "one-click"),
-    (None, ONE_CLICK, "one-click"),  # no content type at all
-    ("text/plain", ONE_CLICK + "\r\n", "one-click"),
-    ("multipart/form-data; boundary=XyZ", "--XyZ\r\nthis is not multipart", "web"),  # unreadable: still leaves
-    ("application/x-www-form-urlencoded", "List-Unsubscribe=Two-Clicks", "web"),
-])
-def test_one_click_body_variants(site: Site, http: httpx.Client, content_type: str | None, body: str,
-                                 source: str) -> None:
+@pytest.mark.parametrize(
+    "content_type, body, source",
+    [
+        # The multipart body some providers send, written out by hand.
+        (
+            "multipart/form-data; boundary=XyZ",
+            '--XyZ\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n--XyZ--\r\n',
+            "one-click",
+        ),
+        (None, ONE_CLICK, "one-click"),  # no content type at all
+        ("text/plain", ONE_CLICK + "\r\n", "one-click"),
+        ("multipart/form-data; boundary=XyZ", "--XyZ\r\nthis is not multipart", "web"),  # unreadable: still leaves
+        ("application/x-www-form-urlencoded", "List-Unsubscribe=Two-Clicks", "web"),
+    ],
+)
+def test_one_click_body_variants(
+    site: Site, http: httpx.Client, content_type: str | None, body: str, source: str
+) -> None:
     ada = site.add("ada@example.org")
     r = http.post(site.link(ada), content=body, headers={"Content-Type": content_type} if content_type else {})
     assert r.status_code == 200
@@ -253,8 +259,12 @@ def test_test_send_links_change_nothing(site: Site, http: httpx.Client) -> None:
     before = site.dump()
     for sid in (0, ada, gone, 999_999):  # editors have no subscriber row; ids do not matter
         link = site.link(sid, "test")
-        for r in (http.get(link), http.post(link, content=ONE_CLICK, headers=URLENCODED),
-                  http.post(link, data={"action": "unsubscribe"}), http.post(link + "/resubscribe")):
+        for r in (
+            http.get(link),
+            http.post(link, content=ONE_CLICK, headers=URLENCODED),
+            http.post(link, data={"action": "unsubscribe"}),
+            http.post(link + "/resubscribe"),
+        ):
             assert r.status_code == 200
             assert "This was a test message" in r.text
             assert "nobody was unsubscribed" in r.text
@@ -273,8 +283,9 @@ def test_invalid_and_unknown_tokens_answer_400(site: Site, http: httpx.Client) -
     unknown = site.signer.make(ada + 1000)  # signed correctly, but nobody has that id
     for token in ("sample", "u1", valid[:-1], valid + "A", valid.upper(), unknown, "%20", "..x"):
         for method, suffix in (("GET", ""), ("POST", ""), ("POST", "/resubscribe")):
-            r = http.request(method, f"{site.url}/u/{quote(token, safe='')}{suffix}", content=ONE_CLICK,
-                             headers=URLENCODED)
+            r = http.request(
+                method, f"{site.url}/u/{quote(token, safe='')}{suffix}", content=ONE_CLICK, headers=URLENCODED
+            )
             assert r.status_code == 400, (token, method, suffix)
             assert NOT_VALID in r.text
             assert_secure_headers(r)
@@ -297,8 +308,17 @@ def test_wrong_methods_405_and_unknown_paths_404(site: Site, http: httpx.Client)
         assert r.status_code == 405, (method, url)
         assert {m.strip() for m in r.headers["allow"].split(",")} == allowed
         assert_secure_headers(r)
-    for path in ("/", "/nope", "/u", "/u/", f"/u/{site.signer.make(ada)}/other", "/u/a/b/resubscribe",
-                 f"/u/{site.signer.make(ada)}/", f"/u/{site.signer.make(ada)}/resubscribe/", "/healthz/"):
+    for path in (
+        "/",
+        "/nope",
+        "/u",
+        "/u/",
+        f"/u/{site.signer.make(ada)}/other",
+        "/u/a/b/resubscribe",
+        f"/u/{site.signer.make(ada)}/",
+        f"/u/{site.signer.make(ada)}/resubscribe/",
+        "/healthz/",
+    ):
         for method in ("GET", "POST"):
             r = http.request(method, site.url + path, content=ONE_CLICK, headers=URLENCODED)
             assert r.status_code == 404, (method, path)  # never a redirect, even to add or drop a slash
@@ -337,8 +357,9 @@ def test_bodies_over_the_limit_get_413(site: Site, http: httpx.Client) -> None:
     assert site.events(ada)[-1] == ("active", "unsubscribed", "one-click")
 
 
-def test_a_broken_database_gets_a_plain_500_page(site: Site, http: httpx.Client,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_a_broken_database_gets_a_plain_500_page(
+    site: Site, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
     ada = site.add("ada@example.org")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{site.ws.db_path}{suffix}").unlink(missing_ok=True)
@@ -357,7 +378,8 @@ def test_workspace_pages_override_and_a_broken_one_falls_back(site: Site, http: 
     pages = site.ws.templates_dir / "pages"
     pages.mkdir(parents=True, exist_ok=True)
     (pages / "test-link.html.j2").write_text(
-        '{% extends "pages/_base.html.j2" %}{% block content %}<h1>Only a rehearsal</h1>{% endblock %}')
+        '{% extends "pages/_base.html.j2" %}{% block content %}<h1>Only a rehearsal</h1>{% endblock %}'
+    )
     r = http.get(site.link(0, "test"))
     assert r.status_code == 200 and "Only a rehearsal" in r.text
 
@@ -379,9 +401,15 @@ def test_security_headers_on_every_kind_of_answer(site: Site, http: httpx.Client
     link = site.link(ada)
     seen = set()
     for method, url, body in (
-        ("GET", f"{site.url}/healthz", None), ("GET", link, None), ("HEAD", link, None),
-        ("POST", link, ONE_CLICK), ("POST", link + "/resubscribe", ""), ("GET", site.link(ada, "test"), None),
-        ("GET", f"{site.url}/u/nope", None), ("GET", f"{site.url}/nope", None), ("DELETE", link, None),
+        ("GET", f"{site.url}/healthz", None),
+        ("GET", link, None),
+        ("HEAD", link, None),
+        ("POST", link, ONE_CLICK),
+        ("POST", link + "/resubscribe", ""),
+        ("GET", site.link(ada, "test"), None),
+        ("GET", f"{site.url}/u/nope", None),
+        ("GET", f"{site.url}/nope", None),
+        ("DELETE", link, None),
         ("POST", link, "x" * (MAX_BODY_BYTES + 1)),
     ):
         r = http.request(method, url, content=body, headers=URLENCODED if body is not None else None)
@@ -403,18 +431,18 @@ def _mutants(rng: random.Random, token: str, count: int) -> list[str]:
         kind = rng.randrange(6)
         i = rng.randrange(len(token))
         if kind == 0:  # flip one character
-            m = token[:i] + rng.choice(_ALPHABET.replace(token[i], "")) + token[i + 1:]
+            m = token[:i] + rng.choice(_ALPHABET.replace(token[i], "")) + token[i + 1 :]
         elif kind == 1:  # truncate
-            m = token[:rng.randrange(1, len(token))]
+            m = token[: rng.randrange(1, len(token))]
         elif kind == 2:  # extend
             m = token + "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(1, 4)))
         elif kind == 3:  # insert
             m = token[:i] + rng.choice(_ALPHABET) + token[i:]
         elif kind == 4:  # delete
-            m = token[:i] + token[i + 1:]
+            m = token[:i] + token[i + 1 :]
         else:  # swap two neighbours (when they differ)
             j = min(i + 1, len(token) - 1)
-            m = token[:i] + token[j] + token[i] + token[j + 1:] if token[i] != token[j] else token[:-1]
+            m = token[:i] + token[j] + token[i] + token[j + 1 :] if token[i] != token[j] else token[:-1]
         out.append(m)
     return out
 
@@ -422,8 +450,12 @@ def _mutants(rng: random.Random, token: str, count: int) -> list[str]:
 @pytest.mark.slow
 def test_a_thousand_mutated_tokens_change_nothing(site: Site, http: httpx.Client) -> None:
     rng = random.Random(8058)
-    ids = {"active": site.add("ada@example.org"), "unsubscribed": site.add("left@example.org", status="unsubscribed"),
-           "bounced": site.add("gone@example.org", status="bounced"), "other": site.add("grace@example.org")}
+    ids = {
+        "active": site.add("ada@example.org"),
+        "unsubscribed": site.add("left@example.org", status="unsubscribed"),
+        "bounced": site.add("gone@example.org", status="bounced"),
+        "other": site.add("grace@example.org"),
+    }
     signer, forgotten = site.signer, Signer(FORGOTTEN.encode())
     valid = {signer.make(i, p) for i in ids.values() for p in ("unsubscribe", "test")}
 
@@ -482,8 +514,9 @@ def test_200_concurrent_unsubscribes_while_an_import_runs(site: Site, caplog: py
         try:
             with Store.open(site.ws) as store:
                 while not stop.is_set():
-                    rows = [ImportRow(email=f"bulk{batch}-{i}@example.org", detail=f"bulk.csv:{i + 2}")
-                            for i in range(3000)]
+                    rows = [
+                        ImportRow(email=f"bulk{batch}-{i}@example.org", detail=f"bulk.csv:{i + 2}") for i in range(3000)
+                    ]
                     started.set()
                     result = store.import_rows(rows)
                     imports.append(result.new)
@@ -499,8 +532,9 @@ def test_200_concurrent_unsubscribes_while_an_import_runs(site: Site, caplog: py
     thread.start()
     assert started.wait(30)
     try:
-        with httpx.Client(follow_redirects=False, timeout=60,
-                          limits=httpx.Limits(max_connections=50, max_keepalive_connections=50)) as client:
+        with httpx.Client(
+            follow_redirects=False, timeout=60, limits=httpx.Limits(max_connections=50, max_keepalive_connections=50)
+        ) as client:
 
             def unsubscribe(sid: int) -> tuple[int, str]:
                 r = client.post(site.link(sid), content=ONE_CLICK, headers=URLENCODED)
@@ -538,7 +572,8 @@ def _rendered_issue(ws):
 
 
 def test_list_unsubscribe_header_of_a_built_message_unsubscribes_exactly_that_subscriber(
-        site: Site, http: httpx.Client) -> None:
+    site: Site, http: httpx.Client
+) -> None:
     ada, grace = site.add("ada@example.org", "Ada"), site.add("grace@example.org", "Grace")
     rendered = _rendered_issue(site.ws)
     links = recipient_links(site.ws.settings, site.signer, ada)
@@ -564,8 +599,9 @@ def test_list_unsubscribe_header_of_a_built_message_unsubscribes_exactly_that_su
 # ---------------------------------------------------------------- production entry points
 
 
-def test_module_app_imports_anywhere_and_builds_from_the_environment(workspace: Path, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_module_app_imports_anywhere_and_builds_from_the_environment(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     code = "import highlightsmail.web as w; print(type(w.app).__name__)"
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -589,8 +625,14 @@ def test_module_app_imports_anywhere_and_builds_from_the_environment(workspace: 
 
 def test_uvicorn_without_a_workspace_stops_with_the_reason(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIGHLIGHTS_")}
-    out = subprocess.run([sys.executable, "-m", "uvicorn", "highlightsmail.web:app", "--port", "0"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "highlightsmail.web:app", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
     assert "no highlights.yaml" in out.stderr
 
@@ -601,8 +643,14 @@ def test_highlights_serve_prints_the_url_serves_and_keeps_tokens_out_of_the_log(
         sid = store.add("ada@example.org")[0].id
     token = Signer(os.environ["HIGHLIGHTS_SECRET"].encode()).make(sid)
     exe = Path(sys.executable).with_name("highlights")
-    proc = subprocess.Popen([str(exe), "serve", "--port", "0"], cwd=workspace, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--port", "0"],
+        cwd=workspace,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         first = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", first)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from highlightsmail import yamlfile
 from highlightsmail.errors import HighlightsError, ValidationFailed
 from highlightsmail.issue import Issue, load_issue
 from highlightsmail.workspace import Settings
-from highlightsmail import yamlfile
 from highlightsmail.yamlfile import MAX_BYTES, load_model, read_document
 
 LINE = re.compile(r"^[^:\n]+:\d+:\d+: ")
@@ -284,9 +284,7 @@ def test_title_too_long(tmp_path):
 
 def test_header_injection_in_the_subject(tmp_path):
     path = write(tmp_path, 'title: T\ndate: 2024-01-12\nsubject: "a\\r\\nBcc: x@y"\nitems:\n' + items(1))
-    assert problems(path) == [
-        "issue.yaml:3:10: subject: must be a single line without control characters"
-    ]
+    assert problems(path) == ["issue.yaml:3:10: subject: must be a single line without control characters"]
 
 
 def test_title_that_yaml_reads_as_true(tmp_path):
@@ -547,9 +545,7 @@ def test_deep_nesting_is_refused(tmp_path):
 def test_too_many_values_are_refused_before_building_them(tmp_path):
     path = write(tmp_path, "title: T\nitems:\n" + "- 1\n" * 150_000)
     with deadline(5):
-        assert problems(path) == [
-            "issue.yaml:99998:3: the file has more than 100,000 values; is it the right file?"
-        ]
+        assert problems(path) == ["issue.yaml:99998:3: the file has more than 100,000 values; is it the right file?"]
 
 
 def test_huge_file_is_refused(tmp_path):
@@ -564,7 +560,9 @@ def test_binary_file(tmp_path):
     path = tmp_path / "issue.yaml"
     path.write_bytes(bytes(data))
     [line] = problems(path)
-    assert re.match(r"issue\.yaml:\d+:\d+: (not UTF-8 text \(byte 0x[0-9a-f]{2} at offset \d+\)|control character)", line)
+    assert re.match(
+        r"issue\.yaml:\d+:\d+: (not UTF-8 text \(byte 0x[0-9a-f]{2} at offset \d+\)|control character)", line
+    )
 
 
 def test_nul_byte_in_utf8_text(tmp_path):
@@ -584,7 +582,9 @@ def test_escape_character(tmp_path):
 def test_control_characters_written_as_yaml_escapes_are_refused_where_they_are(tmp_path):
     """The file is printable text, but "\\x1b" or "\\uffff" in double quotes are not: MJML
     would refuse the whole email, blaming the template."""
-    path = write(tmp_path, r"""
+    path = write(
+        tmp_path,
+        r"""
         title: T
         date: 2024-01-12
         intro: "a \x1b[31mred"
@@ -592,7 +592,8 @@ def test_control_characters_written_as_yaml_escapes_are_refused_where_they_are(t
           - title: "x\uFFFE"
             summary: "tab\tand\nlines are fine, \x0c is not"
             links: [{label: "L\x85", url: "https://example.org/\uffff"}]
-    """.lstrip("\n"))
+    """.lstrip("\n"),
+    )
     assert problems(path) == [
         "issue.yaml:3:8: intro: character U+001B is not allowed (a control character or a noncharacter)",
         "issue.yaml:5:12: items[0].title: character U+FFFE is not allowed (a control character or a noncharacter)",
@@ -605,9 +606,7 @@ def test_control_characters_written_as_yaml_escapes_are_refused_where_they_are(t
 def test_latin1_file(tmp_path):
     path = tmp_path / "issue.yaml"
     path.write_bytes("date: 2024-01-12\ntitle: Café\n".encode("latin-1"))
-    assert problems(path) == [
-        "issue.yaml:2:11: not UTF-8 text (byte 0xe9 at offset 27); save the file as UTF-8"
-    ]
+    assert problems(path) == ["issue.yaml:2:11: not UTF-8 text (byte 0xe9 at offset 27); save the file as UTF-8"]
 
 
 def test_utf16_file(tmp_path):

@@ -96,11 +96,13 @@ def build_command(ws: Workspace, issue_path: Path, out_dir: Path) -> list[Path]:
     except OSError as exc:
         raise HighlightsError(f"cannot create {display_path(out_dir)}: {exc.strerror or exc}") from None
     paths = [out_dir / f"{rendered.slug}.{ext}" for ext in ("html", "txt", "eml")]
-    write_files({
-        paths[0]: html.encode("utf-8"),
-        paths[1]: text.encode("utf-8"),
-        paths[2]: eml,
-    })
+    write_files(
+        {
+            paths[0]: html.encode("utf-8"),
+            paths[1]: text.encode("utf-8"),
+            paths[2]: eml,
+        }
+    )
     for path in paths:
         click.echo(display_path(path))
     return paths

@@ -81,7 +81,14 @@ def check(obj: _Ctx, issue: str) -> None:
 
 @main.command()
 @click.argument("issue")
-@click.option("--out", "out", default="out", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Where to write the files.")
+@click.option(
+    "--out",
+    "out",
+    default="out",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the files.",
+)
 @pass_ctx
 def build(obj: _Ctx, issue: str, out: Path) -> None:
     """Write OUT/<slug>.html, OUT/<slug>.txt and a sample OUT/<slug>.eml."""
@@ -106,15 +113,28 @@ def preview(obj: _Ctx, issue: str, host: str, port: int, no_open: bool) -> None:
 @main.command()
 @click.argument("issue")
 @click.option("--test", "test", is_flag=True, help="Send only to the editors (or --to), with [TEST] in the subject.")
-@click.option("--to", "to", multiple=True, metavar="EMAIL", help="With --test: send to these addresses instead of the editors.")
+@click.option(
+    "--to", "to", multiple=True, metavar="EMAIL", help="With --test: send to these addresses instead of the editors."
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Do everything but hand messages to the backend.")
 @click.option("--limit", type=click.IntRange(min=1), help="Send only the next N recipients (a canary).")
-@click.option("--resend-in-doubt", is_flag=True, help="Send again to recipients whose batch was in flight when a run died.")
+@click.option(
+    "--resend-in-doubt", is_flag=True, help="Send again to recipients whose batch was in flight when a run died."
+)
 @click.option("--skip-test-check", is_flag=True, help="Send even if this rendering was not test-sent.")
 @pass_ctx
-def send(obj: _Ctx, issue: str, test: bool, to: tuple[str, ...], yes: bool, dry_run: bool,
-         limit: int | None, resend_in_doubt: bool, skip_test_check: bool) -> None:
+def send(
+    obj: _Ctx,
+    issue: str,
+    test: bool,
+    to: tuple[str, ...],
+    yes: bool,
+    dry_run: bool,
+    limit: int | None,
+    resend_in_doubt: bool,
+    skip_test_check: bool,
+) -> None:
     """Test-send ISSUE to the editors, or dispatch it to every active subscriber."""
     if to and not test:
         raise click.UsageError("--to goes with --test")
@@ -124,8 +144,15 @@ def send(obj: _Ctx, issue: str, test: bool, to: tuple[str, ...], yes: bool, dry_
     if test:
         dispatch.send_test_command(obj.ws, path, list(to), dry_run=dry_run)
     else:
-        dispatch.send_command(obj.ws, path, yes=yes, dry_run=dry_run, limit=limit,
-                              resend_in_doubt=resend_in_doubt, skip_test_check=skip_test_check)
+        dispatch.send_command(
+            obj.ws,
+            path,
+            yes=yes,
+            dry_run=dry_run,
+            limit=limit,
+            resend_in_doubt=resend_in_doubt,
+            skip_test_check=skip_test_check,
+        )
 
 
 @main.command()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,7 +129,9 @@ def send_test_command(ws: Workspace, issue_path: Path, to: list[str], *, dry_run
         envelopes.append(Envelope(key=index, recipient=Recipient(email=email, name=name), links=links))
     batch = Batch(number=0, slug=rendered.slug, rendered=rendered, settings=ws.settings, envelopes=envelopes, test=True)
     if dry_run:
-        click.echo(f"Dry run: would send a test of {rendered.slug} to {', '.join(e.recipient.email for e in envelopes)}")
+        click.echo(
+            f"Dry run: would send a test of {rendered.slug} to {', '.join(e.recipient.email for e in envelopes)}"
+        )
         return
     backend = get_backend(ws, test=True)
     try:
@@ -139,8 +141,10 @@ def send_test_command(ws: Workspace, issue_path: Path, to: list[str], *, dry_run
         raise HighlightsError(f"test send failed: {err.message}") from None
     finally:
         backend.close()
-    problems = {**result.failed, **{k: f"no answer, it may or may not have arrived ({why})"
-                                    for k, why in result.in_doubt.items()}}
+    problems = {
+        **result.failed,
+        **{k: f"no answer, it may or may not have arrived ({why})" for k, why in result.in_doubt.items()},
+    }
     if problems:
         lines = "; ".join(f"{envelopes[k - 1].recipient.email}: {why}" for k, why in problems.items())
         raise HighlightsError(f"test send failed for {lines}")
@@ -175,14 +179,9 @@ def send_command(
     slug = rendered.slug
     with _send_lock(ws, slug), Store.open(ws) as store:
         if not skip_test_check and not store.has_test_send(slug, rendered.fingerprint):
-            hint = (
-                "this version was not test-sent"
-                if store.has_test_send(slug)
-                else "it has not been test-sent"
-            )
+            hint = "this version was not test-sent" if store.has_test_send(slug) else "it has not been test-sent"
             raise HighlightsError(
-                f"{slug}: {hint}. Send a test first: highlights send {slug} --test "
-                "(or pass --skip-test-check)"
+                f"{slug}: {hint}. Send a test first: highlights send {slug} --test (or pass --skip-test-check)"
             )
         backend = get_backend(ws)
         signer = _signer(ws)
@@ -219,7 +218,9 @@ def send_command(
             _dry_build(ws, rendered, signer, store, slug, info is not None, limit)
             return
         if info is None and pending == 0:
-            raise HighlightsError("there are no active subscribers; import some with `highlights subscribers import FILE`")
+            raise HighlightsError(
+                "there are no active subscribers; import some with `highlights subscribers import FILE`"
+            )
         if pending == 0:
             summary = Summary.from_counts(store.delivery_counts(slug))
             click.echo(f"{slug}: nothing left to send ({summary.line()}).")
@@ -250,7 +251,7 @@ def _finish(slug: str, summary: Summary) -> None:
         raise HighlightsError(
             f"{summary.failed} failed and {summary.in_doubt} in doubt: see `highlights status {slug}`; "
             f"`highlights send {slug}` retries the failed ones"
-            + (f", add --resend-in-doubt for those in doubt" if summary.in_doubt else "")
+            + (", add --resend-in-doubt for those in doubt" if summary.in_doubt else "")
         )
     if summary.pending:
         click.echo(f"{summary.pending} still to send: highlights send {slug}")
@@ -288,8 +289,9 @@ def _envelopes(rows, ws: Workspace, signer: Signer):
     ]
 
 
-def _dry_build(ws: Workspace, rendered: RenderedIssue, signer: Signer, store: Store, slug: str,
-               started: bool, limit: int | None) -> None:
+def _dry_build(
+    ws: Workspace, rendered: RenderedIssue, signer: Signer, store: Store, slug: str, started: bool, limit: int | None
+) -> None:
     """Build the first recipient's message, so a dry run catches what building would."""
     from highlightsmail.message import build_message
 
@@ -361,8 +363,13 @@ def run_dispatch(
                     if not claimed:
                         exhausted = True
                         break
-                    batch = Batch(number=batch_no, slug=slug, rendered=rendered, settings=ws.settings,
-                                  envelopes=_envelopes(claimed, ws, signer))
+                    batch = Batch(
+                        number=batch_no,
+                        slug=slug,
+                        rendered=rendered,
+                        settings=ws.settings,
+                        envelopes=_envelopes(claimed, ws, signer),
+                    )
                     futures[pool.submit(deliver, batch)] = batch
                     batch_no += 1
                     if remaining is not None:
@@ -384,8 +391,13 @@ def run_dispatch(
                     except Exception as err:  # a bug in a backend must not lose the ledger
                         store.finish_batch(slug, sent=[], failed={k: f"{type(err).__name__}: {err}" for k in keys})
                     else:
-                        store.finish_batch(slug, sent=result.sent, failed=result.failed, in_doubt=result.in_doubt,
-                                           message_id=result.message_id)
+                        store.finish_batch(
+                            slug,
+                            sent=result.sent,
+                            failed=result.failed,
+                            in_doubt=result.in_doubt,
+                            message_id=result.message_id,
+                        )
                     progress(len(keys))
             except KeyboardInterrupt:
                 if stopping:
@@ -428,8 +440,10 @@ def status_command(ws: Workspace, issue_path: Path) -> None:
         summary = Summary.from_counts(counts)
         state = "finished" if info.finished else ("sending now" if running else "stopped")
         click.echo(f"{slug}: dispatch through {info.backend} started {info.started}, {state}")
-        click.echo(f"  recipients {summary.total}: {summary.line()}, pending {summary.pending}"
-                   + (f", in flight {summary.in_flight}" if summary.in_flight else ""))
+        click.echo(
+            f"  recipients {summary.total}: {summary.line()}, pending {summary.pending}"
+            + (f", in flight {summary.in_flight}" if summary.in_flight else "")
+        )
         # Rows left in_flight by a run that died are in doubt already: say so before a resume.
         doubt_states = ("in_doubt",) if running else ("in_doubt", "in_flight")
         if not running:

@@ -15,7 +15,9 @@ _CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
 # noncharacters. MJML refuses them, and a plain-text reader's terminal may act on them.
 _NONCHARACTERS = "\ufdd0-\ufdef" + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
 _FORBIDDEN_IN_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f{_NONCHARACTERS}]")
-_FORBIDDEN_IN_TEXT = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_NONCHARACTERS}]")  # tab and line breaks are text
+_FORBIDDEN_IN_TEXT = re.compile(
+    f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_NONCHARACTERS}]"
+)  # tab and line breaks are text
 
 
 def _http_url(value: str) -> str:

@@ -88,7 +88,7 @@ def _markdown() -> Any:
     class _SeeEveryLink(MarkdownIt):
         # The renderer shows a link it refuses (relative, javascript:) as plain text;
         # lint must see it to say so.
-        def validateLink(self, url: str) -> bool:  # noqa: N802 (markdown-it's name)
+        def validateLink(self, url: str) -> bool:
             return True
 
     return _SeeEveryLink("commonmark", {"html": False})
@@ -96,8 +96,7 @@ def _markdown() -> Any:
 
 def _markdown_inline(text: str) -> Iterator[Any]:
     for block in _markdown().parse(text):
-        for token in block.children or ():
-            yield token
+        yield from block.children or ()
 
 
 def _markdown_links(loc: Loc, text: str | None, item: int | None) -> Iterator[_Link]:
@@ -156,8 +155,9 @@ class _Positions:
         found_line = self.text.count("\n", 0, index) + 1
         return (found_line, index - self._line_starts[found_line - 1] + 1)
 
-    def problem(self, loc: Sequence[Any], message: str, severity: str = "error", *,
-                key: bool = False, needle: str | None = None) -> Problem:
+    def problem(
+        self, loc: Sequence[Any], message: str, severity: str = "error", *, key: bool = False, needle: str | None = None
+    ) -> Problem:
         line, col = self.find(loc, needle) if needle else self.at(loc, key=key)
         from highlightsmail.yamlfile import dotted
 
@@ -199,8 +199,11 @@ def _check_url(link: _Link) -> tuple[str, str] | None:
     if scheme == "https" and parts.hostname:
         return None
     if scheme == "http" and parts.hostname:
-        why = ("mail clients block or warn about images over http" if link.is_image
-               else "readers' browsers may warn, and the click can be read or changed on the way")
+        why = (
+            "mail clients block or warn about images over http"
+            if link.is_image
+            else "readers' browsers may warn, and the click can be read or changed on the way"
+        )
         return "warning", f"{what} {link.url} is not https: {why}"
     if scheme == "mailto" and not link.is_image:
         return None
@@ -234,24 +237,50 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
     html, text = _as_sent(ws, rendered)
     size = len(html.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
-        found.append(pos.problem(("items",), f"the HTML is {size / KB:.1f} KB: Gmail clips emails over "
-                                 f"{GMAIL_CLIP_BYTES // KB} KB and hides the rest, footer and unsubscribe link "
-                                 "included; shorten the issue or split it", key=True))
+        found.append(
+            pos.problem(
+                ("items",),
+                f"the HTML is {size / KB:.1f} KB: Gmail clips emails over "
+                f"{GMAIL_CLIP_BYTES // KB} KB and hides the rest, footer and unsubscribe link "
+                "included; shorten the issue or split it",
+                key=True,
+            )
+        )
     elif size > SIZE_WARNING_BYTES:
-        found.append(pos.problem(("items",), f"the HTML is {size / KB:.1f} KB, close to the {GMAIL_CLIP_BYTES // KB} KB "
-                                 "where Gmail clips emails", "warning", key=True))
+        found.append(
+            pos.problem(
+                ("items",),
+                f"the HTML is {size / KB:.1f} KB, close to the {GMAIL_CLIP_BYTES // KB} KB where Gmail clips emails",
+                "warning",
+                key=True,
+            )
+        )
 
     # -- subject and preheader
     subject = issue.effective_subject
     if len(subject) > SUBJECT_MAX:
         where = "subject" if issue.subject else "title"
-        found.append(pos.problem((where,), f"the subject is {len(subject)} characters; inboxes cut it after about "
-                                 f"{SUBJECT_MAX}" + ("" if issue.subject else " (add a shorter `subject:`)"),
-                                 "warning", key=True))
+        found.append(
+            pos.problem(
+                (where,),
+                f"the subject is {len(subject)} characters; inboxes cut it after about "
+                f"{SUBJECT_MAX}" + ("" if issue.subject else " (add a shorter `subject:`)"),
+                "warning",
+                key=True,
+            )
+        )
     if not issue.preheader:
         line, col = pos.at(())
-        found.append(Problem(pos.file, line, col, "no preheader: inboxes will preview the first words of the email "
-                             "instead; add `preheader:` (up to 150 characters)", "warning"))
+        found.append(
+            Problem(
+                pos.file,
+                line,
+                col,
+                "no preheader: inboxes will preview the first words of the email "
+                "instead; add `preheader:` (up to 150 characters)",
+                "warning",
+            )
+        )
 
     # -- links and images
     seen: dict[str, _Link] = {}
@@ -265,17 +294,28 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
         same = _same_link(link.url)
         first = seen.setdefault(same, link)
         if first is not link and first.item != link.item:
-            found.append(pos.problem(link.loc, f"{link.url} is also linked from item {first.item + 1} "  # type: ignore[operator]
-                                     f"({dotted(first.loc)})", "warning",
-                                     needle=link.url if link.in_markdown else None))
+            found.append(
+                pos.problem(
+                    link.loc,
+                    f"{link.url} is also linked from item {first.item + 1} "  # type: ignore[operator]
+                    f"({dotted(first.loc)})",
+                    "warning",
+                    needle=link.url if link.in_markdown else None,
+                )
+            )
     for field in _texts(issue):
         if not field.markdown:
             continue
         for token in _markdown_inline(field.value):
             if token.type == "image" and not token.content.strip():
-                found.append(pos.problem(field.loc, f"image {token.attrs.get('src')} has no alt text: describe it "
-                                         "for readers who can't see it, as ![what it shows](url)",
-                                         needle=str(token.attrs.get("src") or "") or None))
+                found.append(
+                    pos.problem(
+                        field.loc,
+                        f"image {token.attrs.get('src')} has no alt text: describe it "
+                        "for readers who can't see it, as ![what it shows](url)",
+                        needle=str(token.attrs.get("src") or "") or None,
+                    )
+                )
 
     # -- text the skeleton left for the editor
     for field in _texts(issue):
@@ -284,8 +324,9 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
     for i, item in enumerate(issue.items):
         for j, link in enumerate(item.links):
             if _TODO.search(link.url):
-                found.append(pos.problem(("items", i, "links", j, "url"), "still has a TODO from the skeleton",
-                                         "warning"))
+                found.append(
+                    pos.problem(("items", i, "links", j, "url"), "still has a TODO from the skeleton", "warning")
+                )
 
     # -- the date and the file's week
     from highlightsmail.workspace import ISSUE_SLUG
@@ -294,25 +335,39 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
     if match:
         year, week, _ = issue.date.isocalendar()
         if (year, week) != (int(match[1]), int(match[2])):
-            found.append(pos.problem(("date",), f"{issue.date.isoformat()} is in week {year}-w{week:02d}, "
-                                     f"but the file is named {issue.slug}", "warning"))
+            found.append(
+                pos.problem(
+                    ("date",),
+                    f"{issue.date.isoformat()} is in week {year}-w{week:02d}, but the file is named {issue.slug}",
+                    "warning",
+                )
+            )
 
     # -- the footer the templates must keep (RFC 8058 and anti-spam laws)
     mjml = _template_file(ws, "issue.mjml.j2")
     txt = _template_file(ws, "issue.txt.j2")
     if UNSUBSCRIBE_PLACEHOLDER not in rendered.html:
-        found.append(Problem(mjml, 1, 1, "the HTML has no unsubscribe link: the template must keep "
-                             "the unsubscribe URL in its footer"))
+        found.append(
+            Problem(
+                mjml, 1, 1, "the HTML has no unsubscribe link: the template must keep the unsubscribe URL in its footer"
+            )
+        )
     if UNSUBSCRIBE_PLACEHOLDER not in rendered.text:
-        found.append(Problem(txt, 1, 1, "the plain text has no unsubscribe link: the template must keep "
-                             "the unsubscribe URL in its footer"))
+        found.append(
+            Problem(
+                txt,
+                1,
+                1,
+                "the plain text has no unsubscribe link: the template must keep the unsubscribe URL in its footer",
+            )
+        )
     address = " ".join(ws.settings.postal_address.split())
     if address not in " ".join(text.split()):
-        found.append(Problem(txt, 1, 1, "the plain text does not show the postal address from highlights.yaml",
-                             "warning"))
+        found.append(
+            Problem(txt, 1, 1, "the plain text does not show the postal address from highlights.yaml", "warning")
+        )
     if _html_text(address) not in " ".join(html.split()):
-        found.append(Problem(mjml, 1, 1, "the HTML does not show the postal address from highlights.yaml",
-                             "warning"))
+        found.append(Problem(mjml, 1, 1, "the HTML does not show the postal address from highlights.yaml", "warning"))
 
     return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
 

@@ -55,7 +55,7 @@ def defuse_url(url: str, reserved: Iterable[str]) -> str:
 class _EmailMarkdown(MarkdownIt):
     """CommonMark without raw HTML, and links only to places a mail client may open."""
 
-    def validateLink(self, url: str) -> bool:  # noqa: N802 (markdown-it's name)
+    def validateLink(self, url: str) -> bool:
         # Relative links lead nowhere from an inbox; javascript:/data:/file: must never
         # reach an href. Refused links stay visible as their Markdown text.
         return url.strip().lower().startswith(_SAFE_SCHEMES)

@@ -119,9 +119,9 @@ def sender_domain(settings: Settings) -> str:
 
 
 __all__ = [
+    "TEST_PREFIX",
     "Recipient",
     "RecipientLinks",
-    "TEST_PREFIX",
     "build_message",
     "format_recipient",
     "list_id",

@@ -37,8 +37,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from highlightsmail.serving import bind_socket
 from highlightsmail.errors import HighlightsError, Problem, ValidationFailed, display_path
+from highlightsmail.serving import bind_socket
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -89,8 +89,15 @@ class Snapshot:
 
     def digest(self) -> str:
         """Fingerprint of everything the page shows, to skip reloads that change nothing."""
-        parts = [self.subject, self.preheader, self.html, self.text, *self.errors,
-                 *(str(p) for p in self.lint or []), self.lint_note]
+        parts = [
+            self.subject,
+            self.preheader,
+            self.html,
+            self.text,
+            *self.errors,
+            *(str(p) for p in self.lint or []),
+            self.lint_note,
+        ]
         h = hashlib.sha256()
         for part in parts:
             h.update(b"\0" if part is None else part.encode("utf-8", "surrogatepass") + b"\1")
@@ -118,8 +125,9 @@ class _Preview:
         # A new id per server start, so a page left open across a restart reloads too.
         self._boot = secrets.token_hex(3)
         self._count = 0
-        self.snapshot = Snapshot(build=f"{self._boot}-0", issue_file=display_path(self.issue_path),
-                                 errors=["not rendered yet"])
+        self.snapshot = Snapshot(
+            build=f"{self._boot}-0", issue_file=display_path(self.issue_path), errors=["not rendered yet"]
+        )
         self._digest = ""
         self._settings_dirty = False
         self._templates_moved = False
@@ -173,13 +181,26 @@ class _Preview:
             issue = load_issue(self.issue_path)
             rendered = render_issue(issue, ws)
             html, text = rendered.personalize(PREVIEW_UNSUBSCRIBE_URL)
-        except Exception as exc:  # noqa: BLE001 - every failure is shown, the server stays up
-            return _Built(Snapshot(build="", issue_file=issue_file, errors=_error_lines(exc, self.log),
-                                   render_ms=_ms_since(started)), ws, settings_loaded)
+        except Exception as exc:
+            return _Built(
+                Snapshot(
+                    build="", issue_file=issue_file, errors=_error_lines(exc, self.log), render_ms=_ms_since(started)
+                ),
+                ws,
+                settings_loaded,
+            )
         lint, note = _lint(ws, issue, rendered, self.log)
-        snapshot = Snapshot(build="", issue_file=issue_file, subject=rendered.subject,
-                            preheader=rendered.preheader, html=html, text=text, lint=lint,
-                            lint_note=note, render_ms=_ms_since(started))
+        snapshot = Snapshot(
+            build="",
+            issue_file=issue_file,
+            subject=rendered.subject,
+            preheader=rendered.preheader,
+            html=html,
+            text=text,
+            lint=lint,
+            lint_note=note,
+            render_ms=_ms_since(started),
+        )
         return _Built(snapshot, ws)
 
     def _report(self, snap: Snapshot) -> None:
@@ -232,13 +253,17 @@ class _Preview:
             ):
                 if any(_resolved(Path(p)) == self.settings_path for _, p in changes):
                     self._settings_dirty = True
-                if any(change != watchfiles.Change.modified and Path(p).is_relative_to(self.templates_dir)
-                       for change, p in changes):
+                if any(
+                    change != watchfiles.Change.modified and Path(p).is_relative_to(self.templates_dir)
+                    for change, p in changes
+                ):
                     self._templates_moved = True
                 self._dirty.set()
-        except Exception as exc:  # noqa: BLE001 - the preview still works, just without reloads
-            self.log(f"warning: cannot watch {', '.join(display_path(p) for p in paths)} ({exc}); "
-                     "reload the page by hand after saving")
+        except Exception as exc:
+            self.log(
+                f"warning: cannot watch {', '.join(display_path(p) for p in paths)} ({exc}); "
+                "reload the page by hand after saving"
+            )
 
     @asynccontextmanager
     async def running(self) -> Any:
@@ -249,8 +274,10 @@ class _Preview:
         # the folders, not the files. The workspace root is watched flat: it may hold
         # a .venv or out/ with thousands of files.
         flat = sorted({self.issue_path.parent, self.settings_path.parent})
-        tasks = [asyncio.create_task(self._render_loop()),
-                 asyncio.create_task(self._watch(flat, False, self._is_watched_file))]
+        tasks = [
+            asyncio.create_task(self._render_loop()),
+            asyncio.create_task(self._watch(flat, False, self._is_watched_file)),
+        ]
         if self.templates_dir.is_dir():
             tasks.append(asyncio.create_task(self._watch([self.templates_dir], True, lambda _p: True)))
         try:
@@ -311,7 +338,7 @@ def _lint(ws: Workspace, issue: Any, rendered: Any, log: Log) -> tuple[list[Prob
         return None, f"lint unavailable ({exc})"
     try:
         problems = list(lint_issue(ws, issue, rendered))
-    except Exception as exc:  # noqa: BLE001 - a lint bug must not hide the email
+    except Exception as exc:
         log("".join(traceback.format_exception(exc)).rstrip())
         return None, f"lint failed: {type(exc).__name__}: {exc}"
     # Errors first, then in file order.
@@ -350,13 +377,13 @@ def _error_lines(exc: BaseException, log: Log) -> list[str]:
 def _page_template() -> Any:
     import jinja2
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     return env.from_string(_PAGE)
 
 
-def create_preview_app(ws: Workspace, issue_path: Path, *, log: Log | None = None,
-                       allowed_hosts: list[str] | None = None) -> Starlette:
+def create_preview_app(
+    ws: Workspace, issue_path: Path, *, log: Log | None = None, allowed_hosts: list[str] | None = None
+) -> Starlette:
     """The preview as an ASGI app. Its lifespan renders the issue and runs the watchers,
     so it must be served (uvicorn, or `with TestClient(app)`).
 
@@ -446,19 +473,20 @@ def _url(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _server(ws: Workspace, issue_path: Path, host: str, log: Log,
-            on_started: Callable[[], None] | None = None) -> _PreviewServer:
+def _server(
+    ws: Workspace, issue_path: Path, host: str, log: Log, on_started: Callable[[], None] | None = None
+) -> _PreviewServer:
     # Only loopback names are accepted on a loopback address; a chosen host is the user's call.
     allowed = sorted(_LOOPBACK) if host in _LOOPBACK else None
     app = create_preview_app(ws, issue_path, log=log, allowed_hosts=allowed)
     # The long poll would fill the terminal with access lines; builds are reported instead.
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=3)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     return _PreviewServer(config, app.state.preview, on_started)
 
 
-def serve_preview(ws: Workspace, issue_path: Path, host: str = "127.0.0.1", port: int = 8025,
-                  open_browser: bool = True) -> None:
+def serve_preview(
+    ws: Workspace, issue_path: Path, host: str = "127.0.0.1", port: int = 8025, open_browser: bool = True
+) -> None:
     """Serve the live preview of `issue_path` until Ctrl-C; open it in a browser."""
     sock = bind_socket(host, port)
     url = _url(sock, host)
@@ -487,8 +515,9 @@ def serve_preview(ws: Workspace, issue_path: Path, host: str = "127.0.0.1", port
 
 
 @contextlib.contextmanager
-def running_preview(ws: Workspace, issue_path: Path, host: str = "127.0.0.1", port: int = 0,
-                    log: Log | None = None) -> Iterator[str]:
+def running_preview(
+    ws: Workspace, issue_path: Path, host: str = "127.0.0.1", port: int = 0, log: Log | None = None
+) -> Iterator[str]:
     """Run the preview server in a background thread (for tests and benchmarks); yields
     its URL once it answers, and stops it (watchers included) on exit."""
     sock = bind_socket(host, port)
@@ -500,7 +529,7 @@ def running_preview(ws: Workspace, issue_path: Path, host: str = "127.0.0.1", po
     def run() -> None:
         try:
             server.run(sockets=[sock])
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+        except BaseException as exc:
             failure.append(exc)
         finally:
             ready.set()

@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from highlightsmail import markdown
 from highlightsmail.errors import HighlightsError, display_path
@@ -29,8 +29,8 @@ __all__ = [
     "TEXT_TEMPLATE",
     "TEXT_WIDTH",
     "UNSUBSCRIBE_PLACEHOLDER",
-    "effective_preheader",
     "RenderedIssue",
+    "effective_preheader",
     "markdown_to_text",
     "render_issue",
     "render_markdown",
@@ -51,8 +51,20 @@ PREHEADER_MAX = 150
 # Keeps mail clients from filling the preview line with the start of the body after
 # a short preheader: invisible joiners and spaces.
 _PREHEADER_SPACER = "&#847;&zwnj;&nbsp;" * 40
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 # Dark-mode support is announced in <head> (MJML has no element for these metas).
 _HEAD_META = '<meta name="color-scheme" content="light dark"><meta name="supported-color-schemes" content="light dark">'
 
@@ -157,20 +169,24 @@ def _context(issue: Issue, ws: Workspace) -> dict[str, Any]:
     items = []
     for number, item in enumerate(issue.items, start=1):
         summary_html, summary_text, _ = block(item.summary)
-        links = [LinkView(_text(link.label), _url(link.url), refs.add(_url(link.url), _text(link.label)))
-                 for link in item.links]
-        items.append(ItemView(
-            number=number,
-            anchor=f"item-{number}",
-            title=_text(item.title),
-            url=links[0].url if links else None,
-            summary_html=summary_html,
-            summary_text=summary_text,
-            links=links,
-            image=ImageView(_url(item.image.url), _text(item.image.alt)) if item.image else None,
-            tags=[_text(tag) for tag in item.tags],
-            refs=refs.take(),
-        ))
+        links = [
+            LinkView(_text(link.label), _url(link.url), refs.add(_url(link.url), _text(link.label)))
+            for link in item.links
+        ]
+        items.append(
+            ItemView(
+                number=number,
+                anchor=f"item-{number}",
+                title=_text(item.title),
+                url=links[0].url if links else None,
+                summary_html=summary_html,
+                summary_text=summary_text,
+                links=links,
+                image=ImageView(_url(item.image.url), _text(item.image.alt)) if item.image else None,
+                tags=[_text(tag) for tag in item.tags],
+                refs=refs.take(),
+            )
+        )
     outro_html, outro_text, outro_refs = block(issue.outro)
 
     name = _text(settings.name)
@@ -220,7 +236,7 @@ def _headline(title: str, name: str) -> str:
     """The title without the newsletter's name in front ("Week 2, 2024"), since the
     masthead already shows the name."""
     if title.casefold().startswith(name.casefold()):
-        rest = title[len(name):].lstrip(" |:-–—·").strip()
+        rest = title[len(name) :].lstrip(" |:-–—·").strip()
         if rest:
             return rest
     return title
@@ -235,14 +251,18 @@ def _environment(templates_dir: str) -> jinja2.Environment:
     still notices an edited template file (auto_reload) for the preview server."""
     import jinja2
 
-    loader = jinja2.ChoiceLoader([
-        jinja2.FileSystemLoader(templates_dir),
-        jinja2.PackageLoader("highlightsmail", "templates"),
-    ])
+    loader = jinja2.ChoiceLoader(
+        [
+            jinja2.FileSystemLoader(templates_dir),
+            jinja2.PackageLoader("highlightsmail", "templates"),
+        ]
+    )
     env = jinja2.Environment(
         loader=loader,
         # HTML-ish templates escape everything; the text part must not.
-        autoescape=jinja2.select_autoescape(enabled_extensions=("mjml.j2", "html.j2"), default_for_string=False, default=False),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("mjml.j2", "html.j2"), default_for_string=False, default=False
+        ),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -264,8 +284,9 @@ def _hanging_filter(text: str, prefix: str, width: int = TEXT_WIDTH) -> str:
     return markdown.wrap(str(text), width, prefix, " " * len(prefix))
 
 
-def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any],
-                     templates_dir: str) -> tuple[str, str]:
+def _render_template(
+    env: jinja2.Environment, name: str, context: dict[str, Any], templates_dir: str
+) -> tuple[str, str]:
     """The template's output and the file it came from (the workspace's or the package's)."""
     import jinja2
 
@@ -279,8 +300,10 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
         # Only the workspace's own copy can be unreadable: the package's are UTF-8.
         file = display_path(Path(templates_dir) / name)
         if isinstance(exc, UnicodeDecodeError):
-            raise HighlightsError(f"{file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                                  f"{exc.start}); save the template as UTF-8") from None
+            raise HighlightsError(
+                f"{file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                f"{exc.start}); save the template as UTF-8"
+            ) from None
         raise HighlightsError(f"{file}: cannot read the template ({exc.strerror or exc})") from None
     try:
         return template.render(context), template.filename or name
@@ -288,7 +311,9 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
         raise
     except Exception as exc:  # an edited template may fail in any way; say where
         where = _template_position(exc, template)
-        detail = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else f"{type(exc).__name__}: {exc}"
+        detail = (
+            exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else f"{type(exc).__name__}: {exc}"
+        )
         raise HighlightsError(f"{where}: {detail}") from None
 
 
@@ -342,7 +367,7 @@ def _keep_head_styles(html: str, mjml_source: str) -> str:
 
     out, pos = [], 0
     for comment in _COMMENT.finditer(html):
-        out.append(_STYLE_TAG.sub(mark, html[pos:comment.start()]))
+        out.append(_STYLE_TAG.sub(mark, html[pos : comment.start()]))
         out.append(comment.group(0))
         pos = comment.end()
     out.append(_STYLE_TAG.sub(mark, html[pos:]))
@@ -360,7 +385,7 @@ def _inliner_class() -> type:
         which is most of a warm render's time; the stylesheet is the same each time.
         """
 
-        _rules: dict[tuple[str, int], tuple[list[Any], list[Any]]] = {}
+        _rules: ClassVar[dict[tuple[str, int], tuple[list[Any], list[Any]]]] = {}
 
         def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
             key = (css_body, ruleset_index)
@@ -427,4 +452,3 @@ def render_issue(issue: Issue, ws: Workspace) -> RenderedIssue:
         html=html,
         text=text,
     )
-

@@ -52,9 +52,7 @@ def _fill(template_name: str, *, title: str, date: dt.date, slug: str) -> str:
     scalar, so a newsletter name with quotes or colons cannot break the file.
     """
     text = _package_dir("skeleton").joinpath(template_name).read_text(encoding="utf-8")
-    return Template(text).substitute(
-        title=json.dumps(title, ensure_ascii=False), date=date.isoformat(), slug=slug
-    )
+    return Template(text).substitute(title=json.dumps(title, ensure_ascii=False), date=date.isoformat(), slug=slug)
 
 
 def _create(path: Path, data: bytes) -> None:
@@ -101,11 +99,11 @@ def _starter_files(today: dt.date) -> list[tuple[Path, bytes]]:
         for rel, entry in _walk(templates):
             files.append((Path("templates") / rel, entry.read_bytes()))
     skeleton = _package_dir("skeleton")
-    files.append((Path("subscribers/subscribers.csv"),
-                  skeleton.joinpath("subscribers/subscribers.csv").read_bytes()))
+    files.append((Path("subscribers/subscribers.csv"), skeleton.joinpath("subscribers/subscribers.csv").read_bytes()))
     name = issue_filename(today)
-    first = _fill("first-issue.yaml.tmpl", title=issue_title(STARTER_NAME, today),
-                  date=today, slug=name.removesuffix(".yaml"))
+    first = _fill(
+        "first-issue.yaml.tmpl", title=issue_title(STARTER_NAME, today), date=today, slug=name.removesuffix(".yaml")
+    )
     files.append((Path("issues") / name, first.encode("utf-8")))
     return files
 
@@ -142,9 +140,7 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> None:
 
     planned = _starter_files(today)  # read everything before writing anything
     gitignore_path = directory / ".gitignore"
-    gitignore = _merged_gitignore(
-        gitignore_path.read_text(encoding="utf-8") if gitignore_path.is_file() else None
-    )
+    gitignore = _merged_gitignore(gitignore_path.read_text(encoding="utf-8") if gitignore_path.is_file() else None)
     settings_text = _package_dir("skeleton").joinpath(SETTINGS_FILE).read_bytes()
 
     from highlightsmail.build import write_files
@@ -161,7 +157,9 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> None:
     except FileExistsError:
         raise HighlightsError(f"{display_path(settings_path)} already exists: this is a workspace already") from None
     except OSError as exc:
-        raise HighlightsError(f"{display_path(directory)}: cannot create the workspace: {exc.strerror or exc}") from None
+        raise HighlightsError(
+            f"{display_path(directory)}: cannot create the workspace: {exc.strerror or exc}"
+        ) from None
 
     for rel in kept:
         click.echo(f"kept the existing {display_path(directory / rel)}", err=True)
@@ -186,12 +184,15 @@ def new_issue(ws: Workspace, date: dt.date) -> None:
     path = ws.issues_dir / name
     if path.exists():
         raise HighlightsError(f"{display_path(path)} already exists; edit it, or pass --date for another week")
-    text = _fill("new-issue.yaml.tmpl", title=issue_title(ws.settings.name, date), date=date,
-                 slug=name.removesuffix(".yaml"))
+    text = _fill(
+        "new-issue.yaml.tmpl", title=issue_title(ws.settings.name, date), date=date, slug=name.removesuffix(".yaml")
+    )
     try:
         _create(path, text.encode("utf-8"))
     except FileExistsError:
-        raise HighlightsError(f"{display_path(path)} already exists; edit it, or pass --date for another week") from None
+        raise HighlightsError(
+            f"{display_path(path)} already exists; edit it, or pass --date for another week"
+        ) from None
     except OSError as exc:
         raise HighlightsError(f"{display_path(path)}: cannot write: {exc.strerror or exc}") from None
     click.echo(display_path(path))

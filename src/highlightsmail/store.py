@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 
@@ -39,6 +39,10 @@ STATUSES: tuple[str, ...] = get_args(Status)
 SOURCES: tuple[str, ...] = get_args(Source)
 #: Statuses that mean "never mail this address again".
 SUPPRESSED: frozenset[str] = frozenset({"unsubscribed", "bounced", "complained"})
+#: A recipient's state in the send ledger of an issue: pending -> in_flight (committed
+#: before the request) -> sent | failed | in_doubt; skipped when they left meanwhile.
+DeliveryState = Literal["pending", "in_flight", "sent", "skipped", "failed", "in_doubt"]
+DELIVERY_STATES: tuple[str, ...] = get_args(DeliveryState)
 
 BUSY_TIMEOUT_S = 30.0
 _PAGE = 1000  # rows per page when streaming subscribers
@@ -116,12 +120,12 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC to the second, with a `Z`: how every time is stored."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UnknownSubscriber(HighlightsError):
@@ -209,8 +213,9 @@ class TestSend:
 class Store:
     """The database of one workspace. Also a context manager that closes it."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None,
-                 timeout: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self, path: Path, *, clock: Callable[[], datetime] | None = None, timeout: float = BUSY_TIMEOUT_S
+    ) -> None:
         self.path = Path(path)
         self._clock = clock or _utc_now
         self._timeout = timeout
@@ -219,8 +224,7 @@ class Store:
         try:
             # isolation_level=None: the module never opens transactions behind our back;
             # every write below says BEGIN IMMEDIATE itself.
-            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise HighlightsError(f"{where}: cannot open the database: {exc}") from None
         try:
@@ -319,11 +323,17 @@ class Store:
             return self._conn.execute(sql, params).fetchall()
 
     @staticmethod
-    def _event(conn: sqlite3.Connection, subscriber_id: int, at: str, from_status: str | None,
-               to_status: str, source: str, detail: str | None) -> None:
+    def _event(
+        conn: sqlite3.Connection,
+        subscriber_id: int,
+        at: str,
+        from_status: str | None,
+        to_status: str,
+        source: str,
+        detail: str | None,
+    ) -> None:
         conn.execute(
-            "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail) VALUES (?, ?, ?, ?, ?, ?)",
             (subscriber_id, at, from_status, to_status, source, detail),
         )
 
@@ -339,8 +349,15 @@ class Store:
         rows = self._query(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE email = ?", (email,))
         return Subscriber(*rows[0]) if rows else None
 
-    def add(self, email: str, name: str = "", *, status: Status = "active", source: Source = "cli",
-            detail: str | None = None) -> tuple[Subscriber, bool]:
+    def add(
+        self,
+        email: str,
+        name: str = "",
+        *,
+        status: Status = "active",
+        source: Source = "cli",
+        detail: str | None = None,
+    ) -> tuple[Subscriber, bool]:
         """Add a subscriber; `(subscriber, True)` if new, `(existing, False)` if the address
         is already there (then nothing is changed). `email` must already be validated."""
         _check(status, STATUSES, "status")
@@ -367,8 +384,15 @@ class Store:
             conn.execute("UPDATE subscribers SET name = ?, updated = ? WHERE id = ?", (name, self.now(), sid))
             return True
 
-    def set_status(self, ident: int | str, status: Status, source: Source, detail: str | None = None, *,
-                   only_from: Status | None = None) -> bool:
+    def set_status(
+        self,
+        ident: int | str,
+        status: Status,
+        source: Source,
+        detail: str | None = None,
+        *,
+        only_from: Status | None = None,
+    ) -> bool:
         """Move a subscriber (by id or address) to `status`, recording an event in the same
         transaction. True if the status changed; False (and no event) if it already was,
         or if `only_from` is given and the status is another (checked inside the
@@ -432,8 +456,9 @@ class Store:
         )
         return [Event(*row) for row in rows]
 
-    def import_rows(self, rows: Iterable[ImportRow], *, source: Source = "import",
-                    dry_run: bool = False) -> ImportResult:
+    def import_rows(
+        self, rows: Iterable[ImportRow], *, source: Source = "import", dry_run: bool = False
+    ) -> ImportResult:
         """Import validated rows in ONE transaction; with `dry_run`, roll it back.
 
         Rules (so a list moved from another tool keeps its suppressions, and nobody who
@@ -453,8 +478,14 @@ class Store:
         _check(source, SOURCES, "source")
         now = self.now()
         params = (
-            (r.email, r.name, _check(r.status, STATUSES, "status"), r.created or now,
-             r.updated or r.created or now, r.detail)
+            (
+                r.email,
+                r.name,
+                _check(r.status, STATUSES, "status"),
+                r.created or now,
+                r.updated or r.created or now,
+                r.detail,
+            )
             for r in rows
         )
         try:
@@ -515,8 +546,10 @@ class Store:
 
         # Conditions on the staged row `i`: the person left (and was not already in that
         # state, nor bounced or complained), or the row brings a different, non-empty name.
-        leaves = (f"i.status IN ({_in(sorted(SUPPRESSED))}) AND i.status <> i.old_status"
-                  " AND i.old_status NOT IN ('bounced', 'complained')")
+        leaves = (
+            f"i.status IN ({_in(sorted(SUPPRESSED))}) AND i.status <> i.old_status"
+            " AND i.old_status NOT IN ('bounced', 'complained')"
+        )
         renames = "i.name <> '' AND i.name <> i.old_name"
         conn.execute(
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
@@ -536,7 +569,6 @@ class Store:
         updated = cur.rowcount
         conn.execute("DROP TABLE temp.import_rows")
         return ImportResult(new=new, updated=updated, unchanged=total - new - updated)
-
 
     # -- the send ledger ----------------------------------------------------------
     # The dispatcher's contract: rows move pending -> in_flight (committed before the
@@ -558,16 +590,18 @@ class Store:
         if fingerprint is None:
             rows = self._query("SELECT 1 FROM test_sends WHERE issue = ? LIMIT 1", (issue,))
         else:
-            rows = self._query("SELECT 1 FROM test_sends WHERE issue = ? AND fingerprint = ? LIMIT 1",
-                               (issue, fingerprint))
+            rows = self._query(
+                "SELECT 1 FROM test_sends WHERE issue = ? AND fingerprint = ? LIMIT 1", (issue, fingerprint)
+            )
         return bool(rows)
 
     def test_sends(self, issue: str) -> list[TestSend]:
         """The issue's test sends, oldest first."""
         import json
 
-        rows = self._query("SELECT issue, fingerprint, recipients, at FROM test_sends WHERE issue = ? ORDER BY id",
-                           (issue,))
+        rows = self._query(
+            "SELECT issue, fingerprint, recipients, at FROM test_sends WHERE issue = ? ORDER BY id", (issue,)
+        )
         return [TestSend(i, f, json.loads(r), at) for i, f, r, at in rows]
 
     def apply_suppressions(self, suppressions: Iterable) -> int:
@@ -582,8 +616,9 @@ class Store:
         with self._write() as conn:
             for email, status, detail in wanted:
                 _check(status, STATUSES, "status")
-                row = conn.execute("SELECT id FROM subscribers WHERE email = ? AND status = 'active'",
-                                   (email,)).fetchone()
+                row = conn.execute(
+                    "SELECT id FROM subscribers WHERE email = ? AND status = 'active'", (email,)
+                ).fetchone()
                 if row is None:
                     continue
                 conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?", (status, now, row[0]))
@@ -607,8 +642,10 @@ class Store:
                 (issue, now, now),
             )
             total = cur.rowcount
-            conn.execute("INSERT INTO dispatches (issue, started, backend, total) VALUES (?, ?, ?, ?)",
-                         (issue, now, backend, total))
+            conn.execute(
+                "INSERT INTO dispatches (issue, started, backend, total) VALUES (?, ?, ?, ?)",
+                (issue, now, backend, total),
+            )
             return total
 
     def mark_in_doubt(self, issue: str) -> int:
@@ -634,14 +671,19 @@ class Store:
     def peek_recipients(self, issue: str, started: bool, limit: int) -> list[Delivery]:
         """The next recipients a dispatch would take, without claiming them."""
         if started:
-            sql = ("SELECT d.subscriber_id, d.email, s.name, d.state, d.batch, d.attempts, d.last_error"
-                   " FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
-                   " WHERE d.issue = ? AND d.state = 'pending' AND s.status = 'active'"
-                   " ORDER BY d.subscriber_id LIMIT ?")
+            sql = (
+                "SELECT d.subscriber_id, d.email, s.name, d.state, d.batch, d.attempts, d.last_error"
+                " FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
+                " WHERE d.issue = ? AND d.state = 'pending' AND s.status = 'active'"
+                " ORDER BY d.subscriber_id LIMIT ?"
+            )
             rows = self._query(sql, (issue, limit))
         else:
-            rows = self._query("SELECT id, email, name, 'pending', NULL, 0, NULL FROM subscribers"
-                               " WHERE status = 'active' ORDER BY id LIMIT ?", (limit,))
+            rows = self._query(
+                "SELECT id, email, name, 'pending', NULL, 0, NULL FROM subscribers"
+                " WHERE status = 'active' ORDER BY id LIMIT ?",
+                (limit,),
+            )
         return [Delivery(*row) for row in rows]
 
     def claim_batch(self, issue: str, batch: int, size: int, after_id: int = 0) -> tuple[list[Delivery], int, int]:
@@ -663,8 +705,11 @@ class Store:
                 if not rows:
                     break
                 after_id = rows[-1][0]
-                gone = [(now, f"{status} since the dispatch began", issue, sid)
-                        for sid, _e, _n, status, _a in rows if status != "active"]
+                gone = [
+                    (now, f"{status} since the dispatch began", issue, sid)
+                    for sid, _e, _n, status, _a in rows
+                    if status != "active"
+                ]
                 if gone:
                     conn.executemany(
                         "UPDATE deliveries SET state = 'skipped', last_error = ?, updated = ?"
@@ -678,12 +723,21 @@ class Store:
                     " WHERE issue = ? AND subscriber_id = ?",
                     [(batch, now, issue, r[0]) for r in take],
                 )
-                claimed.extend(Delivery(sid, email, name, "in_flight", batch, attempts + 1, None)
-                               for sid, email, name, _s, attempts in take)
+                claimed.extend(
+                    Delivery(sid, email, name, "in_flight", batch, attempts + 1, None)
+                    for sid, email, name, _s, attempts in take
+                )
         return claimed, skipped, after_id
 
-    def finish_batch(self, issue: str, *, sent: Iterable[int], failed: dict[int, str],
-                     in_doubt: dict[int, str] | None = None, message_id: str | None = None) -> None:
+    def finish_batch(
+        self,
+        issue: str,
+        *,
+        sent: Iterable[int],
+        failed: dict[int, str],
+        in_doubt: dict[int, str] | None = None,
+        message_id: str | None = None,
+    ) -> None:
         """Record what the backend said about a claimed batch."""
         now = self.now()
         with self._write() as conn:
@@ -704,8 +758,7 @@ class Store:
 
     def iter_deliveries(self, issue: str, states: Iterable[str]) -> Iterator[Delivery]:
         """The ledger rows of an issue in these states, in id order, a page at a time."""
-        wanted = tuple(_check(s, ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt"), "state")
-                       for s in states)
+        wanted = tuple(_check(s, DELIVERY_STATES, "state") for s in states)
         marks = ", ".join("?" for _ in wanted)
         last = 0
         while True:

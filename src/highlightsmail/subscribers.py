@@ -159,7 +159,7 @@ def parse_csv(path: Path) -> ParsedFile:
     with _domain_checks_memoized():
         checked = [_check_record(record, columns, len(header), start, path.name) for start, record in records]
     seen: dict[str, int] = {}  # lower-cased address -> line of its first good row
-    for (start, _record), (row, problem) in zip(records, checked):
+    for (start, _record), (row, problem) in zip(records, checked, strict=False):
         if row is not None:
             first = seen.setdefault(row.email.lower(), start)
             if first == start:
@@ -222,12 +222,14 @@ def _columns(header: list[str], shown: str, line: int, result: ParsedFile) -> di
     return columns
 
 
-def _check_record(record: list[str], columns: dict[str, int], width: int, line: int,
-                  file_name: str) -> tuple[ImportRow | None, str | None]:
+def _check_record(
+    record: list[str], columns: dict[str, int], width: int, line: int, file_name: str
+) -> tuple[ImportRow | None, str | None]:
     """One data row -> (row, None) or (None, why it is rejected). Duplicates are found later."""
     if len(record) > width:
-        return None, (f"{len(record)} cells but the header has {width} "
-                      "(a name with a comma needs double quotes around it)")
+        return None, (
+            f"{len(record)} cells but the header has {width} (a name with a comma needs double quotes around it)"
+        )
     if len(record) < width:
         record = record + [""] * (width - len(record))
     cells = {column: record[index].strip() for column, index in columns.items()}
@@ -376,9 +378,20 @@ def _write_json(out: TextIO, rows: Iterator[Subscriber]) -> None:
     out.write("[")
     separator = "\n"
     for s in rows:
-        out.write(separator + json.dumps(
-            {"id": s.id, "email": s.email, "name": s.name, "status": s.status,
-             "created": s.created, "updated": s.updated}, ensure_ascii=False))
+        out.write(
+            separator
+            + json.dumps(
+                {
+                    "id": s.id,
+                    "email": s.email,
+                    "name": s.name,
+                    "status": s.status,
+                    "created": s.created,
+                    "updated": s.updated,
+                },
+                ensure_ascii=False,
+            )
+        )
         if separator == "\n":
             out.flush()  # the first row shows at once, even through a pipe
         separator = ",\n"
@@ -429,7 +442,8 @@ def _atomic_write(path: Path, write) -> int:
     except BaseException as exc:
         Path(temp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise HighlightsError(f"{shown}: cannot write it: {exc.strerror or exc}; "
-                                  "any previous file there is unchanged") from None
+            raise HighlightsError(
+                f"{shown}: cannot write it: {exc.strerror or exc}; any previous file there is unchanged"
+            ) from None
         raise
     return result

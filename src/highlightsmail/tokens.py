@@ -95,7 +95,9 @@ def load_signer(secret_path: Path) -> Signer:
     env = os.environ.get("HIGHLIGHTS_SECRET", "").strip()
     if env:
         if len(env) < 16:
-            raise HighlightsError("HIGHLIGHTS_SECRET is too short: use at least 16 characters (32 random bytes is best)")
+            raise HighlightsError(
+                "HIGHLIGHTS_SECRET is too short: use at least 16 characters (32 random bytes is best)"
+            )
         return Signer(env.encode(), previous)
     if os.path.lexists(secret_path):  # a dangling link too: reading it names the problem
         # Anything but a readable file of ASCII text is a sentence, not a traceback (and

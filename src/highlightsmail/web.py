@@ -56,8 +56,7 @@ MAX_BODY_BYTES = 8 * 1024  # a one-click body is 26 bytes; a multipart one, a fe
 
 # No scripts, no images, nothing from elsewhere; inline styles only; forms post back here.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 SECURITY_HEADERS: dict[str, str] = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -106,18 +105,21 @@ class Pages:
             log.exception("templates/pages/%s failed to render; using the built-in page", name)
             return self._fallback.get_template(f"pages/{name}").render(context)
 
-    def response(self, name: str, status_code: int = 200, headers: dict[str, str] | None = None,
-                 **context: Any) -> HTMLResponse:
+    def response(
+        self, name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any
+    ) -> HTMLResponse:
         return HTMLResponse(self.render(name, **context), status_code=status_code, headers=headers)
 
-    def notice(self, status_code: int, title: str, *paragraphs: str,
-               headers: dict[str, str] | None = None) -> HTMLResponse:
+    def notice(
+        self, status_code: int, title: str, *paragraphs: str, headers: dict[str, str] | None = None
+    ) -> HTMLResponse:
         return self.response("notice.html.j2", status_code, headers, title=title, paragraphs=paragraphs)
 
 
 def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
-    return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True)
+    return jinja2.Environment(
+        loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
 
 
 # ---------------------------------------------------------------- database work (in a worker thread)
@@ -213,7 +215,8 @@ class _Endpoint:
 
     def invalid(self) -> HTMLResponse:
         return self.pages.notice(
-            400, "This link is not valid",
+            400,
+            "This link is not valid",
             "The link may have been cut short or changed on its way to you.",
             "To unsubscribe, use the link at the bottom of the newsletter email itself, "
             "or reply to it and we will take you off the list.",
@@ -257,8 +260,13 @@ class _Endpoint:
         sub = await run_in_threadpool(self.db.look, subscriber_id)
         if sub is None:
             return self.invalid()
-        return self.pages.response("unsubscribe.html.j2", title="Unsubscribe", masked_email=sub.masked_email,
-                                   status=sub.status, **self._actions(token, nested=False))
+        return self.pages.response(
+            "unsubscribe.html.j2",
+            title="Unsubscribe",
+            masked_email=sub.masked_email,
+            status=sub.status,
+            **self._actions(token, nested=False),
+        )
 
     async def unsubscribe(self, request: Request) -> Response:
         """POST /u/TOKEN: the form on the page, or an RFC 8058 one-click POST."""
@@ -270,9 +278,13 @@ class _Endpoint:
         sub = await run_in_threadpool(self.db.unsubscribe, subscriber_id, source)
         if sub is None:
             return self.invalid()
-        return self.pages.response("unsubscribed.html.j2", title="You are unsubscribed",
-                                   masked_email=sub.masked_email, status=sub.status,
-                                   **self._actions(token, nested=False))
+        return self.pages.response(
+            "unsubscribed.html.j2",
+            title="You are unsubscribed",
+            masked_email=sub.masked_email,
+            status=sub.status,
+            **self._actions(token, nested=False),
+        )
 
     async def resubscribe(self, request: Request) -> Response:
         """POST /u/TOKEN/resubscribe: active again, unless mail to the address fails."""
@@ -285,14 +297,19 @@ class _Endpoint:
             return self.invalid()
         if sub.status in _SUPPRESSED:
             return self.pages.notice(
-                409, "We can't send to this address",
+                409,
+                "We can't send to this address",
                 f"Mail to {sub.masked_email} could not be delivered or was reported as unwanted, "
                 "so we no longer send to it.",
                 "To subscribe again, please write to the editors from that address.",
             )
-        return self.pages.response("resubscribed.html.j2", title="You are subscribed again",
-                                   masked_email=sub.masked_email, status=sub.status,
-                                   **self._actions(token, nested=True))
+        return self.pages.response(
+            "resubscribed.html.j2",
+            title="You are subscribed again",
+            masked_email=sub.masked_email,
+            status=sub.status,
+            **self._actions(token, nested=True),
+        )
 
     # -- errors
 
@@ -302,8 +319,9 @@ class _Endpoint:
         if exc.status_code == 404:
             return self.pages.notice(404, "Page not found", "There is nothing at this address.", headers=headers)
         if exc.status_code == 405:
-            return self.pages.notice(405, "Not allowed", "This page does not accept that kind of request.",
-                                     headers=headers)
+            return self.pages.notice(
+                405, "Not allowed", "This page does not accept that kind of request.", headers=headers
+            )
         return self.pages.notice(exc.status_code, "Request not accepted", str(exc.detail), headers=headers)
 
 
@@ -329,9 +347,7 @@ async def _is_one_click(request: Request) -> bool:
         # urlencoded, or a sender that forgot the content type: the same key=value text
         body = await request.body()
         fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
-    return any(
-        k.strip().lower() == "list-unsubscribe" and v.strip().lower() == "one-click" for k, v in fields
-    )
+    return any(k.strip().lower() == "list-unsubscribe" and v.strip().lower() == "one-click" for k, v in fields)
 
 
 class _SecurityHeaders:
@@ -363,8 +379,9 @@ class _SecurityHeaders:
             log.exception("error answering %s %s", scope.get("method"), _redact(scope.get("path", "")))
             if started:
                 raise
-            page = self.pages.notice(500, "Something went wrong",
-                                     "The page could not be shown. Please try the link again in a few minutes.")
+            page = self.pages.notice(
+                500, "Something went wrong", "The page could not be shown. Please try the link again in a few minutes."
+            )
             await page(scope, receive, send_secured)
 
 
@@ -380,8 +397,12 @@ class _BodyLimit:
 
     def _too_large(self) -> HTMLResponse:
         # Connection: close, since the rest of the body is left unread.
-        return self.pages.notice(413, "Request too large", f"This address accepts at most {self.limit} bytes.",
-                                 headers={"Connection": "close"})
+        return self.pages.notice(
+            413,
+            "Request too large",
+            f"This address accepts at most {self.limit} bytes.",
+            headers={"Connection": "close"},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -441,13 +462,15 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         Middleware(_SecurityHeaders, pages=endpoint.pages),  # outermost: every answer gets the headers
         Middleware(_BodyLimit, pages=endpoint.pages),
     ]
+
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         endpoint.db.close()
 
-    application = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                            exception_handlers={HTTPException: endpoint.http_error})
+    application = Starlette(
+        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: endpoint.http_error}
+    )
     # No redirects at all (RFC 8058 forbids them for the POST): `/u/TOKEN/` is a 404,
     # not a 307 to `/u/TOKEN`.
     application.router.redirect_slashes = False
@@ -528,14 +551,20 @@ def serve_command(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> N
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(f"Serving {ws.settings.name} unsubscribe pages on http://{shown_host}:{bound_port}/")
     base = ws.settings.base_url
-    click.echo(f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.",
-               err=True)
+    click.echo(
+        f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.", err=True
+    )
     if not base.startswith("https://"):
-        click.echo("Note: base_url is not https, so messages carry no List-Unsubscribe-Post "
-                   "(one-click needs https).", err=True)
-    config = uvicorn.Config(application, proxy_headers=True,
-                            forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-                            server_header=False, log_level="info")
+        click.echo(
+            "Note: base_url is not https, so messages carry no List-Unsubscribe-Post (one-click needs https).", err=True
+        )
+    config = uvicorn.Config(
+        application,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        server_header=False,
+        log_level="info",
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
@@ -545,5 +574,13 @@ def serve_command(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> N
         sock.close()
 
 
-__all__ = ["app", "bind_socket", "create_app", "mask_email", "serve_command", "CONTENT_SECURITY_POLICY",
-           "MAX_BODY_BYTES", "SECURITY_HEADERS"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "MAX_BODY_BYTES",
+    "SECURITY_HEADERS",
+    "app",
+    "bind_socket",
+    "create_app",
+    "mask_email",
+    "serve_command",
+]

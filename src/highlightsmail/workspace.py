@@ -122,7 +122,9 @@ class Workspace:
             weekly = [p for p in found if ISSUE_SLUG.match(p.stem)]
             found = weekly or found
             if not found:
-                raise HighlightsError(f"{display_path(self.issues_dir)}: no issue files yet; create one with `highlights new`")
+                raise HighlightsError(
+                    f"{display_path(self.issues_dir)}: no issue files yet; create one with `highlights new`"
+                )
             return found[-1]
         as_path = Path(ref)
         if as_path.suffix in (".yaml", ".yml") or os.sep in ref or "/" in ref:
@@ -144,15 +146,16 @@ def find_root(start: Path | None = None, override: str | Path | None = None) -> 
     if chosen:
         root = Path(chosen)
         if not (root / SETTINGS_FILE).is_file():
-            raise HighlightsError(f"{display_path(root)}: no {SETTINGS_FILE} here; create a workspace with `highlights init {chosen}`")
+            raise HighlightsError(
+                f"{display_path(root)}: no {SETTINGS_FILE} here; create a workspace with `highlights init {chosen}`"
+            )
         return root.resolve()
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / SETTINGS_FILE).is_file():
             return folder
     raise HighlightsError(
-        f"no {SETTINGS_FILE} in {display_path(here)} or its parents; "
-        "run `highlights init DIR` or pass --workspace DIR"
+        f"no {SETTINGS_FILE} in {display_path(here)} or its parents; run `highlights init DIR` or pass --workspace DIR"
     )
 
 

@@ -97,7 +97,7 @@ def _marks_work(loader_class: type) -> bool:
         y = root.value[0][1].value[2].start_mark
         one = root.value[1][1].value[0].start_mark
         return (y.line, y.column, one.line, one.column) == (0, 11, 2, 4)
-    except Exception:  # noqa: BLE001 - any failure means "don't use it"
+    except Exception:
         return False
 
 
@@ -323,7 +323,9 @@ class _Reader:
                     values += 1
                     if values > MAX_NODES:
                         line, col = _mark(event.start_mark)
-                        raise _fail(self.file, line, col, f"the file has more than {MAX_NODES:,} values; is it the right file?")
+                        raise _fail(
+                            self.file, line, col, f"the file has more than {MAX_NODES:,} values; is it the right file?"
+                        )
         finally:
             loader.dispose()
 
@@ -358,7 +360,9 @@ class _Reader:
             total = 1
             if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
                 open_nodes.add(ident)
-                children = node.value if isinstance(node, yaml.SequenceNode) else (n for pair in node.value for n in pair)
+                children = (
+                    node.value if isinstance(node, yaml.SequenceNode) else (n for pair in node.value for n in pair)
+                )
                 for child in children:
                     total += size(child, depth + 1)
                     if total > MAX_NODES:
@@ -414,7 +418,7 @@ class _Reader:
         except yaml.YAMLError:  # ConstructorError: a tag the safe loader does not know
             self._unreadable(node, path, f"unsupported YAML tag {_short_tag(node.tag)}; write plain text")
             return None
-        except Exception as exc:  # noqa: BLE001 - a bad scalar is the file's problem
+        except Exception as exc:
             self._unreadable(node, path, f"cannot read {node.value!r}: {exc}")
             return None
         if not isinstance(value, str) and not node.style:  # plain, not quoted
@@ -477,7 +481,11 @@ def _yaml_message(exc: yaml.MarkedYAMLError, text: str) -> str:
         if problem.startswith("but "):  # "expected a single document ..." "but found another"
             message = f"{context}, {problem}"
         else:
-            if exc.context_mark is not None and exc.problem_mark is not None and exc.context_mark.line != exc.problem_mark.line:
+            if (
+                exc.context_mark is not None
+                and exc.problem_mark is not None
+                and exc.context_mark.line != exc.problem_mark.line
+            ):
                 context += f" at line {exc.context_mark.line + 1}"
             message = f"{problem} ({context})"
     mark = exc.problem_mark or exc.context_mark
@@ -587,7 +595,9 @@ def _check_key_names(doc: YamlDocument, data: dict[str, Any], model: type[BaseMo
     return problems
 
 
-def _check_nested(doc: YamlDocument, parent: Any, slot: Any, value: Any, annotation: Any, path: KeyPath) -> list[Problem]:
+def _check_nested(
+    doc: YamlDocument, parent: Any, slot: Any, value: Any, annotation: Any, path: KeyPath
+) -> list[Problem]:
     problems: list[Problem] = []
     for tp in _candidates(annotation):
         if _is_model(tp) and isinstance(value, dict):
@@ -686,7 +696,9 @@ def _problem_from_error(doc: YamlDocument, model: type[BaseModel], error: Any) -
     elif kind.startswith("datetime"):
         message = "expected a date and time like 2024-01-12 09:30"
     elif kind in ("list_type", "tuple_type", "set_type", "iterable_type"):
-        message = "expected a list" + (" (like [a, b], or one entry per line starting with '- ')" if isinstance(value, str) else "")
+        message = "expected a list" + (
+            " (like [a, b], or one entry per line starting with '- ')" if isinstance(value, str) else ""
+        )
     elif kind == "string_type":
         message = _expected_text(doc, path, value)
     elif kind in ("int_type", "int_parsing", "int_from_float", "int_parsing_size"):
@@ -698,7 +710,9 @@ def _problem_from_error(doc: YamlDocument, model: type[BaseModel], error: Any) -
     elif kind in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
         nested = _model_at(model, path)
         keys = _file_keys(nested) if nested else []
-        message = "expected a mapping" + (f" of keys ({', '.join(f'{k}:' for k in keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else "")
+        message = "expected a mapping" + (
+            f" of keys ({', '.join(f'{k}:' for k in keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else ""
+        )
     elif kind in ("string_too_long", "string_too_short", "too_long", "too_short") and isinstance(value, str):
         limit = ctx.get("max_length") if "long" in kind else ctx.get("min_length")
         if "long" in kind:

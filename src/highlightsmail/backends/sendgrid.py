@@ -117,14 +117,16 @@ class SendGridBackend(Backend):
                 args = {"issue": batch.slug, "subscriber_id": str(env.recipient.subscriber_id)}
             else:
                 args = {"issue": batch.slug, "test": "true"}
-            personalizations.append({
-                "to": [_address(to, env.recipient.name, recipient=True)],
-                # Substitutions are plain find-and-replace (legacy, non-dynamic templates
-                # only); the placeholder is in both the HTML and the text.
-                "substitutions": {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url},
-                "headers": headers,
-                "custom_args": args,
-            })
+            personalizations.append(
+                {
+                    "to": [_address(to, env.recipient.name, recipient=True)],
+                    # Substitutions are plain find-and-replace (legacy, non-dynamic templates
+                    # only); the placeholder is in both the HTML and the text.
+                    "substitutions": {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url},
+                    "headers": headers,
+                    "custom_args": args,
+                }
+            )
         name, email = parseaddr(settings.from_)
         payload: dict[str, Any] = {
             "personalizations": personalizations,
@@ -153,19 +155,24 @@ class SendGridBackend(Backend):
     def send_batch(self, batch: Batch) -> BatchResult:
         # SendGrid refuses a whole request over one address it cannot take: those fail
         # alone, before the request, and the rest of the batch goes.
-        failed = {e.key: f"SendGrid cannot send to {e.recipient.email!r}: it takes only ASCII before the @"
-                  for e in batch.envelopes if ascii_address(e.recipient.email) is None}
+        failed = {
+            e.key: f"SendGrid cannot send to {e.recipient.email!r}: it takes only ASCII before the @"
+            for e in batch.envelopes
+            if ascii_address(e.recipient.email) is None
+        }
         if len(failed) == len(batch.envelopes):
             return BatchResult(failed=failed)
         payload = self.build_payload(batch)
         message_id = with_retries(lambda: self._post(payload), self.policy, sleep=self._sleep)
-        return BatchResult(sent=[e.key for e in batch.envelopes if e.key not in failed], failed=failed,
-                           message_id=message_id)
+        return BatchResult(
+            sent=[e.key for e in batch.envelopes if e.key not in failed], failed=failed, message_id=message_id
+        )
 
     def _post(self, payload: dict[str, Any]) -> str | None:
         client = self._api()
-        response = self._call(lambda: client.client.mail.send.post(request_body=payload, timeout=self.timeout),
-                              "POST /v3/mail/send")
+        response = self._call(
+            lambda: client.client.mail.send.post(request_body=payload, timeout=self.timeout), "POST /v3/mail/send"
+        )
         # 202 Accepted; SendGrid gives one X-Message-Id for the whole request.
         return response.headers.get("X-Message-Id")
 
@@ -179,8 +186,9 @@ class SendGridBackend(Backend):
             raise _http_error(err, what) from None
         except TimeoutError:
             # Raised while waiting for the answer: the request was sent whole.
-            raise TransientError(f"SendGrid did not answer {what} within {self.timeout:g} s",
-                                 maybe_delivered=True) from None
+            raise TransientError(
+                f"SendGrid did not answer {what} within {self.timeout:g} s", maybe_delivered=True
+            ) from None
         except URLError as err:
             # urllib wraps what fails while connecting or sending: no whole request arrived.
             reason = err.reason
@@ -189,8 +197,9 @@ class SendGridBackend(Backend):
             raise TransientError(f"cannot reach SendGrid at {self.host} ({what}): {reason}") from None
         except (http.client.HTTPException, OSError) as err:
             # RemoteDisconnected, resets while waiting: the request may or may not have arrived.
-            raise TransientError(f"connection to SendGrid lost during {what}: {err or type(err).__name__}",
-                                 maybe_delivered=True) from None
+            raise TransientError(
+                f"connection to SendGrid lost during {what}: {err or type(err).__name__}", maybe_delivered=True
+            ) from None
 
     # -- suppressions
 
@@ -203,14 +212,17 @@ class SendGridBackend(Backend):
             while True:
                 query = {"limit": PAGE_SIZE, "offset": offset}
                 page = self._get_list(
-                    lambda q=query, k=kind: self._api().client.suppression._(k).get(query_params=q, timeout=self.timeout),
+                    lambda q=query, k=kind: (
+                        self._api().client.suppression._(k).get(query_params=q, timeout=self.timeout)
+                    ),
                     f"GET /v3/suppression/{kind}",
                 )
                 for item in page:
                     if not isinstance(item, dict) or not isinstance(item.get("email"), str):
                         raise DeliveryError(f"SendGrid's {kind} list has an entry without an address: {item!r:.80}")
-                    yield Suppression(email=_stored_form(item["email"]), status=status,
-                                      detail=str(item.get("reason") or ""))
+                    yield Suppression(
+                        email=_stored_form(item["email"]), status=status, detail=str(item.get("reason") or "")
+                    )
                 if len(page) < PAGE_SIZE:
                     break
                 offset += PAGE_SIZE
@@ -223,8 +235,7 @@ class SendGridBackend(Backend):
             for item in members:
                 if not isinstance(item, str):
                     raise DeliveryError(f"SendGrid's unsubscribe group {group} has an odd entry: {item!r:.80}")
-                yield Suppression(email=_stored_form(item), status="unsubscribed",
-                                  detail=f"unsubscribe group {group}")
+                yield Suppression(email=_stored_form(item), status="unsubscribed", detail=f"unsubscribe group {group}")
 
     def _get_list(self, request: Callable[[], Any], what: str) -> list[Any]:
         response = with_retries(lambda: self._call(request, what), self.policy, sleep=self._sleep)

@@ -146,15 +146,16 @@ class MessageTemplate:
         return len(mine) == len(theirs) and all(
             a.get_content_type() == b.get_content_type()
             and a.get_content().replace("\r\n", "\n") == b.get_content().replace("\r\n", "\n")
-            for a, b in zip(mine, theirs)
+            for a, b in zip(mine, theirs, strict=False)
         )
 
     def render(self, env: Envelope, *, eight_bit: bool = True, message_id: str | None = None) -> Outgoing:
         """This recipient's message; `eight_bit` says whether the receiver takes 8bit
         bodies (8BITMIME; a file does)."""
         if not self.fast:
-            return _full_message(self.rendered, self.settings, env, test=self.test, eight_bit=eight_bit,
-                                 message_id=message_id)
+            return _full_message(
+                self.rendered, self.settings, env, test=self.test, eight_bit=eight_bit, message_id=message_id
+            )
         return self._render_fast(env, eight_bit, message_id)
 
     def _render_fast(self, env: Envelope, eight_bit: bool, message_id: str | None) -> Outgoing:
@@ -206,8 +207,10 @@ class _SplitBody:
             self._raw[-1] += b"\r\n"
         # As it is only if no line can outgrow 998 octets once the URL is in (a line's
         # length without its placeholders, and how many it holds), and no NUL (RFC 6152).
-        lines = [(len(line.replace(placeholder.encode(), b"")), line.count(placeholder.encode()))
-                 for line in _crlf(body).split(b"\r\n")]
+        lines = [
+            (len(line.replace(placeholder.encode(), b"")), line.count(placeholder.encode()))
+            for line in _crlf(body).split(b"\r\n")
+        ]
         self._raw_ok = "\x00" not in body and all(n or size <= _MAX_LINE for size, n in lines)
         self._holders = [(size, n) for size, n in lines if n]
 
@@ -215,8 +218,13 @@ class _SplitBody:
         """(the part's bytes, whether they are 8bit)."""
         data = insert.encode("utf-8")
         plain = self._ascii and data.isascii()
-        if (self._raw_ok and (plain or eight_bit) and b"\r" not in data and b"\n" not in data
-                and all(size + n * len(data) <= _MAX_LINE for size, n in self._holders)):
+        if (
+            self._raw_ok
+            and (plain or eight_bit)
+            and b"\r" not in data
+            and b"\n" not in data
+            and all(size + n * len(data) <= _MAX_LINE for size, n in self._holders)
+        ):
             return (self._7bit_start if plain else self._8bit_start) + data.join(self._raw), not plain
         if len(self._qp) == 1:
             return self._qp_start + self._qp[0], False
@@ -259,16 +267,17 @@ def _qp(text: str, *, last: bool = True) -> bytes:
     start = out.rfind(b"\n") + 1
     if len(out) - start > 75:
         cut = start + 75
-        if out[cut - 1:cut] == b"=":
+        if out[cut - 1 : cut] == b"=":
             cut -= 1  # never inside an =XX escape
-        elif out[cut - 2:cut - 1] == b"=":
+        elif out[cut - 2 : cut - 1] == b"=":
             cut -= 2
         out = out[:cut] + b"=\r\n" + out[cut:]
     return out + b"=\r\n"
 
 
-def _full_message(rendered: RenderedIssue, settings: Settings, env: Envelope, *, test: bool,
-                  eight_bit: bool, message_id: str | None) -> Outgoing:
+def _full_message(
+    rendered: RenderedIssue, settings: Settings, env: Envelope, *, test: bool, eight_bit: bool, message_id: str | None
+) -> Outgoing:
     """The slow, general path: the email package does everything."""
     msg = build_message(rendered, settings, env.recipient, env.links, test=test, message_id=message_id)
     policy = email.policy.SMTP if eight_bit else email.policy.SMTP.clone(cte_type="7bit")
@@ -333,8 +342,9 @@ class SmtpBackend(Backend):
     batch_size = 100
     concurrency = 1
 
-    def __init__(self, ws: Workspace, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ws: Workspace, *, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ws = ws
         self.config = ws.settings.delivery.smtp
         delivery = ws.settings.delivery
@@ -493,8 +503,9 @@ class SmtpBackend(Backend):
             raise _classify(err.smtp_code, err.smtp_error, "refused the message") from None
         except (OSError, smtplib.SMTPException) as err:  # disconnects, time-outs, resets
             self._drop()
-            raise _ConnectionProblem(f"connection to {self.where} lost: {err or type(err).__name__}",
-                                     maybe_delivered=stage == "data") from None
+            raise _ConnectionProblem(
+                f"connection to {self.where} lost: {err or type(err).__name__}", maybe_delivered=stage == "data"
+            ) from None
 
     def send_batch(self, batch: Batch) -> BatchResult:
         result = BatchResult()
@@ -503,7 +514,11 @@ class SmtpBackend(Backend):
         for index, env in enumerate(envelopes):
             message_id = template.new_message_id()  # a retry is the same message
             try:
-                with_retries(lambda: self._send_one(template, env, message_id), self.policy, sleep=self._sleep)
+                with_retries(
+                    lambda env=env, message_id=message_id: self._send_one(template, env, message_id),
+                    self.policy,
+                    sleep=self._sleep,
+                )
             except (_ConnectionProblem, _SetupError) as err:
                 # The server is gone or refuses everyone: the rest are not tried now
                 # (the dispatcher retries failed recipients on the next run).

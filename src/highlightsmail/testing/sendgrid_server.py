@@ -63,8 +63,18 @@ MAX_BODY_BYTES = 30 * 1024 * 1024  # SendGrid's total message size limit
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
-        "x-sg-id", "x-sg-eid", "received", "dkim-signature", "Content-Type",
-        "Content-Transfer-Encoding", "To", "From", "Subject", "Reply-To", "CC", "BCC",
+        "x-sg-id",
+        "x-sg-eid",
+        "received",
+        "dkim-signature",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "To",
+        "From",
+        "Subject",
+        "Reply-To",
+        "CC",
+        "BCC",
     )
 )
 MAX_ERRORS_REPORTED = 20
@@ -209,9 +219,7 @@ def find_openapi_dir(explicit: str | os.PathLike[str] | None = None) -> tuple[Pa
             if (folder / MAIL_SPEC).is_file():
                 return folder, None
     where = ", ".join(str(s) for s in starts)
-    return None, (
-        f"no shared/sendgrid-openapi/{MAIL_SPEC} above {where} and ${ENV_OPENAPI_DIR} unset"
-    )
+    return None, (f"no shared/sendgrid-openapi/{MAIL_SPEC} above {where} and ${ENV_OPENAPI_DIR} unset")
 
 
 def _pointer(*parts: str) -> str:
@@ -262,8 +270,16 @@ def _load_schemas(folder: Path) -> _Schemas:
         routes["global_email"] = "/v3/asm/suppressions/global/{email}"
         for kind, path in routes.items():
             responses[kind] = _validator_for(
-                supp_uri, supp_registry,
-                "paths", path, "get", "responses", "200", "content", "application/json", "schema",
+                supp_uri,
+                supp_registry,
+                "paths",
+                path,
+                "get",
+                "responses",
+                "200",
+                "content",
+                "application/json",
+                "schema",
             )
     return _Schemas(mail=mail, suppressions=responses)
 
@@ -399,8 +415,7 @@ class _LimitChecker:
                     if isinstance(name, str) and (";" in name or "," in name):
                         # Documented under "Limitations" of v3 Mail Send; SendGrid would
                         # split the header there and lose the recipient.
-                        self.add(f"The {kind}.name may not include ';' or ',' characters.",
-                                 f"{where}.{kind}.{j}.name")
+                        self.add(f"The {kind}.name may not include ';' or ',' characters.", f"{where}.{kind}.{j}.name")
                 for addr, addr_field in self.address_list(p[kind], f"{where}.{kind}"):
                     recipients += 1
                     key = addr.lower()
@@ -418,13 +433,15 @@ class _LimitChecker:
                 subject_everywhere = False
                 if "subject" in p:
                     self.add("The subject must be a non-empty string.", f"{where}.subject")
-            if "substitutions" in p and self.string_map(p["substitutions"], f"{where}.substitutions"):
-                if _json_size(p["substitutions"]) > MAX_SUBSTITUTIONS_BYTES:
-                    self.add(
-                        f"The substitutions of a personalization may not exceed "
-                        f"{MAX_SUBSTITUTIONS_BYTES} bytes.",
-                        f"{where}.substitutions",
-                    )
+            if (
+                "substitutions" in p
+                and self.string_map(p["substitutions"], f"{where}.substitutions")
+                and _json_size(p["substitutions"]) > MAX_SUBSTITUTIONS_BYTES
+            ):
+                self.add(
+                    f"The substitutions of a personalization may not exceed {MAX_SUBSTITUTIONS_BYTES} bytes.",
+                    f"{where}.substitutions",
+                )
             custom = p.get("custom_args")
             if custom is not None and not self.string_map(custom, f"{where}.custom_args"):
                 custom = None
@@ -519,8 +536,10 @@ class _LimitChecker:
             self.add(_CONTENT_REQUIRED, "content")
         types: list[str] = []
         for j, block in enumerate(value):
-            if not isinstance(block, dict) or not _nonempty_str(block.get("type")) or not _nonempty_str(
-                block.get("value")
+            if (
+                not isinstance(block, dict)
+                or not _nonempty_str(block.get("type"))
+                or not _nonempty_str(block.get("value"))
             ):
                 self.add("Each content block needs a non-empty type and value.", f"content.{j}")
                 types.append("")
@@ -543,9 +562,7 @@ class _LimitChecker:
             if not isinstance(cat, str):
                 self.add(f"Invalid type. Expected: string, given: {_json_type(cat)}.", f"categories.{j}")
             elif len(cat) > MAX_CATEGORY_CHARS:
-                self.add(
-                    f"A category may not be longer than {MAX_CATEGORY_CHARS} characters.", f"categories.{j}"
-                )
+                self.add(f"A category may not be longer than {MAX_CATEGORY_CHARS} characters.", f"categories.{j}")
         if len({c for c in value if isinstance(c, str)}) < sum(isinstance(c, str) for c in value):
             self.add("Categories must be unique.", "categories")
 
@@ -623,7 +640,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: Any) -> None:
         # Benchmarks send thousands of requests; keep stderr quiet.
         log.debug("%s " + format, self.address_string(), *args)
 
@@ -928,7 +945,10 @@ class SendGridServer:
         self, path: str, status: int, errors: list[ApiError], headers: Mapping[str, str], body: Any = None
     ) -> _Reply:
         record = RejectedRequest(
-            path, status, [e.as_json() for e in errors], dict(headers.items()),
+            path,
+            status,
+            [e.as_json() for e in errors],
+            dict(headers.items()),
             body if self.record == "full" else None,
         )
         with self._lock:
@@ -937,9 +957,7 @@ class SendGridServer:
                 self._stats.rejected += 1
         return _error_reply(status, errors)
 
-    def _mail_send(
-        self, headers: Mapping[str, str], raw: bytes | None, body_error: _BodyError | None
-    ) -> _Reply:
+    def _mail_send(self, headers: Mapping[str, str], raw: bytes | None, body_error: _BodyError | None) -> _Reply:
         path = "/v3/mail/send"
         with self._lock:
             self._stats.received += 1
@@ -1002,11 +1020,15 @@ class SendGridServer:
     def _fault(self, behaviour: str) -> _Reply:
         if behaviour == "429":
             reset = math.ceil(time.time() + self.rate_limit_reset_seconds)
-            return _error_reply(429, [ApiError("too many requests")], {
-                "X-RateLimit-Limit": str(self.rate_limit),
-                "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": str(reset),
-            })
+            return _error_reply(
+                429,
+                [ApiError("too many requests")],
+                {
+                    "X-RateLimit-Limit": str(self.rate_limit),
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(reset),
+                },
+            )
         if behaviour == "500":
             return _error_reply(500, [ApiError("internal server error (injected fault)")])
         if behaviour == "503":
@@ -1032,10 +1054,16 @@ class SendGridServer:
         elif parts[1:] == ["asm", "suppressions", "global"]:
             # The spec documents only POST here; global unsubscribes are listed by
             # GET /v3/suppression/unsubscribes. A client calling GET here has a bug.
-            return _error_reply(405, [ApiError(
-                "GET is not documented for /v3/asm/suppressions/global; "
-                "list global unsubscribes with GET /v3/suppression/unsubscribes."
-            )], {"Allow": "POST"})
+            return _error_reply(
+                405,
+                [
+                    ApiError(
+                        "GET is not documented for /v3/asm/suppressions/global; "
+                        "list global unsubscribes with GET /v3/suppression/unsubscribes."
+                    )
+                ],
+                {"Allow": "POST"},
+            )
         if route is None:
             return _error_reply(404, [ApiError(f"Not found: {path} is not served by the SendGrid test server.")])
         if method != "GET":
@@ -1097,14 +1125,15 @@ class SendGridServer:
         items = self.suppressions.get(kind, [])
         if start is None and end is None and not email_part:
             # Normalise only the page, so a million-entry list stays cheap to serve.
-            return [self._entry(kind, e) for e in items[offset: offset + limit]]
+            return [self._entry(kind, e) for e in items[offset : offset + limit]]
         selected = [
-            entry for entry in (self._entry(kind, e) for e in items)
+            entry
+            for entry in (self._entry(kind, e) for e in items)
             if (start is None or entry["created"] >= start)
             and (end is None or entry["created"] <= end)
             and email_part in entry["email"].lower()
         ]
-        return selected[offset: offset + limit]
+        return selected[offset : offset + limit]
 
     def _entry(self, kind: str, item: str | dict[str, Any]) -> dict[str, Any]:
         given = {"email": item} if isinstance(item, str) else dict(item)
@@ -1143,7 +1172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", help="the only API key accepted (default: any)")
     parser.add_argument("--openapi-dir", help="folder holding tsg_mail_v3.json")
     parser.add_argument(
-        "--record", choices=("full", "count", "ids"), default="count",
+        "--record",
+        choices=("full", "count", "ids"),
+        default="count",
         help="what to keep of accepted requests (default: count, so memory stays flat)",
     )
     args = parser.parse_args(argv)

@@ -1,0 +1,67 @@
+"""What text a user typed may hold, in one place: the characters no part of an email may
+carry, and the rules for text that ends up in a header.
+
+Imported by the models (issue and settings fields), the CSV import, the web forms and
+the message builder, so each of them refuses the same things for the same reasons.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Unicode noncharacters: U+FDD0..U+FDEF and the last two code points of every plane.
+_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
+
+#: Anywhere in a single line (a title, a subject, a name, a setting): control characters
+#: (C0, DEL, C1, which includes U+0085 NEXT LINE), the Unicode line and paragraph
+#: separators U+2028/U+2029 (Python's str.splitlines() and the email package break
+#: lines there), and noncharacters. YAML escapes ("\x1b", "\u2028") put them in files.
+FORBIDDEN_IN_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_NONCHARACTERS}]")
+#: Anywhere in text of several lines (Markdown): the same, but tab, LF and CR are text.
+FORBIDDEN_IN_TEXT = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_NONCHARACTERS}]")
+
+#: An RFC 2047 encoded word, `=?charset?B|Q?text?=`. A header decoder turns it back into
+#: any characters at all, CR and LF included, so no text a user typed may carry one into
+#: a header: it would be a way to smuggle a line break (and so a header) past every
+#: other check, on the Python versions whose email package decodes before folding.
+ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+
+#: Line breaks of every kind, for the message builder's last check.
+LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
+def describe_forbidden(ch: str) -> str:
+    """The sentence for a character that FORBIDDEN_IN_LINE or FORBIDDEN_IN_TEXT found."""
+    if ch in "\r\n\x85\u2028\u2029":
+        return f"must be a single line (it holds a line break, U+{ord(ch):04X})"
+    if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:
+        return f"must not contain control characters (U+{ord(ch):04X})"
+    return f"character U+{ord(ch):04X} is not allowed (a Unicode noncharacter)"
+
+
+def line_problem(value: str) -> str | None:
+    """Why `value` cannot be a single line of text (None when it can)."""
+    bad = FORBIDDEN_IN_LINE.search(value)
+    return describe_forbidden(bad.group()) if bad else None
+
+
+def header_problem(value: str) -> str | None:
+    """Why `value` cannot go into a header as the user typed it (None when it can):
+    a line break or control character, or an RFC 2047 encoded word."""
+    problem = line_problem(value)
+    if problem:
+        return problem
+    if ENCODED_WORD.search(value):
+        return "must not contain an RFC 2047 encoded word (=?charset?Q?...?=): write the text itself"
+    return None
+
+
+__all__ = [
+    "ENCODED_WORD",
+    "FORBIDDEN_IN_LINE",
+    "FORBIDDEN_IN_TEXT",
+    "LINE_BREAK",
+    "describe_forbidden",
+    "header_problem",
+    "line_problem",
+]
