@@ -94,7 +94,7 @@ def _signer(ws: Workspace) -> Signer:
 
 def _validate_addresses(addresses: list[str]) -> list[str]:
     """`--to` addresses, checked and normalised as subscribers' addresses are."""
-    from highlightsmail.subscribers import BadAddress, normalize_address
+    from highlightsmail.addresses import BadAddress, normalize_address
 
     out = []
     for addr in addresses:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import click
-from email_validator import EmailNotValidError, validate_email
 
+from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.store import STATUSES, ImportResult, ImportRow, Store, Subscriber, format_time
 
@@ -40,19 +40,6 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # -- addresses and cells ----------------------------------------------------------
-
-
-class BadAddress(ValueError):
-    """An address that is not valid; the message says why."""
-
-
-def normalize_address(raw: str) -> str:
-    """The stored form of an address: trimmed, syntax checked (no DNS lookups), and
-    normalised by email-validator (domain lower-cased and IDNA-checked, Unicode NFC)."""
-    try:
-        return validate_email(raw.strip(), check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise BadAddress(str(exc)) from None
 
 
 def check_name(raw: str) -> str:

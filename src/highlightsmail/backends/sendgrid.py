@@ -266,7 +266,7 @@ def _stored_form(address: str) -> str:
     the Unicode domain."""
     if "xn--" not in address.lower():
         return address
-    from highlightsmail.subscribers import BadAddress, normalize_address
+    from highlightsmail.addresses import BadAddress, normalize_address
 
     try:
         return normalize_address(address)
