@@ -7,11 +7,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from highlightsmail.fields import HttpUrl, Markdown, SingleLine
+from highlightsmail.fields import HeaderText, HttpUrl, Markdown, SingleLine
 
 
 class _Strict(BaseModel):
-    # Unknown keys are errors (PRODUCT.md): a typo must not silently drop content.
+    # Unknown keys are errors: a typo must not silently drop content.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -36,10 +36,11 @@ class Item(_Strict):
 class Issue(_Strict):
     """One newsletter issue as written in issues/YYYY-wWW.yaml."""
 
-    title: SingleLine = Field(max_length=200)
+    # The title is the subject when there is none; the preheader is the inbox preview.
+    title: HeaderText = Field(max_length=200)
     date: dt.date
-    subject: SingleLine | None = Field(default=None, max_length=998)
-    preheader: SingleLine | None = Field(default=None, max_length=150)
+    subject: HeaderText | None = Field(default=None, max_length=998)
+    preheader: HeaderText | None = Field(default=None, max_length=150)
     intro: Markdown | None = None
     items: list[Item] = Field(min_length=1, max_length=50)
     outro: Markdown | None = None
