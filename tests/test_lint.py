@@ -362,3 +362,23 @@ def test_markdown_link_without_a_host_is_an_error(workspace: Path) -> None:
         one(result)
         == f"{FILE}:7:11: items[0].summary: link 'https:///nowhere' has no host; write it like https://example.org/page"
     )
+
+
+def test_lint_names_places_from_the_loaded_issue_without_reading_the_file_again(workspace: Path) -> None:
+    """The issue keeps where each value was when it was read: a file changed (or broken)
+    on disk since does not move or lose the places lint reports."""
+    (workspace / FILE).write_text(
+        CLEAN.replace("url: https://example.org/a", "url: http://example.org/a").replace(
+            "Plain text.", "See [code](http://example.org/code)."
+        ),
+        encoding="utf-8",
+    )
+    ws = load_workspace(workspace)
+    issue = load_issue(workspace / FILE)
+    rendered = render_issue(issue, ws)
+    (workspace / FILE).write_text("title: [broken\n", encoding="utf-8")
+    found = [str(p) for p in lint_issue(ws, issue, rendered) if "is not https" in p.message]
+    assert [line.split(" is not https")[0] for line in found] == [
+        f"{FILE}:7:18: warning: items[0].summary: link http://example.org/code",
+        f"{FILE}:10:14: warning: items[0].links[0].url: link http://example.org/a",
+    ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +24,8 @@ from highlightsmail.errors import HighlightsError, Problem, display_path
 if TYPE_CHECKING:
     from highlightsmail.issue import Issue
     from highlightsmail.render import RenderedIssue
+    from highlightsmail.sourcemap import Severity, SourceMap
     from highlightsmail.workspace import Workspace
-    from highlightsmail.yamlfile import YamlDocument
 
 KB = 1000
 # Gmail shows "[Message clipped]" and hides the rest (the footer with the unsubscribe
@@ -120,67 +120,14 @@ def _links(issue: Issue) -> Iterator[_Link]:
     yield from _markdown_links(("outro",), issue.outro, None)
 
 
-class _Positions:
-    """Where things are in the issue file, from yamlfile's document (key paths to
-    line and column) and the file's text (to find a URL inside a Markdown block)."""
+def _places(issue: Issue) -> SourceMap:
+    """Where each value is in the issue's file, as loaded; everything at 1:1 for an
+    issue without one."""
+    from highlightsmail.sourcemap import SourceMap
 
-    def __init__(self, file: str, doc: YamlDocument | None, text: str) -> None:
-        self.file = file
-        self.doc = doc
-        self.text = text
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def at(self, loc: Sequence[Any], *, key: bool = False) -> tuple[int, int]:
-        if self.doc is None:
-            return (1, 1)
-        return self.doc.where(loc, key=key)
-
-    def find(self, loc: Sequence[Any], needle: str) -> tuple[int, int]:
-        """The position of `needle` inside the value at `loc` (a URL in a summary), or
-        of the value itself when it is not found there as written."""
-        line, col = self.at(loc)
-        if self.doc is None or not needle or line > len(self._line_starts):
-            return (line, col)
-        start = self._line_starts[line - 1] + col - 1
-        # The value ends before the next key or value the file holds.
-        later = [
-            self._line_starts[ln - 1] + c - 1
-            for ln, c in (*self.doc.positions.values(), *self.doc.key_positions.values())
-            if (ln, c) > (line, col) and ln <= len(self._line_starts)
-        ]
-        end = min(later, default=len(self.text))
-        index = self.text.find(needle, start, end)
-        if index < 0:
-            return (line, col)
-        found_line = self.text.count("\n", 0, index) + 1
-        return (found_line, index - self._line_starts[found_line - 1] + 1)
-
-    def problem(
-        self, loc: Sequence[Any], message: str, severity: str = "error", *, key: bool = False, needle: str | None = None
-    ) -> Problem:
-        line, col = self.find(loc, needle) if needle else self.at(loc, key=key)
-        from highlightsmail.yamlfile import dotted
-
-        prefix = dotted(tuple(loc))
-        text = f"{prefix}: {message}" if prefix else message
-        return Problem(self.file, line, col, text, severity)  # type: ignore[arg-type]
-
-
-def _positions_for(issue: Issue) -> _Positions:
-    """Positions in the issue's file; none (everything at 1:1) when it has no file."""
-    if issue.source is None:
-        return _Positions("<issue>", None, "")
-    from highlightsmail.issue import Issue as IssueModel
-    from highlightsmail.yamlfile import read_document
-
-    path = Path(issue.source)
-    try:
-        doc = read_document(path, IssueModel)
-        text = path.read_text(encoding="utf-8-sig")
-    except (HighlightsError, OSError, UnicodeDecodeError):
-        # Changed on disk since it was loaded: the findings still count, at 1:1.
-        return _Positions(display_path(path), None, "")
-    return _Positions(doc.file, doc, text)
+    if issue.source_map is not None:
+        return issue.source_map
+    return SourceMap(display_path(issue.source) if issue.source is not None else "<issue>")
 
 
 def _template_file(ws: Workspace, name: str) -> str:
@@ -191,7 +138,7 @@ def _template_file(ws: Workspace, name: str) -> str:
     return display_path(Path(__file__).parent / "templates" / name)
 
 
-def _check_url(link: _Link) -> tuple[str, str] | None:
+def _check_url(link: _Link) -> tuple[Severity, str] | None:
     """(severity, message) for a URL that is not a plain https one, else None."""
     parts = urlsplit(link.url)
     scheme = parts.scheme.lower()
@@ -228,9 +175,9 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
     Errors (severity "error") make `check` fail; warnings are advice.
     """
     from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
-    from highlightsmail.yamlfile import dotted
+    from highlightsmail.sourcemap import dotted
 
-    pos = _positions_for(issue)
+    pos = _places(issue)
     found: list[Problem] = []
 
     # -- size: measured as sent, with an unsubscribe URL as long as a real one
@@ -270,7 +217,7 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
             )
         )
     if not issue.preheader:
-        line, col = pos.at(())
+        line, col = pos.where(())
         found.append(
             Problem(
                 pos.file,
@@ -322,8 +269,8 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
         if _TODO.search(field.value):
             found.append(pos.problem(field.loc, "still has a TODO from the skeleton", "warning", needle="TODO"))
     for i, item in enumerate(issue.items):
-        for j, link in enumerate(item.links):
-            if _TODO.search(link.url):
+        for j, button in enumerate(item.links):
+            if _TODO.search(button.url):
                 found.append(
                     pos.problem(("items", i, "links", j, "url"), "still has a TODO from the skeleton", "warning")
                 )
