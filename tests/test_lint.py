@@ -382,3 +382,20 @@ def test_lint_names_places_from_the_loaded_issue_without_reading_the_file_again(
         f"{FILE}:7:18: warning: items[0].summary: link http://example.org/code",
         f"{FILE}:10:14: warning: items[0].links[0].url: link http://example.org/a",
     ]
+
+
+def test_check_returns_its_findings_and_prints_nothing(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line does the printing; the check itself only reports."""
+    from highlightsmail.lint import check_command
+
+    ws = load_workspace(workspace)
+    (workspace / FILE).write_text(CLEAN.replace("url: https://example.org/a", "url: http://example.org/a"))
+    report = check_command(ws, workspace / FILE)
+    (workspace / FILE).write_text(CLEAN.replace("Plain text.", "[x](/relative)"))
+    failed = check_command(ws, workspace / FILE)
+    assert capsys.readouterr() == ("", "")
+    assert [str(p).split(": link ")[0] for p in report.problems] == [f"{FILE}:10:14: warning: items[0].links[0].url"]
+    assert report.ok
+    assert re.fullmatch(rf"{FILE}: OK with 1 warning \(2 items, HTML \d+ KB\)", report.summary)
+    assert not failed.ok
+    assert failed.summary == f"{FILE}: 1 error"

@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import click
-
-from highlightsmail.errors import HighlightsError, Problem, display_path
+from highlightsmail.errors import Problem, display_path
 
 if TYPE_CHECKING:
     from highlightsmail.issue import Issue
@@ -331,31 +329,58 @@ def _html_text(value: str) -> str:
     return str(escape(value))
 
 
-def check_command(ws: Workspace, issue_path: Path) -> None:
-    """`highlights check ISSUE`: validation errors or lint findings on stderr as
-    FILE:LINE:COL lines; exit 1 on any error, else a one-line summary on stdout."""
+@dataclass(frozen=True)
+class CheckReport:
+    """What `highlights check` found: the problems, then a one-line summary."""
+
+    file: str
+    problems: list[Problem]
+    items: int
+    html_bytes: int  # as sent, with an unsubscribe URL as long as a real one
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity != "error"]
+
+    @property
+    def ok(self) -> bool:
+        """No errors (warnings are advice)."""
+        return not self.errors
+
+    @property
+    def summary(self) -> str:
+        """`FILE: OK (2 items, HTML 12 KB)`, `FILE: OK with 1 warning (...)` or
+        `FILE: 2 errors, 1 warning`."""
+        counts = ", ".join(
+            f"{n} {word}{'' if n == 1 else 's'}"
+            for n, word in ((len(self.errors), "error"), (len(self.warnings), "warning"))
+            if n
+        )
+        if not self.ok:
+            return f"{self.file}: {counts}"
+        status = f"OK with {counts}" if self.warnings else "OK"
+        items = f"{self.items} item{'' if self.items == 1 else 's'}"
+        return f"{self.file}: {status} ({items}, HTML {self.html_bytes / KB:.0f} KB)"
+
+
+def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
+    """`highlights check ISSUE`: validate (raising ValidationFailed with every problem
+    of an invalid file), render, and lint."""
     from highlightsmail.issue import load_issue
-
-    file = display_path(issue_path)
-    issue = load_issue(issue_path)  # ValidationFailed prints its FILE:LINE:COL lines itself
-
     from highlightsmail.render import render_issue
 
+    issue = load_issue(issue_path)
     rendered = render_issue(issue, ws)
-    problems = lint_issue(ws, issue, rendered)
-    errors = [p for p in problems if p.severity == "error"]
-    warnings = [p for p in problems if p.severity != "error"]
-    for problem in problems:
-        click.echo(str(problem), err=True)
-    counts = ", ".join(
-        f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((len(errors), "error"), (len(warnings), "warning")) if n
+    return CheckReport(
+        file=display_path(issue_path),
+        problems=lint_issue(ws, issue, rendered),
+        items=len(issue.items),
+        html_bytes=len(_as_sent(ws, rendered)[0].encode("utf-8")),
     )
-    if errors:
-        raise HighlightsError(f"{file}: {counts}")
-    size = len(_as_sent(ws, rendered)[0].encode("utf-8"))
-    items = len(issue.items)
-    status = f"OK with {counts}" if warnings else "OK"
-    click.echo(f"{file}: {status} ({items} item{'' if items == 1 else 's'}, HTML {size / KB:.0f} KB)")
 
 
-__all__ = ["GMAIL_CLIP_BYTES", "SIZE_WARNING_BYTES", "SUBJECT_MAX", "check_command", "lint_issue"]
+__all__ = ["GMAIL_CLIP_BYTES", "SIZE_WARNING_BYTES", "SUBJECT_MAX", "CheckReport", "check_command", "lint_issue"]
