@@ -3,12 +3,14 @@
 Validation (yamlfile.py) refuses a file that cannot be an issue. Lint looks at a valid
 issue and its rendering for what an editor would want to fix before sending: an email
 Gmail will clip, links that are not https, images without alt text, a subject that
-inboxes cut short, a template that lost its unsubscribe link. Each finding names the
-place in the issue file (or the template) as `FILE:LINE:COL:`.
+inboxes cut short, a template that lost its unsubscribe link, a date far from today,
+and text or links that could deceive a reader (see deception.py). Each finding names
+the place in the issue file (or the template) as `FILE:LINE:COL:`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import re
 from collections.abc import Iterator
@@ -33,6 +35,9 @@ GMAIL_CLIP_BYTES = 102 * KB
 SIZE_WARNING_BYTES = 90 * KB
 # RFC 5322 asks for lines of at most 78 characters; inboxes cut subjects sooner still.
 SUBJECT_MAX = 78
+# An issue dated further than this from today (either way) is probably a mistake: a
+# copied file whose date was not changed, or a typo in the year.
+DATE_DRIFT_DAYS = 14
 # The longest token tokens.Signer makes: kind, 13 base-36 digits, '.', 22 characters.
 _TOKEN_SHAPE = "u" + "z" * 13 + "." + "A" * 22
 
@@ -64,6 +69,8 @@ def _texts(issue: Issue) -> Iterator[_Text]:
             yield _Text(("items", i, "links", j, "label"), link.label, False)
         if item.image is not None:
             yield _Text(("items", i, "image", "alt"), item.image.alt, False)
+        for j, tag in enumerate(item.tags):
+            yield _Text(("items", i, "tags", j), tag, False)
     if issue.outro:
         yield _Text(("outro",), issue.outro, True)
 
@@ -77,6 +84,8 @@ class _Link:
     item: int | None  # the item it belongs to, for duplicate detection
     in_markdown: bool
     is_image: bool = False
+    label: str | None = None  # what the reader sees as the link, when it is text
+    label_loc: Loc | None = None  # where the label is, when it is a value of its own
 
 
 @functools.cache
@@ -98,11 +107,25 @@ def _markdown_inline(text: str) -> Iterator[Any]:
 
 
 def _markdown_links(loc: Loc, text: str | None, item: int | None) -> Iterator[_Link]:
-    for token in _markdown_inline(text or ""):
+    tokens = list(_markdown_inline(text or ""))
+    for i, token in enumerate(tokens):
         if token.type == "link_open":
-            yield _Link(loc, str(token.attrs.get("href", "")), item, True)
+            yield _Link(loc, str(token.attrs.get("href", "")), item, True, label=_link_text(tokens, i + 1))
         elif token.type == "image":
             yield _Link(loc, str(token.attrs.get("src", "")), item, True, is_image=True)
+
+
+def _link_text(tokens: list[Any], start: int) -> str:
+    """The text of a Markdown link, from the token after its link_open to its link_close."""
+    parts = []
+    for token in tokens[start:]:
+        if token.type == "link_close":
+            break
+        if token.type in ("text", "code_inline"):
+            parts.append(token.content)
+        elif token.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+    return "".join(parts)
 
 
 def _links(issue: Issue) -> Iterator[_Link]:
@@ -112,7 +135,8 @@ def _links(issue: Issue) -> Iterator[_Link]:
     for i, item in enumerate(issue.items):
         yield from _markdown_links(("items", i, "summary"), item.summary, i)
         for j, link in enumerate(item.links):
-            yield _Link(("items", i, "links", j, "url"), link.url, i, False)
+            button: Loc = ("items", i, "links", j)
+            yield _Link((*button, "url"), link.url, i, False, label=link.label, label_loc=(*button, "label"))
         if item.image is not None:
             yield _Link(("items", i, "image", "url"), item.image.url, i, False, is_image=True)
     yield from _markdown_links(("outro",), issue.outro, None)
@@ -167,154 +191,198 @@ def _same_link(url: str) -> str:
     return f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}{path}?{parts.query}#{parts.fragment}"
 
 
-def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Problem]:
+def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue, *, today: dt.date | None = None) -> list[Problem]:
     """Every lint finding for a valid issue and its rendering, sorted by place.
 
-    Errors (severity "error") make `check` fail; warnings are advice.
+    Errors (severity "error") make `check` fail; warnings are advice. `today` is the
+    date the issue's date is compared with (default: the local date).
     """
-    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
-    from highlightsmail.sourcemap import dotted
-
     pos = _places(issue)
-    found: list[Problem] = []
+    found = [
+        *_size_findings(pos, ws, rendered),
+        *_subject_findings(pos, issue),
+        *_link_findings(pos, issue),
+        *_alt_findings(pos, issue),
+        *_todo_findings(pos, issue),
+        *_date_findings(pos, issue, today or _today()),
+        *_deception_findings(pos, issue),
+        *_template_findings(ws, rendered),
+    ]
+    return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
 
-    # -- size: measured as sent, with an unsubscribe URL as long as a real one
-    html, text = _as_sent(ws, rendered)
+
+def _today() -> dt.date:
+    return dt.date.today()
+
+
+def _size_findings(pos: SourceMap, ws: Workspace, rendered: RenderedIssue) -> Iterator[Problem]:
+    """Measured as sent, with an unsubscribe URL as long as a real one."""
+    html, _ = _as_sent(ws, rendered)
     size = len(html.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
-        found.append(
-            pos.problem(
-                ("items",),
-                f"the HTML is {size / KB:.1f} KB: Gmail clips emails over "
-                f"{GMAIL_CLIP_BYTES // KB} KB and hides the rest, footer and unsubscribe link "
-                "included; shorten the issue or split it",
-                key=True,
-            )
+        yield pos.problem(
+            ("items",),
+            f"the HTML is {size / KB:.1f} KB: Gmail clips emails over "
+            f"{GMAIL_CLIP_BYTES // KB} KB and hides the rest, footer and unsubscribe link "
+            "included; shorten the issue or split it",
+            key=True,
         )
     elif size > SIZE_WARNING_BYTES:
-        found.append(
-            pos.problem(
-                ("items",),
-                f"the HTML is {size / KB:.1f} KB, close to the {GMAIL_CLIP_BYTES // KB} KB where Gmail clips emails",
-                "warning",
-                key=True,
-            )
+        yield pos.problem(
+            ("items",),
+            f"the HTML is {size / KB:.1f} KB, close to the {GMAIL_CLIP_BYTES // KB} KB where Gmail clips emails",
+            "warning",
+            key=True,
         )
 
-    # -- subject and preheader
+
+def _subject_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
     subject = issue.effective_subject
     if len(subject) > SUBJECT_MAX:
         where = "subject" if issue.subject else "title"
-        found.append(
-            pos.problem(
-                (where,),
-                f"the subject is {len(subject)} characters; inboxes cut it after about "
-                f"{SUBJECT_MAX}" + ("" if issue.subject else " (add a shorter `subject:`)"),
-                "warning",
-                key=True,
-            )
+        yield pos.problem(
+            (where,),
+            f"the subject is {len(subject)} characters; inboxes cut it after about "
+            f"{SUBJECT_MAX}" + ("" if issue.subject else " (add a shorter `subject:`)"),
+            "warning",
+            key=True,
         )
     if not issue.preheader:
         line, col = pos.where(())
-        found.append(
-            Problem(
-                pos.file,
-                line,
-                col,
-                "no preheader: inboxes will preview the first words of the email "
-                "instead; add `preheader:` (up to 150 characters)",
-                "warning",
-            )
+        yield Problem(
+            pos.file,
+            line,
+            col,
+            "no preheader: inboxes will preview the first words of the email "
+            "instead; add `preheader:` (up to 150 characters)",
+            "warning",
         )
 
-    # -- links and images
+
+def _link_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
+    """Links that are not plain https, and the same link in two items."""
+    from highlightsmail.sourcemap import dotted
+
     seen: dict[str, _Link] = {}
     for link in _links(issue):
         verdict = _check_url(link)
         if verdict is not None:
             severity, message = verdict
-            found.append(pos.problem(link.loc, message, severity, needle=link.url if link.in_markdown else None))
+            yield pos.problem(link.loc, message, severity, needle=_needle(link))
         if link.is_image or link.item is None or urlsplit(link.url).scheme.lower() not in ("http", "https"):
             continue
-        same = _same_link(link.url)
-        first = seen.setdefault(same, link)
-        if first is not link and first.item != link.item:
-            found.append(
-                pos.problem(
-                    link.loc,
-                    f"{link.url} is also linked from item {first.item + 1} "  # type: ignore[operator]
-                    f"({dotted(first.loc)})",
-                    "warning",
-                    needle=link.url if link.in_markdown else None,
-                )
+        first = seen.setdefault(_same_link(link.url), link)
+        if first is not link and first.item is not None and first.item != link.item:
+            yield pos.problem(
+                link.loc,
+                f"{link.url} is also linked from item {first.item + 1} ({dotted(first.loc)})",
+                "warning",
+                needle=_needle(link),
             )
+
+
+def _needle(link: _Link) -> str | None:
+    """What to look for in the file to place a finding about a link: its URL inside a
+    Markdown block (a link button's URL is a value of its own)."""
+    return link.url if link.in_markdown else None
+
+
+def _alt_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
     for field in _texts(issue):
         if not field.markdown:
             continue
         for token in _markdown_inline(field.value):
             if token.type == "image" and not token.content.strip():
-                found.append(
-                    pos.problem(
-                        field.loc,
-                        f"image {token.attrs.get('src')} has no alt text: describe it "
-                        "for readers who can't see it, as ![what it shows](url)",
-                        needle=str(token.attrs.get("src") or "") or None,
-                    )
+                yield pos.problem(
+                    field.loc,
+                    f"image {token.attrs.get('src')} has no alt text: describe it "
+                    "for readers who can't see it, as ![what it shows](url)",
+                    needle=str(token.attrs.get("src") or "") or None,
                 )
 
-    # -- text the skeleton left for the editor
+
+def _todo_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
+    """Text the skeleton left for the editor."""
     for field in _texts(issue):
         if _TODO.search(field.value):
-            found.append(pos.problem(field.loc, "still has a TODO from the skeleton", "warning", needle="TODO"))
+            yield pos.problem(field.loc, "still has a TODO from the skeleton", "warning", needle="TODO")
     for i, item in enumerate(issue.items):
         for j, button in enumerate(item.links):
             if _TODO.search(button.url):
-                found.append(
-                    pos.problem(("items", i, "links", j, "url"), "still has a TODO from the skeleton", "warning")
-                )
+                yield pos.problem(("items", i, "links", j, "url"), "still has a TODO from the skeleton", "warning")
 
-    # -- the date and the file's week
+
+def _date_findings(pos: SourceMap, issue: Issue, today: dt.date) -> Iterator[Problem]:
+    """The date against the file's week, and against today."""
     from highlightsmail.workspace import ISSUE_SLUG
 
     match = ISSUE_SLUG.match(issue.slug or "")
     if match:
         year, week, _ = issue.date.isocalendar()
         if (year, week) != (int(match[1]), int(match[2])):
-            found.append(
-                pos.problem(
-                    ("date",),
-                    f"{issue.date.isoformat()} is in week {year}-w{week:02d}, but the file is named {issue.slug}",
-                    "warning",
-                )
+            yield pos.problem(
+                ("date",),
+                f"{issue.date.isoformat()} is in week {year}-w{week:02d}, but the file is named {issue.slug}",
+                "warning",
             )
+    days = (issue.date - today).days
+    if abs(days) > DATE_DRIFT_DAYS:
+        when = f"{-days} days ago" if days < 0 else f"{days} days from now"
+        yield pos.problem(
+            ("date",),
+            f"the issue is dated {issue.date.isoformat()}, {when} (today is {today.isoformat()}): is the date right?",
+            "warning",
+        )
 
-    # -- the footer the templates must keep (RFC 8058 and anti-spam laws)
+
+def _deception_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
+    """Text and links that can show a reader something other than what they are."""
+    from highlightsmail import deception
+
+    texts = [(field.loc, field.value) for field in _texts(issue)]
+    texts += [(link.loc, link.url) for link in _links(issue) if not link.in_markdown]
+    for loc, value in texts:
+        for ch, message in deception.hidden_characters(value):
+            line, col = pos.find(loc, ch, *deception.yaml_escapes(ch))
+            yield _at(pos, loc, line, col, message)
+    for link in _links(issue):
+        for about_url in (deception.userinfo(link.url), deception.mixed_scripts(link.url)):
+            if about_url:
+                yield pos.problem(link.loc, about_url, "warning", needle=_needle(link))
+        mismatch = deception.label_mismatch(link.label, link.url) if link.label else None
+        if mismatch:
+            yield pos.problem(link.label_loc or link.loc, mismatch, "warning", needle=_needle(link))
+
+
+def _at(pos: SourceMap, loc: Loc, line: int, col: int, message: str) -> Problem:
+    from highlightsmail.sourcemap import dotted
+
+    return Problem(pos.file, line, col, f"{dotted(loc)}: {message}", "warning")
+
+
+def _template_findings(ws: Workspace, rendered: RenderedIssue) -> Iterator[Problem]:
+    """The footer the templates must keep (RFC 8058 and anti-spam laws)."""
+    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+
+    html, text = _as_sent(ws, rendered)
     mjml = _template_file(ws, "issue.mjml.j2")
     txt = _template_file(ws, "issue.txt.j2")
     if UNSUBSCRIBE_PLACEHOLDER not in rendered.html:
-        found.append(
-            Problem(
-                mjml, 1, 1, "the HTML has no unsubscribe link: the template must keep the unsubscribe URL in its footer"
-            )
+        yield Problem(
+            mjml, 1, 1, "the HTML has no unsubscribe link: the template must keep the unsubscribe URL in its footer"
         )
     if UNSUBSCRIBE_PLACEHOLDER not in rendered.text:
-        found.append(
-            Problem(
-                txt,
-                1,
-                1,
-                "the plain text has no unsubscribe link: the template must keep the unsubscribe URL in its footer",
-            )
+        yield Problem(
+            txt,
+            1,
+            1,
+            "the plain text has no unsubscribe link: the template must keep the unsubscribe URL in its footer",
         )
     address = " ".join(ws.settings.postal_address.split())
     if address not in " ".join(text.split()):
-        found.append(
-            Problem(txt, 1, 1, "the plain text does not show the postal address from highlights.yaml", "warning")
-        )
+        yield Problem(txt, 1, 1, "the plain text does not show the postal address from highlights.yaml", "warning")
     if _html_text(address) not in " ".join(html.split()):
-        found.append(Problem(mjml, 1, 1, "the HTML does not show the postal address from highlights.yaml", "warning"))
-
-    return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
+        yield Problem(mjml, 1, 1, "the HTML does not show the postal address from highlights.yaml", "warning")
 
 
 def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:
@@ -383,4 +451,12 @@ def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
     )
 
 
-__all__ = ["GMAIL_CLIP_BYTES", "SIZE_WARNING_BYTES", "SUBJECT_MAX", "CheckReport", "check_command", "lint_issue"]
+__all__ = [
+    "DATE_DRIFT_DAYS",
+    "GMAIL_CLIP_BYTES",
+    "SIZE_WARNING_BYTES",
+    "SUBJECT_MAX",
+    "CheckReport",
+    "check_command",
+    "lint_issue",
+]
