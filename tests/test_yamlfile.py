@@ -663,6 +663,13 @@ def test_control_characters_written_as_yaml_escapes_are_refused_where_they_are(t
     ]
 
 
+def test_next_line_in_text_of_several_lines_asks_for_an_ordinary_line_break(tmp_path):
+    path = write(tmp_path, 'title: T\ndate: 2024-01-12\nintro: "a\\x85b"\nitems:\n' + items(1))
+    assert problems(path) == [
+        "issue.yaml:3:8: intro: must not contain U+0085 (NEXT LINE): break the line with an ordinary line break"
+    ]
+
+
 def test_latin1_file(tmp_path):
     path = tmp_path / "issue.yaml"
     path.write_bytes("date: 2024-01-12\ntitle: Café\n".encode("latin-1"))

@@ -131,9 +131,9 @@ def _markdown_text(value: str) -> str:
     """Text of several lines: not empty, nothing an email cannot carry."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must not be empty")
-    bad = text.FORBIDDEN_IN_TEXT.search(value)
-    if bad:
-        raise ValueError(text.describe_forbidden(bad.group()))
+    problem = text.text_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
