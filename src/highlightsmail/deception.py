@@ -23,6 +23,7 @@ _ZERO_WIDTH = "\u200b\u2060\u2061\u2062\u2063\u2064\ufeff\u180e"
 # The joiners have a job between letters of joining scripts (Arabic, Indic) and in
 # emoji sequences; next to an ASCII character, or at either end, they only hide.
 _JOINERS = "\u200c\u200d"
+_ANY_HIDDEN = re.compile(f"[{_BIDI_CONTROLS}{_ZERO_WIDTH}{_JOINERS}]")
 
 
 def _described(ch: str) -> str:
@@ -33,7 +34,8 @@ def hidden_characters(value: str) -> Iterator[tuple[str, str]]:
     """(character, sentence) for each kind of invisible character in `value` that can
     deceive a reader, once per character, in order of first appearance."""
     said: set[str] = set()
-    for i, ch in enumerate(value):
+    for found in _ANY_HIDDEN.finditer(value):
+        i, ch = found.start(), found.group()
         if ch in said:
             continue
         if ch in _BIDI_CONTROLS:

@@ -198,14 +198,16 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue, *, today: d
     date the issue's date is compared with (default: the local date).
     """
     pos = _places(issue)
+    texts = list(_texts(issue))
+    links = list(_links(issue))  # parses the Markdown once for every check
     found = [
         *_size_findings(pos, ws, rendered),
         *_subject_findings(pos, issue),
-        *_link_findings(pos, issue),
-        *_alt_findings(pos, issue),
-        *_todo_findings(pos, issue),
+        *_link_findings(pos, links),
+        *_alt_findings(pos, texts),
+        *_todo_findings(pos, issue, texts),
         *_date_findings(pos, issue, today or _today()),
-        *_deception_findings(pos, issue),
+        *_deception_findings(pos, texts, links),
         *_template_findings(ws, rendered),
     ]
     return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
@@ -259,12 +261,12 @@ def _subject_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
         )
 
 
-def _link_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
+def _link_findings(pos: SourceMap, links: list[_Link]) -> Iterator[Problem]:
     """Links that are not plain https, and the same link in two items."""
     from highlightsmail.sourcemap import dotted
 
     seen: dict[str, _Link] = {}
-    for link in _links(issue):
+    for link in links:
         verdict = _check_url(link)
         if verdict is not None:
             severity, message = verdict
@@ -287,8 +289,8 @@ def _needle(link: _Link) -> str | None:
     return link.url if link.in_markdown else None
 
 
-def _alt_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
-    for field in _texts(issue):
+def _alt_findings(pos: SourceMap, texts: list[_Text]) -> Iterator[Problem]:
+    for field in texts:
         if not field.markdown:
             continue
         for token in _markdown_inline(field.value):
@@ -301,9 +303,9 @@ def _alt_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
                 )
 
 
-def _todo_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
+def _todo_findings(pos: SourceMap, issue: Issue, texts: list[_Text]) -> Iterator[Problem]:
     """Text the skeleton left for the editor."""
-    for field in _texts(issue):
+    for field in texts:
         if _TODO.search(field.value):
             yield pos.problem(field.loc, "still has a TODO from the skeleton", "warning", needle="TODO")
     for i, item in enumerate(issue.items):
@@ -335,17 +337,17 @@ def _date_findings(pos: SourceMap, issue: Issue, today: dt.date) -> Iterator[Pro
         )
 
 
-def _deception_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
+def _deception_findings(pos: SourceMap, texts: list[_Text], links: list[_Link]) -> Iterator[Problem]:
     """Text and links that can show a reader something other than what they are."""
     from highlightsmail import deception
 
-    texts = [(field.loc, field.value) for field in _texts(issue)]
-    texts += [(link.loc, link.url) for link in _links(issue) if not link.in_markdown]
-    for loc, value in texts:
+    values = [(field.loc, field.value) for field in texts]
+    values += [(link.loc, link.url) for link in links if not link.in_markdown]
+    for loc, value in values:
         for ch, message in deception.hidden_characters(value):
             line, col = pos.find(loc, ch, *deception.yaml_escapes(ch))
             yield _at(pos, loc, line, col, message)
-    for link in _links(issue):
+    for link in links:
         for about_url in (deception.userinfo(link.url), deception.mixed_scripts(link.url)):
             if about_url:
                 yield pos.problem(link.loc, about_url, "warning", needle=_needle(link))
