@@ -239,22 +239,30 @@ def mixed_scripts(url: str) -> str | None:
     if not host:
         return None
     labels = [_unicode_label(label) for label in host.rstrip(".").split(".")]
+    scripts = [{s for s in map(_script, label) if s} for label in labels]
+    what = _mixed_label(labels, scripts) or _lookalike_label(labels, scripts)
+    if what is None:
+        return None
     # Both spellings: the look-alike alone would read as the name it imitates.
     unicode_form, ascii_form = ".".join(labels), _idna(host)
     shown = f"{unicode_form} ({ascii_form})" if unicode_form != ascii_form else host
-    scripts = [{s for s in map(_script, label) if s} for label in labels]
+    return f"the host {shown} {what}: it may imitate another site's name"
+
+
+def _mixed_label(labels: list[str], scripts: list[set[str]]) -> str | None:
     for label, found in zip(labels, scripts, strict=True):
         if len(found) > 1 and not any(found <= allowed for allowed in _SCRIPT_SETS):
-            names = " and ".join(sorted(found))
-            return f"the host {shown} mixes {names} letters in '{label}': it may imitate another site's name"
-    has_latin = any(found == {"Latin"} for found in scripts)
+            return f"mixes {' and '.join(sorted(found))} letters in '{label}'"
+    return None
+
+
+def _lookalike_label(labels: list[str], scripts: list[set[str]]) -> str | None:
+    if not any(found == {"Latin"} for found in scripts):
+        return None
     for label, found in zip(labels, scripts, strict=True):
-        if has_latin and found and found <= {"Cyrillic", "Greek"} and all(ch in _LATIN_LOOKALIKES for ch in label):
+        if found and found <= {"Cyrillic", "Greek"} and all(ch in _LATIN_LOOKALIKES for ch in label):
             latin = "".join(_LATIN_LOOKALIKES[ch] for ch in label)
-            return (
-                f"the host {shown} spells '{label}' in {' and '.join(sorted(found))} letters that look like "
-                f"the Latin '{latin}': it may imitate another site's name"
-            )
+            return f"spells '{label}' in {' and '.join(sorted(found))} letters that look like the Latin '{latin}'"
     return None
 
 
