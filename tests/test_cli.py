@@ -215,3 +215,66 @@ def test_a_real_process_reports_a_broken_issue_without_a_traceback(site: Path) -
     first = proc.stderr.splitlines()[0].split(":")
     assert first[1].isdigit() and first[2].isdigit()
     assert proc.stdout == ""
+
+
+# --------------------------------------------------------------------------- hostile text in headers
+
+BROKEN_LINES = """\
+title: "Week 3\\u2028Bcc: victim@example.net"
+date: 2024-01-19
+subject: "Hi\\u2029there"
+items:
+  - title: "One"
+    summary: Fine.
+"""
+
+
+def test_the_audit_subject_with_an_encoded_line_break_fails_check_at_its_place(site: Path) -> None:
+    (site / "issues" / "2024-w03.yaml").write_text(
+        'title: "T"\ndate: 2024-01-19\nsubject: "=?utf-8?q?Hi=0D=0ABcc:_victim@example.net?="\n'
+        "items:\n  - title: One\n    summary: Fine.\n",
+        encoding="utf-8",
+    )
+    result = run("-w", str(site), "check", "2024-w03")
+    assert result.exit_code == 1
+    issue = site / "issues" / "2024-w03.yaml"
+    assert result.stderr.splitlines() == [
+        f"{issue}:3:10: subject: must not contain an RFC 2047 encoded word (=?charset?Q?...?=): write the text itself"
+    ]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", [("check",), ("build",), ("send", "--test")])
+def test_line_separators_in_the_issue_are_one_line_per_problem_for_every_command(
+    site: Path, command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """U+2028 and U+2029 are line breaks to the email package: refused when the file is
+    read, never a ValueError from deep in the header code."""
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", "test-secret-0123456789abcdef0123456789")
+    (site / "issues" / "2024-w03.yaml").write_text(BROKEN_LINES, encoding="utf-8")
+    result = CliRunner().invoke(main, ["-w", str(site), *command, "2024-w03"])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    issue = site / "issues" / "2024-w03.yaml"
+    assert result.stderr.splitlines() == [
+        f"{issue}:1:8: title: must be a single line (it holds a line break, U+2028)",
+        f"{issue}:3:10: subject: must be a single line (it holds a line break, U+2029)",
+    ]
+    assert not (site / "outbox").exists() or not any((site / "outbox").iterdir())
+
+
+@pytest.mark.parametrize("command", [("check",), ("build",), ("send", "--test")])
+def test_a_line_separator_in_a_setting_is_one_line_for_every_command(
+    site: Path, command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", "test-secret-0123456789abcdef0123456789")
+    settings = site / "highlights.yaml"
+    text = settings.read_text(encoding="utf-8").replace("name: My Newsletter ", 'name: "My\\u2028Newsletter"')
+    settings.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(main, ["-w", str(site), *command, "2024-w02"])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.splitlines() == [
+        f"{settings}:5:7: name: must be a single line (it holds a line break, U+2028)"
+    ]

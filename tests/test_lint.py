@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 import textwrap
 from importlib import resources
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from highlightsmail import lint
 from highlightsmail.cli import main
 from highlightsmail.issue import load_issue
 from highlightsmail.lint import GMAIL_CLIP_BYTES, SIZE_WARNING_BYTES, lint_issue
@@ -33,7 +35,16 @@ items:
   - title: "Second"
     summary: "Also plain."
 """
+# The day these tests run on, as far as lint can tell: the week of CLEAN and of the
+# example issue, so that only the tests about the date see a date far from today.
+TODAY = dt.date(2024, 1, 17)
 LOCATED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<warning>warning: )?(?P<message>.+)$")
+
+
+@pytest.fixture(autouse=True)
+def _today(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lint compares the issue's date with the clock; these tests run on TODAY."""
+    monkeypatch.setattr(lint, "_today", lambda: TODAY)
 
 
 def check(workspace: Path, text: str | None = None, name: str = FILE):
@@ -361,4 +372,241 @@ def test_markdown_link_without_a_host_is_an_error(workspace: Path) -> None:
     assert (
         one(result)
         == f"{FILE}:7:11: items[0].summary: link 'https:///nowhere' has no host; write it like https://example.org/page"
+    )
+
+
+def test_lint_names_places_from_the_loaded_issue_without_reading_the_file_again(workspace: Path) -> None:
+    """The issue keeps where each value was when it was read: a file changed (or broken)
+    on disk since does not move or lose the places lint reports."""
+    (workspace / FILE).write_text(
+        CLEAN.replace("url: https://example.org/a", "url: http://example.org/a").replace(
+            "Plain text.", "See [code](http://example.org/code)."
+        ),
+        encoding="utf-8",
+    )
+    ws = load_workspace(workspace)
+    issue = load_issue(workspace / FILE)
+    rendered = render_issue(issue, ws)
+    (workspace / FILE).write_text("title: [broken\n", encoding="utf-8")
+    found = [str(p) for p in lint_issue(ws, issue, rendered) if "is not https" in p.message]
+    assert [line.split(" is not https")[0] for line in found] == [
+        f"{FILE}:7:18: warning: items[0].summary: link http://example.org/code",
+        f"{FILE}:10:14: warning: items[0].links[0].url: link http://example.org/a",
+    ]
+
+
+def test_check_returns_its_findings_and_prints_nothing(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line does the printing; the check itself only reports."""
+    from highlightsmail.lint import check_command
+
+    ws = load_workspace(workspace)
+    (workspace / FILE).write_text(CLEAN.replace("url: https://example.org/a", "url: http://example.org/a"))
+    report = check_command(ws, workspace / FILE)
+    (workspace / FILE).write_text(CLEAN.replace("Plain text.", "[x](/relative)"))
+    failed = check_command(ws, workspace / FILE)
+    assert capsys.readouterr() == ("", "")
+    assert [str(p).split(": link ")[0] for p in report.problems] == [f"{FILE}:10:14: warning: items[0].links[0].url"]
+    assert report.ok
+    assert re.fullmatch(rf"{FILE}: OK with 1 warning \(2 items, HTML \d+ KB\)", report.summary)
+    assert not failed.ok
+    assert failed.summary == f"{FILE}: 1 error"
+
+
+# --------------------------------------------------------------------------- deception
+
+
+def warnings_of(result) -> list[str]:
+    assert result.exit_code == 0, result.output
+    return findings(result)
+
+
+def test_a_bidi_override_written_as_an_escape_is_named_where_it_is(workspace: Path) -> None:
+    result = check(workspace, CLEAN.replace('"First"', '"Invoice \\u202Efdp.exe"'))
+    assert warnings_of(result) == [
+        f"{FILE}:5:21: warning: items[0].title: holds U+202E RIGHT-TO-LEFT OVERRIDE, a bidirectional "
+        "control: it reorders the text after it, so it reads differently from what it is; remove it"
+    ]
+
+
+def test_a_zero_width_space_typed_in_a_summary_is_named_where_it_is(workspace: Path) -> None:
+    result = check(workspace, CLEAN.replace("Plain text.", "Plain text. Pay\u200bPal.\u200b"))
+    assert warnings_of(result) == [
+        f"{FILE}:7:22: warning: items[0].summary: holds U+200B ZERO WIDTH SPACE (2 times), an invisible "
+        "character: it can split a word or hide text from the reader; remove it"
+    ]
+
+
+def test_hidden_characters_in_every_kind_of_text(workspace: Path) -> None:
+    text = (
+        'title: "Lint test\\u2066"\ndate: 2024-01-17\npreheader: "One line\\u2067"\n'
+        'intro: "Hello\\u2068"\nitems:\n  - title: "First"\n    summary: "Plain\\u2069"\n'
+        '    links: [{label: "Paper\\u202A", url: "https://example.org/a"}]\n'
+        '    image: {url: "https://example.org/i.png", alt: "A chart\\u202B"}\n'
+        '    tags: ["nlp\\u202C", "x\\u2060y"]\noutro: "Bye\\u202D"\n'
+    )
+    result = check(workspace, text)
+    places = [line.split(": holds ")[0] + " " + line.split(": holds ")[1].split(",")[0] for line in warnings_of(result)]
+    assert places == [
+        f"{FILE}:1:18: warning: title U+2066 LEFT-TO-RIGHT ISOLATE",
+        f"{FILE}:3:21: warning: preheader U+2067 RIGHT-TO-LEFT ISOLATE",
+        f"{FILE}:4:14: warning: intro U+2068 FIRST STRONG ISOLATE",
+        f"{FILE}:7:20: warning: items[0].summary U+2069 POP DIRECTIONAL ISOLATE",
+        f"{FILE}:8:27: warning: items[0].links[0].label U+202A LEFT-TO-RIGHT EMBEDDING",
+        f"{FILE}:9:60: warning: items[0].image.alt U+202B RIGHT-TO-LEFT EMBEDDING",
+        f"{FILE}:10:16: warning: items[0].tags[0] U+202C POP DIRECTIONAL FORMATTING",
+        f"{FILE}:10:27: warning: items[0].tags[1] U+2060 WORD JOINER",
+        f"{FILE}:11:12: warning: outro U+202D LEFT-TO-RIGHT OVERRIDE",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Pair programming 👩\u200d💻 with a model",  # an emoji sequence
+        "می\u200cخواهم, in Persian",  # a non-joiner between Arabic-script letters
+        "כתוב \u200fמימין\u200e to the left",  # direction marks in right-to-left text
+    ],
+)
+def test_joiners_and_marks_where_they_belong_are_fine(workspace: Path, text: str) -> None:
+    result = check(workspace, CLEAN.replace("Plain text.", text))
+    assert warnings_of(result) == []
+
+
+def test_a_joiner_inside_a_latin_word_is_named(workspace: Path) -> None:
+    result = check(workspace, CLEAN.replace("Plain text.", "Pay\u200dPal"))
+    [line] = warnings_of(result)
+    assert line.startswith(f"{FILE}:7:10: warning: items[0].summary: holds U+200D ZERO WIDTH JOINER")
+
+
+@pytest.mark.parametrize(
+    ("label", "host"),
+    [
+        ("https://paypal.com/login", "paypal.com"),
+        ("paypal.com", "paypal.com"),
+        ("www.paypal.com/signin", "www.paypal.com"),
+        ("<http://bank.example.net>", "bank.example.net"),
+        ("example.org.evil.example", "example.org.evil.example"),
+    ],
+)
+def test_a_link_label_that_names_another_host_is_a_warning_at_the_label(workspace: Path, label: str, host: str) -> None:
+    result = check(workspace, CLEAN.replace("label: Paper", f"label: '{label}'"))
+    assert warnings_of(result) == [
+        f"{FILE}:9:16: warning: items[0].links[0].label: the label {label!r} reads as an address "
+        f"on {host}, but the link goes to example.org"
+    ]
+
+
+def test_a_markdown_link_text_that_names_another_host_is_a_warning_at_the_link(workspace: Path) -> None:
+    result = check(workspace, CLEAN.replace("Plain text.", "Log in at [paypal.com](https://evil.example/login)."))
+    assert warnings_of(result) == [
+        f"{FILE}:7:30: warning: items[0].summary: the label 'paypal.com' reads as an address on paypal.com, "
+        "but the link goes to evil.example"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("label", "url"),
+    [
+        ("example.org", "https://www.example.org/a"),
+        ("blog.example.org", "https://example.org/a"),
+        ("https://EXAMPLE.org/a", "https://example.org/a"),
+        ("bücher.example", "https://xn--bcher-kva.example/"),
+        ("train.py", "https://github.com/x/y/blob/main/train.py"),
+        ("README.md", "https://github.com/x/y"),
+        ("Node.js", "https://nodejs.org/"),
+        ("GPT-4.5", "https://openai.com/"),
+        ("Paper", "https://arxiv.org/abs/2401.01325"),
+    ],
+)
+def test_link_labels_that_do_not_mislead(workspace: Path, label: str, url: str) -> None:
+    result = check(workspace, CLEAN.replace("label: Paper", f"label: '{label}'").replace("https://example.org/a", url))
+    assert warnings_of(result) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        (
+            "https://p\u0430ypal.com/",
+            "the host pаypal.com (xn--pypal-4ve.com) mixes Cyrillic and Latin letters in 'pаypal'",
+        ),
+        ("https://xn--pypal-4ve.com/", "the host pаypal.com (xn--pypal-4ve.com) mixes Cyrillic and Latin letters"),
+        ("https://www.\u03bfpenai.com/", "mixes Greek and Latin letters in 'οpenai'"),
+        (
+            "https://\u0430\u0440\u0440\u04cf\u0435.com/",
+            "spells 'аррӏе' in Cyrillic letters that look like the Latin 'apple'",
+        ),
+    ],
+)
+def test_a_host_that_mixes_scripts_is_a_warning_at_the_url(workspace: Path, url: str, words: str) -> None:
+    result = check(workspace, CLEAN.replace("https://example.org/a", url))
+    [line] = warnings_of(result)
+    assert line.startswith(f"{FILE}:10:14: warning: items[0].links[0].url: the host ")
+    assert words in line
+    assert line.endswith("it may imitate another site's name")
+
+
+@pytest.mark.parametrize(
+    "url", ["https://bücher.example/", "https://яндекс.рф/", "https://例え.テスト/", "https://ドメイン名例.jp/"]
+)
+def test_international_hosts_in_one_script_are_fine(workspace: Path, url: str) -> None:
+    result = check(workspace, CLEAN.replace("https://example.org/a", url))
+    assert warnings_of(result) == []
+
+
+def test_a_user_name_before_the_host_is_a_warning_wherever_the_link_is(workspace: Path) -> None:
+    text = CLEAN.replace("https://example.org/a", "https://paypal.com@evil.example/").replace(
+        "Plain text.", "Or [here](https://paypal.com:login@evil.example/x)."
+    )
+    result = check(workspace, text)
+    assert warnings_of(result) == [
+        f"{FILE}:7:17: warning: items[0].summary: https://paypal.com:login@evil.example/x goes to evil.example: "
+        "the part before '@' (paypal.com:login) is a user name, not where the link leads; readers may take it "
+        "for the site",
+        f"{FILE}:10:14: warning: items[0].links[0].url: https://paypal.com@evil.example/ goes to evil.example: "
+        "the part before '@' (paypal.com) is a user name, not where the link leads; readers may take it for the site",
+    ]
+
+
+# --------------------------------------------------------------------------- the date against today
+
+
+@pytest.mark.parametrize(("offset", "warned"), [(-15, True), (-14, False), (0, False), (14, False), (15, True)])
+def test_an_issue_dated_more_than_two_weeks_from_today(workspace: Path, offset: int, warned: bool) -> None:
+    (workspace / FILE).write_text(CLEAN, encoding="utf-8")
+    ws = load_workspace(workspace)
+    issue = load_issue(workspace / FILE)
+    today = issue.date - dt.timedelta(days=offset)
+    found = [str(p) for p in lint_issue(ws, issue, render_issue(issue, ws), today=today) if "today is" in p.message]
+    when = f"{-offset} days ago" if offset < 0 else f"{offset} days from now"
+    expected = (
+        f"{FILE}:2:7: warning: date: the issue is dated 2024-01-17, {when} (today is {today}): is the date right?"
+    )
+    assert found == ([expected] if warned else [])
+
+
+def test_check_compares_the_date_with_the_clock(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lint, "_today", lambda: dt.date(2025, 1, 17))
+    result = check(workspace, CLEAN)
+    assert warnings_of(result) == [
+        f"{FILE}:2:7: warning: date: the issue is dated 2024-01-17, 366 days ago (today is 2025-01-17): "
+        "is the date right?"
+    ]
+    assert "OK with 1 warning" in result.stdout
+
+
+def test_the_preview_lists_the_deception_warnings_at_their_places(workspace: Path) -> None:
+    import html
+
+    from starlette.testclient import TestClient
+
+    from highlightsmail.preview import create_preview_app
+
+    text = CLEAN.replace("https://example.org/a", "https://paypal.com@evil.example/").replace('"First"', '"A\\u202eB"')
+    (workspace / FILE).write_text(text, encoding="utf-8")
+    with TestClient(create_preview_app(load_workspace(workspace), workspace / FILE)) as client:
+        page = html.unescape(client.get("/").text)
+    assert f"{FILE}:5:14: warning: items[0].title: holds U+202E RIGHT-TO-LEFT OVERRIDE" in page
+    assert (
+        f"{FILE}:10:14: warning: items[0].links[0].url: https://paypal.com@evil.example/ goes to evil.example" in page
     )

@@ -33,3 +33,158 @@ def test_base_url_with_a_path_is_fine(workspace: Path) -> None:
     )
     path.write_text(text, encoding="utf-8")
     assert load_workspace(workspace).settings.base_url == "https://example.org/highlights"
+
+
+def set_line(workspace: Path, prefix: str, line: str) -> int:
+    """Replace the settings line starting with `prefix` by `line`; its 1-based number."""
+    path = workspace / "highlights.yaml"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    index = next(i for i, text in enumerate(lines) if text.startswith(prefix))
+    lines[index] = line
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return index + 1
+
+
+def refused(workspace: Path) -> list[str]:
+    with pytest.raises(ValidationFailed) as caught:
+        load_workspace(workspace)
+    return [str(p) for p in caught.value.problems]
+
+
+# --------------------------------------------------------------------------- text that reaches a header
+
+ENCODED_WORD = "must not contain an RFC 2047 encoded word"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "line", "col"),
+    [
+        ("name:", 'name: "=?utf-8?q?Hi=0D=0ABcc:_victim@example.net?="', 7),
+        ("from:", 'from: "=?utf-8?q?Highlights=0D=0ABcc:_x@example.net?= <highlights@example.org>"', 7),
+        ("from:", 'from: "=?utf-8?b?SGk=?=@example.org"', 7),
+        ("reply_to:", 'reply_to: "=?utf-8?q?Eds?= <editors@example.org>"', 11),
+        ("list_id:", 'list_id: "=?utf-8?q?x=0D=0A?=.example.org"', 10),
+        ("editors:", 'editors: [ada@example.org, "=?utf-8?q?G?= <grace@example.org>"]', 28),
+    ],
+)
+def test_an_encoded_word_in_a_header_setting_is_refused_at_its_place(
+    workspace: Path, prefix: str, line: str, col: int
+) -> None:
+    number = set_line(workspace, prefix, line)
+    [problem] = refused(workspace)
+    assert problem.startswith(f"highlights.yaml:{number}:{col}: ")
+    assert ENCODED_WORD in problem
+
+
+@pytest.mark.parametrize("char", ["\\u2028", "\\u2029", "\\x85", "\\r", "\\n"])
+@pytest.mark.parametrize(
+    ("prefix", "line", "col"),
+    [
+        ("name:", 'name: "AI{}Research"', 7),
+        ("from:", 'from: "AI Research{} <highlights@example.org>"', 7),
+        ("reply_to:", 'reply_to: "editors@example.org{}"', 11),
+        ("postal_address:", 'postal_address: "42 Example Street{}Springfield"', 17),
+        ("list_id:", 'list_id: "highlights{}.example.org"', 10),
+        ("editors:", 'editors: ["ada@example.org{}"]', 11),
+    ],
+)
+def test_a_line_break_of_any_kind_in_a_setting_is_refused_at_its_place(
+    workspace: Path, char: str, prefix: str, line: str, col: int
+) -> None:
+    number = set_line(workspace, prefix, line.format(char))
+    [problem] = refused(workspace)
+    code = {"\\u2028": "2028", "\\u2029": "2029", "\\x85": "0085", "\\r": "000D", "\\n": "000A"}[char]
+    assert problem.endswith(f"must be a single line (it holds a line break, U+{code})")
+    assert problem.startswith(f"highlights.yaml:{number}:{col}: {prefix.rstrip(':')}")
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "highlights@example.org",
+        "AI Research Highlights <highlights@example.org>",
+        '\\"Highlights, weekly\\" <highlights@example.org>',
+        "J. Doe <j.doe@example.org>",
+        "Ada Lovelace <ada@bücher.example>",
+    ],
+)
+def test_from_takes_a_bare_address_or_one_with_a_display_name(workspace: Path, value: str) -> None:
+    set_line(workspace, "from:", f'from: "{value}"')
+    assert load_workspace(workspace).settings.from_ == value.replace("\\", "")
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("ada@example.org extra", "is not an email address"),
+        ("ada@example..org", "is not an email address"),
+        ("ada@-example.org", "is not an email address"),
+        ("Ada <ada@example.org> junk", "is not an email address; write it as Name <address@example.org>"),
+        ("ada@example.org, bob@example.org", "is not an email address"),
+        ("Ada <ada@example>", "is not an email address"),
+        ("Ada, Lovelace <ada@example.org>", 'put the name in double quotes: "Ada, Lovelace" <ada@example.org>'),
+        ("Ada <nobody>", "is not an email address"),
+    ],
+)
+def test_from_is_checked_as_every_address_is(workspace: Path, value: str, words: str) -> None:
+    number = set_line(workspace, "from:", f'from: "{value}"')
+    [problem] = refused(workspace)
+    assert problem.startswith(f"highlights.yaml:{number}:7: from: ")
+    assert words in problem
+
+
+# --------------------------------------------------------------------------- where the API key goes
+
+
+def test_sendgrid_host_over_http_is_refused_at_its_line(workspace: Path) -> None:
+    number = set_line(workspace, "    host: https://api.sendgrid.com", "    host: http://api.sendgrid.com")
+    [problem] = refused(workspace)
+    assert problem.startswith(f"highlights.yaml:{number}:11: delivery.sendgrid.host: must be https, not http")
+    assert "'api.sendgrid.com'" in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.sendgrid.com",
+        "https://sendgrid.example.net:8443",
+        "http://127.0.0.1:3000",
+        "http://127.8.9.10",
+        "http://localhost:8080",
+        "http://LOCALHOST",
+        "http://[::1]:8080",
+    ],
+)
+def test_sendgrid_host_may_be_http_only_on_loopback(workspace: Path, url: str) -> None:
+    set_line(workspace, "    host: https://api.sendgrid.com", f"    host: {url}")
+    assert load_workspace(workspace).settings.delivery.sendgrid.host == url
+
+
+@pytest.mark.parametrize("url", ["http://128.0.0.1", "http://localhost.example.net", "http://[::2]", "http://10.0.0.1"])
+def test_sendgrid_host_that_only_looks_local_is_refused(workspace: Path, url: str) -> None:
+    set_line(workspace, "    host: https://api.sendgrid.com", f"    host: {url}")
+    [problem] = refused(workspace)
+    assert "delivery.sendgrid.host: must be https, not http" in problem
+
+
+def test_the_environment_override_of_the_sendgrid_host_follows_the_same_rule(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HIGHLIGHTS_SENDGRID_HOST replaces the setting: http to another machine is refused
+    before anything is sent (the API key would travel in clear)."""
+    from click.testing import CliRunner
+
+    from highlightsmail.cli import main
+
+    set_line(workspace, "  backend: outbox", "  backend: sendgrid")
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.test-key-that-must-not-travel")
+    monkeypatch.setenv("HIGHLIGHTS_SENDGRID_HOST", "http://sendgrid.example.net")
+    result = CliRunner().invoke(main, ["send", "--test", "2024-w02"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "HIGHLIGHTS_SENDGRID_HOST" in result.stderr
+    assert "must be https, not http" in result.stderr
+    assert "test-key" not in result.output

@@ -284,7 +284,67 @@ def test_title_too_long(tmp_path):
 
 def test_header_injection_in_the_subject(tmp_path):
     path = write(tmp_path, 'title: T\ndate: 2024-01-12\nsubject: "a\\r\\nBcc: x@y"\nitems:\n' + items(1))
-    assert problems(path) == ["issue.yaml:3:10: subject: must be a single line without control characters"]
+    assert problems(path) == ["issue.yaml:3:10: subject: must be a single line (it holds a line break, U+000D)"]
+
+
+@pytest.mark.parametrize(
+    ("line", "where"),
+    [
+        ('subject: "=?utf-8?q?Hi=0D=0ABcc:_victim@example.net?="', "3:10: subject"),
+        ('subject: "Week 2 =?UTF-8?B?SGk=?= news"', "3:10: subject"),
+        ('preheader: "=?iso-8859-1?q?caf=E9?="', "3:12: preheader"),
+    ],
+)
+def test_an_encoded_word_in_the_subject_or_preheader_is_refused(tmp_path, line, where):
+    """A header decoder turns `=?charset?Q?...?=` back into any characters, CR LF
+    included: typed into a subject, it becomes a header of its own (Bcc) on the
+    Python versions whose email package decodes before folding."""
+    path = write(tmp_path, f"title: T\ndate: 2024-01-12\n{line}\nitems:\n" + items(1))
+    assert problems(path) == [
+        f"issue.yaml:{where}: must not contain an RFC 2047 encoded word (=?charset?Q?...?=): write the text itself"
+    ]
+
+
+def test_an_encoded_word_in_the_title_is_refused_as_the_title_is_the_default_subject(tmp_path):
+    path = write(tmp_path, 'title: "=?utf-8?q?Hi=0D=0A=0D=0Abody?="\ndate: 2024-01-12\nitems:\n' + items(1))
+    [line] = problems(path)
+    assert line.startswith("issue.yaml:1:8: title: must not contain an RFC 2047 encoded word")
+
+
+def test_an_encoded_word_in_body_text_is_just_text(tmp_path):
+    """Item titles, labels and summaries never reach a header: there it is text."""
+    word = "=?utf-8?q?Hi?="
+    path = write(
+        tmp_path,
+        f"title: T\ndate: 2024-01-12\nitems:\n  - title: '{word}'\n    summary: '{word}'\n"
+        f"    links: [{{label: '{word}', url: 'https://example.org/'}}]\n",
+    )
+    item = load_model(path, Issue).items[0]
+    assert (item.title, item.summary, item.links[0].label) == (word, word, word)
+
+
+@pytest.mark.parametrize(
+    ("escape", "code"), [("\\u2028", "2028"), ("\\u2029", "2029"), ("\\x85", "0085"), ("\\N", "0085")]
+)
+def test_unicode_line_separators_are_line_breaks_in_every_single_line_field(tmp_path, escape, code):
+    """The email package and str.splitlines() break lines at U+2028, U+2029 and U+0085."""
+    path = write(
+        tmp_path,
+        f'title: "A{escape}B"\ndate: 2024-01-12\nsubject: "S{escape}"\npreheader: "P{escape}"\nitems:\n'
+        f'  - title: "I{escape}"\n    summary: ok\n    tags: ["t{escape}"]\n'
+        f'    links: [{{label: "L{escape}", url: "https://example.org/"}}]\n'
+        f'    image: {{url: "https://example.org/i.png", alt: "A{escape}"}}\n',
+    )
+    said = f"must be a single line (it holds a line break, U+{code})"
+    assert problems(path) == [
+        f"issue.yaml:1:8: title: {said}",
+        f"issue.yaml:3:10: subject: {said}",
+        f"issue.yaml:4:12: preheader: {said}",
+        f"issue.yaml:6:12: items[0].title: {said}",
+        f"issue.yaml:8:12: items[0].tags[0]: {said}",
+        f"issue.yaml:9:21: items[0].links[0].label: {said}",
+        f"issue.yaml:10:52: items[0].image.alt: {said}",
+    ]
 
 
 def test_title_that_yaml_reads_as_true(tmp_path):
@@ -595,11 +655,18 @@ def test_control_characters_written_as_yaml_escapes_are_refused_where_they_are(t
     """.lstrip("\n"),
     )
     assert problems(path) == [
-        "issue.yaml:3:8: intro: character U+001B is not allowed (a control character or a noncharacter)",
-        "issue.yaml:5:12: items[0].title: character U+FFFE is not allowed (a control character or a noncharacter)",
-        "issue.yaml:6:14: items[0].summary: character U+000C is not allowed (a control character or a noncharacter)",
-        "issue.yaml:7:21: items[0].links[0].label: character U+0085 is not allowed (a control character or a noncharacter)",
+        "issue.yaml:3:8: intro: must not contain control characters (U+001B)",
+        "issue.yaml:5:12: items[0].title: character U+FFFE is not allowed (a Unicode noncharacter)",
+        "issue.yaml:6:14: items[0].summary: must not contain control characters (U+000C)",
+        "issue.yaml:7:21: items[0].links[0].label: must be a single line (it holds a line break, U+0085)",
         "issue.yaml:7:35: items[0].links[0].url: a URL must not contain spaces or control characters",
+    ]
+
+
+def test_next_line_in_text_of_several_lines_asks_for_an_ordinary_line_break(tmp_path):
+    path = write(tmp_path, 'title: T\ndate: 2024-01-12\nintro: "a\\x85b"\nitems:\n' + items(1))
+    assert problems(path) == [
+        "issue.yaml:3:8: intro: must not contain U+0085 (NEXT LINE): break the line with an ordinary line break"
     ]
 
 

@@ -74,9 +74,16 @@ def new(obj: _Ctx, date: dt.datetime | None) -> None:
 @pass_ctx
 def check(obj: _Ctx, issue: str) -> None:
     """Validate and lint ISSUE (a path, a slug or `latest`)."""
+    from highlightsmail.errors import HighlightsError
     from highlightsmail.lint import check_command
 
-    check_command(obj.ws, obj.ws.issue_path(issue))
+    # An invalid file raises ValidationFailed, which prints its FILE:LINE:COL lines.
+    report = check_command(obj.ws, obj.ws.issue_path(issue))
+    for problem in report.problems:
+        click.echo(str(problem), err=True)
+    if not report.ok:
+        raise HighlightsError(report.summary)
+    click.echo(report.summary)
 
 
 @main.command()

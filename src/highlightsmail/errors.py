@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Any, Literal, TextIO
 
 import click
 
@@ -41,8 +41,8 @@ class ValidationFailed(HighlightsError):
     def format_message(self) -> str:  # click prefixes "Error: " otherwise
         return self.message
 
-    def show(self, file=None) -> None:  # type: ignore[override]
-        click.echo(self.format_message(), err=True)
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(self.format_message(), file=file, err=file is None)
 
 
 class InvalidToken(HighlightsError):
@@ -60,7 +60,14 @@ def show_warnings_plainly() -> None:
 
     default = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if issubclass(category, HighlightsWarning):
             click.echo(f"warning: {message}", err=True)
         else:

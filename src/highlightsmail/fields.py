@@ -1,23 +1,20 @@
-"""Field types shared by the issue and settings models: URLs, single-line text, addresses."""
+"""Field types shared by the issue and settings models: URLs, single-line text, text that
+goes into a header, addresses.
+
+What text may hold is decided in `highlightsmail.text` and what an address is in
+`highlightsmail.addresses`; these types only apply those rules to a model's fields.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from email.utils import parseaddr
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator
 
-_CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
-# What no part of an email may carry, though YAML's escapes ("\x1b", "\uffff") put it
-# in a file of printable text: control characters (C0, DEL, C1) and Unicode
-# noncharacters. MJML refuses them, and a plain-text reader's terminal may act on them.
-_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
-_FORBIDDEN_IN_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f{_NONCHARACTERS}]")
-_FORBIDDEN_IN_TEXT = re.compile(
-    f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_NONCHARACTERS}]"
-)  # tab and line breaks are text
+from highlightsmail import text
 
 
 def _http_url(value: str) -> str:
@@ -25,7 +22,7 @@ def _http_url(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a URL string")
     value = value.strip()
-    if _FORBIDDEN_IN_LINE.search(value) or any(ch.isspace() for ch in value):
+    if text.FORBIDDEN_IN_LINE.search(value) or any(ch.isspace() for ch in value):
         raise ValueError("a URL must not contain spaces or control characters")
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https"):
@@ -36,41 +33,107 @@ def _http_url(value: str) -> str:
     return value
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` names this machine: `localhost`, 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_url_problem(url: str) -> str | None:
+    """Why `url` must not carry a secret (an API key in a request header): http to a
+    host other than this machine's loopback, where anyone on the way can read it.
+    None for https, and for http to localhost, 127.0.0.0/8 or ::1."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+    except ValueError:
+        return None  # not a URL at all: the URL check says so
+    if parts.scheme.lower() == "http" and not is_loopback_host(host):
+        return (
+            f"must be https, not http: the API key goes with every request "
+            f"(http only for a server on this machine: localhost, 127.0.0.1, [::1]), not {host!r}"
+        )
+    return None
+
+
+def _secure_url(value: str) -> str:
+    problem = plaintext_url_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def _single_line(value: str) -> str:
-    """Text that ends up in a header or a title: no line breaks or control characters."""
+    """Text that ends up in a title, a header or a setting: one line, nothing an email
+    cannot carry."""
     if not isinstance(value, str):
         raise ValueError("must be text")
-    bad = _FORBIDDEN_IN_LINE.search(value)
-    if bad:
-        if bad.group() in _CONTROL:
-            raise ValueError("must be a single line without control characters")
-        raise ValueError(_forbidden(bad.group()))
+    problem = text.line_problem(value)
+    if problem:
+        raise ValueError(problem)
     value = value.strip()
     if not value:
         raise ValueError("must not be empty")
     return value
 
 
-def _address(value: str) -> str:
-    """An address, bare or with a display name ("Name <a@b.org>")."""
-    value = _single_line(value)
-    _, addr = parseaddr(value)
-    if not addr or "@" not in addr or addr.startswith("@") or addr.endswith("@"):
-        raise ValueError(f"'{value}' is not an email address")
+def _header_text(value: str) -> str:
+    """Single-line text that a header will carry as typed (a subject, a sender name)."""
+    problem = text.header_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
-def _forbidden(ch: str) -> str:
-    return f"character U+{ord(ch):04X} is not allowed (a control character or a noncharacter)"
+# "Display Name <addr>" or '"Display, Name" <addr>' (RFC 5322 name-addr); a plain name
+# must not hold the characters that would end or split it there, so every reader of the
+# header, ours included, finds the same address.
+_NAME_ADDR = re.compile(r'(?:"(?P<quoted>[^"\\]*)"|(?P<plain>[^"<>]*?))\s*<(?P<addr>[^<>]*)>')
+_SPECIALS_IN_NAME = re.compile(r"[()<>\[\]:;@\\,\"]")
+
+
+def split_address(value: str) -> tuple[str, str]:
+    """(display name, address) of "Name <addr>", '"Name" <addr>' or a bare address;
+    raise ValueError when it is none of them."""
+    if "<" not in value and ">" not in value:
+        return "", value
+    match = _NAME_ADDR.fullmatch(value)
+    if match is None:
+        raise ValueError(f"'{value}' is not an email address; write it as Name <address@example.org>")
+    name = (match["quoted"] if match["quoted"] is not None else match["plain"]).strip()
+    if match["plain"] is not None and _SPECIALS_IN_NAME.search(name):
+        raise ValueError(f'put the name in double quotes: "{name}" <{match["addr"].strip()}>')
+    return name, match["addr"].strip()
+
+
+def _address(value: str) -> str:
+    """An address, bare or with a display name ("Name <a@b.org>"), checked as every
+    address is (highlightsmail.addresses); kept as written."""
+    from highlightsmail.addresses import BadAddress, normalize_address
+
+    value = _header_text(_single_line(value))
+    _, addr = split_address(value)
+    if "@" not in addr:
+        raise ValueError(f"'{value}' is not an email address")
+    try:
+        normalize_address(addr)
+    except BadAddress as exc:
+        raise ValueError(f"'{value}' is not an email address: {exc}") from None
+    return value
 
 
 def _markdown_text(value: str) -> str:
     """Text of several lines: not empty, nothing an email cannot carry."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must not be empty")
-    bad = _FORBIDDEN_IN_TEXT.search(value)
-    if bad:
-        raise ValueError(_forbidden(bad.group()))
+    problem = text.text_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -82,6 +145,24 @@ def _coerce_scalar_text(value: object) -> object:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+#: An http(s) URL that a secret is sent to: https, or http on loopback only.
+SecretUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(_secure_url)]
 SingleLine = Annotated[str, BeforeValidator(_coerce_scalar_text), AfterValidator(_single_line)]
+#: Single-line text that reaches a header as typed: no RFC 2047 encoded word either.
+HeaderText = Annotated[
+    str, BeforeValidator(_coerce_scalar_text), AfterValidator(_single_line), AfterValidator(_header_text)
+]
 Address = Annotated[str, AfterValidator(_address)]
 Markdown = Annotated[str, BeforeValidator(_coerce_scalar_text), AfterValidator(_markdown_text)]
+
+__all__ = [
+    "Address",
+    "HeaderText",
+    "HttpUrl",
+    "Markdown",
+    "SecretUrl",
+    "SingleLine",
+    "is_loopback_host",
+    "plaintext_url_problem",
+    "split_address",
+]

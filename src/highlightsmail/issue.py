@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from highlightsmail.fields import HttpUrl, Markdown, SingleLine
+from highlightsmail.fields import HeaderText, HttpUrl, Markdown, SingleLine
+
+if TYPE_CHECKING:
+    from highlightsmail.sourcemap import SourceMap
 
 
 class _Strict(BaseModel):
-    # Unknown keys are errors (PRODUCT.md): a typo must not silently drop content.
+    # Unknown keys are errors: a typo must not silently drop content.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -36,10 +40,11 @@ class Item(_Strict):
 class Issue(_Strict):
     """One newsletter issue as written in issues/YYYY-wWW.yaml."""
 
-    title: SingleLine = Field(max_length=200)
+    # The title is the subject when there is none; the preheader is the inbox preview.
+    title: HeaderText = Field(max_length=200)
     date: dt.date
-    subject: SingleLine | None = Field(default=None, max_length=998)
-    preheader: SingleLine | None = Field(default=None, max_length=150)
+    subject: HeaderText | None = Field(default=None, max_length=998)
+    preheader: HeaderText | None = Field(default=None, max_length=150)
     intro: Markdown | None = None
     items: list[Item] = Field(min_length=1, max_length=50)
     outro: Markdown | None = None
@@ -47,16 +52,27 @@ class Issue(_Strict):
     # Not in the file: where it came from. The slug is the file name without .yaml.
     slug: str = Field(default="", exclude=True)
     source: Path | None = Field(default=None, exclude=True)
+    # Where each value is in the file, for lint to name places without reading it again.
+    _source_map: SourceMap | None = PrivateAttr(default=None)
 
     @property
     def effective_subject(self) -> str:
         """The subject line: `subject`, or the title when there is none."""
         return self.subject or self.title
 
+    @property
+    def source_map(self) -> SourceMap | None:
+        """Where each value is in the issue file (None for an issue made in code, or
+        one whose `source` was taken away)."""
+        return self._source_map if self.source is not None else None
+
 
 def load_issue(path: Path) -> Issue:
-    """Read and validate an issue file; raise ValidationFailed with every problem at once."""
-    from highlightsmail.yamlfile import load_model
+    """Read and validate an issue file; raise ValidationFailed with every problem at once.
+    The issue keeps the place of each value in the file (`source_map`)."""
+    from highlightsmail.yamlfile import load_model_located
 
-    issue = load_model(path, Issue)
-    return issue.model_copy(update={"slug": path.stem, "source": path})
+    loaded, places = load_model_located(path, Issue)
+    issue = loaded.model_copy(update={"slug": path.stem, "source": path})
+    issue._source_map = places
+    return issue

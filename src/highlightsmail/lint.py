@@ -3,29 +3,29 @@
 Validation (yamlfile.py) refuses a file that cannot be an issue. Lint looks at a valid
 issue and its rendering for what an editor would want to fix before sending: an email
 Gmail will clip, links that are not https, images without alt text, a subject that
-inboxes cut short, a template that lost its unsubscribe link. Each finding names the
-place in the issue file (or the template) as `FILE:LINE:COL:`.
+inboxes cut short, a template that lost its unsubscribe link, a date far from today,
+and text or links that could deceive a reader (see deception.py). Each finding names
+the place in the issue file (or the template) as `FILE:LINE:COL:`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import click
-
-from highlightsmail.errors import HighlightsError, Problem, display_path
+from highlightsmail.errors import Problem, display_path
 
 if TYPE_CHECKING:
     from highlightsmail.issue import Issue
     from highlightsmail.render import RenderedIssue
+    from highlightsmail.sourcemap import Severity, SourceMap
     from highlightsmail.workspace import Workspace
-    from highlightsmail.yamlfile import YamlDocument
 
 KB = 1000
 # Gmail shows "[Message clipped]" and hides the rest (the footer with the unsubscribe
@@ -35,6 +35,9 @@ GMAIL_CLIP_BYTES = 102 * KB
 SIZE_WARNING_BYTES = 90 * KB
 # RFC 5322 asks for lines of at most 78 characters; inboxes cut subjects sooner still.
 SUBJECT_MAX = 78
+# An issue dated further than this from today (either way) is probably a mistake: a
+# copied file whose date was not changed, or a typo in the year.
+DATE_DRIFT_DAYS = 14
 # The longest token tokens.Signer makes: kind, 13 base-36 digits, '.', 22 characters.
 _TOKEN_SHAPE = "u" + "z" * 13 + "." + "A" * 22
 
@@ -66,6 +69,8 @@ def _texts(issue: Issue) -> Iterator[_Text]:
             yield _Text(("items", i, "links", j, "label"), link.label, False)
         if item.image is not None:
             yield _Text(("items", i, "image", "alt"), item.image.alt, False)
+        for j, tag in enumerate(item.tags):
+            yield _Text(("items", i, "tags", j), tag, False)
     if issue.outro:
         yield _Text(("outro",), issue.outro, True)
 
@@ -79,6 +84,8 @@ class _Link:
     item: int | None  # the item it belongs to, for duplicate detection
     in_markdown: bool
     is_image: bool = False
+    label: str | None = None  # what the reader sees as the link, when it is text
+    label_loc: Loc | None = None  # where the label is, when it is a value of its own
 
 
 @functools.cache
@@ -100,11 +107,25 @@ def _markdown_inline(text: str) -> Iterator[Any]:
 
 
 def _markdown_links(loc: Loc, text: str | None, item: int | None) -> Iterator[_Link]:
-    for token in _markdown_inline(text or ""):
+    tokens = list(_markdown_inline(text or ""))
+    for i, token in enumerate(tokens):
         if token.type == "link_open":
-            yield _Link(loc, str(token.attrs.get("href", "")), item, True)
+            yield _Link(loc, str(token.attrs.get("href", "")), item, True, label=_link_text(tokens, i + 1))
         elif token.type == "image":
             yield _Link(loc, str(token.attrs.get("src", "")), item, True, is_image=True)
+
+
+def _link_text(tokens: list[Any], start: int) -> str:
+    """The text of a Markdown link, from the token after its link_open to its link_close."""
+    parts = []
+    for token in tokens[start:]:
+        if token.type == "link_close":
+            break
+        if token.type in ("text", "code_inline"):
+            parts.append(token.content)
+        elif token.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+    return "".join(parts)
 
 
 def _links(issue: Issue) -> Iterator[_Link]:
@@ -114,73 +135,21 @@ def _links(issue: Issue) -> Iterator[_Link]:
     for i, item in enumerate(issue.items):
         yield from _markdown_links(("items", i, "summary"), item.summary, i)
         for j, link in enumerate(item.links):
-            yield _Link(("items", i, "links", j, "url"), link.url, i, False)
+            button: Loc = ("items", i, "links", j)
+            yield _Link((*button, "url"), link.url, i, False, label=link.label, label_loc=(*button, "label"))
         if item.image is not None:
             yield _Link(("items", i, "image", "url"), item.image.url, i, False, is_image=True)
     yield from _markdown_links(("outro",), issue.outro, None)
 
 
-class _Positions:
-    """Where things are in the issue file, from yamlfile's document (key paths to
-    line and column) and the file's text (to find a URL inside a Markdown block)."""
+def _places(issue: Issue) -> SourceMap:
+    """Where each value is in the issue's file, as loaded; everything at 1:1 for an
+    issue without one."""
+    from highlightsmail.sourcemap import SourceMap
 
-    def __init__(self, file: str, doc: YamlDocument | None, text: str) -> None:
-        self.file = file
-        self.doc = doc
-        self.text = text
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def at(self, loc: Sequence[Any], *, key: bool = False) -> tuple[int, int]:
-        if self.doc is None:
-            return (1, 1)
-        return self.doc.where(loc, key=key)
-
-    def find(self, loc: Sequence[Any], needle: str) -> tuple[int, int]:
-        """The position of `needle` inside the value at `loc` (a URL in a summary), or
-        of the value itself when it is not found there as written."""
-        line, col = self.at(loc)
-        if self.doc is None or not needle or line > len(self._line_starts):
-            return (line, col)
-        start = self._line_starts[line - 1] + col - 1
-        # The value ends before the next key or value the file holds.
-        later = [
-            self._line_starts[ln - 1] + c - 1
-            for ln, c in (*self.doc.positions.values(), *self.doc.key_positions.values())
-            if (ln, c) > (line, col) and ln <= len(self._line_starts)
-        ]
-        end = min(later, default=len(self.text))
-        index = self.text.find(needle, start, end)
-        if index < 0:
-            return (line, col)
-        found_line = self.text.count("\n", 0, index) + 1
-        return (found_line, index - self._line_starts[found_line - 1] + 1)
-
-    def problem(
-        self, loc: Sequence[Any], message: str, severity: str = "error", *, key: bool = False, needle: str | None = None
-    ) -> Problem:
-        line, col = self.find(loc, needle) if needle else self.at(loc, key=key)
-        from highlightsmail.yamlfile import dotted
-
-        prefix = dotted(tuple(loc))
-        text = f"{prefix}: {message}" if prefix else message
-        return Problem(self.file, line, col, text, severity)  # type: ignore[arg-type]
-
-
-def _positions_for(issue: Issue) -> _Positions:
-    """Positions in the issue's file; none (everything at 1:1) when it has no file."""
-    if issue.source is None:
-        return _Positions("<issue>", None, "")
-    from highlightsmail.issue import Issue as IssueModel
-    from highlightsmail.yamlfile import read_document
-
-    path = Path(issue.source)
-    try:
-        doc = read_document(path, IssueModel)
-        text = path.read_text(encoding="utf-8-sig")
-    except (HighlightsError, OSError, UnicodeDecodeError):
-        # Changed on disk since it was loaded: the findings still count, at 1:1.
-        return _Positions(display_path(path), None, "")
-    return _Positions(doc.file, doc, text)
+    if issue.source_map is not None:
+        return issue.source_map
+    return SourceMap(display_path(issue.source) if issue.source is not None else "<issue>")
 
 
 def _template_file(ws: Workspace, name: str) -> str:
@@ -191,7 +160,7 @@ def _template_file(ws: Workspace, name: str) -> str:
     return display_path(Path(__file__).parent / "templates" / name)
 
 
-def _check_url(link: _Link) -> tuple[str, str] | None:
+def _check_url(link: _Link) -> tuple[Severity, str] | None:
     """(severity, message) for a URL that is not a plain https one, else None."""
     parts = urlsplit(link.url)
     scheme = parts.scheme.lower()
@@ -222,154 +191,200 @@ def _same_link(url: str) -> str:
     return f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}{path}?{parts.query}#{parts.fragment}"
 
 
-def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Problem]:
+def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue, *, today: dt.date | None = None) -> list[Problem]:
     """Every lint finding for a valid issue and its rendering, sorted by place.
 
-    Errors (severity "error") make `check` fail; warnings are advice.
+    Errors (severity "error") make `check` fail; warnings are advice. `today` is the
+    date the issue's date is compared with (default: the local date).
     """
-    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
-    from highlightsmail.yamlfile import dotted
+    pos = _places(issue)
+    texts = list(_texts(issue))
+    links = list(_links(issue))  # parses the Markdown once for every check
+    found = [
+        *_size_findings(pos, ws, rendered),
+        *_subject_findings(pos, issue),
+        *_link_findings(pos, links),
+        *_alt_findings(pos, texts),
+        *_todo_findings(pos, issue, texts),
+        *_date_findings(pos, issue, today or _today()),
+        *_deception_findings(pos, texts, links),
+        *_template_findings(ws, rendered),
+    ]
+    return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
 
-    pos = _positions_for(issue)
-    found: list[Problem] = []
 
-    # -- size: measured as sent, with an unsubscribe URL as long as a real one
-    html, text = _as_sent(ws, rendered)
+def _today() -> dt.date:
+    return dt.date.today()
+
+
+def _size_findings(pos: SourceMap, ws: Workspace, rendered: RenderedIssue) -> Iterator[Problem]:
+    """Measured as sent, with an unsubscribe URL as long as a real one."""
+    html, _ = _as_sent(ws, rendered)
     size = len(html.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
-        found.append(
-            pos.problem(
-                ("items",),
-                f"the HTML is {size / KB:.1f} KB: Gmail clips emails over "
-                f"{GMAIL_CLIP_BYTES // KB} KB and hides the rest, footer and unsubscribe link "
-                "included; shorten the issue or split it",
-                key=True,
-            )
+        yield pos.problem(
+            ("items",),
+            f"the HTML is {size / KB:.1f} KB: Gmail clips emails over "
+            f"{GMAIL_CLIP_BYTES // KB} KB and hides the rest, footer and unsubscribe link "
+            "included; shorten the issue or split it",
+            key=True,
         )
     elif size > SIZE_WARNING_BYTES:
-        found.append(
-            pos.problem(
-                ("items",),
-                f"the HTML is {size / KB:.1f} KB, close to the {GMAIL_CLIP_BYTES // KB} KB where Gmail clips emails",
-                "warning",
-                key=True,
-            )
+        yield pos.problem(
+            ("items",),
+            f"the HTML is {size / KB:.1f} KB, close to the {GMAIL_CLIP_BYTES // KB} KB where Gmail clips emails",
+            "warning",
+            key=True,
         )
 
-    # -- subject and preheader
+
+def _subject_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
     subject = issue.effective_subject
     if len(subject) > SUBJECT_MAX:
         where = "subject" if issue.subject else "title"
-        found.append(
-            pos.problem(
-                (where,),
-                f"the subject is {len(subject)} characters; inboxes cut it after about "
-                f"{SUBJECT_MAX}" + ("" if issue.subject else " (add a shorter `subject:`)"),
-                "warning",
-                key=True,
-            )
+        yield pos.problem(
+            (where,),
+            f"the subject is {len(subject)} characters; inboxes cut it after about "
+            f"{SUBJECT_MAX}" + ("" if issue.subject else " (add a shorter `subject:`)"),
+            "warning",
+            key=True,
         )
     if not issue.preheader:
-        line, col = pos.at(())
-        found.append(
-            Problem(
-                pos.file,
-                line,
-                col,
-                "no preheader: inboxes will preview the first words of the email "
-                "instead; add `preheader:` (up to 150 characters)",
-                "warning",
-            )
+        line, col = pos.where(())
+        yield Problem(
+            pos.file,
+            line,
+            col,
+            "no preheader: inboxes will preview the first words of the email "
+            "instead; add `preheader:` (up to 150 characters)",
+            "warning",
         )
 
-    # -- links and images
+
+def _link_findings(pos: SourceMap, links: list[_Link]) -> Iterator[Problem]:
+    """Links that are not plain https, and the same link in two items."""
+    from highlightsmail.sourcemap import dotted
+
     seen: dict[str, _Link] = {}
-    for link in _links(issue):
+    for link in links:
         verdict = _check_url(link)
         if verdict is not None:
             severity, message = verdict
-            found.append(pos.problem(link.loc, message, severity, needle=link.url if link.in_markdown else None))
+            yield pos.problem(link.loc, message, severity, needle=_needle(link))
         if link.is_image or link.item is None or urlsplit(link.url).scheme.lower() not in ("http", "https"):
             continue
-        same = _same_link(link.url)
-        first = seen.setdefault(same, link)
-        if first is not link and first.item != link.item:
-            found.append(
-                pos.problem(
-                    link.loc,
-                    f"{link.url} is also linked from item {first.item + 1} "  # type: ignore[operator]
-                    f"({dotted(first.loc)})",
-                    "warning",
-                    needle=link.url if link.in_markdown else None,
-                )
+        first = seen.setdefault(_same_link(link.url), link)
+        if first is not link and first.item is not None and first.item != link.item:
+            yield pos.problem(
+                link.loc,
+                f"{link.url} is also linked from item {first.item + 1} ({dotted(first.loc)})",
+                "warning",
+                needle=_needle(link),
             )
-    for field in _texts(issue):
+
+
+def _needle(link: _Link) -> str | None:
+    """What to look for in the file to place a finding about a link: its URL inside a
+    Markdown block (a link button's URL is a value of its own)."""
+    return link.url if link.in_markdown else None
+
+
+def _alt_findings(pos: SourceMap, texts: list[_Text]) -> Iterator[Problem]:
+    for field in texts:
         if not field.markdown:
             continue
         for token in _markdown_inline(field.value):
             if token.type == "image" and not token.content.strip():
-                found.append(
-                    pos.problem(
-                        field.loc,
-                        f"image {token.attrs.get('src')} has no alt text: describe it "
-                        "for readers who can't see it, as ![what it shows](url)",
-                        needle=str(token.attrs.get("src") or "") or None,
-                    )
+                yield pos.problem(
+                    field.loc,
+                    f"image {token.attrs.get('src')} has no alt text: describe it "
+                    "for readers who can't see it, as ![what it shows](url)",
+                    needle=str(token.attrs.get("src") or "") or None,
                 )
 
-    # -- text the skeleton left for the editor
-    for field in _texts(issue):
+
+def _todo_findings(pos: SourceMap, issue: Issue, texts: list[_Text]) -> Iterator[Problem]:
+    """Text the skeleton left for the editor."""
+    for field in texts:
         if _TODO.search(field.value):
-            found.append(pos.problem(field.loc, "still has a TODO from the skeleton", "warning", needle="TODO"))
+            yield pos.problem(field.loc, "still has a TODO from the skeleton", "warning", needle="TODO")
     for i, item in enumerate(issue.items):
-        for j, link in enumerate(item.links):
-            if _TODO.search(link.url):
-                found.append(
-                    pos.problem(("items", i, "links", j, "url"), "still has a TODO from the skeleton", "warning")
-                )
+        for j, button in enumerate(item.links):
+            if _TODO.search(button.url):
+                yield pos.problem(("items", i, "links", j, "url"), "still has a TODO from the skeleton", "warning")
 
-    # -- the date and the file's week
+
+def _date_findings(pos: SourceMap, issue: Issue, today: dt.date) -> Iterator[Problem]:
+    """The date against the file's week, and against today."""
     from highlightsmail.workspace import ISSUE_SLUG
 
     match = ISSUE_SLUG.match(issue.slug or "")
     if match:
         year, week, _ = issue.date.isocalendar()
         if (year, week) != (int(match[1]), int(match[2])):
-            found.append(
-                pos.problem(
-                    ("date",),
-                    f"{issue.date.isoformat()} is in week {year}-w{week:02d}, but the file is named {issue.slug}",
-                    "warning",
-                )
+            yield pos.problem(
+                ("date",),
+                f"{issue.date.isoformat()} is in week {year}-w{week:02d}, but the file is named {issue.slug}",
+                "warning",
             )
+    days = (issue.date - today).days
+    if abs(days) > DATE_DRIFT_DAYS:
+        when = f"{-days} days ago" if days < 0 else f"{days} days from now"
+        yield pos.problem(
+            ("date",),
+            f"the issue is dated {issue.date.isoformat()}, {when} (today is {today.isoformat()}): is the date right?",
+            "warning",
+        )
 
-    # -- the footer the templates must keep (RFC 8058 and anti-spam laws)
+
+def _deception_findings(pos: SourceMap, texts: list[_Text], links: list[_Link]) -> Iterator[Problem]:
+    """Text and links that can show a reader something other than what they are."""
+    from highlightsmail import deception
+
+    values = [(field.loc, field.value) for field in texts]
+    values += [(link.loc, link.url) for link in links if not link.in_markdown]
+    for loc, value in values:
+        for ch, message in deception.hidden_characters(value):
+            line, col = pos.find(loc, ch, *deception.yaml_escapes(ch))
+            yield _at(pos, loc, line, col, message)
+    for link in links:
+        for about_url in (deception.userinfo(link.url), deception.mixed_scripts(link.url)):
+            if about_url:
+                yield pos.problem(link.loc, about_url, "warning", needle=_needle(link))
+        mismatch = deception.label_mismatch(link.label, link.url) if link.label else None
+        if mismatch:
+            yield pos.problem(link.label_loc or link.loc, mismatch, "warning", needle=_needle(link))
+
+
+def _at(pos: SourceMap, loc: Loc, line: int, col: int, message: str) -> Problem:
+    from highlightsmail.sourcemap import dotted
+
+    return Problem(pos.file, line, col, f"{dotted(loc)}: {message}", "warning")
+
+
+def _template_findings(ws: Workspace, rendered: RenderedIssue) -> Iterator[Problem]:
+    """The footer the templates must keep (RFC 8058 and anti-spam laws)."""
+    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+
+    html, text = _as_sent(ws, rendered)
     mjml = _template_file(ws, "issue.mjml.j2")
     txt = _template_file(ws, "issue.txt.j2")
     if UNSUBSCRIBE_PLACEHOLDER not in rendered.html:
-        found.append(
-            Problem(
-                mjml, 1, 1, "the HTML has no unsubscribe link: the template must keep the unsubscribe URL in its footer"
-            )
+        yield Problem(
+            mjml, 1, 1, "the HTML has no unsubscribe link: the template must keep the unsubscribe URL in its footer"
         )
     if UNSUBSCRIBE_PLACEHOLDER not in rendered.text:
-        found.append(
-            Problem(
-                txt,
-                1,
-                1,
-                "the plain text has no unsubscribe link: the template must keep the unsubscribe URL in its footer",
-            )
+        yield Problem(
+            txt,
+            1,
+            1,
+            "the plain text has no unsubscribe link: the template must keep the unsubscribe URL in its footer",
         )
     address = " ".join(ws.settings.postal_address.split())
     if address not in " ".join(text.split()):
-        found.append(
-            Problem(txt, 1, 1, "the plain text does not show the postal address from highlights.yaml", "warning")
-        )
+        yield Problem(txt, 1, 1, "the plain text does not show the postal address from highlights.yaml", "warning")
     if _html_text(address) not in " ".join(html.split()):
-        found.append(Problem(mjml, 1, 1, "the HTML does not show the postal address from highlights.yaml", "warning"))
-
-    return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
+        yield Problem(mjml, 1, 1, "the HTML does not show the postal address from highlights.yaml", "warning")
 
 
 def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:
@@ -384,31 +399,66 @@ def _html_text(value: str) -> str:
     return str(escape(value))
 
 
-def check_command(ws: Workspace, issue_path: Path) -> None:
-    """`highlights check ISSUE`: validation errors or lint findings on stderr as
-    FILE:LINE:COL lines; exit 1 on any error, else a one-line summary on stdout."""
+@dataclass(frozen=True)
+class CheckReport:
+    """What `highlights check` found: the problems, then a one-line summary."""
+
+    file: str
+    problems: list[Problem]
+    items: int
+    html_bytes: int  # as sent, with an unsubscribe URL as long as a real one
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity != "error"]
+
+    @property
+    def ok(self) -> bool:
+        """No errors (warnings are advice)."""
+        return not self.errors
+
+    @property
+    def summary(self) -> str:
+        """`FILE: OK (2 items, HTML 12 KB)`, `FILE: OK with 1 warning (...)` or
+        `FILE: 2 errors, 1 warning`."""
+        counts = ", ".join(
+            f"{n} {word}{'' if n == 1 else 's'}"
+            for n, word in ((len(self.errors), "error"), (len(self.warnings), "warning"))
+            if n
+        )
+        if not self.ok:
+            return f"{self.file}: {counts}"
+        status = f"OK with {counts}" if self.warnings else "OK"
+        items = f"{self.items} item{'' if self.items == 1 else 's'}"
+        return f"{self.file}: {status} ({items}, HTML {self.html_bytes / KB:.0f} KB)"
+
+
+def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
+    """`highlights check ISSUE`: validate (raising ValidationFailed with every problem
+    of an invalid file), render, and lint."""
     from highlightsmail.issue import load_issue
-
-    file = display_path(issue_path)
-    issue = load_issue(issue_path)  # ValidationFailed prints its FILE:LINE:COL lines itself
-
     from highlightsmail.render import render_issue
 
+    issue = load_issue(issue_path)
     rendered = render_issue(issue, ws)
-    problems = lint_issue(ws, issue, rendered)
-    errors = [p for p in problems if p.severity == "error"]
-    warnings = [p for p in problems if p.severity != "error"]
-    for problem in problems:
-        click.echo(str(problem), err=True)
-    counts = ", ".join(
-        f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((len(errors), "error"), (len(warnings), "warning")) if n
+    return CheckReport(
+        file=display_path(issue_path),
+        problems=lint_issue(ws, issue, rendered),
+        items=len(issue.items),
+        html_bytes=len(_as_sent(ws, rendered)[0].encode("utf-8")),
     )
-    if errors:
-        raise HighlightsError(f"{file}: {counts}")
-    size = len(_as_sent(ws, rendered)[0].encode("utf-8"))
-    items = len(issue.items)
-    status = f"OK with {counts}" if warnings else "OK"
-    click.echo(f"{file}: {status} ({items} item{'' if items == 1 else 's'}, HTML {size / KB:.0f} KB)")
 
 
-__all__ = ["GMAIL_CLIP_BYTES", "SIZE_WARNING_BYTES", "SUBJECT_MAX", "check_command", "lint_issue"]
+__all__ = [
+    "DATE_DRIFT_DAYS",
+    "GMAIL_CLIP_BYTES",
+    "SIZE_WARNING_BYTES",
+    "SUBJECT_MAX",
+    "CheckReport",
+    "check_command",
+    "lint_issue",
+]

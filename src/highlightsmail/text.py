@@ -45,6 +45,16 @@ def line_problem(value: str) -> str | None:
     return describe_forbidden(bad.group()) if bad else None
 
 
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be text of several lines (None when it can)."""
+    bad = FORBIDDEN_IN_TEXT.search(value)
+    if bad is None:
+        return None
+    if bad.group() == "\x85":  # a line break to some readers, a control character to others
+        return "must not contain U+0085 (NEXT LINE): break the line with an ordinary line break"
+    return describe_forbidden(bad.group())
+
+
 def header_problem(value: str) -> str | None:
     """Why `value` cannot go into a header as the user typed it (None when it can):
     a line break or control character, or an RFC 2047 encoded word."""
@@ -64,4 +74,5 @@ __all__ = [
     "describe_forbidden",
     "header_problem",
     "line_problem",
+    "text_problem",
 ]

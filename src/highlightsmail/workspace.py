@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from highlightsmail.errors import HighlightsError, display_path
-from highlightsmail.fields import Address, HttpUrl, SingleLine
+from highlightsmail.fields import Address, HeaderText, HttpUrl, SecretUrl, SingleLine
 
 SETTINGS_FILE = "highlights.yaml"
 #: An issue's slug when its file is named after its ISO week: YYYY-wWW (year, week).
@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class SendGridSettings(_Strict):
-    host: HttpUrl = "https://api.sendgrid.com"
+    host: SecretUrl = "https://api.sendgrid.com"
     categories: list[SingleLine] = Field(default_factory=list, max_length=10)
     asm_group_id: int | None = None
     batch_size: int = Field(default=1000, ge=1, le=1000)
@@ -72,12 +72,12 @@ BaseUrl = Annotated[HttpUrl, AfterValidator(_base_url)]
 class Settings(_Strict):
     """The newsletter's settings, from highlights.yaml."""
 
-    name: SingleLine = Field(max_length=200)
+    name: HeaderText = Field(max_length=200)
     from_: Address = Field(alias="from")
     reply_to: Address | None = None
     base_url: BaseUrl
     postal_address: SingleLine = Field(max_length=500)
-    list_id: SingleLine = Field(max_length=200)
+    list_id: HeaderText = Field(max_length=200)
     editors: list[Address] = Field(min_length=1)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     database: SingleLine = "subscribers/highlights.db"

@@ -1,6 +1,5 @@
 """Reading an editor's YAML file into a pydantic model, with every problem at once,
-each as `FILE:LINE:COL: message` (PRODUCT.md: "Every error names the file, line and
-column, and all errors are reported at once. A bad file never produces a traceback.").
+each as `FILE:LINE:COL: message`. A bad file never produces a traceback.
 
 The file goes through these stages, each of which can only refuse with problems:
 
@@ -13,34 +12,32 @@ The file goes through these stages, each of which can only refuse with problems:
    duplicate keys and tags that are not plain YAML are problems here;
 5. the pydantic model; its errors are mapped back to those positions and reworded for
    an editor ("missing required key 'title'", "unknown key 'summry' (did you mean
-   'summary'?)").
+   'summary'?)") by `highlightsmail.modelerrors`.
 """
 
 from __future__ import annotations
 
 import codecs
-import difflib
 import functools
 import re
-import types
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 
 from highlightsmail.errors import HighlightsError, Problem, ValidationFailed, display_path
+from highlightsmail.modelerrors import check_key_names, file_keys, problem_from_error
+from highlightsmail.sourcemap import KeyPath, SourceMap, dotted
 
 __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
     "MAX_NODES",
     "YamlDocument",
-    "dotted",
     "load_model",
+    "load_model_located",
     "read_document",
     "validate_document",
 ]
@@ -53,7 +50,6 @@ MAX_NODES = 100_000
 MAX_DEPTH = 100
 
 M = TypeVar("M", bound=BaseModel)
-KeyPath = tuple[str | int, ...]
 
 _TAG = "tag:yaml.org,2002:"
 _MAP, _SEQ, _MERGE = _TAG + "map", _TAG + "seq", _TAG + "merge"
@@ -64,9 +60,6 @@ _FALLBACK_TO_TEXT = {_TAG + "int", _TAG + "float", _TAG + "timestamp"}
 # What YAML itself refuses to read (the YAML 1.1 printable set, as PyYAML's reader), so
 # that a binary file gets one clear message, not the scanner's.
 _NON_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-# Extra words for a missing key, where the reason is not obvious.
-_MISSING_HINTS = {"alt": "describe the image for readers who can't see it"}
 
 
 # --------------------------------------------------------------------------- loaders
@@ -112,58 +105,24 @@ def _loader_class() -> type:
 
 
 @dataclass
-class YamlDocument:
+class YamlDocument(SourceMap):
     """A YAML file read into plain data, with the position of every key and value.
 
-    `positions` and `key_positions` map a key path such as ("items", 3, "links", 0, "url")
-    to a 1-based (line, column): of the value, and of the key for mapping entries.
-    `problems` holds what was wrong but did not stop the reading (duplicate keys, tags
-    that are not plain YAML); `validate_document` reports them with the model's.
+    `positions` and `key_positions` (see SourceMap) map a key path such as
+    ("items", 3, "links", 0, "url") to a 1-based (line, column): of the value, and of the
+    key for mapping entries. `problems` holds what was wrong but did not stop the
+    reading (duplicate keys, tags that are not plain YAML); `validate_document` reports
+    them with the model's.
     """
 
-    file: str
-    data: dict[str, Any]
-    positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
-    key_positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     raw: dict[KeyPath, str] = field(default_factory=dict)  # plain scalars YAML typed (yes, 12, ~)
     problems: list[Problem] = field(default_factory=list)
     unreadable: set[KeyPath] = field(default_factory=set)  # values replaced by None, with a problem
 
-    def resolve(self, loc: Sequence[Any]) -> KeyPath:
-        """The longest part of a (pydantic) location that is a path in the file; entries
-        that are not keys (a union member's name, 'function-after[...]') are skipped."""
-        path: KeyPath = ()
-        for part in loc:
-            candidate = (*path, part)
-            if candidate in self.positions or candidate in self.key_positions:
-                path = candidate
-        return path
-
-    def where(self, loc: Sequence[Any], *, key: bool = False) -> tuple[int, int]:
-        """(line, column) of the value at `loc` (or of its key, with key=True); for a
-        location that is not in the file, its nearest enclosing value."""
-        path = self.resolve(loc)
-        if key and path in self.key_positions:
-            return self.key_positions[path]
-        return self.positions.get(path, (1, 1))
-
-    def problem(self, loc: Sequence[Any], message: str, severity: str = "error", *, key: bool = False) -> Problem:
-        """A Problem at `loc`, its message prefixed with the dotted key path."""
-        line, col = self.where(loc, key=key)
-        prefix = dotted(tuple(loc)) if loc else ""
-        text = f"{prefix}: {message}" if prefix else message
-        return Problem(self.file, line, col, text, severity)  # type: ignore[arg-type]
-
-
-def dotted(path: Sequence[Any]) -> str:
-    """("items", 3, "links", 0, "url") -> "items[3].links[0].url"."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
+    def source_map(self) -> SourceMap:
+        """The places alone, without the data (what a loaded model keeps)."""
+        return SourceMap(self.file, self.text, self.positions, self.key_positions)
 
 
 # --------------------------------------------------------------------------- public API
@@ -176,7 +135,13 @@ def load_model(path: Path, model: type[M]) -> M:
     HighlightsError when the file cannot be read at all. Never anything else for any
     file content.
     """
-    return validate_document(read_document(path, model), model)
+    return load_model_located(path, model)[0]
+
+
+def load_model_located(path: Path, model: type[M]) -> tuple[M, SourceMap]:
+    """`load_model`, and where each value of the model is in the file."""
+    doc = read_document(path, model)
+    return validate_document(doc, model), doc.source_map()
 
 
 def read_document(path: Path, model: type[BaseModel] | None = None) -> YamlDocument:
@@ -192,14 +157,14 @@ def validate_document(doc: YamlDocument, model: type[M]) -> M:
     document's own problems and the model's, sorted by position."""
     problems = list(doc.problems)
     data = dict(doc.data)
-    problems += _check_key_names(doc, data, model, ())
+    problems += check_key_names(doc, data, model, ())
     result: M | None = None
     try:
         result = model.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             if doc.resolve(error["loc"]) not in doc.unreadable:  # already said why
-                problems.append(_problem_from_error(doc, model, error))
+                problems.append(problem_from_error(doc, model, error))
     if problems:
         problems = _unique_sorted(problems)
         raise ValidationFailed(problems)
@@ -260,12 +225,6 @@ def _mark(mark: Any) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
-def _file_keys(model: type[BaseModel]) -> list[str]:
-    """The keys a file may use for `model`: aliases (`from`), not Python names, and not
-    fields excluded from serialisation (set by the program, like an issue's slug)."""
-    return [info.alias or name for name, info in model.model_fields.items() if not info.exclude]
-
-
 # --------------------------------------------------------------------------- text -> data
 
 
@@ -281,7 +240,7 @@ class _Reader:
         self.file = file
         self.text = text
         self.model = model
-        self.doc = YamlDocument(file, {})
+        self.doc = YamlDocument(file, text)
         self._loader: Any = None
         self._mappings_seen: set[int] = set()
         self._alias_at: tuple[int, int] | None = None
@@ -301,7 +260,7 @@ class _Reader:
         if not (isinstance(root, yaml.MappingNode) and root.tag == _MAP):
             if isinstance(root, yaml.ScalarNode) and root.tag == _TAG + "null" and root.value == "":
                 raise _fail(self.file, 1, 1, "the file is empty")
-            keys = ", ".join(f"{k}:" for k in _file_keys(self.model)[:2]) + ", ..." if self.model else "key: value"
+            keys = ", ".join(f"{k}:" for k in file_keys(self.model)[:2]) + ", ..." if self.model else "key: value"
             line, col = _mark(root.start_mark)
             raise _fail(self.file, line, col, f"the top level must be a mapping of keys ({keys})")
         self.doc.data = self._build(root, (), 0)
@@ -499,254 +458,6 @@ def _yaml_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     elif "cannot start any token" in problem:
         message += "; put text that starts with @, ` or % in quotes"
     return message
-
-
-# --------------------------------------------------------------------------- model walking
-
-
-def _candidates(annotation: Any) -> list[Any]:
-    """The types a value may take: Annotated unwrapped, unions split, None dropped."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _candidates(get_args(annotation)[0])
-    if origin is Union or origin is types.UnionType:
-        out: list[Any] = []
-        for arg in get_args(annotation):
-            if arg is not type(None):
-                out += _candidates(arg)
-        return out
-    return [annotation]
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
-
-
-def _field(model: type[BaseModel], key: str) -> FieldInfo | None:
-    for name, info in model.model_fields.items():
-        if (info.alias or name) == key:
-            return info
-    return None
-
-
-def _step(annotation: Any, key: str | int) -> tuple[Any, FieldInfo | None] | None:
-    """The annotation (and field, if any) one key or index below `annotation`."""
-    for tp in _candidates(annotation):
-        if _is_model(tp):
-            if isinstance(key, str) and (info := _field(tp, key)) is not None:
-                return info.annotation, info
-            continue
-        origin, args = get_origin(tp), get_args(tp)
-        if isinstance(key, int) and isinstance(origin, type) and issubclass(origin, (list, tuple, set, frozenset)):
-            return (args[0] if args else Any), None
-        if isinstance(key, str) and isinstance(origin, type) and issubclass(origin, Mapping):
-            return (args[1] if len(args) == 2 else Any), None
-    return None
-
-
-def _walk(model: type[BaseModel], path: KeyPath) -> tuple[Any, FieldInfo | None] | None:
-    annotation: Any = model
-    info: FieldInfo | None = None
-    for part in path:
-        stepped = _step(annotation, part)
-        if stepped is None:
-            return None
-        annotation, info = stepped
-    return annotation, info
-
-
-def _model_at(model: type[BaseModel], path: KeyPath) -> type[BaseModel] | None:
-    found = _walk(model, path)
-    if found is None:
-        return None
-    return next((tp for tp in _candidates(found[0]) if _is_model(tp)), None)
-
-
-def _length_bounds(model: type[BaseModel], path: KeyPath) -> tuple[int | None, int | None]:
-    found = _walk(model, path)
-    low = high = None
-    if found is not None and found[1] is not None:
-        for meta in found[1].metadata:
-            low = getattr(meta, "min_length", low)
-            high = getattr(meta, "max_length", high)
-    return low, high
-
-
-def _check_key_names(doc: YamlDocument, data: dict[str, Any], model: type[BaseModel], path: KeyPath) -> list[Problem]:
-    """Keys pydantic would accept but a file must not use: a Python name where the file
-    key is an alias (`from_` for `from`), a field the program sets (`slug`). Removes them
-    from `data` (a copy at each level it changes) and returns their problems."""
-    problems: list[Problem] = []
-    allowed = _file_keys(model)
-    for key in list(data):
-        info = _field(model, key)
-        if info is None:
-            named = model.model_fields.get(key)
-            if named is not None:  # a Python name, reachable through populate_by_name
-                problems.append(doc.problem((*path, key), _unknown_key(key, allowed), key=True))
-                del data[key]
-            continue
-        if info.exclude:
-            problems.append(doc.problem((*path, key), _unknown_key(key, allowed), key=True))
-            del data[key]
-            continue
-        value = data[key]
-        problems += _check_nested(doc, data, key, value, info.annotation, (*path, key))
-    return problems
-
-
-def _check_nested(
-    doc: YamlDocument, parent: Any, slot: Any, value: Any, annotation: Any, path: KeyPath
-) -> list[Problem]:
-    problems: list[Problem] = []
-    for tp in _candidates(annotation):
-        if _is_model(tp) and isinstance(value, dict):
-            copy = dict(value)
-            problems += _check_key_names(doc, copy, tp, path)
-            parent[slot] = copy
-            break
-        origin, args = get_origin(tp), get_args(tp)
-        if origin is list and args and isinstance(value, list) and any(_is_model(a) for a in _candidates(args[0])):
-            copy_list = list(value)
-            for i, element in enumerate(copy_list):
-                problems += _check_nested(doc, copy_list, i, element, args[0], (*path, i))
-            parent[slot] = copy_list
-            break
-    return problems
-
-
-# --------------------------------------------------------------------------- pydantic errors -> words
-
-
-def _unknown_key(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"unknown key '{key}' (did you mean '{close[0]}'?)"
-    if allowed:
-        return f"unknown key '{key}' (allowed here: {', '.join(allowed)})"
-    return f"unknown key '{key}'"
-
-
-def _num(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _entries(low: int | None, high: int | None, has: int) -> str:
-    def plural(n: int) -> str:
-        return f"{n} entr{'y' if n == 1 else 'ies'}"
-
-    if low is not None and high is not None:
-        return f"needs {low} to {high} entries (has {has})"
-    if low is not None:
-        return f"needs at least {plural(low)} (has {has})"
-    return f"has {plural(has)}, at most {high}"
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return ""
-
-
-def _expected_text(doc: YamlDocument, path: KeyPath, value: Any) -> str:
-    if value is None:
-        return "expected text, but there is nothing after the colon"
-    kind = _kind(value)
-    if kind:
-        return f"expected text, not {kind}"
-    raw = doc.raw.get(path)
-    if raw is not None:  # YAML read `yes`, `off`, `2024-01-12`... as something else
-        return f'expected text; write "{raw}" in quotes to mean it as text'
-    return "expected text"
-
-
-def _problem_from_error(doc: YamlDocument, model: type[BaseModel], error: Any) -> Problem:
-    kind: str = error["type"]
-    loc: tuple[Any, ...] = tuple(error["loc"])
-    ctx: dict[str, Any] = error.get("ctx") or {}
-    value = error.get("input")
-    path = doc.resolve(loc)
-
-    if kind == "missing":
-        key = str(loc[-1]) if loc else "?"
-        message = f"missing required key '{key}'"
-        if key in _MISSING_HINTS:
-            message += f" ({_MISSING_HINTS[key]})"
-        line, col = doc.positions.get(path, (1, 1))
-        return Problem(doc.file, line, col, f"{dotted((*path, key))}: {message}")
-
-    if kind == "extra_forbidden":
-        key = str(path[-1]) if path else str(loc[-1])
-        parent = _model_at(model, path[:-1])
-        message = _unknown_key(key, _file_keys(parent) if parent else [])
-        return doc.problem(path, message, key=True)
-
-    message: str
-    if kind in ("value_error", "assertion_error") and "error" in ctx:
-        message = str(ctx["error"])
-    elif kind.startswith("date") and not kind.startswith("datetime"):
-        message = "expected a date like 2024-01-12"
-        reason = ctx.get("error")
-        if isinstance(value, str) and reason:
-            message += f" ({reason})"
-    elif kind.startswith("datetime"):
-        message = "expected a date and time like 2024-01-12 09:30"
-    elif kind in ("list_type", "tuple_type", "set_type", "iterable_type"):
-        message = "expected a list" + (
-            " (like [a, b], or one entry per line starting with '- ')" if isinstance(value, str) else ""
-        )
-    elif kind == "string_type":
-        message = _expected_text(doc, path, value)
-    elif kind in ("int_type", "int_parsing", "int_from_float", "int_parsing_size"):
-        message = "expected a whole number"
-    elif kind in ("float_type", "float_parsing", "decimal_type", "decimal_parsing"):
-        message = "expected a number"
-    elif kind in ("bool_type", "bool_parsing"):
-        message = "expected true or false"
-    elif kind in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
-        nested = _model_at(model, path)
-        keys = _file_keys(nested) if nested else []
-        message = "expected a mapping" + (
-            f" of keys ({', '.join(f'{k}:' for k in keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else ""
-        )
-    elif kind in ("string_too_long", "string_too_short", "too_long", "too_short") and isinstance(value, str):
-        limit = ctx.get("max_length") if "long" in kind else ctx.get("min_length")
-        if "long" in kind:
-            message = f"is {len(value)} characters, at most {limit}"
-        elif limit == 1:
-            message = "must not be empty"
-        else:
-            message = f"is {len(value)} characters, at least {limit}"
-    elif kind in ("too_long", "too_short"):
-        low, high = _length_bounds(model, path)
-        low = low if low is not None else ctx.get("min_length")
-        high = high if high is not None else ctx.get("max_length")
-        has = ctx.get("actual_length")
-        if has is None:
-            has = len(value) if isinstance(value, (list, dict, str)) else 0
-        message = _entries(low, high, has)
-    elif kind == "literal_error":
-        message = f"must be one of {ctx.get('expected', '')}"
-        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        close = difflib.get_close_matches(str(value), options, n=1) if isinstance(value, str) else []
-        if close:
-            message += f" (did you mean '{close[0]}'?)"
-    elif kind == "greater_than_equal":
-        message = f"must be at least {_num(ctx.get('ge'))}"
-    elif kind == "less_than_equal":
-        message = f"must be at most {_num(ctx.get('le'))}"
-    elif kind == "greater_than":
-        message = f"must be more than {_num(ctx.get('gt'))}"
-    elif kind == "less_than":
-        message = f"must be less than {_num(ctx.get('lt'))}"
-    else:
-        text = str(error.get("msg") or kind)
-        message = text[:1].lower() + text[1:]
-    return doc.problem(path, message)
 
 
 def _unique_sorted(problems: list[Problem]) -> list[Problem]:

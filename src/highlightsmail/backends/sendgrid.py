@@ -36,6 +36,7 @@ from highlightsmail.backends.base import (
     TransientError,
     with_retries,
 )
+from highlightsmail.fields import plaintext_url_problem
 from highlightsmail.message import list_id, subject_for
 
 if TYPE_CHECKING:
@@ -297,6 +298,8 @@ def _check_host(origin: str, host: str) -> None:
         ok = False
     if not ok:
         raise PermanentError(f"{origin}: {host!r} is not an http(s) URL like https://api.sendgrid.com")
+    if problem := plaintext_url_problem(host):
+        raise PermanentError(f"{origin}: {problem}")
 
 
 def _address(email: str, name: str = "", *, recipient: bool = False) -> dict[str, str]:
