@@ -322,8 +322,8 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
         if _TODO.search(field.value):
             found.append(pos.problem(field.loc, "still has a TODO from the skeleton", "warning", needle="TODO"))
     for i, item in enumerate(issue.items):
-        for j, link in enumerate(item.links):
-            if _TODO.search(link.url):
+        for j, button in enumerate(item.links):
+            if _TODO.search(button.url):
                 found.append(
                     pos.problem(("items", i, "links", j, "url"), "still has a TODO from the skeleton", "warning")
                 )
@@ -369,7 +369,32 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> list[Pro
     if _html_text(address) not in " ".join(html.split()):
         found.append(Problem(mjml, 1, 1, "the HTML does not show the postal address from highlights.yaml", "warning"))
 
+    found.extend(_settings_problems(ws))
     return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
+
+
+def _settings_problems(ws: Workspace) -> list[Problem]:
+    """Findings in highlights.yaml that concern every issue."""
+    settings = ws.settings
+    if not settings.archive.enabled or settings.base_url.lower().startswith("https://"):
+        return []
+    from highlightsmail.yamlfile import read_document
+
+    try:
+        doc = read_document(ws.settings_path)
+        file, (line, col) = doc.file, doc.where(("base_url",))
+    except (HighlightsError, OSError):  # changed on disk since it was loaded
+        file, line, col = display_path(ws.settings_path), 1, 1
+    return [
+        Problem(
+            file,
+            line,
+            col,
+            "base_url: the archive is enabled but base_url is not https: the "
+            '"View in browser" link and the archive\'s pages would travel unencrypted',
+            "warning",
+        )
+    ]
 
 
 def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:
