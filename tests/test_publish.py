@@ -353,6 +353,10 @@ def test_file_names_that_cannot_be_web_addresses_are_left_out_with_a_warning(wor
     ]
     index = page(workspace / "out" / "site", "index.html")
     assert "Spaced" not in index and "Clash" not in index and "Hidden" not in index
+    # Nor do their emails link to a page that can't exist.
+    enable_archive(workspace)
+    ws = load_workspace()
+    assert "View in browser" not in render_issue(load_issue(workspace / "issues" / "my draft.yaml"), ws).text
 
 
 # --------------------------------------------------------------------------- hostile input

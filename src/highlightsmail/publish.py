@@ -47,6 +47,7 @@ __all__ = [
     "feed_url",
     "issue_url",
     "publish",
+    "publishable",
 ]
 
 INDEX_TEMPLATE = "site/index.html.j2"
@@ -79,6 +80,12 @@ def issue_url(settings: Settings, slug: str) -> str:
 
 def feed_url(settings: Settings) -> str:
     return f"{archive_url(settings)}{FEED_FILE}"
+
+
+def publishable(slug: str) -> bool:
+    """Whether an issue with this slug can have a page: its name makes a plain folder
+    name and URL segment everywhere, and is none of the site's own files."""
+    return bool(_SLUG.fullmatch(slug)) and slug not in _SITE_FILES
 
 
 def _signup(settings: Settings) -> dict[str, Any]:
@@ -233,7 +240,7 @@ class Archive:
                 continue  # removed meanwhile
             if not path.is_file():
                 continue
-            if not _SLUG.fullmatch(slug) or slug in _SITE_FILES:
+            if not publishable(slug):
                 skipped.append(
                     f"{display_path(path)}: left out, its name can't be a web address "
                     "(use letters, digits, '.', '_' and '-', like 2024-w02.yaml)"

@@ -193,9 +193,9 @@ def _context(issue: Issue, ws: Workspace) -> dict[str, Any]:
 
     name = _text(settings.name)
     subject = _text(issue.effective_subject)
-    from highlightsmail.publish import issue_url
+    from highlightsmail.publish import issue_url, publishable
 
-    web_url = issue_url(settings, issue.slug) if settings.archive.enabled and issue.slug else None
+    web_url = issue_url(settings, issue.slug) if settings.archive.enabled and publishable(issue.slug) else None
     return {
         "newsletter": {
             "name": name,
