@@ -105,6 +105,40 @@ def build(obj: _Ctx, issue: str, out: Path) -> None:
 
 
 @main.command()
+@click.option(
+    "--out",
+    "out",
+    default="out/site",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The folder to write the site to (replaced whole).",
+)
+@click.option("--all", "include_all", is_flag=True, help="Also publish the issues not sent yet: every issue file.")
+@pass_ctx
+def publish(obj: _Ctx, out: Path, include_all: bool) -> None:
+    """Write the web archive: OUT/index.html, OUT/<slug>/index.html and OUT/feed.xml."""
+    from highlightsmail.errors import display_path
+    from highlightsmail.publish import archive_url
+    from highlightsmail.publish import publish as publish_site
+
+    ws = obj.ws
+    result = publish_site(ws, out, include_all=include_all)
+    for reason in result.skipped:
+        click.echo(f"warning: {reason}", err=True)
+    count = len(result.entries)
+    pages = f"{count} issue page{'' if count == 1 else 's'}"
+    click.echo(f"{display_path(result.out_dir)}: index.html, feed.xml and {pages}, for {archive_url(ws.settings)}")
+    if not count and not include_all:
+        click.echo("No issue has been sent yet, so none is listed; --all publishes every issue file.", err=True)
+    if not ws.settings.archive.enabled:
+        click.echo(
+            'Note: archive.enabled is false in highlights.yaml, so emails carry no "View in browser" link '
+            "and `serve` does not answer the archive's pages.",
+            err=True,
+        )
+
+
+@main.command()
 @click.argument("issue")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8025, show_default=True, type=int)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from highlightsmail.errors import Problem, display_path
+from highlightsmail.errors import HighlightsError, Problem, display_path
 
 if TYPE_CHECKING:
     from highlightsmail.issue import Issue
@@ -209,6 +209,7 @@ def lint_issue(ws: Workspace, issue: Issue, rendered: RenderedIssue, *, today: d
         *_date_findings(pos, issue, today or _today()),
         *_deception_findings(pos, texts, links),
         *_template_findings(ws, rendered),
+        *_settings_problems(ws),
     ]
     return sorted(set(found), key=lambda p: (p.file != pos.file, p.file, p.line, p.col, p.message))
 
@@ -385,6 +386,30 @@ def _template_findings(ws: Workspace, rendered: RenderedIssue) -> Iterator[Probl
         yield Problem(txt, 1, 1, "the plain text does not show the postal address from highlights.yaml", "warning")
     if _html_text(address) not in " ".join(html.split()):
         yield Problem(mjml, 1, 1, "the HTML does not show the postal address from highlights.yaml", "warning")
+
+
+def _settings_problems(ws: Workspace) -> list[Problem]:
+    """Findings in highlights.yaml that concern every issue."""
+    settings = ws.settings
+    if not settings.archive.enabled or settings.base_url.lower().startswith("https://"):
+        return []
+    from highlightsmail.yamlfile import read_document
+
+    try:
+        doc = read_document(ws.settings_path)
+        file, (line, col) = doc.file, doc.where(("base_url",))
+    except (HighlightsError, OSError):  # changed on disk since it was loaded
+        file, line, col = display_path(ws.settings_path), 1, 1
+    return [
+        Problem(
+            file,
+            line,
+            col,
+            "base_url: the archive is enabled but base_url is not https: the "
+            '"View in browser" link and the archive\'s pages would travel unencrypted',
+            "warning",
+        )
+    ]
 
 
 def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:

@@ -31,9 +31,11 @@ __all__ = [
     "UNSUBSCRIBE_PLACEHOLDER",
     "RenderedIssue",
     "effective_preheader",
+    "issue_context",
     "markdown_to_text",
     "render_issue",
     "render_markdown",
+    "render_template",
 ]
 
 #: Stands for the recipient's unsubscribe URL in both parts until `personalize` (or a
@@ -191,6 +193,9 @@ def _context(issue: Issue, ws: Workspace) -> dict[str, Any]:
 
     name = _text(settings.name)
     subject = _text(issue.effective_subject)
+    from highlightsmail.publish import issue_url, publishable
+
+    web_url = issue_url(settings, issue.slug) if settings.archive.enabled and publishable(issue.slug) else None
     return {
         "newsletter": {
             "name": name,
@@ -215,8 +220,16 @@ def _context(issue: Issue, ws: Workspace) -> dict[str, Any]:
         "outro_text": outro_text,
         "outro_refs": outro_refs,
         "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER,
+        # The issue's page in the web archive ("View in browser"), or None when there is none.
+        "web_url": _url(web_url) if web_url else None,
         "text_width": TEXT_WIDTH,
     }
+
+
+def issue_context(issue: Issue, ws: Workspace) -> dict[str, Any]:
+    """What the issue templates see: the issue's text defused and its Markdown rendered,
+    for the email and for any other page built from the same content."""
+    return _context(issue, ws)
 
 
 def effective_preheader(issue: Issue) -> str:
@@ -325,6 +338,13 @@ def _template_position(exc: BaseException, template: jinja2.Template) -> str:
         if frame.filename in templates or frame.filename.endswith(".j2"):
             return f"{display_path(frame.filename)}:{frame.lineno}"
     return display_path(template.filename or template.name or "template")
+
+
+def render_template(ws: Workspace, name: str, context: dict[str, Any]) -> str:
+    """Template `name` (the workspace's, else the package's) rendered with `context`;
+    a broken template raises HighlightsError naming its file and line."""
+    templates_dir = str(ws.templates_dir)
+    return _render_template(_environment(templates_dir), name, context, templates_dir)[0]
 
 
 # --------------------------------------------------------------------------- HTML

@@ -17,6 +17,7 @@ Behaviour worth knowing (the product contract has the table of routes):
 - Invalid, altered or unknown-subscriber tokens: 400 "This link is not valid".
 - Every response carries a strict CSP, `Referrer-Policy: no-referrer` (the token is in the
   path and must not leak), `nosniff` and `Cache-Control: no-store`. Bodies over 8 KiB: 413.
+  The archive's pages (archive_web.py, when enabled) may be cached and indexed.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ SECURITY_HEADERS: dict[str, str] = {
     "Cache-Control": "no-store",
     "X-Robots-Tag": "noindex, nofollow",
 }
+
+#: Headers a route may set for itself (the archive's pages may be cached and indexed,
+#: and show images); every other security header is the same on every answer.
+ROUTE_MAY_SET = frozenset({"Content-Security-Policy", "Cache-Control", "X-Robots-Tag"})
 
 SOURCE_ONE_CLICK = "one-click"
 SOURCE_WEB = "web"
@@ -370,7 +375,8 @@ class _SecurityHeaders:
                 started = True
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
-                    headers[name] = value
+                    if name not in ROUTE_MAY_SET or name not in headers:
+                        headers[name] = value
             await send(message)
 
         try:
@@ -450,6 +456,8 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         from highlightsmail.tokens import load_signer
 
         signer = load_signer(ws.secret_path)
+    from highlightsmail.archive_web import archive_routes
+
     _install_log_redaction()
     endpoint = _Endpoint(ws, signer)
     routes = [
@@ -457,6 +465,7 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         # One route for both methods, so a wrong method's 405 lists both in Allow.
         Route("/u/{token}", endpoint.token_page, methods=["GET", "POST"]),
         Route("/u/{token}/resubscribe", endpoint.resubscribe, methods=["POST"]),
+        *archive_routes(ws),
     ]
     middleware = [
         Middleware(_SecurityHeaders, pages=endpoint.pages),  # outermost: every answer gets the headers

@@ -68,6 +68,27 @@ def _base_url(value: str) -> str:
 
 BaseUrl = Annotated[HttpUrl, AfterValidator(_base_url)]
 
+#: First path segments the web app itself answers; the archive can't live under them.
+_APP_PATHS = frozenset({"u", "healthz", "subscribe", "confirm", "webhooks"})
+
+
+def _archive_path(value: str) -> str:
+    """Where the archive sits under base_url: `/archive`, or deeper (`/news/archive`),
+    without a trailing slash and with nothing that a URL would need to escape."""
+    path = value.rstrip("/")
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path) or any(seg in (".", "..") for seg in path.split("/")):
+        raise ValueError("must be a path like /archive: letters, digits and . _ ~ - between slashes")
+    if path.split("/")[1] in _APP_PATHS:
+        raise ValueError(f"{path} is taken by the web endpoint's own pages; choose another, like /archive")
+    return path
+
+
+class ArchiveSettings(_Strict):
+    """The issues as web pages and an Atom feed, under base_url + path."""
+
+    enabled: bool = False
+    path: Annotated[str, AfterValidator(_archive_path)] = "/archive"
+
 
 class Settings(_Strict):
     """The newsletter's settings, from highlights.yaml."""
@@ -80,6 +101,7 @@ class Settings(_Strict):
     list_id: HeaderText = Field(max_length=200)
     editors: list[Address] = Field(min_length=1)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     database: SingleLine = "subscribers/highlights.db"
 
 

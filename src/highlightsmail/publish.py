@@ -1,0 +1,516 @@
+"""`highlights publish`: the issues as a web site any static host can serve, and an Atom feed.
+
+OUT/index.html lists the published issues, newest first; OUT/<slug>/index.html is each
+issue as a web page, built from the same views as the email (render.issue_context) by the
+templates in `templates/site/` (the workspace's first, then the package's); OUT/feed.xml is
+an Atom 1.0 feed (RFC 4287) with each issue's full content; OUT/404.html is the page for a
+missing address. Links between the pages are relative, so the folder works at any path;
+canonical, Open Graph and feed URLs are absolute, from base_url + archive.path.
+
+Published means: the issue's dispatch has started (the send ledger has it); `--all` adds
+every issue file. Nothing personal reaches these pages: no unsubscribe link, no token, no
+address, no test mark.
+
+`Archive` also serves the same pages one by one (archive_web.py): it remembers what it
+rendered, keyed by the files' sizes and modification times, so a request renders only
+what changed since the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from highlightsmail.errors import HighlightsError, display_path
+
+log = logging.getLogger("highlightsmail.publish")
+
+if TYPE_CHECKING:
+    from highlightsmail.issue import Issue
+    from highlightsmail.workspace import Settings, Workspace
+
+__all__ = [
+    "Archive",
+    "Entry",
+    "Published",
+    "archive_url",
+    "feed_url",
+    "issue_url",
+    "publish",
+    "publishable",
+]
+
+INDEX_TEMPLATE = "site/index.html.j2"
+ISSUE_TEMPLATE = "site/issue.html.j2"
+ENTRY_TEMPLATE = "site/entry.html.j2"
+NOT_FOUND_TEMPLATE = "site/404.html.j2"
+FEED_FILE = "feed.xml"
+NOT_FOUND_FILE = "404.html"
+#: The site's own files at its top: no issue may take one of these names.
+_SITE_FILES = frozenset({"index.html", FEED_FILE, NOT_FOUND_FILE})
+#: Slugs that make a plain folder name and URL segment everywhere.
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HEADING_TAG = re.compile(r"<(/?)h([1-6])\b")
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def archive_url(settings: Settings) -> str:
+    """The archive's index page: base_url + archive.path + `/`."""
+    return f"{settings.base_url.rstrip('/')}{settings.archive.path}/"
+
+
+def issue_url(settings: Settings, slug: str) -> str:
+    """An issue's page in the archive (the email's "View in browser" link)."""
+    return f"{archive_url(settings)}{quote(slug, safe='')}/"
+
+
+def feed_url(settings: Settings) -> str:
+    return f"{archive_url(settings)}{FEED_FILE}"
+
+
+def publishable(slug: str) -> bool:
+    """Whether an issue with this slug can have a page: its name makes a plain folder
+    name and URL segment everywhere, and is none of the site's own files."""
+    return bool(_SLUG.fullmatch(slug)) and slug not in _SITE_FILES
+
+
+def _signup(settings: Settings) -> dict[str, Any]:
+    """Whether the pages show the signup form, and where it posts. Off until the
+    settings have a `signup` section that enables it."""
+    signup = getattr(settings, "signup", None)
+    return {
+        "enabled": bool(getattr(signup, "enabled", False)),
+        "action": f"{settings.base_url.rstrip('/')}/subscribe",
+    }
+
+
+# --------------------------------------------------------------------------- the issues
+
+
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """An issue in the archive."""
+
+    slug: str
+    path: Path
+    issue: Issue
+    #: When its dispatch started; for an issue not sent (`--all`), its date at midnight UTC.
+    published: datetime
+    sent: bool
+    #: The file's (mtime, size) when it was read.
+    stamp: tuple[int, int]
+
+    @property
+    def key(self) -> tuple[str, tuple[int, int], datetime]:
+        """What a page built from this entry depends on."""
+        return (self.slug, self.stamp, self.published)
+
+
+def _started(value: str) -> datetime:
+    """A time as the store writes it (`2024-01-12T08:00:00Z`), timezone-aware."""
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0, 0), tzinfo=UTC)
+
+
+def _nest_headings(html: str, top: int) -> str:
+    """Headings written in Markdown, renumbered to sit under the heading of the part
+    they belong to: the first becomes `top`, each later one at most one level below the
+    one before, so the page's outline never skips a level (at most h6)."""
+    if "<h" not in html:
+        return html
+    stack: list[tuple[int, int]] = []  # (level as written, level on the page)
+    current = [top]
+
+    def renumber(match: re.Match[str]) -> str:
+        closing, written = match.group(1), int(match.group(2))
+        if not closing:
+            while stack and stack[-1][0] >= written:
+                stack.pop()
+            level = min(stack[-1][1] + 1 if stack else top, 6)
+            stack.append((written, level))
+            current[0] = level
+        return f"<{closing}h{current[0]}"
+
+    return _HEADING_TAG.sub(renumber, html)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What `publish` wrote."""
+
+    out_dir: Path
+    entries: list[Entry]
+    files: list[Path]
+    #: Issue files left out, each with the reason.
+    skipped: list[str]
+
+
+class Archive:
+    """The archive of one workspace: which issues it lists, and each page and the feed
+    as text. Thread-safe; results are remembered until a file they came from changes."""
+
+    def __init__(self, ws: Workspace, *, include_all: bool = False) -> None:
+        self.ws = ws
+        self.include_all = include_all
+        self._lock = threading.RLock()
+        self._memo: dict[Hashable, Any] = {}
+
+    # -- plumbing
+
+    def _remember(self, key: Hashable, make: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._memo:
+                return self._memo[key]
+            value = make()
+            if len(self._memo) > 2000:  # old keys of edited files: start afresh
+                self._memo.clear()
+            self._memo[key] = value
+            return value
+
+    def _templates_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        """The workspace's own site templates, as (name, mtime, size): a change to any
+        of them changes every page."""
+        folder = self.ws.templates_dir / "site"
+        if not folder.is_dir():
+            return ()
+        stamp = []
+        for path in sorted(folder.rglob("*")):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stamp.append((str(path.relative_to(folder)), st.st_mtime_ns, st.st_size))
+        return tuple(stamp)
+
+    def _load(self, path: Path, stat: tuple[int, int]) -> Issue:
+        from highlightsmail.issue import load_issue
+
+        return self._remember(("issue", path, stat), lambda: load_issue(path))
+
+    # -- which issues
+
+    def _sent(self, slugs: list[str]) -> dict[str, datetime]:
+        """When each issue's dispatch started, for those that have one. No database
+        yet means nothing was sent (and none is created here)."""
+        if not slugs or not self.ws.db_path.is_file():
+            return {}
+        from highlightsmail.store import Store
+
+        started: dict[str, datetime] = {}
+        with Store.open(self.ws) as store:
+            for slug in slugs:
+                info = store.dispatch_info(slug)
+                if info is not None:
+                    started[slug] = _started(info.started)
+        return started
+
+    def entries(self, *, strict: bool = True) -> tuple[list[Entry], list[str]]:
+        """The issues the archive lists, newest first, and the files left out with why.
+
+        A listed issue file that is not valid raises ValidationFailed; with
+        `strict=False` (a server, which must keep answering) it is left out and logged.
+        """
+        files: list[tuple[str, Path, tuple[int, int]]] = []
+        skipped: list[str] = []
+        folder = self.ws.issues_dir
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            slug = path.stem
+            if slug.startswith("."):
+                continue  # an editor's hidden file
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # removed meanwhile
+            if not path.is_file():
+                continue
+            if not publishable(slug):
+                skipped.append(
+                    f"{display_path(path)}: left out, its name can't be a web address "
+                    "(use letters, digits, '.', '_' and '-', like 2024-w02.yaml)"
+                )
+                continue
+            files.append((slug, path, (st.st_mtime_ns, st.st_size)))
+        sent = self._sent([slug for slug, _, _ in files])
+        entries = []
+        for slug, path, stat in files:
+            if slug not in sent and not self.include_all:
+                continue
+            try:
+                issue = self._load(path, stat)
+            except HighlightsError as exc:
+                if strict:
+                    raise
+                log.error(
+                    "%s: left out of the archive until it is fixed:\n%s", display_path(path), exc.format_message()
+                )
+                skipped.append(f"{display_path(path)}: left out, it is not valid")
+                continue
+            published = sent.get(slug) or _midnight(issue.date)
+            entries.append(Entry(slug, path, issue, published, slug in sent, stat))
+        entries.sort(key=lambda e: (e.issue.date, e.published, e.slug), reverse=True)
+        return entries, skipped
+
+    # -- pages
+
+    def _common(self, root: str) -> dict[str, Any]:
+        settings = self.ws.settings
+        return {
+            "newsletter": {"name": settings.name, "base_url": settings.base_url},
+            "archive": {"url": archive_url(settings), "feed_url": feed_url(settings)},
+            "signup": _signup(settings),
+            "root": root,
+        }
+
+    def _view(self, entry: Entry) -> dict[str, Any]:
+        """The issue's views as the email's templates get them, with Markdown headings
+        nested under the page's own (intro and outro under the h1, summaries under
+        their item's h2)."""
+        from markupsafe import Markup
+
+        from highlightsmail.render import issue_context
+
+        def make() -> dict[str, Any]:
+            context = issue_context(entry.issue, self.ws)
+            # Only the email has these: a page must not carry an unsubscribe link.
+            for key in ("unsubscribe_url", "preheader_spacer", "web_url"):
+                context.pop(key, None)
+            for key in ("intro_html", "outro_html"):
+                if context[key]:
+                    context[key] = Markup(_nest_headings(str(context[key]), 2))
+            context["items"] = [
+                replace(item, summary_html=Markup(_nest_headings(str(item.summary_html), 3)))
+                if item.summary_html
+                else item
+                for item in context["items"]
+            ]
+            return context
+
+        return self._remember(("view", entry.key), make)
+
+    def _page(self, entry: Entry, view: dict[str, Any]) -> dict[str, Any]:
+        """The page's own facts: title, description, canonical URL, preview image."""
+        image = next((item.image for item in view["items"] if item.image), None)
+        return {
+            "title": view["issue"]["title"],
+            "description": view["issue"]["preheader"],
+            "url": issue_url(self.ws.settings, entry.slug),
+            "type": "article",
+            "image": image,
+            "published": entry.published.isoformat().replace("+00:00", "Z"),
+        }
+
+    def issue_page(self, entry: Entry, newer: Entry | None = None, older: Entry | None = None) -> str:
+        """`<slug>/index.html`: the issue as a web page."""
+        from highlightsmail.render import render_template
+
+        def neighbour(other: Entry | None) -> dict[str, str] | None:
+            if other is None:
+                return None
+            return {"title": self._view(other)["issue"]["headline"], "url": f"../{quote(other.slug, safe='')}/"}
+
+        def make() -> str:
+            view = self._view(entry)
+            context = {
+                **view,
+                **self._common("../"),
+                "page": self._page(entry, view),
+                "newer": neighbour(newer),
+                "older": neighbour(older),
+            }
+            return render_template(self.ws, ISSUE_TEMPLATE, context)
+
+        key = ("page", entry.key, newer and newer.key, older and older.key, self._templates_stamp())
+        return self._remember(key, make)
+
+    def index_page(self, entries: list[Entry]) -> str:
+        """`index.html`: every listed issue, newest first."""
+        from highlightsmail.render import render_template
+
+        def make() -> str:
+            settings = self.ws.settings
+            issues = []
+            for entry in entries:
+                view = self._view(entry)["issue"]
+                issues.append({**view, "url": f"{quote(entry.slug, safe='')}/"})
+            page = {
+                "title": f"{settings.name}: every issue",
+                "description": f"Every issue of {settings.name}, newest first.",
+                "url": archive_url(settings),
+                "type": "website",
+                "image": None,
+                "published": None,
+            }
+            context = {**self._common("./"), "page": page, "issues": issues}
+            return render_template(self.ws, INDEX_TEMPLATE, context)
+
+        return self._remember(("index", tuple(e.key for e in entries), self._templates_stamp()), make)
+
+    def not_found_page(self) -> str:
+        """The page for an address that holds nothing; its links are absolute."""
+        from highlightsmail.render import render_template
+
+        def make() -> str:
+            settings = self.ws.settings
+            page = {
+                "title": f"Page not found · {settings.name}",
+                "description": f"Every issue of {settings.name}.",
+                "url": archive_url(settings),
+                "type": "website",
+                "image": None,
+                "published": None,
+            }
+            return render_template(self.ws, NOT_FOUND_TEMPLATE, {**self._common(archive_url(settings)), "page": page})
+
+        return self._remember(("404", self._templates_stamp()), make)
+
+    def _entry_content(self, entry: Entry) -> str:
+        from highlightsmail.render import render_template
+
+        def make() -> str:
+            view = self._view(entry)
+            context = {**view, **self._common("../"), "page": self._page(entry, view)}
+            return render_template(self.ws, ENTRY_TEMPLATE, context).strip()
+
+        return self._remember(("entry", entry.key, self._templates_stamp()), make)
+
+    def feed(self, entries: list[Entry]) -> bytes:
+        """`feed.xml`: Atom 1.0 (RFC 4287), one entry per listed issue, newest first,
+        each with its full content. An entry's id is its page's URL, which never
+        changes; it is updated when it was published (the start of its dispatch)."""
+
+        def make() -> bytes:
+            from feedgen.feed import FeedGenerator
+
+            from highlightsmail import __version__
+
+            settings = self.ws.settings
+            fg = FeedGenerator()
+            fg.id(archive_url(settings))
+            fg.title(settings.name)
+            fg.author({"name": settings.name})
+            fg.link(href=archive_url(settings), rel="alternate", type="text/html")
+            fg.link(href=feed_url(settings), rel="self", type="application/atom+xml")
+            fg.language("en")
+            fg.generator("highlightsmail", version=__version__)
+            # An empty feed is as new as the moment it was made; otherwise as its newest entry.
+            fg.updated(max((e.published for e in entries), default=datetime.now(UTC).replace(microsecond=0)))
+            for entry in entries:
+                view = self._view(entry)
+                url = issue_url(settings, entry.slug)
+                fe = fg.add_entry(order="append")
+                fe.id(url)
+                fe.title(view["issue"]["title"])
+                fe.link(href=url, rel="alternate", type="text/html")
+                fe.published(entry.published)
+                fe.updated(entry.published)
+                fe.summary(view["issue"]["preheader"])
+                fe.content(self._entry_content(entry), type="html")
+            return fg.atom_str(pretty=True)
+
+        if not entries:
+            return make()
+        return self._remember(("feed", tuple(e.key for e in entries), self._templates_stamp()), make)
+
+    # -- the whole site
+
+    def build(self) -> tuple[dict[str, bytes], list[Entry], list[str]]:
+        """Every file of the site as {relative path: bytes}, the entries and the skipped files."""
+        entries, skipped = self.entries()
+        files: dict[str, bytes] = {
+            "index.html": self.index_page(entries).encode("utf-8"),
+            FEED_FILE: self.feed(entries),
+            NOT_FOUND_FILE: self.not_found_page().encode("utf-8"),
+        }
+        for i, entry in enumerate(entries):
+            newer = entries[i - 1] if i > 0 else None
+            older = entries[i + 1] if i + 1 < len(entries) else None
+            files[f"{entry.slug}/index.html"] = self.issue_page(entry, newer, older).encode("utf-8")
+        return files, entries, skipped
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _looks_like_a_site(folder: Path) -> bool:
+    """An empty folder, or one `publish` wrote before (its feed and index are there)."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError as exc:
+        raise HighlightsError(f"cannot read {display_path(folder)}: {exc.strerror or exc}") from None
+    return not names or {"index.html", FEED_FILE} <= names
+
+
+def _write_site(files: dict[str, bytes], out_dir: Path) -> list[Path]:
+    """Write the site into a new folder beside `out_dir`, then put it in the place of
+    the old one: readers never see half a site, and pages of issues no longer listed
+    don't linger (a draft published once with --all must not stay public)."""
+    from highlightsmail.build import new_file_mode
+
+    if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
+        raise HighlightsError(f"{display_path(out_dir)}: exists and is not a folder")
+    if out_dir.is_dir() and not _looks_like_a_site(out_dir):
+        raise HighlightsError(
+            f"{display_path(out_dir)}: holds files that `publish` did not write, and publishing replaces "
+            "the whole folder; choose another --out or empty it"
+        )
+    parent = out_dir.parent
+    file_mode = new_file_mode()
+    dir_mode = file_mode | ((file_mode & 0o444) >> 2)  # r -> r-x: folders a web server can enter
+    current = out_dir
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise HighlightsError(f"cannot create {display_path(current)}: {exc.strerror or exc}") from None
+    written: list[Path] = []
+    old: Path | None = None
+    try:
+        os.chmod(staging, dir_mode)
+        for name, data in files.items():
+            current = out_dir / name
+            target = staging / name
+            if not target.parent.is_dir():
+                target.parent.mkdir()
+                os.chmod(target.parent, dir_mode)
+            target.write_bytes(data)
+            os.chmod(target, file_mode)
+            written.append(out_dir / name)
+        current = out_dir
+        if out_dir.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
+            os.replace(out_dir, old / "site")
+        os.replace(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and (old / "site").is_dir() and not out_dir.exists():
+            os.replace(old / "site", out_dir)  # put the previous site back
+        raise HighlightsError(f"cannot write {display_path(current)}: {exc.strerror or exc}") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return written
+
+
+def publish(ws: Workspace, out_dir: Path, *, include_all: bool = False) -> Published:
+    """Build the archive (index, one page per issue, feed) and write it to `out_dir`,
+    replacing what a previous run wrote there."""
+    files, entries, skipped = Archive(ws, include_all=include_all).build()
+    written = _write_site(files, Path(out_dir))
+    return Published(Path(out_dir), entries, written, skipped)
