@@ -36,7 +36,6 @@ from highlightsmail.workspace import Workspace, load_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
-PACKAGE_TEMPLATES = REPO / "src" / "highlightsmail" / "templates"
 GMAIL_CLIP_BYTES = 102_000
 
 EXAMPLE_LINKS = [
@@ -146,11 +145,6 @@ def test_rendering_is_deterministic(example: Issue, ws: Workspace, rendered: Ren
     again = render_issue(example, ws)
     assert again == rendered
     assert again.fingerprint == rendered.fingerprint
-
-
-def test_workspace_templates_are_the_package_defaults() -> None:
-    for name in ("issue.mjml.j2", "issue.txt.j2"):
-        assert (REPO / "templates" / name).read_text() == (PACKAGE_TEMPLATES / name).read_text(), name
 
 
 # --------------------------------------------------------------------------- the HTML part
