@@ -30,7 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -485,24 +484,23 @@ def _server(
 
 
 def serve_preview(
-    ws: Workspace, issue_path: Path, host: str = "127.0.0.1", port: int = 8025, open_browser: bool = True
+    ws: Workspace,
+    issue_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8025,
+    *,
+    log: Log | None = None,
+    on_started: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the live preview of `issue_path` until Ctrl-C; open it in a browser."""
+    """Serve the live preview of `issue_path` until Ctrl-C.
+
+    `log` gets one line per build (and any errors in full); `on_started` gets the
+    page's URL once the server listens.
+    """
     sock = bind_socket(host, port)
     url = _url(sock, host)
-
-    def log(line: str) -> None:
-        click.echo(line, err=True)
-
-    def started() -> None:
-        click.echo(f"Previewing {display_path(issue_path)} at {url} (Ctrl-C to stop)")
-        if open_browser:
-            import webbrowser
-
-            # A console browser could block; the server must not wait for it.
-            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
-
-    server = _server(ws, issue_path, host, log, started)
+    started = (lambda: on_started(url)) if on_started is not None else None
+    server = _server(ws, issue_path, host, log or (lambda _line: None), started)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
@@ -511,7 +509,6 @@ def serve_preview(
         pass
     finally:
         sock.close()
-    click.echo("Preview stopped.", err=True)
 
 
 @contextlib.contextmanager
