@@ -66,6 +66,7 @@ def test_the_wheel_carries_the_top_level_templates_and_the_preview_page(wheel: P
     }
     assert shipped == in_repo, "the package's defaults are the repository's templates/, byte for byte"
     assert {"issue.mjml.j2", "issue.txt.j2", "pages/unsubscribe.html.j2"} <= set(shipped)
+    assert "highlightsmail/ui/preview.html.j2" in names, "the preview page is a template file in the package"
     assert "highlightsmail/skeleton/subscribers/subscribers.csv" in names
 
 

@@ -249,26 +249,9 @@ def _headline(title: str, name: str) -> str:
 def _environment(templates_dir: str) -> jinja2.Environment:
     """One Environment per templates folder, so compiled templates are reused; Jinja
     still notices an edited template file (auto_reload) for the preview server."""
-    import jinja2
+    from highlightsmail import templating
 
-    loader = jinja2.ChoiceLoader(
-        [
-            jinja2.FileSystemLoader(templates_dir),
-            jinja2.PackageLoader("highlightsmail", "templates"),
-        ]
-    )
-    env = jinja2.Environment(
-        loader=loader,
-        # HTML-ish templates escape everything; the text part must not.
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=("mjml.j2", "html.j2"), default_for_string=False, default=False
-        ),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        auto_reload=True,
-    )
+    env = templating.environment(templating.workspace_loader(templates_dir))
     env.filters["wrap"] = _wrap_filter
     env.filters["hanging"] = _hanging_filter
     return env
