@@ -65,8 +65,8 @@ _MONTHS = (
     "November",
     "December",
 )
-# Dark-mode support is announced in <head> (MJML has no element for these metas).
-_HEAD_META = '<meta name="color-scheme" content="light dark"><meta name="supported-color-schemes" content="light dark">'
+# Dark-mode support is announced in <head> (MJML has no element for this meta).
+_HEAD_META = '<meta name="color-scheme" content="light dark">'
 
 
 @dataclass(frozen=True)
@@ -323,9 +323,13 @@ def _compile_mjml(source: str, template_path: str) -> str:
         raise HighlightsError(f"{display_path(template_path)}: the MJML it produced is invalid: {exc}") from None
     # premailer keeps the doctype only when lxml spells it the same way.
     html = re.sub(r"^<!doctype html>", "<!DOCTYPE html>", html, count=1, flags=re.I)
+    # mjml-python writes buttons' vertical-align as an HTML attribute, which no mail
+    # client reads and HTML does not have (MJML itself leaves it out).
+    html = _VERTICAL_ALIGN_ATTR.sub(r"\1", html)
     return html.replace("</head>", _HEAD_META + "</head>", 1)
 
 
+_VERTICAL_ALIGN_ATTR = re.compile(r'(<td\b[^>]*?)\svertical-align="[^"<>]*"')
 _MJ_INLINE_STYLE = re.compile(r"<mj-style\b[^>]*\binline\s*=\s*[\"']inline[\"'][^>]*>(.*?)</mj-style>", re.S | re.I)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _STYLE_TAG = re.compile(r"<style\b([^>]*)>(.*?)</style>", re.S | re.I)
