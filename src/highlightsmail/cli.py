@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from highlightsmail import __version__
+
+if TYPE_CHECKING:
+    from highlightsmail.workspace import Workspace
 
 
 class _Ctx:
@@ -18,10 +22,10 @@ class _Ctx:
 
     def __init__(self, workspace: str | None) -> None:
         self._override = workspace
-        self._ws = None
+        self._ws: Workspace | None = None
 
     @property
-    def ws(self):  # -> Workspace
+    def ws(self) -> Workspace:
         if self._ws is None:
             from highlightsmail.workspace import load_workspace
 
