@@ -170,7 +170,7 @@ def test_a_failed_write_keeps_the_previous_build(built: Path) -> None:
     (built.parent / "issues" / "2024-w02.yaml").write_text(
         (built.parent / "issues" / "2024-w02.yaml").read_text().replace("Week 2, 2024", "Week 2 (v2), 2024")
     )
-    with mock.patch("highlightsmail.build.tempfile.mkstemp", side_effect=disk_fills_up):
+    with mock.patch("highlightsmail.files.tempfile.mkstemp", side_effect=disk_fills_up):
         result = run("build", "2024-w02")
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: cannot write out/2024-w02.eml: No space left on device"
@@ -190,3 +190,13 @@ def test_out_that_is_a_symlink_loop_is_a_one_line_error(workspace: Path) -> None
     result = CliRunner().invoke(main, ["build", "2024-w02", "--out", "loop"])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == ["Error: loop: exists and is not a folder"]
+
+
+def test_build_prints_nothing_itself_and_returns_the_paths(workspace: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from highlightsmail.build import build_command
+    from highlightsmail.workspace import load_workspace
+
+    paths = build_command(load_workspace(), workspace / "issues" / "2024-w02.yaml", Path("out"))
+    assert paths == [Path("out") / f"2024-w02.{ext}" for ext in ("html", "txt", "eml")]
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert capfd.readouterr() == ("", "")

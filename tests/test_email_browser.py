@@ -4,6 +4,7 @@ and text contrast of at least 4.5:1 in light and dark mode (WCAG 2 AA)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,89 @@ def test_long_words_and_urls_do_not_widen_the_phone_layout(page, workspace: Path
     page.set_viewport_size(PHONE)
     page.set_content(html)
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+# The background a reader sees at a point: the first opaque one from the element there up.
+BACKGROUND_AT_JS = """([x, y]) => {
+  for (let e = document.elementFromPoint(x, y); e; e = e.parentElement) {
+    const c = getComputedStyle(e).backgroundColor;
+    if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c;
+  }
+  return getComputedStyle(document.documentElement).backgroundColor;
+}"""
+
+
+def _class_on_body_instead(html: str) -> str:
+    """The page as MJML 5 compiles it: mj-body's css-class on <body>, not on the wrapper div."""
+    moved = re.sub(r'(<div\b[^>]*?) class="hl-page"', r"\1", html, count=1)
+    assert moved != html
+    return moved.replace("<body ", '<body class="hl-page" ', 1)
+
+
+@pytest.mark.parametrize("placement", ["wrapper", "body"])
+def test_dark_page_background_wherever_the_class_lands(page, example_html: str, placement: str) -> None:
+    html = example_html if placement == "wrapper" else _class_on_body_instead(example_html)
+    page.set_viewport_size(DESKTOP)
+    page.set_content(html)
+    margins = [[5, 5], [5, 600], [795, 300]]  # outside the 600 px column
+    page.emulate_media(color_scheme="light")
+    assert {page.evaluate(BACKGROUND_AT_JS, xy) for xy in margins} == {"rgb(238, 242, 247)"}
+    page.emulate_media(color_scheme="dark")
+    assert {page.evaluate(BACKGROUND_AT_JS, xy) for xy in margins} == {"rgb(11, 18, 32)"}
+
+
+def test_dark_mode_secondary_buttons_are_dark_and_readable(page, example_html: str) -> None:
+    page.set_viewport_size(DESKTOP)
+    page.set_content(example_html)
+    page.emulate_media(color_scheme="dark")
+    buttons = page.evaluate(
+        """() => [...document.querySelectorAll('td.hl-btn a')].map(a => ({
+             label: a.textContent.trim(),
+             link: getComputedStyle(a).backgroundColor,
+             cell: getComputedStyle(a.closest('td')).backgroundColor,
+             color: getComputedStyle(a).color}))"""
+    )
+    secondary = [b for b in buttons if b["label"].startswith(("Code", "Project page"))]
+    assert len(secondary) >= 2
+    for button in secondary:
+        assert button["link"] == button["cell"] == "rgb(17, 26, 46)", button
+        assert button["color"] == "rgb(147, 180, 255)", button
+    readable = {e["text"]: e["contrast"] for e in page.evaluate(TEXT_ELEMENTS_JS) if e["tag"] == "a"}
+    assert all(readable[b["label"][:40]] >= 4.5 for b in secondary)
+
+
+@pytest.mark.parametrize("ids", ["kept", "dropped"])
+def test_contents_links_jump_to_their_item(page, example_html: str, ids: str) -> None:
+    # Gmail and Outlook drop id attributes: the named anchors must do the work then.
+    html = example_html if ids == "kept" else re.sub(r' id="item-\d+"', "", example_html)
+    page.set_viewport_size(DESKTOP)
+    page.set_content(html)
+    for n in (7, 3):
+        page.click(f'a[href="#item-{n}"]')
+        page.wait_for_function("n => location.hash === '#item-' + n", arg=n)
+        top = page.evaluate("n => document.querySelectorAll('h2.hl-title')[n - 1].getBoundingClientRect().top", n)
+        assert -5 <= top <= 40, f"item {n} is at {top}px from the top after its link was followed"
+
+
+def test_pill_and_contents_padding_show(page, example_html: str) -> None:
+    page.set_viewport_size(DESKTOP)
+    page.set_content(example_html)
+    boxes = page.evaluate(
+        """() => [...document.querySelectorAll('td.hl-tag, td.hl-toc-cell')].map(td => {
+             const range = document.createRange();
+             range.selectNodeContents(td);
+             const text = range.getBoundingClientRect(), box = td.getBoundingClientRect();
+             return {cls: td.className, left: text.left - box.left, right: box.right - text.right,
+                     top: text.top - box.top, bottom: box.bottom - text.bottom, y: box.top};
+           })"""
+    )
+    pills = [b for b in boxes if b["cls"] == "hl-tag"]
+    head, body = [b for b in boxes if "hl-toc-cell" in b["cls"]]
+    assert len(pills) > 10
+    for pill in pills:
+        assert pill["left"] >= 9.5 and pill["right"] >= 9.5, pill
+        assert pill["top"] >= 1.5 and pill["bottom"] >= 1.5, pill
+    assert head["left"] >= 19.5 and head["top"] >= 15.5, head
+    assert body["left"] >= 19.5 and body["bottom"] >= 5.5, body
+    # The first item's two pills sit side by side, like words.
+    assert pills[0]["y"] == pills[1]["y"]

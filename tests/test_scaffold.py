@@ -205,3 +205,17 @@ def test_a_new_workspace_checks_builds_and_takes_new_issues(here: Path) -> None:
     assert rechecked.exit_code == 0, rechecked.output
     assert "TODO" in rechecked.stderr, "the skeleton's placeholders are pointed out"
     assert runner.invoke(main, [*ws, "build", "2024-w02"]).exit_code == 0
+
+
+def test_init_and_new_print_nothing_themselves(here: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from highlightsmail.scaffold import new_issue
+
+    (here / "w").mkdir()
+    (here / "w" / ".gitignore").write_text("out/\n")
+    created = init_workspace(here / "w", today=dt.date(2024, 1, 3))
+    assert created.first_issue == "2024-w01"
+    assert created.kept == []
+    assert set(created.written) == {p for p in (here / "w").rglob("*") if p.is_file()}
+    path = new_issue(load_workspace(here / "w"), dt.date(2024, 1, 12))
+    assert path == here / "w" / "issues" / "2024-w02.yaml" and path.is_file()
+    assert capfd.readouterr() == ("", "")

@@ -11,12 +11,8 @@ Imports stay lean on purpose: the whole command is meant to take under a second.
 from __future__ import annotations
 
 import email.policy
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import click
 
 from highlightsmail.errors import HighlightsError, display_path
 
@@ -35,44 +31,12 @@ class _SampleSigner:
         return SAMPLE_TOKEN
 
 
-def new_file_mode() -> int:
-    """The mode a plain `open()` would give a new file (0666 less the umask); mkstemp's
-    own 0600 would hide the built files from a web server or a colleague."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_files(files: dict[Path, bytes]) -> None:
-    """Write every file to a temporary name in its folder first, then rename them all
-    into place, so an error (a full disk) leaves the previous files, never half of
-    the new ones. Raises HighlightsError naming the file that failed."""
-    mode = new_file_mode()
-    staged: list[tuple[str, Path]] = []
-    current: Path | None = None
-    try:
-        for path, data in files.items():
-            current = path
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, mode)
-        for tmp, path in staged:
-            current = path
-            os.replace(tmp, path)
-    except OSError as exc:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise HighlightsError(f"cannot write {display_path(current or '.')}: {exc.strerror or exc}") from None
-
-
 def build_command(ws: Workspace, issue_path: Path, out_dir: Path) -> list[Path]:
-    """Render the issue once and write OUT/<slug>.html, .txt and .eml; print the paths.
+    """Render the issue once and write OUT/<slug>.html, .txt and .eml; returns their paths.
 
     `out_dir` is taken relative to the current directory, as typed, and created.
     """
+    from highlightsmail.files import write_files
     from highlightsmail.issue import load_issue
     from highlightsmail.message import Recipient, build_message, recipient_links
     from highlightsmail.render import render_issue
@@ -95,14 +59,13 @@ def build_command(ws: Workspace, issue_path: Path, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HighlightsError(f"cannot create {display_path(out_dir)}: {exc.strerror or exc}") from None
-    paths = [out_dir / f"{rendered.slug}.{ext}" for ext in ("html", "txt", "eml")]
-    write_files(
-        {
-            paths[0]: html.encode("utf-8"),
-            paths[1]: text.encode("utf-8"),
-            paths[2]: eml,
-        }
-    )
-    for path in paths:
-        click.echo(display_path(path))
-    return paths
+    files = {
+        out_dir / f"{rendered.slug}.html": html.encode("utf-8"),
+        out_dir / f"{rendered.slug}.txt": text.encode("utf-8"),
+        out_dir / f"{rendered.slug}.eml": eml,
+    }
+    try:
+        # All three or none: a full disk leaves the previous build, never a mix.
+        return write_files(files)
+    except OSError as exc:
+        raise HighlightsError(f"cannot write {display_path(exc.filename or out_dir)}: {exc.strerror or exc}") from None

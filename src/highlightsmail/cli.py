@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from highlightsmail import __version__
+
+if TYPE_CHECKING:
+    from highlightsmail.workspace import Workspace
 
 
 class _Ctx:
@@ -18,10 +22,10 @@ class _Ctx:
 
     def __init__(self, workspace: str | None) -> None:
         self._override = workspace
-        self._ws = None
+        self._ws: Workspace | None = None
 
     @property
-    def ws(self):  # -> Workspace
+    def ws(self) -> Workspace:
         if self._ws is None:
             from highlightsmail.workspace import load_workspace
 
@@ -54,9 +58,24 @@ def main(ctx: click.Context, workspace: str | None) -> None:
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 def init(directory: Path) -> None:
     """Create a new workspace in DIRECTORY (default: here)."""
+    from highlightsmail.errors import display_path
     from highlightsmail.scaffold import init_workspace
 
-    init_workspace(directory)
+    created = init_workspace(directory)
+    for path in created.kept:
+        click.echo(f"kept the existing {display_path(path)}", err=True)
+    where = display_path(created.directory)
+    steps = [] if Path(where) == Path(".") else [f"cd {where}"]
+    slug = created.first_issue
+    steps += [
+        "edit highlights.yaml: the name, sender, base_url, postal address and editors",
+        f"highlights preview {slug}    (the first issue, live in a browser)",
+        f"highlights check {slug}",
+        f"highlights send {slug} --test    (to the editors; the outbox backend writes .eml files)",
+        "highlights subscribers import subscribers/subscribers.csv",
+        "highlights new    (next week's issue)",
+    ]
+    click.echo(f"Created a newsletter workspace in {where}\n\nNext steps:\n" + "\n".join(f"  {s}" for s in steps))
 
 
 @main.command()
@@ -64,9 +83,10 @@ def init(directory: Path) -> None:
 @pass_ctx
 def new(obj: _Ctx, date: dt.datetime | None) -> None:
     """Create the next issues/YYYY-wWW.yaml from a skeleton."""
+    from highlightsmail.errors import display_path
     from highlightsmail.scaffold import new_issue
 
-    new_issue(obj.ws, date.date() if date else dt.date.today())
+    click.echo(display_path(new_issue(obj.ws, date.date() if date else dt.date.today())))
 
 
 @main.command()
@@ -100,8 +120,10 @@ def check(obj: _Ctx, issue: str) -> None:
 def build(obj: _Ctx, issue: str, out: Path) -> None:
     """Write OUT/<slug>.html, OUT/<slug>.txt and a sample OUT/<slug>.eml."""
     from highlightsmail.build import build_command
+    from highlightsmail.errors import display_path
 
-    build_command(obj.ws, obj.ws.issue_path(issue), out)
+    for path in build_command(obj.ws, obj.ws.issue_path(issue), out):
+        click.echo(display_path(path))
 
 
 @main.command()
@@ -146,9 +168,25 @@ def publish(obj: _Ctx, out: Path, include_all: bool) -> None:
 @pass_ctx
 def preview(obj: _Ctx, issue: str, host: str, port: int, no_open: bool) -> None:
     """Serve a live preview of ISSUE that reloads when a file is saved."""
+    from highlightsmail.errors import display_path
     from highlightsmail.preview import serve_preview
 
-    serve_preview(obj.ws, obj.ws.issue_path(issue), host=host, port=port, open_browser=not no_open)
+    path = obj.ws.issue_path(issue)
+
+    def log(line: str) -> None:
+        click.echo(line, err=True)
+
+    def started(url: str) -> None:
+        click.echo(f"Previewing {display_path(path)} at {url} (Ctrl-C to stop)")
+        if not no_open:
+            import threading
+            import webbrowser
+
+            # A console browser could block; the server must not wait for it.
+            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+    serve_preview(obj.ws, path, host=host, port=port, log=log, on_started=started)
+    click.echo("Preview stopped.", err=True)
 
 
 @main.command()

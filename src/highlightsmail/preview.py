@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import secrets
 import socket
@@ -30,7 +29,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,6 +41,8 @@ from highlightsmail.serving import bind_socket
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
 
+#: The page's template, in the package's `ui/` folder.
+PAGE_TEMPLATE = "preview.html.j2"
 #: What the unsubscribe links point to in the preview: nowhere, so a click changes nothing.
 PREVIEW_UNSUBSCRIBE_URL = "#unsubscribe-preview"
 
@@ -373,12 +373,10 @@ def _error_lines(exc: BaseException, log: Log) -> list[str]:
 # ---------------------------------------------------------------------- the web app
 
 
-@functools.cache
 def _page_template() -> Any:
-    import jinja2
+    from highlightsmail.templating import ui_environment
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(_PAGE)
+    return ui_environment().get_template(PAGE_TEMPLATE)
 
 
 def create_preview_app(
@@ -485,24 +483,23 @@ def _server(
 
 
 def serve_preview(
-    ws: Workspace, issue_path: Path, host: str = "127.0.0.1", port: int = 8025, open_browser: bool = True
+    ws: Workspace,
+    issue_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8025,
+    *,
+    log: Log | None = None,
+    on_started: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the live preview of `issue_path` until Ctrl-C; open it in a browser."""
+    """Serve the live preview of `issue_path` until Ctrl-C.
+
+    `log` gets one line per build (and any errors in full); `on_started` gets the
+    page's URL once the server listens.
+    """
     sock = bind_socket(host, port)
     url = _url(sock, host)
-
-    def log(line: str) -> None:
-        click.echo(line, err=True)
-
-    def started() -> None:
-        click.echo(f"Previewing {display_path(issue_path)} at {url} (Ctrl-C to stop)")
-        if open_browser:
-            import webbrowser
-
-            # A console browser could block; the server must not wait for it.
-            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
-
-    server = _server(ws, issue_path, host, log, started)
+    started = (lambda: on_started(url)) if on_started is not None else None
+    server = _server(ws, issue_path, host, log or (lambda _line: None), started)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
@@ -511,7 +508,6 @@ def serve_preview(
         pass
     finally:
         sock.close()
-    click.echo("Preview stopped.", err=True)
 
 
 @contextlib.contextmanager
@@ -545,181 +541,3 @@ def running_preview(
         server.should_exit = True
         thread.join(30)
         sock.close()
-
-
-# The page lives here, not in templates/: that folder is the newsletter's look, which
-# `highlights init` copies into every workspace, and the preview page is not part of it.
-_PAGE = r"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex, nofollow">
-<title>{% if not s.ok %}[error] {% endif %}{{ s.subject or s.issue_file }} · preview</title>
-<style>
-  :root { --ink: #1d2330; --muted: #5b6476; --page: #eceef2; --paper: #fff; --line: #d3d7df;
-          --error: #b3261e; --error-bg: #fdecea; --warning: #8a5a00; --warning-bg: #fff4d6; --ok: #1e7a3c; }
-  * { box-sizing: border-box; }
-  body { margin: 0; background: var(--page); color: var(--ink);
-         font: 15px/1.45 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-  header { position: sticky; top: 0; z-index: 1; background: var(--paper); border-bottom: 1px solid var(--line);
-           padding: .6rem 1.25rem; display: flex; gap: 1.5rem; align-items: baseline; flex-wrap: wrap; }
-  header .file { font-weight: 600; }
-  header .status { color: var(--muted); font-size: .85rem; margin-left: auto; }
-  #live::before { content: "\25CF\00A0"; }
-  #live.on { color: var(--ok); }
-  #live.off { color: var(--error); }
-  main { padding: 1rem 1.25rem 3rem; }
-  section { margin: 0 0 1.25rem; }
-  h2 { font-size: .8rem; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); margin: 0 0 .4rem; }
-  dl.envelope { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; margin: 0;
-                background: var(--paper); border: 1px solid var(--line); border-radius: 8px; padding: .75rem 1rem; max-width: 1220px; }
-  dl.envelope dt { color: var(--muted); }
-  dl.envelope dd { margin: 0; }
-  #subject { font-weight: 600; }
-  .none { color: var(--muted); font-style: italic; }
-  ul.problems { list-style: none; margin: 0; padding: 0; max-width: 1220px; }
-  ul.problems li { padding: .35rem .75rem; border-radius: 6px; margin: 0 0 .3rem; font: 13px/1.4 ui-monospace, Menlo, Consolas, monospace; }
-  ul.problems li.error { background: var(--error-bg); color: var(--error); }
-  ul.problems li.warning { background: var(--warning-bg); color: var(--warning); }
-  .clean { color: var(--ok); margin: 0; }
-  .note { color: var(--muted); margin: 0; }
-  #errors { background: var(--error-bg); border: 1px solid var(--error); border-radius: 8px; padding: 1rem 1.25rem; max-width: 1220px; }
-  #errors h2 { color: var(--error); font-size: 1rem; text-transform: none; letter-spacing: 0; }
-  #errors pre { margin: .5rem 0; white-space: pre-wrap; font: 13px/1.5 ui-monospace, Menlo, Consolas, monospace; color: var(--error); }
-  .frames { display: flex; gap: 1.5rem; align-items: flex-start; flex-wrap: wrap; }
-  figure { margin: 0; }
-  figcaption { font-size: .8rem; color: var(--muted); margin: 0 0 .3rem; }
-  /* The border is on the wrapper, so each iframe is exactly its width in CSS pixels. */
-  .device { border: 1px solid var(--line); background: #fff; border-radius: 6px; overflow: hidden; }
-  .device.phone { border-radius: 18px; border-width: 10px 6px; border-color: #2b2f38; }
-  iframe.email { display: block; border: 0; height: 760px; max-height: calc(100vh - 9rem); min-height: 420px; }
-  #desktop { width: 800px; }
-  #phone { width: 375px; }
-  pre#text { background: var(--paper); border: 1px solid var(--line); border-radius: 8px; padding: 1rem;
-             max-width: 1220px; white-space: pre-wrap; overflow-wrap: anywhere; font: 13px/1.5 ui-monospace, Menlo, Consolas, monospace; }
-</style>
-</head>
-<body data-build="{{ s.build }}">
-<header>
-  <span class="file">{{ s.issue_file }}</span>
-  <span class="status">
-    rendered {{ s.rendered_at.strftime("%H:%M:%S") }} in {{ "%.0f" % s.render_ms }} ms ·
-    <span id="live" class="on" title="Reloads by itself when you save the issue, a template or highlights.yaml">live</span>
-  </span>
-</header>
-<main>
-{% if not s.ok %}
-  <section id="errors" role="alert">
-    <h2>The email cannot be rendered</h2>
-    <pre>{% for line in s.errors %}{{ line }}
-{% endfor %}</pre>
-    <p>Fix it and save: this page updates by itself.</p>
-  </section>
-{% else %}
-  <section>
-    <dl class="envelope">
-      <dt>Subject</dt><dd id="subject">{{ s.subject }}</dd>
-      <dt>Preheader</dt><dd id="preheader">{% if s.preheader %}{{ s.preheader }}{% else %}<span class="none">none</span>{% endif %}</dd>
-    </dl>
-  </section>
-  <section id="lint">
-    <h2>Lint</h2>
-    {% if s.lint is none %}
-    <p class="note">{{ s.lint_note }}</p>
-    {% elif s.lint %}
-    <ul class="problems">
-      {% for p in s.lint %}
-      <li class="{{ p.severity }}">{{ p.file }}:{{ p.line }}:{{ p.col }}: {{ p.severity }}: {{ p.message }}</li>
-      {% endfor %}
-    </ul>
-    {% else %}
-    <p class="clean">No problems found.</p>
-    {% endif %}
-  </section>
-  <section class="frames">
-    {# Sandboxed without allow-scripts: nothing in the email runs. allow-same-origin only lets
-       this page keep the frames' scroll position across reloads; allow-popups lets links
-       open in a new tab instead of inside the frame. #}
-    <figure>
-      <figcaption>Desktop · 800 px</figcaption>
-      <div class="device"><iframe id="desktop" class="email" src="/email.html?b={{ s.build }}" title="The email at desktop width"
-        sandbox="allow-same-origin allow-popups allow-popups-to-escape-sandbox"></iframe></div>
-    </figure>
-    <figure>
-      <figcaption>Phone · 375 px</figcaption>
-      <div class="device phone"><iframe id="phone" class="email" src="/email.html?b={{ s.build }}" title="The email at phone width"
-        sandbox="allow-same-origin allow-popups allow-popups-to-escape-sandbox"></iframe></div>
-    </figure>
-  </section>
-  <section>
-    <h2>Plain text</h2>
-    <pre id="text">{{ s.text }}</pre>
-  </section>
-{% endif %}
-</main>
-<script>
-(function () {
-  "use strict";
-  var build = document.body.getAttribute("data-build");
-  var live = document.getElementById("live");
-  var KEY = "highlights-preview-scroll";
-  var frames = Array.prototype.slice.call(document.querySelectorAll("iframe.email"));
-  var saved = {};
-  try { saved = JSON.parse(sessionStorage.getItem(KEY) || "{}"); } catch (e) { saved = {}; }
-  sessionStorage.removeItem(KEY);
-  if (saved.page) { window.scrollTo(0, saved.page); }
-
-  frames.forEach(function (frame) {
-    var done = false;
-    function ready() {
-      var doc = frame.contentDocument;
-      if (done || !doc || doc.URL === "about:blank") { return; }
-      done = true;
-      // Links open in a new tab, as in a mail client, not inside the frame.
-      if (!doc.querySelector("base[target]")) {
-        var base = doc.createElement("base");
-        base.target = "_blank";
-        (doc.head || doc.documentElement).appendChild(base);
-      }
-      if (saved[frame.id]) { frame.contentWindow.scrollTo(0, saved[frame.id]); }
-    }
-    frame.addEventListener("load", ready);
-    if (frame.contentDocument && frame.contentDocument.readyState === "complete") { ready(); }
-  });
-
-  function remember() {
-    var state = { page: window.scrollY };
-    frames.forEach(function (frame) {
-      try { state[frame.id] = frame.contentWindow.scrollY; } catch (e) { /* not loaded */ }
-    });
-    sessionStorage.setItem(KEY, JSON.stringify(state));
-  }
-
-  // Long poll: the server answers when the build changes (or after a while, or when it stops).
-  var delay = 250;
-  function retry() {
-    live.className = "off";
-    live.textContent = "not connected";
-    setTimeout(poll, delay);
-    delay = Math.min(delay * 2, 4000);
-  }
-  function poll() {
-    fetch("/wait?v=" + encodeURIComponent(build), { cache: "no-store" })
-      .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
-      .then(function (answer) {
-        if (answer.build !== build) { remember(); location.reload(); return; }
-        if (answer.closing) { retry(); return; }
-        live.className = "on";
-        live.textContent = "live";
-        delay = 250;
-        poll();
-      })
-      .catch(retry);
-  }
-  poll();
-})();
-</script>
-</body>
-</html>
-"""

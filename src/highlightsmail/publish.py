@@ -461,7 +461,7 @@ def _write_site(files: dict[str, bytes], out_dir: Path) -> list[Path]:
     """Write the site into a new folder beside `out_dir`, then put it in the place of
     the old one: readers never see half a site, and pages of issues no longer listed
     don't linger (a draft published once with --all must not stay public)."""
-    from highlightsmail.build import new_file_mode
+    from highlightsmail.files import new_file_mode
 
     if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
         raise HighlightsError(f"{display_path(out_dir)}: exists and is not a folder")

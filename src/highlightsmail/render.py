@@ -67,8 +67,8 @@ _MONTHS = (
     "November",
     "December",
 )
-# Dark-mode support is announced in <head> (MJML has no element for these metas).
-_HEAD_META = '<meta name="color-scheme" content="light dark"><meta name="supported-color-schemes" content="light dark">'
+# Dark-mode support is announced in <head> (MJML has no element for this meta).
+_HEAD_META = '<meta name="color-scheme" content="light dark">'
 
 
 @dataclass(frozen=True)
@@ -262,26 +262,9 @@ def _headline(title: str, name: str) -> str:
 def _environment(templates_dir: str) -> jinja2.Environment:
     """One Environment per templates folder, so compiled templates are reused; Jinja
     still notices an edited template file (auto_reload) for the preview server."""
-    import jinja2
+    from highlightsmail import templating
 
-    loader = jinja2.ChoiceLoader(
-        [
-            jinja2.FileSystemLoader(templates_dir),
-            jinja2.PackageLoader("highlightsmail", "templates"),
-        ]
-    )
-    env = jinja2.Environment(
-        loader=loader,
-        # HTML-ish templates escape everything; the text part must not.
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=("mjml.j2", "html.j2"), default_for_string=False, default=False
-        ),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        auto_reload=True,
-    )
+    env = templating.environment(templating.workspace_loader(templates_dir))
     env.filters["wrap"] = _wrap_filter
     env.filters["hanging"] = _hanging_filter
     return env
@@ -360,9 +343,13 @@ def _compile_mjml(source: str, template_path: str) -> str:
         raise HighlightsError(f"{display_path(template_path)}: the MJML it produced is invalid: {exc}") from None
     # premailer keeps the doctype only when lxml spells it the same way.
     html = re.sub(r"^<!doctype html>", "<!DOCTYPE html>", html, count=1, flags=re.I)
+    # mjml-python writes buttons' vertical-align as an HTML attribute, which no mail
+    # client reads and HTML does not have (MJML itself leaves it out).
+    html = _VERTICAL_ALIGN_ATTR.sub(r"\1", html)
     return html.replace("</head>", _HEAD_META + "</head>", 1)
 
 
+_VERTICAL_ALIGN_ATTR = re.compile(r'(<td\b[^>]*?)\svertical-align="[^"<>]*"')
 _MJ_INLINE_STYLE = re.compile(r"<mj-style\b[^>]*\binline\s*=\s*[\"']inline[\"'][^>]*>(.*?)</mj-style>", re.S | re.I)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _STYLE_TAG = re.compile(r"<style\b([^>]*)>(.*?)</style>", re.S | re.I)

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING
 
-import click
-
 from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.files import write_file, write_files
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -27,6 +25,17 @@ SETTINGS_FILE = "highlights.yaml"  # same name as workspace.SETTINGS_FILE, witho
 STARTER_NAME = "My Newsletter"  # the `name:` of skeleton/highlights.yaml
 # Lines `init` makes sure a workspace's .gitignore holds: state and secrets never go in git.
 GITIGNORE_LINES = ("out/", "outbox/", "subscribers/*.db*", "subscribers/.secret")
+
+
+@dataclass(frozen=True)
+class NewWorkspace:
+    """What `init_workspace` did: the folder, the files it wrote, the files it found
+    there and kept, and the slug of the first issue."""
+
+    directory: Path
+    written: list[Path]
+    kept: list[Path]
+    first_issue: str
 
 
 def _package_dir(name: str) -> Traversable:
@@ -53,29 +62,6 @@ def _fill(template_name: str, *, title: str, date: dt.date, slug: str) -> str:
     """
     text = _package_dir("skeleton").joinpath(template_name).read_text(encoding="utf-8")
     return Template(text).substitute(title=json.dumps(title, ensure_ascii=False), date=date.isoformat(), slug=slug)
-
-
-def _create(path: Path, data: bytes) -> None:
-    """Write a new file whole (temporary file, then a hard link) unless `path` exists:
-    FileExistsError then, so nothing is ever overwritten, even in a race."""
-    from highlightsmail.build import new_file_mode
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, new_file_mode())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise
-        except OSError:
-            # A file system without hard links: exclusive create instead.
-            with open(path, "xb") as fh:
-                fh.write(data)
-    finally:
-        os.unlink(tmp)
 
 
 def _walk(folder: Traversable, prefix: Path = Path()) -> list[tuple[Path, Traversable]]:
@@ -122,7 +108,7 @@ def _merged_gitignore(existing: str | None) -> str | None:
     return existing + sep + "\n# highlightsmail\n" + "\n".join(missing) + "\n"
 
 
-def init_workspace(directory: Path, *, today: dt.date | None = None) -> None:
+def init_workspace(directory: Path, *, today: dt.date | None = None) -> NewWorkspace:
     """Create a workspace in `directory`: settings, a first issue, the default templates,
     a sample subscriber list and a .gitignore. Refuses where highlights.yaml exists.
 
@@ -143,56 +129,42 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> None:
     gitignore = _merged_gitignore(gitignore_path.read_text(encoding="utf-8") if gitignore_path.is_file() else None)
     settings_text = _package_dir("skeleton").joinpath(SETTINGS_FILE).read_bytes()
 
-    from highlightsmail.build import write_files
-
-    kept = [rel for rel, _ in planned if (directory / rel).exists()]
-    files = {directory / rel: data for rel, data in planned if rel not in kept}
+    kept = [directory / rel for rel, _ in planned if (directory / rel).exists()]
+    files = {directory / rel: data for rel, data in planned if directory / rel not in kept}
     if gitignore is not None:
         files[gitignore_path] = gitignore.encode("utf-8")
     try:
         for folder in sorted({path.parent for path in files} | {directory}):
             folder.mkdir(parents=True, exist_ok=True)
-        write_files(files)
-        _create(settings_path, settings_text)
+        written = write_files(files)
+        write_file(settings_path, settings_text, overwrite=False)
     except FileExistsError:
         raise HighlightsError(f"{display_path(settings_path)} already exists: this is a workspace already") from None
     except OSError as exc:
         raise HighlightsError(
             f"{display_path(directory)}: cannot create the workspace: {exc.strerror or exc}"
         ) from None
-
-    for rel in kept:
-        click.echo(f"kept the existing {display_path(directory / rel)}", err=True)
     slug = next(rel for rel, _ in planned if rel.parts[0] == "issues").stem
-    where = display_path(directory)
-    steps = [] if Path(where) == Path(".") else [f"cd {where}"]
-    steps += [
-        "edit highlights.yaml: the name, sender, base_url, postal address and editors",
-        f"highlights preview {slug}    (the first issue, live in a browser)",
-        f"highlights check {slug}",
-        f"highlights send {slug} --test    (to the editors; the outbox backend writes .eml files)",
-        "highlights subscribers import subscribers/subscribers.csv",
-        "highlights new    (next week's issue)",
-    ]
-    click.echo(f"Created a newsletter workspace in {where}\n\nNext steps:\n" + "\n".join(f"  {s}" for s in steps))
+    return NewWorkspace(directory=directory, written=[*written, settings_path], kept=kept, first_issue=slug)
 
 
-def new_issue(ws: Workspace, date: dt.date) -> None:
-    """Create issues/YYYY-wWW.yaml for the ISO week of `date` from the skeleton;
-    refuses when that file exists, so nothing an editor wrote is overwritten."""
+def new_issue(ws: Workspace, date: dt.date) -> Path:
+    """Create issues/YYYY-wWW.yaml for the ISO week of `date` from the skeleton and
+    return its path; refuses when that file exists, so nothing an editor wrote is
+    overwritten."""
     name = issue_filename(date)
     path = ws.issues_dir / name
+    exists = f"{display_path(path)} already exists; edit it, or pass --date for another week"
     if path.exists():
-        raise HighlightsError(f"{display_path(path)} already exists; edit it, or pass --date for another week")
+        raise HighlightsError(exists)
     text = _fill(
         "new-issue.yaml.tmpl", title=issue_title(ws.settings.name, date), date=date, slug=name.removesuffix(".yaml")
     )
     try:
-        _create(path, text.encode("utf-8"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(path, text.encode("utf-8"), overwrite=False)
     except FileExistsError:
-        raise HighlightsError(
-            f"{display_path(path)} already exists; edit it, or pass --date for another week"
-        ) from None
+        raise HighlightsError(exists) from None
     except OSError as exc:
         raise HighlightsError(f"{display_path(path)}: cannot write: {exc.strerror or exc}") from None
-    click.echo(display_path(path))
+    return path

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -42,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from highlightsmail import templating
 from highlightsmail.errors import HighlightsError, InvalidToken
 from highlightsmail.serving import bind_socket
 
@@ -97,9 +97,8 @@ class Pages:
     """
 
     def __init__(self, ws: Workspace) -> None:
-        package = jinja2.PackageLoader("highlightsmail", "templates")
-        self._env = _environment(jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(ws.templates_dir)), package]))
-        self._fallback = _environment(package)
+        self._env = templating.environment(templating.workspace_loader(ws.templates_dir))
+        self._fallback = templating.environment(templating.package_loader())
         self._common = {"newsletter": ws.settings.name, "postal_address": ws.settings.postal_address}
 
     def render(self, name: str, **context: Any) -> str:
@@ -119,12 +118,6 @@ class Pages:
         self, status_code: int, title: str, *paragraphs: str, headers: dict[str, str] | None = None
     ) -> HTMLResponse:
         return self.response("notice.html.j2", status_code, headers, title=title, paragraphs=paragraphs)
-
-
-def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
-    )
 
 
 # ---------------------------------------------------------------- database work (in a worker thread)

@@ -1,0 +1,56 @@
+"""The one way this project makes a Jinja environment.
+
+Two kinds of templates exist. The newsletter's look (`templates/`: the issue's MJML and
+plain text, the unsubscribe pages) is looked up in the workspace's `templates/` first and
+then among the package's defaults, so a workspace overrides any of them file by file. The
+tool's own pages (`ui/`: the live preview) belong to the package alone: `init` never
+copies them and a workspace cannot replace them.
+
+Every environment escapes HTML in `.html.j2` and `.mjml.j2` templates and nowhere else
+(the plain-text part must stay as typed), fails on an undefined variable instead of
+printing nothing, and notices an edited template file.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+__all__ = ["environment", "package_loader", "ui_environment", "workspace_loader"]
+
+PACKAGE = "highlightsmail"
+TEMPLATES = "templates"
+UI = "ui"
+
+
+def package_loader() -> jinja2.BaseLoader:
+    """The package's default templates (the newsletter's look, as `init` copies it)."""
+    return jinja2.PackageLoader(PACKAGE, TEMPLATES)
+
+
+def workspace_loader(templates_dir: Path | str) -> jinja2.BaseLoader:
+    """A workspace's `templates/` first, then the package's default of the same name."""
+    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(templates_dir)), package_loader()])
+
+
+def environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
+    """A Jinja environment with this project's settings, reading from `loader`."""
+    return jinja2.Environment(
+        loader=loader,
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("mjml.j2", "html.j2"), default_for_string=False, default=False
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        auto_reload=True,
+    )
+
+
+@cache
+def ui_environment() -> jinja2.Environment:
+    """The tool's own pages, from the package only."""
+    return environment(jinja2.PackageLoader(PACKAGE, UI))
