@@ -106,15 +106,3 @@ def check_message(msg: EmailMessage, env: Envelope, settings: Settings, *, test:
     want_html, want_text = rendered.personalize(url)
     assert html.replace("\r\n", "\n") == want_html.replace("\r\n", "\n") + ("" if want_html.endswith("\n") else "\n")
     assert text.replace("\r\n", "\n") == want_text + ("" if want_text.endswith("\n") else "\n")
-
-
-def note_missing_schema(server: Any) -> None:
-    """Where SendGrid's OpenAPI files are absent (a clone without ../shared, as on a user's
-    machine), the local server skips its schema checks and says why; the documented
-    limits are still checked. Say so in the test report instead of failing."""
-    if not server.schema_validation:
-        import warnings
-
-        warnings.warn(
-            f"SendGrid requests checked against the documented limits only: {server.schema_skip_reason}", stacklevel=2
-        )

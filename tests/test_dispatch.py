@@ -20,13 +20,12 @@ import yaml
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from helpers_delivery import note_missing_schema
 from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store
-from highlightsmail.testing.sendgrid_server import SendGridServer
 from highlightsmail.web import create_app
 from highlightsmail.workspace import load_workspace
+from sendgrid_server import SendGridServer
 
 API_KEY = "SG.dispatch-tests"
 
@@ -336,9 +335,7 @@ def test_smtp_refusal_of_one_recipient_fails_only_that_one(workspace: Path) -> N
 
 @pytest.fixture
 def sg(workspace: Path, monkeypatch: pytest.MonkeyPatch):
-    server = SendGridServer(api_key=API_KEY, stall_seconds=3, rate_limit_reset_seconds=1)
-    note_missing_schema(server)
-    with server:
+    with SendGridServer(api_key=API_KEY, stall_seconds=3, rate_limit_reset_seconds=1) as server:
         monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
         monkeypatch.setenv("HIGHLIGHTS_SENDGRID_HOST", server.url)
         configure(workspace, backend="sendgrid", sendgrid={"batch_size": 10, "concurrency": 2, "timeout": 1})

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from highlightsmail.store import ImportRow, Store
-from highlightsmail.testing.sendgrid_server import SendGridServer
+from sendgrid_server import SendGridServer
 
 API_KEY = "SG.crash-tests"
 N = 5000
