@@ -90,6 +90,10 @@ def check_message(msg: EmailMessage, env: Envelope, settings: Settings, *, test:
     assert getaddresses([str(msg["To"])]) == [(env.recipient.name, env.recipient.email)]
     assert msg["Subject"] == ("[TEST] " if test else "") + rendered.subject
     assert parsedate_to_datetime(str(msg["Date"])).tzinfo is not None
+    # The numeric zone (RFC 5322 3.3): "GMT" and the other zone names are obsolete syntax.
+    # (raw: the parsed header would show any zone as +0000)
+    date = next(v for k, v in msg.raw_items() if k.lower() == "date")
+    assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000", date), date
     assert re.fullmatch(r"<[^<>@\s]+@example\.org>", str(msg["Message-ID"]))
     assert msg["Reply-To"] == settings.reply_to
     assert msg["List-Id"] == '"AI Research Highlights" <highlights.example.org>'

@@ -336,3 +336,45 @@ def test_a_failing_suppression_list_stops_with_a_clear_error(workspace: Path, sg
     backend = _backend(workspace, Waits())
     with pytest.raises(DeliveryError, match="/v3/suppression/unsubscribes"):
         list(backend.suppressions())
+
+
+AUDIT_NAME = "=?utf-8?q?Hi=0D=0ABcc:_victim@example.net?="
+
+
+def test_a_stored_name_that_could_break_a_header_is_left_out(workspace: Path, sg: SendGridServer) -> None:
+    """SendGrid writes the To header from the name: one holding an encoded word or a
+    line break (old data) goes as the bare address; the recipient still gets the issue."""
+    backend = _backend(workspace)
+    people = [
+        Recipient("a@example.org", AUDIT_NAME, 1),
+        Recipient("b@example.org", "Ada\r\nBcc: victim@example.net", 2),
+        Recipient("c@example.org", "Grace Hopper", 3),
+    ]
+    assert backend.send_batch(make_batch(backend.ws, people)).sent == [1, 2, 3]
+    assert [p["to"] for p in sg.accepted[0].body["personalizations"]] == [
+        [{"email": "a@example.org"}],
+        [{"email": "b@example.org"}],
+        [{"email": "c@example.org", "name": "Grace Hopper"}],
+    ]
+
+
+@pytest.mark.parametrize("field", ["subject", "name", "from", "reply_to", "list_id"])
+def test_header_text_that_got_past_validation_is_refused_before_any_request(
+    workspace: Path, sg: SendGridServer, field: str
+) -> None:
+    from dataclasses import replace
+
+    from highlightsmail.errors import HighlightsError
+    from highlightsmail.workspace import Workspace
+
+    ws = make_workspace(workspace, delivery={"backend": "sendgrid"})
+    rendered = example_issue()
+    if field == "subject":
+        rendered = replace(rendered, subject=AUDIT_NAME)
+    else:
+        value = f"News {AUDIT_NAME} <news@example.org>" if field in ("from", "reply_to") else AUDIT_NAME
+        ws = Workspace(root=ws.root, settings=ws.settings.model_copy(update={field.replace("from", "from_"): value}))
+    backend = SendGridBackend(ws)
+    with pytest.raises(HighlightsError, match=f"{field}: must not contain an RFC 2047 encoded word"):
+        backend.send_batch(make_batch(ws, recipients(2), rendered=rendered))
+    assert sg.stats.received == 0

@@ -16,8 +16,9 @@ from helpers_delivery import SIGNER, check_message, make_batch, make_workspace, 
 from helpers_smtp import PasswordCheck, SinkHandler, make_tls, smtp_server
 from highlightsmail.backends import get_backend
 from highlightsmail.backends.base import DeliveryError
-from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, MessageTemplate, Outgoing, SmtpBackend
+from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, SmtpBackend
 from highlightsmail.message import Recipient, build_message, recipient_links
+from highlightsmail.mime import MessageTemplate, Outgoing
 from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
 PASSWORD = "correct horse battery staple"
@@ -382,7 +383,7 @@ def test_fast_messages_equal_build_message(workspace: Path, base_url: str, bodie
         text=text,
     )
     batch = make_batch(ws, [*recipients(12), Recipient("zoë@example.org", "Zoë", 99)], rendered=rendered)
-    template = MessageTemplate(rendered, ws.settings, batch.envelopes[0])
+    template = MessageTemplate(rendered, ws.settings, batch.envelopes[0].links)
     assert template.fast
     expected = {  # (text, html) transfer encodings
         "short lines": ("7bit", "8bit" if eight_bit else "quoted-printable"),
@@ -390,7 +391,7 @@ def test_fast_messages_equal_build_message(workspace: Path, base_url: str, bodie
         "ascii": ("7bit", "7bit"),
     }[bodies]
     for env in batch.envelopes:
-        out = template.render(env, eight_bit=eight_bit)
+        out = template.render(env.recipient, env.links, eight_bit=eight_bit)
         assert out.smtputf8 == (not env.recipient.email.isascii())
         assert tuple(p["Content-Transfer-Encoding"] for p in _parse(out.data).iter_parts()) == expected
         _same_message(out, build_message(rendered, ws.settings, env.recipient, env.links), eight_bit=eight_bit)
@@ -407,12 +408,13 @@ def test_a_personalize_it_cannot_reproduce_falls_back_to_build_message(workspace
     ws = make_workspace(workspace)
     rendered = Signed(slug="s", subject="Subject", preheader="", html=f"<a href='{P}'>x</a>", text=f"Leave: {P} now")
     envelope = make_batch(ws, recipients(1), rendered=rendered).envelopes[0]
-    template = MessageTemplate(rendered, ws.settings, envelope)
+    template = MessageTemplate(rendered, ws.settings, envelope.links)
     assert not template.fast
     other = make_batch(ws, recipients(1, start=5), rendered=rendered).envelopes[0]
     for eight_bit in (True, False):
-        out = template.render(other, eight_bit=eight_bit, message_id="<fixed@example.org>")
+        out = template.render(other.recipient, other.links, eight_bit=eight_bit, message_id="<fixed@example.org>")
         assert _parse(out.data)["Message-ID"] == "<fixed@example.org>"
+        assert dict(_parse(out.data).raw_items())["Date"].endswith(" +0000")  # the numeric zone, not obsolete GMT
         assert "now\r\n-- sent to you" in _parse(out.data).get_body(("plain",)).get_content()
         _same_message(out, build_message(rendered, ws.settings, other.recipient, other.links), eight_bit=eight_bit)
 
@@ -420,8 +422,8 @@ def test_a_personalize_it_cannot_reproduce_falls_back_to_build_message(workspace
 def test_test_links_and_subject_in_fast_messages(workspace: Path) -> None:
     ws = make_workspace(workspace)
     batch = make_batch(ws, [Recipient("ada@example.org")], test=True)
-    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0], test=True)
-    out = template.render(batch.envelopes[0])
+    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0].links, test=True)
+    out = template.render(batch.envelopes[0].recipient, batch.envelopes[0].links)
     links = recipient_links(ws.settings, SIGNER, 1, test=True)
     _same_message(out, build_message(batch.rendered, ws.settings, Recipient("ada@example.org"), links, test=True))
     check_message(_parse(out.data), batch.envelopes[0], ws.settings, test=True)
@@ -431,10 +433,10 @@ def test_test_links_and_subject_in_fast_messages(workspace: Path) -> None:
 def test_the_example_issue_takes_the_fast_path(workspace: Path, eight_bit: bool) -> None:
     ws = make_workspace(workspace)
     batch = make_batch(ws, recipients(3))
-    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0])
+    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0].links)
     assert template.fast
     for env in batch.envelopes:
-        out = template.render(env, eight_bit=eight_bit, message_id="<one@example.org>")
+        out = template.render(env.recipient, env.links, eight_bit=eight_bit, message_id="<one@example.org>")
         assert out.eight_bit == eight_bit  # its HTML is not ASCII (no-break spaces, arrows)
         check_message(_parse(out.data), env, ws.settings)
         _same_message(out, build_message(batch.rendered, ws.settings, env.recipient, env.links), eight_bit=eight_bit)

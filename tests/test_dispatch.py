@@ -517,3 +517,49 @@ def test_smtp_connection_lost_after_data_is_in_doubt_for_that_message_only(works
     assert state[emails[2]] == "failed"
     status = run("status", "2024-w02")
     assert emails[1] in status.output and "--resend-in-doubt" in status.output
+
+
+# ------------------------------------------------------------------------- the test-send gate
+
+
+CHANGES = {
+    "from": "AI Research Highlights <news@example.org>",
+    "reply_to": "letters@example.org",
+    "name": "AI Research Digest",
+    "postal_address": "AI Research Highlights, 1 Other Street, Springfield, OR 97477, USA",
+    "list_id": "digest.example.org",
+    "base_url": "https://news.example.org",
+}
+
+
+@pytest.mark.parametrize("field", list(CHANGES))
+def test_a_settings_change_after_the_test_send_needs_another(workspace: Path, field: str) -> None:
+    """The test send's fingerprint covers the whole message a reader gets, headers from
+    the settings included: change any of them and `send` asks for a new test."""
+    add_subscribers(workspace, 2)
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    path = workspace / "highlights.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert data[field] != CHANGES[field]
+    data[field] = CHANGES[field]
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+    refused = run("send", "2024-w02", "--yes")
+    assert refused.exit_code == 1
+    assert "this version was not test-sent" in refused.output and "send 2024-w02 --test" in refused.output
+    assert ledger(workspace) == {}
+
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    sent = run("send", "2024-w02", "--yes")
+    assert sent.exit_code == 0, sent.output
+
+
+def test_an_unchanged_rerender_passes_the_gate(workspace: Path) -> None:
+    add_subscribers(workspace, 2)
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    # Files written again as they were, and a later run: the same message, so no new test.
+    for name in ("highlights.yaml", "issues/2024-w02.yaml"):
+        (workspace / name).write_bytes((workspace / name).read_bytes())
+    sent = run("send", "2024-w02", "--yes")
+    assert sent.exit_code == 0, sent.output
+    assert set(ledger(workspace).values()) == {"sent"}

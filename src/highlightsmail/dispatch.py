@@ -113,10 +113,11 @@ def send_test_command(ws: Workspace, issue_path: Path, to: list[str], *, dry_run
     the fingerprint of what was sent so that `send` knows it was seen."""
     from highlightsmail.backends import get_backend
     from highlightsmail.backends.base import Batch, DeliveryError, Envelope
-    from highlightsmail.message import Recipient, recipient_links
+    from highlightsmail.message import Recipient, fingerprint, recipient_links
     from highlightsmail.store import Store
 
     rendered = _render(ws, issue_path)
+    digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     addresses = _validate_addresses(to) if to else list(ws.settings.editors)
     signer = _signer(ws)
     envelopes = []
@@ -149,10 +150,10 @@ def send_test_command(ws: Workspace, issue_path: Path, to: list[str], *, dry_run
         lines = "; ".join(f"{envelopes[k - 1].recipient.email}: {why}" for k, why in problems.items())
         raise HighlightsError(f"test send failed for {lines}")
     with Store.open(ws) as store:
-        store.record_test_send(rendered.slug, rendered.fingerprint, [e.recipient.email for e in envelopes])
+        store.record_test_send(rendered.slug, digest, [e.recipient.email for e in envelopes])
     click.echo(
         f"Test of {rendered.slug} sent to {', '.join(e.recipient.email for e in envelopes)} "
-        f"through {backend.name} (fingerprint {rendered.fingerprint[:12]})."
+        f"through {backend.name} (fingerprint {digest[:12]})."
     )
     click.echo(f"When it looks right: highlights send {rendered.slug}")
 
@@ -173,12 +174,14 @@ def send_command(
     """Dispatch the issue to every subscriber active when its first send began."""
     from highlightsmail.backends import get_backend
     from highlightsmail.backends.base import DeliveryError
+    from highlightsmail.message import fingerprint
     from highlightsmail.store import Store
 
     rendered = _render(ws, issue_path)
     slug = rendered.slug
+    digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     with _send_lock(ws, slug), Store.open(ws) as store:
-        if not skip_test_check and not store.has_test_send(slug, rendered.fingerprint):
+        if not skip_test_check and not store.has_test_send(slug, digest):
             hint = "this version was not test-sent" if store.has_test_send(slug) else "it has not been test-sent"
             raise HighlightsError(
                 f"{slug}: {hint}. Send a test first: highlights send {slug} --test (or pass --skip-test-check)"
@@ -313,8 +316,12 @@ def run_dispatch(
     """The send loop. Only this thread touches the database; `backend.concurrency`
     worker threads, each with its own backend instance, make the requests."""
     from highlightsmail.backends.base import Batch, DeliveryError, TransientError
+    from highlightsmail.message import check_headers
 
     slug = rendered.slug
+    # Text that could break out of a header stops the send here, before anything is
+    # claimed, rather than failing every batch.
+    check_headers(rendered, ws.settings)
     workers = max(1, backend.concurrency)
     local = threading.local()
     opened: list[Backend] = []

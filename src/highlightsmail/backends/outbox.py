@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from highlightsmail.backends.base import Backend, Batch, BatchResult, DeliveryError
-from highlightsmail.backends.smtp import TemplateCache
 from highlightsmail.errors import display_path
+from highlightsmail.mime import TemplateCache
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -52,11 +52,12 @@ class OutboxBackend(Backend):
             taken = _taken(folder)
         except OSError as err:
             raise DeliveryError(f"outbox: cannot write to {display_path(folder)}: {err.strerror or err}") from None
-        template = self._templates.get(batch)
+        template = self._templates.get(batch.rendered, batch.settings, batch.envelopes[0].links, test=batch.test)
         result = BatchResult()
         for env in batch.envelopes:
             try:
-                data = template.render(env, eight_bit=True).data  # as an SMTP server with 8BITMIME gets it
+                # As an SMTP server with 8BITMIME gets it.
+                data = template.render(env.recipient, env.links, eight_bit=True).data
             except (UnicodeError, ValueError) as err:
                 result.failed[env.key] = f"cannot build the message for {env.recipient.email!r}: {err}"
                 continue

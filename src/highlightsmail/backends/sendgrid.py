@@ -36,7 +36,7 @@ from highlightsmail.backends.base import (
     TransientError,
     with_retries,
 )
-from highlightsmail.message import list_id, subject_for
+from highlightsmail.message import display_name, from_header, list_id, reply_to_header, subject_for
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -46,7 +46,6 @@ ENV_HOST = "HIGHLIGHTS_SENDGRID_HOST"
 PAGE_SIZE = 500  # the largest page SendGrid's suppression lists serve
 # SendGrid's list -> our subscriber status.
 SUPPRESSION_LISTS = (("unsubscribes", "unsubscribed"), ("bounces", "bounced"), ("spam_reports", "complained"))
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 _LIST_SEPARATORS = re.compile(r"[,;]")
 
 # python_http_client logs every request's headers, the API key among them, at DEBUG.
@@ -119,7 +118,7 @@ class SendGridBackend(Backend):
                 args = {"issue": batch.slug, "test": "true"}
             personalizations.append(
                 {
-                    "to": [_address(to, env.recipient.name, recipient=True)],
+                    "to": [_address(to, display_name(env.recipient), recipient=True)],
                     # Substitutions are plain find-and-replace (legacy, non-dynamic templates
                     # only); the placeholder is in both the HTML and the text.
                     "substitutions": {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url},
@@ -127,7 +126,7 @@ class SendGridBackend(Backend):
                     "custom_args": args,
                 }
             )
-        name, email = parseaddr(settings.from_)
+        name, email = parseaddr(from_header(settings))
         payload: dict[str, Any] = {
             "personalizations": personalizations,
             "from": _address(email, name),
@@ -143,8 +142,9 @@ class SendGridBackend(Backend):
                 "subscription_tracking": {"enable": False},
             },
         }
-        if settings.reply_to:
-            name, email = parseaddr(settings.reply_to)
+        reply_to = reply_to_header(settings)
+        if reply_to:
+            name, email = parseaddr(reply_to)
             payload["reply_to"] = _address(email, name)
         if self.config.categories:
             payload["categories"] = list(dict.fromkeys(self.config.categories))
@@ -300,13 +300,13 @@ def _check_host(origin: str, host: str) -> None:
 
 
 def _address(email: str, name: str = "", *, recipient: bool = False) -> dict[str, str]:
-    """SendGrid's `{"email", "name"}`; the name without anything that breaks a header.
+    """SendGrid's `{"email", "name"}` (the name already fit for a header).
 
     A recipient's name loses its commas and semicolons: SendGrid documents that it
     cannot take them in to/cc/bcc names, and drops such mail silently (it splits the
     header there and takes part of the name for the address)."""
     out = {"email": email}
-    clean = _CONTROL_RE.sub(" ", name or "")
+    clean = name or ""
     if recipient:
         clean = _LIST_SEPARATORS.sub(" ", clean)
     clean = " ".join(clean.split())
