@@ -187,15 +187,34 @@ def test_starttls_required_but_not_offered(workspace: Path) -> None:
 # ---------------------------------------------------------------------------- faults
 
 
-def test_dropped_connection_reconnects_and_delivers_all(workspace: Path) -> None:
+def test_a_connection_lost_after_the_whole_message_leaves_it_in_doubt_not_sent_again(workspace: Path) -> None:
+    """The server closes the connection after the end of DATA (it may have kept the
+    message): that recipient is in doubt at once, with one DATA seen, and the batch goes
+    on over a new connection."""
     handler = SinkHandler(drop_at={4, 9})
     with smtp_server(handler) as server:
         ws = _smtp_ws(workspace, server.port)
         batch = make_batch(ws, recipients(12))
         backend, result = _send(ws, batch)
-    assert result.sent == [e.key for e in batch.envelopes] and result.failed == {}
-    _check_all_received(handler, batch, ws)  # each exactly once
+    keys = [e.key for e in batch.envelopes]
+    assert sorted(result.in_doubt) == [keys[3], keys[8]] and result.failed == {}
+    assert all("after the whole message was sent" in why for why in result.in_doubt.values())
+    assert result.sent == [k for k in keys if k not in (keys[3], keys[8])]
+    assert handler.data_commands == 12  # one end of DATA per recipient: nothing sent twice
     assert backend.connections == 3 and handler.sessions == 3
+
+
+def test_a_connection_lost_before_data_ends_is_tried_again(workspace: Path) -> None:
+    """A connection cut at RCPT: the message was never handed over, so it is sent again
+    on a new connection, and everyone gets exactly one."""
+    handler = SinkHandler(drop_at_rcpt={2, 5})
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, recipients(6))
+        backend, result = _send(ws, batch)
+    assert result.sent == [e.key for e in batch.envelopes] and result.in_doubt == {} and result.failed == {}
+    _check_all_received(handler, batch, ws)  # each exactly once
+    assert backend.connections == 3
 
 
 def test_421_closes_and_reconnects(workspace: Path) -> None:

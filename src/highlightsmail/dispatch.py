@@ -315,7 +315,7 @@ def run_dispatch(
 ) -> None:
     """The send loop. Only this thread touches the database; `backend.concurrency`
     worker threads, each with its own backend instance, make the requests."""
-    from highlightsmail.backends.base import Batch, DeliveryError, TransientError
+    from highlightsmail.backends.base import Batch, DeliveryError, InDoubtError
     from highlightsmail.message import check_headers
 
     slug = rendered.slug
@@ -389,12 +389,11 @@ def run_dispatch(
                     keys = [e.key for e in batch.envelopes]
                     try:
                         result = fut.result()
+                    except InDoubtError as err:
+                        # No answer to a request that was sent whole: maybe it went out.
+                        store.finish_batch(slug, sent=[], failed={}, in_doubt={k: err.message for k in keys})
                     except DeliveryError as err:
-                        if isinstance(err, TransientError) and err.maybe_delivered:
-                            # No answer to a request that was sent: maybe it went out.
-                            store.finish_batch(slug, sent=[], failed={}, in_doubt={k: err.message for k in keys})
-                        else:
-                            store.finish_batch(slug, sent=[], failed={k: err.message for k in keys})
+                        store.finish_batch(slug, sent=[], failed={k: err.message for k in keys})
                     except Exception as err:  # a bug in a backend must not lose the ledger
                         store.finish_batch(slug, sent=[], failed={k: f"{type(err).__name__}: {err}" for k in keys})
                     else:

@@ -30,6 +30,7 @@ from highlightsmail.backends.base import (
     Batch,
     BatchResult,
     DeliveryError,
+    InDoubtError,
     PermanentError,
     RetryPolicy,
     Suppression,
@@ -163,7 +164,7 @@ class SendGridBackend(Backend):
         if len(failed) == len(batch.envelopes):
             return BatchResult(failed=failed)
         payload = self.build_payload(batch)
-        message_id = with_retries(lambda: self._post(payload), self.policy, sleep=self._sleep)
+        message_id = with_retries(functools.partial(self._post, payload), self.policy, sleep=self._sleep)
         return BatchResult(
             sent=[e.key for e in batch.envelopes if e.key not in failed], failed=failed, message_id=message_id
         )
@@ -177,28 +178,29 @@ class SendGridBackend(Backend):
         return response.headers.get("X-Message-Id")
 
     def _call(self, request: Callable[[], Any], what: str) -> Any:
-        """Run one HTTP request; map every failure to TransientError or PermanentError."""
+        """Run one HTTP request; map every failure to TransientError (known not taken),
+        InDoubtError (sent whole, no answer) or PermanentError."""
         from python_http_client.exceptions import HTTPError
 
         try:
             return request()
         except HTTPError as err:
             raise _http_error(err, what) from None
-        except TimeoutError:
-            # Raised while waiting for the answer: the request was sent whole.
-            raise TransientError(
-                f"SendGrid did not answer {what} within {self.timeout:g} s", maybe_delivered=True
-            ) from None
         except URLError as err:
-            # urllib wraps what fails while connecting or sending: no whole request arrived.
+            # urllib wraps what fails while connecting or sending the request: no whole
+            # request arrived, so trying again is safe.
             reason = err.reason
             if isinstance(reason, TimeoutError):
                 raise TransientError(f"SendGrid did not take {what} within {self.timeout:g} s") from None
             raise TransientError(f"cannot reach SendGrid at {self.host} ({what}): {reason}") from None
+        except TimeoutError:
+            # Raised while waiting for the answer: the request was sent whole.
+            raise InDoubtError(f"SendGrid did not answer {what} within {self.timeout:g} s") from None
         except (http.client.HTTPException, OSError) as err:
-            # RemoteDisconnected, resets while waiting: the request may or may not have arrived.
-            raise TransientError(
-                f"connection to SendGrid lost during {what}: {err or type(err).__name__}", maybe_delivered=True
+            # RemoteDisconnected, a reset while waiting for the answer: sent whole, so
+            # SendGrid may have taken it.
+            raise InDoubtError(
+                f"connection to SendGrid lost after sending {what}: {err or type(err).__name__}"
             ) from None
 
     # -- suppressions
@@ -211,10 +213,9 @@ class SendGridBackend(Backend):
             offset = 0
             while True:
                 query = {"limit": PAGE_SIZE, "offset": offset}
+                endpoint = self._api().client.suppression._(kind)
                 page = self._get_list(
-                    lambda q=query, k=kind: (
-                        self._api().client.suppression._(k).get(query_params=q, timeout=self.timeout)
-                    ),
+                    functools.partial(endpoint.get, query_params=query, timeout=self.timeout),
                     f"GET /v3/suppression/{kind}",
                 )
                 for item in page:
@@ -238,7 +239,14 @@ class SendGridBackend(Backend):
                 yield Suppression(email=_stored_form(item), status="unsubscribed", detail=f"unsubscribe group {group}")
 
     def _get_list(self, request: Callable[[], Any], what: str) -> list[Any]:
-        response = with_retries(lambda: self._call(request, what), self.policy, sleep=self._sleep)
+        def get() -> Any:
+            try:
+                return self._call(request, what)
+            except InDoubtError as err:
+                # Reading a list changes nothing at SendGrid: asking again is safe.
+                raise TransientError(err.message) from None
+
+        response = with_retries(get, self.policy, sleep=self._sleep)
         try:
             data = json.loads(response.body or b"[]")
         except ValueError:

@@ -9,7 +9,9 @@ trusted certificates, for a relay with a private CA or a self-signed certificate
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import smtplib
 import ssl
 import time
@@ -23,6 +25,7 @@ from highlightsmail.backends.base import (
     BatchResult,
     DeliveryError,
     Envelope,
+    InDoubtError,
     PermanentError,
     RetryPolicy,
     TransientError,
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 ENV_PASSWORD = "HIGHLIGHTS_SMTP_PASSWORD"
 ENV_CAFILE = "HIGHLIGHTS_SMTP_CAFILE"
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")  # a relay on this machine: nothing on the wire
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 # ---------------------------------------------------------------------------- the backend
@@ -67,7 +71,9 @@ class SmtpBackend(Backend):
     """One message per recipient over one kept-open connection.
 
     A 4xx reply is retried with backoff; a 5xx reply fails that recipient only; a
-    dropped connection is re-opened and the message sent again.
+    connection lost before the message was handed over is re-opened and the message
+    sent again; one lost after the whole message went out leaves that recipient in
+    doubt (the server may have taken it) and the next recipient gets a new connection.
     """
 
     name = "smtp"
@@ -204,10 +210,11 @@ class SmtpBackend(Backend):
         elif out.eight_bit:
             options.append("BODY=8BITMIME")
         self._throttle()
-        stage = "envelope"
+        handed_over = False
         try:
-            # sendmail() in its steps, so that a lost connection can be told apart: before
-            # DATA nothing was handed over; during DATA the server may have taken it.
+            # sendmail() in its steps, so that a lost connection can be told apart: until
+            # the final "." of DATA is sent the server cannot have taken the message
+            # (RFC 5321 4.1.1.4), so trying again is safe; after it, it may have.
             conn.ehlo_or_helo_if_needed()
             if conn.does_esmtp and conn.has_extn("size"):
                 options = [*options, f"SIZE={len(out.data)}"]
@@ -219,8 +226,15 @@ class SmtpBackend(Backend):
             if code not in (250, 251):
                 _reset_quietly(conn)
                 raise smtplib.SMTPRecipientsRefused({env.recipient.email: (code, reply)})
-            stage = "data"
-            code, reply = conn.data(out.data)
+            code, reply = conn.docmd("DATA")
+            if code != 354:
+                _reset_quietly(conn)
+                raise smtplib.SMTPDataError(code, reply)
+            # Dot-stuffing (RFC 5321 4.5.2), then the end of data: CRLF "." CRLF.
+            data = _LEADING_DOT.sub(b"..", out.data)
+            conn.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+            handed_over = True
+            code, reply = conn.getreply()
             if code != 250:
                 _reset_quietly(conn)
                 raise smtplib.SMTPDataError(code, reply)
@@ -235,9 +249,10 @@ class SmtpBackend(Backend):
             raise _classify(err.smtp_code, err.smtp_error, "refused the message") from None
         except (OSError, smtplib.SMTPException) as err:  # disconnects, time-outs, resets
             self._drop()
-            raise _ConnectionProblem(
-                f"connection to {self.where} lost: {err or type(err).__name__}", maybe_delivered=stage == "data"
-            ) from None
+            why = err or type(err).__name__
+            if handed_over:
+                raise InDoubtError(f"no answer from {self.where} after the whole message was sent: {why}") from None
+            raise _ConnectionProblem(f"connection to {self.where} lost: {why}") from None
 
     def send_batch(self, batch: Batch) -> BatchResult:
         result = BatchResult()
@@ -247,23 +262,19 @@ class SmtpBackend(Backend):
             message_id = template.new_message_id()  # a retry is the same message
             try:
                 with_retries(
-                    lambda env=env, message_id=message_id: self._send_one(template, env, message_id),
-                    self.policy,
-                    sleep=self._sleep,
+                    functools.partial(self._send_one, template, env, message_id), self.policy, sleep=self._sleep
                 )
+            except InDoubtError as err:
+                # Never sent again by itself; the next recipient gets a new connection.
+                result.in_doubt[env.key] = err.message
             except (_ConnectionProblem, _SetupError) as err:
                 # The server is gone or refuses everyone: the rest are not tried now
                 # (the dispatcher retries failed recipients on the next run).
-                rest = envelopes[index:]
-                if isinstance(err, TransientError) and err.maybe_delivered:
-                    result.in_doubt[env.key] = f"no answer after sending: {err.message}"
-                    rest = rest[1:]
-                for other in rest:
+                for other in envelopes[index:]:
                     result.failed[other.key] = f"not sent: {err.message}"
                 break
             except TransientError as err:
-                target = result.in_doubt if err.maybe_delivered else result.failed
-                target[env.key] = f"gave up after {self.policy.attempts} attempts: {err.message}"
+                result.failed[env.key] = f"gave up after {self.policy.attempts} attempts: {err.message}"
             except PermanentError as err:
                 result.failed[env.key] = err.message
             else:
