@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import email
 import os
+import stat
+import subprocess
+import sys
 from email.policy import default as default_policy
 from pathlib import Path
 
@@ -124,6 +127,48 @@ def test_a_slug_cannot_leave_the_outbox(workspace: Path) -> None:
     with pytest.raises(DeliveryError, match="cannot be a folder name"):
         get_backend(ws).send_batch(bad)
     assert example_issue().slug == "2024-w02"
+
+
+def test_files_are_for_their_owner_only(workspace: Path) -> None:
+    """Each file holds a working unsubscribe link: 0600, whatever the umask allows."""
+    ws = make_workspace(workspace)
+    old = os.umask(0o022)
+    try:
+        get_backend(ws).send_batch(make_batch(ws, recipients(3)))
+        get_backend(ws, test=True).send_batch(make_batch(ws, [Recipient("ada@example.org")], test=True))
+    finally:
+        os.umask(old)
+    files = list((workspace / "outbox").rglob("*.eml"))
+    assert len(files) == 4
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next(workspace: Path) -> None:
+    """kill -9 mid-write leaves `.<name>.<pid>-<random>.tmp`: the next run removes those
+    whose process is gone, and nothing else."""
+    ws = make_workspace(workspace)
+    folder = workspace / "outbox" / "2024-w02"
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = [
+        folder / f".000001-reader1@example.org.{dead_pid}-0123abcd.tmp",
+        folder / f".000007-x.{dead_pid}-89abcdef.tmp",
+    ]
+    alive = folder / f".000002-reader2@example.org.{os.getpid()}-0123abcd.tmp"  # a writer still at work
+    others = [folder / ".notes.tmp", folder / "keep.tmp", folder / f".000003-y.{dead_pid}-xyz.tmp"]
+    for path in [*stale, alive, *others]:
+        path.write_bytes(b"partial message")
+
+    result = get_backend(ws).send_batch(make_batch(ws, recipients(2)))
+
+    assert result.sent == [1, 2]
+    assert not any(p.exists() for p in stale)
+    assert alive.exists() and all(p.exists() for p in others)
+    assert sorted(p.name for p in folder.glob("*.eml")) == [
+        "000001-reader1@example.org.eml",
+        "000002-reader2@example.org.eml",
+    ]
 
 
 # The audit's strings: on Python 3.11.7 the email package decodes these encoded words
