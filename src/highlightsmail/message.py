@@ -11,6 +11,7 @@ package of the running Python would make of it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,8 +89,14 @@ def list_id(settings: Settings) -> str:
     encode the opening quote with the name and leave the closing one bare, and SendGrid
     takes custom headers exactly as given, raw UTF-8 included.
     """
-    name = header_value(f"{SETTINGS_FILE}: name", settings.name).replace('"', "'")
-    ident = header_value(f"{SETTINGS_FILE}: list_id", settings.list_id)
+    return _list_id(settings.name, settings.list_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _list_id(name: str, ident: str) -> str:
+    # Cached: a dispatch asks once per recipient, with the same settings every time.
+    name = header_value(f"{SETTINGS_FILE}: name", name).replace('"', "'")
+    ident = header_value(f"{SETTINGS_FILE}: list_id", ident)
     if not name.isascii():
         from email.header import Header
 
@@ -100,8 +107,12 @@ def list_id(settings: Settings) -> str:
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:
-    base = header_value(f"{SETTINGS_FILE}: base_url", settings.base_url)
-    return f"{base.rstrip('/')}/u/{token}"
+    return f"{_unsubscribe_base(settings.base_url)}/u/{token}"
+
+
+@functools.lru_cache(maxsize=16)
+def _unsubscribe_base(base_url: str) -> str:
+    return header_value(f"{SETTINGS_FILE}: base_url", base_url).rstrip("/")
 
 
 def links_for(settings: Settings, url: str) -> RecipientLinks:
