@@ -5,9 +5,10 @@
 
 For each size: a fresh copy of the example workspace with N active subscribers, then the
 whole `highlights send 2024-w02 --yes --skip-test-check` process is timed; its peak
-memory is the child's high-water RSS (VmHWM), sampled until it exits. The server runs in
-this process (validating every request against the OpenAPI schema, keeping only a
-count per recipient) so it does not share the sender's interpreter. Targets: 100,000 in
+memory is the child's high-water RSS (VmHWM), sampled until it exits. The server (the
+tests' local SendGrid stand-in) runs in this process, validating every request against
+SendGrid's OpenAPI schema where it sits beside the checkout (else the tests' own) and
+keeping only a count per recipient, so it does not share the sender's interpreter. Targets: 100,000 in
 at most 15 s; 1,000,000 in at most 150 s with peak memory at most 250 MB.
 """
 
@@ -24,9 +25,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))
 
 from highlightsmail.store import ImportRow, Store  # noqa: E402
-from highlightsmail.testing.sendgrid_server import SendGridServer  # noqa: E402
+from sendgrid_server import SendGridServer  # noqa: E402
 
 API_KEY = "SG.benchmark"
 

@@ -43,7 +43,9 @@ class SinkHandler:
     rcpt_replies / data_replies: address -> replies to give at RCPT / after DATA, one per
     attempt, before accepting (e.g. ["451 4.3.0 try later"]).
     drop_at: numbers (1-based, over all DATA commands) of messages whose connection is
-    cut instead of answered; those messages are not kept.
+    cut after their end of data instead of answered; those messages are not kept.
+    drop_at_rcpt: numbers (1-based, over all RCPT commands) at which the connection is
+    cut instead of answered, before any DATA.
     keep: False keeps only a count (benchmarks).
     no_8bitmime: leave 8BITMIME out of the EHLO answer, as an old server would.
     """
@@ -51,11 +53,13 @@ class SinkHandler:
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     data_replies: dict[str, list[str]] = field(default_factory=dict)
     drop_at: set[int] = field(default_factory=set)
+    drop_at_rcpt: set[int] = field(default_factory=set)
     keep: bool = True
     no_8bitmime: bool = False
     received: list[Received] = field(default_factory=list)
     count: int = 0
     data_commands: int = 0
+    rcpt_commands: int = 0
     sessions: int = 0
     logins: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,6 +75,12 @@ class SinkHandler:
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self._lock:
+            self.rcpt_commands += 1
+            number = self.rcpt_commands
+        if number in self.drop_at_rcpt:
+            server.transport.close()
+            return "421 4.3.0 gone"
         queued = self.rcpt_replies.get(address)
         if queued:
             return queued.pop(0)

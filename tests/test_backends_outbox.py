@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import email
 import os
+import stat
+import subprocess
+import sys
 from email.policy import default as default_policy
 from pathlib import Path
 
@@ -124,3 +127,115 @@ def test_a_slug_cannot_leave_the_outbox(workspace: Path) -> None:
     with pytest.raises(DeliveryError, match="cannot be a folder name"):
         get_backend(ws).send_batch(bad)
     assert example_issue().slug == "2024-w02"
+
+
+def test_files_are_for_their_owner_only(workspace: Path) -> None:
+    """Each file holds a working unsubscribe link: 0600, whatever the umask allows."""
+    ws = make_workspace(workspace)
+    old = os.umask(0o022)
+    try:
+        get_backend(ws).send_batch(make_batch(ws, recipients(3)))
+        get_backend(ws, test=True).send_batch(make_batch(ws, [Recipient("ada@example.org")], test=True))
+    finally:
+        os.umask(old)
+    files = list((workspace / "outbox").rglob("*.eml"))
+    assert len(files) == 4
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next(workspace: Path) -> None:
+    """kill -9 mid-write leaves `.<name>.<pid>-<random>.tmp`: the next run removes those
+    whose process is gone, and nothing else."""
+    ws = make_workspace(workspace)
+    folder = workspace / "outbox" / "2024-w02"
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = [
+        folder / f".000001-reader1@example.org.{dead_pid}-0123abcd.tmp",
+        folder / f".000007-x.{dead_pid}-89abcdef.tmp",
+    ]
+    alive = folder / f".000002-reader2@example.org.{os.getpid()}-0123abcd.tmp"  # a writer still at work
+    others = [folder / ".notes.tmp", folder / "keep.tmp", folder / f".000003-y.{dead_pid}-xyz.tmp"]
+    for path in [*stale, alive, *others]:
+        path.write_bytes(b"partial message")
+
+    result = get_backend(ws).send_batch(make_batch(ws, recipients(2)))
+
+    assert result.sent == [1, 2]
+    assert not any(p.exists() for p in stale)
+    assert alive.exists() and all(p.exists() for p in others)
+    assert sorted(p.name for p in folder.glob("*.eml")) == [
+        "000001-reader1@example.org.eml",
+        "000002-reader2@example.org.eml",
+    ]
+
+
+# The audit's strings: on Python 3.11.7 the email package decodes these encoded words
+# and writes the CR LF they hold into the header block (a Bcc header, or the end of it).
+AUDIT = {
+    "bcc": "=?utf-8?q?Hi=0D=0ABcc:_victim@example.net?=",
+    "blank line": "=?utf-8?q?Hi=0D=0A=0D=0ABcc:_victim@example.net?=",
+}
+HEADERS = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "List-Unsubscribe",
+    "List-Id",
+    "List-Unsubscribe-Post",
+    "MIME-Version",
+    "Content-Type",
+]
+
+
+@pytest.mark.parametrize("name", list(AUDIT.values()), ids=list(AUDIT))
+def test_a_stored_name_that_could_break_a_header_is_left_out(workspace: Path, name: str) -> None:
+    """An old subscriber row whose name holds an encoded word (or a line break) gets the
+    message with the bare address in To, and exactly the usual headers."""
+    ws = make_workspace(workspace)
+    people = [
+        Recipient("reader-a@example.org", name, 1),
+        Recipient("line-break@example.org", "Ada\r\nBcc: victim@example.net", 2),
+        Recipient("fine@example.org", "Zoë Ångström", 3),
+    ]
+    batch = make_batch(ws, people)
+    result = get_backend(ws).send_batch(batch)
+    assert result.sent == [1, 2, 3]
+    folder = workspace / "outbox" / "2024-w02"
+    for env, want_to in zip(batch.envelopes, ["reader-a@example.org", "line-break@example.org", None], strict=True):
+        raw = (folder / f"{env.key:06d}-{env.recipient.email}.eml").read_bytes()
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        assert b"Bcc" not in head and b"victim" not in raw
+        msg = email.message_from_bytes(raw, policy=default_policy)
+        assert list(msg.keys()) == HEADERS
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        if want_to is None:
+            check_message(msg, env, ws.settings)  # a good name is kept
+        else:
+            assert str(msg["To"]) == want_to
+
+
+@pytest.mark.parametrize("text", list(AUDIT.values()), ids=list(AUDIT))
+@pytest.mark.parametrize("field", ["subject", "name", "from", "reply_to", "list_id", "base_url"])
+def test_header_text_that_got_past_validation_stops_the_batch(workspace: Path, field: str, text: str) -> None:
+    """Settings or an issue built without validation (model_copy, a test double, a bug):
+    the builder refuses, naming the field, and writes nothing."""
+    from dataclasses import replace
+
+    from highlightsmail.errors import HighlightsError
+    from highlightsmail.workspace import Workspace
+
+    ws = make_workspace(workspace)
+    rendered = example_issue()
+    if field == "subject":
+        rendered = replace(rendered, subject=text)
+    else:
+        value = f"News {text} <news@example.org>" if field in ("from", "reply_to") else text
+        ws = Workspace(root=ws.root, settings=ws.settings.model_copy(update={field.replace("from", "from_"): value}))
+    with pytest.raises(HighlightsError, match=f"{field}: must not contain an RFC 2047 encoded word"):
+        get_backend(ws).send_batch(make_batch(ws, recipients(2), rendered=rendered))
+    assert list((workspace / "outbox").rglob("*.eml")) == []

@@ -16,8 +16,9 @@ from helpers_delivery import SIGNER, check_message, make_batch, make_workspace, 
 from helpers_smtp import PasswordCheck, SinkHandler, make_tls, smtp_server
 from highlightsmail.backends import get_backend
 from highlightsmail.backends.base import DeliveryError
-from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, MessageTemplate, Outgoing, SmtpBackend
+from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, SmtpBackend
 from highlightsmail.message import Recipient, build_message, recipient_links
+from highlightsmail.mime import MessageTemplate, Outgoing
 from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
 PASSWORD = "correct horse battery staple"
@@ -186,15 +187,34 @@ def test_starttls_required_but_not_offered(workspace: Path) -> None:
 # ---------------------------------------------------------------------------- faults
 
 
-def test_dropped_connection_reconnects_and_delivers_all(workspace: Path) -> None:
+def test_a_connection_lost_after_the_whole_message_leaves_it_in_doubt_not_sent_again(workspace: Path) -> None:
+    """The server closes the connection after the end of DATA (it may have kept the
+    message): that recipient is in doubt at once, with one DATA seen, and the batch goes
+    on over a new connection."""
     handler = SinkHandler(drop_at={4, 9})
     with smtp_server(handler) as server:
         ws = _smtp_ws(workspace, server.port)
         batch = make_batch(ws, recipients(12))
         backend, result = _send(ws, batch)
-    assert result.sent == [e.key for e in batch.envelopes] and result.failed == {}
-    _check_all_received(handler, batch, ws)  # each exactly once
+    keys = [e.key for e in batch.envelopes]
+    assert sorted(result.in_doubt) == [keys[3], keys[8]] and result.failed == {}
+    assert all("after the whole message was sent" in why for why in result.in_doubt.values())
+    assert result.sent == [k for k in keys if k not in (keys[3], keys[8])]
+    assert handler.data_commands == 12  # one end of DATA per recipient: nothing sent twice
     assert backend.connections == 3 and handler.sessions == 3
+
+
+def test_a_connection_lost_before_data_ends_is_tried_again(workspace: Path) -> None:
+    """A connection cut at RCPT: the message was never handed over, so it is sent again
+    on a new connection, and everyone gets exactly one."""
+    handler = SinkHandler(drop_at_rcpt={2, 5})
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, recipients(6))
+        backend, result = _send(ws, batch)
+    assert result.sent == [e.key for e in batch.envelopes] and result.in_doubt == {} and result.failed == {}
+    _check_all_received(handler, batch, ws)  # each exactly once
+    assert backend.connections == 3
 
 
 def test_421_closes_and_reconnects(workspace: Path) -> None:
@@ -382,7 +402,7 @@ def test_fast_messages_equal_build_message(workspace: Path, base_url: str, bodie
         text=text,
     )
     batch = make_batch(ws, [*recipients(12), Recipient("zoë@example.org", "Zoë", 99)], rendered=rendered)
-    template = MessageTemplate(rendered, ws.settings, batch.envelopes[0])
+    template = MessageTemplate(rendered, ws.settings, batch.envelopes[0].links)
     assert template.fast
     expected = {  # (text, html) transfer encodings
         "short lines": ("7bit", "8bit" if eight_bit else "quoted-printable"),
@@ -390,7 +410,7 @@ def test_fast_messages_equal_build_message(workspace: Path, base_url: str, bodie
         "ascii": ("7bit", "7bit"),
     }[bodies]
     for env in batch.envelopes:
-        out = template.render(env, eight_bit=eight_bit)
+        out = template.render(env.recipient, env.links, eight_bit=eight_bit)
         assert out.smtputf8 == (not env.recipient.email.isascii())
         assert tuple(p["Content-Transfer-Encoding"] for p in _parse(out.data).iter_parts()) == expected
         _same_message(out, build_message(rendered, ws.settings, env.recipient, env.links), eight_bit=eight_bit)
@@ -407,12 +427,13 @@ def test_a_personalize_it_cannot_reproduce_falls_back_to_build_message(workspace
     ws = make_workspace(workspace)
     rendered = Signed(slug="s", subject="Subject", preheader="", html=f"<a href='{P}'>x</a>", text=f"Leave: {P} now")
     envelope = make_batch(ws, recipients(1), rendered=rendered).envelopes[0]
-    template = MessageTemplate(rendered, ws.settings, envelope)
+    template = MessageTemplate(rendered, ws.settings, envelope.links)
     assert not template.fast
     other = make_batch(ws, recipients(1, start=5), rendered=rendered).envelopes[0]
     for eight_bit in (True, False):
-        out = template.render(other, eight_bit=eight_bit, message_id="<fixed@example.org>")
+        out = template.render(other.recipient, other.links, eight_bit=eight_bit, message_id="<fixed@example.org>")
         assert _parse(out.data)["Message-ID"] == "<fixed@example.org>"
+        assert dict(_parse(out.data).raw_items())["Date"].endswith(" +0000")  # the numeric zone, not obsolete GMT
         assert "now\r\n-- sent to you" in _parse(out.data).get_body(("plain",)).get_content()
         _same_message(out, build_message(rendered, ws.settings, other.recipient, other.links), eight_bit=eight_bit)
 
@@ -420,8 +441,8 @@ def test_a_personalize_it_cannot_reproduce_falls_back_to_build_message(workspace
 def test_test_links_and_subject_in_fast_messages(workspace: Path) -> None:
     ws = make_workspace(workspace)
     batch = make_batch(ws, [Recipient("ada@example.org")], test=True)
-    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0], test=True)
-    out = template.render(batch.envelopes[0])
+    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0].links, test=True)
+    out = template.render(batch.envelopes[0].recipient, batch.envelopes[0].links)
     links = recipient_links(ws.settings, SIGNER, 1, test=True)
     _same_message(out, build_message(batch.rendered, ws.settings, Recipient("ada@example.org"), links, test=True))
     check_message(_parse(out.data), batch.envelopes[0], ws.settings, test=True)
@@ -431,10 +452,10 @@ def test_test_links_and_subject_in_fast_messages(workspace: Path) -> None:
 def test_the_example_issue_takes_the_fast_path(workspace: Path, eight_bit: bool) -> None:
     ws = make_workspace(workspace)
     batch = make_batch(ws, recipients(3))
-    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0])
+    template = MessageTemplate(batch.rendered, ws.settings, batch.envelopes[0].links)
     assert template.fast
     for env in batch.envelopes:
-        out = template.render(env, eight_bit=eight_bit, message_id="<one@example.org>")
+        out = template.render(env.recipient, env.links, eight_bit=eight_bit, message_id="<one@example.org>")
         assert out.eight_bit == eight_bit  # its HTML is not ASCII (no-break spaces, arrows)
         check_message(_parse(out.data), env, ws.settings)
         _same_message(out, build_message(batch.rendered, ws.settings, env.recipient, env.links), eight_bit=eight_bit)

@@ -20,13 +20,12 @@ import yaml
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from helpers_delivery import note_missing_schema
 from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store
-from highlightsmail.testing.sendgrid_server import SendGridServer
 from highlightsmail.web import create_app
 from highlightsmail.workspace import load_workspace
+from sendgrid_server import SendGridServer
 
 API_KEY = "SG.dispatch-tests"
 
@@ -327,8 +326,13 @@ def test_smtp_refusal_of_one_recipient_fails_only_that_one(workspace: Path) -> N
     assert result.exit_code == 1
     assert "sent 2, skipped 0, failed 1, in doubt 0" in result.output
     assert ledger(workspace) == {emails[0]: "sent", emails[1]: "failed", emails[2]: "sent"}
+    # The reason is on the screen at the end of the send, and in status.
+    assert "  failed 1: server refused the recipient: 550 5.1.1 no such user" in result.output
     status = run("status", "2024-w02")
-    assert "no such user" in status.output and emails[1] in status.output
+    assert "    batch 1: 1 recipient(s): server refused the recipient: 550 5.1.1 no such user" in status.output
+    assert emails[1] not in status.output and "--verbose" in status.output
+    verbose = run("status", "2024-w02", "--verbose")
+    assert f"      {emails[1]}\n" in verbose.output
 
 
 # ------------------------------------------------------------------------- SendGrid
@@ -336,9 +340,7 @@ def test_smtp_refusal_of_one_recipient_fails_only_that_one(workspace: Path) -> N
 
 @pytest.fixture
 def sg(workspace: Path, monkeypatch: pytest.MonkeyPatch):
-    server = SendGridServer(api_key=API_KEY, stall_seconds=3, rate_limit_reset_seconds=1)
-    note_missing_schema(server)
-    with server:
+    with SendGridServer(api_key=API_KEY, stall_seconds=3, rate_limit_reset_seconds=1) as server:
         monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
         monkeypatch.setenv("HIGHLIGHTS_SENDGRID_HOST", server.url)
         configure(workspace, backend="sendgrid", sendgrid={"batch_size": 10, "concurrency": 2, "timeout": 1})
@@ -389,7 +391,7 @@ def test_unreadable_suppressions_stop_the_send(workspace: Path, sg: SendGridServ
     assert sg.accepted == [] and ledger(workspace) == {}
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "stall", "drop"])
+@pytest.mark.parametrize("fault", ["429", "500", "503"])
 def test_transient_faults_are_retried_and_everyone_gets_one_copy(
     workspace: Path, sg: SendGridServer, fault: str
 ) -> None:
@@ -410,15 +412,39 @@ def test_a_refusal_fails_that_batch_with_sendgrids_words(workspace: Path, sg: Se
     result = run("send", "2024-w02", "--yes", "--skip-test-check")
     assert result.exit_code == 1
     assert "sent 20, skipped 0, failed 10, in doubt 0" in result.output
+    reason = "SendGrid refused POST /v3/mail/send (400): bad request (injected fault)"
+    assert f"  failed 10: {reason}\n" in result.output
     state = ledger(workspace)
     assert [state[e] for e in emails] == ["sent"] * 10 + ["failed"] * 10 + ["sent"] * 10
     status = run("status", "2024-w02")
-    # SendGrid's own error text reaches the editor, for each failed recipient.
-    assert status.output.count("bad request (injected fault)") == 10
+    # SendGrid's own error text reaches the editor once, for the batch it failed.
+    assert status.output.count("bad request (injected fault)") == 1
+    assert f"    batch 2: 10 recipient(s): {reason}\n" in status.output
+    verbose = run("status", "2024-w02", "--verbose")
+    assert all(f"      {e}\n" in verbose.output for e in emails[10:20])
+    assert not any(e in verbose.output for e in emails[:10] + emails[20:])
     # Running send again retries exactly the failed ones.
     again = run("send", "2024-w02", "--yes", "--skip-test-check")
     assert again.exit_code == 0, again.output
     assert sorted(delivered(sg)) == sorted(emails)
+
+
+def test_an_unverified_sender_is_named_on_the_screen(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request refused for the same reason: the end of the send says which, and how many."""
+    add_subscribers(workspace, 25)
+    with SendGridServer(api_key=API_KEY, verified_senders=["someone-else@example.org"]) as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
+        monkeypatch.setenv("HIGHLIGHTS_SENDGRID_HOST", server.url)
+        configure(workspace, backend="sendgrid", sendgrid={"batch_size": 10, "concurrency": 2})
+        result = run("send", "2024-w02", "--yes", "--skip-test-check")
+    assert result.exit_code == 1
+    assert "sent 0, skipped 0, failed 25, in doubt 0" in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("  failed ")]
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "  failed 25: SendGrid refused POST /v3/mail/send (403): "
+        "The from address does not match a verified Sender Identity."
+    )
 
 
 def test_unsubscribes_during_a_dispatch_are_honoured(
@@ -465,17 +491,23 @@ def test_a_setup_error_stops_the_send_before_anything_is_claimed(workspace: Path
     assert set(ledger(workspace).values()) == {"pending"}
 
 
-def test_a_request_that_never_got_an_answer_is_in_doubt_not_failed(workspace: Path, sg: SendGridServer) -> None:
-    """A stall past the time-out on every attempt: SendGrid may have taken the batch, so
-    its recipients are in doubt (not sent again by default), not failed (which would be)."""
+@pytest.mark.parametrize("fault", ["stall", "drop"])
+def test_a_request_that_never_got_an_answer_is_in_doubt_at_once(
+    workspace: Path, sg: SendGridServer, fault: str
+) -> None:
+    """The server read the second request whole, then stalled past the time-out or hung
+    up: SendGrid may have taken the batch, so it is sent neither again at once (the
+    server sees that request once) nor by the next run, only with --resend-in-doubt."""
     emails = add_subscribers(workspace, 30)
-    configure(workspace, max_attempts=2, sendgrid={"concurrency": 1, "timeout": 0.5})
-    sg.plan_faults({2: "stall", 3: "stall"})  # both attempts at the second batch
+    configure(workspace, sendgrid={"concurrency": 1, "timeout": 0.5})
+    sg.plan_faults({2: fault})
     result = run("send", "2024-w02", "--yes", "--skip-test-check")
     assert result.exit_code == 1
     assert "sent 20, skipped 0, failed 0, in doubt 10" in result.output
+    assert sg.stats.received == 3 and sg.faulted == [(2, fault)]
     state = ledger(workspace)
     assert [state[e] for e in emails[10:20]] == ["in_doubt"] * 10
+    assert "  in doubt 10: " in result.output and "--resend-in-doubt" in result.output
 
     again = run("send", "2024-w02", "--yes", "--skip-test-check")
     assert again.exit_code == 1 and "in doubt 10" in again.output
@@ -501,22 +533,154 @@ def test_an_unreachable_sendgrid_stops_the_send_before_anything_is_claimed(
 
 
 def test_smtp_connection_lost_after_data_is_in_doubt_for_that_message_only(workspace: Path) -> None:
+    """The server hangs up after the end of the second message's DATA: that message may
+    have been kept, so it is in doubt and not sent again; the others go out."""
     emails = add_subscribers(workspace, 3)
-    handler = SinkHandler(drop_at={2, 3, 4, 5})  # every attempt at the second message
+    handler = SinkHandler(drop_at={2})
     with smtp_server(handler) as server:
-        configure(
-            workspace,
-            max_attempts=2,
-            backend="smtp",
-            smtp={"host": server.hostname, "port": server.port, "security": "none"},
-        )
+        configure(workspace, backend="smtp", smtp={"host": server.hostname, "port": server.port, "security": "none"})
         result = run("send", "2024-w02", "--yes", "--skip-test-check")
-    assert result.exit_code == 1
-    state = ledger(workspace)
-    assert state[emails[0]] == "sent"
-    assert state[emails[1]] == "in_doubt"
-    # The connection was lost for good: the next one was never tried, so it is failed
-    # (and will be sent by the next run), not in doubt.
-    assert state[emails[2]] == "failed"
+        assert result.exit_code == 1
+        assert handler.data_commands == 3  # one DATA per recipient: none sent twice
+        assert ledger(workspace) == {emails[0]: "sent", emails[1]: "in_doubt", emails[2]: "sent"}
+        status = run("status", "2024-w02", "--verbose")
+        assert emails[1] in status.output and "--resend-in-doubt" in status.output
+        again = run("send", "2024-w02", "--yes", "--skip-test-check")
+        assert again.exit_code == 1 and handler.data_commands == 3
+        resend = run("send", "2024-w02", "--yes", "--skip-test-check", "--resend-in-doubt")
+        assert resend.exit_code == 0, resend.output
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == emails
+
+
+# ------------------------------------------------------------------------- header safety, the test-send gate
+
+
+AUDIT_SUBJECT = "=?utf-8?q?Hi=0D=0ABcc:_victim@example.net?="
+
+
+@pytest.mark.parametrize("field", ["subject", "name", "from", "reply_to", "list_id", "base_url"])
+def test_header_text_that_got_past_validation_stops_the_send_before_anything(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    """Settings or an issue that somehow skipped validation: one error naming the field,
+    nothing claimed, nothing written, for a test send and a send alike."""
+    from dataclasses import replace
+
+    from highlightsmail import dispatch
+    from highlightsmail.errors import HighlightsError
+    from highlightsmail.workspace import Workspace
+
+    add_subscribers(workspace, 3)
+    ws = load_workspace(workspace)
+    if field == "subject":
+        render = dispatch._render
+        monkeypatch.setattr(dispatch, "_render", lambda w, p: replace(render(w, p), subject=AUDIT_SUBJECT))
+    else:
+        value = f"News {AUDIT_SUBJECT} <news@example.org>" if field in ("from", "reply_to") else AUDIT_SUBJECT
+        ws = Workspace(root=ws.root, settings=ws.settings.model_copy(update={field.replace("from", "from_"): value}))
+    path = ws.issue_path("2024-w02")
+    with pytest.raises(HighlightsError, match=f"{field}: must not contain an RFC 2047 encoded word"):
+        dispatch.send_test(ws, path, [])
+    with pytest.raises(HighlightsError, match=f"{field}: must not contain an RFC 2047 encoded word"):
+        dispatch.send(ws, path, skip_test_check=True)
+    assert not (workspace / "outbox").exists()
+    assert ledger(workspace) == {}
+
+
+CHANGES = {
+    "from": "AI Research Highlights <news@example.org>",
+    "reply_to": "letters@example.org",
+    "name": "AI Research Digest",
+    "postal_address": "AI Research Highlights, 1 Other Street, Springfield, OR 97477, USA",
+    "list_id": "digest.example.org",
+    "base_url": "https://news.example.org",
+}
+
+
+@pytest.mark.parametrize("field", list(CHANGES))
+def test_a_settings_change_after_the_test_send_needs_another(workspace: Path, field: str) -> None:
+    """The test send's fingerprint covers the whole message a reader gets, headers from
+    the settings included: change any of them and `send` asks for a new test."""
+    add_subscribers(workspace, 2)
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    path = workspace / "highlights.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert data[field] != CHANGES[field]
+    data[field] = CHANGES[field]
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+    refused = run("send", "2024-w02", "--yes")
+    assert refused.exit_code == 1
+    assert "this version was not test-sent" in refused.output and "send 2024-w02 --test" in refused.output
+    assert ledger(workspace) == {}
+
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    sent = run("send", "2024-w02", "--yes")
+    assert sent.exit_code == 0, sent.output
+
+
+def test_an_unchanged_rerender_passes_the_gate(workspace: Path) -> None:
+    add_subscribers(workspace, 2)
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    # Files written again as they were, and a later run: the same message, so no new test.
+    for name in ("highlights.yaml", "issues/2024-w02.yaml"):
+        (workspace / name).write_bytes((workspace / name).read_bytes())
+    sent = run("send", "2024-w02", "--yes")
+    assert sent.exit_code == 0, sent.output
+    assert set(ledger(workspace).values()) == {"sent"}
+
+
+# ------------------------------------------------------------------------- dry run, status after a stop
+
+
+def _dump(root: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(root / "subscribers" / "highlights.db") as conn:
+        return list(conn.iterdump())
+
+
+def test_a_dry_run_changes_nothing_at_all(workspace: Path, sg: SendGridServer) -> None:
+    """SendGrid's suppression lists are read and reported, not applied; rows left in
+    flight by a stopped run stay as they are; the database is the same, byte for byte."""
+    emails = add_subscribers(workspace, 6)
+    sg.suppressions["unsubscribes"] = [emails[4]]
+    sg.suppressions["bounces"] = [emails[5], "stranger@example.org"]
+    with Store(workspace / "subscribers" / "highlights.db") as store:
+        store.begin_dispatch("2024-w02", "sendgrid")
+        store.claim_batch("2024-w02", 1, 2)  # a run that died with its first batch under way
+    before = _dump(workspace)
+
+    for extra in ((), ("--resend-in-doubt",), ("--limit", "1")):
+        result = run("send", "2024-w02", "--dry-run", "--skip-test-check", *extra)
+        assert result.exit_code == 0, result.output
+        assert "Dry run: 2 subscriber(s) would be marked from sendgrid's suppression lists." in result.output
+        assert _dump(workspace) == before
+    assert sg.stats.received == 0
+    assert [status_of(workspace, e) for e in emails] == ["active"] * 6
+
+
+def test_a_dry_run_of_a_first_send_leaves_out_those_it_would_mark(workspace: Path, sg: SendGridServer) -> None:
+    emails = add_subscribers(workspace, 5)
+    sg.suppressions["spam_reports"] = [emails[0]]
+    before = _dump(workspace)
+    result = run("send", "2024-w02", "--dry-run", "--skip-test-check")
+    assert "would send 2024-w02 to 4 recipient(s) through sendgrid; nothing sent" in result.output
+    assert _dump(workspace) == before
+
+
+def test_status_after_a_stop_counts_and_lists_the_same_recipients_in_doubt(workspace: Path) -> None:
+    emails = add_subscribers(workspace, 5)
+    with Store(workspace / "subscribers" / "highlights.db") as store:
+        store.begin_dispatch("2024-w02", "outbox")
+        store.claim_batch("2024-w02", 1, 2)  # a run killed with this batch under way
+        store.claim_batch("2024-w02", 2, 1)
+        store.finish_batch("2024-w02", sent=[], failed={}, in_doubt={3: "no answer from the server"})
     status = run("status", "2024-w02")
-    assert emails[1] in status.output and "--resend-in-doubt" in status.output
+    assert status.exit_code == 0
+    assert "sent 0, skipped 0, failed 0, in doubt 3, pending 2" in status.output
+    assert "in flight" not in status.output
+    assert "    batch 1: 2 recipient(s): the run stopped while this batch was under way\n" in status.output
+    assert "    batch 2: 1 recipient(s): no answer from the server\n" in status.output
+    verbose = run("status", "2024-w02", "--verbose")
+    assert re.findall(r"^      (\S+)$", verbose.output, re.MULTILINE) == emails[:3]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from highlightsmail.store import ImportRow, Store
-from highlightsmail.testing.sendgrid_server import SendGridServer
+from sendgrid_server import SendGridServer
 
 API_KEY = "SG.crash-tests"
 N = 5000
@@ -44,6 +45,14 @@ def _send(root: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
+
+
+def _status(root: Path, env: dict[str, str], *extra: str) -> str:
+    done = subprocess.run(
+        [*HIGHLIGHTS, "status", "2024-w02", *extra], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _ledger(root: Path) -> dict[str, str]:
@@ -89,14 +98,18 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
         assert kills >= 3, "the dispatch finished before it could be killed: nothing was tested"
 
         # Straight after a kill, before any resume, status already counts what was under
-        # way as in doubt, and names each address.
-        in_flight = sorted(e for e, s in _ledger(workspace).items() if s == "in_flight")
-        status = subprocess.run(
-            [*HIGHLIGHTS, "status", "2024-w02"], cwd=workspace, env=env, capture_output=True, text=True, timeout=60
-        )
-        assert status.returncode == 0 and "stopped" in status.stdout
-        for email in in_flight:
-            assert email in status.stdout
+        # way as in doubt (the count and the list agree), and names each address.
+        before = _ledger(workspace)
+        in_flight = sorted(e for e, s in before.items() if s == "in_flight")
+        doubt_now = sum(1 for s in before.values() if s in ("in_flight", "in_doubt"))
+        status = _status(workspace, env, "--verbose")
+        assert "stopped" in status
+        assert f"in doubt {doubt_now}, pending" in status and "in flight" not in status
+        listed = re.findall(r"^      (\S+@example\.org)$", status, re.MULTILINE)
+        assert len(listed) == doubt_now and set(in_flight) <= set(listed)
+        groups = re.findall(r"^    batch \d+: (\d+) recipient\(s\): ", status, re.MULTILINE)
+        assert sum(map(int, groups)) == doubt_now
+        assert _status(workspace, env).count("@example.org") == 0  # addresses only with --verbose
 
         # Resume without --resend-in-doubt: everyone else goes out; in-doubt stays.
         proc = _send(workspace, env)
@@ -116,13 +129,10 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
         assert not set(copies) - set(emails) - {None}
 
         if doubt:
-            status = subprocess.run(
-                [*HIGHLIGHTS, "status", "2024-w02"], cwd=workspace, env=env, capture_output=True, text=True, timeout=60
-            )
-            assert status.returncode == 0
+            status = _status(workspace, env, "--verbose")
             for email in doubt:
-                assert email in status.stdout
-            assert "--resend-in-doubt" in status.stdout
+                assert email in status
+            assert "--resend-in-doubt" in status
 
         # Only now, and only when asked, do those in doubt get a copy again.
         proc = _send(workspace, env, "--resend-in-doubt")

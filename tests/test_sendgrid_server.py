@@ -22,15 +22,9 @@ import sendgrid
 from python_http_client import exceptions as sg_errors
 from sendgrid.helpers.mail import Category, CustomArg, Mail
 
-from highlightsmail.testing.sendgrid_server import (
-    ENV_OPENAPI_DIR,
-    SendGridServer,
-    find_openapi_dir,
-)
+from sendgrid_server import ENV_OPENAPI_DIR, SHARED_OPENAPI_DIR, SendGridServer, find_openapi_dir
 
 REPO = Path(__file__).resolve().parent.parent
-SPEC_DIR, _SPEC_MISSING = find_openapi_dir()
-needs_spec = pytest.mark.skipif(SPEC_DIR is None, reason=f"SendGrid OpenAPI spec absent: {_SPEC_MISSING}")
 AUTH = {"Authorization": "Bearer SG.test"}
 
 
@@ -55,14 +49,12 @@ def sg() -> Iterator[SendGridServer]:
         yield server
 
 
-@pytest.fixture(params=["schema", "no-schema"])
-def any_sg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SendGridServer]:
-    """The server with and without the OpenAPI schema: the documented limits hold in both."""
-    if request.param == "schema" and SPEC_DIR is None:
-        pytest.skip(f"SendGrid OpenAPI spec absent: {_SPEC_MISSING}")
-    folder = SPEC_DIR if request.param == "schema" else tmp_path / "no-spec-here"
-    with SendGridServer(openapi_dir=folder) as server:
-        assert server.schema_validation is (request.param == "schema")
+@pytest.fixture(params=["auto", "own"])
+def any_sg(request: pytest.FixtureRequest) -> Iterator[SendGridServer]:
+    """The server as the tests run it (SendGrid's own schema where its files are beside
+    the checkout, else the tests' one) and with the tests' schema: both refuse alike."""
+    with SendGridServer(schema=request.param) as server:
+        assert server.schema_source in (("official", "own") if request.param == "auto" else ("own",))
         yield server
 
 
@@ -280,20 +272,19 @@ def test_bad_json_is_rejected(sg: SendGridServer, http: httpx.Client) -> None:
     assert sg.accepted == [] and sg.rejected[0].status == 400
 
 
-@needs_spec
-def test_schema_only_violation_is_rejected(sg: SendGridServer, http: httpx.Client) -> None:
+def test_schema_only_violation_is_rejected(any_sg: SendGridServer) -> None:
     body = valid_body()
-    body["asm"] = {"group_id": "42"}  # the spec wants an integer
+    body["asm"] = {"group_id": "42"}  # the schema wants an integer
     body["tracking_settings"] = {"open_tracking": {"enable": "yes"}}
-    response = http.post("/v3/mail/send", json=body)
+    response = httpx.post(f"{any_sg.url}/v3/mail/send", json=body, headers=AUTH, timeout=5)
     assert response.status_code == 400
     fields = {e["field"] for e in response.json()["errors"]}
     assert {"asm.group_id", "tracking_settings.open_tracking.enable"} <= fields
-    assert sg.accepted == []
+    assert any_sg.accepted == []
 
 
-@needs_spec
-def test_validating_1000_personalizations_is_fast(sg: SendGridServer) -> None:
+def test_validating_1000_personalizations_is_fast(any_sg: SendGridServer) -> None:
+    sg = any_sg
     body = valid_body(1000)
     assert sg.validate_mail(body) == []
     # CPU time of this thread: other processes on a busy CI machine must not make it flaky.
@@ -474,40 +465,69 @@ def test_suppression_fault(sg: SendGridServer) -> None:
     assert client_for(sg).client.suppression.unsubscribes.get().to_dict[0]["email"] == "gone@example.org"
 
 
-@needs_spec
-def test_suppression_test_data_is_checked_against_the_spec(sg: SendGridServer, http: httpx.Client) -> None:
-    sg.suppressions["blocks"] = [{"email": "x@example.org", "created": "yesterday"}]
-    response = http.get("/v3/suppression/blocks")
+def test_suppression_test_data_is_checked_against_the_schema(any_sg: SendGridServer) -> None:
+    any_sg.suppressions["blocks"] = [{"email": "x@example.org", "created": "yesterday"}]
+    response = httpx.get(f"{any_sg.url}/v3/suppression/blocks", headers=AUTH, timeout=5)
     assert response.status_code == 500
     assert "does not fit the spec" in response.json()["errors"][0]["message"]
 
 
-# ----------------------------------------------------------------------------- spec discovery, recording
+def test_an_unverified_sender_is_refused_with_sendgrids_words() -> None:
+    with SendGridServer(verified_senders=["news@example.org"]) as server:
+        ok = httpx.post(f"{server.url}/v3/mail/send", json=valid_body(), headers=AUTH, timeout=5)
+        body = valid_body()
+        body["from"] = {"email": "someone@example.org"}
+        refused = httpx.post(f"{server.url}/v3/mail/send", json=body, headers=AUTH, timeout=5)
+    assert ok.status_code == 202
+    assert refused.status_code == 403
+    [error] = refused.json()["errors"]
+    assert error["field"] == "from"
+    assert error["message"].startswith("The from address does not match a verified Sender Identity")
 
 
-def test_missing_spec_is_reported_and_limits_still_hold(tmp_path: Path) -> None:
+# ----------------------------------------------------------------------------- schema choice, recording
+
+
+def test_without_sendgrids_files_the_tests_schema_and_the_limits_hold(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with SendGridServer(openapi_dir=missing) as server:
-        assert server.schema_validation is False
-        assert server.schema_skip_reason is not None
-        assert str(missing) in server.schema_skip_reason
+        assert server.schema_source == "own"
+        assert str(missing) in server.schema_note
         ok = httpx.post(f"{server.url}/v3/mail/send", json=valid_body(), headers=AUTH)
         body = valid_body()
         body["categories"] = [f"c{i}" for i in range(11)]
         too_many = httpx.post(f"{server.url}/v3/mail/send", json=body, headers=AUTH)
         assert ok.status_code == 202
         assert too_many.status_code == 400
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        SendGridServer(schema="official", openapi_dir=missing)
+
+
+def test_the_official_files_are_looked_for_only_beside_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert REPO.parent / "shared" / "sendgrid-openapi" == SHARED_OPENAPI_DIR
+    # A look-alike folder above the current one is not taken for SendGrid's files.
+    decoy = tmp_path / "shared" / "sendgrid-openapi"
+    decoy.mkdir(parents=True)
+    (decoy / "tsg_mail_v3.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")
+    folder, why = find_openapi_dir()
+    if SHARED_OPENAPI_DIR.is_dir():
+        assert (folder, why) == (SHARED_OPENAPI_DIR, None)
+    else:
+        assert folder is None and str(SHARED_OPENAPI_DIR) in (why or "")
 
 
 def test_env_var_names_the_spec_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_OPENAPI_DIR, str(tmp_path))
     server = SendGridServer()
-    assert server.schema_validation is False
-    assert ENV_OPENAPI_DIR in (server.schema_skip_reason or "")
-    if SPEC_DIR is not None:
-        monkeypatch.setenv(ENV_OPENAPI_DIR, str(SPEC_DIR))
-        found = SendGridServer()
-        assert found.schema_validation is True and found.schema_skip_reason is None
+    assert server.schema_source == "own"
+    assert ENV_OPENAPI_DIR in server.schema_note
+    # A folder holding the file (its contents do not matter for finding it).
+    (tmp_path / "tsg_mail_v3.json").write_text("{}", encoding="utf-8")
+    assert find_openapi_dir() == (tmp_path, None)
 
 
 def test_record_ids_keeps_counters_only() -> None:
@@ -540,9 +560,9 @@ def test_record_count_keeps_no_bodies() -> None:
 
 
 def test_command_line_serves_until_interrupted() -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "highlightsmail.testing.sendgrid_server", "--port", "0"],
+        [sys.executable, "-m", "sendgrid_server", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -6,6 +6,8 @@ Every import of real work happens inside the command, so `highlights --help` sta
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,7 @@ import click
 from highlightsmail import __version__
 
 if TYPE_CHECKING:
+    from highlightsmail.dispatch import Reason, SendPlan, Summary
     from highlightsmail.workspace import Workspace
 
 
@@ -221,27 +224,165 @@ def send(
 
     path = obj.ws.issue_path(issue)
     if test:
-        dispatch.send_test_command(obj.ws, path, list(to), dry_run=dry_run)
-    else:
-        dispatch.send_command(
-            obj.ws,
-            path,
-            yes=yes,
-            dry_run=dry_run,
-            limit=limit,
-            resend_in_doubt=resend_in_doubt,
-            skip_test_check=skip_test_check,
+        tested = dispatch.send_test(obj.ws, path, list(to), dry_run=dry_run)
+        if tested.dry_run:
+            click.echo(f"Dry run: would send a test of {tested.slug} to {', '.join(tested.recipients)}")
+            return
+        click.echo(
+            f"Test of {tested.slug} sent to {', '.join(tested.recipients)} "
+            f"through {tested.backend} (fingerprint {tested.fingerprint[:12]})."
         )
+        click.echo(f"When it looks right: highlights send {tested.slug}")
+        return
+    outcome = dispatch.send(
+        obj.ws,
+        path,
+        events=_SendTalk(yes=yes),
+        dry_run=dry_run,
+        limit=limit,
+        resend_in_doubt=resend_in_doubt,
+        skip_test_check=skip_test_check,
+    )
+    plan = outcome.plan
+    if outcome.dry_run:
+        if outcome.suppressed:
+            click.echo(
+                f"Dry run: {outcome.suppressed} subscriber(s) would be marked from {plan.backend}'s suppression lists."
+            )
+        click.echo(
+            f"Dry run: would send {plan.slug} to {plan.count} recipient(s) through {plan.backend}; nothing sent."
+        )
+        return
+    if outcome.stopped:
+        from highlightsmail.errors import HighlightsError
+
+        raise HighlightsError(f"stopped; resume with: highlights send {plan.slug}")
+    summary = outcome.summary
+    assert summary is not None
+    if outcome.nothing_left:
+        click.echo(f"{plan.slug}: nothing left to send ({_summary_line(summary)}).")
+    else:
+        click.echo(f"{plan.slug}: {_summary_line(summary)}.")
+        _show_reasons(outcome.reasons)
+    _finish(plan.slug, summary)
+
+
+_STATE_WORDS = {"failed": "failed", "in_doubt": "in doubt"}
+_MAX_REASONS = 10  # distinct reasons shown at the end of a send; `status` has them all
+
+
+class _SendTalk:
+    """What the command line says and asks while a send runs (a dispatch.SendEvents)."""
+
+    def __init__(self, *, yes: bool) -> None:
+        self.yes = yes
+
+    def suppressions_applied(self, count: int, backend: str) -> None:
+        click.echo(f"{count} subscriber(s) marked from {backend}'s suppression lists.", err=True)
+
+    def found_in_doubt(self, count: int) -> None:
+        click.echo(
+            f"{count} recipient(s) were in a batch under way when an earlier run stopped: now in doubt.", err=True
+        )
+
+    def retrying_failed(self, count: int) -> None:
+        click.echo(f"Retrying {count} recipient(s) whose delivery failed before.", err=True)
+
+    def confirm(self, plan: SendPlan) -> bool:
+        if not self.yes:
+            verb = "Resume sending" if plan.resume else "Send"
+            click.confirm(
+                f"{verb} {plan.slug} to {plan.count} recipient(s) through {plan.backend}?", abort=True, err=True
+            )
+        return True
+
+    def progress(self, total: int) -> AbstractContextManager[Callable[[int], None]]:
+        """A progress bar on a terminal only: logs and pipes get the summary alone."""
+        import contextlib
+        import sys
+
+        if not sys.stderr.isatty():
+            return contextlib.nullcontext(lambda n: None)
+
+        @contextlib.contextmanager
+        def bar():
+            with click.progressbar(
+                length=total, label="Sending", file=sys.stderr, show_pos=True, show_eta=True
+            ) as progress:
+                yield progress.update
+
+        return bar()
+
+    def stopping(self) -> None:
+        click.echo("\nStopping after the batches under way (Ctrl-C again to stop at once)...", err=True)
+
+
+def _summary_line(summary: Summary) -> str:
+    return (
+        f"sent {summary['sent']}, skipped {summary['skipped']}, failed {summary['failed']}, "
+        f"in doubt {summary['in_doubt']}"
+    )
+
+
+def _show_reasons(reasons: list[Reason]) -> None:
+    """Each distinct reason this run failed or left recipients in doubt, with how many."""
+    for reason in reasons[:_MAX_REASONS]:
+        click.echo(f"  {_STATE_WORDS[reason.state]} {reason.count}: {reason.reason}")
+    if len(reasons) > _MAX_REASONS:
+        click.echo(f"  ... and {len(reasons) - _MAX_REASONS} other reason(s): see highlights status")
+
+
+def _finish(slug: str, summary: Summary) -> None:
+    from highlightsmail.errors import HighlightsError
+
+    failed, doubt = summary["failed"], summary["in_doubt"]
+    if failed or doubt:
+        raise HighlightsError(
+            f"{failed} failed and {doubt} in doubt: see `highlights status {slug}`; "
+            f"`highlights send {slug}` retries the failed ones"
+            + (", add --resend-in-doubt for those in doubt" if doubt else "")
+        )
+    if summary["pending"]:
+        click.echo(f"{summary['pending']} still to send: highlights send {slug}")
 
 
 @main.command()
 @click.argument("issue")
+@click.option("--verbose", "-v", is_flag=True, help="List the address of every failed or in-doubt recipient.")
 @pass_ctx
-def status(obj: _Ctx, issue: str) -> None:
-    """Show how the dispatch of ISSUE stands, and any recipients in doubt."""
+def status(obj: _Ctx, issue: str, verbose: bool) -> None:
+    """Show how the dispatch of ISSUE stands, and any recipients failed or in doubt."""
     from highlightsmail import dispatch
 
-    dispatch.status_command(obj.ws, obj.ws.issue_path(issue))
+    report = dispatch.status(obj.ws, obj.ws.issue_path(issue), verbose=verbose)
+    slug = report.slug
+    if report.last_test is not None:
+        last = report.last_test
+        click.echo(f"{slug}: last test send {last.at} to {', '.join(last.recipients)}")
+    else:
+        click.echo(f"{slug}: no test send yet")
+    if report.info is None or report.summary is None:
+        click.echo(f"{slug}: not sent yet ({report.active} active subscribers)")
+        return
+    info, summary = report.info, report.summary
+    state = "finished" if info.finished else ("sending now" if report.running else "stopped")
+    click.echo(f"{slug}: dispatch through {info.backend} started {info.started}, {state}")
+    click.echo(
+        f"  recipients {summary.total}: {_summary_line(summary)}, pending {summary['pending']}"
+        + (f", in flight {summary['in_flight']}" if summary["in_flight"] else "")
+    )
+    shown = None
+    for group in report.groups:
+        if group.state != shown:
+            shown = group.state
+            click.echo(f"  {_STATE_WORDS[group.state]}:")
+        click.echo(f"    batch {group.batch}: {group.count} recipient(s): {group.reason}")
+        for email in group.emails:
+            click.echo(f"      {email}")
+    if report.groups and not verbose:
+        click.echo(f"  list their addresses with: highlights status {slug} --verbose")
+    if summary["in_doubt"] or summary["in_flight"]:
+        click.echo(f"  send those in doubt again with: highlights send {slug} --resend-in-doubt")
 
 
 @main.command()

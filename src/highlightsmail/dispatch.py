@@ -2,55 +2,155 @@
 
 The order for every batch is fixed, so that no state is lost at any point:
 claim the next recipients and commit them `in_flight` (skipping anyone who left since
-the dispatch began), hand the batch to the backend, commit `sent` or `failed`.
-A run that dies between the two commits leaves `in_flight` rows; the next run turns
-them into `in_doubt` and sends those again only when asked (`--resend-in-doubt`), so
-nobody gets two copies by default.
+the dispatch began), hand the batch to the backend, commit `sent`, `failed` or
+`in_doubt`. A run that dies between the two commits leaves `in_flight` rows; the next
+run turns them into `in_doubt` and sends those again only when asked
+(`--resend-in-doubt`), so nobody gets two copies by default.
+
+Nothing here writes to the terminal: each command returns what happened as a
+dataclass, and tells its caller about progress through `SendEvents`.
 """
 
 from __future__ import annotations
 
-import sys
+import os
 import threading
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import click
+from typing import TYPE_CHECKING, Protocol, cast
 
 from highlightsmail.errors import HighlightsError
+from highlightsmail.store import DELIVERY_STATES, DeliveryState
 
 if TYPE_CHECKING:
-    from highlightsmail.backends.base import Backend, Batch, BatchResult
+    from highlightsmail.backends.base import Backend, Batch, BatchResult, Envelope
     from highlightsmail.render import RenderedIssue
-    from highlightsmail.store import Store
+    from highlightsmail.store import Delivery, DispatchInfo, Store, TestSend
     from highlightsmail.tokens import Signer
     from highlightsmail.workspace import Workspace
 
+#: What a recipient in flight when its run died is, as far as anyone knows.
+STOPPED_REASON = "the run stopped while this batch was under way"
 
-@dataclass
+
+@dataclass(frozen=True)
 class Summary:
-    """How a dispatch stands: counts of recipients by ledger state."""
+    """How a dispatch stands: how many recipients are in each ledger state."""
 
-    total: int = 0
-    pending: int = 0
-    in_flight: int = 0
-    sent: int = 0
-    skipped: int = 0
-    failed: int = 0
-    in_doubt: int = 0
+    counts: Mapping[DeliveryState, int]
 
     @classmethod
-    def from_counts(cls, counts: dict[str, int]) -> Summary:
-        s = cls(**{k: counts.get(k, 0) for k in ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt")})
-        s.total = sum(counts.values())
-        return s
+    def from_counts(cls, counts: Mapping[str, int]) -> Summary:
+        return cls({cast(DeliveryState, state): counts.get(state, 0) for state in DELIVERY_STATES})
 
-    def line(self) -> str:
-        return f"sent {self.sent}, skipped {self.skipped}, failed {self.failed}, in doubt {self.in_doubt}"
+    def __getitem__(self, state: DeliveryState) -> int:
+        return self.counts.get(state, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def settled(self) -> Summary:
+        """With the rows of a run that is no longer running counted as what they are:
+        in doubt (nobody knows whether their batch went out)."""
+        counts = dict(self.counts)
+        counts["in_doubt"] = counts.get("in_doubt", 0) + counts.pop("in_flight", 0)
+        counts["in_flight"] = 0
+        return Summary(counts)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Recipients that ended in one state (failed, in doubt) for one reason."""
+
+    state: DeliveryState
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True)
+class TestSendResult:
+    slug: str
+    recipients: list[str]
+    backend: str
+    fingerprint: str
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What `send` is about to do, for the confirmation and the dry run."""
+
+    slug: str
+    backend: str
+    count: int  # recipients this run would take
+    resume: bool  # the dispatch had begun before
+
+
+@dataclass
+class SendOutcome:
+    plan: SendPlan
+    dry_run: bool = False
+    suppressed: int = 0  # marked from the provider's lists (would be, on a dry run)
+    summary: Summary | None = None  # the ledger after the run (None on a dry run)
+    reasons: list[Reason] = field(default_factory=list)  # this run's failures and doubts
+    nothing_left: bool = False
+    stopped: bool = False  # Ctrl-C: what was under way finished, the rest is pending
+
+
+class SendEvents(Protocol):
+    """What a send tells whoever runs it while it runs (the command line prints, asks
+    and draws a progress bar); `Quiet` says nothing and answers yes."""
+
+    def suppressions_applied(self, count: int, backend: str) -> None:
+        """`count` subscribers were marked from the backend's suppression lists."""
+
+    def found_in_doubt(self, count: int) -> None:
+        """`count` recipients left in flight by a run that stopped are now in doubt."""
+
+    def retrying_failed(self, count: int) -> None:
+        """`count` recipients whose delivery failed before go back in the queue."""
+
+    def confirm(self, plan: SendPlan) -> bool:
+        """Whether to go ahead."""
+        ...
+
+    def progress(self, total: int) -> AbstractContextManager[Callable[[int], None]]:
+        """A context giving a function that is called with each number of recipients done."""
+        ...
+
+    def stopping(self) -> None:
+        """The first Ctrl-C: the batches under way finish, nothing more starts."""
+
+
+class Quiet:
+    """SendEvents that says nothing and answers yes (scripts, tests)."""
+
+    def suppressions_applied(self, count: int, backend: str) -> None:
+        return None
+
+    def found_in_doubt(self, count: int) -> None:
+        return None
+
+    def retrying_failed(self, count: int) -> None:
+        return None
+
+    def confirm(self, plan: SendPlan) -> bool:
+        return True
+
+    def progress(self, total: int) -> AbstractContextManager[Callable[[int], None]]:
+        return nullcontext(_ignore)
+
+    def stopping(self) -> None:
+        return None
+
+
+def _ignore(n: int) -> None:
+    return None
 
 
 @contextmanager
@@ -86,9 +186,15 @@ def _render(ws: Workspace, issue_path: Path) -> RenderedIssue:
     return render_issue(load_issue(issue_path), ws)
 
 
-def _signer(ws: Workspace) -> Signer:
-    from highlightsmail.tokens import load_signer
+def _signer(ws: Workspace, *, dry_run: bool = False) -> Signer:
+    from highlightsmail.tokens import Signer, load_signer
 
+    if dry_run and not os.environ.get("HIGHLIGHTS_SECRET", "").strip() and not os.path.lexists(ws.secret_path):
+        # Loading would create the secret file, and a dry run changes nothing: a
+        # throwaway secret builds the sample message just as well.
+        import secrets
+
+        return Signer(secrets.token_bytes(32))
     return load_signer(ws.secret_path)
 
 
@@ -108,32 +214,31 @@ def _validate_addresses(addresses: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- test send
 
 
-def send_test_command(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool = False) -> None:
+def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool = False) -> TestSendResult:
     """Send the issue to the editors (or `to`) with [TEST] in the subject, and record
     the fingerprint of what was sent so that `send` knows it was seen."""
+    from email.utils import parseaddr
+
     from highlightsmail.backends import get_backend
     from highlightsmail.backends.base import Batch, DeliveryError, Envelope
-    from highlightsmail.message import Recipient, recipient_links
+    from highlightsmail.message import Recipient, fingerprint, recipient_links
     from highlightsmail.store import Store
 
     rendered = _render(ws, issue_path)
+    digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     addresses = _validate_addresses(to) if to else list(ws.settings.editors)
-    signer = _signer(ws)
+    signer = _signer(ws, dry_run=dry_run)
     envelopes = []
     for index, addr in enumerate(addresses, start=1):
-        from email.utils import parseaddr
-
         name, email = parseaddr(addr)
         # Test tokens open a page that says "this was a test" and change nothing.
         links = recipient_links(ws.settings, signer, index, test=True)
         envelopes.append(Envelope(key=index, recipient=Recipient(email=email, name=name), links=links))
+    sent_to = [e.recipient.email for e in envelopes]
     batch = Batch(number=0, slug=rendered.slug, rendered=rendered, settings=ws.settings, envelopes=envelopes, test=True)
-    if dry_run:
-        click.echo(
-            f"Dry run: would send a test of {rendered.slug} to {', '.join(e.recipient.email for e in envelopes)}"
-        )
-        return
     backend = get_backend(ws, test=True)
+    if dry_run:
+        return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True)
     try:
         backend.open()
         result = backend.send_batch(batch)
@@ -149,86 +254,88 @@ def send_test_command(ws: Workspace, issue_path: Path, to: list[str], *, dry_run
         lines = "; ".join(f"{envelopes[k - 1].recipient.email}: {why}" for k, why in problems.items())
         raise HighlightsError(f"test send failed for {lines}")
     with Store.open(ws) as store:
-        store.record_test_send(rendered.slug, rendered.fingerprint, [e.recipient.email for e in envelopes])
-    click.echo(
-        f"Test of {rendered.slug} sent to {', '.join(e.recipient.email for e in envelopes)} "
-        f"through {backend.name} (fingerprint {rendered.fingerprint[:12]})."
-    )
-    click.echo(f"When it looks right: highlights send {rendered.slug}")
+        store.record_test_send(rendered.slug, digest, sent_to)
+    return TestSendResult(rendered.slug, sent_to, backend.name, digest)
 
 
 # ---------------------------------------------------------------------------- dispatch
 
 
-def send_command(
+def send(
     ws: Workspace,
     issue_path: Path,
     *,
-    yes: bool = False,
+    events: SendEvents | None = None,
     dry_run: bool = False,
     limit: int | None = None,
     resend_in_doubt: bool = False,
     skip_test_check: bool = False,
-) -> None:
+) -> SendOutcome:
     """Dispatch the issue to every subscriber active when its first send began."""
     from highlightsmail.backends import get_backend
     from highlightsmail.backends.base import DeliveryError
+    from highlightsmail.message import fingerprint
     from highlightsmail.store import Store
 
+    events = events or Quiet()
     rendered = _render(ws, issue_path)
     slug = rendered.slug
+    digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
+    if dry_run and not ws.db_path.exists():
+        # Opening would create the database, and a dry run changes nothing.
+        raise HighlightsError("there are no active subscribers; import some with `highlights subscribers import FILE`")
     with _send_lock(ws, slug), Store.open(ws) as store:
-        if not skip_test_check and not store.has_test_send(slug, rendered.fingerprint):
+        if not skip_test_check and not store.has_test_send(slug, digest):
             hint = "this version was not test-sent" if store.has_test_send(slug) else "it has not been test-sent"
             raise HighlightsError(
                 f"{slug}: {hint}. Send a test first: highlights send {slug} --test (or pass --skip-test-check)"
             )
         backend = get_backend(ws)
-        signer = _signer(ws)
+        signer = _signer(ws, dry_run=dry_run)
 
         try:
-            suppressed = store.apply_suppressions(backend.suppressions())
+            if dry_run:
+                suppressed = _would_suppress(store, backend)
+            else:
+                suppressed = store.apply_suppressions(backend.suppressions())
         except DeliveryError as err:
             raise HighlightsError(
                 f"could not read {backend.name}'s suppression lists, so nothing was sent: {err.message}"
             ) from None
-        if suppressed:
-            click.echo(f"{suppressed} subscriber(s) marked from {backend.name}'s suppression lists.", err=True)
+        if suppressed and not dry_run:
+            events.suppressions_applied(suppressed, backend.name)
 
         info = store.dispatch_info(slug)
         if info is not None and not dry_run:
             # What was under way when a run died is in doubt: the truth, whatever comes next.
             doubt = store.mark_in_doubt(slug)
             if doubt:
-                click.echo(
-                    f"{doubt} recipient(s) were in a batch under way when an earlier run stopped: now in doubt.",
-                    err=True,
-                )
+                events.found_in_doubt(doubt)
         if info is None:
-            pending = store.count_by_status()["active"]
+            # On a dry run nobody was marked: leave out those who would have been.
+            pending = store.count_by_status()["active"] - (suppressed if dry_run else 0)
         else:
             # Those left to send: pending, failed ones (retried), in doubt only when asked.
             # Nothing is put back to pending before the editor has said yes.
             counts = store.delivery_counts(slug)
-            again = ("pending", "failed", "in_flight", "in_doubt") if resend_in_doubt else ("pending", "failed")
+            again: tuple[DeliveryState, ...] = ("pending", "failed")
+            if resend_in_doubt:
+                again += ("in_flight", "in_doubt")
             pending = sum(counts.get(state, 0) for state in again)
         count = min(pending, limit) if limit is not None else pending
+        plan = SendPlan(slug=slug, backend=backend.name, count=count, resume=info is not None)
         if dry_run:
-            click.echo(f"Dry run: would send {slug} to {count} recipient(s) through {backend.name}; nothing sent.")
-            _dry_build(ws, rendered, signer, store, slug, info is not None, limit)
-            return
+            _dry_build(ws, rendered, signer, store, slug, info is not None)
+            return SendOutcome(plan, dry_run=True, suppressed=suppressed)
         if info is None and pending == 0:
             raise HighlightsError(
                 "there are no active subscribers; import some with `highlights subscribers import FILE`"
             )
         if pending == 0:
             summary = Summary.from_counts(store.delivery_counts(slug))
-            click.echo(f"{slug}: nothing left to send ({summary.line()}).")
-            _finish(slug, summary)
-            return
-        if not yes:
-            verb = "Send" if info is None else "Resume sending"
-            click.confirm(f"{verb} {slug} to {count} recipient(s) through {backend.name}?", abort=True, err=True)
+            return SendOutcome(plan, suppressed=suppressed, summary=summary, nothing_left=True)
+        if not events.confirm(plan):
+            raise HighlightsError("nothing was sent")
         if info is None:
             store.begin_dispatch(slug, backend.name)
         else:
@@ -236,46 +343,26 @@ def send_command(
                 store.requeue(slug, "in_doubt")
             retried = store.requeue(slug, "failed")
             if retried:
-                click.echo(f"Retrying {retried} recipient(s) whose delivery failed before.", err=True)
+                events.retrying_failed(retried)
 
-        progress_cm = _progress(count)
-        with progress_cm as bar:
-            run_dispatch(store, backend, rendered, ws, signer, limit=limit, progress=bar.update)
+        with events.progress(count) as advance:
+            run = run_dispatch(store, backend, rendered, ws, signer, limit=limit, progress=advance, events=events)
         summary = Summary.from_counts(store.delivery_counts(slug))
-        click.echo(f"{slug}: {summary.line()}.")
-        _finish(slug, summary)
+        reasons = [Reason(state, why, n) for (state, why), n in run.reasons.most_common()]
+        return SendOutcome(plan, suppressed=suppressed, summary=summary, reasons=reasons, stopped=run.stopped)
 
 
-def _finish(slug: str, summary: Summary) -> None:
-    if summary.failed or summary.in_doubt:
-        raise HighlightsError(
-            f"{summary.failed} failed and {summary.in_doubt} in doubt: see `highlights status {slug}`; "
-            f"`highlights send {slug}` retries the failed ones"
-            + (", add --resend-in-doubt for those in doubt" if summary.in_doubt else "")
-        )
-    if summary.pending:
-        click.echo(f"{summary.pending} still to send: highlights send {slug}")
+def _would_suppress(store: Store, backend: Backend) -> int:
+    """How many active subscribers the provider's lists would mark, marking nobody."""
+    active = set()
+    for item in backend.suppressions():
+        sub = store.find(item.email)
+        if sub is not None and sub.status == "active":
+            active.add(sub.id)
+    return len(active)
 
 
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
-
-
-def _progress(length: int):
-    """A progress bar on a terminal only: logs and pipes get the summary alone."""
-    if sys.stderr.isatty():
-        return click.progressbar(length=length, label="Sending", file=sys.stderr, show_pos=True, show_eta=True)
-    return _NoBar()
-
-
-def _envelopes(rows, ws: Workspace, signer: Signer):
+def _envelopes(rows: list[Delivery], ws: Workspace, signer: Signer) -> list[Envelope]:
     from highlightsmail.backends.base import Envelope
     from highlightsmail.message import Recipient, recipient_links
 
@@ -289,15 +376,22 @@ def _envelopes(rows, ws: Workspace, signer: Signer):
     ]
 
 
-def _dry_build(
-    ws: Workspace, rendered: RenderedIssue, signer: Signer, store: Store, slug: str, started: bool, limit: int | None
-) -> None:
+def _dry_build(ws: Workspace, rendered: RenderedIssue, signer: Signer, store: Store, slug: str, started: bool) -> None:
     """Build the first recipient's message, so a dry run catches what building would."""
     from highlightsmail.message import build_message
 
     rows = store.peek_recipients(slug, started, 1)
     for env in _envelopes(rows, ws, signer):
         build_message(rendered, ws.settings, env.recipient, env.links)
+
+
+@dataclass
+class RunResult:
+    """What one run of the send loop did beyond the ledger: its failures and doubts by
+    reason, and whether Ctrl-C stopped it."""
+
+    reasons: Counter[tuple[DeliveryState, str]] = field(default_factory=Counter)
+    stopped: bool = False
 
 
 def run_dispatch(
@@ -308,17 +402,24 @@ def run_dispatch(
     signer: Signer,
     *,
     limit: int | None = None,
-    progress: Callable[[int], None] = lambda n: None,
-) -> None:
+    progress: Callable[[int], None] = _ignore,
+    events: SendEvents | None = None,
+) -> RunResult:
     """The send loop. Only this thread touches the database; `backend.concurrency`
     worker threads, each with its own backend instance, make the requests."""
-    from highlightsmail.backends.base import Batch, DeliveryError, TransientError
+    from highlightsmail.backends.base import Batch, DeliveryError, InDoubtError
+    from highlightsmail.message import check_headers
 
+    events = events or Quiet()
     slug = rendered.slug
+    # Text that could break out of a header stops the send here, before anything is
+    # claimed, rather than failing every batch.
+    check_headers(rendered, ws.settings)
     workers = max(1, backend.concurrency)
     local = threading.local()
     opened: list[Backend] = []
     opened_lock = threading.Lock()
+    run = RunResult()
 
     # Open once here, before anything is claimed: a setup error (a missing key or
     # password, a refused login) stops the send instead of failing batch after batch.
@@ -341,11 +442,31 @@ def run_dispatch(
             local.backend = b
         return b.send_batch(batch)
 
+    def record(batch: Batch, fut: Future[BatchResult]) -> None:
+        keys = [e.key for e in batch.envelopes]
+        sent: list[int] = []
+        failed: dict[int, str] = {}
+        in_doubt: dict[int, str] = {}
+        message_id = None
+        try:
+            result = fut.result()
+        except InDoubtError as err:
+            in_doubt = dict.fromkeys(keys, err.message)
+        except DeliveryError as err:
+            failed = dict.fromkeys(keys, err.message)
+        except Exception as err:  # a bug in a backend must not lose the ledger
+            failed = dict.fromkeys(keys, f"{type(err).__name__}: {err}")
+        else:
+            sent, failed, in_doubt, message_id = result.sent, result.failed, result.in_doubt, result.message_id
+        store.finish_batch(slug, sent=sent, failed=failed, in_doubt=in_doubt, message_id=message_id)
+        run.reasons.update(("failed", why) for why in failed.values())
+        run.reasons.update(("in_doubt", why) for why in in_doubt.values())
+        progress(len(keys))
+
     remaining = limit
     after_id = 0
     exhausted = False
-    stopping = False
-    futures: dict[Future, Batch] = {}
+    futures: dict[Future[BatchResult], Batch] = {}
     batch_no = store.next_batch_number(slug)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send")
     try:
@@ -353,7 +474,7 @@ def run_dispatch(
             try:
                 # Keep every worker busy, but claim a batch only just before it can go,
                 # so the "left since the dispatch began" check is as late as possible.
-                while not (exhausted or stopping) and len(futures) < workers:
+                while not (exhausted or run.stopped) and len(futures) < workers:
                     size = backend.batch_size if remaining is None else min(backend.batch_size, remaining)
                     if size <= 0:
                         exhausted = True
@@ -378,82 +499,86 @@ def run_dispatch(
                     break
                 done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    batch = futures.pop(fut)
-                    keys = [e.key for e in batch.envelopes]
-                    try:
-                        result = fut.result()
-                    except DeliveryError as err:
-                        if isinstance(err, TransientError) and err.maybe_delivered:
-                            # No answer to a request that was sent: maybe it went out.
-                            store.finish_batch(slug, sent=[], failed={}, in_doubt={k: err.message for k in keys})
-                        else:
-                            store.finish_batch(slug, sent=[], failed={k: err.message for k in keys})
-                    except Exception as err:  # a bug in a backend must not lose the ledger
-                        store.finish_batch(slug, sent=[], failed={k: f"{type(err).__name__}: {err}" for k in keys})
-                    else:
-                        store.finish_batch(
-                            slug,
-                            sent=result.sent,
-                            failed=result.failed,
-                            in_doubt=result.in_doubt,
-                            message_id=result.message_id,
-                        )
-                    progress(len(keys))
+                    record(futures.pop(fut), fut)
             except KeyboardInterrupt:
-                if stopping:
+                if run.stopped:
                     raise  # a second Ctrl-C: leave now; what is under way becomes "in doubt"
-                stopping = True
-                click.echo("\nStopping after the batches under way (Ctrl-C again to stop at once)...", err=True)
+                run.stopped = True
+                events.stopping()
     finally:
-        pool.shutdown(wait=not stopping or not futures, cancel_futures=True)
+        pool.shutdown(wait=not run.stopped or not futures, cancel_futures=True)
         for b in opened:
             try:
                 b.close()
             except Exception:  # closing a dead connection is not worth failing for
                 pass
     store.finish_dispatch_if_done(slug)
-    if stopping:
-        raise HighlightsError(f"stopped; resume with: highlights send {slug}")
+    return run
 
 
 # ---------------------------------------------------------------------------- status
 
 
-def status_command(ws: Workspace, issue_path: Path) -> None:
-    """Print how the dispatch of an issue stands, listing recipients in doubt or failed."""
+@dataclass(frozen=True)
+class Group:
+    """Recipients of one batch that ended in one state for one reason."""
+
+    state: DeliveryState
+    batch: int | None
+    reason: str
+    count: int
+    emails: list[str]  # only when asked for (verbose)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    slug: str
+    last_test: TestSend | None
+    info: DispatchInfo | None
+    active: int  # active subscribers (what a first send would take)
+    running: bool = False
+    summary: Summary | None = None  # in-flight rows of a run that stopped counted as in doubt
+    groups: list[Group] = field(default_factory=list)  # in doubt first, then failed
+
+
+def status(ws: Workspace, issue_path: Path, *, verbose: bool = False) -> StatusReport:
+    """How the dispatch of an issue stands, with its failed and in-doubt recipients
+    grouped by batch and reason (their addresses too when `verbose`)."""
     from highlightsmail.store import Store
 
     slug = issue_path.stem
     with Store.open(ws) as store:
         tests = store.test_sends(slug)
+        last = tests[-1] if tests else None
         info = store.dispatch_info(slug)
-        if tests:
-            last = tests[-1]
-            click.echo(f"{slug}: last test send {last.at} to {', '.join(last.recipients)}")
-        else:
-            click.echo(f"{slug}: no test send yet")
         if info is None:
-            click.echo(f"{slug}: not sent yet ({store.count_by_status()['active']} active subscribers)")
-            return
+            return StatusReport(slug, last, None, active=store.count_by_status()["active"])
         running = _send_running(ws, slug)
-        counts = store.delivery_counts(slug)
-        summary = Summary.from_counts(counts)
-        state = "finished" if info.finished else ("sending now" if running else "stopped")
-        click.echo(f"{slug}: dispatch through {info.backend} started {info.started}, {state}")
-        click.echo(
-            f"  recipients {summary.total}: {summary.line()}, pending {summary.pending}"
-            + (f", in flight {summary.in_flight}" if summary.in_flight else "")
-        )
-        # Rows left in_flight by a run that died are in doubt already: say so before a resume.
-        doubt_states = ("in_doubt",) if running else ("in_doubt", "in_flight")
+        summary = Summary.from_counts(store.delivery_counts(slug))
+        # Rows left in flight by a run that is gone are in doubt already: counted and
+        # listed as such, before any resume says so in the ledger.
+        doubt_states: tuple[DeliveryState, ...] = ("in_doubt",) if running else ("in_doubt", "in_flight")
         if not running:
-            summary.in_doubt += summary.in_flight
-        for title, states in (("in doubt", doubt_states), ("failed", ("failed",))):
-            rows = list(store.iter_deliveries(slug, states))
-            if rows:
-                click.echo(f"  {title}:")
-                for row in rows:
-                    why = f" ({row.last_error})" if row.last_error else ""
-                    click.echo(f"    batch {row.batch}: {row.email}{why}")
-        if summary.in_doubt or summary.in_flight:
-            click.echo(f"  send those in doubt again with: highlights send {slug} --resend-in-doubt")
+            summary = summary.settled()
+        groups = [
+            *_groups(store, slug, "in_doubt", doubt_states, verbose),
+            *_groups(store, slug, "failed", ("failed",), verbose),
+        ]
+        return StatusReport(slug, last, info, active=0, running=running, summary=summary, groups=groups)
+
+
+def _groups(
+    store: Store, slug: str, shown_as: DeliveryState, states: tuple[DeliveryState, ...], verbose: bool
+) -> list[Group]:
+    counts: Counter[tuple[int | None, str]] = Counter()
+    emails: dict[tuple[int | None, str], list[str]] = {}
+    for row in store.iter_deliveries(slug, states):
+        reason = row.last_error or (STOPPED_REASON if row.state == "in_flight" else "no reason recorded")
+        key = (row.batch, reason)
+        counts[key] += 1
+        if verbose:
+            emails.setdefault(key, []).append(row.email)
+    return [
+        Group(shown_as, batch, reason, n, emails.get((batch, reason), []))
+        for (batch, reason), n in sorted(counts.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1]))
+    ]

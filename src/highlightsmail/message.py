@@ -1,17 +1,27 @@
 """A rendered issue and one recipient -> an outgoing message.
 
 Only the per-recipient parts change here (To, the unsubscribe URL, the List-* headers,
-Message-ID); the HTML and text were rendered once for the whole issue.
+Message-ID, Date); the HTML and text were rendered once for the whole issue.
+
+Every header built from text someone typed goes through `header_value` (settings and the
+issue: refused) or `display_name` (a subscriber's name: left out), so no such text can
+bring a line break or an RFC 2047 encoded word into a header, whatever the email
+package of the running Python would make of it.
 """
 
 from __future__ import annotations
 
-import re
+import functools
+import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from typing import TYPE_CHECKING
+
+from highlightsmail.errors import HighlightsError
+from highlightsmail.text import header_problem
 
 if TYPE_CHECKING:
     from highlightsmail.render import RenderedIssue
@@ -19,7 +29,15 @@ if TYPE_CHECKING:
     from highlightsmail.workspace import Settings
 
 TEST_PREFIX = "[TEST] "
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+SETTINGS_FILE = "highlights.yaml"
+#: Stand-ins for what differs per recipient, in the fingerprint's message.
+_FINGERPRINT_RECIPIENT = "recipient@example.invalid"
+_FINGERPRINT_TOKEN = "TOKEN"
+_FINGERPRINT_MESSAGE_ID = "<message-id@example.invalid>"
+
+
+class UnsafeHeader(HighlightsError):
+    """Text for a header that could break out of it (it got past validation somehow)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,31 @@ class RecipientLinks:
     headers: dict[str, str]
 
 
+def header_value(field: str, value: str) -> str:
+    """`value` unchanged if it may go into a header as typed; UnsafeHeader naming
+    `field` if it holds a line break, a control character or an RFC 2047 encoded word
+    (a decoder would turn `=?utf-8?q?=0D=0A?=` into a line break, and so a header)."""
+    problem = header_problem(value)
+    if problem:
+        raise UnsafeHeader(f"{field}: {problem}")
+    return value
+
+
+def display_name(recipient: Recipient) -> str:
+    """The recipient's name for their To header, or "" when it could not go there
+    safely: an old stored name is left out rather than failing that recipient."""
+    name = (recipient.name or "").strip()
+    return "" if not name or header_problem(name) else name
+
+
+def from_header(settings: Settings) -> str:
+    return header_value(f"{SETTINGS_FILE}: from", settings.from_)
+
+
+def reply_to_header(settings: Settings) -> str | None:
+    return header_value(f"{SETTINGS_FILE}: reply_to", settings.reply_to) if settings.reply_to else None
+
+
 def list_id(settings: Settings) -> str:
     """The List-Id header value (RFC 2919): `"Name" <list.id>`, always ASCII.
 
@@ -46,43 +89,80 @@ def list_id(settings: Settings) -> str:
     encode the opening quote with the name and leave the closing one bare, and SendGrid
     takes custom headers exactly as given, raw UTF-8 included.
     """
-    name = _CONTROL_RE.sub(" ", settings.name).replace('"', "'")
+    return _list_id(settings.name, settings.list_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _list_id(name: str, ident: str) -> str:
+    # Cached: a dispatch asks once per recipient, with the same settings every time.
+    name = header_value(f"{SETTINGS_FILE}: name", name).replace('"', "'")
+    ident = header_value(f"{SETTINGS_FILE}: list_id", ident)
     if not name.isascii():
         from email.header import Header
 
         # Header folds a long name into several encoded-words (each at most 75
         # characters, RFC 2047); on one line they read back as the one name.
-        return " ".join(Header(name, "utf-8").encode().split()) + f" <{settings.list_id}>"
-    return f'"{name}" <{settings.list_id}>'
+        return " ".join(Header(name, "utf-8").encode().split()) + f" <{ident}>"
+    return f'"{name}" <{ident}>'
 
 
-def recipient_links(settings: Settings, signer: Signer, subscriber_id: int, *, test: bool = False) -> RecipientLinks:
-    """The footer's unsubscribe URL and the List-* headers, all from one token.
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    return f"{_unsubscribe_base(settings.base_url)}/u/{token}"
+
+
+@functools.lru_cache(maxsize=16)
+def _unsubscribe_base(base_url: str) -> str:
+    return header_value(f"{SETTINGS_FILE}: base_url", base_url).rstrip("/")
+
+
+def links_for(settings: Settings, url: str) -> RecipientLinks:
+    """The footer's unsubscribe URL and the List-* headers for it.
 
     RFC 8058 asks for List-Unsubscribe-Post only with an https URL, since the POST
     itself is the unsubscribe and must not travel in clear text.
     """
-    token = signer.make(subscriber_id, "test" if test else "unsubscribe")
-    url = f"{settings.base_url.rstrip('/')}/u/{token}"
     headers = {"List-Unsubscribe": f"<{url}>", "List-Id": list_id(settings)}
     if url.startswith("https://"):
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     return RecipientLinks(unsubscribe_url=url, headers=headers)
 
 
+def recipient_links(settings: Settings, signer: Signer, subscriber_id: int, *, test: bool = False) -> RecipientLinks:
+    """The links of one recipient, all from one token (a test token changes nothing)."""
+    token = signer.make(subscriber_id, "test" if test else "unsubscribe")
+    return links_for(settings, unsubscribe_url(settings, token))
+
+
 def subject_for(rendered: RenderedIssue, *, test: bool = False) -> str:
-    return (TEST_PREFIX if test else "") + rendered.subject
+    return (TEST_PREFIX if test else "") + header_value(f"{rendered.slug}: subject", rendered.subject)
+
+
+def check_headers(rendered: RenderedIssue, settings: Settings) -> None:
+    """Raise UnsafeHeader now for any header text from the settings or the issue, so a
+    send stops before anything goes out rather than failing batch after batch."""
+    subject_for(rendered)
+    from_header(settings)
+    reply_to_header(settings)
+    unsubscribe_url(settings, _FINGERPRINT_TOKEN)
+    list_id(settings)
 
 
 def format_recipient(recipient: Recipient) -> str:
-    """`Name <address>` with the name cleaned of anything that could break the header."""
-    name = _CONTROL_RE.sub(" ", recipient.name or "").strip()
+    """`Name <address>`, or the bare address when there is no name fit for a header."""
+    name = display_name(recipient)
     if name and not recipient.email.isascii():
         # formataddr refuses internationalised addresses (RFC 6532), which subscribers
         # may have; the header's own folding quotes and encodes the name then.
         local, _, domain = recipient.email.rpartition("@")
         return str(Address(display_name=name, username=local, domain=domain))
     return formataddr((name, recipient.email)) if name else recipient.email
+
+
+def mail_date(when: float | None = None) -> str:
+    """A Date header value with the numeric zone `+0000` (RFC 5322 3.3; the zone
+    names such as `GMT` are obsolete syntax)."""
+    moment = datetime.now(UTC) if when is None else datetime.fromtimestamp(when, UTC)
+    return format_datetime(moment)
 
 
 def build_message(
@@ -99,18 +179,41 @@ def build_message(
     the last part is the preferred one)."""
     html, text = rendered.personalize(links.unsubscribe_url)
     msg = EmailMessage()
-    msg["From"] = settings.from_
+    msg["From"] = from_header(settings)
     msg["To"] = format_recipient(recipient)
     msg["Subject"] = subject_for(rendered, test=test)
-    msg["Date"] = formatdate(date, localtime=False, usegmt=True)
+    msg["Date"] = mail_date(date)
     msg["Message-ID"] = message_id or make_msgid(domain=sender_domain(settings))
-    if settings.reply_to:
-        msg["Reply-To"] = settings.reply_to
+    reply_to = reply_to_header(settings)
+    if reply_to:
+        msg["Reply-To"] = reply_to
     for name, value in links.headers.items():
         msg[name] = value
     msg.set_content(text, subtype="plain", charset="utf-8")
     msg.add_alternative(html, subtype="html", charset="utf-8")
     return msg
+
+
+def fingerprint(rendered: RenderedIssue, settings: Settings) -> str:
+    """sha256 of the whole message a subscriber gets, as bytes: every header from the
+    settings and the issue, and both parts, with what differs per recipient (To, Date,
+    Message-ID, the token in the unsubscribe links, the MIME boundary) as fixed
+    stand-ins. A test send and the real send of the same message agree; any change a
+    reader could see does not."""
+    import email.policy
+
+    links = links_for(settings, unsubscribe_url(settings, _FINGERPRINT_TOKEN))
+    msg = build_message(
+        rendered,
+        settings,
+        Recipient(email=_FINGERPRINT_RECIPIENT),
+        links,
+        date=0.0,
+        message_id=_FINGERPRINT_MESSAGE_ID,
+    )
+    msg.set_boundary("fingerprint")
+    # SMTPUTF8: the same bytes for any From, ASCII or not.
+    return hashlib.sha256(msg.as_bytes(policy=email.policy.SMTPUTF8)).hexdigest()
 
 
 def sender_domain(settings: Settings) -> str:
@@ -119,13 +222,24 @@ def sender_domain(settings: Settings) -> str:
 
 
 __all__ = [
+    "SETTINGS_FILE",
     "TEST_PREFIX",
     "Recipient",
     "RecipientLinks",
+    "UnsafeHeader",
     "build_message",
+    "check_headers",
+    "display_name",
+    "fingerprint",
     "format_recipient",
+    "from_header",
+    "header_value",
+    "links_for",
     "list_id",
+    "mail_date",
     "recipient_links",
+    "reply_to_header",
     "sender_domain",
     "subject_for",
+    "unsubscribe_url",
 ]

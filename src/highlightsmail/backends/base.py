@@ -29,19 +29,20 @@ class DeliveryError(HighlightsError):
 
 
 class TransientError(DeliveryError):
-    """Worth trying again: throttling (429), server errors (5xx, SMTP 4xx), time-outs,
-    dropped connections. `retry_after` is the wait the server asked for, in seconds.
+    """Known not to have been accepted, and worth trying again: the connection was
+    refused or failed before the request (or SMTP DATA) was sent whole, throttling
+    (429), a server error with an answer (5xx, SMTP 4xx). `retry_after` is the wait the
+    server asked for, in seconds."""
 
-    `maybe_delivered`: the request was sent but no answer came (a time-out or a dropped
-    connection while waiting), so the server may have taken it. When retries run out
-    after such an attempt, the recipients are in doubt, not failed: a failed recipient
-    is sent again by the next run, and that could be a second copy.
-    """
-
-    def __init__(self, reason: str, retry_after: float | None = None, *, maybe_delivered: bool = False) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
-        self.maybe_delivered = maybe_delivered
+
+
+class InDoubtError(DeliveryError):
+    """The request (or SMTP DATA, up to its final dot) was sent whole and no answer
+    came: a time-out or a dropped connection. The server may have accepted it, so it is
+    never sent again by itself; its recipients are in doubt until the editor decides."""
 
 
 class PermanentError(DeliveryError):
@@ -101,17 +102,15 @@ def with_retries(
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[int, TransientError, float], None] | None = None,
 ) -> T:
-    """Run `call`, retrying TransientError per the policy; the last one is re-raised,
-    marked `maybe_delivered` if any attempt might have reached the server."""
+    """Run `call`, retrying TransientError per the policy; the last one is re-raised.
+    Anything else, InDoubtError included, goes up at once: sending again what may
+    have been accepted could give someone a second copy."""
     attempt = 1
-    maybe_delivered = False
     while True:
         try:
             return call()
         except TransientError as err:
-            maybe_delivered = maybe_delivered or err.maybe_delivered
             if attempt >= policy.attempts:
-                err.maybe_delivered = maybe_delivered
                 raise
             wait = policy.delay(attempt, err.retry_after)
             if on_retry:
@@ -143,8 +142,9 @@ class Backend(ABC):
 
     @abstractmethod
     def send_batch(self, batch: Batch) -> BatchResult:
-        """Deliver a batch; retry transient errors inside; a whole-batch refusal may raise
-        DeliveryError, which marks every recipient of the batch failed with its reason."""
+        """Deliver a batch; retry transient errors inside. For the whole batch at once it
+        may raise InDoubtError (every recipient in doubt) or another DeliveryError
+        (every recipient failed, with its reason)."""
 
     def close(self) -> None:
         """Release connections."""

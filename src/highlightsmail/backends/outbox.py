@@ -5,6 +5,10 @@
 The bytes are exactly what the SMTP backend would send (CRLF line ends). A second
 message for the same key never replaces the first: it becomes `...2.eml`, so a
 duplicate send shows instead of hiding.
+
+Files are readable by their owner only (0600): each holds a working unsubscribe link.
+A message is written to a temporary file named after the writing process first; one
+left by a process that was killed is removed by the next run that writes there.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from highlightsmail.backends.base import Backend, Batch, BatchResult, DeliveryError
-from highlightsmail.backends.smtp import TemplateCache
 from highlightsmail.errors import display_path
+from highlightsmail.mime import TemplateCache
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]+")
 _KEY_RE = re.compile(r"^(\d+)[-.]")
+#: `.<stem>.<pid>-<random>.tmp`, the temporary files of `_write_new` and nothing else.
+_TMP_RE = re.compile(r"^\.\d{6,}-[A-Za-z0-9@._+-]*\.(\d+)-[0-9a-f]{8}\.tmp$")
+_MODE = 0o600
 
 
 class OutboxBackend(Backend):
@@ -37,6 +44,7 @@ class OutboxBackend(Backend):
         self.ws = ws
         self.test = test
         self._templates = TemplateCache()
+        self._swept: set[Path] = set()
 
     def folder(self, slug: str, *, test: bool = False) -> Path:
         """Where an issue's messages go: outbox/<slug>/, test sends in outbox/<slug>/test/."""
@@ -49,14 +57,18 @@ class OutboxBackend(Backend):
         folder = self.folder(batch.slug, test=batch.test or self.test)
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            if folder not in self._swept:
+                remove_stale_temporaries(folder)
+                self._swept.add(folder)
             taken = _taken(folder)
         except OSError as err:
             raise DeliveryError(f"outbox: cannot write to {display_path(folder)}: {err.strerror or err}") from None
-        template = self._templates.get(batch)
+        template = self._templates.get(batch.rendered, batch.settings, batch.envelopes[0].links, test=batch.test)
         result = BatchResult()
         for env in batch.envelopes:
             try:
-                data = template.render(env, eight_bit=True).data  # as an SMTP server with 8BITMIME gets it
+                # As an SMTP server with 8BITMIME gets it.
+                data = template.render(env.recipient, env.links, eight_bit=True).data
             except (UnicodeError, ValueError) as err:
                 result.failed[env.key] = f"cannot build the message for {env.recipient.email!r}: {err}"
                 continue
@@ -88,11 +100,37 @@ def _taken(folder: Path) -> dict[int, int]:
     return counts
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files that a writer killed mid-message (kill -9) left in
+    `folder`: ours by their name, and only those whose process is gone."""
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = _TMP_RE.match(entry.name)
+            if match and not _alive(int(match.group(1))):
+                path = Path(entry.path)
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def _write_new(folder: Path, key: int, address: str, data: bytes, taken: dict[int, int]) -> Path:
     """Write `data` under a name no file has yet; a reader never sees a partial file."""
     stem = file_stem(key, address)
-    tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
-    with open(tmp, "xb") as fh:
+    tmp = folder / f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE), "wb") as fh:
         fh.write(data)
     try:
         copy = taken.get(key, 0) + 1
@@ -117,9 +155,9 @@ def _place(tmp: Path, target: Path) -> None:
     except FileExistsError:
         raise
     except OSError:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
         os.close(fd)
         os.replace(tmp, target)
 
 
-__all__ = ["OutboxBackend", "file_stem"]
+__all__ = ["OutboxBackend", "file_stem", "remove_stale_temporaries"]

@@ -30,6 +30,7 @@ from highlightsmail.backends.base import (
     Batch,
     BatchResult,
     DeliveryError,
+    InDoubtError,
     PermanentError,
     RetryPolicy,
     Suppression,
@@ -37,7 +38,7 @@ from highlightsmail.backends.base import (
     with_retries,
 )
 from highlightsmail.fields import plaintext_url_problem
-from highlightsmail.message import list_id, subject_for
+from highlightsmail.message import display_name, from_header, list_id, reply_to_header, subject_for
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -47,7 +48,6 @@ ENV_HOST = "HIGHLIGHTS_SENDGRID_HOST"
 PAGE_SIZE = 500  # the largest page SendGrid's suppression lists serve
 # SendGrid's list -> our subscriber status.
 SUPPRESSION_LISTS = (("unsubscribes", "unsubscribed"), ("bounces", "bounced"), ("spam_reports", "complained"))
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 _LIST_SEPARATORS = re.compile(r"[,;]")
 
 # python_http_client logs every request's headers, the API key among them, at DEBUG.
@@ -120,7 +120,7 @@ class SendGridBackend(Backend):
                 args = {"issue": batch.slug, "test": "true"}
             personalizations.append(
                 {
-                    "to": [_address(to, env.recipient.name, recipient=True)],
+                    "to": [_address(to, display_name(env.recipient), recipient=True)],
                     # Substitutions are plain find-and-replace (legacy, non-dynamic templates
                     # only); the placeholder is in both the HTML and the text.
                     "substitutions": {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url},
@@ -128,7 +128,7 @@ class SendGridBackend(Backend):
                     "custom_args": args,
                 }
             )
-        name, email = parseaddr(settings.from_)
+        name, email = parseaddr(from_header(settings))
         payload: dict[str, Any] = {
             "personalizations": personalizations,
             "from": _address(email, name),
@@ -144,8 +144,9 @@ class SendGridBackend(Backend):
                 "subscription_tracking": {"enable": False},
             },
         }
-        if settings.reply_to:
-            name, email = parseaddr(settings.reply_to)
+        reply_to = reply_to_header(settings)
+        if reply_to:
+            name, email = parseaddr(reply_to)
             payload["reply_to"] = _address(email, name)
         if self.config.categories:
             payload["categories"] = list(dict.fromkeys(self.config.categories))
@@ -164,7 +165,7 @@ class SendGridBackend(Backend):
         if len(failed) == len(batch.envelopes):
             return BatchResult(failed=failed)
         payload = self.build_payload(batch)
-        message_id = with_retries(lambda: self._post(payload), self.policy, sleep=self._sleep)
+        message_id = with_retries(functools.partial(self._post, payload), self.policy, sleep=self._sleep)
         return BatchResult(
             sent=[e.key for e in batch.envelopes if e.key not in failed], failed=failed, message_id=message_id
         )
@@ -178,28 +179,29 @@ class SendGridBackend(Backend):
         return response.headers.get("X-Message-Id")
 
     def _call(self, request: Callable[[], Any], what: str) -> Any:
-        """Run one HTTP request; map every failure to TransientError or PermanentError."""
+        """Run one HTTP request; map every failure to TransientError (known not taken),
+        InDoubtError (sent whole, no answer) or PermanentError."""
         from python_http_client.exceptions import HTTPError
 
         try:
             return request()
         except HTTPError as err:
             raise _http_error(err, what) from None
-        except TimeoutError:
-            # Raised while waiting for the answer: the request was sent whole.
-            raise TransientError(
-                f"SendGrid did not answer {what} within {self.timeout:g} s", maybe_delivered=True
-            ) from None
         except URLError as err:
-            # urllib wraps what fails while connecting or sending: no whole request arrived.
+            # urllib wraps what fails while connecting or sending the request: no whole
+            # request arrived, so trying again is safe.
             reason = err.reason
             if isinstance(reason, TimeoutError):
                 raise TransientError(f"SendGrid did not take {what} within {self.timeout:g} s") from None
             raise TransientError(f"cannot reach SendGrid at {self.host} ({what}): {reason}") from None
+        except TimeoutError:
+            # Raised while waiting for the answer: the request was sent whole.
+            raise InDoubtError(f"SendGrid did not answer {what} within {self.timeout:g} s") from None
         except (http.client.HTTPException, OSError) as err:
-            # RemoteDisconnected, resets while waiting: the request may or may not have arrived.
-            raise TransientError(
-                f"connection to SendGrid lost during {what}: {err or type(err).__name__}", maybe_delivered=True
+            # RemoteDisconnected, a reset while waiting for the answer: sent whole, so
+            # SendGrid may have taken it.
+            raise InDoubtError(
+                f"connection to SendGrid lost after sending {what}: {err or type(err).__name__}"
             ) from None
 
     # -- suppressions
@@ -212,10 +214,9 @@ class SendGridBackend(Backend):
             offset = 0
             while True:
                 query = {"limit": PAGE_SIZE, "offset": offset}
+                endpoint = self._api().client.suppression._(kind)
                 page = self._get_list(
-                    lambda q=query, k=kind: (
-                        self._api().client.suppression._(k).get(query_params=q, timeout=self.timeout)
-                    ),
+                    functools.partial(endpoint.get, query_params=query, timeout=self.timeout),
                     f"GET /v3/suppression/{kind}",
                 )
                 for item in page:
@@ -239,7 +240,14 @@ class SendGridBackend(Backend):
                 yield Suppression(email=_stored_form(item), status="unsubscribed", detail=f"unsubscribe group {group}")
 
     def _get_list(self, request: Callable[[], Any], what: str) -> list[Any]:
-        response = with_retries(lambda: self._call(request, what), self.policy, sleep=self._sleep)
+        def get() -> Any:
+            try:
+                return self._call(request, what)
+            except InDoubtError as err:
+                # Reading a list changes nothing at SendGrid: asking again is safe.
+                raise TransientError(err.message) from None
+
+        response = with_retries(get, self.policy, sleep=self._sleep)
         try:
             data = json.loads(response.body or b"[]")
         except ValueError:
@@ -303,13 +311,13 @@ def _check_host(origin: str, host: str) -> None:
 
 
 def _address(email: str, name: str = "", *, recipient: bool = False) -> dict[str, str]:
-    """SendGrid's `{"email", "name"}`; the name without anything that breaks a header.
+    """SendGrid's `{"email", "name"}` (the name already fit for a header).
 
     A recipient's name loses its commas and semicolons: SendGrid documents that it
     cannot take them in to/cc/bcc names, and drops such mail silently (it splits the
     header there and takes part of the name for the address)."""
     out = {"email": email}
-    clean = _CONTROL_RE.sub(" ", name or "")
+    clean = name or ""
     if recipient:
         clean = _LIST_SEPARATORS.sub(" ", clean)
     clean = " ".join(clean.split())

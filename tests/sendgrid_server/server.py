@@ -1,17 +1,21 @@
 """A local, SendGrid v3-compatible HTTP server for tests and benchmarks.
 
 SendGrid cannot be reached from test machines, so tests talk to this server instead.
-It validates every ``POST /v3/mail/send`` against SendGrid's official OpenAPI schema
-(when the spec folder can be found) and against SendGrid's documented limits, serves
-the read-only suppression lists the publisher needs, and can inject faults (429, 5xx,
-stalls, dropped connections) on chosen requests.
+It validates every ``POST /v3/mail/send`` against a schema and against SendGrid's
+documented limits, serves the read-only suppression lists the publisher needs (their
+answers checked against the schema too), and can inject faults (429, 5xx, stalls,
+dropped connections) on chosen requests.
+
+The schema is SendGrid's official OpenAPI files where they sit beside the checkout
+(``../shared/sendgrid-openapi``, or ``$HIGHLIGHTS_SENDGRID_OPENAPI``), else the tests'
+own ``schema.json``, written from SendGrid's documentation; a test keeps the two in step.
 
     with SendGridServer() as sg:
         client = sendgrid.SendGridAPIClient(api_key="SG.test", host=sg.url)
         ...
         assert len(sg.accepted) == 1
 
-Standalone: ``python -m highlightsmail.testing.sendgrid_server --port 8025``.
+Standalone, from the repository: ``PYTHONPATH=tests python -m sendgrid_server --port 8025``.
 It only ever binds to 127.0.0.1 and makes no outgoing requests.
 """
 
@@ -50,6 +54,10 @@ HOST = "127.0.0.1"
 ENV_OPENAPI_DIR = "HIGHLIGHTS_SENDGRID_OPENAPI"
 MAIL_SPEC = "tsg_mail_v3.json"
 SUPPRESSIONS_SPEC = "tsg_suppressions_v3.json"
+#: Where the official files sit: beside the checkout, which holds this folder under tests/.
+SHARED_OPENAPI_DIR = Path(__file__).resolve().parents[3] / "shared" / "sendgrid-openapi"
+OWN_SCHEMA = Path(__file__).resolve().with_name("schema.json")
+SchemaChoice = Literal["auto", "official", "own"]
 
 # SendGrid's documented limits (see the spec folder's README.md).
 MAX_PERSONALIZATIONS = 1000
@@ -121,6 +129,11 @@ _CONTENT_REQUIRED = (
     "There must be at least one defined content block."
 )
 _CONTENT_ORDER = "If present, text/plain and text/html may only be provided in that order."
+_SENDER_NOT_VERIFIED = (
+    "The from address does not match a verified Sender Identity. Mail cannot be sent until this error is "
+    "resolved. Visit https://sendgrid.com/docs/for-developers/sending-email/sender-identity/ to see the "
+    "Sender Identity requirements"
+)
 
 
 # --------------------------------------------------------------------------- records
@@ -194,32 +207,21 @@ def _error_reply(status: int, errors: Iterable[ApiError], headers: dict[str, str
 
 
 def find_openapi_dir(explicit: str | os.PathLike[str] | None = None) -> tuple[Path | None, str | None]:
-    """Locate the spec folder: argument, then env var, then ``shared/sendgrid-openapi`` upwards.
+    """The folder of SendGrid's official OpenAPI files: the argument, else
+    $HIGHLIGHTS_SENDGRID_OPENAPI, else ``shared/sendgrid-openapi`` beside the checkout.
 
-    Returns ``(folder, None)`` or ``(None, reason)``. An explicit folder or env var that
-    does not hold the spec is not silently replaced by a search result.
+    Returns ``(folder, None)`` or ``(None, why not)``. A folder named by the argument or
+    the variable that does not hold the files is not replaced by the default one.
     """
     if explicit is not None:
-        folder = Path(explicit)
-        if (folder / MAIL_SPEC).is_file():
-            return folder, None
-        return None, f"{folder / MAIL_SPEC} not found (openapi_dir argument)"
-    env = os.environ.get(ENV_OPENAPI_DIR)
-    if env:
-        folder = Path(env)
-        if (folder / MAIL_SPEC).is_file():
-            return folder, None
-        return None, f"{folder / MAIL_SPEC} not found (${ENV_OPENAPI_DIR})"
-    starts = [Path.cwd(), Path(__file__).resolve().parent]
-    for start in starts:
-        # <ancestor>/../shared is <parent ancestor>/shared, so walking every ancestor
-        # covers both the "inside" and the "next to the repository" layouts.
-        for ancestor in (start, *start.parents):
-            folder = ancestor / "shared" / "sendgrid-openapi"
-            if (folder / MAIL_SPEC).is_file():
-                return folder, None
-    where = ", ".join(str(s) for s in starts)
-    return None, (f"no shared/sendgrid-openapi/{MAIL_SPEC} above {where} and ${ENV_OPENAPI_DIR} unset")
+        folder, origin = Path(explicit), "openapi_dir argument"
+    elif os.environ.get(ENV_OPENAPI_DIR):
+        folder, origin = Path(os.environ[ENV_OPENAPI_DIR]), f"${ENV_OPENAPI_DIR}"
+    else:
+        folder, origin = SHARED_OPENAPI_DIR, "beside the checkout"
+    if (folder / MAIL_SPEC).is_file():
+        return folder, None
+    return None, f"{folder / MAIL_SPEC} not found ({origin})"
 
 
 def _pointer(*parts: str) -> str:
@@ -234,14 +236,22 @@ def _validator_for(uri: str, registry: Registry, *parts: str) -> Draft202012Vali
 
 @dataclass(frozen=True)
 class _Schemas:
-    """Validators compiled once per spec folder."""
+    """Validators compiled once per schema source."""
 
     mail: Draft202012Validator
     suppressions: dict[str, Draft202012Validator]  # response schemas, by route kind
 
 
+SUPPRESSION_ROUTES = {
+    **{kind: f"/v3/suppression/{kind}" for kind in SUPPRESSION_KINDS},
+    "group": "/v3/asm/groups/{group_id}/suppressions",
+    "global_email": "/v3/asm/suppressions/global/{email}",
+}
+
+
 @lru_cache(maxsize=4)
 def _load_schemas(folder: Path) -> _Schemas:
+    """Validators from SendGrid's official OpenAPI files in `folder`."""
     mail_doc = json.loads((folder / MAIL_SPEC).read_text(encoding="utf-8"))
     body_schema = ("components", "requestBodies", "PostMailSend", "content", "application/json", "schema")
     node: Any = mail_doc
@@ -265,10 +275,7 @@ def _load_schemas(folder: Path) -> _Schemas:
         supp_registry = Registry().with_resource(
             supp_uri, Resource.from_contents(supp_doc, default_specification=DRAFT202012)
         )
-        routes = {kind: f"/v3/suppression/{kind}" for kind in SUPPRESSION_KINDS}
-        routes["group"] = "/v3/asm/groups/{group_id}/suppressions"
-        routes["global_email"] = "/v3/asm/suppressions/global/{email}"
-        for kind, path in routes.items():
+        for kind, path in SUPPRESSION_ROUTES.items():
             responses[kind] = _validator_for(
                 supp_uri,
                 supp_registry,
@@ -282,6 +289,33 @@ def _load_schemas(folder: Path) -> _Schemas:
                 "schema",
             )
     return _Schemas(mail=mail, suppressions=responses)
+
+
+@lru_cache(maxsize=1)
+def _load_own_schemas() -> _Schemas:
+    """Validators from the tests' own schema.json."""
+    doc = json.loads(OWN_SCHEMA.read_text(encoding="utf-8"))
+    uri = doc["$id"]
+    registry = Registry().with_resource(uri, Resource.from_contents(doc, default_specification=DRAFT202012))
+    return _Schemas(
+        mail=_validator_for(uri, registry, "$defs", "mail_send"),
+        suppressions={kind: _validator_for(uri, registry, "$defs", kind) for kind in SUPPRESSION_ROUTES},
+    )
+
+
+def load_schemas(
+    choice: SchemaChoice = "auto", openapi_dir: str | os.PathLike[str] | None = None
+) -> tuple[str, str, _Schemas]:
+    """(source, note, validators): "official" with the folder it came from, or "own"
+    with why the official files were not used."""
+    folder, missing = (
+        (None, "the tests' own schema was asked for") if choice == "own" else find_openapi_dir(openapi_dir)
+    )
+    if folder is not None:
+        return "official", str(folder), _load_schemas(folder.resolve())
+    if choice == "official":
+        raise FileNotFoundError(f"SendGrid's OpenAPI files were asked for: {missing}")
+    return "own", f"{OWN_SCHEMA.name} ({missing})", _load_own_schemas()
 
 
 def _schema_errors(validator: Draft202012Validator, body: Any) -> list[ApiError]:
@@ -718,8 +752,12 @@ class SendGridServer:
     Args:
         port: TCP port; 0 picks a free one.
         api_key: the only bearer token accepted; None accepts any non-empty token.
-        openapi_dir: the spec folder (default: $HIGHLIGHTS_SENDGRID_OPENAPI, then a
-            ``shared/sendgrid-openapi`` folder above the CWD or this file).
+        schema: "official" (SendGrid's OpenAPI files, which must be found), "own" (the
+            tests' schema.json) or "auto" (official where found, else own).
+        openapi_dir: the official files' folder (default: $HIGHLIGHTS_SENDGRID_OPENAPI,
+            then ``shared/sendgrid-openapi`` beside the checkout).
+        verified_senders: when given, a from address outside it is refused (400), as
+            SendGrid refuses a sender identity that was not verified.
         record: "full" keeps every accepted body in ``accepted``; "count" keeps only
             ``stats``; "ids" also counts one key per accepted personalization in
             ``recipient_ids``.
@@ -735,7 +773,9 @@ class SendGridServer:
         port: int = 0,
         *,
         api_key: str | None = None,
+        schema: SchemaChoice = "auto",
         openapi_dir: str | os.PathLike[str] | None = None,
+        verified_senders: Iterable[str] | None = None,
         record: RecordMode = "full",
         id_key: str | None = None,
         stall_seconds: float = 30.0,
@@ -752,12 +792,9 @@ class SendGridServer:
         self.rate_limit = rate_limit
         self.rate_limit_reset_seconds = rate_limit_reset_seconds
 
-        self.openapi_dir, self.schema_skip_reason = find_openapi_dir(openapi_dir)
-        self._schemas: _Schemas | None = None
-        if self.openapi_dir is not None:
-            self._schemas = _load_schemas(self.openapi_dir.resolve())
-        else:
-            log.warning("SendGrid schema validation skipped: %s", self.schema_skip_reason)
+        self.verified_senders = None if verified_senders is None else {e.lower() for e in verified_senders}
+        # schema_source: "official" or "own"; schema_note: the folder, or why the own one.
+        self.schema_source, self.schema_note, self._schemas = load_schemas(schema, openapi_dir)
 
         # Test-provided suppression data; entries are email strings or dicts of spec fields.
         self.suppressions: dict[str, list[str | dict[str, Any]]] = {k: [] for k in SUPPRESSION_KINDS}
@@ -781,11 +818,6 @@ class SendGridServer:
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle
-
-    @property
-    def schema_validation(self) -> bool:
-        """Whether requests are checked against the OpenAPI schema (not just the limits)."""
-        return self._schemas is not None
 
     @property
     def url(self) -> str:
@@ -894,10 +926,8 @@ class SendGridServer:
             return copy.copy(self._stats)
 
     def validate_mail(self, body: Any) -> list[ApiError]:
-        """All checks a mail-send body gets: the schema (if available), then the limits."""
+        """All checks a mail-send body gets: the schema, then the limits."""
         limit_errors = check_mail_limits(body)
-        if self._schemas is None:
-            return limit_errors
         errors = _schema_errors(self._schemas.mail, body)
         # Both checks often spot the same problem (e.g. 11 categories); name each field once.
         reported = {e.field for e in errors}
@@ -995,6 +1025,10 @@ class SendGridServer:
         errors = self.validate_mail(body)
         if errors:
             return self._reject(path, 400, errors, headers, body)
+        sender = body["from"]["email"]
+        if self.verified_senders is not None and sender.lower() not in self.verified_senders:
+            unverified = ApiError(_SENDER_NOT_VERIFIED, "from")
+            return self._reject(path, 403, [unverified], headers, body)
 
         message_id = secrets.token_urlsafe(16)
         pers = body["personalizations"]
@@ -1095,7 +1129,7 @@ class SendGridServer:
                 payload = self._page(kind, parse_qs(query))
             except _QueryError as exc:
                 return self._reject(path, 400, [ApiError(str(exc), exc.param)], headers)
-        problem = self._response_problem(kind, payload)
+        problem = self.check_answer(kind, payload)
         if problem:
             return _error_reply(500, [ApiError(problem)])
         return _json_reply(200, payload)
@@ -1139,9 +1173,10 @@ class SendGridServer:
         given = {"email": item} if isinstance(item, str) else dict(item)
         return {"created": self.created, "email": given.pop("email"), **_SUPPRESSION_DEFAULTS[kind], **given}
 
-    def _response_problem(self, kind: str, payload: Any) -> str | None:
-        """Check our own answer against the spec's response schema (catches bad test data)."""
-        if self._schemas is None or kind not in self._schemas.suppressions:
+    def check_answer(self, kind: str, payload: Any) -> str | None:
+        """What is wrong with a suppression answer (`kind` as in SUPPRESSION_ROUTES) by
+        the response schema, or None: catches test data SendGrid would never send."""
+        if kind not in self._schemas.suppressions:
             return None
         error = next(self._schemas.suppressions[kind].iter_errors(payload), None)
         if error is None:
@@ -1165,12 +1200,13 @@ def _check_fault(behaviour: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the server standalone until Ctrl-C."""
     parser = argparse.ArgumentParser(
-        prog="python -m highlightsmail.testing.sendgrid_server",
+        prog="python -m sendgrid_server",
         description="Local SendGrid v3-compatible server (127.0.0.1 only) for tests and benchmarks.",
     )
     parser.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
     parser.add_argument("--api-key", help="the only API key accepted (default: any)")
     parser.add_argument("--openapi-dir", help="folder holding tsg_mail_v3.json")
+    parser.add_argument("--schema", choices=("auto", "official", "own"), default="auto", help="what to validate with")
     parser.add_argument(
         "--record",
         choices=("full", "count", "ids"),
@@ -1179,7 +1215,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    server = SendGridServer(args.port, api_key=args.api_key, openapi_dir=args.openapi_dir, record=args.record)
+    server = SendGridServer(
+        args.port, api_key=args.api_key, schema=args.schema, openapi_dir=args.openapi_dir, record=args.record
+    )
     with server:
         print(server.url, flush=True)
         try:
@@ -1189,7 +1227,3 @@ def main(argv: list[str] | None = None) -> int:
     stats = server.stats
     print(f"accepted {stats.accepted}, rejected {stats.rejected}, faulted {stats.faulted}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

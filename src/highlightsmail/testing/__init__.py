@@ -1,1 +1,0 @@
-"""Test helpers: a local SendGrid-compatible server for tests and benchmarks."""
