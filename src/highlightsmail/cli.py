@@ -232,3 +232,41 @@ def subscribers_export(obj: _Ctx, file: Path | None) -> None:
     from highlightsmail.subscribers import export_command
 
     export_command(obj.ws, file)
+
+
+@main.group()
+def bounces() -> None:
+    """Read bounce mail (delivery failures of mail sent over SMTP)."""
+
+
+@bounces.command("scan")
+@click.argument("mailbox", required=False)
+@pass_ctx
+def bounces_scan(obj: _Ctx, mailbox: str | None) -> None:
+    """Mark addresses that bounced, from MAILBOX: an mbox file, a Maildir, or
+    imaps://user@host[:port]/FOLDER (password from HIGHLIGHTS_IMAP_PASSWORD).
+    Default: the setting delivery.bounces.mailbox. Mail read before is skipped."""
+    from highlightsmail.bounces import scan
+    from highlightsmail.store import Store
+    from highlightsmail.tokens import load_signer
+
+    ws = obj.ws
+    with Store.open(ws) as store:
+        result = scan(ws, mailbox, store=store, signer=load_signer(ws.secret_path))
+    click.echo(
+        f"{result.mailbox}: {result.mails} mail(s), {result.already_scanned} read before, "
+        f"{result.bounces} bounce(s), {result.not_bounces} not bounces"
+    )
+    if result.bounces:
+        click.echo(
+            f"  permanent failures {result.permanent}, temporary {result.temporary}, "
+            f"status changes {result.status_changes}"
+            + (f", bounces of test sends {result.test_sends}" if result.test_sends else "")
+        )
+    if result.unknown:
+        shown = ", ".join(sorted(set(result.unknown))[:10])
+        more = len(set(result.unknown)) - 10
+        click.echo(
+            f"  {len(set(result.unknown))} address(es) not on the list: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )

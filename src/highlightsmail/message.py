@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from highlightsmail.workspace import Settings
 
 TEST_PREFIX = "[TEST] "
+#: Names the issue in every message, so bounce mail (which returns the original
+#: headers) can be matched to it without the recipient's address.
+ISSUE_HEADER = "X-Highlights-Issue"
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -106,6 +109,7 @@ def build_message(
     msg["Message-ID"] = message_id or make_msgid(domain=sender_domain(settings))
     if settings.reply_to:
         msg["Reply-To"] = settings.reply_to
+    msg[ISSUE_HEADER] = rendered.slug
     for name, value in links.headers.items():
         msg[name] = value
     msg.set_content(text, subtype="plain", charset="utf-8")
@@ -119,6 +123,7 @@ def sender_domain(settings: Settings) -> str:
 
 
 __all__ = [
+    "ISSUE_HEADER",
     "TEST_PREFIX",
     "Recipient",
     "RecipientLinks",
