@@ -270,3 +270,44 @@ def bounces_scan(obj: _Ctx, mailbox: str | None) -> None:
             f"  {len(set(result.unknown))} address(es) not on the list: {shown}"
             + (f" and {more} more" if more > 0 else "")
         )
+
+
+@main.command()
+@click.argument("issue")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "html"]), default="table", show_default=True)
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of standard output."
+)
+@pass_ctx
+def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
+    """How ISSUE did: deliveries, bounces, complaints, unsubscribes, opens and clicks,
+    against the bulk-sender limits."""
+    import json
+
+    from highlightsmail import report as reporting
+    from highlightsmail.errors import HighlightsError, display_path
+    from highlightsmail.store import Store
+
+    ws = obj.ws
+    with Store.open(ws) as store:
+        try:
+            slug = ws.issue_path(issue).stem
+        except HighlightsError:
+            if store.dispatch_info(issue) is None:
+                raise
+            slug = issue  # sent, and its file since removed
+        figures = reporting.build_report(store, slug)
+    if fmt == "json":
+        text = json.dumps(figures.as_json(), indent=2, ensure_ascii=False) + "\n"
+    elif fmt == "html":
+        text = reporting.render_html(figures, ws.settings)
+    else:
+        text = reporting.format_table(figures)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise HighlightsError(f"{display_path(out)}: cannot write the report: {exc.strerror or exc}") from None
+    click.echo(f"Wrote {display_path(out)}", err=True)

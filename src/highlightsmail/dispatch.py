@@ -457,3 +457,5 @@ def status_command(ws: Workspace, issue_path: Path) -> None:
                     click.echo(f"    batch {row.batch}: {row.email}{why}")
         if summary.in_doubt or summary.in_flight:
             click.echo(f"  send those in doubt again with: highlights send {slug} --resend-in-doubt")
+        if store.has_delivery_events(slug):
+            click.echo(f"  delivery events recorded: see highlights report {slug}")

@@ -1045,9 +1045,9 @@ class Store:
     def soft_bounced(self, issue: str) -> int:
         """How many recipients of the issue soft-bounced (the rule of `_soft_run`)."""
         return self._query(
-            f"""SELECT count(*) FROM (SELECT DISTINCT subscriber_id FROM delivery_events WHERE issue = ?) AS d
+            f"""SELECT count(*) FROM (SELECT DISTINCT issue, subscriber_id FROM delivery_events WHERE issue = ?) AS d
                 WHERE {_SOFT_ISSUE}""",
-            (issue, issue),
+            (issue,),
         )[0][0]
 
     def link_clicks(self, issue: str) -> list[tuple[str, int, int]]:
@@ -1081,7 +1081,8 @@ class Store:
         """(hour since `start`, kind, events) for the first `hours` hours."""
         return self._query(
             "SELECT hour, kind, count(*) FROM ("
-            "  SELECT CAST((julianday(at) - julianday(?)) * 24 AS INTEGER) AS hour, kind, at"
+            # Whole seconds, not julianday(): its floating point puts 10:00 in the 9 o'clock hour.
+            "  SELECT (CAST(strftime('%s', at) AS INTEGER) - CAST(strftime('%s', ?) AS INTEGER)) / 3600 AS hour, kind, at"
             "  FROM delivery_events WHERE issue = ? AND at >= ?"
             ") WHERE hour < ? GROUP BY hour, kind ORDER BY hour, kind",
             (start, issue, start, hours),
