@@ -190,7 +190,7 @@ def test_the_mailbox_setting_is_used_when_no_argument_is_given(workspace: Path) 
     sent = Sent(workspace, 2)
     write_maildir(workspace / "bounce-mail", [gmail(email(1), sent.message(1))])
     text = (workspace / "highlights.yaml").read_text(encoding="utf-8")
-    text = text.replace("  outbox:\n", "  bounces:\n    mailbox: bounce-mail\n  outbox:\n")
+    text = text.replace("    mailbox: null ", "    mailbox: bounce-mail ")
     (workspace / "highlights.yaml").write_text(text, encoding="utf-8")
     result = scan()
     assert result.exit_code == 0, result.output
