@@ -26,6 +26,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import logging
 import os
 import re
 import ssl
@@ -77,6 +78,10 @@ class Bounce:
 def read_bounce(data: bytes) -> Bounce | None:
     """The bounce in a mail, or None when it is not one (an auto-reply, a stray message)."""
     from flufl.bounce import all_failures
+
+    # flufl.bounce logs a detector's exception with its traceback before raising it;
+    # a mail it cannot read is "not a bounce" here, never a traceback on the screen.
+    logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     try:

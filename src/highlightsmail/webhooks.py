@@ -83,7 +83,8 @@ class SendGridWebhook:
         self._store: Store | None = None
         self._lock = threading.Lock()
         if self._key is None:
-            log.warning("no %s or delivery.sendgrid.webhook_public_key: %s answers 403", ENV_PUBLIC_KEY, PATH)
+            # Not a warning: most workspaces send through SMTP or the outbox and need no key.
+            log.info("no %s or delivery.sendgrid.webhook_public_key: %s answers 403", ENV_PUBLIC_KEY, PATH)
 
     def close(self) -> None:
         with self._lock:
