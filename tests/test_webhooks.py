@@ -130,6 +130,8 @@ def test_events_for_mail_sent_through_sendgrid_change_exactly_the_intended_rows(
         sender.event("bounce", email="other@example.net", issue=ISSUE, subscriber_id=sid_16),  # not their address
         sender.event("bounce", email=email(16)),  # no custom args: another app's mail
         {"event": "bounce", "email": email(16)},  # no sg_event_id
+        sender.event("bounce", email=email(16), issue=ISSUE, subscriber_id="9" * 30),  # past SQLite's integers
+        sender.event("bounce", email=email(16), issue=ISSUE, subscriber_id=sid_16, timestamp="soon"),
         "not an event",
     ]
     before = dump(db_of(workspace))

@@ -64,7 +64,7 @@ def sendgrid_row(event: Any) -> DeliveryEventRow | None:
         subscriber_id = int(sid)
     except ValueError:
         return None
-    if subscriber_id < 1:
+    if not 1 <= subscriber_id < 2**63:  # SQLite's integers are 64-bit
         return None
     at = _event_time(event.get("timestamp"))
     if at is None:
