@@ -33,6 +33,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "SENDGRID_API_KEY",
         "HIGHLIGHTS_SMTP_PASSWORD",
         "HIGHLIGHTS_SENDGRID_HOST",
+        "SENDGRID_WEBHOOK_PUBLIC_KEY",
+        "HIGHLIGHTS_IMAP_PASSWORD",
+        "HIGHLIGHTS_IMAP_CAFILE",
     ):
         monkeypatch.delenv(name, raising=False)
 

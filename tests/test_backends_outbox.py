@@ -184,6 +184,7 @@ HEADERS = [
     "Date",
     "Message-ID",
     "Reply-To",
+    "X-Highlights-Issue",
     "List-Unsubscribe",
     "List-Id",
     "List-Unsubscribe-Post",

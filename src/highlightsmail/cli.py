@@ -383,6 +383,8 @@ def status(obj: _Ctx, issue: str, verbose: bool) -> None:
         click.echo(f"  list their addresses with: highlights status {slug} --verbose")
     if summary["in_doubt"] or summary["in_flight"]:
         click.echo(f"  send those in doubt again with: highlights send {slug} --resend-in-doubt")
+    if report.has_events:
+        click.echo(f"  delivery events recorded: see highlights report {slug}")
 
 
 @main.command()
@@ -452,3 +454,82 @@ def subscribers_export(obj: _Ctx, file: Path | None) -> None:
     from highlightsmail.subscribers import export_command
 
     export_command(obj.ws, file)
+
+
+@main.group()
+def bounces() -> None:
+    """Read bounce mail (delivery failures of mail sent over SMTP)."""
+
+
+@bounces.command("scan")
+@click.argument("mailbox", required=False)
+@pass_ctx
+def bounces_scan(obj: _Ctx, mailbox: str | None) -> None:
+    """Mark addresses that bounced, from MAILBOX: an mbox file, a Maildir, or
+    imaps://user@host[:port]/FOLDER (password from HIGHLIGHTS_IMAP_PASSWORD).
+    Default: the setting delivery.bounces.mailbox. Mail read before is skipped."""
+    from highlightsmail.bounces import scan
+    from highlightsmail.store import Store
+    from highlightsmail.tokens import load_signer
+
+    ws = obj.ws
+    with Store.open(ws) as store:
+        result = scan(ws, mailbox, store=store, signer=load_signer(ws.secret_path))
+    click.echo(
+        f"{result.mailbox}: {result.mails} mail(s), {result.already_scanned} read before, "
+        f"{result.bounces} bounce(s), {result.not_bounces} not bounces"
+    )
+    if result.bounces:
+        click.echo(
+            f"  permanent failures {result.permanent}, temporary {result.temporary}, "
+            f"status changes {result.status_changes}"
+            + (f", bounces of test sends {result.test_sends}" if result.test_sends else "")
+        )
+    if result.unknown:
+        shown = ", ".join(sorted(set(result.unknown))[:10])
+        more = len(set(result.unknown)) - 10
+        click.echo(
+            f"  {len(set(result.unknown))} address(es) not on the list: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+
+
+@main.command()
+@click.argument("issue")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "html"]), default="table", show_default=True)
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of standard output."
+)
+@pass_ctx
+def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
+    """How ISSUE did: deliveries, bounces, complaints, unsubscribes, opens and clicks,
+    against the bulk-sender limits."""
+    import json
+
+    from highlightsmail import report as reporting
+    from highlightsmail.errors import HighlightsError, display_path
+    from highlightsmail.store import Store
+
+    ws = obj.ws
+    with Store.open(ws) as store:
+        try:
+            slug = ws.issue_path(issue).stem
+        except HighlightsError:
+            if store.dispatch_info(issue) is None:
+                raise
+            slug = issue  # sent, and its file since removed
+        figures = reporting.build_report(store, slug)
+    if fmt == "json":
+        text = json.dumps(figures.as_json(), indent=2, ensure_ascii=False) + "\n"
+    elif fmt == "html":
+        text = reporting.render_html(figures, ws.settings)
+    else:
+        text = reporting.format_table(figures)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise HighlightsError(f"{display_path(out)}: cannot write the report: {exc.strerror or exc}") from None
+    click.echo(f"Wrote {display_path(out)}", err=True)

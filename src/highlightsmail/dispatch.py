@@ -539,6 +539,7 @@ class StatusReport:
     running: bool = False
     summary: Summary | None = None  # in-flight rows of a run that stopped counted as in doubt
     groups: list[Group] = field(default_factory=list)  # in doubt first, then failed
+    has_events: bool = False  # delivery events were recorded (`highlights report` has more)
 
 
 def status(ws: Workspace, issue_path: Path, *, verbose: bool = False) -> StatusReport:
@@ -564,7 +565,16 @@ def status(ws: Workspace, issue_path: Path, *, verbose: bool = False) -> StatusR
             *_groups(store, slug, "in_doubt", doubt_states, verbose),
             *_groups(store, slug, "failed", ("failed",), verbose),
         ]
-        return StatusReport(slug, last, info, active=0, running=running, summary=summary, groups=groups)
+        return StatusReport(
+            slug,
+            last,
+            info,
+            active=0,
+            running=running,
+            summary=summary,
+            groups=groups,
+            has_events=store.has_delivery_events(slug),
+        )
 
 
 def _groups(

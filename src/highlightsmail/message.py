@@ -40,6 +40,11 @@ class UnsafeHeader(HighlightsError):
     """Text for a header that could break out of it (it got past validation somehow)."""
 
 
+#: Names the issue in every message, so bounce mail (which returns the original
+#: headers) can be matched to it without the recipient's address.
+ISSUE_HEADER = "X-Highlights-Issue"
+
+
 @dataclass(frozen=True)
 class Recipient:
     """Someone a message goes to. Editors on a test send have no subscriber id."""
@@ -187,6 +192,7 @@ def build_message(
     reply_to = reply_to_header(settings)
     if reply_to:
         msg["Reply-To"] = reply_to
+    msg[ISSUE_HEADER] = rendered.slug
     for name, value in links.headers.items():
         msg[name] = value
     msg.set_content(text, subtype="plain", charset="utf-8")
@@ -222,6 +228,7 @@ def sender_domain(settings: Settings) -> str:
 
 
 __all__ = [
+    "ISSUE_HEADER",
     "SETTINGS_FILE",
     "TEST_PREFIX",
     "Recipient",

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
 
 Status = Literal["active", "unsubscribed", "bounced", "complained"]
-Source = Literal["web", "one-click", "cli", "import", "sendgrid"]
+Source = Literal["web", "one-click", "cli", "import", "sendgrid", "sendgrid-webhook", "bounce-mail"]
 STATUSES: tuple[str, ...] = get_args(Status)
 SOURCES: tuple[str, ...] = get_args(Source)
 #: Statuses that mean "never mail this address again".
@@ -112,6 +112,50 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX test_sends_issue ON test_sends (issue, fingerprint)",
         # Claiming the next pending recipients in id order without sorting the whole ledger.
         "CREATE INDEX deliveries_claim ON deliveries (issue, state, subscriber_id)",
+    ),
+    (  # delivery events: what SendGrid's Event Webhook and bounce mail say about each message
+        # Two more sources of status changes. SQLite changes a CHECK constraint only by
+        # rebuilding the table, so: copy, drop, rename, and the index again.
+        """CREATE TABLE events_new (
+            id            INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+            at            TEXT NOT NULL,
+            from_status   TEXT CHECK (from_status IN ('active', 'unsubscribed', 'bounced', 'complained')),
+            to_status     TEXT NOT NULL CHECK (to_status IN ('active', 'unsubscribed', 'bounced', 'complained')),
+            source        TEXT NOT NULL CHECK (source IN ('web', 'one-click', 'cli', 'import', 'sendgrid',
+                                                          'sendgrid-webhook', 'bounce-mail')),
+            detail        TEXT
+        )""",
+        "INSERT INTO events_new (id, subscriber_id, at, from_status, to_status, source, detail)"
+        " SELECT id, subscriber_id, at, from_status, to_status, source, detail FROM events",
+        "DROP TABLE events",
+        "ALTER TABLE events_new RENAME TO events",
+        "CREATE INDEX events_subscriber ON events (subscriber_id, id)",
+        # One row per event about one message: `event_key` is SendGrid's sg_event_id (or,
+        # for bounce mail, the mail's key and the subscriber), so an event is kept once
+        # however often it arrives.
+        """CREATE TABLE delivery_events (
+            id            INTEGER PRIMARY KEY,
+            event_key     TEXT NOT NULL UNIQUE,
+            issue         TEXT NOT NULL,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+            kind          TEXT NOT NULL CHECK (kind IN ('delivered', 'deferred', 'bounce', 'blocked', 'dropped',
+                                                        'spamreport', 'unsubscribe', 'group_unsubscribe',
+                                                        'open', 'click', 'dsn-permanent', 'dsn-temporary')),
+            at            TEXT NOT NULL,
+            url           TEXT,
+            detail        TEXT
+        )""",
+        # The report counts by issue and kind; the soft-bounce rule reads by subscriber.
+        "CREATE INDEX delivery_events_issue ON delivery_events (issue, kind, subscriber_id)",
+        "CREATE INDEX delivery_events_subscriber ON delivery_events (subscriber_id, issue, kind)",
+        # Bounce mail already read (by Message-ID, or a hash of the whole mail), so a
+        # second scan of the same mailbox changes nothing.
+        """CREATE TABLE scanned_mail (
+            mail_key TEXT PRIMARY KEY,
+            at       TEXT NOT NULL,
+            outcome  TEXT NOT NULL
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -208,6 +252,64 @@ class TestSend:
     fingerprint: str
     recipients: list[str]
     at: str
+
+
+#: What the delivery events of an issue can be: SendGrid's event types (a bounce of
+#: type `blocked` is kept as `blocked`), and permanent or temporary failures read from
+#: bounce mail (DSNs).
+DeliveryKind = Literal[
+    "delivered",
+    "deferred",
+    "bounce",
+    "blocked",
+    "dropped",
+    "spamreport",
+    "unsubscribe",
+    "group_unsubscribe",
+    "open",
+    "click",
+    "dsn-permanent",
+    "dsn-temporary",
+]
+DELIVERY_KINDS: tuple[str, ...] = get_args(DeliveryKind)
+# How far each status says "mail no more": events only ever raise it.
+_LEAVING_RANK = {"unsubscribed": 1, "bounced": 2, "complained": 3}
+# Whether the issue `d.issue` soft-bounced for subscriber `d.subscriber_id` (SQL).
+_SOFT_ISSUE = """(
+    NOT EXISTS (SELECT 1 FROM delivery_events AS x WHERE x.subscriber_id = d.subscriber_id
+                AND x.issue = d.issue AND x.kind = 'delivered')
+    AND (EXISTS (SELECT 1 FROM delivery_events AS x WHERE x.subscriber_id = d.subscriber_id
+                 AND x.issue = d.issue AND x.kind IN ('blocked', 'dsn-temporary'))
+         OR (EXISTS (SELECT 1 FROM delivery_events AS x WHERE x.subscriber_id = d.subscriber_id
+                     AND x.issue = d.issue AND x.kind = 'deferred')
+             AND EXISTS (SELECT 1 FROM delivery_events AS x WHERE x.subscriber_id = d.subscriber_id
+                         AND x.issue = d.issue AND x.kind = 'dropped'))))"""
+
+
+class DeliveryEventRow(NamedTuple):
+    """One event about the message an issue sent to a subscriber, ready to record."""
+
+    key: str  # SendGrid's sg_event_id, or the bounce mail's key and the subscriber
+    issue: str | None  # None: bounce mail naming no issue we sent them (only the status moves)
+    subscriber_id: int
+    kind: str  # one of DELIVERY_KINDS
+    at: str  # when it happened, in the stored format
+    email: str | None = None  # the address the event names, checked against the ledger's
+    url: str | None = None  # a click's link
+    detail: str | None = None  # the reason given, kept with the event and any status change
+    status: str | None = None  # the status the event moves the subscriber to, if any
+    soft: bool = False  # whether it may make the issue a soft bounce
+
+
+@dataclass
+class RecordResult:
+    """What recording a batch of delivery events did."""
+
+    recorded: int = 0
+    duplicates: int = 0  # already recorded (the same event key)
+    unknown: int = 0  # no such issue sent to that subscriber: ignored
+    changed: int = 0  # status changes, the soft limit's included
+    soft_limited: int = 0  # subscribers made bounced by the soft limit
 
 
 class Store:
@@ -784,6 +886,210 @@ class Store:
                 return False
             conn.execute("UPDATE dispatches SET finished = coalesce(finished, ?) WHERE issue = ?", (self.now(), issue))
             return True
+
+    # -- delivery events ----------------------------------------------------------
+    # What SendGrid's Event Webhook and bounce mail say about the message an issue sent
+    # to a subscriber. Each event is kept once (by its key); the statuses it implies only
+    # ever move towards "mail no more" (active < unsubscribed < bounced < complained), so
+    # the end state is the same whatever order, and however often, events arrive.
+
+    def record_delivery_events(
+        self,
+        rows: Iterable[DeliveryEventRow],
+        *,
+        source: Source,
+        soft_limit: int,
+        same_address: Callable[[str, str], bool] | None = None,
+    ) -> RecordResult:
+        """Record events in one transaction and apply what they imply.
+
+        A row whose issue did not go to that subscriber (no ledger row in flight, sent or
+        in doubt), or whose address is not the one the ledger has (`same_address(ledger,
+        event)` says no), is counted as unknown and ignored: events of another newsletter
+        on the same account must not touch this one. A row with `issue` None (bounce mail
+        naming no issue) only moves the status. After the rows, a subscriber whose soft
+        bounces now span `soft_limit` issues in a row becomes `bounced`."""
+        _check(source, SOURCES, "source")
+        result = RecordResult()
+        now = self.now()
+        softened: set[int] = set()
+        with self._write() as conn:
+            ledger: dict[tuple[str, int], str | None] = {}
+            for row in rows:
+                _check(row.kind, DELIVERY_KINDS, "event kind")
+                if row.issue is None:
+                    if conn.execute("SELECT 1 FROM subscribers WHERE id = ?", (row.subscriber_id,)).fetchone() is None:
+                        result.unknown += 1
+                        continue
+                    result.recorded += 1
+                else:
+                    pair = (row.issue, row.subscriber_id)
+                    if pair not in ledger:
+                        hit = conn.execute(
+                            "SELECT email FROM deliveries WHERE issue = ? AND subscriber_id = ?"
+                            " AND state IN ('in_flight', 'sent', 'in_doubt')",
+                            pair,
+                        ).fetchone()
+                        ledger[pair] = hit[0] if hit else None
+                    sent_to = ledger[pair]
+                    if sent_to is None or (row.email and same_address and not same_address(sent_to, row.email)):
+                        result.unknown += 1
+                        continue
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO delivery_events (event_key, issue, subscriber_id, kind, at, url, detail)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (row.key, row.issue, row.subscriber_id, row.kind, row.at, row.url, row.detail),
+                    )
+                    if not cur.rowcount:
+                        result.duplicates += 1
+                        continue
+                    result.recorded += 1
+                if row.status is not None and self._raise_status(
+                    conn, row.subscriber_id, row.status, now, source, row.detail
+                ):
+                    result.changed += 1
+                if row.soft and row.issue is not None:
+                    softened.add(row.subscriber_id)
+            for sid in sorted(softened):
+                run = self._soft_run(conn, sid)
+                if len(run) >= soft_limit:
+                    detail = f"soft bounces in {len(run)} issues in a row ({', '.join(run)})"
+                    if self._raise_status(conn, sid, "bounced", now, source, detail):
+                        result.changed += 1
+                        result.soft_limited += 1
+        return result
+
+    def _raise_status(
+        self, conn: sqlite3.Connection, sid: int, status: str, now: str, source: str, detail: str | None
+    ) -> bool:
+        """Move a subscriber to `status` only if it says more than their current one."""
+        _check(status, STATUSES, "status")
+        row = conn.execute("SELECT status FROM subscribers WHERE id = ?", (sid,)).fetchone()
+        if row is None or _LEAVING_RANK.get(status, 0) <= _LEAVING_RANK.get(row[0], 0):
+            return False
+        conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?", (status, now, sid))
+        self._event(conn, sid, now, row[0], status, source, detail)
+        return True
+
+    @staticmethod
+    def _soft_run(conn: sqlite3.Connection, sid: int) -> list[str]:
+        """The longest run of consecutive issues (in dispatch order, among those sent to
+        this subscriber) that soft-bounced: a `blocked` bounce or a temporary DSN, or a
+        deferral that ended in a drop, and no delivery. Any other issue breaks the run."""
+        rows = conn.execute(
+            # CROSS JOIN keeps this order: each dispatch (a few a month), then one primary-key
+            # lookup in the ledger; the ledger has no index by subscriber alone.
+            f"""SELECT d.issue, {_SOFT_ISSUE} AS soft
+                FROM dispatches AS p CROSS JOIN deliveries AS d ON d.issue = p.issue AND d.subscriber_id = ?
+                WHERE d.state IN ('in_flight', 'sent', 'in_doubt')
+                ORDER BY p.started, p.issue""",
+            (sid,),
+        ).fetchall()
+        best: list[str] = []
+        run: list[str] = []
+        for issue, soft in rows:
+            run = [*run, issue] if soft else []
+            if len(run) > len(best):
+                best = run
+        return best
+
+    def has_delivery_events(self, issue: str) -> bool:
+        return bool(self._query("SELECT 1 FROM delivery_events WHERE issue = ? LIMIT 1", (issue,)))
+
+    def latest_issue_sent(self, subscriber_id: int, prefer: str | None = None) -> str | None:
+        """The issue a bounce is most likely about: `prefer` if it went to this subscriber,
+        else the last dispatch that did."""
+        rows = self._query(
+            "SELECT d.issue FROM dispatches AS p CROSS JOIN deliveries AS d"
+            " ON d.issue = p.issue AND d.subscriber_id = ?"
+            " WHERE d.state IN ('in_flight', 'sent', 'in_doubt')"
+            " ORDER BY d.issue = ? DESC, p.started DESC, p.issue DESC LIMIT 1",
+            (subscriber_id, prefer or ""),
+        )
+        return rows[0][0] if rows else None
+
+    def scanned_mail(self, keys: Iterable[str]) -> set[str]:
+        """Which of these bounce mail keys were read by an earlier scan."""
+        wanted = list(dict.fromkeys(keys))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found.update(
+                r[0]
+                for r in self._query(f"SELECT mail_key FROM scanned_mail WHERE mail_key IN ({marks})", tuple(chunk))
+            )
+        return found
+
+    def mark_scanned(self, mail_key: str, outcome: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO scanned_mail (mail_key, at, outcome) VALUES (?, ?, ?)",
+                (mail_key, self.now(), outcome),
+            )
+
+    def issue_event_counts(self, issue: str) -> dict[str, tuple[int, int]]:
+        """For each kind of event of an issue: (events, distinct subscribers)."""
+        rows = self._query(
+            "SELECT kind, count(*), count(DISTINCT subscriber_id) FROM delivery_events WHERE issue = ? GROUP BY kind",
+            (issue,),
+        )
+        return {kind: (n, people) for kind, n, people in rows}
+
+    def distinct_subscribers(self, issue: str, kinds: Iterable[str]) -> int:
+        """How many subscribers have at least one event of these kinds for the issue."""
+        wanted = tuple(_check(k, DELIVERY_KINDS, "event kind") for k in kinds)
+        marks = ", ".join("?" for _ in wanted)
+        return self._query(
+            f"SELECT count(DISTINCT subscriber_id) FROM delivery_events WHERE issue = ? AND kind IN ({marks})",
+            (issue, *wanted),
+        )[0][0]
+
+    def soft_bounced(self, issue: str) -> int:
+        """How many recipients of the issue soft-bounced (the rule of `_soft_run`)."""
+        return self._query(
+            f"""SELECT count(*) FROM (SELECT DISTINCT issue, subscriber_id FROM delivery_events WHERE issue = ?) AS d
+                WHERE {_SOFT_ISSUE}""",
+            (issue,),
+        )[0][0]
+
+    def link_clicks(self, issue: str) -> list[tuple[str, int, int]]:
+        """(url, clicks, distinct subscribers) per clicked link, most clicked first."""
+        return self._query(
+            "SELECT url, count(*), count(DISTINCT subscriber_id) FROM delivery_events"
+            " WHERE issue = ? AND kind = 'click' AND url IS NOT NULL"
+            " GROUP BY url ORDER BY count(*) DESC, count(DISTINCT subscriber_id) DESC, url",
+            (issue,),
+        )
+
+    def unsubscribes_after(self, issue: str) -> int:
+        """Recipients of the issue who unsubscribed (by any way) after it went out and
+        before the next issue did."""
+        info = self.dispatch_info(issue)
+        if info is None:
+            return 0
+        following = self._query(
+            "SELECT min(started) FROM dispatches WHERE started > ? OR (started = ? AND issue > ?)",
+            (info.started, info.started, issue),
+        )[0][0]
+        return self._query(
+            "SELECT count(DISTINCT e.subscriber_id) FROM events AS e"
+            " JOIN deliveries AS d ON d.subscriber_id = e.subscriber_id AND d.issue = ?"
+            " WHERE d.state IN ('in_flight', 'sent', 'in_doubt') AND e.to_status = 'unsubscribed'"
+            " AND e.at >= ? AND (? IS NULL OR e.at < ?)",
+            (issue, info.started, following, following),
+        )[0][0]
+
+    def events_per_hour(self, issue: str, start: str, hours: int) -> list[tuple[int, str, int]]:
+        """(hour since `start`, kind, events) for the first `hours` hours."""
+        return self._query(
+            "SELECT hour, kind, count(*) FROM ("
+            # Whole seconds, not julianday(): its floating point puts 10:00 in the 9 o'clock hour.
+            "  SELECT (CAST(strftime('%s', at) AS INTEGER) - CAST(strftime('%s', ?) AS INTEGER)) / 3600 AS hour, kind, at"
+            "  FROM delivery_events WHERE issue = ? AND at >= ?"
+            ") WHERE hour < ? GROUP BY hour, kind ORDER BY hour, kind",
+            (start, issue, start, hours),
+        )
 
 
 class _Rollback(Exception):

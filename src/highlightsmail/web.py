@@ -389,17 +389,20 @@ class _BodyLimit:
     actually arrives (a chunked body has no Content-Length). The body is read here, then
     replayed to the app, so the app never sees more than the limit."""
 
-    def __init__(self, app: ASGIApp, pages: Pages, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, pages: Pages, limit: int = MAX_BODY_BYTES, paths: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.pages = pages
         self.limit = limit
+        self.paths = paths or {}  # a larger limit for these exact paths
 
-    def _too_large(self) -> HTMLResponse:
+    def _too_large(self, limit: int) -> HTMLResponse:
         # Connection: close, since the rest of the body is left unread.
         return self.pages.notice(
             413,
             "Request too large",
-            f"This address accepts at most {self.limit} bytes.",
+            f"This address accepts at most {limit} bytes.",
             headers={"Connection": "close"},
         )
 
@@ -407,14 +410,15 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope.get("path", ""), self.limit)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
-                too_large = int(declared) > self.limit
+                too_large = int(declared) > limit
             except ValueError:
                 too_large = False  # the server has already refused a malformed length
             if too_large:
-                await self._too_large()(scope, receive, send)
+                await self._too_large(limit)(scope, receive, send)
                 return
         chunks: list[bytes] = []
         size = 0
@@ -424,8 +428,8 @@ class _BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
-                await self._too_large()(scope, receive, send)
+            if size > limit:
+                await self._too_large(limit)(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -453,22 +457,27 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 
     _install_log_redaction()
     endpoint = _Endpoint(ws, signer)
+    from highlightsmail import webhooks
+
+    sendgrid_events = webhooks.SendGridWebhook(ws)
     routes = [
         Route("/healthz", endpoint.healthz, methods=["GET"]),
         # One route for both methods, so a wrong method's 405 lists both in Allow.
         Route("/u/{token}", endpoint.token_page, methods=["GET", "POST"]),
         Route("/u/{token}/resubscribe", endpoint.resubscribe, methods=["POST"]),
         *archive_routes(ws),
+        Route(webhooks.PATH, sendgrid_events.handle, methods=["POST"]),
     ]
     middleware = [
         Middleware(_SecurityHeaders, pages=endpoint.pages),  # outermost: every answer gets the headers
-        Middleware(_BodyLimit, pages=endpoint.pages),
+        Middleware(_BodyLimit, pages=endpoint.pages, paths={webhooks.PATH: webhooks.MAX_BODY_BYTES}),
     ]
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         endpoint.db.close()
+        sendgrid_events.close()
 
     application = Starlette(
         routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: endpoint.http_error}

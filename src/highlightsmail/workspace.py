@@ -29,6 +29,11 @@ class SendGridSettings(_Strict):
     batch_size: int = Field(default=1000, ge=1, le=1000)
     concurrency: int = Field(default=4, ge=1, le=32)
     timeout: float = Field(default=30.0, gt=0, le=600)
+    # The Event Webhook's verification key (base64, as SendGrid shows it); the
+    # environment's SENDGRID_WEBHOOK_PUBLIC_KEY overrides it.
+    webhook_public_key: SingleLine | None = None
+    # Click tracking on every link but the unsubscribe link (never in the text part).
+    track_clicks: bool = False
 
 
 class SmtpSettings(_Strict):
@@ -44,11 +49,19 @@ class OutboxSettings(_Strict):
     dir: SingleLine = "outbox"
 
 
+class BounceSettings(_Strict):
+    # Soft bounces in this many issues in a row make an address count as bounced.
+    soft_limit: int = Field(default=3, ge=1, le=100)
+    # Where SMTP bounces arrive: an mbox file, a Maildir, or imaps://user@host[:port]/FOLDER.
+    mailbox: SingleLine | None = None
+
+
 class DeliverySettings(_Strict):
     backend: Literal["outbox", "smtp", "sendgrid"] = "outbox"
     sendgrid: SendGridSettings = Field(default_factory=SendGridSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    bounces: BounceSettings = Field(default_factory=BounceSettings)
     # Retries of throttling, server errors, time-outs and dropped connections.
     max_attempts: int = Field(default=5, ge=1, le=20)
     backoff: float = Field(default=0.5, ge=0, le=60)

@@ -6,9 +6,12 @@ substitution of the rendered placeholder. The payload is a plain dict posted thr
 the package's HTTP client: building a thousand personalizations with its helper classes
 costs more than the request itself.
 
-Click tracking is turned off: SendGrid would otherwise rewrite every link, the
-unsubscribe link included, into a redirect through its own domain. SendGrid's own
-subscription footer is turned off too: the issue's footer already carries the link.
+Click tracking is off by default. With `delivery.sendgrid.track_clicks`, SendGrid rewrites
+the HTML part's links into redirects through its own domain, except the unsubscribe
+link, which carries SendGrid's `clicktracking=off` attribute so it stays the reader's own
+link. The text part is never tracked: an attribute cannot mark a link there, so its
+unsubscribe URL would be rewritten too. SendGrid's own subscription footer is always
+off: the issue's footer already carries the link.
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ class SendGridBackend(Backend):
                 }
             )
         name, email = parseaddr(from_header(settings))
+        track = self.config.track_clicks
         payload: dict[str, Any] = {
             "personalizations": personalizations,
             "from": _address(email, name),
@@ -137,10 +141,10 @@ class SendGridBackend(Backend):
             # text/plain must come before text/html (SendGrid refuses the other order).
             "content": [
                 {"type": "text/plain", "value": rendered.text},
-                {"type": "text/html", "value": rendered.html},
+                {"type": "text/html", "value": untracked_unsubscribe(rendered.html) if track else rendered.html},
             ],
             "tracking_settings": {
-                "click_tracking": {"enable": False, "enable_text": False},
+                "click_tracking": {"enable": track, "enable_text": False},
                 "subscription_tracking": {"enable": False},
             },
         }
@@ -255,6 +259,16 @@ class SendGridBackend(Backend):
         if not isinstance(data, list):
             raise DeliveryError(f"SendGrid answered {what} with {type(data).__name__}, not a list")
         return data
+
+
+@functools.lru_cache(maxsize=8)
+def untracked_unsubscribe(html: str) -> str:
+    """The HTML with SendGrid's `clicktracking=off` on every link to the unsubscribe URL
+    (the placeholder each recipient's URL replaces), so click tracking leaves it alone."""
+    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+
+    link = re.compile(r"<a(?=\s[^>]*\bhref\s*=\s*([\"'])" + re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"\1)", re.I)
+    return link.sub("<a clicktracking=off", html)
 
 
 def ascii_address(address: str) -> str | None:

@@ -1,0 +1,155 @@
+"""What delivery events mean for the list: SendGrid's events and bounce mail, turned into
+rows for the store with the status each one implies.
+
+The rules:
+- `bounce` (type `bounce`), and `dropped` for a bounced or invalid address -> `bounced`;
+- `spamreport`, and `dropped` for an address that reported spam -> `complained`;
+- `unsubscribe`, `group_unsubscribe`, and `dropped` for an unsubscribed address -> `unsubscribed`;
+- a `bounce` of type `blocked`, a `deferred` that ends in a drop, and a temporary failure
+  in bounce mail are soft bounces: soft bounces in `delivery.bounces.soft_limit` issues
+  in a row make the address `bounced`, and a delivery in between breaks the row;
+- `delivered`, `open` and `click` (with its URL) are counted for the report.
+Statuses only ever move towards "mail no more" (store.record_delivery_events).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from highlightsmail.store import DeliveryEventRow, RecordResult, format_time
+
+if TYPE_CHECKING:
+    from highlightsmail.store import Source, Store
+
+#: SendGrid event types kept; `processed` (one per recipient, says nothing new) and
+#: anything else are ignored.
+SENDGRID_KINDS = frozenset(
+    {"delivered", "deferred", "bounce", "dropped", "spamreport", "unsubscribe", "group_unsubscribe", "open", "click"}
+)
+_STATUS_OF = {"spamreport": "complained", "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed"}
+# A `dropped` event's reason, as SendGrid words it, and the status it means. Other
+# reasons ("Invalid SMTPAPI header", spam content, over quota) say nothing about the
+# address; "Invalid" alone is an invalid address.
+_DROPPED_BECAUSE = {
+    "bounced address": "bounced",
+    "invalid": "bounced",
+    "invalid address": "bounced",
+    "invalid email": "bounced",
+    "spam reporting address": "complained",
+    "unsubscribed address": "unsubscribed",
+}
+_MAX_DETAIL = 1000
+_MAX_URL = 2048
+
+
+def sendgrid_row(event: Any) -> DeliveryEventRow | None:
+    """One SendGrid Event Webhook event as a row, or None when it is not for us (no
+    `issue` and `subscriber_id` custom args, a test send, an event type we don't keep)
+    or malformed. Custom args arrive as top-level fields of the event."""
+    if not isinstance(event, Mapping):
+        return None
+    kind = event.get("event")
+    key = event.get("sg_event_id")
+    if kind not in SENDGRID_KINDS or not isinstance(key, str) or not key or len(key) > 200:
+        return None
+    args = _custom_args(event)
+    issue, sid = args.get("issue"), args.get("subscriber_id")
+    if not isinstance(issue, str) or not issue or len(issue) > 200 or not isinstance(sid, str | int):
+        return None
+    try:
+        subscriber_id = int(sid)
+    except ValueError:
+        return None
+    if not 1 <= subscriber_id < 2**63:  # SQLite's integers are 64-bit
+        return None
+    at = _event_time(event.get("timestamp"))
+    if at is None:
+        return None
+    email = event.get("email") if isinstance(event.get("email"), str) else None
+    reason = _text(event.get("reason")) or _text(event.get("response"))
+    status: str | None = _STATUS_OF.get(kind)
+    soft = False
+    url = None
+    if kind == "bounce":
+        if str(event.get("type") or "bounce").lower() == "blocked":
+            kind, soft = "blocked", True
+        else:
+            status = "bounced"
+    elif kind == "dropped":
+        soft = True  # ends a deferral: soft only together with a `deferred` of the same message
+        status = _DROPPED_BECAUSE.get((reason or "").strip().rstrip(".").lower())
+    elif kind == "deferred":
+        soft = True
+    elif kind == "click":
+        url = _text(event.get("url"), _MAX_URL)
+    return DeliveryEventRow(
+        key=key,
+        issue=issue,
+        subscriber_id=subscriber_id,
+        kind=kind,
+        at=at,
+        email=email,
+        url=url,
+        detail=reason,
+        status=status,
+        soft=soft,
+    )
+
+
+def _custom_args(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Custom args are top-level fields; older webhooks nested them in `unique_args`."""
+    if "issue" in event or "subscriber_id" in event:
+        return event
+    for name in ("unique_args", "custom_args"):
+        nested = event.get(name)
+        if isinstance(nested, Mapping):
+            return nested
+    return {}
+
+
+def _event_time(value: Any) -> str | None:
+    """SendGrid's timestamp (Unix seconds) in the stored format."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = float(value)
+        if not math.isfinite(seconds):
+            return None
+        return format_time(datetime.fromtimestamp(seconds, UTC))
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _text(value: Any, limit: int = _MAX_DETAIL) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return " ".join(value.split())[:limit]
+
+
+@functools.lru_cache(maxsize=65536)
+def _comparable(address: str) -> str:
+    """An address as SendGrid reports it (the domain in its xn-- form), case-folded."""
+    from highlightsmail.backends.sendgrid import ascii_address
+
+    return (ascii_address(address) or address).casefold()
+
+
+def same_address(ledger: str, reported: str) -> bool:
+    """Whether the address an event names is the one the issue was sent to."""
+    return _comparable(ledger) == _comparable(reported)
+
+
+def record(
+    store: Store, rows: Iterable[DeliveryEventRow], *, source: Source, soft_limit: int, check_address: bool = True
+) -> RecordResult:
+    """Record rows and apply their statuses and the soft-bounce limit, in one transaction."""
+    return store.record_delivery_events(
+        rows, source=source, soft_limit=soft_limit, same_address=same_address if check_address else None
+    )
+
+
+__all__ = ["SENDGRID_KINDS", "record", "same_address", "sendgrid_row"]

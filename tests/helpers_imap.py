@@ -1,0 +1,158 @@
+"""A real IMAP server for the tests: Debian's Dovecot, started on a free loopback port
+with IMAP over TLS only (a certificate from a trustme CA), a throwaway configuration,
+one user and one Maildir, all in a temporary folder that is removed afterwards."""
+
+from __future__ import annotations
+
+import grp
+import mailbox
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+DOVECOT = os.environ.get("HIGHLIGHTS_DOVECOT", "/usr/sbin/dovecot")
+USER = "bounces@example.org"
+PASSWORD = "imap-test-password-4821"
+
+
+@dataclass
+class Dovecot:
+    port: int
+    ca_file: Path
+    maildir: Path
+    _owner: tuple[int, int]
+
+    @property
+    def url(self) -> str:
+        return f"imaps://{USER.replace('@', '%40')}@127.0.0.1:{self.port}/INBOX"
+
+    def deliver(self, mails: list[bytes], folder: str | None = None) -> None:
+        """Put mail into the user's Maildir (INBOX, or a subfolder), as a delivery agent would."""
+        box = mailbox.Maildir(str(self.maildir), create=True)
+        target = box if folder is None else box.add_folder(folder)
+        for data in mails:
+            target.add(data)
+        for path in [self.maildir, *self.maildir.rglob("*")]:
+            os.chown(path, *self._owner)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(folder: Path, port: int, owner: tuple[int, int], users: tuple[str, str, str]) -> str:
+    internal_user, internal_group, login_user = users
+    uid, gid = owner
+    return f"""
+base_dir = {folder}/run
+state_dir = {folder}/state
+log_path = {folder}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = required
+ssl_min_protocol = TLSv1.2
+ssl_cert = <{folder}/cert.pem
+ssl_key = <{folder}/key.pem
+default_internal_user = {internal_user}
+default_internal_group = {internal_group}
+default_login_user = {login_user}
+first_valid_uid = {min(uid, 1) if uid else 1}
+first_valid_gid = {min(gid, 1) if gid else 1}
+auth_mechanisms = plain
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {folder}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={folder}/home/%u
+}}
+mail_location = maildir:~/Maildir
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {port}
+    ssl = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+@contextmanager
+def dovecot() -> Iterator[Dovecot]:
+    if not Path(DOVECOT).exists():
+        pytest.fail(f"{DOVECOT} is missing: install Debian's dovecot-imapd (apt-get install dovecot-imapd)")
+    # Not pytest's tmp_path: Dovecot's unprivileged processes must be able to reach it.
+    folder = Path(tempfile.mkdtemp(prefix="highlights-dovecot-"))
+    folder.chmod(0o755)
+    proc: subprocess.Popen | None = None
+    try:
+        if os.geteuid() == 0:
+            # Dovecot refuses to log in or read mail as root: its own users do that.
+            owner = (pwd.getpwnam("dovecot").pw_uid, grp.getgrnam("dovecot").gr_gid)
+            users = ("dovecot", "dovecot", "dovenull")
+        else:
+            owner = (os.getuid(), os.getgid())
+            me, group = pwd.getpwuid(owner[0]).pw_name, grp.getgrgid(owner[1]).gr_name
+            users = (me, group, me)
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+        (folder / "cert.pem").write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+        ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+        (folder / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n", encoding="utf-8")
+        home = folder / "home" / USER
+        home.mkdir(parents=True)
+        os.chown(home, *owner)
+        port = _free_port()
+        (folder / "dovecot.conf").write_text(_config(folder, port, owner, users), encoding="utf-8")
+        proc = subprocess.Popen(
+            [DOVECOT, "-F", "-c", str(folder / "dovecot.conf")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = (
+                        (folder / "dovecot.log").read_text(errors="replace")
+                        if (folder / "dovecot.log").exists()
+                        else ""
+                    )
+                    out = proc.stdout.read().decode(errors="replace") if proc.stdout and proc.poll() is not None else ""
+                    pytest.fail(f"Dovecot did not start on 127.0.0.1:{port}:\n{out}\n{log}")
+                time.sleep(0.05)
+        yield Dovecot(port=port, ca_file=folder / "ca.pem", maildir=home / "Maildir", _owner=owner)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            if proc.stdout:
+                proc.stdout.close()
+        shutil.rmtree(folder, ignore_errors=True)

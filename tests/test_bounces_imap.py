@@ -1,0 +1,89 @@
+"""`highlights bounces scan imaps://...` against a real Dovecot on loopback, over TLS
+with a certificate the test's own CA signed."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from helpers_bounces import exim, gmail, postfix, vacation
+from helpers_events import dump, statuses
+from helpers_imap import PASSWORD, USER, Dovecot, dovecot
+from highlightsmail.cli import main
+from test_bounces import ISSUE, Sent, db_of, email, kinds
+
+
+@pytest.fixture
+def imap(monkeypatch: pytest.MonkeyPatch):
+    with dovecot() as server:
+        monkeypatch.setenv("HIGHLIGHTS_IMAP_PASSWORD", PASSWORD)
+        monkeypatch.setenv("HIGHLIGHTS_IMAP_CAFILE", str(server.ca_file))
+        yield server
+
+
+def scan(*args: str):
+    return CliRunner().invoke(main, ["bounces", "scan", *args])
+
+
+def test_bounces_in_an_imap_folder_are_read_once_and_left_unseen(workspace: Path, imap: Dovecot) -> None:
+    sent = Sent(workspace, 4)
+    imap.deliver([gmail(email(1), sent.message(1)), vacation(email(2), sent.message(2))])
+    imap.deliver([exim(email(3), sent.message(3))], folder="Bounces")
+    result = scan(imap.url)
+    assert result.exit_code == 0, result.output
+    assert "2 mail(s), 0 read before, 1 bounce(s), 1 not bounces" in result.output
+    assert statuses(db_of(workspace))[email(1)] == "bounced"
+    assert statuses(db_of(workspace))[email(2)] == "active"
+
+    # Another folder of the same mailbox.
+    result = scan(imap.url.replace("/INBOX", "/Bounces"))
+    assert result.exit_code == 0, result.output
+    assert statuses(db_of(workspace))[email(3)] == "bounced"
+
+    once = dump(db_of(workspace))
+    again = scan(imap.url)
+    assert "2 mail(s), 2 read before, 0 bounce(s)" in again.output
+    assert dump(db_of(workspace)) == once
+
+    # New mail since: only it is read. A temporary failure is a soft bounce.
+    imap.deliver([postfix(email(4), sent.message(4), action="delayed", status="4.4.1")])
+    later = scan(imap.url)
+    assert "3 mail(s), 2 read before, 1 bounce(s)" in later.output
+    assert statuses(db_of(workspace))[email(4)] == "active"
+    assert (email(4), ISSUE, "dsn-temporary") in kinds(workspace)
+
+    # Read-only and BODY.PEEK: nothing was marked as seen in the mailbox.
+    from imapclient import IMAPClient
+
+    with IMAPClient(
+        "127.0.0.1", port=imap.port, ssl=True, ssl_context=ssl.create_default_context(cafile=str(imap.ca_file))
+    ) as client:
+        client.login(USER, PASSWORD)
+        client.select_folder("INBOX", readonly=True)
+        assert client.search("SEEN") == []
+        assert len(client.search("ALL")) == 3
+
+
+def test_a_wrong_password_or_an_untrusted_certificate_is_one_clear_line(
+    workspace: Path, imap: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Sent(workspace, 1)
+    monkeypatch.setenv("HIGHLIGHTS_IMAP_PASSWORD", "not-the-password")
+    result = scan(imap.url)
+    assert result.exit_code == 1
+    assert "the server refused the login of 'bounces@example.org'" in result.output
+    assert "not-the-password" not in result.output
+
+    monkeypatch.setenv("HIGHLIGHTS_IMAP_PASSWORD", PASSWORD)
+    monkeypatch.delenv("HIGHLIGHTS_IMAP_CAFILE")
+    result = scan(imap.url)
+    assert result.exit_code == 1
+    assert "certificate is not trusted" in result.output and "HIGHLIGHTS_IMAP_CAFILE" in result.output
+    assert "Traceback" not in result.output
+
+    monkeypatch.setenv("HIGHLIGHTS_IMAP_CAFILE", str(imap.ca_file))
+    result = scan(imap.url.replace("/INBOX", "/NoSuchFolder"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
