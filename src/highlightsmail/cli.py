@@ -6,7 +6,12 @@ Every import of real work happens inside the command, so `highlights --help` sta
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -187,9 +192,20 @@ def subscribers() -> None:
 @pass_ctx
 def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
     """Import subscribers from a CSV file with a header row (email[, name][, status])."""
-    from highlightsmail.subscribers import import_command
+    from highlightsmail import subscribers as engine
 
-    import_command(obj.ws, file, dry_run=dry_run)
+    parsed = engine.parse_csv(file)
+    # Bad and duplicate rows by line on stderr, before anything is written.
+    for message in parsed.warnings + parsed.rejected:
+        click.echo(message, err=True)
+    result = engine.import_parsed(obj.ws, file, parsed, dry_run=dry_run)
+    summary = (
+        f"{result.new} new, {result.updated} updated, {result.unchanged} unchanged, {len(parsed.rejected)} rejected"
+    )
+    if dry_run:
+        click.echo(f"dry run: would import {summary}; nothing was changed")
+    else:
+        click.echo(f"imported {summary}")
 
 
 @subscribers.command("add")
@@ -198,9 +214,15 @@ def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
 @pass_ctx
 def subscribers_add(obj: _Ctx, email: str, name: str) -> None:
     """Add one subscriber (someone who left is never made active again from here)."""
-    from highlightsmail.subscribers import add_command
+    from highlightsmail import subscribers as engine
 
-    add_command(obj.ws, email, name=name)
+    added = engine.add(obj.ws, email, name=name)
+    if added.created:
+        click.echo(f"added {added.subscriber.email}")
+    elif added.renamed:
+        click.echo(f"{added.subscriber.email} is already subscribed; name set to {name.strip()!r}")
+    else:
+        click.echo(f"{added.subscriber.email} is already subscribed")
 
 
 @subscribers.command("remove")
@@ -208,9 +230,13 @@ def subscribers_add(obj: _Ctx, email: str, name: str) -> None:
 @pass_ctx
 def subscribers_remove(obj: _Ctx, email: str) -> None:
     """Unsubscribe EMAIL (kept in the list so it is never mailed again)."""
-    from highlightsmail.subscribers import remove_command
+    from highlightsmail import subscribers as engine
 
-    remove_command(obj.ws, email)
+    subscriber, changed = engine.remove(obj.ws, email)
+    if changed:
+        click.echo(f"unsubscribed {subscriber.email}")
+    else:
+        click.echo(f"{subscriber.email} is already {subscriber.status}; it gets no mail")
 
 
 @subscribers.command("list")
@@ -219,9 +245,10 @@ def subscribers_remove(obj: _Ctx, email: str) -> None:
 @pass_ctx
 def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:
     """List subscribers."""
-    from highlightsmail.subscribers import list_command
+    from highlightsmail import subscribers as engine
 
-    list_command(obj.ws, status=status_, fmt=fmt)
+    with _streamed_stdout() as out:
+        engine.write_list(obj.ws, out, status=status_, fmt=fmt)  # type: ignore[arg-type]  # click.Choice
 
 
 @subscribers.command("export")
@@ -229,6 +256,27 @@ def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:
 @pass_ctx
 def subscribers_export(obj: _Ctx, file: Path | None) -> None:
     """Export every subscriber as CSV to FILE (default: standard output)."""
-    from highlightsmail.subscribers import export_command
+    from highlightsmail import subscribers as engine
+    from highlightsmail.errors import display_path
 
-    export_command(obj.ws, file)
+    if file is None:
+        with _streamed_stdout() as out:
+            engine.export(obj.ws, None, out)
+        return
+    count = engine.export(obj.ws, file)
+    click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
+
+
+@contextmanager
+def _streamed_stdout() -> Iterator[TextIO]:
+    """Standard output for streaming; a reader that stops early (`| head`) ends the
+    command quietly instead of with a BrokenPipeError traceback."""
+    out = sys.stdout
+    try:
+        yield out
+        out.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
