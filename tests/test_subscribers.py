@@ -594,3 +594,26 @@ def test_send_and_status_on_an_unusable_database_say_what_to_do(workspace: Path)
         assert "not sent yet (3 active subscribers)" in highlights("status", "latest").stdout
         _one_line(highlights("send", "latest", "--yes", "--skip-test-check"), "cannot write to the database")
     assert not list((workspace / "outbox").glob("2024-w02/*.eml"))  # nothing went out
+
+
+def test_the_engine_prints_nothing_and_returns_what_happened(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """subscribers.py reports through return values; only cli.py writes to the terminal."""
+    from highlightsmail.workspace import load_workspace
+
+    ws = load_workspace(workspace)
+    (workspace / "list.csv").write_text("email,name\nada@example.org,Ada\nbob@,Bob\n")
+    parsed = subscribers_module.parse_csv(workspace / "list.csv")
+    assert len(parsed.rejected) == 1 and parsed.rejected[0].startswith("list.csv:3: invalid address 'bob@': ")
+    assert subscribers_module.import_parsed(ws, workspace / "list.csv", parsed).new == 1
+    added = subscribers_module.add(ws, "grace@example.org", "Grace")
+    assert added.created and added.subscriber.email == "grace@example.org"
+    assert subscribers_module.add(ws, "GRACE@example.org", "Grace H.").renamed
+    subscriber, changed = subscribers_module.remove(ws, "ada@example.org")
+    assert changed and subscriber.status == "active"  # as it was before
+    assert subscribers_module.export(ws, workspace / "out.csv") == 2
+    out = io.StringIO()
+    subscribers_module.write_list(ws, out, fmt="csv")
+    assert out.getvalue() == (workspace / "out.csv").read_text()
+    assert capsys.readouterr() == ("", "")
