@@ -16,17 +16,18 @@ import pytest
 
 
 def damage_pages_holding(db: Path, marker: bytes) -> list[int]:
-    """Overwrite, with noise, every page of the closed database `db` whose bytes hold
-    `marker` (an address, say): a page in the middle of the file, as a failing disk or
-    a torn copy leaves it. Returns the 0-based page numbers, never page 0 (the header)."""
+    """Overwrite, with noise, every page of the database `db` whose bytes hold `marker`
+    (an address, say): a page in the middle of the file, as a failing disk or a torn
+    copy leaves it. Everything is first moved from the WAL into the file, so the WAL is
+    empty and readers go to the damaged pages. Returns the 0-based page numbers, never
+    page 0 (the header)."""
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0, "a reader kept the WAL from being emptied"
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     finally:
         conn.close()
-    for suffix in ("-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
     data = bytearray(db.read_bytes())
     pages = sorted({i // page_size for i in _find_all(data, marker)} - {0})
     assert pages, f"no page holds {marker!r}"

@@ -176,9 +176,19 @@ def status(obj: _Ctx, issue: str) -> None:
 @pass_ctx
 def serve(obj: _Ctx, host: str, port: int) -> None:
     """Run the web endpoint: unsubscribe pages and one-click unsubscribe."""
-    from highlightsmail.web import serve_command
+    from highlightsmail.web import open_server
 
-    serve_command(obj.ws, host=host, port=port)
+    server = open_server(obj.ws, host=host, port=port)
+    click.echo(f"Serving {obj.ws.settings.name} unsubscribe pages on {server.url}")
+    base = obj.ws.settings.base_url
+    click.echo(
+        f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.", err=True
+    )
+    if not base.startswith("https://"):
+        click.echo(
+            "Note: base_url is not https, so messages carry no List-Unsubscribe-Post (one-click needs https).", err=True
+        )
+    server.run()
 
 
 @main.group()
