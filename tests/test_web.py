@@ -856,3 +856,33 @@ def test_open_server_prints_nothing_and_says_where_it_listens(
         server.sock.close()
     assert capsys.readouterr() == ("", "")
     assert load_workspace(workspace).db_path.exists()  # opened (and upgraded) before serving
+
+
+def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
+    workspace: Path, http: httpx.Client
+) -> None:
+    """Mail sent before the upgrade carries links to both rows of Äda/äda: both must act
+    on the one subscriber they became, or one of them would resubscribe a second copy."""
+    from highlightsmail import store as store_module
+
+    conn = sqlite3.connect(load_workspace(workspace).db_path)
+    for statement in store_module.MIGRATIONS[0]:
+        conn.execute(statement)  # type: ignore[arg-type]
+    conn.executemany(
+        "INSERT INTO subscribers (id, email, status, created, updated) VALUES (?, ?, 'active', 't', 't')",
+        [(1, "Äda@example.org"), (2, "äda@example.org")],
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.warns(store_module.MergedAddressesWarning), serve_workspace(workspace) as site:
+        r = http.get(site.link(2))
+        assert r.status_code == 200 and "Ä***@example.org" in r.text
+        r = http.post(site.link(2), content=ONE_CLICK, headers=URLENCODED)
+        assert r.status_code == 200 and "You are unsubscribed" in r.text
+        assert site.status(1) == "unsubscribed"
+        assert site.events(1)[-1] == ("active", "unsubscribed", "one-click")
+        assert http.post(site.link(2) + "/resubscribe").status_code == 200
+        with site.store() as store:
+            assert store.count_by_status()["active"] == 1  # one person, one copy
+            assert store.begin_dispatch("2024-w02", "outbox") == 1
