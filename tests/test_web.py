@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
@@ -376,8 +377,9 @@ def _assert_try_again_later(r: httpx.Response) -> None:
 
 
 def test_a_file_that_is_not_a_database_gets_503_and_one_log_line(
-    site: Site, http: httpx.Client, caplog: pytest.LogCaptureFixture
+    site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
 ) -> None:
+    caplog = server_log
     ada = site.add("ada@example.org")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{site.ws.db_path}{suffix}").unlink(missing_ok=True)
@@ -389,12 +391,13 @@ def test_a_file_that_is_not_a_database_gets_503_and_one_log_line(
         f"cannot answer POST /u/u{ada}.[redacted]: subscribers/highlights.db: not a usable highlightsmail database"
     )
     assert '".recover"' in record.getMessage()
-    assert site.signer.make(ada) not in caplog.text  # the log names the subscriber, not a working link
+    assert site.signer.make(ada) not in _server_text(caplog)  # the log names the subscriber, not a working link
 
 
 def test_a_damaged_page_gets_503_for_the_requests_that_reach_it(
-    site: Site, http: httpx.Client, caplog: pytest.LogCaptureFixture
+    site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
 ) -> None:
+    caplog = server_log
     with site.store() as store:
         store.import_rows(ImportRow(f"reader{i:04d}@example.org") for i in range(3000))
         hit, spared = store.find("reader1500@example.org").id, store.find("reader0001@example.org").id
@@ -437,7 +440,7 @@ def test_any_other_failure_gets_a_plain_500_page(
     assert "Traceback" not in r.text and "sqlite" not in r.text.lower()
     assert_secure_headers(r)
     assert any("error answering POST" in rec.getMessage() for rec in caplog.records)
-    assert site.signer.make(ada) not in caplog.text
+    assert site.signer.make(ada) not in _server_text(caplog)
     assert site.status(ada) == "active"
 
 
@@ -488,6 +491,32 @@ def test_security_headers_on_every_kind_of_answer(site: Site, http: httpx.Client
 # ---------------------------------------------------------------- tokens out of the logs
 
 
+@pytest.fixture
+def server_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog at INFO that also hears uvicorn's loggers, whatever logging configuration
+    an earlier uvicorn.Config in this process installed (uvicorn's default one stops
+    its access log from reaching the root logger)."""
+    saved = []
+    for name in ("uvicorn", "uvicorn.access", "uvicorn.error", "highlightsmail", "highlightsmail.web"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate, logger.disabled, logger.level))
+        logger.propagate, logger.disabled = True, False
+        logger.setLevel(logging.INFO)
+    caplog.set_level(logging.INFO)
+    yield caplog
+    for logger, propagate, disabled, level in saved:
+        logger.propagate, logger.disabled = propagate, disabled
+        logger.setLevel(level)
+
+
+def _server_text(caplog: pytest.LogCaptureFixture) -> str:
+    """What the server logged, formatted (the test's own HTTP client logs its requests
+    too, with the whole link: not the server's doing)."""
+    return "\n".join(
+        caplog.handler.format(r) for r in caplog.records if r.name.startswith(("uvicorn", "highlightsmail"))
+    )
+
+
 def _raw_request(base: str, target: str, method: str = "GET") -> int:
     """Send `target` exactly as written (no client tidies it up); the status code."""
     parts = urlsplit(base)
@@ -534,9 +563,9 @@ def _hidden(text: str, mac: str) -> bool:
 
 
 def test_near_miss_paths_never_log_a_working_token(
-    site: Site, http: httpx.Client, caplog: pytest.LogCaptureFixture
+    site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog = server_log
     ada = site.add("ada@example.org")
     token = site.signer.make(ada)
     mac = token.split(".")[1]
@@ -545,13 +574,14 @@ def test_near_miss_paths_never_log_a_working_token(
         assert _raw_request(site.url, target) in (200, 400, 404, 405), target
     assert http.get(site.link(ada)).status_code == 200
     # The server's log (the test's own HTTP client logs its requests too: not counted).
-    server = [r.getMessage() for r in caplog.records if r.name.startswith(("uvicorn", "highlightsmail"))]
-    assert sum("HTTP/1.1" in line for line in server) == len(near_misses(token)) + 1  # every request logged...
-    assert _hidden("\n".join(server), mac)  # ...and not one with the signature
-    assert f"/u/u{ada}.[redacted]" in "\n".join(server)  # the log still says who it was for
+    server = _server_text(caplog)
+    assert server.count("HTTP/1.1") == len(near_misses(token)) + 1  # every request logged...
+    assert _hidden(server, mac)  # ...and not one with the signature
+    assert f"/u/u{ada}.[redacted]" in server  # the log still says who it was for
 
 
-def test_our_own_log_lines_and_tracebacks_are_redacted_too(caplog: pytest.LogCaptureFixture) -> None:
+def test_our_own_log_lines_and_tracebacks_are_redacted_too(server_log: pytest.LogCaptureFixture) -> None:
+    caplog = server_log
     from highlightsmail import web
 
     web._install_log_redaction()
