@@ -11,11 +11,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from highlightsmail import __version__
+
+if TYPE_CHECKING:
+    from highlightsmail.workspace import Workspace
 
 
 class _Ctx:
@@ -23,10 +26,10 @@ class _Ctx:
 
     def __init__(self, workspace: str | None) -> None:
         self._override = workspace
-        self._ws = None
+        self._ws: Workspace | None = None
 
     @property
-    def ws(self):  # -> Workspace
+    def ws(self) -> Workspace:
         if self._ws is None:
             from highlightsmail.workspace import load_workspace
 
