@@ -916,3 +916,21 @@ def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
         with site.store() as store:
             assert store.count_by_status()["active"] == 1  # one person, one copy
             assert store.begin_dispatch("2024-w02", "outbox") == 1
+
+
+def test_highlights_serve_with_a_database_it_cannot_open_stops_with_one_line(workspace: Path) -> None:
+    from click.testing import CliRunner
+
+    from highlightsmail.cli import main
+
+    db = load_workspace(workspace).db_path
+    Store(db).close()
+    with read_only(db.parent):
+        result = CliRunner().invoke(main, ["serve", "--port", "0"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == ""  # not "Serving ...": it never listened
+    assert result.stderr.splitlines() == [
+        "Error: subscribers/highlights.db: cannot open the database (unable to open database file); let the user "
+        "running highlights read and write the file and its folder subscribers "
+        "(SQLite keeps highlights.db-wal and -shm beside it)"
+    ]
