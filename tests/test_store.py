@@ -679,3 +679,21 @@ def test_a_read_only_folder_says_what_to_do(db: Path) -> None:
     with read_only(db.parent), pytest.raises(store_module.UnusableDatabase) as caught:
         Store(db)
     assert caught.value.format_message().startswith(f"{db}: cannot create the database: ")
+
+
+def test_a_lock_held_too_long_is_one_line_saying_to_try_again(db: Path) -> None:
+    db.parent.mkdir()
+    Store(db).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with Store(db, timeout=0.1) as s, pytest.raises(store_module.UnusableDatabase) as caught:
+            s.add("ada@example.org")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert caught.value.format_message() == (
+        f"{db}: the database stayed busy for more than 0.1 s (another highlights process is writing); try again"
+    )
+    with Store(db) as s:
+        assert s.add("ada@example.org")[1]  # nothing half-done was left behind
