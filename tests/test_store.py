@@ -3,13 +3,16 @@ their history, bulk import rules, streaming, and many writers at once."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from helpers_db import damage_pages_holding, read_only
 from highlightsmail import store as store_module
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import ImportRow, Store, UnknownSubscriber
@@ -57,13 +60,13 @@ def dump(path: Path) -> dict[str, list[tuple]]:
 
 def test_new_database_has_the_schema_in_wal_mode(store: Store, db: Path) -> None:
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 3
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"subscribers", "events", "deliveries", "dispatches", "test_sends"} <= tables
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"deliveries_claim", "subscribers_status", "events_subscriber"} <= indexes
-    assert store.schema_version == 2
+    assert {"deliveries_claim", "subscribers_status", "events_subscriber", "subscribers_email_key"} <= indexes
+    assert store.schema_version == 3
     conn.close()
 
 
@@ -94,13 +97,14 @@ def test_an_older_database_is_upgraded_in_place(db: Path, monkeypatch: pytest.Mo
 def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db.parent.mkdir()
     Store(db).close()
+    current = store_module.SCHEMA_VERSION
     broken = (*store_module.MIGRATIONS, ("CREATE TABLE half (x)", "ALTER TABLE nowhere ADD COLUMN y"))
     monkeypatch.setattr(store_module, "MIGRATIONS", broken)
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
     with pytest.raises(HighlightsError, match="not a usable highlightsmail database"):
         Store(db)
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(broken) - 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == current
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
     conn.close()
 
@@ -450,3 +454,246 @@ def test_one_store_shared_by_threads_serialises_its_calls(store: Store) -> None:
         t.join()
     assert errors == []
     assert store.count_by_status()["unsubscribed"] == 50
+
+
+# -- one address, whatever the case or Unicode form of its letters ----------------------------
+
+
+def test_addresses_differing_only_in_unicode_case_or_form_are_one_subscriber(store: Store) -> None:
+    ada, created = store.add("Äda@example.org", "Ada")
+    assert created
+    again, created = store.add("äda@example.org", "Someone else")
+    assert not created and again == ada
+    assert store.find("ÄDA@EXAMPLE.ORG") == ada
+    assert store.find("A\u0308da@example.org") == ada  # decomposed: the same letters
+    sz, _ = store.add("strasse@example.org")
+    assert store.add("STRAẞE@example.org")[0] == sz  # full case folding: ẞ is SS
+    assert store.set_status("äda@example.org", "unsubscribed", "cli") is True
+    assert store.get(ada.id).status == "unsubscribed"
+    assert store.count_by_status() == {"active": 1, "unsubscribed": 1, "bounced": 0, "complained": 0}
+
+    result = store.import_rows([ImportRow("äda@example.org", "Ada L."), ImportRow("zoë@example.org")])
+    assert result == store_module.ImportResult(new=1, updated=1, unchanged=0)
+    assert store.find("Äda@example.org").name == "Ada L."
+    assert store.find("Äda@example.org").status == "unsubscribed"  # an import never re-activates
+    with pytest.raises(ValueError, match="twice"):
+        store.import_rows([ImportRow("ZOË@example.org"), ImportRow("zoë@example.org")])
+    assert [s.email for s in store.iter_subscribers()] == ["Äda@example.org", "strasse@example.org", "zoë@example.org"]
+
+    class Suppressed:
+        email, status, detail = "ZOË@EXAMPLE.ORG", "bounced", "550"
+
+    assert store.apply_suppressions([Suppressed()]) == 1
+    assert store.find("zoë@example.org").status == "bounced"
+
+
+def test_the_unique_index_holds_in_the_database_itself(store: Store, db: Path) -> None:
+    store.add("Äda@example.org")
+    conn = sqlite3.connect(db)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO subscribers (email, email_key, status, created, updated)"
+            " VALUES ('äda@example.org', 'äda@example.org', 'active', 'x', 'x')"
+        )
+    conn.close()
+
+
+def _schema_1_database(db: Path) -> sqlite3.Connection:
+    """A database as highlightsmail made it before addresses were compared by their
+    case-folded form: `Äda` and `äda` could both be there."""
+    db.parent.mkdir(exist_ok=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    for statement in store_module.MIGRATIONS[0]:
+        assert isinstance(statement, str)
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    return conn
+
+
+def test_upgrading_merges_addresses_that_are_one_and_reports_each_clash(db: Path) -> None:
+    conn = _schema_1_database(db)
+    people = [
+        (1, "Äda@example.org", "", "active"),
+        (2, "bob@example.org", "Bob", "active"),
+        (3, "äda@example.org", "Ada", "unsubscribed"),
+        (4, "zoë@example.org", "", "active"),
+        (5, "ZOË@example.org", "", "active"),
+        (6, "ÄDA@example.com", "", "bounced"),
+    ]
+    for sid, email, name, status in people:
+        conn.execute(
+            "INSERT INTO subscribers (id, email, name, status, created, updated) VALUES (?, ?, ?, ?, 't0', 't0')",
+            (sid, email, name, status),
+        )
+        conn.execute(
+            "INSERT INTO events (subscriber_id, at, to_status, source) VALUES (?, 't0', 'active', 'import')", (sid,)
+        )
+    conn.execute(
+        "INSERT INTO events (subscriber_id, at, from_status, to_status, source) VALUES (3, 't1', 'active', 'unsubscribed', 'one-click')"
+    )
+    # A dispatch under way: Äda got it as #1, äda (#3) waits; both spellings of Zoë wait.
+    conn.execute("INSERT INTO dispatches (issue, started, backend, total) VALUES ('2024-w02', 't0', 'outbox', 5)")
+    for sid, email, _name, _status in people:
+        if sid != 6:
+            state = "sent" if sid in (1, 2) else "pending"
+            conn.execute(
+                "INSERT INTO deliveries (issue, subscriber_id, email, state, created, updated)"
+                " VALUES ('2024-w02', ?, ?, ?, 't0', 't0')",
+                (sid, email, state),
+            )
+    conn.close()
+    before = dump(db)
+
+    with pytest.warns(store_module.MergedAddressesWarning) as caught, Store(db, clock=Clock()) as s:
+        assert s.schema_version == store_module.SCHEMA_VERSION
+        lines = [str(w.message) for w in caught]
+        assert len(lines) == 2
+        assert lines[0].startswith(
+            f"{db}: Äda@example.org (#1, active) and äda@example.org (#3, unsubscribed) are the same address: "
+            "merged into #1 Äda@example.org, now unsubscribed;"
+        )
+        assert lines[1].startswith(
+            f"{db}: zoë@example.org (#4, active) and ZOË@example.org (#5, active) are the same address: "
+            "merged into #4 zoë@example.org, now active;"
+        )
+        assert all("\n" not in line and "nobody gets two copies" in line for line in lines)
+
+        # Nobody is lost: every row and event is still there.
+        after = dump(db)
+        assert [r[0] for r in after["subscribers"]] == [r[0] for r in before["subscribers"]]
+        assert after["events"][: len(before["events"])] == before["events"]
+
+        ada = s.find("äda@example.org")
+        assert (ada.id, ada.email, ada.name, ada.status) == (1, "Äda@example.org", "Ada", "unsubscribed")
+        assert [(e.from_status, e.to_status, e.source) for e in s.events(1)][-1] == (
+            "active",
+            "unsubscribed",
+            "one-click",
+        )
+        assert "#3" in s.events(1)[-1].detail
+        assert s.get(3) == ada  # a link in mail sent to äda acts on the one subscriber
+        assert s.find("ÄDA@example.com").status == "bounced"  # another domain: another address
+        assert [x.id for x in s.iter_subscribers()] == [1, 2, 4, 6]
+        assert s.count_by_status() == {"active": 2, "unsubscribed": 1, "bounced": 1, "complained": 0}
+
+        # The dispatch under way: nobody gets a second copy, Zoë still gets one.
+        states = {d.subscriber_id: d.state for d in s.iter_deliveries("2024-w02", store_module.DELIVERY_STATES)}
+        assert states == {1: "sent", 2: "sent", 3: "skipped", 4: "pending", 5: "skipped"}
+        claimed, skipped, _ = s.claim_batch("2024-w02", 1, 10)
+        assert [c.subscriber_id for c in claimed] == [4] and skipped == 0
+
+        # A new dispatch takes each person once.
+        assert s.begin_dispatch("2024-w03", "outbox") == 2
+        # Unsubscribing through a merged row's link changes the one subscriber.
+        assert s.set_status(5, "unsubscribed", "one-click") is True
+        assert s.get(4).status == "unsubscribed" and s.get(5).id == 4
+
+    with warnings.catch_warnings(record=True) as again, Store(db):
+        warnings.simplefilter("always")
+    assert again == []  # told once, by the upgrade
+
+
+def test_a_dispatch_keeps_the_copy_furthest_along_when_spellings_merge(db: Path) -> None:
+    conn = _schema_1_database(db)
+    for sid, email in ((1, "Äda@example.org"), (2, "äda@example.org")):
+        conn.execute(
+            "INSERT INTO subscribers (id, email, status, created, updated) VALUES (?, ?, 'active', 't0', 't0')",
+            (sid, email),
+        )
+    conn.execute("INSERT INTO dispatches (issue, started, backend, total) VALUES ('i', 't0', 'outbox', 2)")
+    conn.execute(
+        "INSERT INTO deliveries (issue, subscriber_id, email, state, created, updated)"
+        " VALUES ('i', 1, 'Äda@example.org', 'failed', 't', 't'), ('i', 2, 'äda@example.org', 'in_doubt', 't', 't')"
+    )
+    conn.close()
+    with pytest.warns(store_module.MergedAddressesWarning), Store(db) as s:
+        states = {d.subscriber_id: d.state for d in s.iter_deliveries("i", store_module.DELIVERY_STATES)}
+        # in doubt may have arrived: the failed copy is not retried on top of it
+        assert states == {1: "skipped", 2: "in_doubt"}
+
+
+# -- files that cannot be used: one line naming the file and what to do ------------------------
+
+
+def test_the_database_and_its_wal_files_are_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        db = tmp_path / "h.db"
+        with Store(db) as s:
+            s.add("ada@example.org")
+            modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes == {"h.db": 0o600, "h.db-wal": 0o600, "h.db-shm": 0o600}
+
+
+def test_a_damaged_page_is_one_line_with_the_way_to_rescue_the_rest(db: Path) -> None:
+    db.parent.mkdir()
+    with Store(db) as s:
+        s.import_rows(ImportRow(f"reader{i:04d}@example.org", f"Reader {i}") for i in range(3000))
+    pages = damage_pages_holding(db, b"reader1500@example.org")
+    assert min(pages) > 2 and max(pages) < db.stat().st_size // 4096 - 1  # in the middle
+    with Store(db) as s:
+        for call in (
+            lambda: list(s.iter_subscribers()),
+            lambda: s.add("reader1500@example.org"),
+            lambda: s.find("reader1500@example.org"),
+            lambda: s.count_by_status(),
+            lambda: s.import_rows([ImportRow(f"reader{i:04d}@example.org") for i in range(3000)]),
+            lambda: s.begin_dispatch("2024-w02", "outbox"),
+        ):
+            with pytest.raises(store_module.UnusableDatabase) as caught:
+                call()
+            message = caught.value.format_message()
+            assert message.startswith(f"{db}: the database is damaged (database disk image is malformed); ")
+            assert f'`sqlite3 {db} ".recover" | sqlite3 {db.parent}/highlights-recovered.db`' in message
+            assert "\n" not in message
+        assert s.dispatch_info("2024-w02") is None  # the failed write left nothing behind
+
+
+def test_a_read_only_file_can_be_read_and_a_write_says_what_to_do(db: Path) -> None:
+    db.parent.mkdir()
+    with Store(db) as s:
+        s.add("ada@example.org")
+    with read_only(db), Store(db) as s:
+        assert [x.email for x in s.iter_subscribers()] == ["ada@example.org"]
+        with pytest.raises(store_module.UnusableDatabase) as caught:
+            s.add("bob@example.org")
+    assert caught.value.format_message().startswith(
+        f"{db}: cannot write to the database (attempt to write a readonly database); "
+        f"let the user running highlights write to the file and to its folder {db.parent}"
+    )
+
+
+def test_a_read_only_folder_says_what_to_do(db: Path) -> None:
+    db.parent.mkdir()
+    with Store(db) as s:
+        s.add("ada@example.org")
+    with read_only(db.parent), pytest.raises(store_module.UnusableDatabase) as caught:
+        Store(db)
+    assert caught.value.format_message().startswith(
+        f"{db}: cannot open the database (unable to open database file); "
+        f"let the user running highlights read and write the file and its folder {db.parent}"
+    )
+    db.unlink()
+    with read_only(db.parent), pytest.raises(store_module.UnusableDatabase) as caught:
+        Store(db)
+    assert caught.value.format_message().startswith(f"{db}: cannot create the database: ")
+
+
+def test_a_lock_held_too_long_is_one_line_saying_to_try_again(db: Path) -> None:
+    db.parent.mkdir()
+    Store(db).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with Store(db, timeout=0.1) as s, pytest.raises(store_module.UnusableDatabase) as caught:
+            s.add("ada@example.org")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert caught.value.format_message() == (
+        f"{db}: the database stayed busy for more than 0.1 s (another highlights process is writing); try again"
+    )
+    with Store(db) as s:
+        assert s.add("ada@example.org")[1]  # nothing half-done was left behind

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers_db import damage_pages_holding, read_only
 from highlightsmail import subscribers as subscribers_module
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store
@@ -364,7 +365,8 @@ def test_add_and_remove_refuse_bad_input(workspace: Path) -> None:
     bad = run("add", "bob@", ok=False)
     assert bad.exit_code == 1 and "invalid address 'bob@'" in bad.stderr
     newline = run("add", "eve@example.org", "--name", "Eve\nBcc: x@example.org", ok=False)
-    assert newline.exit_code == 1 and "--name: the name contains a line break" in newline.stderr
+    assert newline.exit_code == 1
+    assert "--name: the name must be a single line (it holds a line break, U+000A)" in newline.stderr
     unknown = run("remove", "nobody@example.org", ok=False)
     assert unknown.exit_code == 1 and "nobody@example.org is not a subscriber" in unknown.stderr
     assert rows_of(workspace) == {}
@@ -389,51 +391,229 @@ def test_protect_and_unprotect_cells_round_trip(value: str) -> None:
     assert subscribers_module.unprotect_cell(protected) == value
 
 
-def test_the_domain_cache_gives_the_validators_own_answers() -> None:
-    import importlib
+# -- one address, whatever the case or Unicode form of its letters ------------------------------
 
-    import email_validator.validate_email as _  # noqa: F401 - make sure the module is loaded
 
-    module = importlib.import_module("email_validator.validate_email")
-    original = module.validate_email_domain_name
-    addresses = [
-        "Ada@Example.ORG",
-        "ada@example.org",
-        "x@BÜCHER.de",
-        "x@xn--bcher-kva.de",
-        "a@localhost",
-        "a@b",
-        "a@-x.org",
-        "a@x..org",
-        "a@" + "x" * 64 + ".org",
-        "a@test.invalid",
-        "b@Example.ORG",
-        "Postmaster@Example.org",
-        '"quoted local"@example.org',
-        "a@[127.0.0.1]",
-        "ü@例え.jp",
-        "a@ex\u2488ample.org",
-        "a@ex\u00adample.org",
-        "a@exa\u0301mple.org",
+def test_unicode_case_is_one_subscriber_in_add_remove_import_and_list(workspace: Path) -> None:
+    assert run("add", "Äda@example.org", "--name", "Ada").stdout == "added Äda@example.org\n"
+    assert run("add", "äda@example.org").stdout == "Äda@example.org is already subscribed\n"
+    assert run("add", "A\u0308DA@example.org").stdout == "Äda@example.org is already subscribed\n"
+    (workspace / "list.csv").write_text(
+        "email,name\n"
+        "äda@example.org,Ada L.\n"  # 2: the one subscriber, renamed
+        "Zoë@example.org,Zoë\n"  # 3
+        "ZOË@example.org,Zoë again\n",  # 4: the same address as line 3
+        encoding="utf-8",
+    )
+    result = run("import", "list.csv")
+    assert result.stdout == "imported 1 new, 1 updated, 0 unchanged, 1 rejected\n"
+    assert result.stderr == "list.csv:4: duplicate of line 3 (ZOË@example.org)\n"
+    assert rows_of(workspace) == {"Äda@example.org": ("Ada L.", "active"), "Zoë@example.org": ("Zoë", "active")}
+    assert run("remove", "ÄDA@example.org").stdout == "unsubscribed Äda@example.org\n"
+    assert run("add", "äda@example.org", ok=False).exit_code == 1  # left: stays so
+    listed = json.loads(run("list", "--format", "json").stdout)
+    assert [(i["email"], i["status"]) for i in listed] == [
+        ("Äda@example.org", "unsubscribed"),
+        ("Zoë@example.org", "active"),
     ]
 
-    def answers() -> list[str]:
-        out = []
-        for address in addresses:
-            try:
-                out.append(subscribers_module.normalize_address(address))
-            except subscribers_module.BadAddress as exc:
-                out.append(f"error: {exc}")
-        return out
 
-    syntax = importlib.import_module("email_validator.syntax")
-    char_check = syntax.uts46_valid_char
-    plain = answers()
-    with subscribers_module._domain_checks_memoized():
-        assert module.validate_email_domain_name is not original  # the caches are in place
-        assert syntax.uts46_valid_char is not char_check
-        cached_twice = [answers(), answers()]
-    assert module.validate_email_domain_name is original  # and gone afterwards
-    assert syntax.uts46_valid_char is char_check
-    assert cached_twice == [plain, plain]
-    assert plain[0] == "Ada@example.org" and plain[4].startswith("error:")
+def test_an_upgrade_that_merges_spellings_says_so_once_on_the_command_line(workspace: Path) -> None:
+    db = db_of(workspace)
+    conn = sqlite3.connect(db)
+    from highlightsmail.store import MIGRATIONS
+
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)  # type: ignore[arg-type]
+    conn.executemany(
+        "INSERT INTO subscribers (email, status, created, updated) VALUES (?, ?, 't', 't')",
+        [("Äda@example.org", "active"), ("äda@example.org", "active"), ("bob@example.org", "active")],
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    first = run("list", "--format", "csv")
+    assert first.stderr == (
+        "warning: subscribers/highlights.db: Äda@example.org (#1, active) and äda@example.org (#2, active) "
+        "are the same address: merged into #1 Äda@example.org, now active; links in mail sent to any of them "
+        "still work and nobody gets two copies. Nothing to do, but keep one spelling in your own lists\n"
+    )
+    assert [line.split(",")[0] for line in first.stdout.splitlines()] == ["email", "Äda@example.org", "bob@example.org"]
+    assert run("list").stderr == ""
+
+
+# -- rows that cannot be imported, named by line -----------------------------------------------
+
+
+def test_times_out_of_range_are_rejected_by_line(workspace: Path) -> None:
+    (workspace / "list.csv").write_text(
+        "email,created,updated\n"
+        "a@example.org,0001-01-01T00:00:00+01:00,\n"  # 2: before year 1 in UTC
+        "b@example.org,2023-03-04T05:06:07Z,9999-12-31T23:00:00-05:00\n"  # 3: after 9999
+        "c@example.org,0001-01-01T05:00:00+01:00,\n"  # 4: year 1 is fine
+    )
+    result = run("import", "list.csv")
+    assert result.stdout == "imported 1 new, 0 updated, 0 unchanged, 2 rejected\n"
+    assert result.stderr.splitlines() == [
+        "list.csv:2: created '0001-01-01T00:00:00+01:00' is out of range "
+        "(it must fall within the years 1 to 9999 in UTC) (a@example.org)",
+        "list.csv:3: updated '9999-12-31T23:00:00-05:00' is out of range "
+        "(it must fall within the years 1 to 9999 in UTC) (b@example.org)",
+    ]
+    with Store(db_of(workspace)) as store:
+        assert store.find("c@example.org").created == "0001-01-01T04:00:00Z"  # four digits, sorts as text
+    export = run("export").stdout
+    assert ",0001-01-01T04:00:00Z," in export
+
+
+def test_a_huge_cell_is_named_as_too_large_at_its_line(workspace: Path) -> None:
+    big = "x" * 10_000_000
+    (workspace / "list.csv").write_text(f"email,name\nada@example.org,Ada\nbob@example.org,{big}\n")
+    result = run("import", "list.csv", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: list.csv:3: a cell is too large (over 131,072 characters; "
+        "no address, name, status or time is that long)\n"
+    )
+    assert not db_of(workspace).exists()
+    # A quote left open swallows the lines after it into one cell: then that is the hint.
+    rows = "".join(f"reader{i}@example.org,Reader {i}\n" for i in range(10_000))
+    (workspace / "list.csv").write_text(f'email,name\nada@example.org,"Ada\n{rows}')
+    result = run("import", "list.csv", ok=False)
+    assert result.stderr.startswith("Error: list.csv:2: a cell is too large")
+    assert result.stderr.endswith("; is a quote left open?\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("=?utf-8?q?Hi=0D=0ABcc:_victim@example.net?=", "must not contain an RFC 2047 encoded word"),
+        ("Ada\u2028Bcc: victim@example.net", "must be a single line (it holds a line break, U+2028)"),
+        ("Ada\u2029Lovelace", "must be a single line (it holds a line break, U+2029)"),
+        ("Ada\u0085Lovelace", "must be a single line (it holds a line break, U+0085)"),
+        ("Ada\x1bLovelace", "must not contain control characters (U+001B)"),
+    ],
+)
+def test_a_name_that_could_become_a_header_is_refused(workspace: Path, name: str, why: str) -> None:
+    lines = io.StringIO()
+    csv.writer(lines).writerows([["email", "name"], ["ada@example.org", "Ada"], ["eve@example.org", name]])
+    (workspace / "list.csv").write_text(lines.getvalue(), encoding="utf-8")
+    result = run("import", "list.csv")
+    assert result.stdout == "imported 1 new, 0 updated, 0 unchanged, 1 rejected\n"
+    assert result.stderr.startswith(f"list.csv:3: the name {why}")
+    assert result.stderr.endswith("(eve@example.org)\n")
+    refused = run("add", "eve@example.org", "--name", name, ok=False)
+    assert refused.exit_code == 1 and f"--name: the name {why}" in refused.stderr
+    assert rows_of(workspace) == {"ada@example.org": ("Ada", "active")}
+
+
+# -- a database that cannot be used: one line naming the file and what to do ---------------------
+
+
+def _filled(ws: Path, n: int = 3000) -> Path:
+    with Store(db_of(ws)) as store:
+        store.import_rows(ImportRow(f"reader{i:04d}@example.org", f"Reader {i}") for i in range(n))
+    return db_of(ws)
+
+
+def _one_line(result, start: str) -> None:
+    assert result.exit_code == 1, result.output
+    # A one-line error is click's SystemExit; anything else would have been a traceback.
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: subscribers/highlights.db: {start}"), result.stderr
+
+
+def test_every_command_on_a_damaged_database_says_how_to_rescue_it(workspace: Path) -> None:
+    db = _filled(workspace)
+    damage_pages_holding(db, b"reader1500@example.org")
+    (workspace / "list.csv").write_text("email\n" + "".join(f"reader{i:04d}@example.org\n" for i in range(3000)))
+    rescue = '`sqlite3 subscribers/highlights.db ".recover" | sqlite3 subscribers/highlights-recovered.db`'
+    for args in (
+        ["list"],
+        ["list", "--format", "json"],
+        ["export"],
+        ["export", "out.csv"],
+        ["import", "list.csv"],
+        ["add", "reader1500@example.org"],
+        ["remove", "reader1500@example.org"],
+    ):
+        result = run(*args, ok=False)
+        _one_line(result, "the database is damaged (database disk image is malformed); ")
+        assert rescue in result.stderr, args
+    assert not (workspace / "out.csv").exists()
+
+
+def test_a_read_only_database_file_is_read_and_not_written(workspace: Path) -> None:
+    db = _filled(workspace, 3)
+    (workspace / "list.csv").write_text("email\nnew@example.org\n")
+    with read_only(db):
+        assert len(json.loads(run("list", "--format", "json").stdout)) == 3
+        assert run("export").stdout.count("\n") == 4
+        for args in (["add", "new@example.org"], ["import", "list.csv"], ["remove", "reader0001@example.org"]):
+            _one_line(
+                run(*args, ok=False),
+                "cannot write to the database (attempt to write a readonly database); "
+                "let the user running highlights write to the file and to its folder subscribers ",
+            )
+    assert len(rows_of(workspace)) == 3
+
+
+def test_a_read_only_folder_says_what_to_do(workspace: Path) -> None:
+    db = _filled(workspace, 3)
+    (workspace / "list.csv").write_text("email\nnew@example.org\n")
+    with read_only(db.parent):
+        for args in (["list"], ["export"], ["add", "new@example.org"], ["import", "list.csv"]):
+            _one_line(
+                run(*args, ok=False),
+                "cannot open the database (unable to open database file); "
+                "let the user running highlights read and write the file and its folder subscribers ",
+            )
+
+
+def highlights(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_send_and_status_on_an_unusable_database_say_what_to_do(workspace: Path) -> None:
+    db = _filled(workspace)
+    assert highlights("send", "latest", "--test").exit_code == 0
+    damage_pages_holding(db, b"reader1500@example.org")
+    for args in (["send", "latest", "--yes"], ["status", "latest"]):
+        _one_line(highlights(*args), "the database is damaged (database disk image is malformed); ")
+
+    db.unlink()
+    db = _filled(workspace, 3)
+    with read_only(db.parent):
+        for args in (["send", "latest", "--yes", "--skip-test-check"], ["status", "latest"]):
+            result = highlights(*args)
+            assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+            assert len(result.stderr.splitlines()) == 1
+            assert "let the user running highlights" in result.stderr and "subscribers" in result.stderr
+    with read_only(db):
+        assert "not sent yet (3 active subscribers)" in highlights("status", "latest").stdout
+        _one_line(highlights("send", "latest", "--yes", "--skip-test-check"), "cannot write to the database")
+    assert not list((workspace / "outbox").glob("2024-w02/*.eml"))  # nothing went out
+
+
+def test_the_engine_prints_nothing_and_returns_what_happened(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """subscribers.py reports through return values; only cli.py writes to the terminal."""
+    from highlightsmail.workspace import load_workspace
+
+    ws = load_workspace(workspace)
+    (workspace / "list.csv").write_text("email,name\nada@example.org,Ada\nbob@,Bob\n")
+    parsed = subscribers_module.parse_csv(workspace / "list.csv")
+    assert len(parsed.rejected) == 1 and parsed.rejected[0].startswith("list.csv:3: invalid address 'bob@': ")
+    assert subscribers_module.import_parsed(ws, workspace / "list.csv", parsed).new == 1
+    added = subscribers_module.add(ws, "grace@example.org", "Grace")
+    assert added.created and added.subscriber.email == "grace@example.org"
+    assert subscribers_module.add(ws, "GRACE@example.org", "Grace H.").renamed
+    subscriber, changed = subscribers_module.remove(ws, "ada@example.org")
+    assert changed and subscriber.status == "active"  # as it was before
+    assert subscribers_module.export(ws, workspace / "out.csv") == 2
+    out = io.StringIO()
+    subscribers_module.write_list(ws, out, fmt="csv")
+    assert out.getvalue() == (workspace / "out.csv").read_text()
+    assert capsys.readouterr() == ("", "")

@@ -177,3 +177,29 @@ def test_an_unusable_secret_file_is_a_one_line_error(tmp_path: Path, make, messa
     make(path)
     with pytest.raises(HighlightsError, match=message):
         load_signer(path)
+
+
+@pytest.mark.parametrize(
+    ("previous", "which"),
+    [("tiny-s3cret", "1 of 1"), (f"{OLD},tiny-s3cret", "2 of 2"), (f"{OLD}, tiny-s3cret ,{OLDER},", "2 of 3")],
+)
+def test_too_short_previous_secret_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: str, which: str
+) -> None:
+    """A previous secret still makes links work, so it must be as hard to guess as the
+    current one, whether the current one comes from the environment or the file."""
+    monkeypatch.setenv("HIGHLIGHTS_SECRET_PREVIOUS", previous)
+    (tmp_path / ".secret").write_text(NEW + "\n")
+    for current in (NEW, None):
+        if current is None:
+            monkeypatch.delenv("HIGHLIGHTS_SECRET", raising=False)
+        else:
+            monkeypatch.setenv("HIGHLIGHTS_SECRET", current)
+        with pytest.raises(HighlightsError) as info:
+            load_signer(tmp_path / ".secret")
+        message = info.value.format_message()
+        assert message == (
+            f"HIGHLIGHTS_SECRET_PREVIOUS: secret {which} is too short: "
+            "use at least 16 characters, or drop it from the list"
+        )
+        assert "tiny-s3cret" not in message  # the secret is not echoed

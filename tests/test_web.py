@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import os
 import random
 import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
 import pytest
 
+from helpers_db import damage_pages_holding, read_only
 from helpers_web import Site, live_server, serve_workspace
 from highlightsmail.message import Recipient, build_message, recipient_links
 from highlightsmail.store import ImportRow, Store
@@ -357,21 +362,86 @@ def test_bodies_over_the_limit_get_413(site: Site, http: httpx.Client) -> None:
     assert site.events(ada)[-1] == ("active", "unsubscribed", "one-click")
 
 
-def test_a_broken_database_gets_a_plain_500_page(
-    site: Site, http: httpx.Client, caplog: pytest.LogCaptureFixture
+def _file_bytes(db: Path) -> tuple[bytes, bytes]:
+    """The database file and its WAL, byte for byte: equal means nothing was written."""
+    wal = Path(f"{db}-wal")
+    return db.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
+def _assert_try_again_later(r: httpx.Response) -> None:
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "300"
+    assert "Please try again later" in r.text and "nothing was changed" in r.text
+    assert "Traceback" not in r.text and "sqlite" not in r.text.lower() and "highlights.db" not in r.text
+    assert_secure_headers(r)
+
+
+def test_a_file_that_is_not_a_database_gets_503_and_one_log_line(
+    site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
 ) -> None:
+    caplog = server_log
     ada = site.add("ada@example.org")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{site.ws.db_path}{suffix}").unlink(missing_ok=True)
     site.ws.db_path.write_bytes(b"this is not a database" * 100)
+    _assert_try_again_later(http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED))
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.exc_info is None  # one line, no traceback
+    assert record.getMessage().startswith(
+        f"cannot answer POST /u/u{ada}.[redacted]: subscribers/highlights.db: not a usable highlightsmail database"
+    )
+    assert '".recover"' in record.getMessage()
+    assert site.signer.make(ada) not in _server_text(caplog)  # the log names the subscriber, not a working link
+
+
+def test_a_damaged_page_gets_503_for_the_requests_that_reach_it(
+    site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
+) -> None:
+    caplog = server_log
+    with site.store() as store:
+        store.import_rows(ImportRow(f"reader{i:04d}@example.org") for i in range(3000))
+        hit, spared = store.find("reader1500@example.org").id, store.find("reader0001@example.org").id
+    damage_pages_holding(site.ws.db_path, b"reader1500@example.org")
+    before = _file_bytes(site.ws.db_path)
+    _assert_try_again_later(http.get(site.link(hit)))
+    _assert_try_again_later(http.post(site.link(hit), content=ONE_CLICK, headers=URLENCODED))
+    assert http.get(site.link(spared)).status_code == 200  # pages elsewhere still read
+    assert _file_bytes(site.ws.db_path) == before
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(messages) == 2
+    assert all(
+        "subscribers/highlights.db: the database is damaged (database disk image is malformed)" in m for m in messages
+    )
+
+
+def test_a_read_only_database_shows_pages_and_answers_503_to_changes(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    with read_only(site.ws.db_path):
+        r = http.get(site.link(ada))
+        assert r.status_code == 200 and "a***@example.org" in r.text
+        _assert_try_again_later(http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED))
+    assert site.status(ada) == "active"
+    # Writable again: the same link works, without restarting the server.
+    r = http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED)
+    assert r.status_code == 200 and site.status(ada) == "unsubscribed"
+
+
+def test_any_other_failure_gets_a_plain_500_page(
+    site: Site, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    ada = site.add("ada@example.org")
+    conn = sqlite3.connect(site.ws.db_path)
+    conn.execute("DROP TABLE events")  # a database edited by hand: a bug, not a state of the file
+    conn.commit()
+    conn.close()
     r = http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED)
     assert r.status_code == 500
     assert "Something went wrong" in r.text
     assert "Traceback" not in r.text and "sqlite" not in r.text.lower()
     assert_secure_headers(r)
     assert any("error answering POST" in rec.getMessage() for rec in caplog.records)
-    # The log names the subscriber's token kind and id, not a working link.
-    assert site.signer.make(ada) not in caplog.text
+    assert site.signer.make(ada) not in _server_text(caplog)
+    assert site.status(ada) == "active"
 
 
 def test_workspace_pages_override_and_a_broken_one_falls_back(site: Site, http: httpx.Client) -> None:
@@ -416,6 +486,117 @@ def test_security_headers_on_every_kind_of_answer(site: Site, http: httpx.Client
         assert_secure_headers(r)
         seen.add(r.status_code)
     assert seen == {200, 400, 404, 405, 413}
+
+
+# ---------------------------------------------------------------- tokens out of the logs
+
+
+@pytest.fixture
+def server_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog at INFO that also hears uvicorn's loggers, whatever logging configuration
+    an earlier uvicorn.Config in this process installed (uvicorn's default one stops
+    its access log from reaching the root logger)."""
+    saved = []
+    for name in ("uvicorn", "uvicorn.access", "uvicorn.error", "highlightsmail", "highlightsmail.web"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate, logger.disabled, logger.level))
+        logger.propagate, logger.disabled = True, False
+        logger.setLevel(logging.INFO)
+    caplog.set_level(logging.INFO)
+    yield caplog
+    for logger, propagate, disabled, level in saved:
+        logger.propagate, logger.disabled = propagate, disabled
+        logger.setLevel(level)
+
+
+def _server_text(caplog: pytest.LogCaptureFixture) -> str:
+    """What the server logged, formatted (the test's own HTTP client logs its requests
+    too, with the whole link: not the server's doing)."""
+    return "\n".join(
+        caplog.handler.format(r) for r in caplog.records if r.name.startswith(("uvicorn", "highlightsmail"))
+    )
+
+
+def _raw_request(base: str, target: str, method: str = "GET") -> int:
+    """Send `target` exactly as written (no client tidies it up); the status code."""
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+        conn.sendall(
+            f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def near_misses(token: str) -> list[str]:
+    """Request targets that carry a working token without being its page: typed or
+    mangled by a person, a mail client, a proxy or a scanner."""
+    prefix, mac = token.split(".")
+    every_byte = "".join(f"%{b:02X}" for b in token.encode())
+    return [
+        f"/u//{token}",
+        f"/U/{token}",
+        f"/u/%20{token}",
+        f"/unsubscribe/{token}",
+        f"/u/{token}/",
+        f"/u/{token}/extra",
+        f"/u/{token}xyz",
+        f"/u/{token}%0A",
+        f"/?t={token}",
+        f"/u/{prefix.upper()}.{mac}",  # lower-cased again, it works
+        f"/u/{every_byte}",  # the server decodes this back to the token
+        f"/u/{every_byte.replace('%', '%25')}",  # and this once more
+        f"/u/{prefix}.{mac[:5]}%2D{mac[5:]}" if "-" not in mac else f"/u/{prefix}.{mac.replace('-', '%2D')}",
+        f"/x/{token}?next=/u/{token}",
+    ]
+
+
+def _hidden(text: str, mac: str) -> bool:
+    """Whether `mac` is nowhere in `text`, even after undoing %-escapes."""
+    for _ in range(4):
+        if mac in text or mac.lower() in text.lower():
+            return False
+        text = unquote(text)
+    return True
+
+
+def test_near_miss_paths_never_log_a_working_token(
+    site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
+) -> None:
+    caplog = server_log
+    ada = site.add("ada@example.org")
+    token = site.signer.make(ada)
+    mac = token.split(".")[1]
+    for target in near_misses(token):
+        # Most are refused; the fully escaped one is the page itself, once decoded.
+        assert _raw_request(site.url, target) in (200, 400, 404, 405), target
+    assert http.get(site.link(ada)).status_code == 200
+    # The server's log (the test's own HTTP client logs its requests too: not counted).
+    server = _server_text(caplog)
+    assert server.count("HTTP/1.1") == len(near_misses(token)) + 1  # every request logged...
+    assert _hidden(server, mac)  # ...and not one with the signature
+    assert f"/u/u{ada}.[redacted]" in server  # the log still says who it was for
+
+
+def test_our_own_log_lines_and_tracebacks_are_redacted_too(server_log: pytest.LogCaptureFixture) -> None:
+    caplog = server_log
+    from highlightsmail import web
+
+    web._install_log_redaction()
+    token = Signer(b"x" * 32).make(7)
+    mac = token.split(".")[1]
+    log = logging.getLogger("highlightsmail.web")
+    try:
+        raise ValueError(f"could not read /u/{token}")
+    except ValueError:
+        log.exception("error answering %s %s", "POST", f"/u//{token}")
+    log.warning(f"preformatted /U/{token.upper()}")
+    log.warning("as a mapping %(path)s", {"path": f"/u/%20{token}"})
+    assert len(caplog.records) == 3
+    assert _hidden(caplog.text, mac), caplog.text
+    assert "could not read /u/u7.[redacted]" in caplog.text
 
 
 # ---------------------------------------------------------------- mutated tokens
@@ -665,13 +846,16 @@ def test_highlights_serve_prints_the_url_serves_and_keeps_tokens_out_of_the_log(
                     threading.Event().wait(0.05)
             r = client.get(f"{url}/u/{token}")
             assert r.status_code == 200 and "a***@example.org" in r.text
+        for target in near_misses(token):
+            _raw_request(url, target)
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     logged = first + out + err
     assert f"/u/u{token.split('.')[0][1:]}." in logged  # the access log names the request...
-    assert token not in logged  # ...without the working link
+    assert _hidden(logged, token.split(".")[1])  # ...without the working link, however mangled
+    assert logged.count('HTTP/1.1" ') == 2 + len(near_misses(token))  # and logs every request
     assert os.environ["HIGHLIGHTS_SECRET"] not in logged
 
 
@@ -686,3 +870,67 @@ def test_repository_pages_are_the_package_defaults() -> None:
     assert {"unsubscribe.html.j2", "unsubscribed.html.j2", "resubscribed.html.j2", "notice.html.j2"} <= set(names)
     for name in names:
         assert (ours / name).read_text() == (package / name).read_text(), name
+
+
+def test_open_server_prints_nothing_and_says_where_it_listens(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The web module reports through its return value and its log; the CLI does the talking."""
+    from highlightsmail.web import open_server
+
+    server = open_server(load_workspace(workspace), port=0)
+    try:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", server.url)
+        assert server.sock.getsockname()[1] == int(server.url.rsplit(":", 1)[1].rstrip("/"))
+    finally:
+        server.sock.close()
+    assert capsys.readouterr() == ("", "")
+    assert load_workspace(workspace).db_path.exists()  # opened (and upgraded) before serving
+
+
+def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
+    workspace: Path, http: httpx.Client
+) -> None:
+    """Mail sent before the upgrade carries links to both rows of Äda/äda: both must act
+    on the one subscriber they became, or one of them would resubscribe a second copy."""
+    from highlightsmail import store as store_module
+
+    conn = sqlite3.connect(load_workspace(workspace).db_path)
+    for statement in store_module.MIGRATIONS[0]:
+        conn.execute(statement)  # type: ignore[arg-type]
+    conn.executemany(
+        "INSERT INTO subscribers (id, email, status, created, updated) VALUES (?, ?, 'active', 't', 't')",
+        [(1, "Äda@example.org"), (2, "äda@example.org")],
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.warns(store_module.MergedAddressesWarning), serve_workspace(workspace) as site:
+        r = http.get(site.link(2))
+        assert r.status_code == 200 and "Ä***@example.org" in r.text
+        r = http.post(site.link(2), content=ONE_CLICK, headers=URLENCODED)
+        assert r.status_code == 200 and "You are unsubscribed" in r.text
+        assert site.status(1) == "unsubscribed"
+        assert site.events(1)[-1] == ("active", "unsubscribed", "one-click")
+        assert http.post(site.link(2) + "/resubscribe").status_code == 200
+        with site.store() as store:
+            assert store.count_by_status()["active"] == 1  # one person, one copy
+            assert store.begin_dispatch("2024-w02", "outbox") == 1
+
+
+def test_highlights_serve_with_a_database_it_cannot_open_stops_with_one_line(workspace: Path) -> None:
+    from click.testing import CliRunner
+
+    from highlightsmail.cli import main
+
+    db = load_workspace(workspace).db_path
+    Store(db).close()
+    with read_only(db.parent):
+        result = CliRunner().invoke(main, ["serve", "--port", "0"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == ""  # not "Serving ...": it never listened
+    assert result.stderr.splitlines() == [
+        "Error: subscribers/highlights.db: cannot open the database (unable to open database file); let the user "
+        "running highlights read and write the file and its folder subscribers "
+        "(SQLite keeps highlights.db-wal and -shm beside it)"
+    ]

@@ -6,10 +6,12 @@ Every import of real work happens inside the command, so `highlights --help` sta
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
@@ -393,9 +395,19 @@ def status(obj: _Ctx, issue: str, verbose: bool) -> None:
 @pass_ctx
 def serve(obj: _Ctx, host: str, port: int) -> None:
     """Run the web endpoint: unsubscribe pages and one-click unsubscribe."""
-    from highlightsmail.web import serve_command
+    from highlightsmail.web import open_server
 
-    serve_command(obj.ws, host=host, port=port)
+    server = open_server(obj.ws, host=host, port=port)
+    click.echo(f"Serving {obj.ws.settings.name} unsubscribe pages on {server.url}")
+    base = obj.ws.settings.base_url
+    click.echo(
+        f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.", err=True
+    )
+    if not base.startswith("https://"):
+        click.echo(
+            "Note: base_url is not https, so messages carry no List-Unsubscribe-Post (one-click needs https).", err=True
+        )
+    server.run()
 
 
 @main.group()
@@ -409,9 +421,20 @@ def subscribers() -> None:
 @pass_ctx
 def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
     """Import subscribers from a CSV file with a header row (email[, name][, status])."""
-    from highlightsmail.subscribers import import_command
+    from highlightsmail import subscribers as engine
 
-    import_command(obj.ws, file, dry_run=dry_run)
+    parsed = engine.parse_csv(file)
+    # Bad and duplicate rows by line on stderr, before anything is written.
+    for message in parsed.warnings + parsed.rejected:
+        click.echo(message, err=True)
+    result = engine.import_parsed(obj.ws, file, parsed, dry_run=dry_run)
+    summary = (
+        f"{result.new} new, {result.updated} updated, {result.unchanged} unchanged, {len(parsed.rejected)} rejected"
+    )
+    if dry_run:
+        click.echo(f"dry run: would import {summary}; nothing was changed")
+    else:
+        click.echo(f"imported {summary}")
 
 
 @subscribers.command("add")
@@ -420,9 +443,15 @@ def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
 @pass_ctx
 def subscribers_add(obj: _Ctx, email: str, name: str) -> None:
     """Add one subscriber (someone who left is never made active again from here)."""
-    from highlightsmail.subscribers import add_command
+    from highlightsmail import subscribers as engine
 
-    add_command(obj.ws, email, name=name)
+    added = engine.add(obj.ws, email, name=name)
+    if added.created:
+        click.echo(f"added {added.subscriber.email}")
+    elif added.renamed:
+        click.echo(f"{added.subscriber.email} is already subscribed; name set to {name.strip()!r}")
+    else:
+        click.echo(f"{added.subscriber.email} is already subscribed")
 
 
 @subscribers.command("remove")
@@ -430,9 +459,13 @@ def subscribers_add(obj: _Ctx, email: str, name: str) -> None:
 @pass_ctx
 def subscribers_remove(obj: _Ctx, email: str) -> None:
     """Unsubscribe EMAIL (kept in the list so it is never mailed again)."""
-    from highlightsmail.subscribers import remove_command
+    from highlightsmail import subscribers as engine
 
-    remove_command(obj.ws, email)
+    subscriber, changed = engine.remove(obj.ws, email)
+    if changed:
+        click.echo(f"unsubscribed {subscriber.email}")
+    else:
+        click.echo(f"{subscriber.email} is already {subscriber.status}; it gets no mail")
 
 
 @subscribers.command("list")
@@ -441,9 +474,10 @@ def subscribers_remove(obj: _Ctx, email: str) -> None:
 @pass_ctx
 def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:
     """List subscribers."""
-    from highlightsmail.subscribers import list_command
+    from highlightsmail import subscribers as engine
 
-    list_command(obj.ws, status=status_, fmt=fmt)
+    with _streamed_stdout() as out:
+        engine.write_list(obj.ws, out, status=status_, fmt=fmt)  # type: ignore[arg-type]  # click.Choice
 
 
 @subscribers.command("export")
@@ -451,9 +485,15 @@ def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:
 @pass_ctx
 def subscribers_export(obj: _Ctx, file: Path | None) -> None:
     """Export every subscriber as CSV to FILE (default: standard output)."""
-    from highlightsmail.subscribers import export_command
+    from highlightsmail import subscribers as engine
+    from highlightsmail.errors import display_path
 
-    export_command(obj.ws, file)
+    if file is None:
+        with _streamed_stdout() as out:
+            engine.export(obj.ws, None, out)
+        return
+    count = engine.export(obj.ws, file)
+    click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
 
 
 @main.group()
@@ -533,3 +573,18 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
     except OSError as exc:
         raise HighlightsError(f"{display_path(out)}: cannot write the report: {exc.strerror or exc}") from None
     click.echo(f"Wrote {display_path(out)}", err=True)
+
+
+@contextmanager
+def _streamed_stdout() -> Iterator[TextIO]:
+    """Standard output for streaming; a reader that stops early (`| head`) ends the
+    command quietly instead of with a BrokenPipeError traceback."""
+    out = sys.stdout
+    try:
+        yield out
+        out.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)

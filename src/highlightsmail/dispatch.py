@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-from highlightsmail.errors import HighlightsError
+from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.store import DELIVERY_STATES, DeliveryState
 
 if TYPE_CHECKING:
@@ -161,8 +161,15 @@ def _send_lock(ws: Workspace, slug: str) -> Iterator[None]:
 
     # Named after the database, so the workspace's .gitignore (`subscribers/*.db*`) covers it.
     path = ws.db_path.with_name(f"{ws.db_path.name}.send-{slug}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "w")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise HighlightsError(
+            f"{display_path(path)}: cannot create the send lock: {exc.strerror or exc}; "
+            f"let the user running highlights write to the folder {display_path(path.parent)}"
+        ) from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -132,10 +132,12 @@ def _text(value: Any, limit: int = _MAX_DETAIL) -> str | None:
 
 @functools.lru_cache(maxsize=65536)
 def _comparable(address: str) -> str:
-    """An address as SendGrid reports it (the domain in its xn-- form), case-folded."""
+    """An address as SendGrid reports it (the domain in its xn-- form), by the key every
+    address is compared by (Unicode normalisation and case do not matter)."""
+    from highlightsmail.addresses import address_key
     from highlightsmail.backends.sendgrid import ascii_address
 
-    return (ascii_address(address) or address).casefold()
+    return address_key(ascii_address(address) or address)
 
 
 def same_address(ledger: str, reported: str) -> bool:

@@ -15,12 +15,22 @@ shared by threads (each call is serialised). The simplest safe pattern for a ser
 still one `Store` per worker thread (or per request): each has its own connection, and
 SQLite itself orders their writes. Opening a `Store` is cheap (well under a millisecond
 once the file exists).
+
+Addresses are compared by `addresses.address_key` (Unicode NFC and case folding), kept
+in `email_key` under a unique index. The file is created readable by its owner only
+(its -wal and -shm files take the same mode): it holds every subscriber's address.
+Every SQLite failure a person can act on (a damaged file, a read-only file or folder,
+a full disk, a long lock) becomes `UnusableDatabase`, one line naming the file and what
+to do.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import sqlite3
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 
-from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.addresses import address_key
+from highlightsmail.errors import HighlightsError, HighlightsWarning, display_path
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -39,6 +50,10 @@ STATUSES: tuple[str, ...] = get_args(Status)
 SOURCES: tuple[str, ...] = get_args(Source)
 #: Statuses that mean "never mail this address again".
 SUPPRESSED: frozenset[str] = frozenset({"unsubscribed", "bounced", "complained"})
+#: Statuses that mean mail to the address failed or was reported as unwanted: they
+#: stay so whatever an import, `remove` or an unsubscribe link says, and only the
+#: person writing to the editors brings the address back.
+UNDELIVERABLE: frozenset[str] = frozenset({"bounced", "complained"})
 #: A recipient's state in the send ledger of an issue: pending -> in_flight (committed
 #: before the request) -> sent | failed | in_doubt; skipped when they left meanwhile.
 DeliveryState = Literal["pending", "in_flight", "sent", "skipped", "failed", "in_doubt"]
@@ -52,10 +67,96 @@ def _in(values: Iterable[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-# Each migration is a list of statements run in order inside one transaction; the
-# schema's version is the number of migrations applied. Append, never edit (so the
-# value lists below are spelt out rather than taken from STATUSES and SOURCES).
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+#: A step of a migration: an SQL statement, or a function run on the connection inside
+#: the migration's transaction, returning lines to tell the editor (without the file name).
+Step = str | Callable[[sqlite3.Connection], list[str]]
+
+
+def _merge_same_addresses(conn: sqlite3.Connection) -> list[str]:
+    """Migration 2: fill `email_key`, and make one subscriber of each group of rows
+    whose addresses are one address (they differ only in Unicode form or case).
+
+    Nothing is deleted, since events, the send ledger and the links in mail already
+    sent name every row by id. In each group the oldest row (lowest id) is kept: it
+    takes the strongest status of the group (complained, bounced, unsubscribed, then
+    active), so nobody who left under one spelling is mailed under the other, and the
+    name of another row when it has none. The others point at it (`merged_into`):
+    they drop out of lists, counts and sends, and their links act on the kept row. In
+    a dispatch under way, the group keeps one recipient (the one furthest along) and
+    the others' open rows become `skipped`, so nobody gets two copies.
+    Frozen like every migration: a later change to the rules is a new migration.
+    """
+    rows = conn.execute("SELECT id, email, name, status FROM subscribers ORDER BY id").fetchall()
+    keys = [address_key(email) for _id, email, _name, _status in rows]
+    conn.executemany("UPDATE subscribers SET email_key = ? WHERE id = ?", zip(keys, (r[0] for r in rows), strict=True))
+    groups: dict[str, list[tuple[int, str, str, str]]] = {}
+    for key, row in zip(keys, rows, strict=True):
+        groups.setdefault(key, []).append(row)
+    return [_merge_group(conn, members) for members in groups.values() if len(members) > 1]
+
+
+_STATUS_WEIGHT = {"active": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
+_LEDGER_WEIGHT = {"sent": 5, "in_flight": 4, "in_doubt": 3, "failed": 2, "pending": 1}
+
+
+def _merge_group(conn: sqlite3.Connection, members: list[tuple[int, str, str, str]]) -> str:
+    """Merge one group of rows (id order) into the first; returns the line to report."""
+    keeper_id, keeper_email, keeper_name, keeper_status = members[0]
+    strongest = max(members, key=lambda m: (_STATUS_WEIGHT[m[3]], -m[0]))
+    now = format_time(_utc_now())
+    if strongest[3] != keeper_status:
+        # The change has the cause of the other row's status as its source (an
+        # unsubscribe link, a bounce, an import), and says where it came from.
+        found = conn.execute(
+            "SELECT source FROM events WHERE subscriber_id = ? AND to_status = ? ORDER BY id DESC LIMIT 1",
+            (strongest[0], strongest[3]),
+        ).fetchone()
+        conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?", (strongest[3], now, keeper_id))
+        conn.execute(
+            "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                keeper_id,
+                now,
+                keeper_status,
+                strongest[3],
+                found[0] if found else "cli",
+                f"the same address as #{strongest[0]} {strongest[1]}, which is {strongest[3]}",
+            ),
+        )
+    if not keeper_name:
+        name = next((m[2] for m in members[1:] if m[2]), "")
+        if name:
+            conn.execute("UPDATE subscribers SET name = ? WHERE id = ?", (name, keeper_id))
+    ids = [m[0] for m in members]
+    conn.executemany(
+        "UPDATE subscribers SET merged_into = ?, updated = ? WHERE id = ?", [(keeper_id, now, i) for i in ids[1:]]
+    )
+    marks = ", ".join("?" for _ in ids)
+    ledger: dict[str, list[tuple[int, str]]] = {}
+    for issue, sid, state in conn.execute(
+        f"SELECT issue, subscriber_id, state FROM deliveries WHERE subscriber_id IN ({marks}) AND state <> 'skipped'",
+        ids,
+    ):
+        ledger.setdefault(issue, []).append((sid, state))
+    for issue, entries in ledger.items():
+        kept = max(entries, key=lambda e: (_LEDGER_WEIGHT[e[1]], e[0] == keeper_id, -e[0]))
+        conn.executemany(
+            "UPDATE deliveries SET state = 'skipped', last_error = ?, updated = ?"
+            " WHERE issue = ? AND subscriber_id = ? AND state IN ('pending', 'failed', 'in_doubt')",
+            [(f"the same address as #{kept[0]}", now, issue, sid) for sid, _state in entries if sid != kept[0]],
+        )
+    spellings = " and ".join(f"{email} (#{sid}, {status})" for sid, email, _name, status in members)
+    return (
+        f"{spellings} are the same address: merged into #{keeper_id} {keeper_email}, now {strongest[3]}; "
+        "links in mail sent to any of them still work and nobody gets two copies. "
+        "Nothing to do, but keep one spelling in your own lists"
+    )
+
+
+# Each migration is a list of steps run in order inside one transaction; the schema's
+# version is the number of migrations applied. Append, never edit (so the value lists
+# below are spelt out rather than taken from STATUSES and SOURCES).
+MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     (  # 1: subscribers, their history, and the tables of the send ledger
         """CREATE TABLE subscribers (
             id      INTEGER PRIMARY KEY,
@@ -113,7 +214,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Claiming the next pending recipients in id order without sorting the whole ledger.
         "CREATE INDEX deliveries_claim ON deliveries (issue, state, subscriber_id)",
     ),
-    (  # delivery events: what SendGrid's Event Webhook and bounce mail say about each message
+    (  # 2: one subscriber per address, whatever the Unicode form or case of its letters
+        "ALTER TABLE subscribers ADD COLUMN email_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE subscribers ADD COLUMN merged_into INTEGER REFERENCES subscribers (id)",
+        _merge_same_addresses,
+        "CREATE UNIQUE INDEX subscribers_email_key ON subscribers (email_key) WHERE merged_into IS NULL",
+    ),
+    (  # 3: delivery events: what SendGrid's Event Webhook and bounce mail say about each message
         # Two more sources of status changes. SQLite changes a CHECK constraint only by
         # rebuilding the table, so: copy, drop, rename, and the index again.
         """CREATE TABLE events_new (
@@ -165,7 +272,9 @@ def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC to the second, with a `Z`: how every time is stored."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Not strftime: its %Y leaves out the leading zeros of a year before 1000.
+    m = moment.astimezone(UTC)
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
 
 
 def _utc_now() -> datetime:
@@ -174,6 +283,15 @@ def _utc_now() -> datetime:
 
 class UnknownSubscriber(HighlightsError):
     """No subscriber with that id or address."""
+
+
+class UnusableDatabase(HighlightsError):
+    """The database cannot be used as it is: damaged, read-only, out of reach, on a full
+    disk, or locked too long. The message names the file and says what to do."""
+
+
+class MergedAddressesWarning(HighlightsWarning):
+    """An upgrade found rows whose addresses are one address, and merged them."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +338,11 @@ class ImportResult:
 
 
 _SUBSCRIBER_COLUMNS = "id, email, name, status, created, updated"
+# A ledger row's subscriber as a person, `p`: the row it was merged into, if any, whose
+# status and name are the ones that count.
+_PERSON_JOIN = (
+    "JOIN subscribers AS s ON s.id = d.subscriber_id JOIN subscribers AS p ON p.id = coalesce(s.merged_into, s.id)"
+)
 
 
 @dataclass(frozen=True)
@@ -312,6 +435,24 @@ class RecordResult:
     soft_limited: int = 0  # subscribers made bounced by the soft limit
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file readable and writable by its owner only, before SQLite
+    does (it would use 0644): the file holds every subscriber's address, and SQLite
+    gives the -wal and -shm files the mode of the database. An existing file keeps its
+    mode, which its owner may have chosen (a group shared with the web server)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        folder = display_path(path.parent) if str(path.parent) else "."
+        raise UnusableDatabase(
+            f"{display_path(path)}: cannot create the database: {exc.strerror or exc}; "
+            f"let the user running highlights write to the folder {folder}"
+        ) from None
+    os.close(fd)
+
+
 class Store:
     """The database of one workspace. Also a context manager that closes it."""
 
@@ -323,30 +464,40 @@ class Store:
         self._timeout = timeout
         self._lock = threading.RLock()
         where = display_path(self.path)
+        _create_private(self.path)
         try:
             # isolation_level=None: the module never opens transactions behind our back;
             # every write below says BEGIN IMMEDIATE itself.
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise HighlightsError(f"{where}: cannot open the database: {exc}") from None
+            raise self._unusable(exc) or HighlightsError(f"{where}: cannot open the database: {exc}") from None
         try:
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._conn.execute("PRAGMA temp_store = MEMORY")
-            self._migrate()
+            with self._guard():
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self._conn.execute("PRAGMA temp_store = MEMORY")
+            reports = self._migrate()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise HighlightsError(f"{where}: not a usable highlightsmail database: {exc}") from None
         except BaseException:
             self._conn.close()
             raise
+        for line in reports:
+            warnings.warn(MergedAddressesWarning(f"{where}: {line}"), stacklevel=2)
 
     @classmethod
     def open(cls, ws: Workspace, **kwargs) -> Store:
         """The workspace's database (settings `database`), creating its folder if needed."""
         path = ws.db_path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UnusableDatabase(
+                f"{display_path(path)}: cannot create its folder: {exc.strerror or exc}; "
+                "check the permissions of the folders above it"
+            ) from None
         return cls(path, **kwargs)
 
     def close(self) -> None:
@@ -367,7 +518,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
+        with self._lock, self._guard():
             return self._conn.execute("PRAGMA user_version").fetchone()[0]
 
     def _check_version(self, version: int) -> None:
@@ -377,51 +528,100 @@ class Store:
                 f"(schema {version}, this version knows up to {SCHEMA_VERSION}); upgrade highlightsmail"
             )
 
-    def _migrate(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+    def _migrate(self) -> list[str]:
+        """Bring the schema up to date; returns what the steps have to tell the editor."""
+        reports: list[str] = []
+        version = self.schema_version
         self._check_version(version)
         if version == SCHEMA_VERSION:
-            return
+            return reports
         with self._write() as conn:
             # Another process may have migrated while we waited for the write lock.
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             self._check_version(version)
             for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number]:
-                    conn.execute(statement)
+                for step in MIGRATIONS[number]:
+                    if isinstance(step, str):
+                        conn.execute(step)
+                    else:
+                        reports.extend(step(conn))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        return reports
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding SQLite's write lock from its first statement."""
         with self._lock:
-            try:
+            with self._guard():
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise self._busy_error(exc) from None
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
                 self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+            except BaseException as exc:
+                # Roll back only what is still open: SQLite may have ended the
+                # transaction itself (a full disk, a damaged page).
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise self._busy_error(exc) from None
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the error being raised says more than this one
+                if isinstance(exc, sqlite3.Error):
+                    problem = self._unusable(exc)
+                    if problem is not None:
+                        raise problem from None
+                raise
 
-    def _busy_error(self, exc: sqlite3.OperationalError) -> Exception:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return HighlightsError(
-                f"{display_path(self.path)}: the database stayed busy for more than "
-                f"{self._timeout:g} s (another highlights process is writing); try again"
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn the SQLite errors a person can act on into UnusableDatabase."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            problem = self._unusable(exc)
+            if problem is None:
+                raise
+            raise problem from None
+
+    def _unusable(self, exc: sqlite3.Error) -> UnusableDatabase | None:
+        """The one-line error for a failure of the file, its folder or the disk (None for
+        anything else, such as a broken constraint: that is a bug, not a state of the file)."""
+        code = getattr(exc, "sqlite_errorname", "") or ""
+        where = display_path(self.path)
+        folder = display_path(self.path.parent) if str(self.path.parent) else "."
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return UnusableDatabase(
+                f"{where}: the database stayed busy for more than {self._timeout:g} s "
+                "(another highlights process is writing); try again"
             )
-        return exc
+        if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            rescued = self.path.with_name(self.path.stem + "-recovered" + self.path.suffix)
+            first = "not a usable highlightsmail database" if code == "SQLITE_NOTADB" else "the database is damaged"
+            return UnusableDatabase(
+                f"{where}: {first} ({exc}); keep this file, rescue what it holds with "
+                f'`sqlite3 {shlex.quote(where)} ".recover" | sqlite3 {shlex.quote(display_path(rescued))}` '
+                "and put the new file in its place, or restore a backup"
+            )
+        if code.startswith("SQLITE_READONLY"):
+            return UnusableDatabase(
+                f"{where}: cannot write to the database ({exc}); let the user running highlights write to "
+                f"the file and to its folder {folder} (SQLite keeps {self.path.name}-wal and -shm beside it)"
+            )
+        if code.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
+            return UnusableDatabase(
+                f"{where}: cannot open the database ({exc}); let the user running highlights read and write "
+                f"the file and its folder {folder} (SQLite keeps {self.path.name}-wal and -shm beside it)"
+            )
+        if code.startswith("SQLITE_FULL"):
+            return UnusableDatabase(f"{where}: the disk is full ({exc}); free some space and try again")
+        if code.startswith("SQLITE_IOERR"):
+            return UnusableDatabase(
+                f"{where}: reading or writing the database failed ({exc}); check the disk, and that the "
+                f"user running highlights may write to the file and its folder {folder}"
+            )
+        return None
 
     def _query(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._guard():
             return self._conn.execute(sql, params).fetchall()
 
     @staticmethod
@@ -442,13 +642,21 @@ class Store:
     # -- subscribers ------------------------------------------------------------
 
     def get(self, subscriber_id: int) -> Subscriber | None:
-        """The subscriber with this id, or None."""
-        rows = self._query(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,))
+        """The subscriber with this id, or None. An id whose row was merged into another
+        (the same address) gives that one: the links in mail sent to it act on it."""
+        rows = self._query(
+            f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers"
+            " WHERE id = (SELECT coalesce(merged_into, id) FROM subscribers WHERE id = ?)",
+            (subscriber_id,),
+        )
         return Subscriber(*rows[0]) if rows else None
 
     def find(self, email: str) -> Subscriber | None:
-        """The subscriber with this address (ASCII letters compared case-insensitively), or None."""
-        rows = self._query(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE email = ?", (email,))
+        """The subscriber with this address (compared by `address_key`), or None."""
+        rows = self._query(
+            f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE email_key = ? AND merged_into IS NULL",
+            (address_key(email),),
+        )
         return Subscriber(*rows[0]) if rows else None
 
     def add(
@@ -461,19 +669,24 @@ class Store:
         detail: str | None = None,
     ) -> tuple[Subscriber, bool]:
         """Add a subscriber; `(subscriber, True)` if new, `(existing, False)` if the address
-        is already there (then nothing is changed). `email` must already be validated."""
+        is already there in any spelling (then nothing is changed). `email` must already
+        be validated."""
         _check(status, STATUSES, "status")
         _check(source, SOURCES, "source")
+        key = address_key(email)
         with self._write() as conn:
-            row = conn.execute(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE email = ?", (email,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE email_key = ? AND merged_into IS NULL", (key,)
+            ).fetchone()
             if row:
                 return Subscriber(*row), False
             now = self.now()
             cur = conn.execute(
-                "INSERT INTO subscribers (email, name, status, created, updated) VALUES (?, ?, ?, ?, ?)",
-                (email, name, status, now, now),
+                "INSERT INTO subscribers (email, email_key, name, status, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
+                (email, key, name, status, now, now),
             )
             sid = cur.lastrowid
+            assert sid is not None  # an INSERT into a rowid table always sets it
             self._event(conn, sid, now, None, status, source, detail)
             return Subscriber(sid, email, name, status, now, now), True
 
@@ -513,8 +726,17 @@ class Store:
 
     @staticmethod
     def _locate(conn: sqlite3.Connection, ident: int | str) -> tuple[int, str, str]:
-        column = "id" if isinstance(ident, int) else "email"
-        row = conn.execute(f"SELECT id, status, name FROM subscribers WHERE {column} = ?", (ident,)).fetchone()
+        """(id, status, name) of the subscriber with this id (a merged row gives the row
+        it was merged into, as `get` does) or address."""
+        if isinstance(ident, int):
+            sql = (
+                "SELECT id, status, name FROM subscribers"
+                " WHERE id = (SELECT coalesce(merged_into, id) FROM subscribers WHERE id = ?)"
+            )
+            row = conn.execute(sql, (ident,)).fetchone()
+        else:
+            sql = "SELECT id, status, name FROM subscribers WHERE email_key = ? AND merged_into IS NULL"
+            row = conn.execute(sql, (address_key(ident),)).fetchone()
         if row is None:
             raise UnknownSubscriber(f"no subscriber {ident}")
         return row
@@ -530,11 +752,11 @@ class Store:
         if status is not None:
             _check(status, STATUSES, "status")
         where = "id > ?" if status is None else "status = ? AND id > ?"
-        sql = f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE {where} ORDER BY id LIMIT ?"
+        sql = f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE {where} AND merged_into IS NULL ORDER BY id LIMIT ?"
         last = 0
         while True:
             params = (last, page) if status is None else (status, last, page)
-            with self._lock:
+            with self._lock, self._guard():
                 cursor = self._conn.execute(sql, params)
                 rows = cursor.fetchmany(page)
             for row in rows:
@@ -546,7 +768,7 @@ class Store:
     def count_by_status(self) -> dict[str, int]:
         """How many subscribers have each status (every status present, zeros included)."""
         counts = dict.fromkeys(STATUSES, 0)
-        counts.update(self._query("SELECT status, count(*) FROM subscribers GROUP BY status"))
+        counts.update(self._query("SELECT status, count(*) FROM subscribers WHERE merged_into IS NULL GROUP BY status"))
         return counts
 
     def events(self, subscriber_id: int) -> list[Event]:
@@ -575,13 +797,15 @@ class Store:
         - an existing address takes the row's name only when the name is not empty
           (a list without names never erases the names you have).
         Every creation and status change gets an event with `source` and the row's detail.
-        Addresses must be unique within `rows` (ValueError otherwise).
+        Addresses are matched by `address_key` and must be unique by it within `rows`
+        (ValueError otherwise).
         """
         _check(source, SOURCES, "source")
         now = self.now()
         params = (
             (
                 r.email,
+                address_key(r.email),
                 r.name,
                 _check(r.status, STATUSES, "status"),
                 r.created or now,
@@ -607,7 +831,8 @@ class Store:
         conn.execute(
             """CREATE TEMP TABLE import_rows (
                 pos        INTEGER PRIMARY KEY,
-                email      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                email      TEXT NOT NULL,
+                email_key  TEXT NOT NULL UNIQUE,
                 name       TEXT NOT NULL,
                 status     TEXT NOT NULL,
                 created    TEXT NOT NULL,
@@ -621,24 +846,25 @@ class Store:
         )
         try:
             conn.executemany(
-                "INSERT INTO import_rows (email, name, status, created, updated, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO import_rows (email, email_key, name, status, created, updated, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 params,
             )
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"an address appears twice in the rows to import: {exc}") from None
         conn.execute(
             "UPDATE import_rows SET sid = s.id, old_status = s.status, old_name = s.name, is_new = 0"
-            " FROM subscribers AS s WHERE s.email = import_rows.email"
+            " FROM subscribers AS s WHERE s.email_key = import_rows.email_key AND s.merged_into IS NULL"
         )
         total, new = conn.execute("SELECT count(*), coalesce(sum(is_new), 0) FROM import_rows").fetchone()
 
         conn.execute(
-            "INSERT INTO subscribers (email, name, status, created, updated)"
-            " SELECT email, name, status, created, updated FROM import_rows WHERE is_new ORDER BY pos"
+            "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+            " SELECT email, email_key, name, status, created, updated FROM import_rows WHERE is_new ORDER BY pos"
         )
         conn.execute(
             "UPDATE import_rows SET sid = s.id FROM subscribers AS s"
-            " WHERE import_rows.is_new AND s.email = import_rows.email"
+            " WHERE import_rows.is_new AND s.email_key = import_rows.email_key AND s.merged_into IS NULL"
         )
         conn.execute(
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
@@ -650,7 +876,7 @@ class Store:
         # state, nor bounced or complained), or the row brings a different, non-empty name.
         leaves = (
             f"i.status IN ({_in(sorted(SUPPRESSED))}) AND i.status <> i.old_status"
-            " AND i.old_status NOT IN ('bounced', 'complained')"
+            f" AND i.old_status NOT IN ({_in(sorted(UNDELIVERABLE))})"
         )
         renames = "i.name <> '' AND i.name <> i.old_name"
         conn.execute(
@@ -719,7 +945,8 @@ class Store:
             for email, status, detail in wanted:
                 _check(status, STATUSES, "status")
                 row = conn.execute(
-                    "SELECT id FROM subscribers WHERE email = ? AND status = 'active'", (email,)
+                    "SELECT id FROM subscribers WHERE email_key = ? AND merged_into IS NULL AND status = 'active'",
+                    (address_key(email),),
                 ).fetchone()
                 if row is None:
                     continue
@@ -740,7 +967,8 @@ class Store:
                 raise HighlightsError(f"{issue}: its dispatch has already begun")
             cur = conn.execute(
                 "INSERT INTO deliveries (issue, subscriber_id, email, state, created, updated)"
-                " SELECT ?, id, email, 'pending', ?, ? FROM subscribers WHERE status = 'active' ORDER BY id",
+                " SELECT ?, id, email, 'pending', ?, ? FROM subscribers"
+                " WHERE status = 'active' AND merged_into IS NULL ORDER BY id",
                 (issue, now, now),
             )
             total = cur.rowcount
@@ -774,16 +1002,16 @@ class Store:
         """The next recipients a dispatch would take, without claiming them."""
         if started:
             sql = (
-                "SELECT d.subscriber_id, d.email, s.name, d.state, d.batch, d.attempts, d.last_error"
-                " FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
-                " WHERE d.issue = ? AND d.state = 'pending' AND s.status = 'active'"
+                "SELECT d.subscriber_id, d.email, p.name, d.state, d.batch, d.attempts, d.last_error"
+                f" FROM deliveries AS d {_PERSON_JOIN}"
+                " WHERE d.issue = ? AND d.state = 'pending' AND p.status = 'active'"
                 " ORDER BY d.subscriber_id LIMIT ?"
             )
             rows = self._query(sql, (issue, limit))
         else:
             rows = self._query(
                 "SELECT id, email, name, 'pending', NULL, 0, NULL FROM subscribers"
-                " WHERE status = 'active' ORDER BY id LIMIT ?",
+                " WHERE status = 'active' AND merged_into IS NULL ORDER BY id LIMIT ?",
                 (limit,),
             )
         return [Delivery(*row) for row in rows]
@@ -798,8 +1026,8 @@ class Store:
         with self._write() as conn:
             while len(claimed) < size:
                 rows = conn.execute(
-                    "SELECT d.subscriber_id, d.email, s.name, s.status, d.attempts"
-                    " FROM deliveries AS d JOIN subscribers AS s ON s.id = d.subscriber_id"
+                    "SELECT d.subscriber_id, d.email, p.name, p.status, d.attempts"
+                    f" FROM deliveries AS d {_PERSON_JOIN}"
                     " WHERE d.issue = ? AND d.state = 'pending' AND d.subscriber_id > ?"
                     " ORDER BY d.subscriber_id LIMIT ?",
                     (issue, after_id, size - len(claimed)),

@@ -1,33 +1,30 @@
-"""The `highlights subscribers ...` commands: import, add, remove, list, export.
+"""The subscriber list from the command line: reading and checking a CSV to import,
+adding and removing one subscriber, and writing the list out (CSV, JSON, a table).
 
-CSV files go both ways with the columns `email,name,status,created,updated`. A cell that
-a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a CR)
-is written with a leading `'`, which import takes off again, so an export imports back
-exactly.
+Nothing here prints: each function returns what happened or writes to the stream it
+is given, and `cli.py` says it. CSV files go both ways with the columns
+`email,name,status,created,updated`. A cell that a spreadsheet would run as a formula
+(it starts with `=`, `+`, `-`, `@`, a tab or a CR) is written with a leading `'`,
+which import takes off again, so an export imports back exactly.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import os
-import re
-import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-import click
-
-from highlightsmail.addresses import BadAddress, normalize_address
+from highlightsmail.addresses import BadAddress, address_key, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
-from highlightsmail.store import STATUSES, ImportResult, ImportRow, Store, Subscriber, format_time
+from highlightsmail.store import STATUSES, ImportResult, ImportRow, Status, Store, Subscriber, format_time
+from highlightsmail.text import header_problem
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -36,18 +33,18 @@ CSV_COLUMNS = ("email", "name", "status", "created", "updated")
 MAX_NAME = 200
 # OWASP's list of characters that make a spreadsheet cell a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # -- addresses and cells ----------------------------------------------------------
 
 
 def check_name(raw: str) -> str:
-    """A subscriber's name: one line, trimmed, at most MAX_NAME characters (it ends up in
-    the To header, so no line breaks or control characters)."""
+    """A subscriber's name: trimmed, at most MAX_NAME characters, and fit for the To
+    header as typed (one line, no control characters, no RFC 2047 encoded word)."""
     name = raw.strip()
-    if _CONTROL_RE.search(name):
-        raise ValueError("the name contains a line break or a control character")
+    problem = header_problem(name)
+    if problem:
+        raise ValueError(f"the name {problem}")
     if len(name) > MAX_NAME:
         raise ValueError(f"the name is longer than {MAX_NAME} characters")
     return name
@@ -101,12 +98,16 @@ def _decode(data: bytes, shown: str) -> str:
         ) from None
 
 
-def _parse_time(value: str) -> str | None:
-    """A created/updated cell in the stored format, or None when it is not a time."""
+def _parse_time(value: str) -> str:
+    """A created/updated cell in the stored format; ValueError says what is wrong."""
     try:
-        return format_time(datetime.fromisoformat(value))
+        moment = datetime.fromisoformat(value)
     except ValueError:
-        return None
+        raise ValueError("is not an ISO 8601 time like 2024-01-12T08:30:00Z") from None
+    try:
+        return format_time(moment)
+    except OverflowError:  # its offset moves it out of years 1 to 9999 in UTC
+        raise ValueError("is out of range (it must fall within the years 1 to 9999 in UTC)") from None
 
 
 def parse_csv(path: Path) -> ParsedFile:
@@ -141,14 +142,13 @@ def parse_csv(path: Path) -> ParsedFile:
             if "".join(record).strip():  # a blank line (or only empty cells) is no row
                 records.append((start, record))
     except csv.Error as exc:
-        raise HighlightsError(f"{shown}:{line}: not valid CSV ({exc}); is a quote left open?") from None
+        raise HighlightsError(_csv_problem(exc, shown, line, text)) from None
 
-    with _domain_checks_memoized():
-        checked = [_check_record(record, columns, len(header), start, path.name) for start, record in records]
-    seen: dict[str, int] = {}  # lower-cased address -> line of its first good row
+    checked = [_check_record(record, columns, len(header), start, path.name) for start, record in records]
+    seen: dict[str, int] = {}  # address key -> line of its first good row
     for (start, _record), (row, problem) in zip(records, checked, strict=False):
         if row is not None:
-            first = seen.setdefault(row.email.lower(), start)
+            first = seen.setdefault(address_key(row.email), start)
             if first == start:
                 result.rows.append(row)
                 continue
@@ -157,37 +157,19 @@ def parse_csv(path: Path) -> ParsedFile:
     return result
 
 
-@contextmanager
-def _domain_checks_memoized() -> Iterator[None]:
-    """Check each distinct domain once during an import.
-
-    email-validator spends about two thirds of its time on the part after the @, and a
-    list repeats the same domains over and over; that check is a pure function of its
-    arguments (its result is only read), so it is cached for the length of one import.
-    This is what keeps 100,000 rows within a few seconds. Should a later email-validator
-    move the function, the import is merely slower.
-    """
-    import importlib
-
-    # By module path: the package's attribute of that name is the function, not the module.
-    module = importlib.import_module("email_validator.validate_email")
-    original = getattr(module, "validate_email_domain_name", None)
-    if not callable(original):
-        yield
-        return
-    # A list where every domain differs gets no help from that cache; there the time
-    # goes to a per-character Unicode check, also pure, and a list has few characters.
-    syntax = importlib.import_module("email_validator.syntax")
-    char_check = getattr(syntax, "uts46_valid_char", None)
-    module.validate_email_domain_name = functools.lru_cache(maxsize=20_000)(original)
-    if callable(char_check):
-        syntax.uts46_valid_char = functools.lru_cache(maxsize=4096)(char_check)
-    try:
-        yield
-    finally:
-        module.validate_email_domain_name = original
-        if callable(char_check):
-            syntax.uts46_valid_char = char_check
+def _csv_problem(exc: csv.Error, shown: str, line: int, text: str) -> str:
+    """The one line for a file the csv module cannot read, at the line of its record."""
+    if "field larger than field limit" in str(exc):
+        # A quote left open makes one cell of the rest of the file: say so only when
+        # the line where the record starts has an odd number of quotes.
+        lines = text.split("\n", line)
+        start = lines[line - 1] if len(lines) >= line else ""
+        hint = "; is a quote left open?" if start.count('"') % 2 else ""
+        return (
+            f"{shown}:{line}: a cell is too large (over {csv.field_size_limit():,} characters; "
+            f"no address, name, status or time is that long){hint}"
+        )
+    return f"{shown}:{line}: not valid CSV ({exc}); is a quote left open?"
 
 
 def _columns(header: list[str], shown: str, line: int, result: ParsedFile) -> dict[str, int]:
@@ -239,82 +221,78 @@ def _check_record(
     for column in times:
         value = cells.get(column)
         if value:
-            times[column] = _parse_time(value)
-            if times[column] is None:
-                return None, f"{column} {_shown(value)} is not an ISO 8601 time like 2024-01-12T08:30:00Z ({email})"
+            try:
+                times[column] = _parse_time(value)
+            except ValueError as exc:
+                return None, f"{column} {_shown(value)} {exc} ({email})"
     return ImportRow(email, name, status, times["created"], times["updated"], f"{file_name}:{line}"), None
 
 
-# -- commands -------------------------------------------------------------------------
+# -- what the commands do -------------------------------------------------------------
 
 
-def _open_store(ws: Workspace) -> Store:
-    return Store.open(ws)
-
-
-def import_command(ws: Workspace, file: Path, dry_run: bool = False) -> None:
-    """`subscribers import FILE [--dry-run]`: every good row in one transaction; bad and
-    duplicate rows reported by line on stderr. Exit 1 only when nothing could be used."""
-    parsed = parse_csv(file)
-    for message in parsed.warnings + parsed.rejected:
-        click.echo(message, err=True)
+def import_parsed(ws: Workspace, file: Path, parsed: ParsedFile, dry_run: bool = False) -> ImportResult:
+    """`subscribers import FILE [--dry-run]`: every good row of a parsed file in one
+    transaction (rolled back for a dry run). Raises HighlightsError when the file had
+    rows and none was usable."""
     rejected = len(parsed.rejected)
     if rejected and not parsed.rows:
         raise HighlightsError(f"{display_path(file)}: no valid rows ({rejected} rejected); nothing imported")
     if dry_run and not ws.db_path.exists():
         # Nothing to compare with, and a dry run must not even create the database.
-        result = ImportResult(new=len(parsed.rows), updated=0, unchanged=0)
-    else:
-        with _open_store(ws) as store:
-            result = store.import_rows(parsed.rows, dry_run=dry_run)
-    summary = f"{result.new} new, {result.updated} updated, {result.unchanged} unchanged, {rejected} rejected"
-    if dry_run:
-        click.echo(f"dry run: would import {summary}; nothing was changed")
-    else:
-        click.echo(f"imported {summary}")
+        return ImportResult(new=len(parsed.rows), updated=0, unchanged=0)
+    with Store.open(ws) as store:
+        return store.import_rows(parsed.rows, dry_run=dry_run)
 
 
-def add_command(ws: Workspace, email: str, name: str = "") -> None:
+@dataclass(frozen=True)
+class Added:
+    """What `subscribers add` did: `created`, or found the address (`renamed` when the
+    name given replaced another)."""
+
+    subscriber: Subscriber
+    created: bool
+    renamed: bool = False
+
+
+def add(ws: Workspace, email: str, name: str = "") -> Added:
     """`subscribers add EMAIL [--name NAME]`: add an active subscriber. Someone who left
     is not made active by the editor; only their own resubscribe link does that."""
-    address = _address_arg(email)
+    address = address_argument(email)
     try:
         name = check_name(name)
     except ValueError as exc:
         raise HighlightsError(f"--name: {exc}") from None
-    with _open_store(ws) as store:
+    with Store.open(ws) as store:
         subscriber, created = store.add(address, name, source="cli")
         if created:
-            click.echo(f"added {subscriber.email}")
-            return
+            return Added(subscriber, created=True)
         if subscriber.status != "active":
             raise HighlightsError(
                 f"{subscriber.email} is {subscriber.status} and stays so: only the subscriber can come back, "
                 "with the resubscribe button on the page their unsubscribe link opens"
             )
-        if name and name != subscriber.name:
-            store.set_name(subscriber.id, name)
-            click.echo(f"{subscriber.email} is already subscribed; name set to {name!r}")
-        else:
-            click.echo(f"{subscriber.email} is already subscribed")
+        renamed = bool(name) and name != subscriber.name and store.set_name(subscriber.id, name)
+        return Added(subscriber, created=False, renamed=renamed)
 
 
-def remove_command(ws: Workspace, email: str) -> None:
+def remove(ws: Workspace, email: str) -> tuple[Subscriber, bool]:
     """`subscribers remove EMAIL`: unsubscribe (the row stays, so the address is never
-    mailed again). A bounced or complained address keeps that status."""
-    address = _address_arg(email)
-    with _open_store(ws) as store:
+    mailed again); returns the subscriber as it was and whether anything changed. A
+    bounced or complained address keeps that status."""
+    address = address_argument(email)
+    with Store.open(ws) as store:
         subscriber = store.find(address)
         if subscriber is None:
             raise HighlightsError(f"{address} is not a subscriber; nothing changed")
         if subscriber.status != "active":
-            click.echo(f"{subscriber.email} is already {subscriber.status}; it gets no mail")
-            return
+            return subscriber, False
         store.set_status(subscriber.id, "unsubscribed", "cli")
-        click.echo(f"unsubscribed {subscriber.email}")
+        return subscriber, True
 
 
-def _address_arg(raw: str) -> str:
+def address_argument(raw: str) -> str:
+    """An address typed on the command line, normalised, or a one-line error."""
     try:
         return normalize_address(raw)
     except BadAddress as exc:
@@ -324,10 +302,10 @@ def _address_arg(raw: str) -> str:
 _TABLE = "{:>7}  {:<40}  {:<24}  {:<12}  {}"  # fixed widths: printing starts at the first row
 
 
-def list_command(ws: Workspace, status: str | None = None, fmt: str = "table") -> None:
-    """`subscribers list [--status S] [--format table|csv|json]`, streamed row by row."""
-    with _open_store(ws) as store, _stdout() as out:
-        rows = store.iter_subscribers(status)  # type: ignore[arg-type]
+def write_list(ws: Workspace, out: TextIO, status: Status | None = None, fmt: str = "table") -> None:
+    """`subscribers list [--status S] [--format table|csv|json]`, streamed row by row to `out`."""
+    with Store.open(ws) as store:
+        rows = store.iter_subscribers(status)
         if fmt == "csv":
             _write_csv(out, rows)
         elif fmt == "json":
@@ -336,16 +314,14 @@ def list_command(ws: Workspace, status: str | None = None, fmt: str = "table") -
             _write_table(out, rows)
 
 
-def export_command(ws: Workspace, file: Path | None = None) -> None:
+def export(ws: Workspace, file: Path | None, out: TextIO | None = None) -> int:
     """`subscribers export [FILE]`: every subscriber as CSV, to FILE (written atomically:
-    a reader never sees half a file) or to standard output."""
-    with _open_store(ws) as store:
+    a reader never sees half a file) or else to `out`. Returns how many."""
+    with Store.open(ws) as store:
         if file is None:
-            with _stdout() as out:
-                _write_csv(out, store.iter_subscribers())
-            return
-        count = _atomic_write(file, lambda out: _write_csv(out, store.iter_subscribers()))
-    click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
+            assert out is not None, "export to a stream needs the stream"
+            return _write_csv(out, store.iter_subscribers())
+        return _atomic_write(file, lambda stream: _write_csv(stream, store.iter_subscribers()))
 
 
 def _write_csv(out: TextIO, rows: Iterator[Subscriber]) -> int:
@@ -393,22 +369,7 @@ def _write_table(out: TextIO, rows: Iterator[Subscriber]) -> None:
             out.flush()  # the first row shows at once, even through a pipe
 
 
-@contextmanager
-def _stdout() -> Iterator[TextIO]:
-    """Standard output for streaming; a reader that stops early (`| head`) ends the
-    command quietly instead of with a BrokenPipeError traceback."""
-    out = sys.stdout
-    try:
-        yield out
-        out.flush()
-    except BrokenPipeError:
-        # Python would complain again when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(0)
-
-
-def _atomic_write(path: Path, write) -> int:
+def _atomic_write(path: Path, write: Callable[[TextIO], int]) -> int:
     """Write a text file through a temporary file in the same folder, then rename it
     into place, so the file is either the old one or the whole new one. It holds
     personal data, so it is readable by its owner only (mode 0600, as mkstemp makes it)."""

@@ -25,6 +25,9 @@ _KIND_NAMES = {v: k for k, v in KINDS.items()}
 _MAC_BYTES = 16  # 128 bits: far beyond guessing, and keeps the link tidy
 _TOKEN_RE = re.compile(r"^([ut])([0-9a-z]{1,13})\.([A-Za-z0-9_-]{22})$")
 _DOMAIN = b"highlightsmail/token/v1"
+#: The shortest secret accepted, current or previous: an HMAC key is only as strong as
+#: it is hard to guess, and a previous secret still signs working links.
+MIN_SECRET_LENGTH = 16
 
 
 class SecretWarning(HighlightsWarning):
@@ -85,18 +88,30 @@ def _base36(n: int) -> str:
             return out
 
 
+def _previous_secrets() -> tuple[bytes, ...]:
+    """HIGHLIGHTS_SECRET_PREVIOUS, comma-separated (empty entries ignored); each one as
+    long as a current secret must be, since it still makes links work."""
+    entries = [p.strip() for p in os.environ.get("HIGHLIGHTS_SECRET_PREVIOUS", "").split(",")]
+    entries = [p for p in entries if p]
+    for number, entry in enumerate(entries, start=1):
+        if len(entry) < MIN_SECRET_LENGTH:
+            raise HighlightsError(
+                f"HIGHLIGHTS_SECRET_PREVIOUS: secret {number} of {len(entries)} is too short: "
+                f"use at least {MIN_SECRET_LENGTH} characters, or drop it from the list"
+            )
+    return tuple(p.encode() for p in entries)
+
+
 def load_signer(secret_path: Path) -> Signer:
     """The signer from HIGHLIGHTS_SECRET (and HIGHLIGHTS_SECRET_PREVIOUS, comma-separated,
     for links in mail sent before a rotation), else from secret_path, created once with
     mode 0600 and a warning."""
-    previous = tuple(
-        p.strip().encode() for p in os.environ.get("HIGHLIGHTS_SECRET_PREVIOUS", "").split(",") if p.strip()
-    )
+    previous = _previous_secrets()
     env = os.environ.get("HIGHLIGHTS_SECRET", "").strip()
     if env:
-        if len(env) < 16:
+        if len(env) < MIN_SECRET_LENGTH:
             raise HighlightsError(
-                "HIGHLIGHTS_SECRET is too short: use at least 16 characters (32 random bytes is best)"
+                f"HIGHLIGHTS_SECRET is too short: use at least {MIN_SECRET_LENGTH} characters (32 random bytes is best)"
             )
         return Signer(env.encode(), previous)
     if os.path.lexists(secret_path):  # a dangling link too: reading it names the problem
@@ -109,7 +124,7 @@ def load_signer(secret_path: Path) -> Signer:
             raise HighlightsError(f"{shown}: the secret is not ASCII text; delete the file to make a new one") from None
         except OSError as exc:
             raise HighlightsError(f"{shown}: cannot read the secret: {exc.strerror or exc}") from None
-        if len(value) < 16:
+        if len(value) < MIN_SECRET_LENGTH:
             raise HighlightsError(f"{shown}: the secret is too short; delete the file to make a new one")
         return Signer(value.encode(), previous)
     value = secrets.token_urlsafe(32)

@@ -15,6 +15,10 @@ Behaviour worth knowing (the product contract has the table of routes):
   to that address could not be delivered or was reported as unwanted.
 - Test-send tokens open a page saying it was a test, on any method; nothing changes.
 - Invalid, altered or unknown-subscriber tokens: 400 "This link is not valid".
+- A database that cannot be used (damaged, read-only, locked too long): 503 with
+  Retry-After, and one line in the log naming the file and what to do.
+- Logs never hold a working link: anything shaped like a token in a logged path (the
+  access log and ours) has its signature cut, however the path was mangled or escaped.
 - Every response carries a strict CSP, `Referrer-Policy: no-referrer` (the token is in the
   path and must not leak), `nosniff` and `Cache-Control: no-store`. Bodies over 8 KiB: 413.
   The archive's pages (archive_web.py, when enabled) may be cached and indexed.
@@ -25,12 +29,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from typing import TYPE_CHECKING, Any, TypedDict
+from urllib.parse import parse_qsl, quote, unquote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -44,16 +49,19 @@ from starlette.routing import Route
 from highlightsmail import templating
 from highlightsmail.errors import HighlightsError, InvalidToken
 from highlightsmail.serving import bind_socket
+from highlightsmail.store import UNDELIVERABLE, UnusableDatabase
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from highlightsmail.store import Source, Status, Store
     from highlightsmail.tokens import Signer
     from highlightsmail.workspace import Workspace
 
 log = logging.getLogger("highlightsmail.web")
 
 MAX_BODY_BYTES = 8 * 1024  # a one-click body is 26 bytes; a multipart one, a few hundred
+RETRY_AFTER_S = 300  # a database that cannot be used now: come back in five minutes
 
 # No scripts, no images, nothing from elsewhere; inline styles only; forms post back here.
 CONTENT_SECURITY_POLICY = (
@@ -71,10 +79,6 @@ SECURITY_HEADERS: dict[str, str] = {
 #: Headers a route may set for itself (the archive's pages may be cached and indexed,
 #: and show images); every other security header is the same on every answer.
 ROUTE_MAY_SET = frozenset({"Content-Security-Policy", "Cache-Control", "X-Robots-Tag"})
-
-SOURCE_ONE_CLICK = "one-click"
-SOURCE_WEB = "web"
-_SUPPRESSED = ("bounced", "complained")
 
 
 def mask_email(address: str) -> str:
@@ -143,10 +147,10 @@ class Subscriptions:
 
     def __init__(self, ws: Workspace) -> None:
         self._ws = ws
-        self._keeper = None  # Store | None
+        self._keeper: Store | None = None
         self._keeper_lock = threading.Lock()
 
-    def _store(self):  # -> Store
+    def _store(self) -> Store:
         from highlightsmail.store import Store
 
         if self._keeper is None:
@@ -166,18 +170,22 @@ class Subscriptions:
             sub = store.get(subscriber_id)
         return None if sub is None else SubscriberView(mask_email(sub.email), sub.status)
 
-    def unsubscribe(self, subscriber_id: int, source: str) -> SubscriberView | None:
+    def unsubscribe(self, subscriber_id: int, source: Source) -> SubscriberView | None:
         return self._move(subscriber_id, "active", "unsubscribed", source)
 
     def resubscribe(self, subscriber_id: int) -> SubscriberView | None:
-        return self._move(subscriber_id, "unsubscribed", "active", SOURCE_WEB)
+        return self._move(subscriber_id, "unsubscribed", "active", "web")
 
-    def _move(self, subscriber_id: int, from_status: str, to_status: str, source: str) -> SubscriberView | None:
+    def _move(
+        self, subscriber_id: int, from_status: Status, to_status: Status, source: Source
+    ) -> SubscriberView | None:
         """`from_status` -> `to_status`; any other status is left as it is (a bounced or
         complained address stays so). None for an unknown subscriber."""
         from highlightsmail.store import UnknownSubscriber
 
         with self._store() as store:
+            # The subscriber the id names: for a row merged into another (the same
+            # address), that one, so an old link acts on the person it was sent to.
             sub = store.get(subscriber_id)
             if sub is None:
                 return None
@@ -185,10 +193,10 @@ class Subscriptions:
                 try:
                     # Records an event only when the status changes, so a repeat adds nothing;
                     # only_from: a change since the read above (a bounce) is left alone.
-                    store.set_status(subscriber_id, to_status, source=source, only_from=from_status)
+                    store.set_status(sub.id, to_status, source=source, only_from=from_status)
                 except UnknownSubscriber:  # deleted in between
                     return None
-                sub = store.get(subscriber_id) or sub
+                sub = store.get(sub.id) or sub
         return SubscriberView(mask_email(sub.email), sub.status)
 
 
@@ -223,7 +231,7 @@ class _Endpoint:
     def test_page(self) -> HTMLResponse:
         return self.pages.response("test-link.html.j2", title="This was a test message")
 
-    def _actions(self, token: str, nested: bool) -> dict[str, str]:
+    def _actions(self, token: str, nested: bool) -> _Actions:
         # Relative form actions keep working when a proxy serves the app under a prefix.
         up = "../" if nested else ""
         return {"unsubscribe_action": f"{up}{token}", "resubscribe_action": f"{up}{token}/resubscribe"}
@@ -272,7 +280,7 @@ class _Endpoint:
         subscriber_id = self._subscriber_id(token)
         if isinstance(subscriber_id, Response):
             return subscriber_id
-        source = SOURCE_ONE_CLICK if await _is_one_click(request) else SOURCE_WEB
+        source: Source = "one-click" if await _is_one_click(request) else "web"
         sub = await run_in_threadpool(self.db.unsubscribe, subscriber_id, source)
         if sub is None:
             return self.invalid()
@@ -293,7 +301,7 @@ class _Endpoint:
         sub = await run_in_threadpool(self.db.resubscribe, subscriber_id)
         if sub is None:
             return self.invalid()
-        if sub.status in _SUPPRESSED:
+        if sub.status in UNDELIVERABLE:
             return self.pages.notice(
                 409,
                 "We can't send to this address",
@@ -321,6 +329,27 @@ class _Endpoint:
                 405, "Not allowed", "This page does not accept that kind of request.", headers=headers
             )
         return self.pages.notice(exc.status_code, "Request not accepted", str(exc.detail), headers=headers)
+
+    async def database_error(self, request: Request, exc: Exception) -> Response:
+        """503: the database cannot be used now. The log gets the one line saying what
+        to do; the reader, that nothing changed and to come back later (a mail
+        provider's one-click POST is retried)."""
+        assert isinstance(exc, UnusableDatabase)
+        log.error("cannot answer %s %s: %s", request.method, request.url.path, exc.format_message())
+        return self.pages.notice(
+            503,
+            "Please try again later",
+            "We could not reach the list of subscribers just now, so nothing was changed.",
+            "Please use the link again in a few minutes.",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+class _Actions(TypedDict):
+    """Where the page's forms post, relative to the page."""
+
+    unsubscribe_action: str
+    resubscribe_action: str
 
 
 class _BadLink(Exception):
@@ -480,7 +509,10 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         sendgrid_events.close()
 
     application = Starlette(
-        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: endpoint.http_error}
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: endpoint.http_error, UnusableDatabase: endpoint.database_error},
     )
     # No redirects at all (RFC 8058 forbids them for the POST): `/u/TOKEN/` is a 404,
     # not a 307 to `/u/TOKEN`.
@@ -491,25 +523,57 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 # ---------------------------------------------------------------- logs
 
 
-_TOKEN_IN_PATH = re.compile(r"(/u/[ut][0-9a-z]{1,13}\.)[A-Za-z0-9_-]+")
+#: Anything shaped like a token: a kind and an id (either letter case, since a reader
+#: could lower-case them again), a dot, and 22 or more URL-safe base64 characters, the
+#: signature, which is what makes the link work and is all that is cut.
+_TOKEN_SHAPED = re.compile(r"([ut][0-9a-z]{0,13}\.)[A-Za-z0-9_-]{22,}", re.IGNORECASE)
+_CUT = r"\1[redacted]"
+# Characters left as they are when a logged path is escaped again after decoding.
+_LOG_SAFE = "/?&=:;,+@!$'()*[]"
 
 
 def _redact(text: str) -> str:
-    """A path with the token's signature cut: logs keep which subscriber, not a working link."""
-    return _TOKEN_IN_PATH.sub(r"\1…", text)
+    """A logged path or line with the signature of anything token-shaped cut, so logs
+    keep which subscriber a request named but never a working link. It looks through
+    %-escapes too (`/u/%75%31.` is `/u/u1.`); a path that hid a token that way is
+    logged decoded, redacted, and escaped again, so it cannot break the log line."""
+    redacted = _TOKEN_SHAPED.sub(_CUT, text)
+    decoded = text
+    for _ in range(3):  # escapes of escapes, a few layers deep
+        if "%" not in decoded:
+            break
+        decoded = unquote(decoded)
+        if _TOKEN_SHAPED.search(decoded):
+            return quote(_TOKEN_SHAPED.sub(_CUT, decoded), safe=_LOG_SAFE)
+    return redacted
 
 
 class _RedactTokens(logging.Filter):
+    """Applies `_redact` to a record's message, its arguments and its traceback."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _redact(record.msg)
         if isinstance(record.args, tuple):
             record.args = tuple(_redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        if record.exc_info and not record.exc_text:
+            # Formatted once here (the handlers' formatters reuse exc_text), without the
+            # decoding step: a traceback is not a path.
+            record.exc_text = _TOKEN_SHAPED.sub(_CUT, logging.Formatter().formatException(record.exc_info))
         return True
 
 
+#: Every logger that may write a request's path: uvicorn's access and error logs, ours.
+_REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "highlightsmail.web")
+
+
 def _install_log_redaction() -> None:
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, _RedactTokens) for f in access.filters):
-        access.addFilter(_RedactTokens())
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
+            logger.addFilter(_RedactTokens())
 
 
 # ---------------------------------------------------------------- production entry points
@@ -546,43 +610,51 @@ class _LazyApp:
 app = _LazyApp()
 
 
-def serve_command(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """`highlights serve`: run the endpoint with uvicorn until Ctrl-C.
+@dataclass
+class Server:
+    """The endpoint bound to its socket, ready to run: `url` is where it listens."""
 
-    Trusts X-Forwarded-Proto/For from the addresses in FORWARDED_ALLOW_IPS (uvicorn's
-    setting; 127.0.0.1 by default), so it can sit behind a reverse proxy doing HTTPS.
-    """
-    import click
-    import uvicorn
+    app: Starlette
+    sock: socket.socket
+    url: str
 
-    # A generated secret's warning shows as the CLI shows all of ours: one `warning:` line.
-    application = create_app(ws)
-    sock = bind_socket(host, port)
-    bound_port = sock.getsockname()[1]
-    shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"Serving {ws.settings.name} unsubscribe pages on http://{shown_host}:{bound_port}/")
-    base = ws.settings.base_url
-    click.echo(
-        f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.", err=True
-    )
-    if not base.startswith("https://"):
-        click.echo(
-            "Note: base_url is not https, so messages carry no List-Unsubscribe-Post (one-click needs https).", err=True
+    def run(self) -> None:
+        """Serve with uvicorn until Ctrl-C, then close the socket.
+
+        Trusts X-Forwarded-Proto/For from the addresses in FORWARDED_ALLOW_IPS
+        (uvicorn's setting; 127.0.0.1 by default), so it can sit behind a reverse proxy
+        doing HTTPS.
+        """
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app,
+            proxy_headers=True,
+            forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+            server_header=False,
+            log_level="info",
         )
-    config = uvicorn.Config(
-        application,
-        proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-        server_header=False,
-        log_level="info",
-    )
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        # uvicorn shuts down cleanly, then re-raises the Ctrl-C; stopping is the normal end.
-        pass
-    finally:
-        sock.close()
+        try:
+            uvicorn.Server(config).run(sockets=[self.sock])
+        except KeyboardInterrupt:
+            # uvicorn shuts down cleanly, then re-raises the Ctrl-C; stopping is the normal end.
+            pass
+        finally:
+            self.sock.close()
+
+
+def open_server(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> Server:
+    """`highlights serve` up to the point of serving: the app (a generated secret warns
+    as every command does), the database opened once, so an upgrade reports at start
+    and a database that cannot be opened stops here with its one line, and the socket
+    (port 0: any free port)."""
+    from highlightsmail.store import Store
+
+    application = create_app(ws)
+    Store.open(ws).close()
+    sock = bind_socket(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    return Server(application, sock, f"http://{shown_host}:{sock.getsockname()[1]}/")
 
 
 __all__ = [
@@ -593,5 +665,5 @@ __all__ = [
     "bind_socket",
     "create_app",
     "mask_email",
-    "serve_command",
+    "open_server",
 ]
