@@ -4,11 +4,16 @@ never by timings (benchmarks/render.py measures those)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from click.testing import CliRunner
+
+from highlightsmail.cli import main
 
 # Runs the command as the installed script does, then writes the names of the loaded modules.
 _RUN = textwrap.dedent("""
@@ -91,3 +96,17 @@ def test_premailer_gets_the_real_requests_when_it_uses_it(workspace: Path) -> No
     done = subprocess.run([sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "ok\n"
+
+
+def test_check_and_build_leave_the_garbage_collector_on(workspace: Path) -> None:
+    """They pause it while they run; a caller in the same process gets it back."""
+    assert gc.isenabled()
+    for args in (["check", "2024-w02"], ["build", "2024-w02", "--out", "out"]):
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert gc.isenabled()
+    (workspace / "issues" / "2024-w03.yaml").write_text("title: [unclosed\n", encoding="utf-8")
+    for args in (["check", "2024-w03"], ["build", "2024-w03"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "issues/2024-w03.yaml:" in result.stderr
+        assert gc.isenabled()
