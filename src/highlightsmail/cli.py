@@ -5,6 +5,7 @@ Every import of real work happens inside the command, so `highlights --help` sta
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -39,6 +40,32 @@ class _Ctx:
 
 
 pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+@contextlib.contextmanager
+def _one_shot() -> Iterator[None]:
+    """Run a command that loads, renders once and exits without cyclic garbage collection.
+
+    Nearly all it makes (modules, models, templates) lives until the process ends, and
+    the collector would walk it again and again while the command runs, then once more
+    at exit, for next to nothing to free: together a sixth of `check`'s time. The
+    files and streams the command opens are closed by then, so no finalizer is lost."""
+    import atexit
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        # What the command made counts as old from here (frozen, then back in the oldest
+        # generation): turning the collector on again does not start by walking it all,
+        atexit.unregister(gc.freeze)
+        atexit.register(gc.freeze)  # and the last pass, at exit, skips it.
+        gc.freeze()
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,7 +130,8 @@ def check(obj: _Ctx, issue: str) -> None:
     from highlightsmail.lint import check_command
 
     # An invalid file raises ValidationFailed, which prints its FILE:LINE:COL lines.
-    report = check_command(obj.ws, obj.ws.issue_path(issue))
+    with _one_shot():
+        report = check_command(obj.ws, obj.ws.issue_path(issue))
     for problem in report.problems:
         click.echo(str(problem), err=True)
     if not report.ok:
@@ -127,7 +155,9 @@ def build(obj: _Ctx, issue: str, out: Path) -> None:
     from highlightsmail.build import build_command
     from highlightsmail.errors import display_path
 
-    for path in build_command(obj.ws, obj.ws.issue_path(issue), out):
+    with _one_shot():
+        paths = build_command(obj.ws, obj.ws.issue_path(issue), out)
+    for path in paths:
         click.echo(display_path(path))
 
 
