@@ -60,13 +60,13 @@ def dump(path: Path) -> dict[str, list[tuple]]:
 
 def test_new_database_has_the_schema_in_wal_mode(store: Store, db: Path) -> None:
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 4
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"subscribers", "events", "deliveries", "dispatches", "test_sends"} <= tables
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"deliveries_claim", "subscribers_status", "events_subscriber", "subscribers_email_key"} <= indexes
-    assert store.schema_version == 3
+    assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "deliveries_batch"} <= indexes
+    assert store.schema_version == 4
     conn.close()
 
 

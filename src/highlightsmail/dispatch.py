@@ -14,6 +14,7 @@ dataclass, and tells its caller about progress through `SendEvents`.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -27,7 +28,7 @@ from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.store import DELIVERY_STATES, DeliveryState
 
 if TYPE_CHECKING:
-    from highlightsmail.backends.base import Backend, Batch, BatchResult, Envelope
+    from highlightsmail.backends.base import Backend, BatchResult, Envelope
     from highlightsmail.render import RenderedIssue
     from highlightsmail.store import Delivery, DispatchInfo, Store, TestSend
     from highlightsmail.tokens import Signer
@@ -371,14 +372,11 @@ def _would_suppress(store: Store, backend: Backend) -> int:
 
 def _envelopes(rows: list[Delivery], ws: Workspace, signer: Signer) -> list[Envelope]:
     from highlightsmail.backends.base import Envelope
-    from highlightsmail.message import Recipient, recipient_links
+    from highlightsmail.message import Recipient, links_maker
 
+    links = links_maker(ws.settings, signer)
     return [
-        Envelope(
-            key=row.subscriber_id,
-            recipient=Recipient(email=row.email, name=row.name, subscriber_id=row.subscriber_id),
-            links=recipient_links(ws.settings, signer, row.subscriber_id),
-        )
+        Envelope(row.subscriber_id, Recipient(row.email, row.name, row.subscriber_id), links(row.subscriber_id))
         for row in rows
     ]
 
@@ -414,7 +412,7 @@ def run_dispatch(
 ) -> RunResult:
     """The send loop. Only this thread touches the database; `backend.concurrency`
     worker threads, each with its own backend instance, make the requests."""
-    from highlightsmail.backends.base import Batch, DeliveryError, InDoubtError
+    from highlightsmail.backends.base import Batch, BatchResult, DeliveryError, InDoubtError
     from highlightsmail.message import check_headers
 
     events = events or Quiet()
@@ -436,7 +434,16 @@ def run_dispatch(
         raise HighlightsError(f"{backend.name}: {err.message}; nothing was sent") from None
     opened.append(backend)
 
-    def deliver(batch: Batch) -> BatchResult:
+    def deliver(number: int, claimed: list[Delivery]) -> BatchResult:
+        # Built here, in the worker, so the loop that claims and records (the one
+        # thread that touches the database) does nothing per recipient.
+        batch = Batch(
+            number=number,
+            slug=slug,
+            rendered=rendered,
+            settings=ws.settings,
+            envelopes=_envelopes(claimed, ws, signer),
+        )
         b = getattr(local, "backend", None)
         if b is None:
             if workers == 1:
@@ -449,70 +456,90 @@ def run_dispatch(
             local.backend = b
         return b.send_batch(batch)
 
-    def record(batch: Batch, fut: Future[BatchResult]) -> None:
-        keys = [e.key for e in batch.envelopes]
-        sent: list[int] = []
-        failed: dict[int, str] = {}
-        in_doubt: dict[int, str] = {}
-        message_id = None
+    def outcome(claimed: list[Delivery], fut: Future[BatchResult]) -> BatchResult:
+        """What the backend said, as a result for every recipient of the batch."""
+        keys = [row.subscriber_id for row in claimed]
         try:
-            result = fut.result()
+            return fut.result()
         except InDoubtError as err:
-            in_doubt = dict.fromkeys(keys, err.message)
+            return BatchResult(in_doubt=dict.fromkeys(keys, err.message))
         except DeliveryError as err:
-            failed = dict.fromkeys(keys, err.message)
+            return BatchResult(failed=dict.fromkeys(keys, err.message))
         except Exception as err:  # a bug in a backend must not lose the ledger
-            failed = dict.fromkeys(keys, f"{type(err).__name__}: {err}")
-        else:
-            sent, failed, in_doubt, message_id = result.sent, result.failed, result.in_doubt, result.message_id
-        store.finish_batch(slug, sent=sent, failed=failed, in_doubt=in_doubt, message_id=message_id)
-        run.reasons.update(("failed", why) for why in failed.values())
-        run.reasons.update(("in_doubt", why) for why in in_doubt.values())
-        progress(len(keys))
+            return BatchResult(failed=dict.fromkeys(keys, f"{type(err).__name__}: {err}"))
 
     remaining = limit
     after_id = 0
     exhausted = False
-    futures: dict[Future[BatchResult], Batch] = {}
+    futures: dict[Future[BatchResult], tuple[int, list[Delivery]]] = {}
+    done: set[Future[BatchResult]] = set()
     batch_no = store.next_batch_number(slug)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send")
+    # SQLite lets go of Python's lock while it works, but this loop then waits for a
+    # worker to hand it back, by default up to 5 ms each time (the switch interval):
+    # at a few statements per batch, the ledger and the requests took turns instead of
+    # running side by side. A shorter interval lets them overlap.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch_interval, 0.0002))
     try:
         while True:
             try:
-                # Keep every worker busy, but claim a batch only just before it can go,
-                # so the "left since the dispatch began" check is as late as possible.
-                while not (exhausted or run.stopped) and len(futures) < workers:
-                    size = backend.batch_size if remaining is None else min(backend.batch_size, remaining)
-                    if size <= 0:
-                        exhausted = True
-                        break
-                    claimed, skipped, after_id = store.claim_batch(slug, batch_no, size, after_id)
-                    progress(skipped)  # they were counted in the bar's length too
-                    if not claimed:
-                        exhausted = True
-                        break
-                    batch = Batch(
-                        number=batch_no,
-                        slug=slug,
-                        rendered=rendered,
-                        settings=ws.settings,
-                        envelopes=_envelopes(claimed, ws, signer),
-                    )
-                    futures[pool.submit(deliver, batch)] = batch
-                    batch_no += 1
-                    if remaining is not None:
-                        remaining -= len(claimed)
+                # One transaction records the batches that came back and claims the next
+                # ones: one commit instead of one per batch and per claim. Nothing is
+                # handed to a worker before that commit, and a batch leaves `futures`
+                # only once its outcome is committed (a Ctrl-C in between rolls back, and
+                # the next turn records it again).
+                results = {fut: outcome(futures[fut][1], fut) for fut in done if fut in futures}
+                claims: list[tuple[int, list[Delivery]]] = []
+                skipped = 0
+                with store.transaction():
+                    for fut, result in results.items():
+                        number = futures[fut][0]
+                        store.finish_batch(
+                            slug,
+                            sent=result.sent,
+                            failed=result.failed,
+                            in_doubt=result.in_doubt,
+                            message_id=result.message_id,
+                            batch=number,
+                        )
+                    # Keep every worker busy, but claim a batch only when a worker is free
+                    # to take it, so the "left since the dispatch began" check is as late
+                    # as possible.
+                    while not (exhausted or run.stopped) and len(futures) - len(done) + len(claims) < workers:
+                        size = backend.batch_size if remaining is None else min(backend.batch_size, remaining)
+                        if size <= 0:
+                            exhausted = True
+                            break
+                        claimed, gone, after_id = store.claim_batch(slug, batch_no, size, after_id)
+                        skipped += gone
+                        if not claimed:
+                            exhausted = True
+                            break
+                        claims.append((batch_no, claimed))
+                        batch_no += 1
+                        if remaining is not None:
+                            remaining -= len(claimed)
+                # Committed: count what came back, then hand out the new batches.
+                progress(skipped)  # they were counted in the bar's length too
+                for fut, result in results.items():
+                    futures.pop(fut, None)
+                    run.reasons.update(("failed", why) for why in result.failed.values())
+                    run.reasons.update(("in_doubt", why) for why in result.in_doubt.values())
+                    progress(len(result.sent) + len(result.failed) + len(result.in_doubt))
+                done = set()
+                for number, claimed in claims:
+                    futures[pool.submit(deliver, number, claimed)] = (number, claimed)
                 if not futures:
                     break
                 done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    record(futures.pop(fut), fut)
             except KeyboardInterrupt:
                 if run.stopped:
                     raise  # a second Ctrl-C: leave now; what is under way becomes "in doubt"
                 run.stopped = True
                 events.stopping()
     finally:
+        sys.setswitchinterval(switch_interval)
         pool.shutdown(wait=not run.stopped or not futures, cancel_futures=True)
         for b in opened:
             try:

@@ -24,6 +24,8 @@ from highlightsmail.errors import HighlightsError
 from highlightsmail.text import header_problem
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from highlightsmail.render import RenderedIssue
     from highlightsmail.tokens import Signer
     from highlightsmail.workspace import Settings
@@ -45,7 +47,7 @@ class UnsafeHeader(HighlightsError):
 ISSUE_HEADER = "X-Highlights-Issue"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recipient:
     """Someone a message goes to. Editors on a test send have no subscriber id."""
 
@@ -54,7 +56,7 @@ class Recipient:
     subscriber_id: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecipientLinks:
     """The unsubscribe URL of one recipient and the headers carrying it (RFC 2369, RFC 8058)."""
 
@@ -76,6 +78,8 @@ def display_name(recipient: Recipient) -> str:
     """The recipient's name for their To header, or "" when it could not go there
     safely: an old stored name is left out rather than failing that recipient."""
     name = (recipient.name or "").strip()
+    if name.isascii() and name.isprintable() and "=?" not in name:
+        return name  # the usual case, with no need for the full check
     return "" if not name or header_problem(name) else name
 
 
@@ -136,6 +140,24 @@ def recipient_links(settings: Settings, signer: Signer, subscriber_id: int, *, t
     """The links of one recipient, all from one token (a test token changes nothing)."""
     token = signer.make(subscriber_id, "test" if test else "unsubscribe")
     return links_for(settings, unsubscribe_url(settings, token))
+
+
+def links_maker(settings: Settings, signer: Signer) -> Callable[[int], RecipientLinks]:
+    """`recipient_links` for many subscribers of one dispatch: what depends only on the
+    settings (the checked base URL, List-Id, whether the URL is https) is worked out once."""
+    base = f"{_unsubscribe_base(settings.base_url)}/u/"
+    ident = list_id(settings)
+    post = base.startswith("https://")
+    make = signer.make
+
+    def links(subscriber_id: int) -> RecipientLinks:
+        url = base + make(subscriber_id)
+        headers = {"List-Unsubscribe": f"<{url}>", "List-Id": ident}
+        if post:
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        return RecipientLinks(url, headers)
+
+    return links
 
 
 def subject_for(rendered: RenderedIssue, *, test: bool = False) -> str:
@@ -242,6 +264,7 @@ __all__ = [
     "from_header",
     "header_value",
     "links_for",
+    "links_maker",
     "list_id",
     "mail_date",
     "recipient_links",

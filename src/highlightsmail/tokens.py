@@ -9,6 +9,7 @@ subscriber or another purpose without the secret.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -42,8 +43,9 @@ class Signer:
     previous: tuple[bytes, ...] = field(default=())
 
     def _mac(self, key: bytes, kind: str, ident: str) -> bytes:
-        msg = b"|".join((_DOMAIN, kind.encode(), ident.encode()))
-        return hmac.new(key, msg, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = _keyed(key).copy()  # a dispatch signs a token per recipient: skip re-keying
+        mac.update(b"|".join((_DOMAIN, kind.encode(), ident.encode())))
+        return mac.digest()[:_MAC_BYTES]
 
     def make(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
         """A token for this subscriber and purpose (`unsubscribe` or `test`)."""
@@ -72,6 +74,12 @@ class Signer:
         if not ok:
             raise InvalidToken("this link is not valid")
         return _KIND_NAMES[kind], int(ident, 36)
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 with this key and nothing hashed yet, to copy for each token."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def _b64(mac: bytes) -> bytes:

@@ -49,7 +49,7 @@ class PermanentError(DeliveryError):
     """A refusal that will not change by trying again (4xx, SMTP 5xx)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """One recipient of a batch, with everything per-recipient already worked out."""
 

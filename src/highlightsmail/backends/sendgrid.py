@@ -115,7 +115,7 @@ class SendGridBackend(Backend):
             if to is None:
                 continue  # send_batch fails this one alone
             # SendGrid sets List-Id once for all (below); the rest are this recipient's.
-            headers = {k: v for k, v in env.links.headers.items() if k.lower() != "list-id"}
+            headers = {k: v for k, v in env.links.headers.items() if k != "List-Id"}
             if env.recipient.subscriber_id is not None:
                 # custom_args come back in SendGrid's events: the id, never the address.
                 args = {"issue": batch.slug, "subscriber_id": str(env.recipient.subscriber_id)}
@@ -332,9 +332,10 @@ def _address(email: str, name: str = "", *, recipient: bool = False) -> dict[str
     header there and takes part of the name for the address)."""
     out = {"email": email}
     clean = name or ""
-    if recipient:
+    if recipient and ("," in clean or ";" in clean):
         clean = _LIST_SEPARATORS.sub(" ", clean)
-    clean = " ".join(clean.split())
+    if "  " in clean or clean != clean.strip() or not clean.isprintable():
+        clean = " ".join(clean.split())
     if clean:
         out["name"] = clean
     return out
