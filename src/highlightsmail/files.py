@@ -1,7 +1,8 @@
 """Writing files so that a reader (or a crash) never sees half of one.
 
-Every file is written under a temporary name in its own folder (`.NAME.XXXX.tmp`, so a
-later run can recognise and remove what a killed one left), then given its name in one
+Every file is written under a temporary name in its own folder (`.NAME.PID-XXXXXXXX.tmp`,
+with the writer's process id, so a later run can recognise and remove what a killed one
+left: `remove_stale_temporaries`), then given its name in one
 step: `os.replace` when it may replace an existing file, a hard link when it must never
 overwrite one. Errors are the OSError that occurred, with its `filename` set to the
 file being written, so each caller can word its own one-line message.
@@ -10,12 +11,20 @@ file being written, so each caller can word its own one-line message.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-__all__ = ["TEMP_SUFFIX", "new_file_mode", "temp_prefix", "write_file", "write_files"]
+__all__ = [
+    "TEMP_SUFFIX",
+    "new_file_mode",
+    "remove_stale_temporaries",
+    "temp_prefix",
+    "write_file",
+    "write_files",
+]
 
 T = TypeVar("T")
 
@@ -23,9 +32,40 @@ T = TypeVar("T")
 TEMP_SUFFIX = ".tmp"
 
 
+#: A temporary file of this module: `.NAME.PID-XXXXXXXX.tmp` (mkstemp's eight characters).
+_TEMP_RE = re.compile(r"^\..+\.(\d+)-[a-z0-9_]{8}\.tmp$")
+
+
 def temp_prefix(path: Path) -> str:
-    """How the temporary name of `path` starts: a dot (hidden), then its name."""
-    return f".{path.name}."
+    """How the temporary name of `path` starts: a dot (hidden), its name, the writer's
+    process id."""
+    return f".{path.name}.{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files that a writer killed mid-file (kill -9) left in
+    `folder`: ours by their name, and only those whose process is gone."""
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = _TEMP_RE.match(entry.name)
+            if match and not _alive(int(match.group(1))):
+                path = Path(entry.path)
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def new_file_mode() -> int:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from highlightsmail.addresses import BadAddress, address_key, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
@@ -370,28 +368,28 @@ def _write_table(out: TextIO, rows: Iterator[Subscriber]) -> None:
 
 
 def _atomic_write(path: Path, write: Callable[[TextIO], int]) -> int:
-    """Write a text file through a temporary file in the same folder, then rename it
-    into place, so the file is either the old one or the whole new one. It holds
-    personal data, so it is readable by its owner only (mode 0600, as mkstemp makes it)."""
+    """Write a text file whole or not at all (the old file stays until the new one is
+    complete). It holds personal data, so it is readable by its owner only."""
+    from highlightsmail.files import write_file
+
     shown = display_path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise HighlightsError(f"{shown}: the folder {display_path(folder)} does not exist")
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise HighlightsError(f"{shown}: cannot write there: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            result = write(out)
+
+    def text(fh: BinaryIO) -> int:
+        out = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+        try:
+            return write(out)
+        finally:
             out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise HighlightsError(
-                f"{shown}: cannot write it: {exc.strerror or exc}; any previous file there is unchanged"
-            ) from None
-        raise
-    return result
+            out.detach()
+
+    try:
+        count = write_file(path, text, mode=0o600, durable=True)
+    except OSError as exc:
+        raise HighlightsError(
+            f"{shown}: cannot write it: {exc.strerror or exc}; any previous file there is unchanged"
+        ) from None
+    assert count is not None
+    return count

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from highlightsmail.backends.base import Backend, Batch, BatchResult, DeliveryError
 from highlightsmail.errors import display_path
+from highlightsmail.files import remove_stale_temporaries, write_file
 from highlightsmail.mime import TemplateCache
 
 if TYPE_CHECKING:
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]+")
 _KEY_RE = re.compile(r"^(\d+)[-.]")
-#: `.<stem>.<pid>-<random>.tmp`, the temporary files of `_write_new` and nothing else.
-_TMP_RE = re.compile(r"^\.\d{6,}-[A-Za-z0-9@._+-]*\.(\d+)-[0-9a-f]{8}\.tmp$")
 _MODE = 0o600
 
 
@@ -100,64 +98,19 @@ def _taken(folder: Path) -> dict[int, int]:
     return counts
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary files that a writer killed mid-message (kill -9) left in
-    `folder`: ours by their name, and only those whose process is gone."""
-    removed = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            match = _TMP_RE.match(entry.name)
-            if match and not _alive(int(match.group(1))):
-                path = Path(entry.path)
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def _write_new(folder: Path, key: int, address: str, data: bytes, taken: dict[int, int]) -> Path:
     """Write `data` under a name no file has yet; a reader never sees a partial file."""
     stem = file_stem(key, address)
-    tmp = folder / f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE), "wb") as fh:
-        fh.write(data)
-    try:
-        copy = taken.get(key, 0) + 1
-        while True:
-            target = folder / (f"{stem}.eml" if copy == 1 else f"{stem}.{copy}.eml")
-            try:
-                _place(tmp, target)
-            except FileExistsError:
-                copy += 1  # written meanwhile (another run): never replace it
-                continue
-            taken[key] = copy
-            return target
-    finally:
-        tmp.unlink(missing_ok=True)
+    copy = taken.get(key, 0) + 1
+    while True:
+        target = folder / (f"{stem}.eml" if copy == 1 else f"{stem}.{copy}.eml")
+        try:
+            write_file(target, data, mode=_MODE, overwrite=False)
+        except FileExistsError:
+            copy += 1  # written meanwhile (another run): never replace it
+            continue
+        taken[key] = copy
+        return target
 
 
-def _place(tmp: Path, target: Path) -> None:
-    """Give `tmp` the name `target` unless that exists. A hard link is atomic and never
-    replaces; where links are not supported, reserve the name first, then rename."""
-    try:
-        os.link(tmp, target)
-    except FileExistsError:
-        raise
-    except OSError:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _MODE)
-        os.close(fd)
-        os.replace(tmp, target)
-
-
-__all__ = ["OutboxBackend", "file_stem", "remove_stale_temporaries"]
+__all__ = ["OutboxBackend", "file_stem"]
