@@ -230,15 +230,9 @@ def format_table(report: Report) -> str:
 def render_html(report: Report, settings: Settings, *, generated: datetime | None = None) -> str:
     """One self-contained page: inline styles and an inline SVG chart drawn by the
     template; no script, nothing fetched from elsewhere."""
-    import jinja2
+    from highlightsmail.templating import ui_environment
 
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("highlightsmail", "templates/report"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = ui_environment()  # the tool's own page, like the preview: not the newsletter's look
     return env.get_template("report.html.j2").render(
         report=report,
         newsletter=settings.name,
