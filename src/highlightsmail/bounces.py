@@ -358,14 +358,12 @@ class _ImapSource(_Source):
 
 def _ssl_context() -> ssl.SSLContext:
     """The system's trust store, plus the PEM file named by HIGHLIGHTS_IMAP_CAFILE."""
-    ctx = ssl.create_default_context()
-    cafile = os.environ.get(ENV_IMAP_CAFILE, "").strip()
-    if cafile:
-        try:
-            ctx.load_verify_locations(cafile=cafile)
-        except (OSError, ssl.SSLError) as exc:
-            raise HighlightsError(f"{ENV_IMAP_CAFILE}={cafile}: cannot load certificates ({exc})") from None
-    return ctx
+    from highlightsmail.tls import client_context
+
+    try:
+        return client_context(ENV_IMAP_CAFILE)
+    except ValueError as err:
+        raise HighlightsError(str(err)) from None
 
 
 def open_mailbox(where: ImapAddress | Path) -> _Source:

@@ -55,16 +55,13 @@ class _SetupError(PermanentError):
 
 
 def ssl_context() -> ssl.SSLContext:
-    """The system's trust store (SSL_CERT_FILE / SSL_CERT_DIR honoured), plus the PEM
-    file named by HIGHLIGHTS_SMTP_CAFILE if set."""
-    ctx = ssl.create_default_context()
-    cafile = os.environ.get(ENV_CAFILE, "").strip()
-    if cafile:
-        try:
-            ctx.load_verify_locations(cafile=cafile)
-        except (OSError, ssl.SSLError) as err:
-            raise _SetupError(f"{ENV_CAFILE}={cafile}: cannot load certificates ({err})") from None
-    return ctx
+    """The system's trust store, plus the PEM file named by HIGHLIGHTS_SMTP_CAFILE if set."""
+    from highlightsmail.tls import client_context
+
+    try:
+        return client_context(ENV_CAFILE)
+    except ValueError as err:
+        raise _SetupError(str(err)) from None
 
 
 class SmtpBackend(Backend):
