@@ -195,9 +195,8 @@ def percent(rate: float | None) -> str:
 def _rows(report: Report) -> list[tuple[str, int, str, str]]:
     """(label, figure, rate, note) for the table and the page."""
     r = report.rates
-    delivered_note = (
-        "estimated: accepted by the SMTP server and not bounced since" if report.delivered_estimated else ""
-    )
+    taken_by = "the SMTP server" if report.backend == "smtp" else f"the {report.backend} backend"
+    delivered_note = f"estimated: accepted by {taken_by} and not bounced since" if report.delivered_estimated else ""
     return [
         ("recipients", report.recipients, "", ""),
         ("sent", report.sent, "", ""),
