@@ -26,7 +26,7 @@ from highlightsmail.errors import HighlightsError
 if TYPE_CHECKING:
     from highlightsmail.backends.base import Backend, Batch, BatchResult
     from highlightsmail.render import RenderedIssue
-    from highlightsmail.store import Store
+    from highlightsmail.store import Delivery, Store
     from highlightsmail.tokens import Signer
     from highlightsmail.workspace import Workspace
 
@@ -312,7 +312,7 @@ def run_dispatch(
 ) -> None:
     """The send loop. Only this thread touches the database; `backend.concurrency`
     worker threads, each with its own backend instance, make the requests."""
-    from highlightsmail.backends.base import Batch, DeliveryError, TransientError
+    from highlightsmail.backends.base import Batch, DeliveryError
 
     slug = rendered.slug
     workers = max(1, backend.concurrency)
@@ -380,24 +380,7 @@ def run_dispatch(
                 for fut in done:
                     batch = futures.pop(fut)
                     keys = [e.key for e in batch.envelopes]
-                    try:
-                        result = fut.result()
-                    except DeliveryError as err:
-                        if isinstance(err, TransientError) and err.maybe_delivered:
-                            # No answer to a request that was sent: maybe it went out.
-                            store.finish_batch(slug, sent=[], failed={}, in_doubt={k: err.message for k in keys})
-                        else:
-                            store.finish_batch(slug, sent=[], failed={k: err.message for k in keys})
-                    except Exception as err:  # a bug in a backend must not lose the ledger
-                        store.finish_batch(slug, sent=[], failed={k: f"{type(err).__name__}: {err}" for k in keys})
-                    else:
-                        store.finish_batch(
-                            slug,
-                            sent=result.sent,
-                            failed=result.failed,
-                            in_doubt=result.in_doubt,
-                            message_id=result.message_id,
-                        )
+                    _record(store, slug, keys, fut.result)
                     progress(len(keys))
             except KeyboardInterrupt:
                 if stopping:
@@ -414,6 +397,53 @@ def run_dispatch(
     store.finish_dispatch_if_done(slug)
     if stopping:
         raise HighlightsError(f"stopped; resume with: highlights send {slug}")
+
+
+def _record(store: Store, slug: str, keys: list[int], outcome: Callable[[], BatchResult]) -> dict[int, str]:
+    """Record in the ledger what the backend did with a claimed batch (`outcome` gives
+    its result or raises); returns the state each recipient ended in."""
+    from highlightsmail.backends.base import DeliveryError, TransientError
+
+    try:
+        result = outcome()
+    except DeliveryError as err:
+        if isinstance(err, TransientError) and err.maybe_delivered:
+            # No answer to a request that was sent: maybe it went out.
+            store.finish_batch(slug, sent=[], failed={}, in_doubt={k: err.message for k in keys})
+            return dict.fromkeys(keys, "in_doubt")
+        store.finish_batch(slug, sent=[], failed={k: err.message for k in keys})
+        return dict.fromkeys(keys, "failed")
+    except Exception as err:  # a bug in a backend must not lose the ledger
+        store.finish_batch(slug, sent=[], failed={k: f"{type(err).__name__}: {err}" for k in keys})
+        return dict.fromkeys(keys, "failed")
+    store.finish_batch(
+        slug, sent=result.sent, failed=result.failed, in_doubt=result.in_doubt, message_id=result.message_id
+    )
+    states = dict.fromkeys(result.sent, "sent")
+    states.update(dict.fromkeys(result.failed, "failed"))
+    states.update(dict.fromkeys(result.in_doubt, "in_doubt"))
+    return states
+
+
+def send_claimed(
+    store: Store, backend: Backend, rendered: RenderedIssue, ws: Workspace, signer: Signer, delivery: Delivery
+) -> str | None:
+    """Send an issue to one more recipient of its dispatch (someone who has just joined),
+    claimed `in_flight` in a batch of their own by `store.claim_one`, and record what
+    became of it as the send loop does: sent, failed (the next `send` retries it) or in
+    doubt. The ledger row is what keeps a later resume from sending a second copy.
+    `backend` is open. Returns the state they ended in."""
+    from highlightsmail.backends.base import Batch
+
+    batch = Batch(
+        number=delivery.batch or 0,
+        slug=rendered.slug,
+        rendered=rendered,
+        settings=ws.settings,
+        envelopes=_envelopes([delivery], ws, signer),
+    )
+    states = _record(store, rendered.slug, [delivery.subscriber_id], lambda: backend.send_batch(batch))
+    return states.get(delivery.subscriber_id)
 
 
 # ---------------------------------------------------------------------------- status
