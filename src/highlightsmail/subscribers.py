@@ -1,6 +1,10 @@
 """The `highlights subscribers ...` commands: import, add, remove, list, export.
 
-CSV files go both ways with the columns `email,name,status,created,updated`. A cell that
+CSV files go both ways with the columns `email,name,status,created,updated,source,consented`:
+the last two are the subscriber's latest consent, how and when it was given (`form` and
+the time they confirmed), both empty when none is recorded. Import also reads files
+without them, or without any column but `email`; a new address whose row has a
+`consented` time keeps that consent, with the row's `source`. A cell that
 a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a CR)
 is written with a leading `'`, which import takes off again, so an export imports back
 exactly.
@@ -32,7 +36,8 @@ from highlightsmail.store import STATUSES, ImportResult, ImportRow, Store, Subsc
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
 
-CSV_COLUMNS = ("email", "name", "status", "created", "updated")
+CSV_COLUMNS = ("email", "name", "status", "created", "updated", "source", "consented")
+MAX_SOURCE = 100
 MAX_NAME = 200
 # OWASP's list of characters that make a spreadsheet cell a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -235,14 +240,18 @@ def _check_record(
     status = cells.get("status", "").lower() or "active"
     if status not in STATUSES:
         return None, f"unknown status {_shown(cells['status'])} ({email}); use one of {', '.join(STATUSES)}"
-    times: dict[str, str | None] = {"created": None, "updated": None}
+    times: dict[str, str | None] = {"created": None, "updated": None, "consented": None}
     for column in times:
         value = cells.get(column)
         if value:
             times[column] = _parse_time(value)
             if times[column] is None:
                 return None, f"{column} {_shown(value)} is not an ISO 8601 time like 2024-01-12T08:30:00Z ({email})"
-    return ImportRow(email, name, status, times["created"], times["updated"], f"{file_name}:{line}"), None
+    source = unprotect_cell(cells.get("source", "")) or None
+    if source is not None and (_CONTROL_RE.search(source) or len(source) > MAX_SOURCE):
+        return None, f"source {_shown(source)} must be one line of at most {MAX_SOURCE} characters ({email})"
+    row = ImportRow(email, name, status, times["created"], times["updated"], f"{file_name}:{line}")
+    return row._replace(consented=times["consented"], consent_source=source), None
 
 
 # -- commands -------------------------------------------------------------------------
@@ -329,7 +338,7 @@ def list_command(ws: Workspace, status: str | None = None, fmt: str = "table") -
     with _open_store(ws) as store, _stdout() as out:
         rows = store.iter_subscribers(status)  # type: ignore[arg-type]
         if fmt == "csv":
-            _write_csv(out, rows)
+            _write_csv(out, store, rows)
         elif fmt == "json":
             _write_json(out, rows)
         else:
@@ -342,18 +351,28 @@ def export_command(ws: Workspace, file: Path | None = None) -> None:
     with _open_store(ws) as store:
         if file is None:
             with _stdout() as out:
-                _write_csv(out, store.iter_subscribers())
+                _write_csv(out, store, store.iter_subscribers())
             return
-        count = _atomic_write(file, lambda out: _write_csv(out, store.iter_subscribers()))
+        count = _atomic_write(file, lambda out: _write_csv(out, store, store.iter_subscribers()))
     click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
 
 
-def _write_csv(out: TextIO, rows: Iterator[Subscriber]) -> int:
+def _write_csv(out: TextIO, store: Store, rows: Iterator[Subscriber]) -> int:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     count = 0
-    for s in rows:
-        writer.writerow((protect_cell(s.email), protect_cell(s.name), s.status, s.created, s.updated))
+    for s, source, consented in store.with_consent(rows):
+        writer.writerow(
+            (
+                protect_cell(s.email),
+                protect_cell(s.name),
+                s.status,
+                s.created,
+                s.updated,
+                protect_cell(source),
+                consented,
+            )
+        )
         count += 1
         if count == 1:
             out.flush()  # the first row shows at once, even through a pipe

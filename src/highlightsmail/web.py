@@ -14,6 +14,8 @@ Behaviour worth knowing (the product contract has the table of routes):
   nothing, and the reason stays visible); resubscribing them is refused with 409, since mail
   to that address could not be delivered or was reported as unwanted.
 - Test-send tokens open a page saying it was a test, on any method; nothing changes.
+- With `signup.enabled`, the signup form and its confirmation links (signup_web.py):
+  `/subscribe` and `/confirm/TOKEN`; a confirmation token opens nothing on `/u/`.
 - Invalid, altered or unknown-subscriber tokens: 400 "This link is not valid".
 - Every response carries a strict CSP, `Referrer-Policy: no-referrer` (the token is in the
   path and must not leak), `nosniff` and `Cache-Control: no-store`. Bodies over 8 KiB: 413.
@@ -460,11 +462,17 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 
     _install_log_redaction()
     endpoint = _Endpoint(ws, signer)
+    signup = None
+    if ws.settings.signup.enabled:
+        from highlightsmail.signup_web import SignupEndpoint
+
+        signup = SignupEndpoint(ws, endpoint.pages, signer)
     routes = [
         Route("/healthz", endpoint.healthz, methods=["GET"]),
         # One route for both methods, so a wrong method's 405 lists both in Allow.
         Route("/u/{token}", endpoint.token_page, methods=["GET", "POST"]),
         Route("/u/{token}/resubscribe", endpoint.resubscribe, methods=["POST"]),
+        *(signup.routes if signup else ()),
         *archive_routes(ws),
     ]
     middleware = [
@@ -476,6 +484,8 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         endpoint.db.close()
+        if signup is not None:
+            signup.close()  # waits for the emails under way
 
     application = Starlette(
         routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: endpoint.http_error}
@@ -489,7 +499,7 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 # ---------------------------------------------------------------- logs
 
 
-_TOKEN_IN_PATH = re.compile(r"(/u/[ut][0-9a-z]{1,13}\.)[A-Za-z0-9_-]+")
+_TOKEN_IN_PATH = re.compile(r"(/(?:u/[ut][0-9a-z]{1,13}|confirm/c[0-9a-z]{1,13}\.[0-9a-z]{1,13})\.)[A-Za-z0-9_-]+")
 
 
 def _redact(text: str) -> str:
