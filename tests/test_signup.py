@@ -137,6 +137,7 @@ def test_a_filled_trap_gets_the_same_answer_and_nothing_happens(signup_site: Sit
         ({"name": "Ada"}, "email"),
         ({"email": "ada@"}, "email"),
         ({"email": "ada@example.org\r\nBcc: victim@example.net"}, "email"),
+        ({"email": "=?utf-8?q?Hi=0D=0ABcc=3A_x=40example.net?=@example.org"}, "email"),
         ({"email": "ada@example.org", "name": "Ada\r\nBcc: victim@example.net"}, "name"),
         ({"email": "ada@example.org", "name": "Ada\nLovelace"}, "name"),
         ({"email": "ada@example.org", "name": "=?utf-8?q?Hi=0D=0ABcc:_victim@example.net?="}, "name"),

@@ -106,13 +106,18 @@ def read_form(fields: Mapping[str, Any]) -> SignupForm:
         email = normalize_address(raw_email)
     except BadAddress as exc:
         raise FieldProblem(EMAIL_FIELD, str(exc)) from None
+    # `=` and `?` may stand before the @, so an address can hold an RFC 2047 encoded
+    # word, which a header parser would decode (into a line break, say) in the To header.
+    problem = header_problem(email)
+    if problem:
+        raise FieldProblem(EMAIL_FIELD, problem)
     raw_name = fields.get(NAME_FIELD)
     if raw_name is None:
         raw_name = ""
     if not isinstance(raw_name, str):
         raise FieldProblem(NAME_FIELD, "must be text")
     name = raw_name.strip()
-    # The name goes into the To header of every email: refused here, before it is
+    # The name goes into the To header of every email too: refused here, before it is
     # stored, if it holds a line break, a control character or an RFC 2047 encoded word.
     problem = header_problem(name)
     if problem:

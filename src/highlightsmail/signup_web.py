@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 from highlightsmail.errors import InvalidToken
 from highlightsmail.signup import (
     EMAIL_FIELD,
+    MAILS_PER_ADDRESS,
     NAME_FIELD,
     FieldProblem,
     LinkState,
@@ -188,7 +189,8 @@ class SignupEndpoint:
         """The one answer to every request to join that was taken, whatever the address."""
         if as_json:
             return JSONResponse(PENDING, 200, headers=headers)
-        return self.pages.response("subscribe-sent.html.j2", headers=headers, title="Check your inbox", minutes=10)
+        minutes = int(MAILS_PER_ADDRESS[0][0].total_seconds() // 60)  # when asking again can send again
+        return self.pages.response("subscribe-sent.html.j2", headers=headers, title="Check your inbox", minutes=minutes)
 
     # -- /confirm/TOKEN
 
