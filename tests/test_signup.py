@@ -528,6 +528,36 @@ def test_a_failing_backend_gives_the_same_answer_and_the_next_post_tries_again(
     assert msg["List-Unsubscribe"] is None and msg["List-Id"] is None  # the reader has not joined
 
 
+def test_the_confirmation_email_through_sendgrid_is_a_valid_request(
+    workspace: Path, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers_delivery import note_missing_schema
+    from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST
+    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+    from highlightsmail.testing.sendgrid_server import SendGridServer
+
+    server = SendGridServer(api_key="SG.signup-test")
+    note_missing_schema(server)
+    enable_signup(workspace)
+    configure(workspace, delivery={"backend": "sendgrid"})
+    with server:
+        monkeypatch.setenv(ENV_API_KEY, "SG.signup-test")
+        monkeypatch.setenv(ENV_HOST, server.url)
+        with serve_workspace(workspace) as site:
+            assert http.post(f"{site.url}/subscribe", json={"email": "ada@example.org"}).status_code == 200
+        assert server.rejected == []
+        (request,) = server.accepted
+    body = request.body
+    (p,) = body["personalizations"]
+    assert p["to"] == [{"email": "ada@example.org"}]
+    assert p["custom_args"] == {"issue": "_confirm", "subscriber_id": "1"}
+    assert "List-Unsubscribe" not in p.get("headers", {})
+    link = p["substitutions"][UNSUBSCRIBE_PLACEHOLDER]
+    assert link.startswith(f"{BASE}/confirm/c1.")
+    assert body["subject"] == "Confirm your subscription to AI Research Highlights"
+    assert all(UNSUBSCRIBE_PLACEHOLDER in c["value"] for c in body["content"])
+
+
 def test_the_answer_does_not_wait_for_a_slow_provider(workspace: Path, http: httpx.Client) -> None:
     """An SMTP server that accepts the connection and then says nothing: the answer
     comes while the email is still stuck there."""
