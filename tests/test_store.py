@@ -60,13 +60,13 @@ def dump(path: Path) -> dict[str, list[tuple]]:
 
 def test_new_database_has_the_schema_in_wal_mode(store: Store, db: Path) -> None:
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 5
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"subscribers", "events", "deliveries", "dispatches", "test_sends"} <= tables
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "deliveries_batch"} <= indexes
-    assert store.schema_version == 4
+    assert store.schema_version == 5
     conn.close()
 
 
@@ -236,11 +236,11 @@ def test_set_status_only_from_leaves_any_other_status_alone(store: Store) -> Non
 
 
 def test_count_by_status_names_every_status(store: Store) -> None:
-    assert store.count_by_status() == {"active": 0, "unsubscribed": 0, "bounced": 0, "complained": 0}
+    assert store.count_by_status() == {"active": 0, "unsubscribed": 0, "bounced": 0, "complained": 0, "pending": 0}
     for i in range(3):
         store.add(f"u{i}@example.org")
     store.set_status("u1@example.org", "complained", "sendgrid")
-    assert store.count_by_status() == {"active": 2, "unsubscribed": 0, "bounced": 0, "complained": 1}
+    assert store.count_by_status() == {"active": 2, "unsubscribed": 0, "bounced": 0, "complained": 1, "pending": 0}
 
 
 def test_set_name(store: Store) -> None:
@@ -430,7 +430,13 @@ def test_200_writers_and_a_big_import_at_once_all_succeed(db: Path) -> None:
     assert errors == []
     assert results == [True] * 201
     with Store(db) as s:
-        assert s.count_by_status() == {"active": 40_000, "unsubscribed": 200, "bounced": 0, "complained": 0}
+        assert s.count_by_status() == {
+            "active": 40_000,
+            "unsubscribed": 200,
+            "bounced": 0,
+            "complained": 0,
+            "pending": 0,
+        }
         for i in (0, 99, 199):
             events = s.events(s.find(f"reader{i}@example.org").id)
             assert [(e.to_status, e.source, e.detail) for e in events[1:]] == [("unsubscribed", "one-click", f"w{i}")]
@@ -470,7 +476,7 @@ def test_addresses_differing_only_in_unicode_case_or_form_are_one_subscriber(sto
     assert store.add("STRAẞE@example.org")[0] == sz  # full case folding: ẞ is SS
     assert store.set_status("äda@example.org", "unsubscribed", "cli") is True
     assert store.get(ada.id).status == "unsubscribed"
-    assert store.count_by_status() == {"active": 1, "unsubscribed": 1, "bounced": 0, "complained": 0}
+    assert store.count_by_status() == {"active": 1, "unsubscribed": 1, "bounced": 0, "complained": 0, "pending": 0}
 
     result = store.import_rows([ImportRow("äda@example.org", "Ada L."), ImportRow("zoë@example.org")])
     assert result == store_module.ImportResult(new=1, updated=1, unchanged=0)
@@ -574,7 +580,7 @@ def test_upgrading_merges_addresses_that_are_one_and_reports_each_clash(db: Path
         assert s.get(3) == ada  # a link in mail sent to äda acts on the one subscriber
         assert s.find("ÄDA@example.com").status == "bounced"  # another domain: another address
         assert [x.id for x in s.iter_subscribers()] == [1, 2, 4, 6]
-        assert s.count_by_status() == {"active": 2, "unsubscribed": 1, "bounced": 1, "complained": 0}
+        assert s.count_by_status() == {"active": 2, "unsubscribed": 1, "bounced": 1, "complained": 0, "pending": 0}
 
         # The dispatch under way: nobody gets a second copy, Zoë still gets one.
         states = {d.subscriber_id: d.state for d in s.iter_deliveries("2024-w02", store_module.DELIVERY_STATES)}

@@ -231,7 +231,7 @@ def test_export_neutralises_formulas_and_imports_back_unchanged(workspace: Path,
     assert run("export", "out.csv").stderr == "exported 9 subscribers to out.csv\n"
     exported = (workspace / "out.csv").read_text(encoding="utf-8")
     cells = list(csv.reader(io.StringIO(exported)))
-    assert cells[0] == ["email", "name", "status", "created", "updated"]
+    assert cells[0] == ["email", "name", "status", "created", "updated", "source", "consented"]
     by_email = {row[0]: row for row in cells[1:]}
     assert by_email["reader0@example.org"][1] == "'" + TRICKY_NAMES[0]
     assert by_email["reader1@example.org"][1] == "'-1"
@@ -267,7 +267,7 @@ def test_export_replaces_a_file_whole_or_not_at_all(workspace: Path, monkeypatch
     target = workspace / "out.csv"
     target.write_text("the previous export\n")
 
-    def broken(out, rows):
+    def broken(out, store, rows):
         out.write("email,name,status,created,updated\nhalf")
         raise OSError(28, "No space left on device")
 
@@ -318,7 +318,7 @@ def test_list_formats_and_status_filter(workspace: Path) -> None:
 
 def test_list_of_an_empty_database(workspace: Path) -> None:
     assert json.loads(run("list", "--format", "json").stdout) == []
-    assert run("list", "--format", "csv").stdout == "email,name,status,created,updated\n"
+    assert run("list", "--format", "csv").stdout == "email,name,status,created,updated,source,consented\n"
 
 
 @pytest.mark.slow

@@ -440,6 +440,22 @@ def serve(obj: _Ctx, host: str, port: int) -> None:
     server.run()
 
 
+@main.command()
+@pass_ctx
+def form(obj: _Ctx) -> None:
+    """Print the signup form as HTML to paste into any website."""
+    from highlightsmail.signup import form_snippet
+
+    ws = obj.ws
+    click.echo(form_snippet(ws), nl=False)
+    if not ws.settings.signup.enabled:
+        click.echo(
+            "Note: signup.enabled is false in highlights.yaml, so `highlights serve` does not answer "
+            f"{ws.settings.base_url.rstrip('/')}/subscribe yet.",
+            err=True,
+        )
+
+
 @main.group()
 def subscribers() -> None:
     """Manage the subscriber list."""
@@ -499,7 +515,7 @@ def subscribers_remove(obj: _Ctx, email: str) -> None:
 
 
 @subscribers.command("list")
-@click.option("--status", "status_", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.option("--status", "status_", type=click.Choice(["active", "pending", "unsubscribed", "bounced", "complained"]))
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @pass_ctx
 def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:

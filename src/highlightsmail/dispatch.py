@@ -390,6 +390,49 @@ def _dry_build(ws: Workspace, rendered: RenderedIssue, signer: Signer, store: St
         build_message(rendered, ws.settings, env.recipient, env.links)
 
 
+def _outcome(keys: list[int], result: Callable[[], BatchResult]) -> BatchResult:
+    """What the backend did with a batch (`result` gives it or raises), as a result for
+    every recipient: a request sent whole with no answer is in doubt, a refusal failed."""
+    from highlightsmail.backends.base import BatchResult, DeliveryError, InDoubtError
+
+    try:
+        return result()
+    except InDoubtError as err:
+        return BatchResult(in_doubt=dict.fromkeys(keys, err.message))
+    except DeliveryError as err:
+        return BatchResult(failed=dict.fromkeys(keys, err.message))
+    except Exception as err:  # a bug in a backend must not lose the ledger
+        return BatchResult(failed=dict.fromkeys(keys, f"{type(err).__name__}: {err}"))
+
+
+def send_claimed(
+    store: Store, backend: Backend, rendered: RenderedIssue, ws: Workspace, signer: Signer, delivery: Delivery
+) -> DeliveryState:
+    """Send an issue to one more recipient of its dispatch (someone who has just joined),
+    claimed `in_flight` in a batch of their own by `store.claim_one`, and record what
+    became of it as the send loop does: sent, failed (the next `send` retries it) or in
+    doubt. The ledger row is what keeps a later resume from sending a second copy.
+    `backend` is open. Returns the state they ended in."""
+    from highlightsmail.backends.base import Batch
+
+    batch = Batch(
+        number=delivery.batch or 0,
+        slug=rendered.slug,
+        rendered=rendered,
+        settings=ws.settings,
+        envelopes=_envelopes([delivery], ws, signer),
+    )
+    result = _outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
+    store.finish_batch(
+        rendered.slug,
+        sent=result.sent,
+        failed=result.failed,
+        in_doubt=result.in_doubt,
+        message_id=result.message_id,
+    )
+    return "sent" if result.sent else ("in_doubt" if result.in_doubt else "failed")
+
+
 @dataclass
 class RunResult:
     """What one run of the send loop did beyond the ledger: its failures and doubts by
@@ -412,7 +455,7 @@ def run_dispatch(
 ) -> RunResult:
     """The send loop. Only this thread touches the database; `backend.concurrency`
     worker threads, each with its own backend instance, make the requests."""
-    from highlightsmail.backends.base import Batch, BatchResult, DeliveryError, InDoubtError
+    from highlightsmail.backends.base import Batch, DeliveryError
     from highlightsmail.message import check_headers
 
     events = events or Quiet()
@@ -456,18 +499,6 @@ def run_dispatch(
             local.backend = b
         return b.send_batch(batch)
 
-    def outcome(claimed: list[Delivery], fut: Future[BatchResult]) -> BatchResult:
-        """What the backend said, as a result for every recipient of the batch."""
-        keys = [row.subscriber_id for row in claimed]
-        try:
-            return fut.result()
-        except InDoubtError as err:
-            return BatchResult(in_doubt=dict.fromkeys(keys, err.message))
-        except DeliveryError as err:
-            return BatchResult(failed=dict.fromkeys(keys, err.message))
-        except Exception as err:  # a bug in a backend must not lose the ledger
-            return BatchResult(failed=dict.fromkeys(keys, f"{type(err).__name__}: {err}"))
-
     remaining = limit
     after_id = 0
     exhausted = False
@@ -489,7 +520,11 @@ def run_dispatch(
                 # handed to a worker before that commit, and a batch leaves `futures`
                 # only once its outcome is committed (a Ctrl-C in between rolls back, and
                 # the next turn records it again).
-                results = {fut: outcome(futures[fut][1], fut) for fut in done if fut in futures}
+                results = {
+                    fut: _outcome([row.subscriber_id for row in futures[fut][1]], fut.result)
+                    for fut in done
+                    if fut in futures
+                }
                 claims: list[tuple[int, list[Delivery]]] = []
                 skipped = 0
                 with store.transaction():

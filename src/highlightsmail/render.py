@@ -33,6 +33,7 @@ __all__ = [
     "effective_preheader",
     "issue_context",
     "markdown_to_text",
+    "render_email",
     "render_issue",
     "render_markdown",
     "render_template",
@@ -477,16 +478,24 @@ def _tidy_text(text: str) -> str:
     return _BLANKS.sub("\n\n", lines) + "\n"
 
 
-# --------------------------------------------------------------------------- entry point
+# --------------------------------------------------------------------------- entry points
+
+
+def render_email(ws: Workspace, html_template: str, text_template: str, context: dict[str, Any]) -> tuple[str, str]:
+    """Another email from its own pair of templates (the workspace's, else the package's),
+    through the same steps as an issue: (HTML with its CSS inlined, plain text)."""
+    templates_dir = str(ws.templates_dir)
+    env = _environment(templates_dir)
+    mjml_source, mjml_file = _render_template(env, html_template, context, templates_dir)
+    html = _inline_css(_keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source))
+    text = _tidy_text(_render_template(env, text_template, context, templates_dir)[0])
+    return html, text
 
 
 def render_issue(issue: Issue, ws: Workspace) -> RenderedIssue:
     """Render an issue into its subject, preheader, HTML and plain text, once."""
-    env = _environment(str(ws.templates_dir))
     context = _context(issue, ws)
-    mjml_source, mjml_file = _render_template(env, HTML_TEMPLATE, context, str(ws.templates_dir))
-    html = _inline_css(_keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source))
-    text = _tidy_text(_render_template(env, TEXT_TEMPLATE, context, str(ws.templates_dir))[0])
+    html, text = render_email(ws, HTML_TEMPLATE, TEXT_TEMPLATE, context)
     return RenderedIssue(
         slug=issue.slug,
         subject=context["issue"]["subject"],

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sqlite3
 import threading
@@ -35,7 +36,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 
@@ -45,8 +46,9 @@ from highlightsmail.errors import HighlightsError, HighlightsWarning, display_pa
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
 
-Status = Literal["active", "unsubscribed", "bounced", "complained"]
-Source = Literal["web", "one-click", "cli", "import", "sendgrid", "sendgrid-webhook", "bounce-mail"]
+# `pending`: asked to join through the signup form, not confirmed yet; never mailed an issue.
+Status = Literal["active", "unsubscribed", "bounced", "complained", "pending"]
+Source = Literal["web", "one-click", "cli", "import", "sendgrid", "sendgrid-webhook", "bounce-mail", "form"]
 STATUSES: tuple[str, ...] = get_args(Status)
 SOURCES: tuple[str, ...] = get_args(Source)
 #: Statuses that mean "never mail this address again".
@@ -272,6 +274,39 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         # and the counts by state read one issue's rows, so nothing needs it.
         "DROP INDEX deliveries_claim",
     ),
+    (  # 5: signup with double opt-in: the `pending` status, the `form` source, consents, limits
+        # (the functions are in the signup section at the end of this module)
+        lambda conn: _allow_in_checks(conn, "subscribers", {"status": "pending"}),
+        lambda conn: _allow_in_checks(
+            conn, "events", {"from_status": "pending", "to_status": "pending", "source": "form"}
+        ),
+        # Each consent given: when, how (`form`; or what an imported list said), from where.
+        """CREATE TABLE consents (
+            id            INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+            at            TEXT NOT NULL,
+            source        TEXT NOT NULL,
+            ip            TEXT,
+            detail        TEXT
+        )""",
+        "CREATE INDEX consents_subscriber ON consents (subscriber_id, id)",
+        # Confirmation emails, sent or on their way: the per-address limits count them.
+        """CREATE TABLE confirmation_mails (
+            id            INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers (id),
+            at            TEXT NOT NULL,
+            state         TEXT NOT NULL CHECK (state IN ('sending', 'sent'))
+        )""",
+        "CREATE INDEX confirmation_mails_subscriber ON confirmation_mails (subscriber_id, at)",
+        # POST /subscribe per client over the last hour (older rows are deleted).
+        """CREATE TABLE signup_posts (
+            id     INTEGER PRIMARY KEY,
+            client TEXT NOT NULL,
+            at     TEXT NOT NULL
+        )""",
+        "CREATE INDEX signup_posts_client ON signup_posts (client, at)",
+        "CREATE INDEX signup_posts_at ON signup_posts (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -336,6 +371,8 @@ class ImportRow(NamedTuple):
     created: str | None = None
     updated: str | None = None
     detail: str | None = None  # recorded with the event, e.g. "subscribers.csv:12"
+    consented: str | None = None  # when the person consented (stored format), if the file says
+    consent_source: str | None = None  # how they consented, as the file says (else the import's source)
 
 
 @dataclass(frozen=True)
@@ -553,7 +590,7 @@ class Store:
                     if isinstance(step, str):
                         conn.execute(step)
                     else:
-                        reports.extend(step(conn))
+                        reports.extend(step(conn) or [])
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
         return reports
 
@@ -836,7 +873,8 @@ class Store:
           one could resubscribe itself);
         - an existing address takes the row's name only when the name is not empty
           (a list without names never erases the names you have).
-        Every creation and status change gets an event with `source` and the row's detail.
+        Every creation and status change gets an event with `source` and the row's detail;
+        a new address whose row says when the person consented gets that consent too.
         Addresses are matched by `address_key` and must be unique by it within `rows`
         (ValueError otherwise).
         """
@@ -851,6 +889,8 @@ class Store:
                 r.created or now,
                 r.updated or r.created or now,
                 r.detail,
+                r.consented,
+                r.consent_source,
             )
             for r in rows
         )
@@ -878,6 +918,8 @@ class Store:
                 created    TEXT NOT NULL,
                 updated    TEXT NOT NULL,
                 detail     TEXT,
+                consented  TEXT,
+                consent_source TEXT,
                 sid        INTEGER,
                 old_status TEXT,
                 old_name   TEXT,
@@ -886,8 +928,8 @@ class Store:
         )
         try:
             conn.executemany(
-                "INSERT INTO import_rows (email, email_key, name, status, created, updated, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO import_rows (email, email_key, name, status, created, updated, detail,"
+                " consented, consent_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params,
             )
         except sqlite3.IntegrityError as exc:
@@ -910,6 +952,13 @@ class Store:
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
             " SELECT sid, ?, NULL, status, ?, detail FROM import_rows WHERE is_new ORDER BY pos",
             (now, source),
+        )
+        # A consent the file records (an export from here or another tool) comes along.
+        conn.execute(
+            "INSERT INTO consents (subscriber_id, at, source, detail)"
+            " SELECT sid, consented, coalesce(consent_source, ?), detail FROM import_rows"
+            " WHERE is_new AND consented IS NOT NULL ORDER BY pos",
+            (source,),
         )
 
         # Conditions on the staged row `i`: the person left (and was not already in that
@@ -1402,6 +1451,199 @@ class Store:
             (start, issue, start, hours),
         )
 
+    # -- signup with double opt-in ------------------------------------------------
+    # The signup form's state: who asked to join (`pending`), the confirmation emails
+    # sent, the POSTs per client, the consents given. The limits live here, not in a
+    # process, so that they hold for every server on one database.
+
+    def record_signup_post(self, client: str, *, limit: int, window: timedelta) -> int | None:
+        """Count a POST /subscribe from `client` against `limit` per `window`. None when it
+        is allowed (it is counted); otherwise the seconds until it would be, and nothing is
+        counted. Rows older than the window are deleted on the way: a client's address is
+        kept no longer than the limit needs it."""
+        now = self._clock()
+        with self._write() as conn:
+            conn.execute("DELETE FROM signup_posts WHERE at <= ?", (format_time(now - window),))
+            count, oldest = conn.execute(
+                "SELECT count(*), min(at) FROM signup_posts WHERE client = ?", (client,)
+            ).fetchone()
+            if count >= limit:
+                wait = datetime.fromisoformat(oldest) + window - now
+                return max(1, -int(-wait.total_seconds() // 1))
+            conn.execute("INSERT INTO signup_posts (client, at) VALUES (?, ?)", (client, format_time(now)))
+            return None
+
+    def reserve_confirmation(
+        self, subscriber_id: int, limits: Iterable[tuple[timedelta, int]]
+    ) -> tuple[int, int] | None:
+        """Reserve a confirmation email for a subscriber who asked to join, if they may have
+        one now: they are not active, and in each `(window, most)` of `limits` fewer than
+        `most` were sent. Returns (the reservation's id, the time it was made in unix
+        seconds, which the link carries), or None. A reservation counts at once, so that
+        many requests at the same moment make one email."""
+        now = self._clock().replace(microsecond=0)
+        with self._write() as conn:
+            row = conn.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+            if row is None or row[0] == "active":
+                return None
+            for window, most in limits:
+                (sent,) = conn.execute(
+                    "SELECT count(*) FROM confirmation_mails WHERE subscriber_id = ? AND at > ?",
+                    (subscriber_id, format_time(now - window)),
+                ).fetchone()
+                if sent >= most:
+                    return None
+            cur = conn.execute(
+                "INSERT INTO confirmation_mails (subscriber_id, at, state) VALUES (?, ?, 'sending')",
+                (subscriber_id, format_time(now)),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid, int(now.timestamp())
+
+    def confirmation_sent(self, reservation: int) -> None:
+        """The reserved confirmation email went out."""
+        with self._write() as conn:
+            conn.execute("UPDATE confirmation_mails SET state = 'sent' WHERE id = ?", (reservation,))
+
+    def confirmation_not_sent(self, reservation: int) -> None:
+        """The reserved confirmation email could not be sent: it no longer counts, so the
+        next request may try again."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM confirmation_mails WHERE id = ? AND state = 'sending'", (reservation,))
+
+    def confirm(self, subscriber_id: int, made: int, ip: str | None) -> tuple[str, Subscriber] | None:
+        """A confirmation link (made at unix time `made`) was used: the subscriber becomes
+        active, with an event and a consent (source `form`, the client's `ip`), in one
+        transaction. Returns (outcome, subscriber): `confirmed`; `already` (active
+        before: nothing recorded); `spent` (they left after the link was made, which
+        then opens nothing). None for an unknown subscriber."""
+        now = self.now()
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            sub = Subscriber(*row)
+            if sub.status == "active":
+                return "already", sub
+            if self._left_since(conn, subscriber_id, made):
+                return "spent", sub
+            conn.execute("UPDATE subscribers SET status = 'active', updated = ? WHERE id = ?", (now, subscriber_id))
+            self._event(conn, subscriber_id, now, sub.status, "active", "form", None)
+            conn.execute(
+                "INSERT INTO consents (subscriber_id, at, source, ip) VALUES (?, ?, 'form', ?)",
+                (subscriber_id, now, ip),
+            )
+            return "confirmed", Subscriber(sub.id, sub.email, sub.name, "active", sub.created, now)
+
+    def confirmation_state(self, subscriber_id: int, made: int) -> tuple[Subscriber, bool] | None:
+        """The subscriber a confirmation link (made at unix time `made`) names, and whether
+        they left after it was made; None for an unknown subscriber. Changes nothing."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return Subscriber(*row), self._left_since(self._conn, subscriber_id, made)
+
+    @staticmethod
+    def _left_since(conn: sqlite3.Connection, subscriber_id: int, made: int) -> bool:
+        """Whether the subscriber became unsubscribed, bounced or complained after unix
+        time `made`: a confirmation link made before then no longer brings them back."""
+        row = conn.execute(
+            "SELECT 1 FROM events WHERE subscriber_id = ? AND at > ?"
+            f" AND to_status IN ({_in(sorted(SUPPRESSED))}) LIMIT 1",
+            (subscriber_id, format_time(datetime.fromtimestamp(made, UTC))),
+        ).fetchone()
+        return row is not None
+
+    def consents(self, subscriber_id: int) -> list[Consent]:
+        """A subscriber's consents, oldest first."""
+        rows = self._query(
+            "SELECT subscriber_id, at, source, ip, detail FROM consents WHERE subscriber_id = ? ORDER BY id",
+            (subscriber_id,),
+        )
+        return [Consent(*row) for row in rows]
+
+    def with_consent(
+        self, subscribers: Iterable[Subscriber], *, chunk: int = 500
+    ) -> Iterator[tuple[Subscriber, str, str]]:
+        """Each subscriber with their latest consent, for the export: how it was given
+        (`form`, or what an imported list said) and when; ('', '') when none is recorded
+        (an address an editor added, or a list imported without consents). Looked up a
+        chunk at a time, so a stream of subscribers stays a stream."""
+        sql = (
+            "SELECT c.subscriber_id, c.source, c.at FROM consents AS c"
+            " WHERE c.id IN (SELECT max(id) FROM consents WHERE subscriber_id IN ({}) GROUP BY subscriber_id)"
+        )
+        pending: list[Subscriber] = []
+
+        def flush() -> Iterator[tuple[Subscriber, str, str]]:
+            found = {
+                sid: (source, at)
+                for sid, source, at in self._query(
+                    sql.format(", ".join("?" * len(pending))), tuple(s.id for s in pending)
+                )
+            }
+            for sub in pending:
+                source, at = found.get(sub.id, ("", ""))
+                yield sub, source, at
+            pending.clear()
+
+        for sub in subscribers:
+            pending.append(sub)
+            if len(pending) >= chunk:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+    def latest_dispatch(self) -> str | None:
+        """The issue whose dispatch began last, or None."""
+        rows = self._query("SELECT issue FROM dispatches ORDER BY started DESC, issue DESC LIMIT 1")
+        return rows[0][0] if rows else None
+
+    def claim_one(self, issue: str, subscriber_id: int) -> Delivery | None:
+        """Put one more subscriber into the ledger of an issue whose dispatch has begun
+        (someone who has just joined), `in_flight` in a batch of their own, as
+        `claim_batch` does. Nothing (None) when they are not active, or the ledger has
+        them sent, in flight or in doubt already: neither this nor a later resume of
+        the dispatch makes a second copy. A row still pending, failed or skipped (they
+        had left) is taken over."""
+        now = self.now()
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM dispatches WHERE issue = ?", (issue,)).fetchone() is None:
+                return None
+            sub = conn.execute("SELECT email, name, status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+            if sub is None or sub[2] != "active":
+                return None
+            email, name, _status = sub
+            (batch,) = conn.execute(
+                "SELECT coalesce(max(batch), 0) + 1 FROM deliveries WHERE issue = ?", (issue,)
+            ).fetchone()
+            row = conn.execute(
+                "SELECT state, attempts FROM deliveries WHERE issue = ? AND subscriber_id = ?", (issue, subscriber_id)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO deliveries (issue, subscriber_id, email, state, batch, attempts, created, updated)"
+                    " VALUES (?, ?, ?, 'in_flight', ?, 1, ?, ?)",
+                    (issue, subscriber_id, email, batch, now, now),
+                )
+                conn.execute("UPDATE dispatches SET total = total + 1 WHERE issue = ?", (issue,))
+                attempts = 1
+            elif row[0] in ("pending", "failed", "skipped"):
+                attempts = row[1] + 1
+                conn.execute(
+                    "UPDATE deliveries SET state = 'in_flight', email = ?, batch = ?, attempts = ?, last_error = NULL,"
+                    " updated = ? WHERE issue = ? AND subscriber_id = ?",
+                    (email, batch, attempts, now, issue, subscriber_id),
+                )
+            else:
+                return None
+            return Delivery(subscriber_id, email, name, "in_flight", batch, attempts, None)
+
 
 class _Mismatch(Exception):
     """A batch-wide update touched other rows than expected: undone, and done row by row."""
@@ -1416,3 +1658,67 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
     return value
+
+
+# ---------------------------------------------------------------- signup: the migration's functions
+
+
+@dataclass(frozen=True)
+class Consent:
+    """One consent a subscriber gave: when, how (`form`, or what an imported list said),
+    and from which client address (for the form)."""
+
+    subscriber_id: int
+    at: str
+    source: str
+    ip: str | None
+    detail: str | None
+
+
+def _allow_in_checks(conn: sqlite3.Connection, table: str, additions: dict[str, str]) -> list[str]:
+    """Let each `CHECK (column IN (...))` of `table` named in `additions` (column ->
+    value) take one more value, keeping every row with its id, and the table's indexes.
+
+    SQLite changes a constraint only by making the table again. Its definition is taken
+    from the schema as it stands, so the columns that earlier migrations added come along.
+    Rows of other tables point at it by foreign key (events and deliveries at
+    subscribers): with foreign keys checked only at COMMIT, dropping the table leaves
+    them pointing nowhere for a moment and putting its rows back makes them whole again,
+    so a row lost on the way would fail the whole migration. `foreign_key_check`
+    confirms it before that.
+    """
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    for column, value in additions.items():
+        pattern = re.compile(rf"CHECK\s*\(\s*{column}\s+IN\s*\(([^)]*)\)\s*\)", re.IGNORECASE)
+        matches = list(pattern.finditer(sql))
+        if len(matches) != 1:
+            raise HighlightsError(f"the {table} table has no single check on {column} to widen; is this database ours?")
+        (match,) = matches
+        if f"'{value}'" not in match.group(1):
+            sql = f"{sql[: match.start()]}CHECK ({column} IN ({match.group(1)}, '{value}')){sql[match.end() :]}"
+    extras = [
+        row[0]
+        for row in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL"
+            " ORDER BY type, name",
+            (table,),
+        )
+    ]
+    copy = f"temp.rebuild_{table}"
+    conn.execute("PRAGMA defer_foreign_keys = ON")  # back to OFF by itself at COMMIT
+    conn.execute(f"CREATE TABLE {copy} AS SELECT * FROM {table}")
+    conn.execute(f"DROP TABLE {table}")
+    conn.execute(sql)
+    conn.execute(f"INSERT INTO {table} SELECT * FROM {copy}")
+    conn.execute(f"DROP TABLE {copy}")
+    for statement in extras:
+        conn.execute(statement)
+    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        tables = ", ".join(sorted({row[0] for row in broken}))
+        raise HighlightsError(
+            f"the upgrade of the {table} table found {len(broken)} rows pointing nowhere (in {tables}): the "
+            "database was changed outside highlightsmail. Nothing was changed; sqlite3 lists them with "
+            "PRAGMA foreign_key_check"
+        )
+    return []

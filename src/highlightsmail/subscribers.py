@@ -3,9 +3,13 @@ adding and removing one subscriber, and writing the list out (CSV, JSON, a table
 
 Nothing here prints: each function returns what happened or writes to the stream it
 is given, and `cli.py` says it. CSV files go both ways with the columns
-`email,name,status,created,updated`. A cell that a spreadsheet would run as a formula
-(it starts with `=`, `+`, `-`, `@`, a tab or a CR) is written with a leading `'`,
-which import takes off again, so an export imports back exactly.
+`email,name,status,created,updated,source,consented`: the last two are the subscriber's
+latest consent, how and when it was given (`form` and the time they confirmed), both
+empty when none is recorded. Import also reads files without them, or without any
+column but `email`; a new address whose row has a `consented` time keeps that consent,
+with the row's `source`. A cell that a spreadsheet would run as a formula (it starts
+with `=`, `+`, `-`, `@`, a tab or a CR) is written with a leading `'`, which import
+takes off again, so an export imports back exactly.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 from highlightsmail.addresses import BadAddress, address_key, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.store import STATUSES, ImportResult, ImportRow, Status, Store, Subscriber, format_time
-from highlightsmail.text import header_problem
+from highlightsmail.text import header_problem, line_problem
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
 
-CSV_COLUMNS = ("email", "name", "status", "created", "updated")
+CSV_COLUMNS = ("email", "name", "status", "created", "updated", "source", "consented")
+MAX_SOURCE = 100
 MAX_NAME = 200
 # OWASP's list of characters that make a spreadsheet cell a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -215,7 +220,7 @@ def _check_record(
     status = cells.get("status", "").lower() or "active"
     if status not in STATUSES:
         return None, f"unknown status {_shown(cells['status'])} ({email}); use one of {', '.join(STATUSES)}"
-    times: dict[str, str | None] = {"created": None, "updated": None}
+    times: dict[str, str | None] = {"created": None, "updated": None, "consented": None}
     for column in times:
         value = cells.get(column)
         if value:
@@ -223,7 +228,11 @@ def _check_record(
                 times[column] = _parse_time(value)
             except ValueError as exc:
                 return None, f"{column} {_shown(value)} {exc} ({email})"
-    return ImportRow(email, name, status, times["created"], times["updated"], f"{file_name}:{line}"), None
+    source = unprotect_cell(cells.get("source", "")) or None
+    if source is not None and (line_problem(source) or len(source) > MAX_SOURCE):
+        return None, f"source {_shown(source)} must be one line of at most {MAX_SOURCE} characters ({email})"
+    row = ImportRow(email, name, status, times["created"], times["updated"], f"{file_name}:{line}")
+    return row._replace(consented=times["consented"], consent_source=source), None
 
 
 # -- what the commands do -------------------------------------------------------------
@@ -305,7 +314,7 @@ def write_list(ws: Workspace, out: TextIO, status: Status | None = None, fmt: st
     with Store.open(ws) as store:
         rows = store.iter_subscribers(status)
         if fmt == "csv":
-            _write_csv(out, rows)
+            _write_csv(out, store, rows)
         elif fmt == "json":
             _write_json(out, rows)
         else:
@@ -318,16 +327,26 @@ def export(ws: Workspace, file: Path | None, out: TextIO | None = None) -> int:
     with Store.open(ws) as store:
         if file is None:
             assert out is not None, "export to a stream needs the stream"
-            return _write_csv(out, store.iter_subscribers())
-        return _atomic_write(file, lambda stream: _write_csv(stream, store.iter_subscribers()))
+            return _write_csv(out, store, store.iter_subscribers())
+        return _atomic_write(file, lambda stream: _write_csv(stream, store, store.iter_subscribers()))
 
 
-def _write_csv(out: TextIO, rows: Iterator[Subscriber]) -> int:
+def _write_csv(out: TextIO, store: Store, rows: Iterator[Subscriber]) -> int:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     count = 0
-    for s in rows:
-        writer.writerow((protect_cell(s.email), protect_cell(s.name), s.status, s.created, s.updated))
+    for s, source, consented in store.with_consent(rows):
+        writer.writerow(
+            (
+                protect_cell(s.email),
+                protect_cell(s.name),
+                s.status,
+                s.created,
+                s.updated,
+                protect_cell(source),
+                consented,
+            )
+        )
         count += 1
         if count == 1:
             out.flush()  # the first row shows at once, even through a pipe

@@ -1,9 +1,14 @@
-"""Signing and checking the tokens in unsubscribe links.
+"""Signing and checking the tokens in unsubscribe and confirmation links.
 
 A token is `<kind><id>.<mac>`: the kind (`u` unsubscribe, `t` test send) and the
 subscriber's id in base 36, then 128 bits of HMAC-SHA256 over both, URL-safe base64.
 It names the subscriber by id, never by address, and cannot be moved to another
 subscriber or another purpose without the secret.
+
+A confirmation token (signup with double opt-in) is `c<id>.<made>.<mac>`: also the time
+it was made (unix seconds, base 36), so that a link can expire. Its kind is part of what
+is signed, and each route reads only its own kinds: a confirmation token opens nothing
+on `/u/`, an unsubscribe token nothing on `/confirm/`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ KINDS = {"unsubscribe": "u", "test": "t"}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
 _MAC_BYTES = 16  # 128 bits: far beyond guessing, and keeps the link tidy
 _TOKEN_RE = re.compile(r"^([ut])([0-9a-z]{1,13})\.([A-Za-z0-9_-]{22})$")
+CONFIRM_KIND = "c"
+_CONFIRM_RE = re.compile(r"c([0-9a-z]{1,13})\.([0-9a-z]{1,13})\.([A-Za-z0-9_-]{22})")
 _DOMAIN = b"highlightsmail/token/v1"
 #: The shortest secret accepted, current or previous: an HMAC key is only as strong as
 #: it is hard to guess, and a previous secret still signs working links.
@@ -65,6 +72,10 @@ class Signer:
         kind, ident, mac_text = match.groups()
         if _base36(int(ident, 36)) != ident:  # one id, one spelling (no leading zeros)
             raise InvalidToken("this link is not valid")
+        self._verify(kind, ident, mac_text)
+        return _KIND_NAMES[kind], int(ident, 36)
+
+    def _verify(self, kind: str, ident: str, mac_text: str) -> None:
         # Compare the text, not the decoded bytes: the last base64 character carries four
         # unused bits, so sixteen spellings would decode to the same MAC.
         # Check every key, always, so timing does not tell which secret matched.
@@ -73,7 +84,27 @@ class Signer:
             ok |= hmac.compare_digest(mac_text.encode(), _b64(self._mac(key, kind, ident)))
         if not ok:
             raise InvalidToken("this link is not valid")
-        return _KIND_NAMES[kind], int(ident, 36)
+
+    def make_confirm(self, subscriber_id: int, made: int) -> str:
+        """A confirmation link's token: the subscriber who asked to join, and when the
+        link was made (unix seconds)."""
+        if subscriber_id < 0 or made < 0:
+            raise ValueError("subscriber ids and times are not negative")
+        ident = f"{_base36(subscriber_id)}.{_base36(made)}"
+        mac = _b64(self._mac(self.secret, CONFIRM_KIND, ident)).decode()
+        return f"{CONFIRM_KIND}{ident}.{mac}"
+
+    def read_confirm(self, token: str) -> tuple[int, int]:
+        """(subscriber id, unix time made) of a valid confirmation token; InvalidToken
+        for anything else, an unsubscribe or test token included."""
+        match = _CONFIRM_RE.fullmatch(token or "")
+        if not match:
+            raise InvalidToken("this link is not valid")
+        sid, made, mac_text = match.groups()
+        if _base36(int(sid, 36)) != sid or _base36(int(made, 36)) != made:
+            raise InvalidToken("this link is not valid")
+        self._verify(CONFIRM_KIND, f"{sid}.{made}", mac_text)
+        return int(sid, 36), int(made, 36)
 
 
 @functools.lru_cache(maxsize=8)

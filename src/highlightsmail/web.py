@@ -14,6 +14,8 @@ Behaviour worth knowing (the product contract has the table of routes):
   nothing, and the reason stays visible); resubscribing them is refused with 409, since mail
   to that address could not be delivered or was reported as unwanted.
 - Test-send tokens open a page saying it was a test, on any method; nothing changes.
+- With `signup.enabled`, the signup form and its confirmation links (signup_web.py):
+  `/subscribe` and `/confirm/TOKEN`; a confirmation token opens nothing on `/u/`.
 - Invalid, altered or unknown-subscriber tokens: 400 "This link is not valid".
 - A database that cannot be used (damaged, read-only, locked too long): 503 with
   Retry-After, and one line in the log naming the file and what to do.
@@ -489,11 +491,17 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
     from highlightsmail import webhooks
 
     sendgrid_events = webhooks.SendGridWebhook(ws)
+    signup = None
+    if ws.settings.signup.enabled:
+        from highlightsmail.signup_web import SignupEndpoint
+
+        signup = SignupEndpoint(ws, endpoint.pages, signer)
     routes = [
         Route("/healthz", endpoint.healthz, methods=["GET"]),
         # One route for both methods, so a wrong method's 405 lists both in Allow.
         Route("/u/{token}", endpoint.token_page, methods=["GET", "POST"]),
         Route("/u/{token}/resubscribe", endpoint.resubscribe, methods=["POST"]),
+        *(signup.routes if signup else ()),
         *archive_routes(ws),
         Route(webhooks.PATH, sendgrid_events.handle, methods=["POST"]),
     ]
@@ -507,6 +515,8 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         yield
         endpoint.db.close()
         sendgrid_events.close()
+        if signup is not None:
+            signup.close()  # waits for the emails under way
 
     application = Starlette(
         routes=routes,
@@ -524,9 +534,10 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 
 
 #: Anything shaped like a token: a kind and an id (either letter case, since a reader
-#: could lower-case them again), a dot, and 22 or more URL-safe base64 characters, the
-#: signature, which is what makes the link work and is all that is cut.
-_TOKEN_SHAPED = re.compile(r"([ut][0-9a-z]{0,13}\.)[A-Za-z0-9_-]{22,}", re.IGNORECASE)
+#: could lower-case them again), a dot (a confirmation token has its time too, and a
+#: second dot), and 22 or more URL-safe base64 characters, the signature, which is what
+#: makes the link work and is all that is cut.
+_TOKEN_SHAPED = re.compile(r"([utc][0-9a-z]{0,13}\.(?:[0-9a-z]{1,13}\.)?)[A-Za-z0-9_-]{22,}", re.IGNORECASE)
 _CUT = r"\1[redacted]"
 # Characters left as they are when a logged path is escaped again after decoding.
 _LOG_SAFE = "/?&=:;,+@!$'()*[]"

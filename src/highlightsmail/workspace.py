@@ -103,6 +103,42 @@ class ArchiveSettings(_Strict):
     path: Annotated[str, AfterValidator(_archive_path)] = "/archive"
 
 
+def _origin(value: str) -> str:
+    """A web origin as browsers send it in `Origin` (RFC 6454): scheme, host and port,
+    nothing after; lower-cased, without a default port, so comparing is exact."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number from 1 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an origin like https://www.example.org (scheme and host)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must be an origin alone, like https://www.example.org: no path, query or user name")
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+Origin = Annotated[SingleLine, AfterValidator(_origin)]
+
+
+class SignupSettings(_Strict):
+    """The public signup form with double opt-in, served under base_url."""
+
+    enabled: bool = False
+    # A confirmation link older than this only offers a new one.
+    confirm_within_days: int = Field(default=7, ge=1, le=90)
+    # Sites whose pages may POST JSON to /subscribe (CORS); the HTML form needs none.
+    allowed_origins: list[Origin] = Field(default_factory=list, max_length=50)
+    # After confirming: nothing, or the latest issue already sent.
+    welcome: Literal["none", "latest"] = "latest"
+
+
 class Settings(_Strict):
     """The newsletter's settings, from highlights.yaml."""
 
@@ -115,6 +151,7 @@ class Settings(_Strict):
     editors: list[Address] = Field(min_length=1)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    signup: SignupSettings = Field(default_factory=SignupSettings)
     database: SingleLine = "subscribers/highlights.db"
 
 
