@@ -66,7 +66,7 @@ class Cluster:
         opts = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir.parent}"
             # A throwaway cluster: durability is not what the tests check.
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
         )
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(log), "-o", opts, "-w", "-t", "60", "start")
 

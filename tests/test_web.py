@@ -885,7 +885,7 @@ def test_open_server_prints_nothing_and_says_where_it_listens(
     finally:
         server.sock.close()
     assert capsys.readouterr() == ("", "")
-    assert load_workspace(workspace).db_path.exists()  # opened (and upgraded) before serving
+    assert load_workspace(workspace).db_path.exists()  # opened (and the schema made) before serving
 
 
 def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
@@ -905,7 +905,9 @@ def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    with pytest.warns(store_module.MergedAddressesWarning), serve_workspace(workspace) as site:
+    with pytest.warns(store_module.MergedAddressesWarning):
+        Store.open(load_workspace(workspace), upgrade=True).close()  # highlights db upgrade
+    with serve_workspace(workspace) as site:
         r = http.get(site.link(2))
         assert r.status_code == 200 and "Ä***@example.org" in r.text
         r = http.post(site.link(2), content=ONE_CLICK, headers=URLENCODED)

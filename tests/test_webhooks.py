@@ -447,7 +447,7 @@ def test_a_database_from_before_delivery_events_is_upgraded_with_its_history(tmp
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    with Store(db) as store:
+    with Store(db, upgrade=True) as store:
         history = store.events(1)
         assert [(e.to_status, e.source, e.detail) for e in history] == [
             ("active", "import", "list.csv:2"),
