@@ -119,3 +119,12 @@ def dump_tables(target: Path | str, tables: tuple[str, ...] = TABLES) -> dict[st
     """Every row of these tables, in order, read through a connection of its own."""
     with raw_connection(target) as conn:
         return {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2")] for t in tables}
+
+
+def target_of(root: Path) -> Path | str:
+    """Where the workspace at `root` keeps its state: its SQLite file, or the PostgreSQL
+    URL it is pointed at (HIGHLIGHTS_DATABASE_URL)."""
+    from highlightsmail.workspace import load_workspace
+
+    ws = load_workspace(root)
+    return ws.database_url or ws.db_path

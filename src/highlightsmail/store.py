@@ -777,12 +777,13 @@ class Store:
                     min_size=1,
                     max_size=8,
                     kwargs=options,
-                    timeout=min(self._timeout, 10),
+                    # A request waits this long for a connection, then answers 503.
+                    timeout=min(self._timeout, 5),
                     check=ConnectionPool.check_connection,
                     name="highlights",
                     open=False,
                 )
-                self._pool.open(wait=True, timeout=min(self._timeout, 10))
+                self._pool.open(wait=True, timeout=min(self._timeout, 5))
             else:
                 self._raw = psycopg.connect(self.url, **options)
             reports = self._migrate()
@@ -1050,7 +1051,7 @@ class Store:
         if isinstance(exc, errors.DiskFull | errors.OutOfMemory | errors.TooManyConnections):
             return UnusableDatabase(f"{self.where}: the database server cannot take this now ({reason}); try again")
         if isinstance(exc, psycopg.OperationalError):
-            if connecting:
+            if connecting or type(exc).__name__ == "PoolTimeout":
                 return UnusableDatabase(
                     f"{self.where}: cannot connect to the database server ({reason}); check that it is running "
                     "and that this machine can reach it; nothing was changed"
@@ -1060,6 +1061,10 @@ class Store:
                 "try again once the server is back"
             )
         return None
+
+    def ping(self) -> None:
+        """Ask the database something; UnusableDatabase when it cannot answer."""
+        self._query("SELECT count(*) FROM dispatches")
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         if self.postgresql:
