@@ -427,9 +427,13 @@ WITH picked AS (
     ORDER BY d.subscriber_id LIMIT %(size)s
     FOR UPDATE SKIP LOCKED
 ), people AS (
+    -- One primary-key lookup per picked row: the planner, which cannot tell how many rows
+    -- `picked` holds, would otherwise hash every subscriber. (LIMIT 1 keeps each
+    -- LATERAL subquery from being folded back into a plain join.)
     SELECT k.subscriber_id, p.name, p.status FROM picked AS k
-    JOIN subscribers AS s ON s.id = k.subscriber_id
-    JOIN subscribers AS p ON p.id = coalesce(s.merged_into, s.id)
+    CROSS JOIN LATERAL (SELECT coalesce(s.merged_into, s.id) AS id FROM subscribers AS s
+                        WHERE s.id = k.subscriber_id LIMIT 1) AS s
+    CROSS JOIN LATERAL (SELECT p.name, p.status FROM subscribers AS p WHERE p.id = s.id LIMIT 1) AS p
 ), numbered AS (
     UPDATE dispatches SET batches = batches + 1
     WHERE issue = %(issue)s AND CAST(%(batch)s AS BIGINT) IS NULL
