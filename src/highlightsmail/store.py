@@ -1619,7 +1619,10 @@ class Store:
 
     def _claim_batch_pg(self, issue: str, size: int, after_id: int) -> tuple[list[Delivery], int, int]:
         """claim_batch on PostgreSQL: one statement per round locks the next pending rows,
-        skipping rows another sender is claiming this instant, and marks them."""
+        skipping rows another sender is claiming this instant, and marks them. Each round
+        is a transaction by itself (one round trip, no BEGIN and COMMIT of its own): a
+        sender that dies between two rounds leaves the first round's rows in flight, as
+        it would had it died after a whole claim and before its request."""
         if self._sender is None:
             raise ValueError("claim_batch on PostgreSQL needs join_dispatch first")
         now = self.now()
@@ -1627,10 +1630,9 @@ class Store:
         skipped = 0
         batch: int | None = None
         restarted = after_id == 0
-        with self._write(serial=False) as conn:
-            assert isinstance(conn, _PgConn)
+        with self._pg_connection() as raw:
             while len(claimed) < size:
-                rows = conn.raw.execute(
+                rows = raw.execute(
                     _PG_CLAIM,
                     {
                         "issue": issue,
@@ -1667,27 +1669,40 @@ class Store:
         in_doubt: dict[int, str],
         message_id: str | None,
     ) -> None:
-        """finish_batch on PostgreSQL: one statement per outcome and reason."""
+        """finish_batch on PostgreSQL: one statement per outcome and reason, in one
+        transaction when there are several (the usual batch, all sent, is one statement
+        and so one round trip)."""
         now = self.now()
-        with self._write(serial=False) as conn:
-            assert isinstance(conn, _PgConn)
-            ids = list(sent)
-            if ids:
-                conn.raw.execute(
+        statements: list[tuple[str, tuple]] = []
+        ids = list(sent)
+        if ids:
+            statements.append(
+                (
                     "UPDATE deliveries SET state = 'sent', message_id = %s, last_error = NULL, updated = %s"
                     " WHERE issue = %s AND subscriber_id = ANY(%s) AND state = 'in_flight'",
                     (message_id, now, issue, ids),
                 )
-            for state, reasons in (("failed", failed), ("in_doubt", in_doubt)):
-                by_reason: dict[str, list[int]] = {}
-                for sid, why in reasons.items():
-                    by_reason.setdefault(why[:2000], []).append(sid)
-                for why, group in by_reason.items():
-                    conn.raw.execute(
-                        "UPDATE deliveries SET state = %s, last_error = %s, updated = %s"
-                        " WHERE issue = %s AND subscriber_id = ANY(%s) AND state = 'in_flight'",
-                        (state, why, now, issue, group),
-                    )
+            )
+        for state, reasons in (("failed", failed), ("in_doubt", in_doubt)):
+            by_reason: dict[str, list[int]] = {}
+            for sid, why in reasons.items():
+                by_reason.setdefault(why[:2000], []).append(sid)
+            statements.extend(
+                (
+                    "UPDATE deliveries SET state = %s, last_error = %s, updated = %s"
+                    " WHERE issue = %s AND subscriber_id = ANY(%s) AND state = 'in_flight'",
+                    (state, why, now, issue, group),
+                )
+                for why, group in by_reason.items()
+            )
+        if len(statements) == 1:
+            with self._pg_connection() as raw:
+                raw.execute(*statements[0])
+            return
+        with self._write(serial=False) as conn:
+            assert isinstance(conn, _PgConn)
+            for statement in statements:
+                conn.raw.execute(*statement)
 
     def delivery_counts(self, issue: str) -> dict[str, int]:
         return dict(self._query("SELECT state, count(*) FROM deliveries WHERE issue = ? GROUP BY state", (issue,)))
