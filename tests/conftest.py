@@ -1,9 +1,18 @@
-"""Shared fixtures: a copy of the example workspace, and a real Chromium driven by Playwright."""
+"""Shared fixtures: a copy of the example workspace, a real Chromium driven by Playwright,
+and a throwaway PostgreSQL cluster with a fresh database per test.
+
+Engines: a test that asks for `engine` (or a module with `pytestmark =
+pytest.mark.usefixtures("engine")`) runs once on SQLite and once on PostgreSQL, and its
+`workspace` points at a fresh PostgreSQL database in the second run. A test marked
+`sqlite_only` (it is about SQLite's file) runs on SQLite alone.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +45,56 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "SENDGRID_WEBHOOK_PUBLIC_KEY",
         "HIGHLIGHTS_IMAP_PASSWORD",
         "HIGHLIGHTS_IMAP_CAFILE",
+        "HIGHLIGHTS_DATABASE_URL",
+        "PGPASSWORD",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGSERVICE",
     ):
         monkeypatch.delenv(name, raising=False)
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker("sqlite_only")
+        metafunc.parametrize("engine", ENGINES[:1] if marked else ENGINES)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """Debian's PostgreSQL server, started once for the session on a free loopback port.
+    Not skipped when missing: the tests that need it fail, saying how to install it."""
+    from pgcluster import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+_databases = itertools.count(1)
+
+
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh copy of the repository's example workspace, with the CWD inside it."""
+def pg_url(pg_cluster) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped after it."""
+    import psycopg
+
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield pg_cluster.url(name)
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
+    """A fresh copy of the repository's example workspace, with the CWD inside it; on
+    the PostgreSQL run of a test that asks for `engine`, its state in a fresh database."""
     root = tmp_path / "ws"
     root.mkdir()
     shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
@@ -52,6 +104,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "subscribers").mkdir()
     monkeypatch.chdir(root)
     monkeypatch.setenv("HIGHLIGHTS_SECRET", "test-secret-0123456789abcdef0123456789")
+    if "engine" in request.fixturenames and request.getfixturevalue("engine") == "postgresql":
+        monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", request.getfixturevalue("pg_url"))
     return root
 
 

@@ -69,3 +69,62 @@ def read_only(path: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+# -- either engine -------------------------------------------------------------------------
+
+
+class _PgRaw:
+    """A PostgreSQL connection (autocommit) that reads `?` placeholders, as the store's SQL does."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@contextmanager
+def raw_connection(target: Path | str) -> Iterator[sqlite3.Connection | _PgRaw]:
+    """A connection of its own to the store's database (a SQLite path or a PostgreSQL URL),
+    each statement committed by itself, for looking behind the store's back."""
+    conn: sqlite3.Connection | _PgRaw
+    if isinstance(target, str) and target.startswith("postgresql://"):
+        conn = _PgRaw(target)
+    else:
+        conn = sqlite3.connect(target, isolation_level=None)
+        conn.execute("PRAGMA foreign_keys = ON")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def integrity_errors() -> tuple[type[Exception], ...]:
+    """What either engine raises for a row its schema refuses."""
+    import psycopg
+
+    return (sqlite3.IntegrityError, psycopg.IntegrityError, psycopg.DataError)
+
+
+TABLES = ("subscribers", "events", "deliveries", "dispatches", "test_sends", "delivery_events", "scanned_mail")
+
+
+def dump_tables(target: Path | str, tables: tuple[str, ...] = TABLES) -> dict[str, list[tuple]]:
+    """Every row of these tables, in order, read through a connection of its own."""
+    with raw_connection(target) as conn:
+        return {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2")] for t in tables}
+
+
+def target_of(root: Path) -> Path | str:
+    """Where the workspace at `root` keeps its state: its SQLite file, or the PostgreSQL
+    URL it is pointed at (HIGHLIGHTS_DATABASE_URL)."""
+    from highlightsmail.workspace import load_workspace
+
+    ws = load_workspace(root)
+    return ws.database_url or ws.db_path

@@ -3,10 +3,10 @@ sent in the real ledger, and a dump of every row events can change."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from helpers_db import dump_tables, raw_connection
 from highlightsmail.store import ImportRow, Store
 
 
@@ -25,6 +25,8 @@ def sent_to_everyone(store: Store, issue: str, *, backend: str = "sendgrid", lea
     """Begin the issue's dispatch (every active subscriber) and mark it sent through the
     store's own ledger steps, as `send` does; ids in `leave` stay pending. Returns the count."""
     total = store.begin_dispatch(issue, backend)
+    if store.shares_dispatch:
+        store.join_dispatch(issue)
     leave = set(leave)
     batch, after = 1, 0
     while True:
@@ -41,32 +43,23 @@ def sent_to_everyone(store: Store, issue: str, *, backend: str = "sendgrid", lea
     return total
 
 
-def dump(db: Path) -> dict[str, list[tuple]]:
-    """Every row events can touch: equal dumps mean nothing changed."""
-    conn = sqlite3.connect(db)
-    try:
-        return {
-            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
-            for table in ("subscribers", "events", "delivery_events", "scanned_mail", "deliveries")
-        }
-    finally:
-        conn.close()
+def dump(db: Path | str) -> dict[str, list[tuple]]:
+    """Every row events can touch (`db`: a SQLite path or a PostgreSQL URL): equal dumps
+    mean nothing changed."""
+    return dump_tables(db, ("subscribers", "events", "delivery_events", "scanned_mail", "deliveries"))
 
 
-def statuses(db: Path) -> dict[str, str]:
-    conn = sqlite3.connect(db)
-    try:
-        return dict(conn.execute("SELECT email, status FROM subscribers ORDER BY id").fetchall())
-    finally:
-        conn.close()
+def statuses(db: Path | str) -> dict[str, str]:
+    with raw_connection(db) as conn:
+        return {email: status for email, status in conn.execute("SELECT email, status FROM subscribers ORDER BY id")}
 
 
-def event_facts(db: Path) -> list[tuple]:
+def event_facts(db: Path | str) -> list[tuple]:
     """The delivery events without row ids or arrival order: (key, issue, subscriber, kind, url)."""
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(
-            "SELECT event_key, issue, subscriber_id, kind, url FROM delivery_events ORDER BY event_key"
-        ).fetchall()
-    finally:
-        conn.close()
+    with raw_connection(db) as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                "SELECT event_key, issue, subscriber_id, kind, url FROM delivery_events ORDER BY event_key"
+            )
+        ]

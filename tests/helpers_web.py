@@ -1,9 +1,8 @@
 """Shared by the web endpoint's tests: the app served by a real uvicorn on a loopback port,
-subscribers in the real SQLite file, and a dump of the database to compare."""
+subscribers in the real database (a SQLite file or PostgreSQL), and a dump of it to compare."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from helpers_db import raw_connection
 from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
 from highlightsmail.web import bind_socket, create_app
@@ -73,18 +73,15 @@ class Site:
             return [(e.from_status, e.to_status, e.source) for e in store.events(subscriber_id)]
 
     def dump(self) -> list[tuple]:
-        return dump_people(self.ws.db_path)
+        return dump_people(self.ws.database_url or self.ws.db_path)
 
 
-def dump_people(db_path: Path) -> list[tuple]:
+def dump_people(target: Path | str) -> list[tuple]:
     """Every row of subscribers and events, in order: equal dumps mean nothing changed."""
-    conn = sqlite3.connect(db_path)
-    try:
-        rows: list[tuple] = [("subscribers",), *conn.execute("SELECT * FROM subscribers ORDER BY id")]
-        rows += [("events",), *conn.execute("SELECT * FROM events ORDER BY id")]
+    with raw_connection(target) as conn:
+        rows: list[tuple] = [("subscribers",), *map(tuple, conn.execute("SELECT * FROM subscribers ORDER BY id"))]
+        rows += [("events",), *map(tuple, conn.execute("SELECT * FROM events ORDER BY id"))]
         return rows
-    finally:
-        conn.close()
 
 
 @contextmanager

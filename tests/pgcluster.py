@@ -61,19 +61,21 @@ class Cluster:
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
 
+    durable: bool = False  # fsync and synchronous commits on, as a real server runs
+
     def start(self) -> None:
         log = self.datadir.parent / "server.log"
-        opts = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir.parent}"
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir.parent} -c max_connections=300"
+        if not self.durable:
             # A throwaway cluster: durability is not what the tests check.
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(log), "-o", opts, "-w", "-t", "60", "start")
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[Cluster]:
-    """Start a cluster for the duration of the block, then stop it and delete its files."""
+def running_cluster(*, durable: bool = False) -> Iterator[Cluster]:
+    """Start a cluster for the duration of the block, then stop it and delete its files.
+    `durable`: flush to disk as a real server does (benchmarks), not only to memory."""
     bindir = find_bindir()
     if bindir is None:
         raise RuntimeError(
@@ -86,7 +88,7 @@ def running_cluster() -> Iterator[Cluster]:
             entry = pwd.getpwnam(user)
             os.chown(top, entry.pw_uid, entry.pw_gid)
         top.chmod(0o700)
-        cluster = Cluster(datadir=top / "data", port=_free_port(), bindir=bindir, user=user)
+        cluster = Cluster(datadir=top / "data", port=_free_port(), bindir=bindir, user=user, durable=durable)
         cluster._run(
             "initdb", "-D", str(cluster.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"
         )

@@ -1,5 +1,6 @@
 """`send --test`, `send` and `status` end to end: through the outbox, a real SMTP server
-(aiosmtpd) and the local SendGrid-compatible server, with the ledger in a real SQLite file.
+(aiosmtpd) and the local SendGrid-compatible server, with the ledger in a real SQLite file
+or a PostgreSQL database (each test runs on both).
 
 What must hold (PRODUCT.md "Sending", "Guarantees"): the test-send gate, one copy per
 recipient, nobody who left is mailed, faults retried or failed as they should be, and a
@@ -20,6 +21,7 @@ import yaml
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
+from helpers_db import dump_tables, target_of
 from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store
@@ -28,6 +30,18 @@ from highlightsmail.workspace import load_workspace
 from sendgrid_server import SendGridServer
 
 API_KEY = "SG.dispatch-tests"
+pytestmark = pytest.mark.usefixtures("engine")
+
+
+def open_store(root: Path) -> Store:
+    return Store.open(load_workspace(root))
+
+
+def as_sender(store: Store, issue: str = "2024-w02") -> Store:
+    """The store as a sender of the issue, as `send` makes it (on PostgreSQL it joins)."""
+    if store.shares_dispatch:
+        store.join_dispatch(issue)
+    return store
 
 
 def run(*args: str, input: str | None = None) -> Any:
@@ -49,13 +63,13 @@ def configure(root: Path, **delivery: Any) -> None:
 
 def add_subscribers(root: Path, n: int, *, start: int = 1) -> list[str]:
     emails = [f"reader{i}@example.org" for i in range(start, start + n)]
-    with Store(root / "subscribers" / "highlights.db") as store:
+    with open_store(root) as store:
         store.import_rows(ImportRow(e, f"Reader {i}") for i, e in enumerate(emails, start=start))
     return emails
 
 
 def ledger(root: Path, issue: str = "2024-w02") -> dict[str, str]:
-    with Store(root / "subscribers" / "highlights.db") as store:
+    with open_store(root) as store:
         return {
             d.email: d.state
             for d in store.iter_deliveries(issue, ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt"))
@@ -63,7 +77,7 @@ def ledger(root: Path, issue: str = "2024-w02") -> dict[str, str]:
 
 
 def status_of(root: Path, email: str) -> str:
-    with Store(root / "subscribers" / "highlights.db") as store:
+    with open_store(root) as store:
         sub = store.find(email)
         assert sub is not None
         return sub.status
@@ -91,7 +105,7 @@ def test_fresh_workspace_test_send_then_send_writes_one_message_each(workspace: 
     """The issue's 'done when': send --test, then send --yes: one message per editor, then
     one per active subscriber; a second send --yes writes none."""
     emails = add_subscribers(workspace, 7)
-    with Store(workspace / "subscribers" / "highlights.db") as store:
+    with open_store(workspace) as store:
         store.set_status(emails[0], "unsubscribed", "web")
     outbox = workspace / "outbox" / "2024-w02"
 
@@ -175,15 +189,15 @@ def test_dry_run_hands_nothing_over_and_records_nothing(workspace: Path) -> None
     assert ledger(workspace) == {}
     test = run("send", "2024-w02", "--test", "--dry-run")
     assert test.exit_code == 0 and not (workspace / "outbox").exists()
-    with Store(workspace / "subscribers" / "highlights.db") as store:
+    with open_store(workspace) as store:
         assert not store.has_test_send("2024-w02")
 
 
 def test_declining_a_resend_of_those_in_doubt_leaves_them_in_doubt(workspace: Path) -> None:
     emails = add_subscribers(workspace, 4)
-    with Store(workspace / "subscribers" / "highlights.db") as store:
+    with open_store(workspace) as store:
         store.begin_dispatch("2024-w02", "outbox")
-        store.claim_batch("2024-w02", 1, 2)  # a run that died with its first batch under way
+        as_sender(store).claim_batch("2024-w02", 1, 2)  # a run that died with its first batch under way
 
     dry = run("send", "2024-w02", "--dry-run", "--skip-test-check", "--resend-in-doubt")
     assert "would send 2024-w02 to 4 recipient(s)" in dry.output
@@ -461,7 +475,7 @@ def test_unsubscribes_during_a_dispatch_are_honoured(
     def send_batch(self, batch):
         calls.append(batch.number)
         if len(calls) == 1:  # while the first batch is out, three people leave
-            with Store(workspace / "subscribers" / "highlights.db") as store:
+            with open_store(workspace) as store:
                 for e in leaving:
                     store.set_status(e, "unsubscribed", "one-click")
         return original(self, batch)
@@ -633,11 +647,8 @@ def test_an_unchanged_rerender_passes_the_gate(workspace: Path) -> None:
 # ------------------------------------------------------------------------- dry run, status after a stop
 
 
-def _dump(root: Path) -> list[str]:
-    import sqlite3
-
-    with sqlite3.connect(root / "subscribers" / "highlights.db") as conn:
-        return list(conn.iterdump())
+def _dump(root: Path) -> dict[str, list[tuple]]:
+    return dump_tables(target_of(root))
 
 
 def test_a_dry_run_changes_nothing_at_all(workspace: Path, sg: SendGridServer) -> None:
@@ -646,9 +657,9 @@ def test_a_dry_run_changes_nothing_at_all(workspace: Path, sg: SendGridServer) -
     emails = add_subscribers(workspace, 6)
     sg.suppressions["unsubscribes"] = [emails[4]]
     sg.suppressions["bounces"] = [emails[5], "stranger@example.org"]
-    with Store(workspace / "subscribers" / "highlights.db") as store:
+    with open_store(workspace) as store:
         store.begin_dispatch("2024-w02", "sendgrid")
-        store.claim_batch("2024-w02", 1, 2)  # a run that died with its first batch under way
+        as_sender(store).claim_batch("2024-w02", 1, 2)  # a run that died with its first batch under way
     before = _dump(workspace)
 
     for extra in ((), ("--resend-in-doubt",), ("--limit", "1")):
@@ -671,9 +682,9 @@ def test_a_dry_run_of_a_first_send_leaves_out_those_it_would_mark(workspace: Pat
 
 def test_status_after_a_stop_counts_and_lists_the_same_recipients_in_doubt(workspace: Path) -> None:
     emails = add_subscribers(workspace, 5)
-    with Store(workspace / "subscribers" / "highlights.db") as store:
+    with open_store(workspace) as store:
         store.begin_dispatch("2024-w02", "outbox")
-        store.claim_batch("2024-w02", 1, 2)  # a run killed with this batch under way
+        as_sender(store).claim_batch("2024-w02", 1, 2)  # a run killed with this batch under way
         store.claim_batch("2024-w02", 2, 1)
         store.finish_batch("2024-w02", sent=[], failed={}, in_doubt={3: "no answer from the server"})
     status = run("status", "2024-w02")

@@ -188,3 +188,36 @@ def test_the_environment_override_of_the_sendgrid_host_follows_the_same_rule(
     assert "HIGHLIGHTS_SENDGRID_HOST" in result.stderr
     assert "must be https, not http" in result.stderr
     assert "test-key" not in result.output
+
+
+# --------------------------------------------------------------------------- the database
+
+
+def test_a_password_in_the_database_url_is_refused_at_its_line_and_not_repeated(workspace: Path) -> None:
+    line = set_line(workspace, "database:", "database: postgresql://editor:hunter2-secret@db.example.org:5432/news")
+    [problem] = refused(workspace)
+    assert problem.startswith(f"highlights.yaml:{line}:11: database: holds a password; keep it out of highlights.yaml")
+    assert "PGPASSWORD" in problem and "HIGHLIGHTS_DATABASE_URL" in problem
+    assert "hunter2" not in problem
+
+
+@pytest.mark.parametrize("value", ["mysql://db.example.org/news", "postgresql://db.example.org/news?password=x"])
+def test_a_database_url_that_is_not_a_usable_postgresql_url_is_refused(workspace: Path, value: str) -> None:
+    set_line(workspace, "database:", f"database: '{value}'")
+    [problem] = refused(workspace)
+    assert "database: " in problem and "password=x" not in problem.split("database: ", 1)[1]
+
+
+def test_the_environment_url_overrides_database_whole_and_may_hold_the_password(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_line(workspace, "database:", "database: postgresql://editor@db.example.org/news")
+    ws = load_workspace(workspace)
+    assert ws.database_url == "postgresql://editor@db.example.org/news"
+    monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", "postgresql://ci:pw@other.example.org:6543/news")
+    assert ws.database_url == "postgresql://ci:pw@other.example.org:6543/news"
+    from highlightsmail.dburl import describe_url
+
+    assert describe_url(ws.database_url) == "postgresql://ci@other.example.org:6543/news"
+    monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", "elsewhere.db")  # a SQLite file, relative to the workspace
+    assert ws.database_url is None and ws.db_path == workspace / "elsewhere.db"

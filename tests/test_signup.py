@@ -30,6 +30,9 @@ from highlightsmail.store import Store
 from highlightsmail.workspace import load_workspace
 from test_web import assert_secure_headers, forms_of
 
+# Every signup test runs on SQLite and on PostgreSQL (see conftest.py).
+pytestmark = pytest.mark.usefixtures("engine")
+
 BASE = "https://highlights.example.org"
 CHECK_INBOX = "Check your inbox"
 

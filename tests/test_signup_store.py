@@ -89,7 +89,7 @@ def rows_of(path: Path) -> dict[str, list[tuple]]:
 def test_upgrading_keeps_every_row_and_allows_pending_and_form(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     before = old_database(db)
-    with Store(db) as store:
+    with Store(db, upgrade=True) as store:
         assert store.schema_version == SCHEMA_VERSION
         # Every row is where it was, ids, foreign keys and all.
         assert rows_of(db) == before
@@ -124,7 +124,7 @@ def test_upgrading_keeps_columns_and_indexes_added_before_it(tmp_path: Path) -> 
     conn.execute("UPDATE subscribers SET merged_into = 1, email_key = 'ada@example.org' WHERE id = 9")
     before = conn.execute("SELECT * FROM subscribers ORDER BY id").fetchall()
     conn.close()
-    with Store(db) as store:
+    with Store(db, upgrade=True) as store:
         assert store._query("SELECT * FROM subscribers WHERE id <= 9 ORDER BY id") == before
         sql = store._query("SELECT sql FROM sqlite_master WHERE name = 'subscribers_email_key'")[0][0]
         assert "WHERE merged_into IS NULL" in sql
@@ -142,7 +142,7 @@ def test_an_upgrade_that_would_leave_rows_pointing_nowhere_changes_nothing(tmp_p
     conn.close()
     before = rows_of(db)
     with pytest.raises(HighlightsError, match="pointing nowhere"):
-        Store(db)
+        Store(db, upgrade=True)
     assert rows_of(db) == before
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == BEFORE_SIGNUP

@@ -1,5 +1,9 @@
-"""The SQLite store, against real database files: schema and migrations, subscribers and
-their history, bulk import rules, streaming, and many writers at once."""
+"""The store's contract, against real databases: schema and migrations, subscribers and
+their history, bulk import rules, streaming, and many writers at once.
+
+Every test that takes `target` (or `store`) runs on both engines: a SQLite file and a
+fresh PostgreSQL database. The tests that take `db` are about SQLite's file itself
+(damaged pages, permissions, WAL) and run on SQLite alone."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_db import damage_pages_holding, read_only
+from helpers_db import damage_pages_holding, dump_tables, integrity_errors, raw_connection, read_only
 from highlightsmail import store as store_module
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import ImportRow, Store, UnknownSubscriber
@@ -37,37 +41,58 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db: Path):
-    db.parent.mkdir()
-    with Store(db, clock=Clock()) as s:
+def target(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Path | str:
+    """Where a store lives: a SQLite file (its folder made), or a fresh PostgreSQL database."""
+    if engine == "postgresql":
+        return request.getfixturevalue("pg_url")
+    path = tmp_path / "subscribers" / "highlights.db"
+    path.parent.mkdir()
+    return path
+
+
+@pytest.fixture
+def store(target: Path | str):
+    with Store(target, clock=Clock()) as s:
         yield s
 
 
-def dump(path: Path) -> dict[str, list[tuple]]:
+def dump(target: Path | str) -> dict[str, list[tuple]]:
     """Every row of every table, read through a separate connection."""
-    conn = sqlite3.connect(path)
-    try:
-        return {
-            t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-            for t in ("subscribers", "events", "deliveries", "dispatches", "test_sends")
-        }
-    finally:
-        conn.close()
+    return dump_tables(target, ("subscribers", "events", "deliveries", "dispatches", "test_sends"))
 
 
 # -- schema and migrations ----------------------------------------------------------
 
 
-def test_new_database_has_the_schema_in_wal_mode(store: Store, db: Path) -> None:
-    conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 5
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"subscribers", "events", "deliveries", "dispatches", "test_sends"} <= tables
-    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "deliveries_batch"} <= indexes
+def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
+    with raw_connection(target) as conn:
+        if isinstance(target, Path):
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 5
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        else:
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+            tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+            indexes = {
+                r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
+            }
+    assert {
+        "subscribers",
+        "events",
+        "deliveries",
+        "dispatches",
+        "test_sends",
+        "delivery_events",
+        "scanned_mail",
+        "consents",
+        "confirmation_mails",
+        "signup_posts",
+    } <= tables
+    assert {"subscribers_status", "events_subscriber", "subscribers_email_key"} <= indexes
+    assert "deliveries_claim" not in indexes  # the ledger's states change in place, with no index to move
+    assert ("deliveries_batch" in indexes) == isinstance(target, Path)  # SQLite finishes a batch by its number
     assert store.schema_version == 5
-    conn.close()
 
 
 def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> None:
@@ -79,44 +104,69 @@ def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> No
     assert Ws.db_path.is_file()
 
 
-def test_an_older_database_is_upgraded_in_place(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db.parent.mkdir()
-    with Store(db) as s:
+def _add_migration(monkeypatch: pytest.MonkeyPatch, *steps: str) -> None:
+    """A later highlightsmail: one more migration, the same text for both engines."""
+    for name in ("MIGRATIONS", "PG_MIGRATIONS"):
+        monkeypatch.setattr(store_module, name, (*getattr(store_module, name), steps))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(store_module.MIGRATIONS))
+
+
+def _schema_version(target: Path | str) -> int:
+    with raw_connection(target) as conn:
+        if isinstance(target, Path):
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+        return conn.execute("SELECT version FROM schema_version").fetchone()[0]
+
+
+def test_an_older_database_is_refused_with_the_hint_and_upgraded_when_asked(
+    target: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(target) as s:
         s.add("ada@example.org", "Ada")
-    later = (*store_module.MIGRATIONS, ("ALTER TABLE subscribers ADD COLUMN locale TEXT NOT NULL DEFAULT 'en'",))
-    monkeypatch.setattr(store_module, "MIGRATIONS", later)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(later))
-    with Store(db) as s:
-        assert s.schema_version == len(later)
+        where = s.where
+    before = store_module.SCHEMA_VERSION
+    _add_migration(monkeypatch, "ALTER TABLE subscribers ADD COLUMN locale TEXT NOT NULL DEFAULT 'en'")
+    with pytest.raises(store_module.OutdatedSchema) as refused:
+        Store(target)
+    assert refused.value.format_message() == (
+        f"{where}: the database has schema {before} and this highlightsmail needs {before + 1}; "
+        "back it up, then run `highlights db upgrade`"
+    )
+    assert _schema_version(target) == before  # refused: nothing changed
+    with Store(target, upgrade=True) as s:
+        assert s.upgraded_from == before
+        assert s.schema_version == before + 1
         assert s.find("ada@example.org").name == "Ada"  # data kept
-    conn = sqlite3.connect(db)
-    assert conn.execute("SELECT locale FROM subscribers").fetchall() == [("en",)]
-    conn.close()
+    with raw_connection(target) as conn:
+        assert [tuple(r) for r in conn.execute("SELECT locale FROM subscribers")] == [("en",)]
+    with Store(target) as s:  # up to date now: no hint, nothing to do
+        assert s.upgraded_from is None
 
 
-def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db.parent.mkdir()
-    Store(db).close()
+def test_a_failing_migration_changes_nothing(target: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store(target).close()
     current = store_module.SCHEMA_VERSION
-    broken = (*store_module.MIGRATIONS, ("CREATE TABLE half (x)", "ALTER TABLE nowhere ADD COLUMN y"))
-    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
+    _add_migration(monkeypatch, "CREATE TABLE half (x INTEGER)", "ALTER TABLE nowhere ADD COLUMN y INTEGER")
     with pytest.raises(HighlightsError, match="not a usable highlightsmail database"):
-        Store(db)
-    conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == current
-    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
-    conn.close()
+        Store(target, upgrade=True)
+    assert _schema_version(target) == current
+    with raw_connection(target) as conn:
+        if isinstance(target, Path):
+            half = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0]
+        else:
+            half = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'half'").fetchone()[0]
+    assert half == 0
 
 
-def test_a_database_from_a_newer_version_is_refused(db: Path) -> None:
-    db.parent.mkdir()
-    Store(db).close()
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA user_version = 7")
-    conn.close()
+def test_a_database_from_a_newer_version_is_refused(target: Path | str) -> None:
+    Store(target).close()
+    with raw_connection(target) as conn:
+        if isinstance(target, Path):
+            conn.execute("PRAGMA user_version = 7")
+        else:
+            conn.execute("UPDATE schema_version SET version = 7")
     with pytest.raises(HighlightsError, match="made by a newer highlightsmail"):
-        Store(db)
+        Store(target)
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(db: Path) -> None:
@@ -126,15 +176,14 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(db: Path) -> None:
         Store(db)
 
 
-def test_many_first_opens_at_once_migrate_exactly_once(db: Path) -> None:
-    db.parent.mkdir()
+def test_many_first_opens_at_once_migrate_exactly_once(target: Path | str) -> None:
     errors: list[BaseException] = []
     start = threading.Barrier(20)
 
     def opener(i: int) -> None:
         try:
             start.wait()
-            with Store(db) as s:
+            with Store(target) as s:
                 s.add(f"user{i}@example.org")
         except BaseException as exc:
             errors.append(exc)
@@ -145,41 +194,44 @@ def test_many_first_opens_at_once_migrate_exactly_once(db: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    with Store(db) as s:
+    with Store(target) as s:
         assert s.count_by_status()["active"] == 20
         assert s.schema_version == store_module.SCHEMA_VERSION
 
 
-def test_constraints_hold_in_the_database_itself(store: Store, db: Path) -> None:
+def test_constraints_hold_in_the_database_itself(store: Store, target: Path | str) -> None:
     store.add("ada@example.org")
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA foreign_keys = ON")
-    with pytest.raises(sqlite3.IntegrityError):
+    refused = integrity_errors()
+    with raw_connection(target) as conn:
+        with pytest.raises(refused):
+            conn.execute(
+                "INSERT INTO subscribers (email, email_key, status, created, updated)"
+                " VALUES ('ADA@EXAMPLE.ORG', 'ada@example.org', 'active', 'x', 'x')"
+            )
+        with pytest.raises(refused):
+            conn.execute(
+                "INSERT INTO subscribers (email, status, created, updated) VALUES ('b@example.org', 'paused', 'x', 'x')"
+            )
+        with pytest.raises(refused):
+            conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (99, 'x', 'active', 'cli')")
+        with pytest.raises(refused):
+            conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (1, 'x', 'active', 'fax')")
         conn.execute(
-            "INSERT INTO subscribers (email, status, created, updated) VALUES ('ADA@EXAMPLE.ORG', 'active', 'x', 'x')"
+            "INSERT INTO deliveries (issue, subscriber_id, email, created, updated)"
+            " VALUES ('2024-w02', 1, 'a', 'x', 'x')"
         )
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute(
-            "INSERT INTO subscribers (email, status, created, updated) VALUES ('b@example.org', 'paused', 'x', 'x')"
-        )
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (99, 'x', 'active', 'cli')")
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (1, 'x', 'active', 'fax')")
-    conn.execute(
-        "INSERT INTO deliveries (issue, subscriber_id, email, created, updated) VALUES ('2024-w02', 1, 'a', 'x', 'x')"
-    )
-    assert conn.execute("SELECT state, attempts FROM deliveries").fetchone() == ("pending", 0)
-    with pytest.raises(sqlite3.IntegrityError):  # one row per issue and subscriber
-        conn.execute(
-            "INSERT INTO deliveries (issue, subscriber_id, email, created, updated) VALUES ('2024-w02', 1, 'a', 'x', 'x')"
-        )
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("UPDATE deliveries SET state = 'lost'")
-    with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO test_sends (issue, fingerprint, recipients, at) VALUES ('i', 'f', 'not json', 'x')")
-    conn.rollback()
-    conn.close()
+        assert tuple(conn.execute("SELECT state, attempts FROM deliveries").fetchone()) == ("pending", 0)
+        with pytest.raises(refused):  # one row per issue and subscriber
+            conn.execute(
+                "INSERT INTO deliveries (issue, subscriber_id, email, created, updated)"
+                " VALUES ('2024-w02', 1, 'a', 'x', 'x')"
+            )
+        with pytest.raises(refused):
+            conn.execute("UPDATE deliveries SET state = 'lost'")
+        with pytest.raises(refused):
+            conn.execute(
+                "INSERT INTO test_sends (issue, fingerprint, recipients, at) VALUES ('i', 'f', 'not json', 'x')"
+            )
 
 
 # -- subscribers and their history ---------------------------------------------------
@@ -262,13 +314,13 @@ def test_iter_subscribers_pages_in_id_order_with_a_status_filter(store: Store) -
     assert list(store.iter_subscribers("complained")) == []
 
 
-def test_iter_subscribers_streams_instead_of_loading_everything_first(store: Store, db: Path) -> None:
+def test_iter_subscribers_streams_instead_of_loading_everything_first(store: Store, target: Path | str) -> None:
     store.import_rows(ImportRow(f"u{i:05}@example.org") for i in range(2500))
     rows = store.iter_subscribers(page=1000)
     first = next(rows)
     assert first.email == "u00000@example.org"
     # Added after the first row was handed out: a list built up front could not hold it.
-    with Store(db) as other:
+    with Store(target) as other:
         late, _ = other.add("late@example.org")
     rest = list(rows)
     assert len(rest) == 2500 and rest[-1] == late
@@ -365,35 +417,34 @@ def test_import_uses_given_times_only_for_new_addresses(store: Store) -> None:
     assert cy.created == cy.updated == "2021-05-06T07:08:09Z"
 
 
-def test_dry_run_import_changes_nothing(store: Store, db: Path) -> None:
+def test_dry_run_import_changes_nothing(store: Store, target: Path | str) -> None:
     store.add("gone@example.org")
     store.set_status("gone@example.org", "unsubscribed", "web")
-    before = dump(db)
+    before = dump(target)
     result = store.import_rows(
         [ImportRow("gone@example.org", "G"), ImportRow("new@example.org", status="bounced")], dry_run=True
     )
     assert result == store_module.ImportResult(new=1, updated=1, unchanged=0)
-    assert dump(db) == before
+    assert dump(target) == before
     # and the store still works normally afterwards
     assert store.import_rows([ImportRow("new@example.org")]).new == 1
 
 
-def test_import_with_a_repeated_address_writes_nothing(store: Store, db: Path) -> None:
-    before = dump(db)
+def test_import_with_a_repeated_address_writes_nothing(store: Store, target: Path | str) -> None:
+    before = dump(target)
     with pytest.raises(ValueError, match="twice"):
         store.import_rows([ImportRow("a@example.org"), ImportRow("b@example.org"), ImportRow("A@example.org")])
-    assert dump(db) == before
+    assert dump(target) == before
 
 
 # -- many writers at once -------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_200_writers_and_a_big_import_at_once_all_succeed(db: Path) -> None:
+def test_200_writers_and_a_big_import_at_once_all_succeed(target: Path | str) -> None:
     """Each writer has its own Store (as the web endpoint does); none may fail with
     'database is locked' while an import holds the write lock."""
-    db.parent.mkdir()
-    with Store(db) as s:
+    with Store(target) as s:
         s.import_rows(ImportRow(f"reader{i}@example.org") for i in range(200))
 
     import_started = threading.Event()
@@ -408,7 +459,7 @@ def test_200_writers_and_a_big_import_at_once_all_succeed(db: Path) -> None:
 
     def importer() -> None:
         try:
-            with Store(db) as s:
+            with Store(target) as s:
                 results.append(s.import_rows(rows()).new == 40_000)
         except BaseException as exc:
             errors.append(exc)
@@ -416,7 +467,7 @@ def test_200_writers_and_a_big_import_at_once_all_succeed(db: Path) -> None:
     def writer(i: int) -> None:
         try:
             import_started.wait(30)
-            with Store(db) as s:
+            with Store(target) as s:
                 results.append(s.set_status(f"reader{i}@example.org", "unsubscribed", "one-click", detail=f"w{i}"))
         except BaseException as exc:
             errors.append(exc)
@@ -429,7 +480,7 @@ def test_200_writers_and_a_big_import_at_once_all_succeed(db: Path) -> None:
     assert not any(t.is_alive() for t in threads)
     assert errors == []
     assert results == [True] * 201
-    with Store(db) as s:
+    with Store(target) as s:
         assert s.count_by_status() == {
             "active": 40_000,
             "unsubscribed": 200,
@@ -493,15 +544,13 @@ def test_addresses_differing_only_in_unicode_case_or_form_are_one_subscriber(sto
     assert store.find("zoë@example.org").status == "bounced"
 
 
-def test_the_unique_index_holds_in_the_database_itself(store: Store, db: Path) -> None:
+def test_the_unique_index_holds_in_the_database_itself(store: Store, target: Path | str) -> None:
     store.add("Äda@example.org")
-    conn = sqlite3.connect(db)
-    with pytest.raises(sqlite3.IntegrityError):
+    with raw_connection(target) as conn, pytest.raises(integrity_errors()):
         conn.execute(
             "INSERT INTO subscribers (email, email_key, status, created, updated)"
             " VALUES ('äda@example.org', 'äda@example.org', 'active', 'x', 'x')"
         )
-    conn.close()
 
 
 def _schema_1_database(db: Path) -> sqlite3.Connection:
@@ -550,7 +599,7 @@ def test_upgrading_merges_addresses_that_are_one_and_reports_each_clash(db: Path
     conn.close()
     before = dump(db)
 
-    with pytest.warns(store_module.MergedAddressesWarning) as caught, Store(db, clock=Clock()) as s:
+    with pytest.warns(store_module.MergedAddressesWarning) as caught, Store(db, clock=Clock(), upgrade=True) as s:
         assert s.schema_version == store_module.SCHEMA_VERSION
         lines = [str(w.message) for w in caught]
         assert len(lines) == 2
@@ -612,7 +661,7 @@ def test_a_dispatch_keeps_the_copy_furthest_along_when_spellings_merge(db: Path)
         " VALUES ('i', 1, 'Äda@example.org', 'failed', 't', 't'), ('i', 2, 'äda@example.org', 'in_doubt', 't', 't')"
     )
     conn.close()
-    with pytest.warns(store_module.MergedAddressesWarning), Store(db) as s:
+    with pytest.warns(store_module.MergedAddressesWarning), Store(db, upgrade=True) as s:
         states = {d.subscriber_id: d.state for d in s.iter_deliveries("i", store_module.DELIVERY_STATES)}
         # in doubt may have arrived: the failed copy is not retried on top of it
         assert states == {1: "skipped", 2: "in_doubt"}
@@ -703,3 +752,109 @@ def test_a_lock_held_too_long_is_one_line_saying_to_try_again(db: Path) -> None:
     )
     with Store(db) as s:
         assert s.add("ada@example.org")[1]  # nothing half-done was left behind
+
+
+# -- the send ledger, on both engines ---------------------------------------------------------
+
+
+def _sender(store: Store, issue: str) -> Store:
+    """A store ready to claim batches of `issue`: on PostgreSQL a sender joins first."""
+    if store.shares_dispatch:
+        store.join_dispatch(issue)
+    return store
+
+
+def test_the_ledger_claims_each_recipient_once_and_skips_who_left(store: Store) -> None:
+    store.import_rows(ImportRow(f"u{i}@example.org") for i in range(10))
+    assert store.begin_dispatch("2024-w02", "outbox") == 10
+    with pytest.raises(HighlightsError, match="already begun"):
+        store.begin_dispatch("2024-w02", "outbox")
+    store.set_status("u1@example.org", "unsubscribed", "web")  # left after the dispatch began
+    _sender(store, "2024-w02")
+    first, skipped, after = store.claim_batch("2024-w02", 1, 4)
+    assert [c.email for c in first] == ["u0@example.org", "u2@example.org", "u3@example.org", "u4@example.org"]
+    assert skipped == 1 and after == first[-1].subscriber_id
+    assert {c.state for c in first} == {"in_flight"} and {c.attempts for c in first} == {1}
+    number = first[0].batch
+    assert number is not None and {c.batch for c in first} == {number}
+    second, _, _ = store.claim_batch("2024-w02", number + 1, 100, after)
+    assert [c.email for c in second] == [f"u{i}@example.org" for i in range(5, 10)]
+    assert second[0].batch != number
+    store.finish_batch("2024-w02", sent=[c.subscriber_id for c in first[:2]], failed={first[2].subscriber_id: "550"})
+    store.finish_batch("2024-w02", sent=[], failed={}, in_doubt={first[3].subscriber_id: "no answer"})
+    assert store.delivery_counts("2024-w02") == {"sent": 2, "failed": 1, "in_doubt": 1, "skipped": 1, "in_flight": 5}
+    assert store.claim_batch("2024-w02", number + 2, 10, 0)[0] == []  # nothing pending is left
+    reasons = {
+        d.email: (d.state, d.last_error) for d in store.iter_deliveries("2024-w02", ("failed", "in_doubt", "skipped"))
+    }
+    assert reasons == {
+        "u1@example.org": ("skipped", "unsubscribed since the dispatch began"),
+        "u3@example.org": ("failed", "550"),
+        "u4@example.org": ("in_doubt", "no answer"),
+    }
+    assert store.requeue("2024-w02", "failed") == 1
+    assert not store.finish_dispatch_if_done("2024-w02")
+
+
+def test_rows_in_flight_of_a_run_that_is_gone_are_in_doubt(target: Path | str) -> None:
+    with Store(target) as first:
+        first.import_rows(ImportRow(f"u{i}@example.org") for i in range(6))
+        first.begin_dispatch("2024-w02", "outbox")
+        claimed, _, _ = _sender(first, "2024-w02").claim_batch("2024-w02", 1, 4)
+        assert len(claimed) == 4
+    # The run is gone (its connection closed, as when a process dies).
+    with Store(target) as again:
+        assert again.mark_in_doubt("2024-w02") == 4
+        assert again.delivery_counts("2024-w02") == {"in_doubt": 4, "pending": 2}
+
+
+def test_postgresql_senders_share_a_dispatch_and_only_a_gone_senders_rows_are_in_doubt(pg_url: str) -> None:
+    with Store(pg_url) as setup:
+        setup.import_rows(ImportRow(f"u{i:03d}@example.org") for i in range(100))
+        setup.begin_dispatch("2024-w02", "sendgrid")
+    a, b = Store(pg_url), Store(pg_url)
+    try:
+        assert a.join_dispatch("2024-w02") != b.join_dispatch("2024-w02")
+        with Store(pg_url) as watcher:
+            assert watcher.sending_now("2024-w02") and not watcher.sending_now("2024-w03")
+        # Both claim at once, over and over: no row is claimed twice, none is lost.
+        taken: dict[str, list[int]] = {"a": [], "b": []}
+        numbers: list[int] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def claim(name: str, s: Store) -> None:
+            try:
+                start.wait()
+                after = 0
+                while True:
+                    rows, _, after = s.claim_batch("2024-w02", 0, 7, after)
+                    if not rows:
+                        return
+                    taken[name].extend(r.subscriber_id for r in rows)
+                    numbers.append(rows[0].batch)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=claim, args=(n, s)) for n, s in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert sorted(taken["a"] + taken["b"]) == list(range(1, 101))  # each exactly once
+        assert taken["a"] and taken["b"]
+        assert len(set(numbers)) == len(numbers)  # batch numbers are not shared either
+        # b is gone; a is alive, however long its batches take.
+        b.close()
+        with Store(pg_url) as resumed:
+            assert resumed.mark_in_doubt("2024-w02") == len(taken["b"])
+            states = {d.subscriber_id: d.state for d in resumed.iter_deliveries("2024-w02", ("in_flight", "in_doubt"))}
+        assert {sid for sid, st in states.items() if st == "in_doubt"} == set(taken["b"])
+        assert {sid for sid, st in states.items() if st == "in_flight"} == set(taken["a"])
+    finally:
+        a.close()
+        b.close()
+    with Store(pg_url) as watcher:
+        assert not watcher.sending_now("2024-w02")
+        assert watcher.mark_in_doubt("2024-w02") == len(taken["a"])

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from helpers_db import damage_pages_holding, read_only
 from highlightsmail import subscribers as subscribers_module
 from highlightsmail.cli import main
-from highlightsmail.store import ImportRow, Store
+from highlightsmail.store import SCHEMA_VERSION, ImportRow, Store
 
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 
@@ -418,7 +418,7 @@ def test_unicode_case_is_one_subscriber_in_add_remove_import_and_list(workspace:
     ]
 
 
-def test_an_upgrade_that_merges_spellings_says_so_once_on_the_command_line(workspace: Path) -> None:
+def test_an_older_database_is_refused_until_db_upgrade_which_says_what_it_merged(workspace: Path) -> None:
     db = db_of(workspace)
     conn = sqlite3.connect(db)
     from highlightsmail.store import MIGRATIONS
@@ -432,14 +432,36 @@ def test_an_upgrade_that_merges_spellings_says_so_once_on_the_command_line(works
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    first = run("list", "--format", "csv")
-    assert first.stderr == (
+
+    def state() -> tuple:
+        with sqlite3.connect(db_of(workspace)) as conn:
+            return conn.execute("PRAGMA user_version").fetchone(), conn.execute("SELECT * FROM subscribers").fetchall()
+
+    before = state()
+    refused = run("list", "--format", "csv", ok=False)
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.stderr == (
+        f"Error: subscribers/highlights.db: the database has schema 1 and this highlightsmail needs {SCHEMA_VERSION}; "
+        "back it up, then run `highlights db upgrade`\n"
+    )
+    assert state() == before  # refused before anything changed
+    upgraded = CliRunner().invoke(main, ["db", "upgrade"])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert upgraded.stdout == f"subscribers/highlights.db: upgraded from schema 1 to {SCHEMA_VERSION}\n"
+    assert upgraded.stderr == (
         "warning: subscribers/highlights.db: Äda@example.org (#1, active) and äda@example.org (#2, active) "
         "are the same address: merged into #1 Äda@example.org, now active; links in mail sent to any of them "
         "still work and nobody gets two copies. Nothing to do, but keep one spelling in your own lists\n"
     )
+    first = run("list", "--format", "csv")
+    assert first.stderr == ""
     assert [line.split(",")[0] for line in first.stdout.splitlines()] == ["email", "Äda@example.org", "bob@example.org"]
-    assert run("list").stderr == ""
+    again = CliRunner().invoke(main, ["db", "upgrade"])
+    assert (again.exit_code, again.stdout, again.stderr) == (
+        0,
+        f"subscribers/highlights.db: schema {SCHEMA_VERSION}, up to date\n",
+        "",
+    )
 
 
 # -- rows that cannot be imported, named by line -----------------------------------------------

@@ -1,4 +1,5 @@
-"""The web endpoint over real HTTP: uvicorn on a loopback port, a real SQLite file.
+"""The web endpoint over real HTTP: uvicorn on a loopback port, a real SQLite file or a
+PostgreSQL database (each test runs on both, but those about SQLite's file itself).
 
 RFC 8058 one-click (urlencoded and multipart, no cookies, repeated), the confirmation page
 flow, resubscribing, test-send links, refusals (400/404/405/409/413), security headers,
@@ -29,7 +30,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httpx
 import pytest
 
-from helpers_db import damage_pages_holding, read_only
+from helpers_db import damage_pages_holding, dump_tables, raw_connection, read_only, target_of
 from helpers_web import Site, live_server, serve_workspace
 from highlightsmail.message import Recipient, build_message, recipient_links
 from highlightsmail.store import ImportRow, Store
@@ -40,6 +41,7 @@ from highlightsmail.workspace import load_workspace
 ONE_CLICK = "List-Unsubscribe=One-Click"
 URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}
 NOT_VALID = "This link is not valid"
+pytestmark = pytest.mark.usefixtures("engine")
 
 
 @pytest.fixture
@@ -376,6 +378,7 @@ def _assert_try_again_later(r: httpx.Response) -> None:
     assert_secure_headers(r)
 
 
+@pytest.mark.sqlite_only
 def test_a_file_that_is_not_a_database_gets_503_and_one_log_line(
     site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
 ) -> None:
@@ -394,6 +397,7 @@ def test_a_file_that_is_not_a_database_gets_503_and_one_log_line(
     assert site.signer.make(ada) not in _server_text(caplog)  # the log names the subscriber, not a working link
 
 
+@pytest.mark.sqlite_only
 def test_a_damaged_page_gets_503_for_the_requests_that_reach_it(
     site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
 ) -> None:
@@ -414,6 +418,7 @@ def test_a_damaged_page_gets_503_for_the_requests_that_reach_it(
     )
 
 
+@pytest.mark.sqlite_only
 def test_a_read_only_database_shows_pages_and_answers_503_to_changes(site: Site, http: httpx.Client) -> None:
     ada = site.add("ada@example.org")
     with read_only(site.ws.db_path):
@@ -430,10 +435,8 @@ def test_any_other_failure_gets_a_plain_500_page(
     site: Site, http: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     ada = site.add("ada@example.org")
-    conn = sqlite3.connect(site.ws.db_path)
-    conn.execute("DROP TABLE events")  # a database edited by hand: a bug, not a state of the file
-    conn.commit()
-    conn.close()
+    with raw_connection(target_of(site.ws.root)) as conn:
+        conn.execute("DROP TABLE events")  # a database edited by hand: a bug, not a state of the file
     r = http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED)
     assert r.status_code == 500
     assert "Something went wrong" in r.text
@@ -794,13 +797,13 @@ def test_module_app_imports_anywhere_and_builds_from_the_environment(
 
     monkeypatch.setenv("HIGHLIGHTS_WORKSPACE", str(workspace))
     monkeypatch.chdir(empty)
-    with Store(load_workspace(workspace).db_path) as store:
+    with Store.open(load_workspace(workspace)) as store:
         sid = store.add("ada@example.org")[0].id
     with live_server(_LazyApp()) as url, httpx.Client() as client:
         assert client.get(f"{url}/healthz").text == "ok"
         signer = Signer(os.environ["HIGHLIGHTS_SECRET"].encode())
         assert client.post(f"{url}/u/{signer.make(sid)}", content=ONE_CLICK, headers=URLENCODED).status_code == 200
-    with Store(load_workspace(workspace).db_path) as store:
+    with Store.open(load_workspace(workspace)) as store:
         assert store.get(sid).status == "unsubscribed"
 
 
@@ -820,7 +823,7 @@ def test_uvicorn_without_a_workspace_stops_with_the_reason(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_highlights_serve_prints_the_url_serves_and_keeps_tokens_out_of_the_log(workspace: Path) -> None:
-    with Store(load_workspace(workspace).db_path) as store:
+    with Store.open(load_workspace(workspace)) as store:
         sid = store.add("ada@example.org")[0].id
     token = Signer(os.environ["HIGHLIGHTS_SECRET"].encode()).make(sid)
     exe = Path(sys.executable).with_name("highlights")
@@ -885,9 +888,11 @@ def test_open_server_prints_nothing_and_says_where_it_listens(
     finally:
         server.sock.close()
     assert capsys.readouterr() == ("", "")
-    assert load_workspace(workspace).db_path.exists()  # opened (and upgraded) before serving
+    # Opened (and the schema made) before serving.
+    assert dump_tables(target_of(workspace), ("subscribers",)) == {"subscribers": []}
 
 
+@pytest.mark.sqlite_only
 def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
     workspace: Path, http: httpx.Client
 ) -> None:
@@ -905,7 +910,9 @@ def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    with pytest.warns(store_module.MergedAddressesWarning), serve_workspace(workspace) as site:
+    with pytest.warns(store_module.MergedAddressesWarning):
+        Store.open(load_workspace(workspace), upgrade=True).close()  # highlights db upgrade
+    with serve_workspace(workspace) as site:
         r = http.get(site.link(2))
         assert r.status_code == 200 and "Ä***@example.org" in r.text
         r = http.post(site.link(2), content=ONE_CLICK, headers=URLENCODED)
@@ -918,6 +925,7 @@ def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
             assert store.begin_dispatch("2024-w02", "outbox") == 1
 
 
+@pytest.mark.sqlite_only
 def test_highlights_serve_with_a_database_it_cannot_open_stops_with_one_line(workspace: Path) -> None:
     from click.testing import CliRunner
 

@@ -1,5 +1,6 @@
-"""`POST /webhooks/sendgrid` over real HTTP (uvicorn on loopback, a real SQLite file),
-with batches signed as SendGrid signs them by a key pair made for each test.
+"""`POST /webhooks/sendgrid` over real HTTP (uvicorn on loopback, a real SQLite file or a
+PostgreSQL database: each test runs on both), with batches signed as SendGrid signs them
+by a key pair made for each test.
 
 What must hold: every event type changes exactly the rows it should; the same batch
 again, in another order, duplicated, or 1,000 events in one POST change nothing more;
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from helpers_db import raw_connection, target_of
 from helpers_events import add_readers, dump, event_facts, sent_to_everyone, statuses
 from helpers_web import serve_workspace
 from highlightsmail.cli import main
@@ -33,6 +35,7 @@ from sendgrid_server import SendGridServer
 
 ISSUE = "2024-w02"
 API_KEY = "SG.webhook-tests"
+pytestmark = pytest.mark.usefixtures("engine")
 
 
 @pytest.fixture
@@ -42,8 +45,8 @@ def sender(monkeypatch: pytest.MonkeyPatch) -> EventSender:
     return s
 
 
-def db_of(root: Path) -> Path:
-    return root / "subscribers" / "highlights.db"
+def db_of(root: Path) -> Path | str:
+    return target_of(root)
 
 
 def configure(root: Path, **sections: Any) -> None:
@@ -210,6 +213,7 @@ def test_the_same_batch_again_reordered_or_duplicated_changes_nothing_more(
             assert dump(db_of(workspace)) == once
 
 
+@pytest.mark.sqlite_only  # the twin is a copy of the workspace's folder, database file and all
 def test_events_arriving_out_of_order_end_in_the_same_state(
     workspace: Path, sender: EventSender, tmp_path: Path
 ) -> None:
@@ -409,9 +413,8 @@ def test_soft_bounces_in_soft_limit_issues_in_a_row_make_the_address_bounced(
     assert statuses(db_of(workspace))[email(1)] == ("bounced" if bounced else "active")
     assert statuses(db_of(workspace))[email(2)] == "active"
     if bounced:
-        conn = sqlite3.connect(db_of(workspace))
-        detail = conn.execute("SELECT detail FROM events WHERE to_status = 'bounced'").fetchone()[0]
-        conn.close()
+        with raw_connection(db_of(workspace)) as conn:
+            detail = conn.execute("SELECT detail FROM events WHERE to_status = 'bounced'").fetchone()[0]
         assert "soft bounces in 3 issues in a row" in detail
 
 
@@ -427,6 +430,7 @@ def test_soft_limit_is_a_setting(workspace: Path, sender: EventSender) -> None:
 # ------------------------------------------------------------------ the schema
 
 
+@pytest.mark.sqlite_only  # no PostgreSQL database is older than delivery events
 def test_a_database_from_before_delivery_events_is_upgraded_with_its_history(tmp_path: Path) -> None:
     """The events table is rebuilt to take the new sources; its rows stay."""
     import highlightsmail.store as store_module
@@ -447,7 +451,7 @@ def test_a_database_from_before_delivery_events_is_upgraded_with_its_history(tmp
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    with Store(db) as store:
+    with Store(db, upgrade=True) as store:
         history = store.events(1)
         assert [(e.to_status, e.source, e.detail) for e in history] == [
             ("active", "import", "list.csv:2"),

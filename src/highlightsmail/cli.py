@@ -543,6 +543,56 @@ def subscribers_export(obj: _Ctx, file: Path | None) -> None:
 
 
 @main.group()
+def db() -> None:
+    """The database: schema upgrades, and moving a workspace to PostgreSQL."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(obj: _Ctx) -> None:
+    """Bring the database's schema up to this version of highlightsmail (back it up first)."""
+    from highlightsmail.store import SCHEMA_VERSION, Store
+
+    with Store.open(obj.ws, upgrade=True) as store:
+        where, before = store.where, store.upgraded_from
+    if before is None:
+        click.echo(f"{where}: schema {SCHEMA_VERSION}, up to date")
+    else:
+        click.echo(f"{where}: upgraded from schema {before} to {SCHEMA_VERSION}")
+
+
+@db.command("copy")
+@click.option("--to", "to", required=True, metavar="URL", help="postgresql://user@host:port/dbname, an empty database.")
+@pass_ctx
+def db_copy(obj: _Ctx, to: str) -> None:
+    """Copy the workspace's SQLite state into an empty PostgreSQL database, checking the counts."""
+    from highlightsmail.dburl import describe_url, is_postgresql
+    from highlightsmail.errors import HighlightsError
+    from highlightsmail.store import Store
+
+    ws = obj.ws
+    if not is_postgresql(to):
+        raise click.BadParameter("must be postgresql://user@host:port/dbname", param_hint="--to")
+    if ws.database_url is not None:
+        raise HighlightsError(
+            f"this workspace's state is already in PostgreSQL ({describe_url(ws.database_url)}); "
+            "db copy copies a SQLite file"
+        )
+    if not ws.db_path.is_file():
+        raise HighlightsError(f"{ws.db_path}: no database to copy")
+    with Store(ws.db_path) as source, Store(to) as target:
+        counts = source.copy_into(target)
+        where = target.where
+    rows = ", ".join(f"{table} {n}" for table, n in counts.items())
+    click.echo(f"Copied into {where}, counts checked: {rows}")
+    click.echo(
+        f"To use it: set `database: {where}` in highlights.yaml and the password in PGPASSWORD "
+        "(or the whole URL in HIGHLIGHTS_DATABASE_URL)",
+        err=True,
+    )
+
+
+@main.group()
 def bounces() -> None:
     """Read bounce mail (delivery failures of mail sent over SMTP)."""
 

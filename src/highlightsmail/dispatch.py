@@ -1,5 +1,11 @@
 """Sending an issue: the test send, the dispatch loop with its ledger, and status.
 
+Several senders: on SQLite one `send` of an issue runs at a time (a lock file); on
+PostgreSQL any number, on any machines, share the dispatch: each joins it as a sender
+(a lock the database holds for as long as the sender's connection lives), claims take
+rows no other sender is taking, and rows in flight count as in doubt only once the
+sender that claimed them is gone.
+
 The order for every batch is fixed, so that no state is lost at any point:
 claim the next recipients and commit them `in_flight` (skipping anyone who left since
 the dispatch began), hand the batch to the backend, commit `sent`, `failed` or
@@ -178,13 +184,28 @@ def _send_lock(ws: Workspace, slug: str) -> Iterator[None]:
         yield
 
 
-def _send_running(ws: Workspace, slug: str) -> bool:
-    """Whether a `send` of this issue holds its lock right now."""
+def _send_running(ws: Workspace, store: Store, slug: str) -> bool:
+    """Whether a `send` of this issue is running right now (on PostgreSQL: anywhere)."""
+    if store.shares_dispatch:
+        return store.sending_now(slug)
     try:
         with _send_lock(ws, slug):
             return False
     except HighlightsError:
         return True
+
+
+@contextmanager
+def _as_sender(ws: Workspace, store: Store, slug: str, *, dry_run: bool) -> Iterator[None]:
+    """Run as a sender of the issue: alone on SQLite (the lock file), or beside any other
+    senders on PostgreSQL (a dry run sends nothing, so it does not join)."""
+    if not store.shares_dispatch:
+        with _send_lock(ws, slug):
+            yield
+        return
+    if not dry_run:
+        store.join_dispatch(slug)
+    yield
 
 
 def _render(ws: Workspace, issue_path: Path) -> RenderedIssue:
@@ -289,10 +310,10 @@ def send(
     rendered = _render(ws, issue_path)
     slug = rendered.slug
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
-    if dry_run and not ws.db_path.exists():
+    if dry_run and not ws.database_exists():
         # Opening would create the database, and a dry run changes nothing.
         raise HighlightsError("there are no active subscribers; import some with `highlights subscribers import FILE`")
-    with _send_lock(ws, slug), Store.open(ws) as store:
+    with Store.open(ws) as store, _as_sender(ws, store, slug, dry_run=dry_run):
         if not skip_test_check and not store.has_test_send(slug, digest):
             hint = "this version was not test-sent" if store.has_test_send(slug) else "it has not been test-sent"
             raise HighlightsError(
@@ -345,7 +366,12 @@ def send(
         if not events.confirm(plan):
             raise HighlightsError("nothing was sent")
         if info is None:
-            store.begin_dispatch(slug, backend.name)
+            try:
+                store.begin_dispatch(slug, backend.name)
+            except HighlightsError:
+                if store.dispatch_info(slug) is None:
+                    raise
+                # Another sender began it a moment ago: this one shares it.
         else:
             if resend_in_doubt:
                 store.requeue(slug, "in_doubt")
@@ -355,6 +381,9 @@ def send(
 
         with events.progress(count) as advance:
             run = run_dispatch(store, backend, rendered, ws, signer, limit=limit, progress=advance, events=events)
+        if store.shares_dispatch:
+            # A sender that died while this one ran left its batch in flight: in doubt now.
+            store.mark_in_doubt(slug)
         summary = Summary.from_counts(store.delivery_counts(slug))
         reasons = [Reason(state, why, n) for (state, why), n in run.reasons.most_common()]
         return SendOutcome(plan, suppressed=suppressed, summary=summary, reasons=reasons, stopped=run.stopped)
@@ -551,7 +580,8 @@ def run_dispatch(
                         if not claimed:
                             exhausted = True
                             break
-                        claims.append((batch_no, claimed))
+                        # The store's number: on PostgreSQL senders share the numbering.
+                        claims.append((claimed[0].batch or batch_no, claimed))
                         batch_no += 1
                         if remaining is not None:
                             remaining -= len(claimed)
@@ -623,7 +653,7 @@ def status(ws: Workspace, issue_path: Path, *, verbose: bool = False) -> StatusR
         info = store.dispatch_info(slug)
         if info is None:
             return StatusReport(slug, last, None, active=store.count_by_status()["active"])
-        running = _send_running(ws, slug)
+        running = _send_running(ws, store, slug)
         summary = Summary.from_counts(store.delivery_counts(slug))
         # Rows left in flight by a run that is gone are in doubt already: counted and
         # listed as such, before any resume says so in the ledger.

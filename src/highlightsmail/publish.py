@@ -209,7 +209,7 @@ class Archive:
     def _sent(self, slugs: list[str]) -> dict[str, datetime]:
         """When each issue's dispatch started, for those that have one. No database
         yet means nothing was sent (and none is created here)."""
-        if not slugs or not self.ws.db_path.is_file():
+        if not slugs or not self.ws.database_exists():
             return {}
         from highlightsmail.store import Store
 

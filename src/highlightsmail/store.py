@@ -1,4 +1,13 @@
-"""All SQL of highlightsmail: the SQLite state under `subscribers/highlights.db`.
+"""All SQL of highlightsmail: the state in SQLite (`subscribers/highlights.db`, the default)
+or in PostgreSQL (`database: postgresql://user@host:port/dbname`).
+
+One `Store` serves both engines. Statements are written once, with `?` placeholders,
+wherever the two engines read them alike (both take `ON CONFLICT`, `RETURNING` and
+`UPDATE ... FROM`); where they must differ (placeholders, temporary tables, date
+arithmetic, the schema's version, locking, the send ledger's claims) the two texts stand
+side by side. The PostgreSQL notes are at the end of this docstring.
+
+SQLite:
 
 The database is shared by the CLI and the web endpoint, often at the same moment, so:
 
@@ -22,10 +31,27 @@ in `email_key` under a unique index. The file is created readable by its owner o
 Every SQLite failure a person can act on (a damaged file, a read-only file or folder,
 a full disk, a long lock) becomes `UnusableDatabase`, one line naming the file and what
 to do.
+
+PostgreSQL:
+
+- Writes that read before they write (every one but the send ledger's claims and
+  finishes) take one transaction-level advisory lock first, so they run one at a time
+  as on SQLite and the same rules hold with several processes on several machines.
+  Claims lock the rows they take and skip rows another sender is taking
+  (`FOR UPDATE SKIP LOCKED`), so several senders share one dispatch without overlap.
+- A sender holds a session-level advisory lock naming it (`join_dispatch`) for as long
+  as its connection lives, and writes its number into the rows it claims: rows in flight
+  become in doubt only once their sender's lock is free, that is when its session is
+  gone (a process killed, a machine lost: TCP keepalives end its session within about
+  a minute), never because a network stalled.
+- The web app borrows connections from a pool (`pooled=True`), each transaction its own.
+- The password never comes from highlights.yaml: from HIGHLIGHTS_DATABASE_URL or PGPASSWORD.
+  Errors name the server (user, host, port, database) and never the password.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -33,17 +59,22 @@ import shlex
 import sqlite3
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, get_args
 
 from highlightsmail.addresses import address_key
+from highlightsmail.dburl import describe_url, is_postgresql
 from highlightsmail.errors import HighlightsError, HighlightsWarning, display_path
 
 if TYPE_CHECKING:
+    import psycopg
+    import psycopg_pool
+
     from highlightsmail.workspace import Workspace
 
 # `pending`: asked to join through the signup form, not confirmed yet; never mailed an issue.
@@ -70,12 +101,21 @@ def _in(values: Iterable[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
+class Conn(Protocol):
+    """What the store's SQL runs on, whatever the engine: a SQLite connection, or a
+    PostgreSQL one behind `_PgConn` (which reads the same `?` placeholders)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+
 #: A step of a migration: an SQL statement, or a function run on the connection inside
 #: the migration's transaction, returning lines to tell the editor (without the file name).
-Step = str | Callable[[sqlite3.Connection], list[str]]
+Step = str | Callable[[Conn], list[str]]
 
 
-def _merge_same_addresses(conn: sqlite3.Connection) -> list[str]:
+def _merge_same_addresses(conn: Conn) -> list[str]:
     """Migration 2: fill `email_key`, and make one subscriber of each group of rows
     whose addresses are one address (they differ only in Unicode form or case).
 
@@ -102,7 +142,7 @@ _STATUS_WEIGHT = {"active": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
 _LEDGER_WEIGHT = {"sent": 5, "in_flight": 4, "in_doubt": 3, "failed": 2, "pending": 1}
 
 
-def _merge_group(conn: sqlite3.Connection, members: list[tuple[int, str, str, str]]) -> str:
+def _merge_group(conn: Conn, members: list[tuple[int, str, str, str]]) -> str:
     """Merge one group of rows (id order) into the first; returns the line to report."""
     keeper_id, keeper_email, keeper_name, keeper_status = members[0]
     strongest = max(members, key=lambda m: (_STATUS_WEIGHT[m[3]], -m[0]))
@@ -310,6 +350,226 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# Whether a subscriber left (unsubscribed, bounced, complained) after a given time.
+_LEFT_SINCE = (
+    "SELECT 1 FROM events WHERE subscriber_id = ? AND at > ?"
+    " AND to_status IN ('bounced', 'complained', 'unsubscribed') LIMIT 1"
+)
+
+# PostgreSQL's migrations, number for number beside MIGRATIONS: a migration added there
+# gets its PostgreSQL text here. No PostgreSQL database is older than migration 3, so the
+# first entry makes the schema as it stands after migration 3 and the next two have
+# nothing left to do. Beyond SQLite's tables, PostgreSQL keeps what several senders
+# share: which sender claimed each row in flight (`claimed_by`), the last batch number
+# handed out for an issue (`dispatches.batches`), and the numbers senders take.
+_PG_IDENTITY = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+# Text columns compare and sort by code point, as SQLite's do, whatever the server's
+# locale, so slugs, times and links come out in the same order on both engines.
+PG_MIGRATIONS: tuple[tuple[Step, ...], ...] = (
+    (
+        f"""CREATE TABLE subscribers (
+            id          {_PG_IDENTITY},
+            email       TEXT COLLATE "C" NOT NULL,
+            name        TEXT COLLATE "C" NOT NULL DEFAULT '',
+            status      TEXT COLLATE "C" NOT NULL CHECK (status IN ('active', 'unsubscribed', 'bounced', 'complained')),
+            created     TEXT COLLATE "C" NOT NULL,
+            updated     TEXT COLLATE "C" NOT NULL,
+            email_key   TEXT COLLATE "C" NOT NULL DEFAULT '',
+            merged_into BIGINT REFERENCES subscribers (id)
+        )""",
+        "CREATE INDEX subscribers_status ON subscribers (status, id)",
+        "CREATE UNIQUE INDEX subscribers_email_key ON subscribers (email_key) WHERE merged_into IS NULL",
+        f"""CREATE TABLE events (
+            id            {_PG_IDENTITY},
+            subscriber_id BIGINT NOT NULL REFERENCES subscribers (id),
+            at            TEXT COLLATE "C" NOT NULL,
+            from_status   TEXT COLLATE "C" CHECK (from_status IN ('active', 'unsubscribed', 'bounced', 'complained')),
+            to_status     TEXT COLLATE "C" NOT NULL CHECK (to_status IN ('active', 'unsubscribed', 'bounced', 'complained')),
+            source        TEXT COLLATE "C" NOT NULL CHECK (source IN ('web', 'one-click', 'cli', 'import', 'sendgrid',
+                                                          'sendgrid-webhook', 'bounce-mail')),
+            detail        TEXT COLLATE "C"
+        )""",
+        "CREATE INDEX events_subscriber ON events (subscriber_id, id)",
+        """CREATE TABLE dispatches (
+            issue    TEXT COLLATE "C" PRIMARY KEY,
+            started  TEXT COLLATE "C" NOT NULL,
+            backend  TEXT COLLATE "C" NOT NULL,
+            total    BIGINT NOT NULL,
+            finished TEXT COLLATE "C",
+            batches  BIGINT NOT NULL DEFAULT 0
+        )""",
+        # The ledger has no index on `state` or `batch` here: each recipient's row changes
+        # those twice per send, and a change to no indexed column is rewritten in place
+        # on its page (a "HOT" update, which the free half of each page leaves room for)
+        # instead of adding an entry to every index. Claims walk the primary key from the
+        # last id they took; status and the report read an issue's rows once.
+        """CREATE TABLE deliveries (
+            issue         TEXT COLLATE "C" NOT NULL,
+            subscriber_id BIGINT NOT NULL REFERENCES subscribers (id),
+            email         TEXT COLLATE "C" NOT NULL,
+            state         TEXT COLLATE "C" NOT NULL DEFAULT 'pending'
+                          CHECK (state IN ('pending', 'in_flight', 'sent', 'skipped', 'failed', 'in_doubt')),
+            batch         BIGINT,
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            last_error    TEXT COLLATE "C",
+            message_id    TEXT COLLATE "C",
+            created       TEXT COLLATE "C" NOT NULL,
+            updated       TEXT COLLATE "C" NOT NULL,
+            claimed_by    BIGINT,
+            PRIMARY KEY (issue, subscriber_id)
+        ) WITH (fillfactor = 50)""",
+        f"""CREATE TABLE test_sends (
+            id          {_PG_IDENTITY},
+            issue       TEXT COLLATE "C" NOT NULL,
+            fingerprint TEXT COLLATE "C" NOT NULL,
+            recipients  TEXT COLLATE "C" NOT NULL CHECK (recipients::jsonb IS NOT NULL),
+            at          TEXT COLLATE "C" NOT NULL
+        )""",
+        "CREATE INDEX test_sends_issue ON test_sends (issue, fingerprint)",
+        f"""CREATE TABLE delivery_events (
+            id            {_PG_IDENTITY},
+            event_key     TEXT COLLATE "C" NOT NULL UNIQUE,
+            issue         TEXT COLLATE "C" NOT NULL,
+            subscriber_id BIGINT NOT NULL REFERENCES subscribers (id),
+            kind          TEXT COLLATE "C" NOT NULL CHECK (kind IN ('delivered', 'deferred', 'bounce', 'blocked', 'dropped',
+                                                        'spamreport', 'unsubscribe', 'group_unsubscribe',
+                                                        'open', 'click', 'dsn-permanent', 'dsn-temporary')),
+            at            TEXT COLLATE "C" NOT NULL,
+            url           TEXT COLLATE "C",
+            detail        TEXT COLLATE "C"
+        )""",
+        "CREATE INDEX delivery_events_issue ON delivery_events (issue, kind, subscriber_id)",
+        "CREATE INDEX delivery_events_subscriber ON delivery_events (subscriber_id, issue, kind)",
+        """CREATE TABLE scanned_mail (
+            mail_key TEXT COLLATE "C" PRIMARY KEY,
+            at       TEXT COLLATE "C" NOT NULL,
+            outcome  TEXT COLLATE "C" NOT NULL
+        )""",
+        # Each sender's number, which its advisory lock carries (an integer key).
+        "CREATE SEQUENCE sender_ids AS INTEGER",
+    ),
+    (),  # 2: made by the first entry
+    (),  # 3: made by the first entry
+    (),  # 4: PostgreSQL's ledger never had the index by state
+    (  # 5: signup with double opt-in: the `pending` status, the `form` source, consents, limits
+        "ALTER TABLE subscribers DROP CONSTRAINT subscribers_status_check,"
+        " ADD CONSTRAINT subscribers_status_check"
+        " CHECK (status IN ('active', 'unsubscribed', 'bounced', 'complained', 'pending'))",
+        "ALTER TABLE events DROP CONSTRAINT events_from_status_check,"
+        " ADD CONSTRAINT events_from_status_check"
+        " CHECK (from_status IN ('active', 'unsubscribed', 'bounced', 'complained', 'pending')),"
+        " DROP CONSTRAINT events_to_status_check,"
+        " ADD CONSTRAINT events_to_status_check"
+        " CHECK (to_status IN ('active', 'unsubscribed', 'bounced', 'complained', 'pending')),"
+        " DROP CONSTRAINT events_source_check,"
+        " ADD CONSTRAINT events_source_check CHECK (source IN ('web', 'one-click', 'cli', 'import', 'sendgrid',"
+        " 'sendgrid-webhook', 'bounce-mail', 'form'))",
+        f"""CREATE TABLE consents (
+            id            {_PG_IDENTITY},
+            subscriber_id BIGINT NOT NULL REFERENCES subscribers (id),
+            at            TEXT COLLATE "C" NOT NULL,
+            source        TEXT COLLATE "C" NOT NULL,
+            ip            TEXT COLLATE "C",
+            detail        TEXT COLLATE "C"
+        )""",
+        "CREATE INDEX consents_subscriber ON consents (subscriber_id, id)",
+        f"""CREATE TABLE confirmation_mails (
+            id            {_PG_IDENTITY},
+            subscriber_id BIGINT NOT NULL REFERENCES subscribers (id),
+            at            TEXT COLLATE "C" NOT NULL,
+            state         TEXT COLLATE "C" NOT NULL CHECK (state IN ('sending', 'sent'))
+        )""",
+        "CREATE INDEX confirmation_mails_subscriber ON confirmation_mails (subscriber_id, at)",
+        f"""CREATE TABLE signup_posts (
+            id     {_PG_IDENTITY},
+            client TEXT COLLATE "C" NOT NULL,
+            at     TEXT COLLATE "C" NOT NULL
+        )""",
+        "CREATE INDEX signup_posts_client ON signup_posts (client, at)",
+        "CREATE INDEX signup_posts_at ON signup_posts (at)",
+    ),
+)
+assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every migration needs its PostgreSQL text in PG_MIGRATIONS"
+
+# Advisory lock keys (two 32-bit integers): the first names what is locked.
+_LOCK_WRITER = 0x686D0001  # (this, 0): one read-then-write transaction at a time
+_LOCK_SENDER = 0x686D0002  # (this, sender number): a sender is alive
+_LOCK_ISSUE = 0x686D0003  # (this, hash of the slug), shared: a sender of this issue is alive
+# A sender's session must end soon after its machine is gone, so that its batches are
+# found in doubt: the server probes an idle connection after 30 s, every 10 s, 3 times.
+_SENDER_KEEPALIVE = ("SET tcp_keepalives_idle = 30", "SET tcp_keepalives_interval = 10", "SET tcp_keepalives_count = 3")
+
+
+# The advisory locks of this database held now, by their first key (`?`).
+_PG_ADVISORY = (
+    "locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint = ?"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+# A ledger row whose sender is gone: its lock is free (or no sender is named).
+_PG_SENDER_GONE = f"(claimed_by IS NULL OR claimed_by NOT IN (SELECT objid::bigint FROM pg_locks WHERE {_PG_ADVISORY}))"
+# One round of a claim: lock up to %(size)s pending rows after %(after)s, skipping rows
+# locked by another sender's claim; take a batch number from the dispatch (the first
+# round of a claim, when some row is still active); mark the active ones in flight for
+# this sender and the others skipped, as the SQLite claim does.
+_PG_CLAIM = """
+WITH picked AS (
+    SELECT d.subscriber_id FROM deliveries AS d
+    WHERE d.issue = %(issue)s AND d.state = 'pending' AND d.subscriber_id > %(after)s
+    ORDER BY d.subscriber_id LIMIT %(size)s
+    FOR UPDATE SKIP LOCKED
+), people AS (
+    -- One primary-key lookup per picked row: the planner, which cannot tell how many rows
+    -- `picked` holds, would otherwise hash every subscriber. (LIMIT 1 keeps each
+    -- LATERAL subquery from being folded back into a plain join.)
+    SELECT k.subscriber_id, p.name, p.status FROM picked AS k
+    CROSS JOIN LATERAL (SELECT coalesce(s.merged_into, s.id) AS id FROM subscribers AS s
+                        WHERE s.id = k.subscriber_id LIMIT 1) AS s
+    CROSS JOIN LATERAL (SELECT p.name, p.status FROM subscribers AS p WHERE p.id = s.id LIMIT 1) AS p
+), numbered AS (
+    UPDATE dispatches SET batches = batches + 1
+    WHERE issue = %(issue)s AND CAST(%(batch)s AS BIGINT) IS NULL
+      AND EXISTS (SELECT 1 FROM people WHERE status = 'active')
+    RETURNING batches
+), chosen AS (
+    SELECT coalesce(CAST(%(batch)s AS BIGINT), (SELECT batches FROM numbered)) AS batch
+)
+UPDATE deliveries AS d SET
+    state = CASE WHEN x.status = 'active' THEN 'in_flight' ELSE 'skipped' END,
+    batch = CASE WHEN x.status = 'active' THEN (SELECT batch FROM chosen) ELSE d.batch END,
+    attempts = d.attempts + CASE WHEN x.status = 'active' THEN 1 ELSE 0 END,
+    claimed_by = CASE WHEN x.status = 'active' THEN CAST(%(me)s AS BIGINT) ELSE d.claimed_by END,
+    last_error = CASE WHEN x.status = 'active' THEN d.last_error ELSE x.status || ' since the dispatch began' END,
+    updated = %(now)s
+FROM people AS x
+WHERE d.issue = %(issue)s AND d.subscriber_id = x.subscriber_id
+RETURNING d.subscriber_id, d.email, x.name, d.state, d.batch, d.attempts
+"""
+
+
+def _issue_key(issue: str) -> int:
+    return zlib.crc32(issue.encode("utf-8")) & 0x7FFFFFFF
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg_sql(sql: str) -> str:
+    """A statement written with `?` placeholders, as psycopg reads it."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgConn:
+    """A psycopg connection that reads the store's `?` statements (a `Conn`)."""
+
+    def __init__(self, raw: psycopg.Connection) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Any = (), /) -> psycopg.Cursor:
+        return self.raw.execute(_pg_sql(sql), parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> psycopg.Cursor:
+        cursor = self.raw.cursor()
+        cursor.executemany(_pg_sql(sql), parameters)
+        return cursor
+
 
 def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC to the second, with a `Z`: how every time is stored."""
@@ -331,6 +591,18 @@ class UnknownSubscriber(HighlightsError):
 class UnusableDatabase(HighlightsError):
     """The database cannot be used as it is: damaged, read-only, out of reach, on a full
     disk, or locked too long. The message names the file and says what to do."""
+
+
+class OutdatedSchema(HighlightsError):
+    """The database has an older schema: `highlights db upgrade` brings it up to date."""
+
+
+def _first_line(exc: Exception) -> str:
+    """The gist of a driver's message, on one line (libpq's run over several, with hints)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+    # "connection failed: connection to server at "h", port 5432 failed: Connection refused"
+    text = text.rsplit(" failed: ", 1)[-1] if "failed: " in text else text
+    return " ".join(text.removeprefix("FATAL:").split())
 
 
 class MergedAddressesWarning(HighlightsWarning):
@@ -499,22 +771,52 @@ def _create_private(path: Path) -> None:
 
 
 class Store:
-    """The database of one workspace. Also a context manager that closes it."""
+    """The database of one workspace. Also a context manager that closes it.
+
+    `target` is the SQLite file's path or a PostgreSQL URL. An empty database gets the
+    schema; one with an older schema is refused with the hint to run
+    `highlights db upgrade`, which opens it with `upgrade=True`. On PostgreSQL,
+    `pooled=True` borrows a connection from a pool for each call (the web app), so one
+    Store serves many threads at once; otherwise the Store has its own connection."""
 
     def __init__(
-        self, path: Path, *, clock: Callable[[], datetime] | None = None, timeout: float = BUSY_TIMEOUT_S
+        self,
+        target: Path | str,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        timeout: float = BUSY_TIMEOUT_S,
+        upgrade: bool = False,
+        pooled: bool = False,
     ) -> None:
-        self.path = Path(path)
         self._clock = clock or _utc_now
         self._timeout = timeout
         self._lock = threading.RLock()
-        self._outer = 0  # transaction() depth: writes inside it are savepoints
-        where = display_path(self.path)
+        self._outer = 0  # transaction() depth: writes inside it are savepoints (SQLite)
+        self._upgrade = upgrade
+        self._sender: int | None = None
+        self.upgraded_from: int | None = None  # the version an upgrade started from, if one ran
+        self.postgresql = isinstance(target, str) and is_postgresql(target)
+        if self.postgresql:
+            assert isinstance(target, str)
+            self.url = target
+            self.where = describe_url(target)
+            self.path = None
+            self._open_pg(pooled)
+        else:
+            self.path = Path(target)
+            self.where = display_path(self.path)
+            self._open_sqlite()
+
+    def _open_sqlite(self) -> None:
+        assert self.path is not None
+        where = self.where
         _create_private(self.path)
         try:
             # isolation_level=None: the module never opens transactions behind our back;
             # every write below says BEGIN IMMEDIATE itself.
-            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self._conn = sqlite3.connect(
+                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise self._unusable(exc) or HighlightsError(f"{where}: cannot open the database: {exc}") from None
         try:
@@ -530,12 +832,63 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
+        self._tell(reports)
+
+    def _open_pg(self, pooled: bool) -> None:
+        import psycopg
+
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._raw: psycopg.Connection | None = None
+        options: dict[str, Any] = {
+            "autocommit": True,  # reads see what is committed now; writes say where their transaction begins
+            "connect_timeout": max(1, round(min(self._timeout, 10))),
+            "application_name": "highlights",
+            # A lock held too long is the same one line as SQLite's busy database.
+            "options": f"-c lock_timeout={int(self._timeout * 1000)}",
+        }
+        try:
+            if pooled:
+                from psycopg_pool import ConnectionPool
+
+                # Checked on the way out of the pool: a server restarted since is met with a
+                # new connection, not a failed request.
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=8,
+                    kwargs=options,
+                    # A request waits this long for a connection, then answers 503.
+                    timeout=min(self._timeout, 5),
+                    check=ConnectionPool.check_connection,
+                    name="highlights",
+                    open=False,
+                )
+                self._pool.open(wait=True, timeout=min(self._timeout, 5))
+            else:
+                self._raw = psycopg.connect(self.url, **options)
+            reports = self._migrate()
+        except psycopg.Error as exc:
+            self._close_pg()
+            raise self._pg_unusable(exc, connecting=True) or HighlightsError(
+                f"{self.where}: not a usable highlightsmail database: {_first_line(exc)}"
+            ) from None
+        except BaseException:
+            self._close_pg()
+            raise
+        self._tell(reports)
+
+    def _tell(self, reports: list[str]) -> None:
         for line in reports:
-            warnings.warn(MergedAddressesWarning(f"{where}: {line}"), stacklevel=2)
+            warnings.warn(MergedAddressesWarning(f"{self.where}: {line}"), stacklevel=3)
 
     @classmethod
     def open(cls, ws: Workspace, **kwargs) -> Store:
-        """The workspace's database (settings `database`), creating its folder if needed."""
+        """The workspace's database (settings `database`, or HIGHLIGHTS_DATABASE_URL), creating
+        the SQLite file's folder if needed."""
+        url = getattr(ws, "database_url", None)
+        if url:
+            return cls(url, **kwargs)
+        kwargs.pop("pooled", None)  # SQLite: each Store has its own connection
         path = ws.db_path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -548,7 +901,16 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self.postgresql:
+                self._close_pg()
+            else:
+                self._conn.close()
+
+    def _close_pg(self) -> None:
+        if self._raw is not None:
+            self._raw.close()  # also frees the session's advisory locks
+        if self._pool is not None:
+            self._pool.close()
 
     def __enter__(self) -> Store:
         return self
@@ -564,42 +926,86 @@ class Store:
 
     @property
     def schema_version(self) -> int:
+        if self.postgresql:
+            with self._pg_connection() as raw:
+                return self._pg_version(raw)
         with self._lock, self._guard():
             return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @staticmethod
+    def _pg_version(raw: psycopg.Connection) -> int:
+        """The schema's version in PostgreSQL: its one-row table (0: no schema yet)."""
+        # Read from pg_class itself, not to_regclass(): the server's cache of names may
+        # still say "no such table" after waiting for a lock behind the transaction that
+        # made it, since an advisory lock does not refresh that cache.
+        exists = raw.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n"
+            " ON n.oid = c.relnamespace WHERE c.relname = 'schema_version' AND n.nspname = current_schema())"
+        ).fetchone()
+        if not exists or not exists[0]:
+            return 0
+        row = raw.execute("SELECT version FROM schema_version").fetchone()
+        return row[0] if row else 0
 
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise HighlightsError(
-                f"{display_path(self.path)}: this database was made by a newer highlightsmail "
+                f"{self.where}: this database was made by a newer highlightsmail "
                 f"(schema {version}, this version knows up to {SCHEMA_VERSION}); upgrade highlightsmail"
+            )
+        if 0 < version < SCHEMA_VERSION and not self._upgrade:
+            raise OutdatedSchema(
+                f"{self.where}: the database has schema {version} and this highlightsmail needs {SCHEMA_VERSION}; "
+                "back it up, then run `highlights db upgrade`"
             )
 
     def _migrate(self) -> list[str]:
-        """Bring the schema up to date; returns what the steps have to tell the editor."""
+        """Bring the schema up to date; returns what the steps have to tell the editor.
+
+        An empty database gets the whole schema at once. An older one is upgraded only
+        when asked (`upgrade=True`, the `db upgrade` command): an upgrade cannot be undone,
+        the older highlightsmail that other machines may still run refuses the newer
+        schema, and some upgrades merge rows, so it is the editor's step, not a side
+        effect of whichever command runs first."""
         reports: list[str] = []
         version = self.schema_version
         self._check_version(version)
         if version == SCHEMA_VERSION:
             return reports
+        migrations = PG_MIGRATIONS if self.postgresql else MIGRATIONS
         with self._write() as conn:
             # Another process may have migrated while we waited for the write lock.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if self.postgresql:
+                assert isinstance(conn, _PgConn)
+                version = self._pg_version(conn.raw)
+            else:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
             self._check_version(version)
+            if version == SCHEMA_VERSION:
+                return reports
+            if version:
+                self.upgraded_from = version
             for number in range(version, SCHEMA_VERSION):
-                for step in MIGRATIONS[number]:
+                for step in migrations[number]:
                     if isinstance(step, str):
                         conn.execute(step)
                     else:
                         reports.extend(step(conn) or [])
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+            if self.postgresql:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            else:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
         return reports
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Make the writes inside one transaction, committed at the end (the send loop
         records the batches that came back and claims the next ones with one commit).
-        Each write inside it is a savepoint, undone alone if it fails."""
-        with self._write():
+        Each write inside it is a savepoint, undone alone if it fails. On PostgreSQL it
+        takes no writers' lock: a sender's turn must not hold up the others."""
+        with self._write(serial=not self.postgresql):
             self._outer += 1
             try:
                 yield
@@ -607,8 +1013,35 @@ class Store:
                 self._outer -= 1
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding SQLite's write lock from its first statement."""
+    def _pg_connection(self) -> Iterator[psycopg.Connection]:
+        """A PostgreSQL connection for one call: the Store's own, or one from the pool."""
+        import psycopg
+
+        try:
+            if self._pool is not None:
+                with self._pool.connection() as raw:
+                    yield raw
+            else:
+                assert self._raw is not None
+                with self._lock:
+                    yield self._raw
+        except psycopg.Error as exc:
+            problem = self._pg_unusable(exc)
+            if problem is None:
+                raise
+            raise problem from None
+
+    @contextmanager
+    def _write(self, *, serial: bool = True) -> Iterator[Conn]:
+        """One write transaction. On SQLite it holds the write lock from its first
+        statement; on PostgreSQL, unless `serial` is False, the writers' advisory lock,
+        so read-then-write transactions run one at a time there too."""
+        if self.postgresql:
+            with self._pg_connection() as raw, raw.transaction():
+                if serial:
+                    raw.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_WRITER,))
+                yield _PgConn(raw)
+            return
         with self._lock:
             if self._outer:
                 with self._savepoint():
@@ -662,6 +1095,7 @@ class Store:
     def _unusable(self, exc: sqlite3.Error) -> UnusableDatabase | None:
         """The one-line error for a failure of the file, its folder or the disk (None for
         anything else, such as a broken constraint: that is a bug, not a state of the file)."""
+        assert self.path is not None
         code = getattr(exc, "sqlite_errorname", "") or ""
         where = display_path(self.path)
         folder = display_path(self.path.parent) if str(self.path.parent) else "."
@@ -697,13 +1131,71 @@ class Store:
             )
         return None
 
-    def _query(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
+    def _pg_unusable(self, exc: Exception, *, connecting: bool = False) -> UnusableDatabase | None:
+        """The one-line error for a PostgreSQL server that cannot be reached, refuses, or
+        cannot do what was asked now (None for anything else: a bug, not a state of the
+        server). It names the server as `where` does, never the password."""
+        import psycopg
+        from psycopg import errors
+
+        reason = _first_line(exc)
+        if isinstance(exc, errors.LockNotAvailable | errors.DeadlockDetected):
+            return UnusableDatabase(
+                f"{self.where}: the database stayed busy for more than {self._timeout:g} s "
+                "(another highlights process is writing); try again"
+            )
+        if isinstance(exc, errors.InvalidPassword | errors.InvalidAuthorizationSpecification):
+            return UnusableDatabase(
+                f"{self.where}: the server refused the login ({reason}); check the user, and the password in "
+                "PGPASSWORD or HIGHLIGHTS_DATABASE_URL"
+            )
+        if isinstance(exc, errors.InvalidCatalogName):
+            return UnusableDatabase(f"{self.where}: no such database on the server ({reason}); create it first")
+        if isinstance(exc, errors.InsufficientPrivilege):
+            return UnusableDatabase(
+                f"{self.where}: the database user may not do this ({reason}); grant it the rights on the "
+                "database's tables (or, for the first run, to create them)"
+            )
+        if isinstance(exc, errors.ReadOnlySqlTransaction):
+            return UnusableDatabase(
+                f"{self.where}: the server accepts no writes ({reason}); point the workspace at the primary server"
+            )
+        if isinstance(exc, errors.DiskFull | errors.OutOfMemory | errors.TooManyConnections):
+            return UnusableDatabase(f"{self.where}: the database server cannot take this now ({reason}); try again")
+        if isinstance(exc, psycopg.OperationalError):
+            if connecting or type(exc).__name__ == "PoolTimeout":
+                return UnusableDatabase(
+                    f"{self.where}: cannot connect to the database server ({reason}); check that it is running "
+                    "and that this machine can reach it; nothing was changed"
+                )
+            return UnusableDatabase(
+                f"{self.where}: lost the database server ({reason}); what was under way was not kept; "
+                "try again once the server is back"
+            )
+        return None
+
+    def ping(self) -> None:
+        """Ask the database something; UnusableDatabase when it cannot answer."""
+        self._query("SELECT count(*) FROM dispatches")
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        if self.postgresql:
+            with self._pg_connection() as raw:
+                return raw.execute(_pg_sql(sql), params).fetchall()
         with self._lock, self._guard():
             return self._conn.execute(sql, params).fetchall()
 
+    def _fetch_page(self, sql: str, params: tuple, page: int) -> list[tuple]:
+        """At most `page` rows of a statement, read in one short step."""
+        if self.postgresql:
+            with self._pg_connection() as raw:
+                return raw.execute(_pg_sql(sql), params).fetchmany(page)
+        with self._lock, self._guard():
+            return self._conn.execute(sql, params).fetchmany(page)
+
     @staticmethod
     def _event(
-        conn: sqlite3.Connection,
+        conn: Conn,
         subscriber_id: int,
         at: str,
         from_status: str | None,
@@ -758,12 +1250,11 @@ class Store:
             if row:
                 return Subscriber(*row), False
             now = self.now()
-            cur = conn.execute(
-                "INSERT INTO subscribers (email, email_key, name, status, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
+            sid = conn.execute(
+                "INSERT INTO subscribers (email, email_key, name, status, created, updated) VALUES (?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
                 (email, key, name, status, now, now),
-            )
-            sid = cur.lastrowid
-            assert sid is not None  # an INSERT into a rowid table always sets it
+            ).fetchone()[0]
             self._event(conn, sid, now, None, status, source, detail)
             return Subscriber(sid, email, name, status, now, now), True
 
@@ -802,7 +1293,7 @@ class Store:
             return True
 
     @staticmethod
-    def _locate(conn: sqlite3.Connection, ident: int | str) -> tuple[int, str, str]:
+    def _locate(conn: Conn, ident: int | str) -> tuple[int, str, str]:
         """(id, status, name) of the subscriber with this id (a merged row gives the row
         it was merged into, as `get` does) or address."""
         if isinstance(ident, int):
@@ -833,9 +1324,7 @@ class Store:
         last = 0
         while True:
             params = (last, page) if status is None else (status, last, page)
-            with self._lock, self._guard():
-                cursor = self._conn.execute(sql, params)
-                rows = cursor.fetchmany(page)
+            rows = self._fetch_page(sql, params, page)
             for row in rows:
                 yield Subscriber(*row)
             if len(rows) < page:
@@ -903,14 +1392,16 @@ class Store:
             return rollback.result
         return result
 
-    @staticmethod
-    def _import(conn: sqlite3.Connection, params: Iterable[tuple], now: str, source: str) -> ImportResult:
-        # Stage the rows in a temporary table and let SQLite do the matching and the
+    def _import(self, conn: Conn, params: Iterable[tuple], now: str, source: str) -> ImportResult:
+        # Stage the rows in a temporary table and let the database do the matching and the
         # writes in a handful of set-based statements: 100,000 rows take well under a second.
-        conn.execute("DROP TABLE IF EXISTS temp.import_rows")
-        conn.execute(
-            """CREATE TEMP TABLE import_rows (
-                pos        INTEGER PRIMARY KEY,
+        if isinstance(conn, _PgConn):
+            self._stage_pg(conn, params)
+        else:
+            self._stage_sqlite(conn, params)
+        return self._import_staged(conn, now, source)
+
+    _STAGE_COLUMNS = """
                 email      TEXT NOT NULL,
                 email_key  TEXT NOT NULL UNIQUE,
                 name       TEXT NOT NULL,
@@ -920,12 +1411,35 @@ class Store:
                 detail     TEXT,
                 consented  TEXT,
                 consent_source TEXT,
-                sid        INTEGER,
+                sid        BIGINT,
                 old_status TEXT,
                 old_name   TEXT,
-                is_new     INTEGER NOT NULL DEFAULT 1
-            )"""
+                is_new     INTEGER NOT NULL DEFAULT 1"""
+
+    @classmethod
+    def _stage_pg(cls, conn: _PgConn, params: Iterable[tuple]) -> None:
+        from psycopg import errors
+
+        conn.execute("DROP TABLE IF EXISTS pg_temp.import_rows")
+        conn.execute(
+            "CREATE TEMP TABLE import_rows (pos BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            f" {cls._STAGE_COLUMNS}) ON COMMIT DROP"
         )
+        try:
+            # COPY: the rows stream to the server without a round trip each.
+            with conn.raw.cursor().copy(
+                "COPY import_rows (email, email_key, name, status, created, updated, detail, consented, consent_source)"
+                " FROM STDIN"
+            ) as copy:
+                for row in params:
+                    copy.write_row(row)
+        except errors.UniqueViolation as exc:
+            raise ValueError(f"an address appears twice in the rows to import: {_first_line(exc)}") from None
+
+    @classmethod
+    def _stage_sqlite(cls, conn: Conn, params: Iterable[tuple]) -> None:
+        conn.execute("DROP TABLE IF EXISTS temp.import_rows")
+        conn.execute(f"CREATE TEMP TABLE import_rows (pos INTEGER PRIMARY KEY, {cls._STAGE_COLUMNS})")
         try:
             conn.executemany(
                 "INSERT INTO import_rows (email, email_key, name, status, created, updated, detail,"
@@ -934,6 +1448,9 @@ class Store:
             )
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"an address appears twice in the rows to import: {exc}") from None
+
+    @staticmethod
+    def _import_staged(conn: Conn, now: str, source: str) -> ImportResult:
         conn.execute(
             "UPDATE import_rows SET sid = s.id, old_status = s.status, old_name = s.name, is_new = 0"
             " FROM subscribers AS s WHERE s.email_key = import_rows.email_key AND s.merged_into IS NULL"
@@ -942,22 +1459,22 @@ class Store:
 
         conn.execute(
             "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
-            " SELECT email, email_key, name, status, created, updated FROM import_rows WHERE is_new ORDER BY pos"
+            " SELECT email, email_key, name, status, created, updated FROM import_rows WHERE is_new = 1 ORDER BY pos"
         )
         conn.execute(
             "UPDATE import_rows SET sid = s.id FROM subscribers AS s"
-            " WHERE import_rows.is_new AND s.email_key = import_rows.email_key AND s.merged_into IS NULL"
+            " WHERE import_rows.is_new = 1 AND s.email_key = import_rows.email_key AND s.merged_into IS NULL"
         )
         conn.execute(
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
-            " SELECT sid, ?, NULL, status, ?, detail FROM import_rows WHERE is_new ORDER BY pos",
+            " SELECT sid, ?, NULL, status, ?, detail FROM import_rows WHERE is_new = 1 ORDER BY pos",
             (now, source),
         )
         # A consent the file records (an export from here or another tool) comes along.
         conn.execute(
             "INSERT INTO consents (subscriber_id, at, source, detail)"
             " SELECT sid, consented, coalesce(consent_source, ?), detail FROM import_rows"
-            " WHERE is_new AND consented IS NOT NULL ORDER BY pos",
+            " WHERE is_new = 1 AND consented IS NOT NULL ORDER BY pos",
             (source,),
         )
 
@@ -971,7 +1488,7 @@ class Store:
         conn.execute(
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
             f" SELECT i.sid, ?, i.old_status, i.status, ?, i.detail FROM import_rows AS i"
-            f" WHERE NOT i.is_new AND {leaves} ORDER BY i.pos",
+            f" WHERE i.is_new = 0 AND {leaves} ORDER BY i.pos",
             (now, source),
         )
         cur = conn.execute(
@@ -980,11 +1497,11 @@ class Store:
                     name = CASE WHEN {renames} THEN i.name ELSE subscribers.name END,
                     updated = ?
                 FROM import_rows AS i
-                WHERE subscribers.id = i.sid AND NOT i.is_new AND (({leaves}) OR ({renames}))""",
+                WHERE subscribers.id = i.sid AND i.is_new = 0 AND (({leaves}) OR ({renames}))""",
             (now,),
         )
         updated = cur.rowcount
-        conn.execute("DROP TABLE temp.import_rows")
+        conn.execute("DROP TABLE import_rows")  # the temporary one: it hides any other of that name
         return ImportResult(new=new, updated=updated, unchanged=total - new - updated)
 
     # -- the send ledger ----------------------------------------------------------
@@ -1068,7 +1585,15 @@ class Store:
             return total
 
     def mark_in_doubt(self, issue: str) -> int:
-        """A run that died left rows in_flight: nobody knows whether they went out."""
+        """A run that died left rows in_flight: nobody knows whether they went out.
+        On PostgreSQL, only the rows of senders that are gone (their lock is free)."""
+        if self.postgresql:
+            with self._write(serial=False) as conn:
+                return conn.execute(
+                    "UPDATE deliveries SET state = 'in_doubt', updated = ?"
+                    f" WHERE issue = ? AND state = 'in_flight' AND {_PG_SENDER_GONE}",
+                    (self.now(), issue, _LOCK_SENDER),
+                ).rowcount
         with self._write() as conn:
             return conn.execute(
                 "UPDATE deliveries SET state = 'in_doubt', updated = ? WHERE issue = ? AND state = 'in_flight'",
@@ -1108,7 +1633,11 @@ class Store:
     def claim_batch(self, issue: str, batch: int, size: int, after_id: int = 0) -> tuple[list[Delivery], int, int]:
         """Take up to `size` pending recipients after `after_id`, in one transaction:
         anyone no longer active becomes `skipped`, the rest `in_flight` in `batch`.
-        Returns (claimed, skipped count, last subscriber id looked at)."""
+        Returns (claimed, skipped count, last subscriber id looked at).
+        On PostgreSQL the batch number is the dispatch's next one (several senders share
+        the numbering); each claimed row carries the number it got."""
+        if self.postgresql:
+            return self._claim_batch_pg(issue, size, after_id)
         now = self.now()
         claimed: list[Delivery] = []
         skipped = 0
@@ -1169,6 +1698,8 @@ class Store:
     ) -> None:
         """Record what the backend said about a claimed batch. With `batch` (its number)
         the sent recipients are marked in one statement, not one per recipient."""
+        if self.postgresql:
+            return self._finish_batch_pg(issue, sent, failed, in_doubt or {}, message_id)
         now = self.now()
         sent = list(sent)
         try:
@@ -1210,11 +1741,135 @@ class Store:
                 [(message_id, now, issue, sid) for sid in sent],
             )
 
+    # -- several senders (PostgreSQL) ---------------------------------------------------
+    # SQLite has one sender per issue at a time (the per-issue lock file in dispatch);
+    # on PostgreSQL any number share a dispatch, each known by its advisory lock.
+
+    @property
+    def shares_dispatch(self) -> bool:
+        """Whether several senders may run one dispatch at once on this database."""
+        return self.postgresql
+
+    def join_dispatch(self, issue: str) -> int:
+        """Make this Store a sender of `issue` for as long as it is open: it takes a sender
+        number and holds, on its own session, the advisory lock naming it and a shared lock
+        on the issue. Returns the sender number. PostgreSQL only, without a pool."""
+        if not self.postgresql or self._raw is None:
+            raise ValueError("join_dispatch needs a PostgreSQL Store with its own connection")
+        if self._sender is not None:
+            return self._sender
+        with self._pg_connection() as raw:
+            for statement in _SENDER_KEEPALIVE:
+                raw.execute(statement)
+            number = raw.execute("SELECT nextval('sender_ids')").fetchone()[0]  # type: ignore[index]
+            raw.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_SENDER, number))
+            raw.execute("SELECT pg_advisory_lock_shared(%s, %s)", (_LOCK_ISSUE, _issue_key(issue)))
+        self._sender = number
+        return number
+
+    def sending_now(self, issue: str) -> bool:
+        """Whether a sender of `issue` is alive now (on any machine). PostgreSQL only."""
+        return bool(
+            self._query(
+                f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {_PG_ADVISORY} AND objid::bigint = ?)",
+                (_LOCK_ISSUE, _issue_key(issue)),
+            )[0][0]
+        )
+
+    def _claim_batch_pg(self, issue: str, size: int, after_id: int) -> tuple[list[Delivery], int, int]:
+        """claim_batch on PostgreSQL: one statement per round locks the next pending rows,
+        skipping rows another sender is claiming this instant, and marks them. Each round
+        is a transaction by itself (one round trip, no BEGIN and COMMIT of its own): a
+        sender that dies between two rounds leaves the first round's rows in flight, as
+        it would had it died after a whole claim and before its request."""
+        if self._sender is None:
+            raise ValueError("claim_batch on PostgreSQL needs join_dispatch first")
+        now = self.now()
+        claimed: list[Delivery] = []
+        skipped = 0
+        batch: int | None = None
+        restarted = after_id == 0
+        with self._pg_connection() as raw:
+            while len(claimed) < size:
+                rows = raw.execute(
+                    _PG_CLAIM,
+                    {
+                        "issue": issue,
+                        "after": after_id,
+                        "size": size - len(claimed),
+                        "batch": batch,
+                        "me": self._sender,
+                        "now": now,
+                    },
+                ).fetchall()
+                if not rows:
+                    if restarted:
+                        break
+                    # Rows that another sender skipped past (it died while claiming them,
+                    # and they went back to pending) lie behind `after_id`: look once more
+                    # from the start.
+                    restarted, after_id = True, 0
+                    continue
+                rows.sort()
+                after_id = max(after_id, rows[-1][0])
+                for sid, email, name, state, number, attempts in rows:
+                    if state == "skipped":
+                        skipped += 1
+                    else:
+                        batch = number
+                        claimed.append(Delivery(sid, email, name, "in_flight", number, attempts, None))
+        return claimed, skipped, after_id
+
+    def _finish_batch_pg(
+        self,
+        issue: str,
+        sent: Iterable[int],
+        failed: dict[int, str],
+        in_doubt: dict[int, str],
+        message_id: str | None,
+    ) -> None:
+        """finish_batch on PostgreSQL: one statement per outcome and reason, in one
+        transaction when there are several (the usual batch, all sent, is one statement
+        and so one round trip)."""
+        now = self.now()
+        statements: list[tuple[str, tuple]] = []
+        ids = list(sent)
+        if ids:
+            statements.append(
+                (
+                    "UPDATE deliveries SET state = 'sent', message_id = %s, last_error = NULL, updated = %s"
+                    " WHERE issue = %s AND subscriber_id = ANY(%s) AND state = 'in_flight'",
+                    (message_id, now, issue, ids),
+                )
+            )
+        for state, reasons in (("failed", failed), ("in_doubt", in_doubt)):
+            by_reason: dict[str, list[int]] = {}
+            for sid, why in reasons.items():
+                by_reason.setdefault(why[:2000], []).append(sid)
+            statements.extend(
+                (
+                    "UPDATE deliveries SET state = %s, last_error = %s, updated = %s"
+                    " WHERE issue = %s AND subscriber_id = ANY(%s) AND state = 'in_flight'",
+                    (state, why, now, issue, group),
+                )
+                for why, group in by_reason.items()
+            )
+        if len(statements) == 1:
+            with self._pg_connection() as raw:
+                raw.execute(*statements[0])
+            return
+        with self._write(serial=False) as conn:
+            assert isinstance(conn, _PgConn)
+            for statement in statements:
+                conn.raw.execute(*statement)
+
     def delivery_counts(self, issue: str) -> dict[str, int]:
         """How many of the issue's recipients are in each state (states with none left out)."""
         # One pass adding up, rather than GROUP BY: with no index by state, grouping
         # would sort every row of a large ledger in memory.
-        sums = ", ".join(f"coalesce(sum(state = '{state}'), 0)" for state in DELIVERY_STATES)
+        sums = ", ".join(
+            f"coalesce(sum(CASE WHEN state = '{state}' THEN 1 ELSE 0 END), 0)" for state in DELIVERY_STATES
+        )
         (row,) = self._query(f"SELECT {sums} FROM deliveries WHERE issue = ?", (issue,))
         return {state: n for state, n in zip(DELIVERY_STATES, row, strict=True) if n}
 
@@ -1296,8 +1951,8 @@ class Store:
                         result.unknown += 1
                         continue
                     cur = conn.execute(
-                        "INSERT OR IGNORE INTO delivery_events (event_key, issue, subscriber_id, kind, at, url, detail)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO delivery_events (event_key, issue, subscriber_id, kind, at, url, detail)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (row.key, row.issue, row.subscriber_id, row.kind, row.at, row.url, row.detail),
                     )
                     if not cur.rowcount:
@@ -1319,9 +1974,7 @@ class Store:
                         result.soft_limited += 1
         return result
 
-    def _raise_status(
-        self, conn: sqlite3.Connection, sid: int, status: str, now: str, source: str, detail: str | None
-    ) -> bool:
+    def _raise_status(self, conn: Conn, sid: int, status: str, now: str, source: str, detail: str | None) -> bool:
         """Move a subscriber to `status` only if it says more than their current one."""
         _check(status, STATUSES, "status")
         row = conn.execute("SELECT status FROM subscribers WHERE id = ?", (sid,)).fetchone()
@@ -1332,15 +1985,16 @@ class Store:
         return True
 
     @staticmethod
-    def _soft_run(conn: sqlite3.Connection, sid: int) -> list[str]:
+    def _soft_run(conn: Conn, sid: int) -> list[str]:
         """The longest run of consecutive issues (in dispatch order, among those sent to
         this subscriber) that soft-bounced: a `blocked` bounce or a temporary DSN, or a
         deferral that ended in a drop, and no delivery. Any other issue breaks the run."""
         rows = conn.execute(
-            # CROSS JOIN keeps this order: each dispatch (a few a month), then one primary-key
-            # lookup in the ledger; the ledger has no index by subscriber alone.
+            # CROSS JOIN keeps this order in SQLite: each dispatch (a few a month), then one
+            # primary-key lookup in the ledger; the ledger has no index by subscriber alone.
+            # (PostgreSQL plans that order itself, and has no CROSS JOIN ... ON.)
             f"""SELECT d.issue, {_SOFT_ISSUE} AS soft
-                FROM dispatches AS p CROSS JOIN deliveries AS d ON d.issue = p.issue AND d.subscriber_id = ?
+                FROM dispatches AS p {_cross_join(conn)} deliveries AS d ON d.issue = p.issue AND d.subscriber_id = ?
                 WHERE d.state IN ('in_flight', 'sent', 'in_doubt')
                 ORDER BY p.started, p.issue""",
             (sid,),
@@ -1360,7 +2014,7 @@ class Store:
         """The issue a bounce is most likely about: `prefer` if it went to this subscriber,
         else the last dispatch that did."""
         rows = self._query(
-            "SELECT d.issue FROM dispatches AS p CROSS JOIN deliveries AS d"
+            f"SELECT d.issue FROM dispatches AS p {'JOIN' if self.postgresql else 'CROSS JOIN'} deliveries AS d"
             " ON d.issue = p.issue AND d.subscriber_id = ?"
             " WHERE d.state IN ('in_flight', 'sent', 'in_doubt')"
             " ORDER BY d.issue = ? DESC, p.started DESC, p.issue DESC LIMIT 1",
@@ -1384,7 +2038,7 @@ class Store:
     def mark_scanned(self, mail_key: str, outcome: str) -> None:
         with self._write() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO scanned_mail (mail_key, at, outcome) VALUES (?, ?, ?)",
+                "INSERT INTO scanned_mail (mail_key, at, outcome) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (mail_key, self.now(), outcome),
             )
 
@@ -1436,18 +2090,22 @@ class Store:
             "SELECT count(DISTINCT e.subscriber_id) FROM events AS e"
             " JOIN deliveries AS d ON d.subscriber_id = e.subscriber_id AND d.issue = ?"
             " WHERE d.state IN ('in_flight', 'sent', 'in_doubt') AND e.to_status = 'unsubscribed'"
-            " AND e.at >= ? AND (? IS NULL OR e.at < ?)",
+            " AND e.at >= ? AND (CAST(? AS TEXT) IS NULL OR e.at < ?)",
             (issue, info.started, following, following),
         )[0][0]
 
     def events_per_hour(self, issue: str, start: str, hours: int) -> list[tuple[int, str, int]]:
         """(hour since `start`, kind, events) for the first `hours` hours."""
+        if self.postgresql:
+            hour = "CAST(floor((extract(epoch FROM CAST(at AS timestamptz)) - extract(epoch FROM CAST(? AS timestamptz))) / 3600) AS INTEGER)"
+        else:
+            # Whole seconds, not julianday(): its floating point puts 10:00 in the 9 o'clock hour.
+            hour = "(CAST(strftime('%s', at) AS INTEGER) - CAST(strftime('%s', ?) AS INTEGER)) / 3600"
         return self._query(
             "SELECT hour, kind, count(*) FROM ("
-            # Whole seconds, not julianday(): its floating point puts 10:00 in the 9 o'clock hour.
-            "  SELECT (CAST(strftime('%s', at) AS INTEGER) - CAST(strftime('%s', ?) AS INTEGER)) / 3600 AS hour, kind, at"
+            f"  SELECT {hour} AS hour, kind, at"
             "  FROM delivery_events WHERE issue = ? AND at >= ?"
-            ") WHERE hour < ? GROUP BY hour, kind ORDER BY hour, kind",
+            ") AS e WHERE hour < ? GROUP BY hour, kind ORDER BY hour, kind",
             (start, issue, start, hours),
         )
 
@@ -1493,12 +2151,11 @@ class Store:
                 ).fetchone()
                 if sent >= most:
                     return None
-            cur = conn.execute(
-                "INSERT INTO confirmation_mails (subscriber_id, at, state) VALUES (?, ?, 'sending')",
+            (reservation,) = conn.execute(
+                "INSERT INTO confirmation_mails (subscriber_id, at, state) VALUES (?, ?, 'sending') RETURNING id",
                 (subscriber_id, format_time(now)),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid, int(now.timestamp())
+            ).fetchone()
+            return reservation, int(now.timestamp())
 
     def confirmation_sent(self, reservation: int) -> None:
         """The reserved confirmation email went out."""
@@ -1540,23 +2197,17 @@ class Store:
     def confirmation_state(self, subscriber_id: int, made: int) -> tuple[Subscriber, bool] | None:
         """The subscriber a confirmation link (made at unix time `made`) names, and whether
         they left after it was made; None for an unknown subscriber. Changes nothing."""
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            return Subscriber(*row), self._left_since(self._conn, subscriber_id, made)
+        rows = self._query(f"SELECT {_SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?", (subscriber_id,))
+        if not rows:
+            return None
+        left = self._query(_LEFT_SINCE, (subscriber_id, format_time(datetime.fromtimestamp(made, UTC))))
+        return Subscriber(*rows[0]), bool(left)
 
     @staticmethod
-    def _left_since(conn: sqlite3.Connection, subscriber_id: int, made: int) -> bool:
+    def _left_since(conn: Conn, subscriber_id: int, made: int) -> bool:
         """Whether the subscriber became unsubscribed, bounced or complained after unix
         time `made`: a confirmation link made before then no longer brings them back."""
-        row = conn.execute(
-            "SELECT 1 FROM events WHERE subscriber_id = ? AND at > ?"
-            f" AND to_status IN ({_in(sorted(SUPPRESSED))}) LIMIT 1",
-            (subscriber_id, format_time(datetime.fromtimestamp(made, UTC))),
-        ).fetchone()
+        row = conn.execute(_LEFT_SINCE, (subscriber_id, format_time(datetime.fromtimestamp(made, UTC)))).fetchone()
         return row is not None
 
     def consents(self, subscriber_id: int) -> list[Consent]:
@@ -1619,9 +2270,14 @@ class Store:
             if sub is None or sub[2] != "active":
                 return None
             email, name, _status = sub
-            (batch,) = conn.execute(
-                "SELECT coalesce(max(batch), 0) + 1 FROM deliveries WHERE issue = ?", (issue,)
-            ).fetchone()
+            if self.postgresql:  # senders there share the dispatch's counter
+                (batch,) = conn.execute(
+                    "UPDATE dispatches SET batches = batches + 1 WHERE issue = ? RETURNING batches", (issue,)
+                ).fetchone()
+            else:
+                (batch,) = conn.execute(
+                    "SELECT coalesce(max(batch), 0) + 1 FROM deliveries WHERE issue = ?", (issue,)
+                ).fetchone()
             row = conn.execute(
                 "SELECT state, attempts FROM deliveries WHERE issue = ? AND subscriber_id = ?", (issue, subscriber_id)
             ).fetchone()
@@ -1644,6 +2300,97 @@ class Store:
                 return None
             return Delivery(subscriber_id, email, name, "in_flight", batch, attempts, None)
 
+    # -- copying a workspace's SQLite state into PostgreSQL -----------------------------
+
+    def copy_into(self, target: Store) -> dict[str, int]:
+        """Copy every row of this (SQLite) database into `target`, an empty PostgreSQL
+        database with the current schema, in one transaction there; return the rows per
+        table. The counts are checked in the target before it commits, so a copy is whole
+        or not there at all. Tables are read from SQLite's own list, so a table a later
+        migration adds is copied without a change here."""
+        if self.postgresql or not target.postgresql:
+            raise ValueError("copy_into copies a SQLite database into a PostgreSQL one")
+        with self._lock, self._guard():
+            names = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name"
+                )
+            ]
+        # Parents before the rows that point at them.
+        first = ("subscribers", "dispatches")
+        tables = [t for t in first if t in names] + [t for t in names if t not in first]
+        with target._write() as conn:
+            assert isinstance(conn, _PgConn)
+            raw = conn.raw
+            theirs = {
+                r[0]
+                for r in raw.execute(
+                    "SELECT table_name FROM information_schema.tables"
+                    " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+                )
+            }
+            missing = [t for t in tables if t not in theirs]
+            if missing:
+                raise HighlightsError(
+                    f"{target.where}: has no table {', '.join(missing)}; is it at schema {SCHEMA_VERSION}?"
+                )
+            others = sorted(theirs - set(tables) - {"schema_version"})
+            filled = [t for t in tables if raw.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0]]  # type: ignore[index]
+            if filled or others:
+                what = f"rows in {', '.join(filled)}" if filled else f"other tables ({', '.join(others)})"
+                raise HighlightsError(
+                    f"{target.where}: is not empty (it holds {what}); copy only into an empty database"
+                )
+            counts: dict[str, int] = {}
+            with self._lock, self._guard():
+                self._conn.execute("BEGIN")  # one snapshot of the source for every table
+                try:
+                    for table in tables:
+                        counts[table] = self._copy_table(table, raw)
+                finally:
+                    self._conn.execute("COMMIT")
+            for table, n in counts.items():
+                there = raw.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+                if there != n:
+                    raise HighlightsError(
+                        f"{target.where}: {table} has {there} rows after the copy, not {n}; nothing was kept"
+                    )
+            # Identities continue after the copied ids; batch numbers after the copied batches.
+            for table, column in raw.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND is_identity = 'YES'"
+            ).fetchall():
+                raw.execute(
+                    f"SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max({column}), 0) + 1, false) FROM {table}",
+                    (table, column),
+                )
+            raw.execute(
+                "UPDATE dispatches AS p SET batches = coalesce("
+                "(SELECT max(batch) FROM deliveries AS d WHERE d.issue = p.issue), 0)"
+            )
+        return counts
+
+    def _copy_table(self, table: str, raw: psycopg.Connection) -> int:
+        """Stream one table into PostgreSQL's COPY; the columns both sides have."""
+        mine = [r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")]
+        theirs = {
+            r[0]
+            for r in raw.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = %s",
+                (table,),
+            )
+        }
+        columns = [c for c in mine if c in theirs]
+        names = ", ".join(columns)
+        n = 0
+        with raw.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in self._conn.execute(f"SELECT {names} FROM {table} ORDER BY rowid"):
+                copy.write_row(row)
+                n += 1
+        return n
+
 
 class _Mismatch(Exception):
     """A batch-wide update touched other rows than expected: undone, and done row by row."""
@@ -1652,6 +2399,11 @@ class _Mismatch(Exception):
 class _Rollback(Exception):
     def __init__(self, result: ImportResult) -> None:
         self.result = result
+
+
+def _cross_join(conn: Conn) -> str:
+    """SQLite's way to fix the order of a join; PostgreSQL plans it and has no CROSS JOIN ... ON."""
+    return "JOIN" if isinstance(conn, _PgConn) else "CROSS JOIN"
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -1675,7 +2427,7 @@ class Consent:
     detail: str | None
 
 
-def _allow_in_checks(conn: sqlite3.Connection, table: str, additions: dict[str, str]) -> list[str]:
+def _allow_in_checks(conn: Conn, table: str, additions: dict[str, str]) -> list[str]:
     """Let each `CHECK (column IN (...))` of `table` named in `additions` (column ->
     value) take one more value, keeping every row with its id, and the table's indexes.
 

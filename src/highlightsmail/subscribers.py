@@ -245,7 +245,7 @@ def import_parsed(ws: Workspace, file: Path, parsed: ParsedFile, dry_run: bool =
     rejected = len(parsed.rejected)
     if rejected and not parsed.rows:
         raise HighlightsError(f"{display_path(file)}: no valid rows ({rejected} rejected); nothing imported")
-    if dry_run and not ws.db_path.exists():
+    if dry_run and not ws.database_exists():
         # Nothing to compare with, and a dry run must not even create the database.
         return ImportResult(new=len(parsed.rows), updated=0, unchanged=0)
     with Store.open(ws) as store:

@@ -17,8 +17,13 @@ Behaviour worth knowing (the product contract has the table of routes):
 - With `signup.enabled`, the signup form and its confirmation links (signup_web.py):
   `/subscribe` and `/confirm/TOKEN`; a confirmation token opens nothing on `/u/`.
 - Invalid, altered or unknown-subscriber tokens: 400 "This link is not valid".
-- A database that cannot be used (damaged, read-only, locked too long): 503 with
-  Retry-After, and one line in the log naming the file and what to do.
+- A database that cannot be used (damaged, read-only, locked too long, a PostgreSQL
+  server down or out of reach): 503 with Retry-After, and one line in the log naming the
+  file or server and what to do. `/healthz` says so too (503, with that line), so a load
+  balancer takes the process out of rotation.
+- On PostgreSQL several processes (on several machines) may serve the same list: every
+  write is one transaction in the database, and each process borrows connections from a
+  small pool.
 - Logs never hold a working link: anything shaped like a token in a logged path (the
   access log and ours) has its signature cut, however the path was mangled or escaped.
 - Every response carries a strict CSP, `Referrer-Policy: no-referrer` (the token is in the
@@ -34,7 +39,7 @@ import re
 import socket
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import parse_qsl, quote, unquote
@@ -138,13 +143,14 @@ class SubscriberView:
 
 
 class Subscriptions:
-    """The endpoint's database work. Each call opens its own Store, so requests served in
-    different threads never share a SQLite connection; the store's busy timeout and
-    BEGIN IMMEDIATE let these writes wait out an import instead of failing.
+    """The endpoint's database work. On SQLite each call opens its own Store, so requests
+    served in different threads never share a SQLite connection; the store's busy timeout
+    and BEGIN IMMEDIATE let these writes wait out an import instead of failing.
 
-    One more connection stays open for the app's lifetime: when the last connection to a
-    WAL database closes, SQLite checkpoints and removes the WAL, which costs a sync per
-    request (about 25 ms instead of 1 ms here).
+    One more Store stays open for the app's lifetime: on SQLite, because when the last
+    connection to a WAL database closes, SQLite checkpoints and removes the WAL, which
+    costs a sync per request (about 25 ms instead of 1 ms here); on PostgreSQL, it is the
+    Store every call uses, borrowing a connection from its pool for each transaction.
     """
 
     def __init__(self, ws: Workspace) -> None:
@@ -152,14 +158,27 @@ class Subscriptions:
         self._keeper: Store | None = None
         self._keeper_lock = threading.Lock()
 
-    def _store(self) -> Store:
+    def _store(self) -> AbstractContextManager[Store]:
         from highlightsmail.store import Store
 
-        if self._keeper is None:
+        keeper = self._keeper
+        if keeper is None:
             with self._keeper_lock:
                 if self._keeper is None:
-                    self._keeper = Store.open(self._ws)  # also creates or upgrades the schema once
+                    self._keeper = Store.open(self._ws, pooled=True)  # also creates the schema once
+                keeper = self._keeper
+        if keeper.postgresql:
+            return nullcontext(keeper)  # shared by every thread: closed with the app
         return Store.open(self._ws)
+
+    def check(self) -> str | None:
+        """Why the database cannot be used now, or None when it answers."""
+        try:
+            with self._store() as store:
+                store.ping()
+        except HighlightsError as exc:
+            return exc.format_message()
+        return None
 
     def close(self) -> None:
         with self._keeper_lock:
@@ -241,6 +260,10 @@ class _Endpoint:
     # -- routes
 
     async def healthz(self, request: Request) -> Response:
+        """200 `ok`, or 503 with the one line saying why the database cannot be used."""
+        problem = await run_in_threadpool(self.db.check)
+        if problem is not None:
+            return PlainTextResponse(f"database unavailable: {problem}", status_code=503)
         return PlainTextResponse("ok")
 
     async def token_page(self, request: Request) -> Response:

@@ -151,7 +151,7 @@ class SendGridWebhook:
             if self._store is None:
                 from highlightsmail.store import Store
 
-                self._store = Store.open(self._ws)
+                self._store = Store.open(self._ws, pooled=True)
             result = record(
                 self._store,
                 rows,

@@ -14,6 +14,8 @@ from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.fields import Address, HeaderText, HttpUrl, SecretUrl, SingleLine
 
 SETTINGS_FILE = "highlights.yaml"
+#: Overrides the `database` setting whole: a PostgreSQL URL, which may carry the password.
+ENV_DATABASE_URL = "HIGHLIGHTS_DATABASE_URL"
 #: An issue's slug when its file is named after its ISO week: YYYY-wWW (year, week).
 ISSUE_SLUG = re.compile(r"^(\d{4})-w(\d{2})$")
 
@@ -96,6 +98,38 @@ def _archive_path(value: str) -> str:
     return path
 
 
+def database_url_problem(value: str) -> str | None:
+    """What is wrong with a PostgreSQL URL given as `database` (None when it is fine):
+    it must parse, and must not hold a password, which would then sit in a file that is
+    shared and committed."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(value)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        return f"not a PostgreSQL URL postgresql://user@host:port/dbname ({first})"
+    if info.get("password"):
+        return (
+            "holds a password; keep it out of highlights.yaml: set PGPASSWORD, "
+            f"or put the whole URL in {ENV_DATABASE_URL}"
+        )
+    return None
+
+
+def _database(value: str) -> str:
+    """A SQLite file's path (relative to the workspace), or postgresql://user@host:port/dbname."""
+    from highlightsmail.dburl import is_postgresql
+
+    if "://" in value:
+        if not is_postgresql(value):
+            raise ValueError("must be a file path (SQLite) or postgresql://user@host:port/dbname")
+        problem = database_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
 class ArchiveSettings(_Strict):
     """The issues as web pages and an Atom feed, under base_url + path."""
 
@@ -152,7 +186,7 @@ class Settings(_Strict):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     signup: SignupSettings = Field(default_factory=SignupSettings)
-    database: SingleLine = "subscribers/highlights.db"
+    database: Annotated[SingleLine, AfterValidator(_database)] = "subscribers/highlights.db"
 
 
 @dataclass(frozen=True)
@@ -175,8 +209,42 @@ class Workspace:
         return self.root / "templates"
 
     @property
+    def database(self) -> str:
+        """Where the state lives: HIGHLIGHTS_DATABASE_URL when set, else the setting."""
+        return os.environ.get(ENV_DATABASE_URL, "").strip() or self.settings.database
+
+    @property
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL of the state, or None for a SQLite file."""
+        from highlightsmail.dburl import is_postgresql
+
+        target = self.database
+        if not is_postgresql(target):
+            return None
+        if target is not self.settings.database:
+            # From the environment: a password is allowed there, but the URL must read.
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(target)
+            except Exception:
+                raise HighlightsError(
+                    f"{ENV_DATABASE_URL}: not a PostgreSQL URL postgresql://user[:password]@host:port/dbname"
+                ) from None
+        return target
+
+    @property
     def db_path(self) -> Path:
-        return self.root / self.settings.database
+        """The SQLite file (for a workspace on PostgreSQL: where it would be)."""
+        target = self.database
+        from highlightsmail.dburl import is_postgresql
+
+        return self.root / ("subscribers/highlights.db" if is_postgresql(target) else target)
+
+    def database_exists(self) -> bool:
+        """Whether the state is there to read without creating anything: the SQLite file
+        exists, or the state is in PostgreSQL (a server is never created by a command)."""
+        return self.database_url is not None or self.db_path.exists()
 
     @property
     def secret_path(self) -> Path:
