@@ -14,17 +14,15 @@ the same run against the same server: the `sendgrid` package posting the same re
 in this mode (the floor and the sends pay the same for the server either way, and
 validation is what costs most there). Target: at most 1.5 times the floor, memory flat.
 
-Measured earlier (2 cores shared with the server and the local SendGrid stand-in, other work
-running beside): 100,000 recipients 5.5 s against a floor of 1.6 s (3.5 times) with one
-sender, 4.8 s against 2.1 s (2.3) with two; 1,000,000 recipients 44.8 s against 11.0 s
-(4.1) and 45.0 s against 12.1 s (3.7); peak memory 94 MB at both sizes (the floor: 85).
-Not met. What stands in the way: fixing the recipients writes the whole ledger first
-(1,000,000 rows in 5 to 6 s: half the floor's whole time before the first request);
-each batch of 1,000 costs the server about 8 ms to claim and 4 ms to finish, on the one
-thread that also builds every recipient's envelope, so those waits add to the requests
-instead of overlapping them; and the database server, the sender and the stand-in share
-two cores. A second sender overlaps one sender's waits with the other's, which is why
-two do better against the floor at 100,000.
+What stands in the way of the targets (1.3 times the floor on SQLite, 1.5 on
+PostgreSQL), measured on 2 cores shared by the sender, the database server and the
+stand-in: the floor spends about 8 us of CPU per recipient (building the personalization
+and JSON), a send about 30: the ledger's writes (each recipient's row inserted when the
+dispatch begins, then claimed and finished: 5 to 8 us on SQLite, more on PostgreSQL,
+whose server also needs the same two cores), the signed link and its headers (4 us),
+and the payload (2 us), all in one Python process. Worker processes instead of threads
+were tried: about 20 % faster on SQLite, and not kept for the processes they leave
+behind a send that is killed.
 
 For each size: a fresh copy of the example workspace with N active subscribers, then the
 whole `highlights send 2024-w02 --yes --skip-test-check` process is timed; its peak
