@@ -60,8 +60,10 @@ from sendgrid_server import SendGridServer  # noqa: E402
 API_KEY = "SG.benchmark"
 
 
-def make_workspace(folder: Path, n: int) -> Path:
-    root = folder / f"ws-{n}"
+def make_workspace(folder: Path, n: int, database: str | None = None, name: str | None = None) -> Path:
+    """A copy of the example workspace sending through SendGrid, with n active
+    subscribers in its SQLite file, or in `database` (a PostgreSQL URL) when given."""
+    root = folder / (name or f"ws-{n}")
     root.mkdir()
     shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
     shutil.copytree(REPO / "issues", root / "issues")
@@ -69,7 +71,7 @@ def make_workspace(folder: Path, n: int) -> Path:
     text = (root / "highlights.yaml").read_text(encoding="utf-8")
     (root / "highlights.yaml").write_text(text.replace("backend: outbox", "backend: sendgrid"), encoding="utf-8")
     (root / "subscribers").mkdir()
-    with Store(root / "subscribers" / "highlights.db") as store:
+    with Store(database or root / "subscribers" / "highlights.db") as store:
         store.import_rows(ImportRow(f"reader{i:07d}@example.org", f"Reader {i}") for i in range(n))
     return root
 
@@ -219,16 +221,7 @@ def run_postgresql(n: int, folder: Path, url: str, senders: int) -> dict[str, fl
     """One dispatch of n recipients by `senders` processes sharing it, and the floor."""
     import psycopg
 
-    root = folder / f"ws-pg-{n}-{senders}"
-    root.mkdir()
-    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
-    shutil.copytree(REPO / "issues", root / "issues")
-    shutil.copytree(REPO / "templates", root / "templates")
-    text = (root / "highlights.yaml").read_text(encoding="utf-8")
-    (root / "highlights.yaml").write_text(text.replace("backend: outbox", "backend: sendgrid"), encoding="utf-8")
-    (root / "subscribers").mkdir()
-    with Store(url) as store:
-        store.import_rows(ImportRow(f"reader{i:07d}@example.org", f"Reader {i}") for i in range(n))
+    root = make_workspace(folder, n, database=url, name=f"ws-pg-{n}-{senders}")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")  # as autovacuum would after a big import
     with SendGridServer(api_key=API_KEY, record="count", validate=False) as bare_sg:
