@@ -1,6 +1,6 @@
 """Shared by the backends' tests and benchmarks: the example issue rendered once, a
 workspace with quick retries, batches of recipients, and the checks every delivered
-message must pass (PRODUCT.md "Messages")."""
+message must pass (the headers and parts every message carries)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def make_batch(
 
 
 def check_message(msg: EmailMessage, env: Envelope, settings: Settings, *, test: bool = False) -> None:
-    """Everything PRODUCT.md asks of a delivered message, for this recipient."""
+    """Everything a delivered message must be, for this recipient."""
     rendered = example_issue()
     assert msg.get_content_type() == "multipart/alternative"
     parts = list(msg.iter_parts())

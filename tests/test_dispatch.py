@@ -2,7 +2,7 @@
 (aiosmtpd) and the local SendGrid-compatible server, with the ledger in a real SQLite file
 or a PostgreSQL database (each test runs on both).
 
-What must hold (PRODUCT.md "Sending", "Guarantees"): the test-send gate, one copy per
+What must hold (the sending guarantees): the test-send gate, one copy per
 recipient, nobody who left is mailed, faults retried or failed as they should be, and a
 one-click POST to a delivered message's List-Unsubscribe URL unsubscribes exactly that
 recipient.

@@ -1,8 +1,8 @@
 """Markdown (CommonMark) as the email shows it: HTML for the HTML part, readable
 wrapped text for the plain-text part.
 
-Raw HTML is never passed through (PRODUCT.md: "Raw HTML in Markdown is shown as
-text"), links go only to http(s) and mailto, and words the caller reserves (the
+Raw HTML is never passed through (an editor's `<script>` or `<img onerror>` is shown
+as text, never markup), links go only to http(s) and mailto, and words the caller reserves (the
 unsubscribe placeholder) can't be produced by anything an editor writes, however it
 is spelled (entities, backslash escapes, emphasis split across the word).
 """
