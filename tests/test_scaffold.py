@@ -154,6 +154,26 @@ def test_new_defaults_to_today(workspace: Path) -> None:
     assert (workspace / "issues" / issue_filename(dt.date.today())).is_file()
 
 
+def test_new_right_after_init_makes_next_weeks_issue(here: Path) -> None:
+    """`init` writes this week's issue and tells the editor `highlights new` starts next
+    week's: it must, not refuse because this week's file exists."""
+    assert run("init", "letter").exit_code == 0
+    today = dt.date.today()
+    this_week = here / "letter" / "issues" / issue_filename(today)
+    before = this_week.read_bytes()
+    runner = CliRunner()
+    result = runner.invoke(main, ["-w", str(here / "letter"), "new"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    next_week = today + dt.timedelta(days=7)
+    assert result.stdout.strip().endswith(issue_filename(next_week))
+    assert load_issue(here / "letter" / "issues" / issue_filename(next_week)).date == next_week
+    assert this_week.read_bytes() == before
+    # And again: the week after that.
+    again = runner.invoke(main, ["-w", str(here / "letter"), "new"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip().endswith(issue_filename(today + dt.timedelta(days=14)))
+
+
 def test_new_quotes_a_name_that_yaml_would_misread(workspace: Path) -> None:
     settings = workspace / "highlights.yaml"
     text = settings.read_text().replace("name: AI Research Highlights", "name: 'Notes: \"weekly\" # 1'")

@@ -111,14 +111,20 @@ def init(directory: Path) -> None:
 
 
 @main.command()
-@click.option("--date", "date", type=click.DateTime(["%Y-%m-%d"]), help="The issue's date (default: today).")
+@click.option(
+    "--date",
+    "date",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The issue's date (default: today, or a week later for each week whose file exists).",
+)
 @pass_ctx
 def new(obj: _Ctx, date: dt.datetime | None) -> None:
-    """Create the next issues/YYYY-wWW.yaml from a skeleton."""
+    """Create the next issues/YYYY-wWW.yaml from a skeleton: this week's, or the first
+    later week without an issue file."""
     from highlightsmail.errors import display_path
     from highlightsmail.scaffold import new_issue
 
-    click.echo(display_path(new_issue(obj.ws, date.date() if date else dt.date.today())))
+    click.echo(display_path(new_issue(obj.ws, date.date() if date else None)))
 
 
 @main.command()

@@ -148,10 +148,17 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> NewWorks
     return NewWorkspace(directory=directory, written=[*written, settings_path], kept=kept, first_issue=slug)
 
 
-def new_issue(ws: Workspace, date: dt.date) -> Path:
+def new_issue(ws: Workspace, date: dt.date | None = None) -> Path:
     """Create issues/YYYY-wWW.yaml for the ISO week of `date` from the skeleton and
     return its path; refuses when that file exists, so nothing an editor wrote is
-    overwritten."""
+    overwritten.
+
+    Without a date, the next issue: this week's, or when that file is there already
+    (as right after `init`), the first later week that has none, dated a week apart."""
+    if date is None:
+        date = dt.date.today()
+        while (ws.issues_dir / issue_filename(date)).exists():
+            date += dt.timedelta(days=7)
     name = issue_filename(date)
     path = ws.issues_dir / name
     exists = f"{display_path(path)} already exists; edit it, or pass --date for another week"
