@@ -221,3 +221,24 @@ def test_the_environment_url_overrides_database_whole_and_may_hold_the_password(
     assert describe_url(ws.database_url) == "postgresql://ci@other.example.org:6543/news"
     monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", "elsewhere.db")  # a SQLite file, relative to the workspace
     assert ws.database_url is None and ws.db_path == workspace / "elsewhere.db"
+
+
+@pytest.mark.parametrize("value", ["mysql://db.example.org/news", "sqlite:///x.db", "https://db.example.org/"])
+def test_an_environment_url_of_another_kind_stops_the_command_and_creates_nothing(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Not a new empty SQLite file named after the URL, which every command would then
+    quietly use (a send to nobody, a list with nobody on it)."""
+    from click.testing import CliRunner
+
+    from highlightsmail.cli import main
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", value)
+    before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    result = CliRunner().invoke(main, ["subscribers", "list"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (
+        "Error: HIGHLIGHTS_DATABASE_URL: must be postgresql://user[:password]@host:port/dbname (or a SQLite file's path)"
+    )
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before

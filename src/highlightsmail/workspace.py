@@ -210,8 +210,21 @@ class Workspace:
 
     @property
     def database(self) -> str:
-        """Where the state lives: HIGHLIGHTS_DATABASE_URL when set, else the setting."""
-        return os.environ.get(ENV_DATABASE_URL, "").strip() or self.settings.database
+        """Where the state lives: HIGHLIGHTS_DATABASE_URL when set, else the setting.
+
+        The variable follows the setting's rule (a file path or a PostgreSQL URL), so a
+        mistyped URL stops the command instead of becoming the name of a new, empty
+        SQLite file."""
+        from highlightsmail.dburl import is_postgresql
+
+        from_env = os.environ.get(ENV_DATABASE_URL, "").strip()
+        if not from_env:
+            return self.settings.database
+        if "://" in from_env and not is_postgresql(from_env):
+            raise HighlightsError(
+                f"{ENV_DATABASE_URL}: must be postgresql://user[:password]@host:port/dbname (or a SQLite file's path)"
+            )
+        return from_env
 
     @property
     def database_url(self) -> str | None:
