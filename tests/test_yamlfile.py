@@ -115,6 +115,23 @@ def test_numbers_as_titles_are_text(tmp_path):
     assert load_model(path, Issue).title == "2024"
 
 
+@pytest.mark.parametrize("typed", ["3.10", "0x1F", "1_000", "1e3", "007", "+1", ".5", "1.0"])
+def test_a_number_in_a_text_field_keeps_the_text_as_written(tmp_path, typed):
+    """`- title: 3.10` (a release) must not become "3.1", nor `0x1F` become "31"."""
+    text = GOOD.replace('title: "AI Research Highlights | Week 2, 2024"', f"title: {typed}").replace(
+        "tags: [long-context]", f"tags: [{typed}]"
+    )
+    issue = load_model(write(tmp_path, text), Issue)
+    assert issue.title == typed
+    assert issue.items[0].tags == [typed]
+
+
+def test_a_number_setting_is_still_a_plain_number(tmp_path):
+    text = SETTINGS.replace("batch_size: 1000", "batch_size: 0x10")
+    sendgrid = load_model(write(tmp_path, text, "highlights.yaml"), Settings).delivery.sendgrid
+    assert sendgrid.batch_size == 16 and type(sendgrid.batch_size) is int
+
+
 def test_merge_keys_and_aliases_work(tmp_path, either_loader):
     path = write(
         tmp_path,
