@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from highlightsmail import yamlfile
-from highlightsmail.errors import HighlightsError, ValidationFailed
+from highlightsmail.errors import HighlightsError, ValidationFailed, display_path
 from highlightsmail.issue import Issue, load_issue
 from highlightsmail.workspace import Settings
 from highlightsmail.yamlfile import MAX_BYTES, load_model, read_document
@@ -103,6 +103,26 @@ def test_load_issue_sets_slug_and_source(tmp_path):
     issue = load_issue(path)
     assert issue.slug == "2024-w02"
     assert issue.source == path
+
+
+@pytest.mark.parametrize("name", ["line\nbreak", "tab\there", "=?utf-8?q?a?=", "_confirm", "a\u2028b"])
+def test_a_file_name_that_cannot_name_an_issue_is_refused_with_the_file(tmp_path, name):
+    """The slug goes into a mail header, URLs, an outbox folder and the commands an
+    editor is told to type: a line break there was a traceback at send time, an
+    encoded word a forged header."""
+    path = write(tmp_path, GOOD.replace("date: 2024-01-12", "date: 2024-13-01"), f"{name}.yaml")
+    with pytest.raises(ValidationFailed) as info:
+        load_issue(path)
+    named, *rest = info.value.problems
+    assert (named.file, named.line, named.col) == (display_path(path), 1, 1)
+    assert named.message.startswith(f"the file name {path.name!r} cannot name an issue")
+    assert "\n" not in str(named)
+    assert [p.message.split(":")[0] for p in rest] == ["date"], "the file's own problems come too"
+
+
+@pytest.mark.parametrize("name", ["2024-w02", "special-edition_2.1", "my draft", "é"])
+def test_plain_file_names_name_issues(tmp_path, name):
+    assert load_issue(write(tmp_path, GOOD, f"{name}.yaml")).slug == name
 
 
 def test_a_quoted_date_is_still_a_date(tmp_path):

@@ -77,9 +77,14 @@ def show_warnings_plainly() -> None:
 
 
 def display_path(path: Path | str) -> str:
-    """A path as the user would type it: relative to the CWD when inside it."""
+    """A path as the user would type it: relative to the CWD when inside it, on one
+    line (a line break or control character in a file name shows as its escape, so
+    a message naming the file stays one line)."""
     p = Path(path)
     try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
+        shown = str(p.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-        return str(p)
+        shown = str(p)
+    if shown.isprintable():
+        return shown
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in shown)
