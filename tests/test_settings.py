@@ -35,6 +35,32 @@ def test_base_url_with_a_path_is_fine(workspace: Path) -> None:
     assert load_workspace(workspace).settings.base_url == "https://example.org/highlights"
 
 
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("https://editor:hunter2@h.example.org", "base_url: must not hold a user name or password"),
+        ("https://h.example.org\\evil.example", "base_url: a URL must not contain a backslash"),
+        ("https://h.example.org:99999", "base_url: a URL's port must be a number from 0 to 65535"),
+        (
+            "https://nëws.example.org",
+            "base_url: must be ASCII, as it goes into the List-Unsubscribe header: "
+            "write the host as xn--nws-jma.example.org",
+        ),
+        (
+            "https://h.example.org/ä",
+            "base_url: must be ASCII, as it goes into the List-Unsubscribe header: %-encode the path",
+        ),
+    ],
+)
+def test_a_base_url_every_email_could_not_carry_is_refused_at_its_place(workspace: Path, url: str, words: str) -> None:
+    """Each was taken and put into every message's List-Unsubscribe header as it was:
+    credentials, a backslash that browsers read as '/', port 99999, raw UTF-8."""
+    line = set_line(workspace, "base_url:", f"base_url: '{url}'")
+    [problem] = refused(workspace)
+    assert problem.startswith(f"highlights.yaml:{line}:11: {words}")
+    assert "hunter2" not in problem
+
+
 def set_line(workspace: Path, prefix: str, line: str) -> int:
     """Replace the settings line starting with `prefix` by `line`; its 1-based number."""
     path = workspace / "highlights.yaml"

@@ -267,6 +267,8 @@ def test_fields_the_program_sets_are_not_file_keys(tmp_path):
         ("ftp://example.org/x", "links must be absolute http(s) URLs, not 'ftp:'"),
         ('"https://exa mple.org/"', "a URL must not contain spaces or control characters"),
         ("https://", "a URL needs a host, like https://example.org/"),
+        ("https://example.org:99999/x", "a URL's port must be a number from 0 to 65535"),
+        ('"https://good.example\\\\@evil.example/"', "a URL must not contain a backslash (write / or %5C)"),
     ],
 )
 def test_bad_links(tmp_path, url, message):

@@ -24,12 +24,19 @@ def _http_url(value: str) -> str:
     value = value.strip()
     if text.FORBIDDEN_IN_LINE.search(value) or any(ch.isspace() for ch in value):
         raise ValueError("a URL must not contain spaces or control characters")
+    if "\\" in value:
+        # Browsers read a backslash as `/` in http(s) URLs; other readers do not.
+        raise ValueError("a URL must not contain a backslash (write / or %5C)")
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https"):
         shown = f"'{parts.scheme}:'" if parts.scheme else "a relative URL"
         raise ValueError(f"links must be absolute http(s) URLs, not {shown}")
     if not parts.hostname:
         raise ValueError("a URL needs a host, like https://example.org/")
+    try:
+        _ = parts.port  # reading it checks it
+    except ValueError:
+        raise ValueError("a URL's port must be a number from 0 to 65535") from None
     return value
 
 

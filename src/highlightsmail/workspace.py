@@ -78,6 +78,17 @@ def _base_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.query or parts.fragment or any(ch in value for ch in "&<>\"'`;,"):
         raise ValueError("must be a plain https://host[/path], with no query, fragment or &<>\"'`;, characters")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold a user name or password: every email would carry it")
+    if not value.isascii():
+        # A header carries the URL as it is (RFC 2369), and headers are ASCII.
+        hint = "%-encode the path"
+        if parts.hostname and not parts.hostname.isascii():
+            try:
+                hint = f"write the host as {parts.hostname.encode('idna').decode('ascii')}"
+            except UnicodeError:
+                hint = "write the host in its xn-- form"
+        raise ValueError(f"must be ASCII, as it goes into the List-Unsubscribe header: {hint}")
     return value
 
 
