@@ -268,3 +268,19 @@ def test_an_environment_url_of_another_kind_stops_the_command_and_creates_nothin
         "Error: HIGHLIGHTS_DATABASE_URL: must be postgresql://user[:password]@host:port/dbname (or a SQLite file's path)"
     )
     assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before
+
+
+@pytest.mark.parametrize("value", ["a b <c>", "x> Bcc", "newsletter", "news@example.org", ".example.org", "a..b"])
+def test_a_list_id_that_would_break_the_list_id_header_is_refused_at_its_place(workspace: Path, value: str) -> None:
+    """List-Id is `"Name" <list.id>`: `a b <c>` made `<a b <c>>`, which no reader parses."""
+    line = set_line(workspace, "list_id:", f"list_id: '{value}'")
+    [problem] = refused(workspace)
+    assert problem.startswith(
+        f"highlights.yaml:{line}:10: list_id: must be a list identifier like newsletter.example.org"
+    )
+
+
+@pytest.mark.parametrize("value", ["highlights.example.org", "weekly-ai.lists.example.org", "a_b.example"])
+def test_list_ids_of_rfc_2919_load(workspace: Path, value: str) -> None:
+    set_line(workspace, "list_id:", f"list_id: {value}")
+    assert load_workspace(workspace).settings.list_id == value

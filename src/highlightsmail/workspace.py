@@ -94,6 +94,20 @@ def _base_url(value: str) -> str:
 
 BaseUrl = Annotated[HttpUrl, AfterValidator(_base_url)]
 
+# RFC 2919 list-id: a label and a namespace (a domain you control), dot-atom text
+# (RFC 5322 atext between dots), which the List-Id header carries inside < >.
+_LIST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+")
+
+
+def _list_id(value: str) -> str:
+    if not _LIST_ID.fullmatch(value):
+        raise ValueError(
+            "must be a list identifier like newsletter.example.org (RFC 2919): "
+            "words joined by dots, with no spaces, < > or @"
+        )
+    return value
+
+
 #: First path segments the web app itself answers; the archive can't live under them.
 _APP_PATHS = frozenset({"u", "healthz", "subscribe", "confirm", "webhooks"})
 
@@ -192,7 +206,7 @@ class Settings(_Strict):
     reply_to: Address | None = None
     base_url: BaseUrl
     postal_address: SingleLine = Field(max_length=500)
-    list_id: HeaderText = Field(max_length=200)
+    list_id: Annotated[HeaderText, AfterValidator(_list_id)] = Field(max_length=200)
     editors: list[Address] = Field(min_length=1)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
