@@ -284,3 +284,17 @@ def test_a_list_id_that_would_break_the_list_id_header_is_refused_at_its_place(w
 def test_list_ids_of_rfc_2919_load(workspace: Path, value: str) -> None:
     set_line(workspace, "list_id:", f"list_id: {value}")
     assert load_workspace(workspace).settings.list_id == value
+
+
+@pytest.mark.parametrize(("prefix", "col"), [("from:", 7), ("reply_to:", 11)])
+def test_a_sender_address_whose_local_part_is_not_ascii_is_refused_at_its_place(
+    workspace: Path, prefix: str, col: int
+) -> None:
+    """Its header had an encoded word inside the address (`<=?utf-8?q?=C3=A4?=@...>`),
+    which no reader takes for an address."""
+    line = set_line(workspace, prefix, f'{prefix} "Zoë <zoë@example.org>"')
+    [problem] = refused(workspace)
+    assert problem == (
+        f"highlights.yaml:{line}:{col}: {prefix.rstrip(':')}: 'Zoë <zoë@example.org>': "
+        "the part before the @ of an address mail is sent from must be ASCII"
+    )

@@ -22,6 +22,16 @@ def normalize_address(raw: str) -> str:
         raise BadAddress(str(exc)) from None
 
 
+def ascii_address(raw: str) -> str | None:
+    """The address with its domain in ASCII (IDNA, `ada@xn--bcher-kva.example` for
+    `ada@bücher.example`), as headers and SMTP envelopes without SMTPUTF8 need it;
+    None when the part before the @ is not ASCII, which has no such form."""
+    try:
+        return validate_email(raw.strip(), check_deliverability=False).ascii_email
+    except EmailNotValidError as exc:
+        raise BadAddress(str(exc)) from None
+
+
 def address_key(address: str) -> str:
     """What two addresses are compared by: two spellings that differ only in Unicode
     normalisation or in case, in any script, are one address.
@@ -36,4 +46,4 @@ def address_key(address: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", address).casefold())
 
 
-__all__ = ["BadAddress", "address_key", "normalize_address"]
+__all__ = ["BadAddress", "address_key", "ascii_address", "normalize_address"]

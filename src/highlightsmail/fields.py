@@ -134,6 +134,19 @@ def _address(value: str) -> str:
     return value
 
 
+def _sender_address(value: str) -> str:
+    """An address mail comes from (`from`, `reply_to`). Its header and the SMTP envelope
+    carry the domain in ASCII (IDNA), but the part before the @ has no ASCII form: it
+    would need SMTPUTF8 on every server on the way (RFC 6531), which SendGrid and most
+    relays do not offer."""
+    from highlightsmail.addresses import ascii_address
+
+    _, addr = split_address(value)
+    if ascii_address(addr) is None:
+        raise ValueError(f"'{value}': the part before the @ of an address mail is sent from must be ASCII")
+    return value
+
+
 def _markdown_text(value: str) -> str:
     """Text of several lines: not empty, nothing an email cannot carry."""
     if not isinstance(value, str) or not value.strip():
@@ -160,6 +173,8 @@ HeaderText = Annotated[
     str, BeforeValidator(_coerce_scalar_text), AfterValidator(_single_line), AfterValidator(_header_text)
 ]
 Address = Annotated[str, AfterValidator(_address)]
+#: The address of `from` or `reply_to`: as Address, with an ASCII part before the @.
+SenderAddress = Annotated[str, AfterValidator(_address), AfterValidator(_sender_address)]
 Markdown = Annotated[str, BeforeValidator(_coerce_scalar_text), AfterValidator(_markdown_text)]
 
 __all__ = [
@@ -168,6 +183,7 @@ __all__ = [
     "HttpUrl",
     "Markdown",
     "SecretUrl",
+    "SenderAddress",
     "SingleLine",
     "is_loopback_host",
     "plaintext_url_problem",

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from highlightsmail.errors import HighlightsError, display_path
-from highlightsmail.fields import Address, HeaderText, HttpUrl, SecretUrl, SingleLine
+from highlightsmail.fields import Address, HeaderText, HttpUrl, SecretUrl, SenderAddress, SingleLine
 
 SETTINGS_FILE = "highlights.yaml"
 #: Overrides the `database` setting whole: a PostgreSQL URL, which may carry the password.
@@ -202,8 +202,8 @@ class Settings(_Strict):
     """The newsletter's settings, from highlights.yaml."""
 
     name: HeaderText = Field(max_length=200)
-    from_: Address = Field(alias="from")
-    reply_to: Address | None = None
+    from_: SenderAddress = Field(alias="from")
+    reply_to: SenderAddress | None = None
     base_url: BaseUrl
     postal_address: SingleLine = Field(max_length=500)
     list_id: Annotated[HeaderText, AfterValidator(_list_id)] = Field(max_length=200)

@@ -31,6 +31,7 @@ from highlightsmail.backends.base import (
     TransientError,
     with_retries,
 )
+from highlightsmail.message import from_header
 from highlightsmail.mime import MessageTemplate, TemplateCache
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class SmtpBackend(Backend):
         self.config = ws.settings.delivery.smtp
         delivery = ws.settings.delivery
         self.policy = RetryPolicy(attempts=delivery.max_attempts, base=delivery.backoff)
-        self.from_addr = parseaddr(ws.settings.from_)[1]
+        self.from_addr = parseaddr(from_header(ws.settings))[1]
         self.where = f"SMTP server {self.config.host}:{self.config.port}"
         self._sleep = sleep
         self._clock = clock
