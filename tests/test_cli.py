@@ -62,6 +62,44 @@ def test_help_everywhere(command: tuple[str, ...]) -> None:
         assert " ".join(("main", *command)) in result.stdout.splitlines()[0] or command == ()
 
 
+def _command(path: tuple[str, ...]) -> click.Command:
+    command: click.Command = main
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=lambda c: " ".join(c) or "highlights")
+def test_every_option_says_what_it_does(command: tuple[str, ...]) -> None:
+    """`--help` lists each option with a sentence, not a bare `--port INTEGER`."""
+    for param in _command(command).params:
+        if isinstance(param, click.Option):
+            assert (param.help or "").strip(), f"{' '.join(command)} {param.opts[0]} has no help text"
+
+
+def test_serve_help_names_every_page_it_answers() -> None:
+    text = " ".join(run("serve", "--help").stdout.split())
+    for words in ("unsubscribe", "/healthz", "webhook", "signup", "confirmation", "archive"):
+        assert words in text
+
+
+def test_import_help_names_the_columns_export_writes() -> None:
+    text = " ".join(run("subscribers", "import", "--help").stdout.split())
+    for column in ("email", "name", "status", "created", "updated", "source", "consented"):
+        assert column in text
+
+
+@pytest.mark.parametrize("command", ["serve", "preview"])
+@pytest.mark.parametrize("port", ["70000", "65536", "-1"])
+def test_a_port_out_of_range_is_a_usage_error(site: Path, command: str, port: str) -> None:
+    """`serve --port 70000` used to listen on 4464 (70000 - 65536), with no word why."""
+    args = ["-w", str(site), command, *(["2024-w02", "--no-open"] if command == "preview" else []), "--port", port]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "--port" in result.stderr and "0<=x<=65535" in result.stderr
+
+
 def test_every_product_command_is_there() -> None:
     names = {" ".join(c) for c in all_commands()}
     for expected in (

@@ -201,10 +201,13 @@ def publish(obj: _Ctx, out: Path, include_all: bool) -> None:
         )
 
 
+_PORT = click.IntRange(0, 65535)
+
+
 @main.command()
 @click.argument("issue")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8025, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", default=8025, show_default=True, type=_PORT, help="The port to listen on (0: any free one).")
 @click.option("--no-open", is_flag=True, help="Do not open a browser.")
 @pass_ctx
 def preview(obj: _Ctx, issue: str, host: str, port: int, no_open: bool) -> None:
@@ -238,7 +241,7 @@ def preview(obj: _Ctx, issue: str, host: str, port: int, no_open: bool) -> None:
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Do everything but hand messages to the backend.")
-@click.option("--limit", type=click.IntRange(min=1), help="Send only the next N recipients (a canary).")
+@click.option("--limit", metavar="N", type=click.IntRange(min=1), help="Send only the next N recipients (a canary).")
 @click.option(
     "--resend-in-doubt", is_flag=True, help="Send again to recipients whose batch was in flight when a run died."
 )
@@ -426,15 +429,17 @@ def status(obj: _Ctx, issue: str, verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=_PORT, help="The port to listen on (0: any free one).")
 @pass_ctx
 def serve(obj: _Ctx, host: str, port: int) -> None:
-    """Run the web endpoint: unsubscribe pages and one-click unsubscribe."""
+    """Run the web endpoint that base_url points at: unsubscribe pages and one-click
+    unsubscribe, /healthz, the SendGrid event webhook, and, when enabled in
+    highlights.yaml, the signup form with its confirmation links and the archive."""
     from highlightsmail.web import open_server
 
     server = open_server(obj.ws, host=host, port=port)
-    click.echo(f"Serving {obj.ws.settings.name} unsubscribe pages on {server.url}")
+    click.echo(f"Serving the web endpoint of {obj.ws.settings.name} on {server.url}")
     base = obj.ws.settings.base_url
     click.echo(
         f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.", err=True
@@ -472,7 +477,8 @@ def subscribers() -> None:
 @click.option("--dry-run", is_flag=True, help="Check the file and report, without changing anything.")
 @pass_ctx
 def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
-    """Import subscribers from a CSV file with a header row (email[, name][, status])."""
+    """Import subscribers from a CSV file with a header row: email, and optionally name,
+    status, created, updated, source and consented (as export writes them)."""
     from highlightsmail import subscribers as engine
 
     parsed = engine.parse_csv(file)
@@ -521,8 +527,20 @@ def subscribers_remove(obj: _Ctx, email: str) -> None:
 
 
 @subscribers.command("list")
-@click.option("--status", "status_", type=click.Choice(["active", "pending", "unsubscribed", "bounced", "complained"]))
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(["active", "pending", "unsubscribed", "bounced", "complained"]),
+    help="Only the subscribers with this status (default: all).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="csv has export's columns.",
+)
 @pass_ctx
 def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:
     """List subscribers."""
@@ -638,9 +656,20 @@ def bounces_scan(obj: _Ctx, mailbox: str | None) -> None:
 
 @main.command()
 @click.argument("issue")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "html"]), default="table", show_default=True)
 @click.option(
-    "--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of standard output."
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "html"]),
+    default="table",
+    show_default=True,
+    help="json has fixed keys for scripts; html is one self-contained page with a chart.",
+)
+@click.option(
+    "--out",
+    "out",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE instead of standard output.",
 )
 @pass_ctx
 def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
