@@ -88,6 +88,12 @@ class SendGridBackend(Backend):
             key = os.environ.get(ENV_API_KEY, "").strip()
             if not key:
                 raise PermanentError(f"set {ENV_API_KEY} to send through SendGrid (it comes only from the environment)")
+            if not (key.isascii() and key.isprintable()) or any(ch.isspace() for ch in key):
+                # It goes into an HTTP header: a line break there is a broken request.
+                raise PermanentError(
+                    f"{ENV_API_KEY} holds a space, a line break or a character outside ASCII; "
+                    "set it to the key alone, as SendGrid shows it (SG. and letters, digits, - and _)"
+                )
             import sendgrid
 
             client = sendgrid.SendGridAPIClient(api_key=key, host=self.host)
