@@ -101,7 +101,7 @@ class SendGridWebhook:
             return JSONResponse({"error": "forbidden"}, status_code=403)
         try:
             events = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             events = None
         if not isinstance(events, list):
             # Signed by SendGrid and still not a list of events: retrying will not help.
