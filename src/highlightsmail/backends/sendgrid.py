@@ -28,6 +28,7 @@ from email.utils import parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 
+from highlightsmail.addresses import ascii_address
 from highlightsmail.backends.base import (
     Backend,
     Batch,
@@ -277,18 +278,6 @@ def untracked_unsubscribe(html: str) -> str:
     return link.sub("<a clicktracking=off", html)
 
 
-def ascii_address(address: str) -> str | None:
-    """The address as SendGrid takes it: an internationalised domain in its ASCII (IDNA)
-    form; None when the part before the @ is not ASCII, which SendGrid cannot deliver."""
-    local, _, domain = address.rpartition("@")
-    if not local.isascii():
-        return None
-    if domain.isascii():
-        return address
-    ascii_domain = _idna(domain)
-    return None if ascii_domain is None else f"{local}@{ascii_domain}"
-
-
 def _stored_form(address: str) -> str:
     """An address from SendGrid as our database holds it: we send an internationalised
     domain in its xn-- form, so SendGrid lists it that way; subscribers are stored with
@@ -301,16 +290,6 @@ def _stored_form(address: str) -> str:
         return normalize_address(address)
     except BadAddress:
         return address
-
-
-@functools.lru_cache(maxsize=4096)
-def _idna(domain: str) -> str | None:
-    import idna  # email-validator's own IDNA 2008 library, which checked the domain on import
-
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        return None
 
 
 def _check_host(origin: str, host: str) -> None:
