@@ -163,6 +163,32 @@ def test_workspace_from_the_environment(site: Path) -> None:
     assert check.call_args.args[0].root == site.resolve()
 
 
+@pytest.mark.parametrize("padding", [" ", "\t", "\n"])
+def test_a_workspace_variable_blank_or_padded_is_taken_as_it_means(
+    site: Path, monkeypatch: pytest.MonkeyPatch, padding: str
+) -> None:
+    """A padded value named a folder that does not exist (and init was suggested for it);
+    a blank one, a folder called ' '."""
+    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+        result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": f"{padding}{site}{padding}"})
+    assert result.exit_code == 0, result.output
+    assert check.call_args.args[0].root == site.resolve()
+    monkeypatch.chdir(site / "issues")
+    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+        result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": padding})
+    assert result.exit_code == 0, result.output
+    assert check.call_args.args[0].root == site.resolve()
+
+
+def test_a_workspace_that_is_the_settings_file_itself_says_so(site: Path) -> None:
+    result = run("-w", str(site / "highlights.yaml"), "check", "latest")
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(
+        "highlights.yaml: a file, not a folder; name the folder that holds highlights.yaml"
+    )
+    assert "highlights init" not in result.stderr
+
+
 def test_option_beats_the_environment(site: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     init_workspace(other, today=dt.date(2024, 2, 2))

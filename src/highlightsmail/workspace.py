@@ -320,9 +320,14 @@ class Workspace:
 def find_root(start: Path | None = None, override: str | Path | None = None) -> Path:
     """The workspace folder: --workspace, HIGHLIGHTS_WORKSPACE, or the nearest parent
     of the current directory holding highlights.yaml (as git finds .git)."""
-    chosen = override or os.environ.get("HIGHLIGHTS_WORKSPACE")
+    # Blank or padded, as an environment variable easily is: the folder, or no choice.
+    chosen = str(override or os.environ.get("HIGHLIGHTS_WORKSPACE") or "").strip()
     if chosen:
         root = Path(chosen)
+        if root.is_file():
+            raise HighlightsError(
+                f"{display_path(root)}: a file, not a folder; name the folder that holds {SETTINGS_FILE}"
+            )
         if not (root / SETTINGS_FILE).is_file():
             raise HighlightsError(
                 f"{display_path(root)}: no {SETTINGS_FILE} here; create a workspace with `highlights init {chosen}`"
