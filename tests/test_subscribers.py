@@ -279,6 +279,31 @@ def test_export_replaces_a_file_whole_or_not_at_all(workspace: Path, monkeypatch
     assert sorted(p.name for p in workspace.iterdir() if p.name.startswith(".out.csv")) == []
 
 
+@pytest.mark.parametrize(
+    ("target", "what"),
+    [
+        ("subscribers/highlights.db", "is this workspace's database"),
+        ("subscribers/highlights.db-wal", "is this workspace's database"),
+        ("./subscribers/../subscribers/highlights.db", "is this workspace's database"),
+        ("subscribers/.secret", "is this workspace's signing secret"),
+        ("highlights.yaml", "is this workspace's settings"),
+        ("issues/2024-w02.yaml", "is in this workspace's issues folder"),
+        ("templates/issue.txt.j2", "is in this workspace's templates folder"),
+    ],
+)
+def test_export_never_writes_over_the_workspace_s_own_files(workspace: Path, target: str, what: str) -> None:
+    """`export subscribers/highlights.db` replaced the database (every subscriber, every
+    dispatch) with its own CSV."""
+    fill(workspace)
+    run("list")  # the database and the secret exist
+    (workspace / "subscribers" / ".secret").write_text("s" * 40)
+    before = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
+    result = run("export", target, ok=False)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {target.replace('./subscribers/../', '')}: {what}; write to another file\n"
+    assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
+
+
 def test_export_to_a_missing_folder_is_a_clear_error(workspace: Path) -> None:
     result = run("export", "no/such/folder/out.csv", ok=False)
     assert result.exit_code == 1 and "does not exist" in result.stderr

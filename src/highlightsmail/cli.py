@@ -682,6 +682,8 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
     from highlightsmail.store import Store
 
     ws = obj.ws
+    if out is not None:
+        ws.check_output(out)
     with Store.open(ws) as store:
         try:
             slug = ws.issue_path(issue).stem

@@ -324,6 +324,8 @@ def write_list(ws: Workspace, out: TextIO, status: Status | None = None, fmt: st
 def export(ws: Workspace, file: Path | None, out: TextIO | None = None) -> int:
     """`subscribers export [FILE]`: every subscriber as CSV, to FILE (written atomically:
     a reader never sees half a file) or else to `out`. Returns how many."""
+    if file is not None:
+        ws.check_output(file)
     with Store.open(ws) as store:
         if file is None:
             assert out is not None, "export to a stream needs the stream"

@@ -292,6 +292,27 @@ class Workspace:
     def outbox_dir(self) -> Path:
         return self.root / self.settings.delivery.outbox.dir
 
+    def check_output(self, path: Path) -> None:
+        """Refuse `path` as where a command writes its output (an export, a report) when
+        it is one of the workspace's own files: writing there would destroy the state,
+        the secret, the settings, an issue or a template."""
+        target = Path(os.path.realpath(path))
+        own = {
+            self.settings_path: "settings",
+            self.secret_path: "signing secret",
+        }
+        if self.database_url is None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                own[self.db_path.with_name(self.db_path.name + suffix)] = "database"
+        what = next(
+            (f"is this workspace's {name}" for f, name in own.items() if Path(os.path.realpath(f)) == target), None
+        )
+        for folder in (self.issues_dir, self.templates_dir):
+            if what is None and target.is_relative_to(os.path.realpath(folder)):
+                what = f"is in this workspace's {folder.name} folder"
+        if what is not None:
+            raise HighlightsError(f"{display_path(path)}: {what}; write to another file")
+
     def issue_path(self, ref: str) -> Path:
         """Resolve an ISSUE argument: a path, a slug (2024-w02) or `latest`."""
         if ref == "latest":
