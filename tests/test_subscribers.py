@@ -397,6 +397,20 @@ def test_add_and_remove_refuse_bad_input(workspace: Path) -> None:
     assert rows_of(workspace) == {}
 
 
+def test_add_of_a_pending_address_points_to_its_confirmation_not_an_unsubscribe_link(workspace: Path) -> None:
+    """Someone who joined through the form and has not confirmed has no unsubscribe link
+    and no resubscribe button: the message named both."""
+    (workspace / "list.csv").write_text("email,status\np@example.org,pending\n")
+    run("import", "list.csv")
+    again = run("add", "p@example.org", ok=False)
+    assert again.exit_code == 1
+    assert again.stderr == (
+        "Error: p@example.org is pending: it becomes active when the subscriber presses Confirm "
+        "on the page the link in their confirmation email opens\n"
+    )
+    assert rows_of(workspace) == {"p@example.org": ("", "pending")}
+
+
 def test_remove_leaves_a_bounced_address_bounced(workspace: Path) -> None:
     (workspace / "list.csv").write_text("email,status\nb@example.org,bounced\n")
     run("import", "list.csv")

@@ -274,6 +274,13 @@ def add(ws: Workspace, email: str, name: str = "") -> Added:
         subscriber, created = store.add(address, name, source="cli")
         if created:
             return Added(subscriber, created=True)
+        if subscriber.status == "pending":
+            # Joined through the form and not confirmed: only their confirmation makes
+            # them active (double opt-in), and they have no unsubscribe link yet.
+            raise HighlightsError(
+                f"{subscriber.email} is pending: it becomes active when the subscriber presses Confirm "
+                "on the page the link in their confirmation email opens"
+            )
         if subscriber.status != "active":
             raise HighlightsError(
                 f"{subscriber.email} is {subscriber.status} and stays so: only the subscriber can come back, "
