@@ -109,7 +109,7 @@ def _list_id(value: str) -> str:
 
 
 #: First path segments the web app itself answers; the archive can't live under them.
-_APP_PATHS = frozenset({"u", "healthz", "subscribe", "confirm", "webhooks"})
+APP_PATHS = frozenset({"u", "healthz", "subscribe", "confirm", "webhooks"})
 
 
 def _archive_path(value: str) -> str:
@@ -118,7 +118,7 @@ def _archive_path(value: str) -> str:
     path = value.rstrip("/")
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path) or any(seg in (".", "..") for seg in path.split("/")):
         raise ValueError("must be a path like /archive: letters, digits and . _ ~ - between slashes")
-    if path.split("/")[1] in _APP_PATHS:
+    if path.split("/")[1] in APP_PATHS:
         raise ValueError(f"{path} is taken by the web endpoint's own pages; choose another, like /archive")
     return path
 
