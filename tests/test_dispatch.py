@@ -695,3 +695,18 @@ def test_status_after_a_stop_counts_and_lists_the_same_recipients_in_doubt(works
     assert "    batch 2: 1 recipient(s): no answer from the server\n" in status.output
     verbose = run("status", "2024-w02", "--verbose")
     assert re.findall(r"^      (\S+)$", verbose.output, re.MULTILINE) == emails[:3]
+
+
+def test_status_and_report_of_a_sent_issue_whose_file_is_gone_since(workspace: Path) -> None:
+    """The dispatch's record outlives its file (removed or renamed after sending):
+    `report` found it by slug, `status` stopped at "no issue file"."""
+    add_subscribers(workspace, 3)
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    assert run("send", "2024-w02", "--yes").exit_code == 0
+    (workspace / "issues" / "2024-w02.yaml").rename(workspace / "issues" / "2024-w02.yaml.bak")
+    status = CliRunner().invoke(main, ["status", "2024-w02"])
+    assert status.exit_code == 0, status.output
+    assert "recipients 3: sent 3, skipped 0, failed 0, in doubt 0" in status.stdout
+    assert CliRunner().invoke(main, ["report", "2024-w02"]).exit_code == 0
+    unknown = CliRunner().invoke(main, ["status", "2024-w03"])
+    assert unknown.exit_code == 1 and unknown.stderr == "Error: 2024-w03: no issue file issues/2024-w03.yaml\n"

@@ -395,7 +395,7 @@ def status(obj: _Ctx, issue: str, verbose: bool) -> None:
     """Show how the dispatch of ISSUE stands, and any recipients failed or in doubt."""
     from highlightsmail import dispatch
 
-    report = dispatch.status(obj.ws, obj.ws.issue_path(issue), verbose=verbose)
+    report = dispatch.status(obj.ws, _slug_of(obj.ws, issue), verbose=verbose)
     slug = report.slug
     if report.last_test is not None:
         last = report.last_test
@@ -684,13 +684,8 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
     ws = obj.ws
     if out is not None:
         ws.check_output(out)
+    slug = _slug_of(ws, issue)
     with Store.open(ws) as store:
-        try:
-            slug = ws.issue_path(issue).stem
-        except HighlightsError:
-            if store.dispatch_info(issue) is None:
-                raise
-            slug = issue  # sent, and its file since removed
         figures = reporting.build_report(store, slug)
     if fmt == "json":
         text = json.dumps(figures.as_json(), indent=2, ensure_ascii=False) + "\n"
@@ -706,6 +701,23 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
     except OSError as exc:
         raise HighlightsError(f"{display_path(out)}: cannot write the report: {exc.strerror or exc}") from None
     click.echo(f"Wrote {display_path(out)}", err=True)
+
+
+def _slug_of(ws: Workspace, issue: str) -> str:
+    """The slug of ISSUE (a path, a slug or `latest`), for commands about a dispatch: an
+    issue that was sent keeps its record when its file is removed or renamed since."""
+    from highlightsmail.errors import HighlightsError
+
+    try:
+        return ws.issue_path(issue).stem
+    except HighlightsError:
+        if ws.database_exists():
+            from highlightsmail.store import Store
+
+            with Store.open(ws) as store:
+                if store.dispatch_info(issue) is not None:
+                    return issue
+        raise
 
 
 @contextmanager

@@ -641,12 +641,11 @@ class StatusReport:
     has_events: bool = False  # delivery events were recorded (`highlights report` has more)
 
 
-def status(ws: Workspace, issue_path: Path, *, verbose: bool = False) -> StatusReport:
+def status(ws: Workspace, slug: str, *, verbose: bool = False) -> StatusReport:
     """How the dispatch of an issue stands, with its failed and in-doubt recipients
     grouped by batch and reason (their addresses too when `verbose`)."""
     from highlightsmail.store import Store
 
-    slug = issue_path.stem
     with Store.open(ws) as store:
         tests = store.test_sends(slug)
         last = tests[-1] if tests else None
