@@ -428,8 +428,13 @@ class _SecurityHeaders:
 
         try:
             await self.app(scope, receive, send_secured)
-        except Exception:
-            log.exception("error answering %s %s", scope.get("method"), _redact(scope.get("path", "")))
+        except Exception as exc:
+            where = f"{scope.get('method')} {_redact(scope.get('path', ''))}"
+            if isinstance(exc, HighlightsError):
+                # Ours, such as a template the editor broke: its one line says it all.
+                log.error("cannot answer %s: %s", where, exc.format_message())
+            else:
+                log.exception("error answering %s", where)
             if started:
                 raise
             page = self.pages.notice(
