@@ -254,6 +254,16 @@ def test_a_folder_or_a_symlink_loop_as_issue_is_a_one_line_error(
         ]
 
 
+@pytest.mark.parametrize("ref", ["x" * 300, "x" * 300 + ".yaml", "issues/" + "x" * 300 + ".yaml"])
+def test_an_issue_name_longer_than_the_system_takes_is_a_one_line_error(site: Path, ref: str) -> None:
+    """`check <300 characters>` was an OSError (File name too long) traceback."""
+    for command in ("check", "build", "send", "status", "report"):
+        result = CliRunner().invoke(main, ["-w", str(site), command, ref])
+        assert result.exit_code == 1, (command, result.output)
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"Error: {ref}: no ")
+
+
 def test_broken_settings_name_the_place(site: Path) -> None:
     (site / "highlights.yaml").write_text("name: X\nfrom: nobody\nbase_url: ftp://x\n")
     result = run("-w", str(site), "check", "latest")

@@ -327,15 +327,28 @@ class Workspace:
             return found[-1]
         as_path = Path(ref)
         if as_path.suffix in (".yaml", ".yml") or os.sep in ref or "/" in ref:
-            if as_path.is_dir():
+            kind = _kind(as_path)
+            if kind == "folder":
                 raise HighlightsError(f"{ref}: is a folder, not an issue file")
-            if not as_path.is_file():
+            if kind != "file":
                 raise HighlightsError(f"{ref}: no such issue file")
             return as_path
         slug_path = self.issues_dir / f"{ref}.yaml"
-        if not slug_path.is_file():
+        if _kind(slug_path) != "file":
             raise HighlightsError(f"{ref}: no issue file {display_path(slug_path)}")
         return slug_path
+
+
+def _kind(path: Path) -> Literal["file", "folder"] | None:
+    """What is at `path`: a file, a folder, or nothing usable (missing, a broken link or a
+    loop, a name longer than the system takes, which `Path.is_file` raises for)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+    return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else None
 
 
 def find_root(start: Path | None = None, override: str | Path | None = None) -> Path:
