@@ -264,6 +264,34 @@ def test_an_issue_name_longer_than_the_system_takes_is_a_one_line_error(site: Pa
         assert line.startswith(f"Error: {ref}: no ")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("bounces", "scan", "LONG"),
+        ("init", "LONG"),
+        ("-w", "LONG", "status", "latest"),
+        ("build", "latest", "--out", "LONG"),
+        ("publish", "--out", "LONG"),
+        ("subscribers", "import", "LONG"),
+        ("subscribers", "export", "LONG"),
+    ],
+    ids=lambda args: " ".join(a for a in args if a != "LONG"),
+)
+def test_a_path_longer_than_the_system_takes_is_one_line_for_every_command(
+    site: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """Path.is_file and friends raise for a name too long (ENAMETOOLONG): five commands
+    ended in that OSError's traceback."""
+    monkeypatch.chdir(site)
+    long = "x" * 300
+    result = CliRunner().invoke(main, [long if a == "LONG" else a for a in args])
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, OSError), result.exception
+    line = result.stderr.splitlines()[-1]  # after any warning (a signing secret just made)
+    assert line.startswith("Error: ") and ("File name too long" in line or "no such file" in line), line
+    assert "Traceback" not in result.stderr
+
+
 def test_broken_settings_name_the_place(site: Path) -> None:
     (site / "highlights.yaml").write_text("name: X\nfrom: nobody\nbase_url: ftp://x\n")
     result = run("-w", str(site), "check", "latest")

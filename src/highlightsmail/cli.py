@@ -68,7 +68,23 @@ def _one_shot() -> Iterator[None]:
             gc.enable()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group, with one rule for what no command foresaw from the system: an
+    OSError (a name longer than the file system takes, a disk that fails) is a one-line
+    error naming its file, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            from highlightsmail.errors import HighlightsError, display_path
+
+            what = exc.strerror or str(exc) or type(exc).__name__
+            where = f"{display_path(exc.filename)}: " if exc.filename else ""
+            raise HighlightsError(f"{where}{what}") from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="highlights")
 @click.option(
     "--workspace",
