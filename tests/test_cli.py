@@ -292,6 +292,26 @@ def test_a_path_longer_than_the_system_takes_is_one_line_for_every_command(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name", ["highlights.yaml", "issues", "templates"])
+@pytest.mark.parametrize("how", ["link loop", "broken link"])
+def test_a_workspace_file_or_folder_that_is_a_bad_link_is_named_as_such(
+    site: Path, monkeypatch: pytest.MonkeyPatch, name: str, how: str
+) -> None:
+    """A highlights.yaml that loops was "no highlights.yaml in . or its parents"; issues/
+    looping was "no issue files yet; create one with `highlights new`"; templates/
+    looping silently gave the package's look."""
+    target = site / name
+    target.rename(site / f"{name}.real")
+    target.symlink_to(name if how == "link loop" else "gone")
+    monkeypatch.chdir(site)
+    for args in (["check", "latest"], ["-w", str(site), "check", "latest"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        [line] = result.stderr.splitlines()
+        assert line.startswith("Error: ") and "a broken link or a link loop" in line, line
+        assert name in line
+
+
 def test_broken_settings_name_the_place(site: Path) -> None:
     (site / "highlights.yaml").write_text("name: X\nfrom: nobody\nbase_url: ftp://x\n")
     result = run("-w", str(site), "check", "latest")

@@ -43,6 +43,8 @@ class _WorkspaceFiles(jinja2.FileSystemLoader):
         from jinja2.loaders import split_template_path
 
         for folder in self.searchpath:
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                raise OSError(errno.ENOTDIR, "the templates folder is a file, a broken link or a link loop")
             path = os.path.join(folder, *split_template_path(template))
             if os.path.lexists(path) and not os.path.isfile(path):
                 raise OSError(

@@ -14,6 +14,9 @@ from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.fields import Address, HeaderText, HttpUrl, SecretUrl, SenderAddress, SingleLine
 
 SETTINGS_FILE = "highlights.yaml"
+#: What is wrong with a name that is there but cannot be what the workspace needs.
+NOT_A_FILE = "not a file (a folder, a broken link or a link loop)"
+NOT_A_FOLDER = "not a folder (a file, a broken link or a link loop)"
 #: Overrides the `database` setting whole: a PostgreSQL URL, which may carry the password.
 ENV_DATABASE_URL = "HIGHLIGHTS_DATABASE_URL"
 #: An issue's slug when its file is named after its ISO week: YYYY-wWW (year, week).
@@ -316,6 +319,8 @@ class Workspace:
     def issue_path(self, ref: str) -> Path:
         """Resolve an ISSUE argument: a path, a slug (2024-w02) or `latest`."""
         if ref == "latest":
+            if os.path.lexists(self.issues_dir) and _kind(self.issues_dir) != "folder":
+                raise HighlightsError(f"{display_path(self.issues_dir)}: {NOT_A_FOLDER}")
             # The newest week by file name; a folder or a broken link named *.yaml is no issue.
             found = sorted(p for p in self.issues_dir.glob("*.yaml") if p.is_file())
             weekly = [p for p in found if ISSUE_SLUG.match(p.stem)]
@@ -362,6 +367,8 @@ def find_root(start: Path | None = None, override: str | Path | None = None) -> 
             raise HighlightsError(
                 f"{display_path(root)}: a file, not a folder; name the folder that holds {SETTINGS_FILE}"
             )
+        if os.path.lexists(root / SETTINGS_FILE) and not (root / SETTINGS_FILE).is_file():
+            raise HighlightsError(f"{display_path(root / SETTINGS_FILE)}: {NOT_A_FILE}")
         if not (root / SETTINGS_FILE).is_file():
             raise HighlightsError(
                 f"{display_path(root)}: no {SETTINGS_FILE} here; create a workspace with `highlights init {chosen}`"
@@ -369,8 +376,11 @@ def find_root(start: Path | None = None, override: str | Path | None = None) -> 
         return root.resolve()
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / SETTINGS_FILE).is_file():
+        settings = folder / SETTINGS_FILE
+        if settings.is_file():
             return folder
+        if os.path.lexists(settings):
+            raise HighlightsError(f"{display_path(settings)}: {NOT_A_FILE}")
     raise HighlightsError(
         f"no {SETTINGS_FILE} in {display_path(here)} or its parents; run `highlights init DIR` or pass --workspace DIR"
     )
