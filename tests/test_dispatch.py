@@ -11,6 +11,7 @@ recipient.
 from __future__ import annotations
 
 import re
+import shutil
 from email import message_from_bytes
 from email.policy import default as default_policy
 from pathlib import Path
@@ -223,6 +224,26 @@ def test_test_send_to_chosen_addresses(workspace: Path) -> None:
     bad = run("send", "2024-w02", "--test", "--to", "not-an-address")
     assert bad.exit_code == 1 and "not-an-address" in bad.output
     assert run("send", "2024-w02", "--to", "a@example.org").exit_code == 2  # --to needs --test
+
+
+def test_a_test_send_mails_one_copy_per_person_whatever_the_spelling(workspace: Path) -> None:
+    """`--to x@ --to X@` or editors listing Ada twice in another case sent two copies
+    to one person: two spellings that differ in case or Unicode form are one address."""
+    result = run(
+        "send", "2024-w02", "--test", "--to", "Zoë@Example.org", "--to", "zoë@example.ORG", "--to", "b@example.org"
+    )
+    assert result.exit_code == 0, result.output
+    assert "sent to Zoë@example.org, b@example.org through outbox" in result.stdout
+    assert len(list((workspace / "outbox" / "2024-w02" / "test").glob("*.eml"))) == 2
+    settings = workspace / "highlights.yaml"
+    text = settings.read_text(encoding="utf-8")
+    settings.write_text(
+        text.replace("editors: [ada@example.org, grace@example.org]", "editors: [ada@example.org, ADA@example.org]"),
+        encoding="utf-8",
+    )
+    shutil.rmtree(workspace / "outbox")
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    assert len(list((workspace / "outbox" / "2024-w02" / "test").glob("*.eml"))) == 1
 
 
 # ------------------------------------------------------------------------- SMTP
