@@ -298,3 +298,52 @@ def test_a_sender_address_whose_local_part_is_not_ascii_is_refused_at_its_place(
         f"highlights.yaml:{line}:{col}: {prefix.rstrip(':')}: 'Zoë <zoë@example.org>': "
         "the part before the @ of an address mail is sent from must be ASCII"
     )
+
+
+NUMBER_SETTINGS = [
+    ("delivery", "sendgrid", "batch_size"),
+    ("delivery", "sendgrid", "asm_group_id"),
+    ("delivery", "sendgrid", "timeout"),
+    ("delivery", "smtp", "port"),
+    ("delivery", "smtp", "max_per_second"),
+    ("delivery", "bounces", "soft_limit"),
+    ("delivery", "max_attempts"),
+    ("delivery", "backoff"),
+    ("signup", "confirm_within_days"),
+]
+
+
+@pytest.mark.parametrize("path", NUMBER_SETTINGS, ids=".".join)
+@pytest.mark.parametrize("value", ["true", "yes", "off"])
+def test_true_or_false_is_not_a_number_setting(workspace: Path, path: tuple[str, ...], value: str) -> None:
+    """YAML reads `port: yes` as a boolean and Python took it as port 1."""
+    import yaml
+
+    settings = workspace / "highlights.yaml"
+    data = yaml.safe_load(settings.read_text(encoding="utf-8"))
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {}) or node.setdefault(key, {})
+    node[path[-1]] = "PLACEHOLDER"
+    settings.write_text(yaml.safe_dump(data, sort_keys=False).replace("PLACEHOLDER", value), encoding="utf-8")
+    [problem] = refused(workspace)
+    whole = path[-1] not in ("timeout", "max_per_second", "backoff")
+    words = "expected a whole number" if whole else "expected a number"
+    assert problem.endswith(f": {'.'.join(path)}: {words}, not true or false"), problem
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("    asm_group_id: -5", "delivery.sendgrid.asm_group_id: must be at least 1"),
+        ("    categories: [" + "c" * 256 + "]", "delivery.sendgrid.categories[0]: is 256 characters, at most 255"),
+    ],
+)
+def test_sendgrid_settings_it_would_refuse_every_request_for_are_refused_here(
+    workspace: Path, line: str, words: str
+) -> None:
+    """A negative unsubscribe group or a category over 255 characters passed `check` and
+    then made SendGrid refuse every batch (400)."""
+    number = set_line(workspace, line.split(":")[0] + ":", line)
+    [problem] = refused(workspace)
+    assert problem.startswith(f"highlights.yaml:{number}:") and problem.endswith(words)

@@ -164,6 +164,22 @@ def _coerce_scalar_text(value: object) -> object:
     return value
 
 
+def _whole_number(value: object) -> object:
+    """YAML reads `true` and `yes` as booleans, which Python would take as the number 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number, not true or false")
+    return value
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true or false")
+    return value
+
+
+#: A number setting: true, false, yes or no are refused, not read as 1 or 0.
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+Number = Annotated[float, BeforeValidator(_number)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 #: An http(s) URL that a secret is sent to: https, or http on loopback only.
 SecretUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(_secure_url)]
@@ -182,9 +198,11 @@ __all__ = [
     "HeaderText",
     "HttpUrl",
     "Markdown",
+    "Number",
     "SecretUrl",
     "SenderAddress",
     "SingleLine",
+    "WholeNumber",
     "is_loopback_host",
     "plaintext_url_problem",
     "split_address",

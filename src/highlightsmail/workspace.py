@@ -11,7 +11,16 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from highlightsmail.errors import HighlightsError, display_path
-from highlightsmail.fields import Address, HeaderText, HttpUrl, SecretUrl, SenderAddress, SingleLine
+from highlightsmail.fields import (
+    Address,
+    HeaderText,
+    HttpUrl,
+    Number,
+    SecretUrl,
+    SenderAddress,
+    SingleLine,
+    WholeNumber,
+)
 
 SETTINGS_FILE = "highlights.yaml"
 #: What is wrong with a name that is there but cannot be what the workspace needs.
@@ -29,11 +38,12 @@ class _Strict(BaseModel):
 
 class SendGridSettings(_Strict):
     host: SecretUrl = "https://api.sendgrid.com"
-    categories: list[SingleLine] = Field(default_factory=list, max_length=10)
-    asm_group_id: int | None = None
-    batch_size: int = Field(default=1000, ge=1, le=1000)
-    concurrency: int = Field(default=4, ge=1, le=32)
-    timeout: float = Field(default=30.0, gt=0, le=600)
+    # SendGrid takes up to 10 categories of up to 255 characters each.
+    categories: list[Annotated[SingleLine, Field(max_length=255)]] = Field(default_factory=list, max_length=10)
+    asm_group_id: WholeNumber | None = Field(default=None, ge=1)
+    batch_size: WholeNumber = Field(default=1000, ge=1, le=1000)
+    concurrency: WholeNumber = Field(default=4, ge=1, le=32)
+    timeout: Number = Field(default=30.0, gt=0, le=600)
     # The Event Webhook's verification key (base64, as SendGrid shows it); the
     # environment's SENDGRID_WEBHOOK_PUBLIC_KEY overrides it.
     webhook_public_key: SingleLine | None = None
@@ -43,11 +53,11 @@ class SendGridSettings(_Strict):
 
 class SmtpSettings(_Strict):
     host: SingleLine = "localhost"
-    port: int = Field(default=587, ge=1, le=65535)
+    port: WholeNumber = Field(default=587, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "starttls"
     username: SingleLine | None = None
-    max_per_second: float | None = Field(default=None, gt=0)
-    timeout: float = Field(default=30.0, gt=0, le=600)
+    max_per_second: Number | None = Field(default=None, gt=0)
+    timeout: Number = Field(default=30.0, gt=0, le=600)
 
 
 class OutboxSettings(_Strict):
@@ -56,7 +66,7 @@ class OutboxSettings(_Strict):
 
 class BounceSettings(_Strict):
     # Soft bounces in this many issues in a row make an address count as bounced.
-    soft_limit: int = Field(default=3, ge=1, le=100)
+    soft_limit: WholeNumber = Field(default=3, ge=1, le=100)
     # Where SMTP bounces arrive: an mbox file, a Maildir, or imaps://user@host[:port]/FOLDER.
     mailbox: SingleLine | None = None
 
@@ -68,8 +78,8 @@ class DeliverySettings(_Strict):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     bounces: BounceSettings = Field(default_factory=BounceSettings)
     # Retries of throttling, server errors, time-outs and dropped connections.
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    backoff: float = Field(default=0.5, ge=0, le=60)
+    max_attempts: WholeNumber = Field(default=5, ge=1, le=20)
+    backoff: Number = Field(default=0.5, ge=0, le=60)
 
 
 def _base_url(value: str) -> str:
@@ -194,7 +204,7 @@ class SignupSettings(_Strict):
 
     enabled: bool = False
     # A confirmation link older than this only offers a new one.
-    confirm_within_days: int = Field(default=7, ge=1, le=90)
+    confirm_within_days: WholeNumber = Field(default=7, ge=1, le=90)
     # Sites whose pages may POST JSON to /subscribe (CORS); the HTML form needs none.
     allowed_origins: list[Origin] = Field(default_factory=list, max_length=50)
     # After confirming: nothing, or the latest issue already sent.
