@@ -169,6 +169,22 @@ def test_skip_test_check_and_confirmation(workspace: Path) -> None:
     assert len(list((workspace / "outbox" / "2024-w02").glob("*.eml"))) == 3
 
 
+def test_a_send_with_no_one_to_answer_says_to_pass_yes(workspace: Path) -> None:
+    """From cron or CI (standard input at its end) the question went unanswered and the
+    whole explanation was "Aborted!"."""
+    add_subscribers(workspace, 2)
+    ended = CliRunner().invoke(main, ["send", "2024-w02", "--skip-test-check"], input="")
+    assert ended.exit_code == 1
+    assert ended.stderr.splitlines()[-1] == (
+        "Error: 2024-w02: nothing sent; no answer to the question (standard input ended): "
+        "pass --yes to send without asking"
+    )
+    assert ledger(workspace) == {}
+    declined = CliRunner().invoke(main, ["send", "2024-w02", "--skip-test-check"], input="n\n")
+    assert declined.exit_code == 1 and "pass --yes" not in declined.stderr  # a "no" is a no
+    assert ledger(workspace) == {}
+
+
 def test_limit_sends_a_canary_then_the_rest(workspace: Path) -> None:
     add_subscribers(workspace, 5)
     first = run("send", "2024-w02", "--yes", "--skip-test-check", "--limit", "2")

@@ -347,10 +347,23 @@ class _SendTalk:
 
     def confirm(self, plan: SendPlan) -> bool:
         if not self.yes:
+            from highlightsmail.errors import HighlightsError
+
             verb = "Resume sending" if plan.resume else "Send"
-            click.confirm(
-                f"{verb} {plan.slug} to {plan.count} recipient(s) through {plan.backend}?", abort=True, err=True
-            )
+            try:
+                answer = click.confirm(
+                    f"{verb} {plan.slug} to {plan.count} recipient(s) through {plan.backend}?", err=True
+                )
+            except (click.Abort, RuntimeError) as exc:  # Ctrl-C, or no input at all (RuntimeError: none open)
+                if isinstance(exc, RuntimeError) or _input_ended():  # cron, CI, a pipe: say what to do
+                    click.echo(err=True)  # end the question's line
+                    raise HighlightsError(
+                        f"{plan.slug}: nothing sent; no answer to the question (standard input ended): "
+                        "pass --yes to send without asking"
+                    ) from None
+                raise
+            if not answer:
+                raise click.Abort()
         return True
 
     def progress(self, total: int) -> AbstractContextManager[Callable[[int], None]]:
@@ -372,6 +385,15 @@ class _SendTalk:
 
     def stopping(self) -> None:
         click.echo("\nStopping after the batches under way (Ctrl-C again to stop at once)...", err=True)
+
+
+def _input_ended() -> bool:
+    """Whether a question went unanswered because standard input is no terminal (it
+    ended: /dev/null, a pipe, a closed stream), rather than because of Ctrl-C."""
+    try:
+        return sys.stdin is None or not sys.stdin.isatty()
+    except (OSError, ValueError):  # closed: nobody is typing there either
+        return True
 
 
 def _summary_line(summary: Summary) -> str:
