@@ -316,6 +316,13 @@ def test_preheader_over_150_characters(tmp_path):
     assert problems(path) == ["issue.yaml:3:12: preheader: is 160 characters, at most 150"]
 
 
+def test_a_tag_too_long_is_refused_like_a_link_label(tmp_path):
+    """Every single-line field had a length limit but tags: a 10,000-character tag went
+    into the email's line of tags as it was."""
+    path = write(tmp_path, GOOD.replace("tags: [long-context]", "tags: [long-context, " + "t" * 81 + "]"))
+    assert problems(path) == ["issue.yaml:16:26: items[0].tags[1]: is 81 characters, at most 80"]
+
+
 def test_title_too_long(tmp_path):
     path = write(tmp_path, f"title: {'t' * 201}\ndate: 2024-01-12\nitems:\n" + items(1))
     assert problems(path) == ["issue.yaml:1:8: title: is 201 characters, at most 200"]

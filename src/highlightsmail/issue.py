@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -48,7 +48,8 @@ class Item(_Strict):
     summary: Markdown
     links: list[Link] = Field(default_factory=list, max_length=10)
     image: Image | None = None
-    tags: list[SingleLine] = Field(default_factory=list, max_length=20)
+    # A tag is a short label, as a link's is: a long one would break the line of tags.
+    tags: list[Annotated[SingleLine, Field(max_length=80)]] = Field(default_factory=list, max_length=20)
 
 
 class Issue(_Strict):
