@@ -24,6 +24,9 @@ import trustme
 DOVECOT = os.environ.get("HIGHLIGHTS_DOVECOT", "/usr/sbin/dovecot")
 USER = "bounces@example.org"
 PASSWORD = "imap-test-password-4821"
+#: A second user, whose password goes beyond ASCII.
+UNICODE_USER = "zoe@example.org"
+UNICODE_PASSWORD = "pässwörd-ünïcode-4821"
 
 
 @dataclass
@@ -120,10 +123,13 @@ def dovecot() -> Iterator[Dovecot]:
         cert.private_key_pem.write_to_path(str(folder / "key.pem"))
         (folder / "cert.pem").write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
         ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-        (folder / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n", encoding="utf-8")
-        home = folder / "home" / USER
-        home.mkdir(parents=True)
-        os.chown(home, *owner)
+        (folder / "passwd").write_text(
+            f"{USER}:{{PLAIN}}{PASSWORD}\n{UNICODE_USER}:{{PLAIN}}{UNICODE_PASSWORD}\n", encoding="utf-8"
+        )
+        for user in (USER, UNICODE_USER):
+            home = folder / "home" / user
+            home.mkdir(parents=True)
+            os.chown(home, *owner)
         port = _free_port()
         (folder / "dovecot.conf").write_text(_config(folder, port, owner, users), encoding="utf-8")
         proc = subprocess.Popen(
@@ -144,7 +150,8 @@ def dovecot() -> Iterator[Dovecot]:
                     out = proc.stdout.read().decode(errors="replace") if proc.stdout and proc.poll() is not None else ""
                     pytest.fail(f"Dovecot did not start on 127.0.0.1:{port}:\n{out}\n{log}")
                 time.sleep(0.05)
-        yield Dovecot(port=port, ca_file=folder / "ca.pem", maildir=home / "Maildir", _owner=owner)
+        maildir = folder / "home" / USER / "Maildir"
+        yield Dovecot(port=port, ca_file=folder / "ca.pem", maildir=maildir, _owner=owner)
     finally:
         if proc is not None:
             proc.terminate()

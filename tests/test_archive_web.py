@@ -177,6 +177,23 @@ def test_a_broken_issue_file_is_left_out_and_logged(site, http, root: Path, capl
     assert http.get(f"{site.url}/archive/2024-w03/").status_code == 404
 
 
+def test_a_site_template_the_editor_broke_is_a_500_page_and_one_log_line(site, http, root: Path, caplog) -> None:
+    """The log had the whole traceback, though the error is one known line: which
+    template, which line, what is wrong."""
+    (root / "templates" / "site" / "issue.html.j2").write_text("{% if %}\n", encoding="utf-8")
+    with caplog.at_level(logging.ERROR, logger="highlightsmail.web"):
+        page = http.get(f"{site.url}/archive/2024-w02/")
+    assert page.status_code == 500 and "Something went wrong" in page.text
+    assert "Traceback" not in page.text and "issue.html.j2" not in page.text
+    [record] = [r for r in caplog.records if r.name == "highlightsmail.web"]
+    assert record.getMessage() == (
+        "cannot answer GET /archive/2024-w02/: templates/site/issue.html.j2:1: "
+        "Expected an expression, got 'end of statement block'"
+    )
+    assert record.exc_info is None
+    assert http.get(f"{site.url}/archive/").status_code == 200  # the rest still answers
+
+
 def test_no_archive_unless_enabled(workspace: Path, http) -> None:
     mark_sent(workspace, "2024-w02")
     with serve_workspace(workspace) as site:

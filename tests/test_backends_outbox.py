@@ -240,3 +240,20 @@ def test_header_text_that_got_past_validation_stops_the_batch(workspace: Path, f
     with pytest.raises(HighlightsError, match=f"{field}: must not contain an RFC 2047 encoded word"):
         get_backend(ws).send_batch(make_batch(ws, recipients(2), rendered=rendered))
     assert list((workspace / "outbox").rglob("*.eml")) == []
+
+
+def test_a_sender_domain_outside_ascii_goes_out_in_its_idna_form(workspace: Path) -> None:
+    """`from: Ada Lovelace <ada@bücher.example>` is a valid setting; its message was a
+    UnicodeEncodeError traceback. Headers carry the domain as IDNA, the same address."""
+    ws = make_workspace(workspace, **{"from": "Ada Lovelace <ada@bücher.example>", "reply_to": "eds@bücher.example"})
+    batch = make_batch(ws, recipients(2))
+    result = get_backend(ws).send_batch(batch)
+    assert sorted(result.sent) == [e.key for e in batch.envelopes]
+    for path in sorted((workspace / "outbox" / "2024-w02").glob("*.eml")):
+        raw = path.read_bytes()
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        assert head.isascii(), "every header of these recipients is ASCII"
+        msg = _parse(path)
+        assert str(msg["From"]) == "Ada Lovelace <ada@xn--bcher-kva.example>"
+        assert str(msg["Reply-To"]) == "eds@xn--bcher-kva.example"
+        assert str(msg["Message-ID"]).endswith("@xn--bcher-kva.example>")

@@ -162,6 +162,21 @@ def test_missing_api_key(workspace: Path, sg: SendGridServer, monkeypatch: pytes
     assert sg.stats.received == 0
 
 
+@pytest.mark.parametrize("key", [f"{API_KEY}\nX-Injected: 1", f"SG.a b{API_KEY}", "SG.cl\u00e9", "SG.\u20ac"])
+def test_an_api_key_no_header_can_carry_is_a_clear_error_and_not_shown(
+    workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """A key pasted with a line break was a ValueError traceback from the HTTP client."""
+    monkeypatch.setenv(ENV_API_KEY, key)
+    backend = _backend(workspace)
+    with pytest.raises(DeliveryError, match=f"{ENV_API_KEY} holds a space, a line break or a character outside ASCII"):
+        backend.open()
+    with pytest.raises(DeliveryError) as info:
+        backend.send_batch(make_batch(backend.ws, recipients(1)))
+    assert key.strip() not in info.value.message and "SG." not in info.value.message.replace("SG. and", "")
+    assert sg.stats.received == 0
+
+
 def test_wrong_api_key_is_permanent_and_not_shown(
     workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -459,3 +459,21 @@ def test_the_example_issue_takes_the_fast_path(workspace: Path, eight_bit: bool)
         assert out.eight_bit == eight_bit  # its HTML is not ASCII (no-break spaces, arrows)
         check_message(_parse(out.data), env, ws.settings)
         _same_message(out, build_message(batch.rendered, ws.settings, env.recipient, env.links), eight_bit=eight_bit)
+
+
+@pytest.mark.parametrize(("user", "password"), [("newsletter", "pässwörd ünïcode"), ("zoë", "plain ascii")])
+def test_a_login_beyond_ascii_goes_as_utf8_auth_plain(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, user: str, password: str
+) -> None:
+    """smtplib encodes credentials as ASCII: such a password was a UnicodeEncodeError
+    traceback. RFC 4616 makes PLAIN's credentials UTF-8."""
+    handler = SinkHandler()
+    monkeypatch.setenv(ENV_PASSWORD, password)
+    with smtp_server(
+        handler, auth_required=True, auth_require_tls=False, authenticator=PasswordCheck(user, password, handler)
+    ) as server:
+        ws = _smtp_ws(workspace, server.port, username=user)
+        batch = make_batch(ws, recipients(2))
+        _, result = _send(ws, batch)
+    assert result.sent == [e.key for e in batch.envelopes]
+    assert handler.logins == [f"PLAIN:{user}"]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from helpers_bounces import exim, gmail, postfix, vacation
 from helpers_events import dump, statuses
-from helpers_imap import PASSWORD, USER, Dovecot, dovecot
+from helpers_imap import PASSWORD, UNICODE_PASSWORD, UNICODE_USER, USER, Dovecot, dovecot
 from highlightsmail.cli import main
 from test_bounces import ISSUE, Sent, db_of, email, kinds
 
@@ -87,3 +87,20 @@ def test_a_wrong_password_or_an_untrusted_certificate_is_one_clear_line(
     monkeypatch.setenv("HIGHLIGHTS_IMAP_CAFILE", str(imap.ca_file))
     result = scan(imap.url.replace("/INBOX", "/NoSuchFolder"))
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_a_password_beyond_ascii_logs_in(workspace: Path, imap: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMAP LOGIN goes out as ASCII: such a password was a UnicodeEncodeError traceback.
+    AUTHENTICATE PLAIN carries UTF-8 (RFC 4616)."""
+    Sent(workspace, 1)
+    monkeypatch.setenv("HIGHLIGHTS_IMAP_PASSWORD", UNICODE_PASSWORD)
+    url = imap.url.replace(USER.replace("@", "%40"), UNICODE_USER.replace("@", "%40"))
+    result = scan(url)
+    assert result.exit_code == 0, result.output
+    assert "0 mail(s)" in result.output
+
+    monkeypatch.setenv("HIGHLIGHTS_IMAP_PASSWORD", "wröng-pässword")
+    result = scan(url)
+    assert result.exit_code == 1
+    assert f"the server refused the login of {UNICODE_USER!r}" in result.output
+    assert "Traceback" not in result.output and "wröng" not in result.output

@@ -62,6 +62,44 @@ def test_help_everywhere(command: tuple[str, ...]) -> None:
         assert " ".join(("main", *command)) in result.stdout.splitlines()[0] or command == ()
 
 
+def _command(path: tuple[str, ...]) -> click.Command:
+    command: click.Command = main
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=lambda c: " ".join(c) or "highlights")
+def test_every_option_says_what_it_does(command: tuple[str, ...]) -> None:
+    """`--help` lists each option with a sentence, not a bare `--port INTEGER`."""
+    for param in _command(command).params:
+        if isinstance(param, click.Option):
+            assert (param.help or "").strip(), f"{' '.join(command)} {param.opts[0]} has no help text"
+
+
+def test_serve_help_names_every_page_it_answers() -> None:
+    text = " ".join(run("serve", "--help").stdout.split())
+    for words in ("unsubscribe", "/healthz", "webhook", "signup", "confirmation", "archive"):
+        assert words in text
+
+
+def test_import_help_names_the_columns_export_writes() -> None:
+    text = " ".join(run("subscribers", "import", "--help").stdout.split())
+    for column in ("email", "name", "status", "created", "updated", "source", "consented"):
+        assert column in text
+
+
+@pytest.mark.parametrize("command", ["serve", "preview"])
+@pytest.mark.parametrize("port", ["70000", "65536", "-1"])
+def test_a_port_out_of_range_is_a_usage_error(site: Path, command: str, port: str) -> None:
+    """`serve --port 70000` used to listen on 4464 (70000 - 65536), with no word why."""
+    args = ["-w", str(site), command, *(["2024-w02", "--no-open"] if command == "preview" else []), "--port", port]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "--port" in result.stderr and "0<=x<=65535" in result.stderr
+
+
 def test_every_product_command_is_there() -> None:
     names = {" ".join(c) for c in all_commands()}
     for expected in (
@@ -123,6 +161,32 @@ def test_workspace_from_the_environment(site: Path) -> None:
         result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": str(site)})
     assert result.exit_code == 0, result.output
     assert check.call_args.args[0].root == site.resolve()
+
+
+@pytest.mark.parametrize("padding", [" ", "\t", "\n"])
+def test_a_workspace_variable_blank_or_padded_is_taken_as_it_means(
+    site: Path, monkeypatch: pytest.MonkeyPatch, padding: str
+) -> None:
+    """A padded value named a folder that does not exist (and init was suggested for it);
+    a blank one, a folder called ' '."""
+    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+        result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": f"{padding}{site}{padding}"})
+    assert result.exit_code == 0, result.output
+    assert check.call_args.args[0].root == site.resolve()
+    monkeypatch.chdir(site / "issues")
+    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+        result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": padding})
+    assert result.exit_code == 0, result.output
+    assert check.call_args.args[0].root == site.resolve()
+
+
+def test_a_workspace_that_is_the_settings_file_itself_says_so(site: Path) -> None:
+    result = run("-w", str(site / "highlights.yaml"), "check", "latest")
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(
+        "highlights.yaml: a file, not a folder; name the folder that holds highlights.yaml"
+    )
+    assert "highlights init" not in result.stderr
 
 
 def test_option_beats_the_environment(site: Path, tmp_path: Path) -> None:
@@ -188,6 +252,64 @@ def test_a_folder_or_a_symlink_loop_as_issue_is_a_one_line_error(
         assert result.stderr.strip().splitlines() == [
             f"Error: {ref}: " + ("is a folder, not an issue file" if "w01" in ref else "no such issue file")
         ]
+
+
+@pytest.mark.parametrize("ref", ["x" * 300, "x" * 300 + ".yaml", "issues/" + "x" * 300 + ".yaml"])
+def test_an_issue_name_longer_than_the_system_takes_is_a_one_line_error(site: Path, ref: str) -> None:
+    """`check <300 characters>` was an OSError (File name too long) traceback."""
+    for command in ("check", "build", "send", "status", "report"):
+        result = CliRunner().invoke(main, ["-w", str(site), command, ref])
+        assert result.exit_code == 1, (command, result.output)
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"Error: {ref}: no ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("bounces", "scan", "LONG"),
+        ("init", "LONG"),
+        ("-w", "LONG", "status", "latest"),
+        ("build", "latest", "--out", "LONG"),
+        ("publish", "--out", "LONG"),
+        ("subscribers", "import", "LONG"),
+        ("subscribers", "export", "LONG"),
+    ],
+    ids=lambda args: " ".join(a for a in args if a != "LONG"),
+)
+def test_a_path_longer_than_the_system_takes_is_one_line_for_every_command(
+    site: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """Path.is_file and friends raise for a name too long (ENAMETOOLONG): five commands
+    ended in that OSError's traceback."""
+    monkeypatch.chdir(site)
+    long = "x" * 300
+    result = CliRunner().invoke(main, [long if a == "LONG" else a for a in args])
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, OSError), result.exception
+    line = result.stderr.splitlines()[-1]  # after any warning (a signing secret just made)
+    assert line.startswith("Error: ") and ("File name too long" in line or "no such file" in line), line
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["highlights.yaml", "issues", "templates"])
+@pytest.mark.parametrize("how", ["link loop", "broken link"])
+def test_a_workspace_file_or_folder_that_is_a_bad_link_is_named_as_such(
+    site: Path, monkeypatch: pytest.MonkeyPatch, name: str, how: str
+) -> None:
+    """A highlights.yaml that loops was "no highlights.yaml in . or its parents"; issues/
+    looping was "no issue files yet; create one with `highlights new`"; templates/
+    looping silently gave the package's look."""
+    target = site / name
+    target.rename(site / f"{name}.real")
+    target.symlink_to(name if how == "link loop" else "gone")
+    monkeypatch.chdir(site)
+    for args in (["check", "latest"], ["-w", str(site), "check", "latest"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        [line] = result.stderr.splitlines()
+        assert line.startswith("Error: ") and "a broken link or a link loop" in line, line
+        assert name in line
 
 
 def test_broken_settings_name_the_place(site: Path) -> None:

@@ -11,6 +11,7 @@ recipient.
 from __future__ import annotations
 
 import re
+import shutil
 from email import message_from_bytes
 from email.policy import default as default_policy
 from pathlib import Path
@@ -168,6 +169,22 @@ def test_skip_test_check_and_confirmation(workspace: Path) -> None:
     assert len(list((workspace / "outbox" / "2024-w02").glob("*.eml"))) == 3
 
 
+def test_a_send_with_no_one_to_answer_says_to_pass_yes(workspace: Path) -> None:
+    """From cron or CI (standard input at its end) the question went unanswered and the
+    whole explanation was "Aborted!"."""
+    add_subscribers(workspace, 2)
+    ended = CliRunner().invoke(main, ["send", "2024-w02", "--skip-test-check"], input="")
+    assert ended.exit_code == 1
+    assert ended.stderr.splitlines()[-1] == (
+        "Error: 2024-w02: nothing sent; no answer to the question (standard input ended): "
+        "pass --yes to send without asking"
+    )
+    assert ledger(workspace) == {}
+    declined = CliRunner().invoke(main, ["send", "2024-w02", "--skip-test-check"], input="n\n")
+    assert declined.exit_code == 1 and "pass --yes" not in declined.stderr  # a "no" is a no
+    assert ledger(workspace) == {}
+
+
 def test_limit_sends_a_canary_then_the_rest(workspace: Path) -> None:
     add_subscribers(workspace, 5)
     first = run("send", "2024-w02", "--yes", "--skip-test-check", "--limit", "2")
@@ -223,6 +240,26 @@ def test_test_send_to_chosen_addresses(workspace: Path) -> None:
     bad = run("send", "2024-w02", "--test", "--to", "not-an-address")
     assert bad.exit_code == 1 and "not-an-address" in bad.output
     assert run("send", "2024-w02", "--to", "a@example.org").exit_code == 2  # --to needs --test
+
+
+def test_a_test_send_mails_one_copy_per_person_whatever_the_spelling(workspace: Path) -> None:
+    """`--to x@ --to X@` or editors listing Ada twice in another case sent two copies
+    to one person: two spellings that differ in case or Unicode form are one address."""
+    result = run(
+        "send", "2024-w02", "--test", "--to", "Zoë@Example.org", "--to", "zoë@example.ORG", "--to", "b@example.org"
+    )
+    assert result.exit_code == 0, result.output
+    assert "sent to Zoë@example.org, b@example.org through outbox" in result.stdout
+    assert len(list((workspace / "outbox" / "2024-w02" / "test").glob("*.eml"))) == 2
+    settings = workspace / "highlights.yaml"
+    text = settings.read_text(encoding="utf-8")
+    settings.write_text(
+        text.replace("editors: [ada@example.org, grace@example.org]", "editors: [ada@example.org, ADA@example.org]"),
+        encoding="utf-8",
+    )
+    shutil.rmtree(workspace / "outbox")
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    assert len(list((workspace / "outbox" / "2024-w02" / "test").glob("*.eml"))) == 1
 
 
 # ------------------------------------------------------------------------- SMTP
@@ -695,3 +732,18 @@ def test_status_after_a_stop_counts_and_lists_the_same_recipients_in_doubt(works
     assert "    batch 2: 1 recipient(s): no answer from the server\n" in status.output
     verbose = run("status", "2024-w02", "--verbose")
     assert re.findall(r"^      (\S+)$", verbose.output, re.MULTILINE) == emails[:3]
+
+
+def test_status_and_report_of_a_sent_issue_whose_file_is_gone_since(workspace: Path) -> None:
+    """The dispatch's record outlives its file (removed or renamed after sending):
+    `report` found it by slug, `status` stopped at "no issue file"."""
+    add_subscribers(workspace, 3)
+    assert run("send", "2024-w02", "--test").exit_code == 0
+    assert run("send", "2024-w02", "--yes").exit_code == 0
+    (workspace / "issues" / "2024-w02.yaml").rename(workspace / "issues" / "2024-w02.yaml.bak")
+    status = CliRunner().invoke(main, ["status", "2024-w02"])
+    assert status.exit_code == 0, status.output
+    assert "recipients 3: sent 3, skipped 0, failed 0, in doubt 0" in status.stdout
+    assert CliRunner().invoke(main, ["report", "2024-w02"]).exit_code == 0
+    unknown = CliRunner().invoke(main, ["status", "2024-w03"])
+    assert unknown.exit_code == 1 and unknown.stderr == "Error: 2024-w03: no issue file issues/2024-w03.yaml\n"

@@ -610,3 +610,25 @@ def test_the_preview_lists_the_deception_warnings_at_their_places(workspace: Pat
     assert (
         f"{FILE}:10:14: warning: items[0].links[0].url: https://paypal.com@evil.example/ goes to evil.example" in page
     )
+
+
+def test_a_webhook_key_in_the_settings_that_serve_cannot_load_is_an_error_at_its_line(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check` said OK, and `serve` then refused to start over it."""
+    settings = workspace / "highlights.yaml"
+    lines = settings.read_text(encoding="utf-8").splitlines()
+    line = next(i for i, text in enumerate(lines, start=1) if text.startswith("    webhook_public_key:"))
+    lines[line - 1] = "    webhook_public_key: 'not a key!!'"
+    settings.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = check(workspace, CLEAN)
+    assert result.exit_code == 1
+    [found] = [f for f in findings(result) if f.startswith("highlights.yaml")]
+    assert found.startswith(
+        f"highlights.yaml:{line}:25: delivery.sendgrid.webhook_public_key: not a verification key (paste the base64"
+    )
+    # The environment's key wins in `serve`: then the setting is not used, and not an error.
+    from sendgrid_events import EventSender
+
+    monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", EventSender().public_key)
+    assert not [f for f in findings(check(workspace, CLEAN)) if f.startswith("highlights.yaml")]

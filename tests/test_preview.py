@@ -151,12 +151,16 @@ def test_a_symlink_loop_next_to_the_issue_does_not_stop_the_reloads(client: Test
     page_when(client, lambda p: "Seen After The Looping Link" in p)
 
 
-def test_a_templates_folder_that_is_a_looping_link_falls_back_to_the_defaults(workspace: Path) -> None:
+def test_a_templates_folder_that_is_a_looping_link_is_shown_and_the_preview_keeps_running(workspace: Path) -> None:
+    """The server starts and answers; the page names the folder, as `check` and `build`
+    do, rather than quietly showing the package's look instead of the editor's."""
     shutil.rmtree(workspace / "templates")
     (workspace / "templates").symlink_to("templates")
     with TestClient(create_preview_app(load_workspace(), workspace / ISSUE)) as client:
-        assert 'id="errors"' not in client.get("/").text
-        assert "Mixtral of Experts" in client.get("/email.txt").text
+        page = client.get("/")
+        assert page.status_code == 200
+        assert 'id="errors"' in page.text
+        assert "the templates folder is a file, a broken link or a link loop" in page.text
 
 
 def test_a_template_added_while_previewing_takes_over_from_the_default(workspace: Path) -> None:

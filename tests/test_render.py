@@ -603,6 +603,28 @@ def test_a_template_that_is_not_utf8_names_the_file(ws: Workspace, example: Issu
     )
 
 
+@pytest.mark.parametrize("kind", ["folder", "broken link", "link loop"])
+def test_a_template_that_is_there_but_no_file_is_an_error_not_the_default(
+    ws: Workspace, example: Issue, kind: str
+) -> None:
+    """The package's default used to stand in silently, so the editor saw a look they
+    had not written and no word about their own file."""
+    path = ws.templates_dir / "issue.mjml.j2"
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "broken link":
+        path.symlink_to(ws.templates_dir / "gone.mjml.j2")
+    else:
+        path.symlink_to(path.name)
+    with pytest.raises(HighlightsError) as err:
+        render_issue(example, ws)
+    assert err.value.format_message() == (
+        "templates/issue.mjml.j2: cannot read the template (it is a folder, a broken link or a link loop, "
+        "not a file; fix it, or remove it to use the default)"
+    )
+
+
 # --------------------------------------------------------------------------- quiet
 
 

@@ -207,6 +207,17 @@ def test_the_command_in_each_format_and_status_points_to_it(workspace: Path) -> 
     assert "see highlights report 2024-w02" in run("status", ISSUE).output
 
 
+def test_the_report_is_never_written_over_the_workspace_s_database(workspace: Path) -> None:
+    constructed(workspace)
+    db = db_of(workspace)
+    before = Path(db).read_bytes()
+    result = run("report", ISSUE, "--format", "html", "--out", str(db))
+    assert result.exit_code == 1
+    assert "is this workspace's database; write to another file" in result.stderr
+    assert Path(db).read_bytes() == before
+    assert run("report", ISSUE).exit_code == 0
+
+
 def test_an_issue_not_sent_has_no_report(workspace: Path) -> None:
     result = run("report", ISSUE)
     assert result.exit_code == 1

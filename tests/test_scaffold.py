@@ -117,6 +117,38 @@ def test_init_refuses_a_file_as_folder(here: Path) -> None:
     assert (here / "afile").read_text() == "x"
 
 
+@pytest.mark.parametrize("blocker", ["file", "broken link", "link loop"])
+def test_init_says_what_is_in_the_way_not_that_a_workspace_exists(here: Path, blocker: str) -> None:
+    """A file where the issues folder goes, or a directory argument that is a broken link
+    or a loop, was reported as "highlights.yaml already exists: this is a workspace"."""
+    if blocker == "file":
+        (here / "letter").mkdir()
+        (here / "letter" / "issues").write_text("not a folder")
+        in_the_way = "letter/issues"
+    elif blocker == "broken link":
+        (here / "letter").symlink_to(here / "gone")
+        in_the_way = "letter"
+    else:
+        (here / "letter").symlink_to("letter")
+        in_the_way = "letter"
+    result = CliRunner().invoke(main, ["init", "letter"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {in_the_way}: cannot create the workspace: something that is not a folder is in the way "
+        "(a file, a broken link or a link loop)\n"
+    )
+    assert not (here / "letter" / "highlights.yaml").exists()
+
+
+def test_init_with_a_gitignore_that_is_not_utf8_is_a_clear_error_and_writes_nothing(here: Path) -> None:
+    (here / "letter").mkdir()
+    (here / "letter" / ".gitignore").write_bytes(b"caf\xe9/\n")
+    result = CliRunner().invoke(main, ["init", "letter"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: letter/.gitignore: not UTF-8 text; init adds the lines")
+    assert sorted(p.name for p in (here / "letter").iterdir()) == [".gitignore"]
+
+
 def test_new_creates_the_file_of_the_iso_week(workspace: Path) -> None:
     (workspace / "issues" / "2024-w02.yaml").unlink()
     result = run("new", "--date", "2024-01-12")
@@ -152,6 +184,26 @@ def test_new_defaults_to_today(workspace: Path) -> None:
     result = run("new")
     assert result.exit_code == 0, result.output
     assert (workspace / "issues" / issue_filename(dt.date.today())).is_file()
+
+
+def test_new_right_after_init_makes_next_weeks_issue(here: Path) -> None:
+    """`init` writes this week's issue and tells the editor `highlights new` starts next
+    week's: it must, not refuse because this week's file exists."""
+    assert run("init", "letter").exit_code == 0
+    today = dt.date.today()
+    this_week = here / "letter" / "issues" / issue_filename(today)
+    before = this_week.read_bytes()
+    runner = CliRunner()
+    result = runner.invoke(main, ["-w", str(here / "letter"), "new"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    next_week = today + dt.timedelta(days=7)
+    assert result.stdout.strip().endswith(issue_filename(next_week))
+    assert load_issue(here / "letter" / "issues" / issue_filename(next_week)).date == next_week
+    assert this_week.read_bytes() == before
+    # And again: the week after that.
+    again = runner.invoke(main, ["-w", str(here / "letter"), "new"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip().endswith(issue_filename(today + dt.timedelta(days=14)))
 
 
 def test_new_quotes_a_name_that_yaml_would_misread(workspace: Path) -> None:

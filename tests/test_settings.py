@@ -35,6 +35,32 @@ def test_base_url_with_a_path_is_fine(workspace: Path) -> None:
     assert load_workspace(workspace).settings.base_url == "https://example.org/highlights"
 
 
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("https://editor:hunter2@h.example.org", "base_url: must not hold a user name or password"),
+        ("https://h.example.org\\evil.example", "base_url: a URL must not contain a backslash"),
+        ("https://h.example.org:99999", "base_url: a URL's port must be a number from 0 to 65535"),
+        (
+            "https://nëws.example.org",
+            "base_url: must be ASCII, as it goes into the List-Unsubscribe header: "
+            "write the host as xn--nws-jma.example.org",
+        ),
+        (
+            "https://h.example.org/ä",
+            "base_url: must be ASCII, as it goes into the List-Unsubscribe header: %-encode the path",
+        ),
+    ],
+)
+def test_a_base_url_every_email_could_not_carry_is_refused_at_its_place(workspace: Path, url: str, words: str) -> None:
+    """Each was taken and put into every message's List-Unsubscribe header as it was:
+    credentials, a backslash that browsers read as '/', port 99999, raw UTF-8."""
+    line = set_line(workspace, "base_url:", f"base_url: '{url}'")
+    [problem] = refused(workspace)
+    assert problem.startswith(f"highlights.yaml:{line}:11: {words}")
+    assert "hunter2" not in problem
+
+
 def set_line(workspace: Path, prefix: str, line: str) -> int:
     """Replace the settings line starting with `prefix` by `line`; its 1-based number."""
     path = workspace / "highlights.yaml"
@@ -221,3 +247,103 @@ def test_the_environment_url_overrides_database_whole_and_may_hold_the_password(
     assert describe_url(ws.database_url) == "postgresql://ci@other.example.org:6543/news"
     monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", "elsewhere.db")  # a SQLite file, relative to the workspace
     assert ws.database_url is None and ws.db_path == workspace / "elsewhere.db"
+
+
+@pytest.mark.parametrize("value", ["mysql://db.example.org/news", "sqlite:///x.db", "https://db.example.org/"])
+def test_an_environment_url_of_another_kind_stops_the_command_and_creates_nothing(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Not a new empty SQLite file named after the URL, which every command would then
+    quietly use (a send to nobody, a list with nobody on it)."""
+    from click.testing import CliRunner
+
+    from highlightsmail.cli import main
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", value)
+    before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    result = CliRunner().invoke(main, ["subscribers", "list"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (
+        "Error: HIGHLIGHTS_DATABASE_URL: must be postgresql://user[:password]@host:port/dbname (or a SQLite file's path)"
+    )
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before
+
+
+@pytest.mark.parametrize("value", ["a b <c>", "x> Bcc", "newsletter", "news@example.org", ".example.org", "a..b"])
+def test_a_list_id_that_would_break_the_list_id_header_is_refused_at_its_place(workspace: Path, value: str) -> None:
+    """List-Id is `"Name" <list.id>`: `a b <c>` made `<a b <c>>`, which no reader parses."""
+    line = set_line(workspace, "list_id:", f"list_id: '{value}'")
+    [problem] = refused(workspace)
+    assert problem.startswith(
+        f"highlights.yaml:{line}:10: list_id: must be a list identifier like newsletter.example.org"
+    )
+
+
+@pytest.mark.parametrize("value", ["highlights.example.org", "weekly-ai.lists.example.org", "a_b.example"])
+def test_list_ids_of_rfc_2919_load(workspace: Path, value: str) -> None:
+    set_line(workspace, "list_id:", f"list_id: {value}")
+    assert load_workspace(workspace).settings.list_id == value
+
+
+@pytest.mark.parametrize(("prefix", "col"), [("from:", 7), ("reply_to:", 11)])
+def test_a_sender_address_whose_local_part_is_not_ascii_is_refused_at_its_place(
+    workspace: Path, prefix: str, col: int
+) -> None:
+    """Its header had an encoded word inside the address (`<=?utf-8?q?=C3=A4?=@...>`),
+    which no reader takes for an address."""
+    line = set_line(workspace, prefix, f'{prefix} "Zoë <zoë@example.org>"')
+    [problem] = refused(workspace)
+    assert problem == (
+        f"highlights.yaml:{line}:{col}: {prefix.rstrip(':')}: 'Zoë <zoë@example.org>': "
+        "the part before the @ of an address mail is sent from must be ASCII"
+    )
+
+
+NUMBER_SETTINGS = [
+    ("delivery", "sendgrid", "batch_size"),
+    ("delivery", "sendgrid", "asm_group_id"),
+    ("delivery", "sendgrid", "timeout"),
+    ("delivery", "smtp", "port"),
+    ("delivery", "smtp", "max_per_second"),
+    ("delivery", "bounces", "soft_limit"),
+    ("delivery", "max_attempts"),
+    ("delivery", "backoff"),
+    ("signup", "confirm_within_days"),
+]
+
+
+@pytest.mark.parametrize("path", NUMBER_SETTINGS, ids=".".join)
+@pytest.mark.parametrize("value", ["true", "yes", "off"])
+def test_true_or_false_is_not_a_number_setting(workspace: Path, path: tuple[str, ...], value: str) -> None:
+    """YAML reads `port: yes` as a boolean and Python took it as port 1."""
+    import yaml
+
+    settings = workspace / "highlights.yaml"
+    data = yaml.safe_load(settings.read_text(encoding="utf-8"))
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {}) or node.setdefault(key, {})
+    node[path[-1]] = "PLACEHOLDER"
+    settings.write_text(yaml.safe_dump(data, sort_keys=False).replace("PLACEHOLDER", value), encoding="utf-8")
+    [problem] = refused(workspace)
+    whole = path[-1] not in ("timeout", "max_per_second", "backoff")
+    words = "expected a whole number" if whole else "expected a number"
+    assert problem.endswith(f": {'.'.join(path)}: {words}, not true or false"), problem
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("    asm_group_id: -5", "delivery.sendgrid.asm_group_id: must be at least 1"),
+        ("    categories: [" + "c" * 256 + "]", "delivery.sendgrid.categories[0]: is 256 characters, at most 255"),
+    ],
+)
+def test_sendgrid_settings_it_would_refuse_every_request_for_are_refused_here(
+    workspace: Path, line: str, words: str
+) -> None:
+    """A negative unsubscribe group or a category over 255 characters passed `check` and
+    then made SendGrid refuse every batch (400)."""
+    number = set_line(workspace, line.split(":")[0] + ":", line)
+    [problem] = refused(workspace)
+    assert problem.startswith(f"highlights.yaml:{number}:") and problem.endswith(words)

@@ -339,6 +339,27 @@ def test_signup_is_off_unless_enabled(workspace: Path, http: httpx.Client) -> No
         assert http.get(f"{site.url}/confirm/c1.abc.{'A' * 22}").status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("template", "text", "words"),
+    [
+        ("confirm.mjml.j2", "{% if %}", "templates/confirm.mjml.j2:1: Expected an expression"),
+        ("confirm.txt.j2", "No link here.\n", "must both show {{ confirm_url }}"),
+    ],
+)
+def test_a_confirmation_template_that_cannot_render_stops_serve_with_one_line(
+    workspace: Path, template: str, text: str, words: str
+) -> None:
+    """It started, answered every reader "check your inbox", and sent nobody an email:
+    the only trace was a log line per request."""
+    enable_signup(workspace)
+    (workspace / "templates" / template).write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(main, ["serve", "--port", "0"])
+    assert result.exit_code == 1
+    assert result.stdout == ""  # it never listened
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: ") and words in line
+
+
 # ---------------------------------------------------------------- confirming
 
 

@@ -279,6 +279,31 @@ def test_export_replaces_a_file_whole_or_not_at_all(workspace: Path, monkeypatch
     assert sorted(p.name for p in workspace.iterdir() if p.name.startswith(".out.csv")) == []
 
 
+@pytest.mark.parametrize(
+    ("target", "what"),
+    [
+        ("subscribers/highlights.db", "is this workspace's database"),
+        ("subscribers/highlights.db-wal", "is this workspace's database"),
+        ("./subscribers/../subscribers/highlights.db", "is this workspace's database"),
+        ("subscribers/.secret", "is this workspace's signing secret"),
+        ("highlights.yaml", "is this workspace's settings"),
+        ("issues/2024-w02.yaml", "is in this workspace's issues folder"),
+        ("templates/issue.txt.j2", "is in this workspace's templates folder"),
+    ],
+)
+def test_export_never_writes_over_the_workspace_s_own_files(workspace: Path, target: str, what: str) -> None:
+    """`export subscribers/highlights.db` replaced the database (every subscriber, every
+    dispatch) with its own CSV."""
+    fill(workspace)
+    run("list")  # the database and the secret exist
+    (workspace / "subscribers" / ".secret").write_text("s" * 40)
+    before = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
+    result = run("export", target, ok=False)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {target.replace('./subscribers/../', '')}: {what}; write to another file\n"
+    assert {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()} == before
+
+
 def test_export_to_a_missing_folder_is_a_clear_error(workspace: Path) -> None:
     result = run("export", "no/such/folder/out.csv", ok=False)
     assert result.exit_code == 1 and "does not exist" in result.stderr
@@ -370,6 +395,20 @@ def test_add_and_remove_refuse_bad_input(workspace: Path) -> None:
     unknown = run("remove", "nobody@example.org", ok=False)
     assert unknown.exit_code == 1 and "nobody@example.org is not a subscriber" in unknown.stderr
     assert rows_of(workspace) == {}
+
+
+def test_add_of_a_pending_address_points_to_its_confirmation_not_an_unsubscribe_link(workspace: Path) -> None:
+    """Someone who joined through the form and has not confirmed has no unsubscribe link
+    and no resubscribe button: the message named both."""
+    (workspace / "list.csv").write_text("email,status\np@example.org,pending\n")
+    run("import", "list.csv")
+    again = run("add", "p@example.org", ok=False)
+    assert again.exit_code == 1
+    assert again.stderr == (
+        "Error: p@example.org is pending: it becomes active when the subscriber presses Confirm "
+        "on the page the link in their confirmation email opens\n"
+    )
+    assert rows_of(workspace) == {"p@example.org": ("", "pending")}
 
 
 def test_remove_leaves_a_bounced_address_bounced(workspace: Path) -> None:

@@ -153,6 +153,43 @@ def test_generated_secret_is_private_and_reused(tmp_path: Path) -> None:
     assert second.read(first.make(9)) == ("unsubscribe", 9)
 
 
+def test_a_start_racing_the_one_that_creates_the_secret_gets_the_same_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two commands starting at once in a new workspace: the second read the file the
+    first had just created and not yet written, and stopped with "the secret is too
+    short; delete the file". Here the first pauses right after opening the secret's own
+    path, whenever it does; the second starts in that moment."""
+    import os
+    import threading
+
+    path = tmp_path / ".secret"
+    opened, release = threading.Event(), threading.Event()
+    real_open = os.open
+
+    def pausing_open(file, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fd = real_open(file, flags, *args, **kwargs)
+        if os.fspath(file) == str(path) and threading.current_thread() is not threading.main_thread():
+            opened.set()
+            release.wait(10)
+        return fd
+
+    monkeypatch.setattr(os, "open", pausing_open)
+    first: list[Signer] = []
+    writer = threading.Thread(target=lambda: first.append(load_signer(path)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecretWarning)
+        writer.start()
+        while not opened.is_set() and writer.is_alive():
+            opened.wait(0.01)
+        try:
+            second = load_signer(path)
+        finally:
+            release.set()
+            writer.join(10)
+    assert first and second.make(3) == first[0].make(3)
+
+
 def test_env_secret_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / ".secret"
     with pytest.warns(SecretWarning):

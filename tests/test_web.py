@@ -183,6 +183,35 @@ def test_one_click_urlencoded(site: Site, http: httpx.Client) -> None:
     assert site.events(grace) == [(None, "active", "cli")]
 
 
+@pytest.mark.parametrize("forwarded", ["with the path", "without the path"])
+def test_a_base_url_with_a_path_is_answered_whichever_way_the_proxy_forwards(
+    workspace: Path, http: httpx.Client, forwarded: str
+) -> None:
+    """base_url https://example.org/news makes links /news/u/TOKEN. A proxy that keeps
+    the path (nginx's proxy_pass without a trailing /) got 404 for every link."""
+    settings = workspace / "highlights.yaml"
+    text = settings.read_text(encoding="utf-8").replace(
+        "base_url: https://highlights.example.org", "base_url: https://example.org/news"
+    )
+    settings.write_text(text.replace("  enabled: false", "  enabled: true"), encoding="utf-8")
+    with serve_workspace(workspace) as site:
+        prefix = "/news" if forwarded == "with the path" else ""
+        ada, grace = site.add("ada@example.org"), site.add("grace@example.org")
+        assert http.get(f"{site.url}{prefix}/healthz").text == "ok"
+        link = f"{site.url}{prefix}/u/{site.signer.make(ada)}"
+        r = http.post(link, content=ONE_CLICK, headers=URLENCODED)
+        assert r.status_code == 200 and "You are unsubscribed" in r.text
+        assert site.status(ada) == "unsubscribed" and site.status(grace) == "active"
+        assert http.get(f"{site.url}{prefix}/subscribe").status_code == 200
+        assert http.get(f"{site.url}{prefix}/archive/").status_code == 200
+        moved = http.get(f"{site.url}{prefix}/archive")
+        assert (moved.status_code, moved.headers["location"]) == (308, "archive/")
+        assert http.post(f"{site.url}{prefix}/webhooks/sendgrid", content=b"[]").status_code == 403
+        big = b"x" * (MAX_BODY_BYTES + 1)  # the webhook's own, larger limit still applies
+        assert http.post(f"{site.url}{prefix}/webhooks/sendgrid", content=big).status_code == 403
+        assert http.get(f"{site.url}/newsx/healthz").status_code == 404
+
+
 def test_one_click_multipart(site: Site, http: httpx.Client) -> None:
     ada = site.add("ada@example.org")
     r = http.post(site.link(ada), files={"List-Unsubscribe": (None, "One-Click")})

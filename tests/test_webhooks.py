@@ -366,6 +366,18 @@ def test_a_signed_body_that_is_not_a_list_is_400(workspace: Path, sender: EventS
     assert response.status_code == 400
 
 
+def test_a_signed_body_nested_beyond_the_json_parser_is_400_not_500(workspace: Path, sender: EventSender) -> None:
+    """The parser's RecursionError was a 500 with a traceback in the log, which SendGrid
+    retries for as long as it retries anything."""
+    readers(workspace, 1)
+    before = dump(db_of(workspace))
+    with serve_workspace(workspace) as site:
+        body = b"[" * 100_000 + b"]" * 100_000
+        response = httpx.post(site.url + PATH, content=body, headers=sender.headers(body), timeout=30)
+    assert response.status_code == 400
+    assert dump(db_of(workspace)) == before
+
+
 # ------------------------------------------------------------------ soft bounces
 
 

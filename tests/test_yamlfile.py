@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from highlightsmail import yamlfile
-from highlightsmail.errors import HighlightsError, ValidationFailed
+from highlightsmail.errors import HighlightsError, ValidationFailed, display_path
 from highlightsmail.issue import Issue, load_issue
 from highlightsmail.workspace import Settings
 from highlightsmail.yamlfile import MAX_BYTES, load_model, read_document
@@ -105,6 +105,26 @@ def test_load_issue_sets_slug_and_source(tmp_path):
     assert issue.source == path
 
 
+@pytest.mark.parametrize("name", ["line\nbreak", "tab\there", "=?utf-8?q?a?=", "_confirm", "a\u2028b"])
+def test_a_file_name_that_cannot_name_an_issue_is_refused_with_the_file(tmp_path, name):
+    """The slug goes into a mail header, URLs, an outbox folder and the commands an
+    editor is told to type: a line break there was a traceback at send time, an
+    encoded word a forged header."""
+    path = write(tmp_path, GOOD.replace("date: 2024-01-12", "date: 2024-13-01"), f"{name}.yaml")
+    with pytest.raises(ValidationFailed) as info:
+        load_issue(path)
+    named, *rest = info.value.problems
+    assert (named.file, named.line, named.col) == (display_path(path), 1, 1)
+    assert named.message.startswith(f"the file name {path.name!r} cannot name an issue")
+    assert "\n" not in str(named)
+    assert [p.message.split(":")[0] for p in rest] == ["date"], "the file's own problems come too"
+
+
+@pytest.mark.parametrize("name", ["2024-w02", "special-edition_2.1", "my draft", "é"])
+def test_plain_file_names_name_issues(tmp_path, name):
+    assert load_issue(write(tmp_path, GOOD, f"{name}.yaml")).slug == name
+
+
 def test_a_quoted_date_is_still_a_date(tmp_path):
     path = write(tmp_path, GOOD.replace("date: 2024-01-12", 'date: "2024-01-12"'))
     assert load_model(path, Issue).date == dt.date(2024, 1, 12)
@@ -113,6 +133,23 @@ def test_a_quoted_date_is_still_a_date(tmp_path):
 def test_numbers_as_titles_are_text(tmp_path):
     path = write(tmp_path, GOOD.replace('title: "AI Research Highlights | Week 2, 2024"', "title: 2024"))
     assert load_model(path, Issue).title == "2024"
+
+
+@pytest.mark.parametrize("typed", ["3.10", "0x1F", "1_000", "1e3", "007", "+1", ".5", "1.0"])
+def test_a_number_in_a_text_field_keeps_the_text_as_written(tmp_path, typed):
+    """`- title: 3.10` (a release) must not become "3.1", nor `0x1F` become "31"."""
+    text = GOOD.replace('title: "AI Research Highlights | Week 2, 2024"', f"title: {typed}").replace(
+        "tags: [long-context]", f"tags: [{typed}]"
+    )
+    issue = load_model(write(tmp_path, text), Issue)
+    assert issue.title == typed
+    assert issue.items[0].tags == [typed]
+
+
+def test_a_number_setting_is_still_a_plain_number(tmp_path):
+    text = SETTINGS.replace("batch_size: 1000", "batch_size: 0x10")
+    sendgrid = load_model(write(tmp_path, text, "highlights.yaml"), Settings).delivery.sendgrid
+    assert sendgrid.batch_size == 16 and type(sendgrid.batch_size) is int
 
 
 def test_merge_keys_and_aliases_work(tmp_path, either_loader):
@@ -230,6 +267,8 @@ def test_fields_the_program_sets_are_not_file_keys(tmp_path):
         ("ftp://example.org/x", "links must be absolute http(s) URLs, not 'ftp:'"),
         ('"https://exa mple.org/"', "a URL must not contain spaces or control characters"),
         ("https://", "a URL needs a host, like https://example.org/"),
+        ("https://example.org:99999/x", "a URL's port must be a number from 0 to 65535"),
+        ('"https://good.example\\\\@evil.example/"', "a URL must not contain a backslash (write / or %5C)"),
     ],
 )
 def test_bad_links(tmp_path, url, message):
@@ -275,6 +314,13 @@ def test_image_must_be_a_mapping(tmp_path):
 def test_preheader_over_150_characters(tmp_path):
     path = write(tmp_path, f"title: T\ndate: 2024-01-12\npreheader: {'x' * 160}\nitems:\n" + items(1))
     assert problems(path) == ["issue.yaml:3:12: preheader: is 160 characters, at most 150"]
+
+
+def test_a_tag_too_long_is_refused_like_a_link_label(tmp_path):
+    """Every single-line field had a length limit but tags: a 10,000-character tag went
+    into the email's line of tags as it was."""
+    path = write(tmp_path, GOOD.replace("tags: [long-context]", "tags: [long-context, " + "t" * 81 + "]"))
+    assert problems(path) == ["issue.yaml:16:26: items[0].tags[1]: is 81 characters, at most 80"]
 
 
 def test_title_too_long(tmp_path):

@@ -4,6 +4,7 @@ and the web forms; and one way to tell whether two addresses are the same."""
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 from email_validator import EmailNotValidError, validate_email
@@ -22,6 +23,30 @@ def normalize_address(raw: str) -> str:
         raise BadAddress(str(exc)) from None
 
 
+def ascii_address(address: str) -> str | None:
+    """The address as a header or SMTP envelope without SMTPUTF8 carries it, and as
+    SendGrid takes it: an internationalised domain in its ASCII (IDNA) form
+    (`ada@xn--bcher-kva.example` for `ada@bücher.example`); None when the part before
+    the @ is not ASCII, which has no such form."""
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        return None
+    if domain.isascii():
+        return address
+    ascii_domain = _idna(domain)
+    return None if ascii_domain is None else f"{local}@{ascii_domain}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _idna(domain: str) -> str | None:
+    import idna  # email-validator's own IDNA 2008 library, which checked the domain on import
+
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
+
+
 def address_key(address: str) -> str:
     """What two addresses are compared by: two spellings that differ only in Unicode
     normalisation or in case, in any script, are one address.
@@ -36,4 +61,4 @@ def address_key(address: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", address).casefold())
 
 
-__all__ = ["BadAddress", "address_key", "normalize_address"]
+__all__ = ["BadAddress", "address_key", "ascii_address", "normalize_address"]

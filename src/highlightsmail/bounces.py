@@ -309,7 +309,11 @@ class _ImapSource(_Source):
         except (OSError, IMAPClientError) as exc:
             raise HighlightsError(f"{self.name}: cannot connect: {exc}") from None
         try:
-            self._client.login(address.user, password)
+            if (address.user + password).isascii():
+                self._client.login(address.user, password)
+            else:
+                # LOGIN goes out as ASCII; AUTHENTICATE PLAIN carries UTF-8 (RFC 4616).
+                self._client.plain_login(address.user, password)
             self._client.select_folder(address.folder, readonly=True)
         except LoginError:
             self.close()

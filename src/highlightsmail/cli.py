@@ -68,7 +68,23 @@ def _one_shot() -> Iterator[None]:
             gc.enable()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group, with one rule for what no command foresaw from the system: an
+    OSError (a name longer than the file system takes, a disk that fails) is a one-line
+    error naming its file, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            from highlightsmail.errors import HighlightsError, display_path
+
+            what = exc.strerror or str(exc) or type(exc).__name__
+            where = f"{display_path(exc.filename)}: " if exc.filename else ""
+            raise HighlightsError(f"{where}{what}") from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="highlights")
 @click.option(
     "--workspace",
@@ -111,14 +127,20 @@ def init(directory: Path) -> None:
 
 
 @main.command()
-@click.option("--date", "date", type=click.DateTime(["%Y-%m-%d"]), help="The issue's date (default: today).")
+@click.option(
+    "--date",
+    "date",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The issue's date (default: today, or a week later for each week whose file exists).",
+)
 @pass_ctx
 def new(obj: _Ctx, date: dt.datetime | None) -> None:
-    """Create the next issues/YYYY-wWW.yaml from a skeleton."""
+    """Create the next issues/YYYY-wWW.yaml from a skeleton: this week's, or the first
+    later week without an issue file."""
     from highlightsmail.errors import display_path
     from highlightsmail.scaffold import new_issue
 
-    click.echo(display_path(new_issue(obj.ws, date.date() if date else dt.date.today())))
+    click.echo(display_path(new_issue(obj.ws, date.date() if date else None)))
 
 
 @main.command()
@@ -195,10 +217,13 @@ def publish(obj: _Ctx, out: Path, include_all: bool) -> None:
         )
 
 
+_PORT = click.IntRange(0, 65535)
+
+
 @main.command()
 @click.argument("issue")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8025, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", default=8025, show_default=True, type=_PORT, help="The port to listen on (0: any free one).")
 @click.option("--no-open", is_flag=True, help="Do not open a browser.")
 @pass_ctx
 def preview(obj: _Ctx, issue: str, host: str, port: int, no_open: bool) -> None:
@@ -232,7 +257,7 @@ def preview(obj: _Ctx, issue: str, host: str, port: int, no_open: bool) -> None:
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Do everything but hand messages to the backend.")
-@click.option("--limit", type=click.IntRange(min=1), help="Send only the next N recipients (a canary).")
+@click.option("--limit", metavar="N", type=click.IntRange(min=1), help="Send only the next N recipients (a canary).")
 @click.option(
     "--resend-in-doubt", is_flag=True, help="Send again to recipients whose batch was in flight when a run died."
 )
@@ -322,10 +347,23 @@ class _SendTalk:
 
     def confirm(self, plan: SendPlan) -> bool:
         if not self.yes:
+            from highlightsmail.errors import HighlightsError
+
             verb = "Resume sending" if plan.resume else "Send"
-            click.confirm(
-                f"{verb} {plan.slug} to {plan.count} recipient(s) through {plan.backend}?", abort=True, err=True
-            )
+            try:
+                answer = click.confirm(
+                    f"{verb} {plan.slug} to {plan.count} recipient(s) through {plan.backend}?", err=True
+                )
+            except (click.Abort, RuntimeError) as exc:  # Ctrl-C, or no input at all (RuntimeError: none open)
+                if isinstance(exc, RuntimeError) or _input_ended():  # cron, CI, a pipe: say what to do
+                    click.echo(err=True)  # end the question's line
+                    raise HighlightsError(
+                        f"{plan.slug}: nothing sent; no answer to the question (standard input ended): "
+                        "pass --yes to send without asking"
+                    ) from None
+                raise
+            if not answer:
+                raise click.Abort()
         return True
 
     def progress(self, total: int) -> AbstractContextManager[Callable[[int], None]]:
@@ -347,6 +385,15 @@ class _SendTalk:
 
     def stopping(self) -> None:
         click.echo("\nStopping after the batches under way (Ctrl-C again to stop at once)...", err=True)
+
+
+def _input_ended() -> bool:
+    """Whether a question went unanswered because standard input is no terminal (it
+    ended: /dev/null, a pipe, a closed stream), rather than because of Ctrl-C."""
+    try:
+        return sys.stdin is None or not sys.stdin.isatty()
+    except (OSError, ValueError):  # closed: nobody is typing there either
+        return True
 
 
 def _summary_line(summary: Summary) -> str:
@@ -386,7 +433,7 @@ def status(obj: _Ctx, issue: str, verbose: bool) -> None:
     """Show how the dispatch of ISSUE stands, and any recipients failed or in doubt."""
     from highlightsmail import dispatch
 
-    report = dispatch.status(obj.ws, obj.ws.issue_path(issue), verbose=verbose)
+    report = dispatch.status(obj.ws, _slug_of(obj.ws, issue), verbose=verbose)
     slug = report.slug
     if report.last_test is not None:
         last = report.last_test
@@ -420,15 +467,17 @@ def status(obj: _Ctx, issue: str, verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=_PORT, help="The port to listen on (0: any free one).")
 @pass_ctx
 def serve(obj: _Ctx, host: str, port: int) -> None:
-    """Run the web endpoint: unsubscribe pages and one-click unsubscribe."""
+    """Run the web endpoint that base_url points at: unsubscribe pages and one-click
+    unsubscribe, /healthz, the SendGrid event webhook, and, when enabled in
+    highlights.yaml, the signup form with its confirmation links and the archive."""
     from highlightsmail.web import open_server
 
     server = open_server(obj.ws, host=host, port=port)
-    click.echo(f"Serving {obj.ws.settings.name} unsubscribe pages on {server.url}")
+    click.echo(f"Serving the web endpoint of {obj.ws.settings.name} on {server.url}")
     base = obj.ws.settings.base_url
     click.echo(
         f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.", err=True
@@ -466,7 +515,8 @@ def subscribers() -> None:
 @click.option("--dry-run", is_flag=True, help="Check the file and report, without changing anything.")
 @pass_ctx
 def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
-    """Import subscribers from a CSV file with a header row (email[, name][, status])."""
+    """Import subscribers from a CSV file with a header row: email, and optionally name,
+    status, created, updated, source and consented (as export writes them)."""
     from highlightsmail import subscribers as engine
 
     parsed = engine.parse_csv(file)
@@ -515,8 +565,20 @@ def subscribers_remove(obj: _Ctx, email: str) -> None:
 
 
 @subscribers.command("list")
-@click.option("--status", "status_", type=click.Choice(["active", "pending", "unsubscribed", "bounced", "complained"]))
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(["active", "pending", "unsubscribed", "bounced", "complained"]),
+    help="Only the subscribers with this status (default: all).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="csv has export's columns.",
+)
 @pass_ctx
 def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:
     """List subscribers."""
@@ -632,9 +694,20 @@ def bounces_scan(obj: _Ctx, mailbox: str | None) -> None:
 
 @main.command()
 @click.argument("issue")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "html"]), default="table", show_default=True)
 @click.option(
-    "--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of standard output."
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "html"]),
+    default="table",
+    show_default=True,
+    help="json has fixed keys for scripts; html is one self-contained page with a chart.",
+)
+@click.option(
+    "--out",
+    "out",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE instead of standard output.",
 )
 @pass_ctx
 def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
@@ -647,13 +720,10 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
     from highlightsmail.store import Store
 
     ws = obj.ws
+    if out is not None:
+        ws.check_output(out)
+    slug = _slug_of(ws, issue)
     with Store.open(ws) as store:
-        try:
-            slug = ws.issue_path(issue).stem
-        except HighlightsError:
-            if store.dispatch_info(issue) is None:
-                raise
-            slug = issue  # sent, and its file since removed
         figures = reporting.build_report(store, slug)
     if fmt == "json":
         text = json.dumps(figures.as_json(), indent=2, ensure_ascii=False) + "\n"
@@ -669,6 +739,23 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
     except OSError as exc:
         raise HighlightsError(f"{display_path(out)}: cannot write the report: {exc.strerror or exc}") from None
     click.echo(f"Wrote {display_path(out)}", err=True)
+
+
+def _slug_of(ws: Workspace, issue: str) -> str:
+    """The slug of ISSUE (a path, a slug or `latest`), for commands about a dispatch: an
+    issue that was sent keeps its record when its file is removed or renamed since."""
+    from highlightsmail.errors import HighlightsError
+
+    try:
+        return ws.issue_path(issue).stem
+    except HighlightsError:
+        if ws.database_exists():
+            from highlightsmail.store import Store
+
+            with Store.open(ws) as store:
+                if store.dispatch_info(issue) is not None:
+                    return issue
+        raise
 
 
 @contextmanager

@@ -255,10 +255,16 @@ def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool =
 
     rendered = _render(ws, issue_path)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
+    from highlightsmail.addresses import address_key
+
     addresses = _validate_addresses(to) if to else list(ws.settings.editors)
+    # One copy per person: two spellings of an address (case, Unicode form) are one.
+    firsts: dict[str, str] = {}
+    for addr in addresses:
+        firsts.setdefault(address_key(parseaddr(addr)[1]), addr)
     signer = _signer(ws, dry_run=dry_run)
     envelopes = []
-    for index, addr in enumerate(addresses, start=1):
+    for index, addr in enumerate(firsts.values(), start=1):
         name, email = parseaddr(addr)
         # Test tokens open a page that says "this was a test" and change nothing.
         links = recipient_links(ws.settings, signer, index, test=True)
@@ -641,12 +647,11 @@ class StatusReport:
     has_events: bool = False  # delivery events were recorded (`highlights report` has more)
 
 
-def status(ws: Workspace, issue_path: Path, *, verbose: bool = False) -> StatusReport:
+def status(ws: Workspace, slug: str, *, verbose: bool = False) -> StatusReport:
     """How the dispatch of an issue stands, with its failed and in-doubt recipients
     grouped by batch and reason (their addresses too when `verbose`)."""
     from highlightsmail.store import Store
 
-    slug = issue_path.stem
     with Store.open(ws) as store:
         tests = store.test_sends(slug)
         last = tests[-1] if tests else None

@@ -77,9 +77,20 @@ def show_warnings_plainly() -> None:
 
 
 def display_path(path: Path | str) -> str:
-    """A path as the user would type it: relative to the CWD when inside it."""
+    """A path as the user would type it: relative to the CWD when inside it, on one
+    line (a line break or control character in a file name shows as its escape, so
+    a message naming the file stays one line)."""
+    import os
+
     p = Path(path)
     try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-        return str(p)
+        # The path itself, not where a link at its end points (a broken link, a loop).
+        shown = str(Path(os.path.abspath(p)).relative_to(os.getcwd()))
+    except (ValueError, OSError):
+        try:
+            shown = str(p.resolve().relative_to(Path.cwd().resolve()))
+        except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+            shown = str(p)
+    if shown.isprintable():
+        return shown
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in shown)

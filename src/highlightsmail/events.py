@@ -134,8 +134,7 @@ def _text(value: Any, limit: int = _MAX_DETAIL) -> str | None:
 def _comparable(address: str) -> str:
     """An address as SendGrid reports it (the domain in its xn-- form), by the key every
     address is compared by (Unicode normalisation and case do not matter)."""
-    from highlightsmail.addresses import address_key
-    from highlightsmail.backends.sendgrid import ascii_address
+    from highlightsmail.addresses import address_key, ascii_address
 
     return address_key(ascii_address(address) or address)
 

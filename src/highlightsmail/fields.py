@@ -24,12 +24,19 @@ def _http_url(value: str) -> str:
     value = value.strip()
     if text.FORBIDDEN_IN_LINE.search(value) or any(ch.isspace() for ch in value):
         raise ValueError("a URL must not contain spaces or control characters")
+    if "\\" in value:
+        # Browsers read a backslash as `/` in http(s) URLs; other readers do not.
+        raise ValueError("a URL must not contain a backslash (write / or %5C)")
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https"):
         shown = f"'{parts.scheme}:'" if parts.scheme else "a relative URL"
         raise ValueError(f"links must be absolute http(s) URLs, not {shown}")
     if not parts.hostname:
         raise ValueError("a URL needs a host, like https://example.org/")
+    try:
+        _ = parts.port  # reading it checks it
+    except ValueError:
+        raise ValueError("a URL's port must be a number from 0 to 65535") from None
     return value
 
 
@@ -127,6 +134,19 @@ def _address(value: str) -> str:
     return value
 
 
+def _sender_address(value: str) -> str:
+    """An address mail comes from (`from`, `reply_to`). Its header and the SMTP envelope
+    carry the domain in ASCII (IDNA), but the part before the @ has no ASCII form: it
+    would need SMTPUTF8 on every server on the way (RFC 6531), which SendGrid and most
+    relays do not offer."""
+    from highlightsmail.addresses import ascii_address
+
+    _, addr = split_address(value)
+    if ascii_address(addr) is None:
+        raise ValueError(f"'{value}': the part before the @ of an address mail is sent from must be ASCII")
+    return value
+
+
 def _markdown_text(value: str) -> str:
     """Text of several lines: not empty, nothing an email cannot carry."""
     if not isinstance(value, str) or not value.strip():
@@ -144,6 +164,22 @@ def _coerce_scalar_text(value: object) -> object:
     return value
 
 
+def _whole_number(value: object) -> object:
+    """YAML reads `true` and `yes` as booleans, which Python would take as the number 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number, not true or false")
+    return value
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true or false")
+    return value
+
+
+#: A number setting: true, false, yes or no are refused, not read as 1 or 0.
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+Number = Annotated[float, BeforeValidator(_number)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 #: An http(s) URL that a secret is sent to: https, or http on loopback only.
 SecretUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(_secure_url)]
@@ -153,6 +189,8 @@ HeaderText = Annotated[
     str, BeforeValidator(_coerce_scalar_text), AfterValidator(_single_line), AfterValidator(_header_text)
 ]
 Address = Annotated[str, AfterValidator(_address)]
+#: The address of `from` or `reply_to`: as Address, with an ASCII part before the @.
+SenderAddress = Annotated[str, AfterValidator(_address), AfterValidator(_sender_address)]
 Markdown = Annotated[str, BeforeValidator(_coerce_scalar_text), AfterValidator(_markdown_text)]
 
 __all__ = [
@@ -160,8 +198,11 @@ __all__ = [
     "HeaderText",
     "HttpUrl",
     "Markdown",
+    "Number",
     "SecretUrl",
+    "SenderAddress",
     "SingleLine",
+    "WholeNumber",
     "is_loopback_host",
     "plaintext_url_problem",
     "split_address",

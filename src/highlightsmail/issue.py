@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from highlightsmail.fields import HeaderText, HttpUrl, Markdown, SingleLine
+from highlightsmail.text import header_problem
 
 if TYPE_CHECKING:
     from highlightsmail.sourcemap import SourceMap
+
+
+def slug_problem(slug: str) -> str | None:
+    """Why a file named `<slug>.yaml` cannot be an issue (None when it can). The slug
+    goes into a mail header (so bounce mail finds its issue), an outbox folder and the
+    commands an editor is told to type; names starting with `_` are the tool's own
+    (`outbox/_confirm/`)."""
+    problem = header_problem(slug)
+    if problem is None and slug.startswith("_"):
+        problem = "must not start with '_', which marks the tool's own mail"
+    if problem is None:
+        return None
+    return f"the file name {slug + '.yaml'!r} cannot name an issue: it {problem}"
 
 
 class _Strict(BaseModel):
@@ -34,7 +48,8 @@ class Item(_Strict):
     summary: Markdown
     links: list[Link] = Field(default_factory=list, max_length=10)
     image: Image | None = None
-    tags: list[SingleLine] = Field(default_factory=list, max_length=20)
+    # A tag is a short label, as a link's is: a long one would break the line of tags.
+    tags: list[Annotated[SingleLine, Field(max_length=80)]] = Field(default_factory=list, max_length=20)
 
 
 class Issue(_Strict):
@@ -70,9 +85,17 @@ class Issue(_Strict):
 def load_issue(path: Path) -> Issue:
     """Read and validate an issue file; raise ValidationFailed with every problem at once.
     The issue keeps the place of each value in the file (`source_map`)."""
+    from highlightsmail.errors import Problem, ValidationFailed, display_path
     from highlightsmail.yamlfile import load_model_located
 
-    loaded, places = load_model_located(path, Issue)
+    bad_name = slug_problem(path.stem)
+    named = [Problem(display_path(path), 1, 1, bad_name)] if bad_name else []
+    try:
+        loaded, places = load_model_located(path, Issue)
+    except ValidationFailed as exc:
+        raise ValidationFailed(named + exc.problems) from None
+    if named:
+        raise ValidationFailed(named)
     issue = loaded.model_copy(update={"slug": path.stem, "source": path})
     issue._source_map = places
     return issue

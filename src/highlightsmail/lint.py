@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -391,24 +392,41 @@ def _template_findings(ws: Workspace, rendered: RenderedIssue) -> Iterator[Probl
 def _settings_problems(ws: Workspace) -> list[Problem]:
     """Findings in highlights.yaml that concern every issue."""
     settings = ws.settings
-    if not settings.archive.enabled or settings.base_url.lower().startswith("https://"):
+    findings: list[tuple[tuple[str, ...], str, Severity]] = []
+    if settings.archive.enabled and not settings.base_url.lower().startswith("https://"):
+        findings.append(
+            (
+                ("base_url",),
+                "base_url: the archive is enabled but base_url is not https: the "
+                '"View in browser" link and the archive\'s pages would travel unencrypted',
+                "warning",
+            )
+        )
+    if settings.delivery.sendgrid.webhook_public_key:
+        # Only `serve` reads it, and refuses to start without a key it can load: say so now.
+        from highlightsmail.webhooks import ENV_PUBLIC_KEY, public_key_problem
+
+        problem = public_key_problem(settings.delivery.sendgrid.webhook_public_key)
+        if problem and not os.environ.get(ENV_PUBLIC_KEY, "").strip():
+            findings.append(
+                (
+                    ("delivery", "sendgrid", "webhook_public_key"),
+                    f"delivery.sendgrid.webhook_public_key: {problem}",
+                    "error",
+                )
+            )
+    if not findings:
         return []
     from highlightsmail.yamlfile import read_document
 
+    doc: SourceMap | None
     try:
         doc = read_document(ws.settings_path)
-        file, (line, col) = doc.file, doc.where(("base_url",))
     except (HighlightsError, OSError):  # changed on disk since it was loaded
-        file, line, col = display_path(ws.settings_path), 1, 1
+        doc = None
+    file = doc.file if doc else display_path(ws.settings_path)
     return [
-        Problem(
-            file,
-            line,
-            col,
-            "base_url: the archive is enabled but base_url is not https: the "
-            '"View in browser" link and the archive\'s pages would travel unencrypted',
-            "warning",
-        )
+        Problem(file, *(doc.where(loc) if doc else (1, 1)), message, severity) for loc, message, severity in findings
     ]
 
 

@@ -84,11 +84,32 @@ def display_name(recipient: Recipient) -> str:
 
 
 def from_header(settings: Settings) -> str:
-    return header_value(f"{SETTINGS_FILE}: from", settings.from_)
+    return _sender(f"{SETTINGS_FILE}: from", settings.from_)
 
 
 def reply_to_header(settings: Settings) -> str | None:
-    return header_value(f"{SETTINGS_FILE}: reply_to", settings.reply_to) if settings.reply_to else None
+    return _sender(f"{SETTINGS_FILE}: reply_to", settings.reply_to) if settings.reply_to else None
+
+
+@functools.lru_cache(maxsize=16)
+def _sender(field: str, value: str) -> str:
+    """A sender's "Name <address>" as its header carries it: the domain in ASCII (IDNA),
+    since an address header without SMTPUTF8 has no other way to hold `bücher.example`."""
+    from highlightsmail.addresses import ascii_address
+    from highlightsmail.fields import split_address
+
+    value = header_value(field, value)
+    try:
+        _, addr = split_address(value)
+        ascii_form = ascii_address(addr)
+    except ValueError as exc:
+        raise UnsafeHeader(f"{field}: {exc}") from None
+    if ascii_form is None:
+        raise UnsafeHeader(f"{field}: the part before the @ of an address mail is sent from must be ASCII")
+    if ascii_form == addr:
+        return value
+    head, _, tail = value.rpartition(addr)
+    return head + ascii_form + tail
 
 
 def list_id(settings: Settings) -> str:
@@ -246,7 +267,7 @@ def fingerprint(rendered: RenderedIssue, settings: Settings) -> str:
 
 def sender_domain(settings: Settings) -> str:
     """The domain of the From address, for Message-IDs."""
-    return parseaddr(settings.from_)[1].rpartition("@")[2] or "localhost"
+    return parseaddr(from_header(settings))[1].rpartition("@")[2] or "localhost"
 
 
 __all__ = [

@@ -126,16 +126,34 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> NewWorks
 
     planned = _starter_files(today)  # read everything before writing anything
     gitignore_path = directory / ".gitignore"
-    gitignore = _merged_gitignore(gitignore_path.read_text(encoding="utf-8") if gitignore_path.is_file() else None)
+    try:
+        existing = gitignore_path.read_text(encoding="utf-8") if gitignore_path.is_file() else None
+    except (UnicodeDecodeError, OSError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot read it ({exc.strerror or exc})"
+        raise HighlightsError(
+            f"{display_path(gitignore_path)}: {why}; init adds the lines that keep the database and the secret "
+            "out of git to it, so fix it (or move it away) first"
+        ) from None
+    gitignore = _merged_gitignore(existing)
     settings_text = _package_dir("skeleton").joinpath(SETTINGS_FILE).read_bytes()
 
     kept = [directory / rel for rel, _ in planned if (directory / rel).exists()]
     files = {directory / rel: data for rel, data in planned if directory / rel not in kept}
     if gitignore is not None:
         files[gitignore_path] = gitignore.encode("utf-8")
-    try:
-        for folder in sorted({path.parent for path in files} | {directory}):
+    for folder in sorted({path.parent for path in files} | {directory}):
+        try:
             folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file, a broken link or a link loop where a folder goes
+            raise HighlightsError(
+                f"{display_path(folder)}: cannot create the workspace: something that is not a folder is "
+                "in the way (a file, a broken link or a link loop)"
+            ) from None
+        except OSError as exc:
+            raise HighlightsError(
+                f"{display_path(folder)}: cannot create the workspace: {exc.strerror or exc}"
+            ) from None
+    try:
         written = write_files(files)
         write_file(settings_path, settings_text, overwrite=False)
     except FileExistsError:
@@ -148,10 +166,17 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> NewWorks
     return NewWorkspace(directory=directory, written=[*written, settings_path], kept=kept, first_issue=slug)
 
 
-def new_issue(ws: Workspace, date: dt.date) -> Path:
+def new_issue(ws: Workspace, date: dt.date | None = None) -> Path:
     """Create issues/YYYY-wWW.yaml for the ISO week of `date` from the skeleton and
     return its path; refuses when that file exists, so nothing an editor wrote is
-    overwritten."""
+    overwritten.
+
+    Without a date, the next issue: this week's, or when that file is there already
+    (as right after `init`), the first later week that has none, dated a week apart."""
+    if date is None:
+        date = dt.date.today()
+        while (ws.issues_dir / issue_filename(date)).exists():
+            date += dt.timedelta(days=7)
     name = issue_filename(date)
     path = ws.issues_dir / name
     exists = f"{display_path(path)} already exists; edit it, or pass --date for another week"

@@ -102,6 +102,9 @@ class SignupEndpoint:
         self.ws = ws
         self.pages = pages
         self.signup = Signup(ws, signer)
+        # Rendered now, so a confirmation template that cannot render stops the endpoint
+        # with one line, not every reader's email later with a line in the log.
+        self.signup.mailer.confirmation_email()
         self.allowed = frozenset(ws.settings.signup.allowed_origins)
         self.own_origin = _origin_of(ws.settings.base_url)
         self.routes: list[BaseRoute] = [

@@ -274,6 +274,13 @@ def add(ws: Workspace, email: str, name: str = "") -> Added:
         subscriber, created = store.add(address, name, source="cli")
         if created:
             return Added(subscriber, created=True)
+        if subscriber.status == "pending":
+            # Joined through the form and not confirmed: only their confirmation makes
+            # them active (double opt-in), and they have no unsubscribe link yet.
+            raise HighlightsError(
+                f"{subscriber.email} is pending: it becomes active when the subscriber presses Confirm "
+                "on the page the link in their confirmation email opens"
+            )
         if subscriber.status != "active":
             raise HighlightsError(
                 f"{subscriber.email} is {subscriber.status} and stays so: only the subscriber can come back, "
@@ -324,6 +331,8 @@ def write_list(ws: Workspace, out: TextIO, status: Status | None = None, fmt: st
 def export(ws: Workspace, file: Path | None, out: TextIO | None = None) -> int:
     """`subscribers export [FILE]`: every subscriber as CSV, to FILE (written atomically:
     a reader never sees half a file) or else to `out`. Returns how many."""
+    if file is not None:
+        ws.check_output(file)
     with Store.open(ws) as store:
         if file is None:
             assert out is not None, "export to a stream needs the stream"

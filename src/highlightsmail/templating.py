@@ -13,8 +13,10 @@ printing nothing, and notices an edited template file.
 
 from __future__ import annotations
 
+import errno
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -30,9 +32,31 @@ def package_loader() -> jinja2.BaseLoader:
     return jinja2.PackageLoader(PACKAGE, TEMPLATES)
 
 
+class _WorkspaceFiles(jinja2.FileSystemLoader):
+    """The workspace's templates. A name that is there but is no file to read (a folder,
+    a broken link, a link loop) is an error: falling back to the package's default
+    would show a look the editor did not write, with no word why."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
+        import os
+
+        from jinja2.loaders import split_template_path
+
+        for folder in self.searchpath:
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                raise OSError(errno.ENOTDIR, "the templates folder is a file, a broken link or a link loop")
+            path = os.path.join(folder, *split_template_path(template))
+            if os.path.lexists(path) and not os.path.isfile(path):
+                raise OSError(
+                    errno.ENOENT,
+                    "it is a folder, a broken link or a link loop, not a file; fix it, or remove it to use the default",
+                )
+        return super().get_source(environment, template)
+
+
 def workspace_loader(templates_dir: Path | str) -> jinja2.BaseLoader:
     """A workspace's `templates/` first, then the package's default of the same name."""
-    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(templates_dir)), package_loader()])
+    return jinja2.ChoiceLoader([_WorkspaceFiles(str(templates_dir)), package_loader()])
 
 
 def environment(loader: jinja2.BaseLoader) -> jinja2.Environment:

@@ -166,12 +166,15 @@ def load_signer(secret_path: Path) -> Signer:
         if len(value) < MIN_SECRET_LENGTH:
             raise HighlightsError(f"{shown}: the secret is too short; delete the file to make a new one")
         return Signer(value.encode(), previous)
+    from highlightsmail.files import write_file
+
     value = secrets.token_urlsafe(32)
-    # O_EXCL: two processes starting at once must not end up with different secrets.
+    # Written whole under another name, then linked to its own: two processes starting
+    # at once end up with one secret, and neither ever reads a file still being written.
     try:
         secret_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_file(secret_path, (value + "\n").encode("ascii"), mode=0o600, overwrite=False, durable=True)
         except FileExistsError:
             return load_signer(secret_path)
     except OSError as exc:
@@ -179,8 +182,6 @@ def load_signer(secret_path: Path) -> Signer:
             f"{display_path(secret_path)}: cannot create the signing secret: {exc.strerror or exc}; "
             "or set HIGHLIGHTS_SECRET"
         ) from None
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(value + "\n")
     warnings.warn(
         f"HIGHLIGHTS_SECRET is not set: created a random signing secret in {secret_path} "
         "(keep it: unsubscribe links in sent mail depend on it)",

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
     from highlightsmail.store import Source, Status, Store
     from highlightsmail.tokens import Signer
-    from highlightsmail.workspace import Workspace
+    from highlightsmail.workspace import Settings, Workspace
 
 log = logging.getLogger("highlightsmail.web")
 
@@ -428,14 +428,55 @@ class _SecurityHeaders:
 
         try:
             await self.app(scope, receive, send_secured)
-        except Exception:
-            log.exception("error answering %s %s", scope.get("method"), _redact(scope.get("path", "")))
+        except Exception as exc:
+            where = f"{scope.get('method')} {_redact(scope.get('path', ''))}"
+            if isinstance(exc, HighlightsError):
+                # Ours, such as a template the editor broke: its one line says it all.
+                log.error("cannot answer %s: %s", where, exc.format_message())
+            else:
+                log.exception("error answering %s", where)
             if started:
                 raise
             page = self.pages.notice(
                 500, "Something went wrong", "The page could not be shown. Please try the link again in a few minutes."
             )
             await page(scope, receive, send_secured)
+
+
+def base_path(settings: Settings) -> str:
+    """The path of base_url (`/news` for https://example.org/news), which every link
+    starts with; "" when there is none, or when its first segment is one the endpoint
+    answers itself (`/u`, `/archive`...), where only a proxy that strips it can tell
+    the two apart."""
+    from urllib.parse import urlsplit
+
+    from highlightsmail.workspace import APP_PATHS
+
+    path = unquote(urlsplit(settings.base_url).path).rstrip("/")
+    if not path:
+        return ""
+    first = path.split("/")[1]
+    return "" if first in APP_PATHS or first == settings.archive.path.split("/")[1] else path
+
+
+class _BasePath:
+    """Links are base_url + /u/TOKEN, and a proxy forwards them with base_url's path
+    (nginx `proxy_pass http://127.0.0.1:8000;`) or without it (`.../8000/;`): both reach
+    the same routes. The path becomes the ASGI root path, and a request path without it
+    gets it in front, as routing expects (it strips the root path from the path)."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        prefix = self.prefix
+        if prefix and scope["type"] == "http" and not scope.get("root_path"):
+            path = scope.get("path", "")
+            if not (path == prefix or path.startswith(prefix + "/")):
+                path = prefix + path
+            scope = {**scope, "root_path": prefix, "path": path}
+        await self.app(scope, receive, send)
 
 
 class _BodyLimit:
@@ -464,7 +505,10 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.paths.get(scope.get("path", ""), self.limit)
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root + "/"):
+            path = path[len(root) :]  # as routing sees it
+        limit = self.paths.get(path, self.limit)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
@@ -529,7 +573,8 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         Route(webhooks.PATH, sendgrid_events.handle, methods=["POST"]),
     ]
     middleware = [
-        Middleware(_SecurityHeaders, pages=endpoint.pages),  # outermost: every answer gets the headers
+        Middleware(_BasePath, prefix=base_path(ws.settings)),
+        Middleware(_SecurityHeaders, pages=endpoint.pages),  # every answer gets the headers
         Middleware(_BodyLimit, pages=endpoint.pages, paths={webhooks.PATH: webhooks.MAX_BODY_BYTES}),
     ]
 

@@ -57,6 +57,18 @@ def load_public_key(ws: Workspace) -> Any | None:
     text = from_env or (ws.settings.delivery.sendgrid.webhook_public_key or "").strip()
     if not text:
         return None
+    key, problem = _parse_public_key(text)
+    if problem:
+        raise HighlightsError(f"{where}: {problem}")
+    return key
+
+
+def public_key_problem(text: str) -> str | None:
+    """Why `text` is not a verification key the webhook can use (None when it is)."""
+    return _parse_public_key(text.strip())[1]
+
+
+def _parse_public_key(text: str) -> tuple[Any, str | None]:
     # The armour lines of a PEM block, if any, go; the base64 between them stays.
     body = "".join("".join(line.split()) for line in text.splitlines() if not line.strip().startswith("-----"))
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -65,12 +77,12 @@ def load_public_key(ws: Workspace) -> Any | None:
     try:
         key = EventWebhook().convert_public_key_to_ecdsa(body)
     except (ValueError, TypeError) as exc:
-        raise HighlightsError(
-            f"{where}: not a verification key (paste the base64 key SendGrid shows for the signed Event Webhook): {exc}"
-        ) from None
+        return None, (
+            f"not a verification key (paste the base64 key SendGrid shows for the signed Event Webhook): {exc}"
+        )
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise HighlightsError(f"{where}: SendGrid signs with an ECDSA P-256 key; this is another kind of key")
-    return key
+        return None, "SendGrid signs with an ECDSA P-256 key; this is another kind of key"
+    return key, None
 
 
 class SendGridWebhook:
@@ -101,7 +113,7 @@ class SendGridWebhook:
             return JSONResponse({"error": "forbidden"}, status_code=403)
         try:
             events = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             events = None
         if not isinstance(events, list):
             # Signed by SendGrid and still not a list of events: retrying will not help.

@@ -11,9 +11,21 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from highlightsmail.errors import HighlightsError, display_path
-from highlightsmail.fields import Address, HeaderText, HttpUrl, SecretUrl, SingleLine
+from highlightsmail.fields import (
+    Address,
+    HeaderText,
+    HttpUrl,
+    Number,
+    SecretUrl,
+    SenderAddress,
+    SingleLine,
+    WholeNumber,
+)
 
 SETTINGS_FILE = "highlights.yaml"
+#: What is wrong with a name that is there but cannot be what the workspace needs.
+NOT_A_FILE = "not a file (a folder, a broken link or a link loop)"
+NOT_A_FOLDER = "not a folder (a file, a broken link or a link loop)"
 #: Overrides the `database` setting whole: a PostgreSQL URL, which may carry the password.
 ENV_DATABASE_URL = "HIGHLIGHTS_DATABASE_URL"
 #: An issue's slug when its file is named after its ISO week: YYYY-wWW (year, week).
@@ -26,11 +38,12 @@ class _Strict(BaseModel):
 
 class SendGridSettings(_Strict):
     host: SecretUrl = "https://api.sendgrid.com"
-    categories: list[SingleLine] = Field(default_factory=list, max_length=10)
-    asm_group_id: int | None = None
-    batch_size: int = Field(default=1000, ge=1, le=1000)
-    concurrency: int = Field(default=4, ge=1, le=32)
-    timeout: float = Field(default=30.0, gt=0, le=600)
+    # SendGrid takes up to 10 categories of up to 255 characters each.
+    categories: list[Annotated[SingleLine, Field(max_length=255)]] = Field(default_factory=list, max_length=10)
+    asm_group_id: WholeNumber | None = Field(default=None, ge=1)
+    batch_size: WholeNumber = Field(default=1000, ge=1, le=1000)
+    concurrency: WholeNumber = Field(default=4, ge=1, le=32)
+    timeout: Number = Field(default=30.0, gt=0, le=600)
     # The Event Webhook's verification key (base64, as SendGrid shows it); the
     # environment's SENDGRID_WEBHOOK_PUBLIC_KEY overrides it.
     webhook_public_key: SingleLine | None = None
@@ -40,11 +53,11 @@ class SendGridSettings(_Strict):
 
 class SmtpSettings(_Strict):
     host: SingleLine = "localhost"
-    port: int = Field(default=587, ge=1, le=65535)
+    port: WholeNumber = Field(default=587, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "starttls"
     username: SingleLine | None = None
-    max_per_second: float | None = Field(default=None, gt=0)
-    timeout: float = Field(default=30.0, gt=0, le=600)
+    max_per_second: Number | None = Field(default=None, gt=0)
+    timeout: Number = Field(default=30.0, gt=0, le=600)
 
 
 class OutboxSettings(_Strict):
@@ -53,7 +66,7 @@ class OutboxSettings(_Strict):
 
 class BounceSettings(_Strict):
     # Soft bounces in this many issues in a row make an address count as bounced.
-    soft_limit: int = Field(default=3, ge=1, le=100)
+    soft_limit: WholeNumber = Field(default=3, ge=1, le=100)
     # Where SMTP bounces arrive: an mbox file, a Maildir, or imaps://user@host[:port]/FOLDER.
     mailbox: SingleLine | None = None
 
@@ -65,8 +78,8 @@ class DeliverySettings(_Strict):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     bounces: BounceSettings = Field(default_factory=BounceSettings)
     # Retries of throttling, server errors, time-outs and dropped connections.
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    backoff: float = Field(default=0.5, ge=0, le=60)
+    max_attempts: WholeNumber = Field(default=5, ge=1, le=20)
+    backoff: Number = Field(default=0.5, ge=0, le=60)
 
 
 def _base_url(value: str) -> str:
@@ -78,13 +91,38 @@ def _base_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.query or parts.fragment or any(ch in value for ch in "&<>\"'`;,"):
         raise ValueError("must be a plain https://host[/path], with no query, fragment or &<>\"'`;, characters")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold a user name or password: every email would carry it")
+    if not value.isascii():
+        # A header carries the URL as it is (RFC 2369), and headers are ASCII.
+        hint = "%-encode the path"
+        if parts.hostname and not parts.hostname.isascii():
+            try:
+                hint = f"write the host as {parts.hostname.encode('idna').decode('ascii')}"
+            except UnicodeError:
+                hint = "write the host in its xn-- form"
+        raise ValueError(f"must be ASCII, as it goes into the List-Unsubscribe header: {hint}")
     return value
 
 
 BaseUrl = Annotated[HttpUrl, AfterValidator(_base_url)]
 
+# RFC 2919 list-id: a label and a namespace (a domain you control), dot-atom text
+# (RFC 5322 atext between dots), which the List-Id header carries inside < >.
+_LIST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+")
+
+
+def _list_id(value: str) -> str:
+    if not _LIST_ID.fullmatch(value):
+        raise ValueError(
+            "must be a list identifier like newsletter.example.org (RFC 2919): "
+            "words joined by dots, with no spaces, < > or @"
+        )
+    return value
+
+
 #: First path segments the web app itself answers; the archive can't live under them.
-_APP_PATHS = frozenset({"u", "healthz", "subscribe", "confirm", "webhooks"})
+APP_PATHS = frozenset({"u", "healthz", "subscribe", "confirm", "webhooks"})
 
 
 def _archive_path(value: str) -> str:
@@ -93,7 +131,7 @@ def _archive_path(value: str) -> str:
     path = value.rstrip("/")
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path) or any(seg in (".", "..") for seg in path.split("/")):
         raise ValueError("must be a path like /archive: letters, digits and . _ ~ - between slashes")
-    if path.split("/")[1] in _APP_PATHS:
+    if path.split("/")[1] in APP_PATHS:
         raise ValueError(f"{path} is taken by the web endpoint's own pages; choose another, like /archive")
     return path
 
@@ -166,7 +204,7 @@ class SignupSettings(_Strict):
 
     enabled: bool = False
     # A confirmation link older than this only offers a new one.
-    confirm_within_days: int = Field(default=7, ge=1, le=90)
+    confirm_within_days: WholeNumber = Field(default=7, ge=1, le=90)
     # Sites whose pages may POST JSON to /subscribe (CORS); the HTML form needs none.
     allowed_origins: list[Origin] = Field(default_factory=list, max_length=50)
     # After confirming: nothing, or the latest issue already sent.
@@ -177,11 +215,11 @@ class Settings(_Strict):
     """The newsletter's settings, from highlights.yaml."""
 
     name: HeaderText = Field(max_length=200)
-    from_: Address = Field(alias="from")
-    reply_to: Address | None = None
+    from_: SenderAddress = Field(alias="from")
+    reply_to: SenderAddress | None = None
     base_url: BaseUrl
     postal_address: SingleLine = Field(max_length=500)
-    list_id: HeaderText = Field(max_length=200)
+    list_id: Annotated[HeaderText, AfterValidator(_list_id)] = Field(max_length=200)
     editors: list[Address] = Field(min_length=1)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
@@ -210,8 +248,21 @@ class Workspace:
 
     @property
     def database(self) -> str:
-        """Where the state lives: HIGHLIGHTS_DATABASE_URL when set, else the setting."""
-        return os.environ.get(ENV_DATABASE_URL, "").strip() or self.settings.database
+        """Where the state lives: HIGHLIGHTS_DATABASE_URL when set, else the setting.
+
+        The variable follows the setting's rule (a file path or a PostgreSQL URL), so a
+        mistyped URL stops the command instead of becoming the name of a new, empty
+        SQLite file."""
+        from highlightsmail.dburl import is_postgresql
+
+        from_env = os.environ.get(ENV_DATABASE_URL, "").strip()
+        if not from_env:
+            return self.settings.database
+        if "://" in from_env and not is_postgresql(from_env):
+            raise HighlightsError(
+                f"{ENV_DATABASE_URL}: must be postgresql://user[:password]@host:port/dbname (or a SQLite file's path)"
+            )
+        return from_env
 
     @property
     def database_url(self) -> str | None:
@@ -254,9 +305,32 @@ class Workspace:
     def outbox_dir(self) -> Path:
         return self.root / self.settings.delivery.outbox.dir
 
+    def check_output(self, path: Path) -> None:
+        """Refuse `path` as where a command writes its output (an export, a report) when
+        it is one of the workspace's own files: writing there would destroy the state,
+        the secret, the settings, an issue or a template."""
+        target = Path(os.path.realpath(path))
+        own = {
+            self.settings_path: "settings",
+            self.secret_path: "signing secret",
+        }
+        if self.database_url is None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                own[self.db_path.with_name(self.db_path.name + suffix)] = "database"
+        what = next(
+            (f"is this workspace's {name}" for f, name in own.items() if Path(os.path.realpath(f)) == target), None
+        )
+        for folder in (self.issues_dir, self.templates_dir):
+            if what is None and target.is_relative_to(os.path.realpath(folder)):
+                what = f"is in this workspace's {folder.name} folder"
+        if what is not None:
+            raise HighlightsError(f"{display_path(path)}: {what}; write to another file")
+
     def issue_path(self, ref: str) -> Path:
         """Resolve an ISSUE argument: a path, a slug (2024-w02) or `latest`."""
         if ref == "latest":
+            if os.path.lexists(self.issues_dir) and _kind(self.issues_dir) != "folder":
+                raise HighlightsError(f"{display_path(self.issues_dir)}: {NOT_A_FOLDER}")
             # The newest week by file name; a folder or a broken link named *.yaml is no issue.
             found = sorted(p for p in self.issues_dir.glob("*.yaml") if p.is_file())
             weekly = [p for p in found if ISSUE_SLUG.match(p.stem)]
@@ -268,23 +342,43 @@ class Workspace:
             return found[-1]
         as_path = Path(ref)
         if as_path.suffix in (".yaml", ".yml") or os.sep in ref or "/" in ref:
-            if as_path.is_dir():
+            kind = _kind(as_path)
+            if kind == "folder":
                 raise HighlightsError(f"{ref}: is a folder, not an issue file")
-            if not as_path.is_file():
+            if kind != "file":
                 raise HighlightsError(f"{ref}: no such issue file")
             return as_path
         slug_path = self.issues_dir / f"{ref}.yaml"
-        if not slug_path.is_file():
+        if _kind(slug_path) != "file":
             raise HighlightsError(f"{ref}: no issue file {display_path(slug_path)}")
         return slug_path
+
+
+def _kind(path: Path) -> Literal["file", "folder"] | None:
+    """What is at `path`: a file, a folder, or nothing usable (missing, a broken link or a
+    loop, a name longer than the system takes, which `Path.is_file` raises for)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+    return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else None
 
 
 def find_root(start: Path | None = None, override: str | Path | None = None) -> Path:
     """The workspace folder: --workspace, HIGHLIGHTS_WORKSPACE, or the nearest parent
     of the current directory holding highlights.yaml (as git finds .git)."""
-    chosen = override or os.environ.get("HIGHLIGHTS_WORKSPACE")
+    # Blank or padded, as an environment variable easily is: the folder, or no choice.
+    chosen = str(override or os.environ.get("HIGHLIGHTS_WORKSPACE") or "").strip()
     if chosen:
         root = Path(chosen)
+        if root.is_file():
+            raise HighlightsError(
+                f"{display_path(root)}: a file, not a folder; name the folder that holds {SETTINGS_FILE}"
+            )
+        if os.path.lexists(root / SETTINGS_FILE) and not (root / SETTINGS_FILE).is_file():
+            raise HighlightsError(f"{display_path(root / SETTINGS_FILE)}: {NOT_A_FILE}")
         if not (root / SETTINGS_FILE).is_file():
             raise HighlightsError(
                 f"{display_path(root)}: no {SETTINGS_FILE} here; create a workspace with `highlights init {chosen}`"
@@ -292,8 +386,11 @@ def find_root(start: Path | None = None, override: str | Path | None = None) -> 
         return root.resolve()
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / SETTINGS_FILE).is_file():
+        settings = folder / SETTINGS_FILE
+        if settings.is_file():
             return folder
+        if os.path.lexists(settings):
+            raise HighlightsError(f"{display_path(settings)}: {NOT_A_FILE}")
     raise HighlightsError(
         f"no {SETTINGS_FILE} in {display_path(here)} or its parents; run `highlights init DIR` or pass --workspace DIR"
     )

@@ -382,6 +382,10 @@ class _Reader:
             return None
         if not isinstance(value, str) and not node.style:  # plain, not quoted
             self.doc.raw[path] = node.value
+            if type(value) is int:
+                return _IntAsWritten(value, node.value)
+            if type(value) is float:
+                return _FloatAsWritten(value, node.value)
         return value
 
     def _mapping(self, node: Any, path: KeyPath, depth: int) -> dict[str, Any]:
@@ -420,6 +424,36 @@ class _Reader:
             result[key] = self._build(value_node, (*path, key), depth + 1)
         self.doc.positions[path] = _mark(node.start_mark)
         return result
+
+
+class _IntAsWritten(int):
+    """A number YAML read from a plain scalar that still reads as it was written: a
+    text field given `title: 0x1F` or `1_000` gets that text, not `31` or `1000`. A
+    number field (validated into a plain int) sees the number."""
+
+    text: str
+
+    def __new__(cls, value: int, text: str) -> _IntAsWritten:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _FloatAsWritten(float):
+    """As _IntAsWritten, for `title: 3.10` (not `3.1`) or `1e3` (not `1000.0`)."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> _FloatAsWritten:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _where(path: KeyPath) -> str:

@@ -28,6 +28,7 @@ from email.utils import parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 
+from highlightsmail.addresses import ascii_address
 from highlightsmail.backends.base import (
     Backend,
     Batch,
@@ -88,6 +89,12 @@ class SendGridBackend(Backend):
             key = os.environ.get(ENV_API_KEY, "").strip()
             if not key:
                 raise PermanentError(f"set {ENV_API_KEY} to send through SendGrid (it comes only from the environment)")
+            if not (key.isascii() and key.isprintable()) or any(ch.isspace() for ch in key):
+                # It goes into an HTTP header: a line break there is a broken request.
+                raise PermanentError(
+                    f"{ENV_API_KEY} holds a space, a line break or a character outside ASCII; "
+                    "set it to the key alone, as SendGrid shows it (SG. and letters, digits, - and _)"
+                )
             import sendgrid
 
             client = sendgrid.SendGridAPIClient(api_key=key, host=self.host)
@@ -271,18 +278,6 @@ def untracked_unsubscribe(html: str) -> str:
     return link.sub("<a clicktracking=off", html)
 
 
-def ascii_address(address: str) -> str | None:
-    """The address as SendGrid takes it: an internationalised domain in its ASCII (IDNA)
-    form; None when the part before the @ is not ASCII, which SendGrid cannot deliver."""
-    local, _, domain = address.rpartition("@")
-    if not local.isascii():
-        return None
-    if domain.isascii():
-        return address
-    ascii_domain = _idna(domain)
-    return None if ascii_domain is None else f"{local}@{ascii_domain}"
-
-
 def _stored_form(address: str) -> str:
     """An address from SendGrid as our database holds it: we send an internationalised
     domain in its xn-- form, so SendGrid lists it that way; subscribers are stored with
@@ -295,16 +290,6 @@ def _stored_form(address: str) -> str:
         return normalize_address(address)
     except BadAddress:
         return address
-
-
-@functools.lru_cache(maxsize=4096)
-def _idna(domain: str) -> str | None:
-    import idna  # email-validator's own IDNA 2008 library, which checked the domain on import
-
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        return None
 
 
 def _check_host(origin: str, host: str) -> None:

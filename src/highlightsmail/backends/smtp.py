@@ -9,6 +9,7 @@ trusted certificates, for a relay with a private CA or a self-signed certificate
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
@@ -31,6 +32,7 @@ from highlightsmail.backends.base import (
     TransientError,
     with_retries,
 )
+from highlightsmail.message import from_header
 from highlightsmail.mime import MessageTemplate, TemplateCache
 
 if TYPE_CHECKING:
@@ -84,7 +86,7 @@ class SmtpBackend(Backend):
         self.config = ws.settings.delivery.smtp
         delivery = ws.settings.delivery
         self.policy = RetryPolicy(attempts=delivery.max_attempts, base=delivery.backoff)
-        self.from_addr = parseaddr(ws.settings.from_)[1]
+        self.from_addr = parseaddr(from_header(ws.settings))[1]
         self.where = f"SMTP server {self.config.host}:{self.config.port}"
         self._sleep = sleep
         self._clock = clock
@@ -151,7 +153,7 @@ class SmtpBackend(Backend):
                 conn.ehlo()
             if cfg.username:
                 assert password is not None
-                conn.login(cfg.username, password)
+                _login(conn, cfg.username, password)
         except DeliveryError:
             _close_quietly(conn)
             raise
@@ -302,6 +304,22 @@ def _reset_quietly(conn: smtplib.SMTP) -> None:
         conn.rset()
     except (OSError, smtplib.SMTPException):
         pass
+
+
+def _login(conn: smtplib.SMTP, user: str, password: str) -> None:
+    """Log in. smtplib encodes the user name and password as ASCII, so one beyond ASCII
+    goes as AUTH PLAIN, whose credentials are UTF-8 (RFC 4616)."""
+    if (user + password).isascii():
+        conn.login(user, password)
+        return
+    if "PLAIN" not in conn.esmtp_features.get("auth", "").upper().split():
+        raise smtplib.SMTPNotSupportedError(
+            "it offers no AUTH PLAIN, the only login that carries a user name or password beyond ASCII"
+        )
+    token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode("ascii")
+    code, reply = conn.docmd("AUTH", f"PLAIN {token}")
+    if code != 235:
+        raise smtplib.SMTPAuthenticationError(code, reply)
 
 
 def _close_quietly(conn: smtplib.SMTP | None) -> None:
