@@ -18,6 +18,18 @@ from highlightsmail.workspace import Settings, Workspace, load_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 SIGNER = Signer(b"backend-tests-secret-0123456789abcdef")
+#: The headers every message to a subscriber carries (with an https base_url).
+READER_HEADERS = (
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+)
 
 _rendered: RenderedIssue | None = None
 

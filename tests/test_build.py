@@ -14,6 +14,7 @@ from unittest import mock
 import pytest
 from click.testing import CliRunner
 
+from helpers_delivery import READER_HEADERS
 from highlightsmail.cli import main
 from highlightsmail.issue import load_issue
 from highlightsmail.lint import GMAIL_CLIP_BYTES
@@ -84,17 +85,7 @@ def test_eml_is_a_complete_multipart_alternative_message(built: Path) -> None:
     assert plain.get_content_charset() == "utf-8"
     assert html_part.get_content_type() == "text/html"
 
-    for header in (
-        "From",
-        "To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "Reply-To",
-        "List-Id",
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-    ):
+    for header in READER_HEADERS:
         assert msg[header], header
     assert msg["From"] == "AI Research Highlights <highlights@example.org>"
     assert msg["To"] == "Reader <reader@example.org>"

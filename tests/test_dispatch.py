@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from helpers_db import dump_tables, target_of
+from helpers_delivery import READER_HEADERS
 from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store
@@ -281,17 +282,7 @@ def test_smtp_end_to_end_and_one_click_from_the_delivered_header(workspace: Path
     for msg in real:
         assert msg.get_content_type() == "multipart/alternative"
         assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
-        for header in (
-            "From",
-            "To",
-            "Subject",
-            "Date",
-            "Message-ID",
-            "Reply-To",
-            "List-Id",
-            "List-Unsubscribe",
-            "List-Unsubscribe-Post",
-        ):
+        for header in READER_HEADERS:
             assert msg[header], header
         url = unsubscribe_url(msg)
         text, html = (p.get_content() for p in msg.iter_parts())
@@ -344,17 +335,7 @@ def test_smtp_starttls_with_a_self_signed_certificate_and_login_end_to_end(
         assert msg.get_content_type() == "multipart/alternative"
         parts = list(msg.iter_parts())
         assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
-        for header in (
-            "From",
-            "To",
-            "Subject",
-            "Date",
-            "Message-ID",
-            "Reply-To",
-            "List-Id",
-            "List-Unsubscribe",
-            "List-Unsubscribe-Post",
-        ):
+        for header in READER_HEADERS:
             assert msg[header], header
         url = unsubscribe_url(msg)
         text, html = (p.get_content() for p in parts)
