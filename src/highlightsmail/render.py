@@ -5,7 +5,6 @@ only per-recipient difference is the unsubscribe URL, filled in by `personalize`
 
 from __future__ import annotations
 
-import hashlib
 import html as html_lib
 import logging
 import re
@@ -81,17 +80,6 @@ class RenderedIssue:
     preheader: str
     html: str
     text: str
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 over subject, HTML and text, each length-prefixed so that no
-        shift of characters between the parts gives the same digest."""
-        digest = hashlib.sha256()
-        for part in (self.subject, self.html, self.text):
-            data = part.encode("utf-8")
-            digest.update(len(data).to_bytes(8, "big"))
-            digest.update(data)
-        return digest.hexdigest()
 
     def personalize(self, unsubscribe_url: str) -> tuple[str, str]:
         """(html, text) with this recipient's unsubscribe URL in place of the placeholder."""

@@ -2042,14 +2042,6 @@ class Store:
                 (mail_key, self.now(), outcome),
             )
 
-    def issue_event_counts(self, issue: str) -> dict[str, tuple[int, int]]:
-        """For each kind of event of an issue: (events, distinct subscribers)."""
-        rows = self._query(
-            "SELECT kind, count(*), count(DISTINCT subscriber_id) FROM delivery_events WHERE issue = ? GROUP BY kind",
-            (issue,),
-        )
-        return {kind: (n, people) for kind, n, people in rows}
-
     def distinct_subscribers(self, issue: str, kinds: Iterable[str]) -> int:
         """How many subscribers have at least one event of these kinds for the issue."""
         wanted = tuple(_check(k, DELIVERY_KINDS, "event kind") for k in kinds)
