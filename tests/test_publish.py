@@ -16,6 +16,7 @@ import re
 import shutil
 import textwrap
 from pathlib import Path
+from urllib.parse import urljoin
 
 import feedparser
 import pytest
@@ -37,6 +38,7 @@ from helpers_archive import (
     strict_parse,
     write_issue,
 )
+from helpers_signup import enable_signup
 from highlightsmail.cli import main
 from highlightsmail.errors import HighlightsError
 from highlightsmail.issue import load_issue
@@ -44,6 +46,7 @@ from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, render_issue
 from highlightsmail.workspace import load_workspace
 
 REPO = Path(__file__).resolve().parent.parent
+NAME = "AI Research Highlights"
 EXAMPLE_TITLES = [item.title for item in load_issue(REPO / "issues" / "2024-w02.yaml").items]
 
 
@@ -136,6 +139,26 @@ def test_every_page_is_valid_html_and_every_internal_link_resolves(sent: Path) -
     # The 404 page's links are absolute (it is shown at any depth) and lead to the index.
     hrefs = lxml_html.fromstring(page(out, "404.html")).xpath("//a/@href")
     assert set(hrefs) == {"#content", ARCHIVE, f"{ARCHIVE}feed.xml"}
+
+
+@pytest.mark.parametrize("signup", [False, True])
+def test_no_page_has_two_links_to_the_same_place(sent: Path, signup: bool) -> None:
+    """Beside the bar at the top (the newsletter's name, the feed), each page of the
+    archive links to each of its pages once: the 404 page had two links to the index
+    that said the same thing in two ways."""
+    if signup:
+        enable_signup(sent)
+    out = published(sent)
+    for url, path in site_pages(out).items():
+        doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
+        targets = [
+            urljoin(url, href)
+            for href in doc.xpath("//a[not(ancestor::header[@class='bar'])][not(@class='skip')]/@href")
+            if urljoin(url, href).startswith(ARCHIVE)
+        ]
+        assert len(targets) == len(set(targets)), (url, sorted(targets))
+    links = lxml_html.fromstring(page(out, "404.html")).xpath("//main//a | //footer//a")
+    assert [(a.text_content(), a.get("href")) for a in links] == [(f"See every issue of {NAME}", ARCHIVE)]
 
 
 def test_a_broken_link_would_be_found(sent: Path) -> None:
@@ -264,14 +287,10 @@ def test_a_broken_site_template_names_its_file_and_line(sent: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_signup_form_shows_only_when_signup_is_enabled(sent: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signup_form_shows_only_when_signup_is_enabled(sent: Path) -> None:
     out = published(sent)
     assert "<form" not in page(out, "index.html")
-    # The signup settings are not part of this version; stand in for `signup.enabled: true`.
-    import highlightsmail.publish as publish_module
-
-    real = publish_module._signup
-    monkeypatch.setattr(publish_module, "_signup", lambda settings: {**real(settings), "enabled": True})
+    enable_signup(sent)
     out = published(sent)
     for rel in ("index.html", "2024-w02/index.html"):
         text = page(out, rel)
@@ -280,6 +299,9 @@ def test_signup_form_shows_only_when_signup_is_enabled(sent: Path, monkeypatch: 
         (form,) = lxml_html.fromstring(text).xpath("//form")
         assert form.get("method") == "post" and form.get("action") == f"{BASE_URL}/subscribe"
         assert form.xpath(".//input/@name") == ["email", "name", "website"]
+        # What the visitor came for first, then the form: after every issue or item.
+        assert form.xpath("preceding::ol[@class='issues'] | preceding::section[@class='item']")
+        assert not form.xpath("following::ol[@class='issues'] | following::section[@class='item']")
 
 
 def test_a_second_publish_removes_pages_no_longer_listed(workspace: Path) -> None:
