@@ -611,6 +611,40 @@ def test_a_publish_that_fails_while_writing_leaves_the_previous_site(
         assert snapshot(out) == before
 
 
+def test_a_rename_that_fails_midway_leaves_a_record_of_every_page_in_place(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages are renamed one by one once all are written: a failure between two
+    renames leaves some new pages in place. The record names them, so the next publish
+    neither refuses them as someone else's nor leaves a draft behind."""
+    import highlightsmail.files
+
+    mark_sent(workspace, "2024-w02")
+    out = published(workspace)
+    write_issue(workspace, "2024-w03", small_issue("Draft", "2024-01-19"))
+    write_issue(workspace, "2024-w04", small_issue("Another draft", "2024-01-26"))
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # the record, then 2024-w02 and 2024-w03 are in place
+            raise OSError(errno.EIO, os.strerror(errno.EIO), dst)
+        return real(src, dst)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(highlightsmail.files.os, "replace", replace)
+        result = CliRunner().invoke(main, ["publish", "--all"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["Error: cannot write out/site/2024-w04/index.html: Input/output error"]
+    assert (out / "2024-w03" / "index.html").is_file() and not (out / "2024-w04").exists()
+    assert record(out) == {
+        "files": {*SITE, "2024-w02/index.html", "2024-w03/index.html"},
+        "folders": {"2024-w02", "2024-w03"},
+    }
+    out = published(workspace)
+    assert tree(out) == {MANIFEST, *SITE, "2024-w02/", "2024-w02/index.html"}
+
+
 def test_a_publish_stopped_midway_is_made_whole_by_the_next(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stopped between two renames (as by kill -9, which also leaves its temporary
     files): the record already names every page it may have put in place, so the

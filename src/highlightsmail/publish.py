@@ -664,8 +664,14 @@ def _write_site(files: dict[str, bytes], out_dir: Path) -> list[Path]:
         written = write_files({out_dir / rel: files[rel] for rel in ordered})
     except OSError as exc:
         for path in reversed(made):
-            _quietly(path.rmdir)
-        _quietly(lambda: _write_record(out_dir, found))
+            _quietly(path.rmdir)  # those still empty
+        # Back to the previous record, with whatever of this run is in place: a
+        # failure while renaming leaves the pages renamed before it (they were not
+        # there before, so they are ours).
+        placed = {rel for rel in files if rel not in old.files and _lstat(out_dir / rel) is not None}
+        kept = {folder for folder in to_make if _lstat(out_dir / folder) is not None}
+        back = _Record(old.files | placed, old.folders | kept)
+        _quietly(partial(_write_record, out_dir, back if found is not None or back.files or back.folders else None))
         if made_out_dir:
             _quietly(out_dir.rmdir)
         where = exc.filename if isinstance(exc.filename, str) else out_dir / MANIFEST
