@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers_archive import enable_archive, headings_in_order, mark_sent, small_issue, write_issue
+from helpers_archive import ARCHIVE, enable_archive, headings_in_order, mark_sent, small_issue, write_issue
+from helpers_signup import enable_signup
 from highlightsmail.cli import main
 from test_email_browser import TEXT_ELEMENTS_JS
 
@@ -165,6 +166,55 @@ def test_long_words_code_and_right_to_left_text_fit_a_320px_phone(
     for page_url in (f"{base}/archive/", f"{base}/archive/2024-w03/"):
         reader.goto(page_url)
         assert reader.evaluate("document.documentElement.scrollWidth") <= 320, page_url
+
+
+@pytest.fixture
+def archive_with_signup(workspace: Path, static_host: tuple[Path, str]) -> str:
+    """Two issues sent and the signup form on; the archive's URL."""
+    enable_archive(workspace)
+    enable_signup(workspace)
+    write_issue(workspace, "2024-w03", small_issue("AI Research Highlights | Week 3, 2024", "2024-01-19"))
+    mark_sent(workspace, "2024-w02")
+    mark_sent(workspace, "2024-w03")
+    www, url = static_host
+    publish_into(workspace, www)
+    return f"{url}/archive/"
+
+
+BOX_JS = "(selector) => { const r = document.querySelector(selector).getBoundingClientRect(); return {top: r.top, bottom: r.bottom}; }"
+
+
+@pytest.mark.parametrize("width", [320, 375, 1280])
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_index_shows_the_issues_first_then_the_form_right_under_them(
+    reader, archive_with_signup: str, width: int, scheme: str
+) -> None:
+    reader.emulate_media(color_scheme=scheme)
+    reader.set_viewport_size({"width": width, "height": 800})
+    reader.goto(archive_with_signup)
+    mast = reader.evaluate(BOX_JS, "main .mast")
+    first = reader.evaluate(BOX_JS, "ol.issues > li:first-child h2")
+    last = reader.evaluate(BOX_JS, "ol.issues > li:last-child > :last-child")
+    form = reader.evaluate(BOX_JS, "form.signup")
+    assert 0 < first["top"] - mast["bottom"] <= 40  # the first issue right under the heading
+    assert 0 < form["top"] - last["bottom"] <= 40  # the form right under the last issue: no empty gap
+    assert reader.evaluate("document.documentElement.scrollWidth") <= width
+    elements = reader.evaluate(TEXT_ELEMENTS_JS)
+    assert [e for e in elements if e["contrast"] < 4.5] == []
+    assert [e for e in elements if e["size"] < 14] == []
+    assert headings_in_order(reader.evaluate(HEADINGS_JS))
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_404_page_has_one_way_back_and_reads_in_light_and_dark(reader, archive: str, scheme: str) -> None:
+    reader.emulate_media(color_scheme=scheme)
+    reader.set_viewport_size({"width": 320, "height": 700})
+    reader.goto(f"{archive}404.html")
+    assert reader.evaluate("document.documentElement.scrollWidth") <= 320
+    assert [e for e in reader.evaluate(TEXT_ELEMENTS_JS) if e["contrast"] < 4.5] == []
+    links = reader.locator("main a, footer a")
+    assert links.count() == 1
+    assert links.first.get_attribute("href") == ARCHIVE  # absolute: the page is shown at any depth
 
 
 @pytest.mark.parametrize("shot", ["issue-phone", "index"])

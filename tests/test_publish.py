@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import errno
 import html as html_lib
+import json
 import os
 import re
+import shutil
 import textwrap
 from pathlib import Path
+from urllib.parse import urljoin
 
 import feedparser
 import pytest
@@ -34,6 +38,7 @@ from helpers_archive import (
     strict_parse,
     write_issue,
 )
+from helpers_signup import enable_signup
 from highlightsmail.cli import main
 from highlightsmail.errors import HighlightsError
 from highlightsmail.issue import load_issue
@@ -41,6 +46,7 @@ from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, render_issue
 from highlightsmail.workspace import load_workspace
 
 REPO = Path(__file__).resolve().parent.parent
+NAME = "AI Research Highlights"
 EXAMPLE_TITLES = [item.title for item in load_issue(REPO / "issues" / "2024-w02.yaml").items]
 
 
@@ -86,6 +92,7 @@ def test_publish_lists_sent_issues_and_all_adds_every_file(workspace: Path) -> N
     out = workspace / "out" / "site"
     assert result.stdout == f"out/site: index.html, feed.xml and 1 issue page, for {ARCHIVE}\n"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        MANIFEST,
         "2024-w02/index.html",
         "404.html",
         "feed.xml",
@@ -132,6 +139,26 @@ def test_every_page_is_valid_html_and_every_internal_link_resolves(sent: Path) -
     # The 404 page's links are absolute (it is shown at any depth) and lead to the index.
     hrefs = lxml_html.fromstring(page(out, "404.html")).xpath("//a/@href")
     assert set(hrefs) == {"#content", ARCHIVE, f"{ARCHIVE}feed.xml"}
+
+
+@pytest.mark.parametrize("signup", [False, True])
+def test_no_page_has_two_links_to_the_same_place(sent: Path, signup: bool) -> None:
+    """Beside the bar at the top (the newsletter's name, the feed), each page of the
+    archive links to each of its pages once: the 404 page had two links to the index
+    that said the same thing in two ways."""
+    if signup:
+        enable_signup(sent)
+    out = published(sent)
+    for url, path in site_pages(out).items():
+        doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
+        targets = [
+            urljoin(url, href)
+            for href in doc.xpath("//a[not(ancestor::header[@class='bar'])][not(@class='skip')]/@href")
+            if urljoin(url, href).startswith(ARCHIVE)
+        ]
+        assert len(targets) == len(set(targets)), (url, sorted(targets))
+    links = lxml_html.fromstring(page(out, "404.html")).xpath("//main//a | //footer//a")
+    assert [(a.text_content(), a.get("href")) for a in links] == [(f"See every issue of {NAME}", ARCHIVE)]
 
 
 def test_a_broken_link_would_be_found(sent: Path) -> None:
@@ -260,14 +287,10 @@ def test_a_broken_site_template_names_its_file_and_line(sent: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_signup_form_shows_only_when_signup_is_enabled(sent: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signup_form_shows_only_when_signup_is_enabled(sent: Path) -> None:
     out = published(sent)
     assert "<form" not in page(out, "index.html")
-    # The signup settings are not part of this version; stand in for `signup.enabled: true`.
-    import highlightsmail.publish as publish_module
-
-    real = publish_module._signup
-    monkeypatch.setattr(publish_module, "_signup", lambda settings: {**real(settings), "enabled": True})
+    enable_signup(sent)
     out = published(sent)
     for rel in ("index.html", "2024-w02/index.html"):
         text = page(out, rel)
@@ -276,6 +299,9 @@ def test_signup_form_shows_only_when_signup_is_enabled(sent: Path, monkeypatch: 
         (form,) = lxml_html.fromstring(text).xpath("//form")
         assert form.get("method") == "post" and form.get("action") == f"{BASE_URL}/subscribe"
         assert form.xpath(".//input/@name") == ["email", "name", "website"]
+        # What the visitor came for first, then the form: after every issue or item.
+        assert form.xpath("preceding::ol[@class='issues'] | preceding::section[@class='item']")
+        assert not form.xpath("following::ol[@class='issues'] | following::section[@class='item']")
 
 
 def test_a_second_publish_removes_pages_no_longer_listed(workspace: Path) -> None:
@@ -283,11 +309,33 @@ def test_a_second_publish_removes_pages_no_longer_listed(workspace: Path) -> Non
     mark_sent(workspace, "2024-w02")
     out = published(workspace, "--all")
     assert (out / "2024-w03" / "index.html").is_file()
+    assert record(out) == {
+        "files": {*SITE, "2024-w02/index.html", "2024-w03/index.html"},
+        "folders": {"2024-w02", "2024-w03"},
+    }
     out = published(workspace)
     assert not (out / "2024-w03").exists()
     assert (out / "2024-w02" / "index.html").is_file()
-    assert [p.name for p in out.parent.iterdir()] == ["site"]  # no staging folder left behind
+    assert "Draft" not in page(out, "index.html") and "Draft" not in page(out, "feed.xml")
+    assert record(out) == {"files": {*SITE, "2024-w02/index.html"}, "folders": {"2024-w02"}}
+    assert tree(out) == {MANIFEST, *SITE, "2024-w02/", "2024-w02/index.html"}  # no temporary file left
+    assert [p.name for p in out.parent.iterdir()] == ["site"]  # nor anything beside the folder
     assert oct((out / "2024-w02").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def test_a_draft_folder_holding_a_file_of_the_editor_keeps_it(workspace: Path) -> None:
+    write_issue(workspace, "2024-w03", small_issue("Draft", "2024-01-19"))
+    mark_sent(workspace, "2024-w02")
+    out = published(workspace, "--all")
+    (out / "2024-w03" / "figure.png").write_bytes(b"PNG")
+    out = published(workspace)
+    assert tree(out / "2024-w03") == {"figure.png"}  # the page went, the folder stays for the file
+    assert record(out)["folders"] == {"2024-w02", "2024-w03"}
+    out = published(workspace, "--all")  # the draft again, beside the file
+    assert tree(out / "2024-w03") == {"figure.png", "index.html"}
+    (out / "2024-w03" / "figure.png").unlink()
+    out = published(workspace)
+    assert not (out / "2024-w03").exists()  # empty now: the folder publish made goes too
 
 
 def _umask() -> int:
@@ -296,16 +344,334 @@ def _umask() -> int:
     return mask
 
 
+MANIFEST = ".highlights-publish.json"
+SITE = ["404.html", "feed.xml", "index.html"]
+
+
+def record(out: Path) -> dict[str, set[str]]:
+    """The record `publish` keeps of what it wrote into `out`, as sets."""
+    data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    assert data["files"] == sorted(data["files"]) and data["folders"] == sorted(data["folders"])
+    return {"files": set(data["files"]), "folders": set(data["folders"])}
+
+
+def tree(folder: Path) -> set[str]:
+    """Every path under `folder`, folders with a trailing slash; links are not followed."""
+    return {
+        p.relative_to(folder).as_posix() + ("/" if p.is_dir() and not p.is_symlink() else "") for p in folder.rglob("*")
+    }
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every path under `folder` with its bytes (a link: where it points; a folder: "")."""
+    out: dict[str, bytes | str] = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        out[rel] = f"-> {os.readlink(p)}" if p.is_symlink() else ("" if p.is_dir() else p.read_bytes())
+    return out
+
+
+def web_root(folder: Path) -> None:
+    """A web root as a site owner has it: their own index, feed, about page and blog."""
+    folder.mkdir()
+    (folder / "index.html").write_text("<h1>My home page</h1>", encoding="utf-8")
+    (folder / "feed.xml").write_text("<feed>mine</feed>", encoding="utf-8")
+    (folder / "about.html").write_text("<h1>About me</h1>", encoding="utf-8")
+    (folder / "blog").mkdir()
+    (folder / "blog" / "index.html").write_text("<h1>My blog</h1>", encoding="utf-8")
+
+
+def test_a_web_root_that_publish_did_not_make_is_refused_and_left_as_it_was(workspace: Path) -> None:
+    mark_sent(workspace, "2024-w02")
+    web_root(workspace / "www")
+    before = snapshot(workspace / "www")
+    result = CliRunner().invoke(main, ["publish", "--out", "www"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: www: holds files that `publish` did not write (there is no {MANIFEST}, its list of what it "
+        "wrote); choose another --out or empty it"
+    ]
+    assert snapshot(workspace / "www") == before
+
+
+def test_the_files_beside_the_site_are_kept_across_publishes(workspace: Path) -> None:
+    """The site in a folder of its own inside a web root, or a web root that the site
+    owner adds pages to after the first publish: nothing of theirs is touched."""
+    mark_sent(workspace, "2024-w02")
+    out = published(workspace, "--out", "www")
+    assert out.name == "site"
+    www = workspace / "www"
+    (www / "about.html").write_text("<h1>About me</h1>", encoding="utf-8")
+    (www / "blog").mkdir()
+    (www / "blog" / "index.html").write_text("<h1>My blog</h1>", encoding="utf-8")
+    (www / "2024-w02" / "notes.txt").write_text("mine", encoding="utf-8")
+    (www / ".htaccess").write_text("ErrorDocument 404 /404.html", encoding="utf-8")
+    theirs = {
+        rel: data
+        for rel, data in snapshot(www).items()
+        if rel in ("about.html", "blog", "blog/index.html", "2024-w02/notes.txt", ".htaccess")
+    }
+    write_issue(workspace, "2024-w03", small_issue("Week three", "2024-01-19"))
+    for args in (["--all"], [], ["--all"]):
+        result = run("publish", "--out", "www", *args)
+        assert result.exit_code == 0, result.output
+        now = snapshot(www)
+        assert {rel: now[rel] for rel in theirs} == theirs
+        assert ("Week three" in page(www, "index.html")) == bool(args)
+        assert (www / "2024-w03").exists() == bool(args)
+
+
+def test_a_page_never_replaces_a_file_publish_did_not_write(workspace: Path) -> None:
+    mark_sent(workspace, "2024-w02")
+    out = published(workspace)
+    write_issue(workspace, "2024-w03", small_issue("Week three", "2024-01-19"))
+    mark_sent(workspace, "2024-w03")
+    (out / "2024-w03").mkdir()
+    (out / "2024-w03" / "index.html").write_text("mine", encoding="utf-8")
+    before = snapshot(out)
+    result = CliRunner().invoke(main, ["publish"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: out/site/2024-w03/index.html: exists and `publish` did not write it; move it away or choose another --out"
+    ]
+    assert snapshot(out) == before
+    (out / "2024-w03" / "index.html").unlink()
+    assert "Week three" in page(published(workspace), "2024-w03/index.html")  # its own folder is fine
+
+
 def test_a_folder_of_other_files_is_never_replaced(workspace: Path) -> None:
     (workspace / "notes").mkdir()
     (workspace / "notes" / "todo.txt").write_text("keep me", encoding="utf-8")
     result = CliRunner().invoke(main, ["publish", "--out", "notes"])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        "Error: notes: holds files that `publish` did not write, and publishing replaces the whole folder; "
-        "choose another --out or empty it"
+        f"Error: notes: holds files that `publish` did not write (there is no {MANIFEST}, its list of what it "
+        "wrote); choose another --out or empty it"
     ]
-    assert (workspace / "notes" / "todo.txt").read_text(encoding="utf-8") == "keep me"
+    assert snapshot(workspace / "notes") == {"todo.txt": b"keep me"}
+    # An empty folder is fine; a link to nowhere where the folder would be is said in one line.
+    (workspace / "empty").mkdir()
+    assert run("publish", "--out", "empty").exit_code == 0
+    (workspace / "dangling").symlink_to(workspace / "nowhere")
+    result = CliRunner().invoke(main, ["publish", "--out", "dangling"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["Error: dangling: exists and is not a folder"]
+    assert not (workspace / "nowhere").exists()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "../outside.html",
+        "../outside",
+        "/ABS/outside.html",
+        "sub/../../outside.html",
+        "./index.html",
+        "",
+        "sub//x",
+        "sub\\..\\x",
+        ".",
+        "..",
+        "a\nb",
+        ".hidden",
+    ],
+)
+@pytest.mark.parametrize("key", ["files", "folders"])
+def test_a_record_that_names_a_place_outside_the_folder_is_refused(workspace: Path, entry: str, key: str) -> None:
+    outside = workspace / "outside.html"
+    outside.write_text("not the site's", encoding="utf-8")
+    (workspace / "outside").mkdir()
+    mark_sent(workspace, "2024-w02")
+    out = published(workspace)
+    data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    data[key].append(entry.replace("/ABS", str(workspace)))
+    (out / MANIFEST).write_text(json.dumps(data), encoding="utf-8")
+    before, around = snapshot(out), snapshot(workspace)
+    result = CliRunner().invoke(main, ["publish"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: out/site/{MANIFEST}: `{key}` names ") and "not a path inside the folder" in line
+    assert snapshot(out) == before and snapshot(workspace) == around
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        '{"format": 2, "files": [], "folders": []}',
+        '{"format": 1, "files": "index.html", "folders": []}',
+        '{"format": 1, "files": [1], "folders": []}',
+        '{"format": 1, "files": []}',
+    ],
+)
+def test_a_damaged_record_is_refused_in_one_line(workspace: Path, content: str) -> None:
+    out = published(workspace)
+    (out / MANIFEST).write_text(content, encoding="utf-8")
+    before = snapshot(out)
+    result = CliRunner().invoke(main, ["publish"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: out/site/{MANIFEST}: ") and "publish into an empty folder" in line
+    assert "Traceback" not in result.output
+    assert snapshot(out) == before
+
+
+def test_links_in_the_folder_never_lead_publish_outside_it(workspace: Path) -> None:
+    """A record may name a path whose folder or file is now a symbolic link to
+    somewhere else: publish writes, replaces and removes nothing through it."""
+    elsewhere = workspace / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "index.html").write_text("precious", encoding="utf-8")
+    (elsewhere / "secret.txt").write_text("precious", encoding="utf-8")
+    write_issue(workspace, "2024-w03", small_issue("Draft", "2024-01-19"))
+    mark_sent(workspace, "2024-w02")
+    out = published(workspace, "--all")
+    # The draft's folder becomes a link to elsewhere; its page is removed on the next
+    # publish (not listed any more): the link is not followed.
+    shutil.rmtree(out / "2024-w03")
+    (out / "2024-w03").symlink_to(elsewhere, target_is_directory=True)
+    # A page publish wrote becomes a link to a file elsewhere.
+    (out / "404.html").unlink()
+    (out / "404.html").symlink_to(elsewhere / "secret.txt")
+    data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    data["files"] += ["gone/index.html"]
+    (out / MANIFEST).write_text(json.dumps(data), encoding="utf-8")
+    (out / "gone").symlink_to(elsewhere, target_is_directory=True)
+    outside = snapshot(elsewhere)
+
+    result = CliRunner().invoke(main, ["publish"])  # 404.html is in the way: refused
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: out/site/404.html: exists and `publish` did not write it; move it away or choose another --out"
+    ]
+    assert snapshot(elsewhere) == outside
+    (out / "404.html").unlink()
+    result = run("publish")
+    assert result.exit_code == 0, result.output
+    assert snapshot(elsewhere) == outside
+    assert (out / "2024-w03").is_symlink() and (out / "gone").is_symlink()  # not ours any more: left alone
+    assert record(out)["files"] == {*SITE, "2024-w02/index.html"}
+    # An issue whose folder is a link elsewhere is refused, not written through the link.
+    mark_sent(workspace, "2024-w03")
+    result = CliRunner().invoke(main, ["publish"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: out/site/2024-w03: is in the way of a page and is not a folder; move it away or choose another --out"
+    ]
+    assert snapshot(elsewhere) == outside
+
+
+def test_a_record_that_is_a_link_is_not_followed(workspace: Path) -> None:
+    out = published(workspace)
+    elsewhere = workspace / "elsewhere.json"
+    elsewhere.write_text((out / MANIFEST).read_text(encoding="utf-8"), encoding="utf-8")
+    (out / MANIFEST).unlink()
+    (out / MANIFEST).symlink_to(elsewhere)
+    before = elsewhere.read_bytes()
+    result = CliRunner().invoke(main, ["publish"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0].startswith(f"Error: out/site/{MANIFEST}: not a plain file")
+    assert elsewhere.read_bytes() == before
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_publish_that_fails_while_writing_leaves_the_previous_site(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, first: bool
+) -> None:
+    """A full disk on the third page: the previous site, and its record, as they were
+    (or, on a first publish, no folder at all)."""
+    import tempfile
+
+    import highlightsmail.files
+
+    write_issue(workspace, "2024-w03", small_issue("Draft", "2024-01-19"))
+    mark_sent(workspace, "2024-w02")
+    out = workspace / "out" / "site"
+    if not first:
+        published(workspace)
+    before = snapshot(out) if not first else None
+    calls = []
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        calls.append(kwargs.get("prefix"))
+        if len(calls) == 4:  # the record, two pages, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(highlightsmail.files.tempfile, "mkstemp", mkstemp)
+    result = CliRunner().invoke(main, ["publish", "--all"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: cannot write out/site/") and line.endswith(": No space left on device")
+    if first:
+        assert not out.exists()
+    else:
+        assert snapshot(out) == before
+
+
+def test_a_rename_that_fails_midway_leaves_a_record_of_every_page_in_place(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages are renamed one by one once all are written: a failure between two
+    renames leaves some new pages in place. The record names them, so the next publish
+    neither refuses them as someone else's nor leaves a draft behind."""
+    import highlightsmail.files
+
+    mark_sent(workspace, "2024-w02")
+    out = published(workspace)
+    write_issue(workspace, "2024-w03", small_issue("Draft", "2024-01-19"))
+    write_issue(workspace, "2024-w04", small_issue("Another draft", "2024-01-26"))
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # the record, then 2024-w02 and 2024-w03 are in place
+            raise OSError(errno.EIO, os.strerror(errno.EIO), dst)
+        return real(src, dst)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(highlightsmail.files.os, "replace", replace)
+        result = CliRunner().invoke(main, ["publish", "--all"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["Error: cannot write out/site/2024-w04/index.html: Input/output error"]
+    assert (out / "2024-w03" / "index.html").is_file() and not (out / "2024-w04").exists()
+    assert record(out) == {
+        "files": {*SITE, "2024-w02/index.html", "2024-w03/index.html"},
+        "folders": {"2024-w02", "2024-w03"},
+    }
+    out = published(workspace)
+    assert tree(out) == {MANIFEST, *SITE, "2024-w02/", "2024-w02/index.html"}
+
+
+def test_a_publish_stopped_midway_is_made_whole_by_the_next(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped between two renames (as by kill -9, which also leaves its temporary
+    files): the record already names every page it may have put in place, so the
+    next publish removes those no longer listed and the leftovers."""
+    import highlightsmail.files
+
+    write_issue(workspace, "2024-w03", small_issue("Draft", "2024-01-19"))
+    mark_sent(workspace, "2024-w02")
+    out = published(workspace)
+    write_issue(workspace, "2024-w04", small_issue("Another draft", "2024-01-26"))
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # the record, two pages (2024-w02, 2024-w03), then the stop
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(highlightsmail.files.os, "replace", replace)
+        assert CliRunner().invoke(main, ["publish", "--all"]).exit_code != 0
+    assert (out / "2024-w03" / "index.html").is_file()  # put in place before the stop
+    assert record(out)["files"] >= {"2024-w03/index.html", "2024-w04/index.html"}
+    (out / "2024-w04" / ".index.html.999999999-abcdefgh.tmp").write_bytes(b"half a page")  # its process is gone
+    out = published(workspace)
+    assert tree(out) == {MANIFEST, *SITE, "2024-w02/", "2024-w02/index.html"}
+    assert record(out) == {"files": {*SITE, "2024-w02/index.html"}, "folders": {"2024-w02"}}
 
 
 def test_an_invalid_listed_issue_fails_with_its_place_and_writes_nothing(workspace: Path) -> None:

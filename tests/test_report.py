@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from lxml import html as lxml_html
 
 from helpers_events import add_readers, sent_to_everyone
 from highlightsmail.cli import main
@@ -237,8 +238,147 @@ def test_the_html_page_is_self_contained(workspace: Path) -> None:
     assert not re.search(r"""\b(src|href)\s*=""", html, re.I)  # nothing to fetch or follow
     assert not re.search(r"url\(", html)  # nor from the styles
     assert "default-src 'none'" in html
-    assert html.count("<polyline") == 5
+    assert html.count('<g class="series"') == 5
     assert LONG_URL in html and "inflated by mail privacy proxies" in html
+
+
+def three_days(root: Path, readers: int) -> None:
+    """A send as it goes for real: nearly every delivery in the first hour, a few
+    deferred for hours; opens many at first, then fewer for three days; clicks
+    likewise; hard bounces at once; a complaint the next morning."""
+    clock = Clock(START - timedelta(days=1))
+    with Store(db_of(root), clock=clock) as store:
+        ids = add_readers(store, readers)
+        clock.now = START
+        sent_to_everyone(store, ISSUE)
+        ev = Events()
+        for n, sid in enumerate(ids[3:]):
+            ev.add(sid, "delivered", hours=(n % 50) / 60 if n % 25 else 1 + n % 6)
+        for sid in ids[:3]:
+            ev.add(sid, "bounce", hours=0.1, status="bounced")
+        openers = ids[3 : 3 + readers * 6 // 10]
+        for n, sid in enumerate(openers):
+            ev.add(sid, "open", hours=71.9 * (n / len(openers)) ** 3)
+        clickers = ids[3 : 3 + readers // 12]
+        for n, sid in enumerate(clickers):
+            ev.add(sid, "click", hours=0.3 + 70 * (n / len(clickers)) ** 2, url="https://arxiv.org/abs/2401.01325")
+        ev.add(ids[min(7, readers - 1)], "spamreport", hours=20.5, status="complained")
+        record(store, ev.rows, source="sendgrid-webhook", soft_limit=3)
+
+
+def report_page(root: Path, *, hours_later: float = 96) -> str:
+    """The HTML report as made `hours_later` after the dispatch started."""
+    ws = load_workspace(root)
+    made = START + timedelta(hours=hours_later)
+    with Store(db_of(root), clock=Clock(made)) as store:
+        return render_html(build_report(store, ISSUE), ws.settings, generated=made)
+
+
+def chart_of(html: str):
+    """The chart's SVG element, and its series by label."""
+    (svg,) = lxml_html.fromstring(html).xpath("//svg[@role='img']")
+    return svg, {g.get("data-series"): g for g in svg.xpath(".//g[@class='series']")}
+
+
+def path_points(d: str) -> list[tuple[float, float]]:
+    return [(float(a), float(b)) for a, b in re.findall(r"[ML](-?[\d.]+),(-?[\d.]+)", d)]
+
+
+def y_labels(svg) -> list[str]:
+    """The count axis's labels: the texts that end at its left."""
+    return [t.text for t in svg.xpath(".//text[@text-anchor='end']")]
+
+
+@pytest.mark.parametrize("readers", [1, 4, 12, 1200])
+def test_the_count_axis_shows_whole_numbers(workspace: Path, readers: int) -> None:
+    three_days(workspace, readers)
+    html = report_page(workspace)
+    labels = y_labels(chart_of(html)[0])
+    assert labels[:3] == ["0", "1", "10"]
+    assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", label) for label in labels), labels
+
+
+def test_the_chart_of_a_real_send_shows_every_series_apart(workspace: Path) -> None:
+    three_days(workspace, 1200)
+    html = report_page(workspace)
+    svg, series = chart_of(html)
+    assert y_labels(svg) == ["0", "1", "10", "100", "1,000"]
+    # Hours since the dispatch started, whole hours, across three days.
+    x_labels = [t.text for t in svg.xpath(".//text[@class='x-tick']")]
+    assert x_labels == ["0", "12", "24", "36", "48", "60", "72"]
+    assert "hours since the dispatch started" in svg.xpath("string(.)")
+    # Every series that has events stands clear of the axis, whatever the delivery peak.
+    bottom = max(float(line.get("y1")) for line in svg.xpath(".//line"))
+    ticks = {t.text: float(t.get("y")) - 4 for t in svg.xpath(".//text[@class='y-tick']")}
+    plot_height = bottom - min(ticks.values())
+    lines = {}
+    for label in ("Delivered", "Opens", "Clicks", "Bounces"):
+        (line,) = series[label].xpath("./path[@class='line']")
+        lines[label] = path_points(line.get("d"))
+        highest = min(y for _, y in lines[label])
+        assert bottom - highest > 0.2 * plot_height, label
+    assert [p for p in path_points(series["Complaints"].xpath("string(./path[@class='line']/@d)")) if p[1] < bottom]
+    # Lines apart: no two series run through the same points.
+    drawn = [tuple(points) for points in lines.values()]
+    assert len(set(drawn)) == len(drawn)
+    # Told apart without colour: each its own dash and its own marker shape.
+    dashes = [g.xpath("string(./path[@class='line']/@stroke-dasharray)") for g in series.values()]
+    assert len(set(dashes)) == 5
+    shapes = [
+        re.sub(r"-?[\d.]+", "#", g.xpath("string(./path[@class='marks']/@d)").split("M")[1])
+        for g in series.values()
+        if g.xpath("./path[@class='marks']")
+    ]
+    assert len(set(shapes)) == len(shapes) >= 4
+    # A legend names each series, with the line's own dash and colour.
+    legend = lxml_html.fromstring(html).xpath("//ul[@class='legend']/li")
+    assert [li.text_content().split(" (")[0].strip() for li in legend] == [
+        "Delivered",
+        "Opens",
+        "Clicks",
+        "Bounces",
+        "Complaints",
+    ]
+    for li, g in zip(legend, series.values(), strict=True):
+        (key,) = li.xpath(".//line")
+        (line,) = g.xpath("./path[@class='line']") or [None]
+        if line is not None:
+            assert key.get("stroke") == line.get("stroke") and key.get("stroke-dasharray") == line.get(
+                "stroke-dasharray"
+            )
+
+
+def test_a_report_made_during_the_send_shows_only_the_hours_so_far(workspace: Path) -> None:
+    three_days(workspace, 1200)
+    svg, series = chart_of(report_page(workspace, hours_later=2.5))
+    assert [t.text for t in svg.xpath(".//text[@class='x-tick']")] == ["0", "1", "2", "3", "4", "5", "6"]
+    ticks = {t.text: float(t.get("x")) for t in svg.xpath(".//text[@class='x-tick']")}
+    for label, g in series.items():
+        for x, _ in path_points(g.xpath("string(./path[@class='line']/@d)")):
+            assert x < ticks["3"], label  # nothing drawn for hours still to come
+    assert "the 3 hours so far" in report_page(workspace, hours_later=2.5)
+
+
+@pytest.fixture
+def berlin(monkeypatch: pytest.MonkeyPatch):
+    """The local time zone is Berlin's (CET in January)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_every_time_on_the_page_is_written_one_way(workspace: Path, berlin: None) -> None:
+    three_days(workspace, 40)
+    html = report_page(workspace, hours_later=96)
+    text = " ".join(lxml_html.fromstring(html).text_content().split())
+    assert "dispatch started 2024-01-12 10:00 CET. Report made 2024-01-16 10:00 CET." in text
+    assert "after the dispatch started (2024-01-12 10:00 CET)" in text
+    times = re.findall(r"\d{4}-\d\d-\d\d\S*\s\S+", text)
+    assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", t) for t in times), times
 
 
 @pytest.mark.browser
@@ -252,17 +392,24 @@ def test_the_html_page_shows_its_chart_and_fits_a_phone(workspace: Path, page, w
     page.goto(path.as_uri())
     assert requests == [path.as_uri()]  # nothing else fetched
     assert page.evaluate("document.documentElement.scrollWidth") <= width  # no horizontal overflow
-    chart = page.locator("svg").bounding_box()
+    chart = page.locator("svg.chart").bounding_box()
     assert chart is not None and chart["width"] > 0.7 * min(width, 760) and chart["height"] > 80
     assert chart["x"] >= 0 and chart["x"] + chart["width"] <= width
-    # Each series is drawn across the chart, and the busiest one reaches near its top.
-    lines = page.locator("polyline.series")
+    # The hours span the chart, and the busiest series reaches near its top.
+    hours = page.locator("svg.chart text.x-tick")
+    first, last = hours.first.bounding_box(), hours.last.bounding_box()
+    assert first is not None and last is not None
+    assert last["x"] + last["width"] / 2 - (first["x"] + first["width"] / 2) > 0.75 * chart["width"]
+    lines = page.locator("svg.chart g.series")
     assert lines.count() == 5
-    for i in range(5):
-        box = lines.nth(i).bounding_box()
-        assert box is not None and box["width"] > 0.9 * (chart["width"] * 660 / 720)
     tallest = max(lines.nth(i).bounding_box()["height"] for i in range(5))
     assert tallest > 0.5 * chart["height"]
+    # Every label of the chart shows whole, inside it; the legend names every series.
+    for label in page.locator("svg.chart text").all():
+        box = label.bounding_box()
+        assert box is not None and box["x"] >= chart["x"] and box["x"] + box["width"] <= chart["x"] + chart["width"]
+    for name in ("Delivered", "Opens", "Clicks", "Bounces", "Complaints"):
+        assert page.locator("ul.legend li", has_text=name).is_visible()
     # Every table cell stays inside the page, the long link included.
     overflow = page.evaluate(
         "[...document.querySelectorAll('td, th')].filter(c => c.getBoundingClientRect().right > window.innerWidth).length"

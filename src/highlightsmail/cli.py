@@ -190,7 +190,7 @@ def build(obj: _Ctx, issue: str, out: Path) -> None:
     default="out/site",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="The folder to write the site to (replaced whole).",
+    help="The folder to write the site to; only the files publish wrote there before are replaced.",
 )
 @click.option("--all", "include_all", is_flag=True, help="Also publish the issues not sent yet: every issue file.")
 @pass_ctx

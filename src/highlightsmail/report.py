@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from highlightsmail.errors import HighlightsError
@@ -50,13 +50,26 @@ JSON_KEYS = (
     "warnings",
 )
 RATE_KEYS = ("bounced", "soft_bounced", "complaints", "unsubscribes", "unique_opens", "unique_clicks")
-# The chart's series: (label, event kinds, colour).
+
+
+@dataclass(frozen=True)
+class Series:
+    """A line of the chart: what it counts and how it looks. Each has its own dash
+    and marker as well as its colour, so the lines are told apart without colour."""
+
+    label: str
+    kinds: tuple[str, ...]
+    colour: str
+    dash: str  # stroke-dasharray; "" for a solid line
+    marker: str  # a shape of MARKERS
+
+
 SERIES = (
-    ("Delivered", ("delivered",), "#2563eb"),
-    ("Opens", ("open",), "#16a34a"),
-    ("Clicks", ("click",), "#d97706"),
-    ("Bounces", ("bounce", "blocked", "dsn-permanent", "dsn-temporary"), "#dc2626"),
-    ("Complaints", ("spamreport",), "#7c3aed"),
+    Series("Delivered", ("delivered",), "#1d4ed8", "", "circle"),
+    Series("Opens", ("open",), "#15803d", "10 4", "square"),
+    Series("Clicks", ("click",), "#b45309", "2 4", "triangle"),
+    Series("Bounces", ("bounce", "blocked", "dsn-permanent", "dsn-temporary"), "#dc2626", "12 4 3 4", "diamond"),
+    Series("Complaints", ("spamreport",), "#7c3aed", "5 5", "cross"),
 )
 
 
@@ -87,7 +100,9 @@ class Report:
     links: list[LinkClicks]
     rates: dict[str, float | None]
     warnings: list[str]
-    hourly: dict[str, list[int]] = field(default_factory=dict)  # series label -> events per hour
+    #: Series label -> events in each hour since the dispatch started, for the hours
+    #: that have passed (at most CHART_HOURS).
+    hourly: dict[str, list[int]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         """The JSON form: exactly JSON_KEYS."""
@@ -173,13 +188,27 @@ def _warnings(rates: dict[str, float | None]) -> list[str]:
 
 
 def _hourly(store: Store, issue: str, started: str) -> dict[str, list[int]]:
+    """Events per hour of each series, for the hours that have passed since the
+    dispatch started (a report made early shows no hours still to come as empty)."""
+    passed = (_parse_time(store.now()) - _parse_time(started)).total_seconds() / 3600
+    hours = min(CHART_HOURS, max(1, math.ceil(passed)))
     per_kind: dict[str, list[int]] = {}
-    for hour, kind, n in store.events_per_hour(issue, started, CHART_HOURS):
-        per_kind.setdefault(kind, [0] * CHART_HOURS)[hour] += n
-    return {
-        label: [sum(per_kind.get(k, [0] * CHART_HOURS)[h] for k in kinds) for h in range(CHART_HOURS)]
-        for label, kinds, _colour in SERIES
-    }
+    for hour, kind, n in store.events_per_hour(issue, started, hours):
+        per_kind.setdefault(kind, [0] * hours)[hour] += n
+    return {s.label: [sum(per_kind.get(k, [0] * hours)[h] for k in s.kinds) for h in range(hours)] for s in SERIES}
+
+
+def _parse_time(value: str) -> datetime:
+    """A time as the store writes it (`2024-01-12T08:00:00Z`)."""
+    return datetime.fromisoformat(value)
+
+
+def _when(moment: datetime | str) -> str:
+    """A time as the report shows every time: local, to the minute, with its zone
+    (`2024-01-12 10:00 CET`). A string is a time as the store writes it."""
+    if isinstance(moment, str):
+        moment = _parse_time(moment)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 def percent(rate: float | None) -> str:
@@ -238,53 +267,128 @@ def render_html(report: Report, settings: Settings, *, generated: datetime | Non
         rows=_rows(report),
         chart=_chart(report),
         percent=percent,
-        generated=(generated or datetime.now().astimezone()).strftime("%Y-%m-%d %H:%M %Z").strip(),
+        started=_when(report.started),
+        generated=_when(generated or datetime.now(UTC)),
     )
 
 
+# The chart: events per hour since the dispatch started, one line per series.
+#
+# A real send delivers nearly everything in its first hour, while opens trickle in
+# over days and complaints are a handful: on a linear scale the delivery peak flattens
+# every other line onto zero. The count axis is therefore logarithmic, with zero one
+# step below 1 (0, 1, 10, 100 ... equally spaced): counts are whole numbers, so no
+# value falls between 0 and 1, and each tick is a whole number.
+
+_WIDTH, _HEIGHT = 720, 360
+_LEFT, _RIGHT, _TOP, _BOTTOM = 72, 14, 30, 52  # room for "1,000" at a phone's label size
+#: Shapes drawn on the lines, about 9 units across: where the path starts relative to
+#: the point, and the rest of it in relative steps.
+MARKERS = {
+    "circle": (-4.5, 0.0, "a4.5,4.5 0 1,0 9,0a4.5,4.5 0 1,0 -9,0z"),
+    "square": (-4.0, -4.0, "h8v8h-8z"),
+    "triangle": (0.0, -5.0, "l5,9h-10z"),
+    "diamond": (0.0, -5.5, "l5.5,5.5l-5.5,5.5l-5.5,-5.5z"),
+    "cross": (-4.5, -4.5, "l9,9m0,-9l-9,9"),
+}
+#: The x axis's length for a number of hours, and its tick step: whole hours.
+_SPANS = ((6, 1), (12, 2), (24, 4), (48, 8), (72, 12))
+#: About this many markers along a busy line: enough to tell it by its shape.
+_MARKS_PER_LINE = 18
+
+
+def _level(value: float) -> float:
+    """Where a count sits on the count axis, in steps: 0 -> 0, 1 -> 1, 10 -> 2, 100 -> 3."""
+    return 0.0 if value <= 0 else 1 + math.log10(value)
+
+
+def _marker(shape: str, x: float, y: float) -> str:
+    """SVG path data for one marker centred on (x, y)."""
+    dx, dy, rest = MARKERS[shape]
+    return f"M{round(x + dx, 1):g},{round(y + dy, 1):g}{rest}"
+
+
+def _line(points: list[tuple[float, float]], values: list[int]) -> str:
+    """SVG path data through the points, leaving out each stretch where the count
+    stays at 0: it lies on the axis, where it would only cover the other lines."""
+    d: list[str] = []
+    drawn_to = -1
+    for i in range(1, len(points)):
+        if values[i - 1] or values[i]:
+            if drawn_to != i - 1:
+                d.append("M{:g},{:g}".format(*points[i - 1]))
+            d.append("L{:g},{:g}".format(*points[i]))
+            drawn_to = i
+    return "".join(d)
+
+
+def _marked(values: list[int], nth: int) -> list[int]:
+    """The hours that get a marker: every few hours (each series at its own offset,
+    so markers do not sit on one another), and every hour with events between two
+    without, which a line alone would hardly show; the peak too."""
+    every = max(1, len(values) // _MARKS_PER_LINE)
+    peak = max(range(len(values)), key=values.__getitem__, default=-1)
+    out = []
+    for h, v in enumerate(values):
+        alone = not (h and values[h - 1]) and not (h + 1 < len(values) and values[h + 1])
+        if v and (h % every == nth % every or alone or h == peak):
+            out.append(h)
+    return out
+
+
 def _chart(report: Report) -> dict[str, Any]:
-    """The chart's scale and series, for the template to draw: hours across, events up."""
-    width, height = 720, 280
-    left, right, top, bottom = 48, 12, 12, 34
-    plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max((max(values) for values in report.hourly.values()), default=0)
-    top_value = _nice_ceiling(peak)
+    """The chart's axes and series, for the template to draw."""
+    plot_w, plot_h = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
+    hours = max((len(values) for values in report.hourly.values()), default=0) or 1
+    span, step = next(((n, k) for n, k in _SPANS if n >= hours), _SPANS[-1])
+    peak = max((max(values, default=0) for values in report.hourly.values()), default=0)
+    top = max(2.0, math.ceil(_level(peak) * 2) / 2)  # half a step above the peak at most
 
     def x(hour: float) -> float:
-        return round(left + plot_w * hour / CHART_HOURS, 1)
+        return round(_LEFT + plot_w * hour / span, 1)
 
     def y(value: float) -> float:
-        return round(top + plot_h * (1 - value / top_value), 1)
+        return round(_TOP + plot_h * (1 - _level(value) / top), 1)
 
     series = []
-    for label, _kinds, colour in SERIES:
-        values = report.hourly.get(label, [0] * CHART_HOURS)
-        points = " ".join(f"{x(h + 0.5)},{y(v)}" for h, v in enumerate(values))  # each hour at its middle
-        series.append({"label": label, "colour": colour, "points": points, "total": sum(values)})
+    for nth, s in enumerate(SERIES):
+        values = report.hourly.get(s.label, [])
+        points = [(x(h + 0.5), y(v)) for h, v in enumerate(values)]  # each hour at its middle
+        series.append(
+            {
+                "label": s.label,
+                "colour": s.colour,
+                "dash": s.dash,
+                "filled": s.marker != "cross",
+                "line": _line(points, values),
+                "marks": "".join(_marker(s.marker, *points[h]) for h in _marked(values, nth)),
+                "key": _marker(s.marker, 18, 7),  # in the legend's 36 x 14 sample
+                "total": sum(values),
+            }
+        )
+    y_ticks = [0] + [10**n for n in range(int(top))]  # 0, 1, 10, ... up to the top
     return {
-        "width": width,
-        "height": height,
-        "left": left,
-        "right": width - right,
-        "top": top,
-        "bottom": top + plot_h,
-        "y_ticks": [{"y": y(v), "label": f"{v:g}"} for v in (0, top_value / 2, top_value)],
-        "x_ticks": [{"x": x(h), "label": f"{h} h"} for h in range(0, CHART_HOURS + 1, 12)],
+        "width": _WIDTH,
+        "height": _HEIGHT,
+        "left": _LEFT,
+        "right": _WIDTH - _RIGHT,
+        "top": _TOP,
+        "bottom": _TOP + plot_h,
+        "y_ticks": [{"y": y(v), "label": f"{v:,}"} for v in y_ticks],
+        "x_ticks": [{"x": x(h), "label": str(h)} for h in range(0, span + 1, step)],
         "series": series,
         "empty": peak == 0,
-        "hours": CHART_HOURS,
+        "hours": hours,
     }
 
 
-def _nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 5 x 10^n at or above `value` (at least 1)."""
-    if value <= 1:
-        return 1
-    power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
-        if step * power >= value:
-            return step * power
-    return 10 * power
-
-
-__all__ = ["JSON_KEYS", "RATE_KEYS", "LinkClicks", "Report", "build_report", "format_table", "percent", "render_html"]
+__all__ = [
+    "JSON_KEYS",
+    "RATE_KEYS",
+    "LinkClicks",
+    "Report",
+    "build_report",
+    "format_table",
+    "percent",
+    "render_html",
+]
