@@ -12,14 +12,16 @@ on `/u/`, an unsubscribe token nothing on `/confirm/`.
 
 A message token names one message of a dispatch: `<tag>.<id>.<mac>`, where `tag` is the
 dispatch's own random value (8 base32 characters, recorded once when it begins), `id`
-the subscriber's id in base 36, and `mac` 80 bits of HMAC-SHA256 over the issue, the tag
-and the id, in base32. It is the part before the @ of the message's Message-ID, and is
-added to the return address (VERP, `bounces+TOKEN@domain`) when that is set, so a bounce
-that returns either proves which message it is about without a lookup table: the tag
-finds the dispatch (and so the issue), the MAC proves the secret made it for that issue
-and subscriber. Lowercase letters, digits and dots only: a dot-atom (RFC 5322) that
-survives a mail system lowering the case of an address, and at most 39 characters, so
-that `bounces+TOKEN` stays within RFC 5321's 64 octets for the part before the @.
+the subscriber's id in base 36, and `mac` 64 bits of HMAC-SHA256 over the issue, the tag
+and the id, in hex (a forger gets one guess per mail written to the bounce mailbox). It
+is the part before the @ of the message's Message-ID, and is added to the return
+address (VERP, `bounces+TOKEN@domain`) when that is set, so a bounce that returns either
+proves which message it is about without a table of Message-IDs: the tag finds the
+dispatch (and so the issue), the MAC proves the secret made it for that issue and
+subscriber, and the ledger says whether they were a recipient. Lowercase letters, digits
+and dots only: a dot-atom (RFC 5322) that survives a mail system lowering the case of an
+address, and at most 39 characters, so that `bounces+TOKEN` stays within RFC 5321's 64
+octets for the part before the @.
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ _DOMAIN = b"highlightsmail/token/v1"
 #: it is hard to guess, and a previous secret still signs working links.
 MIN_SECRET_LENGTH = 16
 MESSAGE_KIND = "m"
-_MESSAGE_MAC_BYTES = 10  # 80 bits: 16 base32 characters
+_MESSAGE_MAC_BYTES = 8  # 64 bits: 16 hex characters
 _TAG_RE = re.compile(r"[a-z2-7]{8}")
-_MESSAGE_RE = re.compile(r"([a-z2-7]{8})\.([0-9a-z]{1,13})\.([a-z2-7]{16})")
+_MESSAGE_RE = re.compile(r"([a-z2-7]{8})\.([0-9a-z]{1,13})\.([0-9a-f]{16})")
 # The same, standing in a mail before an @ (not the tail of a longer dotted word).
-_FIND_MESSAGE_RE = re.compile(rb"(?<![0-9A-Za-z.])([a-z2-7]{8}\.[0-9a-z]{1,13}\.[a-z2-7]{16})@", re.I)
+_FIND_MESSAGE_RE = re.compile(rb"(?<![0-9A-Za-z.])([a-z2-7]{8}\.[0-9a-z]{1,13}\.[0-9a-f]{16})@", re.I)
 #: The longest message token: tag, a 64-bit id in base 36, the MAC, two dots.
 MESSAGE_TOKEN_MAX = 8 + 1 + 13 + 1 + 16
 
@@ -145,9 +147,11 @@ class Signer:
             ok |= hmac.compare_digest(mac_text, self._message_mac(key, issue, tag, ident))
         return ok
 
-    def _message_mac(self, key: bytes, issue: str, tag: str, ident: str) -> str:
-        mac = self._mac(key, MESSAGE_KIND, f"{tag}.{ident}|{issue}")[:_MESSAGE_MAC_BYTES]
-        return base64.b32encode(mac).decode("ascii").lower()
+    @staticmethod
+    def _message_mac(key: bytes, issue: str, tag: str, ident: str) -> str:
+        mac = _message_keyed(key, issue, tag).copy()  # a dispatch makes one per recipient
+        mac.update(ident.encode("ascii"))
+        return mac.digest()[:_MESSAGE_MAC_BYTES].hex()
 
 
 def read_message_token(token: str) -> tuple[str, int] | None:
@@ -178,6 +182,15 @@ def find_message_tokens(text: bytes, limit: int = 20) -> list[str]:
 def new_dispatch_tag() -> str:
     """A dispatch's random tag, recorded once when it begins: 40 bits in base32."""
     return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
+
+@functools.lru_cache(maxsize=64)
+def _message_keyed(key: bytes, issue: str, tag: str) -> hmac.HMAC:
+    """HMAC-SHA256 with this key over what a dispatch's message tokens share: the kind,
+    the issue (its length first, so no slug can run into the tag) and the tag."""
+    mac = _keyed(key).copy()
+    mac.update(b"|".join((_DOMAIN, MESSAGE_KIND.encode(), f"{len(issue)}:{issue}".encode(), tag.encode(), b"")))
+    return mac
 
 
 @functools.lru_cache(maxsize=8)
