@@ -192,6 +192,22 @@ def test_temporary_failures_in_three_issues_in_a_row_make_the_address_bounced(wo
     assert [k[1] for k in kinds(workspace)] == list(weeks)
 
 
+@pytest.mark.parametrize("shape", ["postfix", "exim"])
+def test_an_issue_named_with_spaces_and_accents_is_matched_by_its_message_id(
+    workspace: Path, tmp_path: Path, shape: str
+) -> None:
+    """Its X-Highlights-Issue header is folded and RFC 2047-encoded on the way out; read
+    back whole, it names the issue the Message-ID is of."""
+    slug = "Ausgabe 3 – März, eine sehr lange Bezeichnung die über die Zeile hinausgeht"
+    sent = Sent(workspace, 2, issues=(slug,))
+    message = without(sent.message(1, issue=slug), "List-Unsubscribe", "List-Unsubscribe-Post")
+    assert b"=?utf-8?" in message  # encoded on the way out
+    result = scan(str(write_mbox(tmp_path / "b.mbox", [SHAPES[shape](email(1), message)])), "--verbose")
+    assert result.exit_code == 0, result.output
+    assert statuses(db_of(workspace)) == {email(1): "bounced", email(2): "active"}
+    assert kinds(workspace) == [(email(1), slug, "dsn-permanent")]
+
+
 @pytest.mark.parametrize("layout", ["mbox", "maildir"])
 def test_a_mailbox_of_every_shape_then_scanned_again_changes_nothing_more(
     workspace: Path, tmp_path: Path, layout: str

@@ -81,7 +81,9 @@ _MAX_SHOWN = 200
 
 # The returned original headers, wherever the DSN puts them (a message/rfc822 or
 # text/rfc822-headers part, or a copy pasted under the text by qmail and Exim).
-_ISSUE_RE = re.compile(rb"^X-Highlights-Issue:[ \t]*(?:\r?\n[ \t]+)?([0-9A-Za-z][0-9A-Za-z._-]{0,199})", re.M | re.I)
+# The issue header's whole value, folded lines and all (a slug may hold spaces, and
+# non-ASCII ones arrive as RFC 2047 encoded words).
+_ISSUE_RE = re.compile(rb"^X-Highlights-Issue:([^\r\n]{0,1000}(?:\r?\n[ \t][^\r\n]{0,1000}){0,20})", re.M | re.I)
 _TOKEN_RE = re.compile(
     rb"^List-Unsubscribe:[ \t]*(?:\r?\n[ \t]+)?<[^<>\s]*/u/([ut][0-9a-z]{1,13}\.[A-Za-z0-9_-]{22})>", re.M | re.I
 )
@@ -181,11 +183,23 @@ def _bounce(msg: Message, data: bytes, temporary_raw: Any, permanent_raw: Any) -
     return Bounce(
         permanent=permanent,
         temporary=temporary,
-        issue=issue.group(1).decode("ascii") if issue else None,
+        issue=_header_text(issue.group(1)) if issue else None,
         token=token.group(1).decode("ascii") if token else None,
         at=_date(msg.get("Date")),
         messages=tuple(find_message_tokens(returned)),
     )
+
+
+def _header_text(raw: bytes) -> str | None:
+    """A header's value as text: unfolded (RFC 5322 2.2.3), encoded words decoded."""
+    from email.header import decode_header, make_header
+
+    text = re.sub(r"\r?\n(?=[ \t])", "", raw.decode("utf-8", "replace")).strip()
+    try:
+        text = str(make_header(decode_header(text)))
+    except (ValueError, LookupError):  # a malformed or unknown encoding: the text as it came
+        pass
+    return text or None
 
 
 def _text(value: bytes | str) -> str:
