@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
-from highlightsmail.message import Recipient, build_message, recipient_links
+from highlightsmail.message import Recipient, build_message, make_message_id, recipient_links, sender_domain
 from highlightsmail.render import RenderedIssue
 from highlightsmail.tokens import Signer
 from highlightsmail.workspace import Settings
@@ -24,12 +24,70 @@ WHEN = datetime(2024, 1, 12, 10, 30, tzinfo=UTC)
 
 
 def original(
-    rendered: RenderedIssue, settings: Settings, signer: Signer, sid: int, email: str, *, test: bool = False
+    rendered: RenderedIssue,
+    settings: Settings,
+    signer: Signer,
+    sid: int,
+    email: str,
+    *,
+    test: bool = False,
+    tag: str | None = None,
 ) -> bytes:
-    """The message as highlightsmail sent it to this subscriber."""
+    """The message as highlightsmail sent it to this subscriber: with the Message-ID the
+    dispatch derives from its tag (a random one on a test send)."""
     links = recipient_links(settings, signer, sid, test=test)
-    msg = build_message(rendered, settings, Recipient(email=email, name="", subscriber_id=sid), links, test=test)
+    token = None if test or tag is None else signer.make_message(rendered.slug, tag, sid)
+    msg = build_message(
+        rendered,
+        settings,
+        Recipient(email=email, name="", subscriber_id=sid),
+        links,
+        test=test,
+        message_id=make_message_id(token, sender_domain(settings)),
+    )
     return msg.as_bytes()
+
+
+def without(message: bytes, *names: str) -> bytes:
+    """The message with these headers left out (as a DSN that returns only some)."""
+    head, _, body = message.partition(b"\n\n")
+    kept, skipping = [], False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.split(b":", 1)[0].decode().lower() in {n.lower() for n in names}
+        if not skipping:
+            kept.append(line)
+    return b"\n".join(kept) + b"\n\n" + body
+
+
+def replace_header(message: bytes, name: str, value: str) -> bytes:
+    """The message with one header's value replaced (as a forger would)."""
+    return without(message, name).replace(b"\n\n", f"\n{name}: {value}\n\n".encode(), 1)
+
+
+def bare(address: str, *, to: str = BOUNCES_TO) -> bytes:
+    """A Postfix report naming `address` and returning nothing of the message: as a
+    forger can write one, and as some servers send theirs. `to`: the address it came to."""
+    dsn = postfix(address, b"Subject: x\n\n").replace(f"To: {BOUNCES_TO}\n".encode(), f"To: {to}\n".encode(), 1)
+    return dsn.split(b"--7C1A02E4.1705055400/relay.example.net\nContent-Description: Undelivered")[0] + (
+        b"--7C1A02E4.1705055400/relay.example.net--\n"
+    )
+
+
+def failed_recipients(address: str) -> bytes:
+    """A plain mail from anyone with an X-Failed-Recipients header (Exim's), and nothing else."""
+    return (
+        f"Date: {format_datetime(WHEN)}\n"
+        "From: Anyone <anyone@elsewhere.example>\n"
+        f"To: {BOUNCES_TO}\n"
+        "Subject: hello\n"
+        f"Message-ID: {make_msgid(domain='elsewhere.example')}\n"
+        f"X-Failed-Recipients: {address}\n\n"
+        "Nothing of yours here.\n"
+    ).encode()
 
 
 def headers_of(message: bytes) -> str:
@@ -259,3 +317,43 @@ def write_maildir(path: Path, mails: list[bytes]) -> Path:
     for data in mails:
         box.add(data)
     return path
+
+
+# ---------------------------------------------------------------- mail that cannot be read
+
+
+def _poison_head(kind: str, content_type: str) -> bytes:
+    return (
+        f"Date: {format_datetime(WHEN)}\n"
+        "From: Mail Delivery System <MAILER-DAEMON@relay.example.net>\n"
+        f"To: {BOUNCES_TO}\n"
+        f"Subject: Undelivered Mail Returned to Sender ({kind})\n"
+        f"Message-ID: <poison-{kind}@relay.example.net>\n"
+        f"Content-Type: {content_type}\n\n"
+    ).encode()
+
+
+def nested_messages(depth: int) -> bytes:
+    """message/rfc822 inside message/rfc822, `depth` deep (3,000: about 90 KB)."""
+    inner = b"Content-Type: text/plain\n\nthe bottom\n"
+    return _poison_head(f"rfc822-{depth}", "message/rfc822") + b"Content-Type: message/rfc822\n\n" * depth + inner
+
+
+def nested_multiparts(depth: int) -> bytes:
+    """multipart/mixed inside multipart/mixed, `depth` deep."""
+    opening = b"".join(b"--b%d\nContent-Type: multipart/mixed; boundary=b%d\n\n" % (i, i + 1) for i in range(depth))
+    closing = b"".join(b"\n--b%d--\n" % i for i in reversed(range(depth + 1)))
+    body = opening + b"--b%d\nContent-Type: text/plain\n\nthe bottom\n" % depth + closing
+    return _poison_head(f"multipart-{depth}", "multipart/mixed; boundary=b0") + body
+
+
+def many_parts(count: int) -> bytes:
+    """One multipart/mixed of `count` small text parts."""
+    parts = b"".join(b"--p\nContent-Type: text/plain\n\npart %d\n" % i for i in range(count))
+    return _poison_head(f"parts-{count}", "multipart/mixed; boundary=p") + parts + b"--p--\n"
+
+
+def huge(megabytes: int) -> bytes:
+    """A plain mail of that many megabytes (lines of 100 characters)."""
+    line = b"x" * 99 + b"\n"
+    return _poison_head(f"huge-{megabytes}", "text/plain") + line * (megabytes * 1024 * 1024 // 100 + 1)

@@ -163,3 +163,73 @@ def dovecot() -> Iterator[Dovecot]:
             if proc.stdout:
                 proc.stdout.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class LyingImap:
+    """A tiny IMAP server over TLS that announces a literal of `announced` octets where
+    a mail's headers (`at="headers"`) or body (`at="body"`) should come, and sends none
+    of them: what no real server does, which Dovecot cannot be made to."""
+
+    port: int
+    ca_file: Path
+    commands: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"imaps://{USER.replace('@', '%40')}@127.0.0.1:{self.port}/INBOX"
+
+
+@contextmanager
+def lying_imap(folder: Path, *, at: str, announced: int = 99_999_999_999) -> Iterator[LyingImap]:
+    import ssl
+    import threading
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(folder / "lying-ca.pem"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = LyingImap(port=listener.getsockname()[1], ca_file=folder / "lying-ca.pem", commands=[])
+
+    def answer(tag: str, command: str) -> bytes:
+        verb = command.upper().removeprefix("UID ").split(" ", 1)[0]
+        if verb == "CAPABILITY":
+            return f"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n{tag} OK done\r\n".encode()
+        if verb in ("SELECT", "EXAMINE"):
+            return f"* 1 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 7] ok\r\n{tag} OK [READ-ONLY] done\r\n".encode()
+        if verb == "SEARCH":
+            return f"* SEARCH 1\r\n{tag} OK done\r\n".encode()
+        if verb == "FETCH" and "HEADER.FIELDS" in command.upper():
+            if at == "headers":
+                return b"* 1 FETCH (UID 1 RFC822.SIZE 500 BODY[HEADER.FIELDS (MESSAGE-ID)] {%d}\r\n" % announced
+            return (
+                f"* 1 FETCH (UID 1 RFC822.SIZE 500 BODY[HEADER.FIELDS (MESSAGE-ID)] NIL)\r\n{tag} OK done\r\n".encode()
+            )
+        if verb == "FETCH":
+            return b"* 1 FETCH (UID 1 BODY[]<0> {%d}\r\n" % announced
+        if verb == "LOGOUT":
+            return f"* BYE\r\n{tag} OK bye\r\n".encode()
+        return f"{tag} OK done\r\n".encode()
+
+    def serve() -> None:
+        try:
+            raw, _ = listener.accept()
+        except OSError:
+            return
+        with context.wrap_socket(raw, server_side=True) as conn, conn.makefile("rb") as lines:
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] lying server ready\r\n")
+            for line in lines:
+                tag, _, command = line.decode("ascii", "replace").strip().partition(" ")
+                server.commands.append(command)
+                conn.sendall(answer(tag, command))
+                if command.upper() == "LOGOUT":
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        listener.close()
+        thread.join(10)

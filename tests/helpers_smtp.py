@@ -62,6 +62,8 @@ class SinkHandler:
     rcpt_commands: int = 0
     sessions: int = 0
     logins: list[str] = field(default_factory=list)
+    # (recipients, Message-ID) of every DATA that ended, kept, refused or dropped alike.
+    attempts: list[tuple[list[str], str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
@@ -91,6 +93,9 @@ class SinkHandler:
         with self._lock:
             self.data_commands += 1
             number = self.data_commands
+            if self.keep:
+                data = envelope.original_content or envelope.content
+                self.attempts.append((list(envelope.rcpt_tos), str(message_from_bytes(data)["Message-ID"])))
         if number in self.drop_at:
             server.transport.close()  # the server "crashes" before keeping the message
             return "421 4.3.0 gone"

@@ -244,6 +244,63 @@ def test_4xx_is_retried_then_delivered(workspace: Path) -> None:
     assert backend.connections == 1  # a deferral is not a reason to reconnect
 
 
+def test_each_message_has_its_derived_message_id_and_a_retry_keeps_it(workspace: Path) -> None:
+    """The Message-ID is <TOKEN@domain> from the envelope's message token, the same on
+    every attempt (a deferral after DATA, a dropped connection); without VERP the
+    return address is the From address."""
+    people = recipients(3)
+    handler = SinkHandler(
+        data_replies={people[0].email: ["451 4.3.0 try again"]},
+        drop_at_rcpt={3},  # the second message: cut at its RCPT, sent again on a new connection
+    )
+    with smtp_server(handler) as server:
+        ws = _smtp_ws(workspace, server.port)
+        batch = make_batch(ws, people)
+        tokens = {e.recipient.email: SIGNER.make_message(batch.slug, "abcdefgh", e.key) for e in batch.envelopes}
+        batch = dataclasses.replace(
+            batch, envelopes=[dataclasses.replace(e, token=tokens[e.recipient.email]) for e in batch.envelopes]
+        )
+        _backend, result = _send(ws, batch)
+    assert result.sent == [p.subscriber_id for p in people]
+    seen: dict[str, set[str]] = {}
+    for rcpts, message_id in handler.attempts:
+        seen.setdefault(rcpts[0], set()).add(message_id)
+    assert seen == {address: {f"<{token}@example.org>"} for address, token in tokens.items()}
+    assert [rcpts[0] for rcpts, _ in handler.attempts].count(people[0].email) == 2
+    assert {r.mail_from for r in handler.received} == {"highlights@example.org"}
+
+
+def test_verp_puts_the_message_token_in_the_return_address(workspace: Path) -> None:
+    """delivery.bounces.verp: MAIL FROM is bounces+TOKEN@domain (the domain in ASCII),
+    within RFC 5321's 64 octets before the @; a test send (no token) keeps From."""
+    handler = SinkHandler()
+    with smtp_server(handler) as server:
+        ws = make_workspace(
+            workspace,
+            delivery={
+                "backend": "smtp",
+                "smtp": {"host": "127.0.0.1", "port": server.port, "security": "none", "timeout": 5},
+                "bounces": {"verp": "list-bounces@bücher.example"},
+            },
+        )
+        batch = make_batch(ws, recipients(2, start=2**63 - 2))  # the longest ids there are
+        batch = dataclasses.replace(
+            batch,
+            envelopes=[
+                dataclasses.replace(e, token=SIGNER.make_message(batch.slug, "abcdefgh", e.key))
+                for e in batch.envelopes
+            ],
+        )
+        _send(ws, batch)
+        _send(ws, make_batch(ws, recipients(1), test=True))
+    real, test = handler.received[:2], handler.received[2]
+    for got, env in zip(real, batch.envelopes, strict=True):
+        assert got.mail_from == f"list-bounces+{env.token}@xn--bcher-kva.example"
+        local = got.mail_from.rpartition("@")[0]
+        assert len(local) <= 64 and re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*\+[a-z0-9]+(\.[a-z0-9]+)*", local)
+    assert test.mail_from == "highlights@example.org"
+
+
 def test_5xx_fails_that_recipient_only(workspace: Path) -> None:
     people = recipients(5)
     handler = SinkHandler(

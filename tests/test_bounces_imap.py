@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers_bounces import exim, gmail, postfix, vacation
+from helpers_bounces import exim, gmail, huge, nested_messages, nested_multiparts, postfix, vacation
 from helpers_events import dump, statuses
-from helpers_imap import PASSWORD, UNICODE_PASSWORD, UNICODE_USER, USER, Dovecot, dovecot
+from helpers_imap import PASSWORD, UNICODE_PASSWORD, UNICODE_USER, USER, Dovecot, dovecot, lying_imap
 from highlightsmail.cli import main
 from test_bounces import ISSUE, Sent, db_of, email, kinds
 
@@ -104,3 +104,41 @@ def test_a_password_beyond_ascii_logs_in(workspace: Path, imap: Dovecot, monkeyp
     assert result.exit_code == 1
     assert f"the server refused the login of {UNICODE_USER!r}" in result.output
     assert "Traceback" not in result.output and "wröng" not in result.output
+
+
+def test_a_poison_mail_in_the_folder_is_unreadable_and_the_bounce_behind_it_is_read(
+    workspace: Path, imap: Dovecot
+) -> None:
+    """Only the first 10 MB of a mail are fetched (a partial FETCH): enough to know it is
+    too large."""
+    sent = Sent(workspace, 2)
+    imap.deliver([nested_messages(3000), nested_multiparts(2000), huge(11), postfix(email(1), sent.message(1))])
+    result = scan(imap.url)
+    assert result.exit_code == 0, result.output
+    assert "4 mail(s), 0 read before, 1 bounce(s), 0 not bounces, 3 unreadable" in result.output
+    lines = [line for line in result.output.splitlines() if "unreadable (recorded as read, skipped)" in line]
+    assert lines == [
+        "  unreadable (recorded as read, skipped): UID 1: parts nested more than 30 deep",
+        "  unreadable (recorded as read, skipped): UID 2: parts nested more than 30 deep",
+        "  unreadable (recorded as read, skipped): UID 3: larger than 10 MB, the most one mail may take",
+    ]
+    assert statuses(db_of(workspace)) == {email(1): "bounced", email(2): "active"}
+    again = scan(imap.url)
+    assert "4 mail(s), 4 read before, 0 bounce(s)" in again.output and "unreadable" not in again.output
+
+
+@pytest.mark.parametrize("at", ["headers", "body"])
+def test_a_server_announcing_a_huge_literal_gets_one_line_not_a_memory_error(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    """`{99999999999}`: imaplib would try to read (and first allocate) 100 GB."""
+    Sent(workspace, 1)
+    with lying_imap(tmp_path, at=at) as server:
+        monkeypatch.setenv("HIGHLIGHTS_IMAP_PASSWORD", PASSWORD)
+        monkeypatch.setenv("HIGHLIGHTS_IMAP_CAFILE", str(server.ca_file))
+        result = scan(server.url)
+    assert any("FETCH" in c.upper() for c in server.commands)  # it got as far as the lie
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0, result.output
+    assert "announced 99,999,999,999 octets in one piece, more than a mail may take (10 MB)" in result.output
+    assert "Traceback" not in result.output and "MemoryError" not in result.output

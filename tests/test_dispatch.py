@@ -27,6 +27,7 @@ from helpers_delivery import READER_HEADERS
 from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store
+from highlightsmail.tokens import load_signer
 from highlightsmail.web import create_app
 from highlightsmail.workspace import load_workspace
 from sendgrid_server import SendGridServer
@@ -131,6 +132,19 @@ def test_fresh_workspace_test_send_then_send_writes_one_message_each(workspace: 
     files = sorted(outbox.glob("*.eml"))
     got = sorted(str(message_from_bytes(p.read_bytes(), policy=default_policy)["To"]) for p in files)
     assert got == sorted(f"Reader {i} <{e}>" for i, e in enumerate(emails, start=1) if e != emails[0])
+    # Each Message-ID is derived from the dispatch's tag and the subscriber (a bounce
+    # that returns it proves its message); the test sends' are random.
+    signer = load_signer(load_workspace(workspace).secret_path)
+    with open_store(workspace) as store:
+        tag = store.dispatch_info("2024-w02").tag
+    for path in files:
+        sid = int(path.name.split("-", 1)[0])
+        msg = message_from_bytes(path.read_bytes(), policy=default_policy)
+        assert msg["Message-ID"] == f"<{signer.make_message('2024-w02', tag, sid)}@example.org>"
+    for path in test_files:
+        assert not signer.is_message(
+            str(message_from_bytes(path.read_bytes())["Message-ID"])[1:].split("@")[0], "2024-w02"
+        )
 
     again = run("send", "2024-w02", "--yes")
     assert again.exit_code == 0, again.output
@@ -582,6 +596,19 @@ def test_smtp_connection_lost_after_data_is_in_doubt_for_that_message_only(works
         resend = run("send", "2024-w02", "--yes", "--skip-test-check", "--resend-in-doubt")
         assert resend.exit_code == 0, resend.output
     assert sorted(r.rcpt_tos[0] for r in handler.received) == emails
+    # The message sent again is the same message: the Message-ID derived from the
+    # dispatch's tag (nothing per recipient was stored), so a receiver that kept the
+    # first copy can tell, and a bounce of either is matched.
+    ws = load_workspace(workspace)
+    with open_store(workspace) as store:
+        tag = store.dispatch_info("2024-w02").tag
+        sids = {e: store.find(e).id for e in emails}
+    signer = load_signer(ws.secret_path)
+    ids = {e: [mid for rcpts, mid in handler.attempts if rcpts == [e]] for e in emails}
+    assert ids == {
+        e: [f"<{signer.make_message('2024-w02', tag, sids[e])}@example.org>"] * (2 if e == emails[1] else 1)
+        for e in emails
+    }
 
 
 # ------------------------------------------------------------------------- header safety, the test-send gate

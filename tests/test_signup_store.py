@@ -22,7 +22,7 @@ ALL_TABLES = ("subscribers", "events", "dispatches", "deliveries", "test_sends")
 # ---------------------------------------------------------------- the upgrade
 
 
-BEFORE_SIGNUP = len(MIGRATIONS) - 1  # the signup's upgrade is the last one
+BEFORE_SIGNUP = 4  # the signup's upgrade is the fifth
 
 
 def old_database(path: Path) -> dict[str, list[tuple]]:
@@ -91,8 +91,11 @@ def test_upgrading_keeps_every_row_and_allows_pending_and_form(tmp_path: Path) -
     before = old_database(db)
     with Store(db, upgrade=True) as store:
         assert store.schema_version == SCHEMA_VERSION
-        # Every row is where it was, ids, foreign keys and all.
-        assert rows_of(db) == before
+        # Every row is where it was, ids, foreign keys and all; the dispatch has its tag
+        # (a later upgrade, which adds a column).
+        after = rows_of(db)
+        assert [row[:5] for row in after.pop("dispatches")] == before.pop("dispatches")
+        assert after == before
         assert store._query("PRAGMA foreign_key_check") == []
         assert store._query("PRAGMA integrity_check") == [("ok",)]
         # The indexes are back, and the case-insensitive unique address too.

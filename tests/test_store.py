@@ -67,12 +67,12 @@ def dump(target: Path | str) -> dict[str, list[tuple]]:
 def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 5
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 6
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         else:
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
             indexes = {
                 r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
@@ -89,10 +89,10 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
         "confirmation_mails",
         "signup_posts",
     } <= tables
-    assert {"subscribers_status", "events_subscriber", "subscribers_email_key"} <= indexes
+    assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
     assert "deliveries_claim" not in indexes  # the ledger's states change in place, with no index to move
     assert ("deliveries_batch" in indexes) == isinstance(target, Path)  # SQLite finishes a batch by its number
-    assert store.schema_version == 5
+    assert store.schema_version == 6
 
 
 def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> None:
@@ -141,6 +141,39 @@ def test_an_older_database_is_refused_with_the_hint_and_upgraded_when_asked(
         assert [tuple(r) for r in conn.execute("SELECT locale FROM subscribers")] == [("en",)]
     with Store(target) as s:  # up to date now: no hint, nothing to do
         assert s.upgraded_from is None
+
+
+def test_every_dispatch_has_its_own_tag_and_the_upgrade_gives_one_to_dispatches_begun_before(
+    target: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Message-IDs are derived from a dispatch's tag (tokens.py): one random value per
+    dispatch, recorded once when it begins, and found again by it."""
+    import re
+
+    with monkeypatch.context() as older:  # the schema before tags
+        for name in ("MIGRATIONS", "PG_MIGRATIONS"):
+            older.setattr(store_module, name, getattr(store_module, name)[:5])
+        older.setattr(store_module, "SCHEMA_VERSION", 5)
+        Store(target).close()
+        with raw_connection(target) as conn:
+            conn.execute(
+                "INSERT INTO dispatches (issue, started, backend, total) VALUES"
+                " ('2024-w01', '2024-01-05T08:00:00Z', 'smtp', 0), ('2024-w02', '2024-01-12T08:00:00Z', 'smtp', 0)"
+            )
+            if isinstance(target, Path):
+                conn.commit()
+    with Store(target, upgrade=True, clock=Clock()) as s:
+        old = {issue: s.dispatch_info(issue).tag for issue in ("2024-w01", "2024-w02")}
+        s.add("ada@example.org")
+        s.begin_dispatch("2024-w03", "smtp")
+        new = s.dispatch_info("2024-w03").tag
+        tags = [*old.values(), new]
+        assert all(re.fullmatch(r"[a-z2-7]{8}", t or "") for t in tags) and len(set(tags)) == 3
+        assert {issue: s.issues_tagged(tag) for issue, tag in old.items()} == {
+            "2024-w01": ["2024-w01"],
+            "2024-w02": ["2024-w02"],
+        }
+        assert s.issues_tagged(new) == ["2024-w03"] and s.issues_tagged("aaaaaaaa") == []
 
 
 def test_a_failing_migration_changes_nothing(target: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -253,6 +253,43 @@ def test_a_thousand_events_in_one_post(workspace: Path, sender: EventSender) -> 
     )
 
 
+@pytest.mark.parametrize("accept", ["matched", "any"])
+def test_a_signed_event_for_a_message_we_never_sent_changes_nothing(
+    workspace: Path, sender: EventSender, accept: str
+) -> None:
+    """An event counts only for a message of ours: its custom args name an issue and a
+    subscriber, and the ledger has that issue gone to them. delivery.bounces.accept
+    does not loosen this (it is about bounce mail, which names no message by itself)."""
+    configure(workspace, bounces={"accept": accept})
+    with Store(db_of(workspace)) as store:
+        ids = add_readers(store, 3)
+        sent_to_everyone(store, ISSUE, leave=[ids[2]])  # reader 3's message failed: it never went out
+        (late,) = add_readers(store, 1, start=4)  # joined after the dispatch
+    pairs = [
+        (email(3), ISSUE, ids[2]),
+        (email(4), ISSUE, late),
+        (email(1), "2024-w01", ids[0]),  # an issue never dispatched
+        (email(1), "2024-w03", ids[0]),
+    ]
+    events = [
+        sender.event(kind, email=address, issue=issue, subscriber_id=sid, **extra)
+        for address, issue, sid in pairs
+        for kind, extra in (
+            ("bounce", {}),
+            ("spamreport", {}),
+            ("unsubscribe", {}),
+            ("dropped", {"reason": "Bounced Address"}),
+        )
+    ]
+    before = dump(db_of(workspace))
+    with serve_workspace(workspace) as site:
+        response = sender.post(site.url + PATH, events)
+    assert response.status_code == 200, response.text
+    assert response.json()["recorded"] == 0 and response.json()["ignored"] == len(events)
+    assert dump(db_of(workspace)) == before
+    assert set(statuses(db_of(workspace)).values()) == {"active"}
+
+
 # ------------------------------------------------------------------ refusals
 
 

@@ -8,12 +8,31 @@ failure with a 4.x.x status (the server gave up on a temporary error) counts as
 temporary, like a `delayed` report. Permanent failures make the address `bounced`;
 temporary ones are soft bounces (see events.py).
 
-Matching a bounce to an issue and a subscriber: every message carries
-`X-Highlights-Issue: <slug>` and the subscriber's signed unsubscribe link in
-`List-Unsubscribe`, and DSNs return the original headers, so neither needs the address.
-The failed address found by the detectors is looked up first; the signed link covers a
-bounce from an address the mail was forwarded to. A bounce naming no issue is put on
-the last issue sent to that subscriber.
+Proof that a bounce is about mail we sent. The bounce mailbox is a public address, so
+anyone can write a DSN to it. With `delivery.bounces.accept: matched` (the default) a
+failure changes a subscriber only when the mail holds one of these, and it names that
+subscriber (and the issue was sent to them, as the ledger says):
+- the Message-ID of their message: `<TOKEN@domain>`, where TOKEN is the message token
+  of tokens.py (the dispatch's tag, the subscriber id, and a MAC over the issue, the tag
+  and the id). Nothing per recipient is stored at send time: the tag finds the
+  dispatch, the MAC proves the message, the ledger that they were a recipient;
+- their signed unsubscribe link (`List-Unsubscribe`), in the returned headers;
+- the VERP return address the message went out with (`bounces+TOKEN@domain`, with
+  `delivery.bounces.verp`), which the bounce is addressed to.
+The failed address must be that subscriber's, or (a single failure of an address that
+is no subscriber) one their mail was forwarded to. A Message-ID or return address of
+another issue than the one the returned headers name proves nothing. Everything else is
+`unmatched`: counted, listed on request, and changes nothing. `accept: any` keeps the
+older rule for a mailbox only the mail server writes to: the failed address is looked up
+on the list, and a bounce naming no issue is put on the last issue sent to them.
+
+Caps, so that no one mail can stop a scan: a mail may take at most 10 MB
+(MAX_MAIL_BYTES, and no more of it is ever held in memory), parts nested at most 30 deep
+and 1,000 parts in all; a mail beyond them, or that cannot be parsed, is recorded as
+read with the outcome `unreadable` and named in one line. In a Maildir, an entry that
+is not a file (a broken link, a link loop, a FIFO, a device) is skipped with one line,
+without being opened for reading where that could block. An IMAP server that announces
+more than a mail may take in one piece ends the scan with one line.
 
 Each mail is remembered by its Message-ID (or a hash of the whole mail) in the database,
 so scanning the same mailbox again changes nothing and, over IMAP, downloads only new
@@ -25,11 +44,13 @@ from __future__ import annotations
 
 import email
 import email.policy
+import errno
 import hashlib
 import logging
 import os
 import re
 import ssl
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -48,16 +69,29 @@ if TYPE_CHECKING:
 ENV_IMAP_PASSWORD = "HIGHLIGHTS_IMAP_PASSWORD"
 ENV_IMAP_CAFILE = "HIGHLIGHTS_IMAP_CAFILE"
 IMAPS_PORT = 993
-_FETCH_CHUNK = 50  # messages per IMAP FETCH of whole mail
+#: The most of one mail that is read; a larger one is `unreadable`.
+MAX_MAIL_BYTES = 10 * 1024 * 1024
+#: How deep parts may be nested, and how many there may be, in a mail that is read.
+MAX_DEPTH = 30
+MAX_PARTS = 1000
+_FETCH_CHUNK = 50  # messages per IMAP FETCH of whole mail...
+_FETCH_BYTES = 32 * 1024 * 1024  # ...and at most this much of them at once
 _MAX_DETAIL = 500
+_MAX_SHOWN = 200
 
 # The returned original headers, wherever the DSN puts them (a message/rfc822 or
 # text/rfc822-headers part, or a copy pasted under the text by qmail and Exim).
-_ISSUE_RE = re.compile(rb"^X-Highlights-Issue:[ \t]*(?:\r?\n[ \t]+)?([0-9A-Za-z][0-9A-Za-z._-]{0,199})", re.M | re.I)
+# The issue header's whole value, folded lines and all (a slug may hold spaces, and
+# non-ASCII ones arrive as RFC 2047 encoded words).
+_ISSUE_RE = re.compile(rb"^X-Highlights-Issue:([^\r\n]{0,1000}(?:\r?\n[ \t][^\r\n]{0,1000}){0,20})", re.M | re.I)
 _TOKEN_RE = re.compile(
     rb"^List-Unsubscribe:[ \t]*(?:\r?\n[ \t]+)?<[^<>\s]*/u/([ut][0-9a-z]{1,13}\.[A-Za-z0-9_-]{22})>", re.M | re.I
 )
 _STATUS_RE = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}")
+
+
+class Unreadable(HighlightsError):
+    """A mail that cannot be parsed, or is beyond what one mail may take."""
 
 
 # ---------------------------------------------------------------------------- reading one mail
@@ -70,24 +104,60 @@ class Bounce:
 
     permanent: dict[str, str]
     temporary: dict[str, str]
-    issue: str | None = None
-    token: str | None = None
+    issue: str | None = None  # X-Highlights-Issue of the returned headers
+    token: str | None = None  # the unsubscribe (or test) token of their List-Unsubscribe
     at: str | None = None  # the bounce's Date, in the stored format
+    messages: tuple[str, ...] = ()  # message tokens: in a Message-ID, or the VERP address
+
+
+def parse_mail(data: bytes) -> Message:
+    """The mail parsed, within the caps; Unreadable saying why not."""
+    if len(data) > MAX_MAIL_BYTES:
+        raise Unreadable(f"larger than {MAX_MAIL_BYTES // (1024 * 1024)} MB, the most one mail may take")
+    try:
+        msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    except RecursionError:
+        raise Unreadable(f"parts nested more than {MAX_DEPTH} deep") from None
+    except Exception as exc:  # the parser is lenient; anything it still trips over
+        raise Unreadable(f"cannot be parsed ({type(exc).__name__})") from None
+    # Counted without recursion: the detectors and msg.walk() recurse once per level.
+    parts, stack = 0, [(msg, 1)]
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if depth > MAX_DEPTH:
+            raise Unreadable(f"parts nested more than {MAX_DEPTH} deep")
+        if parts > MAX_PARTS:
+            raise Unreadable(f"more than {MAX_PARTS:,} parts")
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
+    return msg
 
 
 def read_bounce(data: bytes) -> Bounce | None:
-    """The bounce in a mail, or None when it is not one (an auto-reply, a stray message)."""
+    """The bounce in a mail, or None when it is not one (an auto-reply, a stray message).
+    Unreadable when the mail cannot be parsed or is beyond the caps."""
     from flufl.bounce import all_failures
 
     # flufl.bounce logs a detector's exception with its traceback before raising it;
     # a mail it cannot read is "not a bounce" here, never a traceback on the screen.
     logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
-    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    msg = parse_mail(data)
     try:
         temporary_raw, permanent_raw = all_failures(msg)
     except Exception:  # a detector tripping over a malformed mail: treat it as no bounce
         return None
+    try:
+        return _bounce(msg, data, temporary_raw, permanent_raw)
+    except Exception as exc:  # whatever else a hostile mail holds: one line, and the scan goes on
+        raise Unreadable(f"cannot be read ({type(exc).__name__})") from None
+
+
+def _bounce(msg: Message, data: bytes, temporary_raw: Any, permanent_raw: Any) -> Bounce | None:
+    from highlightsmail.tokens import find_message_tokens
+
     temporary = {_text(a): "" for a in temporary_raw if _text(a)}
     permanent = {_text(a): "" for a in permanent_raw if _text(a)}
     if not temporary and not permanent:
@@ -113,10 +183,23 @@ def read_bounce(data: bytes) -> Bounce | None:
     return Bounce(
         permanent=permanent,
         temporary=temporary,
-        issue=issue.group(1).decode("ascii") if issue else None,
+        issue=_header_text(issue.group(1)) if issue else None,
         token=token.group(1).decode("ascii") if token else None,
         at=_date(msg.get("Date")),
+        messages=tuple(find_message_tokens(returned)),
     )
+
+
+def _header_text(raw: bytes) -> str | None:
+    """A header's value as text: unfolded (RFC 5322 2.2.3), encoded words decoded."""
+    from email.header import decode_header, make_header
+
+    text = re.sub(r"\r?\n(?=[ \t])", "", raw.decode("utf-8", "replace")).strip()
+    try:
+        text = str(make_header(decode_header(text)))
+    except (ValueError, LookupError):  # a malformed or unknown encoding: the text as it came
+        pass
+    return text or None
 
 
 def _text(value: bytes | str) -> str:
@@ -184,6 +267,11 @@ def _key_from_message_id(value: Any) -> str | None:
     return f"mid:{text}" if text and len(text) <= 900 else None
 
 
+def _shown(text: str) -> str:
+    """Text from a mail, fit for one line on a terminal: no control characters."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:_MAX_SHOWN])
+
+
 # ---------------------------------------------------------------------------- mailboxes
 
 
@@ -225,8 +313,17 @@ def parse_mailbox(spec: str, base: Path) -> ImapAddress | Path:
     return path if path.is_absolute() else base / path
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A mailbox entry that is no mail to read (a FIFO, a broken link, ...): named in one
+    line and left alone, and not remembered, so it is named again until it is gone."""
+
+    why: str
+
+
 class _Source:
-    """A mailbox read as (handle, key) pairs, then the bytes of the mail wanted."""
+    """A mailbox read as (handle, key) pairs, then the bytes of the mail wanted (at most
+    MAX_MAIL_BYTES + 1 of each: enough to tell that one is too large)."""
 
     name: str
 
@@ -243,45 +340,116 @@ class _Source:
         """Each mail's handle and key (None when the key needs the whole mail)."""
         raise NotImplementedError
 
-    def fetch(self, handles: list[Any]) -> Iterator[tuple[Any, bytes]]:
+    def fetch(self, handles: list[Any]) -> Iterator[tuple[Any, bytes | Skipped]]:
+        raise NotImplementedError
+
+    def label(self, handle: Any) -> str:
+        """How a line names one mail of the mailbox."""
         raise NotImplementedError
 
 
-class _LocalSource(_Source):
-    """An mbox file or a Maildir, through the standard library's `mailbox`."""
+class _MboxSource(_Source):
+    """An mbox file, through the standard library's `mailbox`."""
 
     def __init__(self, path: Path) -> None:
         import mailbox
 
         self.name = display_path(path)
-        self._box: mailbox.Mailbox
-        if path.is_dir():
-            if not all((path / sub).is_dir() for sub in ("cur", "new")):
-                raise HighlightsError(f"{self.name}: a folder, but not a Maildir (no cur/ and new/ in it)")
-            self._box = mailbox.Maildir(str(path), factory=None, create=False)
-        elif path.is_file():
-            self._box = mailbox.mbox(str(path), factory=None, create=False)
-        else:
-            raise HighlightsError(f"{self.name}: no such mbox file or Maildir")
+        self._box = mailbox.mbox(str(path), factory=None, create=False)
 
     def keys(self) -> Iterator[tuple[Any, str | None]]:
         # Read here only for the key; fetch reads the wanted mail again, so a large
         # mailbox is never held in memory whole.
-        for handle in sorted(self._box.keys(), key=str):
+        for handle in sorted(self._box.keys()):
             yield handle, mail_key(self._read(handle))
 
-    def fetch(self, handles: list[Any]) -> Iterator[tuple[Any, bytes]]:
+    def fetch(self, handles: list[Any]) -> Iterator[tuple[Any, bytes | Skipped]]:
         for handle in handles:
             yield handle, self._read(handle)
 
+    def label(self, handle: Any) -> str:
+        return f"mail {handle + 1}"
+
     def _read(self, handle: Any) -> bytes:
         try:
-            return self._box.get_bytes(handle)
+            with self._box.get_file(handle) as fh:
+                return fh.read(MAX_MAIL_BYTES + 1)
         except (OSError, KeyError) as exc:
             raise HighlightsError(f"{self.name}: cannot read the mailbox: {exc}") from None
 
     def close(self) -> None:
         self._box.close()
+
+
+class _MaildirSource(_Source):
+    """A Maildir: each file in new/ and cur/ is one mail. Read here rather than through
+    `mailbox.Maildir`, which opens whatever it finds there: a FIFO would block it for
+    good, and /dev/zero would never end."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = display_path(path)
+        self._path = path
+
+    def keys(self) -> Iterator[tuple[Any, str | None]]:
+        handles = []
+        for sub in ("new", "cur"):
+            try:
+                names = os.listdir(self._path / sub)
+            except OSError as exc:
+                raise HighlightsError(f"{self.name}/{sub}: cannot read the folder: {exc.strerror or exc}") from None
+            handles += [f"{sub}/{name}" for name in names if not name.startswith(".")]
+        for handle in sorted(handles, key=lambda h: (h.partition("/")[2], h)):
+            data = self._read(handle)
+            yield handle, None if isinstance(data, Skipped) else mail_key(data)
+
+    def fetch(self, handles: list[Any]) -> Iterator[tuple[Any, bytes | Skipped]]:
+        for handle in handles:
+            yield handle, self._read(handle)
+
+    def label(self, handle: Any) -> str:
+        return str(handle)
+
+    def _read(self, handle: str) -> bytes | Skipped:
+        path = self._path / handle
+        try:
+            kind = _not_a_file(os.stat(path).st_mode)  # follows a link: a link to a mail is read
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return Skipped("a link loop")
+            if exc.errno == errno.ENOENT:
+                return Skipped("a broken link" if os.path.islink(path) else "gone while the scan ran")
+            return Skipped(f"cannot be read: {exc.strerror or exc}")
+        if kind:
+            return Skipped(f"{kind}, not a mail file")
+        try:
+            # O_NONBLOCK: should it have become a FIFO since the check, opening returns at once.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as exc:
+            return Skipped(f"cannot be read: {exc.strerror or exc}")
+        with os.fdopen(fd, "rb") as fh:
+            kind = _not_a_file(os.fstat(fd).st_mode)
+            if kind:
+                return Skipped(f"{kind}, not a mail file")
+            try:
+                return fh.read(MAX_MAIL_BYTES + 1)
+            except OSError as exc:
+                return Skipped(f"cannot be read: {exc.strerror or exc}")
+
+
+def _not_a_file(mode: int) -> str | None:
+    """What a file system entry is when it is not a regular file; None when it is one."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
 
 
 class _ImapSource(_Source):
@@ -292,6 +460,7 @@ class _ImapSource(_Source):
         from imapclient.exceptions import IMAPClientError, LoginError
 
         self.name = str(address)
+        self._sizes: dict[int, int] = {}
         password = os.environ.get(ENV_IMAP_PASSWORD)
         if not password:
             raise HighlightsError(
@@ -308,6 +477,7 @@ class _ImapSource(_Source):
             ) from None
         except (OSError, IMAPClientError) as exc:
             raise HighlightsError(f"{self.name}: cannot connect: {exc}") from None
+        _cap_literals(self._client)
         try:
             if (address.user + password).isascii():
                 self._client.login(address.user, password)
@@ -329,26 +499,47 @@ class _ImapSource(_Source):
             uids = sorted(self._client.search("ALL"))
             for start in range(0, len(uids), 500):
                 chunk = uids[start : start + 500]
-                found = self._client.fetch(chunk, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+                found = self._client.fetch(chunk, ["RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
                 for uid in chunk:
                     item = found.get(uid, {})
+                    size = item.get(b"RFC822.SIZE")
+                    self._sizes[uid] = size if isinstance(size, int) else MAX_MAIL_BYTES
                     raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"") or b""
                     headers = email.message_from_bytes(raw, policy=email.policy.compat32)
                     yield uid, _key_from_message_id(headers.get("Message-ID"))
         except (OSError, IMAPClientError) as exc:
             raise HighlightsError(f"{self.name}: {exc}") from None
 
-    def fetch(self, handles: list[Any]) -> Iterator[tuple[Any, bytes]]:
+    def fetch(self, handles: list[Any]) -> Iterator[tuple[Any, bytes | Skipped]]:
         from imapclient.exceptions import IMAPClientError
 
+        # Only the first MAX_MAIL_BYTES + 1 octets of each (a partial FETCH, RFC 3501 6.4.5).
+        item = f"BODY.PEEK[]<0.{MAX_MAIL_BYTES + 1}>"
         try:
-            for start in range(0, len(handles), _FETCH_CHUNK):
-                chunk = handles[start : start + _FETCH_CHUNK]
-                found = self._client.fetch(chunk, ["BODY.PEEK[]"])
+            for chunk in self._chunks(handles):
+                found = self._client.fetch(chunk, [item])
                 for uid in chunk:
-                    yield uid, found.get(uid, {}).get(b"BODY[]", b"") or b""
+                    parts = found.get(uid, {})
+                    yield uid, next((v for k, v in parts.items() if k.startswith(b"BODY[]")), b"") or b""
         except (OSError, IMAPClientError) as exc:
             raise HighlightsError(f"{self.name}: {exc}") from None
+
+    def _chunks(self, handles: list[Any]) -> Iterator[list[Any]]:
+        """Handles in chunks of at most _FETCH_CHUNK mails and (by their sizes) _FETCH_BYTES."""
+        chunk: list[Any] = []
+        total = 0
+        for uid in handles:
+            size = min(self._sizes.get(uid, MAX_MAIL_BYTES), MAX_MAIL_BYTES + 1)
+            if chunk and (len(chunk) >= _FETCH_CHUNK or total + size > _FETCH_BYTES):
+                yield chunk
+                chunk, total = [], 0
+            chunk.append(uid)
+            total += size
+        if chunk:
+            yield chunk
+
+    def label(self, handle: Any) -> str:
+        return f"UID {handle}"
 
     def close(self) -> None:
         try:
@@ -358,6 +549,27 @@ class _ImapSource(_Source):
                 self._client.shutdown()
             except Exception:
                 pass
+
+
+def _cap_literals(client: Any) -> None:
+    """Refuse a literal (`{N}` and N octets) larger than a mail may be before reading it:
+    imaplib would allocate whatever N a server announces (a MemoryError, or all of the
+    machine's memory). The connection cannot go on after that, so the scan ends with
+    one line. (imapclient has no setting for it; its imaplib connection is `_imap`.)"""
+    import imaplib
+
+    conn = client._imap
+    read = conn.read
+
+    def capped(size: int) -> bytes:
+        if size > MAX_MAIL_BYTES + 1:
+            raise imaplib.IMAP4.abort(
+                f"the server announced {size:,} octets in one piece, more than a mail may take "
+                f"({MAX_MAIL_BYTES // (1024 * 1024)} MB); stopped reading"
+            )
+        return read(size)
+
+    conn.read = capped
 
 
 def _ssl_context() -> ssl.SSLContext:
@@ -371,7 +583,18 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def open_mailbox(where: ImapAddress | Path) -> _Source:
-    return _ImapSource(where) if isinstance(where, ImapAddress) else _LocalSource(where)
+    if isinstance(where, ImapAddress):
+        return _ImapSource(where)
+    name = display_path(where)
+    if where.is_dir():
+        if not all((where / sub).is_dir() for sub in ("cur", "new")):
+            raise HighlightsError(f"{name}: a folder, but not a Maildir (no cur/ and new/ in it)")
+        return _MaildirSource(where)
+    if where.is_file():
+        return _MboxSource(where)
+    if os.path.lexists(where):
+        raise HighlightsError(f"{name}: neither an mbox file nor a Maildir (a FIFO, a device, or a broken link?)")
+    raise HighlightsError(f"{name}: no such mbox file or Maildir")
 
 
 # ---------------------------------------------------------------------------- the scan
@@ -379,7 +602,8 @@ def open_mailbox(where: ImapAddress | Path) -> _Source:
 
 @dataclass
 class ScanResult:
-    """What a scan found and did."""
+    """What a scan found and did. The lists hold one line each: the mail (or mailbox
+    entry) and why."""
 
     mailbox: str
     mails: int = 0
@@ -390,7 +614,18 @@ class ScanResult:
     temporary: int = 0
     status_changes: int = 0
     test_sends: int = 0  # bounces of test sends: nobody's status changes
-    unknown: list[str] = field(default_factory=list)  # failed addresses matching no subscriber
+    unmatched: list[str] = field(default_factory=list)  # failures that proved nothing: changed nothing
+    unreadable: list[str] = field(default_factory=list)  # mail that could not be parsed: recorded, skipped
+    skipped: list[str] = field(default_factory=list)  # mailbox entries that are no mail
+
+
+@dataclass(frozen=True)
+class _Proof:
+    """What a bounce proves we sent: a message to this subscriber (of this issue; None
+    for the unsubscribe link, which names no issue)."""
+
+    subscriber_id: int
+    issue: str | None
 
 
 def scan(ws: Workspace, mailbox: str | None = None, *, store: Store, signer: Signer) -> ScanResult:
@@ -404,36 +639,56 @@ def scan(ws: Workspace, mailbox: str | None = None, *, store: Store, signer: Sig
         raise HighlightsError(
             "name the mailbox to scan (highlights bounces scan MAILBOX) or set delivery.bounces.mailbox"
         )
-    soft_limit = ws.settings.delivery.bounces.soft_limit
+    settings = ws.settings.delivery.bounces
     with open_mailbox(where) as source:
         result = ScanResult(mailbox=source.name)
         listed = list(source.keys())
-        result.mails = len(listed)
         seen = store.scanned_mail(k for _h, k in listed if k is not None)
         wanted = [h for h, k in listed if k is None or k not in seen]
+        result.mails = len(listed)
         result.already_scanned = result.mails - len(wanted)
         keys = dict(listed)
         done: set[str] = set()  # a mailbox may hold the same mail twice
         for handle, data in source.fetch(wanted):
+            label = source.label(handle)
+            if isinstance(data, Skipped):
+                result.mails -= 1
+                result.skipped.append(f"{_shown(label)}: {data.why}")
+                continue
             key = keys[handle] or mail_key(data)
             if key in done or (keys[handle] is None and store.scanned_mail([key])):
                 result.already_scanned += 1
                 continue
             done.add(key)
-            outcome = _record(data, key, store, signer, soft_limit, result)
+            try:
+                bounce = read_bounce(data)
+            except Unreadable as err:
+                result.unreadable.append(f"{_shown(label)}: {err}")
+                outcome = "unreadable"
+            else:
+                outcome = _record(bounce, label, key, store, signer, settings.accept, settings.soft_limit, result)
             store.mark_scanned(key, outcome)
     return result
 
 
-def _record(data: bytes, key: str, store: Store, signer: Signer, soft_limit: int, result: ScanResult) -> str:
+def _record(
+    bounce: Bounce | None,
+    label: str,
+    key: str,
+    store: Store,
+    signer: Signer,
+    accept: str,
+    soft_limit: int,
+    result: ScanResult,
+) -> str:
+    """Record one bounce; returns the mail's outcome."""
     from highlightsmail.events import record
 
-    bounce = read_bounce(data)
     if bounce is None:
         result.not_bounces += 1
         return "not a bounce"
     result.bounces += 1
-    named: int | None = None
+    named: int | None = None  # the subscriber its unsubscribe link names
     if bounce.token:
         try:
             purpose, named = signer.read(bounce.token)
@@ -443,22 +698,20 @@ def _record(data: bytes, key: str, store: Store, signer: Signer, soft_limit: int
             if purpose == "test":
                 result.test_sends += 1
                 return "a test send"
+    proofs = _proofs(bounce, named, store, signer)
     rows: list[DeliveryEventRow] = []
     failures = [(a, d, True) for a, d in bounce.permanent.items()] + [
         (a, d, False) for a, d in bounce.temporary.items()
     ]
     for address, detail, permanent in failures:
-        sid = _subscriber(store, address)
-        if sid is None and named is not None and len(failures) == 1:
-            sid = named  # forwarded: the failed address is not the one we sent to
-        if sid is None:
-            result.unknown.append(address)
+        found: tuple[int, str | None] | str = _match(store, address, len(failures), proofs, bounce.issue)
+        if isinstance(found, str) and accept == "any":
+            found = _by_address(store, address, len(failures), named, bounce.issue, permanent)
+        if isinstance(found, str):
+            result.unmatched.append(f"{_shown(label)}: {_shown(address)}: {found}")
             continue
-        row = _row(store, key, sid, bounce, detail, permanent)
-        if row is None:
-            result.unknown.append(address)  # a soft bounce of someone we never sent an issue
-            continue
-        rows.append(row)
+        sid, issue = found
+        rows.append(_row(store, key, sid, issue, bounce, detail, permanent))
         if permanent:
             result.permanent += 1
         else:
@@ -466,7 +719,81 @@ def _record(data: bytes, key: str, store: Store, signer: Signer, soft_limit: int
     if rows:
         done = record(store, rows, source="bounce-mail", soft_limit=soft_limit, check_address=False)
         result.status_changes += done.changed
-    return "bounce"
+    return "bounce" if rows else "unmatched"
+
+
+def _proofs(bounce: Bounce, named: int | None, store: Store, signer: Signer) -> list[_Proof]:
+    """The messages of ours a bounce proves it is about: each message token whose MAC
+    holds for the issue its tag names, and the signed unsubscribe link."""
+    from highlightsmail.tokens import read_message_token
+
+    proofs = []
+    for token in bounce.messages:
+        parsed = read_message_token(token)
+        if parsed is None:
+            continue
+        tag, sid = parsed
+        proofs += [_Proof(sid, issue) for issue in store.issues_tagged(tag) if signer.is_message(token, issue)]
+    if named is not None:
+        proofs.append(_Proof(named, None))
+    return proofs
+
+
+def _match(store: Store, address: str, failures: int, proofs: list[_Proof], named: str | None) -> tuple[int, str] | str:
+    """(subscriber id, issue) a failed address is proven to be about, or why it is not."""
+    from highlightsmail.events import same_address
+
+    if not proofs:
+        return "no Message-ID, signed link or return address of ours in it"
+    sid = _subscriber(store, address)
+    mine = [
+        p
+        for p in proofs
+        if p.subscriber_id == sid
+        # a row merged into another since (store migration 2) has its own id
+        or (p.issue and same_address(store.sent_address(p.issue, p.subscriber_id) or "", address))
+    ]
+    if not mine:
+        if sid is not None:
+            return "what it returns was sent to another subscriber"
+        if failures > 1 or len({p.subscriber_id for p in proofs}) > 1:
+            return "not on the list"
+        mine = proofs  # forwarded: the one failed address is not the one we sent to
+    subject = mine[0].subscriber_id
+    if any(p.subscriber_id != subject for p in mine):
+        return "what it returns was sent to more than one subscriber"
+    issues = sorted({p.issue for p in mine if p.issue})
+    if len(issues) > 1:
+        return f"its Message-IDs are of different issues ({', '.join(issues)})"
+    if issues:
+        issue = issues[0]
+        if named and named != issue:
+            return f"it names issue {named}, but its Message-ID or return address is of issue {issue}"
+    else:
+        found = named or store.latest_issue_sent(subject)
+        if found is None:
+            return "no issue was sent to them"
+        issue = found
+    if store.sent_address(issue, subject) is None:
+        return f"issue {issue} was not sent to them"
+    return subject, issue
+
+
+def _by_address(
+    store: Store, address: str, failures: int, named: int | None, issue: str | None, permanent: bool
+) -> tuple[int, str | None] | str:
+    """`accept: any`: the subscriber with the failed address (or, for a single failure,
+    the one the returned unsubscribe link names), and the issue named if it went to
+    them, else the last one that did."""
+    sid = _subscriber(store, address)
+    if sid is None and named is not None and failures == 1:
+        sid = named  # forwarded: the failed address is not the one we sent to
+    if sid is None:
+        return "not on the list"
+    sent = store.latest_issue_sent(sid, prefer=issue)
+    if sent is None and not permanent:
+        return "a temporary failure, and no issue was sent to them"
+    return sid, sent
 
 
 def _subscriber(store: Store, address: str) -> int | None:
@@ -479,12 +806,11 @@ def _subscriber(store: Store, address: str) -> int | None:
     return sub.id if sub else None
 
 
-def _row(store: Store, key: str, sid: int, bounce: Bounce, detail: str, permanent: bool) -> DeliveryEventRow | None:
+def _row(
+    store: Store, key: str, sid: int, issue: str | None, bounce: Bounce, detail: str, permanent: bool
+) -> DeliveryEventRow:
     from highlightsmail.store import DeliveryEventRow
 
-    issue = store.latest_issue_sent(sid, prefer=bounce.issue)
-    if issue is None and not permanent:
-        return None
     return DeliveryEventRow(
         key=f"mail:{key}:{sid}",
         issue=issue,
@@ -500,10 +826,15 @@ def _row(store: Store, key: str, sid: int, bounce: Bounce, detail: str, permanen
 __all__ = [
     "ENV_IMAP_CAFILE",
     "ENV_IMAP_PASSWORD",
+    "MAX_DEPTH",
+    "MAX_MAIL_BYTES",
+    "MAX_PARTS",
     "Bounce",
     "ImapAddress",
     "ScanResult",
+    "Unreadable",
     "mail_key",
+    "parse_mail",
     "parse_mailbox",
     "read_bounce",
     "scan",

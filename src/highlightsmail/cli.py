@@ -661,11 +661,15 @@ def bounces() -> None:
 
 @bounces.command("scan")
 @click.argument("mailbox", required=False)
+@click.option("--verbose", "-v", is_flag=True, help="List each unmatched failure, with why it proves nothing.")
 @pass_ctx
-def bounces_scan(obj: _Ctx, mailbox: str | None) -> None:
+def bounces_scan(obj: _Ctx, mailbox: str | None, verbose: bool) -> None:
     """Mark addresses that bounced, from MAILBOX: an mbox file, a Maildir, or
     imaps://user@host[:port]/FOLDER (password from HIGHLIGHTS_IMAP_PASSWORD).
-    Default: the setting delivery.bounces.mailbox. Mail read before is skipped."""
+    Default: the setting delivery.bounces.mailbox. Mail read before is skipped.
+    With delivery.bounces.accept: matched (the default), a bounce counts only when it
+    carries a Message-ID, signed link or return address of a message sent to that
+    subscriber; the rest is unmatched and changes nothing."""
     from highlightsmail.bounces import scan
     from highlightsmail.store import Store
     from highlightsmail.tokens import load_signer
@@ -676,19 +680,26 @@ def bounces_scan(obj: _Ctx, mailbox: str | None) -> None:
     click.echo(
         f"{result.mailbox}: {result.mails} mail(s), {result.already_scanned} read before, "
         f"{result.bounces} bounce(s), {result.not_bounces} not bounces"
+        + (f", {len(result.unreadable)} unreadable" if result.unreadable else "")
     )
     if result.bounces:
         click.echo(
             f"  permanent failures {result.permanent}, temporary {result.temporary}, "
             f"status changes {result.status_changes}"
+            + (f", unmatched {len(result.unmatched)}" if result.unmatched else "")
             + (f", bounces of test sends {result.test_sends}" if result.test_sends else "")
         )
-    if result.unknown:
-        shown = ", ".join(sorted(set(result.unknown))[:10])
-        more = len(set(result.unknown)) - 10
+    for line in result.unreadable:
+        click.echo(f"  unreadable (recorded as read, skipped): {line}")
+    for line in result.skipped:
+        click.echo(f"  skipped, not a mail: {line}")
+    if verbose:
+        for line in result.unmatched:
+            click.echo(f"  unmatched: {line}")
+    elif result.unmatched:
         click.echo(
-            f"  {len(set(result.unknown))} address(es) not on the list: {shown}"
-            + (f" and {more} more" if more > 0 else "")
+            f"  {len(result.unmatched)} unmatched failure(s) proved no message of ours and changed nothing; "
+            "list them with --verbose"
         )
 
 

@@ -405,15 +405,27 @@ def _would_suppress(store: Store, backend: Backend) -> int:
     return len(active)
 
 
-def _envelopes(rows: list[Delivery], ws: Workspace, signer: Signer) -> list[Envelope]:
+def _envelopes(rows: list[Delivery], ws: Workspace, signer: Signer, slug: str, tag: str | None) -> list[Envelope]:
+    """The batch's envelopes: each recipient's links, and their message token, derived
+    from the dispatch's tag (nothing per recipient is stored to know it again)."""
     from highlightsmail.backends.base import Envelope
     from highlightsmail.message import Recipient, links_maker
 
     links = links_maker(ws.settings, signer)
     return [
-        Envelope(row.subscriber_id, Recipient(row.email, row.name, row.subscriber_id), links(row.subscriber_id))
+        Envelope(
+            row.subscriber_id,
+            Recipient(row.email, row.name, row.subscriber_id),
+            links(row.subscriber_id),
+            signer.make_message(slug, tag, row.subscriber_id) if tag else None,
+        )
         for row in rows
     ]
+
+
+def _tag(store: Store, slug: str) -> str | None:
+    info = store.dispatch_info(slug)
+    return info.tag if info else None
 
 
 def _dry_build(ws: Workspace, rendered: RenderedIssue, signer: Signer, store: Store, slug: str, started: bool) -> None:
@@ -421,7 +433,7 @@ def _dry_build(ws: Workspace, rendered: RenderedIssue, signer: Signer, store: St
     from highlightsmail.message import build_message
 
     rows = store.peek_recipients(slug, started, 1)
-    for env in _envelopes(rows, ws, signer):
+    for env in _envelopes(rows, ws, signer, slug, _tag(store, slug)):
         build_message(rendered, ws.settings, env.recipient, env.links)
 
 
@@ -455,7 +467,7 @@ def send_claimed(
         slug=rendered.slug,
         rendered=rendered,
         settings=ws.settings,
-        envelopes=_envelopes([delivery], ws, signer),
+        envelopes=_envelopes([delivery], ws, signer, rendered.slug, _tag(store, rendered.slug)),
     )
     result = _outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
     store.finish_batch(
@@ -511,6 +523,7 @@ def run_dispatch(
     except DeliveryError as err:
         raise HighlightsError(f"{backend.name}: {err.message}; nothing was sent") from None
     opened.append(backend)
+    tag = _tag(store, slug)  # read once: every sender of the dispatch derives the same Message-IDs
 
     def deliver(number: int, claimed: list[Delivery]) -> BatchResult:
         # Built here, in the worker, so the loop that claims and records (the one
@@ -520,7 +533,7 @@ def run_dispatch(
             slug=slug,
             rendered=rendered,
             settings=ws.settings,
-            envelopes=_envelopes(claimed, ws, signer),
+            envelopes=_envelopes(claimed, ws, signer, slug, tag),
         )
         b = getattr(local, "backend", None)
         if b is None:

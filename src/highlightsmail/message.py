@@ -270,6 +270,25 @@ def sender_domain(settings: Settings) -> str:
     return parseaddr(from_header(settings))[1].rpartition("@")[2] or "localhost"
 
 
+def make_message_id(token: str | None, domain: str) -> str:
+    """A message's Message-ID: `<TOKEN@domain>` from its message token (tokens.py), so a
+    bounce returning it can be matched; a random one for mail without a token (test sends)."""
+    return f"<{token}@{domain}>" if token else make_msgid(domain=domain)
+
+
+def return_path(settings: Settings, token: str | None) -> str | None:
+    """The SMTP return address of a message when `delivery.bounces.verp` is set: the
+    token added to its part before the @ (`bounces+TOKEN@example.org`, the domain in
+    ASCII); None without the setting or a token, and the From address is used."""
+    from highlightsmail.addresses import ascii_address
+
+    verp = settings.delivery.bounces.verp
+    if not verp or not token:
+        return None
+    local, _, domain = (ascii_address(verp) or verp).rpartition("@")
+    return f"{local}+{token}@{domain}"
+
+
 __all__ = [
     "ISSUE_HEADER",
     "SETTINGS_FILE",
@@ -288,8 +307,10 @@ __all__ = [
     "links_maker",
     "list_id",
     "mail_date",
+    "make_message_id",
     "recipient_links",
     "reply_to_header",
+    "return_path",
     "sender_domain",
     "subject_for",
     "unsubscribe_url",

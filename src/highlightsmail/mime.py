@@ -14,7 +14,6 @@ import secrets
 import threading
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import TYPE_CHECKING
 
 from highlightsmail.message import (
@@ -23,6 +22,7 @@ from highlightsmail.message import (
     build_message,
     format_recipient,
     mail_date,
+    make_message_id,
     sender_domain,
 )
 
@@ -77,9 +77,9 @@ class MessageTemplate:
         reference = build_message(rendered, settings, _PROBE, links, test=test)
         self.fast = self._compile(reference) and all(self._agrees(reference, links, flag) for flag in (True, False))
 
-    def new_message_id(self) -> str:
-        """A Message-ID for one recipient (kept across retries of that message)."""
-        return make_msgid(domain=self._domain)
+    def message_id(self, token: str | None) -> str:
+        """The Message-ID of the message with this token (message.make_message_id)."""
+        return make_message_id(token, self._domain)
 
     def _compile(self, msg: EmailMessage) -> bool:
         from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
@@ -169,7 +169,7 @@ class MessageTemplate:
             elif item == "date":
                 out.append(_header("Date", mail_date())[0])
             elif item == "message-id":
-                out.append(_header("Message-ID", message_id or self.new_message_id())[0])
+                out.append(_header("Message-ID", message_id or self.message_id(None))[0])
             else:  # "links": List-Unsubscribe, List-Unsubscribe-Post, List-Id
                 for name, value in links.headers.items():
                     out.append(_header(name, value)[0])

@@ -138,6 +138,17 @@ def _merge_same_addresses(conn: Conn) -> list[str]:
     return [_merge_group(conn, members) for members in groups.values() if len(members) > 1]
 
 
+def _tag_dispatches(conn: Conn) -> list[str]:
+    """Migration 6: a tag for each dispatch begun before tags, so the rest of a dispatch
+    still under way goes out with Message-IDs a bounce can be matched by. (Mail it sent
+    already had random ones; its bounces are matched by the unsubscribe link they return.)"""
+    from highlightsmail.tokens import new_dispatch_tag
+
+    issues = [r[0] for r in conn.execute("SELECT issue FROM dispatches WHERE tag IS NULL").fetchall()]
+    conn.executemany("UPDATE dispatches SET tag = ? WHERE issue = ?", [(new_dispatch_tag(), i) for i in issues])
+    return []
+
+
 _STATUS_WEIGHT = {"active": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
 _LEDGER_WEIGHT = {"sent": 5, "in_flight": 4, "in_doubt": 3, "failed": 2, "pending": 1}
 
@@ -347,6 +358,11 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "CREATE INDEX signup_posts_client ON signup_posts (client, at)",
         "CREATE INDEX signup_posts_at ON signup_posts (at)",
     ),
+    (  # 6: each dispatch's tag, from which every message's Message-ID is derived (tokens.py)
+        "ALTER TABLE dispatches ADD COLUMN tag TEXT",
+        _tag_dispatches,
+        "CREATE INDEX dispatches_tag ON dispatches (tag)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -487,6 +503,11 @@ PG_MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         )""",
         "CREATE INDEX signup_posts_client ON signup_posts (client, at)",
         "CREATE INDEX signup_posts_at ON signup_posts (at)",
+    ),
+    (  # 6: each dispatch's tag, from which every message's Message-ID is derived (tokens.py)
+        'ALTER TABLE dispatches ADD COLUMN tag TEXT COLLATE "C"',
+        _tag_dispatches,
+        "CREATE INDEX dispatches_tag ON dispatches (tag)",
     ),
 )
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every migration needs its PostgreSQL text in PG_MIGRATIONS"
@@ -671,6 +692,7 @@ class DispatchInfo:
     backend: str
     total: int
     finished: str | None
+    tag: str | None = None  # the dispatch's tag, in every message token (tokens.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1562,11 +1584,21 @@ class Store:
         return changed
 
     def dispatch_info(self, issue: str) -> DispatchInfo | None:
-        rows = self._query("SELECT issue, started, backend, total, finished FROM dispatches WHERE issue = ?", (issue,))
+        rows = self._query(
+            "SELECT issue, started, backend, total, finished, tag FROM dispatches WHERE issue = ?", (issue,)
+        )
         return DispatchInfo(*rows[0]) if rows else None
 
+    def issues_tagged(self, tag: str) -> list[str]:
+        """The issues whose dispatch has this tag (one, unless two random tags met)."""
+        return [r[0] for r in self._query("SELECT issue FROM dispatches WHERE tag = ? ORDER BY issue", (tag,))]
+
     def begin_dispatch(self, issue: str, backend: str) -> int:
-        """Fix the recipients of an issue: every subscriber active now. Returns how many."""
+        """Fix the recipients of an issue: every subscriber active now, and the
+        dispatch's tag (the one per-dispatch value its Message-IDs are derived from).
+        Returns how many."""
+        from highlightsmail.tokens import new_dispatch_tag
+
         now = self.now()
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM dispatches WHERE issue = ?", (issue,)).fetchone():
@@ -1579,8 +1611,8 @@ class Store:
             )
             total = cur.rowcount
             conn.execute(
-                "INSERT INTO dispatches (issue, started, backend, total) VALUES (?, ?, ?, ?)",
-                (issue, now, backend, total),
+                "INSERT INTO dispatches (issue, started, backend, total, tag) VALUES (?, ?, ?, ?, ?)",
+                (issue, now, backend, total, new_dispatch_tag()),
             )
             return total
 
@@ -2019,6 +2051,16 @@ class Store:
             " WHERE d.state IN ('in_flight', 'sent', 'in_doubt')"
             " ORDER BY d.issue = ? DESC, p.started DESC, p.issue DESC LIMIT 1",
             (subscriber_id, prefer or ""),
+        )
+        return rows[0][0] if rows else None
+
+    def sent_address(self, issue: str, subscriber_id: int) -> str | None:
+        """The address the ledger has for this subscriber in the issue's dispatch, if the
+        issue went to them (in flight, sent or in doubt); None otherwise."""
+        rows = self._query(
+            "SELECT email FROM deliveries WHERE issue = ? AND subscriber_id = ?"
+            " AND state IN ('in_flight', 'sent', 'in_doubt')",
+            (issue, subscriber_id),
         )
         return rows[0][0] if rows else None
 

@@ -9,6 +9,19 @@ A confirmation token (signup with double opt-in) is `c<id>.<made>.<mac>`: also t
 it was made (unix seconds, base 36), so that a link can expire. Its kind is part of what
 is signed, and each route reads only its own kinds: a confirmation token opens nothing
 on `/u/`, an unsubscribe token nothing on `/confirm/`.
+
+A message token names one message of a dispatch: `<tag>.<id>.<mac>`, where `tag` is the
+dispatch's own random value (8 base32 characters, recorded once when it begins), `id`
+the subscriber's id in base 36, and `mac` 64 bits of HMAC-SHA256 over the issue, the tag
+and the id, in hex (a forger gets one guess per mail written to the bounce mailbox). It
+is the part before the @ of the message's Message-ID, and is added to the return
+address (VERP, `bounces+TOKEN@domain`) when that is set, so a bounce that returns either
+proves which message it is about without a table of Message-IDs: the tag finds the
+dispatch (and so the issue), the MAC proves the secret made it for that issue and
+subscriber, and the ledger says whether they were a recipient. Lowercase letters, digits
+and dots only: a dot-atom (RFC 5322) that survives a mail system lowering the case of an
+address, and at most 39 characters, so that `bounces+TOKEN` stays within RFC 5321's 64
+octets for the part before the @.
 """
 
 from __future__ import annotations
@@ -36,6 +49,14 @@ _DOMAIN = b"highlightsmail/token/v1"
 #: The shortest secret accepted, current or previous: an HMAC key is only as strong as
 #: it is hard to guess, and a previous secret still signs working links.
 MIN_SECRET_LENGTH = 16
+MESSAGE_KIND = "m"
+_MESSAGE_MAC_BYTES = 8  # 64 bits: 16 hex characters
+_TAG_RE = re.compile(r"[a-z2-7]{8}")
+_MESSAGE_RE = re.compile(r"([a-z2-7]{8})\.([0-9a-z]{1,13})\.([0-9a-f]{16})")
+# The same, standing in a mail before an @ (not the tail of a longer dotted word).
+_FIND_MESSAGE_RE = re.compile(rb"(?<![0-9A-Za-z.])([a-z2-7]{8}\.[0-9a-z]{1,13}\.[0-9a-f]{16})@", re.I)
+#: The longest message token: tag, a 64-bit id in base 36, the MAC, two dots.
+MESSAGE_TOKEN_MAX = 8 + 1 + 13 + 1 + 16
 
 
 class SecretWarning(HighlightsWarning):
@@ -105,6 +126,71 @@ class Signer:
             raise InvalidToken("this link is not valid")
         self._verify(CONFIRM_KIND, f"{sid}.{made}", mac_text)
         return int(sid, 36), int(made, 36)
+
+    def make_message(self, issue: str, tag: str, subscriber_id: int) -> str:
+        """The token of the message of `issue`'s dispatch (tagged `tag`) to this subscriber:
+        the same every time it is made, so a retry is the same message."""
+        if subscriber_id < 0 or not _TAG_RE.fullmatch(tag):
+            raise ValueError("a message token needs a dispatch tag and a subscriber id")
+        ident = _base36(subscriber_id)
+        return f"{tag}.{ident}.{self._message_mac(self.secret, issue, tag, ident)}"
+
+    def is_message(self, token: str, issue: str) -> bool:
+        """Whether `token` is one this secret (or a previous one) made for a message of
+        `issue`; `read_message_token` tells the tag and subscriber it names."""
+        match = _MESSAGE_RE.fullmatch(token or "")
+        if not match or read_message_token(token) is None:
+            return False
+        tag, ident, mac_text = match.groups()
+        ok = False
+        for key in (self.secret, *self.previous):  # every key, always (timing)
+            ok |= hmac.compare_digest(mac_text, self._message_mac(key, issue, tag, ident))
+        return ok
+
+    @staticmethod
+    def _message_mac(key: bytes, issue: str, tag: str, ident: str) -> str:
+        mac = _message_keyed(key, issue, tag).copy()  # a dispatch makes one per recipient
+        mac.update(ident.encode("ascii"))
+        return mac.digest()[:_MESSAGE_MAC_BYTES].hex()
+
+
+def read_message_token(token: str) -> tuple[str, int] | None:
+    """(dispatch tag, subscriber id) of something shaped like a message token, or None;
+    only `Signer.is_message` says whether it is genuine."""
+    match = _MESSAGE_RE.fullmatch(token or "")
+    if not match:
+        return None
+    tag, ident, _mac = match.groups()
+    sid = int(ident, 36)
+    if _base36(sid) != ident or sid >= 2**63:  # one spelling; a 64-bit id, as stored
+        return None
+    return tag, sid
+
+
+def find_message_tokens(text: bytes, limit: int = 20) -> list[str]:
+    """Message tokens in a mail, wherever they stand: `<TOKEN@` in a Message-ID (or
+    In-Reply-To, References), `+TOKEN@` in a return address; lowercased, as some mail
+    systems change the case of addresses. At most `limit`, each once."""
+    found: dict[str, None] = {}
+    for match in _FIND_MESSAGE_RE.finditer(text):
+        found[match.group(1).decode("ascii").lower()] = None
+        if len(found) >= limit:
+            break
+    return list(found)
+
+
+def new_dispatch_tag() -> str:
+    """A dispatch's random tag, recorded once when it begins: 40 bits in base32."""
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
+
+@functools.lru_cache(maxsize=64)
+def _message_keyed(key: bytes, issue: str, tag: str) -> hmac.HMAC:
+    """HMAC-SHA256 with this key over what a dispatch's message tokens share: the kind,
+    the issue (its length first, so no slug can run into the tag) and the tag."""
+    mac = _keyed(key).copy()
+    mac.update(b"|".join((_DOMAIN, MESSAGE_KIND.encode(), f"{len(issue)}:{issue}".encode(), tag.encode(), b"")))
+    return mac
 
 
 @functools.lru_cache(maxsize=8)

@@ -64,11 +64,48 @@ class OutboxSettings(_Strict):
     dir: SingleLine = "outbox"
 
 
+# RFC 5322 dot-atom text: the part before the @ that a token can be added to as it is.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*/=?^_`{|}~-]+)*")
+#: RFC 5321 4.5.3.1.1: the most octets the part before the @ may have.
+MAX_LOCAL_PART = 64
+
+
+def _verp_address(value: str) -> str:
+    """The address bounces come back to, to which each message adds its token:
+    `bounces@example.org` -> `bounces+TOKEN@example.org`. A bare address, whose part
+    before the @ is a dot-atom short enough that the token still fits in 64 octets."""
+    from highlightsmail.addresses import ascii_address
+    from highlightsmail.tokens import MESSAGE_TOKEN_MAX
+
+    if "<" in value or ">" in value:
+        raise ValueError("write the bare address, like bounces@example.org, with no name")
+    local = value.rpartition("@")[0]
+    if ascii_address(value) is None or not _DOT_ATOM.fullmatch(local):
+        raise ValueError(
+            "the part before the @ must be ASCII letters, digits and . _ - (no + or quotes): "
+            "each message adds +TOKEN to it"
+        )
+    room = MAX_LOCAL_PART - 1 - MESSAGE_TOKEN_MAX
+    if len(local) > room:
+        raise ValueError(
+            f"the part before the @ may have at most {room} characters, so that it and +TOKEN "
+            f"fit in the {MAX_LOCAL_PART} that RFC 5321 allows"
+        )
+    return value
+
+
 class BounceSettings(_Strict):
     # Soft bounces in this many issues in a row make an address count as bounced.
     soft_limit: WholeNumber = Field(default=3, ge=1, le=100)
     # Where SMTP bounces arrive: an mbox file, a Maildir, or imaps://user@host[:port]/FOLDER.
     mailbox: SingleLine | None = None
+    # matched: a bounce changes a subscriber only with proof that we sent them that
+    # message (its Message-ID, its signed unsubscribe link, its VERP return address);
+    # any: every bounce naming a subscriber counts (a mailbox only the MTA writes to).
+    accept: Literal["matched", "any"] = "matched"
+    # SMTP: send each message with the return address LOCAL+TOKEN@DOMAIN built on this
+    # one (VERP), so its bounce proves which message it is even with nothing returned.
+    verp: Annotated[Address, AfterValidator(_verp_address)] | None = None
 
 
 class DeliverySettings(_Strict):

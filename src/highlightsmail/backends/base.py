@@ -56,6 +56,9 @@ class Envelope:
     key: int  # the subscriber id (or the editor's index on a test send)
     recipient: Recipient
     links: RecipientLinks
+    # The message token (tokens.py): its Message-ID, and its return address with VERP.
+    # None on a test send, whose Message-ID is random.
+    token: str | None = None
 
 
 @dataclass(frozen=True)

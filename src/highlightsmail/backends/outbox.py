@@ -66,7 +66,9 @@ class OutboxBackend(Backend):
         for env in batch.envelopes:
             try:
                 # As an SMTP server with 8BITMIME gets it.
-                data = template.render(env.recipient, env.links, eight_bit=True).data
+                data = template.render(
+                    env.recipient, env.links, eight_bit=True, message_id=template.message_id(env.token)
+                ).data
             except (UnicodeError, ValueError) as err:
                 result.failed[env.key] = f"cannot build the message for {env.recipient.email!r}: {err}"
                 continue

@@ -32,7 +32,7 @@ from highlightsmail.backends.base import (
     TransientError,
     with_retries,
 )
-from highlightsmail.message import from_header
+from highlightsmail.message import from_header, return_path
 from highlightsmail.mime import MessageTemplate, TemplateCache
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class SmtpBackend(Backend):
             now = self._next_send
         self._next_send = now + 1.0 / rate
 
-    def _send_one(self, template: MessageTemplate, env: Envelope, message_id: str) -> None:
+    def _send_one(self, template: MessageTemplate, env: Envelope, message_id: str, mail_from: str) -> None:
         conn = self._conn or self._connect()
         try:
             # Built for this connection: 8bit bodies only where the server takes them.
@@ -217,10 +217,10 @@ class SmtpBackend(Backend):
             conn.ehlo_or_helo_if_needed()
             if conn.does_esmtp and conn.has_extn("size"):
                 options = [*options, f"SIZE={len(out.data)}"]
-            code, reply = conn.mail(self.from_addr, options)
+            code, reply = conn.mail(mail_from, options)
             if code != 250:
                 _reset_quietly(conn)
-                raise smtplib.SMTPSenderRefused(code, reply, self.from_addr)
+                raise smtplib.SMTPSenderRefused(code, reply, mail_from)
             code, reply = conn.rcpt(env.recipient.email)
             if code not in (250, 251):
                 _reset_quietly(conn)
@@ -258,10 +258,14 @@ class SmtpBackend(Backend):
         envelopes = batch.envelopes
         template = self._templates.get(batch.rendered, batch.settings, envelopes[0].links, test=batch.test)
         for index, env in enumerate(envelopes):
-            message_id = template.new_message_id()  # a retry is the same message
+            message_id = template.message_id(env.token)  # a retry is the same message
+            # VERP (delivery.bounces.verp): the return address carries the message's token.
+            mail_from = return_path(batch.settings, env.token) or self.from_addr
             try:
                 with_retries(
-                    functools.partial(self._send_one, template, env, message_id), self.policy, sleep=self._sleep
+                    functools.partial(self._send_one, template, env, message_id, mail_from),
+                    self.policy,
+                    sleep=self._sleep,
                 )
             except InDoubtError as err:
                 # Never sent again by itself; the next recipient gets a new connection.
