@@ -34,14 +34,14 @@ from helpers_archive import (
     strict_parse,
     write_issue,
 )
+from helpers_workspace import EXAMPLE_ISSUE
 from highlightsmail.cli import main
 from highlightsmail.errors import HighlightsError
 from highlightsmail.issue import load_issue
 from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, render_issue
 from highlightsmail.workspace import load_workspace
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_TITLES = [item.title for item in load_issue(REPO / "issues" / "2024-w02.yaml").items]
+EXAMPLE_TITLES = [item.title for item in load_issue(EXAMPLE_ISSUE).items]
 
 
 def run(*args: str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html as html_lib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from lxml import html as lxml_html
 
+from helpers_workspace import EXAMPLE_SETTINGS
 from highlightsmail.errors import HighlightsError
 from highlightsmail.issue import Issue, load_issue
 from highlightsmail.render import (
@@ -34,7 +36,6 @@ from highlightsmail.render import (
 )
 from highlightsmail.workspace import Workspace, load_workspace
 
-REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GMAIL_CLIP_BYTES = 102_000
 
@@ -551,7 +552,7 @@ def test_workspace_template_overrides_the_package_one(ws: Workspace, example: Is
 def test_package_templates_serve_a_workspace_without_templates(tmp_path: Path, example: Issue) -> None:
     root = tmp_path / "bare"
     (root / "issues").mkdir(parents=True)
-    (root / "highlights.yaml").write_text((REPO / "highlights.yaml").read_text(), encoding="utf-8")
+    shutil.copy(EXAMPLE_SETTINGS, root / "highlights.yaml")
     bare = load_workspace(root)
     assert not bare.templates_dir.exists()
     rendered = render_issue(example, bare)
