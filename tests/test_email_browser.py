@@ -1,6 +1,8 @@
 """The rendered email in a real browser (Debian's Chromium): the 600 px column on a
 desktop, reflowing without sideways scrolling on a 375 px phone, readable text sizes,
-and text contrast of at least 4.5:1 in light and dark mode (WCAG 2 AA)."""
+text contrast of at least 4.5:1 in light and dark mode (WCAG 2 AA), and no serious or
+critical finding of axe-core (bundled by the axe-playwright-python package, so no network)
+in either mode, for every kind of email the product sends."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from axe_playwright_python.sync_playwright import Axe
 
+from helpers_archive import configure
+from helpers_emails import EMAIL_KINDS, html_of
 from highlightsmail.issue import load_issue
 from highlightsmail.render import render_issue
 from highlightsmail.workspace import load_workspace
@@ -221,3 +226,28 @@ def test_pill_and_contents_padding_show(page, example_html: str) -> None:
     assert body["left"] >= 19.5 and body["bottom"] >= 5.5, body
     # The first item's two pills sit side by side, like words.
     assert pills[0]["y"] == pills[1]["y"]
+
+
+# axe-core's impacts, from "minor" up; these two are failures (WCAG failures that block
+# or hinder a reader). The moderate ones a standalone email always has (no <main>
+# landmark, content outside landmarks) are about pages, not messages.
+AXE_FAILING = {"serious", "critical"}
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("kind", EMAIL_KINDS)
+def test_every_kind_of_email_has_no_serious_axe_finding(page, workspace: Path, kind: str, scheme: str) -> None:
+    configure(workspace, archive={"enabled": True, "path": "/archive"}, signup={"enabled": True})
+    html = html_of(EMAIL_KINDS[kind](workspace))
+    page.emulate_media(color_scheme=scheme)
+    page.set_viewport_size(DESKTOP)
+    page.set_content(html)
+    results = Axe().run(page, options={"resultTypes": ["violations"]}).response
+    checked = {rule["id"] for key in ("passes", "violations", "incomplete") for rule in results[key]}
+    assert {"color-contrast", "link-name", "html-has-lang"} <= checked, "axe looked at the email"
+    failing = [
+        (rule["id"], rule["impact"], [node["target"] for node in rule["nodes"]])
+        for rule in results["violations"]
+        if rule["impact"] in AXE_FAILING
+    ]
+    assert failing == []

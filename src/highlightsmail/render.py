@@ -471,7 +471,11 @@ def _tidy_text(text: str) -> str:
 
 def render_email(ws: Workspace, html_template: str, text_template: str, context: dict[str, Any]) -> tuple[str, str]:
     """Another email from its own pair of templates (the workspace's, else the package's),
-    through the same steps as an issue: (HTML with its CSS inlined, plain text)."""
+    through the same steps as an issue: (HTML with its CSS inlined, plain text). Every
+    email's templates also see `preheader_spacer`."""
+    from markupsafe import Markup
+
+    context = {"preheader_spacer": Markup(_PREHEADER_SPACER), **context}
     templates_dir = str(ws.templates_dir)
     env = _environment(templates_dir)
     mjml_source, mjml_file = _render_template(env, html_template, context, templates_dir)
