@@ -6,6 +6,7 @@ in either mode, for every kind of email the product sends."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def test_dark_mode_secondary_buttons_are_dark_and_readable(page, example_html: s
     page.set_content(example_html)
     page.emulate_media(color_scheme="dark")
     buttons = page.evaluate(
-        """() => [...document.querySelectorAll('td.hl-btn a')].map(a => ({
+        """() => [...document.querySelectorAll('.hl-btn a')].map(a => ({
              label: a.textContent.trim(),
              link: getComputedStyle(a).backgroundColor,
              cell: getComputedStyle(a.closest('td')).backgroundColor,
@@ -189,6 +190,63 @@ def test_dark_mode_secondary_buttons_are_dark_and_readable(page, example_html: s
         assert button["color"] == "rgb(147, 180, 255)", button
     readable = {e["text"]: e["contrast"] for e in page.evaluate(TEXT_ELEMENTS_JS) if e["tag"] == "a"}
     assert all(readable[b["label"][:40]] >= 4.5 for b in secondary)
+
+
+# The boxes of each item's link buttons (the coloured face a reader sees), item by item.
+BUTTON_BOXES_JS = """() => [...document.querySelectorAll('h2.hl-title')].map(h => {
+  const item = h.closest('table');
+  return [...item.querySelectorAll('.hl-btn-face')].map(face => {
+    const r = face.getBoundingClientRect();
+    return {label: face.textContent.trim(), left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+  });
+})"""
+
+
+def button_rows(page, html: str, viewport: dict[str, int]) -> list[list[dict]]:
+    page.set_viewport_size(viewport)
+    page.set_content(html)
+    return page.evaluate(BUTTON_BOXES_JS)
+
+
+def test_link_buttons_side_by_side_on_desktop_one_under_another_on_phones(page, workspace: Path) -> None:
+    ws = load_workspace()
+    labels = ["Paper", "Code", "Project page"]
+    links = [{"label": label, "url": f"https://example.org/{n}"} for n, label in enumerate(labels)]
+    many = [{"label": f"Supplementary material {n}", "url": f"https://example.org/s{n}"} for n in range(10)]
+    data = {
+        "title": "T",
+        "date": "2024-01-19",
+        "preheader": "p",
+        "items": [{"title": "Three", "summary": "S", "links": links}, {"title": "Ten", "summary": "S", "links": many}],
+    }
+    path = ws.issues_dir / "2024-w05.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    html = render_issue(load_issue(path), ws).html
+
+    three, ten = button_rows(page, html, DESKTOP)
+    assert [b["label"] for b in three] == [f"{label}\u00a0\u2192" for label in labels]
+    assert len({b["top"] for b in three}) == 1, "one row"
+    for left, right in itertools.pairwise(three):
+        assert 8 <= right["left"] - left["right"] <= 14, "apart by the gap"
+    # Ten that do not fit on one line wrap onto more, inside the 600 px column.
+    column = page.evaluate("document.querySelector('h2.hl-title').getBoundingClientRect()")
+    assert 1 < len({b["top"] for b in ten}) < 10
+    assert all(column["left"] <= b["left"] and b["right"] <= column["right"] + 0.5 for b in ten)
+
+    for row in button_rows(page, html, PHONE):
+        assert len({b["left"] for b in row}) == 1, "one under another, at the left edge"
+        for above, below in itertools.pairwise(row):
+            assert 8 <= below["top"] - above["bottom"] <= 14
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def test_example_buttons_side_by_side_at_800_stacked_at_375(page, example_html: str) -> None:
+    rows = button_rows(page, example_html, DESKTOP)
+    last = rows[-1]
+    assert [b["label"][:5] for b in last] == ["Paper", "Proje"]
+    assert last[0]["top"] == last[1]["top"] and last[1]["left"] > last[0]["right"]
+    last = button_rows(page, example_html, PHONE)[-1]
+    assert last[0]["left"] == last[1]["left"] and last[1]["top"] > last[0]["bottom"]
 
 
 @pytest.mark.parametrize("ids", ["kept", "dropped"])

@@ -276,9 +276,38 @@ def test_html_size_is_below_gmail_clipping(rendered: RenderedIssue) -> None:
     assert len(html.encode("utf-8")) < GMAIL_CLIP_BYTES
 
 
+def outlook_view(html: str) -> str:
+    """The HTML as Outlook's Word engine reads it: what `<!--[if mso ...]>` comments hold
+    shown, what `<!--[if !mso]><!-->` blocks hold left out."""
+    html = re.sub(r"<!--\[if !mso\]><!-->.*?<!--<!\[endif\]-->", "", html, flags=re.S)
+    return re.sub(r"<!--\[if [^\]]*\bmso\b[^\]]*\]>|<!\[endif\]-->", "", html)
+
+
+def test_link_buttons_sit_in_one_row_of_cells_for_outlook(
+    ws: Workspace, example: Issue, rendered: RenderedIssue
+) -> None:
+    # Word has no inline-block: a table only Outlook reads holds an item's buttons in one
+    # row, each in its own cell, the gap as the cell's padding (which Word keeps).
+    links = [{"label": label, "url": f"https://example.org/{label}"} for label in ("Paper", "Code", "Demo")]
+    three = render_issue(write_issue(ws, items=[{"title": "T", "summary": "S", "links": links}]), ws)
+    counts_of_example = [len(item.links) for item in example.items if item.links]
+    for html, counts in ((rendered.html, counts_of_example), (three.html, [3])):
+        doc = lxml_html.fromstring(outlook_view(html))
+        rows = [r for r in doc.xpath("//tr") if r.xpath('./td/div[contains(@class, "hl-btn")]')]
+        assert [len(r.xpath("./td")) for r in rows] == counts
+        for cell in (td for r in rows for td in r.xpath("./td")):
+            assert len(cell.xpath('./div[contains(@class, "hl-btn")]')) == 1
+            assert "padding:0 10px 10px 0" in cell.get("style")
+        # Elsewhere they are inline blocks that wrap, and stack on phones.
+        for button in lxml_html.fromstring(html).xpath('//div[contains(@class, "hl-btn ")] | //div[@class="hl-btn"]'):
+            assert "display:inline-block" in button.get("style")
+    phones = re.search(r"@media only screen and \(max-width: 479px\) \{(.*?)\n\s*\}", three.html, re.S)
+    assert phones and ".hl-btn { display: block !important; }" in phones[1]
+
+
 def test_link_buttons_and_tags(rendered: RenderedIssue) -> None:
     doc = lxml_html.fromstring(rendered.html)
-    buttons = doc.xpath('//td[contains(@class, "hl-btn")]//a')
+    buttons = doc.xpath('//div[contains(@class, "hl-btn")]//a')
     assert [flat(a.text_content()) for a in buttons][:2] == ["Paper →", "Paper →"]
     assert len(buttons) == len(EXAMPLE_LINKS)
     tags = [t.text_content() for t in doc.xpath('//td[@class="hl-tag"]')]
