@@ -309,3 +309,70 @@ def test_every_kind_of_email_has_no_serious_axe_finding(page, workspace: Path, k
         if rule["impact"] in AXE_FAILING
     ]
     assert failing == []
+
+
+BOXES_JS = """() => [...document.querySelectorAll('body *')].map(e => {
+  const r = e.getBoundingClientRect();
+  return [e.tagName, Math.round(r.x * 10), Math.round(r.y * 10), Math.round(r.width * 10), Math.round(r.height * 10)];
+})"""
+
+
+def folded_and_not(ws, monkeypatch: pytest.MonkeyPatch, item: dict) -> tuple[str, str]:
+    """An issue of two such items rendered as sent, and with its lines left as MJML and
+    premailer write them."""
+    from highlightsmail import folding
+
+    data = {"title": "Folded", "date": "2024-01-19", "preheader": "p", "items": [item, {**item, "title": "Two"}]}
+    path = ws.issues_dir / "2024-w05.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    issue = load_issue(path)
+    folded = render_issue(issue, ws).html
+    with monkeypatch.context() as patch:
+        patch.setattr(folding, "fold_html", lambda html, **_: html)
+        unfolded = render_issue(issue, ws).html
+    assert folded != unfolded
+    return folded, unfolded
+
+
+def looks(browser, html: str, viewport: dict[str, int], scheme: str) -> tuple[bytes, list]:
+    context = browser.new_context(viewport=viewport, color_scheme=scheme)
+    page = context.new_page()
+    page.set_content(html)
+    seen = page.screenshot(full_page=True), page.evaluate(BOXES_JS)
+    context.close()
+    return seen
+
+
+def test_folding_long_lines_changes_no_pixel(browser, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The HTML broken into lines of mail (highlightsmail.folding) between attributes,
+    # after declarations and at spaces looks the same as the one-line sections MJML and
+    # premailer write, at both widths and in both schemes.
+    item = {
+        "title": "A title " * 37,
+        "summary": f"{'&amp; ' * 150} {'word ' * 300}",
+        "links": [{"label": f"Link {n} " + "L" * 60, "url": f"https://example.org/{n}?a=1&b=2"} for n in range(10)],
+        "image": {"url": "https://example.org/missing.png", "alt": "A figure that will not load " * 10},
+        "tags": [f"tag-{n}-" + "t" * 60 for n in range(20)],
+    }
+    folded, unfolded = folded_and_not(load_workspace(), monkeypatch, item)
+    for viewport in (PHONE, DESKTOP):
+        for scheme in ("light", "dark"):
+            assert looks(browser, folded, viewport, scheme) == looks(browser, unfolded, viewport, scheme)
+
+
+def test_folding_text_without_spaces_changes_no_layout(
+    browser, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Text with no space to break at for a whole line (a long word, code, emoji, a
+    # script written without spaces) is split by empty comments, and alt text of emoji
+    # alone by a line break: every box stays where it was, to a tenth of a pixel (the
+    # glyphs either side of a split may be smoothed a fraction of a pixel differently).
+    astronaut = "\U0001f469\U0001f3fd\u200d\U0001f680"
+    item = {
+        "title": "猫" * 300,
+        "summary": f"{'w' * 1500}\n\n```\n{'c' * 1200}\n```\n\n{astronaut * 150}",
+        "image": {"url": "https://example.org/x.png", "alt": "\U0001f600" * 250},
+    }
+    folded, unfolded = folded_and_not(load_workspace(), monkeypatch, item)
+    for viewport in (PHONE, DESKTOP):
+        assert looks(browser, folded, viewport, "light")[1] == looks(browser, unfolded, viewport, "light")[1]
