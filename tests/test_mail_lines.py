@@ -330,8 +330,8 @@ def test_a_markdown_link_too_long_is_text_and_check_says_where(workspace: Path) 
     assert "the email shows it as plain text" in result.output
 
 
-def test_render_is_unchanged_where_nothing_is_long(workspace: Path) -> None:
-    # The example's text part has no line to fold; folding leaves it as rendered.
+def test_a_part_within_the_limit_is_left_as_it_is(workspace: Path) -> None:
+    # The example's text part has no line over FOLD_AT: folding gives it back unchanged.
     ws = load_workspace()
     text = render_issue(load_issue(ws.issue_path("2024-w02")), ws).text
     assert folding.fold_text(text) == text
