@@ -1,4 +1,4 @@
-"""Shared fixtures: a copy of the example workspace, a real Chromium driven by Playwright,
+"""Shared fixtures: a copy of the tests' example workspace, a real Chromium driven by Playwright,
 and a throwaway PostgreSQL cluster with a fresh database per test.
 
 Engines: a test that asks for `engine` (or a module with `pytestmark =
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers_workspace import copy_example
+
 CHROMIUM = os.environ.get("HIGHLIGHTS_CHROMIUM", "/usr/bin/chromium")
 # Chromium's own background traffic would only hit the closed network; keep it quiet.
 CHROMIUM_ARGS = [
@@ -93,14 +93,10 @@ def pg_url(pg_cluster) -> Iterator[str]:
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
-    """A fresh copy of the repository's example workspace, with the CWD inside it; on
+    """A fresh workspace from the tests' own copy of the example (helpers_workspace.py:
+    never the repository's files, which a user may edit), with the CWD inside it; on
     the PostgreSQL run of a test that asks for `engine`, its state in a fresh database."""
-    root = tmp_path / "ws"
-    root.mkdir()
-    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
-    shutil.copytree(REPO / "issues", root / "issues")
-    if (REPO / "templates").is_dir():
-        shutil.copytree(REPO / "templates", root / "templates")
+    root = copy_example(tmp_path / "ws")
     (root / "subscribers").mkdir()
     monkeypatch.chdir(root)
     monkeypatch.setenv("HIGHLIGHTS_SECRET", "test-secret-0123456789abcdef0123456789")

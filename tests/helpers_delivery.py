@@ -10,13 +10,13 @@ from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from helpers_workspace import EXAMPLE_WORKSPACE
 from highlightsmail.backends.base import Batch, Envelope
 from highlightsmail.message import Recipient, recipient_links
 from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from highlightsmail.tokens import Signer
 from highlightsmail.workspace import Settings, Workspace, load_workspace
 
-REPO = Path(__file__).resolve().parent.parent
 SIGNER = Signer(b"backend-tests-secret-0123456789abcdef")
 #: The headers every message to a subscriber carries (with an https base_url).
 READER_HEADERS = (
@@ -35,13 +35,13 @@ _rendered: RenderedIssue | None = None
 
 
 def example_issue() -> RenderedIssue:
-    """The repository's example issue, rendered once per test session (read-only)."""
+    """The tests' example issue, rendered once per test session (read-only)."""
     global _rendered
     if _rendered is None:
         from highlightsmail.issue import load_issue
         from highlightsmail.render import render_issue
 
-        ws = load_workspace(REPO)
+        ws = load_workspace(EXAMPLE_WORKSPACE)
         _rendered = render_issue(load_issue(ws.issue_path("2024-w02")), ws)
     return _rendered
 

@@ -130,6 +130,18 @@ def test_the_index_links_to_the_issue_and_back(reader, archive: str) -> None:
     assert reader.url == f"{archive}feed.xml" or reader.url == archive
 
 
+def test_link_buttons_side_by_side_on_desktop_one_under_another_on_phones(reader, archive: str) -> None:
+    boxes = """() => [...document.querySelectorAll('section.item')].at(-1).querySelectorAll('.links a.button')"""
+    measure = f"() => [...({boxes})()].map(a => {{ const r = a.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }})"
+    reader.set_viewport_size({"width": 800, "height": 800})
+    reader.goto(f"{archive}2024-w02/")
+    (left, top, right, _), (left2, top2, _, _) = reader.evaluate(measure)
+    assert top2 == top and left2 > right, "side by side"
+    reader.set_viewport_size({"width": 375, "height": 800})
+    (left, _, _, bottom), (left2, top2, _, _) = reader.evaluate(measure)
+    assert left2 == left and top2 > bottom, "one under another"
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_text_contrast_is_at_least_4_5(reader, archive: str, scheme: str) -> None:
     reader.emulate_media(color_scheme=scheme)

@@ -1,15 +1,21 @@
 """The rendered email in a real browser (Debian's Chromium): the 600 px column on a
 desktop, reflowing without sideways scrolling on a 375 px phone, readable text sizes,
-and text contrast of at least 4.5:1 in light and dark mode (WCAG 2 AA)."""
+text contrast of at least 4.5:1 in light and dark mode (WCAG 2 AA), and no serious or
+critical finding of axe-core (bundled by the axe-playwright-python package, so no network)
+in either mode, for every kind of email the product sends."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from axe_playwright_python.sync_playwright import Axe
 
+from helpers_archive import configure
+from helpers_emails import EMAIL_KINDS, html_of
 from highlightsmail.issue import load_issue
 from highlightsmail.render import render_issue
 from highlightsmail.workspace import load_workspace
@@ -171,7 +177,7 @@ def test_dark_mode_secondary_buttons_are_dark_and_readable(page, example_html: s
     page.set_content(example_html)
     page.emulate_media(color_scheme="dark")
     buttons = page.evaluate(
-        """() => [...document.querySelectorAll('td.hl-btn a')].map(a => ({
+        """() => [...document.querySelectorAll('.hl-btn a')].map(a => ({
              label: a.textContent.trim(),
              link: getComputedStyle(a).backgroundColor,
              cell: getComputedStyle(a.closest('td')).backgroundColor,
@@ -184,6 +190,63 @@ def test_dark_mode_secondary_buttons_are_dark_and_readable(page, example_html: s
         assert button["color"] == "rgb(147, 180, 255)", button
     readable = {e["text"]: e["contrast"] for e in page.evaluate(TEXT_ELEMENTS_JS) if e["tag"] == "a"}
     assert all(readable[b["label"][:40]] >= 4.5 for b in secondary)
+
+
+# The boxes of each item's link buttons (the coloured face a reader sees), item by item.
+BUTTON_BOXES_JS = """() => [...document.querySelectorAll('h2.hl-title')].map(h => {
+  const item = h.closest('table');
+  return [...item.querySelectorAll('.hl-btn-face')].map(face => {
+    const r = face.getBoundingClientRect();
+    return {label: face.textContent.trim(), left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+  });
+})"""
+
+
+def button_rows(page, html: str, viewport: dict[str, int]) -> list[list[dict]]:
+    page.set_viewport_size(viewport)
+    page.set_content(html)
+    return page.evaluate(BUTTON_BOXES_JS)
+
+
+def test_link_buttons_side_by_side_on_desktop_one_under_another_on_phones(page, workspace: Path) -> None:
+    ws = load_workspace()
+    labels = ["Paper", "Code", "Project page"]
+    links = [{"label": label, "url": f"https://example.org/{n}"} for n, label in enumerate(labels)]
+    many = [{"label": f"Supplementary material {n}", "url": f"https://example.org/s{n}"} for n in range(10)]
+    data = {
+        "title": "T",
+        "date": "2024-01-19",
+        "preheader": "p",
+        "items": [{"title": "Three", "summary": "S", "links": links}, {"title": "Ten", "summary": "S", "links": many}],
+    }
+    path = ws.issues_dir / "2024-w05.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    html = render_issue(load_issue(path), ws).html
+
+    three, ten = button_rows(page, html, DESKTOP)
+    assert [b["label"] for b in three] == [f"{label}\u00a0\u2192" for label in labels]
+    assert len({b["top"] for b in three}) == 1, "one row"
+    for left, right in itertools.pairwise(three):
+        assert 8 <= right["left"] - left["right"] <= 14, "apart by the gap"
+    # Ten that do not fit on one line wrap onto more, inside the 600 px column.
+    column = page.evaluate("document.querySelector('h2.hl-title').getBoundingClientRect()")
+    assert 1 < len({b["top"] for b in ten}) < 10
+    assert all(column["left"] <= b["left"] and b["right"] <= column["right"] + 0.5 for b in ten)
+
+    for row in button_rows(page, html, PHONE):
+        assert len({b["left"] for b in row}) == 1, "one under another, at the left edge"
+        for above, below in itertools.pairwise(row):
+            assert 8 <= below["top"] - above["bottom"] <= 14
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def test_example_buttons_side_by_side_at_800_stacked_at_375(page, example_html: str) -> None:
+    rows = button_rows(page, example_html, DESKTOP)
+    last = rows[-1]
+    assert [b["label"][:5] for b in last] == ["Paper", "Proje"]
+    assert last[0]["top"] == last[1]["top"] and last[1]["left"] > last[0]["right"]
+    last = button_rows(page, example_html, PHONE)[-1]
+    assert last[0]["left"] == last[1]["left"] and last[1]["top"] > last[0]["bottom"]
 
 
 @pytest.mark.parametrize("ids", ["kept", "dropped"])
@@ -221,3 +284,95 @@ def test_pill_and_contents_padding_show(page, example_html: str) -> None:
     assert body["left"] >= 19.5 and body["bottom"] >= 5.5, body
     # The first item's two pills sit side by side, like words.
     assert pills[0]["y"] == pills[1]["y"]
+
+
+# axe-core's impacts, from "minor" up; these two are failures (WCAG failures that block
+# or hinder a reader). The moderate ones a standalone email always has (no <main>
+# landmark, content outside landmarks) are about pages, not messages.
+AXE_FAILING = {"serious", "critical"}
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("kind", EMAIL_KINDS)
+def test_every_kind_of_email_has_no_serious_axe_finding(page, workspace: Path, kind: str, scheme: str) -> None:
+    configure(workspace, archive={"enabled": True, "path": "/archive"}, signup={"enabled": True})
+    html = html_of(EMAIL_KINDS[kind](workspace))
+    page.emulate_media(color_scheme=scheme)
+    page.set_viewport_size(DESKTOP)
+    page.set_content(html)
+    results = Axe().run(page, options={"resultTypes": ["violations"]}).response
+    checked = {rule["id"] for key in ("passes", "violations", "incomplete") for rule in results[key]}
+    assert {"color-contrast", "link-name", "html-has-lang"} <= checked, "axe looked at the email"
+    failing = [
+        (rule["id"], rule["impact"], [node["target"] for node in rule["nodes"]])
+        for rule in results["violations"]
+        if rule["impact"] in AXE_FAILING
+    ]
+    assert failing == []
+
+
+BOXES_JS = """() => [...document.querySelectorAll('body *')].map(e => {
+  const r = e.getBoundingClientRect();
+  return [e.tagName, Math.round(r.x * 10), Math.round(r.y * 10), Math.round(r.width * 10), Math.round(r.height * 10)];
+})"""
+
+
+def folded_and_not(ws, monkeypatch: pytest.MonkeyPatch, item: dict) -> tuple[str, str]:
+    """An issue of two such items rendered as sent, and with its lines left as MJML and
+    premailer write them."""
+    from highlightsmail import folding
+
+    data = {"title": "Folded", "date": "2024-01-19", "preheader": "p", "items": [item, {**item, "title": "Two"}]}
+    path = ws.issues_dir / "2024-w05.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    issue = load_issue(path)
+    folded = render_issue(issue, ws).html
+    with monkeypatch.context() as patch:
+        patch.setattr(folding, "fold_html", lambda html, **_: html)
+        unfolded = render_issue(issue, ws).html
+    assert folded != unfolded
+    return folded, unfolded
+
+
+def looks(browser, html: str, viewport: dict[str, int], scheme: str) -> tuple[bytes, list]:
+    context = browser.new_context(viewport=viewport, color_scheme=scheme)
+    page = context.new_page()
+    page.set_content(html)
+    seen = page.screenshot(full_page=True), page.evaluate(BOXES_JS)
+    context.close()
+    return seen
+
+
+def test_folding_long_lines_changes_no_pixel(browser, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The HTML broken into lines of mail (highlightsmail.folding) between attributes,
+    # after declarations and at spaces looks the same as the one-line sections MJML and
+    # premailer write, at both widths and in both schemes.
+    item = {
+        "title": "A title " * 37,
+        "summary": f"{'&amp; ' * 150} {'word ' * 300}",
+        "links": [{"label": f"Link {n} " + "L" * 60, "url": f"https://example.org/{n}?a=1&b=2"} for n in range(10)],
+        "image": {"url": "https://example.org/missing.png", "alt": "A figure that will not load " * 10},
+        "tags": [f"tag-{n}-" + "t" * 60 for n in range(20)],
+    }
+    folded, unfolded = folded_and_not(load_workspace(), monkeypatch, item)
+    for viewport in (PHONE, DESKTOP):
+        for scheme in ("light", "dark"):
+            assert looks(browser, folded, viewport, scheme) == looks(browser, unfolded, viewport, scheme)
+
+
+def test_folding_text_without_spaces_changes_no_layout(
+    browser, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Text with no space to break at for a whole line (a long word, code, emoji, a
+    # script written without spaces) is split by empty comments, and alt text of emoji
+    # alone by a line break: every box stays where it was, to a tenth of a pixel (the
+    # glyphs either side of a split may be smoothed a fraction of a pixel differently).
+    astronaut = "\U0001f469\U0001f3fd\u200d\U0001f680"
+    item = {
+        "title": "猫" * 300,
+        "summary": f"{'w' * 1500}\n\n```\n{'c' * 1200}\n```\n\n{astronaut * 150}",
+        "image": {"url": "https://example.org/x.png", "alt": "\U0001f600" * 250},
+    }
+    folded, unfolded = folded_and_not(load_workspace(), monkeypatch, item)
+    for viewport in (PHONE, DESKTOP):
+        assert looks(browser, folded, viewport, "light")[1] == looks(browser, unfolded, viewport, "light")[1]

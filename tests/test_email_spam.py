@@ -1,9 +1,12 @@
-"""The example issue through SpamAssassin's local rules (`spamassassin -L -t`, no network
-tests): the built sample message and a real per-recipient outbox message both score 0.0.
+"""Every email the product sends through SpamAssassin's local rules (`spamassassin -L -t`,
+no network tests): the built sample message, and each kind of email as a reader gets it
+(helpers_emails.EMAIL_KINDS: the issue, the editors' test send, the welcome issue, the
+signup's confirmation), with the archive's "View in browser" link and without, all score 0.0.
 
 The hidden preheader once scored HTML_FONT_LOW_CONTRAST (white text on the default white
-background SpamAssassin assumes); dropping only its colour makes FONT_INVIS_MSGID fire
-(tiny text and a Message-ID with a host name). Neither may come back.
+background SpamAssassin assumes), and so did the confirmation's, written by mj-preview;
+dropping only its colour makes FONT_INVIS_MSGID fire (tiny text and a Message-ID with a
+host name). Neither may come back.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers_archive import configure
+from helpers_emails import EMAIL_KINDS
 from highlightsmail.cli import main
 
 pytestmark = pytest.mark.slow
@@ -60,3 +65,14 @@ def test_built_and_outbox_messages_score_zero(workspace: Path, tmp_path: Path) -
         assert "HTML_MESSAGE" in rules, "the report was read: the HTML part was seen"
         assert not rules & BANNED, f"{message.name}: {sorted(rules)}"
         assert score <= 0.0, f"{message.name}: {score} points from {sorted(rules)}"
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["archive-off", "archive-on"])
+@pytest.mark.parametrize("kind", EMAIL_KINDS)
+def test_every_kind_of_email_scores_zero(workspace: Path, tmp_path: Path, kind: str, archive: bool) -> None:
+    configure(workspace, archive={"enabled": archive, "path": "/archive"}, signup={"enabled": True})
+    message = EMAIL_KINDS[kind](workspace)
+    score, rules = spam_report(message, tmp_path)
+    assert "HTML_MESSAGE" in rules, "the report was read: the HTML part was seen"
+    assert not rules & BANNED, f"{kind}: {sorted(rules)}"
+    assert score <= 0.0, f"{kind}: {score} points from {sorted(rules)}"

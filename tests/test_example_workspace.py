@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers_workspace import copy_example
 from highlightsmail.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,10 +22,9 @@ SUBSCRIBERS = Path("subscribers/subscribers.csv")
 def test_the_readme_import_command_imports_the_example_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert f"highlights subscribers import {SUBSCRIBERS}\n" in readme
-    root = tmp_path / "repo"
-    root.mkdir()
-    shutil.copy(REPO / "highlights.yaml", root)
-    shutil.copytree(REPO / "issues", root / "issues")
+    # The repository's list and README, with the tests' own settings: the user may have
+    # changed the repository's highlights.yaml (another database, say).
+    root = copy_example(tmp_path / "repo", templates=False)
     (root / "subscribers").mkdir()
     shutil.copy(REPO / SUBSCRIBERS, root / SUBSCRIBERS)
     monkeypatch.chdir(root)

@@ -39,15 +39,15 @@ from helpers_archive import (
     write_issue,
 )
 from helpers_signup import enable_signup
+from helpers_workspace import EXAMPLE_ISSUE
 from highlightsmail.cli import main
 from highlightsmail.errors import HighlightsError
 from highlightsmail.issue import load_issue
 from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, render_issue
 from highlightsmail.workspace import load_workspace
 
-REPO = Path(__file__).resolve().parent.parent
 NAME = "AI Research Highlights"
-EXAMPLE_TITLES = [item.title for item in load_issue(REPO / "issues" / "2024-w02.yaml").items]
+EXAMPLE_TITLES = [item.title for item in load_issue(EXAMPLE_ISSUE).items]
 
 
 def run(*args: str):

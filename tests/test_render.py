@@ -13,6 +13,7 @@ from __future__ import annotations
 import html as html_lib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from lxml import html as lxml_html
 
+from helpers_workspace import EXAMPLE_SETTINGS
 from highlightsmail.errors import HighlightsError
 from highlightsmail.issue import Issue, load_issue
 from highlightsmail.render import (
@@ -34,7 +36,6 @@ from highlightsmail.render import (
 )
 from highlightsmail.workspace import Workspace, load_workspace
 
-REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GMAIL_CLIP_BYTES = 102_000
 
@@ -275,9 +276,38 @@ def test_html_size_is_below_gmail_clipping(rendered: RenderedIssue) -> None:
     assert len(html.encode("utf-8")) < GMAIL_CLIP_BYTES
 
 
+def outlook_view(html: str) -> str:
+    """The HTML as Outlook's Word engine reads it: what `<!--[if mso ...]>` comments hold
+    shown, what `<!--[if !mso]><!-->` blocks hold left out."""
+    html = re.sub(r"<!--\[if !mso\]><!-->.*?<!--<!\[endif\]-->", "", html, flags=re.S)
+    return re.sub(r"<!--\[if [^\]]*\bmso\b[^\]]*\]>|<!\[endif\]-->", "", html)
+
+
+def test_link_buttons_sit_in_one_row_of_cells_for_outlook(
+    ws: Workspace, example: Issue, rendered: RenderedIssue
+) -> None:
+    # Word has no inline-block: a table only Outlook reads holds an item's buttons in one
+    # row, each in its own cell, the gap as the cell's padding (which Word keeps).
+    links = [{"label": label, "url": f"https://example.org/{label}"} for label in ("Paper", "Code", "Demo")]
+    three = render_issue(write_issue(ws, items=[{"title": "T", "summary": "S", "links": links}]), ws)
+    counts_of_example = [len(item.links) for item in example.items if item.links]
+    for html, counts in ((rendered.html, counts_of_example), (three.html, [3])):
+        doc = lxml_html.fromstring(outlook_view(html))
+        rows = [r for r in doc.xpath("//tr") if r.xpath('./td/div[contains(@class, "hl-btn")]')]
+        assert [len(r.xpath("./td")) for r in rows] == counts
+        for cell in (td for r in rows for td in r.xpath("./td")):
+            assert len(cell.xpath('./div[contains(@class, "hl-btn")]')) == 1
+            assert "padding:0 10px 10px 0" in cell.get("style")
+        # Elsewhere they are inline blocks that wrap, and stack on phones.
+        for button in lxml_html.fromstring(html).xpath('//div[contains(@class, "hl-btn ")] | //div[@class="hl-btn"]'):
+            assert "display:inline-block" in button.get("style")
+    phones = re.search(r"@media only screen and \(max-width: 479px\) \{(.*?)\n\s*\}", three.html, re.S)
+    assert phones and ".hl-btn { display: block !important; }" in phones[1]
+
+
 def test_link_buttons_and_tags(rendered: RenderedIssue) -> None:
     doc = lxml_html.fromstring(rendered.html)
-    buttons = doc.xpath('//td[contains(@class, "hl-btn")]//a')
+    buttons = doc.xpath('//div[contains(@class, "hl-btn")]//a')
     assert [flat(a.text_content()) for a in buttons][:2] == ["Paper →", "Paper →"]
     assert len(buttons) == len(EXAMPLE_LINKS)
     tags = [t.text_content() for t in doc.xpath('//td[@class="hl-tag"]')]
@@ -551,7 +581,7 @@ def test_workspace_template_overrides_the_package_one(ws: Workspace, example: Is
 def test_package_templates_serve_a_workspace_without_templates(tmp_path: Path, example: Issue) -> None:
     root = tmp_path / "bare"
     (root / "issues").mkdir(parents=True)
-    (root / "highlights.yaml").write_text((REPO / "highlights.yaml").read_text(), encoding="utf-8")
+    shutil.copy(EXAMPLE_SETTINGS, root / "highlights.yaml")
     bare = load_workspace(root)
     assert not bare.templates_dir.exists()
     rendered = render_issue(example, bare)

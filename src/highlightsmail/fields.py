@@ -37,6 +37,9 @@ def _http_url(value: str) -> str:
         _ = parts.port  # reading it checks it
     except ValueError:
         raise ValueError("a URL's port must be a number from 0 to 65535") from None
+    too_long = text.url_problem(value)
+    if too_long:
+        raise ValueError(f"the URL {too_long}")
     return value
 
 

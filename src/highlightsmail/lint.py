@@ -163,9 +163,15 @@ def _template_file(ws: Workspace, name: str) -> str:
 
 def _check_url(link: _Link) -> tuple[Severity, str] | None:
     """(severity, message) for a URL that is not a plain https one, else None."""
+    from highlightsmail.text import url_problem
+
     parts = urlsplit(link.url)
     scheme = parts.scheme.lower()
     what = "image" if link.is_image else "link"
+    too_long = url_problem(link.url)
+    if too_long:
+        shown_as = "; the email shows it as plain text" if link.in_markdown and not link.is_image else ""
+        return "error", f"{what} {link.url[:60]}… {too_long}{shown_as}"
     if scheme == "https" and parts.hostname:
         return None
     if scheme == "http" and parts.hostname:

@@ -19,6 +19,8 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markdown_it.tree import SyntaxTreeNode
 
+from highlightsmail.text import url_problem
+
 __all__ = ["LinkRefs", "Ref", "convert", "defuse_text", "defuse_url", "text_width", "to_html", "to_text", "wrap"]
 
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
@@ -57,8 +59,9 @@ class _EmailMarkdown(MarkdownIt):
 
     def validateLink(self, url: str) -> bool:
         # Relative links lead nowhere from an inbox; javascript:/data:/file: must never
-        # reach an href. Refused links stay visible as their Markdown text.
-        return url.strip().lower().startswith(_SAFE_SCHEMES)
+        # reach an href; a URL too long for a line of mail cannot be a link in one (lint
+        # says so). Refused links stay visible as their Markdown text.
+        return url.strip().lower().startswith(_SAFE_SCHEMES) and url_problem(url) is None
 
 
 @lru_cache(maxsize=1)

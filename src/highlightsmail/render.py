@@ -44,6 +44,10 @@ __all__ = [
 UNSUBSCRIBE_PLACEHOLDER = "-highlights_unsubscribe_url-"
 _RESERVED = (UNSUBSCRIBE_PLACEHOLDER,)
 
+#: What follows base_url in the longest link one recipient gets: "/confirm/" and a
+#: confirmation token of at most 51 characters, with room to spare.
+_RECIPIENT_LINK_TAIL = 64
+
 HTML_TEMPLATE = "issue.mjml.j2"
 TEXT_TEMPLATE = "issue.txt.j2"
 #: Plain-text lines stay within this many columns; only a URL too long to break goes past.
@@ -471,13 +475,24 @@ def _tidy_text(text: str) -> str:
 
 def render_email(ws: Workspace, html_template: str, text_template: str, context: dict[str, Any]) -> tuple[str, str]:
     """Another email from its own pair of templates (the workspace's, else the package's),
-    through the same steps as an issue: (HTML with its CSS inlined, plain text)."""
+    through the same steps as an issue: (HTML with its CSS inlined, plain text). Every
+    email's templates also see `preheader_spacer`."""
+    from markupsafe import Markup
+
+    from highlightsmail.folding import fold_html, fold_text
+
+    context = {"preheader_spacer": Markup(_PREHEADER_SPACER), **context}
     templates_dir = str(ws.templates_dir)
     env = _environment(templates_dir)
     mjml_source, mjml_file = _render_template(env, html_template, context, templates_dir)
     html = _inline_css(_keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source))
     text = _tidy_text(_render_template(env, text_template, context, templates_dir)[0])
-    return html, text
+    # Every line within RFC 5322's 998 octets, for every recipient's own link too.
+    room = len(ws.settings.base_url.rstrip("/")) + _RECIPIENT_LINK_TAIL
+    return (
+        fold_html(html, placeholder=UNSUBSCRIBE_PLACEHOLDER, room=room),
+        fold_text(text, placeholder=UNSUBSCRIBE_PLACEHOLDER, room=room),
+    )
 
 
 def render_issue(issue: Issue, ws: Workspace) -> RenderedIssue:

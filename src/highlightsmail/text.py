@@ -29,6 +29,31 @@ ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
 #: Line breaks of every kind, for the message builder's last check.
 LINE_BREAK = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
+#: The longest URL an email may carry, in octets as its HTML writes it (see url_octets).
+#: A line of mail holds at most 998 octets (RFC 5322 2.1.1) and a link cannot be broken
+#: across lines, so each must fit on one with `href="` around it; every link a recipient
+#: gets (base_url and a token) must too.
+MAX_URL_OCTETS = 900
+# What the HTML writer percent-encodes in a URL, besides every byte beyond ASCII.
+_URL_ESCAPED = frozenset(b' "<>\\^`{|}')
+
+
+def url_octets(url: str) -> int:
+    """How many octets `url` takes in an email's HTML: a byte beyond ASCII, a space and
+    the like are written as %XX, and & as &amp;."""
+    return sum(3 if b > 0x7E or b < 0x21 or b in _URL_ESCAPED else 5 if b == 0x26 else 1 for b in url.encode("utf-8"))
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is too long for an email (None when it fits)."""
+    size = url_octets(url)
+    if size <= MAX_URL_OCTETS:
+        return None
+    return (
+        f"is too long for a line of mail: {size} octets as the email writes it, at most "
+        f"{MAX_URL_OCTETS} fit (RFC 5322 caps a line at 998); shorten it"
+    )
+
 
 def describe_forbidden(ch: str) -> str:
     """The sentence for a character that FORBIDDEN_IN_LINE or FORBIDDEN_IN_TEXT found."""
@@ -71,8 +96,11 @@ __all__ = [
     "FORBIDDEN_IN_LINE",
     "FORBIDDEN_IN_TEXT",
     "LINE_BREAK",
+    "MAX_URL_OCTETS",
     "describe_forbidden",
     "header_problem",
     "line_problem",
     "text_problem",
+    "url_octets",
+    "url_problem",
 ]

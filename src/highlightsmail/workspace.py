@@ -119,6 +119,12 @@ class DeliverySettings(_Strict):
     backoff: Number = Field(default=0.5, ge=0, le=60)
 
 
+# With an issue's name (a file name, at most 255), the archive's link to it stays within
+# text.MAX_URL_OCTETS.
+MAX_BASE_URL = 400
+MAX_ARCHIVE_PATH = 200
+
+
 def _base_url(value: str) -> str:
     """Where the unsubscribe endpoint answers: each link is BASE/u/TOKEN, put into
     headers and HTML as it is (SendGrid substitutes it unescaped), so no query, no
@@ -130,6 +136,10 @@ def _base_url(value: str) -> str:
         raise ValueError("must be a plain https://host[/path], with no query, fragment or &<>\"'`;, characters")
     if parts.username is not None or parts.password is not None:
         raise ValueError("must not hold a user name or password: every email would carry it")
+    if len(value) > MAX_BASE_URL:
+        # Every link a recipient gets starts with it, the archive's with its path and the
+        # issue's name too, and each must fit on a line of mail (998 octets, RFC 5322).
+        raise ValueError(f"must be at most {MAX_BASE_URL} characters (it has {len(value)})")
     if not value.isascii():
         # A header carries the URL as it is (RFC 2369), and headers are ASCII.
         hint = "%-encode the path"
@@ -166,6 +176,10 @@ def _archive_path(value: str) -> str:
     """Where the archive sits under base_url: `/archive`, or deeper (`/news/archive`),
     without a trailing slash and with nothing that a URL would need to escape."""
     path = value.rstrip("/")
+    if len(path) > MAX_ARCHIVE_PATH:
+        raise ValueError(
+            f"must be at most {MAX_ARCHIVE_PATH} characters: each issue's link in its email begins with it"
+        )
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path) or any(seg in (".", "..") for seg in path.split("/")):
         raise ValueError("must be a path like /archive: letters, digits and . _ ~ - between slashes")
     if path.split("/")[1] in APP_PATHS:

@@ -1,0 +1,29 @@
+"""The files every test workspace starts from: the tests' own fixed copy of the example's
+settings and issue (tests/workspace/), and the package's templates as `init` copies them.
+
+Never the repository's highlights.yaml, issues/ or templates/: the repository is also the
+example workspace a user edits (turning the archive on, writing an issue), and no test or
+golden file may change with it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+EXAMPLE_WORKSPACE = Path(__file__).resolve().parent / "workspace"
+EXAMPLE_SETTINGS = EXAMPLE_WORKSPACE / "highlights.yaml"
+EXAMPLE_ISSUE = EXAMPLE_WORKSPACE / "issues" / "2024-w02.yaml"
+
+
+def copy_example(root: Path, *, templates: bool = True) -> Path:
+    """Fill `root` (made if missing) with the example's settings and issue and, unless
+    `templates` is false, a copy of the package's templates; returns `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXAMPLE_SETTINGS, root / "highlights.yaml")
+    shutil.copytree(EXAMPLE_WORKSPACE / "issues", root / "issues")
+    if templates:
+        with resources.as_file(resources.files("highlightsmail") / "templates") as package:
+            shutil.copytree(package, root / "templates")
+    return root
