@@ -16,7 +16,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import httpx
 import pytest
 
 from helpers_db import damage_pages_holding, dump_tables, raw_connection, read_only, target_of
-from helpers_web import Site, live_server, serve_workspace
+from helpers_web import Site, live_server, raw_http, serve_workspace
 from highlightsmail.message import Recipient, build_message, recipient_links
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.tokens import Signer
@@ -205,7 +204,7 @@ def test_a_base_url_with_a_path_is_answered_whichever_way_the_proxy_forwards(
         assert http.get(f"{site.url}{prefix}/subscribe").status_code == 200
         assert http.get(f"{site.url}{prefix}/archive/").status_code == 200
         moved = http.get(f"{site.url}{prefix}/archive")
-        assert (moved.status_code, moved.headers["location"]) == (308, "archive/")
+        assert (moved.status_code, moved.headers["location"]) == (308, "/news/archive/")
         assert http.post(f"{site.url}{prefix}/webhooks/sendgrid", content=b"[]").status_code == 403
         big = b"x" * (MAX_BODY_BYTES + 1)  # the webhook's own, larger limit still applies
         assert http.post(f"{site.url}{prefix}/webhooks/sendgrid", content=big).status_code == 403
@@ -551,15 +550,7 @@ def _server_text(caplog: pytest.LogCaptureFixture) -> str:
 
 def _raw_request(base: str, target: str, method: str = "GET") -> int:
     """Send `target` exactly as written (no client tidies it up); the status code."""
-    parts = urlsplit(base)
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
-        conn.sendall(
-            f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
-        )
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    return int(answer.split(b" ", 2)[1])
+    return raw_http(base, target, method).status
 
 
 def near_misses(token: str) -> list[str]:

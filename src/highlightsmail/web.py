@@ -459,6 +459,23 @@ def base_path(settings: Settings) -> str:
     return "" if first in APP_PATHS or first == settings.archive.path.split("/")[1] else path
 
 
+def app_root(scope: Scope) -> str:
+    """The path the whole app is served under (base_url's path, or uvicorn's
+    --root-path), also from inside a Mount, which adds its own path to `root_path`."""
+    return str(scope.get("app_root_path", scope.get("root_path", "")))
+
+
+def local_path(*parts: str, slash: bool = False) -> str:
+    """A path on this site, for a Location header: `/` and the segments of `parts`,
+    each %-escaped, empty, `.` and `..` ones dropped. It starts with one `/`, never two
+    or a backslash, so no browser reads it as another site (`//evil.example`,
+    `/\\evil.example`), a segment is never a scheme (`https:evil.example`), and it never
+    climbs out of the path it was built from."""
+    segments = [s for part in parts for s in part.split("/") if s not in ("", ".", "..")]
+    path = "/" + "/".join(quote(s, safe="") for s in segments)
+    return path + "/" if slash and segments else path
+
+
 class _BasePath:
     """Links are base_url + /u/TOKEN, and a proxy forwards them with base_url's path
     (nginx `proxy_pass http://127.0.0.1:8000;`) or without it (`.../8000/;`): both reach
@@ -741,8 +758,10 @@ __all__ = [
     "MAX_BODY_BYTES",
     "SECURITY_HEADERS",
     "app",
+    "app_root",
     "bind_socket",
     "create_app",
+    "local_path",
     "mask_email",
     "open_server",
 ]
