@@ -57,6 +57,7 @@ from highlightsmail import templating
 from highlightsmail.errors import HighlightsError, InvalidToken
 from highlightsmail.serving import bind_socket
 from highlightsmail.store import UNDELIVERABLE, UnusableDatabase
+from highlightsmail.text import parse_number
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -527,14 +528,12 @@ class _BodyLimit:
             path = path[len(root) :]  # as routing sees it
         limit = self.paths.get(path, self.limit)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            try:
-                too_large = int(declared) > limit
-            except ValueError:
-                too_large = False  # the server has already refused a malformed length
-            if too_large:
-                await self._too_large(limit)(scope, receive, send)
-                return
+        # A length the HTTP server let through that does not parse is more digits than
+        # any integer here holds (a malformed one it has refused already).
+        length = 0 if declared is None else parse_number(declared)
+        if length is None or length > limit:
+            await self._too_large(limit)(scope, receive, send)
+            return
         chunks: list[bytes] = []
         size = 0
         while True:
