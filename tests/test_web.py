@@ -573,14 +573,33 @@ def near_misses(token: str) -> list[str]:
         f"/u/{every_byte.replace('%', '%25')}",  # and this once more
         f"/u/{prefix}.{mac[:5]}%2D{mac[5:]}" if "-" not in mac else f"/u/{prefix}.{mac.replace('-', '%2D')}",
         f"/x/{token}?next=/u/{token}",
+        # Mangled so that no token shape is left, though anyone can put it back together:
+        f"/u/{prefix}+.{mac}",
+        f"/u/{prefix}%2B.{mac}",
+        f"/u/{prefix}..{mac}",
+        f"/u/{token}%0D%0AX-Injected:%20yes",
+        f"/u/{prefix}.{mac[:11]}%20{mac[11:]}",
+        f"/u/{prefix}.{mac[:11]}%2520{mac[11:]}",
+        f"/u/{prefix}.{mac[:11]}/{mac[11:]}",
+        f"/u/{prefix}.{mac[:11]};{mac[11:]}",
+        f"/u/{prefix}%252B.{mac}",
+        f"/%75/{prefix}+.{mac}",
+        f"/%2575/{prefix}+.{mac}",
+        f"/u%2F{prefix}+.{mac}",
+        f"/U/{prefix.upper()}+.{mac}",
+        f"/news/u/{prefix}+.{mac}",
+        f"/subscribe?next=/u/{prefix}+.{mac}",
     ]
 
 
 def _hidden(text: str, mac: str) -> bool:
-    """Whether `mac` is nowhere in `text`, even after undoing %-escapes."""
+    """Whether no piece of `mac` that says much (8 characters) is in `text`, even after
+    undoing %-escapes and dropping what split it (spaces, escapes, line breaks...)."""
+    pieces = {mac[i : i + 8].lower() for i in range(len(mac) - 7)}
     for _ in range(4):
-        if mac in text or mac.lower() in text.lower():
-            return False
+        for form in (text, re.sub(r"[^A-Za-z0-9_-]", "", text)):
+            if any(piece in form.lower() for piece in pieces):
+                return False
         text = unquote(text)
     return True
 
@@ -617,9 +636,62 @@ def test_our_own_log_lines_and_tracebacks_are_redacted_too(server_log: pytest.Lo
         log.exception("error answering %s %s", "POST", f"/u//{token}")
     log.warning(f"preformatted /U/{token.upper()}")
     log.warning("as a mapping %(path)s", {"path": f"/u/%20{token}"})
-    assert len(caplog.records) == 3
+    prefix = token.split(".")[0]
+    for mangled in (f"/u/{prefix}+.{mac}", f"/u/{prefix}.{mac[:9]}%20{mac[9:]}", f"/u/{prefix}.{mac[:9]} {mac[9:]}"):
+        log.error("cannot answer %s %s: %s", "GET", mangled, "the database is gone")
+        try:
+            raise ValueError(f"could not read {mangled}")
+        except ValueError:
+            log.exception(f"error answering {mangled}")
+    assert len(caplog.records) == 9
     assert _hidden(caplog.text, mac), caplog.text
     assert "could not read /u/u7.[redacted]" in caplog.text
+    assert "cannot answer GET /u/[redacted]: the database is gone" in caplog.text
+
+
+def test_a_route_with_a_token_must_be_one_the_logs_cut() -> None:
+    """The list of token routes is one place: a new route with a token (the preference
+    page's /p/TOKEN) that is not on it stops the app from being made."""
+    from starlette.routing import Mount, Route
+
+    from highlightsmail import web
+    from highlightsmail.workspace import APP_PATHS
+
+    assert {"u", "confirm"} <= web.TOKEN_ROUTES <= APP_PATHS
+
+    async def page(request):  # pragma: no cover - never called
+        raise AssertionError
+
+    web._check_token_routes([Route("/u/{token}", page), Mount("/x", routes=[Route("/y", page)])])
+    for routes in ([Route("/p/{token}", page)], [Mount("/x", routes=[Route("/p/{token}", page)])]):
+        with pytest.raises(RuntimeError, match="TOKEN_ROUTES"):
+            web._check_token_routes(routes)
+
+
+def test_confirmation_links_however_mangled_never_reach_the_log(
+    workspace: Path, server_log: pytest.LogCaptureFixture
+) -> None:
+    from helpers_signup import enable_signup
+
+    enable_signup(workspace)
+    with serve_workspace(workspace) as site:
+        sid = site.add("ada@example.org", status="pending")
+        token = site.signer.make_confirm(sid, 1_700_000_000)
+        head, mac = token.rsplit(".", 1)
+        targets = [
+            f"/confirm/{token}",
+            f"/confirm/{head}+.{mac}",
+            f"/confirm/{token}%0D%0A",
+            f"/confirm/{head}.{mac[:11]}%20{mac[11:]}",
+            f"/CONFIRM/{head}.{mac[:11]}%2520{mac[11:]}",
+            f"/%63onfirm/{head}+.{mac}",
+        ]
+        for target in targets:
+            assert raw_http(site.url, target).status in (200, 400, 404, 410), target
+    server = _server_text(server_log)
+    assert server.count("HTTP/1.1") == len(targets)
+    assert _hidden(server, mac), server
+    assert f"/confirm/{head}.[redacted]" in server
 
 
 # ---------------------------------------------------------------- mutated tokens

@@ -24,8 +24,10 @@ Behaviour worth knowing (the product contract has the table of routes):
 - On PostgreSQL several processes (on several machines) may serve the same list: every
   write is one transaction in the database, and each process borrows connections from a
   small pool.
-- Logs never hold a working link: anything shaped like a token in a logged path (the
-  access log and ours) has its signature cut, however the path was mangled or escaped.
+- Logs never hold a working link: in a logged path (the access log, the error log and
+  ours) whatever follows a token route (`/u/`, `/confirm/`: TOKEN_ROUTES) is cut but the
+  token's kind and id, however the path was mangled or escaped, and anything shaped like
+  a token elsewhere has its signature cut.
 - Every response carries a strict CSP, `Referrer-Policy: no-referrer` (the token is in the
   path and must not leak), `nosniff` and `Cache-Control: no-store`. Bodies over 8 KiB: 413.
   The archive's pages (archive_web.py, when enabled) may be cached and indexed.
@@ -33,6 +35,7 @@ Behaviour worth knowing (the product contract has the table of routes):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -51,7 +54,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from highlightsmail import templating
 from highlightsmail.errors import HighlightsError, InvalidToken
@@ -361,7 +364,8 @@ class _Endpoint:
         to do; the reader, that nothing changed and to come back later (a mail
         provider's one-click POST is retried)."""
         assert isinstance(exc, UnusableDatabase)
-        log.error("cannot answer %s %s: %s", request.method, request.url.path, exc.format_message())
+        # The path as routed, not request.url, which a Host header of `[` makes fail.
+        log.error("cannot answer %s %s: %s", request.method, request.scope["path"], exc.format_message())
         return self.pages.notice(
             503,
             "Please try again later",
@@ -588,6 +592,7 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         *archive_routes(ws),
         Route(webhooks.PATH, sendgrid_events.handle, methods=["POST"]),
     ]
+    _check_token_routes(routes)
     middleware = [
         Middleware(_BasePath, prefix=base_path(ws.settings)),
         Middleware(_SecurityHeaders, pages=endpoint.pages),  # every answer gets the headers
@@ -617,30 +622,73 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 # ---------------------------------------------------------------- logs
 
 
-#: Anything shaped like a token: a kind and an id (either letter case, since a reader
-#: could lower-case them again), a dot (a confirmation token has its time too, and a
-#: second dot), and 22 or more URL-safe base64 characters, the signature, which is what
-#: makes the link work and is all that is cut.
-_TOKEN_SHAPED = re.compile(r"([utc][0-9a-z]{0,13}\.(?:[0-9a-z]{1,13}\.)?)[A-Za-z0-9_-]{22,}", re.IGNORECASE)
-_CUT = r"\1[redacted]"
+def _check_token_routes(routes: list[BaseRoute]) -> None:
+    """Every route with a token in its path is one the logs know to cut."""
+    for route in routes:
+        path = getattr(route, "path", "")
+        if "{token}" in path and path.split("/")[1] not in TOKEN_ROUTES:
+            raise RuntimeError(f"{path}: a route with a token must be listed in web.TOKEN_ROUTES, or its links are logged")
+        _check_token_routes(getattr(route, "routes", []))  # a Mount's
+
+
+#: The first path segment of every route that carries a token (`/u/TOKEN`,
+#: `/confirm/TOKEN`). The logs cut whatever follows `/SEGMENT/`, and create_app refuses
+#: a route with a `{token}` that is not listed here: a new token route joins by being
+#: added here, and is redacted from its first request on.
+TOKEN_ROUTES = frozenset({"u", "confirm"})
+
+#: Anything shaped like a token, on any path: a kind and an id (either letter case,
+#: since a reader could lower-case them again), a dot (a confirmation token has its
+#: time too, and a second dot), and 22 or more URL-safe base64 characters, the
+#: signature, which is what makes the link work and is all that is cut.
+_TOKEN_SHAPED = re.compile(r"([a-z][0-9a-z]{0,13}\.(?:[0-9a-z]{1,13}\.)?)[A-Za-z0-9_-]{22,}", re.IGNORECASE)
+#: What a token starts with, which the log keeps, so it still says whom a request was for.
+_TOKEN_HEAD = re.compile(r"[a-z][0-9a-z]{0,13}\.(?:[0-9a-z]{1,13}\.)?", re.IGNORECASE)
+_REDACTED = "[redacted]"
 # Characters left as they are when a logged path is escaped again after decoding.
 _LOG_SAFE = "/?&=:;,+@!$'()*[]"
 
 
-def _redact(text: str) -> str:
-    """A logged path or line with the signature of anything token-shaped cut, so logs
-    keep which subscriber a request named but never a working link. It looks through
-    %-escapes too (`/u/%75%31.` is `/u/u1.`); a path that hid a token that way is
-    logged decoded, redacted, and escaped again, so it cannot break the log line."""
-    redacted = _TOKEN_SHAPED.sub(_CUT, text)
+@functools.cache
+def _after_token_route() -> re.Pattern[str]:
+    """`/u/` (any token route, either case) and everything after it."""
+    routes = "|".join(sorted(map(re.escape, TOKEN_ROUTES)))
+    return re.compile(rf"(/(?:{routes})/)(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def _cut(text: str) -> str:
+    def after_route(match: re.Match[str]) -> str:
+        if not match.group(2):
+            return match.group()
+        head = _TOKEN_HEAD.match(match.group(2))
+        return match.group(1) + (head.group() if head else "") + _REDACTED
+
+    text = _after_token_route().sub(after_route, text)
+    return _TOKEN_SHAPED.sub(lambda m: m.group(1) + _REDACTED, text)
+
+
+def _redact(text: str, *, safe: str = _LOG_SAFE) -> str:
+    """A logged path that holds no working link: whatever follows a token route (`/u/`,
+    `/confirm/`) is cut, however mangled (`/u/u1+.SIG`, a signature split by `%20` or
+    followed by `%0D%0A`), except the token's kind and id; anything token-shaped
+    elsewhere loses its signature. It looks through %-escapes, and escapes of escapes
+    (`/%2575/` is `/u/`); a path that hid a token that way is logged decoded, cut, and
+    escaped again, so it cannot break the log line either."""
     decoded = text
-    for _ in range(3):  # escapes of escapes, a few layers deep
-        if "%" not in decoded:
+    for _ in range(16):  # each layer of escapes is shorter: this ends long before
+        if "%" not in decoded or (once := unquote(decoded)) == decoded:
             break
-        decoded = unquote(decoded)
-        if _TOKEN_SHAPED.search(decoded):
-            return quote(_TOKEN_SHAPED.sub(_CUT, decoded), safe=_LOG_SAFE)
-    return redacted
+        decoded = once
+    cut = _cut(decoded)
+    if cut == decoded:
+        return text  # nothing of a token at any depth
+    return cut if decoded == text else quote(cut, safe=safe)
+
+
+def _redact_lines(text: str) -> str:
+    """`_redact` for a message or a traceback: each line on its own, so a token route
+    cuts the rest of its line, not the lines after it (and spaces stay spaces)."""
+    return "\n".join(_redact(line, safe=_LOG_SAFE + ' "<>') for line in text.split("\n"))
 
 
 class _RedactTokens(logging.Filter):
@@ -648,20 +696,26 @@ class _RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
-            record.msg = _redact(record.msg)
+            record.msg = _redact_lines(record.msg)
         if isinstance(record.args, tuple):
             record.args = tuple(_redact(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.args, dict):
             record.args = {k: _redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
         if record.exc_info and not record.exc_text:
-            # Formatted once here (the handlers' formatters reuse exc_text), without the
-            # decoding step: a traceback is not a path.
-            record.exc_text = _TOKEN_SHAPED.sub(_CUT, logging.Formatter().formatException(record.exc_info))
+            # Formatted once here: the handlers' formatters reuse exc_text.
+            record.exc_text = _redact_lines(logging.Formatter().formatException(record.exc_info))
         return True
 
 
-#: Every logger that may write a request's path: uvicorn's access and error logs, ours.
-_REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "highlightsmail.web")
+#: Every logger that may write a request's path or a link: uvicorn's access and error
+#: logs, and ours.
+_REDACTED_LOGGERS = (
+    "uvicorn.access",
+    "uvicorn.error",
+    "highlightsmail.web",
+    "highlightsmail.signup",
+    "highlightsmail.webhooks",
+)
 
 
 def _install_log_redaction() -> None:
@@ -756,6 +810,7 @@ __all__ = [
     "CONTENT_SECURITY_POLICY",
     "MAX_BODY_BYTES",
     "SECURITY_HEADERS",
+    "TOKEN_ROUTES",
     "app",
     "app_root",
     "bind_socket",
