@@ -166,6 +166,71 @@ def test_a_field_that_cannot_be_taken_is_400_naming_it(
     assert mails(confirm_dir(signup_site)) == []
 
 
+NOT_UTF8 = [
+    # (what, Content-Type, body, the field): %-escapes and raw bytes that are not UTF-8
+    ("urlencoded %FC", "application/x-www-form-urlencoded", b"email=j%FCrgen%40example.org", "email"),
+    ("urlencoded raw", "application/x-www-form-urlencoded", b"email=j\xfcrgen@example.org", "email"),
+    ("urlencoded name", "application/x-www-form-urlencoded", b"email=ada%40example.org&name=J%FCrgen", "name"),
+    ("urlencoded half", "application/x-www-form-urlencoded", b"email=ada%40example.org&name=J%C3", "name"),
+    (
+        "multipart",
+        "multipart/form-data; boundary=B",
+        b'--B\r\nContent-Disposition: form-data; name="email"\r\n\r\nj\xfcrgen@example.org\r\n--B--\r\n',
+        "email",
+    ),
+    (
+        "multipart name",
+        "multipart/form-data; boundary=B",
+        b'--B\r\nContent-Disposition: form-data; name="email"'
+        b'\r\n\r\nada@example.org\r\n--B\r\nContent-Disposition: form-data; name="name"\r\n\r\nJ\xfcrgen\r\n--B--\r\n',
+        "name",
+    ),
+    ("json raw", "application/json", b'{"email": "j\xfcrgen@example.org"}', "email"),
+    ("json escape", "application/json", b'{"email": "j\\udcfcrgen@example.org"}', "email"),
+    ("json name", "application/json", b'{"email": "ada@example.org", "name": "J\\ud800rgen"}', "name"),
+]
+
+
+@pytest.mark.parametrize(("what", "content_type", "body", "field"), NOT_UTF8, ids=[c[0] for c in NOT_UTF8])
+def test_a_field_that_is_not_utf8_is_400_naming_it(
+    signup_site: Site, http: httpx.Client, what: str, content_type: str, body: bytes, field: str
+) -> None:
+    """It was stored as U+FFFD (`j\ufffdrgen@example.org`), or read as Latin-1."""
+    before = signup_site.dump()
+    r = http.post(f"{signup_site.url}/subscribe", content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 400
+    label = {"email": "Email address", "name": "Name"}[field]
+    if content_type == "application/json":
+        assert r.json() == {"error": f"{field} is not UTF-8 text", "field": field}
+    else:
+        assert f'<p class="problem" id="problem" role="alert">{label} is not UTF-8 text' in r.text
+        (form,) = forms_of(r.text)
+        assert "\ufffd" not in form["fields"][field]  # what came is not shown back as text
+    time.sleep(0.2)
+    assert signup_site.dump() == before
+    assert mails(confirm_dir(signup_site)) == []
+
+
+def test_utf8_in_every_encoding_is_taken(signup_site: Site, http: httpx.Client) -> None:
+    """The same address written every way a client may: escaped, raw UTF-8, multipart, JSON."""
+    posts = [
+        ("application/x-www-form-urlencoded", b"email=j%C3%BCrgen%40example.org&name=J%C3%BCrgen+M"),
+        ("application/x-www-form-urlencoded", "email=jürgen@example.org&name=Jürgen M".encode()),
+        (
+            "multipart/form-data; boundary=B",
+            '--B\r\nContent-Disposition: form-data; name="email"\r\n\r\njürgen@example.org\r\n--B--\r\n'.encode(),
+        ),
+        ("application/json", '{"email": "jürgen@example.org"}'.encode()),
+        ("application/json", b'{"email": "j\\u00fcrgen@example.org"}'),
+    ]
+    for n, (content_type, body) in enumerate(posts):
+        r = http.post(f"{signup_site.url}/subscribe", content=body, headers={"Content-Type": content_type, **ip(n)})
+        assert r.status_code == 200, (content_type, body, r.text)
+    with signup_site.store() as store:
+        people = [(s.email, s.name) for s in store.iter_subscribers()]
+    assert people == [("jürgen@example.org", "Jürgen M")]
+
+
 @pytest.mark.parametrize(
     "body",
     [b"{", b'{"email": "ada@example.org"', b"\xff\xfe", b'["ada@example.org"]', b'"ada@example.org"', b"[" * 5000],

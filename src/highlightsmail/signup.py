@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, InvalidToken
-from highlightsmail.text import header_problem
+from highlightsmail.text import header_problem, is_utf8
 
 if TYPE_CHECKING:
     from highlightsmail.backends.base import Backend
@@ -95,6 +95,11 @@ def read_form(fields: Mapping[str, Any]) -> SignupForm:
     trap = fields.get(TRAP_FIELD)
     if trap is not None and (not isinstance(trap, str) or trap.strip()):
         return SignupForm(trapped=True)
+    for field in (EMAIL_FIELD, NAME_FIELD):
+        value = fields.get(field)
+        if isinstance(value, str) and not is_utf8(value):
+            # Bytes that were not UTF-8: stored, they would be U+FFFD or a wrong letter.
+            raise FieldProblem(field, "is not UTF-8 text")
     raw_email = fields.get(EMAIL_FIELD)
     if raw_email is None or (isinstance(raw_email, str) and not raw_email.strip()):
         raise FieldProblem(EMAIL_FIELD, "is missing: enter your email address")

@@ -66,6 +66,17 @@ def header_problem(value: str) -> str | None:
     return None
 
 
+def is_utf8(value: str) -> bool:
+    """Whether `value` is text that UTF-8 can carry: no lone surrogate, which is what
+    bytes that were not UTF-8 become when read with `surrogateescape` (forms.py), and
+    what a JSON `\\udcff` escape makes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 #: The largest whole number the databases store (SQLite's INTEGER, PostgreSQL's BIGINT).
 MAX_INT64 = 2**63 - 1
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -96,6 +107,7 @@ __all__ = [
     "MAX_INT64",
     "describe_forbidden",
     "header_problem",
+    "is_utf8",
     "line_problem",
     "parse_number",
     "text_problem",

@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -392,18 +392,12 @@ async def _is_one_click(request: Request) -> bool:
     A body that can't be parsed is not one-click; it still unsubscribes (as `web`), since
     the signed token, not the body, is what authorises the request.
     """
-    content_type = request.headers.get("content-type", "").lower()
-    fields: list[tuple[str, str]] = []
-    if content_type.startswith("multipart/form-data"):
-        try:
-            async with request.form(max_files=0, max_fields=20) as form:
-                fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        except Exception:  # malformed multipart: treat as an unlabelled form post
-            fields = []
-    else:
-        # urlencoded, or a sender that forgot the content type: the same key=value text
-        body = await request.body()
-        fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    from highlightsmail.forms import FormError, read_fields
+
+    try:
+        fields = read_fields(request.headers.get("content-type", ""), await request.body())
+    except FormError:  # malformed: treat as an unlabelled form post
+        return False
     return any(k.strip().lower() == "list-unsubscribe" and v.strip().lower() == "one-click" for k, v in fields)
 
 
