@@ -319,6 +319,47 @@ def test_the_limits_per_address_are_ten_minutes_and_five_a_day(workspace: Path) 
         assert store.reserve_confirmation(sid, MAILS_PER_ADDRESS) is None
 
 
+def test_plus_tags_of_one_mailbox_share_its_limits(workspace: Path) -> None:
+    """bomb+1@, bomb+2@... reach one inbox: the per-address limits count the mailbox,
+    whichever tag (or none, or another case) asked; each address stays a subscriber
+    of its own. Other mailboxes, and the same name at another domain, count apart."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2024, 1, 12, 8, 0, tzinfo=UTC)
+    now = [start]
+    with Store.open(load_workspace(workspace), clock=lambda: now[0]) as store:
+
+        def add(address: str) -> int:
+            return store.add(address, status="pending", source="form")[0].id
+
+        tagged = [add(f"bomb+{i}@example.org") for i in range(1, 11)]
+        plain, shouted = add("bomb@example.org"), add("BOMB+x@Example.org")
+        assert len({*tagged, plain, shouted}) == 12  # twelve subscribers...
+        everyone = [*tagged, plain, shouted]
+        made = []
+        for step, minute in enumerate(range(0, 24 * 60, 5)):  # ...asking by turns all day
+            now[0] = start + timedelta(minutes=minute)
+            reserved = store.reserve_confirmation(everyone[step % len(everyone)], MAILS_PER_ADDRESS)
+            if reserved:
+                made.append(minute)
+                store.confirmation_sent(reserved[0])
+        assert made == [0, 10, 20, 30, 40]  # ...and one mailbox's limits
+        for other in ("bomb2@example.org", "bomb+1@example.net", "bomb+1@mail.example.org", "bom@example.org"):
+            assert store.reserve_confirmation(add(other), MAILS_PER_ADDRESS) is not None, other
+
+
+def test_ten_plus_tags_get_one_confirmation_email(signup_site: Site, http: httpx.Client) -> None:
+    for n in range(1, 11):
+        r = http.post(f"{signup_site.url}/subscribe", data={"email": f"bomb+{n}@example.org"}, headers=ip(n))
+        assert r.status_code == 200 and CHECK_INBOX in r.text
+    (sent,) = wait_for_mails(confirm_dir(signup_site), 1)
+    time.sleep(0.5)
+    assert mails(confirm_dir(signup_site)) == [sent]
+    assert str(read_mail(sent)["To"]) == "bomb+1@example.org"
+    with signup_site.store() as store:
+        assert store.count_by_status()["pending"] == 10  # each address is its own subscriber
+
+
 def test_thirty_one_posts_from_one_client_get_429(signup_site: Site, http: httpx.Client) -> None:
     assert POSTS_PER_CLIENT == 30
     codes = []

@@ -8,8 +8,9 @@ unsubscribed, bounced, complained), the request gets the same answer, so the for
 nobody who is subscribed; an `active` address simply gets no email.
 
 Limits, kept in the database so that every server on it shares them: at most one
-confirmation email per address per 10 minutes and 5 per day, at most 30 requests per
-client per hour. A request that fills the hidden `website` field (a trap for bots) gets
+confirmation email per address per 10 minutes and 5 per day, counted by mailbox (the
+address without a `+tag`: bomb+1@ and bomb+2@ share bomb@'s limits, though each is a
+subscriber of its own), and at most 30 requests per client per hour. A request that fills the hidden `website` field (a trap for bots) gets
 the same answer as anyone, and nothing is stored or sent.
 
 Emails go out from worker threads of their own (`Mailer`): the answer never waits for a
@@ -46,7 +47,7 @@ log = logging.getLogger("highlightsmail.signup")
 #: POST /subscribe per client (an IP address; IPv6 by its /64) and window.
 POSTS_PER_CLIENT = 30
 POST_WINDOW = timedelta(hours=1)
-#: Confirmation emails per address: (window, at most).
+#: Confirmation emails per address, counted by mailbox (addresses.mailbox_key): (window, at most).
 MAILS_PER_ADDRESS: tuple[tuple[timedelta, int], ...] = ((timedelta(minutes=10), 1), (timedelta(days=1), 5))
 #: Where confirmation emails go in the outbox (`outbox/_confirm/`); no issue's slug
 #: starts with `_`.

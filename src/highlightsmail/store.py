@@ -67,7 +67,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, get_args
 
-from highlightsmail.addresses import address_key
+from highlightsmail.addresses import address_key, mailbox_key
 from highlightsmail.dburl import describe_url, is_postgresql
 from highlightsmail.errors import HighlightsError, HighlightsWarning, display_path
 
@@ -2175,13 +2175,16 @@ class Store:
         many requests at the same moment make one email."""
         now = self._clock().replace(microsecond=0)
         with self._write() as conn:
-            row = conn.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+            row = conn.execute("SELECT status, email_key FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
             if row is None or row[0] == "active":
                 return None
+            # Counted by mailbox: bomb+1@, bomb+2@... are one inbox, whoever typed them.
+            same_mailbox, params = _same_mailbox(row[1])
             for window, most in limits:
                 (sent,) = conn.execute(
-                    "SELECT count(*) FROM confirmation_mails WHERE subscriber_id = ? AND at > ?",
-                    (subscriber_id, format_time(now - window)),
+                    "SELECT count(*) FROM confirmation_mails AS c JOIN subscribers AS s ON s.id = c.subscriber_id"
+                    f" WHERE c.at > ? AND s.merged_into IS NULL AND {same_mailbox}",
+                    (format_time(now - window), *params),
                 ).fetchone()
                 if sent >= most:
                     return None
@@ -2424,6 +2427,23 @@ class Store:
                 copy.write_row(row)
                 n += 1
         return n
+
+
+def _same_mailbox(email_key: str) -> tuple[str, tuple[str, ...]]:
+    """A condition on `s.email_key` (and its parameters) for every address of the
+    mailbox that `email_key` reaches (addresses.mailbox_key): the mailbox itself, and
+    `mailbox+anything@domain`, found by a range of the index on email_key."""
+    mailbox = mailbox_key(email_key)
+    if mailbox == email_key and "+" in email_key.rpartition("@")[0]:
+        return "s.email_key = ?", (email_key,)  # `+tag@`: no mailbox name to share
+    local, _, domain = mailbox.rpartition("@")
+
+    def escaped(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+    condition = "(s.email_key = ? OR (s.email_key >= ? AND s.email_key < ? AND s.email_key LIKE ? ESCAPE '\\'))"
+    # `+` is followed by `,` in ASCII: the range holds every `local+...`.
+    return condition, (mailbox, f"{local}+", f"{local},", f"{escaped(local)}+%@{escaped(domain)}")
 
 
 class _Mismatch(Exception):
