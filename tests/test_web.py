@@ -407,7 +407,7 @@ def _assert_try_again_later(r: httpx.Response) -> None:
 
 
 @pytest.mark.sqlite_only
-def test_a_file_that_is_not_a_database_gets_503_and_one_log_line(
+def test_a_file_that_is_not_a_database_gets_503_and_one_log_line_per_request_and_per_change(
     site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
 ) -> None:
     caplog = server_log
@@ -415,14 +415,39 @@ def test_a_file_that_is_not_a_database_gets_503_and_one_log_line(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{site.ws.db_path}{suffix}").unlink(missing_ok=True)
     site.ws.db_path.write_bytes(b"this is not a database" * 100)
-    _assert_try_again_later(http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED))
-    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert record.exc_info is None  # one line, no traceback
-    assert record.getMessage().startswith(
-        f"cannot answer POST /u/u{ada}.[redacted]: subscribers/highlights.db: not a usable highlightsmail database"
-    )
-    assert '".recover"' in record.getMessage()
+    for _ in range(3):
+        _assert_try_again_later(http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED))
+    # The request's own line each time, and once (from a check the first one started)
+    # that the database is gone.
+    _wait_for_log(caplog, "database unavailable: ")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert all(r.exc_info is None for r in errors)  # one line each, no traceback
+    [went] = [r.getMessage() for r in errors if r.getMessage().startswith("database unavailable: ")]
+    requests = [r.getMessage() for r in errors if r.getMessage().startswith("cannot answer ")]
+    assert len(requests) == 3 and len(errors) == 4
+    for message in (went, *requests):
+        assert "subscribers/highlights.db: not a usable highlightsmail database" in message
+        assert '".recover"' in message
+    assert requests[0].startswith(f"cannot answer POST /u/u{ada}.[redacted]: ")
     assert site.signer.make(ada) not in _server_text(caplog)  # the log names the subscriber, not a working link
+    assert http.get(f"{site.url}/healthz").status_code == 503
+    # A database there again (an empty one: the backup is the editor's to restore): one
+    # line says so, found by the server itself, without a request.
+    site.ws.db_path.unlink()
+    _wait_for_log(caplog, "database available again: ")
+    assert [r.getMessage() for r in caplog.records if "database available again" in r.getMessage()] == [
+        "database available again: subscribers/highlights.db"
+    ]
+    assert http.get(f"{site.url}/healthz").text == "ok"
+
+
+def _wait_for_log(caplog: pytest.LogCaptureFixture, start: str) -> None:
+    """Until a record starting with `start` was logged (by the server's threads)."""
+    for _ in range(1000):
+        if any(r.getMessage().startswith(start) for r in caplog.records):
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"nothing logged starting with {start!r}")
 
 
 @pytest.mark.sqlite_only

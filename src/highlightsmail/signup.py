@@ -379,9 +379,10 @@ def render_confirmation(ws: Workspace) -> RenderedIssue:
 
 
 class Signup:
-    """The signup's work for the web endpoint, called from worker threads. One database
-    connection of its own, opened at first use: its lock makes the calls take turns,
-    which is quicker than SQLite's own waiting when many requests arrive at once."""
+    """The signup's work for the web endpoint, called from worker threads. One Store of
+    its own, opened at first use: on SQLite one connection, whose lock makes the calls
+    take turns, which is quicker than SQLite's own waiting when many requests arrive at
+    once; on PostgreSQL a pool, which replaces connections lost with a server restart."""
 
     def __init__(self, ws: Workspace, signer: Signer, *, clock: Callable[[], datetime] | None = None) -> None:
         self.ws = ws
@@ -398,7 +399,7 @@ class Signup:
 
             with self._db_lock:
                 if self._db is None:
-                    self._db = Store.open(self.ws, clock=self._clock)
+                    self._db = Store.open(self.ws, clock=self._clock, pooled=True)
         return self._db
 
     def _now(self) -> float:

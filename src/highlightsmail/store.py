@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import shlex
@@ -567,6 +568,26 @@ RETURNING d.subscriber_id, d.email, x.name, d.state, d.batch, d.attempts
 """
 
 
+#: How long the web app's pool keeps retrying a lost connection before it gives up and
+#: waits for a request to need one.
+POOL_RECONNECT_S = 10.0
+
+
+class _PoolWarnings(logging.Filter):
+    """psycopg.pool's warnings (two lines at every attempt to reconnect, 10-12 in 30 s
+    while a server is down) stay out of the log: the web endpoint says in one line when
+    the database goes, and in one when it is back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def _quiet_pool_log() -> None:
+    logger = logging.getLogger("psycopg.pool")
+    if not any(isinstance(f, _PoolWarnings) for f in logger.filters):
+        logger.addFilter(_PoolWarnings())
+
+
 def _issue_key(issue: str) -> int:
     return zlib.crc32(issue.encode("utf-8")) & 0x7FFFFFFF
 
@@ -872,6 +893,7 @@ class Store:
             if pooled:
                 from psycopg_pool import ConnectionPool
 
+                _quiet_pool_log()
                 # Checked on the way out of the pool: a server restarted since is met with a
                 # new connection, not a failed request.
                 self._pool = ConnectionPool(
@@ -882,6 +904,11 @@ class Store:
                     # A request waits this long for a connection, then answers 503.
                     timeout=min(self._timeout, 5),
                     check=ConnectionPool.check_connection,
+                    # A connection lost with the server is retried at growing intervals
+                    # (1, 2, 4 s...), then given up, and made anew when a request needs
+                    # it: a server back after a long outage is used at once, not after
+                    # the next of ever longer waits (there were minutes between tries).
+                    reconnect_timeout=POOL_RECONNECT_S,
                     name="highlights",
                     open=False,
                 )

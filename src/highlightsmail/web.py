@@ -19,8 +19,9 @@ Behaviour worth knowing (the product contract has the table of routes):
 - Invalid, altered or unknown-subscriber tokens: 400 "This link is not valid".
 - A database that cannot be used (damaged, read-only, locked too long, a PostgreSQL
   server down or out of reach): 503 with Retry-After, and one line in the log naming the
-  file or server and what to do. `/healthz` says so too (503, with that line), so a load
-  balancer takes the process out of rotation.
+  file or server and what to do. `/healthz` says so too (503, with that line), within
+  half a second whatever the database does, so a load balancer takes the process out
+  of rotation; the log says once when the database goes and once when it is back.
 - On PostgreSQL several processes (on several machines) may serve the same list: every
   write is one transaction in the database, and each process borrows connections from a
   small pool.
@@ -35,13 +36,15 @@ Behaviour worth knowing (the product contract has the table of routes):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
 import re
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -57,7 +60,8 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from highlightsmail import templating
-from highlightsmail.errors import HighlightsError, InvalidToken
+from highlightsmail.dburl import describe_url
+from highlightsmail.errors import HighlightsError, InvalidToken, display_path
 from highlightsmail.serving import bind_socket
 from highlightsmail.store import UNDELIVERABLE, UnusableDatabase
 from highlightsmail.text import parse_number
@@ -146,6 +150,86 @@ class SubscriberView:
     status: str
 
 
+#: /healthz answers within this, whatever the database does: a load balancer gives up on
+#: a check after a second or a few, and a check that waited out a connect timeout
+#: (libpq's shortest is 2 s; the pool's wait, 5 s) looked like a dead process.
+HEALTH_WAIT_S = 0.5
+#: While the database cannot be used, it is asked again this often, so that its return
+#: is noticed (and logged) with or without requests.
+HEALTH_RETRY_S = 2.0
+
+
+class DatabaseHealth:
+    """Whether the database answers, and one line in the log at each change: when it
+    goes (with the reason) and when it is back, however many requests fail between.
+
+    A check runs in a thread of its own, one at a time; /healthz waits at most
+    HEALTH_WAIT_S for it, then answers with the state last known (or that the database
+    did not answer in time), and the check's outcome counts when it comes. A request
+    that failed on the database starts a check too. While the database is gone, it is
+    checked every HEALTH_RETRY_S until it is back."""
+
+    def __init__(self, check: Callable[[], str | None], where: str) -> None:
+        self._check = check
+        self._where = where
+        self._lock = threading.Lock()
+        self._problem: str | None = None
+        self._running: Future[str | None] | None = None
+        self._watching = False
+        self._closed = threading.Event()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+
+    def start(self) -> Future[str | None]:
+        """The check under way, or a new one (once closed: the state last known)."""
+        with self._lock:
+            if self._closed.is_set():
+                known: Future[str | None] = Future()
+                known.set_result(self._problem)
+                return known
+            if self._running is None or self._running.done():
+                self._running = self._thread.submit(self._run)
+            return self._running
+
+    async def problem(self) -> str | None:
+        """Why the database cannot be used now (None: it answers), within HEALTH_WAIT_S."""
+        running = asyncio.wrap_future(self.start())
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), HEALTH_WAIT_S)
+        except TimeoutError:
+            return self._problem or f"{self._where}: the database did not answer within {HEALTH_WAIT_S:g} s"
+
+    def _run(self) -> str | None:
+        problem = self._check()
+        with self._lock:
+            before, self._problem = self._problem, problem
+            watch = problem is not None and not self._watching and not self._closed.is_set()
+            self._watching |= watch
+        if problem is not None and before is None:
+            log.error("database unavailable: %s", problem)
+        elif problem is None and before is not None:
+            # A warning, as the going was an error: both reach a log that shows only those.
+            log.warning("database available again: %s", self._where)
+        if watch:
+            threading.Thread(target=self._watch, name="health-watch", daemon=True).start()
+        return problem
+
+    def _watch(self) -> None:
+        try:
+            while not self._closed.wait(HEALTH_RETRY_S):
+                if self.start().result() is None:
+                    return
+        except CancelledError:  # the app stopped meanwhile
+            pass
+        finally:
+            with self._lock:
+                self._watching = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
 class Subscriptions:
     """The endpoint's database work. On SQLite each call opens its own Store, so requests
     served in different threads never share a SQLite connection; the store's busy timeout
@@ -161,6 +245,8 @@ class Subscriptions:
         self._ws = ws
         self._keeper: Store | None = None
         self._keeper_lock = threading.Lock()
+        where = describe_url(ws.database_url) if ws.database_url else display_path(ws.db_path)
+        self.health = DatabaseHealth(self.check, where)
 
     def _store(self) -> AbstractContextManager[Store]:
         from highlightsmail.store import Store
@@ -176,15 +262,25 @@ class Subscriptions:
         return Store.open(self._ws)
 
     def check(self) -> str | None:
-        """Why the database cannot be used now, or None when it answers."""
+        """Why the database cannot be used now, or None when it answers. On PostgreSQL
+        over a connection of its own, with the shortest connect timeout libpq takes, not
+        one from the pool: the pool's connections may all be busy serving (load is not
+        ill health), and it waits between attempts to reconnect."""
+        from highlightsmail.store import Store
+
         try:
-            with self._store() as store:
-                store.ping()
+            if self._ws.database_url:
+                with Store.open(self._ws, timeout=2) as store:
+                    store.ping()
+            else:
+                with self._store() as store:
+                    store.ping()
         except HighlightsError as exc:
             return exc.format_message()
         return None
 
     def close(self) -> None:
+        self.health.close()
         with self._keeper_lock:
             if self._keeper is not None:
                 self._keeper.close()
@@ -265,7 +361,7 @@ class _Endpoint:
 
     async def healthz(self, request: Request) -> Response:
         """200 `ok`, or 503 with the one line saying why the database cannot be used."""
-        problem = await run_in_threadpool(self.db.check)
+        problem = await self.db.health.problem()
         if problem is not None:
             return PlainTextResponse(f"database unavailable: {problem}", status_code=503)
         return PlainTextResponse("ok")
@@ -366,6 +462,7 @@ class _Endpoint:
         assert isinstance(exc, UnusableDatabase)
         # The path as routed, not request.url, which a Host header of `[` makes fail.
         log.error("cannot answer %s %s: %s", request.method, request.scope["path"], exc.format_message())
+        self.db.health.start()  # whether the database is gone: one line if so
         return self.pages.notice(
             503,
             "Please try again later",
@@ -621,7 +718,9 @@ def _check_token_routes(routes: list[BaseRoute]) -> None:
     for route in routes:
         path = getattr(route, "path", "")
         if "{token}" in path and path.split("/")[1] not in TOKEN_ROUTES:
-            raise RuntimeError(f"{path}: a route with a token must be listed in web.TOKEN_ROUTES, or its links are logged")
+            raise RuntimeError(
+                f"{path}: a route with a token must be listed in web.TOKEN_ROUTES, or its links are logged"
+            )
         _check_token_routes(getattr(route, "routes", []))  # a Mount's
 
 
