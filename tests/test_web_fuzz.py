@@ -348,3 +348,24 @@ def test_numbers_from_outside_are_ascii_digits_within_bounds() -> None:
     ):
         assert parse_number(text) is None, text
     assert parse_number("ZZ", base=36) is None and parse_number(b"\xb2") is None and parse_number(None) is None
+
+
+def test_webhook_events_read_their_numbers_the_same_way() -> None:
+    """A subscriber id or a timestamp in an event: ASCII digits within bounds (or a JSON
+    number), else the event is not ours and is ignored."""
+    from highlightsmail.events import sendgrid_row
+
+    sender = EventSender()
+
+    def row(**fields: object):
+        event = sender.event("delivered", email="ada@example.org", issue=ISSUE, subscriber_id=1)
+        return sendgrid_row({**event, **fields})
+
+    assert row().subscriber_id == 1
+    assert row(subscriber_id=7).subscriber_id == 7
+    assert row(subscriber_id=str(2**63 - 1)).subscriber_id == 2**63 - 1
+    for sid in ("²³", "١٢", " 1", "+1", "1_0", "0", "-1", str(2**63), 2**63, 0, -1, True, False, 1.0, None, ""):
+        assert row(subscriber_id=sid) is None, sid
+    assert row(timestamp="1700000000").at == row(timestamp=1_700_000_000).at
+    for stamp in ("١٧٠٠٠٠٠٠٠٠", "1_700_000_000", "nan", "inf", "1e9", " 1700000000", "²³", True, float("nan")):
+        assert row(timestamp=stamp) is None, stamp

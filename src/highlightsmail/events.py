@@ -116,6 +116,10 @@ def _event_time(value: Any) -> str | None:
     """SendGrid's timestamp (Unix seconds) in the stored format."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
+    if isinstance(value, str):  # digits, as any number from outside (float() takes `١٢`, `1_0`, `nan`)
+        value = parse_number(value)
+        if value is None:
+            return None
     try:
         seconds = float(value)
         if not math.isfinite(seconds):
