@@ -3,10 +3,13 @@ subscribers in the real database (a SQLite file or PostgreSQL), and a dump of it
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -39,6 +42,60 @@ def live_server(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@dataclass
+class RawAnswer:
+    """What the server sent back to a raw request: the status (0 when it closed the
+    connection without answering), the headers as (lower-cased name, value), the body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        found = [v for k, v in self.headers if k == name.lower()]
+        return found[0] if found else None
+
+
+def raw_http(
+    base: str,
+    target: str | bytes,
+    method: str | bytes = "GET",
+    headers: list[tuple[bytes | str, bytes | str]] | None = None,
+    body: bytes = b"",
+    *,
+    host: bytes | None = b"x",
+    content_length: bool = True,
+) -> RawAnswer:
+    """Send one request exactly as written, bytes and all (no client tidies up the
+    target, the headers or the body), over a new connection; what came back."""
+
+    def b(v: bytes | str) -> bytes:
+        return v if isinstance(v, bytes) else v.encode("utf-8")
+
+    lines = [b(method) + b" " + b(target) + b" HTTP/1.1"]
+    if host is not None:
+        lines.append(b"Host: " + host)
+    lines += [b(k) + b": " + b(v) for k, v in headers or []]
+    if content_length:
+        lines.append(b"Content-Length: " + str(len(body)).encode())
+    lines.append(b"Connection: close")
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+        conn.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 "):
+        return RawAnswer(0, [], answer)
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    pairs = [(k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in header_lines)]
+    return RawAnswer(int(status_line.split(" ")[1]), pairs, rest)
 
 
 class Site:

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers_archive import ARCHIVE, enable_archive, mark_sent, small_issue, strict_parse, write_issue
-from helpers_web import serve_workspace
+from helpers_web import raw_http, serve_workspace
 from highlightsmail.archive_web import ARCHIVE_CACHE_CONTROL
 from highlightsmail.cli import main
 from highlightsmail.web import CONTENT_SECURITY_POLICY
@@ -143,12 +143,116 @@ def test_unknown_addresses_get_the_archive_404_page(site, http, root: Path, path
     assert f'href="{ARCHIVE}"' in response.text
 
 
-def test_addresses_without_the_slash_are_redirected_relatively(site, http) -> None:
+def test_addresses_without_the_slash_are_redirected(site, http) -> None:
     response = http.get(f"{site.url}/archive")
-    assert response.status_code == 308 and response.headers["location"] == "archive/"
+    assert response.status_code == 308 and response.headers["location"] == "/archive/"
     response = http.get(f"{site.url}/archive/2024-w02")
-    assert response.status_code == 308 and response.headers["location"] == "2024-w02/"
+    assert response.status_code == 308 and response.headers["location"] == "/archive/2024-w02/"
     assert http.get(f"{site.url}/archive/2024-w02", follow_redirects=True).status_code == 200
+    # Nothing to add a slash to: the 404 page at once, not a redirect to it.
+    assert http.get(f"{site.url}/archive/2024-w09").status_code == 404
+
+
+#: Request targets that once came back as a Location leaving the site (`https:evil.example/`
+#: is another site to a browser), or that try to: schemes, network paths, backslashes
+#: (a browser reads `/\` as `//`), each also %-escaped, once and twice, and dot segments.
+HOSTILE_TARGETS = [
+    f"{archive}{rest}"
+    for archive in ("/archive", "//archive", "/archive/", "/%61rchive")
+    for rest in (
+        "/https:evil.example",
+        "/http:evil.example",
+        "/javascript:alert(1)",
+        "/JavaScript:alert(1)",
+        "/data:text/html,x",
+        "/https:%2F%2Fevil.example",
+        "/https%3Aevil.example",
+        "/https%253Aevil.example",
+        "//evil.example",
+        "/%2F%2Fevil.example",
+        "/%252F%252Fevil.example",
+        "/\\evil.example",
+        "/%5Cevil.example",
+        "/%5C%5Cevil.example",
+        "/%255Cevil.example",
+        "/\\/evil.example",
+        "/..",
+        "/.",
+        "/%2e%2e",
+        "/..%2F..%2Fevil.example",
+        "/%09/evil.example",
+        "/evil.example%0D%0ALocation:%20https://evil.example",
+        "",
+        "/2024-w02",
+    )
+]
+
+
+def _assert_stays_on_the_site(location: str, home: str, target: str) -> None:
+    """A Location a browser resolves to this origin, under the archive's own path:
+    one `/` and then anything but `/` or `\\`, no scheme, no control character, no dot
+    segment, %-escaped."""
+    assert location.startswith(home), (target, location)
+    assert location[1:2] not in ("/", "\\"), (target, location)
+    assert all(0x21 <= ord(c) < 0x7F and c != "\\" for c in location), (target, location)
+    segments = location.split("/")
+    assert not any(seg.lower() in (".", "..", "%2e%2e", "%2e", ".%2e", "%2e.") for seg in segments), (target, location)
+    assert ":" not in location, (target, location)
+
+
+def test_every_redirect_stays_on_the_site_and_under_its_path(site) -> None:
+    """Each target sent as it is (no client tidies it up); every 3xx checked."""
+    redirects = 0
+    for target in HOSTILE_TARGETS:
+        answer = raw_http(site.url, target)
+        assert answer.status in (200, 308, 400, 404), (target, answer.status)
+        if 300 <= answer.status < 400:
+            redirects += 1
+            location = answer.header("location")
+            assert location is not None
+            _assert_stays_on_the_site(location, "/archive/", target)
+            assert location in ("/archive/", "/archive/2024-w02/"), (target, location)
+    assert redirects >= 2  # /archive and /archive/2024-w02 are still redirected
+
+
+def test_redirects_under_a_base_url_with_a_path_stay_under_it(workspace: Path) -> None:
+    """base_url https://highlights.example.org/news: the proxy may pass /news on or strip
+    it; either way the Location is /news/archive/..., whatever the request said."""
+    enable_archive(workspace, base_url="https://highlights.example.org/news")
+    mark_sent(workspace, "2024-w02")
+    with serve_workspace(workspace) as site:
+        redirects = 0
+        for target in [*HOSTILE_TARGETS, *(f"/news{t}" for t in HOSTILE_TARGETS)]:
+            answer = raw_http(site.url, target)
+            assert answer.status in (200, 308, 400, 404), (target, answer.status)
+            if answer.status == 308:
+                redirects += 1
+                location = answer.header("location") or ""
+                _assert_stays_on_the_site(location, "/news/archive/", target)
+                assert location in ("/news/archive/", "/news/archive/2024-w02/"), (target, location)
+        assert redirects >= 4
+
+
+def test_a_location_is_built_from_segments_that_cannot_leave_the_site() -> None:
+    """Every Location the endpoint makes is built by local_path: whatever the parts hold
+    (a base_url path with `//` or an escaped backslash, a slug with a scheme), the result
+    is one path on this site."""
+    from highlightsmail.web import local_path
+
+    assert local_path("/news", "/archive", "2024-w02", slash=True) == "/news/archive/2024-w02/"
+    assert local_path("", "/archive", slash=True) == "/archive/"
+    for parts in (
+        ("//evil.example", "/archive"),
+        ("/\\evil.example",),
+        ("\\\\evil.example",),
+        ("/archive", "https:evil.example"),
+        ("/archive", "javascript:alert(1)"),
+        ("/archive", "..", "..", "evil"),
+        ("/archive", "%2F%2Fevil"),
+        ("/archive", "a\r\nSet-Cookie: x=1"),
+    ):
+        location = local_path(*parts, slash=True)
+        _assert_stays_on_the_site(location, "/", repr(parts))
 
 
 def test_other_methods_are_refused(site, http) -> None:

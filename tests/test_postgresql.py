@@ -425,3 +425,182 @@ def test_the_server_down_is_one_line_naming_it_and_the_web_app_answers_503(works
                 "pending": 0,
             }
             assert store.dispatch_info(ISSUE) is None
+
+
+def _log_lines(log: str) -> list[str]:
+    """What a `highlights serve` process logged, but the access log and the lines of
+    starting and stopping."""
+    return [
+        line
+        for line in log.splitlines()
+        if not re.search(r'"[A-Z]+ \S+ HTTP/1\.1" \d{3}', line)
+        and not line.startswith(
+            ("INFO:     Started", "INFO:     Waiting", "INFO:     Application", "INFO:     Shutting")
+        )
+        and not line.startswith(("INFO:     Finished", "Links in mail point at"))
+    ]
+
+
+@pytest.mark.slow
+def test_the_server_down_and_back_is_one_line_each_way_and_requests_recover(workspace: Path) -> None:
+    """psycopg.pool's two-line warnings came 10-12 times in 30 s on top of the line each
+    failing request logs; the signup's connection, made once, never worked again."""
+    from helpers_signup import enable_signup
+    from pgcluster import running_cluster
+
+    enable_signup(workspace)
+    with running_cluster() as cluster:
+        url = cluster.create_database("downandback")
+        with Store(url) as store:
+            sid = store.add("reader@example.org")[0].id
+        signer = Signer(os.environ["HIGHLIGHTS_SECRET"].encode())
+        env = _env(HIGHLIGHTS_DATABASE_URL=url)
+        with _serving(workspace, 1, env) as (base,), httpx.Client(timeout=60) as client:
+            assert client.get(f"{base}/healthz").text == "ok"
+            assert client.post(f"{base}/subscribe", data={"email": "first@example.org"}).status_code == 200
+            cluster.stop("fast")
+            try:
+                where = f"postgresql://postgres@127.0.0.1:{cluster.port}/downandback"
+                for _ in range(10):  # a load balancer asking every few seconds
+                    health = client.get(f"{base}/healthz")
+                    assert health.status_code == 503
+                    assert health.text.startswith(
+                        f"database unavailable: {where}: cannot connect to the database server"
+                    )
+                failing = [
+                    client.get(f"{base}/u/{signer.make(sid)}"),
+                    client.post(f"{base}/u/{signer.make(sid)}", content=ONE_CLICK, headers=URLENCODED),
+                    client.post(f"{base}/subscribe", data={"email": "second@example.org"}),
+                ]
+                assert [r.status_code for r in failing] == [503, 503, 503]
+                time.sleep(5)  # the pool tries to reconnect meanwhile
+            finally:
+                cluster.start()
+            _wait("the web app to recover", lambda: client.get(f"{base}/healthz").status_code == 200)
+            # Every route works again in the same process, the signup's too.
+            assert client.post(f"{base}/u/{signer.make(sid)}", content=ONE_CLICK, headers=URLENCODED).status_code == 200
+            assert client.post(f"{base}/subscribe", data={"email": "third@example.org"}).status_code == 200
+        (log,) = _serving.logs  # type: ignore[attr-defined]
+        with Store(url) as store:
+            assert store.find("third@example.org") is not None and store.find("second@example.org") is None
+    lines = _log_lines(log)
+    went = [line for line in lines if "database unavailable" in line]
+    back = [line for line in lines if "database available again" in line]
+    per_request = [line for line in lines if "cannot answer" in line]
+    assert len(went) == 1 and "cannot connect to the database server" in went[0], lines
+    assert back == [f"database available again: {where}"], lines
+    assert len(per_request) == len(failing), lines  # the documented line of each failed request
+    assert sorted(lines) == sorted(went + per_request + back), lines  # and nothing else: no psycopg.pool
+
+
+class _Gate:
+    """A TCP proxy in front of the PostgreSQL server that can hold everything: while it
+    is closed, nothing passes either way, on new connections or on those already made
+    (nothing is lost: it passes once the gate opens), as when a network loses the
+    server and packets are dropped, not refused."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._upstream = port
+        self._open = threading.Event()
+        self._open.set()
+        self.waiting = 0  # connections accepted while closed, not passed on yet
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client) -> None:
+        import socket
+        import threading
+
+        if not self._open.is_set():
+            self.waiting += 1
+            self._open.wait()
+            self.waiting -= 1
+        try:
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+        except OSError:
+            client.close()
+            return
+        self._sockets.append(server)
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                self._open.wait()
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+        self._open.set()
+        for s in self._sockets:
+            s.close()
+
+
+def test_healthz_answers_without_waiting_for_a_server_that_does_not_answer(
+    workspace: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server out of reach (packets dropped, not refused) held /healthz for as long as
+    the pool's connection waited on it: a load balancer gives up on a check long before."""
+    from urllib.parse import urlsplit
+
+    from helpers_web import serve_workspace
+
+    port = urlsplit(pg_url).port
+    assert port is not None
+    gate = _Gate(port)
+    monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", pg_url.replace(f":{port}/", f":{gate.port}/"))
+    caplog.set_level("INFO", logger="highlightsmail.web")
+    try:
+        with serve_workspace(workspace) as site, httpx.Client(timeout=30) as client:
+            assert client.get(f"{site.url}/healthz").text == "ok"
+            gate.hold()
+            health = client.get(f"{site.url}/healthz")
+            # Answered while the check still waits on the server (libpq's shortest
+            # connect timeout is 2 s), and while everything stays held.
+            assert health.status_code == 503
+            assert "the database did not answer within" in health.text, health.text
+            assert gate.waiting  # the check's connection, still held
+            _wait(
+                "the check to give up", lambda: client.get(f"{site.url}/healthz").text.endswith("nothing was changed")
+            )
+            gate.release()
+            _wait("the server to be reachable again", lambda: client.get(f"{site.url}/healthz").status_code == 200)
+    finally:
+        gate.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "highlightsmail.web"]
+    assert len([m for m in messages if m.startswith("database unavailable: ")]) == 1, messages
+    assert len([m for m in messages if m.startswith("database available again: ")]) == 1, messages
+    from highlightsmail import web
+
+    assert web.HEALTH_WAIT_S <= 1  # what /healthz waits for the database, at most

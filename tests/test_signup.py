@@ -166,6 +166,71 @@ def test_a_field_that_cannot_be_taken_is_400_naming_it(
     assert mails(confirm_dir(signup_site)) == []
 
 
+NOT_UTF8 = [
+    # (what, Content-Type, body, the field): %-escapes and raw bytes that are not UTF-8
+    ("urlencoded %FC", "application/x-www-form-urlencoded", b"email=j%FCrgen%40example.org", "email"),
+    ("urlencoded raw", "application/x-www-form-urlencoded", b"email=j\xfcrgen@example.org", "email"),
+    ("urlencoded name", "application/x-www-form-urlencoded", b"email=ada%40example.org&name=J%FCrgen", "name"),
+    ("urlencoded half", "application/x-www-form-urlencoded", b"email=ada%40example.org&name=J%C3", "name"),
+    (
+        "multipart",
+        "multipart/form-data; boundary=B",
+        b'--B\r\nContent-Disposition: form-data; name="email"\r\n\r\nj\xfcrgen@example.org\r\n--B--\r\n',
+        "email",
+    ),
+    (
+        "multipart name",
+        "multipart/form-data; boundary=B",
+        b'--B\r\nContent-Disposition: form-data; name="email"'
+        b'\r\n\r\nada@example.org\r\n--B\r\nContent-Disposition: form-data; name="name"\r\n\r\nJ\xfcrgen\r\n--B--\r\n',
+        "name",
+    ),
+    ("json raw", "application/json", b'{"email": "j\xfcrgen@example.org"}', "email"),
+    ("json escape", "application/json", b'{"email": "j\\udcfcrgen@example.org"}', "email"),
+    ("json name", "application/json", b'{"email": "ada@example.org", "name": "J\\ud800rgen"}', "name"),
+]
+
+
+@pytest.mark.parametrize(("what", "content_type", "body", "field"), NOT_UTF8, ids=[c[0] for c in NOT_UTF8])
+def test_a_field_that_is_not_utf8_is_400_naming_it(
+    signup_site: Site, http: httpx.Client, what: str, content_type: str, body: bytes, field: str
+) -> None:
+    """It was stored as U+FFFD (`j\ufffdrgen@example.org`), or read as Latin-1."""
+    before = signup_site.dump()
+    r = http.post(f"{signup_site.url}/subscribe", content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 400
+    label = {"email": "Email address", "name": "Name"}[field]
+    if content_type == "application/json":
+        assert r.json() == {"error": f"{field} is not UTF-8 text", "field": field}
+    else:
+        assert f'<p class="problem" id="problem" role="alert">{label} is not UTF-8 text' in r.text
+        (form,) = forms_of(r.text)
+        assert "\ufffd" not in form["fields"][field]  # what came is not shown back as text
+    time.sleep(0.2)
+    assert signup_site.dump() == before
+    assert mails(confirm_dir(signup_site)) == []
+
+
+def test_utf8_in_every_encoding_is_taken(signup_site: Site, http: httpx.Client) -> None:
+    """The same address written every way a client may: escaped, raw UTF-8, multipart, JSON."""
+    posts = [
+        ("application/x-www-form-urlencoded", b"email=j%C3%BCrgen%40example.org&name=J%C3%BCrgen+M"),
+        ("application/x-www-form-urlencoded", "email=jürgen@example.org&name=Jürgen M".encode()),
+        (
+            "multipart/form-data; boundary=B",
+            '--B\r\nContent-Disposition: form-data; name="email"\r\n\r\njürgen@example.org\r\n--B--\r\n'.encode(),
+        ),
+        ("application/json", '{"email": "jürgen@example.org"}'.encode()),
+        ("application/json", b'{"email": "j\\u00fcrgen@example.org"}'),
+    ]
+    for n, (content_type, body) in enumerate(posts):
+        r = http.post(f"{signup_site.url}/subscribe", content=body, headers={"Content-Type": content_type, **ip(n)})
+        assert r.status_code == 200, (content_type, body, r.text)
+    with signup_site.store() as store:
+        people = [(s.email, s.name) for s in store.iter_subscribers()]
+    assert people == [("jürgen@example.org", "Jürgen M")]
+
+
 @pytest.mark.parametrize(
     "body",
     [b"{", b'{"email": "ada@example.org"', b"\xff\xfe", b'["ada@example.org"]', b'"ada@example.org"', b"[" * 5000],
@@ -252,6 +317,47 @@ def test_the_limits_per_address_are_ten_minutes_and_five_a_day(workspace: Path) 
         now[0] += timedelta(hours=2)
         store.set_status(sid, "active", "form")
         assert store.reserve_confirmation(sid, MAILS_PER_ADDRESS) is None
+
+
+def test_plus_tags_of_one_mailbox_share_its_limits(workspace: Path) -> None:
+    """bomb+1@, bomb+2@... reach one inbox: the per-address limits count the mailbox,
+    whichever tag (or none, or another case) asked; each address stays a subscriber
+    of its own. Other mailboxes, and the same name at another domain, count apart."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2024, 1, 12, 8, 0, tzinfo=UTC)
+    now = [start]
+    with Store.open(load_workspace(workspace), clock=lambda: now[0]) as store:
+
+        def add(address: str) -> int:
+            return store.add(address, status="pending", source="form")[0].id
+
+        tagged = [add(f"bomb+{i}@example.org") for i in range(1, 11)]
+        plain, shouted = add("bomb@example.org"), add("BOMB+x@Example.org")
+        assert len({*tagged, plain, shouted}) == 12  # twelve subscribers...
+        everyone = [*tagged, plain, shouted]
+        made = []
+        for step, minute in enumerate(range(0, 24 * 60, 5)):  # ...asking by turns all day
+            now[0] = start + timedelta(minutes=minute)
+            reserved = store.reserve_confirmation(everyone[step % len(everyone)], MAILS_PER_ADDRESS)
+            if reserved:
+                made.append(minute)
+                store.confirmation_sent(reserved[0])
+        assert made == [0, 10, 20, 30, 40]  # ...and one mailbox's limits
+        for other in ("bomb2@example.org", "bomb+1@example.net", "bomb+1@mail.example.org", "bom@example.org"):
+            assert store.reserve_confirmation(add(other), MAILS_PER_ADDRESS) is not None, other
+
+
+def test_ten_plus_tags_get_one_confirmation_email(signup_site: Site, http: httpx.Client) -> None:
+    for n in range(1, 11):
+        r = http.post(f"{signup_site.url}/subscribe", data={"email": f"bomb+{n}@example.org"}, headers=ip(n))
+        assert r.status_code == 200 and CHECK_INBOX in r.text
+    (sent,) = wait_for_mails(confirm_dir(signup_site), 1)
+    time.sleep(0.5)
+    assert mails(confirm_dir(signup_site)) == [sent]
+    assert str(read_mail(sent)["To"]) == "bomb+1@example.org"
+    with signup_site.store() as store:
+        assert store.count_by_status()["pending"] == 10  # each address is its own subscriber
 
 
 def test_thirty_one_posts_from_one_client_get_429(signup_site: Site, http: httpx.Client) -> None:

@@ -61,4 +61,16 @@ def address_key(address: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", address).casefold())
 
 
-__all__ = ["BadAddress", "address_key", "ascii_address", "normalize_address"]
+def mailbox_key(address: str) -> str:
+    """The mailbox an address reaches, for limits one person must not multiply: its
+    address_key with a `+tag` dropped (`Bomb+1@example.org` is `bomb@example.org`).
+    Subaddressing with `+` (RFC 5233) is what the large mail providers all offer; other
+    separators are one domain's choice, so they are not guessed at. The subscriber is
+    still the whole address."""
+    key = address_key(address)
+    local, at, domain = key.rpartition("@")
+    mailbox = local.split("+", 1)[0]
+    return f"{mailbox}@{domain}" if at and mailbox else key
+
+
+__all__ = ["BadAddress", "address_key", "ascii_address", "mailbox_key", "normalize_address"]

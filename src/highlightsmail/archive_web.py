@@ -6,7 +6,7 @@ fly from the workspace's files, under `archive.path` (`/archive` by default).
 | `GET PATH/` | the index of the issues sent so far |
 | `GET PATH/SLUG/` | an issue's page (404 page for an issue not sent, or no such issue) |
 | `GET PATH/feed.xml` | the Atom feed |
-| `GET PATH`, `GET PATH/SLUG` | 308 to the same address with a `/`, where the pages' relative links work |
+| `GET PATH`, `GET PATH/SLUG` | 308 to the same address with a `/`, where the pages' relative links work (for an issue in the archive; else the 404 page) |
 
 Each answer carries an ETag (a digest of the body) and is answered 304 when the reader
 already has it (If-None-Match, RFC 9110 13.1.2). Unlike the unsubscribe pages, these are
@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from highlightsmail.publish import Archive, Entry
+from highlightsmail.web import app_root, local_path
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -62,6 +63,7 @@ class _ArchiveEndpoint:
         from urllib.parse import urlsplit
 
         self.archive = Archive(ws)
+        self.path = ws.settings.archive.path
         base = urlsplit(ws.settings.base_url)
         self.headers = {
             "Cache-Control": ARCHIVE_CACHE_CONTROL,
@@ -112,9 +114,17 @@ class _ArchiveEndpoint:
         )
 
     async def add_slash(self, request: Request) -> Response:
-        # Relative, so it stays right behind a proxy that serves the endpoint under a prefix.
-        last = request.url.path.rstrip("/").rsplit("/", 1)[-1]
-        return RedirectResponse(f"{last}/", status_code=308)
+        """`PATH` and `PATH/SLUG` of an issue in the archive: 308 to the address with a
+        `/`. The Location is built from the endpoint's own path and the slug of an issue
+        it lists, never from what the request said: `PATH/https:evil.example` once sent
+        browsers to evil.example. Any other address is the 404 page."""
+        slug = request.path_params.get("slug")
+        if slug is not None:
+            known = await run_in_threadpool(lambda: any(e.slug == slug for e in self._listing()))
+            if not known:
+                return await self.not_found(request)
+        where = local_path(app_root(request.scope), self.path, slug or "", slash=True)
+        return RedirectResponse(where, status_code=308)
 
 
 def archive_routes(ws: Workspace) -> list[BaseRoute]:

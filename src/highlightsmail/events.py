@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from highlightsmail.store import DeliveryEventRow, RecordResult, format_time
+from highlightsmail.text import MAX_INT64, parse_number
 
 if TYPE_CHECKING:
     from highlightsmail.store import Source, Store
@@ -58,13 +59,13 @@ def sendgrid_row(event: Any) -> DeliveryEventRow | None:
         return None
     args = _custom_args(event)
     issue, sid = args.get("issue"), args.get("subscriber_id")
-    if not isinstance(issue, str) or not issue or len(issue) > 200 or not isinstance(sid, str | int):
+    if not isinstance(issue, str) or not issue or len(issue) > 200:
         return None
-    try:
-        subscriber_id = int(sid)
-    except ValueError:
-        return None
-    if not 1 <= subscriber_id < 2**63:  # SQLite's integers are 64-bit
+    # As we sent it (a string of digits), or a JSON number; never true/false, which are ints too.
+    subscriber_id = parse_number(sid, low=1) if isinstance(sid, str) else None
+    if isinstance(sid, int) and not isinstance(sid, bool) and 1 <= sid <= MAX_INT64:
+        subscriber_id = sid
+    if subscriber_id is None:
         return None
     at = _event_time(event.get("timestamp"))
     if at is None:
@@ -115,6 +116,10 @@ def _event_time(value: Any) -> str | None:
     """SendGrid's timestamp (Unix seconds) in the stored format."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
+    if isinstance(value, str):  # digits, as any number from outside (float() takes `١٢`, `1_0`, `nan`)
+        value = parse_number(value)
+        if value is None:
+            return None
     try:
         seconds = float(value)
         if not math.isfinite(seconds):

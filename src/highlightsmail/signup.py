@@ -8,8 +8,9 @@ unsubscribed, bounced, complained), the request gets the same answer, so the for
 nobody who is subscribed; an `active` address simply gets no email.
 
 Limits, kept in the database so that every server on it shares them: at most one
-confirmation email per address per 10 minutes and 5 per day, at most 30 requests per
-client per hour. A request that fills the hidden `website` field (a trap for bots) gets
+confirmation email per address per 10 minutes and 5 per day, counted by mailbox (the
+address without a `+tag`: bomb+1@ and bomb+2@ share bomb@'s limits, though each is a
+subscriber of its own), and at most 30 requests per client per hour. A request that fills the hidden `website` field (a trap for bots) gets
 the same answer as anyone, and nothing is stored or sent.
 
 Emails go out from worker threads of their own (`Mailer`): the answer never waits for a
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, InvalidToken
-from highlightsmail.text import header_problem
+from highlightsmail.text import header_problem, is_utf8
 
 if TYPE_CHECKING:
     from highlightsmail.backends.base import Backend
@@ -46,7 +47,7 @@ log = logging.getLogger("highlightsmail.signup")
 #: POST /subscribe per client (an IP address; IPv6 by its /64) and window.
 POSTS_PER_CLIENT = 30
 POST_WINDOW = timedelta(hours=1)
-#: Confirmation emails per address: (window, at most).
+#: Confirmation emails per address, counted by mailbox (addresses.mailbox_key): (window, at most).
 MAILS_PER_ADDRESS: tuple[tuple[timedelta, int], ...] = ((timedelta(minutes=10), 1), (timedelta(days=1), 5))
 #: Where confirmation emails go in the outbox (`outbox/_confirm/`); no issue's slug
 #: starts with `_`.
@@ -95,6 +96,11 @@ def read_form(fields: Mapping[str, Any]) -> SignupForm:
     trap = fields.get(TRAP_FIELD)
     if trap is not None and (not isinstance(trap, str) or trap.strip()):
         return SignupForm(trapped=True)
+    for field in (EMAIL_FIELD, NAME_FIELD):
+        value = fields.get(field)
+        if isinstance(value, str) and not is_utf8(value):
+            # Bytes that were not UTF-8: stored, they would be U+FFFD or a wrong letter.
+            raise FieldProblem(field, "is not UTF-8 text")
     raw_email = fields.get(EMAIL_FIELD)
     if raw_email is None or (isinstance(raw_email, str) and not raw_email.strip()):
         raise FieldProblem(EMAIL_FIELD, "is missing: enter your email address")
@@ -373,9 +379,10 @@ def render_confirmation(ws: Workspace) -> RenderedIssue:
 
 
 class Signup:
-    """The signup's work for the web endpoint, called from worker threads. One database
-    connection of its own, opened at first use: its lock makes the calls take turns,
-    which is quicker than SQLite's own waiting when many requests arrive at once."""
+    """The signup's work for the web endpoint, called from worker threads. One Store of
+    its own, opened at first use: on SQLite one connection, whose lock makes the calls
+    take turns, which is quicker than SQLite's own waiting when many requests arrive at
+    once; on PostgreSQL a pool, which replaces connections lost with a server restart."""
 
     def __init__(self, ws: Workspace, signer: Signer, *, clock: Callable[[], datetime] | None = None) -> None:
         self.ws = ws
@@ -392,7 +399,7 @@ class Signup:
 
             with self._db_lock:
                 if self._db is None:
-                    self._db = Store.open(self.ws, clock=self._clock)
+                    self._db = Store.open(self.ws, clock=self._clock, pooled=True)
         return self._db
 
     def _now(self) -> float:

@@ -38,6 +38,7 @@ from highlightsmail.signup import (
     Signup,
     read_form,
 )
+from highlightsmail.text import is_utf8
 
 if TYPE_CHECKING:
     from highlightsmail.tokens import Signer
@@ -67,24 +68,25 @@ def _wants_json(request: Request) -> bool:
 
 
 async def _fields(request: Request, as_json: bool) -> dict[str, Any]:
-    """The posted fields: a JSON object, or a form (urlencoded or multipart)."""
+    """The posted fields: a JSON object, or a form (urlencoded or multipart). Text that
+    is not UTF-8 comes as lone surrogates, for read_form to refuse by field."""
+    from highlightsmail.forms import FormError, read_fields
+
+    body = await request.body()
     if as_json:
-        body = await request.body()
         try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
+            data = json.loads(body.decode("utf-8", "surrogateescape"))
+        except (ValueError, RecursionError):
             raise _BadBody("the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise _BadBody('the body must be a JSON object, like {"email": "reader@example.org"}')
         return data
     try:
-        async with request.form(max_files=0, max_fields=20) as form:
-            fields: dict[str, Any] = {}
-            for key, value in form.multi_items():
-                if isinstance(value, str):
-                    fields.setdefault(key, value)  # the first of repeated fields
-            return fields
-    except Exception:  # malformed multipart, too many fields, a file
+        fields: dict[str, Any] = {}
+        for key, value in read_fields(request.headers.get("content-type", ""), body):
+            fields.setdefault(key, value)  # the first of repeated fields
+        return fields
+    except FormError:  # malformed multipart, too many fields, a file
         raise _BadBody("the form could not be read") from None
 
 
@@ -183,7 +185,8 @@ class SignupEndpoint:
         except FieldProblem as problem:
             if as_json:
                 return JSONResponse({"error": problem.message, "field": problem.field}, 400, headers=headers)
-            shown = {k: v for k in (EMAIL_FIELD, NAME_FIELD) if isinstance(v := fields.get(k), str)}
+            # Shown again in the form, to correct; what is not text stays out of the page.
+            shown = {k: v for k in (EMAIL_FIELD, NAME_FIELD) if isinstance(v := fields.get(k), str) and is_utf8(v)}
             return self._form_page(400, problem, **shown)
         await run_in_threadpool(self.signup.request, form)
         return self._accepted(as_json, headers)
@@ -215,13 +218,13 @@ class SignupEndpoint:
     async def _use(self, request: Request, token: str) -> LinkState | Response | None:
         """POST /confirm/TOKEN: confirm, or (`action=resend` on an expired or spent
         link) send a new link."""
-        action = ""
+        from highlightsmail.forms import FormError, read_fields
+
         try:
-            async with request.form(max_files=0, max_fields=20) as form:
-                value = form.get("action")
-                action = value if isinstance(value, str) else ""
-        except Exception:  # the token authorises; an unreadable body just asks for nothing
-            action = ""
+            fields = read_fields(request.headers.get("content-type", ""), await request.body())
+        except FormError:  # the token authorises; an unreadable body just asks for nothing
+            fields = []
+        action = next((value for key, value in fields if key == "action"), "")
         if action == "resend":
             found = await run_in_threadpool(self.signup.look, token)
             if found is not None and found.state in ("expired", "spent"):

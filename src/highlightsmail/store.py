@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import shlex
@@ -67,7 +68,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, get_args
 
-from highlightsmail.addresses import address_key
+from highlightsmail.addresses import address_key, mailbox_key
 from highlightsmail.dburl import describe_url, is_postgresql
 from highlightsmail.errors import HighlightsError, HighlightsWarning, display_path
 
@@ -567,6 +568,26 @@ RETURNING d.subscriber_id, d.email, x.name, d.state, d.batch, d.attempts
 """
 
 
+#: How long the web app's pool keeps retrying a lost connection before it gives up and
+#: waits for a request to need one.
+POOL_RECONNECT_S = 10.0
+
+
+class _PoolWarnings(logging.Filter):
+    """psycopg.pool's warnings (two lines at every attempt to reconnect, 10-12 in 30 s
+    while a server is down) stay out of the log: the web endpoint says in one line when
+    the database goes, and in one when it is back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def _quiet_pool_log() -> None:
+    logger = logging.getLogger("psycopg.pool")
+    if not any(isinstance(f, _PoolWarnings) for f in logger.filters):
+        logger.addFilter(_PoolWarnings())
+
+
 def _issue_key(issue: str) -> int:
     return zlib.crc32(issue.encode("utf-8")) & 0x7FFFFFFF
 
@@ -872,6 +893,7 @@ class Store:
             if pooled:
                 from psycopg_pool import ConnectionPool
 
+                _quiet_pool_log()
                 # Checked on the way out of the pool: a server restarted since is met with a
                 # new connection, not a failed request.
                 self._pool = ConnectionPool(
@@ -882,6 +904,11 @@ class Store:
                     # A request waits this long for a connection, then answers 503.
                     timeout=min(self._timeout, 5),
                     check=ConnectionPool.check_connection,
+                    # A connection lost with the server is retried at growing intervals
+                    # (1, 2, 4 s...), then given up, and made anew when a request needs
+                    # it: a server back after a long outage is used at once, not after
+                    # the next of ever longer waits (there were minutes between tries).
+                    reconnect_timeout=POOL_RECONNECT_S,
                     name="highlights",
                     open=False,
                 )
@@ -2175,13 +2202,16 @@ class Store:
         many requests at the same moment make one email."""
         now = self._clock().replace(microsecond=0)
         with self._write() as conn:
-            row = conn.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+            row = conn.execute("SELECT status, email_key FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
             if row is None or row[0] == "active":
                 return None
+            # Counted by mailbox: bomb+1@, bomb+2@... are one inbox, whoever typed them.
+            same_mailbox, params = _same_mailbox(row[1])
             for window, most in limits:
                 (sent,) = conn.execute(
-                    "SELECT count(*) FROM confirmation_mails WHERE subscriber_id = ? AND at > ?",
-                    (subscriber_id, format_time(now - window)),
+                    "SELECT count(*) FROM confirmation_mails AS c JOIN subscribers AS s ON s.id = c.subscriber_id"
+                    f" WHERE c.at > ? AND s.merged_into IS NULL AND {same_mailbox}",
+                    (format_time(now - window), *params),
                 ).fetchone()
                 if sent >= most:
                     return None
@@ -2424,6 +2454,23 @@ class Store:
                 copy.write_row(row)
                 n += 1
         return n
+
+
+def _same_mailbox(email_key: str) -> tuple[str, tuple[str, ...]]:
+    """A condition on `s.email_key` (and its parameters) for every address of the
+    mailbox that `email_key` reaches (addresses.mailbox_key): the mailbox itself, and
+    `mailbox+anything@domain`, found by a range of the index on email_key."""
+    mailbox = mailbox_key(email_key)
+    if mailbox == email_key and "+" in email_key.rpartition("@")[0]:
+        return "s.email_key = ?", (email_key,)  # `+tag@`: no mailbox name to share
+    local, _, domain = mailbox.rpartition("@")
+
+    def escaped(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+    condition = "(s.email_key = ? OR (s.email_key >= ? AND s.email_key < ? AND s.email_key LIKE ? ESCAPE '\\'))"
+    # `+` is followed by `,` in ASCII: the range holds every `local+...`.
+    return condition, (mailbox, f"{local}+", f"{local},", f"{escaped(local)}+%@{escaped(domain)}")
 
 
 class _Mismatch(Exception):

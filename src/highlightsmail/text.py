@@ -91,15 +91,51 @@ def header_problem(value: str) -> str | None:
     return None
 
 
+def is_utf8(value: str) -> bool:
+    """Whether `value` is text that UTF-8 can carry: no lone surrogate, which is what
+    bytes that were not UTF-8 become when read with `surrogateescape` (forms.py), and
+    what a JSON `\\udcff` escape makes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: The largest whole number the databases store (SQLite's INTEGER, PostgreSQL's BIGINT).
+MAX_INT64 = 2**63 - 1
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def parse_number(value: str | bytes | None, *, base: int = 10, low: int = 0, high: int = MAX_INT64) -> int | None:
+    """A whole number that came from outside (a header, a token, a posted field), or None.
+
+    ASCII digits of `base` only (lower-case letters above 9), within [low, high]: int()
+    also takes a sign, spaces, underscores and other scripts' digits (`\u0661\u0662` is
+    12), and fails on some of what str.isdigit() calls digits (`\u00b2\u00b3`), so a
+    number read with it either means something else or is an error no one handled.
+    The bounds keep what is read inside the database's integers and datetime's years."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    # No number up to `high` has more digits than in base 2: longer text is refused unread.
+    if not value or len(value) > max(1, high.bit_length()) or not set(value) <= set(_DIGITS[:base]):
+        return None
+    number = int(value, base)
+    return number if low <= number <= high else None
+
+
 __all__ = [
     "ENCODED_WORD",
     "FORBIDDEN_IN_LINE",
     "FORBIDDEN_IN_TEXT",
     "LINE_BREAK",
+    "MAX_INT64",
     "MAX_URL_OCTETS",
     "describe_forbidden",
     "header_problem",
+    "is_utf8",
     "line_problem",
+    "parse_number",
     "text_problem",
     "url_octets",
     "url_problem",

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from highlightsmail.errors import HighlightsError, HighlightsWarning, InvalidToken, display_path
+from highlightsmail.text import parse_number
 
 KINDS = {"unsubscribe": "u", "test": "t"}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
@@ -91,10 +92,9 @@ class Signer:
         if not match:
             raise InvalidToken("this link is not valid")
         kind, ident, mac_text = match.groups()
-        if _base36(int(ident, 36)) != ident:  # one id, one spelling (no leading zeros)
-            raise InvalidToken("this link is not valid")
+        subscriber_id = _number(ident)
         self._verify(kind, ident, mac_text)
-        return _KIND_NAMES[kind], int(ident, 36)
+        return _KIND_NAMES[kind], subscriber_id
 
     def _verify(self, kind: str, ident: str, mac_text: str) -> None:
         # Compare the text, not the decoded bytes: the last base64 character carries four
@@ -122,10 +122,9 @@ class Signer:
         if not match:
             raise InvalidToken("this link is not valid")
         sid, made, mac_text = match.groups()
-        if _base36(int(sid, 36)) != sid or _base36(int(made, 36)) != made:
-            raise InvalidToken("this link is not valid")
+        subscriber_id, made_at = _number(sid), _number(made)
         self._verify(CONFIRM_KIND, f"{sid}.{made}", mac_text)
-        return int(sid, 36), int(made, 36)
+        return subscriber_id, made_at
 
     def make_message(self, issue: str, tag: str, subscriber_id: int) -> str:
         """The token of the message of `issue`'s dispatch (tagged `tag`) to this subscriber:
@@ -154,6 +153,16 @@ class Signer:
         return mac.digest()[:_MESSAGE_MAC_BYTES].hex()
 
 
+def _number(digits: str) -> int:
+    """A number in a token: base 36 in its one spelling (no leading zeros), and no more
+    than the database's integers hold; a well-signed id beyond them (the signature says
+    nothing about the number) would otherwise reach the database and fail there."""
+    number = parse_number(digits, base=36)
+    if number is None or _base36(number) != digits:
+        raise InvalidToken("this link is not valid")
+    return number
+
+
 def read_message_token(token: str) -> tuple[str, int] | None:
     """(dispatch tag, subscriber id) of something shaped like a message token, or None;
     only `Signer.is_message` says whether it is genuine."""
@@ -161,10 +170,10 @@ def read_message_token(token: str) -> tuple[str, int] | None:
     if not match:
         return None
     tag, ident, _mac = match.groups()
-    sid = int(ident, 36)
-    if _base36(sid) != ident or sid >= 2**63:  # one spelling; a 64-bit id, as stored
+    try:
+        return tag, _number(ident)
+    except InvalidToken:
         return None
-    return tag, sid
 
 
 def find_message_tokens(text: bytes, limit: int = 20) -> list[str]:

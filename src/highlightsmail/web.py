@@ -19,13 +19,16 @@ Behaviour worth knowing (the product contract has the table of routes):
 - Invalid, altered or unknown-subscriber tokens: 400 "This link is not valid".
 - A database that cannot be used (damaged, read-only, locked too long, a PostgreSQL
   server down or out of reach): 503 with Retry-After, and one line in the log naming the
-  file or server and what to do. `/healthz` says so too (503, with that line), so a load
-  balancer takes the process out of rotation.
+  file or server and what to do. `/healthz` says so too (503, with that line), within
+  half a second whatever the database does, so a load balancer takes the process out
+  of rotation; the log says once when the database goes and once when it is back.
 - On PostgreSQL several processes (on several machines) may serve the same list: every
   write is one transaction in the database, and each process borrows connections from a
   small pool.
-- Logs never hold a working link: anything shaped like a token in a logged path (the
-  access log and ours) has its signature cut, however the path was mangled or escaped.
+- Logs never hold a working link: in a logged path (the access log, the error log and
+  ours) whatever follows a token route (`/u/`, `/confirm/`: TOKEN_ROUTES) is cut but the
+  token's kind and id, however the path was mangled or escaped, and anything shaped like
+  a token elsewhere has its signature cut.
 - Every response carries a strict CSP, `Referrer-Policy: no-referrer` (the token is in the
   path and must not leak), `nosniff` and `Cache-Control: no-store`. Bodies over 8 KiB: 413.
   The archive's pages (archive_web.py, when enabled) may be cached and indexed.
@@ -33,16 +36,19 @@ Behaviour worth knowing (the product contract has the table of routes):
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import re
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -51,12 +57,14 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from highlightsmail import templating
-from highlightsmail.errors import HighlightsError, InvalidToken
+from highlightsmail.dburl import describe_url
+from highlightsmail.errors import HighlightsError, InvalidToken, display_path
 from highlightsmail.serving import bind_socket
 from highlightsmail.store import UNDELIVERABLE, UnusableDatabase
+from highlightsmail.text import parse_number
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -142,6 +150,86 @@ class SubscriberView:
     status: str
 
 
+#: /healthz answers within this, whatever the database does: a load balancer gives up on
+#: a check after a second or a few, and a check that waited out a connect timeout
+#: (libpq's shortest is 2 s; the pool's wait, 5 s) looked like a dead process.
+HEALTH_WAIT_S = 0.5
+#: While the database cannot be used, it is asked again this often, so that its return
+#: is noticed (and logged) with or without requests.
+HEALTH_RETRY_S = 2.0
+
+
+class DatabaseHealth:
+    """Whether the database answers, and one line in the log at each change: when it
+    goes (with the reason) and when it is back, however many requests fail between.
+
+    A check runs in a thread of its own, one at a time; /healthz waits at most
+    HEALTH_WAIT_S for it, then answers with the state last known (or that the database
+    did not answer in time), and the check's outcome counts when it comes. A request
+    that failed on the database starts a check too. While the database is gone, it is
+    checked every HEALTH_RETRY_S until it is back."""
+
+    def __init__(self, check: Callable[[], str | None], where: str) -> None:
+        self._check = check
+        self._where = where
+        self._lock = threading.Lock()
+        self._problem: str | None = None
+        self._running: Future[str | None] | None = None
+        self._watching = False
+        self._closed = threading.Event()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+
+    def start(self) -> Future[str | None]:
+        """The check under way, or a new one (once closed: the state last known)."""
+        with self._lock:
+            if self._closed.is_set():
+                known: Future[str | None] = Future()
+                known.set_result(self._problem)
+                return known
+            if self._running is None or self._running.done():
+                self._running = self._thread.submit(self._run)
+            return self._running
+
+    async def problem(self) -> str | None:
+        """Why the database cannot be used now (None: it answers), within HEALTH_WAIT_S."""
+        running = asyncio.wrap_future(self.start())
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), HEALTH_WAIT_S)
+        except TimeoutError:
+            return self._problem or f"{self._where}: the database did not answer within {HEALTH_WAIT_S:g} s"
+
+    def _run(self) -> str | None:
+        problem = self._check()
+        with self._lock:
+            before, self._problem = self._problem, problem
+            watch = problem is not None and not self._watching and not self._closed.is_set()
+            self._watching |= watch
+        if problem is not None and before is None:
+            log.error("database unavailable: %s", problem)
+        elif problem is None and before is not None:
+            # A warning, as the going was an error: both reach a log that shows only those.
+            log.warning("database available again: %s", self._where)
+        if watch:
+            threading.Thread(target=self._watch, name="health-watch", daemon=True).start()
+        return problem
+
+    def _watch(self) -> None:
+        try:
+            while not self._closed.wait(HEALTH_RETRY_S):
+                if self.start().result() is None:
+                    return
+        except CancelledError:  # the app stopped meanwhile
+            pass
+        finally:
+            with self._lock:
+                self._watching = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
 class Subscriptions:
     """The endpoint's database work. On SQLite each call opens its own Store, so requests
     served in different threads never share a SQLite connection; the store's busy timeout
@@ -157,6 +245,8 @@ class Subscriptions:
         self._ws = ws
         self._keeper: Store | None = None
         self._keeper_lock = threading.Lock()
+        where = describe_url(ws.database_url) if ws.database_url else display_path(ws.db_path)
+        self.health = DatabaseHealth(self.check, where)
 
     def _store(self) -> AbstractContextManager[Store]:
         from highlightsmail.store import Store
@@ -172,15 +262,25 @@ class Subscriptions:
         return Store.open(self._ws)
 
     def check(self) -> str | None:
-        """Why the database cannot be used now, or None when it answers."""
+        """Why the database cannot be used now, or None when it answers. On PostgreSQL
+        over a connection of its own, with the shortest connect timeout libpq takes, not
+        one from the pool: the pool's connections may all be busy serving (load is not
+        ill health), and it waits between attempts to reconnect."""
+        from highlightsmail.store import Store
+
         try:
-            with self._store() as store:
-                store.ping()
+            if self._ws.database_url:
+                with Store.open(self._ws, timeout=2) as store:
+                    store.ping()
+            else:
+                with self._store() as store:
+                    store.ping()
         except HighlightsError as exc:
             return exc.format_message()
         return None
 
     def close(self) -> None:
+        self.health.close()
         with self._keeper_lock:
             if self._keeper is not None:
                 self._keeper.close()
@@ -261,7 +361,7 @@ class _Endpoint:
 
     async def healthz(self, request: Request) -> Response:
         """200 `ok`, or 503 with the one line saying why the database cannot be used."""
-        problem = await run_in_threadpool(self.db.check)
+        problem = await self.db.health.problem()
         if problem is not None:
             return PlainTextResponse(f"database unavailable: {problem}", status_code=503)
         return PlainTextResponse("ok")
@@ -360,7 +460,9 @@ class _Endpoint:
         to do; the reader, that nothing changed and to come back later (a mail
         provider's one-click POST is retried)."""
         assert isinstance(exc, UnusableDatabase)
-        log.error("cannot answer %s %s: %s", request.method, request.url.path, exc.format_message())
+        # The path as routed, not request.url, which a Host header of `[` makes fail.
+        log.error("cannot answer %s %s: %s", request.method, request.scope["path"], exc.format_message())
+        self.db.health.start()  # whether the database is gone: one line if so
         return self.pages.notice(
             503,
             "Please try again later",
@@ -387,18 +489,12 @@ async def _is_one_click(request: Request) -> bool:
     A body that can't be parsed is not one-click; it still unsubscribes (as `web`), since
     the signed token, not the body, is what authorises the request.
     """
-    content_type = request.headers.get("content-type", "").lower()
-    fields: list[tuple[str, str]] = []
-    if content_type.startswith("multipart/form-data"):
-        try:
-            async with request.form(max_files=0, max_fields=20) as form:
-                fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        except Exception:  # malformed multipart: treat as an unlabelled form post
-            fields = []
-    else:
-        # urlencoded, or a sender that forgot the content type: the same key=value text
-        body = await request.body()
-        fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    from highlightsmail.forms import FormError, read_fields
+
+    try:
+        fields = read_fields(request.headers.get("content-type", ""), await request.body())
+    except FormError:  # malformed: treat as an unlabelled form post
+        return False
     return any(k.strip().lower() == "list-unsubscribe" and v.strip().lower() == "one-click" for k, v in fields)
 
 
@@ -459,6 +555,23 @@ def base_path(settings: Settings) -> str:
     return "" if first in APP_PATHS or first == settings.archive.path.split("/")[1] else path
 
 
+def app_root(scope: Scope) -> str:
+    """The path the whole app is served under (base_url's path, or uvicorn's
+    --root-path), also from inside a Mount, which adds its own path to `root_path`."""
+    return str(scope.get("app_root_path", scope.get("root_path", "")))
+
+
+def local_path(*parts: str, slash: bool = False) -> str:
+    """A path on this site, for a Location header: `/` and the segments of `parts`,
+    each %-escaped, empty, `.` and `..` ones dropped. It starts with one `/`, never two
+    or a backslash, so no browser reads it as another site (`//evil.example`,
+    `/\\evil.example`), a segment is never a scheme (`https:evil.example`), and it never
+    climbs out of the path it was built from."""
+    segments = [s for part in parts for s in part.split("/") if s not in ("", ".", "..")]
+    path = "/" + "/".join(quote(s, safe="") for s in segments)
+    return path + "/" if slash and segments else path
+
+
 class _BasePath:
     """Links are base_url + /u/TOKEN, and a proxy forwards them with base_url's path
     (nginx `proxy_pass http://127.0.0.1:8000;`) or without it (`.../8000/;`): both reach
@@ -510,14 +623,12 @@ class _BodyLimit:
             path = path[len(root) :]  # as routing sees it
         limit = self.paths.get(path, self.limit)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            try:
-                too_large = int(declared) > limit
-            except ValueError:
-                too_large = False  # the server has already refused a malformed length
-            if too_large:
-                await self._too_large(limit)(scope, receive, send)
-                return
+        # A length the HTTP server let through that does not parse is more digits than
+        # any integer here holds (a malformed one it has refused already).
+        length = 0 if declared is None else parse_number(declared)
+        if length is None or length > limit:
+            await self._too_large(limit)(scope, receive, send)
+            return
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -572,6 +683,7 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
         *archive_routes(ws),
         Route(webhooks.PATH, sendgrid_events.handle, methods=["POST"]),
     ]
+    _check_token_routes(routes)
     middleware = [
         Middleware(_BasePath, prefix=base_path(ws.settings)),
         Middleware(_SecurityHeaders, pages=endpoint.pages),  # every answer gets the headers
@@ -601,30 +713,75 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 # ---------------------------------------------------------------- logs
 
 
-#: Anything shaped like a token: a kind and an id (either letter case, since a reader
-#: could lower-case them again), a dot (a confirmation token has its time too, and a
-#: second dot), and 22 or more URL-safe base64 characters, the signature, which is what
-#: makes the link work and is all that is cut.
-_TOKEN_SHAPED = re.compile(r"([utc][0-9a-z]{0,13}\.(?:[0-9a-z]{1,13}\.)?)[A-Za-z0-9_-]{22,}", re.IGNORECASE)
-_CUT = r"\1[redacted]"
+def _check_token_routes(routes: list[BaseRoute]) -> None:
+    """Every route with a token in its path is one the logs know to cut."""
+    for route in routes:
+        path = getattr(route, "path", "")
+        if "{token}" in path and path.split("/")[1] not in TOKEN_ROUTES:
+            raise RuntimeError(
+                f"{path}: a route with a token must be listed in web.TOKEN_ROUTES, or its links are logged"
+            )
+        _check_token_routes(getattr(route, "routes", []))  # a Mount's
+
+
+#: The first path segment of every route that carries a token (`/u/TOKEN`,
+#: `/confirm/TOKEN`). The logs cut whatever follows `/SEGMENT/`, and create_app refuses
+#: a route with a `{token}` that is not listed here: a new token route joins by being
+#: added here, and is redacted from its first request on.
+TOKEN_ROUTES = frozenset({"u", "confirm"})
+
+#: Anything shaped like a token, on any path: a kind and an id (either letter case,
+#: since a reader could lower-case them again), a dot (a confirmation token has its
+#: time too, and a second dot), and 22 or more URL-safe base64 characters, the
+#: signature, which is what makes the link work and is all that is cut.
+_TOKEN_SHAPED = re.compile(r"([a-z][0-9a-z]{0,13}\.(?:[0-9a-z]{1,13}\.)?)[A-Za-z0-9_-]{22,}", re.IGNORECASE)
+#: What a token starts with, which the log keeps, so it still says whom a request was for.
+_TOKEN_HEAD = re.compile(r"[a-z][0-9a-z]{0,13}\.(?:[0-9a-z]{1,13}\.)?", re.IGNORECASE)
+_REDACTED = "[redacted]"
 # Characters left as they are when a logged path is escaped again after decoding.
 _LOG_SAFE = "/?&=:;,+@!$'()*[]"
 
 
-def _redact(text: str) -> str:
-    """A logged path or line with the signature of anything token-shaped cut, so logs
-    keep which subscriber a request named but never a working link. It looks through
-    %-escapes too (`/u/%75%31.` is `/u/u1.`); a path that hid a token that way is
-    logged decoded, redacted, and escaped again, so it cannot break the log line."""
-    redacted = _TOKEN_SHAPED.sub(_CUT, text)
+@functools.cache
+def _after_token_route() -> re.Pattern[str]:
+    """`/u/` (any token route, either case) and everything after it."""
+    routes = "|".join(sorted(map(re.escape, TOKEN_ROUTES)))
+    return re.compile(rf"(/(?:{routes})/)(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def _cut(text: str) -> str:
+    def after_route(match: re.Match[str]) -> str:
+        if not match.group(2):
+            return match.group()
+        head = _TOKEN_HEAD.match(match.group(2))
+        return match.group(1) + (head.group() if head else "") + _REDACTED
+
+    text = _after_token_route().sub(after_route, text)
+    return _TOKEN_SHAPED.sub(lambda m: m.group(1) + _REDACTED, text)
+
+
+def _redact(text: str, *, safe: str = _LOG_SAFE) -> str:
+    """A logged path that holds no working link: whatever follows a token route (`/u/`,
+    `/confirm/`) is cut, however mangled (`/u/u1+.SIG`, a signature split by `%20` or
+    followed by `%0D%0A`), except the token's kind and id; anything token-shaped
+    elsewhere loses its signature. It looks through %-escapes, and escapes of escapes
+    (`/%2575/` is `/u/`); a path that hid a token that way is logged decoded, cut, and
+    escaped again, so it cannot break the log line either."""
     decoded = text
-    for _ in range(3):  # escapes of escapes, a few layers deep
-        if "%" not in decoded:
+    for _ in range(16):  # each layer of escapes is shorter: this ends long before
+        if "%" not in decoded or (once := unquote(decoded)) == decoded:
             break
-        decoded = unquote(decoded)
-        if _TOKEN_SHAPED.search(decoded):
-            return quote(_TOKEN_SHAPED.sub(_CUT, decoded), safe=_LOG_SAFE)
-    return redacted
+        decoded = once
+    cut = _cut(decoded)
+    if cut == decoded:
+        return text  # nothing of a token at any depth
+    return cut if decoded == text else quote(cut, safe=safe)
+
+
+def _redact_lines(text: str) -> str:
+    """`_redact` for a message or a traceback: each line on its own, so a token route
+    cuts the rest of its line, not the lines after it (and spaces stay spaces)."""
+    return "\n".join(_redact(line, safe=_LOG_SAFE + ' "<>') for line in text.split("\n"))
 
 
 class _RedactTokens(logging.Filter):
@@ -632,20 +789,26 @@ class _RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
-            record.msg = _redact(record.msg)
+            record.msg = _redact_lines(record.msg)
         if isinstance(record.args, tuple):
             record.args = tuple(_redact(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.args, dict):
             record.args = {k: _redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
         if record.exc_info and not record.exc_text:
-            # Formatted once here (the handlers' formatters reuse exc_text), without the
-            # decoding step: a traceback is not a path.
-            record.exc_text = _TOKEN_SHAPED.sub(_CUT, logging.Formatter().formatException(record.exc_info))
+            # Formatted once here: the handlers' formatters reuse exc_text.
+            record.exc_text = _redact_lines(logging.Formatter().formatException(record.exc_info))
         return True
 
 
-#: Every logger that may write a request's path: uvicorn's access and error logs, ours.
-_REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "highlightsmail.web")
+#: Every logger that may write a request's path or a link: uvicorn's access and error
+#: logs, and ours.
+_REDACTED_LOGGERS = (
+    "uvicorn.access",
+    "uvicorn.error",
+    "highlightsmail.web",
+    "highlightsmail.signup",
+    "highlightsmail.webhooks",
+)
 
 
 def _install_log_redaction() -> None:
@@ -740,9 +903,12 @@ __all__ = [
     "CONTENT_SECURITY_POLICY",
     "MAX_BODY_BYTES",
     "SECURITY_HEADERS",
+    "TOKEN_ROUTES",
     "app",
+    "app_root",
     "bind_socket",
     "create_app",
+    "local_path",
     "mask_email",
     "open_server",
 ]

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from highlightsmail.errors import HighlightsError
+from highlightsmail.text import parse_number
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -42,6 +43,7 @@ ENV_PUBLIC_KEY = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 MAX_SKEW_S = 300
+MAX_TIMESTAMP = 10**12 - 1  # Unix seconds of twelve digits at most: past the year 30000
 # SendGrid posts a batch every 30 seconds or when it reaches 768 KB, so a batch is at
 # most 768 KB plus one event; twice that leaves room and still bounds memory.
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -139,9 +141,10 @@ class SendGridWebhook:
             return "no verification key is configured"
         if not signature or not timestamp:
             return "no signature or timestamp header"
-        if not timestamp.isdigit() or len(timestamp) > 12:
+        seconds = parse_number(timestamp, high=MAX_TIMESTAMP)
+        if seconds is None:
             return "a timestamp that is not Unix seconds"
-        if abs(self._clock() - int(timestamp)) > MAX_SKEW_S:
+        if abs(self._clock() - seconds) > MAX_SKEW_S:
             return "a timestamp more than 5 minutes away"
         try:
             payload = body.decode("utf-8")
