@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import timeit
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -281,15 +280,6 @@ def test_schema_only_violation_is_rejected(any_sg: SendGridServer) -> None:
     fields = {e["field"] for e in response.json()["errors"]}
     assert {"asm.group_id", "tracking_settings.open_tracking.enable"} <= fields
     assert any_sg.accepted == []
-
-
-def test_validating_1000_personalizations_is_fast(any_sg: SendGridServer) -> None:
-    sg = any_sg
-    body = valid_body(1000)
-    assert sg.validate_mail(body) == []
-    # CPU time of this thread: other processes on a busy CI machine must not make it flaky.
-    best = min(timeit.repeat(lambda: sg.validate_mail(body), number=1, repeat=7, timer=time.thread_time))
-    assert best < 0.1, f"{best * 1000:.0f} ms"
 
 
 def test_missing_or_wrong_auth_is_401(sg: SendGridServer) -> None:
