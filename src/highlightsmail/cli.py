@@ -657,8 +657,10 @@ def db_upgrade(obj: _Ctx) -> None:
     from highlightsmail.store import SCHEMA_VERSION, Store
 
     with Store.open(obj.ws, upgrade=True) as store:
-        where, before = store.where, store.upgraded_from
-    if before is None:
+        where, before, created = store.where, store.upgraded_from, store.created_schema
+    if created:
+        click.echo(f"{where}: created schema {SCHEMA_VERSION}, with no subscribers yet")
+    elif before is None:
         click.echo(f"{where}: schema {SCHEMA_VERSION}, up to date")
     else:
         click.echo(f"{where}: upgraded from schema {before} to {SCHEMA_VERSION}")
@@ -675,6 +677,7 @@ def db_copy(obj: _Ctx, to: str) -> None:
     from highlightsmail.dburl import describe_url, is_postgresql
     from highlightsmail.errors import HighlightsError
     from highlightsmail.store import Store
+    from highlightsmail.workspace import ENV_DATABASE_URL
 
     ws = obj.ws
     if not is_postgresql(to):
@@ -682,7 +685,8 @@ def db_copy(obj: _Ctx, to: str) -> None:
     if ws.database_url is not None:
         raise HighlightsError(
             f"this workspace's state is already in PostgreSQL ({describe_url(ws.database_url)}); "
-            "db copy copies a SQLite file"
+            "db copy copies the SQLite file that `database:` names: run it before pointing `database:` "
+            f"(or {ENV_DATABASE_URL}) at PostgreSQL"
         )
     if not ws.db_path.is_file():
         raise HighlightsError(f"{ws.db_path}: no database to copy")

@@ -255,7 +255,7 @@ class Subscriptions:
         if keeper is None:
             with self._keeper_lock:
                 if self._keeper is None:
-                    self._keeper = Store.open(self._ws, pooled=True)  # also creates the schema once
+                    self._keeper = Store.open(self._ws, pooled=True)  # a new SQLite file's schema too
                 keeper = self._keeper
         if keeper.postgresql:
             return nullcontext(keeper)  # shared by every thread: closed with the app
