@@ -831,8 +831,10 @@ class _LazyApp:
 
     def _build(self) -> Starlette:
         if self._app is None:
+            from highlightsmail.errors import show_warnings_plainly
             from highlightsmail.workspace import load_workspace
 
+            show_warnings_plainly()  # one `warning: ...` line each in the server's log, as commands print them
             self._app = create_app(load_workspace())
         return self._app
 
