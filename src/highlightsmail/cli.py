@@ -528,6 +528,7 @@ def form(obj: _Ctx) -> None:
 
     ws = obj.ws
     click.echo(form_snippet(ws), nl=False)
+    _warn_if_committable(None)
     if not ws.settings.signup.enabled:
         click.echo(
             "Note: signup.enabled is false in highlights.yaml, so `highlights serve` does not answer "
@@ -624,22 +625,29 @@ def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:
 
     with _streamed_stdout() as out:
         engine.write_list(obj.ws, out, status=status_, fmt=fmt)  # type: ignore[arg-type]  # click.Choice
+    _warn_if_committable(None)
 
 
 @subscribers.command("export")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @pass_ctx
 def subscribers_export(obj: _Ctx, file: Path | None) -> None:
-    """Export every subscriber as CSV to FILE (default: standard output)."""
+    """Export every subscriber as CSV to FILE (default: standard output).
+
+    Keep the file out of git: in the workspace's private/ folder (made when missing),
+    which git ignores. A file that git would offer for a commit gets a warning."""
     from highlightsmail import subscribers as engine
     from highlightsmail.errors import display_path
 
     if file is None:
         with _streamed_stdout() as out:
             engine.export(obj.ws, None, out)
+        _warn_if_committable(None)
         return
+    obj.ws.make_private_dir(file)
     count = engine.export(obj.ws, file)
     click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
+    _warn_if_committable(file)
 
 
 @main.group()
@@ -784,6 +792,7 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
     ws = obj.ws
     if out is not None:
         ws.check_output(out)
+        ws.make_private_dir(out)
     slug = _slug_of(ws, issue)
     with Store.open(ws) as store:
         figures = reporting.build_report(store, slug)
@@ -795,12 +804,14 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
         text = reporting.format_table(figures)
     if out is None:
         click.echo(text, nl=False)
+        _warn_if_committable(None)
         return
     try:
         out.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise HighlightsError(f"{display_path(out)}: cannot write the report: {exc.strerror or exc}") from None
     click.echo(f"Wrote {display_path(out)}", err=True)
+    _warn_if_committable(out)
 
 
 def _slug_of(ws: Workspace, issue: str) -> str:
@@ -818,6 +829,39 @@ def _slug_of(ws: Workspace, issue: str) -> str:
                 if store.dispatch_info(issue) is not None:
                     return issue
         raise
+
+
+def _warn_if_committable(path: Path | None) -> None:
+    """One warning line when the file just written (`path`, or for None the file that
+    standard output was redirected to) would be offered by `git status` for a commit:
+    exports and reports hold personal data, and a `git add .` would publish them."""
+    from highlightsmail.errors import display_path
+    from highlightsmail.workspace import PRIVATE_DIR, git_would_offer
+
+    target = path if path is not None else _stdout_file()
+    if target is not None and git_would_offer(target):
+        click.echo(
+            f"warning: {display_path(target)} is in a git repository and not ignored, so git would offer it "
+            f"for a commit; write it in {PRIVATE_DIR}/ (git-ignored) or add it to .gitignore",
+            err=True,
+        )
+
+
+def _stdout_file() -> Path | None:
+    """The file standard output goes to (`> FILE`), where the system tells (Linux's
+    /proc); None for a terminal, a pipe, or when it cannot be told."""
+    import stat
+
+    try:
+        fd = sys.stdout.fileno()
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode):
+            return None
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        found = os.stat(name)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return None
+    return Path(name) if (found.st_dev, found.st_ino) == (mode.st_dev, mode.st_ino) else None
 
 
 @contextmanager
