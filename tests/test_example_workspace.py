@@ -106,7 +106,10 @@ def test_every_command_is_named_in_the_readme() -> None:
 def test_every_environment_variable_the_package_reads_is_named_in_the_readme() -> None:
     """HIGHLIGHTS_SMTP_CAFILE was read but never named: a relay with a private CA had no
     way in that a reader could find."""
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "src").rglob("*.py"))
+    import highlightsmail
+
+    package = Path(highlightsmail.__file__).parent  # as installed: a test's copy of the checkout has no src/
+    source = "\n".join(p.read_text(encoding="utf-8") for p in package.rglob("*.py"))
     names = set(re.findall(r"\bENV_[A-Z_]+ = \"([A-Z_]+)\"", source))
     names |= set(re.findall(r"environ(?:\.get\(|\[)\"([A-Z_]+)\"", source))
     assert {"HIGHLIGHTS_SMTP_CAFILE", "HIGHLIGHTS_SECRET", "SENDGRID_API_KEY", "HIGHLIGHTS_SECRET_PREVIOUS"} <= names
@@ -130,11 +133,10 @@ def test_the_readmes_week_and_subscriber_commands_run_as_written(
     """Every `highlights` line of the week's workflow and of the subscribers' section, in
     the README's order, in a copy of the example workspace: each one works (`send`'s
     question answered yes), with what they print as the comments say."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    shutil.copy(REPO / "highlights.yaml", root)
-    shutil.copytree(REPO / "issues", root / "issues")
-    shutil.copytree(REPO / "subscribers", root / "subscribers", ignore=shutil.ignore_patterns("*.db*", ".secret"))
+    # The repository's README and list, with the tests' own settings and issue.
+    root = copy_example(tmp_path / "repo", templates=False)
+    (root / "subscribers").mkdir()
+    shutil.copy(REPO / SUBSCRIBERS, root / SUBSCRIBERS)
     monkeypatch.chdir(root)
     monkeypatch.setenv("HIGHLIGHTS_SECRET", "example-secret-0123456789abcdef0123")
 
