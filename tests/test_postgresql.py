@@ -578,6 +578,7 @@ def test_healthz_answers_without_waiting_for_a_server_that_does_not_answer(
 
     port = urlsplit(pg_url).port
     assert port is not None
+    Store(pg_url).close()  # the schema, as `highlights db upgrade` makes it: the web app makes none
     gate = _Gate(port)
     monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", pg_url.replace(f":{port}/", f":{gate.port}/"))
     caplog.set_level("INFO", logger="highlightsmail.web")
