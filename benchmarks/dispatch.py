@@ -50,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchargs
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
@@ -288,12 +290,26 @@ def main_postgresql(sizes: list[int]) -> None:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if args[:1] == ["--postgresql"]:
-        main_postgresql([int(a) for a in args[1:]] or [100_000])
+    parser = benchargs.parser(__doc__)
+    parser.add_argument(
+        "sizes",
+        nargs="*",
+        type=int,
+        metavar="N",
+        help="recipients per run (default: 10000 and 100000; 100000 on PostgreSQL)",
+    )
+    parser.add_argument("--validate", action="store_true", help="the server checks every request (SQLite runs)")
+    parser.add_argument(
+        "--postgresql", action="store_true", help="the state in a PostgreSQL server started for the run"
+    )
+    args = parser.parse_args()
+    if args.postgresql:
+        if args.validate:
+            parser.error("--validate is for the SQLite runs: the server does not validate with --postgresql")
+        main_postgresql(args.sizes or [100_000])
         return
-    validate = "--validate" in args
-    sizes = [int(a) for a in args if not a.startswith("--")] or [10_000, 100_000]
+    validate = args.validate
+    sizes = args.sizes or [10_000, 100_000]
     print(
         f"{'store':>7} {'recipients':>11} {'wall s':>8} {'floor s':>8} {'ratio':>6} {'client cpu s':>12} "
         f"{'peak MB':>8} {'requests':>9} {'rejected':>8} {'once':>9} {'per s':>8}"

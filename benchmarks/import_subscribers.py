@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchargs
+
 REPO = Path(__file__).resolve().parent.parent
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 SETTINGS = REPO / "src" / "highlightsmail" / "skeleton" / "highlights.yaml"
@@ -63,7 +65,9 @@ def time_to_first_line(args: list[str], cwd: Path) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    parser = benchargs.parser(__doc__)
+    parser.add_argument("rows", nargs="?", type=int, default=100_000, help="rows in the CSV file (default: 100000)")
+    rows = parser.parse_args().rows
     work = Path(tempfile.mkdtemp(prefix="highlights-bench-"))
     try:
         shutil.copy(SETTINGS, work / "highlights.yaml")

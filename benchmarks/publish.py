@@ -9,7 +9,6 @@ Everything runs on a temporary workspace made from the example one.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import shutil
@@ -20,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchargs
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,9 +77,9 @@ def serve_figures(root: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--issues", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchargs.parser(__doc__)
+    parser.add_argument("--issues", type=int, default=200, help="issues in the archive (default: 200)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of the whole command (default: 3)")
     args = parser.parse_args()
 
     root = make_workspace(args.issues)

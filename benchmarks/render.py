@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+import benchargs
+
 REPO = Path(__file__).resolve().parent.parent
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 sys.path.insert(0, str(REPO / "tests"))
@@ -252,12 +254,15 @@ def bench_preview(root: Path, rounds: int = 5) -> None:
 
 
 def main() -> None:
+    parser = benchargs.parser(__doc__)
+    parser.add_argument("--cli", action="store_true", help="the whole-process figures alone, without Chromium")
+    args = parser.parse_args()
     if not (REPO / "highlights.yaml").is_file():
         sys.exit("run from a checkout with the example workspace (highlights.yaml, issues/)")
     root = copy_workspace()
     try:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, workspace copy {root}")
-        if "--cli" in sys.argv[1:]:
+        if args.cli:
             bench_cli(root)
         else:
             bench_render(root)

@@ -18,7 +18,6 @@ holds exactly one confirmation email per address; the server's log has no error.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import re
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import benchargs
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,9 +106,9 @@ async def run_clients(port: int, numbers: list[int], clients: int) -> tuple[floa
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=20)
+    parser = benchargs.parser(__doc__)
+    parser.add_argument("--requests", type=int, default=2000, help="POST /subscribe requests (default: 2000)")
+    parser.add_argument("--clients", type=int, default=20, help="clients posting at once (default: 20)")
     args = parser.parse_args()
 
     root = make_workspace()

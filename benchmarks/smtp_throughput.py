@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchargs
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -137,4 +139,6 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3000)
+    parser = benchargs.parser(__doc__)
+    parser.add_argument("messages", nargs="?", type=int, default=3000, help="messages to send (default: 3000)")
+    main(parser.parse_args().messages)

@@ -15,7 +15,6 @@ per second for each pass, and the serve process's peak memory (VmHWM). Target: a
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -27,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import benchargs
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,9 +123,9 @@ def post_all(url: str, sender: EventSender, batches: list[bytes], concurrency: i
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("events", nargs="?", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser = benchargs.parser(__doc__)
+    parser.add_argument("events", nargs="?", type=int, default=100_000, help="events to post (default: 100000)")
+    parser.add_argument("--batch", type=int, default=1000, help="events per POST (default: 1000)")
     parser.add_argument("--concurrency", type=int, default=1, help="POSTs in flight (SendGrid may send several)")
     args = parser.parse_args()
 

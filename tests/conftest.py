@@ -101,7 +101,11 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.F
     monkeypatch.chdir(root)
     monkeypatch.setenv("HIGHLIGHTS_SECRET", "test-secret-0123456789abcdef0123456789")
     if "engine" in request.fixturenames and request.getfixturevalue("engine") == "postgresql":
-        monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", request.getfixturevalue("pg_url"))
+        from highlightsmail.store import Store
+
+        url = request.getfixturevalue("pg_url")
+        Store(url).close()  # the schema, as `highlights db upgrade` makes it: no command makes it by itself
+        monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", url)
     return root
 
 

@@ -78,6 +78,43 @@ def test_every_option_says_what_it_does(command: tuple[str, ...]) -> None:
             assert (param.help or "").strip(), f"{' '.join(command)} {param.opts[0]} has no help text"
 
 
+_GROUPS = [c for c in all_commands() if isinstance(_command(c), click.Group)]
+
+
+@pytest.mark.parametrize("columns", ["80", "50"])
+@pytest.mark.parametrize("group", _GROUPS, ids=lambda c: " ".join(c) or "highlights")
+def test_the_list_of_commands_shows_each_ones_summary_whole(group: tuple[str, ...], columns: str) -> None:
+    """`highlights --help` cut summaries short to fit a line ("Write OUT/<slug>.html,
+    OUT/<slug>.txt and a sample..."): each is shown whole, wrapped where it is long,
+    and each is a sentence of its own."""
+    result = run(*group, "--help", env={"COLUMNS": columns})
+    listing = result.stdout.partition("Commands:")[2]
+    assert "..." not in listing
+    shown = " ".join(listing.split())
+    node = _command(group)
+    assert isinstance(node, click.Group)
+    for name, sub in node.commands.items():
+        summary = sub.get_short_help_str(limit=10**6)
+        assert summary.endswith("."), f"{name}: {summary!r}"
+        assert f"{name} {summary}" in shown, f"{name}: {summary!r} not whole in the list"
+
+
+_TAKES_ISSUE = [
+    c for c in all_commands() if any(p.name == "issue" for p in _command(c).params if isinstance(p, click.Argument))
+]
+
+
+def test_the_commands_that_take_an_issue_are_the_expected_ones() -> None:
+    names = {" ".join(c) for c in _TAKES_ISSUE}
+    assert {"check", "build", "preview", "send", "status", "report"} <= names
+
+
+@pytest.mark.parametrize("command", _TAKES_ISSUE, ids=" ".join)
+def test_every_command_that_takes_an_issue_says_what_it_may_be(command: tuple[str, ...]) -> None:
+    text = " ".join(run(*command, "--help").stdout.split())
+    assert "ISSUE is a path, a slug or `latest`." in text
+
+
 def test_serve_help_names_every_page_it_answers() -> None:
     text = " ".join(run("serve", "--help").stdout.split())
     for words in ("unsubscribe", "/healthz", "webhook", "signup", "confirmation", "archive"):

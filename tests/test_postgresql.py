@@ -578,6 +578,7 @@ def test_healthz_answers_without_waiting_for_a_server_that_does_not_answer(
 
     port = urlsplit(pg_url).port
     assert port is not None
+    Store(pg_url).close()  # the schema, as `highlights db upgrade` makes it: the web app makes none
     gate = _Gate(port)
     monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", pg_url.replace(f":{port}/", f":{gate.port}/"))
     caplog.set_level("INFO", logger="highlightsmail.web")
@@ -604,3 +605,118 @@ def test_healthz_answers_without_waiting_for_a_server_that_does_not_answer(
     from highlightsmail import web
 
     assert web.HEALTH_WAIT_S <= 1  # what /healthz waits for the database, at most
+
+
+# ------------------------------------------------------------------ an empty database
+
+
+NO_DATA = "no highlightsmail data here; run `highlights db copy`"
+
+
+def _tables(url: str) -> list[str]:
+    with raw_connection(url) as conn:
+        return [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "latest"),
+        ("status", "latest", "--verbose"),
+        ("report", "latest"),
+        ("send", "latest", "--yes", "--skip-test-check"),
+        ("send", "latest", "--yes", "--skip-test-check", "--dry-run"),
+        ("send", "latest", "--test"),
+        ("subscribers", "list"),
+        ("subscribers", "add", "ada@example.org"),
+        ("subscribers", "remove", "ada@example.org"),
+        ("subscribers", "import", "list.csv"),
+        ("subscribers", "export"),
+        ("bounces", "scan", "empty.mbox"),
+        ("publish",),
+        ("serve", "--port", "0"),
+    ],
+    ids=" ".join,
+)
+def test_no_command_makes_the_schema_in_an_empty_postgresql_database(
+    workspace: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """Pointed at a new, empty database before `db copy`, `status latest` made the
+    tables and said "not sent yet (0 active subscribers)", as if the list were lost."""
+    from click.testing import CliRunner
+
+    from highlightsmail.cli import main
+
+    monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", pg_url)
+    (workspace / "list.csv").write_text("email\nada@example.org\n", encoding="utf-8")
+    (workspace / "empty.mbox").write_text("", encoding="utf-8")
+    done = CliRunner().invoke(main, list(args))
+    assert done.exit_code == 1, (done.output, done.exception)
+    assert done.stderr.splitlines() == [
+        f"Error: {pg_url}: {NO_DATA} (to move a SQLite state in) or "
+        "`highlights db upgrade` (to start an empty list here)"
+    ]
+    assert _tables(pg_url) == []
+    assert not (workspace / "outbox").exists(), "nothing was sent"
+
+
+def test_the_web_app_on_an_empty_postgresql_database_answers_503_and_healthz_says_why(
+    workspace: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    from highlightsmail.web import create_app
+    from highlightsmail.workspace import load_workspace
+
+    monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", pg_url)
+    signer = Signer(os.environ["HIGHLIGHTS_SECRET"].encode())
+    with TestClient(create_app(load_workspace())) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert NO_DATA in health.text
+        assert client.get(f"/u/{signer.make(1)}").status_code == 503
+        assert client.post(f"/u/{signer.make(1)}", content=ONE_CLICK, headers=URLENCODED).status_code == 503
+        assert _tables(pg_url) == []
+        # `db upgrade` (or `db copy`) elsewhere: the same app answers without a restart.
+        upgraded = _highlights(workspace, "db", "upgrade", env=_env(HIGHLIGHTS_DATABASE_URL=pg_url))
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert upgraded.stdout == f"{pg_url}: created schema {_schema_version()}, with no subscribers yet\n"
+        assert client.get("/healthz").text == "ok"
+    status = _highlights(workspace, "status", "latest", env=_env(HIGHLIGHTS_DATABASE_URL=pg_url))
+    assert (status.returncode, status.stdout.splitlines()[-1]) == (0, f"{ISSUE}: not sent yet (0 active subscribers)")
+
+
+def _schema_version() -> int:
+    from highlightsmail.store import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
+def test_the_readmes_steps_to_postgresql_work_in_their_order(workspace: Path, pg_url: str) -> None:
+    """The README said to set `database:` first and then run `db copy`, which then
+    refused ("already in PostgreSQL"). Its steps, in its order, move the state over."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## More than one machine: PostgreSQL", 1)[1].split("\n## ", 1)[0]
+    steps = re.findall(r"^(\d)\. (.*?)(?=^\d\. |\Z)", section, flags=re.S | re.M)
+    copy_step = next(n for n, text in steps if "highlights db copy --to" in text)
+    setting_step = next(n for n, text in steps if "database: postgresql://" in text)
+    assert copy_step < setting_step, "db copy comes before pointing `database:` at the server"
+
+    (workspace / "list.csv").write_text("email\nada@example.org\ngrace@example.org\n", encoding="utf-8")
+    assert _highlights(workspace, "subscribers", "import", "list.csv").returncode == 0
+    before = _highlights(workspace, "status", "latest")
+    # The copy, while highlights.yaml still names the SQLite file.
+    copied = _highlights(workspace, "db", "copy", "--to", pg_url)
+    assert copied.returncode == 0, copied.stderr
+    # Then `database:` names the server, without the password (the test server needs none).
+    settings = workspace / "highlights.yaml"
+    text = settings.read_text(encoding="utf-8")
+    settings.write_text(re.sub(r"(?m)^database: .*$", f"database: {pg_url}", text, count=1), encoding="utf-8")
+    assert f"database: {pg_url}" in settings.read_text(encoding="utf-8")
+    after = _highlights(workspace, "status", "latest")
+    assert (after.returncode, after.stdout) == (0, before.stdout), after.stderr
+    assert "(2 active subscribers)" in after.stdout
+    # Running the copy again now names the order, instead of only refusing.
+    again = _highlights(workspace, "db", "copy", "--to", pg_url)
+    assert again.returncode == 1
+    assert "run it before pointing `database:`" in again.stderr

@@ -64,7 +64,7 @@ def test_init_creates_a_workspace_that_loads(here: Path) -> None:
     assert issue.title == f"My Newsletter | Week {dt.date.today().isocalendar()[1]}, {dt.date.today().isocalendar()[0]}"
     assert (root / "subscribers/subscribers.csv").read_text().splitlines()[0] == "email,name"
     ignored = (root / ".gitignore").read_text().splitlines()
-    for line in ("out/", "outbox/", "subscribers/*.db*", "subscribers/.secret"):
+    for line in ("out/", "outbox/", "subscribers/*.db*", "subscribers/.secret", "private/"):
         assert line in ignored
     # Next steps name the folder and the first issue.
     assert "cd letter" in result.stdout
@@ -106,6 +106,7 @@ def test_init_keeps_files_already_there(here: Path) -> None:
     assert gitignore.startswith("node_modules/\nout/\n")
     assert gitignore.count("out/\n") == 1
     assert "subscribers/.secret" in gitignore and "outbox/" in gitignore
+    assert "\nprivate/\n" in gitignore  # exports and reports: personal data
     assert (here / "subscribers" / "subscribers.csv").read_text() == "email\nme@example.net\n"
     assert "kept the existing subscribers/subscribers.csv" in result.stderr
 

@@ -221,10 +221,15 @@ def _mail(name: str) -> tuple[Any, bool]:
 
 def _compare(verdict: Callable[[SendGridServer], bool], expected: bool) -> None:
     assert verdict(_OWN) is expected, "on the tests' schema"
+    if _OFFICIAL is not None:
+        assert verdict(_OFFICIAL) is expected, "on SendGrid's OpenAPI schema"
+
+
+def test_the_verdicts_are_compared_with_sendgrids_own_schema() -> None:
+    """Where SendGrid's files are missing, the samples are checked on the tests' schema
+    alone, and this one warning says so for the whole run (not one per sample)."""
     if _OFFICIAL is None:
         warnings.warn(f"not compared with SendGrid's own schema: {_OFFICIAL_NOTE}", stacklevel=2)
-    else:
-        assert verdict(_OFFICIAL) is expected, "on SendGrid's OpenAPI schema"
 
 
 def test_the_samples_cover_both_verdicts_and_every_answer() -> None:

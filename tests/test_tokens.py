@@ -190,12 +190,67 @@ def test_a_start_racing_the_one_that_creates_the_secret_gets_the_same_secret(
     assert first and second.make(3) == first[0].make(3)
 
 
-def test_env_secret_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_secret_signs_and_the_files_other_secret_still_reads_its_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail sent before HIGHLIGHTS_SECRET was set is signed with the file's secret; once
+    the variable is set, those links keep working (one warning says why), and new links
+    are signed with the variable's secret."""
     path = tmp_path / ".secret"
     with pytest.warns(SecretWarning):
         from_file = load_signer(path)
+    sent_before = from_file.make(3)
     monkeypatch.setenv("HIGHLIGHTS_SECRET", NEW)
-    assert load_signer(path).make(3) == Signer(NEW.encode()).make(3) != from_file.make(3)
+    with pytest.warns(SecretWarning) as caught:
+        signer = load_signer(path)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"{path} holds another secret than HIGHLIGHTS_SECRET:")
+    assert "HIGHLIGHTS_SECRET_PREVIOUS" in message and "delete the file" in message
+    assert path.read_text().strip() not in message and NEW not in message
+    assert signer.make(3) == Signer(NEW.encode()).make(3) != sent_before
+    assert signer.read(sent_before) == ("unsubscribe", 3)
+    assert path.is_file()  # kept as it is
+
+
+@pytest.mark.parametrize("where", ["variable", "previous"])
+def test_no_warning_when_the_files_secret_is_already_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    path = tmp_path / ".secret"
+    path.write_text(OLD + "\n")
+    if where == "variable":
+        monkeypatch.setenv("HIGHLIGHTS_SECRET", OLD)
+    else:
+        monkeypatch.setenv("HIGHLIGHTS_SECRET", NEW)
+        monkeypatch.setenv("HIGHLIGHTS_SECRET_PREVIOUS", OLD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        signer = load_signer(path)
+    assert signer.read(Signer(OLD.encode()).make(4)) == ("unsubscribe", 4)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_bytes(b"\xff\xfe not ascii at all, but long\n"), "the secret is not ASCII text"),
+        (lambda p: p.mkdir(), "cannot read the secret"),
+        (lambda p: p.write_text("short\n"), "the secret is too short"),
+    ],
+    ids=["binary", "folder", "too-short"],
+)
+def test_with_the_variable_set_an_unusable_file_is_one_warning_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, reason: str
+) -> None:
+    path = tmp_path / ".secret"
+    make(path)
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", NEW)
+    with pytest.warns(SecretWarning) as caught:
+        signer = load_signer(path)
+    assert len(caught) == 1
+    assert str(caught[0].message).startswith(f"{path}: {reason}")
+    assert "are not accepted" in str(caught[0].message)
+    assert signer.read(Signer(NEW.encode()).make(2)) == ("unsubscribe", 2)
 
 
 @pytest.mark.parametrize(

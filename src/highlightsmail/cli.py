@@ -83,6 +83,18 @@ class _Commands(click.Group):
             where = f"{display_path(exc.filename)}: " if exc.filename else ""
             raise HighlightsError(f"{where}{what}") from None
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The list of commands, each with the whole first sentence of its help, wrapped
+        where it is long: click would cut it short to fit one line ("...")."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=sys.maxsize)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="highlights")
@@ -135,8 +147,10 @@ def init(directory: Path) -> None:
 )
 @pass_ctx
 def new(obj: _Ctx, date: dt.datetime | None) -> None:
-    """Create the next issues/YYYY-wWW.yaml from a skeleton: this week's, or the first
-    later week without an issue file."""
+    """Create this week's issue file from a skeleton.
+
+    The file is issues/YYYY-wWW.yaml for the ISO week of today (or of --date); when
+    that one exists already, as right after init, the first later week without one."""
     from highlightsmail.errors import display_path
     from highlightsmail.scaffold import new_issue
 
@@ -147,7 +161,9 @@ def new(obj: _Ctx, date: dt.datetime | None) -> None:
 @click.argument("issue")
 @pass_ctx
 def check(obj: _Ctx, issue: str) -> None:
-    """Validate and lint ISSUE (a path, a slug or `latest`)."""
+    """Validate and lint ISSUE.
+
+    ISSUE is a path, a slug or `latest`."""
     from highlightsmail.errors import HighlightsError
     from highlightsmail.lint import check_command
 
@@ -173,7 +189,10 @@ def check(obj: _Ctx, issue: str) -> None:
 )
 @pass_ctx
 def build(obj: _Ctx, issue: str, out: Path) -> None:
-    """Write OUT/<slug>.html, OUT/<slug>.txt and a sample OUT/<slug>.eml."""
+    """Build ISSUE into HTML, plain text and a sample email.
+
+    Writes OUT/<slug>.html, OUT/<slug>.txt and OUT/<slug>.eml. ISSUE is a path, a slug
+    or `latest`."""
     from highlightsmail.build import build_command
     from highlightsmail.errors import display_path
 
@@ -195,7 +214,9 @@ def build(obj: _Ctx, issue: str, out: Path) -> None:
 @click.option("--all", "include_all", is_flag=True, help="Also publish the issues not sent yet: every issue file.")
 @pass_ctx
 def publish(obj: _Ctx, out: Path, include_all: bool) -> None:
-    """Write the web archive: OUT/index.html, OUT/<slug>/index.html and OUT/feed.xml."""
+    """Write the web archive of the issues sent: pages and a feed.
+
+    Writes OUT/index.html, OUT/<slug>/index.html and OUT/feed.xml."""
     from highlightsmail.errors import display_path
     from highlightsmail.publish import archive_url
     from highlightsmail.publish import publish as publish_site
@@ -227,7 +248,9 @@ _PORT = click.IntRange(0, 65535)
 @click.option("--no-open", is_flag=True, help="Do not open a browser.")
 @pass_ctx
 def preview(obj: _Ctx, issue: str, host: str, port: int, no_open: bool) -> None:
-    """Serve a live preview of ISSUE that reloads when a file is saved."""
+    """Preview ISSUE in a browser, reloading when a file is saved.
+
+    ISSUE is a path, a slug or `latest`."""
     from highlightsmail.errors import display_path
     from highlightsmail.preview import serve_preview
 
@@ -274,7 +297,10 @@ def send(
     resend_in_doubt: bool,
     skip_test_check: bool,
 ) -> None:
-    """Test-send ISSUE to the editors, or dispatch it to every active subscriber."""
+    """Test-send ISSUE to the editors, or send it to the subscribers.
+
+    Without --test, ISSUE goes to every active subscriber, after a confirmation. ISSUE
+    is a path, a slug or `latest`."""
     if to and not test:
         raise click.UsageError("--to goes with --test")
     from highlightsmail import dispatch
@@ -430,7 +456,10 @@ def _finish(slug: str, summary: Summary) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="List the address of every failed or in-doubt recipient.")
 @pass_ctx
 def status(obj: _Ctx, issue: str, verbose: bool) -> None:
-    """Show how the dispatch of ISSUE stands, and any recipients failed or in doubt."""
+    """Show how the sending of ISSUE stands.
+
+    The recipients sent, skipped, failed and in doubt, by batch and reason. ISSUE is a
+    path, a slug or `latest`."""
     from highlightsmail import dispatch
 
     report = dispatch.status(obj.ws, _slug_of(obj.ws, issue), verbose=verbose)
@@ -471,9 +500,11 @@ def status(obj: _Ctx, issue: str, verbose: bool) -> None:
 @click.option("--port", default=8000, show_default=True, type=_PORT, help="The port to listen on (0: any free one).")
 @pass_ctx
 def serve(obj: _Ctx, host: str, port: int) -> None:
-    """Run the web endpoint that base_url points at: unsubscribe pages and one-click
-    unsubscribe, /healthz, the SendGrid event webhook, and, when enabled in
-    highlights.yaml, the signup form with its confirmation links and the archive."""
+    """Run the web endpoint that base_url points at.
+
+    It answers the unsubscribe pages and one-click unsubscribe, /healthz, the SendGrid
+    event webhook, and, when enabled in highlights.yaml, the signup form with its
+    confirmation links and the archive."""
     from highlightsmail.web import open_server
 
     server = open_server(obj.ws, host=host, port=port)
@@ -497,6 +528,7 @@ def form(obj: _Ctx) -> None:
 
     ws = obj.ws
     click.echo(form_snippet(ws), nl=False)
+    _warn_if_committable(None)
     if not ws.settings.signup.enabled:
         click.echo(
             "Note: signup.enabled is false in highlights.yaml, so `highlights serve` does not answer "
@@ -515,8 +547,10 @@ def subscribers() -> None:
 @click.option("--dry-run", is_flag=True, help="Check the file and report, without changing anything.")
 @pass_ctx
 def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
-    """Import subscribers from a CSV file with a header row: email, and optionally name,
-    status, created, updated, source and consented (as export writes them)."""
+    """Import subscribers from a CSV file.
+
+    The file has a header row: email, and optionally name, status, created, updated,
+    source and consented (as export writes them)."""
     from highlightsmail import subscribers as engine
 
     parsed = engine.parse_csv(file)
@@ -538,7 +572,10 @@ def subscribers_import(obj: _Ctx, file: Path, dry_run: bool) -> None:
 @click.option("--name", default="", help="The subscriber's name.")
 @pass_ctx
 def subscribers_add(obj: _Ctx, email: str, name: str) -> None:
-    """Add one subscriber (someone who left is never made active again from here)."""
+    """Add one subscriber.
+
+    Someone who left (unsubscribed, bounced or complained) is never made active again
+    from here."""
     from highlightsmail import subscribers as engine
 
     added = engine.add(obj.ws, email, name=name)
@@ -554,7 +591,9 @@ def subscribers_add(obj: _Ctx, email: str, name: str) -> None:
 @click.argument("email")
 @pass_ctx
 def subscribers_remove(obj: _Ctx, email: str) -> None:
-    """Unsubscribe EMAIL (kept in the list so it is never mailed again)."""
+    """Unsubscribe EMAIL.
+
+    The address stays in the list, so it is never mailed again."""
     from highlightsmail import subscribers as engine
 
     subscriber, changed = engine.remove(obj.ws, email)
@@ -586,38 +625,50 @@ def subscribers_list(obj: _Ctx, status_: str | None, fmt: str) -> None:
 
     with _streamed_stdout() as out:
         engine.write_list(obj.ws, out, status=status_, fmt=fmt)  # type: ignore[arg-type]  # click.Choice
+    _warn_if_committable(None)
 
 
 @subscribers.command("export")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @pass_ctx
 def subscribers_export(obj: _Ctx, file: Path | None) -> None:
-    """Export every subscriber as CSV to FILE (default: standard output)."""
+    """Export every subscriber as CSV to FILE (default: standard output).
+
+    Keep the file out of git: in the workspace's private/ folder (made when missing),
+    which git ignores. A file that git would offer for a commit gets a warning."""
     from highlightsmail import subscribers as engine
     from highlightsmail.errors import display_path
 
     if file is None:
         with _streamed_stdout() as out:
             engine.export(obj.ws, None, out)
+        _warn_if_committable(None)
         return
+    obj.ws.make_private_dir(file)
     count = engine.export(obj.ws, file)
     click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
+    _warn_if_committable(file)
 
 
 @main.group()
 def db() -> None:
-    """The database: schema upgrades, and moving a workspace to PostgreSQL."""
+    """Upgrade the database's schema, or move the state to PostgreSQL."""
 
 
 @db.command("upgrade")
 @pass_ctx
 def db_upgrade(obj: _Ctx) -> None:
-    """Bring the database's schema up to this version of highlightsmail (back it up first)."""
+    """Bring the database's schema up to this version.
+
+    Back the database up first: an upgrade cannot be undone. An empty PostgreSQL
+    database gets the schema, to start a list there from nothing."""
     from highlightsmail.store import SCHEMA_VERSION, Store
 
     with Store.open(obj.ws, upgrade=True) as store:
-        where, before = store.where, store.upgraded_from
-    if before is None:
+        where, before, created = store.where, store.upgraded_from, store.created_schema
+    if created:
+        click.echo(f"{where}: created schema {SCHEMA_VERSION}, with no subscribers yet")
+    elif before is None:
         click.echo(f"{where}: schema {SCHEMA_VERSION}, up to date")
     else:
         click.echo(f"{where}: upgraded from schema {before} to {SCHEMA_VERSION}")
@@ -627,10 +678,14 @@ def db_upgrade(obj: _Ctx) -> None:
 @click.option("--to", "to", required=True, metavar="URL", help="postgresql://user@host:port/dbname, an empty database.")
 @pass_ctx
 def db_copy(obj: _Ctx, to: str) -> None:
-    """Copy the workspace's SQLite state into an empty PostgreSQL database, checking the counts."""
+    """Copy the SQLite state into an empty PostgreSQL database.
+
+    Run it while highlights.yaml still points at the SQLite file; the counts are
+    checked, and a database that is not empty is refused."""
     from highlightsmail.dburl import describe_url, is_postgresql
     from highlightsmail.errors import HighlightsError
     from highlightsmail.store import Store
+    from highlightsmail.workspace import ENV_DATABASE_URL
 
     ws = obj.ws
     if not is_postgresql(to):
@@ -638,7 +693,8 @@ def db_copy(obj: _Ctx, to: str) -> None:
     if ws.database_url is not None:
         raise HighlightsError(
             f"this workspace's state is already in PostgreSQL ({describe_url(ws.database_url)}); "
-            "db copy copies a SQLite file"
+            "db copy copies the SQLite file that `database:` names: run it before pointing `database:` "
+            f"(or {ENV_DATABASE_URL}) at PostgreSQL"
         )
     if not ws.db_path.is_file():
         raise HighlightsError(f"{ws.db_path}: no database to copy")
@@ -664,12 +720,13 @@ def bounces() -> None:
 @click.option("--verbose", "-v", is_flag=True, help="List each unmatched failure, with why it proves nothing.")
 @pass_ctx
 def bounces_scan(obj: _Ctx, mailbox: str | None, verbose: bool) -> None:
-    """Mark addresses that bounced, from MAILBOX: an mbox file, a Maildir, or
-    imaps://user@host[:port]/FOLDER (password from HIGHLIGHTS_IMAP_PASSWORD).
-    Default: the setting delivery.bounces.mailbox. Mail read before is skipped.
-    With delivery.bounces.accept: matched (the default), a bounce counts only when it
-    carries a Message-ID, signed link or return address of a message sent to that
-    subscriber; the rest is unmatched and changes nothing."""
+    """Mark the addresses that bounced, reading a mailbox.
+
+    MAILBOX is an mbox file, a Maildir, or imaps://user@host[:port]/FOLDER (password
+    from HIGHLIGHTS_IMAP_PASSWORD); default: the setting delivery.bounces.mailbox. Mail
+    read before is skipped. With delivery.bounces.accept: matched (the default), a
+    bounce counts only when it carries a Message-ID, signed link or return address of a
+    message sent to that subscriber; the rest is unmatched and changes nothing."""
     from highlightsmail.bounces import scan
     from highlightsmail.store import Store
     from highlightsmail.tokens import load_signer
@@ -722,8 +779,10 @@ def bounces_scan(obj: _Ctx, mailbox: str | None, verbose: bool) -> None:
 )
 @pass_ctx
 def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
-    """How ISSUE did: deliveries, bounces, complaints, unsubscribes, opens and clicks,
-    against the bulk-sender limits."""
+    """Show how ISSUE did: deliveries, bounces, opens and clicks.
+
+    Also complaints, unsubscribes after it, and the rates against the bulk-sender
+    limits. ISSUE is a path, a slug or `latest`."""
     import json
 
     from highlightsmail import report as reporting
@@ -733,6 +792,7 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
     ws = obj.ws
     if out is not None:
         ws.check_output(out)
+        ws.make_private_dir(out)
     slug = _slug_of(ws, issue)
     with Store.open(ws) as store:
         figures = reporting.build_report(store, slug)
@@ -744,12 +804,14 @@ def report(obj: _Ctx, issue: str, fmt: str, out: Path | None) -> None:
         text = reporting.format_table(figures)
     if out is None:
         click.echo(text, nl=False)
+        _warn_if_committable(None)
         return
     try:
         out.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise HighlightsError(f"{display_path(out)}: cannot write the report: {exc.strerror or exc}") from None
     click.echo(f"Wrote {display_path(out)}", err=True)
+    _warn_if_committable(out)
 
 
 def _slug_of(ws: Workspace, issue: str) -> str:
@@ -767,6 +829,39 @@ def _slug_of(ws: Workspace, issue: str) -> str:
                 if store.dispatch_info(issue) is not None:
                     return issue
         raise
+
+
+def _warn_if_committable(path: Path | None) -> None:
+    """One warning line when the file just written (`path`, or for None the file that
+    standard output was redirected to) would be offered by `git status` for a commit:
+    exports and reports hold personal data, and a `git add .` would publish them."""
+    from highlightsmail.errors import display_path
+    from highlightsmail.workspace import PRIVATE_DIR, git_would_offer
+
+    target = path if path is not None else _stdout_file()
+    if target is not None and git_would_offer(target):
+        click.echo(
+            f"warning: {display_path(target)} is in a git repository and not ignored, so git would offer it "
+            f"for a commit; write it in {PRIVATE_DIR}/ (git-ignored) or add it to .gitignore",
+            err=True,
+        )
+
+
+def _stdout_file() -> Path | None:
+    """The file standard output goes to (`> FILE`), where the system tells (Linux's
+    /proc); None for a terminal, a pipe, or when it cannot be told."""
+    import stat
+
+    try:
+        fd = sys.stdout.fileno()
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode):
+            return None
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        found = os.stat(name)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return None
+    return Path(name) if (found.st_dev, found.st_ino) == (mode.st_dev, mode.st_ino) else None
 
 
 @contextmanager

@@ -274,6 +274,9 @@ def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool =
     backend = get_backend(ws, test=True)
     if dry_run:
         return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True)
+    # Recording the test must be possible before it goes out: one sent and then not
+    # recorded (no data in the database, a server down) would have to be sent again.
+    Store.open(ws).close()
     try:
         backend.open()
         result = backend.send_batch(batch)

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 SETTINGS_FILE = "highlights.yaml"  # same name as workspace.SETTINGS_FILE, without importing pydantic
 STARTER_NAME = "My Newsletter"  # the `name:` of skeleton/highlights.yaml
-# Lines `init` makes sure a workspace's .gitignore holds: state and secrets never go in git.
-GITIGNORE_LINES = ("out/", "outbox/", "subscribers/*.db*", "subscribers/.secret")
+# Lines `init` makes sure a workspace's .gitignore holds: state, secrets and personal data never go in git.
+GITIGNORE_LINES = ("out/", "outbox/", "subscribers/*.db*", "subscribers/.secret", "private/")
 
 
 @dataclass(frozen=True)

@@ -635,6 +635,12 @@ class UnusableDatabase(HighlightsError):
     disk, or locked too long. The message names the file and says what to do."""
 
 
+class NoHighlightsData(UnusableDatabase):
+    """A PostgreSQL database without highlightsmail's tables. Only `db copy` and
+    `db upgrade` give it the schema: a command that made it by itself would show an
+    empty list as if the state were lost (the workspace pointed there before the copy)."""
+
+
 class OutdatedSchema(HighlightsError):
     """The database has an older schema: `highlights db upgrade` brings it up to date."""
 
@@ -817,8 +823,9 @@ class Store:
     """The database of one workspace. Also a context manager that closes it.
 
     `target` is the SQLite file's path or a PostgreSQL URL. An empty database gets the
-    schema; one with an older schema is refused with the hint to run
-    `highlights db upgrade`, which opens it with `upgrade=True`. On PostgreSQL,
+    schema (a PostgreSQL one only with `create=True`, or `upgrade=True`: else it is
+    refused with NoHighlightsData); one with an older schema is refused with the hint to
+    run `highlights db upgrade`, which opens it with `upgrade=True`. On PostgreSQL,
     `pooled=True` borrows a connection from a pool for each call (the web app), so one
     Store serves many threads at once; otherwise the Store has its own connection."""
 
@@ -830,14 +837,17 @@ class Store:
         timeout: float = BUSY_TIMEOUT_S,
         upgrade: bool = False,
         pooled: bool = False,
+        create: bool = True,
     ) -> None:
         self._clock = clock or _utc_now
         self._timeout = timeout
         self._lock = threading.RLock()
         self._outer = 0  # transaction() depth: writes inside it are savepoints (SQLite)
         self._upgrade = upgrade
+        self._create = create or upgrade
         self._sender: int | None = None
         self.upgraded_from: int | None = None  # the version an upgrade started from, if one ran
+        self.created_schema = False  # whether this opening gave an empty database the schema
         self.postgresql = isinstance(target, str) and is_postgresql(target)
         if self.postgresql:
             assert isinstance(target, str)
@@ -932,10 +942,13 @@ class Store:
 
     @classmethod
     def open(cls, ws: Workspace, **kwargs) -> Store:
-        """The workspace's database (settings `database`, or HIGHLIGHTS_DATABASE_URL), creating
-        the SQLite file's folder if needed."""
+        """The workspace's database (settings `database`, or HIGHLIGHTS_DATABASE_URL), as
+        every command and the web app open it: a new SQLite file (and its folder) is made
+        on first use, but an empty PostgreSQL database is NoHighlightsData unless this is
+        `db upgrade` (upgrade=True)."""
         url = getattr(ws, "database_url", None)
         if url:
+            kwargs.setdefault("create", False)
             return cls(url, **kwargs)
         kwargs.pop("pooled", None)  # SQLite: each Store has its own connection
         path = ws.db_path
@@ -1015,12 +1028,18 @@ class Store:
         when asked (`upgrade=True`, the `db upgrade` command): an upgrade cannot be undone,
         the older highlightsmail that other machines may still run refuses the newer
         schema, and some upgrades merge rows, so it is the editor's step, not a side
-        effect of whichever command runs first."""
+        effect of whichever command runs first. An empty PostgreSQL database gets the
+        schema only when asked too (`create`): see NoHighlightsData."""
         reports: list[str] = []
         version = self.schema_version
         self._check_version(version)
         if version == SCHEMA_VERSION:
             return reports
+        if version == 0 and self.postgresql and not self._create:
+            raise NoHighlightsData(
+                f"{self.where}: no highlightsmail data here; run `highlights db copy` (to move a SQLite "
+                "state in) or `highlights db upgrade` (to start an empty list here)"
+            )
         migrations = PG_MIGRATIONS if self.postgresql else MIGRATIONS
         with self._write() as conn:
             # Another process may have migrated while we waited for the write lock.
@@ -1034,6 +1053,8 @@ class Store:
                 return reports
             if version:
                 self.upgraded_from = version
+            else:
+                self.created_schema = True
             for number in range(version, SCHEMA_VERSION):
                 for step in migrations[number]:
                     if isinstance(step, str):

@@ -236,10 +236,64 @@ def _previous_secrets() -> tuple[bytes, ...]:
     return tuple(p.encode() for p in entries)
 
 
+class _UnusableSecretFile(Exception):
+    """What is wrong with the secret file; `remake`: deleting it is the remedy."""
+
+    def __init__(self, reason: str, *, remake: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.remake = remake
+
+
+def _read_secret_file(path: Path) -> str:
+    """The secret kept in the file at `path`. Anything but a readable file of ASCII text
+    long enough is _UnusableSecretFile, a sentence, not a traceback."""
+    try:
+        value = path.read_text(encoding="ascii").strip()
+    except UnicodeDecodeError:
+        raise _UnusableSecretFile("the secret is not ASCII text", remake=True) from None
+    except OSError as exc:
+        raise _UnusableSecretFile(f"cannot read the secret: {exc.strerror or exc}") from None
+    if len(value) < MIN_SECRET_LENGTH:
+        raise _UnusableSecretFile("the secret is too short", remake=True)
+    return value
+
+
+def _with_file_secret(current: bytes, previous: tuple[bytes, ...], secret_path: Path) -> tuple[bytes, ...]:
+    """The previous secrets, with the file's when HIGHLIGHTS_SECRET is set and the file
+    holds another one: the secret that signed the links in mail sent before the variable
+    was set. It keeps those links working, and one warning line says so and how to end it
+    (set the variable to the file's secret, or move it to HIGHLIGHTS_SECRET_PREVIOUS)."""
+    if not os.path.lexists(secret_path):
+        return previous
+    shown = display_path(secret_path)
+    try:
+        kept = _read_secret_file(secret_path).encode()
+    except _UnusableSecretFile as exc:
+        warnings.warn(
+            f"{shown}: {exc.reason}, so links signed with it (mail sent before HIGHLIGHTS_SECRET was set) "
+            "are not accepted",
+            SecretWarning,
+            stacklevel=3,
+        )
+        return previous
+    if kept == current or kept in previous:
+        return previous
+    warnings.warn(
+        f"{shown} holds another secret than HIGHLIGHTS_SECRET: it signed the links in mail sent before, so "
+        "they are still accepted; to end this, set HIGHLIGHTS_SECRET to it, or add it to "
+        "HIGHLIGHTS_SECRET_PREVIOUS and delete the file",
+        SecretWarning,
+        stacklevel=3,
+    )
+    return (*previous, kept)
+
+
 def load_signer(secret_path: Path) -> Signer:
     """The signer from HIGHLIGHTS_SECRET (and HIGHLIGHTS_SECRET_PREVIOUS, comma-separated,
     for links in mail sent before a rotation), else from secret_path, created once with
-    mode 0600 and a warning."""
+    mode 0600 and a warning. With both the variable and the file, a different secret in
+    the file is accepted as a previous one (see _with_file_secret)."""
     previous = _previous_secrets()
     env = os.environ.get("HIGHLIGHTS_SECRET", "").strip()
     if env:
@@ -247,19 +301,14 @@ def load_signer(secret_path: Path) -> Signer:
             raise HighlightsError(
                 f"HIGHLIGHTS_SECRET is too short: use at least {MIN_SECRET_LENGTH} characters (32 random bytes is best)"
             )
-        return Signer(env.encode(), previous)
+        return Signer(env.encode(), _with_file_secret(env.encode(), previous, secret_path))
     if os.path.lexists(secret_path):  # a dangling link too: reading it names the problem
-        # Anything but a readable file of ASCII text is a sentence, not a traceback (and
-        # a folder in its place must not send the O_EXCL retry below round in circles).
-        shown = display_path(secret_path)
+        # (A folder in its place must not send the O_EXCL retry below round in circles.)
         try:
-            value = secret_path.read_text(encoding="ascii").strip()
-        except UnicodeDecodeError:
-            raise HighlightsError(f"{shown}: the secret is not ASCII text; delete the file to make a new one") from None
-        except OSError as exc:
-            raise HighlightsError(f"{shown}: cannot read the secret: {exc.strerror or exc}") from None
-        if len(value) < MIN_SECRET_LENGTH:
-            raise HighlightsError(f"{shown}: the secret is too short; delete the file to make a new one")
+            value = _read_secret_file(secret_path)
+        except _UnusableSecretFile as exc:
+            remedy = "; delete the file to make a new one" if exc.remake else ""
+            raise HighlightsError(f"{display_path(secret_path)}: {exc.reason}{remedy}") from None
         return Signer(value.encode(), previous)
     from highlightsmail.files import write_file
 

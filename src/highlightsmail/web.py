@@ -255,7 +255,7 @@ class Subscriptions:
         if keeper is None:
             with self._keeper_lock:
                 if self._keeper is None:
-                    self._keeper = Store.open(self._ws, pooled=True)  # also creates the schema once
+                    self._keeper = Store.open(self._ws, pooled=True)  # a new SQLite file's schema too
                 keeper = self._keeper
         if keeper.postgresql:
             return nullcontext(keeper)  # shared by every thread: closed with the app
@@ -831,8 +831,10 @@ class _LazyApp:
 
     def _build(self) -> Starlette:
         if self._app is None:
+            from highlightsmail.errors import show_warnings_plainly
             from highlightsmail.workspace import load_workspace
 
+            show_warnings_plainly()  # one `warning: ...` line each in the server's log, as commands print them
             self._app = create_app(load_workspace())
         return self._app
 

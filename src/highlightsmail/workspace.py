@@ -28,6 +28,8 @@ NOT_A_FILE = "not a file (a folder, a broken link or a link loop)"
 NOT_A_FOLDER = "not a folder (a file, a broken link or a link loop)"
 #: Overrides the `database` setting whole: a PostgreSQL URL, which may carry the password.
 ENV_DATABASE_URL = "HIGHLIGHTS_DATABASE_URL"
+#: The workspace's git-ignored folder for what commands write that holds personal data.
+PRIVATE_DIR = "private"
 #: An issue's slug when its file is named after its ISO week: YYYY-wWW (year, week).
 ISSUE_SLUG = re.compile(r"^(\d{4})-w(\d{2})$")
 
@@ -356,6 +358,21 @@ class Workspace:
     def outbox_dir(self) -> Path:
         return self.root / self.settings.delivery.outbox.dir
 
+    @property
+    def private_dir(self) -> Path:
+        """Where exports and reports go: git-ignored (init's .gitignore lists it)."""
+        return self.root / PRIVATE_DIR
+
+    def make_private_dir(self, path: Path) -> None:
+        """Create the folder of `path` when it lies in the workspace's private/ folder,
+        which a fresh clone does not have (git keeps no empty, ignored folder); private/
+        itself readable by its owner only, as what goes there holds personal data."""
+        target = Path(os.path.abspath(path))
+        private = Path(os.path.abspath(self.private_dir))
+        if target.parent.is_relative_to(private):
+            private.mkdir(mode=0o700, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+
     def check_output(self, path: Path) -> None:
         """Refuse `path` as where a command writes its output (an export, a report) when
         it is one of the workspace's own files: writing there would destroy the state,
@@ -403,6 +420,29 @@ class Workspace:
         if _kind(slug_path) != "file":
             raise HighlightsError(f"{ref}: no issue file {display_path(slug_path)}")
         return slug_path
+
+
+def git_would_offer(path: Path) -> bool:
+    """Whether `git status` would offer the file at `path` for a commit: it lies in a
+    git work tree and no .gitignore (or exclude file) covers it. False when it does not,
+    and when git is not installed or cannot tell."""
+    import shutil
+    import subprocess
+
+    git = shutil.which("git")
+    if git is None:
+        return False
+    absolute = os.path.abspath(path)
+    try:
+        # 0: ignored; 1: not ignored; 128: not in a work tree (or git cannot tell).
+        done = subprocess.run(
+            [git, "-C", os.path.dirname(absolute), "check-ignore", "-q", "--", absolute],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 1
 
 
 def _kind(path: Path) -> Literal["file", "folder"] | None:
