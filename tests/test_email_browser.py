@@ -192,12 +192,15 @@ def test_dark_mode_secondary_buttons_are_dark_and_readable(page, example_html: s
     assert all(readable[b["label"][:40]] >= 4.5 for b in secondary)
 
 
-# The boxes of each item's link buttons (the coloured face a reader sees), item by item.
-BUTTON_BOXES_JS = """() => [...document.querySelectorAll('h2.hl-title')].map(h => {
-  const item = h.closest('table');
-  return [...item.querySelectorAll('.hl-btn-face')].map(face => {
+# The boxes of each item's link buttons (the coloured face a reader sees), item by item:
+# the buttons that follow an item's title, up to the next title.
+BUTTON_BOXES_JS = """() => [...document.querySelectorAll('h2.hl-title')].map((h, n, titles) => {
+  const next = titles[n + 1];
+  const follows = (e) => h.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING;
+  const before = (e) => !next || next.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_PRECEDING;
+  return [...document.querySelectorAll('.hl-btn td')].filter(f => follows(f) && before(f)).map(face => {
     const r = face.getBoundingClientRect();
-    return {label: face.textContent.trim(), left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+    return {label: face.textContent.trim().replace(/[ \\t\\r\\n]+/g, ' '), left: r.left, right: r.right, top: r.top, bottom: r.bottom};
   });
 })"""
 

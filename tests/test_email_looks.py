@@ -88,4 +88,7 @@ def test_a_changed_pixel_is_seen(browser, workspace: Path) -> None:
     assert changed != html
     before, after = dict(screenshots(browser, html)), dict(screenshots(browser, changed))
     assert before[(375, "dark")] == after[(375, "dark")]
-    assert re.fullmatch(r"[1-9]\d* px differ, the first at x=\d+, y=\d+", differing_pixels(before[(800, "light")], after[(800, "light")]))
+    assert re.fullmatch(
+        r"[1-9]\d* px differ, the first at x=\d+, y=\d+",
+        differing_pixels(before[(800, "light")], after[(800, "light")]),
+    )
