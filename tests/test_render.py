@@ -155,7 +155,7 @@ def test_html_is_inlined_and_keeps_its_media_queries(rendered: RenderedIssue) ->
     assert html.startswith("<!DOCTYPE html>")
     # The inline stylesheet went onto the elements: titles carry its size, pills their padding...
     assert re.search(r'<h2 class="hl-title" [^>]*style="font-size:21px;', html)
-    assert re.search(r'<td class="hl-tag"[^>]* style="padding:2px 10px', html)
+    assert re.search(r'<td class="hl-tag" bgcolor="#e8eefc" style="padding:2px 10px"', html)
     # ...and left <head>, where only the head-only blocks remain, written without spaces.
     styles = "".join(re.findall(r"<style[^>]*>(.*?)</style>", html, re.S)).replace("\n", "")
     assert "21px" not in styles and "padding:2px 10px" not in styles
@@ -278,6 +278,45 @@ def test_html_has_hidden_preheader_and_footer(rendered: RenderedIssue, example: 
 def test_html_size_is_below_gmail_clipping(rendered: RenderedIssue) -> None:
     html, _ = rendered.personalize("https://highlights.example.org/u/" + "x" * 80)
     assert len(html.encode("utf-8")) < GMAIL_CLIP_BYTES
+
+
+def sent_size(ws: Workspace, items: list[dict]) -> int:
+    """Bytes of an issue's HTML as sent (a real-length unsubscribe link), with the
+    example's intro, outro and settings and these items."""
+    example = yaml.safe_load((ws.issues_dir / "2024-w02.yaml").read_text(encoding="utf-8"))
+    issue = write_issue(ws, **{**example, "date": "2024-01-19", "items": items})
+    html, _ = render_issue(issue, ws).personalize("https://highlights.example.org/u/u" + "z" * 13 + "." + "A" * 22)
+    return len(html.encode("utf-8"))
+
+
+def test_thirty_items_of_the_examples_size_fit_under_gmails_clip(ws: Workspace) -> None:
+    # Each item costs what it repeats: 3.2 KB at most for an item of the example's size
+    # (its text, one or two links, two or three tags), so that an issue of 30 fits.
+    items = yaml.safe_load((ws.issues_dir / "2024-w02.yaml").read_text(encoding="utf-8"))["items"]
+    ten, thirty = (sent_size(ws, [items[n % len(items)] for n in range(count)]) for count in (10, 30))
+    per_item = (thirty - ten) / 20
+    assert per_item <= 3200, f"{per_item:.0f} bytes an item"
+    assert thirty <= GMAIL_CLIP_BYTES, f"30 items: {thirty} bytes"
+
+
+def test_every_item_keeps_the_tables_outlook_reads(ws: Workspace, rendered: RenderedIssue) -> None:
+    # Shorter HTML leaves out nothing Outlook's Word engine lays out with: a 600 px
+    # table for each section with a cell for its column, and for each item a table
+    # for its rule and a row of cells for its link buttons.
+    for html, rules_expected, links in (
+        (rendered.html, 10 + 1, len(EXAMPLE_LINKS)),  # one above each item, one above the outro
+        (render_issue(write_issue(ws, items=[{"title": "T", "summary": "S"}] * 3), ws).html, 3, 0),
+    ):
+        tables = re.findall(r"<!--\[if mso \| IE\]>(.*?)<!\[endif\]-->", html, re.S)
+        outlook = "".join(tables)
+        sections = re.findall(r'<table [^>]*align="center" width="600" style="width:600px"><tr><td', outlook)
+        assert len(sections) == html.count("margin:0px auto;max-width:600px") >= 5
+        columns = outlook.count('<td style="vertical-align:top;width:600px">')
+        assert columns == html.count('class="mj-outlook-group-fix mj-column-per-100"') >= 3
+        rules = re.findall(r'<table [^>]*width="536px" style="border-top:solid 1px #e2e8f0;', outlook)
+        assert len(rules) == rules_expected
+        assert outlook.count('<td style="padding:0 10px 10px 0" valign="top">') == links
+    assert "<!--[if mso | IE]><![endif]-->" not in rendered.html
 
 
 @pytest.mark.parametrize(
