@@ -161,11 +161,15 @@ def _class_on_body_instead(html: str) -> str:
 
 
 @pytest.mark.parametrize("placement", ["wrapper", "body"])
-def test_dark_page_background_wherever_the_class_lands(page, example_html: str, placement: str) -> None:
-    html = example_html if placement == "wrapper" else _class_on_body_instead(example_html)
+@pytest.mark.parametrize("kind", ["issue", "confirmation"])
+def test_dark_page_background_wherever_the_class_lands(page, example_html: str, kind: str, placement: str) -> None:
+    from highlightsmail.signup import render_confirmation
+
+    email = example_html if kind == "issue" else render_confirmation(load_workspace()).html
+    html = email if placement == "wrapper" else _class_on_body_instead(email)
     page.set_viewport_size(DESKTOP)
     page.set_content(html)
-    margins = [[5, 5], [5, 600], [795, 300]]  # outside the 600 px column
+    margins = [[5, 5], [5, 300], [795, 300]]  # outside the 600 px column, beside the content
     page.emulate_media(color_scheme="light")
     assert {page.evaluate(BACKGROUND_AT_JS, xy) for xy in margins} == {"rgb(238, 242, 247)"}
     page.emulate_media(color_scheme="dark")
