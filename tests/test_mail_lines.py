@@ -30,8 +30,9 @@ from highlightsmail.issue import load_issue
 from highlightsmail.message import Recipient, RecipientLinks, links_for, unsubscribe_url
 from highlightsmail.mime import MessageTemplate
 from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, render_issue
-from highlightsmail.signup import confirm_url, render_confirmation
+from highlightsmail.signup import render_confirmation
 from highlightsmail.text import MAX_URL_OCTETS, url_octets
+from highlightsmail.urls import urls
 from highlightsmail.workspace import MAX_ARCHIVE_PATH, MAX_BASE_URL, load_workspace
 
 pytestmark = pytest.mark.slow
@@ -142,7 +143,7 @@ def test_the_longest_recipient_link_keeps_lines_within_998_octets_8bit_and_quote
     ws = load_workspace()
     reader = Recipient("reader@example.org", "Reader", 1)
     issue = links_for(ws.settings, unsubscribe_url(ws.settings, LONGEST_TOKEN))
-    confirmation = RecipientLinks(confirm_url(ws.settings, LONGEST_CONFIRM_TOKEN), {})
+    confirmation = RecipientLinks(urls(ws.settings).confirm(LONGEST_CONFIRM_TOKEN), {})
     rendered = [
         (render_issue(load_issue(ws.issue_path("2024-w02")), ws), issue),
         (render_confirmation(ws), confirmation),

@@ -680,9 +680,9 @@ def test_a_route_with_a_token_must_be_one_the_logs_cut() -> None:
     from starlette.routing import Mount, Route
 
     from highlightsmail import web
-    from highlightsmail.workspace import APP_PATHS
+    from highlightsmail.urls import APP_SEGMENTS
 
-    assert {"u", "confirm"} <= web.TOKEN_ROUTES <= APP_PATHS
+    assert {"u", "confirm"} <= web.TOKEN_ROUTES <= APP_SEGMENTS
 
     async def page(request):  # pragma: no cover - never called
         raise AssertionError

@@ -27,8 +27,9 @@ from helpers_web import serve_workspace
 from highlightsmail.cli import main
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import Store
+from highlightsmail.urls import SENDGRID_WEBHOOK as PATH
 from highlightsmail.web import create_app
-from highlightsmail.webhooks import MAX_BODY_BYTES, PATH
+from highlightsmail.webhooks import MAX_BODY_BYTES
 from highlightsmail.workspace import load_workspace
 from sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, EventSender
 from sendgrid_server import SendGridServer

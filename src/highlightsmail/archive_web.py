@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from highlightsmail.publish import Archive, Entry
+from highlightsmail.urls import FEED_FILE, urls
 from highlightsmail.web import app_root, local_path
 
 if TYPE_CHECKING:
@@ -60,14 +61,11 @@ def _matches(if_none_match: str, etag: str) -> bool:
 
 class _ArchiveEndpoint:
     def __init__(self, ws: Workspace) -> None:
-        from urllib.parse import urlsplit
-
         self.archive = Archive(ws)
         self.path = ws.settings.archive.path
-        base = urlsplit(ws.settings.base_url)
         self.headers = {
             "Cache-Control": ARCHIVE_CACHE_CONTROL,
-            "Content-Security-Policy": ARCHIVE_CONTENT_SECURITY_POLICY.format(origin=f"{base.scheme}://{base.netloc}"),
+            "Content-Security-Policy": ARCHIVE_CONTENT_SECURITY_POLICY.format(origin=urls(ws.settings).origin()),
             # Indexable: the endpoint's own pages say noindex.
             "X-Robots-Tag": "all",
         }
@@ -139,7 +137,7 @@ def archive_routes(ws: Workspace) -> list[BaseRoute]:
             path,
             routes=[
                 Route("/", endpoint.index, methods=["GET"]),
-                Route("/feed.xml", endpoint.feed, methods=["GET"]),
+                Route(f"/{FEED_FILE}", endpoint.feed, methods=["GET"]),
                 Route("/{slug}/", endpoint.issue, methods=["GET"]),
                 Route("/{slug}", endpoint.add_slash, methods=["GET"]),
                 Route("/{rest:path}", endpoint.not_found, methods=["GET"]),

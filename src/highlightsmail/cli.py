@@ -218,8 +218,8 @@ def publish(obj: _Ctx, out: Path, include_all: bool) -> None:
 
     Writes OUT/index.html, OUT/<slug>/index.html and OUT/feed.xml."""
     from highlightsmail.errors import display_path
-    from highlightsmail.publish import archive_url
     from highlightsmail.publish import publish as publish_site
+    from highlightsmail.urls import urls
 
     ws = obj.ws
     result = publish_site(ws, out, include_all=include_all)
@@ -227,7 +227,7 @@ def publish(obj: _Ctx, out: Path, include_all: bool) -> None:
         click.echo(f"warning: {reason}", err=True)
     count = len(result.entries)
     pages = f"{count} issue page{'' if count == 1 else 's'}"
-    click.echo(f"{display_path(result.out_dir)}: index.html, feed.xml and {pages}, for {archive_url(ws.settings)}")
+    click.echo(f"{display_path(result.out_dir)}: index.html, feed.xml and {pages}, for {urls(ws.settings).archive()}")
     if not count and not include_all:
         click.echo("No issue has been sent yet, so none is listed; --all publishes every issue file.", err=True)
     if not ws.settings.archive.enabled:
@@ -505,13 +505,15 @@ def serve(obj: _Ctx, host: str, port: int) -> None:
     It answers the unsubscribe pages and one-click unsubscribe, /healthz, the SendGrid
     event webhook, and, when enabled in highlights.yaml, the signup form with its
     confirmation links and the archive."""
+    from highlightsmail.urls import urls
     from highlightsmail.web import open_server
 
     server = open_server(obj.ws, host=host, port=port)
     click.echo(f"Serving the web endpoint of {obj.ws.settings.name} on {server.url}")
     base = obj.ws.settings.base_url
     click.echo(
-        f"Links in mail point at {base.rstrip('/')}/u/...; a proxy there should forward to this address.", err=True
+        f"Links in mail point at {urls(obj.ws.settings).unsubscribe('...')}; a proxy there should forward to this address.",
+        err=True,
     )
     if not base.startswith("https://"):
         click.echo(
@@ -525,6 +527,7 @@ def serve(obj: _Ctx, host: str, port: int) -> None:
 def form(obj: _Ctx) -> None:
     """Print the signup form as HTML to paste into any website."""
     from highlightsmail.signup import form_snippet
+    from highlightsmail.urls import urls
 
     ws = obj.ws
     click.echo(form_snippet(ws), nl=False)
@@ -532,7 +535,7 @@ def form(obj: _Ctx) -> None:
     if not ws.settings.signup.enabled:
         click.echo(
             "Note: signup.enabled is false in highlights.yaml, so `highlights serve` does not answer "
-            f"{ws.settings.base_url.rstrip('/')}/subscribe yet.",
+            f"{urls(ws.settings).subscribe()} yet.",
             err=True,
         )
 

@@ -438,7 +438,9 @@ def _settings_problems(ws: Workspace) -> list[Problem]:
 
 def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:
     """(html, text) with an unsubscribe URL as long as any real one."""
-    return rendered.personalize(f"{ws.settings.base_url.rstrip('/')}/u/{_TOKEN_SHAPE}")
+    from highlightsmail.urls import urls
+
+    return rendered.personalize(urls(ws.settings).unsubscribe(_TOKEN_SHAPE))
 
 
 def _html_text(value: str) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from highlightsmail.errors import HighlightsError
 from highlightsmail.text import header_problem
+from highlightsmail.urls import Urls, urls
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -137,12 +138,18 @@ def _list_id(name: str, ident: str) -> str:
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:
-    return f"{_unsubscribe_base(settings.base_url)}/u/{token}"
+    return _checked_urls(settings).unsubscribe(token)
+
+
+def _checked_urls(settings: Settings) -> Urls:
+    """The addresses, once base_url is known to be fit for the List-Unsubscribe header."""
+    _check_base_url(settings.base_url)
+    return urls(settings)
 
 
 @functools.lru_cache(maxsize=16)
-def _unsubscribe_base(base_url: str) -> str:
-    return header_value(f"{SETTINGS_FILE}: base_url", base_url).rstrip("/")
+def _check_base_url(base_url: str) -> None:
+    header_value(f"{SETTINGS_FILE}: base_url", base_url)
 
 
 def links_for(settings: Settings, url: str) -> RecipientLinks:
@@ -166,7 +173,7 @@ def recipient_links(settings: Settings, signer: Signer, subscriber_id: int, *, t
 def links_maker(settings: Settings, signer: Signer) -> Callable[[int], RecipientLinks]:
     """`recipient_links` for many subscribers of one dispatch: what depends only on the
     settings (the checked base URL, List-Id, whether the URL is https) is worked out once."""
-    base = f"{_unsubscribe_base(settings.base_url)}/u/"
+    base = _checked_urls(settings).unsubscribe_prefix
     ident = list_id(settings)
     post = base.startswith("https://")
     make = signer.make

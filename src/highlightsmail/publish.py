@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.urls import FEED_FILE, NOT_FOUND_FILE, PLAIN_NAME, has_page, urls
 
 log = logging.getLogger("highlightsmail.publish")
 
@@ -46,49 +47,16 @@ __all__ = [
     "Archive",
     "Entry",
     "Published",
-    "archive_url",
-    "feed_url",
-    "issue_url",
     "publish",
-    "publishable",
 ]
 
 INDEX_TEMPLATE = "site/index.html.j2"
 ISSUE_TEMPLATE = "site/issue.html.j2"
 ENTRY_TEMPLATE = "site/entry.html.j2"
 NOT_FOUND_TEMPLATE = "site/404.html.j2"
-FEED_FILE = "feed.xml"
-NOT_FOUND_FILE = "404.html"
-#: The site's own files at its top: no issue may take one of these names.
-_SITE_FILES = frozenset({"index.html", FEED_FILE, NOT_FOUND_FILE})
-#: Slugs that make a plain folder name and URL segment everywhere.
-_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEADING_TAG = re.compile(r"<(/?)h([1-6])\b")
 
 T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------- URLs
-
-
-def archive_url(settings: Settings) -> str:
-    """The archive's index page: base_url + archive.path + `/`."""
-    return f"{settings.base_url.rstrip('/')}{settings.archive.path}/"
-
-
-def issue_url(settings: Settings, slug: str) -> str:
-    """An issue's page in the archive (the email's "View in browser" link)."""
-    return f"{archive_url(settings)}{quote(slug, safe='')}/"
-
-
-def feed_url(settings: Settings) -> str:
-    return f"{archive_url(settings)}{FEED_FILE}"
-
-
-def publishable(slug: str) -> bool:
-    """Whether an issue with this slug can have a page: its name makes a plain folder
-    name and URL segment everywhere, and is none of the site's own files."""
-    return bool(_SLUG.fullmatch(slug)) and slug not in _SITE_FILES
 
 
 def _signup(settings: Settings) -> dict[str, Any]:
@@ -97,7 +65,7 @@ def _signup(settings: Settings) -> dict[str, Any]:
     signup = getattr(settings, "signup", None)
     return {
         "enabled": bool(getattr(signup, "enabled", False)),
-        "action": f"{settings.base_url.rstrip('/')}/subscribe",
+        "action": urls(settings).subscribe(),
     }
 
 
@@ -243,7 +211,7 @@ class Archive:
                 continue  # removed meanwhile
             if not path.is_file():
                 continue
-            if not publishable(slug):
+            if not has_page(slug):
                 skipped.append(
                     f"{display_path(path)}: left out, its name can't be a web address "
                     "(use letters, digits, '.', '_' and '-', like 2024-w02.yaml)"
@@ -276,7 +244,7 @@ class Archive:
         settings = self.ws.settings
         return {
             "newsletter": {"name": settings.name, "base_url": settings.base_url},
-            "archive": {"url": archive_url(settings), "feed_url": feed_url(settings)},
+            "archive": {"url": urls(settings).archive(), "feed_url": urls(settings).feed()},
             "signup": _signup(settings),
             "root": root,
         }
@@ -313,7 +281,7 @@ class Archive:
         return {
             "title": view["issue"]["title"],
             "description": view["issue"]["preheader"],
-            "url": issue_url(self.ws.settings, entry.slug),
+            "url": urls(self.ws.settings).issue_page(entry.slug),
             "type": "article",
             "image": image,
             "published": entry.published.isoformat().replace("+00:00", "Z"),
@@ -355,7 +323,7 @@ class Archive:
             page = {
                 "title": f"{settings.name}: every issue",
                 "description": f"Every issue of {settings.name}, newest first.",
-                "url": archive_url(settings),
+                "url": urls(settings).archive(),
                 "type": "website",
                 "image": None,
                 "published": None,
@@ -374,12 +342,14 @@ class Archive:
             page = {
                 "title": f"Page not found · {settings.name}",
                 "description": f"Every issue of {settings.name}.",
-                "url": archive_url(settings),
+                "url": urls(settings).archive(),
                 "type": "website",
                 "image": None,
                 "published": None,
             }
-            return render_template(self.ws, NOT_FOUND_TEMPLATE, {**self._common(archive_url(settings)), "page": page})
+            return render_template(
+                self.ws, NOT_FOUND_TEMPLATE, {**self._common(urls(settings).archive()), "page": page}
+            )
 
         return self._remember(("404", self._templates_stamp()), make)
 
@@ -405,18 +375,18 @@ class Archive:
 
             settings = self.ws.settings
             fg = FeedGenerator()
-            fg.id(archive_url(settings))
+            fg.id(urls(settings).archive())
             fg.title(settings.name)
             fg.author({"name": settings.name})
-            fg.link(href=archive_url(settings), rel="alternate", type="text/html")
-            fg.link(href=feed_url(settings), rel="self", type="application/atom+xml")
+            fg.link(href=urls(settings).archive(), rel="alternate", type="text/html")
+            fg.link(href=urls(settings).feed(), rel="self", type="application/atom+xml")
             fg.language("en")
             fg.generator("highlightsmail", version=__version__)
             # An empty feed is as new as the moment it was made; otherwise as its newest entry.
             fg.updated(max((e.published for e in entries), default=datetime.now(UTC).replace(microsecond=0)))
             for entry in entries:
                 view = self._view(entry)
-                url = issue_url(settings, entry.slug)
+                url = urls(settings).issue_page(entry.slug)
                 fe = fg.add_entry(order="append")
                 fe.id(url)
                 fe.title(view["issue"]["title"])
@@ -486,7 +456,7 @@ class _Record:
 def _plain(rel: str) -> bool:
     """A relative path of plain names (`2024-w02/index.html`): no `..`, no `.`, not
     absolute, no empty part, no backslash; so it stays inside the folder it is read in."""
-    return bool(rel) and all(_SLUG.fullmatch(part) for part in rel.split("/"))
+    return bool(rel) and all(PLAIN_NAME.fullmatch(part) for part in rel.split("/"))
 
 
 def _ancestors(rel: str) -> list[str]:

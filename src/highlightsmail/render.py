@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from highlightsmail import markdown
 from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.urls import has_page, urls
 
 if TYPE_CHECKING:
     import jinja2
@@ -44,7 +45,7 @@ __all__ = [
 UNSUBSCRIBE_PLACEHOLDER = "-highlights_unsubscribe_url-"
 _RESERVED = (UNSUBSCRIBE_PLACEHOLDER,)
 
-#: What follows base_url in the longest link one recipient gets: "/confirm/" and a
+#: What follows base_url in the longest link one recipient gets: urls.CONFIRM with a
 #: confirmation token of at most 51 characters, with room to spare.
 _RECIPIENT_LINK_TAIL = 64
 
@@ -187,10 +188,8 @@ def _context(issue: Issue, ws: Workspace) -> dict[str, Any]:
     name = _text(settings.name)
     subject = _text(issue.effective_subject)
     web_url = None
-    if settings.archive.enabled:  # the archive's code is loaded only for a newsletter that has one
-        from highlightsmail.publish import issue_url, publishable
-
-        web_url = issue_url(settings, issue.slug) if publishable(issue.slug) else None
+    if settings.archive.enabled and has_page(issue.slug):
+        web_url = urls(settings).issue_page(issue.slug)
     return {
         "newsletter": {
             "name": name,
@@ -488,7 +487,7 @@ def render_email(ws: Workspace, html_template: str, text_template: str, context:
     html = _inline_css(_keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source))
     text = _tidy_text(_render_template(env, text_template, context, templates_dir)[0])
     # Every line within RFC 5322's 998 octets, for every recipient's own link too.
-    room = len(ws.settings.base_url.rstrip("/")) + _RECIPIENT_LINK_TAIL
+    room = len(urls(ws.settings).base) + _RECIPIENT_LINK_TAIL
     return (
         fold_html(html, placeholder=UNSUBSCRIBE_PLACEHOLDER, room=room),
         fold_text(text, placeholder=UNSUBSCRIBE_PLACEHOLDER, room=room),

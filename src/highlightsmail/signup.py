@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, InvalidToken
 from highlightsmail.text import header_problem, is_utf8
+from highlightsmail.urls import urls
 
 if TYPE_CHECKING:
     from highlightsmail.backends.base import Backend
@@ -147,23 +148,15 @@ def client_key(ip: str | None) -> str:
     return str(address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else str(address)
 
 
-def subscribe_url(settings: Settings) -> str:
-    return f"{settings.base_url.rstrip('/')}/subscribe"
-
-
 def form_snippet(ws: Workspace) -> str:
     """The signup form to paste into any website, posting to BASE/subscribe: the same
     template that puts the form on the archive's pages (`site/_signup.html.j2`)."""
     from highlightsmail.render import render_template
 
-    return render_template(ws, FORM_TEMPLATE, {"signup": {"enabled": True, "action": subscribe_url(ws.settings)}})
+    return render_template(ws, FORM_TEMPLATE, {"signup": {"enabled": True, "action": urls(ws.settings).subscribe()}})
 
 
 # ---------------------------------------------------------------- links
-
-
-def confirm_url(settings: Settings, token: str) -> str:
-    return f"{settings.base_url.rstrip('/')}/confirm/{token}"
 
 
 @dataclass(frozen=True)
@@ -261,7 +254,7 @@ class Mailer:
         store = self._store()
         try:
             rendered = self.confirmation_email()
-            url = confirm_url(self.ws.settings, self.signer.make_confirm(sid, made))
+            url = urls(self.ws.settings).confirm(self.signer.make_confirm(sid, made))
             # The link stands where an issue has its unsubscribe link, and no List-*
             # header goes with it: the reader has not joined.
             envelope = Envelope(key=sid, recipient=recipient, links=RecipientLinks(unsubscribe_url=url, headers={}))
@@ -519,7 +512,6 @@ __all__ = [
     "Signup",
     "SignupForm",
     "client_key",
-    "confirm_url",
     "form_snippet",
     "read_form",
     "render_confirmation",

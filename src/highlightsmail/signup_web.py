@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -39,6 +38,7 @@ from highlightsmail.signup import (
     read_form,
 )
 from highlightsmail.text import is_utf8
+from highlightsmail.urls import CONFIRM, SUBSCRIBE, urls
 
 if TYPE_CHECKING:
     from highlightsmail.tokens import Signer
@@ -55,11 +55,6 @@ _PREFLIGHT_MAX_AGE = "600"
 
 class _BadBody(Exception):
     """A body that cannot be read as what its Content-Type says."""
-
-
-def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _wants_json(request: Request) -> bool:
@@ -108,10 +103,10 @@ class SignupEndpoint:
         # with one line, not every reader's email later with a line in the log.
         self.signup.mailer.confirmation_email()
         self.allowed = frozenset(ws.settings.signup.allowed_origins)
-        self.own_origin = _origin_of(ws.settings.base_url)
+        self.own_origin = urls(ws.settings).origin()
         self.routes: list[BaseRoute] = [
-            Route("/subscribe", self.subscribe, methods=["GET", "POST", "OPTIONS"]),
-            Route("/confirm/{token}", self.confirm, methods=["GET", "POST"]),
+            Route(SUBSCRIBE, self.subscribe, methods=["GET", "POST", "OPTIONS"]),
+            Route(CONFIRM, self.confirm, methods=["GET", "POST"]),
         ]
 
     def close(self) -> None:

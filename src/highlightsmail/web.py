@@ -59,7 +59,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from highlightsmail import templating
+from highlightsmail import templating, urls
 from highlightsmail.dburl import describe_url
 from highlightsmail.errors import HighlightsError, InvalidToken, display_path
 from highlightsmail.serving import bind_socket
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
     from highlightsmail.store import Source, Status, Store
     from highlightsmail.tokens import Signer
-    from highlightsmail.workspace import Settings, Workspace
+    from highlightsmail.workspace import Workspace
 
 log = logging.getLogger("highlightsmail.web")
 
@@ -539,22 +539,6 @@ class _SecurityHeaders:
             await page(scope, receive, send_secured)
 
 
-def base_path(settings: Settings) -> str:
-    """The path of base_url (`/news` for https://example.org/news), which every link
-    starts with; "" when there is none, or when its first segment is one the endpoint
-    answers itself (`/u`, `/archive`...), where only a proxy that strips it can tell
-    the two apart."""
-    from urllib.parse import urlsplit
-
-    from highlightsmail.workspace import APP_PATHS
-
-    path = unquote(urlsplit(settings.base_url).path).rstrip("/")
-    if not path:
-        return ""
-    first = path.split("/")[1]
-    return "" if first in APP_PATHS or first == settings.archive.path.split("/")[1] else path
-
-
 def app_root(scope: Scope) -> str:
     """The path the whole app is served under (base_url's path, or uvicorn's
     --root-path), also from inside a Mount, which adds its own path to `root_path`."""
@@ -675,19 +659,19 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 
         signup = SignupEndpoint(ws, endpoint.pages, signer)
     routes = [
-        Route("/healthz", endpoint.healthz, methods=["GET"]),
+        Route(urls.HEALTH, endpoint.healthz, methods=["GET"]),
         # One route for both methods, so a wrong method's 405 lists both in Allow.
-        Route("/u/{token}", endpoint.token_page, methods=["GET", "POST"]),
-        Route("/u/{token}/resubscribe", endpoint.resubscribe, methods=["POST"]),
+        Route(urls.UNSUBSCRIBE, endpoint.token_page, methods=["GET", "POST"]),
+        Route(urls.RESUBSCRIBE, endpoint.resubscribe, methods=["POST"]),
         *(signup.routes if signup else ()),
         *archive_routes(ws),
-        Route(webhooks.PATH, sendgrid_events.handle, methods=["POST"]),
+        Route(urls.SENDGRID_WEBHOOK, sendgrid_events.handle, methods=["POST"]),
     ]
     _check_token_routes(routes)
     middleware = [
-        Middleware(_BasePath, prefix=base_path(ws.settings)),
+        Middleware(_BasePath, prefix=urls.urls(ws.settings).mount_path()),
         Middleware(_SecurityHeaders, pages=endpoint.pages),  # every answer gets the headers
-        Middleware(_BodyLimit, pages=endpoint.pages, paths={webhooks.PATH: webhooks.MAX_BODY_BYTES}),
+        Middleware(_BodyLimit, pages=endpoint.pages, paths={urls.SENDGRID_WEBHOOK: webhooks.MAX_BODY_BYTES}),
     ]
 
     @asynccontextmanager
@@ -727,8 +711,8 @@ def _check_token_routes(routes: list[BaseRoute]) -> None:
 #: The first path segment of every route that carries a token (`/u/TOKEN`,
 #: `/confirm/TOKEN`). The logs cut whatever follows `/SEGMENT/`, and create_app refuses
 #: a route with a `{token}` that is not listed here: a new token route joins by being
-#: added here, and is redacted from its first request on.
-TOKEN_ROUTES = frozenset({"u", "confirm"})
+#: added to urls.py, and is redacted from its first request on.
+TOKEN_ROUTES = urls.TOKEN_SEGMENTS
 
 #: Anything shaped like a token, on any path: a kind and an id (either letter case,
 #: since a reader could lower-case them again), a dot (a confirmation token has its

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 
 from highlightsmail.errors import HighlightsError
 from highlightsmail.text import parse_number
+from highlightsmail.urls import SENDGRID_WEBHOOK
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("highlightsmail.webhooks")
 
-PATH = "/webhooks/sendgrid"
 ENV_PUBLIC_KEY = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -98,7 +98,7 @@ class SendGridWebhook:
         self._lock = threading.Lock()
         if self._key is None:
             # Not a warning: most workspaces send through SMTP or the outbox and need no key.
-            log.info("no %s or delivery.sendgrid.webhook_public_key: %s answers 403", ENV_PUBLIC_KEY, PATH)
+            log.info("no %s or delivery.sendgrid.webhook_public_key: %s answers 403", ENV_PUBLIC_KEY, SENDGRID_WEBHOOK)
 
     def close(self) -> None:
         with self._lock:
@@ -176,4 +176,4 @@ class SendGridWebhook:
         return result, len(events) - len(rows)
 
 
-__all__ = ["ENV_PUBLIC_KEY", "MAX_BODY_BYTES", "PATH", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "SendGridWebhook"]
+__all__ = ["ENV_PUBLIC_KEY", "MAX_BODY_BYTES", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "SendGridWebhook"]

@@ -21,6 +21,7 @@ from highlightsmail.fields import (
     SingleLine,
     WholeNumber,
 )
+from highlightsmail.urls import APP_SEGMENTS
 
 SETTINGS_FILE = "highlights.yaml"
 #: What is wrong with a name that is there but cannot be what the workspace needs.
@@ -170,10 +171,6 @@ def _list_id(value: str) -> str:
     return value
 
 
-#: First path segments the web app itself answers; the archive can't live under them.
-APP_PATHS = frozenset({"u", "healthz", "subscribe", "confirm", "webhooks"})
-
-
 def _archive_path(value: str) -> str:
     """Where the archive sits under base_url: `/archive`, or deeper (`/news/archive`),
     without a trailing slash and with nothing that a URL would need to escape."""
@@ -184,7 +181,7 @@ def _archive_path(value: str) -> str:
         )
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path) or any(seg in (".", "..") for seg in path.split("/")):
         raise ValueError("must be a path like /archive: letters, digits and . _ ~ - between slashes")
-    if path.split("/")[1] in APP_PATHS:
+    if path.split("/")[1] in APP_SEGMENTS:
         raise ValueError(f"{path} is taken by the web endpoint's own pages; choose another, like /archive")
     return path
 
