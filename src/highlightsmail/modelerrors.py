@@ -13,16 +13,13 @@ import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from highlightsmail.errors import Problem
-from highlightsmail.sourcemap import KeyPath
-
-if TYPE_CHECKING:
-    from highlightsmail.yamlfile import YamlDocument
+from highlightsmail.sourcemap import KeyPath, YamlDocument
 
 # Extra words for a missing key, where the reason is not obvious.
 _MISSING_HINTS = {"alt": "describe the image for readers who can't see it"}

@@ -2,7 +2,8 @@
 mapped to a 1-based (line, column), and the file's text to find a word inside a value.
 
 Validation and lint both name places this way; a loaded issue carries its map, so
-lint needs no second reading of the file.
+lint needs no second reading of the file. A YamlDocument is the map with the data read
+(yamlfile.py reads it; modelerrors.py names the places of what the models refuse).
 """
 
 from __future__ import annotations
@@ -107,4 +108,25 @@ class SourceMap:
         return Problem(self.file, line, col, text, severity)
 
 
-__all__ = ["KeyPath", "Severity", "SourceMap", "dotted"]
+@dataclass
+class YamlDocument(SourceMap):
+    """A YAML file read into plain data, with the position of every key and value.
+
+    `positions` and `key_positions` (see SourceMap) map a key path such as
+    ("items", 3, "links", 0, "url") to a 1-based (line, column): of the value, and of the
+    key for mapping entries. `problems` holds what was wrong but did not stop the
+    reading (duplicate keys, tags that are not plain YAML); `validate_document` reports
+    them with the model's.
+    """
+
+    data: dict[str, Any] = field(default_factory=dict)
+    raw: dict[KeyPath, str] = field(default_factory=dict)  # plain scalars YAML typed (yes, 12, ~)
+    problems: list[Problem] = field(default_factory=list)
+    unreadable: set[KeyPath] = field(default_factory=set)  # values replaced by None, with a problem
+
+    def source_map(self) -> SourceMap:
+        """The places alone, without the data (what a loaded model keeps)."""
+        return SourceMap(self.file, self.text, self.positions, self.key_positions)
+
+
+__all__ = ["KeyPath", "Severity", "SourceMap", "YamlDocument", "dotted"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import codecs
 import functools
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,13 +28,12 @@ from pydantic import BaseModel, ValidationError
 
 from highlightsmail.errors import HighlightsError, Problem, ValidationFailed, display_path
 from highlightsmail.modelerrors import check_key_names, file_keys, problem_from_error
-from highlightsmail.sourcemap import KeyPath, SourceMap, dotted
+from highlightsmail.sourcemap import KeyPath, SourceMap, YamlDocument, dotted
 
 __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
     "MAX_NODES",
-    "YamlDocument",
     "load_model",
     "load_model_located",
     "read_document",
@@ -99,30 +97,6 @@ def _loader_class() -> type:
     if _CSafeLoader is not None and _marks_work(_CSafeLoader):
         return _CSafeLoader
     return _PySafeLoader  # pragma: no cover - depends on the PyYAML build
-
-
-# --------------------------------------------------------------------------- document
-
-
-@dataclass
-class YamlDocument(SourceMap):
-    """A YAML file read into plain data, with the position of every key and value.
-
-    `positions` and `key_positions` (see SourceMap) map a key path such as
-    ("items", 3, "links", 0, "url") to a 1-based (line, column): of the value, and of the
-    key for mapping entries. `problems` holds what was wrong but did not stop the
-    reading (duplicate keys, tags that are not plain YAML); `validate_document` reports
-    them with the model's.
-    """
-
-    data: dict[str, Any] = field(default_factory=dict)
-    raw: dict[KeyPath, str] = field(default_factory=dict)  # plain scalars YAML typed (yes, 12, ~)
-    problems: list[Problem] = field(default_factory=list)
-    unreadable: set[KeyPath] = field(default_factory=set)  # values replaced by None, with a problem
-
-    def source_map(self) -> SourceMap:
-        """The places alone, without the data (what a loaded model keeps)."""
-        return SourceMap(self.file, self.text, self.positions, self.key_positions)
 
 
 # --------------------------------------------------------------------------- public API
