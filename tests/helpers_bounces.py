@@ -15,7 +15,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 from highlightsmail.message import Recipient, build_message, make_message_id, recipient_links, sender_domain
-from highlightsmail.render import RenderedIssue
+from highlightsmail.rendered import RenderedIssue
 from highlightsmail.tokens import Signer
 from highlightsmail.workspace import Settings
 

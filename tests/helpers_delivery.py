@@ -13,7 +13,7 @@ from typing import Any
 from helpers_workspace import EXAMPLE_WORKSPACE
 from highlightsmail.backends.base import Batch, Envelope
 from highlightsmail.message import Recipient, recipient_links
-from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from highlightsmail.tokens import Signer
 from highlightsmail.workspace import Settings, Workspace, load_workspace
 

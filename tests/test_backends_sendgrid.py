@@ -14,7 +14,7 @@ from highlightsmail.backends import get_backend
 from highlightsmail.backends.base import DeliveryError, InDoubtError, PermanentError, TransientError
 from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
 from highlightsmail.message import Recipient
-from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
 from sendgrid_server import SendGridServer
 
 API_KEY = "SG.test-key-for-the-local-server"

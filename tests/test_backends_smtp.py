@@ -19,7 +19,7 @@ from highlightsmail.backends.base import DeliveryError
 from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, SmtpBackend
 from highlightsmail.message import Recipient, build_message, recipient_links
 from highlightsmail.mime import MessageTemplate, Outgoing
-from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
 PASSWORD = "correct horse battery staple"
 

@@ -18,7 +18,7 @@ from helpers_delivery import READER_HEADERS
 from highlightsmail.cli import main
 from highlightsmail.issue import load_issue
 from highlightsmail.lint import GMAIL_CLIP_BYTES
-from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
 
 SAMPLE_URL = "https://highlights.example.org/u/sample"
 

@@ -29,7 +29,8 @@ from highlightsmail.errors import ValidationFailed
 from highlightsmail.issue import load_issue
 from highlightsmail.message import Recipient, RecipientLinks, links_for, unsubscribe_url
 from highlightsmail.mime import MessageTemplate
-from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, render_issue
+from highlightsmail.render import render_issue
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
 from highlightsmail.signup import render_confirmation
 from highlightsmail.text import MAX_URL_OCTETS, url_octets
 from highlightsmail.urls import urls

@@ -29,7 +29,7 @@ from helpers_preview import (
     set_first_item_title,
 )
 from highlightsmail.preview import PREVIEW_UNSUBSCRIBE_URL, create_preview_app, running_preview
-from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
 from highlightsmail.workspace import load_workspace
 
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")

@@ -43,7 +43,8 @@ from helpers_workspace import EXAMPLE_ISSUE
 from highlightsmail.cli import main
 from highlightsmail.errors import HighlightsError
 from highlightsmail.issue import load_issue
-from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER, render_issue
+from highlightsmail.render import render_issue
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
 from highlightsmail.workspace import load_workspace
 
 NAME = "AI Research Highlights"

@@ -26,14 +26,8 @@ from lxml import html as lxml_html
 from helpers_workspace import EXAMPLE_SETTINGS
 from highlightsmail.errors import HighlightsError
 from highlightsmail.issue import Issue, load_issue
-from highlightsmail.render import (
-    TEXT_WIDTH,
-    UNSUBSCRIBE_PLACEHOLDER,
-    RenderedIssue,
-    markdown_to_text,
-    render_issue,
-    render_markdown,
-)
+from highlightsmail.render import TEXT_WIDTH, markdown_to_text, render_issue, render_markdown
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from highlightsmail.workspace import Workspace, load_workspace
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -662,7 +662,7 @@ def test_the_confirmation_email_through_sendgrid_is_a_valid_request(
     workspace: Path, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST
-    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+    from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
     from sendgrid_server import SendGridServer
 
     server = SendGridServer(api_key="SG.signup-test")

@@ -12,7 +12,7 @@ import pytest
 
 from helpers_delivery import example_issue, make_batch, make_workspace, recipients
 from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
-from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
 from sendgrid_server import SendGridServer
 
 API_KEY = "SG.track-clicks"

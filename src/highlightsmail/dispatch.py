@@ -35,7 +35,7 @@ from highlightsmail.store import DELIVERY_STATES, DeliveryState
 
 if TYPE_CHECKING:
     from highlightsmail.backends.base import Backend, BatchResult, Envelope
-    from highlightsmail.render import RenderedIssue
+    from highlightsmail.rendered import RenderedIssue
     from highlightsmail.store import Delivery, DispatchInfo, Store, TestSend
     from highlightsmail.tokens import Signer
     from highlightsmail.workspace import Workspace

@@ -24,7 +24,7 @@ from highlightsmail.errors import HighlightsError, Problem, display_path
 
 if TYPE_CHECKING:
     from highlightsmail.issue import Issue
-    from highlightsmail.render import RenderedIssue
+    from highlightsmail.rendered import RenderedIssue
     from highlightsmail.sourcemap import Severity, SourceMap
     from highlightsmail.workspace import Workspace
 
@@ -372,7 +372,7 @@ def _at(pos: SourceMap, loc: Loc, line: int, col: int, message: str) -> Problem:
 
 def _template_findings(ws: Workspace, rendered: RenderedIssue) -> Iterator[Problem]:
     """The footer the templates must keep (RFC 8058 and anti-spam laws)."""
-    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
+    from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
 
     html, text = _as_sent(ws, rendered)
     mjml = _template_file(ws, "issue.mjml.j2")

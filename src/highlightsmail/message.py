@@ -21,13 +21,13 @@ from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from typing import TYPE_CHECKING
 
 from highlightsmail.errors import HighlightsError
+from highlightsmail.rendered import RenderedIssue
 from highlightsmail.text import header_problem
 from highlightsmail.urls import Urls, urls
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from highlightsmail.render import RenderedIssue
     from highlightsmail.tokens import Signer
     from highlightsmail.workspace import Settings
 

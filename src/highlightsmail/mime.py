@@ -25,9 +25,9 @@ from highlightsmail.message import (
     make_message_id,
     sender_domain,
 )
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
 if TYPE_CHECKING:
-    from highlightsmail.render import RenderedIssue
     from highlightsmail.workspace import Settings
 
 _MAX_LINE = 998  # RFC 5322 2.1.1: the hard limit on a line, CRLF excluded
@@ -82,8 +82,6 @@ class MessageTemplate:
         return make_message_id(token, self._domain)
 
     def _compile(self, msg: EmailMessage) -> bool:
-        from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
-
         parts = list(msg.iter_parts()) if msg.get_content_type() == "multipart/alternative" else []
         if [p.get_content_type() for p in parts] != ["text/plain", "text/html"]:
             return False  # not the shape this fast path knows

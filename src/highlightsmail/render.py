@@ -5,7 +5,6 @@ only per-recipient difference is the unsubscribe URL, filled in by `personalize`
 
 from __future__ import annotations
 
-import html as html_lib
 import logging
 import re
 import traceback
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from highlightsmail import markdown
 from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from highlightsmail.urls import has_page, urls
 
 if TYPE_CHECKING:
@@ -28,8 +28,6 @@ __all__ = [
     "HTML_TEMPLATE",
     "TEXT_TEMPLATE",
     "TEXT_WIDTH",
-    "UNSUBSCRIBE_PLACEHOLDER",
-    "RenderedIssue",
     "effective_preheader",
     "issue_context",
     "markdown_to_text",
@@ -39,10 +37,6 @@ __all__ = [
     "render_template",
 ]
 
-#: Stands for the recipient's unsubscribe URL in both parts until `personalize` (or a
-#: SendGrid substitution) puts the real one in. Plain ASCII without characters that
-#: HTML, URL or CSS processing would touch, so it survives MJML and premailer as is.
-UNSUBSCRIBE_PLACEHOLDER = "-highlights_unsubscribe_url-"
 _RESERVED = (UNSUBSCRIBE_PLACEHOLDER,)
 
 #: What follows base_url in the longest link one recipient gets: urls.CONFIRM with a
@@ -74,24 +68,6 @@ _MONTHS = (
 )
 # Dark-mode support is announced in <head> (MJML has no element for this meta).
 _HEAD_META = '<meta name="color-scheme" content="light dark">'
-
-
-@dataclass(frozen=True)
-class RenderedIssue:
-    """An issue rendered for everyone; the unsubscribe URL is still a placeholder."""
-
-    slug: str
-    subject: str
-    preheader: str
-    html: str
-    text: str
-
-    def personalize(self, unsubscribe_url: str) -> tuple[str, str]:
-        """(html, text) with this recipient's unsubscribe URL in place of the placeholder."""
-        return (
-            self.html.replace(UNSUBSCRIBE_PLACEHOLDER, html_lib.escape(unsubscribe_url, quote=True)),
-            self.text.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe_url),
-        )
 
 
 # --------------------------------------------------------------------------- Markdown

@@ -38,7 +38,7 @@ from highlightsmail.urls import urls
 if TYPE_CHECKING:
     from highlightsmail.backends.base import Backend
     from highlightsmail.message import Recipient
-    from highlightsmail.render import RenderedIssue
+    from highlightsmail.rendered import RenderedIssue
     from highlightsmail.store import Delivery, Store, Subscriber
     from highlightsmail.tokens import Signer
     from highlightsmail.workspace import Settings, Workspace
@@ -343,7 +343,8 @@ def render_confirmation(ws: Workspace) -> RenderedIssue:
     workspace's, else the package's), rendered once; the link is the placeholder that
     each reader's own link replaces, as an issue's unsubscribe link is."""
     from highlightsmail.markdown import defuse_text, defuse_url
-    from highlightsmail.render import TEXT_WIDTH, UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_email
+    from highlightsmail.render import TEXT_WIDTH, render_email
+    from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
     settings = ws.settings
     reserved = (UNSUBSCRIBE_PLACEHOLDER,)

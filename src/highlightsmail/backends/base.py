@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from highlightsmail.errors import HighlightsError
+from highlightsmail.rendered import RenderedIssue
 
 if TYPE_CHECKING:
     from highlightsmail.message import Recipient, RecipientLinks
-    from highlightsmail.render import RenderedIssue
     from highlightsmail.workspace import Settings
 
 T = TypeVar("T")

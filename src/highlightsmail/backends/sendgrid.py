@@ -43,6 +43,7 @@ from highlightsmail.backends.base import (
 )
 from highlightsmail.fields import plaintext_url_problem
 from highlightsmail.message import display_name, from_header, list_id, reply_to_header, subject_for
+from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
 
 if TYPE_CHECKING:
     from highlightsmail.workspace import Workspace
@@ -110,8 +111,6 @@ class SendGridBackend(Backend):
 
     def build_payload(self, batch: Batch) -> dict[str, Any]:
         """The `POST /v3/mail/send` body for a batch (no more than 1,000 recipients)."""
-        from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
-
         if not 1 <= len(batch.envelopes) <= 1000:
             raise PermanentError(f"SendGrid takes 1 to 1000 recipients per request, not {len(batch.envelopes)}")
         settings = batch.settings
@@ -272,8 +271,6 @@ class SendGridBackend(Backend):
 def untracked_unsubscribe(html: str) -> str:
     """The HTML with SendGrid's `clicktracking=off` on every link to the unsubscribe URL
     (the placeholder each recipient's URL replaces), so click tracking leaves it alone."""
-    from highlightsmail.render import UNSUBSCRIBE_PLACEHOLDER
-
     link = re.compile(r"<a(?=\s[^>]*\bhref\s*=\s*([\"'])" + re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"\1)", re.I)
     return link.sub("<a clicktracking=off", html)
 
