@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.errors import HighlightsError, close_quietly, display_path, reason
 from highlightsmail.store import DELIVERY_STATES, DeliveryState
 
 if TYPE_CHECKING:
@@ -270,7 +269,7 @@ def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool =
         links = recipient_links(ws.settings, signer, index, test=True)
         envelopes.append(Envelope(key=index, recipient=Recipient(email=email, name=name), links=links))
     sent_to = [e.recipient.email for e in envelopes]
-    batch = Batch(number=0, slug=rendered.slug, rendered=rendered, settings=ws.settings, envelopes=envelopes, test=True)
+    batch = Batch.of(rendered, ws.settings, envelopes, test=True)
     backend = get_backend(ws, test=True)
     if dry_run:
         return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True)
@@ -452,7 +451,7 @@ def _outcome(keys: list[int], result: Callable[[], BatchResult]) -> BatchResult:
     except DeliveryError as err:
         return BatchResult(failed=dict.fromkeys(keys, err.message))
     except Exception as err:  # a bug in a backend must not lose the ledger
-        return BatchResult(failed=dict.fromkeys(keys, f"{type(err).__name__}: {err}"))
+        return BatchResult(failed=dict.fromkeys(keys, reason(err)))
 
 
 def send_claimed(
@@ -465,13 +464,8 @@ def send_claimed(
     `backend` is open. Returns the state they ended in."""
     from highlightsmail.backends.base import Batch
 
-    batch = Batch(
-        number=delivery.batch or 0,
-        slug=rendered.slug,
-        rendered=rendered,
-        settings=ws.settings,
-        envelopes=_envelopes([delivery], ws, signer, rendered.slug, _tag(store, rendered.slug)),
-    )
+    envelopes = _envelopes([delivery], ws, signer, rendered.slug, _tag(store, rendered.slug))
+    batch = Batch.of(rendered, ws.settings, envelopes, number=delivery.batch or 0)
     result = _outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
     store.finish_batch(
         rendered.slug,
@@ -506,6 +500,7 @@ def run_dispatch(
     """The send loop. Only this thread touches the database; `backend.concurrency`
     worker threads, each with its own backend instance, make the requests."""
     from highlightsmail.backends.base import Batch, DeliveryError
+    from highlightsmail.backends.pool import BackendPool
     from highlightsmail.message import check_headers
 
     events = events or Quiet()
@@ -514,9 +509,6 @@ def run_dispatch(
     # claimed, rather than failing every batch.
     check_headers(rendered, ws.settings)
     workers = max(1, backend.concurrency)
-    local = threading.local()
-    opened: list[Backend] = []
-    opened_lock = threading.Lock()
     run = RunResult()
 
     # Open once here, before anything is claimed: a setup error (a missing key or
@@ -525,30 +517,15 @@ def run_dispatch(
         backend.open()
     except DeliveryError as err:
         raise HighlightsError(f"{backend.name}: {err.message}; nothing was sent") from None
-    opened.append(backend)
+    # One worker sends through the backend opened above; more make one each.
+    backends = BackendPool(backend.clone, first=backend if workers == 1 else None)
     tag = _tag(store, slug)  # read once: every sender of the dispatch derives the same Message-IDs
 
     def deliver(number: int, claimed: list[Delivery]) -> BatchResult:
         # Built here, in the worker, so the loop that claims and records (the one
         # thread that touches the database) does nothing per recipient.
-        batch = Batch(
-            number=number,
-            slug=slug,
-            rendered=rendered,
-            settings=ws.settings,
-            envelopes=_envelopes(claimed, ws, signer, slug, tag),
-        )
-        b = getattr(local, "backend", None)
-        if b is None:
-            if workers == 1:
-                b = backend
-            else:
-                b = backend.clone()
-                b.open()
-                with opened_lock:
-                    opened.append(b)
-            local.backend = b
-        return b.send_batch(batch)
+        batch = Batch.of(rendered, ws.settings, _envelopes(claimed, ws, signer, slug, tag), number=number)
+        return backends.get().send_batch(batch)
 
     remaining = limit
     after_id = 0
@@ -628,11 +605,9 @@ def run_dispatch(
     finally:
         sys.setswitchinterval(switch_interval)
         pool.shutdown(wait=not run.stopped or not futures, cancel_futures=True)
-        for b in opened:
-            try:
-                b.close()
-            except Exception:  # closing a dead connection is not worth failing for
-                pass
+        backends.close()
+        if workers > 1:
+            close_quietly(backend)
     store.finish_dispatch_if_done(slug)
     return run
 

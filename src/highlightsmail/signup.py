@@ -31,7 +31,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from highlightsmail.addresses import BadAddress, normalize_address
-from highlightsmail.errors import HighlightsError, InvalidToken
+from highlightsmail.backends.pool import BackendPool
+from highlightsmail.errors import HighlightsError, InvalidToken, reason
 from highlightsmail.text import header_problem, is_utf8
 from highlightsmail.urls import urls
 
@@ -197,8 +198,9 @@ class Mailer:
         self.signer = signer
         self._store = store
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="signup-mail")
-        self._local = threading.local()
-        self._opened: list[Backend] = []
+        # Opened at first use in each thread; a missing key or a refused login raises
+        # there, and is tried again for the next email.
+        self._backends = BackendPool(self._new_backend)
         self._lock = threading.Lock()
         self._rendered: dict[str, tuple[tuple, RenderedIssue]] = {}
 
@@ -212,38 +214,14 @@ class Mailer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for backend in opened:
-            try:
-                backend.close()
-            except Exception:  # closing a dead connection is not worth failing for
-                pass
+        self._backends.close()
 
     # -- in the worker threads
 
-    def _backend(self, kind: str) -> Backend:
+    def _new_backend(self) -> Backend:
         from highlightsmail.backends import get_backend
 
-        backends: dict[str, Backend] = self._local.__dict__.setdefault("backends", {})
-        if kind not in backends:
-            backend = get_backend(self.ws)
-            backend.open()  # a missing key or a refused login raises here, and is retried next time
-            backends[kind] = backend
-            with self._lock:
-                self._opened.append(backend)
-        return backends[kind]
-
-    def _drop_backend(self, kind: str) -> None:
-        backend = self._local.__dict__.get("backends", {}).pop(kind, None)
-        if backend is not None:
-            with self._lock:
-                if backend in self._opened:
-                    self._opened.remove(backend)
-            try:
-                backend.close()
-            except Exception:
-                pass
+        return get_backend(self.ws)
 
     def _confirmation(self, recipient: Recipient, reservation: int, made: int) -> bool:
         from highlightsmail.backends.base import Batch, Envelope
@@ -258,14 +236,10 @@ class Mailer:
             # The link stands where an issue has its unsubscribe link, and no List-*
             # header goes with it: the reader has not joined.
             envelope = Envelope(key=sid, recipient=recipient, links=RecipientLinks(unsubscribe_url=url, headers={}))
-            batch = Batch(
-                number=0, slug=CONFIRM_SLUG, rendered=rendered, settings=self.ws.settings, envelopes=[envelope]
-            )
-            result = self._backend("confirm").send_batch(batch)
+            result = self._backends.get("confirm").send_batch(Batch.of(rendered, self.ws.settings, [envelope]))
         except Exception as exc:
-            self._drop_backend("confirm")
-            reason = exc.format_message() if isinstance(exc, HighlightsError) else f"{type(exc).__name__}: {exc}"
-            log.error("confirmation email to subscriber #%d not sent: %s", sid, reason)
+            self._backends.drop("confirm")
+            log.error("confirmation email to subscriber #%d not sent: %s", sid, reason(exc))
             store.confirmation_not_sent(reservation)
             return False
         if result.sent:
@@ -287,16 +261,16 @@ class Mailer:
         sid = delivery.subscriber_id
         try:
             rendered = self._issue(slug)
-            backend = self._backend("welcome")
+            backend = self._backends.get("welcome")
         except Exception as exc:
             # Failed in the ledger, as a send would record it: the next `send` tries again.
-            reason = exc.format_message() if isinstance(exc, HighlightsError) else f"{type(exc).__name__}: {exc}"
-            store.finish_batch(slug, sent=[], failed={sid: reason})
-            log.error("welcome issue %s not sent to subscriber #%d: %s", slug, sid, reason)
+            why = reason(exc)
+            store.finish_batch(slug, sent=[], failed={sid: why})
+            log.error("welcome issue %s not sent to subscriber #%d: %s", slug, sid, why)
             return "failed"
         state = send_claimed(store, backend, rendered, self.ws, self.signer, delivery)
         if state != "sent":
-            self._drop_backend("welcome")
+            self._backends.drop("welcome")
             log.error("welcome issue %s to subscriber #%d: %s (see `highlights status %s`)", slug, sid, state, slug)
         return state
 

@@ -72,6 +72,19 @@ class Batch:
     envelopes: list[Envelope]
     test: bool = False
 
+    @classmethod
+    def of(
+        cls,
+        rendered: RenderedIssue,
+        settings: Settings,
+        envelopes: list[Envelope],
+        *,
+        number: int = 0,
+        test: bool = False,
+    ) -> Batch:
+        """The one way a batch is made: its slug is the rendered email's."""
+        return cls(number, rendered.slug, rendered, settings, envelopes, test)
+
 
 @dataclass
 class BatchResult:
