@@ -33,7 +33,7 @@ from helpers_db import raw_connection
 from helpers_events import sent_to_everyone
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.tokens import Signer
-from highlightsmail.webhooks import PATH
+from highlightsmail.urls import SENDGRID_WEBHOOK as PATH
 from sendgrid_events import EventSender
 from sendgrid_server import SendGridServer
 

@@ -97,9 +97,10 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
 
 def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> None:
     class Ws:
+        database_url = None
         db_path = tmp_path / "deep" / "er" / "h.db"
 
-    with Store.open(Ws()) as s:  # type: ignore[arg-type]
+    with Store.open(Ws()) as s:
         s.add("a@example.org")
     assert Ws.db_path.is_file()
 

@@ -21,8 +21,9 @@ import pytest
 
 from helpers_archive import enable_archive, mark_sent
 from helpers_web import RawAnswer, Site, raw_http, serve_workspace
+from highlightsmail.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from highlightsmail.tokens import Signer
-from highlightsmail.webhooks import PATH, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from highlightsmail.urls import SENDGRID_WEBHOOK as PATH
 from sendgrid_events import EventSender
 
 pytestmark = pytest.mark.usefixtures("engine")

@@ -410,7 +410,7 @@ def _settings_problems(ws: Workspace) -> list[Problem]:
         )
     if settings.delivery.sendgrid.webhook_public_key:
         # Only `serve` reads it, and refuses to start without a key it can load: say so now.
-        from highlightsmail.webhooks import ENV_PUBLIC_KEY, public_key_problem
+        from highlightsmail.signature import ENV_PUBLIC_KEY, public_key_problem
 
         problem = public_key_problem(settings.delivery.sendgrid.webhook_public_key)
         if problem and not os.environ.get(ENV_PUBLIC_KEY, "").strip():

@@ -76,7 +76,17 @@ if TYPE_CHECKING:
     import psycopg
     import psycopg_pool
 
-    from highlightsmail.workspace import Workspace
+
+class Place(Protocol):
+    """Where a workspace keeps its data (workspace.Workspace fits): a PostgreSQL URL, or
+    None and a SQLite file."""
+
+    @property
+    def database_url(self) -> str | None: ...
+
+    @property
+    def db_path(self) -> Path: ...
+
 
 # `pending`: asked to join through the signup form, not confirmed yet; never mailed an issue.
 Status = Literal["active", "unsubscribed", "bounced", "complained", "pending"]
@@ -941,12 +951,12 @@ class Store:
             warnings.warn(MergedAddressesWarning(f"{self.where}: {line}"), stacklevel=3)
 
     @classmethod
-    def open(cls, ws: Workspace, **kwargs) -> Store:
+    def open(cls, ws: Place, **kwargs) -> Store:
         """The workspace's database (settings `database`, or HIGHLIGHTS_DATABASE_URL), as
         every command and the web app open it: a new SQLite file (and its folder) is made
         on first use, but an empty PostgreSQL database is NoHighlightsData unless this is
         `db upgrade` (upgrade=True)."""
-        url = getattr(ws, "database_url", None)
+        url = ws.database_url
         if url:
             kwargs.setdefault("create", False)
             return cls(url, **kwargs)

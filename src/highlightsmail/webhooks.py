@@ -1,10 +1,5 @@
-"""`POST /webhooks/sendgrid`: SendGrid's signed Event Webhook.
-
-SendGrid signs each batch with ECDSA P-256 over SHA-256: the signature (header
-`X-Twilio-Email-Event-Webhook-Signature`, base64 DER) covers the timestamp header
-`X-Twilio-Email-Event-Webhook-Timestamp` followed by the raw body. It is checked with the
-`sendgrid` package's own Event Webhook helper against the key from
-`SENDGRID_WEBHOOK_PUBLIC_KEY` or `delivery.sendgrid.webhook_public_key`.
+"""`POST /webhooks/sendgrid`: SendGrid's signed Event Webhook (the signature is checked
+in signature.py).
 
 - No key configured, a missing or bad signature, or a timestamp more than 5 minutes
   away: 403, nothing recorded (a captured batch cannot be replayed later either).
@@ -16,10 +11,8 @@ SendGrid signs each batch with ECDSA P-256 over SHA-256: the signature (header
 
 from __future__ import annotations
 
-import binascii
 import json
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -28,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from highlightsmail.errors import HighlightsError
-from highlightsmail.text import parse_number
+from highlightsmail.signature import ENV_PUBLIC_KEY, SIGNATURE_HEADER, TIMESTAMP_HEADER, load_public_key, refusal
 from highlightsmail.urls import SENDGRID_WEBHOOK
 
 if TYPE_CHECKING:
@@ -39,52 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("highlightsmail.webhooks")
 
-ENV_PUBLIC_KEY = "SENDGRID_WEBHOOK_PUBLIC_KEY"
-SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
-TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
-MAX_SKEW_S = 300
-MAX_TIMESTAMP = 10**12 - 1  # Unix seconds of twelve digits at most: past the year 30000
 # SendGrid posts a batch every 30 seconds or when it reaches 768 KB, so a batch is at
 # most 768 KB plus one event; twice that leaves room and still bounds memory.
 MAX_BODY_BYTES = 2 * 1024 * 1024
-
-
-def load_public_key(ws: Workspace) -> Any | None:
-    """The verification key as an ECDSA public key object, or None when none is set.
-
-    SendGrid shows it as base64 (the DER of the key); a pasted PEM block is accepted too.
-    A key that does not load is an error naming where it came from."""
-    from_env = os.environ.get(ENV_PUBLIC_KEY, "").strip()
-    where = ENV_PUBLIC_KEY if from_env else "delivery.sendgrid.webhook_public_key"
-    text = from_env or (ws.settings.delivery.sendgrid.webhook_public_key or "").strip()
-    if not text:
-        return None
-    key, problem = _parse_public_key(text)
-    if problem:
-        raise HighlightsError(f"{where}: {problem}")
-    return key
-
-
-def public_key_problem(text: str) -> str | None:
-    """Why `text` is not a verification key the webhook can use (None when it is)."""
-    return _parse_public_key(text.strip())[1]
-
-
-def _parse_public_key(text: str) -> tuple[Any, str | None]:
-    # The armour lines of a PEM block, if any, go; the base64 between them stays.
-    body = "".join("".join(line.split()) for line in text.splitlines() if not line.strip().startswith("-----"))
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from sendgrid.helpers.eventwebhook import EventWebhook
-
-    try:
-        key = EventWebhook().convert_public_key_to_ecdsa(body)
-    except (ValueError, TypeError) as exc:
-        return None, (
-            f"not a verification key (paste the base64 key SendGrid shows for the signed Event Webhook): {exc}"
-        )
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        return None, "SendGrid signs with an ECDSA P-256 key; this is another kind of key"
-    return key, None
 
 
 class SendGridWebhook:
@@ -109,7 +59,9 @@ class SendGridWebhook:
     async def handle(self, request: Request) -> Response:
         """POST /webhooks/sendgrid."""
         body = await request.body()  # at most MAX_BODY_BYTES: the app's body limit saw to that
-        why = self._refusal(request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), body)
+        why = refusal(
+            self._key, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), body, self._clock()
+        )
         if why is not None:
             log.warning("refused a SendGrid webhook post: %s", why)
             return JSONResponse({"error": "forbidden"}, status_code=403)
@@ -135,29 +87,6 @@ class SendGridWebhook:
             }
         )
 
-    def _refusal(self, signature: str | None, timestamp: str | None, body: bytes) -> str | None:
-        """Why the request must be refused, or None when it is signed by the key and fresh."""
-        if self._key is None:
-            return "no verification key is configured"
-        if not signature or not timestamp:
-            return "no signature or timestamp header"
-        seconds = parse_number(timestamp, high=MAX_TIMESTAMP)
-        if seconds is None:
-            return "a timestamp that is not Unix seconds"
-        if abs(self._clock() - seconds) > MAX_SKEW_S:
-            return "a timestamp more than 5 minutes away"
-        try:
-            payload = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return "a body that is not UTF-8"
-        from sendgrid.helpers.eventwebhook import EventWebhook
-
-        try:
-            ok = EventWebhook().verify_signature(payload, signature, timestamp, self._key)
-        except (binascii.Error, ValueError, TypeError):
-            ok = False
-        return None if ok else "a signature that does not verify"
-
     def _record(self, events: list[Any]) -> tuple[RecordResult, int]:
         from highlightsmail.events import record, sendgrid_row
 
@@ -176,4 +105,4 @@ class SendGridWebhook:
         return result, len(events) - len(rows)
 
 
-__all__ = ["ENV_PUBLIC_KEY", "MAX_BODY_BYTES", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "SendGridWebhook"]
+__all__ = ["MAX_BODY_BYTES", "SendGridWebhook"]

@@ -190,19 +190,12 @@ def database_url_problem(value: str) -> str | None:
     """What is wrong with a PostgreSQL URL given as `database` (None when it is fine):
     it must parse, and must not hold a password, which would then sit in a file that is
     shared and committed."""
-    from psycopg.conninfo import conninfo_to_dict
+    from highlightsmail.dburl import HOLDS_A_PASSWORD, url_problem
 
-    try:
-        info = conninfo_to_dict(value)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-        return f"not a PostgreSQL URL postgresql://user@host:port/dbname ({first})"
-    if info.get("password"):
-        return (
-            "holds a password; keep it out of highlights.yaml: set PGPASSWORD, "
-            f"or put the whole URL in {ENV_DATABASE_URL}"
-        )
-    return None
+    problem = url_problem(value, password_allowed=False)
+    if problem == HOLDS_A_PASSWORD:
+        return f"{problem}; keep it out of highlights.yaml: set PGPASSWORD, or put the whole URL in {ENV_DATABASE_URL}"
+    return problem
 
 
 def _database(value: str) -> str:
@@ -324,14 +317,11 @@ class Workspace:
             return None
         if target is not self.settings.database:
             # From the environment: a password is allowed there, but the URL must read.
-            from psycopg.conninfo import conninfo_to_dict
+            from highlightsmail.dburl import url_problem
 
-            try:
-                conninfo_to_dict(target)
-            except Exception:
-                raise HighlightsError(
-                    f"{ENV_DATABASE_URL}: not a PostgreSQL URL postgresql://user[:password]@host:port/dbname"
-                ) from None
+            problem = url_problem(target, password_allowed=True)
+            if problem:
+                raise HighlightsError(f"{ENV_DATABASE_URL}: {problem}")
         return target
 
     @property
