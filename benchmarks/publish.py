@@ -30,8 +30,8 @@ TARGET_S = 3.0
 def make_workspace(issues: int) -> Path:
     """The example's settings and templates, with `issues` weekly issues made from the
     example issue (its ten items, the title and date changed), every one of them sent."""
+    from highlightsmail.authoring.workspace import load_workspace
     from highlightsmail.store import Store
-    from highlightsmail.workspace import load_workspace
 
     root = Path(tempfile.mkdtemp(prefix="highlights-publish-bench-"))
     shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
@@ -61,8 +61,8 @@ def make_workspace(issues: int) -> Path:
 def serve_figures(root: Path) -> str:
     """What `serve` spends on the archive's index: the first request renders every issue,
     later ones only look at the files and the ledger (all pages remembered)."""
-    from highlightsmail.publish import Archive
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.workspace import load_workspace
+    from highlightsmail.rendering.publish import Archive
 
     archive = Archive(load_workspace(root))
 

@@ -74,9 +74,9 @@ def bench_env() -> dict[str, str]:
 COLD = textwrap.dedent("""
     import json, time
     t0 = time.perf_counter()
-    from highlightsmail.issue import load_issue
-    from highlightsmail.render import render_issue
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.issue import load_issue
+    from highlightsmail.rendering.render import render_issue
+    from highlightsmail.authoring.workspace import load_workspace
     t1 = time.perf_counter()
     ws = load_workspace()
     issue = load_issue(ws.issue_path("2024-w02"))
@@ -105,9 +105,9 @@ def bench_render(root: Path) -> None:
         f"load settings+issue {statistics.median(c['load'] for c in colds) * 1000:.0f} ms; median of 3)",
     )
 
-    from highlightsmail.issue import load_issue
-    from highlightsmail.render import render_issue
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.issue import load_issue
+    from highlightsmail.authoring.workspace import load_workspace
+    from highlightsmail.rendering.render import render_issue
 
     ws = load_workspace(root)
     issue = load_issue(root / ISSUE)

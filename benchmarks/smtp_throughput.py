@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers_delivery import example_issue, make_batch, make_workspace, recipients  # noqa: E402
-from highlightsmail.backends.smtp import SmtpBackend  # noqa: E402
-from highlightsmail.message import build_message  # noqa: E402
-from highlightsmail.mime import MessageTemplate  # noqa: E402
+from highlightsmail.mail.backends.smtp import SmtpBackend  # noqa: E402
+from highlightsmail.mail.message import build_message  # noqa: E402
+from highlightsmail.mail.mime import MessageTemplate  # noqa: E402
 
 
 def free_port() -> int:

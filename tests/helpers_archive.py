@@ -13,8 +13,8 @@ import html5lib
 import yaml
 from lxml import html as lxml_html
 
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.store import Store
-from highlightsmail.workspace import load_workspace
 
 BASE_URL = "https://highlights.example.org"
 ARCHIVE = f"{BASE_URL}/archive/"

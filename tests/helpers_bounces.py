@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
-from highlightsmail.message import Recipient, build_message, make_message_id, recipient_links, sender_domain
-from highlightsmail.rendered import RenderedIssue
+from highlightsmail.authoring.workspace import Settings
+from highlightsmail.mail.message import Recipient, build_message, make_message_id, recipient_links, sender_domain
+from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.tokens import Signer
-from highlightsmail.workspace import Settings
 
 BOUNCES_TO = "bounces@example.org"
 WHEN = datetime(2024, 1, 12, 10, 30, tzinfo=UTC)

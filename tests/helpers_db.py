@@ -124,7 +124,7 @@ def dump_tables(target: Path | str, tables: tuple[str, ...] = TABLES) -> dict[st
 def target_of(root: Path) -> Path | str:
     """Where the workspace at `root` keeps its state: its SQLite file, or the PostgreSQL
     URL it is pointed at (HIGHLIGHTS_DATABASE_URL)."""
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.workspace import load_workspace
 
     ws = load_workspace(root)
     return ws.database_url or ws.db_path

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from helpers_workspace import EXAMPLE_WORKSPACE
-from highlightsmail.backends.base import Batch, Envelope
-from highlightsmail.message import Recipient, recipient_links
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.authoring.workspace import Settings, Workspace, load_workspace
+from highlightsmail.mail.backends.base import Batch, Envelope
+from highlightsmail.mail.message import Recipient, recipient_links
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from highlightsmail.tokens import Signer
-from highlightsmail.workspace import Settings, Workspace, load_workspace
 
 SIGNER = Signer(b"backend-tests-secret-0123456789abcdef")
 #: The headers every message to a subscriber carries (with an https base_url).
@@ -38,8 +38,8 @@ def example_issue() -> RenderedIssue:
     """The tests' example issue, rendered once per test session (read-only)."""
     global _rendered
     if _rendered is None:
-        from highlightsmail.issue import load_issue
-        from highlightsmail.render import render_issue
+        from highlightsmail.authoring.issue import load_issue
+        from highlightsmail.rendering.render import render_issue
 
         ws = load_workspace(EXAMPLE_WORKSPACE)
         _rendered = render_issue(load_issue(ws.issue_path("2024-w02")), ws)

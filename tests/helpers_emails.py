@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from helpers_archive import mark_sent
-from highlightsmail.workspace import load_workspace
+from highlightsmail.authoring.workspace import load_workspace
 
 EXAMPLE = "2024-w02"
 READER = "ada.lovelace@example.org"
@@ -30,7 +30,7 @@ def _only(folder: Path) -> Path:
 
 def issue_email(root: Path) -> Path:
     """The example issue as a subscriber gets it from `send`."""
-    from highlightsmail.dispatch import send
+    from highlightsmail.sending.dispatch import send
     from highlightsmail.store import Store
 
     ws = load_workspace(root)
@@ -42,7 +42,7 @@ def issue_email(root: Path) -> Path:
 
 def editors_email(root: Path) -> Path:
     """The example issue as an editor gets it from `send --test`."""
-    from highlightsmail.dispatch import send_test
+    from highlightsmail.sending.dispatch import send_test
 
     ws = load_workspace(root)
     send_test(ws, ws.issue_path(EXAMPLE), [ws.settings.editors[0]])
@@ -50,7 +50,7 @@ def editors_email(root: Path) -> Path:
 
 
 def _signup(root: Path):
-    from highlightsmail.signup import Signup
+    from highlightsmail.subscribers.signup import Signup
     from highlightsmail.tokens import load_signer
 
     ws = load_workspace(root)
@@ -59,7 +59,7 @@ def _signup(root: Path):
 
 def confirmation_email(root: Path) -> Path:
     """The confirmation email a reader gets after asking to join with the signup form."""
-    from highlightsmail.signup import read_form
+    from highlightsmail.subscribers.signup import read_form
 
     signup = _signup(root)
     try:

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from helpers_db import raw_connection
+from highlightsmail.authoring.workspace import Workspace, load_workspace
 from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
-from highlightsmail.web import bind_socket, create_app
-from highlightsmail.workspace import Workspace, load_workspace
+from highlightsmail.web.application import bind_socket, create_app
 
 
 @contextmanager

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from helpers_archive import ARCHIVE, enable_archive, mark_sent, small_issue, strict_parse, write_issue
 from helpers_web import raw_http, serve_workspace
-from highlightsmail.archive_web import ARCHIVE_CACHE_CONTROL
 from highlightsmail.cli import main
-from highlightsmail.web import CONTENT_SECURITY_POLICY
+from highlightsmail.web.application import CONTENT_SECURITY_POLICY
+from highlightsmail.web.archive import ARCHIVE_CACHE_CONTROL
 
 HTML = "text/html; charset=utf-8"
 
@@ -237,7 +237,7 @@ def test_a_location_is_built_from_segments_that_cannot_leave_the_site() -> None:
     """Every Location the endpoint makes is built by local_path: whatever the parts hold
     (a base_url path with `//` or an escaped backslash, a slug with a scheme), the result
     is one path on this site."""
-    from highlightsmail.web import local_path
+    from highlightsmail.web.application import local_path
 
     assert local_path("/news", "/archive", "2024-w02", slash=True) == "/news/archive/2024-w02/"
     assert local_path("", "/archive", slash=True) == "/archive/"

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from highlightsmail.backends.base import Backend, Batch, BatchResult
-from highlightsmail.backends.pool import BackendPool
 from highlightsmail.errors import HighlightsError, close_quietly, reason
+from highlightsmail.mail.backends.base import Backend, Batch, BatchResult
+from highlightsmail.mail.pool import BackendPool
 
 
 class _Backend(Backend):

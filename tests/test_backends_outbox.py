@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from helpers_delivery import check_message, example_issue, make_batch, make_workspace, recipients
-from highlightsmail.backends import get_backend
-from highlightsmail.backends.base import DeliveryError
-from highlightsmail.backends.outbox import OutboxBackend
-from highlightsmail.message import Recipient
+from highlightsmail.mail.backends import get_backend
+from highlightsmail.mail.backends.base import DeliveryError
+from highlightsmail.mail.backends.outbox import OutboxBackend
+from highlightsmail.mail.message import Recipient
 
 
 def _parse(path: Path) -> email.message.EmailMessage:
@@ -227,8 +227,8 @@ def test_header_text_that_got_past_validation_stops_the_batch(workspace: Path, f
     the builder refuses, naming the field, and writes nothing."""
     from dataclasses import replace
 
+    from highlightsmail.authoring.workspace import Workspace
     from highlightsmail.errors import HighlightsError
-    from highlightsmail.workspace import Workspace
 
     ws = make_workspace(workspace)
     rendered = example_issue()

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from helpers_delivery import example_issue, make_batch, make_workspace, recipients
-from highlightsmail.backends import get_backend
-from highlightsmail.backends.base import DeliveryError, InDoubtError, PermanentError, TransientError
-from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
-from highlightsmail.message import Recipient
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.mail.backends import get_backend
+from highlightsmail.mail.backends.base import DeliveryError, InDoubtError, PermanentError, TransientError
+from highlightsmail.mail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
+from highlightsmail.mail.message import Recipient
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
 from sendgrid_server import SendGridServer
 
 API_KEY = "SG.test-key-for-the-local-server"
@@ -382,8 +382,8 @@ def test_header_text_that_got_past_validation_is_refused_before_any_request(
 ) -> None:
     from dataclasses import replace
 
+    from highlightsmail.authoring.workspace import Workspace
     from highlightsmail.errors import HighlightsError
-    from highlightsmail.workspace import Workspace
 
     ws = make_workspace(workspace, delivery={"backend": "sendgrid"})
     rendered = example_issue()

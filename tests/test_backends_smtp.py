@@ -14,12 +14,12 @@ import pytest
 
 from helpers_delivery import SIGNER, check_message, make_batch, make_workspace, recipients
 from helpers_smtp import PasswordCheck, SinkHandler, make_tls, smtp_server
-from highlightsmail.backends import get_backend
-from highlightsmail.backends.base import DeliveryError
-from highlightsmail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, SmtpBackend
-from highlightsmail.message import Recipient, build_message, recipient_links
-from highlightsmail.mime import MessageTemplate, Outgoing
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.mail.backends import get_backend
+from highlightsmail.mail.backends.base import DeliveryError
+from highlightsmail.mail.backends.smtp import ENV_CAFILE, ENV_PASSWORD, SmtpBackend
+from highlightsmail.mail.message import Recipient, build_message, recipient_links
+from highlightsmail.mail.mime import MessageTemplate, Outgoing
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
 PASSWORD = "correct horse battery staple"
 

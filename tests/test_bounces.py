@@ -38,13 +38,13 @@ from helpers_bounces import (
 )
 from helpers_events import add_readers, dump, sent_to_everyone, statuses
 from helpers_smtp import SinkHandler, smtp_server
-from highlightsmail.bounces import parse_mailbox, read_bounce
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
-from highlightsmail.issue import load_issue
-from highlightsmail.render import render_issue
+from highlightsmail.feedback.bounces import parse_mailbox, read_bounce
+from highlightsmail.rendering.render import render_issue
 from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
-from highlightsmail.workspace import load_workspace
 
 ISSUE = "2024-w02"
 SHAPES = {"postfix": postfix, "exim": exim, "qmail": qmail, "exchange": exchange, "gmail": gmail}
@@ -473,7 +473,7 @@ def test_a_bounce_setting_that_cannot_work_is_named_where_it_stands(
 
 
 def test_the_longest_verp_address_fits_in_64_octets(workspace: Path) -> None:
-    from highlightsmail.message import return_path
+    from highlightsmail.mail.message import return_path
     from highlightsmail.tokens import Signer
 
     path = workspace / "highlights.yaml"

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from helpers_delivery import READER_HEADERS
+from highlightsmail.authoring.issue import load_issue
 from highlightsmail.cli import main
-from highlightsmail.issue import load_issue
-from highlightsmail.lint import GMAIL_CLIP_BYTES
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.review.lint import GMAIL_CLIP_BYTES
 
 SAMPLE_URL = "https://highlights.example.org/u/sample"
 
@@ -184,8 +184,8 @@ def test_out_that_is_a_symlink_loop_is_a_one_line_error(workspace: Path) -> None
 
 
 def test_build_prints_nothing_itself_and_returns_the_paths(workspace: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    from highlightsmail.build import build_command
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.workspace import load_workspace
+    from highlightsmail.review.build import build_command
 
     paths = build_command(load_workspace(), workspace / "issues" / "2024-w02.yaml", Path("out"))
     assert paths == [Path("out") / f"2024-w02.{ext}" for ext in ("html", "txt", "eml")]

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from highlightsmail import __version__
+from highlightsmail.authoring.scaffold import init_workspace
 from highlightsmail.cli import main
-from highlightsmail.scaffold import init_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 HIGHLIGHTS = Path(sys.executable).parent / "highlights"
@@ -158,7 +158,7 @@ def test_every_product_command_is_there() -> None:
 
 
 def test_check_hands_off_the_workspace_and_the_issue_path(site: Path) -> None:
-    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+    with mock.patch("highlightsmail.review.lint.check_command", autospec=True) as check:
         result = run("--workspace", str(site), "check", "2024-w02")
     assert result.exit_code == 0, result.output
     (ws, path), kwargs = check.call_args
@@ -168,7 +168,7 @@ def test_check_hands_off_the_workspace_and_the_issue_path(site: Path) -> None:
 
 
 def test_build_hands_off_the_out_folder_as_typed(site: Path) -> None:
-    with mock.patch("highlightsmail.build.build_command", autospec=True) as build:
+    with mock.patch("highlightsmail.review.build.build_command", autospec=True) as build:
         assert run("-w", str(site), "build", "latest").exit_code == 0
         assert run("-w", str(site), "build", "latest", "--out", "site-out").exit_code == 0
     first, second = build.call_args_list
@@ -178,10 +178,10 @@ def test_build_hands_off_the_out_folder_as_typed(site: Path) -> None:
 
 
 def test_new_and_init_hand_off_their_arguments(site: Path) -> None:
-    with mock.patch("highlightsmail.scaffold.new_issue", autospec=True) as new:
+    with mock.patch("highlightsmail.authoring.scaffold.new_issue", autospec=True) as new:
         assert run("-w", str(site), "new", "--date", "2024-03-01").exit_code == 0
     assert new.call_args.args[1] == dt.date(2024, 3, 1)
-    with mock.patch("highlightsmail.scaffold.init_workspace", autospec=True) as init:
+    with mock.patch("highlightsmail.authoring.scaffold.init_workspace", autospec=True) as init:
         assert run("init", "news").exit_code == 0
         assert run("init").exit_code == 0
     assert [c.args for c in init.call_args_list] == [(Path("news"),), (Path("."),)]
@@ -194,7 +194,7 @@ def test_a_bad_date_is_a_usage_error(site: Path) -> None:
 
 
 def test_workspace_from_the_environment(site: Path) -> None:
-    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+    with mock.patch("highlightsmail.review.lint.check_command", autospec=True) as check:
         result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": str(site)})
     assert result.exit_code == 0, result.output
     assert check.call_args.args[0].root == site.resolve()
@@ -206,12 +206,12 @@ def test_a_workspace_variable_blank_or_padded_is_taken_as_it_means(
 ) -> None:
     """A padded value named a folder that does not exist (and init was suggested for it);
     a blank one, a folder called ' '."""
-    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+    with mock.patch("highlightsmail.review.lint.check_command", autospec=True) as check:
         result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": f"{padding}{site}{padding}"})
     assert result.exit_code == 0, result.output
     assert check.call_args.args[0].root == site.resolve()
     monkeypatch.chdir(site / "issues")
-    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+    with mock.patch("highlightsmail.review.lint.check_command", autospec=True) as check:
         result = run("check", "latest", env={"HIGHLIGHTS_WORKSPACE": padding})
     assert result.exit_code == 0, result.output
     assert check.call_args.args[0].root == site.resolve()
@@ -229,7 +229,7 @@ def test_a_workspace_that_is_the_settings_file_itself_says_so(site: Path) -> Non
 def test_option_beats_the_environment(site: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     init_workspace(other, today=dt.date(2024, 2, 2))
-    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+    with mock.patch("highlightsmail.review.lint.check_command", autospec=True) as check:
         result = run("-w", str(other), "check", "latest", env={"HIGHLIGHTS_WORKSPACE": str(site)})
     assert result.exit_code == 0, result.output
     assert check.call_args.args[0].root == other.resolve()
@@ -239,7 +239,7 @@ def test_workspace_found_in_a_parent_folder(site: Path, monkeypatch: pytest.Monk
     deep = site / "issues" / "drafts"
     deep.mkdir()
     monkeypatch.chdir(deep)
-    with mock.patch("highlightsmail.lint.check_command", autospec=True) as check:
+    with mock.patch("highlightsmail.review.lint.check_command", autospec=True) as check:
         result = run("check", "2024-w02")
     assert result.exit_code == 0, result.output
     assert check.call_args.args[0].root == site.resolve()
@@ -270,7 +270,7 @@ def test_latest_is_the_newest_week_and_skips_what_is_not_an_issue_file(site: Pat
     (issues / "notes.yaml").write_text("title: [not an issue\n")  # sorts after the weeks
     (issues / "2099-w01.yaml").mkdir()  # a folder
     (issues / "2099-w02.yaml").symlink_to("2099-w02.yaml")  # a link to itself
-    with mock.patch("highlightsmail.lint.check_command") as check:
+    with mock.patch("highlightsmail.review.lint.check_command") as check:
         result = run("-w", str(site), "check", "latest")
     assert result.exit_code == 0, result.output
     assert check.call_args.args[1] == site / "issues" / "2024-w02.yaml"

@@ -25,11 +25,11 @@ from starlette.testclient import TestClient
 from helpers_db import dump_tables, target_of
 from helpers_delivery import READER_HEADERS
 from helpers_smtp import PasswordCheck, SinkHandler, make_self_signed, smtp_server
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.tokens import load_signer
-from highlightsmail.web import create_app
-from highlightsmail.workspace import load_workspace
+from highlightsmail.web.application import create_app
 from sendgrid_server import SendGridServer
 
 API_KEY = "SG.dispatch-tests"
@@ -499,7 +499,7 @@ def test_unsubscribes_during_a_dispatch_are_honoured(
     emails = add_subscribers(workspace, 40)
     configure(workspace, sendgrid={"concurrency": 1})
     leaving = [emails[15], emails[27], emails[39]]  # in the 2nd, 3rd and 4th batches
-    from highlightsmail.backends.sendgrid import SendGridBackend
+    from highlightsmail.mail.backends.sendgrid import SendGridBackend
 
     original = SendGridBackend.send_batch
     calls = []
@@ -625,9 +625,9 @@ def test_header_text_that_got_past_validation_stops_the_send_before_anything(
     nothing claimed, nothing written, for a test send and a send alike."""
     from dataclasses import replace
 
-    from highlightsmail import dispatch
+    from highlightsmail.authoring.workspace import Workspace
     from highlightsmail.errors import HighlightsError
-    from highlightsmail.workspace import Workspace
+    from highlightsmail.sending import dispatch
 
     add_subscribers(workspace, 3)
     ws = load_workspace(workspace)

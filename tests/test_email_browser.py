@@ -16,9 +16,9 @@ from axe_playwright_python.sync_playwright import Axe
 
 from helpers_archive import configure
 from helpers_emails import EMAIL_KINDS, html_of
-from highlightsmail.issue import load_issue
-from highlightsmail.render import render_issue
-from highlightsmail.workspace import load_workspace
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.workspace import load_workspace
+from highlightsmail.rendering.render import render_issue
 
 pytestmark = pytest.mark.browser
 
@@ -320,7 +320,7 @@ BOXES_JS = """() => [...document.querySelectorAll('body *')].map(e => {
 def folded_and_not(ws, monkeypatch: pytest.MonkeyPatch, item: dict) -> tuple[str, str]:
     """An issue of two such items rendered as sent, and with its lines left as MJML and
     premailer write them."""
-    from highlightsmail import folding
+    from highlightsmail.rendering import folding
 
     data = {"title": "Folded", "date": "2024-01-19", "preheader": "p", "items": [item, {**item, "title": "Two"}]}
     path = ws.issues_dir / "2024-w05.yaml"

@@ -118,7 +118,7 @@ def test_every_environment_variable_the_package_reads_is_named_in_the_readme() -
 
 
 def test_the_readme_names_the_columns_export_writes() -> None:
-    from highlightsmail.subscribers import CSV_COLUMNS
+    from highlightsmail.subscribers.manage import CSV_COLUMNS
 
     text = " ".join(_section("Subscribers").split())
     assert "four more columns after `email`, `name` and `status`" in text

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from highlightsmail import lint
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
-from highlightsmail.issue import load_issue
-from highlightsmail.lint import GMAIL_CLIP_BYTES, SIZE_WARNING_BYTES, lint_issue
-from highlightsmail.render import render_issue
-from highlightsmail.workspace import load_workspace
+from highlightsmail.rendering.render import render_issue
+from highlightsmail.review import lint
+from highlightsmail.review.lint import GMAIL_CLIP_BYTES, SIZE_WARNING_BYTES, lint_issue
 
 FILE = "issues/2024-w03.yaml"
 # A clean issue; tests change one thing in it. Line numbers matter below.
@@ -397,7 +397,7 @@ def test_lint_names_places_from_the_loaded_issue_without_reading_the_file_again(
 
 def test_check_returns_its_findings_and_prints_nothing(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The command line does the printing; the check itself only reports."""
-    from highlightsmail.lint import check_command
+    from highlightsmail.review.lint import check_command
 
     ws = load_workspace(workspace)
     (workspace / FILE).write_text(CLEAN.replace("url: https://example.org/a", "url: http://example.org/a"))
@@ -600,7 +600,7 @@ def test_the_preview_lists_the_deception_warnings_at_their_places(workspace: Pat
 
     from starlette.testclient import TestClient
 
-    from highlightsmail.preview import create_preview_app
+    from highlightsmail.review.preview import create_preview_app
 
     text = CLEAN.replace("https://example.org/a", "https://paypal.com@evil.example/").replace('"First"', '"A\\u202eB"')
     (workspace / FILE).write_text(text, encoding="utf-8")

@@ -23,18 +23,18 @@ from lxml import html as lxml_html
 
 from helpers_archive import configure
 from helpers_emails import EMAIL_KINDS
-from highlightsmail import folding
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.workspace import MAX_ARCHIVE_PATH, MAX_BASE_URL, load_workspace
 from highlightsmail.cli import main
 from highlightsmail.errors import ValidationFailed
-from highlightsmail.issue import load_issue
-from highlightsmail.message import Recipient, RecipientLinks, links_for, unsubscribe_url
-from highlightsmail.mime import MessageTemplate
-from highlightsmail.render import render_issue
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
-from highlightsmail.signup import render_confirmation
+from highlightsmail.mail.message import Recipient, RecipientLinks, links_for, unsubscribe_url
+from highlightsmail.mail.mime import MessageTemplate
+from highlightsmail.rendering import folding
+from highlightsmail.rendering.render import render_issue
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.subscribers.signup import render_confirmation
 from highlightsmail.text import MAX_URL_OCTETS, url_octets
 from highlightsmail.urls import urls
-from highlightsmail.workspace import MAX_ARCHIVE_PATH, MAX_BASE_URL, load_workspace
 
 pytestmark = pytest.mark.slow
 

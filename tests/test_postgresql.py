@@ -290,7 +290,7 @@ def test_db_copy_of_a_workspace_with_100000_subscribers_and_a_finished_dispatch(
         store.record_test_send(ISSUE, "f" * 64, ["ada@example.org"])
         assert sent_to_everyone(store, ISSUE) == n - 1
         assert store.finish_dispatch_if_done(ISSUE)
-        from highlightsmail.events import record, sendgrid_row
+        from highlightsmail.feedback.events import record, sendgrid_row
 
         started = time.time()
         rows = [
@@ -602,7 +602,7 @@ def test_healthz_answers_without_waiting_for_a_server_that_does_not_answer(
     messages = [r.getMessage() for r in caplog.records if r.name == "highlightsmail.web"]
     assert len([m for m in messages if m.startswith("database unavailable: ")]) == 1, messages
     assert len([m for m in messages if m.startswith("database available again: ")]) == 1, messages
-    from highlightsmail import web
+    from highlightsmail.web import application as web
 
     assert web.HEALTH_WAIT_S <= 1  # what /healthz waits for the database, at most
 
@@ -665,8 +665,8 @@ def test_the_web_app_on_an_empty_postgresql_database_answers_503_and_healthz_say
 ) -> None:
     from starlette.testclient import TestClient
 
-    from highlightsmail.web import create_app
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.workspace import load_workspace
+    from highlightsmail.web.application import create_app
 
     monkeypatch.setenv("HIGHLIGHTS_DATABASE_URL", pg_url)
     signer = Signer(os.environ["HIGHLIGHTS_SECRET"].encode())

@@ -28,9 +28,9 @@ from helpers_preview import (
     fix_top_level_title,
     set_first_item_title,
 )
-from highlightsmail.preview import PREVIEW_UNSUBSCRIBE_URL, create_preview_app, running_preview
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
-from highlightsmail.workspace import load_workspace
+from highlightsmail.authoring.workspace import load_workspace
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.review.preview import PREVIEW_UNSUBSCRIBE_URL, create_preview_app, running_preview
 
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 DEFAULT_TEMPLATES = Path(highlightsmail.__file__).parent / "templates"
@@ -220,7 +220,7 @@ def test_changed_settings_are_picked_up(client: TestClient, workspace: Path) -> 
 
 
 def test_without_lint_the_page_says_so(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "highlightsmail.lint", None)  # the import fails
+    monkeypatch.setitem(sys.modules, "highlightsmail.review.lint", None)  # the import fails
     with TestClient(create_preview_app(load_workspace(), workspace / ISSUE)) as client:
         page = client.get("/").text
     assert "lint unavailable" in page

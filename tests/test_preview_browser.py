@@ -15,8 +15,8 @@ from helpers_preview import (
     fix_top_level_title,
     set_first_item_title,
 )
-from highlightsmail.preview import running_preview
-from highlightsmail.workspace import load_workspace
+from highlightsmail.authoring.workspace import load_workspace
+from highlightsmail.review.preview import running_preview
 
 pytestmark = pytest.mark.browser
 

@@ -40,12 +40,12 @@ from helpers_archive import (
 )
 from helpers_signup import enable_signup
 from helpers_workspace import EXAMPLE_ISSUE
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
 from highlightsmail.errors import HighlightsError
-from highlightsmail.issue import load_issue
-from highlightsmail.render import render_issue
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
-from highlightsmail.workspace import load_workspace
+from highlightsmail.rendering.render import render_issue
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
 
 NAME = "AI Research Highlights"
 EXAMPLE_TITLES = [item.title for item in load_issue(EXAMPLE_ISSUE).items]
@@ -831,7 +831,7 @@ def test_emails_link_view_in_browser_when_the_archive_is_on(workspace: Path) -> 
     first_link = lxml_html.fromstring(on.html).xpath("//body//a")[0]
     assert first_link.get("href") == url and first_link.text_content() == "View in browser"
     assert on.text.splitlines()[0] == f"View in browser: {url}"
-    from highlightsmail.message import fingerprint
+    from highlightsmail.mail.message import fingerprint
 
     assert fingerprint(on, ws.settings) != fingerprint(off, ws.settings)  # the test send must be made again
 

@@ -24,11 +24,11 @@ import yaml
 from lxml import html as lxml_html
 
 from helpers_workspace import EXAMPLE_SETTINGS
+from highlightsmail.authoring.issue import Issue, load_issue
+from highlightsmail.authoring.workspace import Workspace, load_workspace
 from highlightsmail.errors import HighlightsError
-from highlightsmail.issue import Issue, load_issue
-from highlightsmail.render import TEXT_WIDTH, markdown_to_text, render_issue, render_markdown
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
-from highlightsmail.workspace import Workspace, load_workspace
+from highlightsmail.rendering.render import TEXT_WIDTH, markdown_to_text, render_issue, render_markdown
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GMAIL_CLIP_BYTES = 102_000
@@ -547,7 +547,7 @@ def test_personalize_replaces_only_the_placeholder(rendered: RenderedIssue) -> N
 def test_the_test_send_fingerprint_covers_subject_html_and_text(rendered: RenderedIssue, ws: Workspace) -> None:
     from dataclasses import replace
 
-    from highlightsmail.message import fingerprint
+    from highlightsmail.mail.message import fingerprint
 
     fp = fingerprint(rendered, ws.settings)
     assert re.fullmatch(r"[0-9a-f]{64}", fp)
@@ -664,9 +664,9 @@ def test_first_render_in_a_fresh_process_prints_nothing(workspace: Path) -> None
     """cssutils and premailer talk on first use (parsing, logging set-up); a fresh
     interpreter is the only place to see that."""
     code = textwrap.dedent("""
-        from highlightsmail.workspace import load_workspace
-        from highlightsmail.issue import load_issue
-        from highlightsmail.render import render_issue
+        from highlightsmail.authoring.workspace import load_workspace
+        from highlightsmail.authoring.issue import load_issue
+        from highlightsmail.rendering.render import render_issue
         ws = load_workspace()
         render_issue(load_issue(ws.issue_path("2024-w02")), ws)
     """)

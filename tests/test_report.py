@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from lxml import html as lxml_html
 
 from helpers_events import add_readers, sent_to_everyone
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
-from highlightsmail.events import record
-from highlightsmail.report import JSON_KEYS, build_report, render_html
+from highlightsmail.feedback.events import record
+from highlightsmail.feedback.report import JSON_KEYS, build_report, render_html
 from highlightsmail.store import DeliveryEventRow, Store
-from highlightsmail.workspace import load_workspace
 
 ISSUE = "2024-w02"
 START = datetime(2024, 1, 12, 9, 0, tzinfo=UTC)

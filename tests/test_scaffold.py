@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.scaffold import init_workspace, issue_filename
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
-from highlightsmail.issue import load_issue
-from highlightsmail.scaffold import init_workspace, issue_filename
-from highlightsmail.workspace import load_workspace
 
 
 def run(*args: str):
@@ -261,7 +261,7 @@ def test_a_new_workspace_checks_builds_and_takes_new_issues(here: Path) -> None:
 
 
 def test_init_and_new_print_nothing_themselves(here: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    from highlightsmail.scaffold import new_issue
+    from highlightsmail.authoring.scaffold import new_issue
 
     (here / "w").mkdir()
     (here / "w" / ".gitignore").write_text("out/\n")

@@ -61,9 +61,9 @@ def test_the_web_app_accepts_the_links_sent_before_the_variable_was_set(
 ) -> None:
     from starlette.testclient import TestClient
 
+    from highlightsmail.authoring.workspace import load_workspace
     from highlightsmail.tokens import SecretWarning
-    from highlightsmail.web import create_app
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.web.application import create_app
 
     with pytest.warns(SecretWarning) as caught:
         app = create_app(load_workspace())

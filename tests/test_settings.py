@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.errors import ValidationFailed
-from highlightsmail.workspace import load_workspace
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,10 @@ from helpers_archive import configure, mark_sent
 from helpers_signup import confirm_link, enable_signup, mails, read_mail, serve_process, wait_for_mails
 from helpers_smtp import SinkHandler, free_port
 from helpers_web import Site, serve_workspace
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
-from highlightsmail.signup import MAILS_PER_ADDRESS, POSTS_PER_CLIENT
 from highlightsmail.store import Store
-from highlightsmail.workspace import load_workspace
+from highlightsmail.subscribers.signup import MAILS_PER_ADDRESS, POSTS_PER_CLIENT
 from test_web import assert_secure_headers, forms_of
 
 # Every signup test runs on SQLite and on PostgreSQL (see conftest.py).
@@ -380,7 +380,7 @@ def test_thirty_one_posts_from_one_client_get_429(signup_site: Site, http: httpx
 
 
 def test_an_ipv6_client_is_counted_by_its_64(workspace: Path) -> None:
-    from highlightsmail.signup import client_key
+    from highlightsmail.subscribers.signup import client_key
 
     assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
@@ -661,8 +661,8 @@ def test_a_failing_backend_gives_the_same_answer_and_the_next_post_tries_again(
 def test_the_confirmation_email_through_sendgrid_is_a_valid_request(
     workspace: Path, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST
-    from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
+    from highlightsmail.mail.backends.sendgrid import ENV_API_KEY, ENV_HOST
+    from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
     from sendgrid_server import SendGridServer
 
     server = SendGridServer(api_key="SG.signup-test")
@@ -725,7 +725,7 @@ def test_the_answer_does_not_wait_for_a_slow_provider(workspace: Path, http: htt
 
 
 def test_welcome_sends_the_latest_issue_once_through_the_ledger(workspace: Path, http: httpx.Client) -> None:
-    from highlightsmail.dispatch import send
+    from highlightsmail.sending.dispatch import send
 
     enable_signup(workspace)
     with Store.open(load_workspace(workspace)) as store:
@@ -767,7 +767,7 @@ def test_no_welcome_when_turned_off_or_nothing_was_sent(workspace: Path, http: h
 
 
 def test_no_second_welcome_for_someone_who_had_the_issue(workspace: Path, http: httpx.Client) -> None:
-    from highlightsmail.dispatch import send
+    from highlightsmail.sending.dispatch import send
 
     enable_signup(workspace)
     ws = load_workspace(workspace)
@@ -801,14 +801,14 @@ def test_a_welcome_that_cannot_be_sent_is_failed_in_the_ledger(
 
 
 def test_confirmation_links_are_cut_in_the_logs() -> None:
-    from highlightsmail.web import _redact
+    from highlightsmail.web.application import _redact
 
     token = "c1z.sbjqzk.XOF33IDm_Vh-4hC5CKDtmg"
     assert _redact(f"/confirm/{token}") == "/confirm/c1z.sbjqzk.[redacted]"
 
 
 def test_pending_subscribers_are_never_sent_an_issue(workspace: Path) -> None:
-    from highlightsmail.dispatch import send
+    from highlightsmail.sending.dispatch import send
 
     ws = load_workspace(workspace)
     with Store.open(ws) as store:

@@ -164,8 +164,8 @@ def test_screenshot(site: Site, phone, tmp_path: Path, shot: str) -> None:
     else:
         with site.store() as store:
             store.add("ada@example.org", "Ada", status="pending", source="form")
-        from highlightsmail.message import Recipient
-        from highlightsmail.signup import Signup
+        from highlightsmail.mail.message import Recipient
+        from highlightsmail.subscribers.signup import Signup
 
         signup = Signup(site.ws, site.signer)
         try:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from highlightsmail.errors import HighlightsError, InvalidToken
-from highlightsmail.store import MIGRATIONS, SCHEMA_VERSION, Store
+from highlightsmail.store import SCHEMA_VERSION, Store
+from highlightsmail.store.database import MIGRATIONS
 from highlightsmail.tokens import Signer
 
 SIGNER = Signer(b"signup-tests-secret-0123456789abcdef")
@@ -154,7 +155,7 @@ def test_an_upgrade_that_would_leave_rows_pointing_nowhere_changes_nothing(tmp_p
 
 def test_a_check_list_over_several_lines_is_widened(tmp_path: Path) -> None:
     """As another upgrade may have written it (the list broken over two lines)."""
-    from highlightsmail.store import _allow_in_checks
+    from highlightsmail.store.database import _allow_in_checks
 
     conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
     conn.execute(

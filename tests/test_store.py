@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from helpers_db import damage_pages_holding, dump_tables, integrity_errors, raw_connection, read_only
-from highlightsmail import store as store_module
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import ImportRow, Store, UnknownSubscriber
+from highlightsmail.store import database as store_module
 
 T0 = datetime(2024, 1, 12, 8, 30, tzinfo=UTC)
 

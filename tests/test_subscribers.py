@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from helpers_db import damage_pages_holding, read_only
-from highlightsmail import subscribers as subscribers_module
 from highlightsmail.cli import main
 from highlightsmail.store import SCHEMA_VERSION, ImportRow, Store
+from highlightsmail.subscribers import manage as subscribers_module
 
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 
@@ -460,7 +460,7 @@ def test_unicode_case_is_one_subscriber_in_add_remove_import_and_list(workspace:
 def test_an_older_database_is_refused_until_db_upgrade_which_says_what_it_merged(workspace: Path) -> None:
     db = db_of(workspace)
     conn = sqlite3.connect(db)
-    from highlightsmail.store import MIGRATIONS
+    from highlightsmail.store.database import MIGRATIONS
 
     for statement in MIGRATIONS[0]:
         conn.execute(statement)  # type: ignore[arg-type]
@@ -660,8 +660,8 @@ def test_send_and_status_on_an_unusable_database_say_what_to_do(workspace: Path)
 def test_the_engine_prints_nothing_and_returns_what_happened(
     workspace: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """subscribers.py reports through return values; only cli.py writes to the terminal."""
-    from highlightsmail.workspace import load_workspace
+    """subscribers/manage.py reports through return values; only the CLI writes to the terminal."""
+    from highlightsmail.authoring.workspace import load_workspace
 
     ws = load_workspace(workspace)
     (workspace / "list.csv").write_text("email,name\nada@example.org,Ada\nbob@,Bob\n")

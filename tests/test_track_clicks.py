@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from helpers_delivery import example_issue, make_batch, make_workspace, recipients
-from highlightsmail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
-from highlightsmail.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.mail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
 from sendgrid_server import SendGridServer
 
 API_KEY = "SG.track-clicks"

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from helpers_web import Site, serve_workspace
-from highlightsmail.issue import load_issue
-from highlightsmail.message import Recipient, build_message, recipient_links
-from highlightsmail.render import render_issue
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.mail.message import Recipient, build_message, recipient_links
+from highlightsmail.rendering.render import render_issue
 
 pytestmark = pytest.mark.browser
 

@@ -82,8 +82,8 @@ def _first_segments(routes: list[BaseRoute], archive: str) -> set[str]:
 def test_the_app_route_table_is_the_one_in_urls(workspace: Path) -> None:
     """The reserved segments the archive may not take are exactly the app's routes, and
     the token routes the logs cut are exactly those with a token."""
-    from highlightsmail.web import create_app
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.workspace import load_workspace
+    from highlightsmail.web.application import create_app
 
     enable_signup(workspace)
     enable_archive(workspace)

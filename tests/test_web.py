@@ -31,11 +31,11 @@ import pytest
 
 from helpers_db import damage_pages_holding, dump_tables, raw_connection, read_only, target_of
 from helpers_web import Site, live_server, raw_http, serve_workspace
-from highlightsmail.message import Recipient, build_message, recipient_links
+from highlightsmail.authoring.workspace import load_workspace
+from highlightsmail.mail.message import Recipient, build_message, recipient_links
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.tokens import Signer
-from highlightsmail.web import CONTENT_SECURITY_POLICY, MAX_BODY_BYTES, mask_email
-from highlightsmail.workspace import load_workspace
+from highlightsmail.web.application import CONTENT_SECURITY_POLICY, MAX_BODY_BYTES, mask_email
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -649,7 +649,7 @@ def test_near_miss_paths_never_log_a_working_token(
 
 def test_our_own_log_lines_and_tracebacks_are_redacted_too(server_log: pytest.LogCaptureFixture) -> None:
     caplog = server_log
-    from highlightsmail import web
+    from highlightsmail.web import application as web
 
     web._install_log_redaction()
     token = Signer(b"x" * 32).make(7)
@@ -679,8 +679,8 @@ def test_a_route_with_a_token_must_be_one_the_logs_cut() -> None:
     page's /p/TOKEN) that is not on it stops the app from being made."""
     from starlette.routing import Mount, Route
 
-    from highlightsmail import web
     from highlightsmail.urls import APP_SEGMENTS
+    from highlightsmail.web import application as web
 
     assert {"u", "confirm"} <= web.TOKEN_ROUTES <= APP_SEGMENTS
 
@@ -866,8 +866,8 @@ def test_200_concurrent_unsubscribes_while_an_import_runs(site: Site, caplog: py
 
 def _rendered_issue(ws):
     """The example issue rendered by the real renderer, once."""
-    from highlightsmail.issue import load_issue
-    from highlightsmail.render import render_issue
+    from highlightsmail.authoring.issue import load_issue
+    from highlightsmail.rendering.render import render_issue
 
     return render_issue(load_issue(ws.issue_path("latest")), ws)
 
@@ -910,7 +910,7 @@ def test_module_app_imports_anywhere_and_builds_from_the_environment(
     out = subprocess.run([sys.executable, "-c", code], cwd=empty, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
-    from highlightsmail.web import _LazyApp
+    from highlightsmail.web.application import _LazyApp
 
     monkeypatch.setenv("HIGHLIGHTS_WORKSPACE", str(workspace))
     monkeypatch.chdir(empty)
@@ -996,7 +996,7 @@ def test_open_server_prints_nothing_and_says_where_it_listens(
     workspace: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The web module reports through its return value and its log; the CLI does the talking."""
-    from highlightsmail.web import open_server
+    from highlightsmail.web.application import open_server
 
     server = open_server(load_workspace(workspace), port=0)
     try:
@@ -1015,7 +1015,7 @@ def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
 ) -> None:
     """Mail sent before the upgrade carries links to both rows of Äda/äda: both must act
     on the one subscriber they became, or one of them would resubscribe a second copy."""
-    from highlightsmail import store as store_module
+    from highlightsmail.store import database as store_module
 
     conn = sqlite3.connect(load_workspace(workspace).db_path)
     for statement in store_module.MIGRATIONS[0]:

@@ -21,7 +21,7 @@ import pytest
 
 from helpers_archive import enable_archive, mark_sent
 from helpers_web import RawAnswer, Site, raw_http, serve_workspace
-from highlightsmail.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from highlightsmail.feedback.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from highlightsmail.tokens import Signer
 from highlightsmail.urls import SENDGRID_WEBHOOK as PATH
 from sendgrid_events import EventSender
@@ -354,7 +354,7 @@ def test_numbers_from_outside_are_ascii_digits_within_bounds() -> None:
 def test_webhook_events_read_their_numbers_the_same_way() -> None:
     """A subscriber id or a timestamp in an event: ASCII digits within bounds (or a JSON
     number), else the event is not ours and is ignored."""
-    from highlightsmail.events import sendgrid_row
+    from highlightsmail.feedback.events import sendgrid_row
 
     sender = EventSender()
 

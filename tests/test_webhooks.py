@@ -24,13 +24,13 @@ from click.testing import CliRunner
 from helpers_db import raw_connection, target_of
 from helpers_events import add_readers, dump, event_facts, sent_to_everyone, statuses
 from helpers_web import serve_workspace
+from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import Store
 from highlightsmail.urls import SENDGRID_WEBHOOK as PATH
-from highlightsmail.web import create_app
-from highlightsmail.webhooks import MAX_BODY_BYTES
-from highlightsmail.workspace import load_workspace
+from highlightsmail.web.application import create_app
+from highlightsmail.web.webhooks import MAX_BODY_BYTES
 from sendgrid_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, EventSender
 from sendgrid_server import SendGridServer
 
@@ -483,7 +483,7 @@ def test_soft_limit_is_a_setting(workspace: Path, sender: EventSender) -> None:
 @pytest.mark.sqlite_only  # no PostgreSQL database is older than delivery events
 def test_a_database_from_before_delivery_events_is_upgraded_with_its_history(tmp_path: Path) -> None:
     """The events table is rebuilt to take the new sources; its rows stay."""
-    import highlightsmail.store as store_module
+    import highlightsmail.store.database as store_module
 
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from highlightsmail import yamlfile
+from highlightsmail.authoring import yamlfile
+from highlightsmail.authoring.issue import Issue, load_issue
+from highlightsmail.authoring.workspace import Settings
+from highlightsmail.authoring.yamlfile import MAX_BYTES, load_model, read_document
 from highlightsmail.errors import HighlightsError, ValidationFailed, display_path
-from highlightsmail.issue import Issue, load_issue
-from highlightsmail.workspace import Settings
-from highlightsmail.yamlfile import MAX_BYTES, load_model, read_document
 
 LINE = re.compile(r"^[^:\n]+:\d+:\d+: ")
 
