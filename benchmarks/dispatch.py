@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from highlightsmail.store import ImportRow, Store  # noqa: E402
-from sendgrid_server import SendGridServer  # noqa: E402
+from support.sendgrid import SendGridServer  # noqa: E402
 
 API_KEY = "SG.benchmark"
 
@@ -270,7 +270,7 @@ def run_postgresql(n: int, folder: Path, url: str, senders: int) -> dict[str, fl
 
 def main_postgresql(sizes: list[int]) -> None:
     sys.path.insert(0, str(REPO / "tests"))
-    from pgcluster import running_cluster
+    from support.postgresql import running_cluster
 
     print(
         f"{'engine':>10} {'senders':>7} {'recipients':>11} {'wall s':>8} {'floor s':>8} {'ratio':>6} "

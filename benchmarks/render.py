@@ -33,10 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers_preview import ISSUE, SHOWS_IN_TEXT_AND_FRAMES, set_first_item_title  # noqa: E402
-
-CHROMIUM = os.environ.get("HIGHLIGHTS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from support.chromium import launch  # noqa: E402
+from support.preview import ISSUE, SHOWS_IN_TEXT_AND_FRAMES, set_first_item_title  # noqa: E402
 
 results: list[tuple[str, float, float, str]] = []  # what, figure, target, unit
 
@@ -213,7 +211,7 @@ def bench_preview(root: Path, rounds: int = 5) -> None:
         reader.start()
 
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(url)
             page.wait_for_selector("#text")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from starlette.routing import BaseRoute, Mount
 
-from helpers_archive import enable_archive
-from helpers_signup import enable_signup
 from highlightsmail import urls as urls_module
 from highlightsmail.urls import APP_SEGMENTS, SITE_FILES, TOKEN_SEGMENTS, has_page, urls
+from support.archive import enable_archive
+from support.signup import enable_signup
 
 
 @dataclass(frozen=True)
