@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.chromium import launch  # noqa: E402
 from support.preview import ISSUE, SHOWS_IN_TEXT_AND_FRAMES, set_first_item_title  # noqa: E402
+from support.workspace import copy_example  # noqa: E402
 
 results: list[tuple[str, float, float, str]] = []  # what, figure, target, unit
 
@@ -49,11 +50,7 @@ def report(what: str, value: float, target: float | None, unit: str, extra: str 
 
 
 def copy_workspace() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="highlights-render-bench-"))
-    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
-    shutil.copytree(REPO / "issues", root / "issues")
-    if (REPO / "templates").is_dir():
-        shutil.copytree(REPO / "templates", root / "templates")
+    root = copy_example(Path(tempfile.mkdtemp(prefix="highlights-render-bench-")))
     (root / "subscribers").mkdir()
     return root
 

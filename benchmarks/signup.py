@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from support.webapp import serve_process  # noqa: E402
+from support.workspace import copy_example  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
@@ -46,10 +47,8 @@ WARM_UP = 20
 
 
 def make_workspace() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="highlights-signup-bench-"))
-    for name in ("issues", "templates"):
-        shutil.copytree(REPO / name, root / name)
-    settings = yaml.safe_load((REPO / "highlights.yaml").read_text(encoding="utf-8"))
+    root = copy_example(Path(tempfile.mkdtemp(prefix="highlights-signup-bench-")))
+    settings = yaml.safe_load((root / "highlights.yaml").read_text(encoding="utf-8"))
     settings["signup"] = {"enabled": True, "welcome": "none"}
     settings["delivery"]["backend"] = "outbox"
     (root / "highlights.yaml").write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")

@@ -16,7 +16,6 @@ per second for each pass, and the serve process's peak memory (VmHWM). Target: a
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from highlightsmail.store import ImportRow, Store  # noqa: E402
 from support.ports import free_port  # noqa: E402
 from support.sendgrid_events import EventSender  # noqa: E402
 from support.webapp import serve_process  # noqa: E402
+from support.workspace import copy_example  # noqa: E402
 
 ISSUE = "2024-w02"
 TARGET = 5000
@@ -52,10 +52,7 @@ MIX = (
 
 
 def make_workspace(folder: Path, n: int) -> Path:
-    root = folder / "ws"
-    root.mkdir()
-    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
-    shutil.copytree(REPO / "issues", root / "issues")
+    root = copy_example(folder / "ws", templates=False)
     (root / "subscribers").mkdir()
     with Store(root / "subscribers" / "highlights.db") as store:
         store.import_rows(ImportRow(f"reader{i:07d}@example.org") for i in range(n))
