@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["app"]
-
 
 def __getattr__(name: str) -> Any:
     if name == "app":  # lazy: `uvicorn highlightsmail.web:app` without loading the app on import
