@@ -57,7 +57,8 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from highlightsmail.store import ImportRow, Store  # noqa: E402
-from sendgrid_server import SendGridServer  # noqa: E402
+from support.sendgrid import SendGridServer  # noqa: E402
+from support.workspace import copy_example  # noqa: E402
 
 API_KEY = "SG.benchmark"
 
@@ -65,12 +66,9 @@ API_KEY = "SG.benchmark"
 def make_workspace(folder: Path, n: int, database: str | None = None, name: str | None = None) -> Path:
     """A copy of the example workspace sending through SendGrid, with n active
     subscribers in its SQLite file, or in `database` (a PostgreSQL URL) when given."""
-    root = folder / (name or f"ws-{n}")
-    root.mkdir()
-    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
-    shutil.copytree(REPO / "issues", root / "issues")
-    shutil.copytree(REPO / "templates", root / "templates")
+    root = copy_example(folder / (name or f"ws-{n}"))
     text = (root / "highlights.yaml").read_text(encoding="utf-8")
+    assert "backend: outbox" in text
     (root / "highlights.yaml").write_text(text.replace("backend: outbox", "backend: sendgrid"), encoding="utf-8")
     (root / "subscribers").mkdir()
     with Store(database or root / "subscribers" / "highlights.db") as store:
@@ -270,7 +268,7 @@ def run_postgresql(n: int, folder: Path, url: str, senders: int) -> dict[str, fl
 
 def main_postgresql(sizes: list[int]) -> None:
     sys.path.insert(0, str(REPO / "tests"))
-    from pgcluster import running_cluster
+    from support.postgresql import running_cluster
 
     print(
         f"{'engine':>10} {'senders':>7} {'recipients':>11} {'wall s':>8} {'floor s':>8} {'ratio':>6} "

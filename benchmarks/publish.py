@@ -23,6 +23,10 @@ import benchargs
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.workspace import EXAMPLE_ISSUE, copy_example  # noqa: E402
+
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 TARGET_S = 3.0
 
@@ -30,15 +34,12 @@ TARGET_S = 3.0
 def make_workspace(issues: int) -> Path:
     """The example's settings and templates, with `issues` weekly issues made from the
     example issue (its ten items, the title and date changed), every one of them sent."""
+    from highlightsmail.authoring.workspace import load_workspace
     from highlightsmail.store import Store
-    from highlightsmail.workspace import load_workspace
 
-    root = Path(tempfile.mkdtemp(prefix="highlights-publish-bench-"))
-    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
-    shutil.copytree(REPO / "templates", root / "templates")
-    (root / "issues").mkdir()
+    root = copy_example(Path(tempfile.mkdtemp(prefix="highlights-publish-bench-")))
     (root / "subscribers").mkdir()
-    example = yaml.safe_load((REPO / "issues" / "2024-w02.yaml").read_text(encoding="utf-8"))
+    example = yaml.safe_load(EXAMPLE_ISSUE.read_text(encoding="utf-8"))
     first = dt.date(2024, 1, 12) - dt.timedelta(weeks=issues - 1)
     slugs = []
     for n in range(issues):
@@ -61,8 +62,8 @@ def make_workspace(issues: int) -> Path:
 def serve_figures(root: Path) -> str:
     """What `serve` spends on the archive's index: the first request renders every issue,
     later ones only look at the files and the ledger (all pages remembered)."""
-    from highlightsmail.publish import Archive
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.workspace import load_workspace
+    from highlightsmail.rendering.publish import Archive
 
     archive = Archive(load_workspace(root))
 

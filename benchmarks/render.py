@@ -33,10 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers_preview import ISSUE, SHOWS_IN_TEXT_AND_FRAMES, set_first_item_title  # noqa: E402
-
-CHROMIUM = os.environ.get("HIGHLIGHTS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from support.chromium import launch  # noqa: E402
+from support.preview import ISSUE, SHOWS_IN_TEXT_AND_FRAMES, set_first_item_title  # noqa: E402
+from support.workspace import copy_example  # noqa: E402
 
 results: list[tuple[str, float, float, str]] = []  # what, figure, target, unit
 
@@ -51,11 +50,7 @@ def report(what: str, value: float, target: float | None, unit: str, extra: str 
 
 
 def copy_workspace() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="highlights-render-bench-"))
-    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
-    shutil.copytree(REPO / "issues", root / "issues")
-    if (REPO / "templates").is_dir():
-        shutil.copytree(REPO / "templates", root / "templates")
+    root = copy_example(Path(tempfile.mkdtemp(prefix="highlights-render-bench-")))
     (root / "subscribers").mkdir()
     return root
 
@@ -74,9 +69,9 @@ def bench_env() -> dict[str, str]:
 COLD = textwrap.dedent("""
     import json, time
     t0 = time.perf_counter()
-    from highlightsmail.issue import load_issue
-    from highlightsmail.render import render_issue
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.issue import load_issue
+    from highlightsmail.rendering.render import render_issue
+    from highlightsmail.authoring.workspace import load_workspace
     t1 = time.perf_counter()
     ws = load_workspace()
     issue = load_issue(ws.issue_path("2024-w02"))
@@ -105,9 +100,9 @@ def bench_render(root: Path) -> None:
         f"load settings+issue {statistics.median(c['load'] for c in colds) * 1000:.0f} ms; median of 3)",
     )
 
-    from highlightsmail.issue import load_issue
-    from highlightsmail.render import render_issue
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.authoring.issue import load_issue
+    from highlightsmail.authoring.workspace import load_workspace
+    from highlightsmail.rendering.render import render_issue
 
     ws = load_workspace(root)
     issue = load_issue(root / ISSUE)
@@ -213,7 +208,7 @@ def bench_preview(root: Path, rounds: int = 5) -> None:
         reader.start()
 
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(url)
             page.wait_for_selector("#text")

@@ -22,19 +22,22 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlencode
 
 import benchargs
 import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.webapp import serve_process  # noqa: E402
+from support.workspace import copy_example  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
@@ -44,10 +47,8 @@ WARM_UP = 20
 
 
 def make_workspace() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="highlights-signup-bench-"))
-    for name in ("issues", "templates"):
-        shutil.copytree(REPO / name, root / name)
-    settings = yaml.safe_load((REPO / "highlights.yaml").read_text(encoding="utf-8"))
+    root = copy_example(Path(tempfile.mkdtemp(prefix="highlights-signup-bench-")))
+    settings = yaml.safe_load((root / "highlights.yaml").read_text(encoding="utf-8"))
     settings["signup"] = {"enabled": True, "welcome": "none"}
     settings["delivery"]["backend"] = "outbox"
     (root / "highlights.yaml").write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
@@ -113,37 +114,16 @@ def main() -> int:
 
     root = make_workspace()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HIGHLIGHTS_", "SENDGRID_"))}
-    env |= {"HIGHLIGHTS_SECRET": "benchmark-secret-0123456789abcdef", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [str(HIGHLIGHTS), "serve", "--port", "0"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log: list[str] = []
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        first = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
-        if not match:
-            print(first, proc.stderr.read(), file=sys.stderr)
-            return 1
-        port = int(match.group(1))
-        # Keep reading both pipes (uvicorn's access log goes to stdout): a full pipe would stop the server.
-        for pipe in (proc.stdout, proc.stderr):
-            threading.Thread(target=lambda p=pipe: log.extend(p), daemon=True).start()
-        time.sleep(0.5)
+    env |= {"HIGHLIGHTS_SECRET": "benchmark-secret-0123456789abcdef"}
+    with serve_process(root, environ=env, check=False, stop_timeout=300) as served:
+        port = int(served.url.rsplit(":", 1)[1])
         total = WARM_UP + args.requests
         # Warm-up: the database's first use, the pages' templates, the email's first rendering.
         asyncio.run(run_clients(port, list(range(WARM_UP)), 4))
         time.sleep(1.0)
         wall, latencies, statuses = asyncio.run(run_clients(port, list(range(WARM_UP, total)), args.clients))
         sent_at = time.perf_counter()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=300)
+    proc, log = served.process, served.stdout + served.stderr
     drained = time.perf_counter() - sent_at
     try:
         latencies_ms = sorted(x * 1000 for x in latencies)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import email.policy
 import resource
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,33 +21,12 @@ import benchargs
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers_delivery import example_issue, make_batch, make_workspace, recipients  # noqa: E402
-from highlightsmail.backends.smtp import SmtpBackend  # noqa: E402
-from highlightsmail.message import build_message  # noqa: E402
-from highlightsmail.mime import MessageTemplate  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_sink(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit("the aiosmtpd sink did not start")
+from highlightsmail.mail.backends.smtp import SmtpBackend  # noqa: E402
+from highlightsmail.mail.message import build_message  # noqa: E402
+from highlightsmail.mail.mime import MessageTemplate  # noqa: E402
+from support.delivery import example_issue, make_batch, make_workspace, recipients  # noqa: E402
+from support.ports import free_port  # noqa: E402
+from support.smtp import sink_process  # noqa: E402
 
 
 def per_message_cost(ws, n: int = 200) -> None:
@@ -116,8 +93,7 @@ def main(n: int) -> None:
         )
         example_issue()  # render once, outside the timings
         per_message_cost(ws)
-        sink = start_sink(port)
-        try:
+        with sink_process(port):
             throughput(ws, 200)  # warm-up
             cpu = _cpu(resource.RUSAGE_SELF)
             rate = throughput(ws, n)
@@ -129,9 +105,6 @@ def main(n: int) -> None:
             slow_n = min(n, 500)
             slow = throughput(ws, slow_n, fast=False)
             print(f"  for comparison, building each with build_message: {slow:,.0f} messages/s ({slow_n} messages)")
-        finally:
-            sink.terminate()
-            sink.wait(10)
         # The sink is a Python SMTP server reading line by line: on a loaded machine it,
         # not the sender, sets the pace.
         total = n + 200 + min(n, 500)

@@ -16,10 +16,7 @@ per second for each pass, and the serve process's peak memory (VmHWM). Target: a
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +31,10 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from highlightsmail.store import ImportRow, Store  # noqa: E402
-from sendgrid_events import EventSender  # noqa: E402
+from support.ports import free_port  # noqa: E402
+from support.sendgrid_events import EventSender  # noqa: E402
+from support.webapp import serve_process  # noqa: E402
+from support.workspace import copy_example  # noqa: E402
 
 ISSUE = "2024-w02"
 TARGET = 5000
@@ -52,10 +52,7 @@ MIX = (
 
 
 def make_workspace(folder: Path, n: int) -> Path:
-    root = folder / "ws"
-    root.mkdir()
-    shutil.copy(REPO / "highlights.yaml", root / "highlights.yaml")
-    shutil.copytree(REPO / "issues", root / "issues")
+    root = copy_example(folder / "ws", templates=False)
     (root / "subscribers").mkdir()
     with Store(root / "subscribers" / "highlights.db") as store:
         store.import_rows(ImportRow(f"reader{i:07d}@example.org") for i in range(n))
@@ -81,12 +78,6 @@ def make_events(sender: EventSender, root: Path, n: int) -> list[dict]:
         extra = {"url": f"https://arxiv.org/abs/2401.{i % 50:05d}"} if kind == "click" else {}
         events.append(sender.event(kind, email=email, issue=ISSUE, subscriber_id=sid, **extra))
     return events
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def peak_kb(pid: int) -> int:
@@ -148,22 +139,10 @@ def main() -> int:
             "SENDGRID_WEBHOOK_PUBLIC_KEY": sender.public_key,
         }
         highlights = Path(sys.executable).with_name("highlights")
-        serve = subprocess.Popen(
-            [str(highlights), "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(200):
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            else:
-                raise SystemExit("highlights serve did not start")
+        command = [str(highlights), "serve", "--port", str(port)]
+        with serve_process(root, environ=env, command=command, port=port, check=False) as served:
+            serve = served.process
+            base = served.url
             url = base + "/webhooks/sendgrid"
             idle_kb = peak_kb(serve.pid)
             seconds, recorded = post_all(url, sender, batches, args.concurrency)
@@ -180,9 +159,6 @@ def main() -> int:
             print(
                 f"serve process peak memory (VmHWM): {peak_kb(serve.pid) / 1024:.0f} MB (after start-up: {idle_kb / 1024:.0f} MB)"
             )
-        finally:
-            serve.terminate()
-            serve.wait(10)
         conn = sqlite3.connect(root / "subscribers" / "highlights.db")
         stored = conn.execute("SELECT count(*) FROM delivery_events").fetchone()[0]
         changed = conn.execute("SELECT count(*) FROM events WHERE source = 'sendgrid-webhook'").fetchone()[0]

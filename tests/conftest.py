@@ -16,20 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers_workspace import copy_example
-
-CHROMIUM = os.environ.get("HIGHLIGHTS_CHROMIUM", "/usr/bin/chromium")
-# Chromium's own background traffic would only hit the closed network; keep it quiet.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+from support.chromium import CHROMIUM, launch
+from support.workspace import copy_example
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +57,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pg_cluster():
     """Debian's PostgreSQL server, started once for the session on a free loopback port.
     Not skipped when missing: the tests that need it fail, saying how to install it."""
-    from pgcluster import running_cluster
+    from support.postgresql import running_cluster
 
     with running_cluster() as cluster:
         yield cluster
@@ -93,7 +81,7 @@ def pg_url(pg_cluster) -> Iterator[str]:
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
-    """A fresh workspace from the tests' own copy of the example (helpers_workspace.py:
+    """A fresh workspace from the tests' own copy of the example (support/workspace.py:
     never the repository's files, which a user may edit), with the CWD inside it; on
     the PostgreSQL run of a test that asks for `engine`, its state in a fresh database."""
     root = copy_example(tmp_path / "ws")
@@ -118,7 +106,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        b = launch(pw)
         yield b
         b.close()
 

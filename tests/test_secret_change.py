@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
-import re
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,8 +17,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from helpers_smtp import free_port
 from highlightsmail.cli import main
+from support.ports import free_port
+from support.webapp import serve_process
 
 NEW_SECRET = "a-new-secret-set-later-0123456789abcdef"
 WARNING = "warning: subscribers/.secret holds another secret than HIGHLIGHTS_SECRET"
@@ -61,9 +56,9 @@ def test_the_web_app_accepts_the_links_sent_before_the_variable_was_set(
 ) -> None:
     from starlette.testclient import TestClient
 
+    from highlightsmail.authoring.workspace import load_workspace
     from highlightsmail.tokens import SecretWarning
-    from highlightsmail.web import create_app
-    from highlightsmail.workspace import load_workspace
+    from highlightsmail.web.application import create_app
 
     with pytest.warns(SecretWarning) as caught:
         app = create_app(load_workspace())
@@ -104,53 +99,17 @@ def test_bounces_scan_says_so_in_one_line(workspace: Path, sent_before: list[str
     assert [w[: len(WARNING)] for w in _warnings(done.stderr)] == [WARNING]
 
 
-@contextmanager
-def _running(args: list[str], cwd: Path, url: str | None = None) -> Iterator[tuple[str, list[str]]]:
-    """A web process until the block ends (then Ctrl-C); yields its URL and, after the
-    block, fills the list with its stderr lines."""
-    proc = subprocess.Popen(
-        args,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: list[str] = []
-    try:
-        if url is None:
-            assert proc.stdout is not None
-            first = proc.stdout.readline()
-            found = re.search(r"http://127\.0\.0\.1:\d+", first)
-            assert found, first
-            url = found.group(0)
-        with httpx.Client() as client:
-            for _ in range(400):
-                try:
-                    if client.get(f"{url}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-        yield url, lines
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
-        lines.extend(err.splitlines())
-
-
 @pytest.mark.parametrize("how", ["serve", "uvicorn"])
 def test_serve_and_uvicorn_accept_the_earlier_links_and_warn_once(
     workspace: Path, sent_before: list[str], how: str
 ) -> None:
-    if how == "serve":
-        args, url = [HIGHLIGHTS, "serve", "--port", "0"], None
-    else:
+    command, port = None, None
+    if how == "uvicorn":
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        args = [sys.executable, "-m", "uvicorn", "highlightsmail.web:app", "--port", str(port)]
-    with _running(args, workspace, url) as (base, stderr), httpx.Client() as client:
-        answers = [client.get(f"{base}{path}") for path in sent_before]
+        command = [sys.executable, "-m", "uvicorn", "highlightsmail.web:app", "--port", str(port)]
+    with serve_process(workspace, command=command, port=port, check=False) as served, httpx.Client() as client:
+        answers = [client.get(f"{served.url}{path}") for path in sent_before]
     assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    stderr = "".join(served.stderr).splitlines()
     warned = _warnings("\n".join(stderr))
     assert [w[: len(WARNING)] for w in warned] == [WARNING], stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from support.paths import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -16,12 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers_archive import configure
+from support.paths import REPO
+from support.workspace import configure
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-TESTS = ["test_render.py", "test_build.py", "test_example_workspace.py", "test_backends_outbox.py"]
+TESTS = [
+    "rendering/test_render.py",
+    "review/test_build.py",
+    "cli/test_example_workspace.py",
+    "mail/backends/test_outbox.py",
+]
 
 
 def test_tests_pass_and_keep_their_golden_files_whatever_the_user_changes(tmp_path: Path) -> None:
@@ -59,6 +64,6 @@ def test_tests_pass_and_keep_their_golden_files_whatever_the_user_changes(tmp_pa
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    for golden in sorted((REPO / "tests" / "golden").iterdir()):
-        copy = checkout / "tests" / "golden" / golden.name
+    for golden in sorted((REPO / "tests" / "rendering" / "golden").iterdir()):
+        copy = checkout / "tests" / "rendering" / "golden" / golden.name
         assert copy.read_bytes() == golden.read_bytes(), f"{golden.name} was rewritten"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, TextIO
+from typing import IO, Any, Literal, Protocol, TextIO
 
 import click
 
@@ -14,6 +14,28 @@ class HighlightsError(click.ClickException):
     """Root of every error a user should see: click prints the message and exits 1."""
 
     exit_code = 1
+
+
+def reason(exc: BaseException) -> str:
+    """Why something failed, in one line: our own errors' message, or any other's type
+    and text (a bug in a backend, a driver's error), as the ledger and the log keep it."""
+    return exc.format_message() if isinstance(exc, HighlightsError) else f"{type(exc).__name__}: {exc}"
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def close_quietly(*things: _Closable | None) -> None:
+    """Close each of `things` (None is skipped); one that fails to close, such as a dead
+    connection, is not worth an error and does not stop the others closing."""
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.close()
+        except Exception:
+            pass
 
 
 @dataclass(frozen=True)

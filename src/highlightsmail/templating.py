@@ -20,11 +20,17 @@ from typing import Any
 
 import jinja2
 
-__all__ = ["environment", "package_loader", "ui_environment", "workspace_loader"]
+__all__ = ["environment", "package_loader", "package_template", "ui_environment", "workspace_loader"]
 
 PACKAGE = "highlightsmail"
 TEMPLATES = "templates"
 UI = "ui"
+
+
+def package_template(name: str) -> Path:
+    """Where the package's default template `name` is (in a checkout, the top-level
+    templates/ through the package's link to it)."""
+    return Path(__file__).parent / TEMPLATES / name
 
 
 def package_loader() -> jinja2.BaseLoader:

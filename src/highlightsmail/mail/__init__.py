@@ -1,0 +1,2 @@
+"""Mail: a RenderedIssue and one recipient into a message (headers, MIME); the backends
+that deliver messages, and the pool the senders keep them in."""

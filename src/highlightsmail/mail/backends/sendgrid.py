@@ -1,0 +1,378 @@
+"""Delivery through SendGrid's v3 API (`POST /v3/mail/send`) with the `sendgrid` package.
+
+One request per batch of up to 1,000 recipients, one personalization each: the issue's
+HTML and text go once per request, and each recipient's unsubscribe URL is a
+substitution of the rendered placeholder. The payload is a plain dict posted through
+the package's HTTP client: building a thousand personalizations with its helper classes
+costs more than the request itself.
+
+Click tracking is off by default. With `delivery.sendgrid.track_clicks`, SendGrid rewrites
+the HTML part's links into redirects through its own domain, except the unsubscribe
+link, which carries SendGrid's `clicktracking=off` attribute so it stays the reader's own
+link. The text part is never tracked: an attribute cannot mark a link there, so its
+unsubscribe URL would be rewritten too. SendGrid's own subscription footer is always
+off: the issue's footer already carries the link.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from email.utils import parseaddr, parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+from urllib.error import URLError
+
+from highlightsmail.addresses import ascii_address
+from highlightsmail.authoring.fields import plaintext_url_problem
+from highlightsmail.mail.backends.base import (
+    Backend,
+    Batch,
+    BatchResult,
+    DeliveryError,
+    InDoubtError,
+    PermanentError,
+    RetryPolicy,
+    Suppression,
+    TransientError,
+    with_retries,
+)
+from highlightsmail.mail.message import display_name, from_header, list_id, reply_to_header, subject_for
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
+
+if TYPE_CHECKING:
+    from highlightsmail.authoring.workspace import Workspace
+
+ENV_API_KEY = "SENDGRID_API_KEY"
+ENV_HOST = "HIGHLIGHTS_SENDGRID_HOST"
+PAGE_SIZE = 500  # the largest page SendGrid's suppression lists serve
+# SendGrid's list -> our subscriber status.
+SUPPRESSION_LISTS = (("unsubscribes", "unsubscribed"), ("bounces", "bounced"), ("spam_reports", "complained"))
+_LIST_SEPARATORS = re.compile(r"[,;]")
+
+# python_http_client logs every request's headers, the API key among them, at DEBUG.
+logging.getLogger("python_http_client.client").setLevel(logging.INFO)
+
+
+class SendGridBackend(Backend):
+    """Batches of up to `delivery.sendgrid.batch_size` recipients per request,
+    `delivery.sendgrid.concurrency` requests in flight (one client per worker)."""
+
+    name = "sendgrid"
+
+    def __init__(self, ws: Workspace, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.ws = ws
+        config = ws.settings.delivery.sendgrid
+        self.config = config
+        self.batch_size = config.batch_size
+        self.concurrency = config.concurrency
+        from_env = os.environ.get(ENV_HOST, "").strip()
+        self._host_given = (ENV_HOST if from_env else "delivery.sendgrid.host", from_env or config.host)
+        self.host = self._host_given[1].rstrip("/")
+        self.timeout = config.timeout
+        delivery = ws.settings.delivery
+        self.policy = RetryPolicy(attempts=delivery.max_attempts, base=delivery.backoff)
+        self._sleep = sleep
+        self._client: Any = None
+
+    def clone(self) -> SendGridBackend:
+        # The package's client keeps request headers between calls: one per worker.
+        return SendGridBackend(self.ws, sleep=self._sleep)
+
+    def _api(self) -> Any:
+        if self._client is None:
+            _check_host(*self._host_given)
+            key = os.environ.get(ENV_API_KEY, "").strip()
+            if not key:
+                raise PermanentError(f"set {ENV_API_KEY} to send through SendGrid (it comes only from the environment)")
+            if not (key.isascii() and key.isprintable()) or any(ch.isspace() for ch in key):
+                # It goes into an HTTP header: a line break there is a broken request.
+                raise PermanentError(
+                    f"{ENV_API_KEY} holds a space, a line break or a character outside ASCII; "
+                    "set it to the key alone, as SendGrid shows it (SG. and letters, digits, - and _)"
+                )
+            import sendgrid
+
+            client = sendgrid.SendGridAPIClient(api_key=key, host=self.host)
+            client.client.timeout = self.timeout
+            self._client = client
+        return self._client
+
+    def open(self) -> None:
+        """Check the API key is there before anything is claimed."""
+        self._api()
+
+    # -- sending
+
+    def build_payload(self, batch: Batch) -> dict[str, Any]:
+        """The `POST /v3/mail/send` body for a batch (no more than 1,000 recipients)."""
+        if not 1 <= len(batch.envelopes) <= 1000:
+            raise PermanentError(f"SendGrid takes 1 to 1000 recipients per request, not {len(batch.envelopes)}")
+        settings = batch.settings
+        rendered = batch.rendered
+        personalizations = []
+        for env in batch.envelopes:
+            to = ascii_address(env.recipient.email)
+            if to is None:
+                continue  # send_batch fails this one alone
+            # SendGrid sets List-Id once for all (below); the rest are this recipient's.
+            headers = {k: v for k, v in env.links.headers.items() if k != "List-Id"}
+            if env.recipient.subscriber_id is not None:
+                # custom_args come back in SendGrid's events: the id, never the address.
+                args = {"issue": batch.slug, "subscriber_id": str(env.recipient.subscriber_id)}
+            else:
+                args = {"issue": batch.slug, "test": "true"}
+            personalizations.append(
+                {
+                    "to": [_address(to, display_name(env.recipient), recipient=True)],
+                    # Substitutions are plain find-and-replace (legacy, non-dynamic templates
+                    # only); the placeholder is in both the HTML and the text.
+                    "substitutions": {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url},
+                    "headers": headers,
+                    "custom_args": args,
+                }
+            )
+        name, email = parseaddr(from_header(settings))
+        track = self.config.track_clicks
+        payload: dict[str, Any] = {
+            "personalizations": personalizations,
+            "from": _address(email, name),
+            "subject": subject_for(rendered, test=batch.test),
+            "headers": {"List-Id": list_id(settings)},
+            # text/plain must come before text/html (SendGrid refuses the other order).
+            "content": [
+                {"type": "text/plain", "value": rendered.text},
+                {"type": "text/html", "value": untracked_unsubscribe(rendered.html) if track else rendered.html},
+            ],
+            "tracking_settings": {
+                "click_tracking": {"enable": track, "enable_text": False},
+                "subscription_tracking": {"enable": False},
+            },
+        }
+        reply_to = reply_to_header(settings)
+        if reply_to:
+            name, email = parseaddr(reply_to)
+            payload["reply_to"] = _address(email, name)
+        if self.config.categories:
+            payload["categories"] = list(dict.fromkeys(self.config.categories))
+        if self.config.asm_group_id is not None:
+            payload["asm"] = {"group_id": self.config.asm_group_id}
+        return payload
+
+    def send_batch(self, batch: Batch) -> BatchResult:
+        # SendGrid refuses a whole request over one address it cannot take: those fail
+        # alone, before the request, and the rest of the batch goes.
+        failed = {
+            e.key: f"SendGrid cannot send to {e.recipient.email!r}: it takes only ASCII before the @"
+            for e in batch.envelopes
+            if ascii_address(e.recipient.email) is None
+        }
+        if len(failed) == len(batch.envelopes):
+            return BatchResult(failed=failed)
+        payload = self.build_payload(batch)
+        message_id = with_retries(functools.partial(self._post, payload), self.policy, sleep=self._sleep)
+        return BatchResult(
+            sent=[e.key for e in batch.envelopes if e.key not in failed], failed=failed, message_id=message_id
+        )
+
+    def _post(self, payload: dict[str, Any]) -> str | None:
+        client = self._api()
+        response = self._call(
+            lambda: client.client.mail.send.post(request_body=payload, timeout=self.timeout), "POST /v3/mail/send"
+        )
+        # 202 Accepted; SendGrid gives one X-Message-Id for the whole request.
+        return response.headers.get("X-Message-Id")
+
+    def _call(self, request: Callable[[], Any], what: str) -> Any:
+        """Run one HTTP request; map every failure to TransientError (known not taken),
+        InDoubtError (sent whole, no answer) or PermanentError."""
+        from python_http_client.exceptions import HTTPError
+
+        try:
+            return request()
+        except HTTPError as err:
+            raise _http_error(err, what) from None
+        except URLError as err:
+            # urllib wraps what fails while connecting or sending the request: no whole
+            # request arrived, so trying again is safe.
+            reason = err.reason
+            if isinstance(reason, TimeoutError):
+                raise TransientError(f"SendGrid did not take {what} within {self.timeout:g} s") from None
+            raise TransientError(f"cannot reach SendGrid at {self.host} ({what}): {reason}") from None
+        except TimeoutError:
+            # Raised while waiting for the answer: the request was sent whole.
+            raise InDoubtError(f"SendGrid did not answer {what} within {self.timeout:g} s") from None
+        except (http.client.HTTPException, OSError) as err:
+            # RemoteDisconnected, a reset while waiting for the answer: sent whole, so
+            # SendGrid may have taken it.
+            raise InDoubtError(
+                f"connection to SendGrid lost after sending {what}: {err or type(err).__name__}"
+            ) from None
+
+    # -- suppressions
+
+    def suppressions(self) -> Iterator[Suppression]:
+        """SendGrid's global unsubscribes, bounces and spam reports (paged), and the
+        unsubscribe group's members when `asm_group_id` is set. Any failure is a
+        DeliveryError: a send must not go out on a partial list."""
+        for kind, status in SUPPRESSION_LISTS:
+            offset = 0
+            while True:
+                query = {"limit": PAGE_SIZE, "offset": offset}
+                endpoint = self._api().client.suppression._(kind)
+                page = self._get_list(
+                    functools.partial(endpoint.get, query_params=query, timeout=self.timeout),
+                    f"GET /v3/suppression/{kind}",
+                )
+                for item in page:
+                    if not isinstance(item, dict) or not isinstance(item.get("email"), str):
+                        raise DeliveryError(f"SendGrid's {kind} list has an entry without an address: {item!r:.80}")
+                    yield Suppression(
+                        email=_stored_form(item["email"]), status=status, detail=str(item.get("reason") or "")
+                    )
+                if len(page) < PAGE_SIZE:
+                    break
+                offset += PAGE_SIZE
+        group = self.config.asm_group_id
+        if group is not None:
+            members = self._get_list(
+                lambda: self._api().client.asm.groups._(str(group)).suppressions.get(timeout=self.timeout),
+                f"GET /v3/asm/groups/{group}/suppressions",
+            )
+            for item in members:
+                if not isinstance(item, str):
+                    raise DeliveryError(f"SendGrid's unsubscribe group {group} has an odd entry: {item!r:.80}")
+                yield Suppression(email=_stored_form(item), status="unsubscribed", detail=f"unsubscribe group {group}")
+
+    def _get_list(self, request: Callable[[], Any], what: str) -> list[Any]:
+        def get() -> Any:
+            try:
+                return self._call(request, what)
+            except InDoubtError as err:
+                # Reading a list changes nothing at SendGrid: asking again is safe.
+                raise TransientError(err.message) from None
+
+        response = with_retries(get, self.policy, sleep=self._sleep)
+        try:
+            data = json.loads(response.body or b"[]")
+        except ValueError:
+            raise DeliveryError(f"SendGrid answered {what} with something that is not JSON") from None
+        if not isinstance(data, list):
+            raise DeliveryError(f"SendGrid answered {what} with {type(data).__name__}, not a list")
+        return data
+
+
+@functools.lru_cache(maxsize=8)
+def untracked_unsubscribe(html: str) -> str:
+    """The HTML with SendGrid's `clicktracking=off` on every link to the unsubscribe URL
+    (the placeholder each recipient's URL replaces), so click tracking leaves it alone."""
+    link = re.compile(r"<a(?=\s[^>]*\bhref\s*=\s*([\"'])" + re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"\1)", re.I)
+    return link.sub("<a clicktracking=off", html)
+
+
+def _stored_form(address: str) -> str:
+    """An address from SendGrid as our database holds it: we send an internationalised
+    domain in its xn-- form, so SendGrid lists it that way; subscribers are stored with
+    the Unicode domain."""
+    if "xn--" not in address.lower():
+        return address
+    from highlightsmail.addresses import BadAddress, normalize_address
+
+    try:
+        return normalize_address(address)
+    except BadAddress:
+        return address
+
+
+def _check_host(origin: str, host: str) -> None:
+    """A typo in the host is a refusal naming where it came from: urllib would raise a
+    bare ValueError for `api.sendgrid.com` (no scheme), or retry `htps://...` in vain."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(host)
+        parts.port  # noqa: B018 (reading it checks it: "Port out of range")
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise PermanentError(f"{origin}: {host!r} is not an http(s) URL like https://api.sendgrid.com")
+    if problem := plaintext_url_problem(host):
+        raise PermanentError(f"{origin}: {problem}")
+
+
+def _address(email: str, name: str = "", *, recipient: bool = False) -> dict[str, str]:
+    """SendGrid's `{"email", "name"}` (the name already fit for a header).
+
+    A recipient's name loses its commas and semicolons: SendGrid documents that it
+    cannot take them in to/cc/bcc names, and drops such mail silently (it splits the
+    header there and takes part of the name for the address)."""
+    out = {"email": email}
+    clean = name or ""
+    if recipient and ("," in clean or ";" in clean):
+        clean = _LIST_SEPARATORS.sub(" ", clean)
+    if "  " in clean or clean != clean.strip() or not clean.isprintable():
+        clean = " ".join(clean.split())
+    if clean:
+        out["name"] = clean
+    return out
+
+
+def _http_error(err: Any, what: str) -> DeliveryError:
+    """SendGrid's answer as an error carrying its own words (`errors[].message`)."""
+    status = int(err.status_code)
+    reason = _error_text(err.body) or str(getattr(err, "reason", "") or "no details")
+    if status == 429:
+        return TransientError(f"SendGrid is throttling {what} (429): {reason}", retry_after=_retry_after(err.headers))
+    if status >= 500 or status == 408:
+        return TransientError(f"SendGrid failed {what} ({status}): {reason}")
+    return PermanentError(f"SendGrid refused {what} ({status}): {reason}")
+
+
+def _error_text(body: bytes | str | None) -> str:
+    if not body:
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return " ".join(text.split())[:500]
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return " ".join(text.split())[:500]
+    parts = []
+    for e in errors:
+        if isinstance(e, dict) and e.get("message"):
+            field = e.get("field")
+            parts.append(f"{e['message']} ({field})" if field else str(e["message"]))
+    return "; ".join(parts)[:2000]
+
+
+def _retry_after(headers: Any, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait: X-RateLimit-Reset is a unix time; Retry-After is seconds or a date."""
+    if headers is None:
+        return None
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - now())
+        except ValueError:
+            pass
+    after = headers.get("Retry-After")
+    if after:
+        try:
+            return max(0.0, float(after))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(after).timestamp() - now())
+            except (TypeError, ValueError):
+                pass
+    return None
+
+
+__all__ = ["ENV_API_KEY", "ENV_HOST", "PAGE_SIZE", "SUPPRESSION_LISTS", "SendGridBackend"]

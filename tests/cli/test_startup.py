@@ -1,0 +1,120 @@
+"""What each command loads. A command's start-up is mostly imports, so each imports only
+what it uses; this is guarded by what a fresh process has in sys.modules at the end,
+never by timings (benchmarks/render.py measures those)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from highlightsmail.cli import main
+
+# Runs the command as the installed script does, then writes the names of the loaded modules.
+_RUN = textwrap.dedent("""
+    import json, sys
+    from highlightsmail.cli import main
+    out, args = sys.argv[1], sys.argv[2:]
+    try:
+        main(args, standalone_mode=False)
+    finally:
+        with open(out, "w") as fh:
+            json.dump(sorted(sys.modules), fh)
+""")
+
+# Used by no command that renders one issue: the web, the store, sending, fetching.
+_NEVER_FOR_ONE_ISSUE = {
+    "requests",
+    "urllib3",
+    "sqlite3",
+    "starlette",
+    "uvicorn",
+    "sendgrid",
+    "highlightsmail.store",
+    "highlightsmail.sending",
+    "highlightsmail.subscribers",
+    "highlightsmail.feedback",
+    "highlightsmail.tokens",
+    "highlightsmail.web",
+    "highlightsmail.mail.backends",
+}
+
+
+def loaded_by(workspace: Path, tmp_path: Path, *args: str) -> set[str]:
+    """The modules loaded in a fresh process that ran `highlights ARGS` in `workspace`."""
+    out = tmp_path / "modules.json"
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN, str(out), *args], cwd=workspace, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(out.read_text()))
+
+
+def test_help_loads_no_engine(workspace: Path, tmp_path: Path) -> None:
+    modules = loaded_by(workspace, tmp_path, "--help")
+    heavy = {"pydantic", "jinja2", "premailer", "cssutils", "yaml", "markdown_it", "email_validator", "mjml"}
+    assert not heavy & modules
+    ours = {m for m in modules if m.startswith("highlightsmail.")}
+    assert "highlightsmail.cli" in ours
+    assert not {m for m in ours if m != "highlightsmail.cli" and not m.startswith("highlightsmail.cli.")}
+
+
+def test_check_renders_without_the_message_store_or_network_layers(workspace: Path, tmp_path: Path) -> None:
+    modules = loaded_by(workspace, tmp_path, "check", "2024-w02")
+    assert {
+        "premailer",
+        "highlightsmail.rendering.render",
+        "highlightsmail.review.lint",
+    } <= modules  # it did render and lint
+    assert not (_NEVER_FOR_ONE_ISSUE | {"highlightsmail.mail.message", "email.policy"}) & modules
+    # The example has no web archive, so the archive's code stays out too.
+    assert "highlightsmail.rendering.publish" not in modules
+
+
+def test_build_loads_the_message_but_no_store_or_network_layer(workspace: Path, tmp_path: Path) -> None:
+    modules = loaded_by(workspace, tmp_path, "build", "2024-w02", "--out", str(tmp_path / "out"))
+    assert {"premailer", "highlightsmail.mail.message"} <= modules
+    assert (tmp_path / "out" / "2024-w02.eml").is_file()
+    assert not (_NEVER_FOR_ONE_ISSUE | {"highlightsmail.rendering.publish"}) & modules
+
+
+def test_premailer_gets_the_real_requests_when_it_uses_it(workspace: Path) -> None:
+    """premailer is loaded without requests, which it only needs to fetch a stylesheet;
+    should it ever use it, it gets the real module, and so does anyone else."""
+    code = textwrap.dedent("""
+        import sys
+        from highlightsmail.authoring.workspace import load_workspace
+        from highlightsmail.authoring.issue import load_issue
+        from highlightsmail.rendering.render import render_issue
+        ws = load_workspace()
+        render_issue(load_issue(ws.issue_path("2024-w02")), ws)
+        assert "requests" not in sys.modules
+        import premailer.premailer
+        session = premailer.premailer.requests.Session
+        import requests
+        assert session is requests.Session
+        assert sys.modules["requests"] is requests and "urllib3" in sys.modules
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
+
+
+def test_check_and_build_leave_the_garbage_collector_on(workspace: Path) -> None:
+    """They pause it while they run; a caller in the same process gets it back."""
+    assert gc.isenabled()
+    for args in (["check", "2024-w02"], ["build", "2024-w02", "--out", "out"]):
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert gc.isenabled()
+    (workspace / "issues" / "2024-w03.yaml").write_text("title: [unclosed\n", encoding="utf-8")
+    for args in (["check", "2024-w03"], ["build", "2024-w03"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "issues/2024-w03.yaml:" in result.stderr
+        assert gc.isenabled()

@@ -1,0 +1,894 @@
+"""The store's contract, against real databases: schema and migrations, subscribers and
+their history, bulk import rules, streaming, and many writers at once.
+
+Every test that takes `target` (or `store`) runs on both engines: a SQLite file and a
+fresh PostgreSQL database. The tests that take `db` are about SQLite's file itself
+(damaged pages, permissions, WAL) and run on SQLite alone."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from highlightsmail.errors import HighlightsError
+from highlightsmail.store import ImportRow, Store, UnknownSubscriber
+from highlightsmail.store import database as store_module
+from support.db import damage_pages_holding, dump_tables, integrity_errors, raw_connection, read_only
+
+T0 = datetime(2024, 1, 12, 8, 30, tzinfo=UTC)
+
+
+class Clock:
+    """A clock that moves one minute each time it is read, so every write has its own time."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(minutes=1)
+        return self.now
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "subscribers" / "highlights.db"
+
+
+@pytest.fixture
+def target(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Path | str:
+    """Where a store lives: a SQLite file (its folder made), or a fresh PostgreSQL database."""
+    if engine == "postgresql":
+        return request.getfixturevalue("pg_url")
+    path = tmp_path / "subscribers" / "highlights.db"
+    path.parent.mkdir()
+    return path
+
+
+@pytest.fixture
+def store(target: Path | str):
+    with Store(target, clock=Clock()) as s:
+        yield s
+
+
+def dump(target: Path | str) -> dict[str, list[tuple]]:
+    """Every row of every table, read through a separate connection."""
+    return dump_tables(target, ("subscribers", "events", "deliveries", "dispatches", "test_sends"))
+
+
+# -- schema and migrations ----------------------------------------------------------
+
+
+def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
+    with raw_connection(target) as conn:
+        if isinstance(target, Path):
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 6
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        else:
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
+            tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+            indexes = {
+                r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
+            }
+    assert {
+        "subscribers",
+        "events",
+        "deliveries",
+        "dispatches",
+        "test_sends",
+        "delivery_events",
+        "scanned_mail",
+        "consents",
+        "confirmation_mails",
+        "signup_posts",
+    } <= tables
+    assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
+    assert "deliveries_claim" not in indexes  # the ledger's states change in place, with no index to move
+    assert ("deliveries_batch" in indexes) == isinstance(target, Path)  # SQLite finishes a batch by its number
+    assert store.schema_version == 6
+
+
+def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> None:
+    class Ws:
+        database_url = None
+        db_path = tmp_path / "deep" / "er" / "h.db"
+
+    with Store.open(Ws()) as s:
+        s.add("a@example.org")
+    assert Ws.db_path.is_file()
+
+
+def _add_migration(monkeypatch: pytest.MonkeyPatch, *steps: str) -> None:
+    """A later highlightsmail: one more migration, the same text for both engines."""
+    for name in ("MIGRATIONS", "PG_MIGRATIONS"):
+        monkeypatch.setattr(store_module, name, (*getattr(store_module, name), steps))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(store_module.MIGRATIONS))
+
+
+def _schema_version(target: Path | str) -> int:
+    with raw_connection(target) as conn:
+        if isinstance(target, Path):
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+        return conn.execute("SELECT version FROM schema_version").fetchone()[0]
+
+
+def test_an_older_database_is_refused_with_the_hint_and_upgraded_when_asked(
+    target: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(target) as s:
+        s.add("ada@example.org", "Ada")
+        where = s.where
+    before = store_module.SCHEMA_VERSION
+    _add_migration(monkeypatch, "ALTER TABLE subscribers ADD COLUMN locale TEXT NOT NULL DEFAULT 'en'")
+    with pytest.raises(store_module.OutdatedSchema) as refused:
+        Store(target)
+    assert refused.value.format_message() == (
+        f"{where}: the database has schema {before} and this highlightsmail needs {before + 1}; "
+        "back it up, then run `highlights db upgrade`"
+    )
+    assert _schema_version(target) == before  # refused: nothing changed
+    with Store(target, upgrade=True) as s:
+        assert s.upgraded_from == before
+        assert s.schema_version == before + 1
+        assert s.find("ada@example.org").name == "Ada"  # data kept
+    with raw_connection(target) as conn:
+        assert [tuple(r) for r in conn.execute("SELECT locale FROM subscribers")] == [("en",)]
+    with Store(target) as s:  # up to date now: no hint, nothing to do
+        assert s.upgraded_from is None
+
+
+def test_every_dispatch_has_its_own_tag_and_the_upgrade_gives_one_to_dispatches_begun_before(
+    target: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Message-IDs are derived from a dispatch's tag (tokens.py): one random value per
+    dispatch, recorded once when it begins, and found again by it."""
+    import re
+
+    with monkeypatch.context() as older:  # the schema before tags
+        for name in ("MIGRATIONS", "PG_MIGRATIONS"):
+            older.setattr(store_module, name, getattr(store_module, name)[:5])
+        older.setattr(store_module, "SCHEMA_VERSION", 5)
+        Store(target).close()
+        with raw_connection(target) as conn:
+            conn.execute(
+                "INSERT INTO dispatches (issue, started, backend, total) VALUES"
+                " ('2024-w01', '2024-01-05T08:00:00Z', 'smtp', 0), ('2024-w02', '2024-01-12T08:00:00Z', 'smtp', 0)"
+            )
+            if isinstance(target, Path):
+                conn.commit()
+    with Store(target, upgrade=True, clock=Clock()) as s:
+        old = {issue: s.dispatch_info(issue).tag for issue in ("2024-w01", "2024-w02")}
+        s.add("ada@example.org")
+        s.begin_dispatch("2024-w03", "smtp")
+        new = s.dispatch_info("2024-w03").tag
+        tags = [*old.values(), new]
+        assert all(re.fullmatch(r"[a-z2-7]{8}", t or "") for t in tags) and len(set(tags)) == 3
+        assert {issue: s.issues_tagged(tag) for issue, tag in old.items()} == {
+            "2024-w01": ["2024-w01"],
+            "2024-w02": ["2024-w02"],
+        }
+        assert s.issues_tagged(new) == ["2024-w03"] and s.issues_tagged("aaaaaaaa") == []
+
+
+def test_a_failing_migration_changes_nothing(target: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store(target).close()
+    current = store_module.SCHEMA_VERSION
+    _add_migration(monkeypatch, "CREATE TABLE half (x INTEGER)", "ALTER TABLE nowhere ADD COLUMN y INTEGER")
+    with pytest.raises(HighlightsError, match="not a usable highlightsmail database"):
+        Store(target, upgrade=True)
+    assert _schema_version(target) == current
+    with raw_connection(target) as conn:
+        if isinstance(target, Path):
+            half = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0]
+        else:
+            half = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'half'").fetchone()[0]
+    assert half == 0
+
+
+def test_a_database_from_a_newer_version_is_refused(target: Path | str) -> None:
+    Store(target).close()
+    with raw_connection(target) as conn:
+        if isinstance(target, Path):
+            conn.execute("PRAGMA user_version = 7")
+        else:
+            conn.execute("UPDATE schema_version SET version = 7")
+    with pytest.raises(HighlightsError, match="made by a newer highlightsmail"):
+        Store(target)
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(db: Path) -> None:
+    db.parent.mkdir()
+    db.write_text("email,name\nada@example.org,Ada\n" * 100)
+    with pytest.raises(HighlightsError, match="not a usable highlightsmail database"):
+        Store(db)
+
+
+def test_many_first_opens_at_once_migrate_exactly_once(target: Path | str) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(20)
+
+    def opener(i: int) -> None:
+        try:
+            start.wait()
+            with Store(target) as s:
+                s.add(f"user{i}@example.org")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Store(target) as s:
+        assert s.count_by_status()["active"] == 20
+        assert s.schema_version == store_module.SCHEMA_VERSION
+
+
+def test_constraints_hold_in_the_database_itself(store: Store, target: Path | str) -> None:
+    store.add("ada@example.org")
+    refused = integrity_errors()
+    with raw_connection(target) as conn:
+        with pytest.raises(refused):
+            conn.execute(
+                "INSERT INTO subscribers (email, email_key, status, created, updated)"
+                " VALUES ('ADA@EXAMPLE.ORG', 'ada@example.org', 'active', 'x', 'x')"
+            )
+        with pytest.raises(refused):
+            conn.execute(
+                "INSERT INTO subscribers (email, status, created, updated) VALUES ('b@example.org', 'paused', 'x', 'x')"
+            )
+        with pytest.raises(refused):
+            conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (99, 'x', 'active', 'cli')")
+        with pytest.raises(refused):
+            conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (1, 'x', 'active', 'fax')")
+        conn.execute(
+            "INSERT INTO deliveries (issue, subscriber_id, email, created, updated)"
+            " VALUES ('2024-w02', 1, 'a', 'x', 'x')"
+        )
+        assert tuple(conn.execute("SELECT state, attempts FROM deliveries").fetchone()) == ("pending", 0)
+        with pytest.raises(refused):  # one row per issue and subscriber
+            conn.execute(
+                "INSERT INTO deliveries (issue, subscriber_id, email, created, updated)"
+                " VALUES ('2024-w02', 1, 'a', 'x', 'x')"
+            )
+        with pytest.raises(refused):
+            conn.execute("UPDATE deliveries SET state = 'lost'")
+        with pytest.raises(refused):
+            conn.execute(
+                "INSERT INTO test_sends (issue, fingerprint, recipients, at) VALUES ('i', 'f', 'not json', 'x')"
+            )
+
+
+# -- subscribers and their history ---------------------------------------------------
+
+
+def test_addresses_are_unique_whatever_their_case(store: Store) -> None:
+    ada, created = store.add("Ada@example.org", "Ada")
+    assert created and ada.status == "active" and ada.created == "2024-01-12T08:31:00Z"
+    again, created = store.add("ADA@EXAMPLE.ORG", "Someone else")
+    assert not created and again == ada  # the existing one, unchanged
+    assert store.find("ada@EXAMPLE.org") == ada
+    assert store.get(ada.id) == ada
+    assert store.get(999) is None and store.find("nobody@example.org") is None
+
+
+def test_every_status_change_is_an_event_with_its_source(store: Store) -> None:
+    ada, _ = store.add("ada@example.org", source="cli")
+    assert store.set_status(ada.id, "unsubscribed", "one-click") is True
+    assert store.set_status("ADA@example.org", "unsubscribed", "web") is False  # no change, no event
+    assert store.set_status(ada.id, "active", "web", detail="resubscribe button") is True
+    assert store.set_status(ada.id, "bounced", "sendgrid", detail="550 no such user") is True
+    history = [(e.from_status, e.to_status, e.source, e.detail) for e in store.events(ada.id)]
+    assert history == [
+        (None, "active", "cli", None),
+        ("active", "unsubscribed", "one-click", None),
+        ("unsubscribed", "active", "web", "resubscribe button"),
+        ("active", "bounced", "sendgrid", "550 no such user"),
+    ]
+    now = store.get(ada.id)
+    assert now.status == "bounced" and now.updated == store.events(ada.id)[-1].at > now.created
+
+
+def test_set_status_rejects_unknown_subscribers_statuses_and_sources(store: Store) -> None:
+    ada, _ = store.add("ada@example.org")
+    with pytest.raises(UnknownSubscriber):
+        store.set_status(12345, "unsubscribed", "web")
+    with pytest.raises(UnknownSubscriber):
+        store.set_status("nobody@example.org", "unsubscribed", "web")
+    with pytest.raises(ValueError):
+        store.set_status(ada.id, "paused", "web")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        store.set_status(ada.id, "unsubscribed", "fax")  # type: ignore[arg-type]
+    assert len(store.events(ada.id)) == 1
+
+
+def test_set_status_only_from_leaves_any_other_status_alone(store: Store) -> None:
+    sub, _ = store.add("ada@example.org")
+    store.set_status(sub.id, "bounced", "sendgrid")
+    assert store.set_status(sub.id, "active", "web", only_from="unsubscribed") is False
+    assert store.get(sub.id).status == "bounced" and len(store.events(sub.id)) == 2
+    store.set_status(sub.id, "unsubscribed", "cli")
+    assert store.set_status(sub.id, "active", "web", only_from="unsubscribed") is True
+    assert store.get(sub.id).status == "active"
+
+
+def test_count_by_status_names_every_status(store: Store) -> None:
+    assert store.count_by_status() == {"active": 0, "unsubscribed": 0, "bounced": 0, "complained": 0, "pending": 0}
+    for i in range(3):
+        store.add(f"u{i}@example.org")
+    store.set_status("u1@example.org", "complained", "sendgrid")
+    assert store.count_by_status() == {"active": 2, "unsubscribed": 0, "bounced": 0, "complained": 1, "pending": 0}
+
+
+def test_set_name(store: Store) -> None:
+    ada, _ = store.add("ada@example.org")
+    assert store.set_name(ada.id, "Ada Lovelace") is True
+    assert store.set_name("ADA@example.org", "Ada Lovelace") is False
+    assert store.find("ada@example.org").name == "Ada Lovelace"
+
+
+# -- streaming ---------------------------------------------------------------------------
+
+
+def test_iter_subscribers_pages_in_id_order_with_a_status_filter(store: Store) -> None:
+    store.import_rows(ImportRow(f"u{i}@example.org", status="bounced" if i % 3 == 0 else "active") for i in range(10))
+    everyone = list(store.iter_subscribers(page=3))
+    assert [s.email for s in everyone] == [f"u{i}@example.org" for i in range(10)]
+    active = list(store.iter_subscribers("active", page=2))
+    assert [s.email for s in active] == [f"u{i}@example.org" for i in range(10) if i % 3]
+    assert list(store.iter_subscribers("complained")) == []
+
+
+def test_iter_subscribers_streams_instead_of_loading_everything_first(store: Store, target: Path | str) -> None:
+    store.import_rows(ImportRow(f"u{i:05}@example.org") for i in range(2500))
+    rows = store.iter_subscribers(page=1000)
+    first = next(rows)
+    assert first.email == "u00000@example.org"
+    # Added after the first row was handed out: a list built up front could not hold it.
+    with Store(target) as other:
+        late, _ = other.add("late@example.org")
+    rest = list(rows)
+    assert len(rest) == 2500 and rest[-1] == late
+
+
+# -- bulk import ----------------------------------------------------------------------
+
+
+def test_import_counts_new_updated_unchanged_and_records_events(store: Store) -> None:
+    _ada, _ = store.add("ada@example.org", "Ada")
+    bob, _ = store.add("bob@example.org")
+    result = store.import_rows(
+        [
+            ImportRow("ADA@example.org", "", detail="list.csv:2"),  # known, nothing new
+            ImportRow("bob@example.org", "Bob", detail="list.csv:3"),  # known, gets a name
+            ImportRow("cy@example.org", "Cy", detail="list.csv:4"),  # new, active
+            ImportRow("di@example.org", "", "complained", detail="list.csv:5"),  # new, suppressed
+        ]
+    )
+    assert result == store_module.ImportResult(new=2, updated=1, unchanged=1)
+    assert store.find("ada@example.org").name == "Ada"  # an empty name never erases one
+    assert store.find("bob@example.org").name == "Bob"
+    di = store.find("di@example.org")
+    assert di.status == "complained"
+    assert [(e.from_status, e.to_status, e.source, e.detail) for e in store.events(di.id)] == [
+        (None, "complained", "import", "list.csv:5")
+    ]
+    assert len(store.events(bob.id)) == 1  # a name is not a status change
+    assert [s.email for s in store.iter_subscribers()] == [
+        "ada@example.org",
+        "bob@example.org",
+        "cy@example.org",
+        "di@example.org",
+    ]  # file order
+
+
+def test_import_keeps_suppressions_and_never_reactivates(store: Store) -> None:
+    for address in ("gone@example.org", "bounced@example.org", "here@example.org"):
+        store.add(address)
+    store.set_status("gone@example.org", "unsubscribed", "one-click")
+    store.set_status("bounced@example.org", "bounced", "sendgrid")
+    result = store.import_rows(
+        [
+            ImportRow("gone@example.org", status="active"),
+            ImportRow("bounced@example.org"),
+            ImportRow("here@example.org", status="unsubscribed", detail="old-tool.csv:9"),
+        ]
+    )
+    assert result == store_module.ImportResult(new=0, updated=1, unchanged=2)
+    assert store.find("gone@example.org").status == "unsubscribed"
+    assert store.find("bounced@example.org").status == "bounced"
+    here = store.find("here@example.org")
+    assert here.status == "unsubscribed"
+    assert store.events(here.id)[-1].source == "import" and store.events(here.id)[-1].detail == "old-tool.csv:9"
+
+
+def test_import_never_turns_a_bounce_or_complaint_into_an_unsubscribe(store: Store) -> None:
+    # An unsubscribed address may resubscribe itself from its link; a bounced or
+    # complained one may not, so an import must not downgrade it.
+    for address, status in (
+        ("b@example.org", "bounced"),
+        ("c@example.org", "complained"),
+        ("u@example.org", "unsubscribed"),
+    ):
+        store.add(address, status=status)
+    result = store.import_rows(
+        [
+            ImportRow("b@example.org", status="unsubscribed"),
+            ImportRow("c@example.org", status="bounced"),
+            ImportRow("u@example.org", status="complained"),
+        ]
+    )
+    assert result == store_module.ImportResult(new=0, updated=1, unchanged=2)
+    assert [store.find(a).status for a in ("b@example.org", "c@example.org", "u@example.org")] == [
+        "bounced",
+        "complained",
+        "complained",
+    ]
+
+
+def test_import_uses_given_times_only_for_new_addresses(store: Store) -> None:
+    ada, _ = store.add("ada@example.org")
+    store.import_rows(
+        [
+            ImportRow("ada@example.org", created="2020-01-01T00:00:00Z", updated="2020-01-02T00:00:00Z"),
+            ImportRow("bob@example.org", created="2021-05-06T07:08:09Z", updated="2022-01-01T00:00:00Z"),
+            ImportRow("cy@example.org", created="2021-05-06T07:08:09Z"),
+        ]
+    )
+    assert store.find("ada@example.org").created == ada.created
+    bob = store.find("bob@example.org")
+    assert (bob.created, bob.updated) == ("2021-05-06T07:08:09Z", "2022-01-01T00:00:00Z")
+    cy = store.find("cy@example.org")
+    assert cy.created == cy.updated == "2021-05-06T07:08:09Z"
+
+
+def test_dry_run_import_changes_nothing(store: Store, target: Path | str) -> None:
+    store.add("gone@example.org")
+    store.set_status("gone@example.org", "unsubscribed", "web")
+    before = dump(target)
+    result = store.import_rows(
+        [ImportRow("gone@example.org", "G"), ImportRow("new@example.org", status="bounced")], dry_run=True
+    )
+    assert result == store_module.ImportResult(new=1, updated=1, unchanged=0)
+    assert dump(target) == before
+    # and the store still works normally afterwards
+    assert store.import_rows([ImportRow("new@example.org")]).new == 1
+
+
+def test_import_with_a_repeated_address_writes_nothing(store: Store, target: Path | str) -> None:
+    before = dump(target)
+    with pytest.raises(ValueError, match="twice"):
+        store.import_rows([ImportRow("a@example.org"), ImportRow("b@example.org"), ImportRow("A@example.org")])
+    assert dump(target) == before
+
+
+# -- many writers at once -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_200_writers_and_a_big_import_at_once_all_succeed(target: Path | str) -> None:
+    """Each writer has its own Store (as the web endpoint does); none may fail with
+    'database is locked' while an import holds the write lock."""
+    with Store(target) as s:
+        s.import_rows(ImportRow(f"reader{i}@example.org") for i in range(200))
+
+    import_started = threading.Event()
+
+    def rows():
+        import_started.set()  # the import's write transaction is open from here on
+        for i in range(40_000):
+            yield ImportRow(f"bulk{i}@example.org", f"Bulk {i}")
+
+    errors: list[BaseException] = []
+    results: list[bool] = []
+
+    def importer() -> None:
+        try:
+            with Store(target) as s:
+                results.append(s.import_rows(rows()).new == 40_000)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def writer(i: int) -> None:
+        try:
+            import_started.wait(30)
+            with Store(target) as s:
+                results.append(s.set_status(f"reader{i}@example.org", "unsubscribed", "one-click", detail=f"w{i}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=importer)] + [threading.Thread(target=writer, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert results == [True] * 201
+    with Store(target) as s:
+        assert s.count_by_status() == {
+            "active": 40_000,
+            "unsubscribed": 200,
+            "bounced": 0,
+            "complained": 0,
+            "pending": 0,
+        }
+        for i in (0, 99, 199):
+            events = s.events(s.find(f"reader{i}@example.org").id)
+            assert [(e.to_status, e.source, e.detail) for e in events[1:]] == [("unsubscribed", "one-click", f"w{i}")]
+
+
+def test_one_store_shared_by_threads_serialises_its_calls(store: Store) -> None:
+    store.import_rows(ImportRow(f"u{i}@example.org") for i in range(50))
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            store.set_status(f"u{i}@example.org", "unsubscribed", "web")
+            assert sum(1 for _ in store.iter_subscribers(page=7)) == 50
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.count_by_status()["unsubscribed"] == 50
+
+
+# -- one address, whatever the case or Unicode form of its letters ----------------------------
+
+
+def test_addresses_differing_only_in_unicode_case_or_form_are_one_subscriber(store: Store) -> None:
+    ada, created = store.add("Äda@example.org", "Ada")
+    assert created
+    again, created = store.add("äda@example.org", "Someone else")
+    assert not created and again == ada
+    assert store.find("ÄDA@EXAMPLE.ORG") == ada
+    assert store.find("A\u0308da@example.org") == ada  # decomposed: the same letters
+    sz, _ = store.add("strasse@example.org")
+    assert store.add("STRAẞE@example.org")[0] == sz  # full case folding: ẞ is SS
+    assert store.set_status("äda@example.org", "unsubscribed", "cli") is True
+    assert store.get(ada.id).status == "unsubscribed"
+    assert store.count_by_status() == {"active": 1, "unsubscribed": 1, "bounced": 0, "complained": 0, "pending": 0}
+
+    result = store.import_rows([ImportRow("äda@example.org", "Ada L."), ImportRow("zoë@example.org")])
+    assert result == store_module.ImportResult(new=1, updated=1, unchanged=0)
+    assert store.find("Äda@example.org").name == "Ada L."
+    assert store.find("Äda@example.org").status == "unsubscribed"  # an import never re-activates
+    with pytest.raises(ValueError, match="twice"):
+        store.import_rows([ImportRow("ZOË@example.org"), ImportRow("zoë@example.org")])
+    assert [s.email for s in store.iter_subscribers()] == ["Äda@example.org", "strasse@example.org", "zoë@example.org"]
+
+    class Suppressed:
+        email, status, detail = "ZOË@EXAMPLE.ORG", "bounced", "550"
+
+    assert store.apply_suppressions([Suppressed()]) == 1
+    assert store.find("zoë@example.org").status == "bounced"
+
+
+def test_the_unique_index_holds_in_the_database_itself(store: Store, target: Path | str) -> None:
+    store.add("Äda@example.org")
+    with raw_connection(target) as conn, pytest.raises(integrity_errors()):
+        conn.execute(
+            "INSERT INTO subscribers (email, email_key, status, created, updated)"
+            " VALUES ('äda@example.org', 'äda@example.org', 'active', 'x', 'x')"
+        )
+
+
+def _schema_1_database(db: Path) -> sqlite3.Connection:
+    """A database as highlightsmail made it before addresses were compared by their
+    case-folded form: `Äda` and `äda` could both be there."""
+    db.parent.mkdir(exist_ok=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    for statement in store_module.MIGRATIONS[0]:
+        assert isinstance(statement, str)
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    return conn
+
+
+def test_upgrading_merges_addresses_that_are_one_and_reports_each_clash(db: Path) -> None:
+    conn = _schema_1_database(db)
+    people = [
+        (1, "Äda@example.org", "", "active"),
+        (2, "bob@example.org", "Bob", "active"),
+        (3, "äda@example.org", "Ada", "unsubscribed"),
+        (4, "zoë@example.org", "", "active"),
+        (5, "ZOË@example.org", "", "active"),
+        (6, "ÄDA@example.com", "", "bounced"),
+    ]
+    for sid, email, name, status in people:
+        conn.execute(
+            "INSERT INTO subscribers (id, email, name, status, created, updated) VALUES (?, ?, ?, ?, 't0', 't0')",
+            (sid, email, name, status),
+        )
+        conn.execute(
+            "INSERT INTO events (subscriber_id, at, to_status, source) VALUES (?, 't0', 'active', 'import')", (sid,)
+        )
+    conn.execute(
+        "INSERT INTO events (subscriber_id, at, from_status, to_status, source) VALUES (3, 't1', 'active', 'unsubscribed', 'one-click')"
+    )
+    # A dispatch under way: Äda got it as #1, äda (#3) waits; both spellings of Zoë wait.
+    conn.execute("INSERT INTO dispatches (issue, started, backend, total) VALUES ('2024-w02', 't0', 'outbox', 5)")
+    for sid, email, _name, _status in people:
+        if sid != 6:
+            state = "sent" if sid in (1, 2) else "pending"
+            conn.execute(
+                "INSERT INTO deliveries (issue, subscriber_id, email, state, created, updated)"
+                " VALUES ('2024-w02', ?, ?, ?, 't0', 't0')",
+                (sid, email, state),
+            )
+    conn.close()
+    before = dump(db)
+
+    with pytest.warns(store_module.MergedAddressesWarning) as caught, Store(db, clock=Clock(), upgrade=True) as s:
+        assert s.schema_version == store_module.SCHEMA_VERSION
+        lines = [str(w.message) for w in caught]
+        assert len(lines) == 2
+        assert lines[0].startswith(
+            f"{db}: Äda@example.org (#1, active) and äda@example.org (#3, unsubscribed) are the same address: "
+            "merged into #1 Äda@example.org, now unsubscribed;"
+        )
+        assert lines[1].startswith(
+            f"{db}: zoë@example.org (#4, active) and ZOË@example.org (#5, active) are the same address: "
+            "merged into #4 zoë@example.org, now active;"
+        )
+        assert all("\n" not in line and "nobody gets two copies" in line for line in lines)
+
+        # Nobody is lost: every row and event is still there.
+        after = dump(db)
+        assert [r[0] for r in after["subscribers"]] == [r[0] for r in before["subscribers"]]
+        assert after["events"][: len(before["events"])] == before["events"]
+
+        ada = s.find("äda@example.org")
+        assert (ada.id, ada.email, ada.name, ada.status) == (1, "Äda@example.org", "Ada", "unsubscribed")
+        assert [(e.from_status, e.to_status, e.source) for e in s.events(1)][-1] == (
+            "active",
+            "unsubscribed",
+            "one-click",
+        )
+        assert "#3" in s.events(1)[-1].detail
+        assert s.get(3) == ada  # a link in mail sent to äda acts on the one subscriber
+        assert s.find("ÄDA@example.com").status == "bounced"  # another domain: another address
+        assert [x.id for x in s.iter_subscribers()] == [1, 2, 4, 6]
+        assert s.count_by_status() == {"active": 2, "unsubscribed": 1, "bounced": 1, "complained": 0, "pending": 0}
+
+        # The dispatch under way: nobody gets a second copy, Zoë still gets one.
+        states = {d.subscriber_id: d.state for d in s.iter_deliveries("2024-w02", store_module.DELIVERY_STATES)}
+        assert states == {1: "sent", 2: "sent", 3: "skipped", 4: "pending", 5: "skipped"}
+        claimed, skipped, _ = s.claim_batch("2024-w02", 1, 10)
+        assert [c.subscriber_id for c in claimed] == [4] and skipped == 0
+
+        # A new dispatch takes each person once.
+        assert s.begin_dispatch("2024-w03", "outbox") == 2
+        # Unsubscribing through a merged row's link changes the one subscriber.
+        assert s.set_status(5, "unsubscribed", "one-click") is True
+        assert s.get(4).status == "unsubscribed" and s.get(5).id == 4
+
+    with warnings.catch_warnings(record=True) as again, Store(db):
+        warnings.simplefilter("always")
+    assert again == []  # told once, by the upgrade
+
+
+def test_a_dispatch_keeps_the_copy_furthest_along_when_spellings_merge(db: Path) -> None:
+    conn = _schema_1_database(db)
+    for sid, email in ((1, "Äda@example.org"), (2, "äda@example.org")):
+        conn.execute(
+            "INSERT INTO subscribers (id, email, status, created, updated) VALUES (?, ?, 'active', 't0', 't0')",
+            (sid, email),
+        )
+    conn.execute("INSERT INTO dispatches (issue, started, backend, total) VALUES ('i', 't0', 'outbox', 2)")
+    conn.execute(
+        "INSERT INTO deliveries (issue, subscriber_id, email, state, created, updated)"
+        " VALUES ('i', 1, 'Äda@example.org', 'failed', 't', 't'), ('i', 2, 'äda@example.org', 'in_doubt', 't', 't')"
+    )
+    conn.close()
+    with pytest.warns(store_module.MergedAddressesWarning), Store(db, upgrade=True) as s:
+        states = {d.subscriber_id: d.state for d in s.iter_deliveries("i", store_module.DELIVERY_STATES)}
+        # in doubt may have arrived: the failed copy is not retried on top of it
+        assert states == {1: "skipped", 2: "in_doubt"}
+
+
+# -- files that cannot be used: one line naming the file and what to do ------------------------
+
+
+def test_the_database_and_its_wal_files_are_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        db = tmp_path / "h.db"
+        with Store(db) as s:
+            s.add("ada@example.org")
+            modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes == {"h.db": 0o600, "h.db-wal": 0o600, "h.db-shm": 0o600}
+
+
+def test_a_damaged_page_is_one_line_with_the_way_to_rescue_the_rest(db: Path) -> None:
+    db.parent.mkdir()
+    with Store(db) as s:
+        s.import_rows(ImportRow(f"reader{i:04d}@example.org", f"Reader {i}") for i in range(3000))
+    pages = damage_pages_holding(db, b"reader1500@example.org")
+    assert min(pages) > 2 and max(pages) < db.stat().st_size // 4096 - 1  # in the middle
+    with Store(db) as s:
+        for call in (
+            lambda: list(s.iter_subscribers()),
+            lambda: s.add("reader1500@example.org"),
+            lambda: s.find("reader1500@example.org"),
+            lambda: s.count_by_status(),
+            lambda: s.import_rows([ImportRow(f"reader{i:04d}@example.org") for i in range(3000)]),
+            lambda: s.begin_dispatch("2024-w02", "outbox"),
+        ):
+            with pytest.raises(store_module.UnusableDatabase) as caught:
+                call()
+            message = caught.value.format_message()
+            assert message.startswith(f"{db}: the database is damaged (database disk image is malformed); ")
+            assert f'`sqlite3 {db} ".recover" | sqlite3 {db.parent}/highlights-recovered.db`' in message
+            assert "\n" not in message
+        assert s.dispatch_info("2024-w02") is None  # the failed write left nothing behind
+
+
+def test_a_read_only_file_can_be_read_and_a_write_says_what_to_do(db: Path) -> None:
+    db.parent.mkdir()
+    with Store(db) as s:
+        s.add("ada@example.org")
+    with read_only(db), Store(db) as s:
+        assert [x.email for x in s.iter_subscribers()] == ["ada@example.org"]
+        with pytest.raises(store_module.UnusableDatabase) as caught:
+            s.add("bob@example.org")
+    assert caught.value.format_message().startswith(
+        f"{db}: cannot write to the database (attempt to write a readonly database); "
+        f"let the user running highlights write to the file and to its folder {db.parent}"
+    )
+
+
+def test_a_read_only_folder_says_what_to_do(db: Path) -> None:
+    db.parent.mkdir()
+    with Store(db) as s:
+        s.add("ada@example.org")
+    with read_only(db.parent), pytest.raises(store_module.UnusableDatabase) as caught:
+        Store(db)
+    assert caught.value.format_message().startswith(
+        f"{db}: cannot open the database (unable to open database file); "
+        f"let the user running highlights read and write the file and its folder {db.parent}"
+    )
+    db.unlink()
+    with read_only(db.parent), pytest.raises(store_module.UnusableDatabase) as caught:
+        Store(db)
+    assert caught.value.format_message().startswith(f"{db}: cannot create the database: ")
+
+
+def test_a_lock_held_too_long_is_one_line_saying_to_try_again(db: Path) -> None:
+    db.parent.mkdir()
+    Store(db).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with Store(db, timeout=0.1) as s, pytest.raises(store_module.UnusableDatabase) as caught:
+            s.add("ada@example.org")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert caught.value.format_message() == (
+        f"{db}: the database stayed busy for more than 0.1 s (another highlights process is writing); try again"
+    )
+    with Store(db) as s:
+        assert s.add("ada@example.org")[1]  # nothing half-done was left behind
+
+
+# -- the send ledger, on both engines ---------------------------------------------------------
+
+
+def _sender(store: Store, issue: str) -> Store:
+    """A store ready to claim batches of `issue`: on PostgreSQL a sender joins first."""
+    if store.shares_dispatch:
+        store.join_dispatch(issue)
+    return store
+
+
+def test_the_ledger_claims_each_recipient_once_and_skips_who_left(store: Store) -> None:
+    store.import_rows(ImportRow(f"u{i}@example.org") for i in range(10))
+    assert store.begin_dispatch("2024-w02", "outbox") == 10
+    with pytest.raises(HighlightsError, match="already begun"):
+        store.begin_dispatch("2024-w02", "outbox")
+    store.set_status("u1@example.org", "unsubscribed", "web")  # left after the dispatch began
+    _sender(store, "2024-w02")
+    first, skipped, after = store.claim_batch("2024-w02", 1, 4)
+    assert [c.email for c in first] == ["u0@example.org", "u2@example.org", "u3@example.org", "u4@example.org"]
+    assert skipped == 1 and after == first[-1].subscriber_id
+    assert {c.state for c in first} == {"in_flight"} and {c.attempts for c in first} == {1}
+    number = first[0].batch
+    assert number is not None and {c.batch for c in first} == {number}
+    second, _, _ = store.claim_batch("2024-w02", number + 1, 100, after)
+    assert [c.email for c in second] == [f"u{i}@example.org" for i in range(5, 10)]
+    assert second[0].batch != number
+    store.finish_batch("2024-w02", sent=[c.subscriber_id for c in first[:2]], failed={first[2].subscriber_id: "550"})
+    store.finish_batch("2024-w02", sent=[], failed={}, in_doubt={first[3].subscriber_id: "no answer"})
+    assert store.delivery_counts("2024-w02") == {"sent": 2, "failed": 1, "in_doubt": 1, "skipped": 1, "in_flight": 5}
+    assert store.claim_batch("2024-w02", number + 2, 10, 0)[0] == []  # nothing pending is left
+    reasons = {
+        d.email: (d.state, d.last_error) for d in store.iter_deliveries("2024-w02", ("failed", "in_doubt", "skipped"))
+    }
+    assert reasons == {
+        "u1@example.org": ("skipped", "unsubscribed since the dispatch began"),
+        "u3@example.org": ("failed", "550"),
+        "u4@example.org": ("in_doubt", "no answer"),
+    }
+    assert store.requeue("2024-w02", "failed") == 1
+    assert not store.finish_dispatch_if_done("2024-w02")
+
+
+def test_rows_in_flight_of_a_run_that_is_gone_are_in_doubt(target: Path | str) -> None:
+    with Store(target) as first:
+        first.import_rows(ImportRow(f"u{i}@example.org") for i in range(6))
+        first.begin_dispatch("2024-w02", "outbox")
+        claimed, _, _ = _sender(first, "2024-w02").claim_batch("2024-w02", 1, 4)
+        assert len(claimed) == 4
+    # The run is gone (its connection closed, as when a process dies).
+    with Store(target) as again:
+        assert again.mark_in_doubt("2024-w02") == 4
+        assert again.delivery_counts("2024-w02") == {"in_doubt": 4, "pending": 2}
+
+
+def test_postgresql_senders_share_a_dispatch_and_only_a_gone_senders_rows_are_in_doubt(pg_url: str) -> None:
+    with Store(pg_url) as setup:
+        setup.import_rows(ImportRow(f"u{i:03d}@example.org") for i in range(100))
+        setup.begin_dispatch("2024-w02", "sendgrid")
+    a, b = Store(pg_url), Store(pg_url)
+    try:
+        assert a.join_dispatch("2024-w02") != b.join_dispatch("2024-w02")
+        with Store(pg_url) as watcher:
+            assert watcher.sending_now("2024-w02") and not watcher.sending_now("2024-w03")
+        # Both claim at once, over and over: no row is claimed twice, none is lost.
+        taken: dict[str, list[int]] = {"a": [], "b": []}
+        numbers: list[int] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def claim(name: str, s: Store) -> None:
+            try:
+                start.wait()
+                after = 0
+                while True:
+                    rows, _, after = s.claim_batch("2024-w02", 0, 7, after)
+                    if not rows:
+                        return
+                    taken[name].extend(r.subscriber_id for r in rows)
+                    numbers.append(rows[0].batch)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=claim, args=(n, s)) for n, s in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert sorted(taken["a"] + taken["b"]) == list(range(1, 101))  # each exactly once
+        assert taken["a"] and taken["b"]
+        assert len(set(numbers)) == len(numbers)  # batch numbers are not shared either
+        # b is gone; a is alive, however long its batches take.
+        b.close()
+        with Store(pg_url) as resumed:
+            assert resumed.mark_in_doubt("2024-w02") == len(taken["b"])
+            states = {d.subscriber_id: d.state for d in resumed.iter_deliveries("2024-w02", ("in_flight", "in_doubt"))}
+        assert {sid for sid, st in states.items() if st == "in_doubt"} == set(taken["b"])
+        assert {sid for sid, st in states.items() if st == "in_flight"} == set(taken["a"])
+    finally:
+        a.close()
+        b.close()
+    with Store(pg_url) as watcher:
+        assert not watcher.sending_now("2024-w02")
+        assert watcher.mark_in_doubt("2024-w02") == len(taken["a"])
