@@ -168,7 +168,8 @@ def normalized(html: str) -> list[tuple]:
     its attributes and the text in it and after it, white space collapsed where it
     collapses, exactly in <pre>. Alt text and the <title> may also have taken a line
     break between two characters where they hold no space to break at (a space to a
-    reader): they are compared without white space."""
+    reader): they are compared without white space. In a stylesheet, white space after
+    a ';', '{' or '}' means nothing, and a line break may have gone there."""
     doc = lxml_html.fromstring(html)
     for comment in doc.xpath("//comment()"):
         comment.drop_tree()  # its tail joins the text before it
@@ -186,6 +187,8 @@ def normalized(html: str) -> list[tuple]:
                 value = " ".join(value.split())
             attrs[key] = value
         text, tail = el.text or "", el.tail or ""
+        if el.tag == "style":
+            text = re.sub(r"(?<=[;{}])\s+", "", text)
         out.append((el.tag, attrs, text if pre else words(text.split()), tail if pre else " ".join(tail.split())))
     return out
 
@@ -218,6 +221,21 @@ def test_html_breaks_between_attributes_after_declarations_and_at_spaces() -> No
     assert max(lines_of(folded)) <= folding.FOLD_AT
     assert "<!--" not in folded, "good breaks were enough"
     assert normalized(folded) == normalized(html)
+
+
+def test_a_stylesheet_without_spaces_breaks_after_declarations_and_rules_only() -> None:
+    # The rendered email's <style> blocks carry no white space to break at (render.py
+    # leaves it out); a line break goes after a ';', '{' or '}', never into a quoted
+    # font name or a url(...).
+    rules = "".join(f".c{n}{{color:#{n:06x};font-family:'A;B {n}',sans-serif}}" for n in range(200))
+    css = f"@media (max-width:479px){{{rules}}}.u{{background:url(data:image/png;base64,{'A' * 300})}}"
+    html = f"<html><head><style>{css}</style></head><body><p>x</p></body></html>"
+    folded = folding.fold_html(html)
+    assert max(lines_of(folded)) <= folding.FOLD_AT
+    assert folded.replace("\n", "") == html, "line breaks added, nothing else"
+    assert all(f"'A;B {n}'" in folded for n in range(200))
+    assert f"url(data:image/png;base64,{'A' * 300})" in folded
+    assert all(line.endswith((";", "{", "}")) for line in folded.split("\n")[:-1])
 
 
 def test_pre_keeps_its_spaces_and_a_run_without_spaces_breaks_in_an_empty_comment() -> None:

@@ -130,11 +130,15 @@ def _class_on_body_instead(html: str) -> str:
 
 
 @pytest.mark.parametrize("placement", ["wrapper", "body"])
-def test_dark_page_background_wherever_the_class_lands(page, example_html: str, placement: str) -> None:
-    html = example_html if placement == "wrapper" else _class_on_body_instead(example_html)
+@pytest.mark.parametrize("kind", ["issue", "confirmation"])
+def test_dark_page_background_wherever_the_class_lands(page, example_html: str, kind: str, placement: str) -> None:
+    from highlightsmail.subscribers.signup import render_confirmation
+
+    email = example_html if kind == "issue" else render_confirmation(load_workspace()).html
+    html = email if placement == "wrapper" else _class_on_body_instead(email)
     page.set_viewport_size(DESKTOP)
     page.set_content(html)
-    margins = [[5, 5], [5, 600], [795, 300]]  # outside the 600 px column
+    margins = [[5, 5], [5, 300], [795, 300]]  # outside the 600 px column, beside the content
     page.emulate_media(color_scheme="light")
     assert {page.evaluate(BACKGROUND_AT_JS, xy) for xy in margins} == {"rgb(238, 242, 247)"}
     page.emulate_media(color_scheme="dark")
@@ -161,12 +165,15 @@ def test_dark_mode_secondary_buttons_are_dark_and_readable(page, example_html: s
     assert all(readable[b["label"][:40]] >= 4.5 for b in secondary)
 
 
-# The boxes of each item's link buttons (the coloured face a reader sees), item by item.
-BUTTON_BOXES_JS = """() => [...document.querySelectorAll('h2.hl-title')].map(h => {
-  const item = h.closest('table');
-  return [...item.querySelectorAll('.hl-btn-face')].map(face => {
+# The boxes of each item's link buttons (the coloured face a reader sees), item by item:
+# the buttons that follow an item's title, up to the next title.
+BUTTON_BOXES_JS = """() => [...document.querySelectorAll('h2.hl-title')].map((h, n, titles) => {
+  const next = titles[n + 1];
+  const follows = (e) => h.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING;
+  const before = (e) => !next || next.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_PRECEDING;
+  return [...document.querySelectorAll('.hl-btn td')].filter(f => follows(f) && before(f)).map(face => {
     const r = face.getBoundingClientRect();
-    return {label: face.textContent.trim(), left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+    return {label: face.textContent.trim().replace(/[ \\t\\r\\n]+/g, ' '), left: r.left, right: r.right, top: r.top, bottom: r.bottom};
   });
 })"""
 

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from highlightsmail.authoring.issue import load_issue
@@ -75,7 +76,10 @@ def test_the_example_issue_is_clean(workspace: Path) -> None:
     result = check(workspace, name="issues/2024-w02.yaml")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
-    assert re.fullmatch(r"issues/2024-w02\.yaml: OK \(10 items, HTML \d+ KB\)\n", result.stdout)
+    assert re.fullmatch(
+        r"issues/2024-w02\.yaml: OK \(10 items, HTML \d+ KB of 102 KB; about \d+ more items of this size fit\)\n",
+        result.stdout,
+    )
 
 
 def test_a_clean_issue_by_slug(workspace: Path) -> None:
@@ -287,6 +291,53 @@ def test_html_over_gmail_clipping_is_an_error_at_items(workspace: Path) -> None:
     assert "Gmail clips emails over 102 KB" in line
 
 
+def items_of_the_examples_first(workspace: Path, count: int) -> Path:
+    """An issue of `count` copies of the example's first item (with its link and tags)."""
+    example = yaml.safe_load((workspace / "issues" / "2024-w02.yaml").read_text(encoding="utf-8"))
+    example["items"] = example["items"][:1] * count
+    path = workspace / "issues" / f"2024-w{count:02d}.yaml"
+    path.write_text(yaml.safe_dump(example, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_check_says_how_many_more_items_of_this_size_fit(workspace: Path) -> None:
+    from highlightsmail.review.lint import check_command
+
+    ws = load_workspace()
+
+    def report(count: int):
+        return check_command(ws, items_of_the_examples_first(workspace, count))
+
+    summary = report(10).summary
+    found = re.search(r"\(10 items, HTML (\d+) KB of 102 KB; about (\d+) more items of this size fit\)$", summary)
+    assert found, summary
+    more = int(found[2])
+    assert more > 5
+    # Said once, in the summary line, and true: that many more fit, one more does not.
+    assert report(10 + more).html_bytes <= GMAIL_CLIP_BYTES < report(10 + more + 1).html_bytes
+
+
+def test_check_says_how_many_items_too_many_when_gmail_would_clip(workspace: Path) -> None:
+    from highlightsmail.review.lint import check_command
+
+    ws = load_workspace()
+    count = 45
+    over = check_command(ws, items_of_the_examples_first(workspace, count))
+    assert not over.ok
+    found = re.search(r": 1 error, \d+ warnings \(HTML \d+ KB of 102 KB; about (\d+) items too many\)$", over.summary)
+    assert found, over.summary
+    fewer = count - int(found[1])
+    assert check_command(ws, items_of_the_examples_first(workspace, fewer)).html_bytes <= GMAIL_CLIP_BYTES
+    assert check_command(ws, items_of_the_examples_first(workspace, fewer + 1)).html_bytes > GMAIL_CLIP_BYTES
+
+
+def test_an_issue_of_one_item_is_measured_too(workspace: Path) -> None:
+    from highlightsmail.review.lint import check_command
+
+    report = check_command(load_workspace(), items_of_the_examples_first(workspace, 1))
+    assert re.search(r"\(1 item, HTML \d+ KB of 102 KB; about \d+ more items of this size fit\)$", report.summary)
+
+
 @pytest.fixture
 def example(workspace: Path):
     ws = load_workspace()
@@ -407,7 +458,9 @@ def test_check_returns_its_findings_and_prints_nothing(workspace: Path, capsys: 
     assert capsys.readouterr() == ("", "")
     assert [str(p).split(": link ")[0] for p in report.problems] == [f"{FILE}:10:14: warning: items[0].links[0].url"]
     assert report.ok
-    assert re.fullmatch(rf"{FILE}: OK with 1 warning \(2 items, HTML \d+ KB\)", report.summary)
+    assert re.fullmatch(
+        rf"{FILE}: OK with 1 warning \(2 items, HTML \d+ KB of 102 KB; about \d+ more items .*\)", report.summary
+    )
     assert not failed.ok
     assert failed.summary == f"{FILE}: 1 error"
 

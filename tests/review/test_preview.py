@@ -95,6 +95,16 @@ def test_lint_findings_are_listed_with_line_and_column(client: TestClient, works
     assert finding is not None, page
 
 
+def test_the_page_says_how_many_more_items_fit_as_check_does(client: TestClient, workspace: Path) -> None:
+    from highlightsmail.review.lint import check_command
+
+    page = client.get("/").text
+    shown = re.search(r'<p class="note" id="html-size">HTML ([^<]+)</p>', page)
+    assert shown is not None, page
+    assert re.fullmatch(r"\d+ KB of 102 KB; about \d+ more items of this size fit", shown[1])
+    assert f"HTML {shown[1]})" in check_command(load_workspace(), workspace / ISSUE).summary
+
+
 def test_email_endpoints_serve_the_current_rendering(client: TestClient, workspace: Path) -> None:
     title = first_item_title(workspace / ISSUE)
     html = client.get("/email.html")

@@ -65,6 +65,9 @@ _READ_ALOUD = {"alt", "title", "aria-label"}
 # In a style value: what to step over whole (a quoted string, a url(...)), or a ';'.
 _STYLE_PARTS = re.compile(r"\"[^\"]*\"|'[^']*'|\([^)]*\)|;")
 _SPACES = re.compile(r"[ \t]+")
+# In a stylesheet: what to step over whole (a quoted string, a url(...)), or a place
+# after which a line may break.
+_CSS_BREAKS = re.compile(r"\"[^\"]*\"|'[^']*'|url\([^)]*\)|(?P<mark>[;{}])[ \t]*", re.I)
 
 
 @dataclass
@@ -344,8 +347,12 @@ def _tag_breaks(tag: str, offset: int, into: _Breaks) -> None:
 
 def _text_node_breaks(text: str, offset: int, raw: str | None, keep_spaces: bool, into: _Breaks) -> None:
     if raw == "style":
-        # Between CSS declarations and rules, never inside a value (a font's name).
-        into.good.extend((offset + m.start(), offset + m.end()) for m in re.finditer(r"(?<=[;{}])[ \t]+", text))
+        # Between CSS declarations and rules, in place of the white space after a ';',
+        # '{' or '}' or where a stylesheet written without any has none; never inside
+        # a value (a font's quoted name, a url(...)).
+        into.good.extend(
+            (offset + m.end("mark"), offset + m.end()) for m in _CSS_BREAKS.finditer(text) if m.group("mark")
+        )
     elif raw == "title":  # white space collapses, and no mail client shows it
         into.good.extend((offset + m.start(), offset + m.end()) for m in _SPACES.finditer(text))
         into.spare.append((offset, offset + len(text), "", ""))

@@ -434,6 +434,108 @@ def _inline_css(html: str) -> str:
     return inlined.replace(' data-premailer="ignore"', "")
 
 
+# --------------------------------------------------------------------------- bytes
+#
+# Gmail clips an email's HTML after 102 KB, and every item of an issue repeats the same
+# markup: what is said twice or said for nothing is left out here, once the CSS is
+# inlined, in ways no mail client can tell apart from the long form (the pixels are the
+# same; tests/rendering/test_email_looks.py compares them).
+
+# A start tag, also inside Outlook's conditional comments. lxml writes '<' and '>' in
+# attribute values and text as entities, so this matches tags and nothing else.
+_START_TAG = re.compile(r"<[A-Za-z][^<>]*>")
+_STYLE_ATTR = re.compile(r'(\sstyle=")([^"]*)"')
+_CLASS_ATTR = re.compile(r'\sclass="([^"]*)"')
+# A class named in a stylesheet (a digit after the dot is a number: 0.08em).
+_CSS_CLASS = re.compile(r"\.(-?[A-Za-z_][\w-]*)")
+# A declaration's separators, the quoted strings and brackets to step over whole.
+_DECLARATION_PARTS = re.compile(r"\"[^\"]*\"|'[^']*'|&quot;.*?&quot;|\([^)]*\)|;|,\s+")
+# Outlook's conditional comments back to back, said as one: MJML's own compiler does
+# the same (mergeOutlookConditionnals); mjml-python does not.
+_ADJACENT_MSO = re.compile(r"<!\[endif\]-->\s*<!--\[if mso \| IE\]>")
+
+
+def _short_style(style: str) -> str:
+    """Declarations with no white space around their `:` and `;` or after a comma (in a
+    font list), outside quoted names and brackets; no empty declaration, no final `;`."""
+    declarations: list[str] = []
+    current: list[str] = []
+    pos = 0
+    for part in _DECLARATION_PARTS.finditer(style):
+        if part.group() == ";":
+            declarations.append("".join(current) + style[pos : part.start()])
+            current = []
+        elif part.group().startswith(","):
+            current.append(style[pos : part.start()] + ",")
+        else:
+            continue  # a quoted name or brackets: kept as they are
+        pos = part.end()
+    declarations.append("".join(current) + style[pos:])
+    short = []
+    for declaration in declarations:
+        name, colon, value = declaration.partition(":")
+        if colon and name.strip() and value.strip():
+            short.append(f"{name.strip()}:{value.strip()}")
+    return ";".join(short)
+
+
+_CSS_SPACE = re.compile(r"\s+")
+# White space next to these is not needed: braces, `;`, `,` and, in a declaration, `:`.
+# A space before `(` or after `)` is kept (`and (max-width...)` needs it), and so is
+# the space before `:` in a selector (`a :hover` is not `a:hover`).
+_CSS_AROUND = re.compile(r" ?([{};,]) ?|: ")
+_DECLARATION_COLON = re.compile(r"(?<=[{;])([\w-]+) :")
+_CSS_STRING_OR_COMMENT = re.compile(r"\"[^\"]*\"|'[^']*'|/\*.*?\*/", re.S)
+
+
+def _short_css(css: str) -> str:
+    """A <style> block's CSS without comments and the white space it needs none of;
+    quoted strings are kept as they are."""
+    out, pos = [], 0
+    for token in _CSS_STRING_OR_COMMENT.finditer(css):
+        out.append(_CSS_AROUND.sub(lambda m: m.group(1) or ":", _CSS_SPACE.sub(" ", css[pos : token.start()])))
+        out.append("" if token.group().startswith("/*") else token.group())
+        pos = token.end()
+    out.append(_CSS_AROUND.sub(lambda m: m.group(1) or ":", _CSS_SPACE.sub(" ", css[pos:])))
+    # Inside a declaration block a space before `:` means nothing either.
+    return _DECLARATION_COLON.sub(r"\1:", "".join(out)).strip()
+
+
+def _classes_styled(html: str) -> set[str] | None:
+    """Every class some <style> block of the email names (in <head>, or in Outlook's
+    conditional comments); None when a block matches classes by attribute
+    ([class^=...]), which can name any of them."""
+    css = " ".join(m.group(2) for m in _STYLE_TAG.finditer(html))
+    if re.search(r"\[\s*class\b", css):
+        return None
+    return set(_CSS_CLASS.findall(css))
+
+
+def _compact(html: str) -> str:
+    """The email in fewer bytes, the same to every mail client: style attributes
+    without white space between declarations; class names kept only where a <style>
+    block names them (the rest served premailer, which has inlined them); MJML's
+    <tbody> tags, which every HTML parser puts back by itself; Outlook's back-to-back
+    conditional comments said as one."""
+    styled = _classes_styled(html)
+
+    def compact_tag(match: re.Match[str]) -> str:
+        tag = _STYLE_ATTR.sub(lambda m: f'{m.group(1)}{_short_style(m.group(2))}"', match.group())
+        if styled is None:
+            return tag
+
+        def keep_styled(m: re.Match[str]) -> str:
+            kept = " ".join(name for name in m.group(1).split() if name in styled)
+            return f' class="{kept}"' if kept else ""
+
+        return _CLASS_ATTR.sub(keep_styled, tag)
+
+    html = _START_TAG.sub(compact_tag, html)
+    html = _STYLE_TAG.sub(lambda m: f"<style{m.group(1)}>{_short_css(m.group(2))}</style>", html)
+    html = _ADJACENT_MSO.sub("", html)
+    return html.replace("<tbody>", "").replace("</tbody>", "")
+
+
 # --------------------------------------------------------------------------- text
 
 _BLANKS = re.compile(r"\n{3,}")
@@ -460,7 +562,7 @@ def render_email(ws: Workspace, html_template: str, text_template: str, context:
     templates_dir = str(ws.templates_dir)
     env = _environment(templates_dir)
     mjml_source, mjml_file = _render_template(env, html_template, context, templates_dir)
-    html = _inline_css(_keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source))
+    html = _compact(_inline_css(_keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source)))
     text = _tidy_text(_render_template(env, text_template, context, templates_dir)[0])
     # Every line within RFC 5322's 998 octets, for every recipient's own link too.
     room = len(urls(ws.settings).base) + _RECIPIENT_LINK_TAIL

@@ -453,13 +453,61 @@ def _html_text(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class HtmlRoom:
+    """The HTML as sent beside Gmail's clipping size, and what one more item adds."""
+
+    html_bytes: int
+    item_bytes: int | None  # one more item of the issue's average size; None if unknown
+
+    @property
+    def more_items(self) -> int | None:
+        """How many more items of this size fit under the clip; negative: how many
+        too many there are. None when an item's size is not known."""
+        if self.item_bytes is None or self.item_bytes <= 0:
+            return None
+        # Floor division: the whole items that fit, or (negative) every item it takes to fit.
+        return (GMAIL_CLIP_BYTES - self.html_bytes) // self.item_bytes
+
+    def describe(self) -> str:
+        """`42 KB of 102 KB; about 20 more items of this size fit`."""
+        # Near the clip a whole number would round up to it (101.6 KB as "102 KB of 102 KB").
+        digits = 1 if abs(GMAIL_CLIP_BYTES - self.html_bytes) < KB else 0
+        shown = f"{self.html_bytes / KB:.{digits}f} KB of {GMAIL_CLIP_BYTES // KB} KB"
+        more = self.more_items
+        if more is None:
+            return shown
+        if more < 0:
+            return f"{shown}; about {-more} item{'' if more == -1 else 's'} too many"
+        if more == 0:
+            return f"{shown}; no more items of this size fit"
+        return f"{shown}; about {more} more item{'' if more == 1 else 's'} of this size fit"
+
+
+def html_room(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> HtmlRoom:
+    """The HTML's size as sent and, from a second rendering with one item (or, for an
+    issue of one item, two), about how much an item of this issue's size adds."""
+    from highlightsmail.rendering.render import render_issue
+
+    size = len(_as_sent(ws, rendered)[0].encode("utf-8"))
+    count = len(issue.items)
+    items = issue.items[:1] if count > 1 else issue.items * 2
+    other = len(_as_sent(ws, render_issue(issue.model_copy(update={"items": items}), ws))[0].encode("utf-8"))
+    item_bytes = round((size - other) / (count - 1)) if count > 1 else other - size
+    return HtmlRoom(size, item_bytes if item_bytes > 0 else None)
+
+
+@dataclass(frozen=True)
 class CheckReport:
     """What `highlights check` found: the problems, then a one-line summary."""
 
     file: str
     problems: list[Problem]
     items: int
-    html_bytes: int  # as sent, with an unsubscribe URL as long as a real one
+    room: HtmlRoom  # the HTML as sent, with an unsubscribe URL as long as a real one
+
+    @property
+    def html_bytes(self) -> int:
+        return self.room.html_bytes
 
     @property
     def errors(self) -> list[Problem]:
@@ -476,18 +524,20 @@ class CheckReport:
 
     @property
     def summary(self) -> str:
-        """`FILE: OK (2 items, HTML 12 KB)`, `FILE: OK with 1 warning (...)` or
-        `FILE: 2 errors, 1 warning`."""
+        """`FILE: OK (2 items, HTML 12 KB of 102 KB; about 40 more items of this size
+        fit)`, `FILE: OK with 1 warning (...)` or `FILE: 2 errors, 1 warning`, with
+        how many items are too many when Gmail would clip the email."""
         counts = ", ".join(
             f"{n} {word}{'' if n == 1 else 's'}"
             for n, word in ((len(self.errors), "error"), (len(self.warnings), "warning"))
             if n
         )
         if not self.ok:
-            return f"{self.file}: {counts}"
+            over = self.html_bytes > GMAIL_CLIP_BYTES
+            return f"{self.file}: {counts}" + (f" (HTML {self.room.describe()})" if over else "")
         status = f"OK with {counts}" if self.warnings else "OK"
         items = f"{self.items} item{'' if self.items == 1 else 's'}"
-        return f"{self.file}: {status} ({items}, HTML {self.html_bytes / KB:.0f} KB)"
+        return f"{self.file}: {status} ({items}, HTML {self.room.describe()})"
 
 
 def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
@@ -502,7 +552,7 @@ def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
         file=display_path(issue_path),
         problems=lint_issue(ws, issue, rendered),
         items=len(issue.items),
-        html_bytes=len(_as_sent(ws, rendered)[0].encode("utf-8")),
+        room=html_room(ws, issue, rendered),
     )
 
 
@@ -512,6 +562,8 @@ __all__ = [
     "SIZE_WARNING_BYTES",
     "SUBJECT_MAX",
     "CheckReport",
+    "HtmlRoom",
     "check_command",
+    "html_room",
     "lint_issue",
 ]

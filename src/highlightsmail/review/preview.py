@@ -80,6 +80,7 @@ class Snapshot:
     errors: list[str] = field(default_factory=list)
     lint: list[Problem] | None = None  # None: lint did not run (see lint_note)
     lint_note: str | None = None
+    html_size: str | None = None  # "42 KB of 102 KB; about 20 more items of this size fit"
     render_ms: float = 0.0
     rendered_at: datetime = field(default_factory=datetime.now)
 
@@ -97,6 +98,7 @@ class Snapshot:
             *self.errors,
             *(str(p) for p in self.lint or []),
             self.lint_note,
+            self.html_size,
         ]
         h = hashlib.sha256()
         for part in parts:
@@ -189,7 +191,7 @@ class _Preview:
                 ws,
                 settings_loaded,
             )
-        lint, note = _lint(ws, issue, rendered, self.log)
+        lint, note, size = _lint(ws, issue, rendered, self.log)
         snapshot = Snapshot(
             build="",
             issue_file=issue_file,
@@ -199,6 +201,7 @@ class _Preview:
             text=text,
             lint=lint,
             lint_note=note,
+            html_size=size,
             render_ms=_ms_since(started),
         )
         return _Built(snapshot, ws)
@@ -330,20 +333,22 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _lint(ws: Workspace, issue: Any, rendered: Any, log: Log) -> tuple[list[Problem] | None, str | None]:
-    """Lint results, or None and why lint could not run (the email is still shown)."""
+def _lint(ws: Workspace, issue: Any, rendered: Any, log: Log) -> tuple[list[Problem] | None, str | None, str | None]:
+    """Lint results (or None and why lint could not run: the email is still shown), and
+    the HTML's size beside Gmail's clip, as `check` says it."""
     try:
-        from highlightsmail.review.lint import lint_issue
+        from highlightsmail.review.lint import html_room, lint_issue
     except ImportError as exc:
-        return None, f"lint unavailable ({exc})"
+        return None, f"lint unavailable ({exc})", None
     try:
         problems = list(lint_issue(ws, issue, rendered))
+        size = html_room(ws, issue, rendered).describe()
     except Exception as exc:
         log("".join(traceback.format_exception(exc)).rstrip())
-        return None, f"lint failed: {type(exc).__name__}: {exc}"
+        return None, f"lint failed: {type(exc).__name__}: {exc}", None
     # Errors first, then in file order.
     problems.sort(key=lambda p: (p.severity != "error", p.file, p.line, p.col))
-    return problems, None
+    return problems, None, size
 
 
 def _error_lines(exc: BaseException, log: Log) -> list[str]:
