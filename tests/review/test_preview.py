@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 import highlightsmail
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.review import preview as preview_module
 from highlightsmail.review.preview import PREVIEW_UNSUBSCRIBE_URL, create_preview_app, running_preview
 from support.preview import (
     ISSUE,
@@ -81,7 +82,7 @@ def test_page_shows_both_frames_text_lint_and_envelope(client: TestClient, works
     text_block = re.search(r'<pre id="text">(.*?)</pre>', page, re.S)
     assert text_block is not None and title.split(":")[0] in text_block.group(1)
     assert '<section id="lint">' in page
-    assert "lint unavailable" not in page
+    assert "lint failed" not in page
     assert 'id="errors"' not in page
 
 
@@ -229,12 +230,19 @@ def test_changed_settings_are_picked_up(client: TestClient, workspace: Path) -> 
     assert 'id="errors"' in page and "list_idd" in page and "Edited While" not in page
 
 
-def test_without_lint_the_page_says_so(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "highlightsmail.review.lint", None)  # the import fails
-    with TestClient(create_preview_app(load_workspace(), workspace / ISSUE)) as client:
+def test_a_lint_that_fails_leaves_the_email_shown_and_the_page_says_so(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> list[object]:
+        raise RuntimeError("a check fell over")
+
+    monkeypatch.setattr(preview_module, "lint_issue", broken)
+    lines: list[str] = []
+    with TestClient(create_preview_app(load_workspace(), workspace / ISSUE, log=lines.append)) as client:
         page = client.get("/").text
-    assert "lint unavailable" in page
+    assert "lint failed: RuntimeError: a check fell over" in page
     assert "<iframe" in page
+    assert any("Traceback" in line for line in lines)  # the terminal gets the details
 
 
 def test_stopping_answers_waiting_pages_and_ends_the_watchers(workspace: Path) -> None:

@@ -803,10 +803,10 @@ def test_a_welcome_that_cannot_be_sent_is_failed_in_the_ledger(
 
 
 def test_confirmation_links_are_cut_in_the_logs() -> None:
-    from highlightsmail.web.application import _redact
+    from highlightsmail.web.redaction import redact
 
     token = "c1z.sbjqzk.XOF33IDm_Vh-4hC5CKDtmg"
-    assert _redact(f"/confirm/{token}") == "/confirm/c1z.sbjqzk.[redacted]"
+    assert redact(f"/confirm/{token}") == "/confirm/c1z.sbjqzk.[redacted]"
 
 
 def test_pending_subscribers_are_never_sent_an_issue(workspace: Path) -> None:

@@ -19,12 +19,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import uvicorn
 
 from highlightsmail.authoring.workspace import Workspace, load_workspace
+from highlightsmail.serving import bind_socket
 from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
-from highlightsmail.web.application import CONTENT_SECURITY_POLICY, bind_socket, create_app
+from highlightsmail.web.application import create_app
+from highlightsmail.web.pages import CONTENT_SECURITY_POLICY
 from support.db import raw_connection
 
 
@@ -271,6 +274,23 @@ def forms_of(html: str) -> list[dict]:
     parser = _Forms()
     parser.feed(html)
     return parser.forms
+
+
+def server_text(caplog: pytest.LogCaptureFixture) -> str:
+    """What the server logged, formatted (the test's own HTTP client logs its requests
+    too, with the whole link: not the server's doing)."""
+    return "\n".join(
+        caplog.handler.format(r) for r in caplog.records if r.name.startswith(("uvicorn", "highlightsmail"))
+    )
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, start: str) -> None:
+    """Until a record starting with `start` was logged (by the server's threads)."""
+    for _ in range(1000):
+        if any(r.getMessage().startswith(start) for r in caplog.records):
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"nothing logged starting with {start!r}")
 
 
 def assert_secure_headers(response: httpx.Response) -> None:

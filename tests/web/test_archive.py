@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from highlightsmail.cli import main
-from highlightsmail.web.application import CONTENT_SECURITY_POLICY
 from highlightsmail.web.archive import ARCHIVE_CACHE_CONTROL
+from highlightsmail.web.pages import CONTENT_SECURITY_POLICY
 from support.archive import ARCHIVE, enable_archive, mark_sent, small_issue, strict_parse, write_issue
 from support.webapp import raw_http, serve_workspace
 
@@ -33,12 +33,6 @@ def root(workspace: Path) -> Path:
 def site(root: Path):
     with serve_workspace(root) as s:
         yield s
-
-
-@pytest.fixture
-def http():
-    with httpx.Client(follow_redirects=False, timeout=30) as client:
-        yield client
 
 
 def assert_archive_headers(response: httpx.Response) -> None:
@@ -237,7 +231,7 @@ def test_a_location_is_built_from_segments_that_cannot_leave_the_site() -> None:
     """Every Location the endpoint makes is built by local_path: whatever the parts hold
     (a base_url path with `//` or an escaped backslash, a slug with a scheme), the result
     is one path on this site."""
-    from highlightsmail.web.application import local_path
+    from highlightsmail.web.middleware import local_path
 
     assert local_path("/news", "/archive", "2024-w02", slash=True) == "/news/archive/2024-w02/"
     assert local_path("", "/archive", slash=True) == "/archive/"

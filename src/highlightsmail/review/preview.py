@@ -22,24 +22,31 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+import jinja2
 import uvicorn
+import watchfiles
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from highlightsmail.authoring.issue import Issue, load_issue
+from highlightsmail.authoring.workspace import Workspace, load_workspace
 from highlightsmail.errors import HighlightsError, Problem, ValidationFailed, display_path
+from highlightsmail.rendering import render
+from highlightsmail.rendering.render import render_issue
+from highlightsmail.rendering.rendered import RenderedIssue
+from highlightsmail.review.lint import html_room, lint_issue
 from highlightsmail.serving import bind_socket
-
-if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Workspace
+from highlightsmail.templating import ui_environment
 
 #: The page's template, in the package's `ui/` folder.
 PAGE_TEMPLATE = "preview.html.j2"
@@ -173,13 +180,8 @@ class _Preview:
         settings_loaded = not reload_settings
         try:
             if reload_settings:
-                from highlightsmail.authoring.workspace import load_workspace
-
                 ws = load_workspace(ws.root)
                 settings_loaded = True
-            from highlightsmail.authoring.issue import load_issue
-            from highlightsmail.rendering.render import render_issue
-
             issue = load_issue(self.issue_path)
             rendered = render_issue(issue, ws)
             html, text = rendered.personalize(PREVIEW_UNSUBSCRIBE_URL)
@@ -237,8 +239,6 @@ class _Preview:
             await self.rebuild()
 
     async def _watch(self, paths: list[Path], recursive: bool, accept: Callable[[str], bool]) -> None:
-        import watchfiles
-
         stop = self._stop
         assert stop is not None and self._dirty is not None
         default_filter = watchfiles.DefaultFilter()
@@ -254,13 +254,7 @@ class _Preview:
                 # inotify: a save is seen at once; polling would add its delay to the budget.
                 force_polling=False,
             ):
-                if any(_resolved(Path(p)) == self.settings_path for _, p in changes):
-                    self._settings_dirty = True
-                if any(
-                    change != watchfiles.Change.modified and Path(p).is_relative_to(self.templates_dir)
-                    for change, p in changes
-                ):
-                    self._templates_moved = True
+                self._note(changes)
                 self._dirty.set()
         except Exception as exc:
             self.log(
@@ -268,8 +262,17 @@ class _Preview:
                 "reload the page by hand after saving"
             )
 
+    def _note(self, changes: set[tuple[watchfiles.Change, str]]) -> None:
+        """What the next render must do beyond loading the issue again."""
+        if any(_resolved(Path(p)) == self.settings_path for _, p in changes):
+            self._settings_dirty = True
+        if any(
+            change != watchfiles.Change.modified and Path(p).is_relative_to(self.templates_dir) for change, p in changes
+        ):
+            self._templates_moved = True
+
     @asynccontextmanager
-    async def running(self) -> Any:
+    async def running(self) -> AsyncIterator[None]:
         """Render once, then watch and re-render until the server stops (its lifespan)."""
         self._dirty, self._changed, self._stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
         await self.rebuild()
@@ -322,8 +325,6 @@ def _forget_compiled_templates() -> None:
     """A template added to or removed from templates/ changes which file Jinja should
     load (the workspace's own or the package default); Jinja's own check only looks at
     the file it loaded before. So start over with a fresh environment."""
-    from highlightsmail.rendering import render
-
     clear = getattr(getattr(render, "_environment", None), "cache_clear", None)
     if clear is not None:
         clear()
@@ -333,13 +334,11 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _lint(ws: Workspace, issue: Any, rendered: Any, log: Log) -> tuple[list[Problem] | None, str | None, str | None]:
+def _lint(
+    ws: Workspace, issue: Issue, rendered: RenderedIssue, log: Log
+) -> tuple[list[Problem] | None, str | None, str | None]:
     """Lint results (or None and why lint could not run: the email is still shown), and
     the HTML's size beside Gmail's clip, as `check` says it."""
-    try:
-        from highlightsmail.review.lint import html_room, lint_issue
-    except ImportError as exc:
-        return None, f"lint unavailable ({exc})", None
     try:
         problems = list(lint_issue(ws, issue, rendered))
         size = html_room(ws, issue, rendered).describe()
@@ -357,17 +356,7 @@ def _error_lines(exc: BaseException, log: Log) -> list[str]:
         return [str(p) for p in exc.problems] or [exc.format_message()]
     if isinstance(exc, HighlightsError):
         return exc.format_message().splitlines() or [type(exc).__name__]
-    # A template error: Jinja puts the template's own file and line into the traceback
-    # (a syntax error carries them as attributes).
-    where = ""
-    filename, lineno = getattr(exc, "filename", None), getattr(exc, "lineno", None)
-    if isinstance(filename, str) and filename.endswith(".j2") and isinstance(lineno, int):
-        where = f"{display_path(filename)}:{lineno}:1: "
-    else:
-        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-            if frame.filename.endswith(".j2") and frame.lineno:
-                where = f"{display_path(frame.filename)}:{frame.lineno}:1: "
-                break
+    where = _template_place(exc)
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     if not where:
         # Not a user's mistake we can place: the terminal gets the traceback.
@@ -375,12 +364,23 @@ def _error_lines(exc: BaseException, log: Log) -> list[str]:
     return [f"{where}{type(exc).__name__}: {message}"]
 
 
+def _template_place(exc: BaseException) -> str:
+    """`FILE:LINE:1: ` of the template a template error comes from, or "": Jinja puts the
+    template's own file and line into the traceback (a syntax error carries them as
+    attributes)."""
+    filename, lineno = getattr(exc, "filename", None), getattr(exc, "lineno", None)
+    if isinstance(filename, str) and filename.endswith(".j2") and isinstance(lineno, int):
+        return f"{display_path(filename)}:{lineno}:1: "
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename.endswith(".j2") and frame.lineno:
+            return f"{display_path(frame.filename)}:{frame.lineno}:1: "
+    return ""
+
+
 # ---------------------------------------------------------------------- the web app
 
 
-def _page_template() -> Any:
-    from highlightsmail.templating import ui_environment
-
+def _page_template() -> jinja2.Template:
     return ui_environment().get_template(PAGE_TEMPLATE)
 
 
@@ -422,15 +422,12 @@ def create_preview_app(
         return JSONResponse({"build": build, "closing": preview.closing}, headers=_NO_STORE)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> Any:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with preview.running():
             yield
 
     middleware = []
     if allowed_hosts:
-        from starlette.middleware import Middleware
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     app = Starlette(
         routes=[

@@ -347,21 +347,30 @@ def render_confirmation(ws: Workspace) -> RenderedIssue:
 
 
 class Signup:
-    """The signup's work for the web endpoint, called from worker threads. One Store of
-    its own, opened at first use: on SQLite one connection, whose lock makes the calls
-    take turns, which is quicker than SQLite's own waiting when many requests arrive at
-    once; on PostgreSQL a pool, which replaces connections lost with a server restart."""
+    """The signup's work for the web endpoint, called from worker threads. `store` gives
+    the Store to use in the calling thread (the web app's database, which closes it);
+    without it, one Store of its own, opened at first use and closed with it."""
 
-    def __init__(self, ws: Workspace, signer: Signer, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        signer: Signer,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        store: Callable[[], Store] | None = None,
+    ) -> None:
         self.ws = ws
         self.settings = ws.settings.signup
         self.signer = signer
         self._clock = clock
+        self._given = store
         self._db: Store | None = None
         self._db_lock = threading.Lock()
         self.mailer = Mailer(ws, signer, self._store)
 
     def _store(self) -> Store:
+        if self._given is not None:
+            return self._given()
         if self._db is None:
             from highlightsmail.store import Store
 

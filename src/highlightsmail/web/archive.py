@@ -20,19 +20,16 @@ endpoint's own, with a policy that also lets the pages show the issues' images.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.rendering.publish import Archive, Entry
 from highlightsmail.urls import FEED_FILE, urls
-from highlightsmail.web.application import app_root, local_path
-
-if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Workspace
+from highlightsmail.web.middleware import app_root, local_path
 
 __all__ = ["ARCHIVE_CACHE_CONTROL", "ARCHIVE_CONTENT_SECURITY_POLICY", "archive_routes"]
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
 from highlightsmail.errors import HighlightsError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the library defines it for type checkers only
     from python_multipart.multipart import MultipartCallbacks
 
 #: More fields than any of the endpoint's forms has, by far.
@@ -30,8 +33,6 @@ def read_fields(content_type: str, body: bytes, *, max_fields: int = MAX_FIELDS)
     """The (name, value) pairs of a posted form, in order: multipart/form-data, else
     urlencoded (also for a sender that forgot the Content-Type). FormError for a body
     that is not one, holds a file, or more than `max_fields` fields."""
-    from python_multipart.multipart import parse_options_header
-
     kind, params = parse_options_header(content_type)
     if kind == b"multipart/form-data":
         return _multipart(params.get(b"boundary", b""), body, max_fields)
@@ -55,9 +56,6 @@ def _urlencoded(body: bytes, max_fields: int) -> list[tuple[str, str]]:
 
 
 def _multipart(boundary: bytes, body: bytes, max_fields: int) -> list[tuple[str, str]]:
-    from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import MultipartParser
-
     if not boundary:
         raise FormError("a multipart form without a boundary")
     reader = _Parts(max_fields)
@@ -100,8 +98,6 @@ class _Parts:
         self._header_value += data[start:end]
 
     def header_end(self) -> None:
-        from python_multipart.multipart import parse_options_header
-
         if self._header_name.strip().lower() == b"content-disposition":
             _, options = parse_options_header(self._header_value)
             if b"filename" in options:

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import InvalidToken
 from highlightsmail.subscribers.signup import (
     EMAIL_FIELD,
@@ -38,14 +40,16 @@ from highlightsmail.subscribers.signup import (
     read_form,
 )
 from highlightsmail.text import is_utf8
+from highlightsmail.tokens import Signer
 from highlightsmail.urls import CONFIRM, SUBSCRIBE, urls
-
-if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Workspace
-    from highlightsmail.tokens import Signer
-    from highlightsmail.web.application import Pages
+from highlightsmail.web.database import AppDatabase
+from highlightsmail.web.forms import FormError, read_fields
+from highlightsmail.web.pages import TOO_MANY_REQUESTS, Pages, mask_email
 
 log = logging.getLogger("highlightsmail.web")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 PENDING = {"status": "pending"}
 #: Every answer of /subscribe differs by the Origin it was asked from (CORS).
@@ -65,8 +69,6 @@ def _wants_json(request: Request) -> bool:
 async def _fields(request: Request, as_json: bool) -> dict[str, Any]:
     """The posted fields: a JSON object, or a form (urlencoded or multipart). Text that
     is not UTF-8 comes as lone surrogates, for read_form to refuse by field."""
-    from highlightsmail.web.forms import FormError, read_fields
-
     body = await request.body()
     if as_json:
         try:
@@ -95,10 +97,11 @@ class SignupEndpoint:
     """The handlers of /subscribe and /confirm/TOKEN; `routes` go into the app,
     `close` runs when it stops (waiting for emails under way)."""
 
-    def __init__(self, ws: Workspace, pages: Pages, signer: Signer) -> None:
+    def __init__(self, ws: Workspace, pages: Pages, signer: Signer, db: AppDatabase) -> None:
         self.ws = ws
         self.pages = pages
-        self.signup = Signup(ws, signer)
+        self.db = db
+        self.signup = Signup(ws, signer, store=db.store)
         # Rendered now, so a confirmation template that cannot render stops the endpoint
         # with one line, not every reader's email later with a line in the log.
         self.signup.mailer.confirmation_email()
@@ -111,6 +114,15 @@ class SignupEndpoint:
 
     def close(self) -> None:
         self.signup.close()
+
+    async def _write(self, work: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """`work` in a worker thread, as one of the app's writes (AppDatabase.writing)."""
+
+        def written() -> _T:
+            with self.db.writing():
+                return work(*args, **kwargs)
+
+        return await run_in_threadpool(written)
 
     # -- /subscribe
 
@@ -154,21 +166,22 @@ class SignupEndpoint:
             },
         )
 
+    def _foreign_json(self, request: Request, as_json: bool) -> bool:
+        """JSON from a page elsewhere (a browser asks first, and is refused; a client
+        that skips asking is refused the same way)."""
+        origin = request.headers.get("origin")
+        return as_json and origin is not None and origin not in self.allowed and origin.lower() != self.own_origin
+
     async def _post(self, request: Request) -> Response:
         as_json = _wants_json(request)
         headers = self._cors(request)
-        origin = request.headers.get("origin")
-        if as_json and origin is not None and origin not in self.allowed and origin.lower() != self.own_origin:
-            # A page elsewhere may not post JSON here (a browser asks first, and is
-            # refused); a client that skips asking is refused the same way.
+        if self._foreign_json(request, as_json):
             return JSONResponse({"error": "this origin may not post here"}, 403, headers=headers)
-        wait = await run_in_threadpool(self.signup.allow_post, _client(request))
+        wait = await self._write(self.signup.allow_post, _client(request))
         if wait is not None:
-            limited = {**headers, "Retry-After": str(wait)}
-            message = "Too many requests from your address; please try again later."
             if as_json:
-                return JSONResponse({"error": message}, 429, headers=limited)
-            return self.pages.notice(429, "Please wait a little", message, headers=limited)
+                return JSONResponse({"error": TOO_MANY_REQUESTS}, 429, headers={**headers, "Retry-After": str(wait)})
+            return self.pages.too_many_requests(wait, headers)
         try:
             fields = await _fields(request, as_json)
         except _BadBody as exc:
@@ -180,10 +193,9 @@ class SignupEndpoint:
         except FieldProblem as problem:
             if as_json:
                 return JSONResponse({"error": problem.message, "field": problem.field}, 400, headers=headers)
-            # Shown again in the form, to correct; what is not text stays out of the page.
-            shown = {k: v for k in (EMAIL_FIELD, NAME_FIELD) if isinstance(v := fields.get(k), str) and is_utf8(v)}
-            return self._form_page(400, problem, **shown)
-        await run_in_threadpool(self.signup.request, form)
+            # Shown again in the form, to correct.
+            return self._form_page(400, problem, **_shown(fields))
+        await self._write(self.signup.request, form)
         return self._accepted(as_json, headers)
 
     def _accepted(self, as_json: bool, headers: dict[str, str]) -> Response:
@@ -213,8 +225,6 @@ class SignupEndpoint:
     async def _use(self, request: Request, token: str) -> LinkState | Response | None:
         """POST /confirm/TOKEN: confirm, or (`action=resend` on an expired or spent
         link) send a new link."""
-        from highlightsmail.web.forms import FormError, read_fields
-
         try:
             fields = read_fields(request.headers.get("content-type", ""), await request.body())
         except FormError:  # the token authorises; an unreadable body just asks for nothing
@@ -223,21 +233,14 @@ class SignupEndpoint:
         if action == "resend":
             found = await run_in_threadpool(self.signup.look, token)
             if found is not None and found.state in ("expired", "spent"):
-                wait = await run_in_threadpool(self.signup.allow_post, _client(request))
+                wait = await self._write(self.signup.allow_post, _client(request))
                 if wait is not None:
-                    return self.pages.notice(
-                        429,
-                        "Please wait a little",
-                        "Too many requests from your address; please try again later.",
-                        headers={"Retry-After": str(wait)},
-                    )
-                await run_in_threadpool(self.signup.resend, token)
+                    return self.pages.too_many_requests(wait)
+                await self._write(self.signup.resend, token)
                 return self._accepted(False, {})
-        return await run_in_threadpool(self.signup.confirm, token, _client(request))
+        return await self._write(self.signup.confirm, token, _client(request))
 
     def _link_page(self, state: LinkState, token: str) -> Response:
-        from highlightsmail.web.application import mask_email
-
         masked = mask_email(state.subscriber.email)
         # Relative: the page is /confirm/TOKEN, so its form posts to the same address
         # (and keeps working when a proxy serves the app under a prefix).
@@ -265,12 +268,14 @@ class SignupEndpoint:
         )
 
     def _invalid(self) -> Response:
-        return self.pages.notice(
-            400,
-            "This link is not valid",
-            "The link may have been cut short or changed on its way to you.",
-            "To subscribe, use the form again: a new email with a link to confirm will follow.",
+        return self.pages.invalid_link(
+            "To subscribe, use the form again: a new email with a link to confirm will follow."
         )
+
+
+def _shown(fields: dict[str, Any]) -> dict[str, str]:
+    """What was posted, to show again in the form to correct: text fields only."""
+    return {k: v for k in (EMAIL_FIELD, NAME_FIELD) if isinstance(v := fields.get(k), str) and is_utf8(v)}
 
 
 def _problem_text(problem: FieldProblem) -> str:

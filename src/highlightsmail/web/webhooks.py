@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
+from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import HighlightsError
+from highlightsmail.feedback.events import record, sendgrid_row
 from highlightsmail.feedback.signature import (
     ENV_PUBLIC_KEY,
     SIGNATURE_HEADER,
@@ -28,13 +32,9 @@ from highlightsmail.feedback.signature import (
     load_public_key,
     refusal,
 )
+from highlightsmail.store import RecordResult, UnusableDatabase
 from highlightsmail.urls import SENDGRID_WEBHOOK
-
-if TYPE_CHECKING:
-    from starlette.requests import Request
-
-    from highlightsmail.authoring.workspace import Workspace
-    from highlightsmail.store import RecordResult, Store
+from highlightsmail.web.database import AppDatabase
 
 log = logging.getLogger("highlightsmail.webhooks")
 
@@ -44,23 +44,17 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
 class SendGridWebhook:
-    """The route handler, holding the key and one database connection for the app's life."""
+    """The route's handler, holding the key; `routes` go into the app."""
 
-    def __init__(self, ws: Workspace, *, clock: Any = time.time) -> None:
+    def __init__(self, ws: Workspace, db: AppDatabase, *, clock: Callable[[], float] = time.time) -> None:
         self._ws = ws
+        self._db = db
         self._key = load_public_key(ws)
         self._clock = clock
-        self._store: Store | None = None
-        self._lock = threading.Lock()
+        self.routes: list[BaseRoute] = [Route(SENDGRID_WEBHOOK, self.handle, methods=["POST"])]
         if self._key is None:
             # Not a warning: most workspaces send through SMTP or the outbox and need no key.
             log.info("no %s or delivery.sendgrid.webhook_public_key: %s answers 403", ENV_PUBLIC_KEY, SENDGRID_WEBHOOK)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
 
     async def handle(self, request: Request) -> Response:
         """POST /webhooks/sendgrid."""
@@ -71,11 +65,8 @@ class SendGridWebhook:
         if why is not None:
             log.warning("refused a SendGrid webhook post: %s", why)
             return JSONResponse({"error": "forbidden"}, status_code=403)
-        try:
-            events = json.loads(body)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-            events = None
-        if not isinstance(events, list):
+        events = _events(body)
+        if events is None:
             # Signed by SendGrid and still not a list of events: retrying will not help.
             log.error("a signed SendGrid webhook post is not a JSON list of events")
             return JSONResponse({"error": "expected a JSON list of events"}, status_code=400)
@@ -83,6 +74,8 @@ class SendGridWebhook:
             result, ignored = await run_in_threadpool(self._record, events)
         except HighlightsError as exc:  # the database stayed busy: let SendGrid try again
             log.error("could not record SendGrid events: %s", exc.message)
+            if isinstance(exc, UnusableDatabase):
+                self._db.unusable()
             return JSONResponse({"error": "busy"}, status_code=503, headers={"Retry-After": "30"})
         return JSONResponse(
             {
@@ -94,21 +87,24 @@ class SendGridWebhook:
         )
 
     def _record(self, events: list[Any]) -> tuple[RecordResult, int]:
-        from highlightsmail.feedback.events import record, sendgrid_row
-
         rows = [row for row in map(sendgrid_row, events) if row is not None]
-        with self._lock:
-            if self._store is None:
-                from highlightsmail.store import Store
-
-                self._store = Store.open(self._ws, pooled=True)
+        with self._db.writing() as store:
             result = record(
-                self._store,
+                store,
                 rows,
                 source="sendgrid-webhook",
                 soft_limit=self._ws.settings.delivery.bounces.soft_limit,
             )
         return result, len(events) - len(rows)
+
+
+def _events(body: bytes) -> list[Any] | None:
+    """The posted JSON list of events; None for anything else."""
+    try:
+        events = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        return None
+    return events if isinstance(events, list) else None
 
 
 __all__ = ["MAX_BODY_BYTES", "SendGridWebhook"]

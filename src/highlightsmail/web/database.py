@@ -1,0 +1,165 @@
+"""The one way the web app reaches the database: every route group (unsubscribe, signup,
+webhooks) and the health check ask `AppDatabase.store()` for the Store of the thread they
+run in.
+
+- PostgreSQL: one Store for the app, shared by every thread, borrowing a connection from
+  its pool for each call (the pool replaces connections lost with a server restart).
+  Several processes on several machines may serve one list: every write is one
+  transaction in the database.
+- SQLite: a Store per thread, so requests served in different threads never share a
+  connection, and pages read while another request writes. Each is kept for the
+  thread's life: when the last connection to a WAL database closes, SQLite checkpoints
+  and removes the WAL, which costs a sync per request. The app's writes (`writing()`)
+  take turns on a lock before they ask SQLite: SQLite makes a writer that finds the
+  file locked sleep in growing steps, so with many at once some waited seconds (a
+  signup's slowest answer went from 0.3 s to 2 s). The store's busy timeout and BEGIN
+  IMMEDIATE still let a write wait out another process (an import) instead of failing.
+
+Nothing is opened before it is needed, and an opening that fails is tried again by the
+next request: a database that cannot be used yet (an empty PostgreSQL one before
+`highlights db upgrade`, a read-only file) is used as soon as it can be, without a
+restart.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from highlightsmail.dburl import describe_url
+from highlightsmail.errors import HighlightsError, close_quietly, display_path
+from highlightsmail.store import Place, Store
+from highlightsmail.web.health import DatabaseHealth
+
+#: The connect timeout of the health check on PostgreSQL: the shortest libpq takes.
+_CHECK_TIMEOUT_S = 2
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A thread's SQLite Store, with what it was opened on."""
+
+    store: Store
+    renewal: int  # AppDatabase's count of renewals when it was opened
+    file: tuple[int, int] | None  # the file's device and inode then
+
+
+def _file_of(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+class AppDatabase:
+    """The web app's database, for every route group. `store()` is the Store to use in
+    the calling thread, `writing()` the same for a write; `unusable()` is what a request
+    that found the database unusable says; `close()` closes every Store, when the app
+    stops."""
+
+    def __init__(self, place: Place, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._place = place
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._writers = threading.RLock()  # SQLite: the app's writes take turns here
+        self._shared: Store | None = None  # PostgreSQL
+        self._local = threading.local()  # SQLite: the thread's _Kept
+        self._opened: dict[threading.Thread, Store] = {}  # SQLite: every thread's, to close
+        self._renewals = 0
+        where = describe_url(place.database_url) if place.database_url else display_path(place.db_path)
+        self.health = DatabaseHealth(self.check, where)
+
+    def store(self) -> Store:
+        """The Store for this thread: on PostgreSQL the app's, on SQLite the thread's own.
+        UnusableDatabase (and its one line) when the database cannot be opened."""
+        if self._place.database_url:
+            return self._pooled()
+        return self._thread_store()
+
+    @contextmanager
+    def writing(self) -> Iterator[Store]:
+        """`store()`, for work that writes: on SQLite after the app's other writes under
+        way (PostgreSQL orders them itself, for several processes at once)."""
+        if self._place.database_url:
+            yield self._pooled()
+            return
+        with self._writers:
+            yield self._thread_store()
+
+    def _pooled(self) -> Store:
+        shared = self._shared
+        if shared is None:
+            with self._lock:
+                if self._shared is None:
+                    self._shared = Store.open(self._place, clock=self._clock, pooled=True)
+                shared = self._shared
+        return shared
+
+    def _thread_store(self) -> Store:
+        """This thread's Store, opened anew when the file at the path is not the one it
+        opened (a backup moved into place, a file deleted: the old one would take writes
+        nobody reads) or after a request found the database unusable (a file read-only
+        at the opening stays read-only to it)."""
+        kept: _Kept | None = getattr(self._local, "kept", None)
+        if kept is not None and kept.renewal == self._renewals and kept.file == _file_of(self._place.db_path):
+            return kept.store
+        renewal = self._renewals
+        store = Store.open(self._place, clock=self._clock)  # a new SQLite file's schema too
+        self._local.kept = _Kept(store, renewal, _file_of(self._place.db_path))
+        this = threading.current_thread()
+        with self._lock:
+            # A thread's previous Store, and those of threads that have ended (a
+            # server's worker threads come and go), are closed: nothing uses them.
+            done = [
+                self._opened.pop(thread) for thread in list(self._opened) if thread is this or not thread.is_alive()
+            ]
+            self._opened[this] = store
+        close_quietly(*done)
+        return store
+
+    def unusable(self) -> None:
+        """A request found the database unusable: every thread opens its Store anew
+        before using it again, and a health check says whether it is gone (one line
+        in the log if so)."""
+        self._renew()
+        self.health.start()
+
+    def _renew(self) -> None:
+        with self._lock:
+            self._renewals += 1
+
+    def check(self) -> str | None:
+        """Why the database cannot be used now, or None when it answers (the health
+        check's question, asked in its own thread). On PostgreSQL over a connection of
+        its own, with the shortest connect timeout libpq takes, not one from the pool:
+        the pool's connections may all be busy serving (load is not ill health), and it
+        waits between attempts to reconnect."""
+        try:
+            if self._place.database_url:
+                with Store.open(self._place, timeout=_CHECK_TIMEOUT_S) as store:
+                    store.ping()
+            else:
+                self._thread_store().ping()
+        except HighlightsError as exc:
+            self._renew()
+            return exc.format_message()
+        return None
+
+    def close(self) -> None:
+        """Stop the health checks and close every Store (the app has stopped)."""
+        self.health.close()
+        with self._lock:
+            self._renewals += 1  # a Store a thread still holds is not used again
+            stores = [self._shared, *self._opened.values()]
+            self._shared = None
+            self._opened.clear()
+        close_quietly(*stores)
+
+
+__all__ = ["AppDatabase"]

@@ -1,0 +1,210 @@
+"""The web app's database (web/database.py) when the SQLite file cannot be used: 503 with
+Retry-After and one log line per request and per change, /healthz saying so, pages that
+still read, and every route group (the unsubscribe pages, the signup form, the SendGrid
+webhook) using the file at the path, and using it again once it can be used, without a
+restart. PostgreSQL's side is in tests/store/test_postgresql.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from highlightsmail.authoring.workspace import load_workspace
+from highlightsmail.store import ImportRow, Store
+from highlightsmail.urls import SENDGRID_WEBHOOK
+from support.db import damage_pages_holding, read_only
+from support.events import sent_to_everyone, statuses
+from support.sendgrid_events import EventSender
+from support.signup import enable_signup
+from support.webapp import Site, assert_secure_headers, serve_workspace, server_text, wait_for_log
+
+pytestmark = pytest.mark.sqlite_only
+ISSUE = "2024-w02"
+ONE_CLICK = "List-Unsubscribe=One-Click"
+URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+# ---------------------------------------------------------------- a file that cannot be used
+
+
+def _file_bytes(db: Path) -> tuple[bytes, bytes]:
+    """The database file and its WAL, byte for byte: equal means nothing was written."""
+    wal = Path(f"{db}-wal")
+    return db.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
+def _assert_try_again_later(r: httpx.Response) -> None:
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "300"
+    assert "Please try again later" in r.text and "nothing was changed" in r.text
+    assert "Traceback" not in r.text and "sqlite" not in r.text.lower() and "highlights.db" not in r.text
+    assert_secure_headers(r)
+
+
+def test_a_file_that_is_not_a_database_gets_503_and_one_log_line_per_request_and_per_change(
+    site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
+) -> None:
+    caplog = server_log
+    ada = site.add("ada@example.org")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{site.ws.db_path}{suffix}").unlink(missing_ok=True)
+    site.ws.db_path.write_bytes(b"this is not a database" * 100)
+    for _ in range(3):
+        _assert_try_again_later(http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED))
+    # The request's own line each time, and once (from a check the first one started)
+    # that the database is gone.
+    wait_for_log(caplog, "database unavailable: ")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert all(r.exc_info is None for r in errors)  # one line each, no traceback
+    [went] = [r.getMessage() for r in errors if r.getMessage().startswith("database unavailable: ")]
+    requests = [r.getMessage() for r in errors if r.getMessage().startswith("cannot answer ")]
+    assert len(requests) == 3 and len(errors) == 4
+    for message in (went, *requests):
+        assert "subscribers/highlights.db: not a usable highlightsmail database" in message
+        assert '".recover"' in message
+    assert requests[0].startswith(f"cannot answer POST /u/u{ada}.[redacted]: ")
+    assert site.signer.make(ada) not in server_text(caplog)  # the log names the subscriber, not a working link
+    assert http.get(f"{site.url}/healthz").status_code == 503
+    # A database there again (an empty one: the backup is the editor's to restore): one
+    # line says so, found by the server itself, without a request.
+    site.ws.db_path.unlink()
+    wait_for_log(caplog, "database available again: ")
+    assert [r.getMessage() for r in caplog.records if "database available again" in r.getMessage()] == [
+        "database available again: subscribers/highlights.db"
+    ]
+    assert http.get(f"{site.url}/healthz").text == "ok"
+
+
+def test_a_damaged_page_gets_503_for_the_requests_that_reach_it(
+    site: Site, http: httpx.Client, server_log: pytest.LogCaptureFixture
+) -> None:
+    caplog = server_log
+    with site.store() as store:
+        store.import_rows(ImportRow(f"reader{i:04d}@example.org") for i in range(3000))
+        hit, spared = store.find("reader1500@example.org").id, store.find("reader0001@example.org").id
+    damage_pages_holding(site.ws.db_path, b"reader1500@example.org")
+    before = _file_bytes(site.ws.db_path)
+    _assert_try_again_later(http.get(site.link(hit)))
+    _assert_try_again_later(http.post(site.link(hit), content=ONE_CLICK, headers=URLENCODED))
+    assert http.get(site.link(spared)).status_code == 200  # pages elsewhere still read
+    assert _file_bytes(site.ws.db_path) == before
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(messages) == 2
+    assert all(
+        "subscribers/highlights.db: the database is damaged (database disk image is malformed)" in m for m in messages
+    )
+
+
+def test_a_read_only_database_shows_pages_and_answers_503_to_changes(site: Site, http: httpx.Client) -> None:
+    ada = site.add("ada@example.org")
+    with read_only(site.ws.db_path):
+        r = http.get(site.link(ada))
+        assert r.status_code == 200 and "a***@example.org" in r.text
+        _assert_try_again_later(http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED))
+    assert site.status(ada) == "active"
+    # Writable again: the same link works, without restarting the server.
+    r = http.post(site.link(ada), content=ONE_CLICK, headers=URLENCODED)
+    assert r.status_code == 200 and site.status(ada) == "unsubscribed"
+
+
+def test_highlights_serve_with_a_database_it_cannot_open_stops_with_one_line(workspace: Path) -> None:
+    from click.testing import CliRunner
+
+    from highlightsmail.cli import main
+
+    db = load_workspace(workspace).db_path
+    Store(db).close()
+    with read_only(db.parent):
+        result = CliRunner().invoke(main, ["serve", "--port", "0"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == ""  # not "Serving ...": it never listened
+    assert result.stderr.splitlines() == [
+        "Error: subscribers/highlights.db: cannot open the database (unable to open database file); let the user "
+        "running highlights read and write the file and its folder subscribers "
+        "(SQLite keeps highlights.db-wal and -shm beside it)"
+    ]
+
+
+# ---------------------------------------------------------------- every route group
+
+
+@pytest.fixture
+def sender(monkeypatch: pytest.MonkeyPatch) -> EventSender:
+    s = EventSender()
+    monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", s.public_key)
+    return s
+
+
+@pytest.fixture
+def every_group(workspace: Path, sender: EventSender) -> Iterator[Site]:
+    """Every route group on: the signup form, and the webhook with its key."""
+    enable_signup(workspace)
+    with serve_workspace(workspace) as s:
+        yield s
+
+
+def _reader(site: Site) -> int:
+    """An active subscriber who was sent the issue (so a webhook event about them counts)."""
+    with site.store() as store:
+        sub, _ = store.add("ada@example.org")
+        sent_to_everyone(store, ISSUE)
+    return sub.id
+
+
+def _unsubscribe(site: Site, http: httpx.Client, sender: EventSender, sid: int) -> httpx.Response:
+    return http.post(site.link(sid), content=ONE_CLICK, headers=URLENCODED)
+
+
+def _subscribe(site: Site, http: httpx.Client, sender: EventSender, sid: int) -> httpx.Response:
+    return http.post(f"{site.url}/subscribe", data={"email": "grace@example.org"})
+
+
+def _webhook(site: Site, http: httpx.Client, sender: EventSender, sid: int) -> httpx.Response:
+    event = sender.event("spamreport", email="ada@example.org", issue=ISSUE, subscriber_id=sid)
+    return sender.post(site.url + SENDGRID_WEBHOOK, [event], client=http)
+
+
+#: A write by each route group, and what the list shows once it was made.
+WRITES: dict[str, tuple[Callable[[Site, httpx.Client, EventSender, int], httpx.Response], dict[str, str]]] = {
+    "unsubscribe": (_unsubscribe, {"ada@example.org": "unsubscribed"}),
+    "signup": (_subscribe, {"ada@example.org": "active", "grace@example.org": "pending"}),
+    "webhook": (_webhook, {"ada@example.org": "complained"}),
+}
+
+
+@pytest.mark.parametrize("group", WRITES)
+def test_each_route_group_writes_once_a_read_only_database_is_writable_again(
+    every_group: Site, sender: EventSender, group: str
+) -> None:
+    """The signup form and the webhook kept the Store they opened first: opened while
+    the file was read-only, it stayed so, and they answered 503 until a restart."""
+    site = every_group
+    write, after = WRITES[group]
+    sid = _reader(site)
+    with httpx.Client(timeout=30) as http:
+        with read_only(site.ws.db_path):
+            refused = write(site, http, sender, sid)
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert statuses(site.ws.db_path) == {"ada@example.org": "active"}
+        answer = write(site, http, sender, sid)
+        assert answer.status_code == 200, answer.text
+    assert statuses(site.ws.db_path) == after
+
+
+def test_a_database_file_deleted_under_the_app_is_made_anew_for_every_route_group(every_group: Site) -> None:
+    """What the groups write goes to the file at the path: the signup form kept its
+    connection to a file deleted since, and wrote there, where nobody reads."""
+    site = every_group
+    sid = _reader(site)
+    with httpx.Client(timeout=30) as http:
+        assert http.post(site.link(sid), content=ONE_CLICK, headers=URLENCODED).status_code == 200
+        assert http.post(f"{site.url}/subscribe", data={"email": "grace@example.org"}).status_code == 200
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{site.ws.db_path}{suffix}").unlink(missing_ok=True)
+        # An empty list now (the backup is the editor's to restore): a new reader joins it.
+        assert http.post(f"{site.url}/subscribe", data={"email": "hedy@example.org"}).status_code == 200
+    with Store.open(site.ws) as store:
+        assert [(s.email, s.status) for s in store.iter_subscribers()] == [("hedy@example.org", "pending")]
