@@ -68,6 +68,10 @@ def test_the_wheel_carries_the_top_level_templates_and_the_preview_page(wheel: P
     assert {"issue.mjml.j2", "issue.txt.j2", "pages/unsubscribe.html.j2"} <= set(shipped)
     assert "highlightsmail/ui/preview.html.j2" in names, "the preview page is a template file in the package"
     assert "highlightsmail/skeleton/subscribers/subscribers.csv" in names
+    store_sql = REPO / "src" / "highlightsmail" / "store" / "sql"
+    migrations = {f"highlightsmail/store/sql/{p.relative_to(store_sql)}" for p in store_sql.rglob("*.sql")}
+    assert {n for n in names if n.startswith("highlightsmail/store/sql/")} == migrations, "every migration ships"
+    assert "highlightsmail/store/sql/sqlite/0001_subscribers_and_ledger.sql" in migrations
 
 
 def test_init_and_build_work_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
@@ -101,3 +105,7 @@ def test_init_and_build_work_from_the_installed_wheel(wheel: Path, tmp_path: Pat
     html = (letter / paths[0]).read_text(encoding="utf-8")
     assert "My Newsletter" in html and "@media" in html and 'href="#item-1"' in html
     assert "https://newsletter.example.org/u/sample" in (letter / paths[1]).read_text(encoding="utf-8")
+    # The schema comes from the package's .sql files: a new list gets it, and lists.
+    _run(highlights, "subscribers", "add", "ada@example.org", cwd=letter, env=env)
+    listed = _run(highlights, "subscribers", "list", cwd=letter, env=env)
+    assert "ada@example.org" in listed.stdout

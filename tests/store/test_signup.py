@@ -12,7 +12,7 @@ import pytest
 
 from highlightsmail.errors import HighlightsError, InvalidToken
 from highlightsmail.store import SCHEMA_VERSION, Store
-from highlightsmail.store.database import MIGRATIONS
+from highlightsmail.store.migrator import MIGRATIONS
 from highlightsmail.tokens import Signer
 
 SIGNER = Signer(b"signup-tests-secret-0123456789abcdef")
@@ -33,12 +33,12 @@ def old_database(path: Path) -> dict[str, list[tuple]]:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("BEGIN")
-    for migration in MIGRATIONS[:BEFORE_SIGNUP]:
+    for migration in MIGRATIONS["sqlite"][:BEFORE_SIGNUP]:
         for step in migration:
-            if isinstance(step, str):
-                conn.execute(step)
-            else:
+            if callable(step):
                 step(conn)
+            else:
+                conn.execute(step)
     conn.execute(f"PRAGMA user_version = {BEFORE_SIGNUP}")
     t = "2024-01-12T08:30:00Z"
     conn.executemany(
@@ -155,7 +155,7 @@ def test_an_upgrade_that_would_leave_rows_pointing_nowhere_changes_nothing(tmp_p
 
 def test_a_check_list_over_several_lines_is_widened(tmp_path: Path) -> None:
     """As another upgrade may have written it (the list broken over two lines)."""
-    from highlightsmail.store.database import _allow_in_checks
+    from highlightsmail.store.upgrades import allow_in_checks
 
     conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
     conn.execute(
@@ -165,7 +165,7 @@ def test_a_check_list_over_several_lines_is_widened(tmp_path: Path) -> None:
     )
     conn.execute("INSERT INTO events (source) VALUES ('sendgrid-webhook')")
     conn.execute("BEGIN")
-    _allow_in_checks(conn, "events", {"source": "form"})
+    allow_in_checks(conn, "events", {"source": "form"})
     conn.execute("COMMIT")
     conn.execute("INSERT INTO events (source) VALUES ('form')")
     with pytest.raises(sqlite3.IntegrityError):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+import highlightsmail.store as store_module
 from highlightsmail.errors import HighlightsError
-from highlightsmail.store import ImportRow, Store, UnknownSubscriber
-from highlightsmail.store import database as store_module
+from highlightsmail.store import ImportRow, Store, UnknownSubscriber, migrator
 from support.db import damage_pages_holding, dump_tables, integrity_errors, raw_connection, read_only
 
 T0 = datetime(2024, 1, 12, 8, 30, tzinfo=UTC)
@@ -67,7 +67,7 @@ def dump(target: Path | str) -> dict[str, list[tuple]]:
 def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 6
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 6
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -107,9 +107,9 @@ def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> No
 
 def _add_migration(monkeypatch: pytest.MonkeyPatch, *steps: str) -> None:
     """A later highlightsmail: one more migration, the same text for both engines."""
-    for name in ("MIGRATIONS", "PG_MIGRATIONS"):
-        monkeypatch.setattr(store_module, name, (*getattr(store_module, name), steps))
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(store_module.MIGRATIONS))
+    later = {engine: (*migrations, steps) for engine, migrations in migrator.MIGRATIONS.items()}
+    monkeypatch.setattr(migrator, "MIGRATIONS", later)
+    monkeypatch.setattr(migrator, "SCHEMA_VERSION", len(later["sqlite"]))
 
 
 def _schema_version(target: Path | str) -> int:
@@ -125,7 +125,7 @@ def test_an_older_database_is_refused_with_the_hint_and_upgraded_when_asked(
     with Store(target) as s:
         s.add("ada@example.org", "Ada")
         where = s.where
-    before = store_module.SCHEMA_VERSION
+    before = migrator.SCHEMA_VERSION
     _add_migration(monkeypatch, "ALTER TABLE subscribers ADD COLUMN locale TEXT NOT NULL DEFAULT 'en'")
     with pytest.raises(store_module.OutdatedSchema) as refused:
         Store(target)
@@ -152,9 +152,8 @@ def test_every_dispatch_has_its_own_tag_and_the_upgrade_gives_one_to_dispatches_
     import re
 
     with monkeypatch.context() as older:  # the schema before tags
-        for name in ("MIGRATIONS", "PG_MIGRATIONS"):
-            older.setattr(store_module, name, getattr(store_module, name)[:5])
-        older.setattr(store_module, "SCHEMA_VERSION", 5)
+        older.setattr(migrator, "MIGRATIONS", {engine: m[:5] for engine, m in migrator.MIGRATIONS.items()})
+        older.setattr(migrator, "SCHEMA_VERSION", 5)
         Store(target).close()
         with raw_connection(target) as conn:
             conn.execute(
@@ -179,7 +178,7 @@ def test_every_dispatch_has_its_own_tag_and_the_upgrade_gives_one_to_dispatches_
 
 def test_a_failing_migration_changes_nothing(target: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
     Store(target).close()
-    current = store_module.SCHEMA_VERSION
+    current = migrator.SCHEMA_VERSION
     _add_migration(monkeypatch, "CREATE TABLE half (x INTEGER)", "ALTER TABLE nowhere ADD COLUMN y INTEGER")
     with pytest.raises(HighlightsError, match="not a usable highlightsmail database"):
         Store(target, upgrade=True)
@@ -230,7 +229,7 @@ def test_many_first_opens_at_once_migrate_exactly_once(target: Path | str) -> No
     assert errors == []
     with Store(target) as s:
         assert s.count_by_status()["active"] == 20
-        assert s.schema_version == store_module.SCHEMA_VERSION
+        assert s.schema_version == migrator.SCHEMA_VERSION
 
 
 def test_constraints_hold_in_the_database_itself(store: Store, target: Path | str) -> None:
@@ -592,7 +591,7 @@ def _schema_1_database(db: Path) -> sqlite3.Connection:
     case-folded form: `Äda` and `äda` could both be there."""
     db.parent.mkdir(exist_ok=True)
     conn = sqlite3.connect(db, isolation_level=None)
-    for statement in store_module.MIGRATIONS[0]:
+    for statement in migrator.MIGRATIONS["sqlite"][0]:
         assert isinstance(statement, str)
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
@@ -634,7 +633,7 @@ def test_upgrading_merges_addresses_that_are_one_and_reports_each_clash(db: Path
     before = dump(db)
 
     with pytest.warns(store_module.MergedAddressesWarning) as caught, Store(db, clock=Clock(), upgrade=True) as s:
-        assert s.schema_version == store_module.SCHEMA_VERSION
+        assert s.schema_version == migrator.SCHEMA_VERSION
         lines = [str(w.message) for w in caught]
         assert len(lines) == 2
         assert lines[0].startswith(

@@ -460,9 +460,9 @@ def test_unicode_case_is_one_subscriber_in_add_remove_import_and_list(workspace:
 def test_an_older_database_is_refused_until_db_upgrade_which_says_what_it_merged(workspace: Path) -> None:
     db = db_of(workspace)
     conn = sqlite3.connect(db)
-    from highlightsmail.store.database import MIGRATIONS
+    from highlightsmail.store.migrator import MIGRATIONS
 
-    for statement in MIGRATIONS[0]:
+    for statement in MIGRATIONS["sqlite"][0]:
         conn.execute(statement)  # type: ignore[arg-type]
     conn.executemany(
         "INSERT INTO subscribers (email, status, created, updated) VALUES (?, ?, 't', 't')",

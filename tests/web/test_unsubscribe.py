@@ -218,10 +218,11 @@ def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
 ) -> None:
     """Mail sent before the upgrade carries links to both rows of Äda/äda: both must act
     on the one subscriber they became, or one of them would resubscribe a second copy."""
-    from highlightsmail.store import database as store_module
+    from highlightsmail.store import MergedAddressesWarning
+    from highlightsmail.store.migrator import MIGRATIONS
 
     conn = sqlite3.connect(load_workspace(workspace).db_path)
-    for statement in store_module.MIGRATIONS[0]:
+    for statement in MIGRATIONS["sqlite"][0]:
         conn.execute(statement)  # type: ignore[arg-type]
     conn.executemany(
         "INSERT INTO subscribers (id, email, status, created, updated) VALUES (?, ?, 'active', 't', 't')",
@@ -230,7 +231,7 @@ def test_a_link_to_a_spelling_merged_by_an_upgrade_acts_on_the_one_subscriber(
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    with pytest.warns(store_module.MergedAddressesWarning):
+    with pytest.warns(MergedAddressesWarning):
         Store.open(load_workspace(workspace), upgrade=True).close()  # highlights db upgrade
     with serve_workspace(workspace) as site:
         r = http.get(site.link(2))

@@ -483,12 +483,12 @@ def test_soft_limit_is_a_setting(workspace: Path, sender: EventSender) -> None:
 @pytest.mark.sqlite_only  # no PostgreSQL database is older than delivery events
 def test_a_database_from_before_delivery_events_is_upgraded_with_its_history(tmp_path: Path) -> None:
     """The events table is rebuilt to take the new sources; its rows stay."""
-    import highlightsmail.store.database as store_module
+    from highlightsmail.store.migrator import MIGRATIONS
 
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
-    for statement in store_module.MIGRATIONS[0]:
-        conn.execute(statement)
+    for statement in MIGRATIONS["sqlite"][0]:
+        conn.execute(statement)  # type: ignore[arg-type]
     conn.execute(
         "INSERT INTO subscribers (email, name, status, created, updated)"
         " VALUES ('ada@example.org', 'Ada', 'unsubscribed', '2024-01-01T00:00:00Z', '2024-01-02T00:00:00Z')"

@@ -1,11 +1,24 @@
 """The store: subscribers, the send ledger, delivery events and signups in one database,
 a SQLite file or PostgreSQL. `Store` is the one entry point; this package re-exports it
-with its records and errors, so callers import from `highlightsmail.store`."""
+with its records and errors, so callers import from `highlightsmail.store`.
 
-from highlightsmail.store.database import (
+records.py the record types and the status order; engine.py the protocol the engines
+(sqlite.py, postgresql.py) fulfil and the errors; migrator.py with sql/<engine>/ the
+schema; one part per kind of data (subscribers, ledger, deliveries, signups, copying);
+facade.py the Store made of them."""
+
+from highlightsmail.store.engine import (
+    MergedAddressesWarning,
+    NoHighlightsData,
+    OutdatedSchema,
+    UnknownSubscriber,
+    UnusableDatabase,
+)
+from highlightsmail.store.facade import Store
+from highlightsmail.store.migrator import SCHEMA_VERSION
+from highlightsmail.store.records import (
     DELIVERY_KINDS,
     DELIVERY_STATES,
-    SCHEMA_VERSION,
     SOURCES,
     STATUSES,
     SUPPRESSED,
@@ -19,18 +32,12 @@ from highlightsmail.store.database import (
     Event,
     ImportResult,
     ImportRow,
-    MergedAddressesWarning,
-    NoHighlightsData,
-    OutdatedSchema,
     Place,
     RecordResult,
     Source,
     Status,
-    Store,
     Subscriber,
     TestSend,
-    UnknownSubscriber,
-    UnusableDatabase,
     format_time,
 )
 

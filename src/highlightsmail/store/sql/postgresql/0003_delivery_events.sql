@@ -1,0 +1,2 @@
+-- 3: nothing left to do: made by migration 1
+-- Frozen once released: a change to the schema is a new file, for both engines.

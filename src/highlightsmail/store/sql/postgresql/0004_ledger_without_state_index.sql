@@ -1,0 +1,2 @@
+-- 4: nothing left to do: PostgreSQL's ledger never had the index by state
+-- Frozen once released: a change to the schema is a new file, for both engines.
