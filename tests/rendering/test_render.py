@@ -329,13 +329,13 @@ def test_every_item_keeps_the_tables_outlook_reads(ws: Workspace, rendered: Rend
     ],
 )
 def test_style_attributes_lose_only_spaces_that_mean_nothing(style: str, short: str) -> None:
-    from highlightsmail.rendering.render import _compact
+    from highlightsmail.rendering.inlining import compact as _compact
 
     assert _compact(f'<p style="{style}">a style="x: y" b</p>') == f'<p style="{short}">a style="x: y" b</p>'
 
 
 def test_only_classes_a_stylesheet_names_are_kept() -> None:
-    from highlightsmail.rendering.render import _compact
+    from highlightsmail.rendering.inlining import compact as _compact
 
     html = (
         "<head><style>.keep a{color:red}</style><!--[if mso]><style>.fix{width:1px}</style><![endif]--></head>"
@@ -348,7 +348,7 @@ def test_only_classes_a_stylesheet_names_are_kept() -> None:
 
 
 def test_stylesheets_outlook_comments_and_tbody_said_shorter() -> None:
-    from highlightsmail.rendering.render import _compact
+    from highlightsmail.rendering.inlining import compact as _compact
 
     html = (
         "<style>\n  /* phones */ @media only screen and (max-width: 479px) {\n    .a , .b { color : red !important ; }\n  }\n"
