@@ -18,13 +18,11 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from highlightsmail.store import DeliveryEventRow, RecordResult, format_time
+from highlightsmail.addresses import address_key, ascii_address
+from highlightsmail.store import DeliveryEventRow, RecordResult, Source, Store, format_time
 from highlightsmail.text import MAX_INT64, parse_number
-
-if TYPE_CHECKING:
-    from highlightsmail.store import Source, Store
 
 #: SendGrid event types kept; `processed` (one per recipient, says nothing new) and
 #: anything else are ignored.
@@ -148,8 +146,6 @@ def _text(value: Any, limit: int = _MAX_DETAIL) -> str | None:
 def _comparable(address: str) -> str:
     """An address as SendGrid reports it (the domain in its xn-- form), by the key every
     address is compared by (Unicode normalisation and case do not matter)."""
-    from highlightsmail.addresses import address_key, ascii_address
-
     return address_key(ascii_address(address) or address)
 
 
