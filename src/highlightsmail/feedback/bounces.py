@@ -34,25 +34,9 @@ from pathlib import Path
 from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import HighlightsError, InvalidToken
-from highlightsmail.feedback.dsn import (
-    MAX_DEPTH,
-    MAX_MAIL_BYTES,
-    MAX_PARTS,
-    Bounce,
-    Unreadable,
-    parse_mail,
-    read_bounce,
-)
+from highlightsmail.feedback.dsn import Bounce, Unreadable, read_bounce
 from highlightsmail.feedback.events import record, same_address
-from highlightsmail.feedback.mailboxes import (
-    ENV_IMAP_CAFILE,
-    ENV_IMAP_PASSWORD,
-    ImapAddress,
-    Skipped,
-    mail_key,
-    open_mailbox,
-    parse_mailbox,
-)
+from highlightsmail.feedback.mailboxes import Skipped, mail_key, open_mailbox, parse_mailbox
 from highlightsmail.store import DeliveryEventRow, Store
 from highlightsmail.tokens import Signer, read_message_token
 
@@ -294,19 +278,4 @@ def _row(
     )
 
 
-__all__ = [
-    "ENV_IMAP_CAFILE",
-    "ENV_IMAP_PASSWORD",
-    "MAX_DEPTH",
-    "MAX_MAIL_BYTES",
-    "MAX_PARTS",
-    "Bounce",
-    "ImapAddress",
-    "ScanResult",
-    "Unreadable",
-    "mail_key",
-    "parse_mail",
-    "parse_mailbox",
-    "read_bounce",
-    "scan",
-]
+__all__ = ["ScanResult", "scan"]
