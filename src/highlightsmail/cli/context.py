@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
     from highlightsmail.authoring.workspace import Workspace
 
 

@@ -12,7 +12,7 @@ import click
 
 from highlightsmail.cli.context import Ctx, pass_ctx, slug_of
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
     from highlightsmail.sending.dispatch import Reason, SendOutcome, SendPlan, Summary, TestSendResult
 
 
