@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 
+import idna  # email-validator's own IDNA 2008 library, which checks the domains
 from email_validator import EmailNotValidError, validate_email
 
 
@@ -39,8 +40,6 @@ def ascii_address(address: str) -> str | None:
 
 @functools.lru_cache(maxsize=4096)
 def _idna(domain: str) -> str | None:
-    import idna  # email-validator's own IDNA 2008 library, which checked the domain on import
-
     try:
         return idna.encode(domain, uts46=True).decode("ascii")
     except idna.IDNAError:

@@ -12,6 +12,7 @@ def is_postgresql(target: str) -> bool:
 
 def describe_url(url: str) -> str:
     """A PostgreSQL URL as it may be shown: user, host, port and database, never a password."""
+    # Here, not at the top: the driver loads only for a PostgreSQL URL (see above).
     from psycopg.conninfo import conninfo_to_dict
 
     try:
@@ -30,6 +31,7 @@ HOLDS_A_PASSWORD = "holds a password"
 def url_problem(url: str, *, password_allowed: bool) -> str | None:
     """What is wrong with a PostgreSQL URL (None when it is fine): it must parse, and hold
     no password unless `password_allowed` (in the environment, not in a shared file)."""
+    # Here, not at the top: the driver loads only for a PostgreSQL URL (see above).
     from psycopg.conninfo import conninfo_to_dict
 
     try:

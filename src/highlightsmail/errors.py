@@ -3,6 +3,8 @@ that validation and lint produce."""
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, TextIO
@@ -78,8 +80,6 @@ class HighlightsWarning(UserWarning):
 def show_warnings_plainly() -> None:
     """Print our warnings as one `warning: ...` line on stderr, not Python's
     file:line form with a source line; other warnings keep the default display."""
-    import warnings
-
     default = warnings.showwarning
 
     def show(
@@ -102,8 +102,6 @@ def display_path(path: Path | str) -> str:
     """A path as the user would type it: relative to the CWD when inside it, on one
     line (a line break or control character in a file name shows as its escape, so
     a message naming the file stays one line)."""
-    import os
-
     p = Path(path)
     try:
         # The path itself, not where a link at its end points (a broken link, a loop).

@@ -14,11 +14,13 @@ printing nothing, and notices an edited template file.
 from __future__ import annotations
 
 import errno
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.loaders import split_template_path
 
 __all__ = ["environment", "package_loader", "package_template", "ui_environment", "workspace_loader"]
 
@@ -44,10 +46,6 @@ class _WorkspaceFiles(jinja2.FileSystemLoader):
     would show a look the editor did not write, with no word why."""
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
-        import os
-
-        from jinja2.loaders import split_template_path
-
         for folder in self.searchpath:
             if os.path.lexists(folder) and not os.path.isdir(folder):
                 raise OSError(errno.ENOTDIR, "the templates folder is a file, a broken link or a link loop")

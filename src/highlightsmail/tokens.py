@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from highlightsmail.errors import HighlightsError, HighlightsWarning, InvalidToken, display_path
+from highlightsmail.files import write_file
 from highlightsmail.text import parse_number
 
 KINDS = {"unsubscribe": "u", "test": "t"}
@@ -310,8 +311,6 @@ def load_signer(secret_path: Path) -> Signer:
             remedy = "; delete the file to make a new one" if exc.remake else ""
             raise HighlightsError(f"{display_path(secret_path)}: {exc.reason}{remedy}") from None
         return Signer(value.encode(), previous)
-    from highlightsmail.files import write_file
-
     value = secrets.token_urlsafe(32)
     # Written whole under another name, then linked to its own: two processes starting
     # at once end up with one secret, and neither ever reads a file still being written.

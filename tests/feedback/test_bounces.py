@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
-from highlightsmail.feedback.bounces import parse_mailbox, read_bounce
+from highlightsmail.feedback.dsn import read_bounce
+from highlightsmail.feedback.mailboxes import parse_mailbox
 from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
 from support.bounce_mail import (

@@ -26,6 +26,7 @@ from lxml import html as lxml_html
 from highlightsmail.authoring.issue import Issue, load_issue
 from highlightsmail.authoring.workspace import Workspace, load_workspace
 from highlightsmail.errors import HighlightsError
+from highlightsmail.rendering.inlining import compact
 from highlightsmail.rendering.render import TEXT_WIDTH, markdown_to_text, render_issue, render_markdown
 from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from support.workspace import EXAMPLE_SETTINGS
@@ -329,34 +330,28 @@ def test_every_item_keeps_the_tables_outlook_reads(ws: Workspace, rendered: Rend
     ],
 )
 def test_style_attributes_lose_only_spaces_that_mean_nothing(style: str, short: str) -> None:
-    from highlightsmail.rendering.render import _compact
-
-    assert _compact(f'<p style="{style}">a style="x: y" b</p>') == f'<p style="{short}">a style="x: y" b</p>'
+    assert compact(f'<p style="{style}">a style="x: y" b</p>') == f'<p style="{short}">a style="x: y" b</p>'
 
 
 def test_only_classes_a_stylesheet_names_are_kept() -> None:
-    from highlightsmail.rendering.render import _compact
-
     html = (
         "<head><style>.keep a{color:red}</style><!--[if mso]><style>.fix{width:1px}</style><![endif]--></head>"
         '<p class="keep gone">x</p><p class="gone">y</p><!--[if mso | IE]><table class="fix gone"><![endif]-->'
     )
-    assert _compact(html).endswith('<p class="keep">x</p><p>y</p><!--[if mso | IE]><table class="fix"><![endif]-->')
+    assert compact(html).endswith('<p class="keep">x</p><p>y</p><!--[if mso | IE]><table class="fix"><![endif]-->')
     # A selector on the class attribute may name any class: then every class stays.
     by_attribute = html.replace(".keep a", "[class^=go] a")
-    assert '<p class="keep gone">' in _compact(by_attribute)
+    assert '<p class="keep gone">' in compact(by_attribute)
 
 
 def test_stylesheets_outlook_comments_and_tbody_said_shorter() -> None:
-    from highlightsmail.rendering.render import _compact
-
     html = (
         "<style>\n  /* phones */ @media only screen and (max-width: 479px) {\n    .a , .b { color : red !important ; }\n  }\n"
         '  .c { font-family: "A , B /* x */", serif; }\n  a :hover { color: blue; }\n</style>'
         '<table class="a"><tbody><tr><td><!--[if mso | IE]><table><tr><![endif]-->\n'
         "<!--[if mso | IE]><td><![endif]-->x<!--[if mso | IE]></td><![endif]--></td></tr></tbody></table>"
     )
-    assert _compact(html) == (
+    assert compact(html) == (
         '<style>@media only screen and (max-width:479px){.a,.b{color:red !important;}}.c{font-family:"A , B /* x */",serif;}'
         'a :hover{color:blue;}</style><table class="a"><tr><td><!--[if mso | IE]><table><tr><td><![endif]-->x'
         "<!--[if mso | IE]></td><![endif]--></td></tr></table>"

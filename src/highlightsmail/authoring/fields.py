@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator
 
 from highlightsmail import text
+from highlightsmail.addresses import BadAddress, ascii_address, normalize_address
 
 
 def _http_url(value: str) -> str:
@@ -124,8 +125,6 @@ def split_address(value: str) -> tuple[str, str]:
 def _address(value: str) -> str:
     """An address, bare or with a display name ("Name <a@b.org>"), checked as every
     address is (highlightsmail.addresses); kept as written."""
-    from highlightsmail.addresses import BadAddress, normalize_address
-
     value = _header_text(_single_line(value))
     _, addr = split_address(value)
     if "@" not in addr:
@@ -142,8 +141,6 @@ def _sender_address(value: str) -> str:
     carry the domain in ASCII (IDNA), but the part before the @ has no ASCII form: it
     would need SMTPUTF8 on every server on the way (RFC 6531), which SendGrid and most
     relays do not offer."""
-    from highlightsmail.addresses import ascii_address
-
     _, addr = split_address(value)
     if ascii_address(addr) is None:
         raise ValueError(f"'{value}': the part before the @ of an address mail is sent from must be ASCII")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from highlightsmail.authoring.fields import HeaderText, HttpUrl, Markdown, SingleLine
+from highlightsmail.authoring.sourcemap import SourceMap
+from highlightsmail.authoring.yamlfile import load_model_located
+from highlightsmail.errors import Problem, ValidationFailed, display_path
 from highlightsmail.text import header_problem
-
-if TYPE_CHECKING:
-    from highlightsmail.authoring.sourcemap import SourceMap
 
 
 def slug_problem(slug: str) -> str | None:
@@ -85,9 +85,6 @@ class Issue(_Strict):
 def load_issue(path: Path) -> Issue:
     """Read and validate an issue file; raise ValidationFailed with every problem at once.
     The issue keeps the place of each value in the file (`source_map`)."""
-    from highlightsmail.authoring.yamlfile import load_model_located
-    from highlightsmail.errors import Problem, ValidationFailed, display_path
-
     bad_name = slug_problem(path.stem)
     named = [Problem(display_path(path), 1, 1, bad_name)] if bad_name else []
     try:

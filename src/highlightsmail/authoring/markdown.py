@@ -102,7 +102,8 @@ def to_html(source: str, *, reserved: Sequence[str] = ()) -> str:
 
 def _render_html(tokens: list[Token]) -> str:
     md = _parser()
-    return md.renderer.render(tokens, md.options, {}).strip()
+    html: str = md.renderer.render(tokens, md.options, {})
+    return html.strip()
 
 
 # --------------------------------------------------------------------------- plain text

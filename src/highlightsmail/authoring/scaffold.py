@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.files import write_file, write_files
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotations only: `init` needs no settings model (pydantic, YAML)
     from highlightsmail.authoring.workspace import Workspace
 
 SETTINGS_FILE = "highlights.yaml"  # same name as workspace.SETTINGS_FILE, without importing pydantic
@@ -108,6 +108,34 @@ def _merged_gitignore(existing: str | None) -> str | None:
     return existing + sep + "\n# highlightsmail\n" + "\n".join(missing) + "\n"
 
 
+def _read_gitignore(path: Path) -> str | None:
+    """The workspace's .gitignore as text, None when there is none."""
+    try:
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    except (UnicodeDecodeError, OSError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot read it ({exc.strerror or exc})"
+        raise HighlightsError(
+            f"{display_path(path)}: {why}; init adds the lines that keep the database and the secret "
+            "out of git to it, so fix it (or move it away) first"
+        ) from None
+
+
+def _make_folders(folders: list[Path]) -> None:
+    """Make the workspace's folders; one line naming the folder that cannot be made."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file, a broken link or a link loop where a folder goes
+            raise HighlightsError(
+                f"{display_path(folder)}: cannot create the workspace: something that is not a folder is "
+                "in the way (a file, a broken link or a link loop)"
+            ) from None
+        except OSError as exc:
+            raise HighlightsError(
+                f"{display_path(folder)}: cannot create the workspace: {exc.strerror or exc}"
+            ) from None
+
+
 def init_workspace(directory: Path, *, today: dt.date | None = None) -> NewWorkspace:
     """Create a workspace in `directory`: settings, a first issue, the default templates,
     a sample subscriber list and a .gitignore. Refuses where highlights.yaml exists.
@@ -126,33 +154,14 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> NewWorks
 
     planned = _starter_files(today)  # read everything before writing anything
     gitignore_path = directory / ".gitignore"
-    try:
-        existing = gitignore_path.read_text(encoding="utf-8") if gitignore_path.is_file() else None
-    except (UnicodeDecodeError, OSError) as exc:
-        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot read it ({exc.strerror or exc})"
-        raise HighlightsError(
-            f"{display_path(gitignore_path)}: {why}; init adds the lines that keep the database and the secret "
-            "out of git to it, so fix it (or move it away) first"
-        ) from None
-    gitignore = _merged_gitignore(existing)
+    gitignore = _merged_gitignore(_read_gitignore(gitignore_path))
     settings_text = _package_dir("skeleton").joinpath(SETTINGS_FILE).read_bytes()
 
     kept = [directory / rel for rel, _ in planned if (directory / rel).exists()]
     files = {directory / rel: data for rel, data in planned if directory / rel not in kept}
     if gitignore is not None:
         files[gitignore_path] = gitignore.encode("utf-8")
-    for folder in sorted({path.parent for path in files} | {directory}):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:  # a file, a broken link or a link loop where a folder goes
-            raise HighlightsError(
-                f"{display_path(folder)}: cannot create the workspace: something that is not a folder is "
-                "in the way (a file, a broken link or a link loop)"
-            ) from None
-        except OSError as exc:
-            raise HighlightsError(
-                f"{display_path(folder)}: cannot create the workspace: {exc.strerror or exc}"
-            ) from None
+    _make_folders(sorted({path.parent for path in files} | {directory}))
     try:
         written = write_files(files)
         write_file(settings_path, settings_text, overwrite=False)

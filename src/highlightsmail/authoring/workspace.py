@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from highlightsmail.addresses import ascii_address
 from highlightsmail.authoring.fields import (
     Address,
     HeaderText,
@@ -20,6 +24,8 @@ from highlightsmail.authoring.fields import (
     SingleLine,
     WholeNumber,
 )
+from highlightsmail.authoring.yamlfile import load_model
+from highlightsmail.dburl import HOLDS_A_PASSWORD, is_postgresql, url_problem
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.urls import APP_SEGMENTS
 
@@ -77,7 +83,7 @@ def _verp_address(value: str) -> str:
     """The address bounces come back to, to which each message adds its token:
     `bounces@example.org` -> `bounces+TOKEN@example.org`. A bare address, whose part
     before the @ is a dot-atom short enough that the token still fits in 64 octets."""
-    from highlightsmail.addresses import ascii_address
+    # Here, not at the top: `check` and `build` load no token code (tests/cli/test_startup.py).
     from highlightsmail.tokens import MESSAGE_TOKEN_MAX
 
     if "<" in value or ">" in value:
@@ -132,8 +138,6 @@ def _base_url(value: str) -> str:
     """Where the unsubscribe endpoint answers: each link is BASE/u/TOKEN, put into
     headers and HTML as it is (SendGrid substitutes it unescaped), so no query, no
     fragment and nothing that would need escaping."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(value)
     if parts.query or parts.fragment or any(ch in value for ch in "&<>\"'`;,"):
         raise ValueError("must be a plain https://host[/path], with no query, fragment or &<>\"'`;, characters")
@@ -190,8 +194,6 @@ def database_url_problem(value: str) -> str | None:
     """What is wrong with a PostgreSQL URL given as `database` (None when it is fine):
     it must parse, and must not hold a password, which would then sit in a file that is
     shared and committed."""
-    from highlightsmail.dburl import HOLDS_A_PASSWORD, url_problem
-
     problem = url_problem(value, password_allowed=False)
     if problem == HOLDS_A_PASSWORD:
         return f"{problem}; keep it out of highlights.yaml: set PGPASSWORD, or put the whole URL in {ENV_DATABASE_URL}"
@@ -200,8 +202,6 @@ def database_url_problem(value: str) -> str | None:
 
 def _database(value: str) -> str:
     """A SQLite file's path (relative to the workspace), or postgresql://user@host:port/dbname."""
-    from highlightsmail.dburl import is_postgresql
-
     if "://" in value:
         if not is_postgresql(value):
             raise ValueError("must be a file path (SQLite) or postgresql://user@host:port/dbname")
@@ -221,8 +221,6 @@ class ArchiveSettings(_Strict):
 def _origin(value: str) -> str:
     """A web origin as browsers send it in `Origin` (RFC 6454): scheme, host and port,
     nothing after; lower-cased, without a default port, so comparing is exact."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(value.strip())
     try:
         port = parts.port
@@ -296,8 +294,6 @@ class Workspace:
         The variable follows the setting's rule (a file path or a PostgreSQL URL), so a
         mistyped URL stops the command instead of becoming the name of a new, empty
         SQLite file."""
-        from highlightsmail.dburl import is_postgresql
-
         from_env = os.environ.get(ENV_DATABASE_URL, "").strip()
         if not from_env:
             return self.settings.database
@@ -310,15 +306,11 @@ class Workspace:
     @property
     def database_url(self) -> str | None:
         """The PostgreSQL URL of the state, or None for a SQLite file."""
-        from highlightsmail.dburl import is_postgresql
-
         target = self.database
         if not is_postgresql(target):
             return None
         if target is not self.settings.database:
             # From the environment: a password is allowed there, but the URL must read.
-            from highlightsmail.dburl import url_problem
-
             problem = url_problem(target, password_allowed=True)
             if problem:
                 raise HighlightsError(f"{ENV_DATABASE_URL}: {problem}")
@@ -328,8 +320,6 @@ class Workspace:
     def db_path(self) -> Path:
         """The SQLite file (for a workspace on PostgreSQL: where it would be)."""
         target = self.database
-        from highlightsmail.dburl import is_postgresql
-
         return self.root / ("subscribers/highlights.db" if is_postgresql(target) else target)
 
     def database_exists(self) -> bool:
@@ -413,7 +403,8 @@ def git_would_offer(path: Path) -> bool:
     """Whether `git status` would offer the file at `path` for a commit: it lies in a
     git work tree and no .gitignore (or exclude file) covers it. False when it does not,
     and when git is not installed or cannot tell."""
-    import shutil
+    # Here, not at the top: only the commands that write personal data ask git, and
+    # subprocess is a noticeable part of every other command's start-up.
     import subprocess
 
     git = shutil.which("git")
@@ -435,8 +426,6 @@ def git_would_offer(path: Path) -> bool:
 def _kind(path: Path) -> Literal["file", "folder"] | None:
     """What is at `path`: a file, a folder, or nothing usable (missing, a broken link or a
     loop, a name longer than the system takes, which `Path.is_file` raises for)."""
-    import stat
-
     try:
         mode = path.stat().st_mode
     except (OSError, ValueError):
@@ -476,8 +465,6 @@ def find_root(start: Path | None = None, override: str | Path | None = None) -> 
 
 def load_workspace(override: str | Path | None = None, start: Path | None = None) -> Workspace:
     """Find the workspace and load its validated settings."""
-    from highlightsmail.authoring.yamlfile import load_model
-
     root = find_root(start, override)
     settings = load_model(root / SETTINGS_FILE, Settings)
     return Workspace(root=root, settings=settings)

@@ -18,13 +18,11 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from highlightsmail.store import DeliveryEventRow, RecordResult, format_time
+from highlightsmail.addresses import address_key, ascii_address
+from highlightsmail.store import DeliveryEventRow, RecordResult, Source, Store, format_time
 from highlightsmail.text import MAX_INT64, parse_number
-
-if TYPE_CHECKING:
-    from highlightsmail.store import Source, Store
 
 #: SendGrid event types kept; `processed` (one per recipient, says nothing new) and
 #: anything else are ignored.
@@ -57,36 +55,14 @@ def sendgrid_row(event: Any) -> DeliveryEventRow | None:
     key = event.get("sg_event_id")
     if kind not in SENDGRID_KINDS or not isinstance(key, str) or not key or len(key) > 200:
         return None
-    args = _custom_args(event)
-    issue, sid = args.get("issue"), args.get("subscriber_id")
-    if not isinstance(issue, str) or not issue or len(issue) > 200:
-        return None
-    # As we sent it (a string of digits), or a JSON number; never true/false, which are ints too.
-    subscriber_id = parse_number(sid, low=1) if isinstance(sid, str) else None
-    if isinstance(sid, int) and not isinstance(sid, bool) and 1 <= sid <= MAX_INT64:
-        subscriber_id = sid
-    if subscriber_id is None:
-        return None
+    ours = _ours(event)
     at = _event_time(event.get("timestamp"))
-    if at is None:
+    if ours is None or at is None:
         return None
+    issue, subscriber_id = ours
     email = event.get("email") if isinstance(event.get("email"), str) else None
     reason = _text(event.get("reason")) or _text(event.get("response"))
-    status: str | None = _STATUS_OF.get(kind)
-    soft = False
-    url = None
-    if kind == "bounce":
-        if str(event.get("type") or "bounce").lower() == "blocked":
-            kind, soft = "blocked", True
-        else:
-            status = "bounced"
-    elif kind == "dropped":
-        soft = True  # ends a deferral: soft only together with a `deferred` of the same message
-        status = _DROPPED_BECAUSE.get((reason or "").strip().rstrip(".").lower())
-    elif kind == "deferred":
-        soft = True
-    elif kind == "click":
-        url = _text(event.get("url"), _MAX_URL)
+    kind, status, soft, url = _meaning(str(kind), event, reason)
     return DeliveryEventRow(
         key=key,
         issue=issue,
@@ -99,6 +75,37 @@ def sendgrid_row(event: Any) -> DeliveryEventRow | None:
         status=status,
         soft=soft,
     )
+
+
+def _ours(event: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(issue, subscriber id) of the custom args we sent the message with; None when
+    they are missing or malformed."""
+    args = _custom_args(event)
+    issue, sid = args.get("issue"), args.get("subscriber_id")
+    if not isinstance(issue, str) or not issue or len(issue) > 200:
+        return None
+    # As we sent it (a string of digits), or a JSON number; never true/false, which are ints too.
+    subscriber_id = parse_number(sid, low=1) if isinstance(sid, str) else None
+    if isinstance(sid, int) and not isinstance(sid, bool) and 1 <= sid <= MAX_INT64:
+        subscriber_id = sid
+    return None if subscriber_id is None else (issue, subscriber_id)
+
+
+def _meaning(kind: str, event: Mapping[str, Any], reason: str | None) -> tuple[str, str | None, bool, str | None]:
+    """(kind as stored, the status it implies, whether it is a soft bounce, the clicked URL)."""
+    status: str | None = _STATUS_OF.get(kind)
+    if kind == "bounce":
+        if str(event.get("type") or "bounce").lower() == "blocked":
+            return "blocked", status, True, None
+        return kind, "bounced", False, None
+    if kind == "dropped":
+        # ends a deferral: soft only together with a `deferred` of the same message
+        return kind, _DROPPED_BECAUSE.get((reason or "").strip().rstrip(".").lower()), True, None
+    if kind == "deferred":
+        return kind, status, True, None
+    if kind == "click":
+        return kind, status, False, _text(event.get("url"), _MAX_URL)
+    return kind, status, False, None
 
 
 def _custom_args(event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -139,8 +146,6 @@ def _text(value: Any, limit: int = _MAX_DETAIL) -> str | None:
 def _comparable(address: str) -> str:
     """An address as SendGrid reports it (the domain in its xn-- form), by the key every
     address is compared by (Unicode normalisation and case do not matter)."""
-    from highlightsmail.addresses import address_key, ascii_address
-
     return address_key(ascii_address(address) or address)
 
 

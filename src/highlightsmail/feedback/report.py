@@ -19,13 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from highlightsmail.authoring.workspace import Settings
 from highlightsmail.errors import HighlightsError
-
-if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Settings
-    from highlightsmail.store import Store
+from highlightsmail.store import Store
+from highlightsmail.templating import ui_environment
 
 COMPLAINTS_KEEP_UNDER = 0.001
 COMPLAINTS_NEVER = 0.003
@@ -258,8 +257,6 @@ def format_table(report: Report) -> str:
 def render_html(report: Report, settings: Settings, *, generated: datetime | None = None) -> str:
     """One self-contained page: inline styles and an inline SVG chart drawn by the
     template; no script, nothing fetched from elsewhere."""
-    from highlightsmail.templating import ui_environment
-
     env = ui_environment()  # the tool's own page, like the preview: not the newsletter's look
     return env.get_template("report.html.j2").render(
         report=report,

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import binascii
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import HighlightsError
 from highlightsmail.text import parse_number
-
-if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Workspace
 
 ENV_PUBLIC_KEY = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -54,6 +52,8 @@ def public_key_problem(text: str) -> str | None:
 def _parse_public_key(text: str) -> tuple[Any, str | None]:
     # The armour lines of a PEM block, if any, go; the base64 between them stays.
     body = "".join("".join(line.split()) for line in text.splitlines() if not line.strip().startswith("-----"))
+    # Here, not at the top: sendgrid's package brings its HTTP client, and `check`
+    # imports this module for one setting.
     from cryptography.hazmat.primitives.asymmetric import ec
     from sendgrid.helpers.eventwebhook import EventWebhook
 
@@ -83,7 +83,7 @@ def refusal(key: Any | None, signature: str | None, timestamp: str | None, body:
         payload = body.decode("utf-8")
     except UnicodeDecodeError:
         return "a body that is not UTF-8"
-    from sendgrid.helpers.eventwebhook import EventWebhook
+    from sendgrid.helpers.eventwebhook import EventWebhook  # see _parse_public_key
 
     try:
         ok = EventWebhook().verify_signature(payload, signature, timestamp, key)

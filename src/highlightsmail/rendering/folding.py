@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["FOLD_AT", "LINE_LIMIT", "fold_html", "fold_text"]
@@ -69,6 +70,9 @@ _SPACES = re.compile(r"[ \t]+")
 # after which a line may break.
 _CSS_BREAKS = re.compile(r"\"[^\"]*\"|'[^']*'|url\([^)]*\)|(?P<mark>[;{}])[ \t]*", re.I)
 
+#: A last-resort span of text: (low, high, before, after).
+_Spare = tuple[int, int, str, str]
+
 
 @dataclass
 class _Breaks:
@@ -78,7 +82,7 @@ class _Breaks:
     between any two characters, with `before` and `after` around it."""
 
     good: list[tuple[int, int]] = field(default_factory=list)
-    spare: list[tuple[int, int, str, str]] = field(default_factory=list)
+    spare: list[_Spare] = field(default_factory=list)
 
 
 def fold_html(html: str, *, placeholder: str = "", room: int = 0) -> str:
@@ -96,7 +100,14 @@ def fold_text(text: str, *, placeholder: str = "", room: int = 0) -> str:
 # --------------------------------------------------------------------------- the folding
 
 
-def _fold(document: str, placeholder: str, room: int, breaks_of, *, html: bool) -> str:
+def _fold(
+    document: str,
+    placeholder: str,
+    room: int,
+    breaks_of: Callable[[str, list[tuple[int, int]]], dict[int, _Breaks]],
+    *,
+    html: bool,
+) -> str:
     extra = max(room - len(placeholder.encode("utf-8")), 0) if placeholder else 0
     lines = document.split("\n")
     # Most lines are short: only those whose octets could pass FOLD_AT are measured.
@@ -193,7 +204,7 @@ class _Line:
     def _fits(self, at: int) -> bool:
         return _may_split(self.text, at) and not _inside_entity(self.text, at) and not self.splits_placeholder(at)
 
-    def _last_spare(self, spare, pos: int, carry: str) -> tuple[int, int, str, str] | None:
+    def _last_spare(self, spare: list[_Spare], pos: int, carry: str) -> tuple[int, int, str, str] | None:
         """The last place in a spare span where a piece from `pos` may end within FOLD_AT."""
         for low, high, before, after in reversed(spare):
             if high <= pos:
@@ -205,7 +216,7 @@ class _Line:
                 return at, at, before, after
         return None
 
-    def _next_spare(self, spare, pos: int) -> tuple[int, int, str, str] | None:
+    def _next_spare(self, spare: list[_Spare], pos: int) -> tuple[int, int, str, str] | None:
         for low, high, before, after in spare:
             at = max(low, pos + 1)
             while at <= high and not self._fits(at):
@@ -248,43 +259,55 @@ def _html_breaks(html: str, spans: list[tuple[int, int]]) -> dict[int, _Breaks]:
     regions = _Regions(html)
     out = {}
     for start, end in spans:
-        into = out[start] = _Breaks()
-        at = _token_start(html, start)
-        raw, keep = regions.at(at)
-        for token in _TOKEN.finditer(html, at):
-            t_start, t_end = token.span()
-            if t_start >= end:
-                break
-            kind, value = token.lastgroup, token.group()
-            if kind == "tag":
-                name = _TAG_NAME.match(value).group(1).lower()  # type: ignore[union-attr]
-                closing = value.startswith("</")
-                if raw is not None:
-                    if closing and name == raw:
-                        raw = None
-                    else:  # a '<' inside <style> and the like is its text
-                        kind = "text"
-                elif name in _RAW and not closing:
-                    raw = name
-                elif name in _KEEPS_SPACES:
-                    keep = max(keep - 1, 0) if closing else keep + 1
-            if kind == "tag":
-                _tag_breaks(value, t_start - start, into)
-            elif kind == "comment" and value.startswith("<!--[if"):
-                for tag in _TAG_IN_COMMENT.finditer(value):
-                    _tag_breaks(tag.group(), t_start + tag.start() - start, into)
-            elif kind == "text":
-                low, high = max(start, t_start), min(end, t_end)
-                _text_node_breaks(html[low:high], low - start, raw, keep > 0, into)
-        # What a token reaching past the line's ends offered there is not this line's.
-        size = end - start
-        into.good = [b for b in into.good if b[0] >= 0 and b[1] <= size]
-        into.spare = [
-            (max(low, 0), min(high, size), before, after)
-            for low, high, before, after in into.spare
-            if high >= 0 and low <= size
-        ]
+        out[start] = _span_breaks(html, regions, start, end)
     return out
+
+
+def _span_breaks(html: str, regions: _Regions, start: int, end: int) -> _Breaks:
+    """The breaks of one long line, html[start:end]."""
+    into = _Breaks()
+    at = _token_start(html, start)
+    raw, keep = regions.at(at)
+    for token in _TOKEN.finditer(html, at):
+        t_start, t_end = token.span()
+        if t_start >= end:
+            break
+        kind, value = token.lastgroup, token.group()
+        if kind == "tag":
+            kind, raw, keep = _enter_tag(value, raw, keep)
+        if kind == "tag":
+            _tag_breaks(value, t_start - start, into)
+        elif kind == "comment" and value.startswith("<!--[if"):
+            for tag in _TAG_IN_COMMENT.finditer(value):
+                _tag_breaks(tag.group(), t_start + tag.start() - start, into)
+        elif kind == "text":
+            low, high = max(start, t_start), min(end, t_end)
+            _text_node_breaks(html[low:high], low - start, raw, keep > 0, into)
+    # What a token reaching past the line's ends offered there is not this line's.
+    size = end - start
+    into.good = [b for b in into.good if b[0] >= 0 and b[1] <= size]
+    into.spare = [
+        (max(low, 0), min(high, size), before, after)
+        for low, high, before, after in into.spare
+        if high >= 0 and low <= size
+    ]
+    return into
+
+
+def _enter_tag(tag: str, raw: str | None, keep: int) -> tuple[str, str | None, int]:
+    """A tag read: ("tag" or, for a '<' inside <style> and the like, "text"; the
+    raw-text element it leaves the reader in; how many <pre>-like elements)."""
+    name = _TAG_NAME.match(tag).group(1).lower()  # type: ignore[union-attr]
+    closing = tag.startswith("</")
+    if raw is not None:
+        if closing and name == raw:
+            return "tag", None, keep
+        return "text", raw, keep  # a '<' inside <style> and the like is its text
+    if name in _RAW and not closing:
+        return "tag", name, keep
+    if name in _KEEPS_SPACES:
+        keep = max(keep - 1, 0) if closing else keep + 1
+    return "tag", raw, keep
 
 
 def _token_start(html: str, at: int) -> int:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import email.policy
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import HighlightsError, display_path
-
-if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Workspace
+from highlightsmail.files import write_files
+from highlightsmail.mail.message import Recipient, build_message, recipient_links
+from highlightsmail.rendering.render import render_issue
 
 SAMPLE_TOKEN = "sample"
 SAMPLE_READER = ("reader@example.org", "Reader")
@@ -36,11 +37,6 @@ def build_command(ws: Workspace, issue_path: Path, out_dir: Path) -> list[Path]:
 
     `out_dir` is taken relative to the current directory, as typed, and created.
     """
-    from highlightsmail.authoring.issue import load_issue
-    from highlightsmail.files import write_files
-    from highlightsmail.mail.message import Recipient, build_message, recipient_links
-    from highlightsmail.rendering.render import render_issue
-
     issue = load_issue(issue_path)
     rendered = render_issue(issue, ws)
 

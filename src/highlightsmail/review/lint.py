@@ -17,16 +17,23 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from highlightsmail.errors import HighlightsError, Problem, display_path
+from markdown_it import MarkdownIt
+from markupsafe import escape
 
-if TYPE_CHECKING:
-    from highlightsmail.authoring.issue import Issue
-    from highlightsmail.authoring.sourcemap import Severity, SourceMap
-    from highlightsmail.authoring.workspace import Workspace
-    from highlightsmail.rendering.rendered import RenderedIssue
+from highlightsmail.authoring.issue import Issue, load_issue
+from highlightsmail.authoring.sourcemap import Severity, SourceMap, dotted
+from highlightsmail.authoring.workspace import ISSUE_SLUG, Workspace
+from highlightsmail.authoring.yamlfile import read_document
+from highlightsmail.errors import HighlightsError, Problem, display_path
+from highlightsmail.rendering.render import render_issue
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.review import deception
+from highlightsmail.templating import package_template
+from highlightsmail.text import url_problem
+from highlightsmail.urls import urls
 
 KB = 1000
 # Gmail shows "[Message clipped]" and hides the rest (the footer with the unsubscribe
@@ -91,7 +98,6 @@ class _Link:
 
 @functools.cache
 def _markdown() -> Any:
-    from markdown_it import MarkdownIt
 
     class _SeeEveryLink(MarkdownIt):
         # The renderer shows a link it refuses (relative, javascript:) as plain text;
@@ -146,7 +152,6 @@ def _links(issue: Issue) -> Iterator[_Link]:
 def _places(issue: Issue) -> SourceMap:
     """Where each value is in the issue's file, as loaded; everything at 1:1 for an
     issue without one."""
-    from highlightsmail.authoring.sourcemap import SourceMap
 
     if issue.source_map is not None:
         return issue.source_map
@@ -158,14 +163,12 @@ def _template_file(ws: Workspace, name: str) -> str:
     own = ws.templates_dir / name
     if own.is_file():
         return display_path(own)
-    from highlightsmail.templating import package_template
 
     return display_path(package_template(name))
 
 
 def _check_url(link: _Link) -> tuple[Severity, str] | None:
     """(severity, message) for a URL that is not a plain https one, else None."""
-    from highlightsmail.text import url_problem
 
     parts = urlsplit(link.url)
     scheme = parts.scheme.lower()
@@ -273,7 +276,6 @@ def _subject_findings(pos: SourceMap, issue: Issue) -> Iterator[Problem]:
 
 def _link_findings(pos: SourceMap, links: list[_Link]) -> Iterator[Problem]:
     """Links that are not plain https, and the same link in two items."""
-    from highlightsmail.authoring.sourcemap import dotted
 
     seen: dict[str, _Link] = {}
     for link in links:
@@ -326,7 +328,6 @@ def _todo_findings(pos: SourceMap, issue: Issue, texts: list[_Text]) -> Iterator
 
 def _date_findings(pos: SourceMap, issue: Issue, today: dt.date) -> Iterator[Problem]:
     """The date against the file's week, and against today."""
-    from highlightsmail.authoring.workspace import ISSUE_SLUG
 
     match = ISSUE_SLUG.match(issue.slug or "")
     if match:
@@ -349,7 +350,6 @@ def _date_findings(pos: SourceMap, issue: Issue, today: dt.date) -> Iterator[Pro
 
 def _deception_findings(pos: SourceMap, texts: list[_Text], links: list[_Link]) -> Iterator[Problem]:
     """Text and links that can show a reader something other than what they are."""
-    from highlightsmail.review import deception
 
     values = [(field.loc, field.value) for field in texts]
     values += [(link.loc, link.url) for link in links if not link.in_markdown]
@@ -367,14 +367,12 @@ def _deception_findings(pos: SourceMap, texts: list[_Text], links: list[_Link]) 
 
 
 def _at(pos: SourceMap, loc: Loc, line: int, col: int, message: str) -> Problem:
-    from highlightsmail.authoring.sourcemap import dotted
 
     return Problem(pos.file, line, col, f"{dotted(loc)}: {message}", "warning")
 
 
 def _template_findings(ws: Workspace, rendered: RenderedIssue) -> Iterator[Problem]:
     """The footer the templates must keep (RFC 8058 and anti-spam laws)."""
-    from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
 
     html, text = _as_sent(ws, rendered)
     mjml = _template_file(ws, "issue.mjml.j2")
@@ -412,6 +410,7 @@ def _settings_problems(ws: Workspace) -> list[Problem]:
         )
     if settings.delivery.sendgrid.webhook_public_key:
         # Only `serve` reads it, and refuses to start without a key it can load: say so now.
+        # Here, not at the top: `check` loads feedback's code only for this setting.
         from highlightsmail.feedback.signature import ENV_PUBLIC_KEY, public_key_problem
 
         problem = public_key_problem(settings.delivery.sendgrid.webhook_public_key)
@@ -425,7 +424,6 @@ def _settings_problems(ws: Workspace) -> list[Problem]:
             )
     if not findings:
         return []
-    from highlightsmail.authoring.yamlfile import read_document
 
     doc: SourceMap | None
     try:
@@ -440,14 +438,12 @@ def _settings_problems(ws: Workspace) -> list[Problem]:
 
 def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:
     """(html, text) with an unsubscribe URL as long as any real one."""
-    from highlightsmail.urls import urls
 
     return rendered.personalize(urls(ws.settings).unsubscribe(_TOKEN_SHAPE))
 
 
 def _html_text(value: str) -> str:
     """`value` as it appears in HTML once Jinja escapes it."""
-    from markupsafe import escape
 
     return str(escape(value))
 
@@ -486,7 +482,6 @@ class HtmlRoom:
 def html_room(ws: Workspace, issue: Issue, rendered: RenderedIssue) -> HtmlRoom:
     """The HTML's size as sent and, from a second rendering with one item (or, for an
     issue of one item, two), about how much an item of this issue's size adds."""
-    from highlightsmail.rendering.render import render_issue
 
     size = len(_as_sent(ws, rendered)[0].encode("utf-8"))
     count = len(issue.items)
@@ -543,8 +538,6 @@ class CheckReport:
 def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
     """`highlights check ISSUE`: validate (raising ValidationFailed with every problem
     of an invalid file), render, and lint."""
-    from highlightsmail.authoring.issue import load_issue
-    from highlightsmail.rendering.render import render_issue
 
     issue = load_issue(issue_path)
     rendered = render_issue(issue, ws)

@@ -1,0 +1,249 @@
+"""`send` (a test send, or the send to the subscribers) and `status`."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+import click
+
+from highlightsmail.cli.context import Ctx, pass_ctx, slug_of
+
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from highlightsmail.sending.dispatch import Reason, SendOutcome, SendPlan, Summary, TestSendResult
+
+
+@click.command()
+@click.argument("issue")
+@click.option("--test", "test", is_flag=True, help="Send only to the editors (or --to), with [TEST] in the subject.")
+@click.option(
+    "--to", "to", multiple=True, metavar="EMAIL", help="With --test: send to these addresses instead of the editors."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Do everything but hand messages to the backend.")
+@click.option("--limit", metavar="N", type=click.IntRange(min=1), help="Send only the next N recipients (a canary).")
+@click.option(
+    "--resend-in-doubt", is_flag=True, help="Send again to recipients whose batch was in flight when a run died."
+)
+@click.option("--skip-test-check", is_flag=True, help="Send even if this rendering was not test-sent.")
+@pass_ctx
+def send(
+    obj: Ctx,
+    issue: str,
+    test: bool,
+    to: tuple[str, ...],
+    yes: bool,
+    dry_run: bool,
+    limit: int | None,
+    resend_in_doubt: bool,
+    skip_test_check: bool,
+) -> None:
+    """Test-send ISSUE to the editors, or send it to the subscribers.
+
+    Without --test, ISSUE goes to every active subscriber, after a confirmation. ISSUE
+    is a path, a slug or `latest`."""
+    if to and not test:
+        raise click.UsageError("--to goes with --test")
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.sending import dispatch
+
+    path = obj.ws.issue_path(issue)
+    if test:
+        _said_test(dispatch.send_test(obj.ws, path, list(to), dry_run=dry_run))
+        return
+    outcome = dispatch.send(
+        obj.ws,
+        path,
+        events=_SendTalk(yes=yes),
+        dry_run=dry_run,
+        limit=limit,
+        resend_in_doubt=resend_in_doubt,
+        skip_test_check=skip_test_check,
+    )
+    plan = outcome.plan
+    if outcome.dry_run:
+        _said_dry_run(outcome)
+        return
+    if outcome.stopped:
+        # Imported when the command runs, not at the top: --help loads none of it.
+        from highlightsmail.errors import HighlightsError
+
+        raise HighlightsError(f"stopped; resume with: highlights send {plan.slug}")
+    summary = outcome.summary
+    assert summary is not None
+    if outcome.nothing_left:
+        click.echo(f"{plan.slug}: nothing left to send ({_summary_line(summary)}).")
+    else:
+        click.echo(f"{plan.slug}: {_summary_line(summary)}.")
+        _show_reasons(outcome.reasons)
+    _finish(plan.slug, summary)
+
+
+def _said_test(tested: TestSendResult) -> None:
+    """What a test send (or its dry run) did."""
+    if tested.dry_run:
+        click.echo(f"Dry run: would send a test of {tested.slug} to {', '.join(tested.recipients)}")
+        return
+    click.echo(
+        f"Test of {tested.slug} sent to {', '.join(tested.recipients)} "
+        f"through {tested.backend} (fingerprint {tested.fingerprint[:12]})."
+    )
+    click.echo(f"When it looks right: highlights send {tested.slug}")
+
+
+def _said_dry_run(outcome: SendOutcome) -> None:
+    """What a dry run of the send would have done."""
+    plan = outcome.plan
+    if outcome.suppressed:
+        click.echo(
+            f"Dry run: {outcome.suppressed} subscriber(s) would be marked from {plan.backend}'s suppression lists."
+        )
+    click.echo(f"Dry run: would send {plan.slug} to {plan.count} recipient(s) through {plan.backend}; nothing sent.")
+
+
+_STATE_WORDS = {"failed": "failed", "in_doubt": "in doubt"}
+_MAX_REASONS = 10  # distinct reasons shown at the end of a send; `status` has them all
+
+
+class _SendTalk:
+    """What the command line says and asks while a send runs (a dispatch.SendEvents)."""
+
+    def __init__(self, *, yes: bool) -> None:
+        self.yes = yes
+
+    def suppressions_applied(self, count: int, backend: str) -> None:
+        click.echo(f"{count} subscriber(s) marked from {backend}'s suppression lists.", err=True)
+
+    def found_in_doubt(self, count: int) -> None:
+        click.echo(
+            f"{count} recipient(s) were in a batch under way when an earlier run stopped: now in doubt.", err=True
+        )
+
+    def retrying_failed(self, count: int) -> None:
+        click.echo(f"Retrying {count} recipient(s) whose delivery failed before.", err=True)
+
+    def confirm(self, plan: SendPlan) -> bool:
+        if not self.yes:
+            # Imported when the command runs, not at the top: --help loads none of it.
+            from highlightsmail.errors import HighlightsError
+
+            verb = "Resume sending" if plan.resume else "Send"
+            try:
+                answer = click.confirm(
+                    f"{verb} {plan.slug} to {plan.count} recipient(s) through {plan.backend}?", err=True
+                )
+            except (click.Abort, RuntimeError) as exc:  # Ctrl-C, or no input at all (RuntimeError: none open)
+                if isinstance(exc, RuntimeError) or _input_ended():  # cron, CI, a pipe: say what to do
+                    click.echo(err=True)  # end the question's line
+                    raise HighlightsError(
+                        f"{plan.slug}: nothing sent; no answer to the question (standard input ended): "
+                        "pass --yes to send without asking"
+                    ) from None
+                raise
+            if not answer:
+                raise click.Abort()
+        return True
+
+    def progress(self, total: int) -> AbstractContextManager[Callable[[int], None]]:
+        """A progress bar on a terminal only: logs and pipes get the summary alone."""
+        if not sys.stderr.isatty():
+            return contextlib.nullcontext(lambda n: None)
+
+        @contextlib.contextmanager
+        def bar() -> Iterator[Callable[[int], None]]:
+            with click.progressbar(
+                length=total, label="Sending", file=sys.stderr, show_pos=True, show_eta=True
+            ) as progress:
+                yield progress.update
+
+        return bar()
+
+    def stopping(self) -> None:
+        click.echo("\nStopping after the batches under way (Ctrl-C again to stop at once)...", err=True)
+
+
+def _input_ended() -> bool:
+    """Whether a question went unanswered because standard input is no terminal (it
+    ended: /dev/null, a pipe, a closed stream), rather than because of Ctrl-C."""
+    try:
+        return sys.stdin is None or not sys.stdin.isatty()
+    except (OSError, ValueError):  # closed: nobody is typing there either
+        return True
+
+
+def _summary_line(summary: Summary) -> str:
+    return (
+        f"sent {summary['sent']}, skipped {summary['skipped']}, failed {summary['failed']}, "
+        f"in doubt {summary['in_doubt']}"
+    )
+
+
+def _show_reasons(reasons: list[Reason]) -> None:
+    """Each distinct reason this run failed or left recipients in doubt, with how many."""
+    for reason in reasons[:_MAX_REASONS]:
+        click.echo(f"  {_STATE_WORDS[reason.state]} {reason.count}: {reason.reason}")
+    if len(reasons) > _MAX_REASONS:
+        click.echo(f"  ... and {len(reasons) - _MAX_REASONS} other reason(s): see highlights status")
+
+
+def _finish(slug: str, summary: Summary) -> None:
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.errors import HighlightsError
+
+    failed, doubt = summary["failed"], summary["in_doubt"]
+    if failed or doubt:
+        raise HighlightsError(
+            f"{failed} failed and {doubt} in doubt: see `highlights status {slug}`; "
+            f"`highlights send {slug}` retries the failed ones"
+            + (", add --resend-in-doubt for those in doubt" if doubt else "")
+        )
+    if summary["pending"]:
+        click.echo(f"{summary['pending']} still to send: highlights send {slug}")
+
+
+@click.command()
+@click.argument("issue")
+@click.option("--verbose", "-v", is_flag=True, help="List the address of every failed or in-doubt recipient.")
+@pass_ctx
+def status(obj: Ctx, issue: str, verbose: bool) -> None:
+    """Show how the sending of ISSUE stands.
+
+    The recipients sent, skipped, failed and in doubt, by batch and reason. ISSUE is a
+    path, a slug or `latest`."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.sending import dispatch
+
+    report = dispatch.status(obj.ws, slug_of(obj.ws, issue), verbose=verbose)
+    slug = report.slug
+    if report.last_test is not None:
+        last = report.last_test
+        click.echo(f"{slug}: last test send {last.at} to {', '.join(last.recipients)}")
+    else:
+        click.echo(f"{slug}: no test send yet")
+    if report.info is None or report.summary is None:
+        click.echo(f"{slug}: not sent yet ({report.active} active subscribers)")
+        return
+    info, summary = report.info, report.summary
+    state = "finished" if info.finished else ("sending now" if report.running else "stopped")
+    click.echo(f"{slug}: dispatch through {info.backend} started {info.started}, {state}")
+    click.echo(
+        f"  recipients {summary.total}: {_summary_line(summary)}, pending {summary['pending']}"
+        + (f", in flight {summary['in_flight']}" if summary["in_flight"] else "")
+    )
+    shown = None
+    for group in report.groups:
+        if group.state != shown:
+            shown = group.state
+            click.echo(f"  {_STATE_WORDS[group.state]}:")
+        click.echo(f"    batch {group.batch}: {group.count} recipient(s): {group.reason}")
+        for email in group.emails:
+            click.echo(f"      {email}")
+    if report.groups and not verbose:
+        click.echo(f"  list their addresses with: highlights status {slug} --verbose")
+    if summary["in_doubt"] or summary["in_flight"]:
+        click.echo(f"  send those in doubt again with: highlights send {slug} --resend-in-doubt")
+    if report.has_events:
+        click.echo(f"  delivery events recorded: see highlights report {slug}")

@@ -1,0 +1,147 @@
+"""`subscribers` (import, add, remove, list, export) and `form`, the signup form to paste."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from highlightsmail.cli.context import Ctx, pass_ctx
+from highlightsmail.cli.output import streamed_stdout, warn_if_committable
+
+
+@click.group()
+def subscribers() -> None:
+    """Manage the subscriber list."""
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check the file and report, without changing anything.")
+@pass_ctx
+def subscribers_import(obj: Ctx, file: Path, dry_run: bool) -> None:
+    """Import subscribers from a CSV file.
+
+    The file has a header row: email, and optionally name, status, created, updated,
+    source and consented (as export writes them)."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.subscribers import manage as engine
+
+    parsed = engine.parse_csv(file)
+    # Bad and duplicate rows by line on stderr, before anything is written.
+    for message in parsed.warnings + parsed.rejected:
+        click.echo(message, err=True)
+    result = engine.import_parsed(obj.ws, file, parsed, dry_run=dry_run)
+    summary = (
+        f"{result.new} new, {result.updated} updated, {result.unchanged} unchanged, {len(parsed.rejected)} rejected"
+    )
+    if dry_run:
+        click.echo(f"dry run: would import {summary}; nothing was changed")
+    else:
+        click.echo(f"imported {summary}")
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="The subscriber's name.")
+@pass_ctx
+def subscribers_add(obj: Ctx, email: str, name: str) -> None:
+    """Add one subscriber.
+
+    Someone who left (unsubscribed, bounced or complained) is never made active again
+    from here."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.subscribers import manage as engine
+
+    added = engine.add(obj.ws, email, name=name)
+    if added.created:
+        click.echo(f"added {added.subscriber.email}")
+    elif added.renamed:
+        click.echo(f"{added.subscriber.email} is already subscribed; name set to {name.strip()!r}")
+    else:
+        click.echo(f"{added.subscriber.email} is already subscribed")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@pass_ctx
+def subscribers_remove(obj: Ctx, email: str) -> None:
+    """Unsubscribe EMAIL.
+
+    The address stays in the list, so it is never mailed again."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.subscribers import manage as engine
+
+    subscriber, changed = engine.remove(obj.ws, email)
+    if changed:
+        click.echo(f"unsubscribed {subscriber.email}")
+    else:
+        click.echo(f"{subscriber.email} is already {subscriber.status}; it gets no mail")
+
+
+@subscribers.command("list")
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(["active", "pending", "unsubscribed", "bounced", "complained"]),
+    help="Only the subscribers with this status (default: all).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="csv has export's columns.",
+)
+@pass_ctx
+def subscribers_list(obj: Ctx, status_: str | None, fmt: str) -> None:
+    """List subscribers."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.subscribers import manage as engine
+
+    with streamed_stdout() as out:
+        engine.write_list(obj.ws, out, status=status_, fmt=fmt)  # type: ignore[arg-type]  # click.Choice
+    warn_if_committable(None)
+
+
+@subscribers.command("export")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def subscribers_export(obj: Ctx, file: Path | None) -> None:
+    """Export every subscriber as CSV to FILE (default: standard output).
+
+    Keep the file out of git: in the workspace's private/ folder (made when missing),
+    which git ignores. A file that git would offer for a commit gets a warning."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.errors import display_path
+    from highlightsmail.subscribers import manage as engine
+
+    if file is None:
+        with streamed_stdout() as out:
+            engine.export(obj.ws, None, out)
+        warn_if_committable(None)
+        return
+    obj.ws.make_private_dir(file)
+    count = engine.export(obj.ws, file)
+    click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
+    warn_if_committable(file)
+
+
+@click.command()
+@pass_ctx
+def form(obj: Ctx) -> None:
+    """Print the signup form as HTML to paste into any website."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.subscribers.signup import form_snippet
+    from highlightsmail.urls import urls
+
+    ws = obj.ws
+    click.echo(form_snippet(ws), nl=False)
+    warn_if_committable(None)
+    if not ws.settings.signup.enabled:
+        click.echo(
+            "Note: signup.enabled is false in highlights.yaml, so `highlights serve` does not answer "
+            f"{urls(ws.settings).subscribe()} yet.",
+            err=True,
+        )

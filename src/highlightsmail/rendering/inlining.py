@@ -1,0 +1,232 @@
+"""The CSS of a compiled email: the inline stylesheet copied onto each element's style
+attribute by premailer (the <head> blocks that must stay, stay), then the HTML in fewer
+bytes in ways no mail client can tell apart.
+
+Gmail clips an email's HTML after 102 KB, and every item of an issue repeats the same
+markup: what is said twice or said for nothing is left out here, once the CSS is
+inlined (the pixels are the same; tests/rendering/test_email_looks.py compares them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import sys
+import types
+from functools import lru_cache
+from typing import Any, ClassVar
+
+__all__ = ["compact", "inline_css", "keep_head_styles"]
+
+_MJ_INLINE_STYLE = re.compile(r"<mj-style\b[^>]*\binline\s*=\s*[\"']inline[\"'][^>]*>(.*?)</mj-style>", re.S | re.I)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_STYLE_TAG = re.compile(r"<style\b([^>]*)>(.*?)</style>", re.S | re.I)
+
+
+def keep_head_styles(html: str, mjml_source: str) -> str:
+    """Mark every <style> block except those of `<mj-style inline="inline">` for
+    premailer to leave alone.
+
+    MJML inlines only `mj-style inline="inline"` and keeps the rest in <head> (its
+    resets, column widths, media queries for phones and dark mode); mjml-python leaves
+    inlining out, so premailer does it, told which blocks are which. Blocks inside
+    Outlook's conditional comments are left as they are.
+    """
+    inline_css = {m.group(1).strip() for m in _MJ_INLINE_STYLE.finditer(mjml_source)}
+
+    def mark(match: re.Match[str]) -> str:
+        attrs, body = match.groups()
+        if body.strip() in inline_css or "data-premailer" in attrs:
+            return match.group(0)
+        return f'<style{attrs} data-premailer="ignore">{body}</style>'
+
+    out, pos = [], 0
+    for comment in _COMMENT.finditer(html):
+        out.append(_STYLE_TAG.sub(mark, html[pos : comment.start()]))
+        out.append(comment.group(0))
+        pos = comment.end()
+    out.append(_STYLE_TAG.sub(mark, html[pos:]))
+    return "".join(out)
+
+
+def _import_premailer() -> None:
+    """Import premailer without importing `requests`.
+
+    premailer imports requests at its top only to fetch external stylesheets, which
+    allow_network=False forbids, and requests with urllib3 and its charset detectors is
+    about a tenth of a build's time. A stand-in module answers premailer's import and
+    loads the real requests on first use; it is gone from sys.modules right after, so
+    any other `import requests` in the process gets the real module."""
+    if "premailer.premailer" in sys.modules or "requests" in sys.modules:
+        return
+    stand_in = types.ModuleType("requests")
+
+    def load_on_use(name: str) -> Any:
+        if sys.modules.get("requests") is stand_in:
+            del sys.modules["requests"]
+        return getattr(importlib.import_module("requests"), name)
+
+    stand_in.__dict__["__getattr__"] = load_on_use  # a module's own __getattr__ (PEP 562)
+    sys.modules["requests"] = stand_in
+    try:
+        # Here, not at the top: only with the stand-in in place.
+        import premailer.premailer  # noqa: F401
+    finally:
+        if sys.modules.get("requests") is stand_in:
+            del sys.modules["requests"]
+
+
+@lru_cache(maxsize=1)
+def _inliner_class() -> type:
+    _import_premailer()
+    from premailer import Premailer  # after _import_premailer, so without requests
+
+    class _Inliner(Premailer):  # type: ignore[misc,unused-ignore]  # premailer has no types
+        """premailer, remembering the rules it read from a stylesheet.
+
+        premailer caches parsing but turns every rule back into text on each run,
+        which is most of a warm render's time; the stylesheet is the same each time.
+        """
+
+        _rules: ClassVar[dict[tuple[str, int], tuple[list[Any], list[Any]]]] = {}
+
+        def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
+            key = (css_body, ruleset_index)
+            if key in self._rules:
+                return self._rules[key]
+            rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
+            # Leftover rules are mutable cssutils objects that premailer edits; only
+            # stylesheets without any are kept.
+            if not leftover and len(self._rules) < 64:
+                self._rules[key] = (rules, leftover)
+            return rules, leftover
+
+    return _Inliner
+
+
+def inline_css(html: str) -> str:
+    """Copy the inline stylesheet onto each element's style attribute (Gmail and
+    others ignore <style> in places); the <head> blocks marked by keep_head_styles,
+    @media rules among them, stay as they are."""
+    inlined: str = _inliner_class()(
+        html,
+        keep_style_tags=False,
+        strip_important=False,
+        # Pixel widths from MJML are what Outlook lays out with: don't rewrite them;
+        # and no bgcolor= on spans and divs, where it means nothing.
+        disable_basic_attributes=["width", "height", "bgcolor"],
+        disable_link_rewrites=True,
+        allow_network=False,
+        allow_loading_external_files=False,
+        # Email CSS is full of vendor properties (mso-*) cssutils would complain
+        # about, on stderr: a clean issue must render silently.
+        disable_validation=True,
+        cssutils_logging_level=logging.CRITICAL,
+    ).transform()
+    # premailer drops its marker only from the blocks it looked at.
+    return inlined.replace(' data-premailer="ignore"', "")
+
+
+# A start tag, also inside Outlook's conditional comments. lxml writes '<' and '>' in
+# attribute values and text as entities, so this matches tags and nothing else.
+_START_TAG = re.compile(r"<[A-Za-z][^<>]*>")
+_STYLE_ATTR = re.compile(r'(\sstyle=")([^"]*)"')
+_CLASS_ATTR = re.compile(r'\sclass="([^"]*)"')
+
+
+# A class named in a stylesheet (a digit after the dot is a number: 0.08em).
+_CSS_CLASS = re.compile(r"\.(-?[A-Za-z_][\w-]*)")
+
+
+# A declaration's separators, the quoted strings and brackets to step over whole.
+_DECLARATION_PARTS = re.compile(r"\"[^\"]*\"|'[^']*'|&quot;.*?&quot;|\([^)]*\)|;|,\s+")
+
+
+# Outlook's conditional comments back to back, said as one: MJML's own compiler does
+# the same (mergeOutlookConditionnals); mjml-python does not.
+_ADJACENT_MSO = re.compile(r"<!\[endif\]-->\s*<!--\[if mso \| IE\]>")
+
+
+def _short_style(style: str) -> str:
+    """Declarations with no white space around their `:` and `;` or after a comma (in a
+    font list), outside quoted names and brackets; no empty declaration, no final `;`."""
+    declarations: list[str] = []
+    current: list[str] = []
+    pos = 0
+    for part in _DECLARATION_PARTS.finditer(style):
+        if part.group() == ";":
+            declarations.append("".join(current) + style[pos : part.start()])
+            current = []
+        elif part.group().startswith(","):
+            current.append(style[pos : part.start()] + ",")
+        else:
+            continue  # a quoted name or brackets: kept as they are
+        pos = part.end()
+    declarations.append("".join(current) + style[pos:])
+    short = []
+    for declaration in declarations:
+        name, colon, value = declaration.partition(":")
+        if colon and name.strip() and value.strip():
+            short.append(f"{name.strip()}:{value.strip()}")
+    return ";".join(short)
+
+
+_CSS_SPACE = re.compile(r"\s+")
+
+
+# White space next to these is not needed: braces, `;`, `,` and, in a declaration, `:`.
+# A space before `(` or after `)` is kept (`and (max-width...)` needs it), and so is
+# the space before `:` in a selector (`a :hover` is not `a:hover`).
+_CSS_AROUND = re.compile(r" ?([{};,]) ?|: ")
+_DECLARATION_COLON = re.compile(r"(?<=[{;])([\w-]+) :")
+_CSS_STRING_OR_COMMENT = re.compile(r"\"[^\"]*\"|'[^']*'|/\*.*?\*/", re.S)
+
+
+def _short_css(css: str) -> str:
+    """A <style> block's CSS without comments and the white space it needs none of;
+    quoted strings are kept as they are."""
+    out, pos = [], 0
+    for token in _CSS_STRING_OR_COMMENT.finditer(css):
+        out.append(_CSS_AROUND.sub(lambda m: m.group(1) or ":", _CSS_SPACE.sub(" ", css[pos : token.start()])))
+        out.append("" if token.group().startswith("/*") else token.group())
+        pos = token.end()
+    out.append(_CSS_AROUND.sub(lambda m: m.group(1) or ":", _CSS_SPACE.sub(" ", css[pos:])))
+    # Inside a declaration block a space before `:` means nothing either.
+    return _DECLARATION_COLON.sub(r"\1:", "".join(out)).strip()
+
+
+def _classes_styled(html: str) -> set[str] | None:
+    """Every class some <style> block of the email names (in <head>, or in Outlook's
+    conditional comments); None when a block matches classes by attribute
+    ([class^=...]), which can name any of them."""
+    css = " ".join(m.group(2) for m in _STYLE_TAG.finditer(html))
+    if re.search(r"\[\s*class\b", css):
+        return None
+    return set(_CSS_CLASS.findall(css))
+
+
+def compact(html: str) -> str:
+    """The email in fewer bytes, the same to every mail client: style attributes
+    without white space between declarations; class names kept only where a <style>
+    block names them (the rest served premailer, which has inlined them); MJML's
+    <tbody> tags, which every HTML parser puts back by itself; Outlook's back-to-back
+    conditional comments said as one."""
+    styled = _classes_styled(html)
+
+    def compact_tag(match: re.Match[str]) -> str:
+        tag = _STYLE_ATTR.sub(lambda m: f'{m.group(1)}{_short_style(m.group(2))}"', match.group())
+        if styled is None:
+            return tag
+        named = styled  # not None here, also inside keep_styled
+
+        def keep_styled(m: re.Match[str]) -> str:
+            kept = " ".join(name for name in m.group(1).split() if name in named)
+            return f' class="{kept}"' if kept else ""
+
+        return _CLASS_ATTR.sub(keep_styled, tag)
+
+    html = _START_TAG.sub(compact_tag, html)
+    html = _STYLE_TAG.sub(lambda m: f"<style{m.group(1)}>{_short_css(m.group(2))}</style>", html)
+    html = _ADJACENT_MSO.sub("", html)
+    return html.replace("<tbody>", "").replace("</tbody>", "")
