@@ -116,13 +116,8 @@ class SignupEndpoint:
         self.signup.close()
 
     async def _write(self, work: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """`work` in a worker thread, as one of the app's writes (AppDatabase.writing)."""
-
-        def written() -> _T:
-            with self.db.writing():
-                return work(*args, **kwargs)
-
-        return await run_in_threadpool(written)
+        """`work` as one of the app's writes (AppDatabase.write), which take turns."""
+        return await self.db.write(lambda _store: work(*args, **kwargs))
 
     # -- /subscribe
 
