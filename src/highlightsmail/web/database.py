@@ -119,11 +119,12 @@ class AppDatabase:
         if self._place.database_url:
             return await run_in_threadpool(lambda: work(self._pooled()))
         kept = self._inline
-        if kept is None or not self._fresh(kept):
-            kept, old = await run_in_threadpool(self._open_inline)
-            if old is not None:
-                close_quietly(old.store)  # here, in the thread that reads from it: no read is under way
-        return work(kept.store)
+        if kept is not None and self._fresh(kept):
+            return work(kept.store)
+        opened, old = await run_in_threadpool(self._open_inline)
+        if old is not None:
+            close_quietly(old.store)  # here, in the thread that reads from it: no read is under way
+        return work(opened.store)
 
     async def write(self, work: Callable[[Store], _T]) -> _T:
         """`work(store)` as one of the app's writes (`writing()`): on SQLite in the app's
