@@ -82,6 +82,9 @@ class AppDatabase:
 
     def __init__(self, place: Place, *, clock: Callable[[], datetime] | None = None) -> None:
         self._place = place
+        # Read once: the workspace works them out anew (the environment, a path) at each ask.
+        self._url = place.database_url
+        self._path = place.db_path
         self._clock = clock
         self._lock = threading.Lock()
         self._writers = threading.RLock()  # SQLite: the app's writes take turns here
@@ -92,13 +95,13 @@ class AppDatabase:
         self._opening = threading.Lock()  # SQLite: one request opens it
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="highlights-writer")  # SQLite
         self._renewals = 0
-        where = describe_url(place.database_url) if place.database_url else display_path(place.db_path)
+        where = describe_url(self._url) if self._url else display_path(self._path)
         self.health = DatabaseHealth(self.check, where)
 
     def store(self) -> Store:
         """The Store for this thread: on PostgreSQL the app's, on SQLite the thread's own.
         UnusableDatabase (and its one line) when the database cannot be opened."""
-        if self._place.database_url:
+        if self._url:
             return self._pooled()
         return self._thread_store()
 
@@ -106,7 +109,7 @@ class AppDatabase:
     def writing(self) -> Iterator[Store]:
         """`store()`, for work that writes: on SQLite after the app's other writes under
         way (PostgreSQL orders them itself, for several processes at once)."""
-        if self._place.database_url:
+        if self._url:
             yield self._pooled()
             return
         with self._writers:
@@ -116,7 +119,7 @@ class AppDatabase:
         """`work(store)`, a read of a row or two: on SQLite in the calling (event loop)
         thread, over the Store kept for it; on PostgreSQL in a worker thread (a round trip
         over the network). UnusableDatabase as `store()` raises it."""
-        if self._place.database_url:
+        if self._url:
             return await run_in_threadpool(lambda: work(self._pooled()))
         kept = self._inline
         if kept is not None and self._fresh(kept):
@@ -129,7 +132,7 @@ class AppDatabase:
     async def write(self, work: Callable[[Store], _T]) -> _T:
         """`work(store)` as one of the app's writes (`writing()`): on SQLite in the app's
         writer thread, on PostgreSQL in a worker thread (the database orders them)."""
-        if self._place.database_url:
+        if self._url:
             return await run_in_threadpool(self._written, work)
         return await asyncio.get_running_loop().run_in_executor(self._writer, self._written, work)
 
@@ -139,7 +142,7 @@ class AppDatabase:
 
     def _fresh(self, kept: _Kept) -> bool:
         """Whether a kept Store is still the one to use (see `_thread_store`)."""
-        return kept.renewal == self._renewals and kept.file == _file_of(self._place.db_path)
+        return kept.renewal == self._renewals and kept.file == _file_of(self._path)
 
     def _open_inline(self) -> tuple[_Kept, _Kept | None]:
         """The Store for `read`, opened unless another request opened it meanwhile; and
@@ -149,7 +152,7 @@ class AppDatabase:
             if kept is not None and self._fresh(kept):
                 return kept, None
             renewal = self._renewals
-            new = _Kept(Store.open(self._place, clock=self._clock), renewal, _file_of(self._place.db_path))
+            new = _Kept(Store.open(self._place, clock=self._clock), renewal, _file_of(self._path))
             with self._lock:
                 self._inline = new
             return new, kept
@@ -173,7 +176,7 @@ class AppDatabase:
             return kept.store
         renewal = self._renewals
         store = Store.open(self._place, clock=self._clock)  # a new SQLite file's schema too
-        self._local.kept = _Kept(store, renewal, _file_of(self._place.db_path))
+        self._local.kept = _Kept(store, renewal, _file_of(self._path))
         this = threading.current_thread()
         with self._lock:
             # A thread's previous Store, and those of threads that have ended (a
@@ -203,7 +206,7 @@ class AppDatabase:
         the pool's connections may all be busy serving (load is not ill health), and it
         waits between attempts to reconnect."""
         try:
-            if self._place.database_url:
+            if self._url:
                 with Store.open(self._place, timeout=_CHECK_TIMEOUT_S) as store:
                     store.ping()
             else:
