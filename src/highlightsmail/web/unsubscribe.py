@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypedDict
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -80,14 +79,8 @@ def move_found(
     return SubscriberView(mask_email(sub.email), sub.status)
 
 
-class _Actions(TypedDict):
+def _actions(token: str, nested: bool) -> dict[str, str]:
     """Where the page's forms post, relative to the page."""
-
-    unsubscribe_action: str
-    resubscribe_action: str
-
-
-def _actions(token: str, nested: bool) -> _Actions:
     # Relative form actions keep working when a proxy serves the app under a prefix.
     up = "../" if nested else ""
     return {"unsubscribe_action": f"{up}{token}", "resubscribe_action": f"{up}{token}/resubscribe"}
@@ -134,9 +127,10 @@ class UnsubscribeRoutes:
         return subscriber_id
 
     def _page(self, name: str, title: str, sub: SubscriberView, token: str, *, nested: bool = False) -> Response:
-        return self.pages.response(
-            name, title=title, masked_email=sub.masked_email, status=sub.status, **_actions(token, nested)
-        )
+        # The same page for every reader in a status, but for the address and the links:
+        # rendered once (a page took a third of a GET's time).
+        reader = {"masked_email": sub.masked_email, **_actions(token, nested)}
+        return HTMLResponse(self.pages.render_for_reader(name, reader, title=title, status=sub.status))
 
     async def token_page(self, request: Request) -> Response:
         if request.method == "POST":
