@@ -21,7 +21,8 @@ written as raw bytes) measure, each case timed after a short warm-up:
 | POST /subscribe, a new address each, from its own address behind the trusted proxy (as benchmarks/signup.py) | - |
 
 Printed: requests per second, p50 and p99 latency, the ratio to the floor, and the CPU
-time the clients and the server used (the clients must use far less than a core, or
+time the server used per request (steadier than the rates on a busy machine), and how
+busy the clients and the server were (the clients must use far less than a core, or
 they are what is measured). Targets: GET /u/TOKEN >= 0.4 of the floor's GET, p99 < 20 ms;
 one-click POST >= 0.7 of the floor's POST, p99 < 50 ms; POST /subscribe >= 1,000
 requests/s, p99 < 50 ms.
@@ -271,7 +272,8 @@ def drive(port: int, pid: int, requests: list[bytes], clients: int) -> Run:
 
 def line(name: str, run: Run, floor: Run | None = None) -> str:
     text = f"  {name:<30} {run.rps:>7,.0f} req/s  p50 {run.percentile(50):5.1f} ms  p99 {run.percentile(99):6.1f} ms"
-    text += f"  (CPU: clients {run.client_cpu / run.wall:4.0%}, server {run.server_cpu / run.wall:4.0%})"
+    text += f"  server CPU {run.server_cpu / len(run.latencies_ms) * 1e6:5.0f} us/request"
+    text += f"  (busy: clients {run.client_cpu / run.wall:4.0%}, server {run.server_cpu / run.wall:4.0%})"
     if floor is not None:
         text += f"  ratio {run.rps / floor.rps:.2f}"
     return text
