@@ -69,14 +69,21 @@ def move_found(
     store: Store, sub: Subscriber, from_status: Status, to_status: Status, source: Source
 ) -> SubscriberView | None:
     """`move` for a subscriber read already, found in `from_status`."""
+    if not change(store, sub, from_status, to_status, source):
+        return None
+    sub = store.get(sub.id) or sub
+    return SubscriberView(mask_email(sub.email), sub.status)
+
+
+def change(store: Store, sub: Subscriber, from_status: Status, to_status: Status, source: Source) -> bool:
+    """The write of `move_found`: False when the subscriber was deleted meanwhile."""
     try:
         # Records an event only when the status changes, so a repeat adds nothing;
         # only_from: a change since the read (a bounce) is left alone.
         store.set_status(sub.id, to_status, source=source, only_from=from_status)
     except UnknownSubscriber:  # deleted in between
-        return None
-    sub = store.get(sub.id) or sub
-    return SubscriberView(mask_email(sub.email), sub.status)
+        return False
+    return True
 
 
 def _actions(token: str, nested: bool) -> dict[str, str]:
@@ -162,8 +169,12 @@ class UnsubscribeRoutes:
             return self._invalid()
         if found.status != "active":
             sub: SubscriberView | None = SubscriberView(mask_email(found.email), found.status)
+        elif not await self.db.write(lambda store: change(store, found, "active", "unsubscribed", source)):
+            sub = None
         else:
-            sub = await self.db.write(lambda store: move_found(store, found, "active", "unsubscribed", source))
+            # Read back where reads are cheap, not in the writer thread.
+            after = await self.db.read(lambda store: store.get(found.id))
+            sub = SubscriberView(mask_email((after or found).email), (after or found).status)
         if sub is None:
             return self._invalid()
         return self._page("unsubscribed.html.j2", "You are unsubscribed", sub, token)
@@ -188,4 +199,4 @@ class UnsubscribeRoutes:
         return self._page("resubscribed.html.j2", "You are subscribed again", sub, token, nested=True)
 
 
-__all__ = ["SubscriberView", "UnsubscribeRoutes", "look", "move", "move_found"]
+__all__ = ["SubscriberView", "UnsubscribeRoutes", "change", "look", "move", "move_found"]
