@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -193,10 +194,19 @@ class Mailer:
     confirmation is rendered once, not per reader. A failure is logged with the
     subscriber's id (never the address); `close` waits for what is under way."""
 
-    def __init__(self, ws: Workspace, signer: Signer, store: Callable[[], Store], *, workers: int = 2) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        signer: Signer,
+        store: Callable[[], Store],
+        *,
+        workers: int = 2,
+        writing: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ) -> None:
         self.ws = ws
         self.signer = signer
         self._store = store
+        self._writing = writing  # a turn among the other writes of the process, if it orders them
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="signup-mail")
         # Opened at first use in each thread; a missing key or a refused login raises
         # there, and is tried again for the next email.
@@ -240,18 +250,22 @@ class Mailer:
         except Exception as exc:
             self._backends.drop("confirm")
             log.error("confirmation email to subscriber #%d not sent: %s", sid, reason(exc))
-            store.confirmation_not_sent(reservation)
+            with self._writing():
+                store.confirmation_not_sent(reservation)
             return False
         if result.sent:
-            store.confirmation_sent(reservation)
+            with self._writing():
+                store.confirmation_sent(reservation)
             return True
         if result.in_doubt:
             # It may have arrived: it keeps counting against the limits.
             log.warning("confirmation email to subscriber #%d may not have arrived: %s", sid, result.in_doubt[sid])
-            store.confirmation_sent(reservation)
+            with self._writing():
+                store.confirmation_sent(reservation)
             return True
         log.error("confirmation email to subscriber #%d not sent: %s", sid, result.failed.get(sid, "no reason given"))
-        store.confirmation_not_sent(reservation)
+        with self._writing():
+            store.confirmation_not_sent(reservation)
         return False
 
     def _welcome(self, slug: str, delivery: Delivery) -> str | None:
@@ -349,7 +363,8 @@ def render_confirmation(ws: Workspace) -> RenderedIssue:
 class Signup:
     """The signup's work for the web endpoint, called from worker threads. `store` gives
     the Store to use in the calling thread (the web app's database, which closes it);
-    without it, one Store of its own, opened at first use and closed with it."""
+    without it, one Store of its own, opened at first use and closed with it. `writing`
+    gives the emails' own writes their turn among the caller's (the web app's lock)."""
 
     def __init__(
         self,
@@ -358,6 +373,7 @@ class Signup:
         *,
         clock: Callable[[], datetime] | None = None,
         store: Callable[[], Store] | None = None,
+        writing: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self.ws = ws
         self.settings = ws.settings.signup
@@ -366,7 +382,7 @@ class Signup:
         self._given = store
         self._db: Store | None = None
         self._db_lock = threading.Lock()
-        self.mailer = Mailer(ws, signer, self._store)
+        self.mailer = Mailer(ws, signer, self._store, writing=writing)
 
     def _store(self) -> Store:
         if self._given is not None:

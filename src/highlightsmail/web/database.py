@@ -15,6 +15,16 @@ run in.
   signup's slowest answer went from 0.3 s to 2 s). The store's busy timeout and BEGIN
   IMMEDIATE still let a write wait out another process (an import) instead of failing.
 
+A short read (`read()`, such as the page of GET /u/TOKEN) runs on SQLite in the event
+loop's thread itself, over a Store kept for it: a read in WAL mode does not wait for
+writers, and the hop to a worker thread cost more than the read (under load each hop
+waited for the interpreter lock behind the loop: GET /u/TOKEN answered at 0.3 of a bare
+app's rate, p99 45 ms). Opening that Store may wait (a schema to check while an import
+writes), so it is opened in a worker thread. A write the routes make (`write()`) runs in
+the app's one writer thread: the writes take turns anyway, and twenty worker threads
+queueing on the lock each had to win the interpreter lock back from the loop at every
+step (a one-click POST's p99 was 250 ms).
+
 Nothing is opened before it is needed, and an opening that fails is tried again by the
 next request: a database that cannot be used yet (an empty PostgreSQL one before
 `highlights db upgrade`, a read-only file) is used as soon as it can be, without a
@@ -23,13 +33,18 @@ restart.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
+
+from starlette.concurrency import run_in_threadpool
 
 from highlightsmail.dburl import describe_url
 from highlightsmail.errors import HighlightsError, close_quietly, display_path
@@ -38,6 +53,8 @@ from highlightsmail.web.health import DatabaseHealth
 
 #: The connect timeout of the health check on PostgreSQL: the shortest libpq takes.
 _CHECK_TIMEOUT_S = 2
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -65,20 +82,26 @@ class AppDatabase:
 
     def __init__(self, place: Place, *, clock: Callable[[], datetime] | None = None) -> None:
         self._place = place
+        # Read once: the workspace works them out anew (the environment, a path) at each ask.
+        self._url = place.database_url
+        self._path = place.db_path
         self._clock = clock
         self._lock = threading.Lock()
         self._writers = threading.RLock()  # SQLite: the app's writes take turns here
         self._shared: Store | None = None  # PostgreSQL
         self._local = threading.local()  # SQLite: the thread's _Kept
         self._opened: dict[threading.Thread, Store] = {}  # SQLite: every thread's, to close
+        self._inline: _Kept | None = None  # SQLite: the event loop's, for `read`
+        self._opening = threading.Lock()  # SQLite: one request opens it
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="highlights-writer")  # SQLite
         self._renewals = 0
-        where = describe_url(place.database_url) if place.database_url else display_path(place.db_path)
+        where = describe_url(self._url) if self._url else display_path(self._path)
         self.health = DatabaseHealth(self.check, where)
 
     def store(self) -> Store:
         """The Store for this thread: on PostgreSQL the app's, on SQLite the thread's own.
         UnusableDatabase (and its one line) when the database cannot be opened."""
-        if self._place.database_url:
+        if self._url:
             return self._pooled()
         return self._thread_store()
 
@@ -86,11 +109,53 @@ class AppDatabase:
     def writing(self) -> Iterator[Store]:
         """`store()`, for work that writes: on SQLite after the app's other writes under
         way (PostgreSQL orders them itself, for several processes at once)."""
-        if self._place.database_url:
+        if self._url:
             yield self._pooled()
             return
         with self._writers:
             yield self._thread_store()
+
+    async def read(self, work: Callable[[Store], _T]) -> _T:
+        """`work(store)`, a read of a row or two: on SQLite in the calling (event loop)
+        thread, over the Store kept for it; on PostgreSQL in a worker thread (a round trip
+        over the network). UnusableDatabase as `store()` raises it."""
+        if self._url:
+            return await run_in_threadpool(lambda: work(self._pooled()))
+        kept = self._inline
+        if kept is not None and self._fresh(kept):
+            return work(kept.store)
+        opened, old = await run_in_threadpool(self._open_inline)
+        if old is not None:
+            close_quietly(old.store)  # here, in the thread that reads from it: no read is under way
+        return work(opened.store)
+
+    async def write(self, work: Callable[[Store], _T]) -> _T:
+        """`work(store)` as one of the app's writes (`writing()`): on SQLite in the app's
+        writer thread, on PostgreSQL in a worker thread (the database orders them)."""
+        if self._url:
+            return await run_in_threadpool(self._written, work)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._written, work)
+
+    def _written(self, work: Callable[[Store], _T]) -> _T:
+        with self.writing() as store:
+            return work(store)
+
+    def _fresh(self, kept: _Kept) -> bool:
+        """Whether a kept Store is still the one to use (see `_thread_store`)."""
+        return kept.renewal == self._renewals and kept.file == _file_of(self._path)
+
+    def _open_inline(self) -> tuple[_Kept, _Kept | None]:
+        """The Store for `read`, opened unless another request opened it meanwhile; and
+        the one it replaces, for the caller to close."""
+        with self._opening:
+            kept = self._inline
+            if kept is not None and self._fresh(kept):
+                return kept, None
+            renewal = self._renewals
+            new = _Kept(Store.open(self._place, clock=self._clock), renewal, _file_of(self._path))
+            with self._lock:
+                self._inline = new
+            return new, kept
 
     def _pooled(self) -> Store:
         shared = self._shared
@@ -107,11 +172,11 @@ class AppDatabase:
         nobody reads) or after a request found the database unusable (a file read-only
         at the opening stays read-only to it)."""
         kept: _Kept | None = getattr(self._local, "kept", None)
-        if kept is not None and kept.renewal == self._renewals and kept.file == _file_of(self._place.db_path):
+        if kept is not None and self._fresh(kept):
             return kept.store
         renewal = self._renewals
         store = Store.open(self._place, clock=self._clock)  # a new SQLite file's schema too
-        self._local.kept = _Kept(store, renewal, _file_of(self._place.db_path))
+        self._local.kept = _Kept(store, renewal, _file_of(self._path))
         this = threading.current_thread()
         with self._lock:
             # A thread's previous Store, and those of threads that have ended (a
@@ -141,7 +206,7 @@ class AppDatabase:
         the pool's connections may all be busy serving (load is not ill health), and it
         waits between attempts to reconnect."""
         try:
-            if self._place.database_url:
+            if self._url:
                 with Store.open(self._place, timeout=_CHECK_TIMEOUT_S) as store:
                     store.ping()
             else:
@@ -154,10 +219,12 @@ class AppDatabase:
     def close(self) -> None:
         """Stop the health checks and close every Store (the app has stopped)."""
         self.health.close()
+        self._writer.shutdown(wait=True)  # the writes under way finish first
         with self._lock:
             self._renewals += 1  # a Store a thread still holds is not used again
-            stores = [self._shared, *self._opened.values()]
+            stores = [self._shared, *self._opened.values(), self._inline.store if self._inline else None]
             self._shared = None
+            self._inline = None
             self._opened.clear()
         close_quietly(*stores)
 

@@ -5,9 +5,9 @@ for the path the app lives at: `app_root` and `local_path` (a safe Location)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from urllib.parse import quote
 
-from starlette.datastructures import MutableHeaders
 from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,10 +39,7 @@ class SecurityHeaders:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    if name not in ROUTE_MAY_SET or name not in headers:
-                        headers[name] = value
+                message["headers"] = _secured(message.get("headers", ()))
             await send(message)
 
         try:
@@ -52,6 +49,25 @@ class SecurityHeaders:
             if started:
                 raise
             await self.pages.server_error()(scope, receive, send_secured)
+
+
+#: The security headers as ASGI sends them, and the lower-cased names a route may set.
+_RAW_SECURITY = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in SECURITY_HEADERS.items()]
+_RAW_MAY_SET = frozenset(name.lower().encode("latin-1") for name in ROUTE_MAY_SET)
+
+
+def _secured(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A response's headers with the security headers: each replaces the route's own,
+    except those of ROUTE_MAY_SET the route set. Raw ASGI pairs, not MutableHeaders:
+    this runs for every answer."""
+    raw = list(headers)
+    present = {name.lower() for name, _ in raw}
+    setting = [(n, v) for n, v in _RAW_SECURITY if n not in _RAW_MAY_SET or n not in present]
+    if present.intersection(n for n, _ in setting):
+        replaced = {n for n, _ in setting}
+        raw = [(n, v) for n, v in raw if n.lower() not in replaced]
+    raw.extend(setting)
+    return raw
 
 
 def _log_failure(scope: Scope, exc: Exception) -> None:

@@ -6,8 +6,15 @@ is shown on them."""
 from __future__ import annotations
 
 import logging
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import jinja2
+from jinja2 import meta
+from markupsafe import escape
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse
 
@@ -47,6 +54,21 @@ def mask_email(address: str) -> str:
     return f"{shown}***" + (f"@{domain}" if domain else "")
 
 
+#: Stand-ins for a reader's values when a page is rendered once: the second has what
+#: HTML escapes, so a template that does not escape a value is not rendered once.
+_PROBES = ("zqReaderValue{}Qz", 'zq&<"Other"{}\'>-longer-Qz')
+
+
+@dataclass(frozen=True)
+class _Once:
+    """A page rendered once for every reader: the templates it came from (as Jinja had
+    them then), and its text around each reader's value (None: render it each time)."""
+
+    templates: tuple[tuple[str, jinja2.Template], ...]
+    parts: tuple[str, ...] | None = None
+    names: tuple[str, ...] = ()
+
+
 class Pages:
     """The HTML pages: the workspace's `templates/pages/` first, then the package's.
 
@@ -58,6 +80,8 @@ class Pages:
         self._env = templating.environment(templating.workspace_loader(ws.templates_dir))
         self._fallback = templating.environment(templating.package_loader())
         self._common = {"newsletter": ws.settings.name, "postal_address": ws.settings.postal_address}
+        self._once: dict[tuple[str, tuple[tuple[str, Any], ...]], _Once] = {}
+        self._once_lock = threading.Lock()
 
     def render(self, name: str, **context: Any) -> str:
         context = {**self._common, **context}
@@ -66,6 +90,79 @@ class Pages:
         except Exception:  # a syntax error, but also a file that is not UTF-8 or not readable
             log.exception("templates/pages/%s failed to render; using the built-in page", name)
             return self._fallback.get_template(f"pages/{name}").render(context)
+
+    def render_for_reader(self, name: str, reader: Mapping[str, str], **context: Any) -> str:
+        """`render(name, **context, **reader)`, for a page whose `reader` values (text)
+        are all that differs from one reader to the next: rendered once for the rest of
+        the context, then each reader's values put in, escaped as the page escapes them.
+        The page is rendered anew when one of its template files changes, and each time
+        when its templates do more with a reader's value than show it (a filter, a test)
+        or cannot be rendered (the built-in page stands in, with its line in the log)."""
+        key = (name, tuple(sorted(context.items())))
+        once = self._once.get(key)
+        if once is None or not self._current(once):
+            once = self._render_once(name, reader, context)
+            with self._once_lock:
+                self._once[key] = once
+        if once.parts is None:
+            return self.render(name, **context, **reader)
+        pieces = [once.parts[0]]
+        for value_name, part in zip(once.names, once.parts[1:], strict=True):
+            pieces += (str(escape(reader[value_name])), part)
+        return "".join(pieces)
+
+    def _current(self, once: _Once) -> bool:
+        """Whether the templates a page was rendered from are the ones Jinja has now."""
+        try:
+            return all(self._env.get_template(n) is t for n, t in once.templates)
+        except Exception:  # a template deleted or broken since: rendered as `render` does
+            return False
+
+    def _render_once(self, name: str, reader: Mapping[str, str], context: Mapping[str, Any]) -> _Once:
+        try:
+            found = self._templates(f"pages/{name}")
+        except Exception:  # not there, or broken: `render` says so, each time
+            return _Once(())
+        if found is None:
+            return _Once(())
+        templates, sources = found
+        if not _only_shown(reader, sources):
+            return _Once(templates)
+        outputs = []
+        for probe in _PROBES:
+            values = {k: probe.format(i) for i, k in enumerate(reader)}
+            try:
+                text = templates[0][1].render({**self._common, **context, **values})
+            except Exception:
+                return _Once(templates)
+            outputs.append((values, text))
+        (first, text), (second, expected) = outputs
+        by_value = {v: k for k, v in first.items()}
+        pieces = re.split("(" + "|".join(map(re.escape, by_value)) + ")", text)
+        parts, names = tuple(pieces[0::2]), tuple(by_value[v] for v in pieces[1::2])
+        rebuilt = parts[0] + "".join(str(escape(second[n])) + p for n, p in zip(names, parts[1:], strict=True))
+        if rebuilt != expected:  # not every value shown plainly and escaped
+            return _Once(templates)
+        return _Once(templates, parts, names)
+
+    def _templates(self, first: str) -> tuple[tuple[tuple[str, jinja2.Template], ...], list[str]] | None:
+        """`first` and every template it extends, includes or imports, as loaded now,
+        and their sources; None when one of those names is worked out while rendering."""
+        found: dict[str, jinja2.Template] = {}
+        sources = []
+        todo = [first]
+        while todo:
+            name = todo.pop()
+            if name in found:
+                continue
+            found[name] = self._env.get_template(name)
+            assert self._env.loader is not None
+            sources.append(self._env.loader.get_source(self._env, name)[0])
+            for referenced in meta.find_referenced_templates(self._env.parse(sources[-1])):
+                if referenced is None:
+                    return None
+                todo.append(referenced)
+        return tuple(found.items()), sources
 
     def response(
         self, name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any
@@ -123,6 +220,18 @@ class Pages:
         return self.notice(
             500, "Something went wrong", "The page could not be shown. Please try the link again in a few minutes."
         )
+
+
+def _only_shown(reader: Mapping[str, str], sources: list[str]) -> bool:
+    """Whether every mention of a reader's value in the templates' sources is a plain
+    `{{ name }}` (so the probes stand for any value)."""
+    for value_name in reader:
+        word = re.compile(rf"\b{re.escape(value_name)}\b")
+        shown = re.compile(rf"{{{{-?\s*{re.escape(value_name)}\s*-?}}}}")
+        for source in sources:
+            if len(word.findall(source)) != len(shown.findall(source)):
+                return False
+    return True
 
 
 __all__ = [

@@ -16,15 +16,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypedDict
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from highlightsmail.errors import InvalidToken
-from highlightsmail.store import UNDELIVERABLE, Source, Status, Store, UnknownSubscriber
+from highlightsmail.store import UNDELIVERABLE, Source, Status, Store, Subscriber, UnknownSubscriber
 from highlightsmail.tokens import Signer
 from highlightsmail.urls import RESUBSCRIBE, UNSUBSCRIBE
 from highlightsmail.web.database import AppDatabase
@@ -62,25 +60,34 @@ def move(
     sub = store.get(subscriber_id)
     if sub is None:
         return None
-    if sub.status == from_status:
-        try:
-            # Records an event only when the status changes, so a repeat adds nothing;
-            # only_from: a change since the read above (a bounce) is left alone.
-            store.set_status(sub.id, to_status, source=source, only_from=from_status)
-        except UnknownSubscriber:  # deleted in between
-            return None
-        sub = store.get(sub.id) or sub
+    if sub.status != from_status:
+        return SubscriberView(mask_email(sub.email), sub.status)
+    return move_found(store, sub, from_status, to_status, source)
+
+
+def move_found(
+    store: Store, sub: Subscriber, from_status: Status, to_status: Status, source: Source
+) -> SubscriberView | None:
+    """`move` for a subscriber read already, found in `from_status`."""
+    if not change(store, sub, from_status, to_status, source):
+        return None
+    sub = store.get(sub.id) or sub
     return SubscriberView(mask_email(sub.email), sub.status)
 
 
-class _Actions(TypedDict):
+def change(store: Store, sub: Subscriber, from_status: Status, to_status: Status, source: Source) -> bool:
+    """The write of `move_found`: False when the subscriber was deleted meanwhile."""
+    try:
+        # Records an event only when the status changes, so a repeat adds nothing;
+        # only_from: a change since the read (a bounce) is left alone.
+        store.set_status(sub.id, to_status, source=source, only_from=from_status)
+    except UnknownSubscriber:  # deleted in between
+        return False
+    return True
+
+
+def _actions(token: str, nested: bool) -> dict[str, str]:
     """Where the page's forms post, relative to the page."""
-
-    unsubscribe_action: str
-    resubscribe_action: str
-
-
-def _actions(token: str, nested: bool) -> _Actions:
     # Relative form actions keep working when a proxy serves the app under a prefix.
     up = "../" if nested else ""
     return {"unsubscribe_action": f"{up}{token}", "resubscribe_action": f"{up}{token}/resubscribe"}
@@ -126,19 +133,11 @@ class UnsubscribeRoutes:
             return self.pages.response("test-link.html.j2", title="This was a test message")
         return subscriber_id
 
-    def _look(self, subscriber_id: int) -> SubscriberView | None:
-        return look(self.db.store(), subscriber_id)
-
-    def _move(
-        self, subscriber_id: int, from_status: Status, to_status: Status, source: Source
-    ) -> SubscriberView | None:
-        with self.db.writing() as store:
-            return move(store, subscriber_id, from_status, to_status, source)
-
     def _page(self, name: str, title: str, sub: SubscriberView, token: str, *, nested: bool = False) -> Response:
-        return self.pages.response(
-            name, title=title, masked_email=sub.masked_email, status=sub.status, **_actions(token, nested)
-        )
+        # The same page for every reader in a status, but for the address and the links:
+        # rendered once (a page took a third of a GET's time).
+        reader = {"masked_email": sub.masked_email, **_actions(token, nested)}
+        return HTMLResponse(self.pages.render_for_reader(name, reader, title=title, status=sub.status))
 
     async def token_page(self, request: Request) -> Response:
         if request.method == "POST":
@@ -151,7 +150,7 @@ class UnsubscribeRoutes:
         subscriber_id = self._subscriber_id(token)
         if isinstance(subscriber_id, Response):
             return subscriber_id
-        sub = await run_in_threadpool(self._look, subscriber_id)
+        sub = await self.db.read(lambda store: look(store, subscriber_id))
         if sub is None:
             return self._invalid()
         return self._page("unsubscribe.html.j2", "Unsubscribe", sub, token)
@@ -163,7 +162,19 @@ class UnsubscribeRoutes:
         if isinstance(subscriber_id, Response):
             return subscriber_id
         source: Source = "one-click" if await _is_one_click(request) else "web"
-        sub = await run_in_threadpool(lambda: move(self.db.store(), subscriber_id, "active", "unsubscribed", source))
+        # Read first where reads are cheap (web/database.py): a repeat, or a bounced
+        # address, is answered without waiting for a worker thread.
+        found = await self.db.read(lambda store: store.get(subscriber_id))
+        if found is None:
+            return self._invalid()
+        if found.status != "active":
+            sub: SubscriberView | None = SubscriberView(mask_email(found.email), found.status)
+        elif not await self.db.write(lambda store: change(store, found, "active", "unsubscribed", source)):
+            sub = None
+        else:
+            # Read back where reads are cheap, not in the writer thread.
+            after = await self.db.read(lambda store: store.get(found.id))
+            sub = SubscriberView(mask_email((after or found).email), (after or found).status)
         if sub is None:
             return self._invalid()
         return self._page("unsubscribed.html.j2", "You are unsubscribed", sub, token)
@@ -174,7 +185,7 @@ class UnsubscribeRoutes:
         subscriber_id = self._subscriber_id(token)
         if isinstance(subscriber_id, Response):
             return subscriber_id
-        sub = await run_in_threadpool(self._move, subscriber_id, "unsubscribed", "active", "web")
+        sub = await self.db.write(lambda store: move(store, subscriber_id, "unsubscribed", "active", "web"))
         if sub is None:
             return self._invalid()
         if sub.status in UNDELIVERABLE:
@@ -188,4 +199,4 @@ class UnsubscribeRoutes:
         return self._page("resubscribed.html.j2", "You are subscribed again", sub, token, nested=True)
 
 
-__all__ = ["SubscriberView", "UnsubscribeRoutes", "look", "move"]
+__all__ = ["SubscriberView", "UnsubscribeRoutes", "change", "look", "move", "move_found"]
