@@ -98,7 +98,8 @@ class SendGridBackend(Backend):
                 )
             import sendgrid
 
-            client = sendgrid.SendGridAPIClient(api_key=key, host=self.host)
+            # Any: the package says its timeout is an int, and it takes seconds as a float.
+            client: Any = sendgrid.SendGridAPIClient(api_key=key, host=self.host)
             client.client.timeout = self.timeout
             self._client = client
         return self._client
@@ -186,7 +187,8 @@ class SendGridBackend(Backend):
             lambda: client.client.mail.send.post(request_body=payload, timeout=self.timeout), "POST /v3/mail/send"
         )
         # 202 Accepted; SendGrid gives one X-Message-Id for the whole request.
-        return response.headers.get("X-Message-Id")
+        message_id: str | None = response.headers.get("X-Message-Id")
+        return message_id
 
     def _call(self, request: Callable[[], Any], what: str) -> Any:
         """Run one HTTP request; map every failure to TransientError (known not taken),

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
+from highlightsmail.errors import close_quietly
 from highlightsmail.mail.backends.base import (
     Backend,
     Batch,
@@ -155,27 +156,27 @@ class SmtpBackend(Backend):
                 assert password is not None
                 _login(conn, cfg.username, password)
         except DeliveryError:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise
         except smtplib.SMTPAuthenticationError as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise _SetupError(f"{self.where} refused the login of {cfg.username!r}: {_reply(err)}") from None
         except smtplib.SMTPNotSupportedError as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise _SetupError(f"{self.where}: {err}") from None
         except ssl.SSLCertVerificationError as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise _SetupError(
                 f"{self.where}: its certificate is not trusted ({err.verify_message}); "
                 f"for a private CA set {ENV_CAFILE} to its PEM file"
             ) from None
         except smtplib.SMTPResponseException as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             if 500 <= err.smtp_code < 600:
                 raise _SetupError(f"{self.where} refused the session: {_reply(err)}") from None
             raise _ConnectionProblem(f"{self.where} is not ready: {_reply(err)}") from None
         except (OSError, smtplib.SMTPException) as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise _ConnectionProblem(f"cannot connect to {self.where}: {err or type(err).__name__}") from None
         self._conn = conn
         self.connections += 1
@@ -324,14 +325,6 @@ def _login(conn: smtplib.SMTP, user: str, password: str) -> None:
     code, reply = conn.docmd("AUTH", f"PLAIN {token}")
     if code != 235:
         raise smtplib.SMTPAuthenticationError(code, reply)
-
-
-def _close_quietly(conn: smtplib.SMTP | None) -> None:
-    if conn is not None:
-        try:
-            conn.close()
-        except OSError:
-            pass
 
 
 __all__ = ["ENV_CAFILE", "ENV_PASSWORD", "SmtpBackend", "ssl_context"]
