@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterator
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
+from urllib.parse import urlsplit
 
-from highlightsmail.addresses import ascii_address
+from highlightsmail.addresses import BadAddress, ascii_address, normalize_address
 from highlightsmail.authoring.fields import plaintext_url_problem
 from highlightsmail.mail.backends.base import (
     Backend,
@@ -283,8 +284,6 @@ def _stored_form(address: str) -> str:
     the Unicode domain."""
     if "xn--" not in address.lower():
         return address
-    from highlightsmail.addresses import BadAddress, normalize_address
-
     try:
         return normalize_address(address)
     except BadAddress:
@@ -294,8 +293,6 @@ def _stored_form(address: str) -> str:
 def _check_host(origin: str, host: str) -> None:
     """A typo in the host is a refusal naming where it came from: urllib would raise a
     bare ValueError for `api.sendgrid.com` (no scheme), or retry `htps://...` in vain."""
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(host)
         parts.port  # noqa: B018 (reading it checks it: "Port out of range")

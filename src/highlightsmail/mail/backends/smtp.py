@@ -35,6 +35,7 @@ from highlightsmail.mail.backends.base import (
 )
 from highlightsmail.mail.message import from_header, return_path
 from highlightsmail.mail.mime import MessageTemplate, TemplateCache
+from highlightsmail.tls import client_context
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
@@ -59,8 +60,6 @@ class _SetupError(PermanentError):
 
 def ssl_context() -> ssl.SSLContext:
     """The system's trust store, plus the PEM file named by HIGHLIGHTS_SMTP_CAFILE if set."""
-    from highlightsmail.tls import client_context
-
     try:
         return client_context(ENV_CAFILE)
     except ValueError as err:
