@@ -36,13 +36,13 @@ from highlightsmail.authoring.issue import load_issue
 from highlightsmail.authoring.markdown import defuse_text, defuse_url
 from highlightsmail.errors import HighlightsError, InvalidToken, reason
 from highlightsmail.mail.backends import get_backend
-from highlightsmail.mail.backends.base import Backend
+from highlightsmail.mail.backends.base import Backend, BatchResult
 from highlightsmail.mail.batches import Batches
 from highlightsmail.mail.message import Recipient
 from highlightsmail.mail.pool import BackendPool
 from highlightsmail.rendering.render import TEXT_WIDTH, render_email, render_issue, render_template
 from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
-from highlightsmail.sending.loop import issue_batches, send_claimed
+from highlightsmail.sending.loop import issue_batches, record, send_claimed
 from highlightsmail.store import Delivery, Store, Subscriber
 from highlightsmail.text import header_problem, is_utf8
 from highlightsmail.urls import urls
@@ -259,7 +259,7 @@ class Mailer:
         except Exception as exc:
             # Failed in the ledger, as a send would record it: the next `send` tries again.
             why = reason(exc)
-            store.finish_batch(slug, sent=[], failed={sid: why})
+            record(store, slug, BatchResult(failed={sid: why}))
             log.error("welcome issue %s not sent to subscriber #%d: %s", slug, sid, why)
             return "failed"
         state = send_claimed(store, backend, issue_batches(store, rendered, self.ws.settings, self.signer), delivery)

@@ -201,13 +201,7 @@ class SmtpBackend(Backend):
             out = template.render(env.recipient, env.links, eight_bit=conn.has_extn("8bitmime"), message_id=message_id)
         except (UnicodeError, ValueError) as err:
             raise PermanentError(f"cannot build the message for {env.recipient.email!r}: {err}") from None
-        options: list[str] = []
-        if out.smtputf8:
-            if not conn.has_extn("smtputf8"):
-                raise PermanentError(f"{self.where} does not accept non-ASCII addresses (no SMTPUTF8)")
-            options += ["SMTPUTF8", "BODY=8BITMIME"]
-        elif out.eight_bit:
-            options.append("BODY=8BITMIME")
+        options = self._mail_options(conn, out.smtputf8, out.eight_bit)
         self._throttle()
         handed_over = False
         try:
@@ -252,6 +246,15 @@ class SmtpBackend(Backend):
             if handed_over:
                 raise InDoubtError(f"no answer from {self.where} after the whole message was sent: {why}") from None
             raise _ConnectionProblem(f"connection to {self.where} lost: {why}") from None
+
+    def _mail_options(self, conn: smtplib.SMTP, smtputf8: bool, eight_bit: bool) -> list[str]:
+        """MAIL FROM's options for a message: SMTPUTF8 for an address beyond ASCII (a
+        server without it cannot take the message), 8BITMIME for an 8bit body."""
+        if smtputf8:
+            if not conn.has_extn("smtputf8"):
+                raise PermanentError(f"{self.where} does not accept non-ASCII addresses (no SMTPUTF8)")
+            return ["SMTPUTF8", "BODY=8BITMIME"]
+        return ["BODY=8BITMIME"] if eight_bit else []
 
     def send_batch(self, batch: Batch) -> BatchResult:
         result = BatchResult()
