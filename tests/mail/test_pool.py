@@ -99,3 +99,13 @@ def test_close_quietly_closes_the_rest_after_one_fails() -> None:
 def test_a_reason_is_one_line_from_ours_or_any_other_error() -> None:
     assert reason(HighlightsError("no key set")) == "no key set"
     assert reason(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_a_first_backend_not_shared_is_closed_by_the_pool_but_never_handed_out() -> None:
+    """The send loop with several workers: the backend it opened to check the settings
+    stays with the loop's thread; every worker opens its own, and all close together."""
+    first, made = _Backend(), []
+    pool = BackendPool(_factory(made), first=first, share_first=False)
+    assert pool.get() is made[0] and made[0].opened == 1
+    pool.close()
+    assert first.closed == 1 and made[0].closed == 1 and first.opened == 0

@@ -755,3 +755,20 @@ def test_status_and_report_of_a_sent_issue_whose_file_is_gone_since(workspace: P
     assert CliRunner().invoke(main, ["report", "2024-w02"]).exit_code == 0
     unknown = CliRunner().invoke(main, ["status", "2024-w03"])
     assert unknown.exit_code == 1 and unknown.stderr == "Error: 2024-w03: no issue file issues/2024-w03.yaml\n"
+
+
+def test_a_test_send_whose_backend_fails_to_close_is_still_recorded(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test send closes its backend through the pool, quietly: a connection that
+    is gone by then does not turn a delivered test into an error."""
+    from highlightsmail.mail.backends.outbox import OutboxBackend
+
+    def close(self: OutboxBackend) -> None:
+        raise OSError("connection already gone")
+
+    monkeypatch.setattr(OutboxBackend, "close", close)
+    result = run("send", "2024-w02", "--test")
+    assert result.exit_code == 0, result.output
+    with open_store(workspace) as store:
+        assert store.has_test_send("2024-w02")

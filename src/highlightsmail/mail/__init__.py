@@ -1,2 +1,3 @@
-"""Mail: a RenderedIssue and one recipient into a message (headers, MIME); the backends
-that deliver messages, and the pool the senders keep them in."""
+"""Mail: a RenderedIssue and one recipient into a message (headers, MIME); the batch
+builder (`batches`), the backends that deliver messages, and the pool the senders keep
+them in."""

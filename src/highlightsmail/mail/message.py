@@ -20,6 +20,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from typing import TYPE_CHECKING
 
+from highlightsmail.addresses import ascii_address
+from highlightsmail.authoring.fields import split_address
 from highlightsmail.errors import HighlightsError
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.text import header_problem
@@ -96,9 +98,6 @@ def reply_to_header(settings: Settings) -> str | None:
 def _sender(field: str, value: str) -> str:
     """A sender's "Name <address>" as its header carries it: the domain in ASCII (IDNA),
     since an address header without SMTPUTF8 has no other way to hold `bücher.example`."""
-    from highlightsmail.addresses import ascii_address
-    from highlightsmail.authoring.fields import split_address
-
     value = header_value(field, value)
     try:
         _, addr = split_address(value)
@@ -287,8 +286,6 @@ def return_path(settings: Settings, token: str | None) -> str | None:
     """The SMTP return address of a message when `delivery.bounces.verp` is set: the
     token added to its part before the @ (`bounces+TOKEN@example.org`, the domain in
     ASCII); None without the setting or a token, and the From address is used."""
-    from highlightsmail.addresses import ascii_address
-
     verp = settings.delivery.bounces.verp
     if not verp or not token:
         return None

@@ -1,6 +1,7 @@
 """Backends for worker threads: one per thread and kind of email, opened when a thread
 first asks and kept, since opening costs a connection (SMTP) or a session (SendGrid);
-all closed quietly at the end. The send loop and the signup's mailer share it."""
+all closed quietly at the end. Every sender of mail goes through it: the send loop, the
+test send, and the signup's mailer (confirmations and the welcome issue)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ __all__ = ["BackendPool"]
 
 class BackendPool:
     """`get(kind)` gives the calling thread its open backend of that kind. `factory`
-    makes a new, unopened one; `first`, an open backend the pool takes over, goes to the
-    first thread that asks (the send loop with one worker uses the backend it opened to
-    check the settings)."""
+    makes a new, unopened one; `first`, an open backend the pool takes over (one opened
+    to check the settings before anything is claimed), is closed with the others and,
+    with `share_first`, goes to the first thread that asks (the send loop with one
+    worker; with more, each worker has a backend of its own)."""
 
-    def __init__(self, factory: Callable[[], Backend], *, first: Backend | None = None) -> None:
+    def __init__(
+        self, factory: Callable[[], Backend], *, first: Backend | None = None, share_first: bool = True
+    ) -> None:
         self._factory = factory
-        self._first = first
+        self._first = first if share_first else None
         self._local = threading.local()
         self._lock = threading.Lock()
         #: Every backend the pool holds, to close at the end.

@@ -1,2 +1,4 @@
-"""Sending: an issue to the list through the send ledger: the test send, the send loop,
-its lock and the status of a dispatch."""
+"""Sending: an issue to the list through the send ledger. `dispatch` (the test send and
+`send`: a plan, then its run), `plan` (the checks and what a send would do), `loop` (the
+send loop: claim, hand out, record), `lock` (who may send at once), `events` (what a
+send tells its caller), `outcome` (what it returns) and `status`."""

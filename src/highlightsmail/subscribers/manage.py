@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from highlightsmail.addresses import BadAddress, address_key, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.files import write_file
 from highlightsmail.store import STATUSES, ImportResult, ImportRow, Status, Store, Subscriber, format_time
 from highlightsmail.text import header_problem, line_problem
 
@@ -398,8 +399,6 @@ def _write_table(out: TextIO, rows: Iterator[Subscriber]) -> None:
 def _atomic_write(path: Path, write: Callable[[TextIO], int]) -> int:
     """Write a text file whole or not at all (the old file stays until the new one is
     complete). It holds personal data, so it is readable by its owner only."""
-    from highlightsmail.files import write_file
-
     shown = display_path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

@@ -29,20 +29,27 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from highlightsmail.addresses import BadAddress, normalize_address
+from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.markdown import defuse_text, defuse_url
 from highlightsmail.errors import HighlightsError, InvalidToken, reason
+from highlightsmail.mail.backends import get_backend
+from highlightsmail.mail.backends.base import Backend, BatchResult
+from highlightsmail.mail.batches import Batches
+from highlightsmail.mail.message import Recipient
 from highlightsmail.mail.pool import BackendPool
+from highlightsmail.rendering.render import TEXT_WIDTH, render_email, render_issue, render_template
+from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.sending.loop import issue_batches, record, send_claimed
+from highlightsmail.store import Delivery, Store, Subscriber
 from highlightsmail.text import header_problem, is_utf8
 from highlightsmail.urls import urls
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Settings, Workspace
-    from highlightsmail.mail.backends.base import Backend
-    from highlightsmail.mail.message import Recipient
-    from highlightsmail.rendering.rendered import RenderedIssue
-    from highlightsmail.store import Delivery, Store, Subscriber
     from highlightsmail.tokens import Signer
 
 log = logging.getLogger("highlightsmail.signup")
@@ -153,8 +160,6 @@ def client_key(ip: str | None) -> str:
 def form_snippet(ws: Workspace) -> str:
     """The signup form to paste into any website, posting to BASE/subscribe: the same
     template that puts the form on the archive's pages (`site/_signup.html.j2`)."""
-    from highlightsmail.rendering.render import render_template
-
     return render_template(ws, FORM_TEMPLATE, {"signup": {"enabled": True, "action": urls(ws.settings).subscribe()}})
 
 
@@ -212,7 +217,7 @@ class Mailer:
         # there, and is tried again for the next email.
         self._backends = BackendPool(self._new_backend)
         self._lock = threading.Lock()
-        self._rendered: dict[str, tuple[tuple, RenderedIssue]] = {}
+        self._rendered: dict[str, tuple[tuple[object, ...], RenderedIssue]] = {}
 
     def confirmation(self, recipient: Recipient, reservation: int, made: int) -> Future[bool]:
         """Send the confirmation email (its link made at `made`) for the reservation."""
@@ -229,24 +234,15 @@ class Mailer:
     # -- in the worker threads
 
     def _new_backend(self) -> Backend:
-        from highlightsmail.mail.backends import get_backend
-
         return get_backend(self.ws)
 
     def _confirmation(self, recipient: Recipient, reservation: int, made: int) -> bool:
-        from highlightsmail.mail.backends.base import Batch, Envelope
-        from highlightsmail.mail.message import RecipientLinks
-
         sid = recipient.subscriber_id
         assert sid is not None
         store = self._store()
         try:
-            rendered = self.confirmation_email()
-            url = urls(self.ws.settings).confirm(self.signer.make_confirm(sid, made))
-            # The link stands where an issue has its unsubscribe link, and no List-*
-            # header goes with it: the reader has not joined.
-            envelope = Envelope(key=sid, recipient=recipient, links=RecipientLinks(unsubscribe_url=url, headers={}))
-            result = self._backends.get("confirm").send_batch(Batch.of(rendered, self.ws.settings, [envelope]))
+            batch = Batches(self.confirmation_email(), self.ws.settings, self.signer).confirmation(recipient, made)
+            result = self._backends.get("confirm").send_batch(batch)
         except Exception as exc:
             self._backends.drop("confirm")
             log.error("confirmation email to subscriber #%d not sent: %s", sid, reason(exc))
@@ -269,8 +265,6 @@ class Mailer:
         return False
 
     def _welcome(self, slug: str, delivery: Delivery) -> str | None:
-        from highlightsmail.sending.dispatch import send_claimed
-
         store = self._store()
         sid = delivery.subscriber_id
         try:
@@ -279,10 +273,10 @@ class Mailer:
         except Exception as exc:
             # Failed in the ledger, as a send would record it: the next `send` tries again.
             why = reason(exc)
-            store.finish_batch(slug, sent=[], failed={sid: why})
+            record(store, slug, BatchResult(failed={sid: why}))
             log.error("welcome issue %s not sent to subscriber #%d: %s", slug, sid, why)
             return "failed"
-        state = send_claimed(store, backend, rendered, self.ws, self.signer, delivery)
+        state = send_claimed(store, backend, issue_batches(store, rendered, self.ws.settings, self.signer), delivery)
         if state != "sent":
             self._backends.drop("welcome")
             log.error("welcome issue %s to subscriber #%d: %s (see `highlights status %s`)", slug, sid, state, slug)
@@ -290,7 +284,7 @@ class Mailer:
 
     # -- rendering, once
 
-    def _cached(self, key: str, stamp: tuple, render: Callable[[], RenderedIssue]) -> RenderedIssue:
+    def _cached(self, key: str, stamp: tuple[object, ...], render: Callable[[], RenderedIssue]) -> RenderedIssue:
         """A rendering kept while the files it comes from are unchanged (`stamp`)."""
         with self._lock:
             found = self._rendered.get(key)
@@ -307,14 +301,11 @@ class Mailer:
         return self._cached(CONFIRM_SLUG, tuple(_stamp(p) for p in files), lambda: render_confirmation(self.ws))
 
     def _issue(self, slug: str) -> RenderedIssue:
-        from highlightsmail.authoring.issue import load_issue
-        from highlightsmail.rendering.render import render_issue
-
         path = self.ws.issue_path(slug)
         return self._cached(f"issue:{slug}", (_stamp(path),), lambda: render_issue(load_issue(path), self.ws))
 
 
-def _stamp(path) -> tuple[int, int] | None:
+def _stamp(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
     except OSError:
@@ -330,10 +321,6 @@ def render_confirmation(ws: Workspace) -> RenderedIssue:
     """The confirmation email from `confirm.mjml.j2` and `confirm.txt.j2` (the
     workspace's, else the package's), rendered once; the link is the placeholder that
     each reader's own link replaces, as an issue's unsubscribe link is."""
-    from highlightsmail.authoring.markdown import defuse_text, defuse_url
-    from highlightsmail.rendering.render import TEXT_WIDTH, render_email
-    from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
-
     settings = ws.settings
     reserved = (UNSUBSCRIBE_PLACEHOLDER,)
     subject = defuse_text(confirmation_subject(settings), reserved)
@@ -388,8 +375,6 @@ class Signup:
         if self._given is not None:
             return self._given()
         if self._db is None:
-            from highlightsmail.store import Store
-
             with self._db_lock:
                 if self._db is None:
                     self._db = Store.open(self.ws, clock=self._clock, pooled=True)
@@ -422,8 +407,6 @@ class Signup:
         return self._mail(store, sub)
 
     def _mail(self, store: Store, sub: Subscriber) -> Future[bool] | None:
-        from highlightsmail.mail.message import Recipient
-
         reserved = store.reserve_confirmation(sub.id, MAILS_PER_ADDRESS)
         if reserved is None:
             return None

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 def get_backend(ws: Workspace, name: str | None = None, *, test: bool = False) -> Backend:
     """The configured backend (or `name`), imported only when used."""
+    # Imported here, not at the top: only the configured backend's libraries load (the
+    # SendGrid client and its HTTP stack, smtplib and ssl), which a send pays for once.
     name = name or ws.settings.delivery.backend
     if name == "outbox":
         from highlightsmail.mail.backends.outbox import OutboxBackend

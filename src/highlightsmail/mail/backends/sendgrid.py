@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterator
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
+from urllib.parse import urlsplit
 
-from highlightsmail.addresses import ascii_address
+from highlightsmail.addresses import BadAddress, ascii_address, normalize_address
 from highlightsmail.authoring.fields import plaintext_url_problem
 from highlightsmail.mail.backends.base import (
     Backend,
@@ -98,7 +99,8 @@ class SendGridBackend(Backend):
                 )
             import sendgrid
 
-            client = sendgrid.SendGridAPIClient(api_key=key, host=self.host)
+            # Any: the package says its timeout is an int, and it takes seconds as a float.
+            client: Any = sendgrid.SendGridAPIClient(api_key=key, host=self.host)
             client.client.timeout = self.timeout
             self._client = client
         return self._client
@@ -186,7 +188,8 @@ class SendGridBackend(Backend):
             lambda: client.client.mail.send.post(request_body=payload, timeout=self.timeout), "POST /v3/mail/send"
         )
         # 202 Accepted; SendGrid gives one X-Message-Id for the whole request.
-        return response.headers.get("X-Message-Id")
+        message_id: str | None = response.headers.get("X-Message-Id")
+        return message_id
 
     def _call(self, request: Callable[[], Any], what: str) -> Any:
         """Run one HTTP request; map every failure to TransientError (known not taken),
@@ -281,8 +284,6 @@ def _stored_form(address: str) -> str:
     the Unicode domain."""
     if "xn--" not in address.lower():
         return address
-    from highlightsmail.addresses import BadAddress, normalize_address
-
     try:
         return normalize_address(address)
     except BadAddress:
@@ -292,8 +293,6 @@ def _stored_form(address: str) -> str:
 def _check_host(origin: str, host: str) -> None:
     """A typo in the host is a refusal naming where it came from: urllib would raise a
     bare ValueError for `api.sendgrid.com` (no scheme), or retry `htps://...` in vain."""
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(host)
         parts.port  # noqa: B018 (reading it checks it: "Port out of range")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
+from highlightsmail.errors import close_quietly
 from highlightsmail.mail.backends.base import (
     Backend,
     Batch,
@@ -34,6 +35,7 @@ from highlightsmail.mail.backends.base import (
 )
 from highlightsmail.mail.message import from_header, return_path
 from highlightsmail.mail.mime import MessageTemplate, TemplateCache
+from highlightsmail.tls import client_context
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
@@ -58,8 +60,6 @@ class _SetupError(PermanentError):
 
 def ssl_context() -> ssl.SSLContext:
     """The system's trust store, plus the PEM file named by HIGHLIGHTS_SMTP_CAFILE if set."""
-    from highlightsmail.tls import client_context
-
     try:
         return client_context(ENV_CAFILE)
     except ValueError as err:
@@ -155,27 +155,27 @@ class SmtpBackend(Backend):
                 assert password is not None
                 _login(conn, cfg.username, password)
         except DeliveryError:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise
         except smtplib.SMTPAuthenticationError as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise _SetupError(f"{self.where} refused the login of {cfg.username!r}: {_reply(err)}") from None
         except smtplib.SMTPNotSupportedError as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise _SetupError(f"{self.where}: {err}") from None
         except ssl.SSLCertVerificationError as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise _SetupError(
                 f"{self.where}: its certificate is not trusted ({err.verify_message}); "
                 f"for a private CA set {ENV_CAFILE} to its PEM file"
             ) from None
         except smtplib.SMTPResponseException as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             if 500 <= err.smtp_code < 600:
                 raise _SetupError(f"{self.where} refused the session: {_reply(err)}") from None
             raise _ConnectionProblem(f"{self.where} is not ready: {_reply(err)}") from None
         except (OSError, smtplib.SMTPException) as err:
-            _close_quietly(conn)
+            close_quietly(conn)
             raise _ConnectionProblem(f"cannot connect to {self.where}: {err or type(err).__name__}") from None
         self._conn = conn
         self.connections += 1
@@ -201,13 +201,7 @@ class SmtpBackend(Backend):
             out = template.render(env.recipient, env.links, eight_bit=conn.has_extn("8bitmime"), message_id=message_id)
         except (UnicodeError, ValueError) as err:
             raise PermanentError(f"cannot build the message for {env.recipient.email!r}: {err}") from None
-        options: list[str] = []
-        if out.smtputf8:
-            if not conn.has_extn("smtputf8"):
-                raise PermanentError(f"{self.where} does not accept non-ASCII addresses (no SMTPUTF8)")
-            options += ["SMTPUTF8", "BODY=8BITMIME"]
-        elif out.eight_bit:
-            options.append("BODY=8BITMIME")
+        options = self._mail_options(conn, out.smtputf8, out.eight_bit)
         self._throttle()
         handed_over = False
         try:
@@ -252,6 +246,15 @@ class SmtpBackend(Backend):
             if handed_over:
                 raise InDoubtError(f"no answer from {self.where} after the whole message was sent: {why}") from None
             raise _ConnectionProblem(f"connection to {self.where} lost: {why}") from None
+
+    def _mail_options(self, conn: smtplib.SMTP, smtputf8: bool, eight_bit: bool) -> list[str]:
+        """MAIL FROM's options for a message: SMTPUTF8 for an address beyond ASCII (a
+        server without it cannot take the message), 8BITMIME for an 8bit body."""
+        if smtputf8:
+            if not conn.has_extn("smtputf8"):
+                raise PermanentError(f"{self.where} does not accept non-ASCII addresses (no SMTPUTF8)")
+            return ["SMTPUTF8", "BODY=8BITMIME"]
+        return ["BODY=8BITMIME"] if eight_bit else []
 
     def send_batch(self, batch: Batch) -> BatchResult:
         result = BatchResult()
@@ -324,14 +327,6 @@ def _login(conn: smtplib.SMTP, user: str, password: str) -> None:
     code, reply = conn.docmd("AUTH", f"PLAIN {token}")
     if code != 235:
         raise smtplib.SMTPAuthenticationError(code, reply)
-
-
-def _close_quietly(conn: smtplib.SMTP | None) -> None:
-    if conn is not None:
-        try:
-            conn.close()
-        except OSError:
-            pass
 
 
 __all__ = ["ENV_CAFILE", "ENV_PASSWORD", "SmtpBackend", "ssl_context"]

@@ -1,0 +1,118 @@
+"""Planning a send, apart from running it: which checks passed, what the provider's
+lists take out, what a run that died left in doubt, and how many recipients this run
+would take. The plan is what the editor confirms and what a dry run shows.
+
+Planning writes only what is true whatever the editor answers: subscribers the
+provider suppresses are marked, and rows in flight when a run died are in doubt.
+A dry run writes nothing: it counts who would be marked instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from highlightsmail.errors import HighlightsError
+from highlightsmail.mail.backends.base import Backend, DeliveryError
+from highlightsmail.store import DeliveryState
+
+if TYPE_CHECKING:
+    from highlightsmail.store import Store
+
+__all__ = ["NO_SUBSCRIBERS", "SendPlan", "check_tested", "make_plan"]
+
+NO_SUBSCRIBERS = "there are no active subscribers; import some with `highlights subscribers import FILE`"
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What `send` is about to do, for the confirmation and the dry run."""
+
+    slug: str
+    backend: str
+    count: int  # recipients this run would take
+    resume: bool  # the dispatch had begun before
+    pending: int = 0  # recipients left to send, before any --limit
+    suppressed: int = 0  # marked from the provider's lists (would be, on a dry run)
+    found_in_doubt: int = 0  # left in flight by a run that stopped, in doubt now
+    tested: bool = True  # this version was test-sent (False: the check was skipped)
+    resend_in_doubt: bool = False  # in-doubt recipients go again
+
+
+def make_plan(
+    store: Store,
+    backend: Backend,
+    slug: str,
+    *,
+    tested: bool = True,
+    dry_run: bool = False,
+    limit: int | None = None,
+    resend_in_doubt: bool = False,
+) -> SendPlan:
+    """Work out what a send would do (see the module's docstring), once `check_tested`
+    has passed (`tested`: False when it was skipped)."""
+    suppressed = read_suppressions(store, backend, dry_run=dry_run)
+    started = store.dispatch_info(slug) is not None
+    # What was under way when a run died is in doubt: the truth, whatever comes next.
+    doubt = store.mark_in_doubt(slug) if started and not dry_run else 0
+    if started:
+        pending = left_to_send(store, slug, resend_in_doubt=resend_in_doubt)
+    else:
+        # On a dry run nobody was marked: leave out those who would have been.
+        pending = store.count_by_status()["active"] - (suppressed if dry_run else 0)
+    return SendPlan(
+        slug=slug,
+        backend=backend.name,
+        count=min(pending, limit) if limit is not None else pending,
+        resume=started,
+        pending=pending,
+        suppressed=suppressed,
+        found_in_doubt=doubt,
+        tested=tested,
+        resend_in_doubt=resend_in_doubt,
+    )
+
+
+def check_tested(store: Store, slug: str, digest: str, *, skip: bool) -> bool:
+    """Whether this version (`digest`) was test-sent; raises if not, unless `skip`."""
+    if store.has_test_send(slug, digest):
+        return True
+    if skip:
+        return False
+    hint = "this version was not test-sent" if store.has_test_send(slug) else "it has not been test-sent"
+    raise HighlightsError(
+        f"{slug}: {hint}. Send a test first: highlights send {slug} --test (or pass --skip-test-check)"
+    )
+
+
+def read_suppressions(store: Store, backend: Backend, *, dry_run: bool) -> int:
+    """Mark the subscribers the provider's lists name (on a dry run, count who would
+    be): nothing is sent when the lists cannot be read."""
+    try:
+        if dry_run:
+            return would_suppress(store, backend)
+        return store.apply_suppressions(backend.suppressions())
+    except DeliveryError as err:
+        raise HighlightsError(
+            f"could not read {backend.name}'s suppression lists, so nothing was sent: {err.message}"
+        ) from None
+
+
+def would_suppress(store: Store, backend: Backend) -> int:
+    """How many active subscribers the provider's lists would mark, marking nobody."""
+    active = set()
+    for item in backend.suppressions():
+        sub = store.find(item.email)
+        if sub is not None and sub.status == "active":
+            active.add(sub.id)
+    return len(active)
+
+
+def left_to_send(store: Store, slug: str, *, resend_in_doubt: bool) -> int:
+    """Those left to send of a dispatch begun before: pending, failed ones (retried),
+    in doubt only when asked. Nothing is put back to pending before the editor says yes."""
+    counts = store.delivery_counts(slug)
+    again: tuple[DeliveryState, ...] = ("pending", "failed")
+    if resend_in_doubt:
+        again += ("in_flight", "in_doubt")
+    return sum(counts.get(state, 0) for state in again)
