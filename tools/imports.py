@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def circles(graph: dict[str, set[str]], nodes: Iterable[str]) -> list[list[str]]
     return sorted(out)
 
 
-def main() -> None:
+def main() -> int:
+    """Print the graph's figures and its circles; 1 when there is any circle."""
     parser = argparse.ArgumentParser(prog="imports.py", description=__doc__.splitlines()[0])
     parser.add_argument("--edges", action="store_true", help="also list every edge with where it is imported")
     args = parser.parse_args()
@@ -126,15 +128,18 @@ def main() -> None:
     print(f"modules {len(mods)}  edges {len(found)}  hidden {len(hidden)}", end="")
     print(f" (only in functions {sum(1 for k in hidden if FUNCTION in k)},", end="")
     print(f" only under TYPE_CHECKING {sum(1 for k in hidden if k == {TYPE_CHECKING})})")
+    any_circle = False
     for kinds in ({TOP}, {TOP, FUNCTION}, {TOP, FUNCTION, TYPE_CHECKING}):
         graph: dict[str, set[str]] = {}
         for (a, b), where in found.items():
             if where & kinds:
                 graph.setdefault(a, set()).add(b)
         groups = circles(graph, mods)
+        any_circle = any_circle or bool(groups)
         label = " + ".join(sorted(kinds))
         print(f"circles ({label}): " + ("none" if not groups else "; ".join(", ".join(map(short, g)) for g in groups)))
+    return 1 if any_circle else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
