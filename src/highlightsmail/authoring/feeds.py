@@ -103,7 +103,7 @@ def read_feed(body: bytes, *, url: str | None, content_type: str, where: str) ->
     feed = parsed.get("feed", {})
     fallback = _struct_date(feed.get("updated_parsed") or feed.get("published_parsed"))
     entries = tuple(_xml_entry(entry, url, fallback) for entry in parsed.get("entries", []))
-    return Feed(_one_line(feed.get("title", "")), entries)
+    return Feed(_title(feed), entries)
 
 
 def _xml_entry(entry: Any, url: str | None, fallback: dt.datetime | None) -> Entry:
@@ -118,7 +118,7 @@ def _xml_entry(entry: Any, url: str | None, fallback: dt.datetime | None) -> Ent
         names = [_one_line(entry["author"])]
     tags = [tag.get("label") or tag.get("term") or "" for tag in entry.get("tags", []) if isinstance(tag, dict)]
     date = _struct_date(entry.get("published_parsed") or entry.get("updated_parsed")) or fallback
-    return Entry(_one_line(entry.get("title", "")), link, summary, _names(names), _tags(tags), date)
+    return Entry(_title(entry), link, summary, _names(names), _tags(tags), date)
 
 
 def _xml_summary(entry: Any) -> tuple[str, str]:
@@ -147,7 +147,7 @@ def _json_feed(body: bytes, url: str | None, where: str) -> Feed:
     base = (urljoin(url, home) if url else home) or url
     feed_authors = _json_authors(data)
     entries = tuple(_json_entry(item, base, feed_authors) for item in items if isinstance(item, dict))
-    return Feed(_one_line(_text(data.get("title"))), entries)
+    return Feed(_one_line(_text(data.get("title")), html=False), entries)
 
 
 def _json_entry(item: dict[str, Any], base: str | None, feed_authors: list[str]) -> Entry:
@@ -161,7 +161,8 @@ def _json_entry(item: dict[str, Any], base: str | None, feed_authors: list[str])
     tags = [tag for tag in item.get("tags") or [] if isinstance(tag, str)]
     date = _iso_date(item.get("date_published")) or _iso_date(item.get("date_modified"))
     authors = _json_authors(item) or feed_authors
-    return Entry(_one_line(_text(item.get("title"))), link, summary, _names(authors), _tags(tags), date)
+    # JSON Feed titles are plain text (version 1.1).
+    return Entry(_one_line(_text(item.get("title")), html=False), link, summary, _names(authors), _tags(tags), date)
 
 
 def _json_authors(data: dict[str, Any]) -> list[str]:
@@ -176,12 +177,19 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _one_line(value: str) -> str:
-    """Text from a feed on one line: markup gone (a title may be HTML), spaces collapsed."""
+def _one_line(value: str, *, html: bool = True) -> str:
+    """Text from a feed on one line, spaces collapsed; when it is `html`, its markup
+    gone. Plain text keeps every character: `$n<m$` in a paper's title is no tag."""
     value = clean_text(value)
-    if "<" in value or "&" in value:
+    if html and ("<" in value or "&" in value):
         value = html_to_text(value)
     return " ".join(value.split())
+
+
+def _title(data: Any) -> str:
+    """A feedparser entry's or feed's title, read as the type the feed gives it."""
+    kind = str((data.get("title_detail") or {}).get("type", "text/html"))
+    return _one_line(str(data.get("title", "")), html="html" in kind)
 
 
 def _names(names: Sequence[str]) -> str:
