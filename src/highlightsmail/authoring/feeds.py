@@ -312,6 +312,7 @@ class Draft:
     older: int = 0  # dated before --since
     left: int = 0  # over --limit; the next draft takes them
     no_link: int = 0  # no link an item can carry
+    unfit: int = 0  # could not be made an item (a bug if ever counted)
 
     def describe(self) -> str:
         """One line: what was written, or that nothing was new, with what was left out."""
@@ -322,6 +323,7 @@ class Draft:
                 (self.older, "older than --since"),
                 (self.left, "over --limit, left for the next draft"),
                 (self.no_link, "without a link"),
+                (self.unfit, "that could not be made an item"),
             )
             if n
         ]
@@ -436,7 +438,7 @@ def draft_from_feeds(
     chosen, left = _select(
         [feed for feed, _ in loaded], known_links(ws.issues_dir), cutoff, limit or DEFAULT_LIMIT, draft
     )
-    items = [item for entries, (feed, _) in zip(chosen, loaded, strict=True) for item in _items(entries, feed)]
+    items = [item for entries, (feed, _) in zip(chosen, loaded, strict=True) for item in _items(entries, feed, draft)]
     if items:
         path, day = next_issue_path(ws, date)
         text = issue_text(ws, items, day, path.stem, draft.sources)
@@ -447,7 +449,7 @@ def draft_from_feeds(
     return draft
 
 
-def _items(entries: list[Entry], feed: Feed) -> Iterator[dict[str, Any]]:
+def _items(entries: list[Entry], feed: Feed, draft: Draft) -> Iterator[dict[str, Any]]:
     """Each entry as an issue's item (a dict as the file holds it)."""
     for entry in entries:
         assert entry.link is not None
@@ -462,7 +464,11 @@ def _items(entries: list[Entry], feed: Feed) -> Iterator[dict[str, Any]]:
         }
         if entry.tags:
             item["tags"] = list(entry.tags)
-        Item.model_validate(item)  # made to fit; a mistake here is a bug, not the feed's
+        try:
+            Item.model_validate(item)  # made to fit, so never expected; skipped rather than a traceback
+        except ValidationError:
+            draft.unfit += 1
+            continue
         yield item
 
 

@@ -433,3 +433,41 @@ def test_a_plain_title_keeps_every_character_and_an_html_one_loses_its_markup() 
     plain, html = read_feed(body, url=None, content_type="", where="t").entries
     assert plain.title == "Bounds for $n<m$ and $a>b$"
     assert html.title == "x bold & y"
+
+
+def test_redirects_are_followed_to_http_only(workspace: Path, server: FeedServer) -> None:
+    server.serve("/real.xml", sample("rss2.xml"), "application/rss+xml")
+    _redirect(server, "/moved", "/real.xml")
+    result = run("new", "--from-feed", server.url("/moved"))
+    assert result.exit_code == 0, result.output
+    assert "2 items from" in result.output
+    server.routes["/ftp"] = Route(status=301, headers={"Location": "ftp://example.org/feed.xml"})
+    before = issue_files(workspace)
+    result = run("new", "--from-feed", server.url("/ftp"))
+    assert result.exit_code == 1
+    assert (
+        result.output
+        == f"Error: {server.url('/ftp')}: redirected to ftp://example.org/feed.xml, which is not http(s)\n"
+    )
+    assert issue_files(workspace) == before
+
+
+def test_a_server_that_is_not_there_is_one_line(workspace: Path) -> None:
+    from support.ports import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/feed.xml"
+    result = run("new", "--from-feed", url)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {url}: cannot connect (")
+    assert len(result.output.splitlines()) == 1
+
+
+def test_unreadable_validators_are_a_cache_miss(workspace: Path, server: FeedServer) -> None:
+    (workspace / "private").mkdir()
+    (workspace / "private" / "feeds.json").write_text("{not json", encoding="utf-8")
+    url = server.serve("/rss2.xml", sample("rss2.xml"), "application/rss+xml", ETag='"v2"')
+    result = run("new", "--from-feed", url)
+    assert result.exit_code == 0, result.output
+    assert "If-None-Match" not in server.requests[-1][1]
+    kept = json.loads((workspace / "private" / "feeds.json").read_text(encoding="utf-8"))
+    assert kept == {"feeds": {url: {"etag": '"v2"'}}}
