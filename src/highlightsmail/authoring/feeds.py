@@ -490,7 +490,11 @@ def _escape_plain(text: str) -> str:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Text of several lines as a `|` block, as an editor writes it."""
+    """YAML as the skeleton is written: text of several lines as a `|` block, and the
+    entries of a list indented under their key."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
 
 
 def _represent_text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
