@@ -89,7 +89,7 @@ class Feed:
 def read_feed(body: bytes, *, url: str | None, content_type: str, where: str) -> Feed:
     """A feed's entries from its body: JSON Feed when it is JSON, else what feedparser
     reads. Raises HighlightsError naming `where` when the body is no feed at all."""
-    if body.lstrip()[:1] == b"{" or "json" in content_type.lower():
+    if body.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{" or "json" in content_type.lower():
         return _json_feed(body, url, where)
     # No content-location: feedparser would resolve the links in an entry's HTML against
     # the feed's URL; htmltext resolves them against the entry's link (an xml:base, where
@@ -133,7 +133,7 @@ def _xml_summary(entry: Any) -> tuple[str, str]:
 
 def _json_feed(body: bytes, url: str | None, where: str) -> Feed:
     try:
-        data = json.loads(body.decode("utf-8", errors="replace"))
+        data = json.loads(body.decode("utf-8-sig", errors="replace"))
     except ValueError:
         raise HighlightsError(f"{where}: not a feed (JSON that does not parse)") from None
     version = data.get("version") if isinstance(data, dict) else None

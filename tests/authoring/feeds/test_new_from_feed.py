@@ -471,3 +471,10 @@ def test_unreadable_validators_are_a_cache_miss(workspace: Path, server: FeedSer
     assert "If-None-Match" not in server.requests[-1][1]
     kept = json.loads((workspace / "private" / "feeds.json").read_text(encoding="utf-8"))
     assert kept == {"feeds": {url: {"etag": '"v2"'}}}
+
+
+def test_a_json_feed_with_a_byte_order_mark_served_as_text() -> None:
+    from highlightsmail.authoring.feeds import read_feed
+
+    feed = read_feed(b"\xef\xbb\xbf" + sample("feed.json"), url=None, content_type="text/plain", where="f")
+    assert feed.title == "Micro Notes" and len(feed.entries) == 3
