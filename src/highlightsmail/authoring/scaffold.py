@@ -175,6 +175,39 @@ def init_workspace(directory: Path, *, today: dt.date | None = None) -> NewWorks
     return NewWorkspace(directory=directory, written=[*written, settings_path], kept=kept, first_issue=slug)
 
 
+#: The intro of a draft made from feeds: `check` warns while it is left as it is.
+FEED_INTRO = "Write a few words on this issue here (Markdown)."
+
+
+def next_issue_path(ws: Workspace, date: dt.date | None = None) -> tuple[Path, dt.date]:
+    """Where the next issue goes, and its date: issues/YYYY-wWW.yaml for the ISO week of
+    `date`, refused when that file exists; without a date, this week's, or when that
+    file is there already (as right after `init`), the first later week that has none."""
+    if date is None:
+        date = dt.date.today()
+        while (ws.issues_dir / issue_filename(date)).exists():
+            date += dt.timedelta(days=7)
+    path = ws.issues_dir / issue_filename(date)
+    if path.exists():
+        raise HighlightsError(_exists(path))
+    return path, date
+
+
+def _exists(path: Path) -> str:
+    return f"{display_path(path)} already exists; edit it, or pass --date for another week"
+
+
+def write_new_issue(path: Path, text: str) -> None:
+    """Write a new issue file whole; never over one that exists."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(path, text.encode("utf-8"), overwrite=False)
+    except FileExistsError:
+        raise HighlightsError(_exists(path)) from None
+    except OSError as exc:
+        raise HighlightsError(f"{display_path(path)}: cannot write: {exc.strerror or exc}") from None
+
+
 def new_issue(ws: Workspace, date: dt.date | None = None) -> Path:
     """Create issues/YYYY-wWW.yaml for the ISO week of `date` from the skeleton and
     return its path; refuses when that file exists, so nothing an editor wrote is
@@ -182,23 +215,7 @@ def new_issue(ws: Workspace, date: dt.date | None = None) -> Path:
 
     Without a date, the next issue: this week's, or when that file is there already
     (as right after `init`), the first later week that has none, dated a week apart."""
-    if date is None:
-        date = dt.date.today()
-        while (ws.issues_dir / issue_filename(date)).exists():
-            date += dt.timedelta(days=7)
-    name = issue_filename(date)
-    path = ws.issues_dir / name
-    exists = f"{display_path(path)} already exists; edit it, or pass --date for another week"
-    if path.exists():
-        raise HighlightsError(exists)
-    text = _fill(
-        "new-issue.yaml.tmpl", title=issue_title(ws.settings.name, date), date=date, slug=name.removesuffix(".yaml")
-    )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file(path, text.encode("utf-8"), overwrite=False)
-    except FileExistsError:
-        raise HighlightsError(exists) from None
-    except OSError as exc:
-        raise HighlightsError(f"{display_path(path)}: cannot write: {exc.strerror or exc}") from None
+    path, date = next_issue_path(ws, date)
+    text = _fill("new-issue.yaml.tmpl", title=issue_title(ws.settings.name, date), date=date, slug=path.stem)
+    write_new_issue(path, text)
     return path

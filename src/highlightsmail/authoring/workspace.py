@@ -252,6 +252,31 @@ class SignupSettings(_Strict):
     welcome: Literal["none", "latest"] = "latest"
 
 
+#: A feed's name in `feeds:`, typed after `new --from-feed`: never taken for a URL or a path.
+_FEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _feed_name(value: str) -> str:
+    if not _FEED_NAME.fullmatch(value):
+        raise ValueError("must be letters, digits and . _ - (it is typed after `highlights new --from-feed`)")
+    return value
+
+
+class FeedSettings(_Strict):
+    """A feed that `highlights new --from-feed NAME` drafts an issue from."""
+
+    name: Annotated[SingleLine, AfterValidator(_feed_name)] = Field(max_length=80)
+    url: HttpUrl
+
+
+def _distinct_names(feeds: list[FeedSettings]) -> list[FeedSettings]:
+    names = [feed.name for feed in feeds]
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:
+        raise ValueError(f"two feeds are named {twice!r}; give each its own name")
+    return feeds
+
+
 class Settings(_Strict):
     """The newsletter's settings, from highlights.yaml."""
 
@@ -266,6 +291,8 @@ class Settings(_Strict):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     signup: SignupSettings = Field(default_factory=SignupSettings)
     database: Annotated[SingleLine, AfterValidator(_database)] = "subscribers/highlights.db"
+    # Feeds `highlights new --from-feed NAME` drafts an issue from.
+    feeds: Annotated[list[FeedSettings], AfterValidator(_distinct_names)] = Field(default_factory=list, max_length=100)
 
 
 @dataclass(frozen=True)

@@ -42,17 +42,44 @@ def init(directory: Path) -> None:
     type=click.DateTime(["%Y-%m-%d"]),
     help="The issue's date (default: today, or a week later for each week whose file exists).",
 )
+@click.option(
+    "--from-feed",
+    "feeds",
+    multiple=True,
+    metavar="SOURCE",
+    help="Draft the issue from a feed's new entries: a URL, a file, or a name from `feeds:` (repeatable).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 50),
+    metavar="N",
+    help="With --from-feed: at most N items (default 20), shared in turns between the feeds.",
+)
+@click.option(
+    "--since", metavar="DATE|last", help="With --from-feed: entries dated from DATE on, or from the last issue's date."
+)
 @pass_ctx
-def new(obj: Ctx, date: dt.datetime | None) -> None:
-    """Create this week's issue file from a skeleton.
+def new(obj: Ctx, date: dt.datetime | None, feeds: tuple[str, ...], limit: int | None, since: str | None) -> None:
+    """Create this week's issue file from a skeleton, or from feeds.
 
     The file is issues/YYYY-wWW.yaml for the ISO week of today (or of --date); when
-    that one exists already, as right after init, the first later week without one."""
+    that one exists already, as right after init, the first later week without one.
+    With --from-feed, each new entry becomes an item; entries whose link is in an issue
+    file already are skipped, and when none is new no file is written."""
+    day = date.date() if date else None
+    if feeds:
+        # Imported when the command runs, not at the top: --help loads none of it.
+        from highlightsmail.authoring.feeds import draft_from_feeds
+
+        click.echo(draft_from_feeds(obj.ws, feeds, limit=limit, since=since, date=day).describe())
+        return
+    if limit is not None or since is not None:
+        raise click.UsageError("--limit and --since go with --from-feed")
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.authoring.scaffold import new_issue
     from highlightsmail.errors import display_path
 
-    click.echo(display_path(new_issue(obj.ws, date.date() if date else None)))
+    click.echo(display_path(new_issue(obj.ws, day)))
 
 
 @click.command()

@@ -316,7 +316,11 @@ def _alt_findings(pos: SourceMap, texts: list[_Text]) -> Iterator[Problem]:
 
 
 def _todo_findings(pos: SourceMap, issue: Issue, texts: list[_Text]) -> Iterator[Problem]:
-    """Text the skeleton left for the editor."""
+    """Text the skeleton left for the editor, and the intro a draft from feeds begins with."""
+    from highlightsmail.authoring.scaffold import FEED_INTRO
+
+    if issue.intro and issue.intro.strip() == FEED_INTRO:
+        yield pos.problem(("intro",), "is still the placeholder of a draft from feeds: write the intro", "warning")
     for field in texts:
         if _TODO.search(field.value):
             yield pos.problem(field.loc, "still has a TODO from the skeleton", "warning", needle="TODO")
