@@ -51,7 +51,7 @@ def init(directory: Path) -> None:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(1, 50),
+    type=click.IntRange(1, 30),
     metavar="N",
     help="With --from-feed: at most N items (default 20), shared in turns between the feeds.",
 )

@@ -478,3 +478,23 @@ def test_a_json_feed_with_a_byte_order_mark_served_as_text() -> None:
 
     feed = read_feed(b"\xef\xbb\xbf" + sample("feed.json"), url=None, content_type="text/plain", where="f")
     assert feed.title == "Micro Notes" and len(feed.entries) == 3
+
+
+def test_a_draft_of_the_most_items_with_long_abstracts_still_fits_and_passes_check(
+    workspace: Path, server: FeedServer
+) -> None:
+    abstract = " ".join(f"Sentence {n} of a long abstract about sparse attention and its limits." for n in range(60))
+    entries = "".join(
+        f"<entry><id>urn:long:{n}</id><title>Long paper {n}</title><updated>2024-01-08T00:00:00Z</updated>"
+        f'<link href="https://arxiv.example.org/abs/{n}"/><summary>{abstract}</summary></entry>'
+        for n in range(40)
+    )
+    feed = f'<feed xmlns="http://www.w3.org/2005/Atom"><id>urn:long</id><title>Long</title><updated>2024-01-08T00:00:00Z</updated>{entries}</feed>'
+    url = server.serve("/long.xml", feed.encode(), "application/atom+xml")
+    assert run("new", "--from-feed", url, "--limit", "31").exit_code == 2  # over the most a draft may hold
+    before = issue_files(workspace)
+    assert run("new", "--from-feed", url, "--limit", "30").exit_code == 0
+    issue = drafted(workspace, before)
+    assert len(issue.items) == 30
+    [warning] = check_lines(workspace, issue)  # the intro's placeholder, and no size error
+    assert "intro" in warning
