@@ -62,7 +62,7 @@ import threading
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1091,6 +1091,11 @@ class Store:
                 yield
             finally:
                 self._outer -= 1
+
+    def write_transaction(self) -> AbstractContextManager[Conn]:
+        """One write transaction and its connection, for the store's own modules (the
+        import in store/importing.py runs its statements on it)."""
+        return self._write()
 
     @contextmanager
     def _pg_connection(self) -> Iterator[psycopg.Connection]:
