@@ -16,29 +16,40 @@ the one on file; each creation and change gets an event naming the file and line
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
 from highlightsmail.addresses import address_key
 from highlightsmail.store.database import SUPPRESSED, UNDELIVERABLE, Conn, ImportResult, ImportRow, Store
 
-# The staged columns, in ImportRow's order after the key; `pos` is the row's line.
-_ROW_COLUMNS = "email, name, status, created, updated, detail, consented, consent_source"
+# The staged columns: `pos` is the row's line, and its event's detail is "FILE:pos".
+_ROW_COLUMNS = "email, name, status, created, updated, consented, consent_source"
 _COLUMNS = f"pos, email_key, {_ROW_COLUMNS}"
 _STAGE = """CREATE TABLE stage (
     pos INTEGER PRIMARY KEY, email_key TEXT NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,
-    status TEXT NOT NULL, created TEXT, updated TEXT, detail TEXT, consented TEXT, consent_source TEXT)"""
+    status TEXT NOT NULL, created TEXT, updated TEXT, consented TEXT, consent_source TEXT)"""
 _SCRATCH_CACHE_KIB = 16_384  # the scratch database's page cache; the rest stays on disk
 
 
-class Staging:
-    """The rows of one import, by line, in a private scratch database (a temporary file
-    SQLite deletes when the connection closes)."""
+def _key(email: str) -> str:
+    """`address_key`, quicker for the ASCII addresses most lists are made of: there NFC
+    changes nothing and case folding is lower-casing."""
+    return email.lower() if email.isascii() else address_key(email)
 
-    def __init__(self) -> None:
-        # "" is a private on-disk database: pages beyond the cache go to a temporary file.
-        self._conn = sqlite3.connect("", isolation_level=None)
+
+class Staging:
+    """The rows of one import, by line, in a scratch SQLite database: a file in a
+    private temporary folder (the rows are personal data), removed on close. The
+    SQLite store reads it in place (ATTACH); PostgreSQL gets its rows by COPY."""
+
+    def __init__(self, file_name: str) -> None:
+        self.detail = f"{file_name}:"  # an event's detail is this and the line
+        self._folder = tempfile.TemporaryDirectory(prefix="highlights-import-")
+        self.path = Path(self._folder.name) / "stage.db"
+        self._conn = sqlite3.connect(self.path, isolation_level=None)
         self._conn.execute(f"PRAGMA cache_size = -{_SCRATCH_CACHE_KIB}")
         self._conn.execute("PRAGMA journal_mode = OFF")  # scratch: nothing to recover
         self._conn.execute("PRAGMA synchronous = OFF")
@@ -49,12 +60,16 @@ class Staging:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._conn.close()
+        self._folder.cleanup()
 
     def load(self, rows: Iterable[tuple[int, ImportRow]]) -> None:
         """Stage (line, row) pairs as they come, in one scratch transaction."""
-        params = ((line, address_key(row.email), *row) for line, row in rows)
+        params = (
+            (line, _key(r.email), r.email, r.name, r.status, r.created, r.updated, r.consented, r.consent_source)
+            for line, r in rows
+        )
         self._conn.execute("BEGIN")
-        self._conn.executemany(f"INSERT INTO stage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
+        self._conn.executemany(f"INSERT INTO stage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
         self._conn.execute("COMMIT")
 
     def drop_duplicates(self) -> list[tuple[int, int, str]]:
@@ -62,7 +77,8 @@ class Staging:
         return them as (line, line of the first row, address as written), by line."""
         conn = self._conn
         conn.execute("BEGIN")
-        # Built after the load (a sort), not kept up to date during it.
+        # Built after the load (a sort), not kept up to date during it; the SQLite
+        # store's statements use it too.
         conn.execute("CREATE INDEX stage_key ON stage (email_key, pos)")
         duplicates = conn.execute(
             """SELECT d.pos, f.first, d.email FROM
@@ -78,30 +94,46 @@ class Staging:
         """How many rows are staged."""
         return int(self._conn.execute("SELECT count(*) FROM stage").fetchone()[0])
 
-    def rows(self) -> Iterator[tuple[Any, ...]]:
-        """The staged rows by line, as `_COLUMNS` tuples."""
-        return iter(self._conn.execute(f"SELECT {_COLUMNS} FROM stage ORDER BY pos"))
-
     def import_rows(self) -> Iterator[ImportRow]:
         """The staged rows by line, as ImportRows."""
-        return (ImportRow._make(row[2:]) for row in self.rows())
+        rows = self._conn.execute(
+            "SELECT email, name, status, created, updated, ? || pos, consented, consent_source FROM stage ORDER BY pos",
+            (self.detail,),
+        )
+        return (ImportRow._make(row) for row in rows)
+
+    def filled_rows(self, now: str) -> Iterator[tuple[Any, ...]]:
+        """The staged rows by line as `_TARGET` columns: created/updated filled in (now,
+        unless the file says) and each row's detail."""
+        return iter(
+            self._conn.execute(
+                "SELECT pos, email_key, email, name, status, coalesce(created, ?), coalesce(updated, created, ?),"
+                " ? || pos, consented, consent_source FROM stage ORDER BY pos",
+                (now, now, self.detail),
+            )
+        )
 
 
 def merge(store: Store, staging: Staging, *, source: str = "import", dry_run: bool = False) -> ImportResult:
     """Import the staged rows into the store in one write transaction (rolled back for a
     dry run), by the rules the module docstring names."""
     now = store.now()
+    attached: Conn | None = None
     try:
         with store.write_transaction() as conn:
             if store.postgresql:
-                _stage_pg(conn, staging, now)
+                result = _merge_pg(conn, staging, now, source)
             else:
-                _stage_sqlite(conn, staging, now)
-            result = _merge_staged(conn, now, source)
+                conn.execute("ATTACH DATABASE ? AS import_scratch", (str(staging.path),))
+                attached = conn
+                result = _merge_sqlite(conn, staging, now, source)
             if dry_run:
                 raise _Rollback(result)
     except _Rollback as rollback:
         return rollback.result
+    finally:
+        if attached is not None:  # SQLite detaches it only once the transaction has ended
+            attached.execute("DETACH DATABASE import_scratch")
     return result
 
 
@@ -110,7 +142,81 @@ class _Rollback(Exception):
         self.result = result
 
 
-_TARGET_COLUMNS = """
+def _in(values: Iterable[str]) -> str:
+    return ", ".join(f"'{v}'" for v in sorted(values))
+
+
+def _leaves(old_status: str) -> str:
+    """The staged row `i` says the person left, and the address (whose status before
+    the import is `old_status`) was not already in that state, nor bounced or complained."""
+    return (
+        f"i.status IN ({_in(SUPPRESSED)}) AND i.status <> {old_status} AND {old_status} NOT IN ({_in(UNDELIVERABLE)})"
+    )
+
+
+def _renames(old_name: str) -> str:
+    """The staged row `i` brings a name, and another than `old_name`."""
+    return f"i.name <> '' AND i.name <> {old_name}"
+
+
+# -- SQLite: the scratch database attached, read in place -----------------------------
+
+_STAGED = "import_scratch.stage AS i"
+_KNOWN = "JOIN subscribers AS s ON s.email_key = i.email_key AND s.merged_into IS NULL"
+_EVENT = "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
+
+
+def _merge_sqlite(conn: Conn, staging: Staging, now: str, source: str) -> ImportResult:
+    """The merge as joins between the attached stage and the subscribers: no copy of
+    the rows, no temporary table. Known addresses first (so the new ones are not
+    among them), then the new ones, found after their insert as the ids above the
+    highest before it (the write lock is held: no one else adds a row meanwhile)."""
+    total = int(conn.execute("SELECT count(*) FROM import_scratch.stage").fetchone()[0])
+    conn.execute(
+        f"{_EVENT} SELECT s.id, ?, s.status, i.status, ?, ? || i.pos FROM {_STAGED} {_KNOWN}"
+        f" WHERE {_leaves('s.status')} ORDER BY i.pos",
+        (now, source, staging.detail),
+    )
+    # In SQLite's UPDATE ... FROM, `subscribers` is the row as it was before.
+    leaves, renames = _leaves("subscribers.status"), _renames("subscribers.name")
+    updated = conn.execute(
+        f"""UPDATE subscribers SET
+                status = CASE WHEN {leaves} THEN i.status ELSE subscribers.status END,
+                name = CASE WHEN {renames} THEN i.name ELSE subscribers.name END,
+                updated = ?
+            FROM {_STAGED}
+            WHERE subscribers.email_key = i.email_key AND subscribers.merged_into IS NULL
+              AND (({leaves}) OR ({renames}))""",
+        (now,),
+    ).rowcount
+    before = int(conn.execute("SELECT coalesce(max(id), 0) FROM subscribers").fetchone()[0])
+    new = conn.execute(
+        "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+        " SELECT i.email, i.email_key, i.name, i.status, coalesce(i.created, ?), coalesce(i.updated, i.created, ?)"
+        f" FROM {_STAGED} WHERE NOT EXISTS"
+        " (SELECT 1 FROM subscribers AS s WHERE s.email_key = i.email_key AND s.merged_into IS NULL)"
+        " ORDER BY i.pos",
+        (now, now),
+    ).rowcount
+    if new:
+        new_ones = f"FROM {_STAGED} {_KNOWN} WHERE s.id > {before:d}"
+        conn.execute(
+            f"{_EVENT} SELECT s.id, ?, NULL, s.status, ?, ? || i.pos {new_ones} ORDER BY i.pos",
+            (now, source, staging.detail),
+        )
+        # A consent the file records (an export from here or another tool) comes along.
+        conn.execute(
+            "INSERT INTO consents (subscriber_id, at, source, detail)"
+            f" SELECT s.id, i.consented, coalesce(i.consent_source, ?), ? || i.pos {new_ones}"
+            " AND i.consented IS NOT NULL ORDER BY i.pos",
+            (source, staging.detail),
+        )
+    return ImportResult(new=int(new), updated=int(updated), unchanged=total - int(new) - int(updated))
+
+
+# -- PostgreSQL: the rows copied into a temporary table ----------------------------------
+
+_TARGET = """
     pos        BIGINT PRIMARY KEY,
     email_key  TEXT NOT NULL,
     email      TEXT NOT NULL,
@@ -125,55 +231,26 @@ _TARGET_COLUMNS = """
     old_status TEXT,
     old_name   TEXT,
     is_new     INTEGER NOT NULL DEFAULT 1"""
+_TARGET_COLUMNS = "pos, email_key, email, name, status, created, updated, detail, consented, consent_source"
 
 
-def _filled(rows: Iterable[tuple[Any, ...]], now: str) -> Iterator[tuple[Any, ...]]:
-    """Staged rows with `created`/`updated` filled in (now, unless the file says)."""
-    for pos, key, email, name, status, created, updated, detail, consented, consent_source in rows:
-        yield (
-            pos,
-            key,
-            email,
-            name,
-            status,
-            created or now,
-            updated or created or now,
-            detail,
-            consented,
-            consent_source,
-        )
-
-
-def _stage_sqlite(conn: Conn, staging: Staging, now: str) -> None:
-    conn.execute("DROP TABLE IF EXISTS temp.import_stage")
-    conn.execute(f"CREATE TEMP TABLE import_stage ({_TARGET_COLUMNS})")
-    conn.executemany(
-        f"INSERT INTO import_stage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _filled(staging.rows(), now)
-    )
-    conn.execute("CREATE INDEX temp.import_stage_key ON import_stage (email_key)")
-
-
-def _stage_pg(conn: Conn, staging: Staging, now: str) -> None:
+def _merge_pg(conn: Conn, staging: Staging, now: str, source: str) -> ImportResult:
     conn.execute("DROP TABLE IF EXISTS pg_temp.import_stage")
-    conn.execute(f"CREATE TEMP TABLE import_stage ({_TARGET_COLUMNS}) ON COMMIT DROP")
+    conn.execute(f"CREATE TEMP TABLE import_stage ({_TARGET}) ON COMMIT DROP")
     # COPY: the rows stream to the server without a round trip each. `raw` is the
     # psycopg connection behind the store's PostgreSQL `Conn`.
     raw = cast(Any, conn).raw
-    with raw.cursor().copy(f"COPY import_stage ({_COLUMNS}) FROM STDIN") as copy:
-        for row in _filled(staging.rows(), now):
+    with raw.cursor().copy(f"COPY import_stage ({_TARGET_COLUMNS}) FROM STDIN") as copy:
+        for row in staging.filled_rows(now):
             copy.write_row(row)
     conn.execute("CREATE INDEX ON import_stage (email_key)")
     conn.execute("ANALYZE import_stage")
+    return _merge_staged(conn, now, source)
 
 
-def _in(values: Iterable[str]) -> str:
-    return ", ".join(f"'{v}'" for v in sorted(values))
-
-
-# Conditions on a staged row `i` of a known address: the person left (and was not
-# already in that state, nor bounced or complained), or the row brings another name.
-_LEAVES = f"i.status IN ({_in(SUPPRESSED)}) AND i.status <> i.old_status AND i.old_status NOT IN ({_in(UNDELIVERABLE)})"
-_RENAMES = "i.name <> '' AND i.name <> i.old_name"
+# The same conditions on a row of the temporary table, which carries the old values.
+_LEAVES = _leaves("i.old_status")
+_RENAMES = _renames("i.old_name")
 
 
 def _merge_staged(conn: Conn, now: str, source: str) -> ImportResult:

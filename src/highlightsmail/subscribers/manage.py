@@ -53,20 +53,23 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_LOCAL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 _MAX_ADDRESS = 254  # email-validator's limit, in UTF-8 bytes, on three forms of the address
+_ROLE_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
 @functools.lru_cache(maxsize=4096)
-def _domain_verdict(domain: str) -> tuple[str, str] | str | None:
+def _domain_verdict(domain: str) -> tuple[str, int] | str | None:
     """email-validator's verdict on the part after the @, found once per domain with a
-    plain local part in front: (domain, ASCII domain) when it is good, the reason when
-    it is not, None when the reason is the length of the whole address (which depends
-    on the part before the @)."""
+    plain local part in front: (the normalised domain, the most UTF-8 bytes any of the
+    three forms whose length email-validator checks gives it) when it is good, the
+    reason when it is not, None when the reason is the length of the whole address
+    (which depends on the part before the @)."""
     try:
         checked = validate_email("a@" + domain, check_deliverability=False)
     except EmailNotValidError as exc:
         reason = str(exc)
         return None if reason.startswith("The email address is too long") else reason
-    return checked.domain, checked.ascii_domain
+    forms = (domain, checked.domain, checked.ascii_domain)
+    return checked.domain, max(len(form.encode()) for form in forms)
 
 
 def fast_normalize_address(raw: str) -> str:
@@ -78,16 +81,13 @@ def fast_normalize_address(raw: str) -> str:
     the same (tests/subscribers/test_import_rejects.py compares them)."""
     address = raw.strip()
     local, at, domain = address.rpartition("@")
-    if at and _PLAIN_LOCAL.fullmatch(local) and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES:
+    if at and _PLAIN_LOCAL.fullmatch(local) and local.lower() not in _ROLE_NAMES:
         verdict = _domain_verdict(domain)
         if isinstance(verdict, str):
             raise BadAddress(verdict)
-        if verdict is not None:
-            unicode_domain, ascii_domain = verdict
-            normalized = f"{local}@{unicode_domain}"
-            longest = max(len(address.encode()), len(normalized.encode()), len(local) + 1 + len(ascii_domain))
-            if longest <= _MAX_ADDRESS:
-                return normalized
+        # The local part is ASCII: its length in characters is its length in bytes.
+        if verdict is not None and len(local) + 1 + verdict[1] <= _MAX_ADDRESS:
+            return f"{local}@{verdict[0]}"
     return normalize_address(raw)
 
 
@@ -233,7 +233,7 @@ def parse_csv(path: Path) -> ParsedFile:
     the file as a whole cannot be used; bad rows are collected, not raised."""
     rows = CsvRows(path)
     rejected: list[tuple[int, str]] = []
-    with Staging() as staging:
+    with Staging(path.name) as staging:
         staging.load(_good_rows(rows, rejected))
         duplicates = staging.drop_duplicates()
         return ParsedFile(
@@ -297,53 +297,63 @@ def _columns(header: list[str], shown: str, line: int, warnings: list[str]) -> d
     return columns
 
 
+_NO_TIMES: dict[str, str | None] = {"created": None, "updated": None, "consented": None}  # never changed
+
+
 class _RecordCheck:
     """Checks one data row at a time against the header: `(row, None)` or `(None, why
     it is rejected)`. Duplicates are found later, by the database."""
 
     def __init__(self, columns: dict[str, int], width: int, file_name: str) -> None:
-        self.columns = list(columns.items())
         self.width = width
         self.file_name = file_name
+        self.email_at = columns["email"]
+        self.name_at = columns.get("name")
+        self.status_at = columns.get("status")
+        self.source_at = columns.get("source")
+        # Only the time columns the file has, in the order their errors are named.
+        self.times = [(column, columns[column]) for column in ("created", "updated", "consented") if column in columns]
 
     def __call__(self, record: list[str], line: int) -> tuple[ImportRow | None, str | None]:
         width = self.width
-        if len(record) > width:
-            return None, (
-                f"{len(record)} cells but the header has {width} (a name with a comma needs double quotes around it)"
-            )
-        if len(record) < width:
+        if len(record) != width:
+            if len(record) > width:
+                return None, (
+                    f"{len(record)} cells but the header has {width} "
+                    "(a name with a comma needs double quotes around it)"
+                )
             record = record + [""] * (width - len(record))
-        cells = {column: record[index].strip() for column, index in self.columns}
-
-        raw_email = unprotect_cell(cells["email"])
+        raw_email = unprotect_cell(record[self.email_at].strip())
         if not raw_email:
             return None, "no address"
         try:
             email = fast_normalize_address(raw_email)
         except BadAddress as exc:
             return None, f"invalid address {_shown(raw_email)}: {exc}"
-        return self._rest(cells, email, line)
+        return self._rest(record, email, line)
 
-    def _rest(self, cells: dict[str, str], email: str, line: int) -> tuple[ImportRow | None, str | None]:
-        name = cells.get("name", "")
+    def _rest(self, record: list[str], email: str, line: int) -> tuple[ImportRow | None, str | None]:
+        name = "" if self.name_at is None else record[self.name_at].strip()
         if name:
             try:
                 name = check_name(unprotect_cell(name))
             except ValueError as exc:
                 return None, f"{exc} ({email})"
-        status = cells.get("status", "").lower() or "active"
+        raw_status = "" if self.status_at is None else record[self.status_at].strip()
+        status = raw_status.lower() or "active"
         if status not in STATUSES:
-            return None, f"unknown status {_shown(cells['status'])} ({email}); use one of {', '.join(STATUSES)}"
-        times: dict[str, str | None] = {"created": None, "updated": None, "consented": None}
-        for column in times:
-            value = cells.get(column)
+            return None, f"unknown status {_shown(raw_status)} ({email}); use one of {', '.join(STATUSES)}"
+        times: dict[str, str | None] = _NO_TIMES
+        for column, index in self.times:
+            value = record[index].strip()
             if value:
+                if times is _NO_TIMES:
+                    times = dict(_NO_TIMES)
                 try:
                     times[column] = _parse_time(value)
                 except ValueError as exc:
                     return None, f"{column} {_shown(value)} {exc} ({email})"
-        source = unprotect_cell(cells.get("source", "")) or None
+        source = None if self.source_at is None else (unprotect_cell(record[self.source_at].strip()) or None)
         if source is not None and (line_problem(source) or len(source) > MAX_SOURCE):
             return None, f"source {_shown(source)} must be one line of at most {MAX_SOURCE} characters ({email})"
         detail = f"{self.file_name}:{line}"
@@ -371,7 +381,7 @@ def import_file(ws: Workspace, file: Path, *, dry_run: bool = False, tell: Calla
     either way nothing is written."""
     rows = CsvRows(file)
     rejected: list[tuple[int, str]] = []  # only the rejects are held in memory
-    with Staging() as staging:
+    with Staging(file.name) as staging:
         staging.load(_good_rows(rows, rejected))
         duplicates = staging.drop_duplicates()
         for message in rows.warnings:
