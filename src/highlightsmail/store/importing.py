@@ -15,6 +15,7 @@ the one on file; each creation and change gets an event naming the file and line
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -25,12 +26,10 @@ from typing import Any, cast
 from highlightsmail.addresses import address_key
 from highlightsmail.store.database import SUPPRESSED, UNDELIVERABLE, Conn, ImportResult, ImportRow, Store
 
-# The staged columns: `pos` is the row's line, and its event's detail is "FILE:pos".
-_ROW_COLUMNS = "email, name, status, created, updated, consented, consent_source"
-_COLUMNS = f"pos, email_key, {_ROW_COLUMNS}"
+# The staged rows: `pos` is the row's line, and its event's detail is "FILE:pos".
 _STAGE = """CREATE TABLE stage (
     pos INTEGER PRIMARY KEY, email_key TEXT NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,
-    status TEXT NOT NULL, created TEXT, updated TEXT, consented TEXT, consent_source TEXT)"""
+    status TEXT NOT NULL, extra TEXT, created TEXT, updated TEXT, consented TEXT, consent_source TEXT)"""
 _SCRATCH_CACHE_KIB = 16_384  # the scratch database's page cache; the rest stays on disk
 
 
@@ -38,6 +37,17 @@ def _key(email: str) -> str:
     """`address_key`, quicker for the ASCII addresses most lists are made of: there NFC
     changes nothing and case folding is lower-casing."""
     return email.lower() if email.isascii() else address_key(email)
+
+
+def _params(rows: Iterable[tuple[int, ImportRow]]) -> Iterator[tuple[object, ...]]:
+    """A staged row's parameters. The columns most files leave empty travel as one JSON
+    `extra` (NULL when they are all empty), unpacked by SQL after the load: each
+    parameter costs the sqlite3 module about as much as a short row does."""
+    for line, row in rows:
+        extra = None
+        if row.created or row.updated or row.consented or row.consent_source:
+            extra = json.dumps([row.created, row.updated, row.consented, row.consent_source])
+        yield line, _key(row.email), row.email, row.name, row.status, extra
 
 
 class Staging:
@@ -64,12 +74,15 @@ class Staging:
 
     def load(self, rows: Iterable[tuple[int, ImportRow]]) -> None:
         """Stage (line, row) pairs as they come, in one scratch transaction."""
-        params = (
-            (line, _key(r.email), r.email, r.name, r.status, r.created, r.updated, r.consented, r.consent_source)
-            for line, r in rows
-        )
         self._conn.execute("BEGIN")
-        self._conn.executemany(f"INSERT INTO stage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
+        self._conn.executemany(
+            "INSERT INTO stage (pos, email_key, email, name, status, extra) VALUES (?, ?, ?, ?, ?, ?)", _params(rows)
+        )
+        self._conn.execute(
+            "UPDATE stage SET created = json_extract(extra, '$[0]'), updated = json_extract(extra, '$[1]'),"
+            " consented = json_extract(extra, '$[2]'), consent_source = json_extract(extra, '$[3]')"
+            " WHERE extra IS NOT NULL"
+        )
         self._conn.execute("COMMIT")
 
     def drop_duplicates(self) -> list[tuple[int, int, str]]:

@@ -95,7 +95,9 @@ def check_name(raw: str) -> str:
     """A subscriber's name: trimmed, at most MAX_NAME characters, and fit for the To
     header as typed (one line, no control characters, no RFC 2047 encoded word)."""
     name = raw.strip()
-    problem = header_problem(name)
+    # Printable ASCII without "=?" holds nothing header_problem looks for: most names
+    # need no more than this quick test.
+    problem = None if name.isascii() and name.isprintable() and "=?" not in name else header_problem(name)
     if problem:
         raise ValueError(f"the name {problem}")
     if len(name) > MAX_NAME:
@@ -217,7 +219,7 @@ class CsvRows:
                     raise HighlightsError(
                         f"{shown}: the file is empty; its first line must name the columns, e.g. email,name"
                     )
-                check = _RecordCheck(_columns(header, shown, line, self.warnings), len(header), self.path.name)
+                check = _RecordCheck(_columns(header, shown, line, self.warnings), len(header))
                 line = reader.line_num + 1
                 for record in reader:
                     start, line = line, reader.line_num + 1
@@ -304,9 +306,8 @@ class _RecordCheck:
     """Checks one data row at a time against the header: `(row, None)` or `(None, why
     it is rejected)`. Duplicates are found later, by the database."""
 
-    def __init__(self, columns: dict[str, int], width: int, file_name: str) -> None:
+    def __init__(self, columns: dict[str, int], width: int) -> None:
         self.width = width
-        self.file_name = file_name
         self.email_at = columns["email"]
         self.name_at = columns.get("name")
         self.status_at = columns.get("status")
@@ -356,9 +357,9 @@ class _RecordCheck:
         source = None if self.source_at is None else (unprotect_cell(record[self.source_at].strip()) or None)
         if source is not None and (line_problem(source) or len(source) > MAX_SOURCE):
             return None, f"source {_shown(source)} must be one line of at most {MAX_SOURCE} characters ({email})"
-        detail = f"{self.file_name}:{line}"
+        # No detail: the staging makes each row's "FILE:line" from its line.
         return ImportRow(
-            email, name, status, times["created"], times["updated"], detail, times["consented"], source
+            email, name, status, times["created"], times["updated"], None, times["consented"], source
         ), None
 
 
