@@ -204,11 +204,12 @@ def _merge_sqlite(conn: Conn, staging: Staging, now: str, source: str) -> Import
     ).rowcount
     before = int(conn.execute("SELECT coalesce(max(id), 0) FROM subscribers").fetchone()[0])
     new = conn.execute(
-        "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+        # OR IGNORE skips exactly the known addresses (the unique index on email_key
+        # of the rows not merged into another): a NOT EXISTS on subscribers here would
+        # make SQLite gather the whole SELECT in memory before the first insert.
+        "INSERT OR IGNORE INTO subscribers (email, email_key, name, status, created, updated)"
         " SELECT i.email, i.email_key, i.name, i.status, coalesce(i.created, ?), coalesce(i.updated, i.created, ?)"
-        f" FROM {_STAGED} WHERE NOT EXISTS"
-        " (SELECT 1 FROM subscribers AS s WHERE s.email_key = i.email_key AND s.merged_into IS NULL)"
-        " ORDER BY i.pos",
+        f" FROM {_STAGED} ORDER BY i.pos",
         (now, now),
     ).rowcount
     if new:
