@@ -5,16 +5,18 @@ imports the same rows, and never makes anyone who left active again, on both eng
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
 from highlightsmail.store import Store
+from highlightsmail.subscribers.manage import fast_normalize_address
 
-pytestmark = pytest.mark.usefixtures("engine")
 
 HOSTILE = (
     "\ufeff Email ,name,status,created,updated,source,consented,Phone\r\n"  # 1 BOM, spaces, extra column
@@ -212,3 +214,78 @@ def _on_postgresql() -> bool:
     import os
 
     return bool(os.environ.get("HIGHLIGHTS_DATABASE_URL"))
+
+
+ADDRESSES = [
+    "ada@example.org",
+    "Ada.Lovelace+news@Mail.Example.ORG",
+    "  spaced@example.org  ",
+    "Postmaster@Example.org",
+    "INFO@example.org",
+    "info.desk@example.org",
+    "o'brien@example.org",
+    "a!#$%&'*+/=?^_`{|}~-z@example.org",
+    "l" * 64 + "@example.org",
+    "l" * 65 + "@example.org",
+    "m@" + ".".join(["d" * 63, "e" * 63, "f" * 63, "g" * 57]) + ".org",
+    "m@" + ".".join(["d" * 63, "e" * 63, "f" * 63, "g" * 56]) + ".org",
+    "nn@" + ".".join(["d" * 63, "e" * 63, "f" * 63, "g" * 56]) + ".org",
+    "x@" + "d" * 64 + ".org",
+    "x@" + ".".join(["d" * 63] * 4) + ".org",
+    "x@bücher.de",
+    "X@XN--BCHER-KVA.DE",
+    "x@" + "ü" * 60 + ".de",
+    "y@" + "ü" * 59 + "." + "ü" * 59 + "." + "ü" * 59 + ".de",
+    "zoë@bücher.de",
+    "e\u0301@example.org",
+    '"quoted"@example.org',
+    "Ada <ada@example.org>",
+    "a@b@example.org",
+    "a..b@example.org",
+    ".a@example.org",
+    "a.@example.org",
+    "a b@example.org",
+    "a\tb@example.org",
+    "@example.org",
+    "a@",
+    "a",
+    "a\uff20example.org",
+    "a@\u0338example.org",
+    "a@localhost",
+    "a@example",
+    "a@example.invalid",
+    "a@example.test",
+    "a@onion.onion",
+    "a@[127.0.0.1]",
+    "a@[IPv6:::1]",
+    "a@exa_mple.org",
+    "a@-example.org",
+    "a@example-.org",
+    "a@example.org.",
+    "a@.example.org",
+    "a@ex..ample.org",
+    "a@example.org:25",
+    "a@123.456",
+    "a@example.123",
+    "a@exämple.org",
+    "a@\u2603.example.org",
+    "a@xn--.org",
+    "a@xn--zz.org",
+    "a@EXAMPLE.ORG\u200b",
+]
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_the_quick_address_check_says_what_email_validator_says(address: str) -> None:
+    """The import checks a domain once and a plain local part by pattern: the same
+    address or the same reason as the full check, whatever the address."""
+
+    def verdict(check: Callable[[str], str]) -> str:
+        try:
+            return "ok: " + check(address)
+        except BadAddress as exc:
+            return f"bad: {exc}"
+
+    fast = verdict(fast_normalize_address)
+    assert fast == verdict(fast_normalize_address)  # and again, from the domain cache
+    assert fast == verdict(normalize_address)
