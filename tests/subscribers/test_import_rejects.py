@@ -17,7 +17,6 @@ from highlightsmail.cli import main
 from highlightsmail.store import Store
 from highlightsmail.subscribers.manage import fast_normalize_address
 
-
 HOSTILE = (
     "\ufeff Email ,name,status,created,updated,source,consented,Phone\r\n"  # 1 BOM, spaces, extra column
     "ada@example.org,Ada,,,,,,1\n"  # 2

@@ -136,9 +136,9 @@ def _shown(value: str, limit: int = 80) -> str:
 class ParsedFile:
     """What a CSV file holds: the valid rows, and a message per rejected row or warning."""
 
-    rows: list[ImportRow] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    rows: list[ImportRow] = field(default_factory=list[ImportRow])
+    rejected: list[str] = field(default_factory=list[str])
+    warnings: list[str] = field(default_factory=list[str])
 
 
 def _decode(data: bytes, shown: str) -> str:
