@@ -5,8 +5,9 @@ An import reads its file once, as a stream. Each checked row goes into `Staging`
 private scratch SQLite database on disk (its own connection, a small page cache), so
 memory stays flat however long the file is, and nothing touches the subscribers'
 database until the whole file has been read: a file that turns out to be unusable
-halfway leaves no trace, not even a new database file. Then `merge` moves the rows
-into the store in one write transaction (COPY on PostgreSQL) and applies the rules
+halfway leaves no trace, not even a new database file. Then `merge` brings the rows
+into the store in one write transaction (SQLite reads the stage in place, attached;
+PostgreSQL gets it by COPY) and applies the rules
 that `Store.import_rows` documents: a new address is added with its row's status; a
 known one only ever moves to a status that says the person left, never back to
 active, and a bounced or complained one keeps that status; a non-empty name replaces
@@ -129,7 +130,8 @@ class Staging:
 
 def merge(store: Store, staging: Staging, *, source: str = "import", dry_run: bool = False) -> ImportResult:
     """Import the staged rows into the store in one write transaction (rolled back for a
-    dry run), by the rules the module docstring names."""
+    dry run), by the rules the module docstring names. A transaction of its own: not
+    inside `Store.transaction()`, since SQLite detaches the stage only after the commit."""
     now = store.now()
     attached: Conn | None = None
     try:
