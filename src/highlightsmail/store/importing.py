@@ -215,9 +215,10 @@ def _merge_sqlite(conn: Conn, staging: Staging, now: str, source: str) -> Import
         (now, now),
     ).rowcount
     if new:
+        # A new row's status is its staged one: the join reads only the index.
         new_ones = f"FROM {_STAGED} {_KNOWN} WHERE s.id > {before:d}"
         conn.execute(
-            f"{_EVENT} SELECT s.id, ?, NULL, s.status, ?, ? || i.pos {new_ones} ORDER BY i.pos",
+            f"{_EVENT} SELECT s.id, ?, NULL, i.status, ?, ? || i.pos {new_ones} ORDER BY i.pos",
             (now, source, staging.detail),
         )
         # A consent the file records (an export from here or another tool) comes along.
