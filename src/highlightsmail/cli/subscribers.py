@@ -27,14 +27,10 @@ def subscribers_import(obj: Ctx, file: Path, dry_run: bool) -> None:
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.subscribers import manage as engine
 
-    parsed = engine.parse_csv(file)
     # Bad and duplicate rows by line on stderr, before anything is written.
-    for message in parsed.warnings + parsed.rejected:
-        click.echo(message, err=True)
-    result = engine.import_parsed(obj.ws, file, parsed, dry_run=dry_run)
-    summary = (
-        f"{result.new} new, {result.updated} updated, {result.unchanged} unchanged, {len(parsed.rejected)} rejected"
-    )
+    imported = engine.import_file(obj.ws, file, dry_run=dry_run, tell=lambda message: click.echo(message, err=True))
+    result = imported.result
+    summary = f"{result.new} new, {result.updated} updated, {result.unchanged} unchanged, {imported.rejected} rejected"
     if dry_run:
         click.echo(f"dry run: would import {summary}; nothing was changed")
     else:

@@ -6,7 +6,8 @@ address) drops out of lists and counts, and its id stands for the row it joined.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, LiteralString
 
 from highlightsmail.addresses import address_key
@@ -232,6 +233,22 @@ class Subscribers(Part):
         return changed
 
     # -- import ---------------------------------------------------------------------------
+
+    def write_transaction(self) -> AbstractContextManager[Conn]:
+        """One write transaction and its connection, for the import's merge
+        (store/importing.py), which runs its statements on it."""
+        return self._write()
+
+    def stage_rows(
+        self,
+        conn: Conn,
+        table: LiteralString,
+        definition: LiteralString,
+        names: tuple[LiteralString, ...],
+        rows: Iterable[Sequence[Any]],
+    ) -> None:
+        """Load `rows` into a temporary `table` by the engine's bulk load (see Engine.stage)."""
+        self._db.stage(conn, table, definition, names, rows)
 
     def import_rows(
         self, rows: Iterable[ImportRow], *, source: Source = "import", dry_run: bool = False

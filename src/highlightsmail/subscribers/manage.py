@@ -15,18 +15,25 @@ takes off again, so an export imports back exactly.
 from __future__ import annotations
 
 import csv
+import functools
+import heapq
 import io
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from highlightsmail.addresses import BadAddress, address_key, normalize_address
+from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+
+from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.files import write_file
 from highlightsmail.store import STATUSES, ImportResult, ImportRow, Status, Store, Subscriber, format_time
+from highlightsmail.store.importing import Staging, merge
 from highlightsmail.text import header_problem, line_problem
 
 if TYPE_CHECKING:
@@ -42,11 +49,56 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # -- addresses and cells ----------------------------------------------------------
 
 
+# RFC 5322 atext, dot-separated: the plain ASCII local parts email-validator takes as
+# they are. Anything else (quotes, other scripts, odd dots) gets the full check.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_LOCAL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
+_MAX_ADDRESS = 254  # email-validator's limit, in UTF-8 bytes, on three forms of the address
+_ROLE_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain_verdict(domain: str) -> tuple[str, int] | str | None:
+    """email-validator's verdict on the part after the @, found once per domain with a
+    plain local part in front: (the normalised domain, the most UTF-8 bytes any of the
+    three forms whose length email-validator checks gives it) when it is good, the
+    reason when it is not, None when the reason is the length of the whole address
+    (which depends on the part before the @)."""
+    try:
+        checked = validate_email("a@" + domain, check_deliverability=False)
+    except EmailNotValidError as exc:
+        reason = str(exc)
+        return None if reason.startswith("The email address is too long") else reason
+    forms = (domain, checked.domain, checked.ascii_domain)
+    return checked.domain, max(len(form.encode()) for form in forms)
+
+
+def fast_normalize_address(raw: str) -> str:
+    """`normalize_address`, with the costly part done once per domain: a plain ASCII
+    local part (no role name such as `postmaster` that email-validator lower-cases)
+    needs no check beyond a pattern, and the rest of the address is judged as
+    email-validator judges it on its own. Anything else, and an address near the
+    length limit, goes through `normalize_address` whole, so results and messages are
+    the same (tests/subscribers/test_import_rejects.py compares them)."""
+    address = raw.strip()
+    local, at, domain = address.rpartition("@")
+    if at and _PLAIN_LOCAL.fullmatch(local) and local.lower() not in _ROLE_NAMES:
+        verdict = _domain_verdict(domain)
+        if isinstance(verdict, str):
+            raise BadAddress(verdict)
+        # The local part is ASCII: its length in characters is its length in bytes.
+        if verdict is not None and len(local) + 1 + verdict[1] <= _MAX_ADDRESS:
+            return f"{local}@{verdict[0]}"
+    return normalize_address(raw)
+
+
 def check_name(raw: str) -> str:
     """A subscriber's name: trimmed, at most MAX_NAME characters, and fit for the To
     header as typed (one line, no control characters, no RFC 2047 encoded word)."""
     name = raw.strip()
-    problem = header_problem(name)
+    # Printable ASCII without "=?" holds nothing header_problem looks for: most names
+    # need no more than this quick test.
+    problem = None if name.isascii() and name.isprintable() and "=?" not in name else header_problem(name)
     if problem:
         raise ValueError(f"the name {problem}")
     if len(name) > MAX_NAME:
@@ -85,9 +137,9 @@ def _shown(value: str, limit: int = 80) -> str:
 class ParsedFile:
     """What a CSV file holds: the valid rows, and a message per rejected row or warning."""
 
-    rows: list[ImportRow] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    rows: list[ImportRow] = field(default_factory=list[ImportRow])
+    rejected: list[str] = field(default_factory=list[str])
+    warnings: list[str] = field(default_factory=list[str])
 
 
 def _decode(data: bytes, shown: str) -> str:
@@ -114,51 +166,104 @@ def _parse_time(value: str) -> str:
         raise ValueError("is out of range (it must fall within the years 1 to 9999 in UTC)") from None
 
 
+class CsvRows:
+    """A subscribers CSV read as a stream: iterating yields (line, row, None) for each
+    good data row and (line, None, why) for each bad one, in file order; `warnings`
+    fills when the header is read. Duplicates are not looked for here (see
+    store/importing.py). Raises HighlightsError (naming file and line) when the file as
+    a whole cannot be used, with the same precedence as reading it whole: a byte that
+    is not UTF-8 anywhere in the file is named before any other problem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.shown = display_path(path)
+        self.warnings: list[str] = []
+
+    def __iter__(self) -> Iterator[tuple[int, ImportRow | None, str | None]]:
+        try:
+            yield from self._records()
+        except UnicodeDecodeError:
+            _decode(self._bytes(), self.shown)  # raises, naming the line and column
+            raise
+        except HighlightsError:
+            _decode(self._bytes(), self.shown)  # a byte that is not UTF-8 is named first
+            raise
+
+    def _bytes(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            raise HighlightsError(f"{self.shown}: no such file") from None
+        except OSError as exc:
+            raise HighlightsError(f"{self.shown}: cannot read it: {exc.strerror or exc}") from None
+
+    def _records(self) -> Iterator[tuple[int, ImportRow | None, str | None]]:
+        shown = self.shown
+        try:
+            # newline="" keeps line ends inside quoted cells, and csv.reader counts
+            # physical lines, so the line a record starts on is one past where the
+            # previous one ended.
+            stream = self.path.open(encoding="utf-8-sig", newline="")
+        except FileNotFoundError:
+            raise HighlightsError(f"{shown}: no such file") from None
+        except OSError as exc:
+            raise HighlightsError(f"{shown}: cannot read it: {exc.strerror or exc}") from None
+        with stream:
+            reader = csv.reader(stream, strict=True)
+            line = 1
+            try:
+                header = next(reader, None)
+                while header is not None and not any(cell.strip() for cell in header):
+                    line = reader.line_num + 1
+                    header = next(reader, None)
+                if header is None:
+                    raise HighlightsError(
+                        f"{shown}: the file is empty; its first line must name the columns, e.g. email,name"
+                    )
+                check = _RecordCheck(_columns(header, shown, line, self.warnings), len(header))
+                line = reader.line_num + 1
+                for record in reader:
+                    start, line = line, reader.line_num + 1
+                    if "".join(record).strip():  # a blank line (or only empty cells) is no row
+                        yield (start, *check(record, start))
+            except csv.Error as exc:
+                raise HighlightsError(_csv_problem(exc, shown, line, _decode(self._bytes(), shown))) from None
+
+
 def parse_csv(path: Path) -> ParsedFile:
-    """Read and check a subscribers CSV. Raises HighlightsError (naming file and line)
-    when the file as a whole cannot be used; bad rows are collected, not raised."""
-    shown = display_path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise HighlightsError(f"{shown}: no such file") from None
-    except OSError as exc:
-        raise HighlightsError(f"{shown}: cannot read it: {exc.strerror or exc}") from None
-    text = _decode(data, shown)
+    """Read and check a subscribers CSV whole (the rows in a list: for small files and
+    tests; `import_file` streams). Raises HighlightsError (naming file and line) when
+    the file as a whole cannot be used; bad rows are collected, not raised."""
+    rows = CsvRows(path)
+    rejected: list[tuple[int, str]] = []
+    with Staging(path.name) as staging:
+        staging.load(_good_rows(rows, rejected))
+        duplicates = staging.drop_duplicates()
+        return ParsedFile(
+            rows=list(staging.import_rows()),
+            rejected=list(_rejects(rows.shown, rejected, duplicates)),
+            warnings=rows.warnings,
+        )
 
-    # newline="" keeps line ends inside quoted cells, and csv.reader counts physical
-    # lines, so the line a record starts on is one past where the previous one ended.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    result = ParsedFile()
-    records: list[tuple[int, list[str]]] = []
-    line = 1
-    try:
-        header = next(reader, None)
-        while header is not None and not any(cell.strip() for cell in header):
-            line = reader.line_num + 1
-            header = next(reader, None)
-        if header is None:
-            raise HighlightsError(f"{shown}: the file is empty; its first line must name the columns, e.g. email,name")
-        columns = _columns(header, shown, line, result)
-        line = reader.line_num + 1
-        for record in reader:
-            start, line = line, reader.line_num + 1
-            if "".join(record).strip():  # a blank line (or only empty cells) is no row
-                records.append((start, record))
-    except csv.Error as exc:
-        raise HighlightsError(_csv_problem(exc, shown, line, text)) from None
 
-    checked = [_check_record(record, columns, len(header), start, path.name) for start, record in records]
-    seen: dict[str, int] = {}  # address key -> line of its first good row
-    for (start, _record), (row, problem) in zip(records, checked, strict=False):
-        if row is not None:
-            first = seen.setdefault(address_key(row.email), start)
-            if first == start:
-                result.rows.append(row)
-                continue
-            problem = f"duplicate of line {first} ({row.email})"
-        result.rejected.append(f"{shown}:{start}: {problem}")
-    return result
+def _good_rows(
+    rows: Iterable[tuple[int, ImportRow | None, str | None]], rejected: list[tuple[int, str]]
+) -> Iterator[tuple[int, ImportRow]]:
+    """The good rows with their lines; each bad one goes to `rejected` as (line, why)."""
+    for line, row, problem in rows:
+        if row is None:
+            assert problem is not None, "a row without a problem is a good row"
+            rejected.append((line, problem))
+        else:
+            yield line, row
+
+
+def _rejects(shown: str, rejected: list[tuple[int, str]], duplicates: list[tuple[int, int, str]]) -> Iterator[str]:
+    """One message per rejected row, by line: bad rows and duplicates in one order."""
+    marked = heapq.merge(
+        rejected, ((line, f"duplicate of line {first} ({email})") for line, first, email in duplicates)
+    )
+    return (f"{shown}:{line}: {problem}" for line, problem in marked)
 
 
 def _csv_problem(exc: csv.Error, shown: str, line: int, text: str) -> str:
@@ -176,7 +281,7 @@ def _csv_problem(exc: csv.Error, shown: str, line: int, text: str) -> str:
     return f"{shown}:{line}: not valid CSV ({exc}); is a quote left open?"
 
 
-def _columns(header: list[str], shown: str, line: int, result: ParsedFile) -> dict[str, int]:
+def _columns(header: list[str], shown: str, line: int, warnings: list[str]) -> dict[str, int]:
     names = [cell.strip().lower() for cell in header]
     columns: dict[str, int] = {}
     for index, name in enumerate(names):
@@ -185,7 +290,7 @@ def _columns(header: list[str], shown: str, line: int, result: ParsedFile) -> di
         if name in CSV_COLUMNS:
             columns[name] = index
         elif name:
-            result.warnings.append(f"{shown}:{line}: warning: ignoring the column {header[index].strip()!r}")
+            warnings.append(f"{shown}:{line}: warning: ignoring the column {header[index].strip()!r}")
     if "email" not in columns:
         hint = "name the column of addresses `email`"
         if len(header) == 1 and ";" in header[0]:
@@ -195,59 +300,114 @@ def _columns(header: list[str], shown: str, line: int, result: ParsedFile) -> di
     return columns
 
 
-def _check_record(
-    record: list[str], columns: dict[str, int], width: int, line: int, file_name: str
-) -> tuple[ImportRow | None, str | None]:
-    """One data row -> (row, None) or (None, why it is rejected). Duplicates are found later."""
-    if len(record) > width:
-        return None, (
-            f"{len(record)} cells but the header has {width} (a name with a comma needs double quotes around it)"
-        )
-    if len(record) < width:
-        record = record + [""] * (width - len(record))
-    cells = {column: record[index].strip() for column, index in columns.items()}
+_NO_TIMES: dict[str, str | None] = {"created": None, "updated": None, "consented": None}  # never changed
 
-    raw_email = unprotect_cell(cells["email"])
-    if not raw_email:
-        return None, "no address"
-    try:
-        email = normalize_address(raw_email)
-    except BadAddress as exc:
-        return None, f"invalid address {_shown(raw_email)}: {exc}"
-    try:
-        name = check_name(unprotect_cell(cells.get("name", "")))
-    except ValueError as exc:
-        return None, f"{exc} ({email})"
-    status = cells.get("status", "").lower() or "active"
-    if status not in STATUSES:
-        return None, f"unknown status {_shown(cells['status'])} ({email}); use one of {', '.join(STATUSES)}"
-    times: dict[str, str | None] = {"created": None, "updated": None, "consented": None}
-    for column in times:
-        value = cells.get(column)
-        if value:
+
+class _RecordCheck:
+    """Checks one data row at a time against the header: `(row, None)` or `(None, why
+    it is rejected)`. Duplicates are found later, by the database."""
+
+    def __init__(self, columns: dict[str, int], width: int) -> None:
+        self.width = width
+        self.email_at = columns["email"]
+        self.name_at = columns.get("name")
+        self.status_at = columns.get("status")
+        self.source_at = columns.get("source")
+        # Only the time columns the file has, in the order their errors are named.
+        self.times = [(column, columns[column]) for column in ("created", "updated", "consented") if column in columns]
+
+    def __call__(self, record: list[str], line: int) -> tuple[ImportRow | None, str | None]:
+        width = self.width
+        if len(record) != width:
+            if len(record) > width:
+                return None, (
+                    f"{len(record)} cells but the header has {width} "
+                    "(a name with a comma needs double quotes around it)"
+                )
+            record = record + [""] * (width - len(record))
+        raw_email = unprotect_cell(record[self.email_at].strip())
+        if not raw_email:
+            return None, "no address"
+        try:
+            email = fast_normalize_address(raw_email)
+        except BadAddress as exc:
+            return None, f"invalid address {_shown(raw_email)}: {exc}"
+        return self._rest(record, email, line)
+
+    def _rest(self, record: list[str], email: str, line: int) -> tuple[ImportRow | None, str | None]:
+        name = "" if self.name_at is None else record[self.name_at].strip()
+        if name:
             try:
-                times[column] = _parse_time(value)
+                name = check_name(unprotect_cell(name))
             except ValueError as exc:
-                return None, f"{column} {_shown(value)} {exc} ({email})"
-    source = unprotect_cell(cells.get("source", "")) or None
-    if source is not None and (line_problem(source) or len(source) > MAX_SOURCE):
-        return None, f"source {_shown(source)} must be one line of at most {MAX_SOURCE} characters ({email})"
-    row = ImportRow(email, name, status, times["created"], times["updated"], f"{file_name}:{line}")
-    return row._replace(consented=times["consented"], consent_source=source), None
+                return None, f"{exc} ({email})"
+        raw_status = "" if self.status_at is None else record[self.status_at].strip()
+        status = raw_status.lower() or "active"
+        if status not in STATUSES:
+            return None, f"unknown status {_shown(raw_status)} ({email}); use one of {', '.join(STATUSES)}"
+        times: dict[str, str | None] = _NO_TIMES
+        for column, index in self.times:
+            value = record[index].strip()
+            if value:
+                if times is _NO_TIMES:
+                    times = dict(_NO_TIMES)
+                try:
+                    times[column] = _parse_time(value)
+                except ValueError as exc:
+                    return None, f"{column} {_shown(value)} {exc} ({email})"
+        source = None if self.source_at is None else (unprotect_cell(record[self.source_at].strip()) or None)
+        if source is not None and (line_problem(source) or len(source) > MAX_SOURCE):
+            return None, f"source {_shown(source)} must be one line of at most {MAX_SOURCE} characters ({email})"
+        # No detail: the staging makes each row's "FILE:line" from its line.
+        return ImportRow(
+            email, name, status, times["created"], times["updated"], None, times["consented"], source
+        ), None
 
 
 # -- what the commands do -------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Imported:
+    """What `subscribers import` did: the counts, and how many rows it rejected."""
+
+    result: ImportResult
+    rejected: int
+
+
+def import_file(ws: Workspace, file: Path, *, dry_run: bool = False, tell: Callable[[str], None]) -> Imported:
+    """`subscribers import FILE [--dry-run]`: read the file as a stream, pass each
+    warning and rejected row (by line) to `tell` once the whole file is read, then
+    import every good row in one transaction (rolled back for a dry run). Raises
+    HighlightsError when the file cannot be used, or had rows and none was usable;
+    either way nothing is written."""
+    rows = CsvRows(file)
+    rejected: list[tuple[int, str]] = []  # only the rejects are held in memory
+    with Staging(file.name) as staging:
+        staging.load(_good_rows(rows, rejected))
+        duplicates = staging.drop_duplicates()
+        for message in rows.warnings:
+            tell(message)
+        count = len(rejected) + len(duplicates)
+        for message in _rejects(rows.shown, rejected, duplicates):
+            tell(message)
+        good = staging.count()
+        if count and not good:
+            raise HighlightsError(f"{rows.shown}: no valid rows ({count} rejected); nothing imported")
+        if dry_run and not ws.database_exists():
+            # Nothing to compare with, and a dry run must not even create the database.
+            return Imported(ImportResult(new=good, updated=0, unchanged=0), count)
+        with Store.open(ws) as store:
+            return Imported(merge(store, staging, dry_run=dry_run), count)
+
+
 def import_parsed(ws: Workspace, file: Path, parsed: ParsedFile, dry_run: bool = False) -> ImportResult:
-    """`subscribers import FILE [--dry-run]`: every good row of a parsed file in one
-    transaction (rolled back for a dry run). Raises HighlightsError when the file had
-    rows and none was usable."""
+    """Import the good rows of a file `parse_csv` read, in one transaction (rolled back
+    for a dry run). Raises HighlightsError when the file had rows and none was usable."""
     rejected = len(parsed.rejected)
     if rejected and not parsed.rows:
         raise HighlightsError(f"{display_path(file)}: no valid rows ({rejected} rejected); nothing imported")
     if dry_run and not ws.database_exists():
-        # Nothing to compare with, and a dry run must not even create the database.
         return ImportResult(new=len(parsed.rows), updated=0, unchanged=0)
     with Store.open(ws) as store:
         return store.import_rows(parsed.rows, dry_run=dry_run)
