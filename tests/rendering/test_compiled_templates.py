@@ -1,0 +1,89 @@
+"""Compiled templates are kept in the user's cache folder between runs: used again only
+for the same source, and a cache that is damaged or cannot be written changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from highlightsmail import templating
+
+
+@pytest.fixture
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    templating._bytecode_cache.cache_clear()
+    yield home
+    templating._bytecode_cache.cache_clear()
+
+
+def _render(folder: Path, template: str = "page.txt.j2", **context: object) -> str:
+    return templating.environment(jinja2.FileSystemLoader(str(folder))).get_template(template).render(context)
+
+
+def _forbid_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    def compile_nothing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled although the cache holds the template")
+
+    monkeypatch.setattr(jinja2.Environment, "compile", compile_nothing)
+
+
+def test_a_template_compiled_once_is_read_from_the_cache_next_time(
+    cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "page.txt.j2").write_text("Hello {{ name }}\n", encoding="utf-8")
+    assert _render(tmp_path, name="Ada") == "Hello Ada\n"
+    kept = list(cache_home.glob("highlightsmail/jinja-*/*.cache"))
+    assert len(kept) == 1
+
+    _forbid_compiling(monkeypatch)
+    assert _render(tmp_path, name="Bob") == "Hello Bob\n"
+
+
+def test_an_edited_template_is_compiled_again(cache_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "page.txt.j2").write_text("Hello {{ name }}\n", encoding="utf-8")
+    assert _render(tmp_path, name="Ada") == "Hello Ada\n"
+    (tmp_path / "page.txt.j2").write_text("Goodbye {{ name }}\n", encoding="utf-8")
+    assert _render(tmp_path, name="Ada") == "Goodbye Ada\n"
+
+
+def test_html_templates_escape_when_read_from_the_cache(
+    cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "page.html.j2").write_text("<p>{{ name }}</p>", encoding="utf-8")
+    assert _render(tmp_path, "page.html.j2", name="<b>") == "<p>&lt;b&gt;</p>"
+    _forbid_compiling(monkeypatch)
+    assert _render(tmp_path, "page.html.j2", name="<b>") == "<p>&lt;b&gt;</p>"
+
+
+def test_a_damaged_cache_file_is_compiled_anew(cache_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "page.txt.j2").write_text("Hello {{ name }}\n", encoding="utf-8")
+    _render(tmp_path, name="Ada")
+    for kept in cache_home.glob("highlightsmail/jinja-*/*.cache"):
+        kept.write_bytes(kept.read_bytes()[:40] + b"\x00garbage")
+    assert _render(tmp_path, name="Ada") == "Hello Ada\n"
+
+
+def test_a_cache_that_cannot_be_written_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder", encoding="utf-8")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    templating._bytecode_cache.cache_clear()
+    try:
+        (tmp_path / "page.txt.j2").write_text("Hello {{ name }}\n", encoding="utf-8")
+        assert _render(tmp_path, name="Ada") == "Hello Ada\n"
+        assert _render(tmp_path, name="Bob") == "Hello Bob\n"
+    finally:
+        templating._bytecode_cache.cache_clear()
+
+
+def test_the_cache_lives_in_the_users_cache_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert templating.cache_folder() == tmp_path / "highlightsmail"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert templating.cache_folder() == tmp_path / "home" / ".cache" / "highlightsmail"
