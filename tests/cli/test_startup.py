@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -118,3 +119,20 @@ def test_check_and_build_leave_the_garbage_collector_on(workspace: Path) -> None
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and "issues/2024-w03.yaml:" in result.stderr
         assert gc.isenabled()
+
+
+def test_commands_do_not_search_the_installed_packages_for_pydantic_plugins(workspace: Path) -> None:
+    """pydantic reads every installed package's entry points looking for plugins as it
+    builds its first model; the commands' models use none, so they skip the search."""
+    code = textwrap.dedent("""
+        from highlightsmail.cli import main
+        main(["check", "2024-w02"], standalone_mode=False)
+        from pydantic.plugin import _loader
+        print("searched" if _loader._plugins is not None else "not searched")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=workspace, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "not searched"
