@@ -136,3 +136,24 @@ def test_commands_do_not_search_the_installed_packages_for_pydantic_plugins(work
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "not searched"
+
+
+def test_check_and_build_run_their_imports_without_the_collector(workspace: Path, tmp_path: Path) -> None:
+    """The modules a command imports are nearly all it makes; the cyclic collector would
+    walk them again and again while they load, for nothing to free."""
+    code = textwrap.dedent("""
+        import gc, sys
+        from highlightsmail.cli import main
+        # Loaded by the group before it knows which command runs: not the command's.
+        import highlightsmail.errors
+        passes = []
+        gc.callbacks.append(lambda phase, info: passes.append(info) if phase == "start" else None)
+        main(sys.argv[1:], standalone_mode=False)
+        print(len(passes))
+    """)
+    for args in (["check", "2024-w02"], ["build", "2024-w02", "--out", str(tmp_path / "out")]):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], cwd=workspace, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "0", args

@@ -62,12 +62,13 @@ def check(obj: Ctx, issue: str) -> None:
     """Validate and lint ISSUE.
 
     ISSUE is a path, a slug or `latest`."""
-    # Imported when the command runs, not at the top: --help loads none of it.
-    from highlightsmail.errors import HighlightsError
-    from highlightsmail.review.lint import check_command
-
     # An invalid file raises ValidationFailed, which prints its FILE:LINE:COL lines.
+    # The imports too run without the collector: they are most of what the command makes.
     with one_shot():
+        # Imported when the command runs, not at the top: --help loads none of it.
+        from highlightsmail.errors import HighlightsError
+        from highlightsmail.review.lint import check_command
+
         report = check_command(obj.ws, obj.ws.issue_path(issue))
     for problem in report.problems:
         click.echo(str(problem), err=True)
@@ -92,11 +93,12 @@ def build(obj: Ctx, issue: str, out: Path) -> None:
 
     Writes OUT/<slug>.html, OUT/<slug>.txt and OUT/<slug>.eml. ISSUE is a path, a slug
     or `latest`."""
-    # Imported when the command runs, not at the top: --help loads none of it.
-    from highlightsmail.errors import display_path
-    from highlightsmail.review.build import build_command
-
+    # The imports too run without the collector: they are most of what the command makes.
     with one_shot():
+        # Imported when the command runs, not at the top: --help loads none of it.
+        from highlightsmail.errors import display_path
+        from highlightsmail.review.build import build_command
+
         paths = build_command(obj.ws, obj.ws.issue_path(issue), out)
     for path in paths:
         click.echo(display_path(path))
