@@ -9,13 +9,21 @@ inlined (the pixels are the same; tests/rendering/test_email_looks.py compares t
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
+import os
 import re
 import sys
+import tempfile
 import types
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
+
+from highlightsmail import __version__
+from highlightsmail.templating import cache_folder
 
 __all__ = ["compact", "inline_css", "keep_head_styles"]
 
@@ -95,14 +103,89 @@ def _inliner_class() -> type:
             key = (css_body, ruleset_index)
             if key in self._rules:
                 return self._rules[key]
-            rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
-            # Leftover rules are mutable cssutils objects that premailer edits; only
-            # stylesheets without any are kept.
-            if not leftover and len(self._rules) < 64:
-                self._rules[key] = (rules, leftover)
-            return rules, leftover
+            options = (self.strip_important, self.exclude_pseudoclasses, self.include_star_selectors)
+            rules = _stored_rules(css_body, ruleset_index, options)
+            if rules is None:
+                rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
+                # Leftover rules are mutable cssutils objects that premailer edits; only
+                # stylesheets without any are kept.
+                if leftover:
+                    return rules, leftover
+                _store_rules(css_body, ruleset_index, options, rules)
+            if len(self._rules) < 64:
+                self._rules[key] = (rules, [])
+            return rules, []
 
     return _Inliner
+
+
+# --------------------------------------------------------------------------- parsed CSS on disk
+
+# The stylesheet is the template's, the same in every build until the template changes,
+# and parsing it (cssutils) was half of inlining's time in a new process. What premailer
+# makes of it, (specificity, selector, declarations) for each rule, is kept as JSON in
+# the user's cache folder, under a name made of the stylesheet and of every version and
+# option that shapes it; the folder is safe to delete.
+
+
+@lru_cache(maxsize=1)
+def _rules_folder() -> Path | None:
+    try:
+        folder = cache_folder()
+    except RuntimeError:  # no home folder to be found: parse every time
+        return None
+    # Which premailer and cssutils parsed it: their installed files, by size and time
+    # (cssutils has no version attribute, and asking the package metadata takes longer
+    # than reading the rules). Both are loaded by now: this runs inside premailer.
+    installed = [
+        (name, os.stat(module.__file__).st_size, os.stat(module.__file__).st_mtime_ns)
+        for name in ("premailer.premailer", "cssutils", "cssutils.css.cssstyledeclaration")
+        if (module := sys.modules.get(name)) is not None and module.__file__
+    ]
+    stamp = repr((__version__, installed))
+    return folder / f"css-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
+
+
+def _rules_file(css_body: str, ruleset_index: int, options: tuple[bool, ...]) -> Path | None:
+    folder = _rules_folder()
+    if folder is None:
+        return None
+    key = json.dumps([css_body, ruleset_index, options])
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def _stored_rules(css_body: str, ruleset_index: int, options: tuple[bool, ...]) -> list[Any] | None:
+    """The rules kept from an earlier run, as premailer made them; None if there are none
+    (or the file is damaged)."""
+    path = _rules_file(css_body, ruleset_index, options)
+    if path is None:
+        return None
+    try:
+        stored = json.loads(path.read_bytes())
+        # Tuples, as premailer makes them: it sorts rules by their specificity.
+        return [(tuple(specificity), selector, bulk) for specificity, selector, bulk in stored]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _store_rules(css_body: str, ruleset_index: int, options: tuple[bool, ...], rules: list[Any]) -> None:
+    """Keep `rules` for later runs: written whole, then renamed into place, so that a
+    reader never sees half a file. A cache that cannot be written is left out."""
+    path = _rules_file(css_body, ruleset_index, options)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(rules, fh)
+            os.replace(temp, path)
+        except BaseException:
+            os.unlink(temp)
+            raise
+    except OSError:
+        pass
 
 
 def inline_css(html: str) -> str:

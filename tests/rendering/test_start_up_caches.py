@@ -1,5 +1,6 @@
-"""Compiled templates are kept in the user's cache folder between runs: used again only
-for the same source, and a cache that is damaged or cannot be written changes nothing."""
+"""What a new process would otherwise redo each time, kept in the user's cache folder:
+compiled templates and the email stylesheet as premailer parsed it. Used again only for
+the same source, and a cache that is damaged or cannot be written changes nothing."""
 
 from __future__ import annotations
 
@@ -10,15 +11,23 @@ import jinja2
 import pytest
 
 from highlightsmail import templating
+from highlightsmail.rendering import inlining
 
 
 @pytest.fixture
 def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
-    templating._bytecode_cache.cache_clear()
+    _forget_caches()
     yield home
+    _forget_caches()
+
+
+def _forget_caches() -> None:
+    """As a new process starts: nothing in memory, the cache folder looked up again."""
     templating._bytecode_cache.cache_clear()
+    inlining._rules_folder.cache_clear()
+    inlining._inliner_class()._rules.clear()
 
 
 def _render(folder: Path, template: str = "page.txt.j2", **context: object) -> str:
@@ -87,3 +96,69 @@ def test_the_cache_lives_in_the_users_cache_folder(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert templating.cache_folder() == tmp_path / "home" / ".cache" / "highlightsmail"
+
+
+_EMAIL = """<html><head>
+<style type="text/css">.title { color: #123456; font-weight: bold } p.note { margin: 0 0 8px }</style>
+</head><body><div class="title">Hi</div><p class="note" style="padding: 2px">Text</p></body></html>"""
+
+
+def _forbid_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def parse_nothing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("parsed although the cache holds the stylesheet")
+
+    premailer_class = inlining._inliner_class().__mro__[1]  # premailer's own, under the project's
+    monkeypatch.setattr(premailer_class, "_parse_style_rules", parse_nothing)
+
+
+def test_the_stylesheet_parsed_once_is_read_from_the_cache_next_time(
+    cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = inlining.inline_css(_EMAIL)
+    assert 'style="color:#123456; font-weight:bold"' in first.replace(": ", ":")
+    assert len(list(cache_home.glob("highlightsmail/css-*/*.json"))) == 1
+
+    _forget_caches()
+    _forbid_parsing(monkeypatch)
+    assert inlining.inline_css(_EMAIL) == first
+
+
+def test_another_stylesheet_is_parsed_again(cache_home: Path) -> None:
+    first = inlining.inline_css(_EMAIL)
+    _forget_caches()
+    other = inlining.inline_css(_EMAIL.replace("#123456", "#abcdef"))
+    assert other == first.replace("#123456", "#abcdef")
+    assert len(list(cache_home.glob("highlightsmail/css-*/*.json"))) == 2
+
+
+def test_a_damaged_stylesheet_file_is_parsed_anew(cache_home: Path) -> None:
+    first = inlining.inline_css(_EMAIL)
+    for kept in cache_home.glob("highlightsmail/css-*/*.json"):
+        kept.write_text('[[[0, 1], ".title"', encoding="utf-8")
+    _forget_caches()
+    assert inlining.inline_css(_EMAIL) == first
+
+
+def test_a_stylesheet_with_rules_left_in_place_is_not_kept(cache_home: Path) -> None:
+    """Rules premailer leaves for <style> (a :hover, an @media) are cssutils objects it
+    edits later; such a stylesheet is parsed each time, as before."""
+    email = _EMAIL.replace("p.note {", "a:hover { color: red } p.note {")
+    first = inlining.inline_css(email)
+    assert not list(cache_home.glob("highlightsmail/css-*/*.json"))
+    _forget_caches()
+    assert inlining.inline_css(email) == first
+
+
+def test_a_stylesheet_cache_that_cannot_be_written_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder", encoding="utf-8")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    _forget_caches()
+    try:
+        first = inlining.inline_css(_EMAIL)
+        _forget_caches()
+        assert inlining.inline_css(_EMAIL) == first
+    finally:
+        _forget_caches()
