@@ -1,5 +1,6 @@
 """What a new process would otherwise redo each time, kept in the user's cache folder:
-compiled templates and the email stylesheet as premailer parsed it. Used again only for
+compiled templates, and the email's stylesheet and style attributes as premailer
+parsed them. Used again only for
 the same source, and a cache that is damaged or cannot be written changes nothing."""
 
 from __future__ import annotations
@@ -7,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import cssutils
 import jinja2
+import premailer.cache
 import pytest
 
 from highlightsmail import templating
@@ -28,6 +31,9 @@ def _forget_caches() -> None:
     templating._bytecode_cache.cache_clear()
     inlining._rules_folder.cache_clear()
     inlining._inliner_class()._rules.clear()
+    inlining._declarations.cache_clear()
+    premailer.cache.cache.clear()
+    inlining._declarations()
 
 
 def _render(folder: Path, template: str = "page.txt.j2", **context: object) -> str:
@@ -103,6 +109,10 @@ _EMAIL = """<html><head>
 </head><body><div class="title">Hi</div><p class="note" style="padding: 2px">Text</p></body></html>"""
 
 
+def _rule_files(cache_home: Path) -> list[Path]:
+    return [p for p in cache_home.glob("highlightsmail/css-*/*.json") if p.name != "declarations.json"]
+
+
 def _forbid_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     def parse_nothing(*args: object, **kwargs: object) -> None:
         raise AssertionError("parsed although the cache holds the stylesheet")
@@ -116,7 +126,7 @@ def test_the_stylesheet_parsed_once_is_read_from_the_cache_next_time(
 ) -> None:
     first = inlining.inline_css(_EMAIL)
     assert 'style="color:#123456; font-weight:bold"' in first.replace(": ", ":")
-    assert len(list(cache_home.glob("highlightsmail/css-*/*.json"))) == 1
+    assert len(_rule_files(cache_home)) == 1
 
     _forget_caches()
     _forbid_parsing(monkeypatch)
@@ -128,12 +138,12 @@ def test_another_stylesheet_is_parsed_again(cache_home: Path) -> None:
     _forget_caches()
     other = inlining.inline_css(_EMAIL.replace("#123456", "#abcdef"))
     assert other == first.replace("#123456", "#abcdef")
-    assert len(list(cache_home.glob("highlightsmail/css-*/*.json"))) == 2
+    assert len(_rule_files(cache_home)) == 2
 
 
 def test_a_damaged_stylesheet_file_is_parsed_anew(cache_home: Path) -> None:
     first = inlining.inline_css(_EMAIL)
-    for kept in cache_home.glob("highlightsmail/css-*/*.json"):
+    for kept in _rule_files(cache_home):
         kept.write_text('[[[0, 1], ".title"', encoding="utf-8")
     _forget_caches()
     assert inlining.inline_css(_EMAIL) == first
@@ -144,7 +154,7 @@ def test_a_stylesheet_with_rules_left_in_place_is_not_kept(cache_home: Path) -> 
     edits later; such a stylesheet is parsed each time, as before."""
     email = _EMAIL.replace("p.note {", "a:hover { color: red } p.note {")
     first = inlining.inline_css(email)
-    assert not list(cache_home.glob("highlightsmail/css-*/*.json"))
+    assert not _rule_files(cache_home)
     _forget_caches()
     assert inlining.inline_css(email) == first
 
@@ -162,3 +172,37 @@ def test_a_stylesheet_cache_that_cannot_be_written_changes_nothing(
         assert inlining.inline_css(_EMAIL) == first
     finally:
         _forget_caches()
+
+
+def test_style_attributes_parsed_once_are_read_from_the_cache_next_time(
+    cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = inlining.inline_css(_EMAIL)
+    assert "padding:2px" in first.replace(": ", ":")
+    assert (next(cache_home.glob("highlightsmail/css-*")) / "declarations.json").is_file()
+
+    _forget_caches()
+
+    def parse_nothing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("cssutils parsed although the cache holds it all")
+
+    monkeypatch.setattr(cssutils, "parseStyle", parse_nothing)
+    monkeypatch.setattr(cssutils, "parseString", parse_nothing)
+    assert inlining.inline_css(_EMAIL) == first
+
+
+def test_new_style_attributes_are_parsed_and_kept_beside_the_old(cache_home: Path) -> None:
+    inlining.inline_css(_EMAIL)
+    _forget_caches()
+    other = _EMAIL.replace("padding: 2px", "padding: 4px")
+    second = inlining.inline_css(other)
+    assert "padding:4px" in second.replace(": ", ":")
+    kept = (next(cache_home.glob("highlightsmail/css-*")) / "declarations.json").read_text(encoding="utf-8")
+    assert "padding: 2px" in kept and "padding: 4px" in kept
+
+
+def test_a_damaged_declarations_file_is_parsed_anew(cache_home: Path) -> None:
+    first = inlining.inline_css(_EMAIL)
+    (next(cache_home.glob("highlightsmail/css-*")) / "declarations.json").write_text('{"1:padding', encoding="utf-8")
+    _forget_caches()
+    assert inlining.inline_css(_EMAIL) == first

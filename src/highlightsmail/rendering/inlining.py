@@ -90,6 +90,8 @@ def _inliner_class() -> type:
     _import_premailer()
     from premailer import Premailer  # after _import_premailer, so without requests
 
+    _declarations()
+
     class _Inliner(Premailer):  # type: ignore[misc,unused-ignore]  # premailer has no types
         """premailer, remembering the rules it read from a stylesheet.
 
@@ -169,23 +171,92 @@ def _stored_rules(css_body: str, ruleset_index: int, options: tuple[bool, ...]) 
 
 
 def _store_rules(css_body: str, ruleset_index: int, options: tuple[bool, ...], rules: list[Any]) -> None:
-    """Keep `rules` for later runs: written whole, then renamed into place, so that a
-    reader never sees half a file. A cache that cannot be written is left out."""
+    """Keep `rules` for later runs. A cache that cannot be written is left out."""
     path = _rules_file(css_body, ruleset_index, options)
-    if path is None:
-        return
+    if path is not None:
+        _write_json(path, rules)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """`data` as JSON in `path`, written whole, then renamed into place, so that a reader
+    never sees half a file; nothing is kept when the folder cannot be written."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(rules, fh)
+                json.dump(data, fh)
             os.replace(temp, path)
         except BaseException:
             os.unlink(temp)
             raise
     except OSError:
         pass
+
+
+#: Declarations kept at most; past this, only those of the last run are kept.
+_DECLARATIONS_KEPT = 4096
+
+
+class _StoredDeclarations:
+    """premailer's csstext_to_pairs (a style attribute's or a rule's declarations as
+    (name, value) pairs, parsed by cssutils), remembering them across runs too: the
+    email's style attributes come from the template, the same in every build, and
+    parsing them again was a third of inlining's time in a new process.
+
+    It stands in for premailer's function under the names premailer calls it by; what
+    it is not given yet, premailer's own function parses, as before."""
+
+    def __init__(self, parse: Any, path: Path | None) -> None:
+        self._parse = parse
+        # premailer's function takes its lock by its module-level name, which is this.
+        self._lock = parse._lock
+        self._path = path
+        self._known: dict[str, list[tuple[str, str]]] = {}
+        self._used: set[str] = set()
+        self._added = False
+        if path is not None:
+            try:
+                stored = json.loads(path.read_bytes())
+                self._known = {key: [(name, value) for name, value in pairs] for key, pairs in stored.items()}
+            except (OSError, ValueError, TypeError, AttributeError):
+                self._known = {}  # none yet, or a damaged file: parsed again
+
+    def __call__(self, csstext: str, validate: bool = True) -> list[tuple[str, str]]:
+        key = f"{int(validate)}:{csstext}"
+        self._used.add(key)
+        pairs = self._known.get(key)
+        if pairs is None:
+            pairs = self._parse(csstext, validate=validate)
+            self._known[key] = pairs
+            self._added = True
+        return pairs
+
+    def save(self) -> None:
+        """Keep what this run added for the next ones."""
+        if not self._added or self._path is None:
+            return
+        self._added = False
+        if len(self._known) > _DECLARATIONS_KEPT:
+            self._known = {key: self._known[key] for key in self._used}
+        _write_json(self._path, self._known)
+
+
+@lru_cache(maxsize=1)
+def _declarations() -> _StoredDeclarations:
+    """The stand-in for premailer's csstext_to_pairs, put in place once per process."""
+    # Here, not at the top: premailer only through _import_premailer.
+    import premailer.merge_style
+    import premailer.premailer
+
+    parse = premailer.merge_style.csstext_to_pairs
+    if isinstance(parse, _StoredDeclarations):  # put in place before (tests start over)
+        parse = parse._parse
+    folder = _rules_folder()
+    stored = _StoredDeclarations(parse, folder / "declarations.json" if folder else None)
+    premailer.merge_style.csstext_to_pairs = stored
+    premailer.premailer.csstext_to_pairs = stored
+    return stored
 
 
 def inline_css(html: str) -> str:
@@ -207,6 +278,7 @@ def inline_css(html: str) -> str:
         disable_validation=True,
         cssutils_logging_level=logging.CRITICAL,
     ).transform()
+    _declarations().save()
     # premailer drops its marker only from the blocks it looked at.
     return inlined.replace(' data-premailer="ignore"', "")
 
