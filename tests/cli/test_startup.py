@@ -60,6 +60,8 @@ def test_help_loads_no_engine(workspace: Path, tmp_path: Path) -> None:
     modules = loaded_by(workspace, tmp_path, "--help")
     heavy = {"pydantic", "jinja2", "premailer", "cssutils", "yaml", "markdown_it", "email_validator", "mjml"}
     assert not heavy & modules
+    # Nor pathlib (with urllib.parse): the options that take a path import it when given one.
+    assert "pathlib" not in modules
     ours = {m for m in modules if m.startswith("highlightsmail.")}
     assert "highlightsmail.cli" in ours
     assert not {m for m in ours if m != "highlightsmail.cli" and not m.startswith("highlightsmail.cli.")}

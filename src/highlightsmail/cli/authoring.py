@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from highlightsmail.cli.context import PORT, Ctx, one_shot, pass_ctx
+from highlightsmail.cli.context import PORT, Ctx, PathArg, one_shot, pass_ctx
+
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from pathlib import Path
 
 
 @click.command()
-@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", default=".", type=PathArg(file_okay=False))
 def init(directory: Path) -> None:
     """Create a new workspace in DIRECTORY (default: here)."""
     # Imported when the command runs, not at the top: --help loads none of it.
+    from pathlib import Path
+
     from highlightsmail.authoring.scaffold import init_workspace
     from highlightsmail.errors import display_path
 
@@ -84,7 +89,7 @@ def check(obj: Ctx, issue: str) -> None:
     "out",
     default="out",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=PathArg(file_okay=False),
     help="Where to write the files.",
 )
 @pass_ctx
