@@ -109,6 +109,30 @@ def test_premailer_gets_the_real_requests_when_it_uses_it(workspace: Path) -> No
     assert done.stdout == "ok\n"
 
 
+def test_cssutils_gets_the_real_urllib_request_when_it_uses_it(workspace: Path) -> None:
+    """cssutils is loaded without urllib.request (with http.client and ssl), which it
+    only needs to fetch a stylesheet or make a file URL; when it uses it, it gets the
+    real module, and so does anyone else."""
+    code = textwrap.dedent("""
+        import sys, urllib
+        from highlightsmail.authoring.workspace import load_workspace
+        from highlightsmail.authoring.issue import load_issue
+        from highlightsmail.rendering.render import render_issue
+        ws = load_workspace()
+        render_issue(load_issue(ws.issue_path("2024-w02")), ws)
+        assert not {"urllib.request", "http.client", "ssl"} & set(sys.modules), sys.modules.keys()
+        import cssutils
+        assert cssutils.Replacer("/base/")("x y.css") == "/base/x%20y.css"
+        import urllib.request
+        assert urllib.request is sys.modules["urllib.request"] and "http.client" in sys.modules
+        assert urllib.request.pathname2url("/a b") == "/a%20b"
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
+
+
 def test_check_and_build_leave_the_garbage_collector_on(workspace: Path) -> None:
     """They pause it while they run; a caller in the same process gets it back."""
     assert gc.isenabled()

@@ -18,6 +18,7 @@ import re
 import sys
 import tempfile
 import types
+import urllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,31 +59,47 @@ def keep_head_styles(html: str, mjml_source: str) -> str:
     return "".join(out)
 
 
+#: What premailer and cssutils import at their top only to fetch stylesheets over the
+#: network, which allow_network=False forbids: requests (with urllib3 and its charset
+#: detectors, about a tenth of a build's time) and urllib.request (with http.client and
+#: ssl, a thirtieth of `check`'s).
+_FETCHING = ("requests", "urllib.request")
+
+
 def _import_premailer() -> None:
-    """Import premailer without importing `requests`.
+    """Import premailer without importing what it and cssutils fetch with.
 
-    premailer imports requests at its top only to fetch external stylesheets, which
-    allow_network=False forbids, and requests with urllib3 and its charset detectors is
-    about a tenth of a build's time. A stand-in module answers premailer's import and
-    loads the real requests on first use; it is gone from sys.modules right after, so
-    any other `import requests` in the process gets the real module."""
-    if "premailer.premailer" in sys.modules or "requests" in sys.modules:
+    A stand-in module answers their imports of each and loads the real module on first
+    use; it is gone from sys.modules right after, so any other import of it in the
+    process gets the real module."""
+    if "premailer.premailer" in sys.modules:
         return
-    stand_in = types.ModuleType("requests")
-
-    def load_on_use(name: str) -> Any:
-        if sys.modules.get("requests") is stand_in:
-            del sys.modules["requests"]
-        return getattr(importlib.import_module("requests"), name)
-
-    stand_in.__dict__["__getattr__"] = load_on_use  # a module's own __getattr__ (PEP 562)
-    sys.modules["requests"] = stand_in
+    stand_ins = {name: _stand_in(name) for name in _FETCHING if name not in sys.modules}
+    sys.modules.update(stand_ins)
+    if "urllib.request" in stand_ins:
+        # `import urllib.request` takes the module from sys.modules, but the code then
+        # reads it as urllib's attribute, which importing the real one sets in its place.
+        urllib.__dict__["request"] = stand_ins["urllib.request"]
     try:
-        # Here, not at the top: only with the stand-in in place.
+        # Here, not at the top: only with the stand-ins in place.
         import premailer.premailer  # noqa: F401
     finally:
-        if sys.modules.get("requests") is stand_in:
-            del sys.modules["requests"]
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+
+
+def _stand_in(name: str) -> types.ModuleType:
+    """A module that imports the real `name` when any of its attributes is read."""
+    stand_in = types.ModuleType(name)
+
+    def load_on_use(attribute: str) -> Any:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        return getattr(importlib.import_module(name), attribute)
+
+    stand_in.__dict__["__getattr__"] = load_on_use  # a module's own __getattr__ (PEP 562)
+    return stand_in
 
 
 @lru_cache(maxsize=1)
