@@ -110,12 +110,27 @@ def cache_folder() -> Path:
     return root / "highlightsmail"
 
 
-@cache
-def _bytecode_cache() -> jinja2.BytecodeCache | None:
+def own_cache_folder() -> Path | None:
+    """cache_folder(), or None (use no cache) when it cannot be found or is not this
+    user's alone: what is read from it is run (compiled templates) or shapes the mail,
+    so a folder another user owns or may write to is not trusted."""
     try:
         folder = cache_folder()
-    except RuntimeError:  # no home folder to be found: compile every time
+        found = folder.stat()
+    except FileNotFoundError:
+        return folder  # made on first write, this user's, mode 0700
+    except (OSError, RuntimeError):  # RuntimeError: no home folder to be found
         return None
+    if found.st_uid != os.getuid() or found.st_mode & 0o022:
+        return None
+    return folder
+
+
+@cache
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    folder = own_cache_folder()
+    if folder is None:
+        return None  # compile every time
     stamp = repr((jinja2.__version__, __version__, _ESCAPED, sorted(_SYNTAX.items())))
     return _CompiledTemplates(folder / f"jinja-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}")
 

@@ -206,3 +206,16 @@ def test_a_damaged_declarations_file_is_parsed_anew(cache_home: Path) -> None:
     (next(cache_home.glob("highlightsmail/css-*")) / "declarations.json").write_text('{"1:padding', encoding="utf-8")
     _forget_caches()
     assert inlining.inline_css(_EMAIL) == first
+
+
+def test_a_cache_folder_others_may_write_to_is_not_used(cache_home: Path, tmp_path: Path) -> None:
+    """Compiled templates are code that runs: a folder another user could fill is left alone."""
+    (cache_home / "highlightsmail").mkdir(parents=True)
+    (cache_home / "highlightsmail").chmod(0o777)
+    _forget_caches()
+    (tmp_path / "page.txt.j2").write_text("Hello {{ name }}\n", encoding="utf-8")
+    assert _render(tmp_path, name="Ada") == "Hello Ada\n"
+    first = inlining.inline_css(_EMAIL)
+    assert not list((cache_home / "highlightsmail").iterdir())
+    _forget_caches()
+    assert inlining.inline_css(_EMAIL) == first

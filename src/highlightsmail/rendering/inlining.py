@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from highlightsmail import __version__
-from highlightsmail.templating import cache_folder
+from highlightsmail.templating import own_cache_folder
 
 __all__ = ["compact", "inline_css", "keep_head_styles"]
 
@@ -149,10 +149,9 @@ def _inliner_class() -> type:
 
 @lru_cache(maxsize=1)
 def _rules_folder() -> Path | None:
-    try:
-        folder = cache_folder()
-    except RuntimeError:  # no home folder to be found: parse every time
-        return None
+    folder = own_cache_folder()
+    if folder is None:
+        return None  # parse every time
     # Which premailer and cssutils parsed it: their installed files, by size and time
     # (cssutils has no version attribute, and asking the package metadata takes longer
     # than reading the rules). Both are loaded by now: this runs inside premailer.
