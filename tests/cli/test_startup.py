@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -59,6 +60,8 @@ def test_help_loads_no_engine(workspace: Path, tmp_path: Path) -> None:
     modules = loaded_by(workspace, tmp_path, "--help")
     heavy = {"pydantic", "jinja2", "premailer", "cssutils", "yaml", "markdown_it", "email_validator", "mjml"}
     assert not heavy & modules
+    # Nor pathlib (with urllib.parse): the options that take a path import it when given one.
+    assert "pathlib" not in modules
     ours = {m for m in modules if m.startswith("highlightsmail.")}
     assert "highlightsmail.cli" in ours
     assert not {m for m in ours if m != "highlightsmail.cli" and not m.startswith("highlightsmail.cli.")}
@@ -106,6 +109,30 @@ def test_premailer_gets_the_real_requests_when_it_uses_it(workspace: Path) -> No
     assert done.stdout == "ok\n"
 
 
+def test_cssutils_gets_the_real_urllib_request_when_it_uses_it(workspace: Path) -> None:
+    """cssutils is loaded without urllib.request (with http.client and ssl), which it
+    only needs to fetch a stylesheet or make a file URL; when it uses it, it gets the
+    real module, and so does anyone else."""
+    code = textwrap.dedent("""
+        import sys, urllib
+        from highlightsmail.authoring.workspace import load_workspace
+        from highlightsmail.authoring.issue import load_issue
+        from highlightsmail.rendering.render import render_issue
+        ws = load_workspace()
+        render_issue(load_issue(ws.issue_path("2024-w02")), ws)
+        assert not {"urllib.request", "http.client", "ssl"} & set(sys.modules), sys.modules.keys()
+        import cssutils
+        assert cssutils.Replacer("/base/")("x y.css") == "/base/x%20y.css"
+        import urllib.request
+        assert urllib.request is sys.modules["urllib.request"] and "http.client" in sys.modules
+        assert urllib.request.pathname2url("/a b") == "/a%20b"
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
+
+
 def test_check_and_build_leave_the_garbage_collector_on(workspace: Path) -> None:
     """They pause it while they run; a caller in the same process gets it back."""
     assert gc.isenabled()
@@ -118,3 +145,41 @@ def test_check_and_build_leave_the_garbage_collector_on(workspace: Path) -> None
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and "issues/2024-w03.yaml:" in result.stderr
         assert gc.isenabled()
+
+
+def test_commands_do_not_search_the_installed_packages_for_pydantic_plugins(workspace: Path) -> None:
+    """pydantic reads every installed package's entry points looking for plugins as it
+    builds its first model; the commands' models use none, so they skip the search."""
+    code = textwrap.dedent("""
+        from highlightsmail.cli import main
+        main(["check", "2024-w02"], standalone_mode=False)
+        from pydantic.plugin import _loader
+        print("searched" if _loader._plugins is not None else "not searched")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=workspace, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "not searched"
+
+
+def test_check_and_build_run_their_imports_without_the_collector(workspace: Path, tmp_path: Path) -> None:
+    """The modules a command imports are nearly all it makes; the cyclic collector would
+    walk them again and again while they load, for nothing to free."""
+    code = textwrap.dedent("""
+        import gc, sys
+        from highlightsmail.cli import main
+        # Loaded by the group before it knows which command runs: not the command's.
+        import highlightsmail.errors
+        passes = []
+        gc.callbacks.append(lambda phase, info: passes.append(info) if phase == "start" else None)
+        main(sys.argv[1:], standalone_mode=False)
+        print(len(passes))
+    """)
+    for args in (["check", "2024-w02"], ["build", "2024-w02", "--out", str(tmp_path / "out")]):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], cwd=workspace, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "0", args

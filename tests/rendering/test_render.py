@@ -27,7 +27,14 @@ from highlightsmail.authoring.issue import Issue, load_issue
 from highlightsmail.authoring.workspace import Workspace, load_workspace
 from highlightsmail.errors import HighlightsError
 from highlightsmail.rendering.inlining import compact
-from highlightsmail.rendering.render import TEXT_WIDTH, markdown_to_text, render_issue, render_markdown
+from highlightsmail.rendering.render import (
+    TEXT_WIDTH,
+    issue_context,
+    markdown_to_text,
+    mjml_source,
+    render_issue,
+    render_markdown,
+)
 from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from support.workspace import EXAMPLE_SETTINGS
 
@@ -761,3 +768,12 @@ def test_first_render_in_a_fresh_process_prints_nothing(workspace: Path) -> None
     done = subprocess.run([sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_mjml_source_is_what_the_issue_template_makes_before_it_is_compiled(ws: Workspace, example: Issue) -> None:
+    """What benchmarks/render.py hands to Node's MJML compiler: the same MJML, with the
+    preheader's spacer every email's templates see."""
+    source = mjml_source(ws, issue_context(example, ws))
+    assert source.lstrip().startswith("<mjml")
+    assert "&#847;&zwnj;&nbsp;" in source
+    assert html_lib.escape(example.items[0].title, quote=False) in source

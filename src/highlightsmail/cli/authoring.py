@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from highlightsmail.cli.context import PORT, Ctx, one_shot, pass_ctx
+from highlightsmail.cli.context import PORT, Ctx, PathArg, one_shot, pass_ctx
+
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from pathlib import Path
 
 
 @click.command()
-@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", default=".", type=PathArg(file_okay=False))
 def init(directory: Path) -> None:
     """Create a new workspace in DIRECTORY (default: here)."""
     # Imported when the command runs, not at the top: --help loads none of it.
+    from pathlib import Path
+
     from highlightsmail.authoring.scaffold import init_workspace
     from highlightsmail.errors import display_path
 
@@ -89,12 +94,13 @@ def check(obj: Ctx, issue: str) -> None:
     """Validate and lint ISSUE.
 
     ISSUE is a path, a slug or `latest`."""
-    # Imported when the command runs, not at the top: --help loads none of it.
-    from highlightsmail.errors import HighlightsError
-    from highlightsmail.review.lint import check_command
-
     # An invalid file raises ValidationFailed, which prints its FILE:LINE:COL lines.
+    # The imports too run without the collector: they are most of what the command makes.
     with one_shot():
+        # Imported when the command runs, not at the top: --help loads none of it.
+        from highlightsmail.errors import HighlightsError
+        from highlightsmail.review.lint import check_command
+
         report = check_command(obj.ws, obj.ws.issue_path(issue))
     for problem in report.problems:
         click.echo(str(problem), err=True)
@@ -110,7 +116,7 @@ def check(obj: Ctx, issue: str) -> None:
     "out",
     default="out",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=PathArg(file_okay=False),
     help="Where to write the files.",
 )
 @pass_ctx
@@ -119,11 +125,12 @@ def build(obj: Ctx, issue: str, out: Path) -> None:
 
     Writes OUT/<slug>.html, OUT/<slug>.txt and OUT/<slug>.eml. ISSUE is a path, a slug
     or `latest`."""
-    # Imported when the command runs, not at the top: --help loads none of it.
-    from highlightsmail.errors import display_path
-    from highlightsmail.review.build import build_command
-
+    # The imports too run without the collector: they are most of what the command makes.
     with one_shot():
+        # Imported when the command runs, not at the top: --help loads none of it.
+        from highlightsmail.errors import display_path
+        from highlightsmail.review.build import build_command
+
         paths = build_command(obj.ws, obj.ws.issue_path(issue), out)
     for path in paths:
         click.echo(display_path(path))

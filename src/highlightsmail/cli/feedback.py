@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from highlightsmail.cli.context import Ctx, pass_ctx, slug_of
+from highlightsmail.cli.context import Ctx, PathArg, pass_ctx, slug_of
 from highlightsmail.cli.output import warn_if_committable
+
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from pathlib import Path
 
 
 @click.group()
@@ -75,7 +78,7 @@ def bounces_scan(obj: Ctx, mailbox: str | None, verbose: bool) -> None:
     "--out",
     "out",
     metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=PathArg(dir_okay=False),
     help="Write to FILE instead of standard output.",
 )
 @pass_ctx

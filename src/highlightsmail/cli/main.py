@@ -8,6 +8,7 @@ nothing but click (tests/cli/test_startup.py).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -62,6 +63,10 @@ def main(ctx: click.Context, workspace: str | None) -> None:
     from highlightsmail.errors import show_warnings_plainly
 
     show_warnings_plainly()
+    # pydantic looks for plugins in every installed package's entry points as it builds
+    # its first model (importlib.metadata and a walk through site-packages: a tenth of
+    # `check`); this program's models use none. A value the user set is kept.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     ctx.obj = Ctx(workspace)
 
 

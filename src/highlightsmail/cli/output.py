@@ -8,10 +8,12 @@ import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
+
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from pathlib import Path
 
 
 def warn_if_committable(path: Path | None) -> None:
@@ -44,6 +46,9 @@ def _stdout_file() -> Path | None:
         found = os.stat(name)
     except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
         return None
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from pathlib import Path
+
     return Path(name) if (found.st_dev, found.st_ino) == (mode.st_dev, mode.st_ino) else None
 
 

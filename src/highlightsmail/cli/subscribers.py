@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from highlightsmail.cli.context import Ctx, pass_ctx
+from highlightsmail.cli.context import Ctx, PathArg, pass_ctx
 from highlightsmail.cli.output import streamed_stdout, warn_if_committable
+
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from pathlib import Path
 
 
 @click.group()
@@ -16,7 +19,7 @@ def subscribers() -> None:
 
 
 @subscribers.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=PathArg(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Check the file and report, without changing anything.")
 @pass_ctx
 def subscribers_import(obj: Ctx, file: Path, dry_run: bool) -> None:
@@ -102,7 +105,7 @@ def subscribers_list(obj: Ctx, status_: str | None, fmt: str) -> None:
 
 
 @subscribers.command("export")
-@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", required=False, type=PathArg(dir_okay=False))
 @pass_ctx
 def subscribers_export(obj: Ctx, file: Path | None) -> None:
     """Export every subscriber as CSV to FILE (default: standard output).

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from highlightsmail.cli.context import PORT, Ctx, pass_ctx
+from highlightsmail.cli.context import PORT, Ctx, PathArg, pass_ctx
+
+if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from pathlib import Path
 
 
 @click.command()
@@ -43,7 +46,7 @@ def serve(obj: Ctx, host: str, port: int) -> None:
     "out",
     default="out/site",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=PathArg(file_okay=False),
     help="The folder to write the site to; only the files publish wrote there before are replaced.",
 )
 @click.option("--all", "include_all", is_flag=True, help="Also publish the issues not sent yet: every issue file.")

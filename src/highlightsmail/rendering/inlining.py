@@ -9,13 +9,22 @@ inlined (the pixels are the same; tests/rendering/test_email_looks.py compares t
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
+import os
 import re
 import sys
+import tempfile
 import types
+import urllib
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
+
+from highlightsmail import __version__
+from highlightsmail.templating import own_cache_folder
 
 __all__ = ["compact", "inline_css", "keep_head_styles"]
 
@@ -50,37 +59,55 @@ def keep_head_styles(html: str, mjml_source: str) -> str:
     return "".join(out)
 
 
+#: What premailer and cssutils import at their top only to fetch stylesheets over the
+#: network, which allow_network=False forbids: requests (with urllib3 and its charset
+#: detectors, about a tenth of a build's time) and urllib.request (with http.client and
+#: ssl, a thirtieth of `check`'s).
+_FETCHING = ("requests", "urllib.request")
+
+
 def _import_premailer() -> None:
-    """Import premailer without importing `requests`.
+    """Import premailer without importing what it and cssutils fetch with.
 
-    premailer imports requests at its top only to fetch external stylesheets, which
-    allow_network=False forbids, and requests with urllib3 and its charset detectors is
-    about a tenth of a build's time. A stand-in module answers premailer's import and
-    loads the real requests on first use; it is gone from sys.modules right after, so
-    any other `import requests` in the process gets the real module."""
-    if "premailer.premailer" in sys.modules or "requests" in sys.modules:
+    A stand-in module answers their imports of each and loads the real module on first
+    use; it is gone from sys.modules right after, so any other import of it in the
+    process gets the real module."""
+    if "premailer.premailer" in sys.modules:
         return
-    stand_in = types.ModuleType("requests")
-
-    def load_on_use(name: str) -> Any:
-        if sys.modules.get("requests") is stand_in:
-            del sys.modules["requests"]
-        return getattr(importlib.import_module("requests"), name)
-
-    stand_in.__dict__["__getattr__"] = load_on_use  # a module's own __getattr__ (PEP 562)
-    sys.modules["requests"] = stand_in
+    stand_ins = {name: _stand_in(name) for name in _FETCHING if name not in sys.modules}
+    sys.modules.update(stand_ins)
+    if "urllib.request" in stand_ins:
+        # `import urllib.request` takes the module from sys.modules, but the code then
+        # reads it as urllib's attribute, which importing the real one sets in its place.
+        urllib.__dict__["request"] = stand_ins["urllib.request"]
     try:
-        # Here, not at the top: only with the stand-in in place.
+        # Here, not at the top: only with the stand-ins in place.
         import premailer.premailer  # noqa: F401
     finally:
-        if sys.modules.get("requests") is stand_in:
-            del sys.modules["requests"]
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+
+
+def _stand_in(name: str) -> types.ModuleType:
+    """A module that imports the real `name` when any of its attributes is read."""
+    stand_in = types.ModuleType(name)
+
+    def load_on_use(attribute: str) -> Any:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        return getattr(importlib.import_module(name), attribute)
+
+    stand_in.__dict__["__getattr__"] = load_on_use  # a module's own __getattr__ (PEP 562)
+    return stand_in
 
 
 @lru_cache(maxsize=1)
 def _inliner_class() -> type:
     _import_premailer()
     from premailer import Premailer  # after _import_premailer, so without requests
+
+    _declarations()
 
     class _Inliner(Premailer):  # type: ignore[misc,unused-ignore]  # premailer has no types
         """premailer, remembering the rules it read from a stylesheet.
@@ -95,14 +122,157 @@ def _inliner_class() -> type:
             key = (css_body, ruleset_index)
             if key in self._rules:
                 return self._rules[key]
-            rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
-            # Leftover rules are mutable cssutils objects that premailer edits; only
-            # stylesheets without any are kept.
-            if not leftover and len(self._rules) < 64:
-                self._rules[key] = (rules, leftover)
-            return rules, leftover
+            options = (self.strip_important, self.exclude_pseudoclasses, self.include_star_selectors)
+            rules = _stored_rules(css_body, ruleset_index, options)
+            if rules is None:
+                rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
+                # Leftover rules are mutable cssutils objects that premailer edits; only
+                # stylesheets without any are kept.
+                if leftover:
+                    return rules, leftover
+                _store_rules(css_body, ruleset_index, options, rules)
+            if len(self._rules) < 64:
+                self._rules[key] = (rules, [])
+            return rules, []
 
     return _Inliner
+
+
+# --------------------------------------------------------------------------- parsed CSS on disk
+
+# The stylesheet is the template's, the same in every build until the template changes,
+# and parsing it (cssutils) was half of inlining's time in a new process. What premailer
+# makes of it, (specificity, selector, declarations) for each rule, is kept as JSON in
+# the user's cache folder, under a name made of the stylesheet and of every version and
+# option that shapes it; the folder is safe to delete.
+
+
+@lru_cache(maxsize=1)
+def _rules_folder() -> Path | None:
+    folder = own_cache_folder()
+    if folder is None:
+        return None  # parse every time
+    # Which premailer and cssutils parsed it: their installed files, by size and time
+    # (cssutils has no version attribute, and asking the package metadata takes longer
+    # than reading the rules). Both are loaded by now: this runs inside premailer.
+    installed = [
+        (name, os.stat(module.__file__).st_size, os.stat(module.__file__).st_mtime_ns)
+        for name in ("premailer.premailer", "cssutils", "cssutils.css.cssstyledeclaration")
+        if (module := sys.modules.get(name)) is not None and module.__file__
+    ]
+    stamp = repr((__version__, installed))
+    return folder / f"css-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
+
+
+def _rules_file(css_body: str, ruleset_index: int, options: tuple[bool, ...]) -> Path | None:
+    folder = _rules_folder()
+    if folder is None:
+        return None
+    key = json.dumps([css_body, ruleset_index, options])
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def _stored_rules(css_body: str, ruleset_index: int, options: tuple[bool, ...]) -> list[Any] | None:
+    """The rules kept from an earlier run, as premailer made them; None if there are none
+    (or the file is damaged)."""
+    path = _rules_file(css_body, ruleset_index, options)
+    if path is None:
+        return None
+    try:
+        stored = json.loads(path.read_bytes())
+        # Tuples, as premailer makes them: it sorts rules by their specificity.
+        return [(tuple(specificity), selector, bulk) for specificity, selector, bulk in stored]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _store_rules(css_body: str, ruleset_index: int, options: tuple[bool, ...], rules: list[Any]) -> None:
+    """Keep `rules` for later runs. A cache that cannot be written is left out."""
+    path = _rules_file(css_body, ruleset_index, options)
+    if path is not None:
+        _write_json(path, rules)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """`data` as JSON in `path`, written whole, then renamed into place, so that a reader
+    never sees half a file; nothing is kept when the folder cannot be written."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(temp, path)
+        except BaseException:
+            os.unlink(temp)
+            raise
+    except OSError:
+        pass
+
+
+#: Declarations kept at most; past this, only those of the last run are kept.
+_DECLARATIONS_KEPT = 4096
+
+
+class _StoredDeclarations:
+    """premailer's csstext_to_pairs (a style attribute's or a rule's declarations as
+    (name, value) pairs, parsed by cssutils), remembering them across runs too: the
+    email's style attributes come from the template, the same in every build, and
+    parsing them again was a third of inlining's time in a new process.
+
+    It stands in for premailer's function under the names premailer calls it by; what
+    it is not given yet, premailer's own function parses, as before."""
+
+    def __init__(self, parse: Any, path: Path | None) -> None:
+        self._parse = parse
+        # premailer's function takes its lock by its module-level name, which is this.
+        self._lock = parse._lock
+        self._path = path
+        self._known: dict[str, list[tuple[str, str]]] = {}
+        self._used: set[str] = set()
+        self._added = False
+        if path is not None:
+            try:
+                stored = json.loads(path.read_bytes())
+                self._known = {key: [(name, value) for name, value in pairs] for key, pairs in stored.items()}
+            except (OSError, ValueError, TypeError, AttributeError):
+                self._known = {}  # none yet, or a damaged file: parsed again
+
+    def __call__(self, csstext: str, validate: bool = True) -> list[tuple[str, str]]:
+        key = f"{int(validate)}:{csstext}"
+        self._used.add(key)
+        pairs = self._known.get(key)
+        if pairs is None:
+            pairs = self._parse(csstext, validate=validate)
+            self._known[key] = pairs
+            self._added = True
+        return pairs
+
+    def save(self) -> None:
+        """Keep what this run added for the next ones."""
+        if not self._added or self._path is None:
+            return
+        self._added = False
+        if len(self._known) > _DECLARATIONS_KEPT:
+            self._known = {key: self._known[key] for key in self._used}
+        _write_json(self._path, self._known)
+
+
+@lru_cache(maxsize=1)
+def _declarations() -> _StoredDeclarations:
+    """The stand-in for premailer's csstext_to_pairs, put in place once per process."""
+    # Here, not at the top: premailer only through _import_premailer.
+    import premailer.merge_style
+    import premailer.premailer
+
+    parse = premailer.merge_style.csstext_to_pairs
+    if isinstance(parse, _StoredDeclarations):  # put in place before (tests start over)
+        parse = parse._parse
+    folder = _rules_folder()
+    stored = _StoredDeclarations(parse, folder / "declarations.json" if folder else None)
+    premailer.merge_style.csstext_to_pairs = stored
+    premailer.premailer.csstext_to_pairs = stored
+    return stored
 
 
 def inline_css(html: str) -> str:
@@ -124,6 +294,7 @@ def inline_css(html: str) -> str:
         disable_validation=True,
         cssutils_logging_level=logging.CRITICAL,
     ).transform()
+    _declarations().save()
     # premailer drops its marker only from the blocks it looked at.
     return inlined.replace(' data-premailer="ignore"', "")
 

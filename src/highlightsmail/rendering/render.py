@@ -34,6 +34,7 @@ __all__ = [
     "effective_preheader",
     "issue_context",
     "markdown_to_text",
+    "mjml_source",
     "render_email",
     "render_issue",
     "render_markdown",
@@ -337,11 +338,23 @@ def _tidy_text(text: str) -> str:
 # --------------------------------------------------------------------------- entry points
 
 
+def _email_context(context: dict[str, Any]) -> dict[str, Any]:
+    """What every email's templates see besides `context`."""
+    return {"preheader_spacer": Markup(_PREHEADER_SPACER), **context}
+
+
+def mjml_source(ws: Workspace, context: dict[str, Any], html_template: str = HTML_TEMPLATE) -> str:
+    """The MJML `html_template` makes of `context`, before it is compiled to HTML (for
+    comparing with other MJML compilers: benchmarks/render.py)."""
+    templates_dir = str(ws.templates_dir)
+    return _render_template(_environment(templates_dir), html_template, _email_context(context), templates_dir)[0]
+
+
 def render_email(ws: Workspace, html_template: str, text_template: str, context: dict[str, Any]) -> tuple[str, str]:
     """Another email from its own pair of templates (the workspace's, else the package's),
     through the same steps as an issue: (HTML with its CSS inlined, plain text). Every
     email's templates also see `preheader_spacer`."""
-    context = {"preheader_spacer": Markup(_PREHEADER_SPACER), **context}
+    context = _email_context(context)
     templates_dir = str(ws.templates_dir)
     env = _environment(templates_dir)
     mjml_source, mjml_file = _render_template(env, html_template, context, templates_dir)
