@@ -20,6 +20,20 @@ from support.chromium import CHROMIUM, launch
 from support.workspace import copy_example
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The start-up caches (compiled templates, parsed CSS) go to the run's own folder,
+    never the developer's ~/.cache; one for the whole run, so later commands reuse it as
+    an editor's do. Set in the environment, so commands the tests start see it too."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's own secrets or workspace."""
