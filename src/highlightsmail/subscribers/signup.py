@@ -13,9 +13,12 @@ address without a `+tag`: bomb+1@ and bomb+2@ share bomb@'s limits, though each 
 subscriber of its own), and at most 30 requests per client per hour. A request that fills the hidden `website` field (a trap for bots) gets
 the same answer as anyone, and nothing is stored or sent.
 
-Emails go out from worker threads of their own (`Mailer`): the answer never waits for a
-mail provider. A confirmation email that cannot be sent is logged and no longer counts
-against the limits, so the next request tries again.
+A request that is taken is one write to the database: counted against the client's
+limit, the address added, the confirmation email reserved. The emails go out from a
+thread of their own (`Mailer`), what has queued as one batch per turn: the answer never
+waits for a mail provider. A reserved email that a stopped server never handed over is
+sent at the next start; one that cannot be sent is logged and no longer counts against
+the limits, so the next request tries again.
 """
 
 from __future__ import annotations
@@ -24,20 +27,21 @@ import ipaddress
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.authoring.issue import load_issue
 from highlightsmail.authoring.markdown import defuse_text, defuse_url
 from highlightsmail.errors import HighlightsError, InvalidToken, reason
 from highlightsmail.mail.backends import get_backend
-from highlightsmail.mail.backends.base import Backend, BatchResult
+from highlightsmail.mail.backends.base import Backend, BatchResult, InDoubtError
 from highlightsmail.mail.batches import Batches
 from highlightsmail.mail.message import Recipient
 from highlightsmail.mail.pool import BackendPool
@@ -71,6 +75,8 @@ MAX_NAME = 200
 MAX_EMAIL = 320  # longer than any address email-validator accepts: refused here unread
 #: How far in the future a link's time may be (servers' clocks differ a little).
 _CLOCK_SKEW_S = 300
+#: Confirmation emails in the mailer's first turn, before its backend says how many a batch holds.
+_FIRST_TURN = 100
 
 
 # ---------------------------------------------------------------- the form
@@ -189,15 +195,41 @@ class LinkState:
     welcome: str | None = None
 
 
+class Asked(NamedTuple):
+    """What became of a request to join: `wait`, the seconds until the client may ask
+    again (it asked too often, and nothing was done); else the confirmation email on
+    its way, if one was reserved (`sending`: whether it went out, once it has)."""
+
+    wait: int | None
+    sending: Future[bool] | None = None
+
+
 # ---------------------------------------------------------------- the emails
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """A confirmation email reserved in the database, waiting for its turn."""
+
+    recipient: Recipient
+    reservation: int
+    made: int
+    done: Future[bool]
+
+
 class Mailer:
-    """Sends the signup's emails (confirmations, and the welcome issue) from worker
-    threads of its own, through the configured backend: one backend per thread and
-    kind of email, opened at first use and kept, so each email is a small job and the
-    confirmation is rendered once, not per reader. A failure is logged with the
-    subscriber's id (never the address); `close` waits for what is under way."""
+    """Sends the signup's emails through the configured backend, away from the requests.
+
+    Confirmation emails go out from one thread of their own: each turn takes what has
+    queued (up to a backend's batch, each subscriber once), takes those reservations in
+    the database in one transaction (so no email goes out twice, from this server or
+    another on the same database), and hands them to the backend as one batch; the few
+    that fail are deleted in one more transaction and no longer count against the
+    limits. At `start` the thread first sends what a previous server reserved and never
+    handed over (it stopped, or was killed, first). The welcome issue goes from worker
+    threads. One backend per thread and kind of email, opened at first use and kept;
+    the confirmation is rendered once, not per reader. A failure is logged with the
+    subscriber's id (never the address); `close` waits for what is under way and queued."""
 
     def __init__(
         self,
@@ -207,62 +239,174 @@ class Mailer:
         *,
         workers: int = 2,
         writing: Callable[[], AbstractContextManager[object]] = nullcontext,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ws = ws
         self.signer = signer
         self._store = store
         self._writing = writing  # a turn among the other writes of the process, if it orders them
+        self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="signup-mail")
         # Opened at first use in each thread; a missing key or a refused login raises
         # there, and is tried again for the next email.
         self._backends = BackendPool(self._new_backend)
         self._lock = threading.Lock()
         self._rendered: dict[str, tuple[tuple[object, ...], RenderedIssue]] = {}
+        self._queue: deque[_Asked] = deque()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._to_recover = False
+        self._turn_size = _FIRST_TURN  # until the backend says its own batch size
+
+    def start(self) -> None:
+        """Start the confirmation thread, which first sends the confirmation emails that
+        were reserved (within `confirm_within_days`) and never handed to a backend."""
+        with self._wake:
+            self._to_recover = True
+            self._running()
+            self._wake.notify()
 
     def confirmation(self, recipient: Recipient, reservation: int, made: int) -> Future[bool]:
-        """Send the confirmation email (its link made at `made`) for the reservation."""
-        return self._pool.submit(self._confirmation, recipient, reservation, made)
+        """Send the confirmation email (its link made at `made`) for the reservation, in
+        the next turn; the Future says whether it went out (or may have)."""
+        done: Future[bool] = Future()
+        with self._wake:
+            self._queue.append(_Asked(recipient, reservation, made, done))
+            self._running()
+            self._wake.notify()
+        return done
 
     def welcome(self, slug: str, delivery: Delivery) -> Future[str | None]:
         """Send an issue to a subscriber who has just joined, claimed in its ledger."""
         return self._pool.submit(self._welcome, slug, delivery)
 
     def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            thread = self._thread
+            self._wake.notify()
+        if thread is not None:
+            thread.join()
         self._pool.shutdown(wait=True)
         self._backends.close()
+
+    def _running(self) -> None:
+        """Start the confirmation thread unless it runs (called holding `_wake`). After
+        `close` none starts: what is queued then stays reserved, for the next start."""
+        if self._thread is None and not self._closing:
+            self._thread = threading.Thread(target=self._confirmations, name="signup-confirm", daemon=True)
+            self._thread.start()
+
+    # -- in the confirmation thread
+
+    def _confirmations(self) -> None:
+        recover_later = False  # the database could not be asked at `start`: before the next turn
+        while True:
+            with self._wake:
+                while not self._queue and not self._to_recover and not self._closing:
+                    self._wake.wait()
+                recover, self._to_recover = self._to_recover or recover_later, False
+                if not recover and not self._queue:
+                    self._thread = None  # closing, and nothing left
+                    return
+            if recover:
+                recover_later = not self._recover()
+                continue
+            with self._wake:
+                turn = self._next_turn()
+            try:
+                self._send_turn(turn)
+            except Exception:  # a bug: logged, and the thread goes on with the next turn
+                sids = ", ".join(f"#{asked.recipient.subscriber_id}" for asked in turn)
+                log.exception("confirmation emails to subscribers %s", sids)
+                for asked in turn:
+                    if not asked.done.done():
+                        asked.done.set_result(False)
+
+    def _next_turn(self) -> list[_Asked]:
+        """Up to a batch of what has queued, each subscriber once (called holding `_wake`):
+        a second email to one subscriber waits for the next turn, as a batch's results
+        are by subscriber."""
+        turn: list[_Asked] = []
+        later: list[_Asked] = []
+        seen: set[int | None] = set()
+        while self._queue and len(turn) < self._turn_size:
+            asked = self._queue.popleft()
+            if asked.recipient.subscriber_id in seen:
+                later.append(asked)
+            else:
+                seen.add(asked.recipient.subscriber_id)
+                turn.append(asked)
+        self._queue.extendleft(reversed(later))
+        return turn
+
+    def _recover(self) -> bool:
+        """Queue the confirmation emails reserved within `confirm_within_days` and never
+        handed to a backend; False when the database cannot be asked now."""
+        since = int(self._clock()) - self.ws.settings.signup.confirm_within_days * 86400
+        try:
+            found = self._store().queued_confirmations(since)
+        except Exception as exc:  # the database's one line, or a bug's: the next turn tries again
+            log.warning("confirmation emails reserved before this start not looked for yet: %s", reason(exc))
+            return False
+        if found:
+            log.info("%d confirmation emails reserved before this start and not sent: sending them now", len(found))
+        with self._wake:
+            for q in found:
+                self._queue.append(_Asked(Recipient(q.email, q.name, q.subscriber_id), q.reservation, q.made, Future()))
+        return True
+
+    def _send_turn(self, turn: list[_Asked]) -> None:
+        store = self._store()
+        with self._writing():
+            taken = store.take_confirmations(asked.reservation for asked in turn)
+        mine = [asked for asked in turn if asked.reservation in taken]
+        for asked in turn:
+            if asked.reservation not in taken:
+                asked.done.set_result(False)  # sent by another mailer (or no longer reserved)
+        if not mine:
+            return
+        result = self._hand_over(mine)
+        failed = []
+        for asked in mine:
+            sid = asked.recipient.subscriber_id
+            assert sid is not None
+            if sid in result.in_doubt:
+                # It may have arrived: it keeps counting against the limits.
+                log.warning("confirmation email to subscriber #%d may not have arrived: %s", sid, result.in_doubt[sid])
+            elif sid not in result.sent:
+                log.error(
+                    "confirmation email to subscriber #%d not sent: %s", sid, result.failed.get(sid, "no reason given")
+                )
+                failed.append(asked)
+        if failed:
+            with self._writing():
+                store.confirmations_not_sent(asked.reservation for asked in failed)
+        for asked in mine:
+            asked.done.set_result(asked not in failed)
+
+    def _hand_over(self, mine: list[_Asked]) -> BatchResult:
+        """The emails of a turn, as one batch to the backend; what became of each."""
+        keys = [asked.recipient.subscriber_id or 0 for asked in mine]
+        try:
+            batch = Batches(self.confirmation_email(), self.ws.settings, self.signer).confirmations(
+                (asked.recipient, asked.made) for asked in mine
+            )
+            backend = self._backends.get("confirm")
+            self._turn_size = max(1, backend.batch_size)
+            return backend.send_batch(batch)
+        except InDoubtError as exc:
+            self._backends.drop("confirm")
+            return BatchResult(in_doubt=dict.fromkeys(keys, reason(exc)))
+        except Exception as exc:
+            self._backends.drop("confirm")
+            return BatchResult(failed=dict.fromkeys(keys, reason(exc)))
 
     # -- in the worker threads
 
     def _new_backend(self) -> Backend:
         return get_backend(self.ws)
-
-    def _confirmation(self, recipient: Recipient, reservation: int, made: int) -> bool:
-        sid = recipient.subscriber_id
-        assert sid is not None
-        store = self._store()
-        try:
-            batch = Batches(self.confirmation_email(), self.ws.settings, self.signer).confirmation(recipient, made)
-            result = self._backends.get("confirm").send_batch(batch)
-        except Exception as exc:
-            self._backends.drop("confirm")
-            log.error("confirmation email to subscriber #%d not sent: %s", sid, reason(exc))
-            with self._writing():
-                store.confirmation_not_sent(reservation)
-            return False
-        if result.sent:
-            with self._writing():
-                store.confirmation_sent(reservation)
-            return True
-        if result.in_doubt:
-            # It may have arrived: it keeps counting against the limits.
-            log.warning("confirmation email to subscriber #%d may not have arrived: %s", sid, result.in_doubt[sid])
-            with self._writing():
-                store.confirmation_sent(reservation)
-            return True
-        log.error("confirmation email to subscriber #%d not sent: %s", sid, result.failed.get(sid, "no reason given"))
-        with self._writing():
-            store.confirmation_not_sent(reservation)
-        return False
 
     def _welcome(self, slug: str, delivery: Delivery) -> str | None:
         store = self._store()
@@ -369,7 +513,7 @@ class Signup:
         self._given = store
         self._db: Store | None = None
         self._db_lock = threading.Lock()
-        self.mailer = Mailer(ws, signer, self._store, writing=writing)
+        self.mailer = Mailer(ws, signer, self._store, writing=writing, clock=self._now)
 
     def _store(self) -> Store:
         if self._given is not None:
@@ -391,20 +535,32 @@ class Signup:
                 self._db = None
 
     def allow_post(self, ip: str | None) -> int | None:
-        """Count a request to join from this client: None if it may go on, else the
+        """Count a request to join from this client that was not taken (a malformed
+        body, a field that cannot be taken): None if the client may go on, else the
         seconds until it may (HTTP 429, Retry-After)."""
         return self._store().record_signup_post(client_key(ip), limit=POSTS_PER_CLIENT, window=POST_WINDOW)
 
-    def request(self, form: SignupForm) -> Future[bool] | None:
-        """Someone asked to join with this address: a new address becomes `pending`,
-        any other keeps its status; a confirmation email goes out unless the address
-        is active or had one within the limits. Returns the sending under way, if any
-        (the answer to the request does not wait for it)."""
-        if form.trapped:
-            return None
-        store = self._store()
-        sub, _created = store.add(form.email, form.name, status="pending", source="form")
-        return self._mail(store, sub)
+    def ask(self, form: SignupForm, ip: str | None) -> Asked:
+        """Someone asked to join with this address, from client `ip`: counted against
+        the per-client limit (over it, the seconds to wait, and nothing else is done);
+        then a new address becomes `pending`, any other keeps its status; a
+        confirmation email is reserved unless the address is active or had one within
+        the limits. All in one transaction. The email goes out in the mailer's next turn
+        (the answer to the request does not wait for it), or at the next start if this
+        server stops first. A request caught in the trap is counted, and nothing else."""
+        joining = self._store().ask_to_join(
+            client_key(ip),
+            None if form.trapped else form.email,
+            form.name,
+            posts=(POSTS_PER_CLIENT, POST_WINDOW),
+            limits=MAILS_PER_ADDRESS,
+        )
+        sub = joining.subscriber
+        if sub is None or joining.reservation is None:
+            return Asked(joining.wait)
+        return Asked(
+            None, self.mailer.confirmation(Recipient(sub.email, sub.name, sub.id), joining.reservation, joining.made)
+        )
 
     def _mail(self, store: Store, sub: Subscriber) -> Future[bool] | None:
         reserved = store.reserve_confirmation(sub.id, MAILS_PER_ADDRESS)
@@ -488,6 +644,7 @@ __all__ = [
     "POSTS_PER_CLIENT",
     "POST_WINDOW",
     "TRAP_FIELD",
+    "Asked",
     "FieldProblem",
     "Link",
     "LinkState",
