@@ -75,8 +75,11 @@ MAX_NAME = 200
 MAX_EMAIL = 320  # longer than any address email-validator accepts: refused here unread
 #: How far in the future a link's time may be (servers' clocks differ a little).
 _CLOCK_SKEW_S = 300
-#: Confirmation emails in the mailer's first turn, before its backend says how many a batch holds.
-_FIRST_TURN = 100
+#: Confirmation emails in one turn of the mailer, unless its backend says how many a batch holds.
+_TURN = 100
+#: How long the mailer lets a turn gather before taking it (a confirmation email may
+#: wait this long; under load, many go in one batch and one transaction).
+_GATHER_S = 0.02
 
 
 # ---------------------------------------------------------------- the form
@@ -257,7 +260,8 @@ class Mailer:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._to_recover = False
-        self._turn_size = _FIRST_TURN  # until the backend says its own batch size
+        self._idle = False  # the thread waits for something to do
+        self._turn_size = _TURN  # unless the backend says its own batch size
 
     def start(self) -> None:
         """Start the confirmation thread, which first sends the confirmation emails that
@@ -274,7 +278,8 @@ class Mailer:
         with self._wake:
             self._queue.append(_Asked(recipient, reservation, made, done))
             self._running()
-            self._wake.notify()
+            if self._idle:  # else it is busy, and takes this in its next turn
+                self._wake.notify()
         return done
 
     def welcome(self, slug: str, delivery: Delivery) -> Future[str | None]:
@@ -301,18 +306,30 @@ class Mailer:
     # -- in the confirmation thread
 
     def _confirmations(self) -> None:
+        try:
+            # As many as the backend takes in one batch (made, not opened, to ask).
+            self._turn_size = max(1, self._new_backend().batch_size)
+        except Exception:  # settings it cannot use: each turn's emails fail with the reason
+            pass
         recover_later = False  # the database could not be asked at `start`: before the next turn
         while True:
             with self._wake:
                 while not self._queue and not self._to_recover and not self._closing:
+                    self._idle = True
                     self._wake.wait()
+                    self._idle = False
                 recover, self._to_recover = self._to_recover or recover_later, False
                 if not recover and not self._queue:
                     self._thread = None  # closing, and nothing left
                     return
+                gather = not recover and len(self._queue) < self._turn_size and not self._closing
             if recover:
                 recover_later = not self._recover()
                 continue
+            if gather:
+                # What is asked for meanwhile joins this turn: under load, fewer and fuller
+                # batches (a transaction and a batch per turn, not per email).
+                time.sleep(_GATHER_S)
             with self._wake:
                 turn = self._next_turn()
             try:
@@ -393,9 +410,7 @@ class Mailer:
             batch = Batches(self.confirmation_email(), self.ws.settings, self.signer).confirmations(
                 (asked.recipient, asked.made) for asked in mine
             )
-            backend = self._backends.get("confirm")
-            self._turn_size = max(1, backend.batch_size)
-            return backend.send_batch(batch)
+            return self._backends.get("confirm").send_batch(batch)
         except InDoubtError as exc:
             self._backends.drop("confirm")
             return BatchResult(in_doubt=dict.fromkeys(keys, reason(exc)))
