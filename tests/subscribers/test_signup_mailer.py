@@ -17,7 +17,7 @@ import pytest
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.mail.backends.base import Backend, Batch, BatchResult
 from highlightsmail.mail.message import Recipient
-from highlightsmail.store import Store
+from highlightsmail.store import Store, UnusableDatabase
 from highlightsmail.subscribers.signup import MAILS_PER_ADDRESS, POST_WINDOW, POSTS_PER_CLIENT, Mailer, Signup
 from highlightsmail.tokens import load_signer
 from support.signup import CONFIRM_DIR, confirm_link, enable_signup, mails, read_mail, wait_for_mails
@@ -105,6 +105,33 @@ def test_a_reservation_is_handed_over_by_one_mailer_only(workspace: Path) -> Non
         one.close()
         two.close()
     assert _to(workspace) == ["ada@example.org"]
+
+
+def test_a_turn_the_database_refused_goes_out_once_it_answers(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    enable_signup(workspace)
+    with Store.open(load_workspace(workspace)) as store:
+        first, second = _ask(store, "ada@example.org", 1), _ask(store, "bob@example.org", 2)
+    taking = Store.take_confirmations
+    refused: list[bool] = []
+
+    def once_refused(self: Store, reservations):  # type: ignore[no-untyped-def]
+        if not refused:
+            refused.append(True)
+            raise UnusableDatabase("the database stayed busy")
+        return taking(self, reservations)
+
+    monkeypatch.setattr(Store, "take_confirmations", once_refused)
+    signup = _signup(workspace)
+    try:
+        recipient = Recipient("ada@example.org", "", first.subscriber.id)
+        assert signup.mailer.confirmation(recipient, first.reservation, first.made).result(30) is False
+        assert mails(workspace / CONFIRM_DIR) == []
+        # The next request's turn looks again for what is reserved: both go, once each.
+        recipient = Recipient("bob@example.org", "", second.subscriber.id)
+        signup.mailer.confirmation(recipient, second.reservation, second.made).result(30)
+    finally:
+        signup.close()
+    assert _to(workspace) == ["ada@example.org", "bob@example.org"]
 
 
 class _Recording(Backend):

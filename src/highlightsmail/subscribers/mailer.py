@@ -84,10 +84,16 @@ class Mailer:
         workers: int = 2,
         writing: Callable[[], AbstractContextManager[object]] = nullcontext,
         clock: Callable[[], float] = time.time,
+        opener: Callable[[], Store] | None = None,
     ) -> None:
         self.ws = ws
         self.signer = signer
         self._store = store
+        # The look at start goes through a Store of its own, closed right after: the
+        # thread's Store is opened at its first email, as the app opens every other one
+        # when first needed (one kept from the start on keeps the SQLite file open for
+        # writing, through a file made read-only since, and a write then is not refused).
+        self._opener = opener
         self._writing = writing  # a turn among the other writes of the process, if it orders them
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="signup-mail")
@@ -175,12 +181,17 @@ class Mailer:
                 turn = self._next_turn()
             try:
                 self._send_turn(turn)
+            except HighlightsError as exc:
+                # The database cannot be used now: what was not taken stays reserved, and
+                # is looked for again before the next turn.
+                recover_later = True
+                log.warning("confirmation emails not sent yet (%d): %s", len(turn), reason(exc))
             except Exception:  # a bug: logged, and the thread goes on with the next turn
                 sids = ", ".join(f"#{asked.recipient.subscriber_id}" for asked in turn)
                 log.exception("confirmation emails to subscribers %s", sids)
-                for asked in turn:
-                    if not asked.done.done():
-                        asked.done.set_result(False)
+            for asked in turn:
+                if not asked.done.done():
+                    asked.done.set_result(False)
 
     def _next_turn(self) -> list[_Asked]:
         """Up to a batch of what has queued, each subscriber once (called holding `_wake`):
@@ -204,7 +215,11 @@ class Mailer:
         handed to a backend; False when the database cannot be asked now."""
         since = int(self._clock()) - self.ws.settings.signup.confirm_within_days * 86400
         try:
-            found = self._store().queued_confirmations(since)
+            if self._opener is None:
+                found = self._store().queued_confirmations(since)
+            else:
+                with self._opener() as store:
+                    found = store.queued_confirmations(since)
         except Exception as exc:  # the database's one line, or a bug's: the next turn tries again
             log.warning("confirmation emails reserved before this start not looked for yet: %s", reason(exc))
             return False

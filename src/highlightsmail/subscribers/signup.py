@@ -213,7 +213,9 @@ class Signup:
         self._given = store
         self._db: Store | None = None
         self._db_lock = threading.Lock()
-        self.mailer = Mailer(ws, signer, self._store, writing=writing, clock=self._now)
+        self.mailer = Mailer(
+            ws, signer, self._store, writing=writing, clock=self._now, opener=lambda: Store.open(ws, clock=clock)
+        )
 
     def _store(self) -> Store:
         if self._given is not None:
