@@ -49,6 +49,9 @@ _TURN = 100
 #: How long the mailer lets a turn gather before taking it (a confirmation email may
 #: wait this long; under load, many go in one batch and one transaction).
 _GATHER_S = 0.02
+#: When the database could not be asked for the reserved emails, how long until the
+#: mailer asks again (a new email asks at once).
+_LOOK_AGAIN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -158,13 +161,15 @@ class Mailer:
             self._turn_size = max(1, self._new_backend().batch_size)
         except Exception:  # settings it cannot use: each turn's emails fail with the reason
             pass
-        recover_later = False  # the database could not be asked at `start`: before the next turn
+        recover_later = False  # the database could not be asked: again before the next turn, or after a while
         while True:
             with self._wake:
                 while not self._queue and not self._to_recover and not self._closing:
                     self._idle = True
-                    self._wake.wait()
+                    woken = self._wake.wait(_LOOK_AGAIN_S if recover_later else None)
                     self._idle = False
+                    if not woken:
+                        break  # time to look again
                 recover, self._to_recover = self._to_recover or recover_later, False
                 if not recover and not self._queue:
                     self._thread = None  # closing, and nothing left
@@ -182,10 +187,11 @@ class Mailer:
             try:
                 self._send_turn(turn)
             except HighlightsError as exc:
-                # The database cannot be used now: what was not taken stays reserved, and
-                # is looked for again before the next turn.
+                # The database cannot be used now (the health check says so in the log):
+                # what was not taken stays reserved, and is looked for again before the
+                # next turn, or after a while.
                 recover_later = True
-                log.warning("confirmation emails not sent yet (%d): %s", len(turn), reason(exc))
+                log.info("%d confirmation emails not sent yet: %s", len(turn), reason(exc))
             except Exception:  # a bug: logged, and the thread goes on with the next turn
                 sids = ", ".join(f"#{asked.recipient.subscriber_id}" for asked in turn)
                 log.exception("confirmation emails to subscribers %s", sids)
@@ -212,7 +218,8 @@ class Mailer:
 
     def _recover(self) -> bool:
         """Queue the confirmation emails reserved within `confirm_within_days` and never
-        handed to a backend; False when the database cannot be asked now."""
+        handed to a backend (by a server that stopped first, or a turn the database
+        refused); False when the database cannot be asked now."""
         since = int(self._clock()) - self.ws.settings.signup.confirm_within_days * 86400
         try:
             if self._opener is None:
@@ -220,11 +227,11 @@ class Mailer:
             else:
                 with self._opener() as store:
                     found = store.queued_confirmations(since)
-        except Exception as exc:  # the database's one line, or a bug's: the next turn tries again
-            log.warning("confirmation emails reserved before this start not looked for yet: %s", reason(exc))
+        except Exception as exc:  # the database's one line, or a bug's: looked for again later
+            log.info("confirmation emails reserved and not sent not looked for yet: %s", reason(exc))
             return False
         if found:
-            log.info("%d confirmation emails reserved before this start and not sent: sending them now", len(found))
+            log.info("%d confirmation emails reserved and not sent: sending them now", len(found))
         with self._wake:
             for q in found:
                 self._queue.append(_Asked(Recipient(q.email, q.name, q.subscriber_id), q.reservation, q.made, Future()))
