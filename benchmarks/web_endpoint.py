@@ -29,7 +29,8 @@ requests/s, p99 < 50 ms.
 
 Afterwards, with the servers stopped: every answer was 200; every reader who posted is
 unsubscribed with exactly one `one-click` event; every new address is there once,
-pending; the floor's table holds one row per POST; the server's log has no error.
+pending, with one confirmation email in the outbox; the floor's table holds one row per
+POST; the server's log has no error.
 """
 
 from __future__ import annotations
@@ -302,6 +303,10 @@ def check_database(root: Path, tokens: list[str], signups: int, floor_db: Path, 
     if missing or len(statuses) != len(leavers) + len(joiners):
         problems.append(f"signups: {len(missing)} missing or not pending, {len(statuses)} subscribers in all")
     db.close()
+    emails = sorted((root / "outbox" / "_confirm").glob("*.eml"))
+    to = {re.sub(r"^\d+-|(\.\d+)?\.eml$", "", p.name) for p in emails}
+    if len(emails) != len(joiners) or to != set(joiners):
+        problems.append(f"confirmation emails: {len(emails)} for {len(joiners)} signups, {len(to)} addresses")
     floor = sqlite3.connect(floor_db)
     rows = floor.execute("SELECT COUNT(*) FROM hits").fetchone()[0]
     floor.close()
@@ -376,7 +381,7 @@ def main() -> int:
         print(verdict(join_ok, f"target >= {TARGET_SIGNUP_RPS:,} req/s, p99 < {TARGET_SIGNUP_P99_MS} ms"))
         print(
             f"  recorded: {len(tokens)} readers unsubscribed, one one-click event each; {WARM_UP + n} signups "
-            f"pending; {WARM_UP + n} floor rows"
+            f"pending, one confirmation email each; {WARM_UP + n} floor rows"
             if not problems
             else "  PROBLEMS: " + "; ".join(problems)
         )

@@ -57,3 +57,14 @@ def test_the_confirmation_link_stands_alone_without_list_headers(workspace: Path
     assert envelope.links.unsubscribe_url == urls(settings).confirm(SIGNER.make_confirm(5, 1700000000))
     with pytest.raises(ValueError, match="goes to a subscriber"):
         Batches(RENDERED, settings, SIGNER).confirmation(Recipient("editor@example.org"), made=1)
+
+
+def test_confirmations_to_several_make_one_batch_each_subscriber_once(workspace: Path) -> None:
+    settings = load_workspace(workspace).settings
+    asked = [(Recipient("a@example.org", "A", 5), 1700000000), (Recipient("b@example.org", "", 8), 1700000060)]
+    batch = Batches(RENDERED, settings, SIGNER).confirmations(asked)
+    assert [e.key for e in batch.envelopes] == [5, 8] and batch.slug == RENDERED.slug
+    assert batch.envelopes[1].links.unsubscribe_url == urls(settings).confirm(SIGNER.make_confirm(8, 1700000060))
+    assert all(e.links.headers == {} for e in batch.envelopes)
+    with pytest.raises(ValueError, match="twice"):
+        Batches(RENDERED, settings, SIGNER).confirmations([*asked, (Recipient("a@example.org", "A", 5), 1)])

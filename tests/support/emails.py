@@ -63,7 +63,7 @@ def confirmation_email(root: Path) -> Path:
 
     signup = _signup(root)
     try:
-        sending = signup.request(read_form({"email": READER, "name": "Ada Lovelace"}))
+        sending = signup.ask(read_form({"email": READER, "name": "Ada Lovelace"}), None).sending
         assert sending is not None and sending.result(timeout=60)
     finally:
         signup.close()

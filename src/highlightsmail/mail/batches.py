@@ -78,9 +78,24 @@ class Batches:
         """The confirmation email to a subscriber, its link made at `made`. The link
         stands where an issue has its unsubscribe link, and no List-* header goes with
         it: the reader has not joined."""
-        sid = recipient.subscriber_id
-        if sid is None:
-            raise ValueError("a confirmation email goes to a subscriber")
-        url = urls(self.settings).confirm(self.signer.make_confirm(sid, made))
-        envelope = Envelope(key=sid, recipient=recipient, links=RecipientLinks(unsubscribe_url=url, headers={}))
-        return Batch.of(self.rendered, self.settings, [envelope])
+        return self.confirmations([(recipient, made)])
+
+    def confirmations(self, asked: Iterable[tuple[Recipient, int]]) -> Batch:
+        """The confirmation email to several subscribers at once, each (recipient, the
+        time their link was made) as `confirmation` makes it: one batch, so a backend
+        hands them over together. Each subscriber at most once (a batch's results are
+        by subscriber)."""
+        confirm_url = urls(self.settings).confirm
+        make_confirm = self.signer.make_confirm
+        envelopes: list[Envelope] = []
+        keys: set[int] = set()
+        for recipient, made in asked:
+            sid = recipient.subscriber_id
+            if sid is None:
+                raise ValueError("a confirmation email goes to a subscriber")
+            if sid in keys:
+                raise ValueError(f"subscriber #{sid} twice in one batch of confirmation emails")
+            keys.add(sid)
+            url = confirm_url(make_confirm(sid, made))
+            envelopes.append(Envelope(sid, recipient, RecipientLinks(unsubscribe_url=url, headers={})))
+        return Batch.of(self.rendered, self.settings, envelopes)

@@ -13,9 +13,12 @@ address without a `+tag`: bomb+1@ and bomb+2@ share bomb@'s limits, though each 
 subscriber of its own), and at most 30 requests per client per hour. A request that fills the hidden `website` field (a trap for bots) gets
 the same answer as anyone, and nothing is stored or sent.
 
-Emails go out from worker threads of their own (`Mailer`): the answer never waits for a
-mail provider. A confirmation email that cannot be sent is logged and no longer counts
-against the limits, so the next request tries again.
+A request that is taken is one write to the database: counted against the client's
+limit, the address added, the confirmation email reserved. The emails go out from a
+thread of their own (`Mailer`), what has queued as one batch per turn: the answer never
+waits for a mail provider. A reserved email that a stopped server never handed over is
+sent at the next start; one that cannot be sent is logged and no longer counts against
+the limits, so the next request tries again.
 """
 
 from __future__ import annotations
@@ -25,31 +28,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from highlightsmail.addresses import BadAddress, normalize_address
-from highlightsmail.authoring.issue import load_issue
-from highlightsmail.authoring.markdown import defuse_text, defuse_url
-from highlightsmail.errors import HighlightsError, InvalidToken, reason
-from highlightsmail.mail.backends import get_backend
-from highlightsmail.mail.backends.base import Backend, BatchResult
-from highlightsmail.mail.batches import Batches
+from highlightsmail.errors import HighlightsError, InvalidToken
 from highlightsmail.mail.message import Recipient
-from highlightsmail.mail.pool import BackendPool
-from highlightsmail.rendering.render import TEXT_WIDTH, render_email, render_issue, render_template
-from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
-from highlightsmail.sending.loop import issue_batches, record, send_claimed
-from highlightsmail.store import Delivery, Store, Subscriber
+from highlightsmail.rendering.render import render_template
+from highlightsmail.store import Store, Subscriber
+from highlightsmail.subscribers.mailer import CONFIRM_SLUG, Mailer, render_confirmation
 from highlightsmail.text import header_problem, is_utf8
 from highlightsmail.urls import urls
 
 if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Settings, Workspace
+    from highlightsmail.authoring.workspace import Workspace
     from highlightsmail.tokens import Signer
 
 log = logging.getLogger("highlightsmail.signup")
@@ -59,11 +54,6 @@ POSTS_PER_CLIENT = 30
 POST_WINDOW = timedelta(hours=1)
 #: Confirmation emails per address, counted by mailbox (addresses.mailbox_key): (window, at most).
 MAILS_PER_ADDRESS: tuple[tuple[timedelta, int], ...] = ((timedelta(minutes=10), 1), (timedelta(days=1), 5))
-#: Where confirmation emails go in the outbox (`outbox/_confirm/`); no issue's slug
-#: starts with `_`.
-CONFIRM_SLUG = "_confirm"
-CONFIRM_HTML_TEMPLATE = "confirm.mjml.j2"
-CONFIRM_TEXT_TEMPLATE = "confirm.txt.j2"
 FORM_TEMPLATE = "site/_signup.html.j2"
 #: The form's fields: the address, an optional name, and the trap for bots.
 EMAIL_FIELD, NAME_FIELD, TRAP_FIELD = "email", "name", "website"
@@ -189,159 +179,13 @@ class LinkState:
     welcome: str | None = None
 
 
-# ---------------------------------------------------------------- the emails
+class Asked(NamedTuple):
+    """What became of a request to join: `wait`, the seconds until the client may ask
+    again (it asked too often, and nothing was done); else the confirmation email on
+    its way, if one was reserved (`sending`: whether it went out, once it has)."""
 
-
-class Mailer:
-    """Sends the signup's emails (confirmations, and the welcome issue) from worker
-    threads of its own, through the configured backend: one backend per thread and
-    kind of email, opened at first use and kept, so each email is a small job and the
-    confirmation is rendered once, not per reader. A failure is logged with the
-    subscriber's id (never the address); `close` waits for what is under way."""
-
-    def __init__(
-        self,
-        ws: Workspace,
-        signer: Signer,
-        store: Callable[[], Store],
-        *,
-        workers: int = 2,
-        writing: Callable[[], AbstractContextManager[object]] = nullcontext,
-    ) -> None:
-        self.ws = ws
-        self.signer = signer
-        self._store = store
-        self._writing = writing  # a turn among the other writes of the process, if it orders them
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="signup-mail")
-        # Opened at first use in each thread; a missing key or a refused login raises
-        # there, and is tried again for the next email.
-        self._backends = BackendPool(self._new_backend)
-        self._lock = threading.Lock()
-        self._rendered: dict[str, tuple[tuple[object, ...], RenderedIssue]] = {}
-
-    def confirmation(self, recipient: Recipient, reservation: int, made: int) -> Future[bool]:
-        """Send the confirmation email (its link made at `made`) for the reservation."""
-        return self._pool.submit(self._confirmation, recipient, reservation, made)
-
-    def welcome(self, slug: str, delivery: Delivery) -> Future[str | None]:
-        """Send an issue to a subscriber who has just joined, claimed in its ledger."""
-        return self._pool.submit(self._welcome, slug, delivery)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        self._backends.close()
-
-    # -- in the worker threads
-
-    def _new_backend(self) -> Backend:
-        return get_backend(self.ws)
-
-    def _confirmation(self, recipient: Recipient, reservation: int, made: int) -> bool:
-        sid = recipient.subscriber_id
-        assert sid is not None
-        store = self._store()
-        try:
-            batch = Batches(self.confirmation_email(), self.ws.settings, self.signer).confirmation(recipient, made)
-            result = self._backends.get("confirm").send_batch(batch)
-        except Exception as exc:
-            self._backends.drop("confirm")
-            log.error("confirmation email to subscriber #%d not sent: %s", sid, reason(exc))
-            with self._writing():
-                store.confirmation_not_sent(reservation)
-            return False
-        if result.sent:
-            with self._writing():
-                store.confirmation_sent(reservation)
-            return True
-        if result.in_doubt:
-            # It may have arrived: it keeps counting against the limits.
-            log.warning("confirmation email to subscriber #%d may not have arrived: %s", sid, result.in_doubt[sid])
-            with self._writing():
-                store.confirmation_sent(reservation)
-            return True
-        log.error("confirmation email to subscriber #%d not sent: %s", sid, result.failed.get(sid, "no reason given"))
-        with self._writing():
-            store.confirmation_not_sent(reservation)
-        return False
-
-    def _welcome(self, slug: str, delivery: Delivery) -> str | None:
-        store = self._store()
-        sid = delivery.subscriber_id
-        try:
-            rendered = self._issue(slug)
-            backend = self._backends.get("welcome")
-        except Exception as exc:
-            # Failed in the ledger, as a send would record it: the next `send` tries again.
-            why = reason(exc)
-            record(store, slug, BatchResult(failed={sid: why}))
-            log.error("welcome issue %s not sent to subscriber #%d: %s", slug, sid, why)
-            return "failed"
-        state = send_claimed(store, backend, issue_batches(store, rendered, self.ws.settings, self.signer), delivery)
-        if state != "sent":
-            self._backends.drop("welcome")
-            log.error("welcome issue %s to subscriber #%d: %s (see `highlights status %s`)", slug, sid, state, slug)
-        return state
-
-    # -- rendering, once
-
-    def _cached(self, key: str, stamp: tuple[object, ...], render: Callable[[], RenderedIssue]) -> RenderedIssue:
-        """A rendering kept while the files it comes from are unchanged (`stamp`)."""
-        with self._lock:
-            found = self._rendered.get(key)
-        if found is not None and found[0] == stamp:
-            return found[1]
-        rendered = render()
-        with self._lock:
-            self._rendered[key] = (stamp, rendered)
-        return rendered
-
-    def confirmation_email(self) -> RenderedIssue:
-        """The confirmation email for everyone, the link still a placeholder."""
-        files = (self.ws.templates_dir / CONFIRM_HTML_TEMPLATE, self.ws.templates_dir / CONFIRM_TEXT_TEMPLATE)
-        return self._cached(CONFIRM_SLUG, tuple(_stamp(p) for p in files), lambda: render_confirmation(self.ws))
-
-    def _issue(self, slug: str) -> RenderedIssue:
-        path = self.ws.issue_path(slug)
-        return self._cached(f"issue:{slug}", (_stamp(path),), lambda: render_issue(load_issue(path), self.ws))
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def confirmation_subject(settings: Settings) -> str:
-    return f"Confirm your subscription to {settings.name}"
-
-
-def render_confirmation(ws: Workspace) -> RenderedIssue:
-    """The confirmation email from `confirm.mjml.j2` and `confirm.txt.j2` (the
-    workspace's, else the package's), rendered once; the link is the placeholder that
-    each reader's own link replaces, as an issue's unsubscribe link is."""
-    settings = ws.settings
-    reserved = (UNSUBSCRIBE_PLACEHOLDER,)
-    subject = defuse_text(confirmation_subject(settings), reserved)
-    context = {
-        "newsletter": {
-            "name": defuse_text(settings.name, reserved),
-            "base_url": defuse_url(settings.base_url, reserved),
-            "postal_address": defuse_text(settings.postal_address, reserved),
-        },
-        "subject": subject,
-        "confirm_url": UNSUBSCRIBE_PLACEHOLDER,
-        "confirm_within_days": settings.signup.confirm_within_days,
-        "text_width": TEXT_WIDTH,
-    }
-    html, text = render_email(ws, CONFIRM_HTML_TEMPLATE, CONFIRM_TEXT_TEMPLATE, context)
-    if UNSUBSCRIBE_PLACEHOLDER not in html or UNSUBSCRIBE_PLACEHOLDER not in text:
-        raise HighlightsError(
-            f"templates/{CONFIRM_HTML_TEMPLATE} and {CONFIRM_TEXT_TEMPLATE} must both show {{{{ confirm_url }}}}: "
-            "without it the email cannot be confirmed"
-        )
-    return RenderedIssue(slug=CONFIRM_SLUG, subject=subject, preheader="", html=html, text=text)
+    wait: int | None
+    sending: Future[bool] | None = None
 
 
 # ---------------------------------------------------------------- the work
@@ -369,7 +213,9 @@ class Signup:
         self._given = store
         self._db: Store | None = None
         self._db_lock = threading.Lock()
-        self.mailer = Mailer(ws, signer, self._store, writing=writing)
+        self.mailer = Mailer(
+            ws, signer, self._store, writing=writing, clock=self._now, opener=lambda: Store.open(ws, clock=clock)
+        )
 
     def _store(self) -> Store:
         if self._given is not None:
@@ -391,20 +237,32 @@ class Signup:
                 self._db = None
 
     def allow_post(self, ip: str | None) -> int | None:
-        """Count a request to join from this client: None if it may go on, else the
+        """Count a request to join from this client that was not taken (a malformed
+        body, a field that cannot be taken): None if the client may go on, else the
         seconds until it may (HTTP 429, Retry-After)."""
         return self._store().record_signup_post(client_key(ip), limit=POSTS_PER_CLIENT, window=POST_WINDOW)
 
-    def request(self, form: SignupForm) -> Future[bool] | None:
-        """Someone asked to join with this address: a new address becomes `pending`,
-        any other keeps its status; a confirmation email goes out unless the address
-        is active or had one within the limits. Returns the sending under way, if any
-        (the answer to the request does not wait for it)."""
-        if form.trapped:
-            return None
-        store = self._store()
-        sub, _created = store.add(form.email, form.name, status="pending", source="form")
-        return self._mail(store, sub)
+    def ask(self, form: SignupForm, ip: str | None) -> Asked:
+        """Someone asked to join with this address, from client `ip`: counted against
+        the per-client limit (over it, the seconds to wait, and nothing else is done);
+        then a new address becomes `pending`, any other keeps its status; a
+        confirmation email is reserved unless the address is active or had one within
+        the limits. All in one transaction. The email goes out in the mailer's next turn
+        (the answer to the request does not wait for it), or at the next start if this
+        server stops first. A request caught in the trap is counted, and nothing else."""
+        joining = self._store().ask_to_join(
+            client_key(ip),
+            None if form.trapped else form.email,
+            form.name,
+            posts=(POSTS_PER_CLIENT, POST_WINDOW),
+            limits=MAILS_PER_ADDRESS,
+        )
+        sub = joining.subscriber
+        if sub is None or joining.reservation is None:
+            return Asked(joining.wait)
+        return Asked(
+            None, self.mailer.confirmation(Recipient(sub.email, sub.name, sub.id), joining.reservation, joining.made)
+        )
 
     def _mail(self, store: Store, sub: Subscriber) -> Future[bool] | None:
         reserved = store.reserve_confirmation(sub.id, MAILS_PER_ADDRESS)
@@ -488,6 +346,7 @@ __all__ = [
     "POSTS_PER_CLIENT",
     "POST_WINDOW",
     "TRAP_FIELD",
+    "Asked",
     "FieldProblem",
     "Link",
     "LinkState",

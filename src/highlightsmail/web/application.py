@@ -97,6 +97,8 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if signup is not None:
+            signup.start()  # sends what a previous server reserved and never sent
         yield
         if signup is not None:
             signup.close()  # waits for the emails under way, which use the database

@@ -137,6 +137,8 @@ class Pages:
                 return _Once(templates)
             outputs.append((values, text))
         (first, text), (second, expected) = outputs
+        if not first:  # the same page for everyone
+            return _Once(templates, (text,), ())
         by_value = {v: k for k, v in first.items()}
         pieces = re.split("(" + "|".join(map(re.escape, by_value)) + ")", text)
         parts, names = tuple(pieces[0::2]), tuple(by_value[v] for v in pieces[1::2])

@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from highlightsmail.authoring.workspace import Workspace
@@ -114,6 +114,11 @@ class SignupEndpoint:
             Route(CONFIRM, self.confirm, methods=["GET", "POST"]),
         ]
 
+    def start(self) -> None:
+        """The app starts serving: the confirmation emails a previous server reserved and
+        never sent go out now."""
+        self.signup.mailer.start()
+
     def close(self) -> None:
         self.signup.close()
 
@@ -174,33 +179,52 @@ class SignupEndpoint:
         headers = self._cors(request)
         if self._foreign_json(request, as_json):
             return JSONResponse({"error": "this origin may not post here"}, 403, headers=headers)
-        wait = await self._write(self.signup.allow_post, _client(request))
-        if wait is not None:
-            if as_json:
-                return JSONResponse({"error": TOO_MANY_REQUESTS}, 429, headers={**headers, "Retry-After": str(wait)})
-            return self.pages.too_many_requests(wait, headers)
         try:
             fields = await _fields(request, as_json)
         except _BadBody as exc:
-            if as_json:
-                return JSONResponse({"error": str(exc)}, 400, headers=headers)
-            return self.pages.notice(400, "Request not accepted", f"{str(exc).capitalize()}.", headers=headers)
+            return await self._not_taken(request, as_json, headers, self._bad_body(exc, as_json, headers))
         try:
             form = read_form(fields)
         except FieldProblem as problem:
-            if as_json:
-                return JSONResponse({"error": problem.message, "field": problem.field}, 400, headers=headers)
-            # Shown again in the form, to correct.
-            return self._form_page(400, problem, **_shown(fields))
-        await self._write(self.signup.request, form)
+            return await self._not_taken(request, as_json, headers, self._bad_field(problem, as_json, headers, fields))
+        # Counted, added and the email reserved in one write.
+        wait = (await self._write(self.signup.ask, form, _client(request))).wait
+        if wait is not None:
+            return self._too_many(as_json, wait, headers)
         return self._accepted(as_json, headers)
 
+    async def _not_taken(self, request: Request, as_json: bool, headers: dict[str, str], refusal: Response) -> Response:
+        """A request that was not taken counts too, in a write of its own: over the limit,
+        the answer is 429 whatever was sent; else `refusal`."""
+        wait = await self._write(self.signup.allow_post, _client(request))
+        return refusal if wait is None else self._too_many(as_json, wait, headers)
+
+    def _too_many(self, as_json: bool, wait: int, headers: dict[str, str]) -> Response:
+        if as_json:
+            return JSONResponse({"error": TOO_MANY_REQUESTS}, 429, headers={**headers, "Retry-After": str(wait)})
+        return self.pages.too_many_requests(wait, headers)
+
+    def _bad_body(self, exc: _BadBody, as_json: bool, headers: dict[str, str]) -> Response:
+        if as_json:
+            return JSONResponse({"error": str(exc)}, 400, headers=headers)
+        return self.pages.notice(400, "Request not accepted", f"{str(exc).capitalize()}.", headers=headers)
+
+    def _bad_field(
+        self, problem: FieldProblem, as_json: bool, headers: dict[str, str], fields: dict[str, Any]
+    ) -> Response:
+        if as_json:
+            return JSONResponse({"error": problem.message, "field": problem.field}, 400, headers=headers)
+        # Shown again in the form, to correct.
+        return self._form_page(400, problem, **_shown(fields))
+
     def _accepted(self, as_json: bool, headers: dict[str, str]) -> Response:
-        """The one answer to every request to join that was taken, whatever the address."""
+        """The one answer to every request to join that was taken, whatever the address:
+        the page rendered once (while its templates are unchanged)."""
         if as_json:
             return JSONResponse(PENDING, 200, headers=headers)
         minutes = int(MAILS_PER_ADDRESS[0][0].total_seconds() // 60)  # when asking again can send again
-        return self.pages.response("subscribe-sent.html.j2", headers=headers, title="Check your inbox", minutes=minutes)
+        page = self.pages.render_for_reader("subscribe-sent.html.j2", {}, title="Check your inbox", minutes=minutes)
+        return HTMLResponse(page, headers=headers)
 
     # -- /confirm/TOKEN
 

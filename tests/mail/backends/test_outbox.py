@@ -97,6 +97,24 @@ def test_a_second_copy_never_replaces_the_first(workspace: Path) -> None:
     assert (folder / f"{moved.subscriber_id:06d}-new-address@example.org.3.eml").is_file()
 
 
+def test_files_written_or_removed_by_another_run_between_batches_are_counted(workspace: Path) -> None:
+    """The backend keeps each key's count between batches, and reads the folder again
+    when someone else changed it: a copy another run wrote still makes the next one
+    `.2`, and a folder emptied meanwhile starts again at the plain name."""
+    ws = make_workspace(workspace)
+    backend = get_backend(ws)
+    people = recipients(2)
+    folder = workspace / "outbox" / "2024-w02"
+    backend.send_batch(make_batch(ws, people[:1]))
+    get_backend(ws).send_batch(make_batch(ws, people[1:]))  # another run, same folder
+    backend.send_batch(make_batch(ws, people[1:], number=2))
+    assert (folder / f"{people[1].subscriber_id:06d}-{people[1].email}.2.eml").is_file()
+    for path in folder.iterdir():
+        path.unlink()
+    backend.send_batch(make_batch(ws, people, number=3))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{p.subscriber_id:06d}-{p.email}.eml" for p in people)
+
+
 def test_no_temporary_files_left(workspace: Path) -> None:
     ws = make_workspace(workspace)
     get_backend(ws).send_batch(make_batch(ws, recipients(5)))
