@@ -80,8 +80,8 @@ def outcome(keys: list[int], result: Callable[[], BatchResult]) -> BatchResult:
 
 
 def record(store: Store, slug: str, result: BatchResult, *, batch: int | None = None) -> None:
-    """Commit what became of a claimed batch (with `batch`, its number: the sent are
-    marked in one statement)."""
+    """Commit what became of claimed batch number `batch` (one update of its row when
+    all its recipients fared alike)."""
     store.finish_batch(
         slug,
         sent=result.sent,
@@ -105,7 +105,7 @@ def send_claimed(store: Store, backend: Backend, batches: Batches, delivery: Del
     `backend` is open; `batches` carry the dispatch's tag. Returns the state they ended in."""
     batch = batches.to_subscribers([delivery], number=delivery.batch or 0)
     result = outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
-    record(store, batches.rendered.slug, result)
+    record(store, batches.rendered.slug, result, batch=delivery.batch)
     return state_of(result)
 
 
