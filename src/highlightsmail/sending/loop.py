@@ -103,7 +103,7 @@ def send_claimed(store: Store, backend: Backend, batches: Batches, delivery: Del
     became of it as the send loop does: sent, failed (the next `send` retries it) or in
     doubt. The ledger row is what keeps a later resume from sending a second copy.
     `backend` is open; `batches` carry the dispatch's tag. Returns the state they ended in."""
-    batch = batches.to_subscribers([delivery], number=delivery.batch or 0)
+    batch = batches.to_subscribers([delivery], number=delivery.batch or 0, tokens=backend.message_tokens)
     result = outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
     record(store, batches.rendered.slug, result, batch=delivery.batch)
     return state_of(result)
@@ -232,8 +232,9 @@ class SendLoop:
     def _deliver(self, claim: Claim) -> BatchResult:
         # Built here, in the worker, so the loop that claims and records (the one
         # thread that touches the database) does nothing per recipient.
-        batch = self.batches.to_subscribers(claim.rows, number=claim.number)
-        return self.backends.get().send_batch(batch)
+        backend = self.backends.get()
+        batch = self.batches.to_subscribers(claim.rows, number=claim.number, tokens=backend.message_tokens)
+        return backend.send_batch(batch)
 
     def record(self, claim: Claim, result: BatchResult) -> None:
         """Commit what became of a batch (in the open transaction)."""
