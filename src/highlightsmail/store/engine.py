@@ -54,8 +54,6 @@ class Engine(Protocol):
     hours_since: LiteralString
     #: SQL: a join whose order the engine keeps as written (SQLite's CROSS JOIN).
     ordered_join: LiteralString
-    #: SQL: the aggregate of the column `id` as text, comma-separated, in id order.
-    id_list: LiteralString
     #: SQL after a SELECT: lock the rows read until the transaction ends (PostgreSQL's
     #: FOR UPDATE; nothing on SQLite, whose writers go one at a time).
     lock_row: LiteralString

@@ -93,17 +93,24 @@ class Ledger(LedgerState):
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM dispatches WHERE issue = ?", (issue,)).fetchone():
                 raise HighlightsError(f"{issue}: its dispatch has already begun")
-            conn.execute(
-                "INSERT INTO ledger_recipients (issue, chunk, first_id, last_id, size, ids)"
-                f" SELECT ?, chunk, min(id), max(id), count(*), {self._db.id_list} FROM ("
-                "  SELECT id, (row_number() OVER (ORDER BY id) - 1) / ? AS chunk FROM subscribers"
-                "  WHERE status = 'active' AND merged_into IS NULL"
-                ") AS r GROUP BY chunk",
-                (issue, CHUNK),
-            )
-            (total,) = conn.execute(
-                "SELECT coalesce(sum(size), 0) FROM ledger_recipients WHERE issue = ?", (issue,)
-            ).fetchone()
+            # Read a chunk at a time in id order (the index by status holds it): memory
+            # stays flat however long the list, where a window over the whole list in
+            # SQL would sort it in memory.
+            total, last = 0, 0
+            while chunk := [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT id FROM subscribers WHERE status = 'active' AND merged_into IS NULL AND id > ?"
+                    " ORDER BY id LIMIT ?",
+                    (last, CHUNK),
+                ).fetchall()
+            ]:
+                last = chunk[-1]
+                conn.execute(
+                    "INSERT INTO ledger_recipients (issue, chunk, first_id, last_id, size, ids) VALUES (?, ?, ?, ?, ?, ?)",
+                    (issue, total // CHUNK, chunk[0], chunk[-1], len(chunk), ",".join(map(str, chunk))),
+                )
+                total += len(chunk)
             conn.execute(
                 "INSERT INTO dispatches (issue, started, backend, total, tag) VALUES (?, ?, ?, ?, ?)",
                 (issue, now, backend, int(total), new_dispatch_tag()),

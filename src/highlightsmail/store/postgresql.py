@@ -105,7 +105,6 @@ class PgEngine:
         " - extract(epoch FROM CAST(? AS timestamptz))) / 3600) AS INTEGER)"
     )
     ordered_join: LiteralString = "JOIN"  # PostgreSQL plans the order, and has no CROSS JOIN ... ON
-    id_list: LiteralString = "string_agg(CAST(id AS TEXT), ',' ORDER BY id)"
     lock_row: LiteralString = " FOR UPDATE"
 
     def __init__(self, url: str, timeout: float, *, pooled: bool) -> None:
