@@ -461,8 +461,8 @@ class Ledger(LedgerState):
         ).fetchone()
         if row is None:  # finished or found in doubt already
             return
-        members = set(parse_ids(row[0]))
         others = [(sid, how) for sid, how in outcomes.items() if how != (state, error)]
+        members = set(parse_ids(row[0])) if others else set()
         conn.execute(
             "UPDATE ledger_batches SET state = ?, last_error = ?, message_id = ?, updated = ?,"
             " counted = counted - ? WHERE issue = ? AND batch = ?",
