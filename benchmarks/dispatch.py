@@ -248,8 +248,15 @@ def run_postgresql(n: int, folder: Path, url: str, senders: int) -> dict[str, fl
         once = sum(1 for c in sg.recipient_ids.values() if c == 1)
         twice = sum(1 for c in sg.recipient_ids.values() if c > 1)
     with psycopg.connect(url, autocommit=True) as conn:
-        shares = [r[0] for r in conn.execute("SELECT count(*) FROM deliveries GROUP BY claimed_by ORDER BY 1")]
-        for table in ("deliveries", "dispatches", "events", "subscribers"):
+        shares = [r[0] for r in conn.execute("SELECT sum(counted) FROM ledger_batches GROUP BY claimed_by ORDER BY 1")]
+        for table in (
+            "ledger_recipients",
+            "ledger_batches",
+            "ledger_exceptions",
+            "dispatches",
+            "events",
+            "subscribers",
+        ):
             conn.execute(f"TRUNCATE {table} CASCADE")
     shutil.rmtree(root)
     return {

@@ -62,14 +62,18 @@ def make_workspace(folder: Path, n: int) -> Path:
             claimed, _skipped, after = store.claim_batch(ISSUE, batch, 1000, after)
             if not claimed:
                 break
-            store.finish_batch(ISSUE, sent=[d.subscriber_id for d in claimed], failed={})
+            store.finish_batch(ISSUE, sent=[d.subscriber_id for d in claimed], failed={}, batch=claimed[0].batch)
             batch += 1
     return root
 
 
 def make_events(sender: EventSender, root: Path, n: int) -> list[dict]:
     conn = sqlite3.connect(root / "subscribers" / "highlights.db")
-    people = conn.execute("SELECT subscriber_id, email FROM deliveries WHERE issue = ? ORDER BY 1", (ISSUE,)).fetchall()
+    people = conn.execute(
+        "SELECT id, email FROM subscribers WHERE id IN (SELECT value FROM json_each('[' || ("
+        "SELECT group_concat(ids) FROM ledger_batches WHERE issue = ? AND state = 'sent') || ']')) ORDER BY 1",
+        (ISSUE,),
+    ).fetchall()
     conn.close()
     kinds = [kind for kind, share in MIX for _ in range(round(share * 1000))]
     events = []

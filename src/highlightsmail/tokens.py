@@ -73,9 +73,16 @@ class Signer:
     previous: tuple[bytes, ...] = field(default=())
 
     def _mac(self, key: bytes, kind: str, ident: str) -> bytes:
-        mac = _keyed(key).copy()  # a dispatch signs a token per recipient: skip re-keying
-        mac.update(b"|".join((_DOMAIN, kind.encode(), ident.encode())))
-        return mac.digest()[:_MAC_BYTES]
+        # HMAC-SHA256 over `domain|kind|ident`, spelt out over hashlib: a dispatch signs a
+        # token per recipient, and copying two hashes that have taken the key and the
+        # shared prefix already costs a fraction of hmac's own copy and update.
+        inner, outer = _prefixed(key, kind)
+        digest = inner.copy()
+        digest.update(ident.encode())
+        mac = outer.copy()
+        mac.update(digest.digest())
+        out: bytes = mac.digest()
+        return out[:_MAC_BYTES]
 
     def make(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
         """A token for this subscriber and purpose (`unsubscribe` or `test`)."""
@@ -201,6 +208,18 @@ def _message_keyed(key: bytes, issue: str, tag: str) -> hmac.HMAC:
     mac = _keyed(key).copy()
     mac.update(b"|".join((_DOMAIN, MESSAGE_KIND.encode(), f"{len(issue)}:{issue}".encode(), tag.encode(), b"")))
     return mac
+
+
+@functools.lru_cache(maxsize=16)
+def _prefixed(key: bytes, kind: str) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256's inner and outer hashes for this key (RFC 2104), the inner one having
+    taken `domain|kind|` too: copied for each token of that kind."""
+    block = hashlib.sha256().block_size
+    padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+    inner.update(b"|".join((_DOMAIN, kind.encode(), b"")))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+    return inner, outer
 
 
 @functools.lru_cache(maxsize=8)

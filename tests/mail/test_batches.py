@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from highlightsmail.authoring.workspace import load_workspace
+from highlightsmail.mail.backends.sendgrid import SendGridBackend
 from highlightsmail.mail.batches import Batches
 from highlightsmail.mail.message import Recipient, links_maker, recipient_links
 from highlightsmail.rendering.rendered import RenderedIssue
@@ -38,6 +39,11 @@ def test_subscribers_get_their_links_and_message_tokens_from_the_tag(workspace: 
     assert batch.envelopes[1].token == SIGNER.make_message("2024-w02", TAG, 9)
     untagged = Batches(RENDERED, settings, SIGNER).to_subscribers(rows)
     assert [e.token for e in untagged.envelopes] == [None, None]
+    # A backend that does not read them (SendGrid makes its own Message-IDs) gets none.
+    unread = Batches(RENDERED, settings, SIGNER, tag=TAG).to_subscribers(rows, tokens=False)
+    assert [e.token for e in unread.envelopes] == [None, None]
+    assert [e.links for e in unread.envelopes] == [e.links for e in batch.envelopes]
+    assert SendGridBackend.message_tokens is False
 
 
 def test_a_test_send_is_keyed_in_order_with_test_links(workspace: Path) -> None:

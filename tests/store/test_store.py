@@ -58,7 +58,18 @@ def store(target: Path | str):
 
 def dump(target: Path | str) -> dict[str, list[tuple]]:
     """Every row of every table, read through a separate connection."""
-    return dump_tables(target, ("subscribers", "events", "deliveries", "dispatches", "test_sends"))
+    return dump_tables(
+        target,
+        (
+            "subscribers",
+            "events",
+            "ledger_recipients",
+            "ledger_batches",
+            "ledger_exceptions",
+            "dispatches",
+            "test_sends",
+        ),
+    )
 
 
 # -- schema and migrations ----------------------------------------------------------
@@ -67,12 +78,12 @@ def dump(target: Path | str) -> dict[str, list[tuple]]:
 def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 6
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 7
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         else:
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(7,)]
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
             indexes = {
                 r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
@@ -80,7 +91,9 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     assert {
         "subscribers",
         "events",
-        "deliveries",
+        "ledger_recipients",
+        "ledger_batches",
+        "ledger_exceptions",
         "dispatches",
         "test_sends",
         "delivery_events",
@@ -90,9 +103,9 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
         "signup_posts",
     } <= tables
     assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
-    assert "deliveries_claim" not in indexes  # the ledger's states change in place, with no index to move
-    assert ("deliveries_batch" in indexes) == isinstance(target, Path)  # SQLite finishes a batch by its number
-    assert store.schema_version == 6
+    assert "deliveries" not in tables  # the ledger is kept per batch, not per recipient
+    assert {"ledger_batches_range", "ledger_exceptions_batch", "ledger_recipients_last"} <= indexes
+    assert store.schema_version == 7
 
 
 def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> None:
@@ -195,9 +208,9 @@ def test_a_database_from_a_newer_version_is_refused(target: Path | str) -> None:
     Store(target).close()
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            conn.execute("PRAGMA user_version = 7")
+            conn.execute("PRAGMA user_version = 8")
         else:
-            conn.execute("UPDATE schema_version SET version = 7")
+            conn.execute("UPDATE schema_version SET version = 8")
     with pytest.raises(HighlightsError, match="made by a newer highlightsmail"):
         Store(target)
 
@@ -250,17 +263,20 @@ def test_constraints_hold_in_the_database_itself(store: Store, target: Path | st
         with pytest.raises(refused):
             conn.execute("INSERT INTO events (subscriber_id, at, to_status, source) VALUES (1, 'x', 'active', 'fax')")
         conn.execute(
-            "INSERT INTO deliveries (issue, subscriber_id, email, created, updated)"
-            " VALUES ('2024-w02', 1, 'a', 'x', 'x')"
+            "INSERT INTO ledger_exceptions (issue, subscriber_id, state, updated) VALUES ('2024-w02', 1, 'pending', 'x')"
         )
-        assert tuple(conn.execute("SELECT state, attempts FROM deliveries").fetchone()) == ("pending", 0)
+        assert tuple(conn.execute("SELECT state, attempts FROM ledger_exceptions").fetchone()) == ("pending", 0)
         with pytest.raises(refused):  # one row per issue and subscriber
             conn.execute(
-                "INSERT INTO deliveries (issue, subscriber_id, email, created, updated)"
-                " VALUES ('2024-w02', 1, 'a', 'x', 'x')"
+                "INSERT INTO ledger_exceptions (issue, subscriber_id, state, updated)"
+                " VALUES ('2024-w02', 1, 'failed', 'x')"
             )
         with pytest.raises(refused):
-            conn.execute("UPDATE deliveries SET state = 'lost'")
+            conn.execute("UPDATE ledger_exceptions SET state = 'lost'")
+        with pytest.raises(refused):  # a batch is in flight, sent, failed or in doubt: never pending
+            conn.execute(
+                "INSERT INTO ledger_batches (issue, batch, counted, state, updated) VALUES ('i', 1, 0, 'pending', 'x')"
+            )
         with pytest.raises(refused):
             conn.execute(
                 "INSERT INTO test_sends (issue, fingerprint, recipients, at) VALUES ('i', 'f', 'not json', 'x')"
@@ -630,7 +646,7 @@ def test_upgrading_merges_addresses_that_are_one_and_reports_each_clash(db: Path
                 (sid, email, state),
             )
     conn.close()
-    before = dump(db)
+    before = dump_tables(db, ("subscribers", "events"))
 
     with pytest.warns(store_module.MergedAddressesWarning) as caught, Store(db, clock=Clock(), upgrade=True) as s:
         assert s.schema_version == migrator.SCHEMA_VERSION
@@ -647,7 +663,7 @@ def test_upgrading_merges_addresses_that_are_one_and_reports_each_clash(db: Path
         assert all("\n" not in line and "nobody gets two copies" in line for line in lines)
 
         # Nobody is lost: every row and event is still there.
-        after = dump(db)
+        after = dump_tables(db, ("subscribers", "events"))
         assert [r[0] for r in after["subscribers"]] == [r[0] for r in before["subscribers"]]
         assert after["events"][: len(before["events"])] == before["events"]
 
@@ -891,3 +907,119 @@ def test_postgresql_senders_share_a_dispatch_and_only_a_gone_senders_rows_are_in
     with Store(pg_url) as watcher:
         assert not watcher.sending_now("2024-w02")
         assert watcher.mark_in_doubt("2024-w02") == len(taken["a"])
+
+
+# -- the ledger kept per batch ------------------------------------------------------------------
+
+
+def _ledger_rows(target: Path | str) -> tuple[int, int]:
+    """(batch rows, exception rows) in the ledger."""
+    with raw_connection(target) as conn:
+        batches = conn.execute("SELECT count(*) FROM ledger_batches").fetchone()[0]
+        exceptions = conn.execute("SELECT count(*) FROM ledger_exceptions").fetchone()[0]
+    return batches, exceptions
+
+
+def test_a_batch_is_one_row_and_only_who_fared_otherwise_gets_a_row_of_their_own(
+    store: Store, target: Path | str
+) -> None:
+    store.import_rows(ImportRow(f"u{i}@example.org") for i in range(12))
+    assert store.begin_dispatch("2024-w02", "outbox") == 12
+    _sender(store, "2024-w02")
+    first, _, _ = store.claim_batch("2024-w02", 0, 5)
+    second, _, _ = store.claim_batch("2024-w02", 0, 5)
+    assert _ledger_rows(target) == (2, 0)  # nothing written per recipient to claim them
+    ids = [c.subscriber_id for c in first]
+    store.finish_batch("2024-w02", sent=ids[:4], failed={ids[4]: "550 no such user"}, batch=first[0].batch)
+    store.finish_batch(
+        "2024-w02", sent=[], failed={c.subscriber_id: "400 bad request" for c in second}, batch=second[0].batch
+    )
+    assert _ledger_rows(target) == (2, 1)  # the one refused inside a sent batch
+    assert store.delivery_counts("2024-w02") == {"sent": 4, "failed": 6, "pending": 2}
+    failed = {d.subscriber_id: (d.batch, d.last_error) for d in store.iter_deliveries("2024-w02", ["failed"])}
+    assert failed == {
+        ids[4]: (first[0].batch, "550 no such user"),
+        **{c.subscriber_id: (second[0].batch, "400 bad request") for c in second},
+    }
+    # Put back, the failed go first, each once, and nobody sent goes again.
+    assert store.requeue("2024-w02", "failed") == 6
+    again, _, _ = store.claim_batch("2024-w02", 0, 100)
+    assert sorted(c.subscriber_id for c in again) == sorted(failed)
+    assert {c.attempts for c in again} == {2}
+    store.finish_batch("2024-w02", sent=[c.subscriber_id for c in again], failed={}, batch=again[0].batch)
+    rest, _, _ = store.claim_batch("2024-w02", 0, 100)
+    assert [c.email for c in rest] == ["u10@example.org", "u11@example.org"]
+    store.finish_batch("2024-w02", sent=[c.subscriber_id for c in rest], failed={}, batch=rest[0].batch)
+    assert store.claim_batch("2024-w02", 0, 100)[0] == []
+    assert store.delivery_counts("2024-w02") == {"sent": 12}
+    assert store.finish_dispatch_if_done("2024-w02")
+
+
+def test_recipients_are_those_active_when_the_dispatch_began(store: Store) -> None:
+    store.import_rows(ImportRow(f"u{i}@example.org") for i in range(4))
+    store.set_status("u1@example.org", "unsubscribed", "web")
+    assert store.begin_dispatch("2024-w02", "outbox") == 3
+    # u1 comes back and someone joins: neither was a recipient when it began.
+    store.set_status("u1@example.org", "active", "cli")
+    store.add("late@example.org")
+    _sender(store, "2024-w02")
+    claimed, skipped, _ = store.claim_batch("2024-w02", 0, 10)
+    assert [c.email for c in claimed] == ["u0@example.org", "u2@example.org", "u3@example.org"] and skipped == 0
+
+
+def test_upgrading_turns_each_recipients_row_into_the_ledger_kept_per_batch(db: Path) -> None:
+    db.parent.mkdir()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN")
+    for migration in migrator.MIGRATIONS["sqlite"][:6]:
+        for step in migration:
+            if callable(step):
+                step(conn)
+            else:
+                conn.execute(step)
+    conn.execute("PRAGMA user_version = 6")
+    for sid in range(1, 9):
+        conn.execute(
+            "INSERT INTO subscribers (id, email, email_key, status, created, updated) VALUES (?, ?, ?, 'active', 't', 't')",
+            (sid, f"u{sid}@example.org", f"u{sid}@example.org"),
+        )
+    conn.execute(
+        "INSERT INTO dispatches (issue, started, backend, total, tag) VALUES ('i', 't', 'outbox', 8, 'abcdefgh')"
+    )
+    ledger = {
+        1: ("sent", 1, 1),
+        2: ("failed", 1, 1),
+        3: ("sent", 1, 1),
+        4: ("in_flight", 2, 1),
+        5: ("pending", None, 1),  # a failed one put back: below where the claims reached
+        6: ("in_doubt", 2, 1),
+        7: ("pending", None, 0),
+        8: ("pending", None, 0),
+    }
+    conn.executemany(
+        "INSERT INTO deliveries (issue, subscriber_id, email, state, batch, attempts, created, updated)"
+        " VALUES ('i', ?, ?, ?, ?, ?, 't', 't')",
+        [(sid, f"u{sid}@example.org", *row) for sid, row in ledger.items()],
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    with Store(db, upgrade=True) as s:
+        states = {d.subscriber_id: d.state for d in s.iter_deliveries("i", store_module.DELIVERY_STATES)}
+        # What was in flight when the old version stopped is in doubt; the rest as it was.
+        assert states == {
+            1: "sent",
+            2: "failed",
+            3: "sent",
+            4: "in_doubt",
+            5: "pending",
+            6: "in_doubt",
+            7: "pending",
+            8: "pending",
+        }
+        assert s.dispatch_info("i").total == 8
+        claimed = [c.subscriber_id for c in s.claim_batch("i", 0, 10)[0]]
+        assert claimed == [5]  # the one put back first, then the rest
+        assert [c.subscriber_id for c in s.claim_batch("i", 0, 10)[0]] == [7, 8]
+        assert s.sent_address("i", 1) == "u1@example.org" and s.sent_address("i", 2) is None
+    with raw_connection(db) as raw:
+        assert raw.execute("SELECT name FROM sqlite_master WHERE name = 'deliveries'").fetchall() == []

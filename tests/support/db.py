@@ -112,7 +112,17 @@ def integrity_errors() -> tuple[type[Exception], ...]:
     return (sqlite3.IntegrityError, psycopg.IntegrityError, psycopg.DataError)
 
 
-TABLES = ("subscribers", "events", "deliveries", "dispatches", "test_sends", "delivery_events", "scanned_mail")
+TABLES = (
+    "subscribers",
+    "events",
+    "ledger_recipients",
+    "ledger_batches",
+    "ledger_exceptions",
+    "dispatches",
+    "test_sends",
+    "delivery_events",
+    "scanned_mail",
+)
 
 
 def dump_tables(target: Path | str, tables: tuple[str, ...] = TABLES) -> dict[str, list[tuple]]:

@@ -46,7 +46,18 @@ def sent_to_everyone(store: Store, issue: str, *, backend: str = "sendgrid", lea
 def dump(db: Path | str) -> dict[str, list[tuple]]:
     """Every row events can touch (`db`: a SQLite path or a PostgreSQL URL): equal dumps
     mean nothing changed."""
-    return dump_tables(db, ("subscribers", "events", "delivery_events", "scanned_mail", "deliveries"))
+    return dump_tables(
+        db,
+        (
+            "subscribers",
+            "events",
+            "delivery_events",
+            "scanned_mail",
+            "ledger_recipients",
+            "ledger_batches",
+            "ledger_exceptions",
+        ),
+    )
 
 
 def statuses(db: Path | str) -> dict[str, str]:

@@ -50,10 +50,11 @@ class Batches:
             self._links = links_maker(self.settings, self.signer)
         return self._links
 
-    def to_subscribers(self, rows: Iterable[Addressee], *, number: int = 0) -> Batch:
-        """An issue to subscribers: each one's unsubscribe links and message token."""
+    def to_subscribers(self, rows: Iterable[Addressee], *, number: int = 0, tokens: bool = True) -> Batch:
+        """An issue to subscribers: each one's unsubscribe links and (unless `tokens` is
+        False: the backend does not read them) message token."""
         links = self._subscriber_links()
-        slug, tag, make_message = self.rendered.slug, self.tag, self.signer.make_message
+        slug, tag, make_message = self.rendered.slug, self.tag if tokens else None, self.signer.make_message
         envelopes = [
             Envelope(
                 row.subscriber_id,

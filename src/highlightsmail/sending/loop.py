@@ -80,8 +80,8 @@ def outcome(keys: list[int], result: Callable[[], BatchResult]) -> BatchResult:
 
 
 def record(store: Store, slug: str, result: BatchResult, *, batch: int | None = None) -> None:
-    """Commit what became of a claimed batch (with `batch`, its number: the sent are
-    marked in one statement)."""
+    """Commit what became of claimed batch number `batch` (one update of its row when
+    all its recipients fared alike)."""
     store.finish_batch(
         slug,
         sent=result.sent,
@@ -103,9 +103,9 @@ def send_claimed(store: Store, backend: Backend, batches: Batches, delivery: Del
     became of it as the send loop does: sent, failed (the next `send` retries it) or in
     doubt. The ledger row is what keeps a later resume from sending a second copy.
     `backend` is open; `batches` carry the dispatch's tag. Returns the state they ended in."""
-    batch = batches.to_subscribers([delivery], number=delivery.batch or 0)
+    batch = batches.to_subscribers([delivery], number=delivery.batch or 0, tokens=backend.message_tokens)
     result = outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
-    record(store, batches.rendered.slug, result)
+    record(store, batches.rendered.slug, result, batch=delivery.batch)
     return state_of(result)
 
 
@@ -232,8 +232,9 @@ class SendLoop:
     def _deliver(self, claim: Claim) -> BatchResult:
         # Built here, in the worker, so the loop that claims and records (the one
         # thread that touches the database) does nothing per recipient.
-        batch = self.batches.to_subscribers(claim.rows, number=claim.number)
-        return self.backends.get().send_batch(batch)
+        backend = self.backends.get()
+        batch = self.batches.to_subscribers(claim.rows, number=claim.number, tokens=backend.message_tokens)
+        return backend.send_batch(batch)
 
     def record(self, claim: Claim, result: BatchResult) -> None:
         """Commit what became of a batch (in the open transaction)."""

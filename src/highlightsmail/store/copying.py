@@ -40,12 +40,9 @@ class Copying(Part):
                     raise HighlightsError(
                         f"{target._db.where}: {table} has {found} rows after the copy, not {n}; nothing was kept"
                     )
-            # Identities continue after the copied ids; batch numbers after the copied batches.
+            # Identities continue after the copied ids (batch numbers are copied with their
+            # dispatches).
             sink.restart_identities(there)
-            there.execute(
-                "UPDATE dispatches AS p SET batches = coalesce("
-                "(SELECT max(batch) FROM deliveries AS d WHERE d.issue = p.issue), 0)"
-            )
         return counts
 
     @staticmethod

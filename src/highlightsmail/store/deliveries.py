@@ -12,6 +12,7 @@ from typing import LiteralString
 
 from highlightsmail.store.base import Part, marks
 from highlightsmail.store.engine import Conn
+from highlightsmail.store.ledger_state import went_to
 from highlightsmail.store.records import (
     DELIVERY_KINDS,
     SOURCES,
@@ -33,8 +34,14 @@ _SOFT_ISSUE: LiteralString = """(
                      AND x.issue = d.issue AND x.kind = 'deferred')
              AND EXISTS (SELECT 1 FROM delivery_events AS x WHERE x.subscriber_id = d.subscriber_id
                          AND x.issue = d.issue AND x.kind = 'dropped'))))"""
-# A ledger row whose issue went to the subscriber (or may have).
-_WENT: LiteralString = "state IN ('in_flight', 'sent', 'in_doubt')"
+
+
+def _sent_address(conn: Conn, issue: str, sid: int) -> str | None:
+    """The subscriber's address, if the issue went to them (addresses never change)."""
+    if not went_to(conn, issue, sid):
+        return None
+    row = conn.execute("SELECT email FROM subscribers WHERE id = ?", (sid,)).fetchone()
+    return str(row[0]) if row else None
 
 
 class _Recording:
@@ -58,10 +65,7 @@ class _Recording:
             return True
         pair = (row.issue, row.subscriber_id)
         if pair not in self.ledger:
-            hit = self.conn.execute(
-                f"SELECT email FROM deliveries WHERE issue = ? AND subscriber_id = ? AND {_WENT}", pair
-            ).fetchone()
-            self.ledger[pair] = hit[0] if hit else None
+            self.ledger[pair] = _sent_address(self.conn, *pair)
         sent_to = self.ledger[pair]
         if sent_to is None or (row.email and self.same_address and not self.same_address(sent_to, row.email)):
             self.result.unknown += 1
@@ -91,8 +95,8 @@ class DeliveryEvents(Part):
     ) -> RecordResult:
         """Record events in one transaction and apply what they imply.
 
-        A row whose issue did not go to that subscriber (no ledger row in flight, sent or
-        in doubt), or whose address is not the one the ledger has (`same_address(ledger,
+        A row whose issue did not go to that subscriber (not in flight, sent or in doubt
+        in its ledger), or whose address is not the one the ledger has (`same_address(ledger,
         event)` says no), is counted as unknown and ignored: events of another newsletter
         on the same account must not touch this one. A row with `issue` None (bounce mail
         naming no issue) only moves the status. After the rows, a subscriber whose soft
@@ -136,19 +140,17 @@ class DeliveryEvents(Part):
         """The longest run of consecutive issues (in dispatch order, among those sent to
         this subscriber) that soft-bounced: a `blocked` bounce or a temporary DSN, or a
         deferral that ended in a drop, and no delivery. Any other issue breaks the run."""
-        rows = conn.execute(
-            # The ordered join keeps this order in SQLite: each dispatch (a few a month),
-            # then one primary-key lookup in the ledger; the ledger has no index by
-            # subscriber alone. (PostgreSQL plans that order itself.)
-            f"""SELECT d.issue, {_SOFT_ISSUE} AS soft
-                FROM dispatches AS p {self._db.ordered_join} deliveries AS d ON d.issue = p.issue AND d.subscriber_id = ?
-                WHERE d.{_WENT}
-                ORDER BY p.started, p.issue""",
-            (sid,),
-        ).fetchall()
+        # Each dispatch (a few a month), then where the subscriber stands in its ledger.
+        issues = [r[0] for r in conn.execute("SELECT issue FROM dispatches ORDER BY started, issue").fetchall()]
         best: list[str] = []
         run: list[str] = []
-        for issue, soft in rows:
+        for issue in issues:
+            if not went_to(conn, issue, sid):
+                continue
+            soft = conn.execute(
+                f"SELECT {_SOFT_ISSUE} FROM (SELECT CAST(? AS TEXT) AS issue, CAST(? AS BIGINT) AS subscriber_id) AS d",
+                (issue, sid),
+            ).fetchone()[0]
             run = [*run, issue] if soft else []
             if len(run) > len(best):
                 best = run
@@ -160,22 +162,20 @@ class DeliveryEvents(Part):
     def latest_issue_sent(self, subscriber_id: int, prefer: str | None = None) -> str | None:
         """The issue a bounce is most likely about: `prefer` if it went to this subscriber,
         else the last dispatch that did."""
-        rows = self._query(
-            f"SELECT d.issue FROM dispatches AS p {self._db.ordered_join} deliveries AS d"
-            " ON d.issue = p.issue AND d.subscriber_id = ?"
-            f" WHERE d.{_WENT}"
-            " ORDER BY d.issue = ? DESC, p.started DESC, p.issue DESC LIMIT 1",
-            (subscriber_id, prefer or ""),
-        )
-        return str(rows[0][0]) if rows else None
+        with self._db.connection() as conn:
+            issues = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT issue FROM dispatches ORDER BY issue = ? DESC, started DESC, issue DESC", (prefer or "",)
+                ).fetchall()
+            ]
+            return next((str(issue) for issue in issues if went_to(conn, issue, subscriber_id)), None)
 
     def sent_address(self, issue: str, subscriber_id: int) -> str | None:
         """The address the ledger has for this subscriber in the issue's dispatch, if the
         issue went to them (in flight, sent or in doubt); None otherwise."""
-        rows = self._query(
-            f"SELECT email FROM deliveries WHERE issue = ? AND subscriber_id = ? AND {_WENT}", (issue, subscriber_id)
-        )
-        return str(rows[0][0]) if rows else None
+        with self._db.connection() as conn:
+            return _sent_address(conn, issue, subscriber_id)
 
     def scanned_mail(self, keys: Iterable[str]) -> set[str]:
         """Which of these bounce mail keys were read by an earlier scan."""
@@ -241,15 +241,13 @@ class DeliveryEvents(Part):
             "SELECT min(started) FROM dispatches WHERE started > ? OR (started = ? AND issue > ?)",
             (start, start, issue),
         )[0][0]
-        return int(
-            self._query(
-                "SELECT count(DISTINCT e.subscriber_id) FROM events AS e"
-                " JOIN deliveries AS d ON d.subscriber_id = e.subscriber_id AND d.issue = ?"
-                f" WHERE d.{_WENT} AND e.to_status = 'unsubscribed'"
-                " AND e.at >= ? AND (CAST(? AS TEXT) IS NULL OR e.at < ?)",
-                (issue, start, following, following),
-            )[0][0]
-        )
+        with self._db.connection() as conn:
+            left = conn.execute(
+                "SELECT DISTINCT subscriber_id FROM events WHERE to_status = 'unsubscribed'"
+                " AND at >= ? AND (CAST(? AS TEXT) IS NULL OR at < ?)",
+                (start, following, following),
+            ).fetchall()
+            return sum(1 for (sid,) in left if went_to(conn, issue, sid))
 
     def events_per_hour(self, issue: str, start: str, hours: int) -> list[tuple[int, str, int]]:
         """(hour since `start`, kind, events) for the first `hours` hours."""

@@ -54,6 +54,9 @@ class Engine(Protocol):
     hours_since: LiteralString
     #: SQL: a join whose order the engine keeps as written (SQLite's CROSS JOIN).
     ordered_join: LiteralString
+    #: SQL after a SELECT: lock the rows read until the transaction ends (PostgreSQL's
+    #: FOR UPDATE; nothing on SQLite, whose writers go one at a time).
+    lock_row: LiteralString
 
     def close(self) -> None: ...
 

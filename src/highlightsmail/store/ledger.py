@@ -1,79 +1,45 @@
-"""The send ledger: one row per (issue, recipient), fixed when a dispatch begins.
+"""The send ledger kept per batch (how it is read: ledger_state.py).
 
-The dispatcher's contract: rows move pending -> in_flight (committed before the request)
--> sent | failed (committed after it). in_flight rows found by a later run become
-in_doubt. Nothing here deletes a delivery row.
+When a dispatch begins, its recipients (every subscriber active then) are fixed as chunks
+of ids; nothing is written per recipient. A claim takes the next recipients after
+`dispatches.claimed_to`, as one `ledger_batches` row `in_flight` (committed before the
+request), and moves `claimed_to` on; anyone who left since the dispatch began gets an
+exception row, `skipped`. Finishing a batch is one update of its row; only recipients
+whose fate differs from the batch's (a refusal inside a sent batch) get exception rows.
+A batch found in flight by a later run becomes in doubt. Retries (failed or in-doubt
+recipients put back to pending) and the welcome issue go per recipient, as exceptions,
+in batches of their own. Nothing here deletes a ledger row.
 
 One sender per issue on SQLite (the per-issue lock file in dispatch). Where the engine
 has `several_senders` (PostgreSQL), any number share a dispatch, each known by its
-advisory lock: claims lock the rows they take and skip rows another sender is taking,
-batch numbers come from the dispatch's counter, and each claimed row names its sender."""
+advisory lock: a claim locks the dispatch's row (`lock_row`) for its transaction, so two
+senders never take the same recipients, batch numbers come from the dispatch's counter,
+and each batch names its sender (`claimed_by`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any, LiteralString
 
 from highlightsmail.errors import HighlightsError
-from highlightsmail.store.base import PAGE, Part, marks
 from highlightsmail.store.engine import Conn
-from highlightsmail.store.records import DELIVERY_STATES, Delivery, DispatchInfo, TestSend, check
+from highlightsmail.store.ledger_state import LedgerState, holds, parse_ids, recipient_state
+from highlightsmail.store.records import Delivery, DispatchInfo, TestSend, check
 from highlightsmail.tokens import new_dispatch_tag
 
-# A ledger row's subscriber as a person, `p`: the row it was merged into, if any, whose
-# status and name are the ones that count.
-_PERSON_JOIN: LiteralString = (
-    "JOIN subscribers AS s ON s.id = d.subscriber_id JOIN subscribers AS p ON p.id = coalesce(s.merged_into, s.id)"
-)
-# One round of a shared claim: lock up to `size` pending rows after `after`, skipping rows
-# locked by another sender's claim; take a batch number from the dispatch (the first
-# round of a claim, when some row is still active); mark the active ones in flight for
-# this sender and the others skipped, as the serial claim does.
-# Parameters: issue, after, size, issue, batch, batch, sender, now, issue.
-_SHARED_CLAIM: LiteralString = """
-WITH picked AS (
-    SELECT d.subscriber_id FROM deliveries AS d
-    WHERE d.issue = ? AND d.state = 'pending' AND d.subscriber_id > ?
-    ORDER BY d.subscriber_id LIMIT ?
-    FOR UPDATE SKIP LOCKED
-), people AS (
-    -- One primary-key lookup per picked row: the planner, which cannot tell how many rows
-    -- `picked` holds, would otherwise hash every subscriber. (LIMIT 1 keeps each
-    -- LATERAL subquery from being folded back into a plain join.)
-    SELECT k.subscriber_id, p.name, p.status FROM picked AS k
-    CROSS JOIN LATERAL (SELECT coalesce(s.merged_into, s.id) AS id FROM subscribers AS s
-                        WHERE s.id = k.subscriber_id LIMIT 1) AS s
-    CROSS JOIN LATERAL (SELECT p.name, p.status FROM subscribers AS p WHERE p.id = s.id LIMIT 1) AS p
-), numbered AS (
-    UPDATE dispatches SET batches = batches + 1
-    WHERE issue = ? AND CAST(? AS BIGINT) IS NULL
-      AND EXISTS (SELECT 1 FROM people WHERE status = 'active')
-    RETURNING batches
-), chosen AS (
-    SELECT coalesce(CAST(? AS BIGINT), (SELECT batches FROM numbered)) AS batch
-)
-UPDATE deliveries AS d SET
-    state = CASE WHEN x.status = 'active' THEN 'in_flight' ELSE 'skipped' END,
-    batch = CASE WHEN x.status = 'active' THEN (SELECT batch FROM chosen) ELSE d.batch END,
-    attempts = d.attempts + CASE WHEN x.status = 'active' THEN 1 ELSE 0 END,
-    claimed_by = CASE WHEN x.status = 'active' THEN CAST(? AS BIGINT) ELSE d.claimed_by END,
-    last_error = CASE WHEN x.status = 'active' THEN d.last_error ELSE x.status || ' since the dispatch began' END,
-    updated = ?
-FROM people AS x
-WHERE d.issue = ? AND d.subscriber_id = x.subscriber_id
-RETURNING d.subscriber_id, d.email, x.name, d.state, d.batch, d.attempts
-"""
+#: Recipients per chunk of a dispatch's fixed list.
+CHUNK = 1000
 
 
-class _Mismatch(Exception):
-    """A batch-wide update touched other rows than expected: undone, and done row by row."""
-
-
-class Ledger(Part):
+class Ledger(LedgerState):
     """The send ledger part of the Store."""
 
     _sender: int | None = None
+    #: The chunk of recipient ids read last: (issue, chunk number), its ids.
+    _chunk: tuple[tuple[str, int], list[int]] = (("", -1), [])
 
     # -- test sends ---------------------------------------------------------------------
 
@@ -120,33 +86,42 @@ class Ledger(Part):
         return str(rows[0][0]) if rows else None
 
     def begin_dispatch(self, issue: str, backend: str) -> int:
-        """Fix the recipients of an issue: every subscriber active now, and the
-        dispatch's tag (the one per-dispatch value its Message-IDs are derived from).
-        Returns how many."""
+        """Fix the recipients of an issue: every subscriber active now, as chunks of ids,
+        and the dispatch's tag (the one per-dispatch value its Message-IDs are derived
+        from). Returns how many."""
         now = self.now()
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM dispatches WHERE issue = ?", (issue,)).fetchone():
                 raise HighlightsError(f"{issue}: its dispatch has already begun")
-            cur = conn.execute(
-                "INSERT INTO deliveries (issue, subscriber_id, email, state, created, updated)"
-                " SELECT ?, id, email, 'pending', ?, ? FROM subscribers"
-                " WHERE status = 'active' AND merged_into IS NULL ORDER BY id",
-                (issue, now, now),
-            )
-            total = cur.rowcount
+            # Read a chunk at a time in id order (the index by status holds it): memory
+            # stays flat however long the list, where a window over the whole list in
+            # SQL would sort it in memory.
+            total, last = 0, 0
+            while chunk := [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT id FROM subscribers WHERE status = 'active' AND merged_into IS NULL AND id > ?"
+                    " ORDER BY id LIMIT ?",
+                    (last, CHUNK),
+                ).fetchall()
+            ]:
+                last = chunk[-1]
+                conn.execute(
+                    "INSERT INTO ledger_recipients (issue, chunk, first_id, last_id, size, ids) VALUES (?, ?, ?, ?, ?, ?)",
+                    (issue, total // CHUNK, chunk[0], chunk[-1], len(chunk), ",".join(map(str, chunk))),
+                )
+                total += len(chunk)
             conn.execute(
                 "INSERT INTO dispatches (issue, started, backend, total, tag) VALUES (?, ?, ?, ?, ?)",
-                (issue, now, backend, total, new_dispatch_tag()),
+                (issue, now, backend, int(total), new_dispatch_tag()),
             )
-            return total
+            return int(total)
 
     def finish_dispatch_if_done(self, issue: str) -> bool:
         """Mark the dispatch finished once every recipient is sent or skipped."""
         with self._write() as conn:
-            open_rows = conn.execute(
-                "SELECT count(*) FROM deliveries WHERE issue = ? AND state NOT IN ('sent', 'skipped')", (issue,)
-            ).fetchone()[0]
-            if open_rows:
+            counts = self._counts(conn, issue)
+            if any(n for state, n in counts.items() if state not in ("sent", "skipped")):
                 return False
             conn.execute("UPDATE dispatches SET finished = coalesce(finished, ?) WHERE issue = ?", (self.now(), issue))
             return True
@@ -154,71 +129,67 @@ class Ledger(Part):
     # -- the state of the rows ----------------------------------------------------------
 
     def mark_in_doubt(self, issue: str) -> int:
-        """A run that died left rows in_flight: nobody knows whether they went out. With
-        several senders, only the rows of senders that are gone (their lock is free)."""
+        """A run that died left batches in flight: nobody knows whether they went out. With
+        several senders, only the batches of senders that are gone (their lock is free).
+        Returns how many recipients."""
         gone, params = self._db.sender_gone()
+        now = self.now()
         with self._write(serial=False) as conn:
-            return conn.execute(
-                f"UPDATE deliveries SET state = 'in_doubt', updated = ? WHERE issue = ? AND state = 'in_flight' AND {gone}",
-                (self.now(), issue, *params),
-            ).rowcount
+            batches = conn.execute(
+                f"SELECT batch, counted FROM ledger_batches WHERE issue = ? AND state = 'in_flight' AND {gone}",
+                (issue, *params),
+            ).fetchall()
+            count = 0
+            for number, counted in batches:
+                count += int(counted)
+                count += conn.execute(
+                    "UPDATE ledger_exceptions SET state = 'in_doubt', updated = ?"
+                    " WHERE issue = ? AND batch = ? AND state = 'in_flight'",
+                    (now, issue, number),
+                ).rowcount
+                conn.execute(
+                    "UPDATE ledger_batches SET state = 'in_doubt', updated = ? WHERE issue = ? AND batch = ?",
+                    (now, issue, number),
+                )
+            return count
 
     def requeue(self, issue: str, state: str) -> int:
-        """Put rows in `state` (failed, in_doubt) back to pending; returns how many."""
+        """Put recipients in `state` (failed, in_doubt) back to pending, each as an exception
+        row the next claims take first; returns how many."""
         check(state, ("failed", "in_doubt"), "state")
+        now = self.now()
         with self._write() as conn:
-            return conn.execute(
-                "UPDATE deliveries SET state = 'pending', updated = ? WHERE issue = ? AND state = ?",
-                (self.now(), issue, state),
+            count = conn.execute(
+                "UPDATE ledger_exceptions SET state = 'pending', updated = ? WHERE issue = ? AND state = ?",
+                (now, issue, state),
             ).rowcount
+            batches = conn.execute(
+                "SELECT batch, ids, last_error FROM ledger_batches WHERE issue = ? AND state = ? AND counted > 0",
+                (issue, state),
+            ).fetchall()
+            for number, ids, error in batches:
+                members = parse_ids(ids)
+                excepted = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT subscriber_id FROM ledger_exceptions WHERE issue = ? AND subscriber_id >= ?"
+                        " AND subscriber_id <= ?",
+                        (issue, members[0], members[-1]),
+                    ).fetchall()
+                }
+                again = [(issue, sid, number, error, now) for sid in members if sid not in excepted]
+                conn.executemany(
+                    "INSERT INTO ledger_exceptions (issue, subscriber_id, state, batch, attempts, last_error, updated)"
+                    " VALUES (?, ?, 'pending', ?, 1, ?, ?)",
+                    again,
+                )
+                conn.execute("UPDATE ledger_batches SET counted = 0 WHERE issue = ? AND batch = ?", (issue, number))
+                count += len(again)
+            return count
 
     def next_batch_number(self, issue: str) -> int:
-        return int(self._query("SELECT coalesce(max(batch), 0) + 1 FROM deliveries WHERE issue = ?", (issue,))[0][0])
-
-    def delivery_counts(self, issue: str) -> dict[str, int]:
-        """How many of the issue's recipients are in each state (states with none left out)."""
-        # One pass adding up, rather than GROUP BY: with no index by state, grouping
-        # would sort every row of a large ledger in memory.
-        sums = ", ".join(
-            f"coalesce(sum(CASE WHEN state = '{state}' THEN 1 ELSE 0 END), 0)" for state in DELIVERY_STATES
-        )
-        (row,) = self._query(f"SELECT {sums} FROM deliveries WHERE issue = ?", (issue,))
-        return {state: n for state, n in zip(DELIVERY_STATES, row, strict=True) if n}
-
-    def iter_deliveries(self, issue: str, states: Iterable[str]) -> Iterator[Delivery]:
-        """The ledger rows of an issue in these states, in id order, a page at a time."""
-        wanted = tuple(check(s, DELIVERY_STATES, "state") for s in states)
-        last = 0
-        while True:
-            rows = self._query(
-                "SELECT d.subscriber_id, d.email, coalesce(s.name, ''), d.state, d.batch, d.attempts, d.last_error"
-                " FROM deliveries AS d LEFT JOIN subscribers AS s ON s.id = d.subscriber_id"
-                f" WHERE d.issue = ? AND d.state IN ({marks(len(wanted))}) AND d.subscriber_id > ?"
-                " ORDER BY d.subscriber_id LIMIT ?",
-                (issue, *wanted, last, PAGE),
-            )
-            yield from (Delivery(*row) for row in rows)
-            if len(rows) < PAGE:
-                return
-            last = rows[-1][0]
-
-    def peek_recipients(self, issue: str, started: bool, limit: int) -> list[Delivery]:
-        """The next recipients a dispatch would take, without claiming them."""
-        if started:
-            rows = self._query(
-                "SELECT d.subscriber_id, d.email, p.name, d.state, d.batch, d.attempts, d.last_error"
-                f" FROM deliveries AS d {_PERSON_JOIN}"
-                " WHERE d.issue = ? AND d.state = 'pending' AND p.status = 'active'"
-                " ORDER BY d.subscriber_id LIMIT ?",
-                (issue, limit),
-            )
-        else:
-            rows = self._query(
-                "SELECT id, email, name, 'pending', NULL, 0, NULL FROM subscribers"
-                " WHERE status = 'active' AND merged_into IS NULL ORDER BY id LIMIT ?",
-                (limit,),
-            )
-        return [Delivery(*row) for row in rows]
+        rows = self._query("SELECT batches + 1 FROM dispatches WHERE issue = ?", (issue,))
+        return int(rows[0][0]) if rows else 1
 
     # -- senders ------------------------------------------------------------------------
 
@@ -241,146 +212,188 @@ class Ledger(Part):
     # -- claims -------------------------------------------------------------------------
 
     def claim_batch(self, issue: str, batch: int, size: int, after_id: int = 0) -> tuple[list[Delivery], int, int]:
-        """Take up to `size` pending recipients after `after_id`, in one transaction:
-        anyone no longer active becomes `skipped`, the rest `in_flight` in `batch`.
-        Returns (claimed, skipped count, last subscriber id looked at).
-        With several senders the batch number is the dispatch's next one (they share the
-        numbering); each claimed row carries the number it got."""
-        if self._db.several_senders:
-            return self._claim_shared(issue, size, after_id)
-        now = self.now()
-        claimed: list[Delivery] = []
-        skipped = 0
-        with self._write() as conn:
-            while len(claimed) < size:
-                first = after_id
-                rows = self._pending_after(conn, issue, after_id, size - len(claimed))
-                if not rows:
-                    break
-                after_id = rows[-1][0]
-                gone = [
-                    (f"{status} since the dispatch began", now, issue, sid)
-                    for sid, _e, _n, status, _a in rows
-                    if status != "active"
-                ]
-                if gone:
-                    conn.executemany(
-                        "UPDATE deliveries SET state = 'skipped', last_error = ?, updated = ?"
-                        " WHERE issue = ? AND subscriber_id = ?",
-                        gone,
-                    )
-                    skipped += len(gone)
-                # The rows just read are all the pending ones in (first, after_id]: one
-                # statement claims the range (set-based; a statement per row cost more
-                # than the requests themselves).
-                conn.execute(
-                    "UPDATE deliveries SET state = 'in_flight', batch = ?, attempts = attempts + 1, updated = ?"
-                    " WHERE issue = ? AND state = 'pending' AND subscriber_id > ? AND subscriber_id <= ?",
-                    (batch, now, issue, first, after_id),
-                )
-                claimed.extend(
-                    Delivery(sid, email, name, "in_flight", batch, attempts + 1, None)
-                    for sid, email, name, status, attempts in rows
-                    if status == "active"
-                )
-        return claimed, skipped, after_id
-
-    @staticmethod
-    def _pending_after(conn: Conn, issue: str, after_id: int, limit: int) -> list[Any]:
-        """(id, email, name, status, attempts) of the next pending rows, in id order."""
-        # The rows come back as one JSON text: one step of SQLite instead of one per row,
-        # and each step gives up Python's lock, which the worker threads (busy encoding
-        # requests) then hold for milliseconds.
-        (packed,) = conn.execute(
-            "SELECT json_group_array(json_array(sid, email, name, status, attempts)) FROM ("
-            " SELECT d.subscriber_id AS sid, d.email, p.name, p.status, d.attempts"
-            f" FROM deliveries AS d {_PERSON_JOIN}"
-            " WHERE d.issue = ? AND d.state = 'pending' AND d.subscriber_id > ?"
-            " ORDER BY d.subscriber_id LIMIT ?)",
-            (issue, after_id, limit),
-        ).fetchone()
-        return sorted(json.loads(packed))
-
-    def _claim_shared(self, issue: str, size: int, after_id: int) -> tuple[list[Delivery], int, int]:
-        """claim_batch with several senders: one statement per round locks the next pending
-        rows, skipping rows another sender is claiming this instant, and marks them. Each
-        round is a transaction by itself (one round trip, no BEGIN and COMMIT of its own):
-        a sender that dies between two rounds leaves the first round's rows in flight, as
-        it would had it died after a whole claim and before its request."""
-        if self._sender is None:
+        """Take up to `size` pending recipients in one transaction: recipients put back to
+        pending first (a batch of retries), else the next ones after `claimed_to`. Anyone
+        no longer active becomes `skipped`, the rest `in_flight` in a new batch, whose
+        number is the dispatch's next one (`batch` and `after_id` are not needed: the
+        dispatch keeps both, which is what lets several senders share it).
+        Returns (claimed, skipped count, how far the claims have reached)."""
+        if self._db.several_senders and self._sender is None:
             raise ValueError("claim_batch on PostgreSQL needs join_dispatch first")
         now = self.now()
+        with self._write(serial=False) as conn:
+            found = conn.execute(
+                f"SELECT claimed_to, batches FROM dispatches WHERE issue = ?{self._db.lock_row}", (issue,)
+            ).fetchone()
+            if found is None:
+                return [], 0, 0
+            reached, number = int(found[0]), int(found[1]) + 1
+            claimed, skipped = self._claim_retries(conn, issue, number, size, now)
+            if not claimed and not skipped:
+                claimed, skipped, reached = self._claim_fresh(conn, issue, number, size, reached, now)
+            if claimed or skipped:
+                conn.execute(
+                    "UPDATE dispatches SET claimed_to = ?, batches = ? WHERE issue = ?",
+                    (reached, number if claimed else number - 1, issue),
+                )
+        return claimed, skipped, reached
+
+    def _claim_retries(self, conn: Conn, issue: str, number: int, size: int, now: str) -> tuple[list[Delivery], int]:
+        """Claim recipients put back to pending (exception rows), as batch `number`."""
+        rows = conn.execute(
+            "SELECT subscriber_id, attempts FROM ledger_exceptions WHERE issue = ? AND state = 'pending'"
+            " ORDER BY subscriber_id LIMIT ?",
+            (issue, size),
+        ).fetchall()
+        if not rows:
+            return [], 0
+        people = _people(conn, "s.id IN (" + ", ".join("?" for _ in rows) + ")", [r[0] for r in rows])
         claimed: list[Delivery] = []
-        skipped = 0
-        batch: int | None = None
-        restarted = after_id == 0
-        with self._db.connection() as conn:
-            while len(claimed) < size:
-                params = (issue, after_id, size - len(claimed), issue, batch, batch, self._sender, now, issue)
-                rows = conn.execute(_SHARED_CLAIM, params).fetchall()
-                if not rows:
-                    if restarted:
-                        break
-                    # Rows that another sender skipped past (it died while claiming them,
-                    # and they went back to pending) lie behind `after_id`: look once more
-                    # from the start.
-                    restarted, after_id = True, 0
+        gone: list[tuple[Any, ...]] = []
+        for sid, attempts in rows:
+            email, name, status = people.get(sid, ("", "", "unknown"))
+            if status == "active":
+                claimed.append(Delivery(sid, email, name, "in_flight", number, attempts + 1, None))
+            else:
+                gone.append((f"{status} since the dispatch began", now, issue, sid))
+        conn.executemany(
+            "UPDATE ledger_exceptions SET state = 'skipped', last_error = ?, updated = ? WHERE issue = ? AND subscriber_id = ?",
+            gone,
+        )
+        conn.executemany(
+            "UPDATE ledger_exceptions SET state = 'in_flight', batch = ?, attempts = attempts + 1, updated = ?"
+            " WHERE issue = ? AND subscriber_id = ?",
+            [(number, now, issue, d.subscriber_id) for d in claimed],
+        )
+        if claimed:
+            self._new_batch(conn, issue, number, None, 0, now)
+        return claimed, len(gone)
+
+    def _claim_fresh(
+        self, conn: Conn, issue: str, number: int, size: int, reached: int, now: str
+    ) -> tuple[list[Delivery], int, int]:
+        """Claim the next recipients after `reached` as batch `number`."""
+        claimed: list[Delivery] = []
+        gone: list[tuple[Any, ...]] = []
+        while len(claimed) < size:
+            wanted = self._next_ids(conn, issue, reached, size - len(claimed))
+            if not wanted:
+                break
+            low, high = reached, wanted[-1]
+            excepted = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT subscriber_id FROM ledger_exceptions WHERE issue = ? AND subscriber_id > ? AND subscriber_id <= ?",
+                    (issue, low, high),
+                ).fetchall()
+            }
+            people = _people(conn, "s.id > ? AND s.id <= ?", (low, high))
+            for sid in wanted:
+                if sid in excepted:
                     continue
-                rows.sort()
-                after_id = max(after_id, rows[-1][0])
-                for sid, email, name, state, number, attempts in rows:
-                    if state == "skipped":
-                        skipped += 1
-                    else:
-                        batch = number
-                        claimed.append(Delivery(sid, email, name, "in_flight", number, attempts, None))
-        return claimed, skipped, after_id
+                email, name, status = people.get(sid, ("", "", "unknown"))
+                if status == "active":
+                    claimed.append(Delivery(sid, email, name, "in_flight", number, 1, None))
+                else:
+                    gone.append((issue, sid, f"{status} since the dispatch began", now))
+            reached = high
+        conn.executemany(
+            "INSERT INTO ledger_exceptions (issue, subscriber_id, state, last_error, updated)"
+            " VALUES (?, ?, 'skipped', ?, ?)",
+            gone,
+        )
+        if claimed:
+            ids = [d.subscriber_id for d in claimed]
+            self._new_batch(conn, issue, number, ids, len(ids), now)
+        return claimed, len(gone), reached
+
+    def _next_ids(self, conn: Conn, issue: str, reached: int, count: int) -> list[int]:
+        """The next `count` recipient ids after `reached`, from the dispatch's chunks."""
+        found: list[int] = []
+        while len(found) < count:
+            row = conn.execute(
+                "SELECT chunk, ids FROM ledger_recipients WHERE issue = ? AND last_id > ? ORDER BY last_id LIMIT 1",
+                (issue, reached),
+            ).fetchone()
+            if row is None:
+                break
+            key = (issue, int(row[0]))
+            if self._chunk[0] != key:  # read once, however many batches it makes
+                self._chunk = (key, parse_ids(row[1]))
+            ids = self._chunk[1]
+            start = bisect_right(ids, reached)
+            found.extend(ids[start : start + count - len(found)])
+            reached = found[-1]
+        return found
+
+    def _new_batch(self, conn: Conn, issue: str, number: int, ids: list[int] | None, counted: int, now: str) -> None:
+        conn.execute(
+            "INSERT INTO ledger_batches (issue, batch, first_id, last_id, ids, counted, state, claimed_by, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'in_flight', ?, ?)",
+            (
+                issue,
+                number,
+                ids[0] if ids else None,
+                ids[-1] if ids else None,
+                ",".join(map(str, ids)) if ids else None,
+                counted,
+                self._sender,
+                now,
+            ),
+        )
 
     def claim_one(self, issue: str, subscriber_id: int) -> Delivery | None:
         """Put one more subscriber into the ledger of an issue whose dispatch has begun
-        (someone who has just joined), `in_flight` in a batch of their own, as
-        `claim_batch` does. Nothing (None) when they are not active, or the ledger has
-        them sent, in flight or in doubt already: neither this nor a later resume of
-        the dispatch makes a second copy. A row still pending, failed or skipped (they
-        had left) is taken over."""
+        (someone who has just joined), `in_flight` in a batch of their own, as an exception
+        row. Nothing (None) when they are not active, or the ledger has them sent, in
+        flight or in doubt already: neither this nor a later resume of the dispatch makes
+        a second copy. A recipient still pending, failed or skipped (they had left) is
+        taken over."""
         now = self.now()
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM dispatches WHERE issue = ?", (issue,)).fetchone() is None:
+            found = conn.execute(
+                f"SELECT batches FROM dispatches WHERE issue = ?{self._db.lock_row}", (issue,)
+            ).fetchone()
+            if found is None:
                 return None
             sub = conn.execute("SELECT email, name, status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
             if sub is None or sub[2] != "active":
                 return None
             email, name, _status = sub
-            batch = self._one_more_batch(conn, issue)
-            row = conn.execute(
-                "SELECT state, attempts FROM deliveries WHERE issue = ? AND subscriber_id = ?", (issue, subscriber_id)
-            ).fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO deliveries (issue, subscriber_id, email, state, batch, attempts, created, updated)"
-                    " VALUES (?, ?, ?, 'in_flight', ?, 1, ?, ?)",
-                    (issue, subscriber_id, email, batch, now, now),
-                )
-                conn.execute("UPDATE dispatches SET total = total + 1 WHERE issue = ?", (issue,))
-                attempts = 1
-            elif row[0] in ("pending", "failed", "skipped"):
-                attempts = row[1] + 1
-                conn.execute(
-                    "UPDATE deliveries SET state = 'in_flight', email = ?, batch = ?, attempts = ?, last_error = NULL,"
-                    " updated = ? WHERE issue = ? AND subscriber_id = ?",
-                    (email, batch, attempts, now, issue, subscriber_id),
-                )
-            else:
+            state = recipient_state(conn, issue, subscriber_id)
+            if state not in (None, "pending", "failed", "skipped"):
                 return None
-            return Delivery(subscriber_id, email, name, "in_flight", batch, attempts, None)
+            number = int(found[0]) + 1
+            row = conn.execute(
+                "SELECT attempts FROM ledger_exceptions WHERE issue = ? AND subscriber_id = ?", (issue, subscriber_id)
+            ).fetchone()
+            attempts = (int(row[0]) if row else (1 if state == "failed" else 0)) + 1
+            if row is None and state == "failed":  # one of a failed batch: it counts them no more
+                self._uncount(conn, issue, subscriber_id)
+            conn.execute(
+                "INSERT INTO ledger_exceptions (issue, subscriber_id, state, batch, attempts, updated)"
+                " VALUES (?, ?, 'in_flight', ?, ?, ?) ON CONFLICT (issue, subscriber_id) DO UPDATE SET"
+                " state = 'in_flight', batch = excluded.batch, attempts = excluded.attempts, last_error = NULL,"
+                " updated = excluded.updated",
+                (issue, subscriber_id, number, attempts, now),
+            )
+            self._new_batch(conn, issue, number, None, 0, now)
+            total = 1 if state is None else 0  # not among the recipients fixed at the start
+            conn.execute("UPDATE dispatches SET batches = ?, total = total + ? WHERE issue = ?", (number, total, issue))
+            return Delivery(subscriber_id, email, name, "in_flight", number, attempts, None)
 
-    def _one_more_batch(self, conn: Conn, issue: str) -> int:
-        """A new batch number for the issue."""
-        if self._db.several_senders:  # senders share the dispatch's counter
-            sql: LiteralString = "UPDATE dispatches SET batches = batches + 1 WHERE issue = ? RETURNING batches"
-        else:
-            sql = "SELECT coalesce(max(batch), 0) + 1 FROM deliveries WHERE issue = ?"
-        return int(conn.execute(sql, (issue,)).fetchone()[0])
+    @staticmethod
+    def _uncount(conn: Conn, issue: str, sid: int) -> None:
+        """A recipient of a batch gets an exception row: the batch counts one fewer."""
+        for number, ids in conn.execute(
+            "SELECT batch, ids FROM ledger_batches WHERE issue = ? AND first_id <= ? AND last_id >= ?",
+            (issue, sid, sid),
+        ).fetchall():
+            if holds(ids, sid):
+                conn.execute(
+                    "UPDATE ledger_batches SET counted = counted - 1 WHERE issue = ? AND batch = ?", (issue, number)
+                )
+                return
 
     # -- finishing a batch ------------------------------------------------------------------
 
@@ -394,90 +407,147 @@ class Ledger(Part):
         message_id: str | None = None,
         batch: int | None = None,
     ) -> None:
-        """Record what the backend said about a claimed batch. With `batch` (its number)
-        the sent recipients are marked in one statement, not one per recipient."""
-        if self._db.several_senders:
-            return self._finish_shared(issue, sent, failed, in_doubt or {}, message_id)
+        """Record what the backend said about claimed batch number `batch`: one update of
+        its row when all its recipients fared alike; an exception row for each one who
+        fared otherwise. Without `batch`, each recipient named is finished as an exception
+        row, and the rest of their batches stay in flight."""
+        outcomes: dict[int, tuple[str, str | None]] = {sid: ("sent", None) for sid in sent}
+        outcomes.update((sid, ("failed", why[:2000])) for sid, why in failed.items())
+        outcomes.update((sid, ("in_doubt", why[:2000])) for sid, why in (in_doubt or {}).items())
+        if not outcomes:
+            return
         now = self.now()
-        ids = list(sent)
-        try:
-            self._finish(issue, ids, failed, in_doubt or {}, message_id, now, batch)
-        except _Mismatch:  # the batch holds rows not named as sent: name each one
-            self._finish(issue, ids, failed, in_doubt or {}, message_id, now, None)
-        return None
+        with self._write(serial=False) as conn:
+            if batch is not None:
+                self._finish(conn, issue, batch, outcomes, message_id, now)
+                return
+            for number in self._batches_of(conn, issue, list(outcomes)):
+                self._finish_some(conn, issue, number, outcomes, message_id, now)
 
+    @staticmethod
+    def _batches_of(conn: Conn, issue: str, ids: list[int]) -> list[int]:
+        """The batches in flight that hold these recipients."""
+        found: set[int] = set()
+        for sid in ids:
+            row = conn.execute(
+                "SELECT batch FROM ledger_exceptions WHERE issue = ? AND subscriber_id = ? AND state = 'in_flight'",
+                (issue, sid),
+            ).fetchone()
+            if row is not None:
+                found.add(int(row[0]))
+                continue
+            for number, members in conn.execute(
+                "SELECT batch, ids FROM ledger_batches WHERE issue = ? AND state = 'in_flight' AND first_id <= ?"
+                " AND last_id >= ?",
+                (issue, sid, sid),
+            ).fetchall():
+                if holds(members, sid):
+                    found.add(int(number))
+        return sorted(found)
+
+    @staticmethod
     def _finish(
-        self,
+        conn: Conn,
         issue: str,
-        sent: list[int],
-        failed: dict[int, str],
-        in_doubt: dict[int, str],
+        number: int,
+        outcomes: dict[int, tuple[str, str | None]],
         message_id: str | None,
         now: str,
-        batch: int | None,
     ) -> None:
-        with self._write() as conn:
-            for state, reasons in (("failed", failed), ("in_doubt", in_doubt)):
-                conn.executemany(
-                    "UPDATE deliveries SET state = ?, last_error = ?, updated = ?"
-                    " WHERE issue = ? AND subscriber_id = ? AND state = 'in_flight'",
-                    [(state, why[:2000], now, issue, sid) for sid, why in reasons.items()],
-                )
-            if batch is not None and sent:
-                # What is still in flight in the batch should be exactly what was sent;
-                # the row count proves it, else the transaction is undone.
-                cur = conn.execute(
-                    "UPDATE deliveries SET state = 'sent', message_id = ?, last_error = NULL, updated = ?"
-                    " WHERE issue = ? AND batch = ? AND state = 'in_flight'",
-                    (message_id, now, issue, batch),
-                )
-                if cur.rowcount != len(sent):
-                    raise _Mismatch
-                return
-            conn.executemany(
-                "UPDATE deliveries SET state = 'sent', message_id = ?, last_error = NULL, updated = ?"
-                " WHERE issue = ? AND subscriber_id = ? AND state = 'in_flight'",
-                [(message_id, now, issue, sid) for sid in sent],
-            )
-
-    def _finish_shared(
-        self,
-        issue: str,
-        sent: Iterable[int],
-        failed: dict[int, str],
-        in_doubt: dict[int, str],
-        message_id: str | None,
-    ) -> None:
-        """finish_batch with several senders: one statement per outcome and reason, in one
-        transaction when there are several (the usual batch, all sent, is one statement
-        and so one round trip)."""
-        now = self.now()
-        statements: list[tuple[LiteralString, tuple[Any, ...]]] = []
-        ids = list(sent)
-        if ids:
-            statements.append(
-                (
-                    "UPDATE deliveries SET state = 'sent', message_id = ?, last_error = NULL, updated = ?"
-                    " WHERE issue = ? AND subscriber_id = ANY(?) AND state = 'in_flight'",
-                    (message_id, now, issue, ids),
-                )
-            )
-        for state, reasons in (("failed", failed), ("in_doubt", in_doubt)):
-            by_reason: dict[str, list[int]] = {}
-            for sid, why in reasons.items():
-                by_reason.setdefault(why[:2000], []).append(sid)
-            statements.extend(
-                (
-                    "UPDATE deliveries SET state = ?, last_error = ?, updated = ?"
-                    " WHERE issue = ? AND subscriber_id = ANY(?) AND state = 'in_flight'",
-                    (state, why, now, issue, group),
-                )
-                for why, group in by_reason.items()
-            )
-        if len(statements) == 1:
-            with self._db.connection() as conn:
-                conn.execute(*statements[0])
+        """Finish one batch: its row takes the commonest outcome; the others are exceptions."""
+        (state, error), _n = Counter(outcomes.values()).most_common(1)[0]
+        row = conn.execute(
+            "SELECT ids FROM ledger_batches WHERE issue = ? AND batch = ? AND state = 'in_flight'", (issue, number)
+        ).fetchone()
+        if row is None:  # finished or found in doubt already
             return
-        with self._write(serial=False) as conn:
-            for statement in statements:
-                conn.execute(*statement)
+        others = [(sid, how) for sid, how in outcomes.items() if how != (state, error)]
+        members = set(parse_ids(row[0])) if others else set()
+        conn.execute(
+            "UPDATE ledger_batches SET state = ?, last_error = ?, message_id = ?, updated = ?,"
+            " counted = counted - ? WHERE issue = ? AND batch = ?",
+            (state, error, message_id, now, sum(1 for sid, _how in others if sid in members), issue, number),
+        )
+        # A batch of retries or of one: its recipients are exceptions, in flight in it.
+        conn.execute(
+            "UPDATE ledger_exceptions SET state = ?, last_error = ?, message_id = ?, updated = ?"
+            " WHERE issue = ? AND batch = ? AND state = 'in_flight'",
+            (state, error, message_id, now, issue, number),
+        )
+        _except(conn, issue, number, others, message_id, now)
+
+    @staticmethod
+    def _finish_some(
+        conn: Conn,
+        issue: str,
+        number: int,
+        outcomes: dict[int, tuple[str, str | None]],
+        message_id: str | None,
+        now: str,
+    ) -> None:
+        """Finish the recipients named of a batch, each as an exception; the rest stay in flight."""
+        row = conn.execute(
+            "SELECT ids FROM ledger_batches WHERE issue = ? AND batch = ? AND state = 'in_flight'", (issue, number)
+        ).fetchone()
+        if row is None:
+            return
+        members = parse_ids(row[0])
+        flying = {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT subscriber_id FROM ledger_exceptions WHERE issue = ? AND batch = ? AND state = 'in_flight'",
+                (issue, number),
+            ).fetchall()
+        }
+        excepted = set(flying)
+        if members:
+            excepted |= {
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT subscriber_id FROM ledger_exceptions WHERE issue = ? AND subscriber_id >= ?"
+                    " AND subscriber_id <= ?",
+                    (issue, members[0], members[-1]),
+                ).fetchall()
+            }
+        fresh = [sid for sid in members if sid in outcomes and sid not in excepted]
+        named = [(sid, outcomes[sid]) for sid in (*fresh, *sorted(flying)) if sid in outcomes]
+        conn.execute(
+            "UPDATE ledger_batches SET counted = counted - ?, updated = ? WHERE issue = ? AND batch = ?",
+            (len(fresh), now, issue, number),
+        )
+        _except(conn, issue, number, named, message_id, now)
+
+
+def _except(
+    conn: Conn,
+    issue: str,
+    number: int,
+    rows: list[tuple[int, tuple[str, str | None]]],
+    message_id: str | None,
+    now: str,
+) -> None:
+    """Exception rows for recipients of batch `number` whose fate differs from the batch's."""
+    conn.executemany(
+        "INSERT INTO ledger_exceptions (issue, subscriber_id, state, batch, attempts, last_error, message_id, updated)"
+        " VALUES (?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (issue, subscriber_id) DO UPDATE SET"
+        " state = excluded.state, last_error = excluded.last_error, message_id = excluded.message_id,"
+        " updated = excluded.updated",
+        [(issue, sid, how[0], number, how[1], message_id, now) for sid, how in rows],
+    )
+
+
+def _people(conn: Conn, where: LiteralString, params: Sequence[Any]) -> dict[int, tuple[str, str, str]]:
+    """(email, name, status) of the subscribers `where` says, as people (a row merged
+    into another has that one's name and status)."""
+    # No join for the merged rows' people: the few there are are read apart (a join let
+    # PostgreSQL's planner hash every subscriber for each batch).
+    rows = conn.execute(
+        f"SELECT id, email, name, status, merged_into FROM subscribers AS s WHERE {where}", params
+    ).fetchall()
+    people = {int(r[0]): (r[1], r[2], r[3]) for r in rows}
+    merged = {int(r[0]): int(r[4]) for r in rows if r[4] is not None}
+    for sid, into in merged.items():
+        found = conn.execute("SELECT name, status FROM subscribers WHERE id = ?", (into,)).fetchone()
+        if found is not None:
+            people[sid] = (people[sid][0], found[0], found[1])
+    return people

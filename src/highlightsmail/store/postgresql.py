@@ -105,6 +105,7 @@ class PgEngine:
         " - extract(epoch FROM CAST(? AS timestamptz))) / 3600) AS INTEGER)"
     )
     ordered_join: LiteralString = "JOIN"  # PostgreSQL plans the order, and has no CROSS JOIN ... ON
+    lock_row: LiteralString = " FOR UPDATE"
 
     def __init__(self, url: str, timeout: float, *, pooled: bool) -> None:
         self.url = url

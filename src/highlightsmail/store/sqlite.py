@@ -63,6 +63,7 @@ class SqliteEngine:
     # Whole seconds, not julianday(): its floating point puts 10:00 in the 9 o'clock hour.
     hours_since: LiteralString = "(CAST(strftime('%s', at) AS INTEGER) - CAST(strftime('%s', ?) AS INTEGER)) / 3600"
     ordered_join: LiteralString = "CROSS JOIN"
+    lock_row: LiteralString = ""  # one writer at a time already
 
     def __init__(self, path: Path, timeout: float) -> None:
         self.path = path

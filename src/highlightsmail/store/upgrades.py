@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from highlightsmail.addresses import address_key
 from highlightsmail.errors import HighlightsError
@@ -14,6 +15,8 @@ from highlightsmail.store.engine import Conn, identifier, trusted
 from highlightsmail.store.records import format_time, leaving_rank, utc_now
 from highlightsmail.tokens import new_dispatch_tag
 
+#: Recipient ids per chunk of a dispatch's list (as store/ledger.py makes them).
+_CHUNK = 1000
 _LEDGER_WEIGHT = {"sent": 5, "in_flight": 4, "in_doubt": 3, "failed": 2, "pending": 1}
 
 
@@ -163,10 +166,68 @@ def _rebuild(conn: Conn, table: str, sql: str, extras: list[str]) -> None:
         )
 
 
+def ledger_by_batch(conn: Conn) -> list[str]:
+    """Migration 7: each dispatch's per-recipient ledger rows into the ledger kept per
+    batch (ledger_state.py). Its recipients become chunks of ids; the sent rows of each
+    batch one batch row; what the claims have reached is the highest id not pending;
+    every other row an exception row as it stands (a pending one below that point too,
+    so the claims still take it). A row left in flight is in doubt: the run that left it
+    is gone, since nothing sends while the database is upgraded."""
+    dispatches = [r[0] for r in conn.execute("SELECT issue FROM dispatches ORDER BY issue").fetchall()]
+    for issue in dispatches:
+        rows = conn.execute(
+            "SELECT subscriber_id, state, batch, attempts, last_error, message_id, updated FROM deliveries"
+            " WHERE issue = ? ORDER BY subscriber_id",
+            (issue,),
+        ).fetchall()
+        _convert_dispatch(conn, issue, [tuple(r) for r in rows])
+    return []
+
+
+def _convert_dispatch(conn: Conn, issue: str, rows: list[tuple[Any, ...]]) -> None:
+    ids = [int(r[0]) for r in rows]
+    conn.executemany(
+        "INSERT INTO ledger_recipients (issue, chunk, first_id, last_id, size, ids) VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (issue, n, part[0], part[-1], len(part), ",".join(map(str, part)))
+            for n, part in enumerate(ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK))
+        ],
+    )
+    reached = max((int(r[0]) for r in rows if r[1] != "pending"), default=0)
+    sent: dict[int, list[tuple[Any, ...]]] = {}
+    exceptions: list[tuple[Any, ...]] = []
+    for sid, state, batch, attempts, error, message_id, updated in rows:
+        if state == "sent" and batch is not None:
+            sent.setdefault(int(batch), []).append((sid, message_id, updated))
+        elif state != "pending" or sid <= reached:
+            state = "in_doubt" if state == "in_flight" else state
+            exceptions.append((issue, sid, state, batch, attempts, error, message_id, updated))
+    conn.executemany(
+        "INSERT INTO ledger_batches (issue, batch, first_id, last_id, ids, counted, state, message_id, updated)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'sent', ?, ?)",
+        [
+            (issue, n, m[0][0], m[-1][0], ",".join(str(x[0]) for x in m), len(m), m[0][1], max(x[2] for x in m))
+            for n, m in sorted(sent.items())
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO ledger_exceptions (issue, subscriber_id, state, batch, attempts, last_error, message_id, updated)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        exceptions,
+    )
+    numbers = [int(r[2]) for r in rows if r[2] is not None]
+    conn.execute(
+        "UPDATE dispatches SET claimed_to = ?, total = ?, batches = CASE WHEN batches > ? THEN batches ELSE ? END"
+        " WHERE issue = ?",
+        (reached, len(rows), max(numbers, default=0), max(numbers, default=0), issue),
+    )
+
+
 #: The steps a `-- run:` line may name: a function of the connection and the line's
 #: words (a table, then `column=value` pairs for allow_in_checks).
 STEPS: dict[str, Callable[..., list[str]]] = {
     "merge_same_addresses": merge_same_addresses,
     "tag_dispatches": tag_dispatches,
     "allow_in_checks": allow_in_checks,
+    "ledger_by_batch": ledger_by_batch,
 }

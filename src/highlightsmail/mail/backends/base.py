@@ -152,6 +152,9 @@ class Backend(ABC):
     name: str = "?"
     batch_size: int = 100
     concurrency: int = 1
+    #: Whether it reads each envelope's message token (its own Message-IDs, VERP); one
+    #: that does not (SendGrid makes its own) is spared signing one per recipient.
+    message_tokens: bool = True
 
     def open(self) -> None:
         """Connect or check credentials before anything is claimed."""

@@ -65,6 +65,7 @@ class SendGridBackend(Backend):
     `delivery.sendgrid.concurrency` requests in flight (one client per worker)."""
 
     name = "sendgrid"
+    message_tokens = False  # SendGrid gives each message its own Message-ID
 
     def __init__(self, ws: Workspace, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.ws = ws
@@ -123,7 +124,8 @@ class SendGridBackend(Backend):
             if to is None:
                 continue  # send_batch fails this one alone
             # SendGrid sets List-Id once for all (below); the rest are this recipient's.
-            headers = {k: v for k, v in env.links.headers.items() if k != "List-Id"}
+            headers = dict(env.links.headers)
+            headers.pop("List-Id", None)
             if env.recipient.subscriber_id is not None:
                 # custom_args come back in SendGrid's events: the id, never the address.
                 args = {"issue": batch.slug, "subscriber_id": str(env.recipient.subscriber_id)}
