@@ -33,7 +33,7 @@ from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.files import write_file
 from highlightsmail.store import STATUSES, ImportResult, ImportRow, Status, Store, Subscriber, format_time
-from highlightsmail.store.importing import Staging, merge
+from highlightsmail.store.importing import Staging
 from highlightsmail.text import header_problem, line_problem
 
 if TYPE_CHECKING:
@@ -398,7 +398,7 @@ def import_file(ws: Workspace, file: Path, *, dry_run: bool = False, tell: Calla
             # Nothing to compare with, and a dry run must not even create the database.
             return Imported(ImportResult(new=good, updated=0, unchanged=0), count)
         with Store.open(ws) as store:
-            return Imported(merge(store, staging, dry_run=dry_run), count)
+            return Imported(store.import_staged(staging, detail=staging.detail, dry_run=dry_run), count)
 
 
 def import_parsed(ws: Workspace, file: Path, parsed: ParsedFile, dry_run: bool = False) -> ImportResult:
