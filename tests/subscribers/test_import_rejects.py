@@ -15,7 +15,7 @@ from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
 from highlightsmail.store import Store
-from highlightsmail.subscribers.manage import fast_normalize_address
+from highlightsmail.subscribers.reading import fast_normalize_address
 
 HOSTILE = (
     "\ufeff Email ,name,status,created,updated,source,consented,Phone\r\n"  # 1 BOM, spaces, extra column
