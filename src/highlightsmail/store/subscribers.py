@@ -314,8 +314,11 @@ class Subscribers(Part):
 
     @classmethod
     def _merge(cls, conn: Conn, now: str, source: str, detail: str | None) -> ImportResult:
-        """Apply the rules to the staged rows: the new addresses first (they take the next
-        ids, by `pos`), then the changes to the known ones (those with an id from before)."""
+        """Apply the rules to the staged rows: the new addresses first, then the changes to
+        the known ones. The new rows are those with an id above the largest one before
+        (SQLite takes the next rowid, PostgreSQL counts its identity up, and every write
+        that adds subscribers holds the writers' lock), so the stage is only read; their
+        ids follow `pos`, as they are inserted by it."""
         total = int(conn.execute("SELECT count(*) FROM import_stage").fetchone()[0])
         before = int(conn.execute("SELECT coalesce(max(id), 0) FROM subscribers").fetchone()[0])
         new = conn.execute(
@@ -333,7 +336,7 @@ class Subscribers(Part):
     @staticmethod
     def _new_history(conn: Conn, now: str, source: str, detail: str | None, before: int) -> None:
         """Each new address's creation event, and its consent when the row records one (an
-        export from here or another tool). New ids follow `pos`: ordering by either is one."""
+        export from here or another tool), in the order of their ids (which is `pos`)."""
         conn.execute(
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
             f" SELECT s.id, ?, NULL, s.status, ?, {_DETAIL}"
