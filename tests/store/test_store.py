@@ -479,6 +479,20 @@ def _staged(name: str, rows: list[tuple[int, ImportRow]]) -> Staging:
     return staging
 
 
+@pytest.mark.parametrize("rows", [0, 1, 64, 129])
+def test_a_scratch_file_holds_every_row_it_is_given_in_order(rows: int) -> None:
+    """Rows go in many to a statement: none is lost or doubled at a statement's edge."""
+    lines = range(2, rows + 2)
+    with Staging("list.csv") as staging:
+        staging.load(
+            stage_row(line, ImportRow(f"u{line}@example.org", created=None if line % 3 else "x")) for line in lines
+        )
+        assert staging.count() == rows
+        assert [(r.email, r.detail, r.created) for r in staging.import_rows()] == [
+            (f"u{line}@example.org", f"list.csv:{line}", None if line % 3 else "x") for line in lines
+        ]
+
+
 def test_a_staged_file_follows_the_same_rules_and_the_store_takes_more_after_it(store: Store) -> None:
     store.add("gone@example.org")
     store.set_status("gone@example.org", "unsubscribed", "web")

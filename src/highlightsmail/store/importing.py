@@ -11,6 +11,7 @@ write transaction (SQLite reads the scratch file in place; PostgreSQL copies it 
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import tempfile
@@ -24,6 +25,14 @@ from highlightsmail.store.records import ImportRow
 from highlightsmail.store.subscribers import IMPORT_COLUMNS, IMPORT_KEY, IMPORT_NAMES, IMPORT_STAGE
 
 _SCRATCH_CACHE_KIB = 16_384  # the scratch database's page cache; the rest stays on disk
+_STAGED_COLUMNS = ("pos", "email_key", "email", "name", "status", "extra")  # a StageRow's
+_ROWS_PER_INSERT = 64
+
+
+def _insert(rows: int) -> str:
+    """INSERT of `rows` StageRows into the scratch table."""
+    one = "(" + ", ".join("?" for _ in _STAGED_COLUMNS) + ")"
+    return f"INSERT INTO {IMPORT_STAGE} ({', '.join(_STAGED_COLUMNS)}) VALUES " + ", ".join([one] * rows)
 
 
 #: A row as `Staging.load` takes it: (line, email_key, email, name, status, extra), where
@@ -75,11 +84,22 @@ class Staging:
         self._folder.cleanup()
 
     def load(self, rows: Iterable[StageRow]) -> None:
-        """Stage rows as they come (in line order, one per line), in one scratch transaction."""
+        """Stage rows as they come (in line order, one per line), in one scratch transaction,
+        _ROWS_PER_INSERT to a statement: the sqlite3 module's cost per statement run (a
+        third of a row's) is shared."""
         self._conn.execute("BEGIN")
-        self._conn.executemany(
-            "INSERT INTO import_stage (pos, email_key, email, name, status, extra) VALUES (?, ?, ?, ?, ?, ?)", rows
-        )
+        width = len(_STAGED_COLUMNS) * _ROWS_PER_INSERT
+        cells = itertools.chain.from_iterable(rows)
+        rest: list[tuple[object, ...]] = []
+
+        def full_chunks() -> Iterator[tuple[object, ...]]:
+            while len(chunk := tuple(itertools.islice(cells, width))) == width:
+                yield chunk
+            rest.append(chunk)
+
+        self._conn.executemany(_insert(_ROWS_PER_INSERT), full_chunks())
+        if rest[0]:
+            self._conn.execute(_insert(len(rest[0]) // len(_STAGED_COLUMNS)), rest[0])
         self._conn.execute(
             "UPDATE import_stage SET created = json_extract(extra, '$[0]'), updated = json_extract(extra, '$[1]'),"
             " consented = json_extract(extra, '$[2]'), consent_source = json_extract(extra, '$[3]')"
