@@ -94,8 +94,8 @@ class Engine(Protocol):
         key: LiteralString,
     ) -> None:
         """Make a temporary `table` (the columns of `definition`) holding `rows` of the
-        columns `names`, indexed on the column `key`, with the statistics a planner needs
-        to join on it (the caller drops it)."""
+        columns `names`, indexed on the column `key` for joins (PostgreSQL also gathers
+        its statistics, which a temporary table lacks); the caller drops it."""
         ...
 
     def staged_write(self, staged: StagedFile) -> AbstractContextManager[Conn]:
