@@ -19,6 +19,7 @@ import pytest
 import highlightsmail.store as store_module
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import ImportRow, Store, UnknownSubscriber, migrator
+from highlightsmail.store.importing import Staging, stage_row
 from support.db import damage_pages_holding, dump_tables, integrity_errors, raw_connection, read_only
 
 T0 = datetime(2024, 1, 12, 8, 30, tzinfo=UTC)
@@ -484,6 +485,84 @@ def test_import_with_a_repeated_address_writes_nothing(store: Store, target: Pat
     with pytest.raises(ValueError, match="twice"):
         store.import_rows([ImportRow("a@example.org"), ImportRow("b@example.org"), ImportRow("A@example.org")])
     assert dump(target) == before
+
+
+def _staged(name: str, rows: list[tuple[int, ImportRow]]) -> Staging:
+    """A scratch file holding `rows` by line, as `subscribers import` stages a file."""
+    staging = Staging(name)
+    staging.load(stage_row(line, row) for line, row in rows)
+    assert staging.drop_duplicates() == []
+    return staging
+
+
+@pytest.mark.parametrize("rows", [0, 1, 64, 129])
+def test_a_scratch_file_holds_every_row_it_is_given_in_order(rows: int) -> None:
+    """Rows go in many to a statement: none is lost or doubled at a statement's edge."""
+    lines = range(2, rows + 2)
+    with Staging("list.csv") as staging:
+        staging.load(
+            stage_row(line, ImportRow(f"u{line}@example.org", created=None if line % 3 else "x")) for line in lines
+        )
+        assert staging.count() == rows
+        assert [(r.email, r.detail, r.created) for r in staging.import_rows()] == [
+            (f"u{line}@example.org", f"list.csv:{line}", None if line % 3 else "x") for line in lines
+        ]
+
+
+def test_a_staged_file_follows_the_same_rules_and_the_store_takes_more_after_it(store: Store) -> None:
+    store.add("gone@example.org")
+    store.set_status("gone@example.org", "unsubscribed", "web")
+    bob, _ = store.add("bob@example.org")
+    rows = [
+        (2, ImportRow("gone@example.org", status="active")),  # never made active again
+        (3, ImportRow("BOB@example.org", "Bob", "bounced")),  # known: leaves, and takes the name
+        (5, ImportRow("cy@example.org", "Cy", consented="2024-01-01T00:00:00Z", consent_source="form")),
+        (6, ImportRow("di@example.org", status="complained")),
+    ]
+    with _staged("list.csv", rows) as staging:
+        result = store.import_staged(staging, detail=staging.detail)
+    assert result == store_module.ImportResult(new=2, updated=1, unchanged=1)
+    assert [(s.email, s.name, s.status) for s in store.iter_subscribers()] == [
+        ("gone@example.org", "", "unsubscribed"),
+        ("bob@example.org", "Bob", "bounced"),
+        ("cy@example.org", "Cy", "active"),
+        ("di@example.org", "", "complained"),
+    ]
+    history = {
+        s.email: [(e.from_status, e.to_status, e.detail) for e in store.events(s.id)] for s in store.iter_subscribers()
+    }
+    assert history["bob@example.org"] == [(None, "active", None), ("active", "bounced", "list.csv:3")]
+    assert history["cy@example.org"] == [(None, "active", "list.csv:5")]
+    assert history["di@example.org"] == [(None, "complained", "list.csv:6")]
+    assert [(s.email, source, at) for s, source, at in store.with_consent(store.iter_subscribers()) if at] == [
+        ("cy@example.org", "form", "2024-01-01T00:00:00Z")
+    ]
+    assert store.find("bob@example.org").id == bob.id
+    # The same Store takes another file (the first one was let go), then rows of its own.
+    with _staged("more.csv", [(2, ImportRow("ed@example.org"))]) as staging:
+        assert store.import_staged(staging, detail=staging.detail).new == 1
+    assert store.import_rows([ImportRow("fay@example.org"), ImportRow("ed@example.org", "Ed")]) == (
+        store_module.ImportResult(new=1, updated=1, unchanged=0)
+    )
+    with _staged("last.csv", [(2, ImportRow("gus@example.org")), (3, ImportRow("fay@example.org"))]) as staging:
+        assert store.import_staged(staging, detail=staging.detail, dry_run=True) == (
+            store_module.ImportResult(new=1, updated=0, unchanged=1)
+        )
+    assert store.find("gus@example.org") is None
+
+
+def test_a_staged_import_leaves_the_schema_s_checks_on(db: Path) -> None:
+    """SQLite skips the schema's CHECKs for the import's own statements (its values were
+    checked as the file was read), and for nothing after them."""
+    db.parent.mkdir()
+    with Store(db) as store:
+        with _staged("list.csv", [(2, ImportRow("ada@example.org"))]) as staging:
+            assert store.import_staged(staging, detail=staging.detail).new == 1
+        with store._db.connection() as conn, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute(  # on the import's own connection
+                "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+                " VALUES ('bob@example.org', 'bob@example.org', '', 'paused', 'now', 'now')"
+            )
 
 
 # -- many writers at once -------------------------------------------------------------------

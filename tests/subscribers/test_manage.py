@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from highlightsmail.cli import main
 from highlightsmail.store import SCHEMA_VERSION, ImportRow, Store
 from highlightsmail.subscribers import manage as subscribers_module
+from highlightsmail.subscribers.reading import protect_cell, unprotect_cell
 from support.db import damage_pages_holding, read_only
 
 HIGHLIGHTS = Path(sys.executable).with_name("highlights")
@@ -425,9 +426,9 @@ def test_remove_leaves_a_bounced_address_bounced(workspace: Path) -> None:
     "value", ["", "plain", "=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'", "'=x", "''=x", "'plain", "a=b"]
 )
 def test_protect_and_unprotect_cells_round_trip(value: str) -> None:
-    protected = subscribers_module.protect_cell(value)
+    protected = protect_cell(value)
     assert not protected.startswith(("=", "+", "-", "@", "\t", "\r"))
-    assert subscribers_module.unprotect_cell(protected) == value
+    assert unprotect_cell(protected) == value
 
 
 # -- one address, whatever the case or Unicode form of its letters ------------------------------

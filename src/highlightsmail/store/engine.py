@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, LiteralString, Protocol, runtime_checkable
 
 from highlightsmail.errors import HighlightsError, HighlightsWarning
@@ -92,10 +93,18 @@ class Engine(Protocol):
         definition: LiteralString,
         names: tuple[LiteralString, ...],
         rows: Iterable[Sequence[Any]],
+        *,
+        key: LiteralString,
     ) -> None:
-        """Make a temporary `table` (`pos`, the order rows came in, then the columns of
-        `definition`) holding `rows` of the columns `names` (the caller drops it);
-        ValueError (the driver's reason) when two rows break a UNIQUE column."""
+        """Make a temporary `table` (the columns of `definition`) holding `rows` of the
+        columns `names`, indexed on the column `key` for joins (PostgreSQL also gathers
+        its statistics, which a temporary table lacks); the caller drops it."""
+        ...
+
+    def staged_write(self, staged: StagedFile) -> AbstractContextManager[Conn]:
+        """One write transaction (as `write`) in which `staged.table` reads as the table of
+        that name in the SQLite file `staged.path`. SQLite attaches the file and reads it
+        in place; PostgreSQL copies its rows into a temporary table (see `stage`)."""
         ...
 
     def join_senders(self, issue: str) -> int:
@@ -113,6 +122,25 @@ class Engine(Protocol):
         ...
 
     def column_names(self, conn: Conn, table: str) -> list[str]: ...
+
+
+class StagedFile(Protocol):
+    """Rows staged for a bulk statement in a SQLite file of their own (an import's
+    scratch file): one table, its rows numbered by `pos`, indexed on `key`."""
+
+    #: The SQLite file; nothing writes to it while a transaction reads it.
+    path: Path
+    #: The table's name in the file, and in the statements that read it.
+    table: LiteralString
+    #: Its columns as CREATE TABLE lists them, and their names in that order.
+    definition: LiteralString
+    names: tuple[LiteralString, ...]
+    #: The column the table is indexed on, for the joins.
+    key: LiteralString
+
+    def rows(self) -> Iterable[Sequence[Any]]:
+        """The table's rows (the columns `names`), by `pos`."""
+        ...
 
 
 @runtime_checkable

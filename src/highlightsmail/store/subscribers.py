@@ -6,13 +6,13 @@ address) drops out of lists and counts, and its id stands for the row it joined.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, LiteralString
 
 from highlightsmail.addresses import address_key
 from highlightsmail.store.base import PAGE, SUBSCRIBER_COLUMNS, Part, in_list
-from highlightsmail.store.engine import Conn, UnknownSubscriber
+from highlightsmail.store.engine import Conn, StagedFile, UnknownSubscriber
 from highlightsmail.store.records import (
     SOURCES,
     STATUSES,
@@ -27,40 +27,36 @@ from highlightsmail.store.records import (
     check,
 )
 
-# The rows of an import, staged in a temporary table: the database matches them and
-# writes in a handful of set-based statements (100,000 rows take well under a second).
-_STAGE_NAMES: tuple[LiteralString, ...] = (
-    "email",
-    "email_key",
-    "name",
-    "status",
-    "created",
-    "updated",
-    "detail",
-    "consented",
-    "consent_source",
+# The rows of an import, staged where the statements of `_merge` read them: a temporary
+# table (`import_rows`) or an import's scratch file (`import_staged`). `pos` numbers
+# them (a file's line); `detail` is their events' detail, or NULL for the import's
+# detail prefix followed by `pos` ("list.csv:12"); NULL times are the import's time.
+IMPORT_STAGE: LiteralString = "import_stage"
+IMPORT_COLUMNS: LiteralString = (
+    "pos INTEGER PRIMARY KEY, email_key TEXT NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,"
+    " status TEXT NOT NULL, created TEXT, updated TEXT, consented TEXT, consent_source TEXT, detail TEXT"
 )
-_STAGE_COLUMNS: LiteralString = """
-                email      TEXT NOT NULL,
-                email_key  TEXT NOT NULL UNIQUE,
-                name       TEXT NOT NULL,
-                status     TEXT NOT NULL,
-                created    TEXT NOT NULL,
-                updated    TEXT NOT NULL,
-                detail     TEXT,
-                consented  TEXT,
-                consent_source TEXT,
-                sid        BIGINT,
-                old_status TEXT,
-                old_name   TEXT,
-                is_new     INTEGER NOT NULL DEFAULT 1"""
-# Conditions on the staged row `i`: the person left (and was not already in that state,
-# nor bounced or complained), or the row brings a different, non-empty name.
-_LEAVES: LiteralString = (
-    f"i.status IN ({in_list(sorted(SUPPRESSED))}) AND i.status <> i.old_status"
-    f" AND i.old_status NOT IN ({in_list(sorted(UNDELIVERABLE))})"
-)
-_RENAMES: LiteralString = "i.name <> '' AND i.name <> i.old_name"
+IMPORT_NAMES: tuple[LiteralString, ...] = (
+    "pos", "email_key", "email", "name", "status", "created", "updated", "consented", "consent_source", "detail",
+)  # fmt: skip
+IMPORT_KEY: LiteralString = "email_key"
+
+
+def _leaves(old_status: LiteralString) -> LiteralString:
+    """SQL: the staged row `i` says the person left, and the address (whose status before
+    the import is `old_status`) was not already in that state, nor bounced or complained."""
+    return (
+        f"i.status IN ({in_list(sorted(SUPPRESSED))}) AND i.status <> {old_status}"
+        f" AND {old_status} NOT IN ({in_list(sorted(UNDELIVERABLE))})"
+    )
+
+
+def _renames(old_name: LiteralString) -> LiteralString:
+    """SQL: the staged row `i` brings a name, and another than `old_name`."""
+    return f"i.name <> '' AND i.name <> {old_name}"
+
+
+_DETAIL: LiteralString = "coalesce(i.detail, CAST(? AS TEXT) || i.pos)"  # `?`: the detail prefix
 
 
 class _Rollback(Exception):
@@ -234,22 +230,6 @@ class Subscribers(Part):
 
     # -- import ---------------------------------------------------------------------------
 
-    def write_transaction(self) -> AbstractContextManager[Conn]:
-        """One write transaction and its connection, for the import's merge
-        (store/importing.py), which runs its statements on it."""
-        return self._write()
-
-    def stage_rows(
-        self,
-        conn: Conn,
-        table: LiteralString,
-        definition: LiteralString,
-        names: tuple[LiteralString, ...],
-        rows: Iterable[Sequence[Any]],
-    ) -> None:
-        """Load `rows` into a temporary `table` by the engine's bulk load (see Engine.stage)."""
-        self._db.stage(conn, table, definition, names, rows)
-
     def import_rows(
         self, rows: Iterable[ImportRow], *, source: Source = "import", dry_run: bool = False
     ) -> ImportResult:
@@ -269,31 +249,63 @@ class Subscribers(Part):
         Every creation and status change gets an event with `source` and the row's detail;
         a new address whose row says when the person consented gets that consent too.
         Addresses are matched by `address_key` and must be unique by it within `rows`
-        (ValueError otherwise).
+        (ValueError otherwise). `subscribers import` stages its file first and comes
+        in through `import_staged`, by the same statements.
         """
         check(source, SOURCES, "source")
-        now = self.now()
         params = (
             (
-                r.email,
+                pos,
                 address_key(r.email),
+                r.email,
                 r.name,
                 check(r.status, STATUSES, "status"),
-                r.created or now,
-                r.updated or r.created or now,
-                r.detail,
+                r.created,
+                r.updated,
                 r.consented,
                 r.consent_source,
+                r.detail,
             )
-            for r in rows
+            for pos, r in enumerate(rows, start=1)
         )
+
+        def stage(conn: Conn) -> None:
+            self._db.stage(conn, IMPORT_STAGE, IMPORT_COLUMNS, IMPORT_NAMES, params, key=IMPORT_KEY)
+            twice = conn.execute(
+                "SELECT min(email) FROM import_stage GROUP BY email_key HAVING count(*) > 1 LIMIT 1"
+            ).fetchone()
+            if twice:
+                raise ValueError(f"an address appears twice in the rows to import: {twice[0]}")
+
+        return self._import(self._write(), source, None, dry_run, stage)
+
+    def import_staged(
+        self, staged: StagedFile, *, detail: str, source: Source = "import", dry_run: bool = False
+    ) -> ImportResult:
+        """Import the rows of a staged file (store/importing.Staging: the columns
+        IMPORT_NAMES, unique by `email_key`) by the rules of `import_rows`, in ONE
+        transaction (rolled back for a dry run). A row whose `detail` is NULL records
+        `detail` followed by its `pos` (a file's line) with its event."""
+        check(source, SOURCES, "source")
+        assert staged.table == IMPORT_STAGE and staged.definition == IMPORT_COLUMNS, "the layout the statements read"
+        return self._import(self._db.staged_write(staged), source, detail, dry_run)
+
+    def _import(
+        self,
+        transaction: AbstractContextManager[Conn],
+        source: str,
+        detail: str | None,
+        dry_run: bool,
+        stage: Callable[[Conn], None] | None = None,
+    ) -> ImportResult:
+        now = self.now()
         try:
-            with self._write() as conn:
-                try:
-                    self._db.stage(conn, "import_rows", _STAGE_COLUMNS, _STAGE_NAMES, params)
-                except ValueError as exc:
-                    raise ValueError(f"an address appears twice in the rows to import: {exc}") from None
-                result = self._import_staged(conn, now, source)
+            with transaction as conn:
+                if stage is not None:
+                    stage(conn)
+                result = self._merge(conn, now, source, detail)
+                if stage is not None:
+                    conn.execute("DROP TABLE import_stage")  # the temporary one: it would hide a staged file's
                 if dry_run:
                     raise _Rollback(result)
         except _Rollback as rollback:
@@ -301,52 +313,62 @@ class Subscribers(Part):
         return result
 
     @classmethod
-    def _import_staged(cls, conn: Conn, now: str, source: str) -> ImportResult:
-        conn.execute(
-            "UPDATE import_rows SET sid = s.id, old_status = s.status, old_name = s.name, is_new = 0"
-            " FROM subscribers AS s WHERE s.email_key = import_rows.email_key AND s.merged_into IS NULL"
-        )
-        total, new = conn.execute("SELECT count(*), coalesce(sum(is_new), 0) FROM import_rows").fetchone()
-        cls._import_new(conn, now, source)
-        conn.execute(
-            "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
-            f" SELECT i.sid, ?, i.old_status, i.status, ?, i.detail FROM import_rows AS i"
-            f" WHERE i.is_new = 0 AND {_LEAVES} ORDER BY i.pos",
-            (now, source),
-        )
-        cur = conn.execute(
-            f"""UPDATE subscribers SET
-                    status = CASE WHEN {_LEAVES} THEN i.status ELSE subscribers.status END,
-                    name = CASE WHEN {_RENAMES} THEN i.name ELSE subscribers.name END,
-                    updated = ?
-                FROM import_rows AS i
-                WHERE subscribers.id = i.sid AND i.is_new = 0 AND (({_LEAVES}) OR ({_RENAMES}))""",
-            (now,),
-        )
-        updated = cur.rowcount
-        conn.execute("DROP TABLE import_rows")  # the temporary one: it hides any other of that name
-        return ImportResult(new=int(new), updated=updated, unchanged=int(total) - int(new) - updated)
+    def _merge(cls, conn: Conn, now: str, source: str, detail: str | None) -> ImportResult:
+        """Apply the rules to the staged rows: the new addresses first, then the changes to
+        the known ones. The new rows are those with an id above the largest one before
+        (SQLite takes the next rowid, PostgreSQL counts its identity up, and every write
+        that adds subscribers holds the writers' lock), so the stage is only read; their
+        ids follow `pos`, as they are inserted by it."""
+        total = int(conn.execute("SELECT count(*) FROM import_stage").fetchone()[0])
+        before = int(conn.execute("SELECT coalesce(max(id), 0) FROM subscribers").fetchone()[0])
+        new = conn.execute(
+            "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+            " SELECT email, email_key, name, status, coalesce(created, ?), coalesce(updated, created, ?)"
+            " FROM import_stage ORDER BY pos"
+            " ON CONFLICT (email_key) WHERE merged_into IS NULL DO NOTHING",
+            (now, now),
+        ).rowcount
+        if new:
+            cls._new_history(conn, now, source, detail, before)
+        updated = cls._known(conn, now, source, detail, before) if new < total else 0
+        return ImportResult(new=new, updated=updated, unchanged=total - new - updated)
 
     @staticmethod
-    def _import_new(conn: Conn, now: str, source: str) -> None:
-        """The staged rows whose address is new: subscribers, their events, their consents."""
-        conn.execute(
-            "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
-            " SELECT email, email_key, name, status, created, updated FROM import_rows WHERE is_new = 1 ORDER BY pos"
-        )
-        conn.execute(
-            "UPDATE import_rows SET sid = s.id FROM subscribers AS s"
-            " WHERE import_rows.is_new = 1 AND s.email_key = import_rows.email_key AND s.merged_into IS NULL"
-        )
+    def _new_history(conn: Conn, now: str, source: str, detail: str | None, before: int) -> None:
+        """Each new address's creation event, and its consent when the row records one (an
+        export from here or another tool), in the order of their ids (which is `pos`)."""
         conn.execute(
             "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
-            " SELECT sid, ?, NULL, status, ?, detail FROM import_rows WHERE is_new = 1 ORDER BY pos",
-            (now, source),
+            f" SELECT s.id, ?, NULL, s.status, ?, {_DETAIL}"
+            " FROM subscribers AS s JOIN import_stage AS i ON i.email_key = s.email_key"
+            " WHERE s.id > ? AND s.merged_into IS NULL ORDER BY s.id",
+            (now, source, detail, before),
         )
-        # A consent the file records (an export from here or another tool) comes along.
         conn.execute(
             "INSERT INTO consents (subscriber_id, at, source, detail)"
-            " SELECT sid, consented, coalesce(consent_source, ?), detail FROM import_rows"
-            " WHERE is_new = 1 AND consented IS NOT NULL ORDER BY pos",
-            (source,),
+            f" SELECT s.id, i.consented, coalesce(i.consent_source, ?), {_DETAIL}"
+            " FROM import_stage AS i JOIN subscribers AS s ON s.email_key = i.email_key"
+            " WHERE i.consented IS NOT NULL AND s.id > ? AND s.merged_into IS NULL ORDER BY i.pos",
+            (source, detail, before),
         )
+
+    @staticmethod
+    def _known(conn: Conn, now: str, source: str, detail: str | None, before: int) -> int:
+        """The known addresses' changes (an event for each who left, then the new statuses
+        and names); how many changed."""
+        leaves = _leaves("s.status")
+        conn.execute(
+            "INSERT INTO events (subscriber_id, at, from_status, to_status, source, detail)"
+            f" SELECT s.id, ?, s.status, i.status, ?, {_DETAIL}"
+            " FROM import_stage AS i JOIN subscribers AS s ON s.email_key = i.email_key"
+            f" WHERE s.id <= ? AND s.merged_into IS NULL AND {leaves} ORDER BY i.pos",
+            (now, source, detail, before),
+        )
+        leaves, renames = _leaves("subscribers.status"), _renames("subscribers.name")
+        return conn.execute(
+            f"UPDATE subscribers SET status = CASE WHEN {leaves} THEN i.status ELSE subscribers.status END,"
+            f" name = CASE WHEN {renames} THEN i.name ELSE subscribers.name END, updated = ?"
+            " FROM import_stage AS i WHERE subscribers.email_key = i.email_key AND subscribers.merged_into IS NULL"
+            f" AND subscribers.id <= ? AND (({leaves}) OR ({renames}))",
+            (now, before),
+        ).rowcount

@@ -1,5 +1,6 @@
-"""The subscriber list from the command line: reading and checking a CSV to import,
-adding and removing one subscriber, and writing the list out (CSV, JSON, a table).
+"""The subscriber list from the command line: importing a CSV (read and checked by
+reading.py), adding and removing one subscriber, and writing the list out (CSV, JSON, a
+table).
 
 Nothing here prints: each function returns what happened or writes to the stream it
 is given, and the CLI says it. CSV files go both ways with the columns
@@ -15,120 +16,23 @@ takes off again, so an export imports back exactly.
 from __future__ import annotations
 
 import csv
-import functools
 import heapq
 import io
 import json
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
-
-from email_validator import EmailNotValidError, validate_email
-from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.files import write_file
-from highlightsmail.store import STATUSES, ImportResult, ImportRow, Status, Store, Subscriber, format_time
-from highlightsmail.store.importing import Staging, merge
-from highlightsmail.text import header_problem, line_problem
+from highlightsmail.store import ImportResult, ImportRow, Status, Store, Subscriber
+from highlightsmail.store.importing import Staging
+from highlightsmail.subscribers.reading import CSV_COLUMNS, CsvRows, check_name, protect_cell, shown_value
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
-
-CSV_COLUMNS = ("email", "name", "status", "created", "updated", "source", "consented")
-MAX_SOURCE = 100
-MAX_NAME = 200
-# OWASP's list of characters that make a spreadsheet cell a formula.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-# -- addresses and cells ----------------------------------------------------------
-
-
-# RFC 5322 atext, dot-separated: the plain ASCII local parts email-validator takes as
-# they are. Anything else (quotes, other scripts, odd dots) gets the full check.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_LOCAL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
-_MAX_ADDRESS = 254  # email-validator's limit, in UTF-8 bytes, on three forms of the address
-_ROLE_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
-
-
-@functools.lru_cache(maxsize=4096)
-def _domain_verdict(domain: str) -> tuple[str, int] | str | None:
-    """email-validator's verdict on the part after the @, found once per domain with a
-    plain local part in front: (the normalised domain, the most UTF-8 bytes any of the
-    three forms whose length email-validator checks gives it) when it is good, the
-    reason when it is not, None when the reason is the length of the whole address
-    (which depends on the part before the @)."""
-    try:
-        checked = validate_email("a@" + domain, check_deliverability=False)
-    except EmailNotValidError as exc:
-        reason = str(exc)
-        return None if reason.startswith("The email address is too long") else reason
-    forms = (domain, checked.domain, checked.ascii_domain)
-    return checked.domain, max(len(form.encode()) for form in forms)
-
-
-def fast_normalize_address(raw: str) -> str:
-    """`normalize_address`, with the costly part done once per domain: a plain ASCII
-    local part (no role name such as `postmaster` that email-validator lower-cases)
-    needs no check beyond a pattern, and the rest of the address is judged as
-    email-validator judges it on its own. Anything else, and an address near the
-    length limit, goes through `normalize_address` whole, so results and messages are
-    the same (tests/subscribers/test_import_rejects.py compares them)."""
-    address = raw.strip()
-    local, at, domain = address.rpartition("@")
-    if at and _PLAIN_LOCAL.fullmatch(local) and local.lower() not in _ROLE_NAMES:
-        verdict = _domain_verdict(domain)
-        if isinstance(verdict, str):
-            raise BadAddress(verdict)
-        # The local part is ASCII: its length in characters is its length in bytes.
-        if verdict is not None and len(local) + 1 + verdict[1] <= _MAX_ADDRESS:
-            return f"{local}@{verdict[0]}"
-    return normalize_address(raw)
-
-
-def check_name(raw: str) -> str:
-    """A subscriber's name: trimmed, at most MAX_NAME characters, and fit for the To
-    header as typed (one line, no control characters, no RFC 2047 encoded word)."""
-    name = raw.strip()
-    # Printable ASCII without "=?" holds nothing header_problem looks for: most names
-    # need no more than this quick test.
-    problem = None if name.isascii() and name.isprintable() and "=?" not in name else header_problem(name)
-    if problem:
-        raise ValueError(f"the name {problem}")
-    if len(name) > MAX_NAME:
-        raise ValueError(f"the name is longer than {MAX_NAME} characters")
-    return name
-
-
-def _formula_like(value: str) -> bool:
-    # Quotes already in front count too: `'=x` must come back as `'=x`, not `=x`.
-    return value.lstrip("'").startswith(_FORMULA_START)
-
-
-def protect_cell(value: str) -> str:
-    """A CSV cell a spreadsheet will not run as a formula: a leading `'` before a value
-    that starts with a formula character (after any quotes it already has)."""
-    return "'" + value if _formula_like(value) else value
-
-
-def unprotect_cell(value: str) -> str:
-    """Undo `protect_cell`: drop one leading `'` before a formula character (or before
-    more quotes and then one), so `unprotect_cell(protect_cell(v)) == v` for any v."""
-    return value[1:] if value.startswith("'") and _formula_like(value) else value
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    """A user's value quoted for a message, with control characters made visible."""
-    if len(value) > limit:
-        value = value[: limit - 1] + "…"
-    return repr(value)
-
 
 # -- reading a CSV ------------------------------------------------------------------
 
@@ -142,94 +46,6 @@ class ParsedFile:
     warnings: list[str] = field(default_factory=list[str])
 
 
-def _decode(data: bytes, shown: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise HighlightsError(
-            f"{shown}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
-            "save the file as CSV UTF-8 and import it again"
-        ) from None
-
-
-def _parse_time(value: str) -> str:
-    """A created/updated cell in the stored format; ValueError says what is wrong."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("is not an ISO 8601 time like 2024-01-12T08:30:00Z") from None
-    try:
-        return format_time(moment)
-    except OverflowError:  # its offset moves it out of years 1 to 9999 in UTC
-        raise ValueError("is out of range (it must fall within the years 1 to 9999 in UTC)") from None
-
-
-class CsvRows:
-    """A subscribers CSV read as a stream: iterating yields (line, row, None) for each
-    good data row and (line, None, why) for each bad one, in file order; `warnings`
-    fills when the header is read. Duplicates are not looked for here (see
-    store/importing.py). Raises HighlightsError (naming file and line) when the file as
-    a whole cannot be used, with the same precedence as reading it whole: a byte that
-    is not UTF-8 anywhere in the file is named before any other problem."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.shown = display_path(path)
-        self.warnings: list[str] = []
-
-    def __iter__(self) -> Iterator[tuple[int, ImportRow | None, str | None]]:
-        try:
-            yield from self._records()
-        except UnicodeDecodeError:
-            _decode(self._bytes(), self.shown)  # raises, naming the line and column
-            raise
-        except HighlightsError:
-            _decode(self._bytes(), self.shown)  # a byte that is not UTF-8 is named first
-            raise
-
-    def _bytes(self) -> bytes:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            raise HighlightsError(f"{self.shown}: no such file") from None
-        except OSError as exc:
-            raise HighlightsError(f"{self.shown}: cannot read it: {exc.strerror or exc}") from None
-
-    def _records(self) -> Iterator[tuple[int, ImportRow | None, str | None]]:
-        shown = self.shown
-        try:
-            # newline="" keeps line ends inside quoted cells, and csv.reader counts
-            # physical lines, so the line a record starts on is one past where the
-            # previous one ended.
-            stream = self.path.open(encoding="utf-8-sig", newline="")
-        except FileNotFoundError:
-            raise HighlightsError(f"{shown}: no such file") from None
-        except OSError as exc:
-            raise HighlightsError(f"{shown}: cannot read it: {exc.strerror or exc}") from None
-        with stream:
-            reader = csv.reader(stream, strict=True)
-            line = 1
-            try:
-                header = next(reader, None)
-                while header is not None and not any(cell.strip() for cell in header):
-                    line = reader.line_num + 1
-                    header = next(reader, None)
-                if header is None:
-                    raise HighlightsError(
-                        f"{shown}: the file is empty; its first line must name the columns, e.g. email,name"
-                    )
-                check = _RecordCheck(_columns(header, shown, line, self.warnings), len(header))
-                line = reader.line_num + 1
-                for record in reader:
-                    start, line = line, reader.line_num + 1
-                    if "".join(record).strip():  # a blank line (or only empty cells) is no row
-                        yield (start, *check(record, start))
-            except csv.Error as exc:
-                raise HighlightsError(_csv_problem(exc, shown, line, _decode(self._bytes(), shown))) from None
-
-
 def parse_csv(path: Path) -> ParsedFile:
     """Read and check a subscribers CSV whole (the rows in a list: for small files and
     tests; `import_file` streams). Raises HighlightsError (naming file and line) when
@@ -237,7 +53,7 @@ def parse_csv(path: Path) -> ParsedFile:
     rows = CsvRows(path)
     rejected: list[tuple[int, str]] = []
     with Staging(path.name) as staging:
-        staging.load(_good_rows(rows, rejected))
+        staging.load(rows.staged(rejected))
         duplicates = staging.drop_duplicates()
         return ParsedFile(
             rows=list(staging.import_rows()),
@@ -246,122 +62,12 @@ def parse_csv(path: Path) -> ParsedFile:
         )
 
 
-def _good_rows(
-    rows: Iterable[tuple[int, ImportRow | None, str | None]], rejected: list[tuple[int, str]]
-) -> Iterator[tuple[int, ImportRow]]:
-    """The good rows with their lines; each bad one goes to `rejected` as (line, why)."""
-    for line, row, problem in rows:
-        if row is None:
-            assert problem is not None, "a row without a problem is a good row"
-            rejected.append((line, problem))
-        else:
-            yield line, row
-
-
 def _rejects(shown: str, rejected: list[tuple[int, str]], duplicates: list[tuple[int, int, str]]) -> Iterator[str]:
     """One message per rejected row, by line: bad rows and duplicates in one order."""
     marked = heapq.merge(
         rejected, ((line, f"duplicate of line {first} ({email})") for line, first, email in duplicates)
     )
     return (f"{shown}:{line}: {problem}" for line, problem in marked)
-
-
-def _csv_problem(exc: csv.Error, shown: str, line: int, text: str) -> str:
-    """The one line for a file the csv module cannot read, at the line of its record."""
-    if "field larger than field limit" in str(exc):
-        # A quote left open makes one cell of the rest of the file: say so only when
-        # the line where the record starts has an odd number of quotes.
-        lines = text.split("\n", line)
-        start = lines[line - 1] if len(lines) >= line else ""
-        hint = "; is a quote left open?" if start.count('"') % 2 else ""
-        return (
-            f"{shown}:{line}: a cell is too large (over {csv.field_size_limit():,} characters; "
-            f"no address, name, status or time is that long){hint}"
-        )
-    return f"{shown}:{line}: not valid CSV ({exc}); is a quote left open?"
-
-
-def _columns(header: list[str], shown: str, line: int, warnings: list[str]) -> dict[str, int]:
-    names = [cell.strip().lower() for cell in header]
-    columns: dict[str, int] = {}
-    for index, name in enumerate(names):
-        if name in columns:
-            raise HighlightsError(f"{shown}:{line}: the column {name!r} appears twice")
-        if name in CSV_COLUMNS:
-            columns[name] = index
-        elif name:
-            warnings.append(f"{shown}:{line}: warning: ignoring the column {header[index].strip()!r}")
-    if "email" not in columns:
-        hint = "name the column of addresses `email`"
-        if len(header) == 1 and ";" in header[0]:
-            hint = "separate the columns with commas, not semicolons"
-        found = ", ".join(repr(h.strip()) for h in header if h.strip()) or "nothing"
-        raise HighlightsError(f"{shown}:{line}: no `email` column (found {found}); {hint}")
-    return columns
-
-
-_NO_TIMES: dict[str, str | None] = {"created": None, "updated": None, "consented": None}  # never changed
-
-
-class _RecordCheck:
-    """Checks one data row at a time against the header: `(row, None)` or `(None, why
-    it is rejected)`. Duplicates are found later, by the database."""
-
-    def __init__(self, columns: dict[str, int], width: int) -> None:
-        self.width = width
-        self.email_at = columns["email"]
-        self.name_at = columns.get("name")
-        self.status_at = columns.get("status")
-        self.source_at = columns.get("source")
-        # Only the time columns the file has, in the order their errors are named.
-        self.times = [(column, columns[column]) for column in ("created", "updated", "consented") if column in columns]
-
-    def __call__(self, record: list[str], line: int) -> tuple[ImportRow | None, str | None]:
-        width = self.width
-        if len(record) != width:
-            if len(record) > width:
-                return None, (
-                    f"{len(record)} cells but the header has {width} "
-                    "(a name with a comma needs double quotes around it)"
-                )
-            record = record + [""] * (width - len(record))
-        raw_email = unprotect_cell(record[self.email_at].strip())
-        if not raw_email:
-            return None, "no address"
-        try:
-            email = fast_normalize_address(raw_email)
-        except BadAddress as exc:
-            return None, f"invalid address {_shown(raw_email)}: {exc}"
-        return self._rest(record, email, line)
-
-    def _rest(self, record: list[str], email: str, line: int) -> tuple[ImportRow | None, str | None]:
-        name = "" if self.name_at is None else record[self.name_at].strip()
-        if name:
-            try:
-                name = check_name(unprotect_cell(name))
-            except ValueError as exc:
-                return None, f"{exc} ({email})"
-        raw_status = "" if self.status_at is None else record[self.status_at].strip()
-        status = raw_status.lower() or "active"
-        if status not in STATUSES:
-            return None, f"unknown status {_shown(raw_status)} ({email}); use one of {', '.join(STATUSES)}"
-        times: dict[str, str | None] = _NO_TIMES
-        for column, index in self.times:
-            value = record[index].strip()
-            if value:
-                if times is _NO_TIMES:
-                    times = dict(_NO_TIMES)
-                try:
-                    times[column] = _parse_time(value)
-                except ValueError as exc:
-                    return None, f"{column} {_shown(value)} {exc} ({email})"
-        source = None if self.source_at is None else (unprotect_cell(record[self.source_at].strip()) or None)
-        if source is not None and (line_problem(source) or len(source) > MAX_SOURCE):
-            return None, f"source {_shown(source)} must be one line of at most {MAX_SOURCE} characters ({email})"
-        # No detail: the staging makes each row's "FILE:line" from its line.
-        return ImportRow(
-            email, name, status, times["created"], times["updated"], None, times["consented"], source
-        ), None
 
 
 # -- what the commands do -------------------------------------------------------------
@@ -384,7 +90,7 @@ def import_file(ws: Workspace, file: Path, *, dry_run: bool = False, tell: Calla
     rows = CsvRows(file)
     rejected: list[tuple[int, str]] = []  # only the rejects are held in memory
     with Staging(file.name) as staging:
-        staging.load(_good_rows(rows, rejected))
+        staging.load(rows.staged(rejected))
         duplicates = staging.drop_duplicates()
         for message in rows.warnings:
             tell(message)
@@ -398,7 +104,7 @@ def import_file(ws: Workspace, file: Path, *, dry_run: bool = False, tell: Calla
             # Nothing to compare with, and a dry run must not even create the database.
             return Imported(ImportResult(new=good, updated=0, unchanged=0), count)
         with Store.open(ws) as store:
-            return Imported(merge(store, staging, dry_run=dry_run), count)
+            return Imported(store.import_staged(staging, detail=staging.detail, dry_run=dry_run), count)
 
 
 def import_parsed(ws: Workspace, file: Path, parsed: ParsedFile, dry_run: bool = False) -> ImportResult:
@@ -471,7 +177,7 @@ def address_argument(raw: str) -> str:
     try:
         return normalize_address(raw)
     except BadAddress as exc:
-        raise HighlightsError(f"invalid address {_shown(raw.strip())}: {exc}") from None
+        raise HighlightsError(f"invalid address {shown_value(raw.strip())}: {exc}") from None
 
 
 _TABLE = "{:>7}  {:<40}  {:<24}  {:<12}  {}"  # fixed widths: printing starts at the first row
