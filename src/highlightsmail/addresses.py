@@ -29,6 +29,8 @@ def ascii_address(address: str) -> str | None:
     SendGrid takes it: an internationalised domain in its ASCII (IDNA) form
     (`ada@xn--bcher-kva.example` for `ada@bücher.example`); None when the part before
     the @ is not ASCII, which has no such form."""
+    if address.isascii():
+        return address  # the usual case: once per recipient of a send
     local, _, domain = address.rpartition("@")
     if not local.isascii():
         return None
