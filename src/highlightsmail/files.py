@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -233,18 +234,19 @@ def own_cache_folder() -> Path | None:
 
 
 def write_cache_json(path: Path, data: Any) -> None:
-    """`data` as JSON in `path` (a cache entry), written whole, then renamed into place,
-    so that a reader never sees half a file; nothing is kept when the folder cannot be
-    written (a cache is never a reason to fail)."""
+    """`data` as JSON in `path` (a cache entry), written whole under a name of this
+    process and thread, then renamed into place, so that a reader never sees half a
+    file; nothing is kept when the folder cannot be written (a cache is never a reason
+    to fail, nor a write that a build's own files wait for)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            with open(temp, "x", encoding="utf-8") as fh:
                 json.dump(data, fh)
             os.replace(temp, path)
         except BaseException:
-            os.unlink(temp)
+            temp.unlink(missing_ok=True)
             raise
     except OSError:
         pass
