@@ -92,7 +92,11 @@ def _editors(ws: Workspace, to: list[str]) -> list[Recipient]:
 def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool = False) -> TestSendResult:
     """Send the issue to the editors (or `to`) with [TEST] in the subject, and record
     the fingerprint of what was sent so that `send` knows it was seen."""
-    rendered = _render(ws, issue_path)
+    return send_test_of(ws, _render(ws, issue_path), to, dry_run=dry_run)
+
+
+def send_test_of(ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_run: bool = False) -> TestSendResult:
+    """`send_test` of an email already rendered (an issue, or a correction notice)."""
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     recipients = _editors(ws, to)
     batch = Batches(rendered, ws.settings, _signer(ws, dry_run=dry_run)).to_editors(recipients)
