@@ -136,3 +136,16 @@ def test_what_a_correction_refuses(workspace: Path) -> None:
     dry = run("send", ISSUE, "--correction", TEXT, "--dry-run")
     assert dry.exit_code == 0 and f"would send {FIRST} to 2 recipient(s)" in dry.output
     assert list((workspace / "outbox" / FIRST).glob("*.eml")) == []
+
+
+def test_a_correction_is_never_the_issue_a_newcomer_is_welcomed_with(workspace: Path) -> None:
+    """The welcome issue is the latest dispatch's: an issue's, never a correction's."""
+    sent_issue(workspace)
+    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
+    assert run("send", ISSUE, "--correction", TEXT, "--yes").exit_code == 0
+    with Store.open(load_workspace(workspace)) as store:
+        assert store.latest_dispatch() == ISSUE
+    named = workspace / "issues" / f"{ISSUE}~correction-7.yaml"
+    named.write_text((workspace / "issues" / f"{ISSUE}.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    checked = CliRunner().invoke(main, ["check", str(named)])
+    assert checked.exit_code == 1 and "holds '~correction-'" in checked.output

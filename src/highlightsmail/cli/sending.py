@@ -132,16 +132,17 @@ def _send_correction(
 
 
 def _said_sent(outcome: SendOutcome) -> None:
-    """What a send (of an issue or a correction) did, as its last lines."""
+    """What a correction's send did, as its last lines; what to do next is the same
+    command again (its text names the correction)."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.errors import HighlightsError
+
     plan = outcome.plan
     if outcome.dry_run:
         _said_dry_run(outcome)
         return
     if outcome.stopped:
-        # Imported when the command runs, not at the top: --help loads none of it.
-        from highlightsmail.errors import HighlightsError
-
-        raise HighlightsError(f"stopped; resume with: highlights send {plan.slug}")
+        raise HighlightsError(f"{plan.slug}: stopped; resume with the same command")
     summary = outcome.summary
     assert summary is not None
     if outcome.nothing_left:
@@ -149,7 +150,14 @@ def _said_sent(outcome: SendOutcome) -> None:
     else:
         click.echo(f"{plan.slug}: {_summary_line(summary)}.")
         _show_reasons(outcome.reasons)
-    _finish(plan.slug, summary)
+    failed, doubt = summary["failed"], summary["in_doubt"]
+    if failed or doubt:
+        raise HighlightsError(
+            f"{failed} failed and {doubt} in doubt: see `highlights status {plan.slug}`; "
+            "the same command retries the failed ones"
+        )
+    if summary["pending"]:
+        click.echo(f"{summary['pending']} still to send: run the same command again")
 
 
 def _said_test(tested: TestSendResult) -> None:
