@@ -28,7 +28,9 @@ def corrected(workspace: Path) -> Path:
     with Store.open(load_workspace(workspace)) as store:
         store.keep_message(ISSUE, "{}", text)
     edited = text.replace("Mixtral of Experts", "Mixtral of Many Experts", 1)
-    edited = edited.replace("      The authors argue", "      A much longer sentence, " + "word " * 60 + "\n      The authors argue", 1)
+    edited = edited.replace(
+        "      The authors argue", "      A much longer sentence, " + "word " * 60 + "\n      The authors argue", 1
+    )
     assert edited != text
     path.write_text(edited, encoding="utf-8")
     result = CliRunner().invoke(main, ["publish"], catch_exceptions=False)

@@ -130,3 +130,14 @@ def test_show_alone_and_its_options(workspace: Path) -> None:
     assert half.exit_code == 2 and "--issue and --eml go together" in half.output
     missing = CliRunner().invoke(main, ["subscribers", "show", "nobody@example.org"])
     assert missing.exit_code == 1 and missing.output == "Error: nobody@example.org: not on the list\n"
+
+
+def test_no_database_no_database_made(workspace: Path, tmp_path: Path) -> None:
+    ws = load_workspace(workspace)
+    if ws.database_url:
+        pytest.skip("a PostgreSQL database is there from the start")
+    said = CliRunner().invoke(main, ["subscribers", "show", "a@example.org", "--issue", ISSUE, "--eml", "x.eml"])
+    assert said.output == (
+        f"Error: {ISSUE}: the ledger holds no delivery to a@example.org; nothing was written (there is no database yet)\n"
+    )
+    assert not ws.database_exists() and not (workspace / "x.eml").exists()

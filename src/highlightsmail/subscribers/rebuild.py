@@ -52,9 +52,16 @@ class Rebuilt:
 
 def summary(ws: Workspace, address: str) -> Summary:
     """Who `address` is on the list; a HighlightsError when nobody."""
+    _database(ws, f"{address}: not on the list")
     with Store.open(ws) as store:
         sub = _find(store, address)
     return Summary(sub.email, sub.name, sub.status, sub.created)
+
+
+def _database(ws: Workspace, nothing: str) -> None:
+    """`nothing` (as an error) when there is no database yet: none is made to say so."""
+    if not ws.database_exists():
+        raise HighlightsError(f"{nothing} (there is no database yet)")
 
 
 def _find(store: Store, address: str) -> Subscriber:
@@ -72,6 +79,7 @@ def rebuild_message(ws: Workspace, address: str, slug: str, out: Path) -> Rebuil
     """Write to `out` the message of `slug` that `address` got, as the backend was given
     it (same headers, same decoded parts). A HighlightsError, and no file, when the
     ledger holds no delivery of the issue to that address, or nothing was kept."""
+    _database(ws, f"{slug}: the ledger holds no delivery to {address}; nothing was written")
     with Store.open(ws) as store:
         sub = store.find(address.strip())
         state = store.delivery_state(slug, sub.id) if sub is not None else None
