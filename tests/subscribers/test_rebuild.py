@@ -112,7 +112,7 @@ def test_rows_the_ledger_no_longer_holds_rebuild_nothing(workspace: Path, tmp_pa
     send(workspace)
     with Store.open(load_workspace(workspace)) as store:
         sub = store.find(emails[0])
-        assert sub is not None and store.delivery_state(ISSUE, sub.id) == "sent"
+        assert sub is not None and store.delivery_state(ISSUE, sub.id) == ("sent", 1)
         with store._write() as conn:  # what an erasure does to the ledger
             conn.execute("DELETE FROM ledger_batches WHERE issue = ?", (ISSUE,))
             conn.execute("DELETE FROM ledger_recipients WHERE issue = ?", (ISSUE,))
@@ -141,3 +141,28 @@ def test_no_database_no_database_made(workspace: Path, tmp_path: Path) -> None:
         f"Error: {ISSUE}: the ledger holds no delivery to a@example.org; nothing was written (there is no database yet)\n"
     )
     assert not ws.database_exists() and not (workspace / "x.eml").exists()
+
+
+def test_a_dispatch_resumed_with_an_edited_issue_rebuilds_what_each_got(workspace: Path, tmp_path: Path) -> None:
+    """The first batch went before the edit, the rest after it (test-sent again): each
+    reader's rebuilt message is the version their batch carried."""
+    emails = add(workspace, 3)
+    assert run("send", ISSUE, "--test").exit_code == 0
+    assert run("send", ISSUE, "--yes", "--limit", "1").exit_code == 0
+    issue = workspace / "issues" / f"{ISSUE}.yaml"
+    issue.write_text(
+        issue.read_text(encoding="utf-8").replace("Mixtral of Experts", "Mixtral of Many Experts"), encoding="utf-8"
+    )
+    assert run("send", ISSUE, "--test").exit_code == 0
+    assert run("send", ISSUE, "--yes").exit_code == 0
+    outbox = {p.name.split("-", 1)[1].removesuffix(".eml"): p for p in (workspace / "outbox" / ISSUE).glob("*.eml")}
+    with Store.open(load_workspace(workspace)) as store:
+        assert store.kept_count() == 2
+        first = store.kept_message(ISSUE)
+        assert first is not None and first.first_batch == 1 and "Many" not in (first.source or "")
+    for email, many in zip(emails, (False, True, True), strict=True):
+        out = tmp_path / f"{email}.eml"
+        assert run("subscribers", "show", email, "--issue", ISSUE, "--eml", str(out)).exit_code == 0
+        ours, theirs = parse(out.read_bytes()), parse(outbox[email].read_bytes())
+        assert shape(ours) == shape(theirs)
+        assert ("Mixtral of Many Experts" in shape(ours)[1][0][1]) is many

@@ -82,11 +82,12 @@ def rebuild_message(ws: Workspace, address: str, slug: str, out: Path) -> Rebuil
     _database(ws, f"{slug}: the ledger holds no delivery to {address}; nothing was written")
     with Store.open(ws) as store:
         sub = store.find(address.strip())
-        state = store.delivery_state(slug, sub.id) if sub is not None else None
-        if sub is None or state not in WENT:
+        found = store.delivery_state(slug, sub.id) if sub is not None else None
+        if sub is None or found is None or found[0] not in WENT:
             raise HighlightsError(f"{slug}: the ledger holds no delivery to {address}; nothing was written")
+        state, batch = found
         info = store.dispatch_info(slug)
-        kept = store.kept_message(slug)
+        kept = store.kept_message(slug, batch)
     if info is None or kept is None:
         raise HighlightsError(f"{slug}: its dispatch kept no message (it began before messages were kept)")
     signer = load_signer(ws.secret_path)
@@ -109,7 +110,7 @@ def rebuild_message(ws: Workspace, address: str, slug: str, out: Path) -> Rebuil
         write_file(out, _as_bytes(msg), mode=0o600)  # it holds a working unsubscribe link
     except OSError as err:
         raise HighlightsError(f"{display_path(out)}: cannot write it: {err.strerror or err}") from None
-    return Rebuilt(out, slug, sub.email, state or "", kept.digest)
+    return Rebuilt(out, slug, sub.email, state, kept.digest)
 
 
 def _as_bytes(msg: EmailMessage) -> bytes:
