@@ -149,3 +149,26 @@ def test_a_correction_is_never_the_issue_a_newcomer_is_welcomed_with(workspace: 
     named.write_text((workspace / "issues" / f"{ISSUE}.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     checked = CliRunner().invoke(main, ["check", str(named)])
     assert checked.exit_code == 1 and "holds '~correction-'" in checked.output
+
+
+def test_a_correction_left_in_flight_is_in_doubt_until_asked(workspace: Path) -> None:
+    """A run that died with a batch under way: those readers are in doubt, sent again
+    only with --resend-in-doubt; nobody else gets a second copy."""
+    sent_issue(workspace)
+    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
+    with Store.open(load_workspace(workspace)) as store:
+        store.begin_correction(FIRST, ISSUE, "outbox")
+        if store.shares_dispatch:
+            store.join_dispatch(FIRST)
+        claimed, _skipped, _reached = store.claim_batch(FIRST, 1, 2)
+        assert len(claimed) == 2  # in flight when the run "died" (this Store closes)
+    resumed = run("send", ISSUE, "--correction", TEXT, "--yes")
+    assert resumed.exit_code == 1
+    assert f"{FIRST}: sent 3, skipped 0, failed 0, in doubt 2." in resumed.output
+    assert "add --resend-in-doubt for those in doubt" in resumed.output
+    outbox = workspace / "outbox" / FIRST
+    assert len(list(outbox.glob("*.eml"))) == 3
+    again = run("send", ISSUE, "--correction", TEXT, "--yes", "--resend-in-doubt")
+    assert again.exit_code == 0, again.output
+    assert f"{FIRST}: sent 5, skipped 0, failed 0, in doubt 0." in again.output
+    assert addressees(outbox) == [f"Reader {i} <reader{i}@example.org>" for i in range(1, 6)]

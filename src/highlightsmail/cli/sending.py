@@ -60,9 +60,10 @@ def send(
     if to and not test:
         raise click.UsageError("--to goes with --test")
     if correction is not None or correction_file is not None:
-        if limit or resend_in_doubt or skip_test_check:
-            raise click.UsageError("a correction goes with --test, --to, --yes and --dry-run only")
-        _send_correction(obj, issue, correction, correction_file, test=test, to=to, yes=yes, dry_run=dry_run)
+        if limit or skip_test_check:
+            raise click.UsageError("a correction goes with --test, --to, --yes, --dry-run and --resend-in-doubt only")
+        again = {"yes": yes, "dry_run": dry_run, "resend_in_doubt": resend_in_doubt}
+        _send_correction(obj, issue, correction, correction_file, test=test, to=to, **again)
         return
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.sending import dispatch
@@ -109,6 +110,7 @@ def _send_correction(
     to: tuple[str, ...],
     yes: bool,
     dry_run: bool,
+    resend_in_doubt: bool,
 ) -> None:
     """`send ISSUE --correction ...`: its test send, or its dispatch."""
     # Imported when the command runs, not at the top: --help loads none of it.
@@ -127,7 +129,9 @@ def _send_correction(
         )
         click.echo("When it looks right, send it: the same command without --test")
         return
-    outcome = corrections.send_correction(obj.ws, path, words, events=_SendTalk(yes=yes), dry_run=dry_run)
+    outcome = corrections.send_correction(
+        obj.ws, path, words, events=_SendTalk(yes=yes), dry_run=dry_run, resend_in_doubt=resend_in_doubt
+    )
     _said_sent(outcome)
 
 
@@ -154,7 +158,7 @@ def _said_sent(outcome: SendOutcome) -> None:
     if failed or doubt:
         raise HighlightsError(
             f"{failed} failed and {doubt} in doubt: see `highlights status {plan.slug}`; "
-            "the same command retries the failed ones"
+            "the same command retries the failed ones" + (", add --resend-in-doubt for those in doubt" if doubt else "")
         )
     if summary["pending"]:
         click.echo(f"{summary['pending']} still to send: run the same command again")

@@ -100,6 +100,7 @@ def send_correction(
     *,
     events: SendEvents | None = None,
     dry_run: bool = False,
+    resend_in_doubt: bool = False,
 ) -> SendOutcome:
     """Mail the correction notice to the issue's recipients who are still on the list,
     once the editor says yes; only the version that was test-sent goes."""
@@ -113,7 +114,7 @@ def send_correction(
         with as_sender(ws, store, correction.name, dry_run=dry_run):
             check_tested(store, correction.name, digest, skip=False)
             backend = get_backend(ws)
-            plan = _plan(store, backend, correction, dry_run=dry_run)
+            plan = _plan(store, backend, correction, dry_run=dry_run, resend_in_doubt=resend_in_doubt)
             if dry_run:
                 return SendOutcome(plan, dry_run=True, suppressed=plan.suppressed)
             if plan.suppressed:
@@ -123,12 +124,12 @@ def send_correction(
             return _run(ws, store, backend, plan, correction, events)
 
 
-def _plan(store: Store, backend: Backend, correction: Correction, *, dry_run: bool) -> SendPlan:
+def _plan(store: Store, backend: Backend, correction: Correction, *, dry_run: bool, resend_in_doubt: bool) -> SendPlan:
     suppressed = read_suppressions(store, backend, dry_run=dry_run)
     doubt = 0
     if correction.begun:
         doubt = 0 if dry_run else store.mark_in_doubt(correction.name)
-        pending = left_to_send(store, correction.name, resend_in_doubt=False)
+        pending = left_to_send(store, correction.name, resend_in_doubt=resend_in_doubt)
     else:
         pending = store.still_active(store.received(correction.issue))
     return SendPlan(
@@ -139,6 +140,7 @@ def _plan(store: Store, backend: Backend, correction: Correction, *, dry_run: bo
         pending=pending,
         suppressed=suppressed,
         found_in_doubt=doubt,
+        resend_in_doubt=resend_in_doubt,
     )
 
 
@@ -162,6 +164,8 @@ def _run(
                 raise
             # Another sender began it a moment ago: this one shares it.
     else:
+        if plan.resend_in_doubt:
+            store.requeue(name, "in_doubt")
         store.requeue(name, "failed")
     keep_message(store, correction.rendered, ws.settings, None)
     batches = issue_batches(store, correction.rendered, ws.settings, load_signer(ws.secret_path))
