@@ -166,3 +166,29 @@ def test_a_dispatch_resumed_with_an_edited_issue_rebuilds_what_each_got(workspac
         ours, theirs = parse(out.read_bytes()), parse(outbox[email].read_bytes())
         assert shape(ours) == shape(theirs)
         assert ("Mixtral of Many Experts" in shape(ours)[1][0][1]) is many
+
+
+def test_a_run_days_later_dates_its_messages_anew_and_each_is_rebuilt(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message is dated when its run kept its message: a run two days after the first
+    does not send mail dated two days ago (spam filters count that), and each reader's
+    rebuilt message carries the Date they got."""
+    from datetime import timedelta
+
+    from highlightsmail.store import facade, records
+
+    emails = add(workspace, 3)
+    assert run("send", ISSUE, "--test").exit_code == 0
+    assert run("send", ISSUE, "--yes", "--limit", "1").exit_code == 0
+    monkeypatch.setattr(facade, "utc_now", lambda: records.utc_now() + timedelta(days=2))
+    assert run("send", ISSUE, "--yes").exit_code == 0
+    outbox = {p.name.split("-", 1)[1].removesuffix(".eml"): p for p in (workspace / "outbox" / ISSUE).glob("*.eml")}
+    dates = [parse(outbox[e].read_bytes())["Date"].datetime for e in emails]
+    assert dates[1] == dates[2] and timedelta(days=2) <= dates[1] - dates[0] < timedelta(days=2, minutes=5)
+    with Store.open(load_workspace(workspace)) as store:
+        assert store.kept_count() == 1  # the same message, kept once
+    for email in emails:
+        out = tmp_path / f"{email}.eml"
+        assert run("subscribers", "show", email, "--issue", ISSUE, "--eml", str(out)).exit_code == 0
+        assert shape(parse(out.read_bytes())) == shape(parse(outbox[email].read_bytes()))

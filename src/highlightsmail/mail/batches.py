@@ -36,7 +36,7 @@ class Batches:
     """Batches of one rendered email. `tag` is the dispatch's: every message token, and
     so every Message-ID, derives from it and the subscriber's id (nothing per recipient
     is stored to know it again); without it the Message-IDs are random. `date` is the
-    Date of every message to subscribers (a dispatch's start); None: when each is built."""
+    Date of every message to subscribers (when the run kept its message); None: when each is built."""
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ and the message one subscriber got, rebuilt from it.
 `keepable` turns a rendered email into text (JSON: its headers in order and its two
 parts) where To, Date, Message-ID and the recipient's token in the unsubscribe links
 are placeholders. `rebuild` puts one recipient's values back: their address, the
-dispatch's date, the Message-ID made from the dispatch's tag, their unsubscribe token.
+date its run kept the message, the Message-ID made from the dispatch's tag, their unsubscribe token.
 All of those are derived again (tokens.py), so nothing per recipient is written at
 send time for this. The rebuilt message has the same headers and the same decoded
 parts as the one handed to the backend; its MIME boundary and transfer encodings may

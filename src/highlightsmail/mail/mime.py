@@ -61,7 +61,7 @@ class MessageTemplate:
     or a message of another shape, and every message is built fully instead.
 
     `links` is any recipient's links: only the names of their headers are used. `date`
-    is every message's Date (a dispatch's: when it began, so the message can be told
+    is every message's Date (a dispatch's: when its run kept it, so the message can be told
     again from the ledger); None: the time each is built.
     """
 

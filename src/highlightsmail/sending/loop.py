@@ -63,11 +63,14 @@ class Claim:
 def issue_batches(store: Store, rendered: RenderedIssue, settings: Settings, signer: Signer) -> Batches:
     """The batches of an issue's dispatch. Its tag is read once: every sender of the
     dispatch derives the same Message-IDs from it, and every message is dated when the
-    dispatch began (so the message a subscriber got can be told again: mail/kept.py)."""
+    message it sends was kept (store.keep_message, at the start of the run; so the
+    message a subscriber got can be told again: mail/kept.py), else when it began."""
     info = store.dispatch_info(rendered.slug)
     if info is None:
         return Batches(rendered, settings, signer)
-    return Batches(rendered, settings, signer, tag=info.tag, date=info.started_at)
+    kept = store.kept_message(rendered.slug, store.next_batch_number(rendered.slug))
+    date = kept.kept_at if kept is not None else info.started_at
+    return Batches(rendered, settings, signer, tag=info.tag, date=date)
 
 
 def outcome(keys: list[int], result: Callable[[], BatchResult]) -> BatchResult:

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import LiteralString
 
 from highlightsmail.store.base import Part
 from highlightsmail.store.engine import Conn
 from highlightsmail.store.ledger_state import holds, recipient_state
+from highlightsmail.store.records import format_time
 
 __all__ = ["KeptMessage", "KeptMessages", "message_digest"]
+
+#: How long a kept message's time stays the Date of what a dispatch sends from it (s).
+_FRESH = 24 * 3600
 
 
 def message_digest(message: str) -> str:
@@ -39,22 +44,32 @@ class KeptMessage:
     source: str | None
     kept: str
 
+    @property
+    def kept_at(self) -> float:
+        """When it was kept, as a POSIX time: the Date of the messages sent from it."""
+        return _posix(self.kept)
+
 
 class KeptMessages(Part):
     """The kept messages part of the Store."""
 
-    def keep_message(self, issue: str, message: str, source: str | None = None) -> str:
+    def keep_message(self, issue: str, message: str, source: str | None = None) -> float:
         """Keep the message the dispatch of `issue` sends from its next batch on, unless
-        it is the one it sent last (a resumed or shared run of the same message keeps
-        nothing more). Returns the message's digest."""
+        it is the one kept last, less than a day ago (a run that shares or resumes the
+        dispatch soon after keeps nothing more). Returns the time it was kept (POSIX):
+        the Date of the messages sent from it, so a resumed run days later does not
+        send messages dated days ago."""
         digest = message_digest(message)
+        now = self._clock()
         with self._write() as conn:
             last = conn.execute(
-                "SELECT digest, source FROM dispatch_messages WHERE issue = ? ORDER BY first_batch DESC LIMIT 1",
+                "SELECT digest, source, kept FROM dispatch_messages WHERE issue = ? ORDER BY first_batch DESC LIMIT 1",
                 (issue,),
             ).fetchone()
             if last is not None and (last[0], last[1]) == (digest, source):
-                return digest
+                kept = _posix(last[2])
+                if now.timestamp() - kept < _FRESH:
+                    return kept
             conn.execute(
                 "INSERT INTO kept_messages (digest, message) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING",
                 (digest, message),
@@ -64,9 +79,9 @@ class KeptMessages(Part):
             conn.execute(
                 "INSERT INTO dispatch_messages (issue, first_batch, digest, source, kept) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (issue, first_batch) DO NOTHING",
-                (issue, first, digest, source, self.now()),
+                (issue, first, digest, source, format_time(now)),
             )
-        return digest
+        return _posix(format_time(now))
 
     def kept_message(self, issue: str, batch: int | None = None) -> KeptMessage | None:
         """What the dispatch of `issue` sent in batch number `batch` (without one: what it
@@ -92,6 +107,10 @@ class KeptMessages(Part):
         with self._db.connection() as conn:
             state = recipient_state(conn, issue, subscriber_id)
             return None if state is None else (state, _batch_of(conn, issue, subscriber_id))
+
+
+def _posix(stored: str) -> float:
+    return datetime.fromisoformat(stored.replace("Z", "+00:00")).timestamp()
 
 
 def _batch_of(conn: Conn, issue: str, sid: int) -> int | None:

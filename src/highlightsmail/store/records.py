@@ -158,7 +158,7 @@ class DispatchInfo:
 
     @property
     def started_at(self) -> float:
-        """When the dispatch began, as a POSIX time: the Date of its messages."""
+        """When the dispatch began, as a POSIX time."""
         return datetime.fromisoformat(self.started.replace("Z", "+00:00")).timestamp()
 
 

@@ -102,7 +102,7 @@ def rebuild_message(ws: Workspace, address: str, slug: str, out: Path) -> Rebuil
         Recipient(sub.email, sub.name, sub.id),
         token=signer.make(sub.id),
         message_id=message_id,
-        date=info.started_at,
+        date=kept.kept_at,
     )
     if own_ids:
         del msg["Message-ID"]  # the provider gave it one of its own

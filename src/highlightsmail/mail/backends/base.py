@@ -71,7 +71,7 @@ class Batch:
     settings: Settings
     envelopes: list[Envelope]
     test: bool = False
-    # Every message's Date (a dispatch's start, so a message can be told again); None: now.
+    # Every message's Date (when its run kept the message, so it can be told again); None: now.
     date: float | None = None
 
     @classmethod
