@@ -30,7 +30,7 @@ from highlightsmail.sending.events import Quiet, SendEvents
 from highlightsmail.sending.lock import as_sender
 from highlightsmail.sending.loop import issue_batches, run_dispatch, send_claimed
 from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSendResult
-from highlightsmail.sending.plan import NO_SUBSCRIBERS, SendPlan, check_tested, make_plan
+from highlightsmail.sending.plan import NO_SUBSCRIBERS, SendPlan, audience_of, check_tested, make_plan
 from highlightsmail.sending.status import Group, StatusReport, status
 from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
@@ -143,7 +143,9 @@ def send(
     """Dispatch the issue to every subscriber active when its first send began: plan
     it, then, once the editor says yes, run it."""
     events = events or Quiet()
-    rendered = _render(ws, issue_path)
+    issue = load_issue(issue_path)
+    audience = audience_of(issue, ws.settings)
+    rendered = render_issue(issue, ws)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     if dry_run and not ws.database_exists():
         # Opening would create the database, and a dry run changes nothing.
@@ -153,7 +155,14 @@ def send(
         backend = get_backend(ws)
         signer = _signer(ws, dry_run=dry_run)
         plan = make_plan(
-            store, backend, rendered.slug, tested=tested, dry_run=dry_run, limit=limit, resend_in_doubt=resend_in_doubt
+            store,
+            backend,
+            rendered.slug,
+            tested=tested,
+            dry_run=dry_run,
+            limit=limit,
+            resend_in_doubt=resend_in_doubt,
+            audience=audience,
         )
         if dry_run:
             _dry_build(store, issue_batches(store, rendered, ws.settings, signer), plan)
@@ -205,7 +214,7 @@ def _begin(store: Store, plan: SendPlan, backend: str, events: SendEvents) -> No
     """Begin the dispatch, or put back in the queue what this run sends again."""
     if not plan.resume:
         try:
-            store.begin_dispatch(plan.slug, backend)
+            store.begin_dispatch(plan.slug, backend, plan.audience)
         except HighlightsError:
             if store.dispatch_info(plan.slug) is None:
                 raise

@@ -12,14 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from highlightsmail.errors import HighlightsError
+from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.mail.backends.base import Backend, DeliveryError
 from highlightsmail.store import DeliveryState
 
 if TYPE_CHECKING:
+    from highlightsmail.authoring.issue import Issue
+    from highlightsmail.authoring.workspace import Settings
     from highlightsmail.store import Store
 
-__all__ = ["NO_SUBSCRIBERS", "SendPlan", "check_tested", "make_plan"]
+__all__ = ["NO_SUBSCRIBERS", "SendPlan", "audience_of", "check_tested", "make_plan"]
 
 NO_SUBSCRIBERS = "there are no active subscribers; import some with `highlights subscribers import FILE`"
 
@@ -37,6 +39,7 @@ class SendPlan:
     found_in_doubt: int = 0  # left in flight by a run that stopped, in doubt now
     tested: bool = True  # this version was test-sent (False: the check was skipped)
     resend_in_doubt: bool = False  # in-doubt recipients go again
+    audience: tuple[str, ...] = ()  # the issue's topics (none: every active subscriber)
 
 
 def make_plan(
@@ -48,6 +51,7 @@ def make_plan(
     dry_run: bool = False,
     limit: int | None = None,
     resend_in_doubt: bool = False,
+    audience: tuple[str, ...] = (),
 ) -> SendPlan:
     """Work out what a send would do (see the module's docstring), once `check_tested`
     has passed (`tested`: False when it was skipped)."""
@@ -59,7 +63,8 @@ def make_plan(
         pending = left_to_send(store, slug, resend_in_doubt=resend_in_doubt)
     else:
         # On a dry run nobody was marked: leave out those who would have been.
-        pending = store.count_by_status()["active"] - (suppressed if dry_run else 0)
+        # Active, not paused, and in the audience's topics (when it names some).
+        pending = max(store.count_audience(audience) - (suppressed if dry_run else 0), 0)
     return SendPlan(
         slug=slug,
         backend=backend.name,
@@ -70,7 +75,22 @@ def make_plan(
         found_in_doubt=doubt,
         tested=tested,
         resend_in_doubt=resend_in_doubt,
+        audience=audience,
     )
+
+
+def audience_of(issue: Issue, settings: Settings) -> tuple[str, ...]:
+    """The issue's `audience:` as topic ids of the settings; () for everyone. An id the
+    settings do not have is an error naming the issue file."""
+    if issue.audience is None:
+        return ()
+    known = settings.topic_ids()
+    unknown = [ident for ident in issue.audience if ident not in known]
+    if unknown:
+        where = display_path(issue.source) if issue.source else issue.slug
+        hint = f"the topics are {', '.join(known)}" if known else "highlights.yaml has no `topics:`"
+        raise HighlightsError(f"{where}: audience names unknown topics {', '.join(map(repr, unknown))}; {hint}")
+    return tuple(dict.fromkeys(issue.audience))
 
 
 def check_tested(store: Store, slug: str, digest: str, *, skip: bool) -> bool:

@@ -1,0 +1,2 @@
+-- 8: reserved for issue 18 (scheduling), merged on another branch.
+-- This branch's stand-in has nothing to do; drop it when that branch's 0008 is merged.
