@@ -48,6 +48,7 @@ SUBJECT_MAX = 78
 DATE_DRIFT_DAYS = 14
 # The longest token tokens.Signer makes: kind, 13 base-36 digits, '.', 22 characters.
 _TOKEN_SHAPE = "u" + "z" * 13 + "." + "A" * 22
+_PREFERENCES_SHAPE = "p" + "z" * 13 + "." + "z" * 7 + "." + "A" * 22
 
 _TODO = re.compile(r"\bTODO\b")
 
@@ -443,7 +444,8 @@ def _settings_problems(ws: Workspace) -> list[Problem]:
 def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:
     """(html, text) with an unsubscribe URL as long as any real one."""
 
-    return rendered.personalize(urls(ws.settings).unsubscribe(_TOKEN_SHAPE))
+    addresses = urls(ws.settings)
+    return rendered.personalize(addresses.unsubscribe(_TOKEN_SHAPE), addresses.preferences(_PREFERENCES_SHAPE))
 
 
 def _html_text(value: str) -> str:

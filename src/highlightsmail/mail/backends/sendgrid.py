@@ -44,7 +44,7 @@ from highlightsmail.mail.backends.base import (
     with_retries,
 )
 from highlightsmail.mail.message import display_name, from_header, list_id, reply_to_header, subject_for
-from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
@@ -136,7 +136,10 @@ class SendGridBackend(Backend):
                     "to": [_address(to, display_name(env.recipient), recipient=True)],
                     # Substitutions are plain find-and-replace (legacy, non-dynamic templates
                     # only); the placeholder is in both the HTML and the text.
-                    "substitutions": {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url},
+                    "substitutions": {
+                        UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url,
+                        PREFERENCES_PLACEHOLDER: env.links.preferences_url,
+                    },
                     "headers": headers,
                     "custom_args": args,
                 }
@@ -276,7 +279,8 @@ class SendGridBackend(Backend):
 def untracked_unsubscribe(html: str) -> str:
     """The HTML with SendGrid's `clicktracking=off` on every link to the unsubscribe URL
     (the placeholder each recipient's URL replaces), so click tracking leaves it alone."""
-    link = re.compile(r"<a(?=\s[^>]*\bhref\s*=\s*([\"'])" + re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"\1)", re.I)
+    holders = "|".join(map(re.escape, (UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)))
+    link = re.compile(r"<a(?=\s[^>]*\bhref\s*=\s*([\"'])(?:" + holders + r")\1)", re.I)
     return link.sub("<a clicktracking=off", html)
 
 
