@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any, LiteralString
 
 from highlightsmail.addresses import address_key
 from highlightsmail.store.base import SUBSCRIBER_COLUMNS, Part, marks
 from highlightsmail.store.engine import Conn, UnknownSubscriber
 from highlightsmail.store.ledger_state import holds, parse_ids, recipient_state
-from highlightsmail.store.records import Subscriber
+from highlightsmail.store.records import Subscriber, format_time
 
 #: SQL: subscriber `s` is not paused at the time given as the next `?`.
 NOT_PAUSED: LiteralString = "(s.paused_until IS NULL OR s.paused_until <= ?)"
@@ -96,9 +97,10 @@ class Preferences(Part):
         rows = self._query("SELECT paused_until FROM subscribers WHERE id = ?", (subscriber_id,))
         return str(rows[0][0]) if rows and rows[0][0] else None
 
-    def pause(self, subscriber_id: int, until: str | None) -> None:
-        """Pause a subscriber until a time (stored format), or end the pause (None). Sends
-        skip them until then, and they come back by themselves."""
+    def pause(self, subscriber_id: int, weeks: int | None) -> None:
+        """Pause a subscriber for some weeks from now, or end the pause (None). Sends skip
+        them until then, and they come back by themselves."""
+        until = None if weeks is None else format_time(self._clock() + timedelta(weeks=weeks))
         with self._write() as conn:
             conn.execute(
                 "UPDATE subscribers SET paused_until = ?, updated = ? WHERE id = ?", (until, self.now(), subscriber_id)
