@@ -505,6 +505,7 @@ class CheckReport:
     problems: list[Problem]
     items: int
     room: HtmlRoom  # the HTML as sent, with an unsubscribe URL as long as a real one
+    audience: str | None = None  # whom a send would reach now (sending.plan.audience_line)
 
     @property
     def html_bytes(self) -> int:
@@ -545,6 +546,9 @@ def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
     """`highlights check ISSUE`: validate (raising ValidationFailed with every problem
     of an invalid file), render, and lint."""
 
+    # Imported here: only an issue's check reads the audience, and `check` starts fast.
+    from highlightsmail.sending.plan import audience_line
+
     issue = load_issue(issue_path)
     rendered = render_issue(issue, ws)
     return CheckReport(
@@ -552,6 +556,7 @@ def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
         problems=lint_issue(ws, issue, rendered),
         items=len(issue.items),
         room=html_room(ws, issue, rendered),
+        audience=audience_line(ws, issue),
     )
 
 

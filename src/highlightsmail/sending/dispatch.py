@@ -30,7 +30,14 @@ from highlightsmail.sending.events import Quiet, SendEvents
 from highlightsmail.sending.lock import as_sender
 from highlightsmail.sending.loop import issue_batches, run_dispatch, send_claimed
 from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSendResult
-from highlightsmail.sending.plan import NO_SUBSCRIBERS, SendPlan, audience_of, check_tested, make_plan
+from highlightsmail.sending.plan import (
+    NO_SUBSCRIBERS,
+    SendPlan,
+    audience_line,
+    audience_of,
+    check_tested,
+    make_plan,
+)
 from highlightsmail.sending.status import Group, StatusReport, status
 from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
@@ -91,14 +98,16 @@ def _editors(ws: Workspace, to: list[str]) -> list[Recipient]:
 def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool = False) -> TestSendResult:
     """Send the issue to the editors (or `to`) with [TEST] in the subject, and record
     the fingerprint of what was sent so that `send` knows it was seen."""
-    rendered = _render(ws, issue_path)
+    issue = load_issue(issue_path)
+    rendered = render_issue(issue, ws)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
+    reach = audience_line(ws, issue)
     recipients = _editors(ws, to)
     batch = Batches(rendered, ws.settings, _signer(ws, dry_run=dry_run)).to_editors(recipients)
     sent_to = [r.email for r in recipients]
     backend = get_backend(ws, test=True)
     if dry_run:
-        return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True)
+        return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True, audience=reach)
     # Recording the test must be possible before it goes out: one sent and then not
     # recorded (no data in the database, a server down) would have to be sent again.
     Store.open(ws).close()
@@ -112,7 +121,7 @@ def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool =
         raise HighlightsError(f"test send failed for {lines}")
     with Store.open(ws) as store:
         store.record_test_send(rendered.slug, digest, sent_to)
-    return TestSendResult(rendered.slug, sent_to, backend.name, digest)
+    return TestSendResult(rendered.slug, sent_to, backend.name, digest, audience=reach)
 
 
 def _send_test_batch(backend: Backend, batch: Batch) -> BatchResult:

@@ -18,10 +18,10 @@ from highlightsmail.store import DeliveryState
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.issue import Issue
-    from highlightsmail.authoring.workspace import Settings
+    from highlightsmail.authoring.workspace import Settings, Workspace
     from highlightsmail.store import Store
 
-__all__ = ["NO_SUBSCRIBERS", "SendPlan", "audience_of", "check_tested", "make_plan"]
+__all__ = ["NO_SUBSCRIBERS", "SendPlan", "audience_line", "audience_of", "audience_words", "check_tested", "make_plan"]
 
 NO_SUBSCRIBERS = "there are no active subscribers; import some with `highlights subscribers import FILE`"
 
@@ -91,6 +91,28 @@ def audience_of(issue: Issue, settings: Settings) -> tuple[str, ...]:
         hint = f"the topics are {', '.join(known)}" if known else "highlights.yaml has no `topics:`"
         raise HighlightsError(f"{where}: audience names unknown topics {', '.join(map(repr, unknown))}; {hint}")
     return tuple(dict.fromkeys(issue.audience))
+
+
+def audience_words(audience: tuple[str, ...]) -> str:
+    """Whom a dispatch goes to, in words."""
+    return f"subscribers in the topics {', '.join(audience)}" if audience else "every active subscriber"
+
+
+def audience_line(ws: Workspace, issue: Issue) -> str | None:
+    """What `check` and the test send say of the audience: whom the issue goes to and
+    how many that is now (active, not paused); None for a workspace without topics whose
+    issue names no audience (nothing to say: everyone). The database is only read, and
+    not made when there is none yet."""
+    if not ws.settings.topics and issue.audience is None:
+        return None
+    audience = audience_of(issue, ws.settings)
+    who = audience_words(audience)
+    if not ws.database_url and not ws.database_exists():
+        return f"audience: {who} (no subscribers yet)"
+    from highlightsmail.store import Store  # here: `check` without topics never loads the store
+
+    with Store.open(ws) as store:
+        return f"audience: {who}: {store.count_audience(audience)} subscriber(s) now"
 
 
 def check_tested(store: Store, slug: str, digest: str, *, skip: bool) -> bool:

@@ -115,8 +115,8 @@ class Ledger(LedgerState):
                 )
                 total += len(chunk)
             conn.execute(
-                "INSERT INTO dispatches (issue, started, backend, total, tag) VALUES (?, ?, ?, ?, ?)",
-                (issue, now, backend, int(total), new_dispatch_tag()),
+                "INSERT INTO dispatches (issue, started, backend, total, tag, audience) VALUES (?, ?, ?, ?, ?, ?)",
+                (issue, now, backend, int(total), new_dispatch_tag(), ",".join(audience) or None),
             )
             return int(total)
 

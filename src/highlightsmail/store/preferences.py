@@ -117,6 +117,11 @@ class Preferences(Part):
         )
         return int(rows[0][0])
 
+    def dispatch_audience(self, issue: str) -> list[str]:
+        """The topics an issue's dispatch went to ([]: every active subscriber)."""
+        rows = self._query("SELECT audience FROM dispatches WHERE issue = ?", (issue,))
+        return str(rows[0][0]).split(",") if rows and rows[0][0] else []
+
     # -- what is held about one person ------------------------------------------------------
 
     def personal_data(self, subscriber_id: int) -> dict[str, Any]:
@@ -184,7 +189,7 @@ class Preferences(Part):
         """Erase a subscriber (and every row merged into them, the same address): every
         row that names them, and their id from the ledger's lists; keep only the keyed
         hash of the address. One transaction."""
-        with self._write() as conn:
+        with self._db.erasing() as conn:
             row = conn.execute(
                 "SELECT coalesce(merged_into, id) FROM subscribers WHERE id = ?", (subscriber_id,)
             ).fetchone()

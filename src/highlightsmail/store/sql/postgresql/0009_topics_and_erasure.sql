@@ -15,3 +15,6 @@ CREATE TABLE erased_addresses (
             address_hash TEXT COLLATE "C" PRIMARY KEY,
             at           TEXT COLLATE "C" NOT NULL
         );
+
+-- the topics a dispatch went to (NULL: every active subscriber), for `report`
+ALTER TABLE dispatches ADD COLUMN audience TEXT COLLATE "C";
