@@ -255,15 +255,6 @@ def test_forget_leaves_no_trace_but_a_keyed_hash(ws: Path) -> None:
     assert b"lovelace" not in _everything_as_text(ws).lower()
 
 
-def test_an_erased_reader_may_sign_up_again_through_the_form(ws: Path) -> None:
-    _a_reader_with_history(ws)
-    highlights("subscribers", "forget", "ada.lovelace@example.org", "--yes")
-    w = load_workspace(ws)
-    with Store.open(w) as store:
-        sub, created = store.add("ada.lovelace@example.org", "Ada", status="pending", source="form")
-        assert created and sub.status == "pending"
-
-
 def test_forget_on_sqlite_leaves_no_byte_in_the_file(ws: Path, engine: str) -> None:
     if engine != "sqlite":
         pytest.skip("about SQLite's file")
