@@ -84,7 +84,7 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         else:
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(7,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(9,)]
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
             indexes = {
                 r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
@@ -102,6 +102,8 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
         "consents",
         "confirmation_mails",
         "signup_posts",
+        "subscriber_topics",
+        "erased_addresses",
     } <= tables
     assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
     assert "deliveries" not in tables  # the ledger is kept per batch, not per recipient
@@ -209,9 +211,9 @@ def test_a_database_from_a_newer_version_is_refused(target: Path | str) -> None:
     Store(target).close()
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            conn.execute("PRAGMA user_version = 8")
+            conn.execute(f"PRAGMA user_version = {migrator.SCHEMA_VERSION + 1}")
         else:
-            conn.execute("UPDATE schema_version SET version = 8")
+            conn.execute(f"UPDATE schema_version SET version = {migrator.SCHEMA_VERSION + 1}")
     with pytest.raises(HighlightsError, match="made by a newer highlightsmail"):
         Store(target)
 

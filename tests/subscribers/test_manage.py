@@ -268,7 +268,7 @@ def test_export_replaces_a_file_whole_or_not_at_all(workspace: Path, monkeypatch
     target = workspace / "out.csv"
     target.write_text("the previous export\n")
 
-    def broken(out, store, rows):
+    def broken(out, store, rows, *, with_topics=False):
         out.write("email,name,status,created,updated\nhalf")
         raise OSError(28, "No space left on device")
 

@@ -142,8 +142,10 @@ def subscribers_export(obj: Ctx, file: Path | None) -> None:
 )
 @pass_ctx
 def subscribers_show(obj: Ctx, email: str, fmt: str) -> None:
-    """Show everything held about EMAIL: the subscriber, topics, consents, history,
-    deliveries and delivery events."""
+    """Show everything held about EMAIL.
+
+    The subscriber, their topics, consents and history, the issues sent to them and what
+    came back about those messages (--format json: for scripts, and to hand over)."""
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.subscribers import privacy
 

@@ -546,9 +546,6 @@ def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
     """`highlights check ISSUE`: validate (raising ValidationFailed with every problem
     of an invalid file), render, and lint."""
 
-    # Imported here: only an issue's check reads the audience, and `check` starts fast.
-    from highlightsmail.sending.plan import audience_line
-
     issue = load_issue(issue_path)
     rendered = render_issue(issue, ws)
     return CheckReport(
@@ -556,8 +553,18 @@ def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
         problems=lint_issue(ws, issue, rendered),
         items=len(issue.items),
         room=html_room(ws, issue, rendered),
-        audience=audience_line(ws, issue),
+        audience=_audience(ws, issue),
     )
+
+
+def _audience(ws: Workspace, issue: Issue) -> str | None:
+    """Whom a send would reach now; None (and the store not even loaded: `check` starts
+    fast) for a workspace without topics whose issue names no audience."""
+    if not ws.settings.topics and issue.audience is None:
+        return None
+    from highlightsmail.sending.plan import audience_line  # here: see above
+
+    return audience_line(ws, issue)
 
 
 __all__ = [

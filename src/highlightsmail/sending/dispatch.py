@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from highlightsmail.addresses import BadAddress, address_key, normalize_address
-from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.issue import Issue, load_issue
 from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.backends import get_backend
 from highlightsmail.mail.backends.base import Backend, Batch, BatchResult, DeliveryError
@@ -62,8 +62,8 @@ __all__ = [
 ]
 
 
-def _render(ws: Workspace, issue_path: Path) -> RenderedIssue:
-    return render_issue(load_issue(issue_path), ws)
+def _render(ws: Workspace, issue: Issue) -> RenderedIssue:
+    return render_issue(issue, ws)
 
 
 def _signer(ws: Workspace, *, dry_run: bool = False) -> Signer:
@@ -99,7 +99,7 @@ def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool =
     """Send the issue to the editors (or `to`) with [TEST] in the subject, and record
     the fingerprint of what was sent so that `send` knows it was seen."""
     issue = load_issue(issue_path)
-    rendered = render_issue(issue, ws)
+    rendered = _render(ws, issue)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     reach = audience_line(ws, issue)
     recipients = _editors(ws, to)
@@ -154,7 +154,7 @@ def send(
     events = events or Quiet()
     issue = load_issue(issue_path)
     audience = audience_of(issue, ws.settings)
-    rendered = render_issue(issue, ws)
+    rendered = _render(ws, issue)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     if dry_run and not ws.database_exists():
         # Opening would create the database, and a dry run changes nothing.
