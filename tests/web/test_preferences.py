@@ -222,3 +222,24 @@ def test_without_topics_the_page_has_no_topic_boxes(workspace: Path, http: httpx
         assert r.status_code == 200
         with Store.open(site.ws) as store:
             assert store.paused_until(sid) is not None and store.topics(sid) == []
+
+
+def test_erasing_through_the_page_leaves_no_byte_of_the_address(site: Site, http: httpx.Client, engine: str) -> None:
+    sid = reader(site)
+    for n in range(50):
+        site.add(f"reader{n}@example.org", f"Reader {n}")
+    url = link(site, sid)
+    assert http.get(url).status_code == 200  # the app has read her row
+    assert http.post(url, data={"action": "erase-confirmed"}).status_code == 200
+    if engine == "sqlite":
+        db = site.ws.db_path
+        held_bytes = b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    else:
+        import psycopg
+
+        assert site.ws.database_url is not None
+        with psycopg.connect(site.ws.database_url) as conn:
+            tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            held_bytes = repr([list(conn.execute(f'SELECT * FROM "{t}"')) for t in tables]).encode()
+    assert b"adalovelace" not in held_bytes and b"Ada" not in held_bytes.replace(b"Reader", b"")
+    assert b"reader7@example.org" in held_bytes
