@@ -184,10 +184,10 @@ def test_show_gives_everything_held(ws: Path) -> None:
     assert data["topics"] == ["vision"] and data["name"] == "Ada Byron"
     assert data["deliveries"] == [{"issue": "2024-w02", "state": "sent"}]
     assert data["events"][0]["source"] == "cli"
-    table = highlights("subscribers", "show", "ada.lovelace@example.org").stdout
+    table = highlights("subscribers", "show", "ada.lovelace@example.org", "--format", "table").stdout
     assert "topics:    vision" in table and "2024-w02  sent" in table
-    result = highlights("subscribers", "show", "nobody@example.org", ok=False)
-    assert result.exit_code == 1 and result.stderr == "Error: nobody@example.org is not a subscriber\n"
+    result = highlights("subscribers", "show", "nobody@example.org", "--format", "json", ok=False)
+    assert result.exit_code == 1 and result.stderr == "Error: nobody@example.org: not on the list\n"
 
 
 def _everything_as_text(ws: Path) -> bytes:

@@ -1,5 +1,5 @@
-"""`subscribers` (import, add, remove, list, export, show, forget) and `form`, the signup
-form to paste."""
+"""`subscribers` (import, add, remove, list, export, forget) and `form`, the signup form
+to paste. (`subscribers show` is in messages.py.)"""
 
 from __future__ import annotations
 
@@ -128,29 +128,6 @@ def subscribers_export(obj: Ctx, file: Path | None) -> None:
     count = engine.export(obj.ws, file)
     click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
     warn_if_committable(file)
-
-
-@subscribers.command("show")
-@click.argument("email")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="json for scripts.",
-)
-@pass_ctx
-def subscribers_show(obj: Ctx, email: str, fmt: str) -> None:
-    """Show everything held about EMAIL.
-
-    The subscriber, their topics, consents and history, the issues sent to them and what
-    came back about those messages (--format json: for scripts, and to hand over)."""
-    # Imported when the command runs, not at the top: --help loads none of it.
-    from highlightsmail.subscribers import privacy
-
-    data = privacy.show(obj.ws, email)
-    click.echo(privacy.data_json(data) if fmt == "json" else privacy.show_table(data), nl=False)
 
 
 @subscribers.command("forget")

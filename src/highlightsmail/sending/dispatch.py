@@ -22,6 +22,7 @@ from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.backends import get_backend
 from highlightsmail.mail.backends.base import Backend, Batch, BatchResult, DeliveryError
 from highlightsmail.mail.batches import Batches
+from highlightsmail.mail.kept import keepable
 from highlightsmail.mail.message import Recipient, build_message, fingerprint
 from highlightsmail.mail.pool import BackendPool
 from highlightsmail.rendering.render import render_issue
@@ -43,7 +44,7 @@ from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
 
 if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Workspace
+    from highlightsmail.authoring.workspace import Settings, Workspace
 
 __all__ = [
     "Group",
@@ -99,9 +100,15 @@ def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool =
     """Send the issue to the editors (or `to`) with [TEST] in the subject, and record
     the fingerprint of what was sent so that `send` knows it was seen."""
     issue = load_issue(issue_path)
-    rendered = _render(ws, issue)
+    return send_test_of(ws, _render(ws, issue), to, dry_run=dry_run, reach=audience_line(ws, issue))
+
+
+def send_test_of(
+    ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_run: bool = False, reach: str | None = None
+) -> TestSendResult:
+    """`send_test` of an email already rendered (an issue, or a correction notice);
+    `reach` says whom the real send would reach (plan.audience_line)."""
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
-    reach = audience_line(ws, issue)
     recipients = _editors(ws, to)
     batch = Batches(rendered, ws.settings, _signer(ws, dry_run=dry_run)).to_editors(recipients)
     sent_to = [r.email for r in recipients]
@@ -180,7 +187,27 @@ def send(
             events.suppressions_applied(plan.suppressed, backend.name)
         if plan.found_in_doubt:
             events.found_in_doubt(plan.found_in_doubt)
-        return _run(store, backend, plan, events, lambda: issue_batches(store, rendered, ws.settings, signer), limit)
+        return _run(
+            store,
+            backend,
+            plan,
+            events,
+            lambda: issue_batches(store, rendered, ws.settings, signer),
+            limit,
+            keep=lambda: keep_message(store, rendered, ws.settings, issue_path),
+        )
+
+
+def keep_message(store: Store, rendered: RenderedIssue, settings: Settings, source: Path | None) -> None:
+    """Keep the message this dispatch sends, and the issue file as it is now (the first
+    run of a dispatch keeps them; later runs find them kept)."""
+    text = None
+    if source is not None:
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeError):
+            text = None  # it was just read to render it; without it no correction shows
+    store.keep_message(rendered.slug, keepable(rendered, settings), text)
 
 
 def _dry_build(store: Store, batches: Batches, plan: SendPlan) -> None:
@@ -197,9 +224,12 @@ def _run(
     events: SendEvents,
     batches: Callable[[], Batches],
     limit: int | None,
+    *,
+    keep: Callable[[], None] = lambda: None,
 ) -> SendOutcome:
     """Run a plan: ask, begin (or resume) the dispatch, run the send loop. `batches`
-    are made once the dispatch has begun: its tag is made with it."""
+    are made once the dispatch has begun: its tag is made with it; `keep` keeps the
+    message it sends then (mail/kept.py)."""
     slug = plan.slug
     if plan.pending == 0:
         if not plan.resume:
@@ -209,6 +239,7 @@ def _run(
     if not events.confirm(plan):
         raise HighlightsError("nothing was sent")
     _begin(store, plan, backend.name, events)
+    keep()
     with events.progress(plan.count) as advance:
         run = run_dispatch(store, backend, batches(), limit=limit, progress=advance, events=events)
     if store.shares_dispatch:

@@ -35,13 +35,20 @@ def data_json(data: dict[str, Any]) -> str:
 def _found(store: Store, address: str) -> Subscriber:
     sub = store.find(address)
     if sub is None:
-        raise HighlightsError(f"{address} is not a subscriber")
+        raise HighlightsError(f"{address}: not on the list")
     return sub
 
 
+def _database(ws: Workspace, address: str) -> None:
+    """An error when there is no database yet: none is made to say so."""
+    if not ws.database_url and not ws.database_exists():
+        raise HighlightsError(f"{address}: not on the list (there is no database yet)")
+
+
 def show(ws: Workspace, email: str) -> dict[str, Any]:
-    """`subscribers show EMAIL`: everything held about that address."""
+    """`subscribers show EMAIL --format ...`: everything held about that address."""
     address = address_argument(email)
+    _database(ws, address)
     with Store.open(ws) as store:
         return data_of(store, _found(store, address))
 
@@ -54,6 +61,7 @@ def erase(store: Store, signer: Signer, sub: Subscriber) -> None:
 def forget(ws: Workspace, email: str) -> Subscriber:
     """`subscribers forget EMAIL`: erase that address; returns the subscriber as it was."""
     address = address_argument(email)
+    _database(ws, address)
     signer = load_signer(ws.secret_path)
     with Store.open(ws) as store:
         sub = _found(store, address)

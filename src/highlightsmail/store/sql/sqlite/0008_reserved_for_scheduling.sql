@@ -1,2 +1,2 @@
--- 8: reserved for issue 18 (scheduling), merged on another branch.
--- This branch's stand-in has nothing to do; drop it when that branch's 0008 is merged.
+-- 8: reserved for issue 18 (scheduling), built on another branch: this empty file only keeps
+-- the numbers in order on the corrections branch, and gives way to that branch's 0008 on merge.
