@@ -172,21 +172,23 @@ def recipient_links(settings: Settings, signer: Signer, subscriber_id: int, *, t
     return links_for(settings, unsubscribe_url(settings, token), _checked_urls(settings).preferences(preferences))
 
 
-def links_maker(settings: Settings, signer: Signer) -> Callable[[int], RecipientLinks]:
+def links_maker(settings: Settings, signer: Signer, made: float | None = None) -> Callable[[int], RecipientLinks]:
     """`recipient_links` for many subscribers of one dispatch: what depends only on the
     settings (the checked base URL, List-Id, whether the URL is https) is worked out once."""
     base = _checked_urls(settings).unsubscribe_prefix
     ident = list_id(settings)
     post = base.startswith("https://")
     make, make_preferences, preferences = signer.make, signer.make_preferences, _checked_urls(settings).preferences
-    made = int(time.time())  # one time for the dispatch's preference links
+    # One time for the run's preference links: the date its messages carry (so a kept
+    # message is rebuilt with the same link), else now.
+    made_at = int(time.time() if made is None else made)
 
     def links(subscriber_id: int) -> RecipientLinks:
         url = base + make(subscriber_id)
         headers = {"List-Unsubscribe": f"<{url}>", "List-Id": ident}
         if post:
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        return RecipientLinks(url, headers, preferences(make_preferences(subscriber_id, made)))
+        return RecipientLinks(url, headers, preferences(make_preferences(subscriber_id, made_at)))
 
     return links
 
