@@ -68,6 +68,12 @@ def test_a_new_address_gets_the_ticked_topics(site: Site, http: httpx.Client) ->
     assert topics(site, "bob@example.org") == ["llm", "rl"]
 
 
+def test_json_may_name_the_topics_too(site: Site, http: httpx.Client) -> None:
+    r = http.post(f"{site.url}/subscribe", json={"email": "ada@example.org", "topics": ["rl", 7, "nope"]})
+    assert r.status_code == 200 and r.json() == {"status": "pending"}
+    assert topics(site, "ada@example.org") == ["rl"]
+
+
 def test_the_form_changes_nobody_else_s_topics(site: Site, http: httpx.Client) -> None:
     sid = site.add("grace@example.org")
     with site.store() as store:
