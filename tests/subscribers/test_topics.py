@@ -138,6 +138,17 @@ def test_an_audience_reaches_its_topics_and_every_count_says_so(ws: Path) -> Non
     assert "audience: subscribers in the topics vision, rl" in highlights("report", "2024-w02").stdout
 
 
+def test_an_audience_nobody_is_in_sends_nothing_and_says_why(ws: Path) -> None:
+    highlights("subscribers", "add", "a@example.org", "--topic", "llm")
+    _with_audience(ws, "[vision]")
+    result = highlights("send", "2024-w02", "--yes", "--skip-test-check", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: 2024-w02: no active subscriber (not paused) is in the topics vision; nothing was sent\n"
+    )
+    assert not (ws / "outbox" / "2024-w02").exists()
+
+
 def test_an_unknown_audience_topic_stops_check_and_send(ws: Path) -> None:
     highlights("subscribers", "add", "a@example.org")
     _with_audience(ws, "[vision, robots]")

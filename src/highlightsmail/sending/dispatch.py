@@ -233,6 +233,11 @@ def _run(
     slug = plan.slug
     if plan.pending == 0:
         if not plan.resume:
+            if plan.audience:
+                raise HighlightsError(
+                    f"{slug}: no active subscriber (not paused) is in the topics {', '.join(plan.audience)}; "
+                    "nothing was sent"
+                )
             raise HighlightsError(NO_SUBSCRIBERS)
         summary = Summary.from_counts(store.delivery_counts(slug))
         return SendOutcome(plan, suppressed=plan.suppressed, summary=summary, nothing_left=True)
