@@ -107,6 +107,8 @@ def check(obj: Ctx, issue: str) -> None:
     if not report.ok:
         raise HighlightsError(report.summary)
     click.echo(report.summary)
+    if report.audience:
+        click.echo(report.audience)
 
 
 @click.command()

@@ -47,6 +47,7 @@ JSON_KEYS = (
     "links",
     "rates",
     "warnings",
+    "audience",
 )
 RATE_KEYS = ("bounced", "soft_bounced", "complaints", "unsubscribes", "unique_opens", "unique_clicks")
 
@@ -102,6 +103,8 @@ class Report:
     #: Series label -> events in each hour since the dispatch started, for the hours
     #: that have passed (at most CHART_HOURS).
     hourly: dict[str, list[int]] = field(default_factory=dict)
+    #: The topics the issue went to (`audience:`); empty: every active subscriber.
+    audience: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         """The JSON form: exactly JSON_KEYS."""
@@ -119,6 +122,7 @@ class Report:
             "links": [{"url": x.url, "clicks": x.clicks, "unique_clicks": x.unique_clicks} for x in self.links],
             "rates": dict(self.rates),
             "warnings": list(self.warnings),
+            "audience": list(self.audience),
         }
         assert tuple(data) == JSON_KEYS
         return data
@@ -160,6 +164,7 @@ def build_report(store: Store, issue: str) -> Report:
         rates=rates,
         warnings=_warnings(rates),
         hourly=_hourly(store, issue, info.started),
+        audience=store.dispatch_audience(issue),
         **figures,
     )
 
@@ -238,9 +243,15 @@ def _rows(report: Report) -> list[tuple[str, int, str, str]]:
     ]
 
 
+def audience_words(audience: list[str]) -> str:
+    """Whom a dispatch went to, in words."""
+    return f"subscribers in the topics {', '.join(audience)}" if audience else "every active subscriber"
+
+
 def format_table(report: Report) -> str:
     """The report as text for a terminal."""
     lines = [f"{report.issue}: sent through {report.backend}, dispatch started {report.started}", ""]
+    lines.insert(1, f"audience: {audience_words(report.audience)}")
     for label, figure, rate, note in _rows(report):
         lines.append(f"  {label:<15}{figure:>9}  {rate:>9}" + (f"  ({note})" if note else "").rstrip())
     lines = [line.rstrip() for line in lines]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from highlightsmail.addresses import BadAddress, address_key, normalize_address
-from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.issue import Issue, load_issue
 from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.backends import get_backend
 from highlightsmail.mail.backends.base import Backend, Batch, BatchResult, DeliveryError
@@ -31,7 +31,14 @@ from highlightsmail.sending.events import Quiet, SendEvents
 from highlightsmail.sending.lock import as_sender
 from highlightsmail.sending.loop import issue_batches, run_dispatch, send_claimed
 from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSendResult
-from highlightsmail.sending.plan import NO_SUBSCRIBERS, SendPlan, check_tested, make_plan
+from highlightsmail.sending.plan import (
+    NO_SUBSCRIBERS,
+    SendPlan,
+    audience_line,
+    audience_of,
+    check_tested,
+    make_plan,
+)
 from highlightsmail.sending.status import Group, StatusReport, status
 from highlightsmail.store import Store
 from highlightsmail.tokens import Signer, load_signer
@@ -56,8 +63,8 @@ __all__ = [
 ]
 
 
-def _render(ws: Workspace, issue_path: Path) -> RenderedIssue:
-    return render_issue(load_issue(issue_path), ws)
+def _render(ws: Workspace, issue: Issue) -> RenderedIssue:
+    return render_issue(issue, ws)
 
 
 def _signer(ws: Workspace, *, dry_run: bool = False) -> Signer:
@@ -92,18 +99,22 @@ def _editors(ws: Workspace, to: list[str]) -> list[Recipient]:
 def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool = False) -> TestSendResult:
     """Send the issue to the editors (or `to`) with [TEST] in the subject, and record
     the fingerprint of what was sent so that `send` knows it was seen."""
-    return send_test_of(ws, _render(ws, issue_path), to, dry_run=dry_run)
+    issue = load_issue(issue_path)
+    return send_test_of(ws, _render(ws, issue), to, dry_run=dry_run, reach=audience_line(ws, issue))
 
 
-def send_test_of(ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_run: bool = False) -> TestSendResult:
-    """`send_test` of an email already rendered (an issue, or a correction notice)."""
+def send_test_of(
+    ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_run: bool = False, reach: str | None = None
+) -> TestSendResult:
+    """`send_test` of an email already rendered (an issue, or a correction notice);
+    `reach` says whom the real send would reach (plan.audience_line)."""
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     recipients = _editors(ws, to)
     batch = Batches(rendered, ws.settings, _signer(ws, dry_run=dry_run)).to_editors(recipients)
     sent_to = [r.email for r in recipients]
     backend = get_backend(ws, test=True)
     if dry_run:
-        return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True)
+        return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True, audience=reach)
     # Recording the test must be possible before it goes out: one sent and then not
     # recorded (no data in the database, a server down) would have to be sent again.
     Store.open(ws).close()
@@ -117,7 +128,7 @@ def send_test_of(ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_r
         raise HighlightsError(f"test send failed for {lines}")
     with Store.open(ws) as store:
         store.record_test_send(rendered.slug, digest, sent_to)
-    return TestSendResult(rendered.slug, sent_to, backend.name, digest)
+    return TestSendResult(rendered.slug, sent_to, backend.name, digest, audience=reach)
 
 
 def _send_test_batch(backend: Backend, batch: Batch) -> BatchResult:
@@ -148,7 +159,9 @@ def send(
     """Dispatch the issue to every subscriber active when its first send began: plan
     it, then, once the editor says yes, run it."""
     events = events or Quiet()
-    rendered = _render(ws, issue_path)
+    issue = load_issue(issue_path)
+    audience = audience_of(issue, ws.settings)
+    rendered = _render(ws, issue)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     if dry_run and not ws.database_exists():
         # Opening would create the database, and a dry run changes nothing.
@@ -158,7 +171,14 @@ def send(
         backend = get_backend(ws)
         signer = _signer(ws, dry_run=dry_run)
         plan = make_plan(
-            store, backend, rendered.slug, tested=tested, dry_run=dry_run, limit=limit, resend_in_doubt=resend_in_doubt
+            store,
+            backend,
+            rendered.slug,
+            tested=tested,
+            dry_run=dry_run,
+            limit=limit,
+            resend_in_doubt=resend_in_doubt,
+            audience=audience,
         )
         if dry_run:
             _dry_build(store, issue_batches(store, rendered, ws.settings, signer), plan)
@@ -213,6 +233,11 @@ def _run(
     slug = plan.slug
     if plan.pending == 0:
         if not plan.resume:
+            if plan.audience:
+                raise HighlightsError(
+                    f"{slug}: no active subscriber (not paused) is in the topics {', '.join(plan.audience)}; "
+                    "nothing was sent"
+                )
             raise HighlightsError(NO_SUBSCRIBERS)
         summary = Summary.from_counts(store.delivery_counts(slug))
         return SendOutcome(plan, suppressed=plan.suppressed, summary=summary, nothing_left=True)
@@ -234,7 +259,7 @@ def _begin(store: Store, plan: SendPlan, backend: str, events: SendEvents) -> No
     """Begin the dispatch, or put back in the queue what this run sends again."""
     if not plan.resume:
         try:
-            store.begin_dispatch(plan.slug, backend)
+            store.begin_dispatch(plan.slug, backend, plan.audience)
         except HighlightsError:
             if store.dispatch_info(plan.slug) is None:
                 raise

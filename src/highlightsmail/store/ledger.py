@@ -27,6 +27,7 @@ from typing import Any, LiteralString
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store.engine import Conn
 from highlightsmail.store.ledger_state import LedgerState, holds, parse_ids, recipient_state
+from highlightsmail.store.preferences import audience_filter
 from highlightsmail.store.records import Delivery, DispatchInfo, TestSend, check
 from highlightsmail.tokens import new_dispatch_tag
 
@@ -87,8 +88,9 @@ class Ledger(LedgerState):
         )
         return str(rows[0][0]) if rows else None
 
-    def begin_dispatch(self, issue: str, backend: str) -> int:
-        """Fix the recipients of an issue: every subscriber active now, as chunks of ids,
+    def begin_dispatch(self, issue: str, backend: str, audience: Sequence[str] = ()) -> int:
+        """Fix the recipients of an issue: every subscriber active now (and not paused; in
+        any of the `audience`'s topics when it names some), as chunks of ids,
         and the dispatch's tag (the one per-dispatch value its Message-IDs are derived
         from). Returns how many."""
         now = self.now()
@@ -99,12 +101,13 @@ class Ledger(LedgerState):
             # stays flat however long the list, where a window over the whole list in
             # SQL would sort it in memory.
             total, last = 0, 0
+            chosen = audience_filter(audience)
             while chunk := [
                 int(r[0])
                 for r in conn.execute(
-                    "SELECT id FROM subscribers WHERE status = 'active' AND merged_into IS NULL AND id > ?"
-                    " ORDER BY id LIMIT ?",
-                    (last, CHUNK),
+                    "SELECT id FROM subscribers AS s WHERE status = 'active' AND merged_into IS NULL AND id > ?"
+                    f" AND {chosen} ORDER BY id LIMIT ?",
+                    (last, now, *audience, CHUNK),
                 ).fetchall()
             ]:
                 last = chunk[-1]
@@ -114,8 +117,8 @@ class Ledger(LedgerState):
                 )
                 total += len(chunk)
             conn.execute(
-                "INSERT INTO dispatches (issue, started, backend, total, tag) VALUES (?, ?, ?, ?, ?)",
-                (issue, now, backend, int(total), new_dispatch_tag()),
+                "INSERT INTO dispatches (issue, started, backend, total, tag, audience) VALUES (?, ?, ?, ?, ?, ?)",
+                (issue, now, backend, int(total), new_dispatch_tag(), ",".join(audience) or None),
             )
             return int(total)
 
