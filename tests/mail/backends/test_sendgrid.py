@@ -123,7 +123,10 @@ def test_names_and_addresses_that_need_escaping_arrive_as_written(workspace: Pat
         {"email": "plain@example.org", "name": "spaced out"},
     ]
     for env, p in zip(batch.envelopes, body["personalizations"], strict=True):
-        assert p["substitutions"] == {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url}
+        assert p["substitutions"] == {
+            UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url,
+            PREFERENCES_PLACEHOLDER: env.links.preferences_url,
+        }
         assert p["custom_args"] == {"issue": "2024-w02", "subscriber_id": str(env.key)}
     # Only ASCII on the wire, as json.dumps writes it.
     assert sg.accepted[0].body == json.loads(backend.payload(batch)[0])
