@@ -178,6 +178,23 @@ def test_a_pause_skips_a_reader_and_ends_by_itself(ws: Path) -> None:
         assert store.begin_dispatch("2024-w03", "outbox") == 2
 
 
+def test_a_pause_that_begins_mid_send_is_honoured_by_the_next_claim(ws: Path) -> None:
+    """Like leaving: a reader who pauses after the dispatch began is skipped by every
+    batch not yet claimed, and the dispatch says why."""
+    for address in ("a@example.org", "b@example.org"):
+        highlights("subscribers", "add", address)
+    with Store.open(load_workspace(ws)) as store:
+        assert store.begin_dispatch("2024-w02", "outbox") == 2
+        paused = store.find("b@example.org")
+        assert paused is not None
+        store.pause(paused.id, 1)
+        if store.shares_dispatch:
+            store.join_dispatch("2024-w02")
+        claimed, skipped, _ = store.claim_batch("2024-w02", 1, 10)
+        assert [d.email for d in claimed] == ["a@example.org"] and skipped == 1
+        assert store.delivery_counts("2024-w02")["skipped"] == 1
+
+
 # -- a reader's data --------------------------------------------------------------------
 
 

@@ -252,7 +252,7 @@ class Ledger(LedgerState):
         ).fetchall()
         if not rows:
             return [], 0
-        people = _people(conn, "s.id IN (" + ", ".join("?" for _ in rows) + ")", [r[0] for r in rows])
+        people = _people(conn, "s.id IN (" + ", ".join("?" for _ in rows) + ")", [r[0] for r in rows], now)
         claimed: list[Delivery] = []
         gone: list[tuple[Any, ...]] = []
         for sid, attempts in rows:
@@ -292,7 +292,7 @@ class Ledger(LedgerState):
                     (issue, low, high),
                 ).fetchall()
             }
-            people = _people(conn, "s.id > ? AND s.id <= ?", (low, high))
+            people = _people(conn, "s.id > ? AND s.id <= ?", (low, high), now)
             for sid in wanted:
                 if sid in excepted:
                     continue
@@ -541,18 +541,25 @@ def _except(
     )
 
 
-def _people(conn: Conn, where: LiteralString, params: Sequence[Any]) -> dict[int, tuple[str, str, str]]:
+def _people(conn: Conn, where: LiteralString, params: Sequence[Any], now: str) -> dict[int, tuple[str, str, str]]:
     """(email, name, status) of the subscribers `where` says, as people (a row merged
-    into another has that one's name and status)."""
+    into another has that one's name and status); one paused at `now` is `paused`, so a
+    pause that begins mid-send is honoured for the batches not yet claimed, like leaving."""
     # No join for the merged rows' people: the few there are are read apart (a join let
     # PostgreSQL's planner hash every subscriber for each batch).
     rows = conn.execute(
-        f"SELECT id, email, name, status, merged_into FROM subscribers AS s WHERE {where}", params
+        f"SELECT id, email, name, status, merged_into, paused_until FROM subscribers AS s WHERE {where}", params
     ).fetchall()
-    people = {int(r[0]): (r[1], r[2], r[3]) for r in rows}
+    people = {int(r[0]): (r[1], r[2], _paused(r[3], r[5], now)) for r in rows}
     merged = {int(r[0]): int(r[4]) for r in rows if r[4] is not None}
     for sid, into in merged.items():
-        found = conn.execute("SELECT name, status FROM subscribers WHERE id = ?", (into,)).fetchone()
+        found = conn.execute("SELECT name, status, paused_until FROM subscribers WHERE id = ?", (into,)).fetchone()
         if found is not None:
-            people[sid] = (people[sid][0], found[0], found[1])
+            people[sid] = (people[sid][0], found[0], _paused(found[1], found[2], now))
     return people
+
+
+def _paused(status: str, until: str | None, now: str) -> str:
+    """`paused` for an active subscriber whose pause lasts past `now` (stored times sort
+    as text), else their status."""
+    return "paused" if status == "active" and until is not None and until > now else status
