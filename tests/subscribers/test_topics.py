@@ -195,6 +195,22 @@ def test_a_pause_that_begins_mid_send_is_honoured_by_the_next_claim(ws: Path) ->
         assert store.delivery_counts("2024-w02")["skipped"] == 1
 
 
+def test_the_welcome_issue_is_the_latest_one_written_for_the_reader(ws: Path) -> None:
+    """A reader who joins gets the latest issue whose audience they are in, not one sent
+    to topics they did not choose."""
+    highlights("subscribers", "add", "vision@example.org", "--topic", "vision")
+    highlights("subscribers", "add", "llm@example.org", "--topic", "llm")
+    with Store.open(load_workspace(ws)) as store:
+        store.begin_dispatch("2024-w02", "outbox", ["vision"])
+        store.begin_dispatch("2024-w03", "outbox", ["llm", "rl"])
+        ids = {a: store.find(a) for a in ("vision@example.org", "llm@example.org")}
+        assert store.latest_dispatch() == "2024-w03"
+        assert store.latest_dispatch(ids["vision@example.org"].id) == "2024-w02"  # type: ignore[union-attr]
+        assert store.latest_dispatch(ids["llm@example.org"].id) == "2024-w03"  # type: ignore[union-attr]
+        store.set_topics(ids["vision@example.org"].id, [])  # type: ignore[union-attr]
+        assert store.latest_dispatch(ids["vision@example.org"].id) is None  # type: ignore[union-attr]
+
+
 # -- a reader's data --------------------------------------------------------------------
 
 

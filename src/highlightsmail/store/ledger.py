@@ -81,12 +81,26 @@ class Ledger(LedgerState):
         """The issues whose dispatch has this tag (one, unless two random tags met)."""
         return [r[0] for r in self._query("SELECT issue FROM dispatches WHERE tag = ? ORDER BY issue", (tag,))]
 
-    def latest_dispatch(self) -> str | None:
-        """The issue whose dispatch began last, or None (a correction's is no issue's)."""
-        rows = self._query(
-            "SELECT issue FROM dispatches WHERE issue NOT LIKE '%~correction-%' ORDER BY started DESC, issue DESC LIMIT 1"
-        )
-        return str(rows[0][0]) if rows else None
+    def latest_dispatch(self, subscriber_id: int | None = None) -> str | None:
+        """The issue whose dispatch began last, or None (a correction's is no issue's);
+        with `subscriber_id`, the last one whose audience they are in (the welcome issue
+        of a reader who chose topics is one written for them)."""
+        if subscriber_id is None:
+            rows = self._query(
+                "SELECT issue FROM dispatches WHERE issue NOT LIKE '%~correction-%'"
+                " ORDER BY started DESC, issue DESC LIMIT 1"
+            )
+            return str(rows[0][0]) if rows else None
+        chosen = {
+            str(r[0])
+            for r in self._query("SELECT topic FROM subscriber_topics WHERE subscriber_id = ?", (subscriber_id,))
+        }
+        for issue, audience in self._query(
+            "SELECT issue, audience FROM dispatches WHERE issue NOT LIKE '%~correction-%' ORDER BY started DESC, issue DESC"
+        ):
+            if not audience or chosen & set(str(audience).split(",")):
+                return str(issue)
+        return None
 
     def begin_dispatch(self, issue: str, backend: str, audience: Sequence[str] = ()) -> int:
         """Fix the recipients of an issue: every subscriber active now (and not paused; in
