@@ -98,7 +98,7 @@ def test_add_with_topics_and_list_by_topic(ws: Path) -> None:
     highlights("subscribers", "add", "bob@example.org", "--topic", "vision")  # one more for a known one
     assert topics_of(ws) == {"ada@example.org": ["rl", "vision"], "bob@example.org": ["llm", "rl", "vision"]}
     listed = highlights("subscribers", "list", "--topic", "llm", "--format", "json").stdout
-    assert [r["email"] for r in json.loads(listed)] == ["bob@example.org"]
+    assert [(r["email"], r["topics"]) for r in json.loads(listed)] == [("bob@example.org", ["llm", "rl", "vision"])]
     listed = highlights("subscribers", "list", "--topic", "vision").stdout
     assert "ada@example.org" in listed and "bob@example.org" in listed
     for args in (["add", "cy@example.org", "--topic", "nope"], ["list", "--topic", "nope"]):

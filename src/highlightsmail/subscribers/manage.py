@@ -186,7 +186,7 @@ def write_list(
         if fmt == "csv":
             _write_csv(out, store, rows, with_topics=bool(ws.settings.topics))
         elif fmt == "json":
-            _write_json(out, rows)
+            _write_json(out, rows, store if ws.settings.topics else None)
         else:
             _write_table(out, rows)
 
@@ -212,7 +212,7 @@ def _write_csv(out: TextIO, store: Store, rows: Iterator[Subscriber], *, with_to
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS + ((TOPICS_COLUMN,) if with_topics else ()))
     count = 0
-    for s, source, consented, topics in _with_topics(store, store.with_consent(rows), with_topics):
+    for s, source, consented, topics in _with_topics(store if with_topics else None, store.with_consent(rows)):
         cells = (
             protect_cell(s.email),
             protect_cell(s.name),
@@ -230,10 +230,10 @@ def _write_csv(out: TextIO, store: Store, rows: Iterator[Subscriber], *, with_to
 
 
 def _with_topics(
-    store: Store, rows: Iterator[tuple[Subscriber, str, str]], wanted: bool, chunk: int = 500
+    store: Store | None, rows: Iterator[tuple[Subscriber, str, str]], chunk: int = 500
 ) -> Iterator[tuple[Subscriber, str, str, list[str]]]:
-    """Each row with its subscriber's topics, looked up a chunk at a time ([] unless `wanted`)."""
-    if not wanted:
+    """Each row with its subscriber's topics, looked up a chunk at a time ([] without `store`)."""
+    if store is None:
         yield from ((s, source, at, []) for s, source, at in rows)
         return
     while part := list(itertools.islice(rows, chunk)):
@@ -267,25 +267,23 @@ def erased_lines(ws: Workspace, staging: Staging) -> list[tuple[int, str]]:
     return [(line, f"erased on request ({email}); it is not added back") for line, email in found]
 
 
-def _write_json(out: TextIO, rows: Iterator[Subscriber]) -> None:
-    # One JSON array, one subscriber per line: valid JSON as a whole, and still streamed.
+def _write_json(out: TextIO, rows: Iterator[Subscriber], topics_from: Store | None = None) -> None:
+    """One JSON array, one subscriber per line: valid JSON as a whole, and still streamed;
+    each with its `topics` when the workspace has topics (`topics_from`)."""
     out.write("[")
     separator = "\n"
-    for s in rows:
-        out.write(
-            separator
-            + json.dumps(
-                {
-                    "id": s.id,
-                    "email": s.email,
-                    "name": s.name,
-                    "status": s.status,
-                    "created": s.created,
-                    "updated": s.updated,
-                },
-                ensure_ascii=False,
-            )
-        )
+    for s, _source, _at, topics in _with_topics(topics_from, ((s, "", "") for s in rows)):
+        row: dict[str, object] = {
+            "id": s.id,
+            "email": s.email,
+            "name": s.name,
+            "status": s.status,
+            "created": s.created,
+            "updated": s.updated,
+        }
+        if topics_from is not None:
+            row["topics"] = topics
+        out.write(separator + json.dumps(row, ensure_ascii=False))
         if separator == "\n":
             out.flush()  # the first row shows at once, even through a pipe
         separator = ",\n"
