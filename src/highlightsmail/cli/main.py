@@ -14,7 +14,7 @@ import sys
 import click
 
 from highlightsmail import __version__
-from highlightsmail.cli import authoring, db, feedback, sending, subscribers, web
+from highlightsmail.cli import authoring, db, feedback, schedule, sending, subscribers, web
 from highlightsmail.cli.context import Ctx
 
 
@@ -78,6 +78,8 @@ for command in (
     authoring.preview,
     sending.send,
     sending.status,
+    schedule.schedule_command,
+    schedule.run_due,
     subscribers.subscribers,
     subscribers.form,
     feedback.bounces,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
+from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,12 +28,14 @@ from highlightsmail.mail.pool import BackendPool
 from highlightsmail.rendering.render import render_issue
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.sending.events import Quiet, SendEvents
+from highlightsmail.sending.limits import Limits
 from highlightsmail.sending.lock import as_sender
 from highlightsmail.sending.loop import issue_batches, run_dispatch, send_claimed
 from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSendResult
 from highlightsmail.sending.plan import NO_SUBSCRIBERS, SendPlan, check_tested, make_plan
 from highlightsmail.sending.status import Group, StatusReport, status
-from highlightsmail.store import Store
+from highlightsmail.store import Store, format_time
+from highlightsmail.store.records import utc_now
 from highlightsmail.tokens import Signer, load_signer
 
 if TYPE_CHECKING:
@@ -130,6 +133,12 @@ def _send_test_batch(backend: Backend, batch: Batch) -> BatchResult:
 # ---------------------------------------------------------------------------- dispatch
 
 
+def approved_fingerprint(ws: Workspace, issue_path: Path) -> str:
+    """The fingerprint of the issue as it would go now (what a schedule compares with
+    the one it recorded)."""
+    return fingerprint(_render(ws, issue_path), ws.settings)
+
+
 def send(
     ws: Workspace,
     issue_path: Path,
@@ -139,16 +148,22 @@ def send(
     limit: int | None = None,
     resend_in_doubt: bool = False,
     skip_test_check: bool = False,
+    clock: Callable[[], datetime] = utc_now,
+    approved: str | None = None,
 ) -> SendOutcome:
     """Dispatch the issue to every subscriber active when its first send began: plan
-    it, then, once the editor says yes, run it."""
+    it, then, once the editor says yes, run it, as far as the sending limits allow now
+    (`clock`: the time they are read at). `approved`: the fingerprint a schedule
+    recorded; a message that is no longer it is not sent."""
     events = events or Quiet()
     rendered = _render(ws, issue_path)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
+    if approved is not None and digest != approved:
+        raise HighlightsError(f"{rendered.slug}: the message is no longer the one that was scheduled")
     if dry_run and not ws.database_exists():
         # Opening would create the database, and a dry run changes nothing.
         raise HighlightsError(NO_SUBSCRIBERS)
-    with Store.open(ws) as store, as_sender(ws, store, rendered.slug, dry_run=dry_run):
+    with Store.open(ws, clock=clock) as store, as_sender(ws, store, rendered.slug, dry_run=dry_run):
         tested = check_tested(store, rendered.slug, digest, skip=skip_test_check)
         backend = get_backend(ws)
         signer = _signer(ws, dry_run=dry_run)
@@ -162,7 +177,12 @@ def send(
             events.suppressions_applied(plan.suppressed, backend.name)
         if plan.found_in_doubt:
             events.found_in_doubt(plan.found_in_doubt)
-        return _run(store, backend, plan, events, lambda: issue_batches(store, rendered, ws.settings, signer), limit)
+        limits = Limits(store, ws.settings, rendered.slug, clock)
+        outcome = _run(
+            store, backend, plan, events, lambda: issue_batches(store, rendered, ws.settings, signer), limit, limits
+        )
+        _settle(store, outcome, limits, digest)
+        return outcome
 
 
 def _dry_build(store: Store, batches: Batches, plan: SendPlan) -> None:
@@ -179,6 +199,7 @@ def _run(
     events: SendEvents,
     batches: Callable[[], Batches],
     limit: int | None,
+    limits: Limits | None = None,
 ) -> SendOutcome:
     """Run a plan: ask, begin (or resume) the dispatch, run the send loop. `batches`
     are made once the dispatch has begun: its tag is made with it."""
@@ -191,14 +212,40 @@ def _run(
     if not events.confirm(plan):
         raise HighlightsError("nothing was sent")
     _begin(store, plan, backend.name, events)
+    store.sending_started(slug)
     with events.progress(plan.count) as advance:
-        run = run_dispatch(store, backend, batches(), limit=limit, progress=advance, events=events)
+        run = run_dispatch(store, backend, batches(), limit=limit, progress=advance, events=events, gate=limits)
     if store.shares_dispatch:
         # A sender that died while this one ran left its batch in flight: in doubt now.
         store.mark_in_doubt(slug)
     summary = Summary.from_counts(store.delivery_counts(slug))
     reasons = [Reason(state, why, n) for (state, why), n in run.reasons.most_common()]
-    return SendOutcome(plan, suppressed=plan.suppressed, summary=summary, reasons=reasons, stopped=run.stopped)
+    return SendOutcome(
+        plan,
+        suppressed=plan.suppressed,
+        summary=summary,
+        reasons=reasons,
+        stopped=run.stopped,
+        paused_until=format_time(limits.paused_until) if limits and limits.paused_until else None,
+        cancelled=bool(limits and limits.cancelled),
+    )
+
+
+def _settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> None:
+    """What the issue's schedule says after a run: paused until the limits' window opens
+    (a runner resumes it), sent, or stopped by hand (a runner leaves it alone)."""
+    slug = outcome.plan.slug
+    if outcome.cancelled or outcome.summary is None:
+        return
+    if outcome.paused_until is not None:
+        store.sending_stopped(
+            slug, "paused", reason="a sending limit was reached", until=outcome.paused_until, fingerprint=digest
+        )
+    elif outcome.summary["pending"] == 0:
+        store.sending_stopped(slug, "sent")
+    else:
+        why = "stopped by Ctrl-C" if outcome.stopped else "stopped after --limit"
+        store.sending_stopped(slug, "cancelled", reason=why)
 
 
 def _begin(store: Store, plan: SendPlan, backend: str, events: SendEvents) -> None:

@@ -19,6 +19,7 @@ from highlightsmail.store.migrator import SCHEMA_VERSION
 from highlightsmail.store.records import (
     DELIVERY_KINDS,
     DELIVERY_STATES,
+    SCHEDULE_STATES,
     SOURCES,
     STATUSES,
     SUPPRESSED,
@@ -34,6 +35,8 @@ from highlightsmail.store.records import (
     ImportRow,
     Place,
     RecordResult,
+    Schedule,
+    ScheduleState,
     Source,
     Status,
     Subscriber,
@@ -44,6 +47,7 @@ from highlightsmail.store.records import (
 __all__ = [
     "DELIVERY_KINDS",
     "DELIVERY_STATES",
+    "SCHEDULE_STATES",
     "SCHEMA_VERSION",
     "SOURCES",
     "STATUSES",
@@ -63,6 +67,8 @@ __all__ = [
     "OutdatedSchema",
     "Place",
     "RecordResult",
+    "Schedule",
+    "ScheduleState",
     "Source",
     "Status",
     "Store",

@@ -18,6 +18,7 @@ from highlightsmail.store.deliveries import DeliveryEvents
 from highlightsmail.store.engine import Engine, MergedAddressesWarning, UnusableDatabase
 from highlightsmail.store.ledger import Ledger
 from highlightsmail.store.records import Place, utc_now
+from highlightsmail.store.schedules import Schedules
 from highlightsmail.store.signups import Signups
 from highlightsmail.store.sqlite import SqliteEngine
 from highlightsmail.store.subscribers import Subscribers
@@ -25,7 +26,7 @@ from highlightsmail.store.subscribers import Subscribers
 BUSY_TIMEOUT_S = 30.0
 
 
-class Store(Subscribers, Ledger, DeliveryEvents, Signups, Copying):
+class Store(Subscribers, Ledger, DeliveryEvents, Signups, Schedules, Copying):
     """The database of one workspace. Also a context manager that closes it.
 
     `target` is the SQLite file's path or a PostgreSQL URL. An empty database gets the
