@@ -209,9 +209,9 @@ def test_a_database_from_a_newer_version_is_refused(target: Path | str) -> None:
     Store(target).close()
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            conn.execute("PRAGMA user_version = 8")
+            conn.execute(f"PRAGMA user_version = {migrator.SCHEMA_VERSION + 1}")
         else:
-            conn.execute("UPDATE schema_version SET version = 8")
+            conn.execute(f"UPDATE schema_version SET version = {migrator.SCHEMA_VERSION + 1}")
     with pytest.raises(HighlightsError, match="made by a newer highlightsmail"):
         Store(target)
 
