@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from highlightsmail.cli import schedule
 from highlightsmail.cli.context import PORT, Ctx, PathArg, one_shot, pass_ctx
 
 if TYPE_CHECKING:  # for the annotations only: --help loads none of it
@@ -107,6 +108,7 @@ def check(obj: Ctx, issue: str) -> None:
     if not report.ok:
         raise HighlightsError(report.summary)
     click.echo(report.summary)
+    schedule.check_note(obj.ws, obj.ws.issue_path(issue))  # when it is to go, if it is scheduled
 
 
 @click.command()

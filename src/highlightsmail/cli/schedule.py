@@ -21,28 +21,29 @@ if TYPE_CHECKING:  # for the annotations only: --help loads none of it
 def shown(ws: Workspace, stored: str | None, zone: str | None = None) -> str:
     """A stored UTC time as the editor reads it: `2024-01-15 08:00 Europe/Berlin`."""
     # Imported when the command runs, not at the top: --help loads none of it.
-    from highlightsmail.sending.schedule import local_time
+    from highlightsmail.sending.when import shown as shown_in
 
-    if not stored:
-        return "-"
-    zone = zone or ws.settings.timezone
-    return f"{local_time(stored, zone)} {zone}"
+    return shown_in(stored, zone or ws.settings.timezone)
 
 
 def state_line(ws: Workspace, schedule: Schedule) -> str:
     """Where a schedule stands, in the words `status` and `schedule` use."""
-    state = schedule.state
-    if state == "scheduled":
-        return f"scheduled for {shown(ws, schedule.due, schedule.zone)} ({shown(ws, schedule.due, 'UTC')})"
-    if state == "paused":
-        return f"paused until {shown(ws, schedule.paused_until, schedule.zone)}" + (
-            f" ({schedule.reason})" if schedule.reason else ""
-        )
-    if state == "running":
-        return f"running since {shown(ws, schedule.started, schedule.zone)}"
-    if state == "sent":
-        return f"sent (scheduled for {shown(ws, schedule.due, schedule.zone)})"
-    return f"{state}" + (f": {schedule.reason}" if schedule.reason else "")
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.sending.when import describe
+
+    return describe(schedule, ws.settings.timezone)
+
+
+def check_note(ws: Workspace, issue_path: Path) -> None:
+    """`check`: the issue's schedule, when it has one."""
+    if not ws.database_exists():
+        return  # nothing scheduled, and `check` loads nothing of the store (tests/cli/test_startup.py)
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.sending.when import note
+
+    line = note(ws, issue_path.stem)
+    if line:
+        click.echo(line)
 
 
 def scheduling(

@@ -102,6 +102,7 @@ class Report:
     #: Series label -> events in each hour since the dispatch started, for the hours
     #: that have passed (at most CHART_HOURS).
     hourly: dict[str, list[int]] = field(default_factory=dict)
+    scheduled: str | None = None  # the time it was scheduled for (stored format), if it was
 
     def as_json(self) -> dict[str, Any]:
         """The JSON form: exactly JSON_KEYS."""
@@ -160,8 +161,15 @@ def build_report(store: Store, issue: str) -> Report:
         rates=rates,
         warnings=_warnings(rates),
         hourly=_hourly(store, issue, info.started),
+        scheduled=_scheduled(store, issue),
         **figures,
     )
+
+
+def _scheduled(store: Store, issue: str) -> str | None:
+    """The time the send was scheduled for (None for a send begun by hand)."""
+    schedule = store.schedule_of(issue)
+    return schedule.due if schedule is not None and schedule.zone else None
 
 
 def _warnings(rates: dict[str, float | None]) -> list[str]:
@@ -240,7 +248,8 @@ def _rows(report: Report) -> list[tuple[str, int, str, str]]:
 
 def format_table(report: Report) -> str:
     """The report as text for a terminal."""
-    lines = [f"{report.issue}: sent through {report.backend}, dispatch started {report.started}", ""]
+    scheduled = f" (scheduled for {report.scheduled})" if report.scheduled else ""
+    lines = [f"{report.issue}: sent through {report.backend}, dispatch started {report.started}{scheduled}", ""]
     for label, figure, rate, note in _rows(report):
         lines.append(f"  {label:<15}{figure:>9}  {rate:>9}" + (f"  ({note})" if note else "").rstrip())
     lines = [line.rstrip() for line in lines]
@@ -265,6 +274,7 @@ def render_html(report: Report, settings: Settings, *, generated: datetime | Non
         chart=_chart(report),
         percent=percent,
         started=_when(report.started),
+        scheduled=_when(report.scheduled) if report.scheduled else None,
         generated=_when(generated or datetime.now(UTC)),
     )
 

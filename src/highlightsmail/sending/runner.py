@@ -22,7 +22,7 @@ from highlightsmail.errors import HighlightsError, reason
 from highlightsmail.sending import dispatch
 from highlightsmail.sending.limits import parse_time
 from highlightsmail.sending.lock import send_running
-from highlightsmail.store import Schedule, Store, format_time
+from highlightsmail.store import Schedule, Store, UnusableDatabase, format_time
 from highlightsmail.store.records import utc_now
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ class Runner:
             try:
                 for report in run_due(self.ws, clock=self.clock):
                     log.info("scheduled send of %s: %s %s", report.issue, report.what, report.detail)
+            except UnusableDatabase as err:  # the web app says so already, once (web/database.py)
+                log.debug("the schedule runner could not reach the database: %s", reason(err))
             except Exception as err:  # the server keeps serving; the next look tries again
                 log.error("the schedule runner could not run: %s", reason(err))
             self._stop.wait(self._wait())

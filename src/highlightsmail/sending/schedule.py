@@ -22,8 +22,8 @@ from highlightsmail.authoring.sendtimes import zone_problem
 from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.message import fingerprint
 from highlightsmail.rendering.render import render_issue
-from highlightsmail.sending.limits import parse_time
 from highlightsmail.sending.plan import NO_SUBSCRIBERS, check_tested
+from highlightsmail.sending.when import local_time
 from highlightsmail.store import Schedule, Store, format_time
 from highlightsmail.store.records import utc_now
 
@@ -62,12 +62,6 @@ def parse_at(text: str, zone: str, now: datetime) -> datetime:
     if moment <= now:
         raise HighlightsError(f"--at {text!r}: is in the past ({zone}); give a time to come")
     return moment
-
-
-def local_time(stored: str, zone: str) -> str:
-    """A stored UTC time as the editor reads it in `zone`: `2024-01-15 08:00`."""
-    moment = parse_time(stored).astimezone(ZoneInfo(zone) if not zone_problem(zone) else UTC)
-    return moment.strftime("%Y-%m-%d %H:%M" + (":%S" if moment.second else ""))
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ class Schedule:
 
     issue: str
     due: str
-    zone: str
+    zone: str  # "" for a send begun by hand (not scheduled) that paused or was cancelled
     fingerprint: str
     state: str  # one of SCHEDULE_STATES
     reason: str | None = None  # why it is held, missed or paused

@@ -1,6 +1,8 @@
 """Sending later and the sending limits: the schedules part of the Store.
 
-One schedule per issue: when it is due (UTC), the zone the editor wrote it in, the
+One schedule per issue: when it is due (UTC), the zone the editor wrote it in (none for
+a send begun by hand that was paused by the limits or cancelled: it is due when it
+began), the
 fingerprint of what was test-sent and scheduled, and where it stands (`ScheduleState`).
 A schedule moves only by compare-and-set on its `version`, so of several runners that
 see one due schedule exactly one starts it, on either engine.
@@ -126,7 +128,7 @@ class Schedules(Part):
                 return
             conn.execute(
                 "INSERT INTO schedules (issue, due, zone, fingerprint, state, reason, paused_until, started, updated)"
-                " SELECT ?, started, 'UTC', ?, 'paused', ?, ?, started, ? FROM dispatches WHERE issue = ?"
+                " SELECT ?, started, '', ?, 'paused', ?, ?, started, ? FROM dispatches WHERE issue = ?"
                 " ON CONFLICT (issue) DO NOTHING",
                 (issue, fingerprint, reason, until, now, issue),
             )
@@ -145,7 +147,7 @@ class Schedules(Part):
                     return None
                 conn.execute(
                     "INSERT INTO schedules (issue, due, zone, fingerprint, state, started, updated)"
-                    " VALUES (?, ?, 'UTC', '', 'cancelled', ?, ?)",
+                    " VALUES (?, ?, '', '', 'cancelled', ?, ?)",
                     (issue, unfinished[0], unfinished[0], now),
                 )
             elif found[0] in ("sent", "cancelled"):
