@@ -435,3 +435,86 @@ def test_two_runners_at_the_same_due_time_start_it_once(workspace: Path, engine:
     assert [r.what for r in started] == ["sent"], started
     assert len(outbox(workspace)) == 40
     assert set(ledger(workspace).values()) == {"sent"}
+
+
+# ------------------------------------------------------------- SendGrid holds it for you
+
+API_KEY = "SG.schedule-tests"
+
+
+def _provider(root: Path, monkeypatch: pytest.MonkeyPatch, sg: Any, **delivery: Any) -> None:
+    path = root / "highlights.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["delivery"].update({"backend": "sendgrid", "max_attempts": 2, "backoff": 0.01, **delivery})
+    data["delivery"]["sendgrid"] = {**data["delivery"].get("sendgrid", {}), "schedule": "provider"}
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
+    monkeypatch.setenv("HIGHLIGHTS_SENDGRID_HOST", sg.url)
+
+
+def test_sendgrid_holds_a_send_due_within_72_hours_and_cancels_it(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from support.sendgrid import SendGridServer
+
+    emails = add_subscribers(workspace, 5)
+    with SendGridServer(api_key=API_KEY) as sg:
+        _provider(workspace, monkeypatch, sg)
+        assert run("send", ISSUE, "--test").exit_code == 0
+        due = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+        done = run("send", ISSUE, "--at", due.strftime("%Y-%m-%d %H:%M:%S"), "--tz", "UTC", "--yes")
+        assert done.exit_code == 0, done.output
+        assert not sg.rejected, sg.rejected  # every request fits SendGrid's schema
+        [batch_id] = sg.batches
+        assert sg.batches[batch_id] == "open"
+        assert sorted(sg.held[batch_id]) == emails
+        sends = [r.body for r in sg.accepted if not r.body["subject"].startswith("[TEST]")]
+        assert sends and all(b["send_at"] == int(due.timestamp()) and b["batch_id"] == batch_id for b in sends)
+        assert "held by SendGrid" in run("schedule").output
+        # Before its time no runner touches it; after it, a runner only notes it went.
+        assert runner.run_due(load_workspace(workspace)) == []
+
+        cancelled = run("send", ISSUE, "--cancel")
+        assert cancelled.exit_code == 0, cancelled.output
+        assert sg.batches[batch_id] == "cancel"
+        assert set(ledger(workspace).values()) == {"failed"}
+        status = run("status", ISSUE).output
+        assert "2024-w02: cancelled" in status and "cancelled at SendGrid before its time" in status
+
+        # Sent again later (now, by hand): those SendGrid never delivered go, once.
+        sg.accepted.clear()
+        again = run("send", ISSUE, "--yes")
+        assert again.exit_code == 0, again.output
+        assert set(ledger(workspace).values()) == {"sent"}
+        bodies = [r.body for r in sg.accepted]
+        assert sorted(p["to"][0]["email"] for b in bodies for p in b["personalizations"]) == emails
+        assert all("send_at" not in b and "batch_id" not in b for b in bodies)
+
+
+def test_sendgrid_is_not_asked_to_hold_a_send_beyond_72_hours(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from support.sendgrid import SendGridServer
+
+    add_subscribers(workspace, 2)
+    with SendGridServer(api_key=API_KEY) as sg:
+        _provider(workspace, monkeypatch, sg)
+        assert run("send", ISSUE, "--test").exit_code == 0
+        sg.accepted.clear()
+        due = datetime.now(UTC) + timedelta(hours=80)
+        done = run("send", ISSUE, "--at", due.strftime("%Y-%m-%d %H:%M"), "--tz", "UTC", "--yes")
+        assert done.exit_code == 0, done.output
+        assert sg.accepted == [] and sg.batches == {}
+        assert "held by SendGrid" not in run("schedule").output
+
+
+def test_sendgrid_holding_refuses_the_sending_limits(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from support.sendgrid import SendGridServer
+
+    add_subscribers(workspace, 2)
+    with SendGridServer(api_key=API_KEY) as sg:
+        _provider(workspace, monkeypatch, sg, rate_limit="10/minute")
+        assert run("send", ISSUE, "--test").exit_code == 0
+        due = datetime.now(UTC) + timedelta(hours=2)
+        done = run("send", ISSUE, "--at", due.strftime("%Y-%m-%d %H:%M"), "--tz", "UTC", "--yes")
+        assert done.exit_code == 1
+        assert "the sending limits (rate_limit, daily_limit, warmup) cannot hold" in done.output
+        assert sg.batches == {}

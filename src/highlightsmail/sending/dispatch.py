@@ -150,11 +150,13 @@ def send(
     skip_test_check: bool = False,
     clock: Callable[[], datetime] = utc_now,
     approved: str | None = None,
+    hold: tuple[int, str] | None = None,
 ) -> SendOutcome:
     """Dispatch the issue to every subscriber active when its first send began: plan
     it, then, once the editor says yes, run it, as far as the sending limits allow now
     (`clock`: the time they are read at). `approved`: the fingerprint a schedule
-    recorded; a message that is no longer it is not sent."""
+    recorded; a message that is no longer it is not sent. `hold`: (send_at, batch id)
+    for a provider that holds the mail until then (sending/provider.py)."""
     events = events or Quiet()
     rendered = _render(ws, issue_path)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
@@ -166,6 +168,8 @@ def send(
     with Store.open(ws, clock=clock) as store, as_sender(ws, store, rendered.slug, dry_run=dry_run):
         tested = check_tested(store, rendered.slug, digest, skip=skip_test_check)
         backend = get_backend(ws)
+        if hold is not None:
+            backend.hold_until(*hold)
         signer = _signer(ws, dry_run=dry_run)
         plan = make_plan(
             store, backend, rendered.slug, tested=tested, dry_run=dry_run, limit=limit, resend_in_doubt=resend_in_doubt

@@ -70,6 +70,11 @@ def _one(ws: Workspace, store: Store, schedule: Schedule, clock: Callable[[], da
     """Look at one schedule that is due, and send it if it is this runner's to send."""
     now = clock()
     slug = schedule.issue
+    if schedule.provider_batch and schedule.state == "scheduled":
+        # SendGrid held it and sends it at its time: nothing for a runner but to say so.
+        if store.move_schedule(slug, schedule.version, "sent", reason="held and sent by SendGrid"):
+            return DueReport(slug, "sent", "held and sent by SendGrid")
+        return None
     if schedule.state == "running":
         if send_running(ws, store, slug) or parse_time(schedule.updated) + TAKEOVER_AFTER > now:
             return None  # its runner is at it

@@ -22,6 +22,7 @@ from highlightsmail.authoring.sendtimes import zone_problem
 from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.message import fingerprint
 from highlightsmail.rendering.render import render_issue
+from highlightsmail.sending import provider
 from highlightsmail.sending.plan import NO_SUBSCRIBERS, check_tested
 from highlightsmail.sending.when import local_time
 from highlightsmail.store import Schedule, Store, format_time
@@ -103,7 +104,13 @@ def schedule_send(
         view = Scheduled(Schedule(slug, due, zone, digest, "scheduled"), local_time(due, zone), reach)
         if not confirm(view):
             raise HighlightsError("nothing was scheduled")
-        return Scheduled(store.set_schedule(slug, due, zone, digest), view.local, reach)
+        if not provider.holds(ws, moment, clock()):
+            return Scheduled(store.set_schedule(slug, due, zone, digest), view.local, reach)
+    provider.hand_over(ws, issue_path, view.schedule, clock)
+    with Store.open(ws, clock=clock) as store:
+        held = store.schedule_of(slug)
+    assert held is not None
+    return Scheduled(held, view.local, reach)
 
 
 @dataclass(frozen=True)
@@ -120,11 +127,15 @@ def cancel(ws: Workspace, slug: str) -> Cancelled:
     """Cancel the schedule of `slug`, or its send under way."""
     with Store.open(ws) as store:
         before = store.schedule_of(slug)
+    held = 0
+    if before is not None and before.provider_batch and before.state == "scheduled":
+        held = provider.cancel_held(ws, before)  # SendGrid first: if it refuses, nothing changed here
+    with Store.open(ws) as store:
         after = store.cancel_schedule(slug)
         if after is None:
             raise HighlightsError(f"{slug}: nothing scheduled or being sent; nothing to cancel")
         unreached = store.delivery_counts(slug).get("pending", 0) if store.dispatch_info(slug) else 0
-        return Cancelled(after, before.state if before else "running", unreached)
+        return Cancelled(after, before.state if before else "running", unreached + held)
 
 
 def schedules(ws: Workspace) -> list[Schedule]:

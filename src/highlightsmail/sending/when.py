@@ -35,7 +35,8 @@ def describe(schedule: Schedule, default_zone: str) -> str:
     zone = schedule.zone or default_zone
     state = schedule.state
     if state == "scheduled":
-        return f"scheduled for {shown(schedule.due, zone)} ({shown(schedule.due, 'UTC')})"
+        held = ", held by SendGrid" if schedule.provider_batch else ""
+        return f"scheduled for {shown(schedule.due, zone)} ({shown(schedule.due, 'UTC')}{held})"
     if state == "paused":
         why = f" ({schedule.reason})" if schedule.reason else ""
         return f"paused until {shown(schedule.paused_until, zone)}{why}"

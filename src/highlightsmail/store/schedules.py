@@ -166,6 +166,27 @@ class Schedules(Part):
             row = conn.execute("SELECT state FROM schedules WHERE issue = ?", (issue,)).fetchone()
         return row is not None and row[0] == "cancelled"
 
+    def provider_cancelled(self, issue: str, why: str) -> int:
+        """The provider cancelled the mail it held for `issue`: what the ledger has as
+        sent was never delivered, so it is failed, with `why` (a later `send` retries
+        it), and the dispatch is not finished. Returns how many recipients."""
+        now = self.now()
+        with self._write() as conn:
+            count = conn.execute(
+                "SELECT coalesce(sum(counted), 0) FROM ledger_batches WHERE issue = ? AND state = 'sent'", (issue,)
+            ).fetchone()[0]
+            conn.execute(
+                "UPDATE ledger_batches SET state = 'failed', last_error = ?, updated = ? WHERE issue = ? AND state = 'sent'",
+                (why, now, issue),
+            )
+            count += conn.execute(
+                "UPDATE ledger_exceptions SET state = 'failed', last_error = ?, updated = ?"
+                " WHERE issue = ? AND state = 'sent'",
+                (why, now, issue),
+            ).rowcount
+            conn.execute("UPDATE dispatches SET finished = NULL WHERE issue = ?", (issue,))
+        return int(count)
+
     # -- the limits ---------------------------------------------------------------------
 
     def limits_turn(self) -> None:
