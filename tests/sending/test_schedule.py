@@ -518,3 +518,51 @@ def test_sendgrid_holding_refuses_the_sending_limits(workspace: Path, monkeypatc
         assert done.exit_code == 1
         assert "the sending limits (rate_limit, daily_limit, warmup) cannot hold" in done.output
         assert sg.batches == {}
+
+
+# ------------------------------------------------------------------- settings and check
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"delivery": {"rate_limit": "fast"}}, "must be a rate like `10000/hour` or `50/minute`"),
+        ({"delivery": {"warmup": [500, 0]}}, "warmup"),
+        ({"delivery": {"daily_limit": 0}}, "daily_limit"),
+        ({"schedule": {"grace": "soon"}}, "must be a duration like `6 hours`"),
+    ],
+)
+def test_bad_limit_settings_name_the_key(workspace: Path, change: dict[str, Any], says: str) -> None:
+    settings(workspace, **change)
+    done = run("schedule")
+    assert done.exit_code == 1
+    assert "highlights.yaml" in done.output and says in done.output and "Traceback" not in done.output
+
+
+def test_check_and_the_preview_show_the_schedule(workspace: Path) -> None:
+    from highlightsmail.sending.when import note
+
+    add_subscribers(workspace, 2)
+    assert "scheduled" not in run("check", ISSUE).output
+    assert run("send", ISSUE, "--test").exit_code == 0
+    assert run("send", ISSUE, "--at", "2099-01-15 08:00", "--tz", "Europe/Berlin", "--yes").exit_code == 0
+    checked = run("check", ISSUE)
+    assert checked.exit_code == 0
+    line = "2024-w02: scheduled for 2099-01-15 08:00 Europe/Berlin (2099-01-15 07:00 UTC)"
+    assert line in checked.output
+    assert note(load_workspace(workspace), ISSUE) == line  # what the preview page shows
+
+
+def test_report_shows_the_scheduled_time_beside_the_start(workspace: Path) -> None:
+    add_subscribers(workspace, 2)
+    assert scheduled_in(workspace, 60).exit_code == 0
+    with Store.open(load_workspace(workspace)) as store:
+        schedule = store.schedule_of(ISSUE)
+        assert schedule is not None
+    runner.run_due(load_workspace(workspace), clock=due_clock(workspace))
+    first = run("report", ISSUE).output.splitlines()[0]
+    assert first.startswith("2024-w02: sent through outbox, dispatch started ")
+    assert first.endswith(f"(scheduled for {schedule.due})")
+    page = workspace / "report.html"
+    assert run("report", ISSUE, "--format", "html", "--out", str(page)).exit_code == 0
+    assert "(scheduled for " in page.read_text(encoding="utf-8")
