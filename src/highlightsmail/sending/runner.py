@@ -76,7 +76,9 @@ def _one(ws: Workspace, store: Store, schedule: Schedule, clock: Callable[[], da
             return DueReport(slug, "sent", "held and sent by SendGrid")
         return None
     if schedule.state == "running":
-        if send_running(ws, store, slug) or parse_time(schedule.updated) + TAKEOVER_AFTER > now:
+        # The time first: looking for a sender on SQLite takes its lock for a moment,
+        # which a runner that has just taken the schedule may be about to take.
+        if parse_time(schedule.updated) + TAKEOVER_AFTER > now or send_running(ws, store, slug):
             return None  # its runner is at it
     elif schedule.state == "scheduled" and now > parse_time(schedule.due) + _grace(ws):
         why = f"no runner was up between its time and {ws.settings.schedule.grace} after"
