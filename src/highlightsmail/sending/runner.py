@@ -39,6 +39,8 @@ HELD = "the issue, a template or a setting changed since it was scheduled; test-
 #: A send `running` with no sender alive is taken over only after this long without a
 #: change: the runner that took it may not have joined as a sender yet.
 TAKEOVER_AFTER = timedelta(seconds=30)
+#: A send that stopped on an error is tried again this long after.
+RETRY_AFTER = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,11 @@ def _send(ws: Workspace, slug: str, path: Path, digest: str, clock: Callable[[],
     try:
         outcome = dispatch.send(ws, path, skip_test_check=True, approved=digest, clock=clock)
     except HighlightsError as err:
+        # Paused, not dropped: the next look after RETRY_AFTER tries again, and `status`
+        # says why meanwhile (a missing key, a server down, another send of it running).
+        until = format_time(clock() + RETRY_AFTER)
         with Store.open(ws, clock=clock) as store:
-            store.sending_stopped(slug, "cancelled", reason=f"the send failed: {err.format_message()}")
+            store.sending_stopped(slug, "paused", reason=f"the send stopped: {err.format_message()}", until=until)
         return DueReport(slug, "failed", err.format_message())
     if outcome.cancelled:
         return DueReport(slug, "cancelled")
