@@ -566,3 +566,28 @@ def test_report_shows_the_scheduled_time_beside_the_start(workspace: Path) -> No
     page = workspace / "report.html"
     assert run("report", ISSUE, "--format", "html", "--out", str(page)).exit_code == 0
     assert "(scheduled for " in page.read_text(encoding="utf-8")
+
+
+def test_a_scheduled_send_that_fails_to_start_is_paused_and_tried_again(workspace: Path) -> None:
+    from support.ports import free_port
+
+    add_subscribers(workspace, 2)
+    assert scheduled_in(workspace, 60).exit_code == 0
+    # The server goes away after the test send: nothing listens there now.
+    settings(
+        workspace,
+        delivery={
+            "backend": "smtp",
+            "smtp": {"host": "127.0.0.1", "port": free_port(), "security": "none"},
+            "max_attempts": 1,
+        },
+    )
+    clock = due_clock(workspace)
+    reports = runner.run_due(load_workspace(workspace), clock=clock)
+    assert [r.what for r in reports] == ["failed"]
+    with Store.open(load_workspace(workspace)) as store:
+        found = store.schedule_of(ISSUE)
+        assert found is not None and found.state == "paused"
+        assert found.reason is not None and found.reason.startswith("the send stopped: ")
+        assert found.paused_until == format_time(clock.now + runner.RETRY_AFTER)
+    assert runner.run_due(load_workspace(workspace), clock=clock) == []  # not before then
