@@ -4,7 +4,6 @@ send paused by the limits print (`send` itself is in sending.py)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -12,6 +11,8 @@ import click
 from highlightsmail.cli.context import Ctx, pass_ctx, slug_of
 
 if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from pathlib import Path
+
     from highlightsmail.authoring.workspace import Workspace
     from highlightsmail.sending.outcome import SendOutcome
     from highlightsmail.sending.schedule import Scheduled
@@ -138,7 +139,14 @@ def cancel_send(obj: Ctx, slug: str) -> None:
 
 
 @click.command("schedule")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="One line per send, or JSON for scripts.",
+)
 @pass_ctx
 def schedule_command(obj: Ctx, fmt: str) -> None:
     """List the scheduled, running, paused, held, cancelled and missed sends, one line each."""
