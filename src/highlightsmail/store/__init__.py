@@ -4,7 +4,8 @@ with its records and errors, so callers import from `highlightsmail.store`.
 
 records.py the record types and the status order; engine.py the protocol the engines
 (sqlite.py, postgresql.py) fulfil and the errors; migrator.py with sql/<engine>/ the
-schema; one part per kind of data (subscribers, ledger, deliveries, signups, copying);
+schema; one part per kind of data (subscribers, ledger, deliveries, signups, schedules,
+copying);
 facade.py the Store made of them."""
 
 from highlightsmail.store.engine import (
