@@ -591,3 +591,32 @@ def test_a_scheduled_send_that_fails_to_start_is_paused_and_tried_again(workspac
         assert found.reason is not None and found.reason.startswith("the send stopped: ")
         assert found.paused_until == format_time(clock.now + runner.RETRY_AFTER)
     assert runner.run_due(load_workspace(workspace), clock=clock) == []  # not before then
+
+
+def test_a_runner_that_stops_mid_send_pauses_it_for_the_next(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` shutting down: the send claims no more, its batch in flight is recorded,
+    and the schedule is paused for the next runner, which sends the rest once."""
+    from highlightsmail.mail.backends.outbox import OutboxBackend
+
+    add_subscribers(workspace, 250)
+    assert scheduled_in(workspace, 60).exit_code == 0
+    stop = threading.Event()
+    real = OutboxBackend.send_batch
+
+    def stopping_now(self: OutboxBackend, batch: Any) -> Any:
+        stop.set()  # the server is told to stop while this batch is in flight
+        return real(self, batch)
+
+    monkeypatch.setattr(OutboxBackend, "send_batch", stopping_now)
+    clock = due_clock(workspace)
+    reports = runner.run_due(load_workspace(workspace), clock=clock, stopping=stop.is_set)
+    assert [r.what for r in reports] == ["paused"]
+    assert len(outbox(workspace)) == 100
+    with Store.open(load_workspace(workspace)) as store:
+        found = store.schedule_of(ISSUE)
+        assert (
+            found is not None and found.state == "paused" and found.reason == "the runner stopped; the next one goes on"
+        )
+    monkeypatch.setattr(OutboxBackend, "send_batch", real)
+    assert [r.what for r in runner.run_due(load_workspace(workspace), clock=clock)] == ["sent"]
+    assert len(outbox(workspace)) == 250 and set(ledger(workspace).values()) == {"sent"}

@@ -151,12 +151,15 @@ def send(
     clock: Callable[[], datetime] = utc_now,
     approved: str | None = None,
     hold: tuple[int, str] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> SendOutcome:
     """Dispatch the issue to every subscriber active when its first send began: plan
     it, then, once the editor says yes, run it, as far as the sending limits allow now
     (`clock`: the time they are read at). `approved`: the fingerprint a schedule
     recorded; a message that is no longer it is not sent. `hold`: (send_at, batch id)
-    for a provider that holds the mail until then (sending/provider.py)."""
+    for a provider that holds the mail until then (sending/provider.py). `stopping`:
+    when it says so, no more batches are claimed and the send pauses (a runner's server
+    shutting down)."""
     events = events or Quiet()
     rendered = _render(ws, issue_path)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
@@ -181,7 +184,7 @@ def send(
             events.suppressions_applied(plan.suppressed, backend.name)
         if plan.found_in_doubt:
             events.found_in_doubt(plan.found_in_doubt)
-        limits = Limits(store, ws.settings, rendered.slug, clock)
+        limits = Limits(store, ws.settings, rendered.slug, clock, stopping)
         outcome = _run(
             store, backend, plan, events, lambda: issue_batches(store, rendered, ws.settings, signer), limit, limits
         )
@@ -242,9 +245,7 @@ def _settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> 
     if outcome.cancelled or outcome.summary is None:
         return
     if outcome.paused_until is not None:
-        store.sending_stopped(
-            slug, "paused", reason="a sending limit was reached", until=outcome.paused_until, fingerprint=digest
-        )
+        store.sending_stopped(slug, "paused", reason=limits.reason, until=outcome.paused_until, fingerprint=digest)
     elif outcome.summary["pending"] == 0:
         store.sending_stopped(slug, "sent")
     else:

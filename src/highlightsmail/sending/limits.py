@@ -49,8 +49,16 @@ class Limits:
     transaction; afterwards `paused_until` (the limits were reached) or `cancelled` say
     why it stopped claiming, if it did."""
 
-    def __init__(self, store: Store, settings: Settings, slug: str, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        slug: str,
+        clock: Callable[[], datetime] = utc_now,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         delivery = settings.delivery
+        self.stopping = stopping  # the runner's server is shutting down: pause now
         self.store = store
         self.slug = slug
         self.clock = clock
@@ -59,6 +67,7 @@ class Limits:
         self.warmup = list(delivery.warmup)
         self.domain = sending_domain(settings)
         self.paused_until: datetime | None = None
+        self.reason = "a sending limit was reached"  # why it paused
         self.cancelled = False
 
     @property
@@ -69,6 +78,9 @@ class Limits:
         """How many of `wanted` recipients may be claimed now (0: stop claiming)."""
         if self.store.schedule_cancelled(self.slug):
             self.cancelled = True
+            return 0
+        if self.stopping():
+            self.paused_until, self.reason = self.clock(), "the runner stopped; the next one goes on"
             return 0
         if not self.limited:
             return wanted

@@ -53,22 +53,29 @@ class DueReport:
     detail: str = ""
 
 
-def run_due(ws: Workspace, *, clock: Callable[[], datetime] = utc_now) -> list[DueReport]:
+def run_due(
+    ws: Workspace, *, clock: Callable[[], datetime] = utc_now, stopping: Callable[[], bool] = lambda: False
+) -> list[DueReport]:
     """Start (or resume) every send that is due now; send what the limits allow now and
-    return, without waiting for the next window."""
+    return, without waiting for the next window. `stopping`: when it says so, a send
+    under way claims no more batches and pauses (its batches in flight finish)."""
     if not ws.database_exists():
         return []
     reports: list[DueReport] = []
     with Store.open(ws, clock=clock) as store:
         due = store.due_schedules(format_time(clock()))
         for schedule in due:
-            report = _one(ws, store, schedule, clock)
+            if stopping():
+                break
+            report = _one(ws, store, schedule, clock, stopping)
             if report is not None:
                 reports.append(report)
     return reports
 
 
-def _one(ws: Workspace, store: Store, schedule: Schedule, clock: Callable[[], datetime]) -> DueReport | None:
+def _one(
+    ws: Workspace, store: Store, schedule: Schedule, clock: Callable[[], datetime], stopping: Callable[[], bool]
+) -> DueReport | None:
     """Look at one schedule that is due, and send it if it is this runner's to send."""
     now = clock()
     slug = schedule.issue
@@ -96,7 +103,7 @@ def _one(ws: Workspace, store: Store, schedule: Schedule, clock: Callable[[], da
         return _hold(store, schedule, HELD)
     if not store.move_schedule(slug, schedule.version, "running", started=True):
         return None  # another runner took it first
-    return _send(ws, slug, path, digest, clock)
+    return _send(ws, slug, path, digest, clock, stopping)
 
 
 def _grace(ws: Workspace) -> timedelta:
@@ -109,9 +116,11 @@ def _hold(store: Store, schedule: Schedule, why: str) -> DueReport | None:
     return None
 
 
-def _send(ws: Workspace, slug: str, path: Path, digest: str, clock: Callable[[], datetime]) -> DueReport:
+def _send(
+    ws: Workspace, slug: str, path: Path, digest: str, clock: Callable[[], datetime], stopping: Callable[[], bool]
+) -> DueReport:
     try:
-        outcome = dispatch.send(ws, path, skip_test_check=True, approved=digest, clock=clock)
+        outcome = dispatch.send(ws, path, skip_test_check=True, approved=digest, clock=clock, stopping=stopping)
     except HighlightsError as err:
         # Paused, not dropped: the next look after RETRY_AFTER tries again, and `status`
         # says why meanwhile (a missing key, a server down, another send of it running).
@@ -145,14 +154,15 @@ class Runner:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop looking; a send under way finishes its batches in flight first."""
+        """Stop looking; a send under way claims no more, finishes its batches in flight
+        and pauses (the next runner goes on with it)."""
         self._stop.set()
         self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                for report in run_due(self.ws, clock=self.clock):
+                for report in run_due(self.ws, clock=self.clock, stopping=self._stop.is_set):
                     log.info("scheduled send of %s: %s %s", report.issue, report.what, report.detail)
             except UnusableDatabase as err:  # the web app says so already, once (web/database.py)
                 log.debug("the schedule runner could not reach the database: %s", reason(err))
