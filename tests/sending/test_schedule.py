@@ -620,3 +620,23 @@ def test_a_runner_that_stops_mid_send_pauses_it_for_the_next(workspace: Path, mo
     monkeypatch.setattr(OutboxBackend, "send_batch", real)
     assert [r.what for r in runner.run_due(load_workspace(workspace), clock=clock)] == ["sent"]
     assert len(outbox(workspace)) == 250 and set(ledger(workspace).values()) == {"sent"}
+
+
+def test_a_waiting_send_cancelled_meanwhile_stops(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from highlightsmail.cli import schedule as cli_schedule
+
+    settings(workspace, delivery={"rate_limit": "5/hour"})
+    add_subscribers(workspace, 12)
+    assert run("send", ISSUE, "--test").exit_code == 0
+    waited: list[str] = []
+
+    def cancelled_while_waiting(ws: Any, slug: str, until: str) -> None:
+        waited.append(until)
+        assert run("send", ISSUE, "--cancel").exit_code == 0  # from another terminal
+
+    monkeypatch.setattr(cli_schedule, "wait_for", cancelled_while_waiting)
+    done = run("send", ISSUE, "--yes")
+    assert done.exit_code == 0, done.output
+    assert len(waited) == 1
+    assert "2024-w02: cancelled; `highlights send 2024-w02` resumes from there" in done.output
+    assert len(outbox(workspace)) == 5 and schedule_state(workspace) == "cancelled"

@@ -87,13 +87,23 @@ def send_waiting(obj: Ctx, talk: Any, path: Path, *, no_wait: bool, **options: A
     """`send`, honouring the limits: when one is reached it waits for the window (saying
     until when) and goes on, or with `no_wait` returns and leaves the rest to the runner."""
     # Imported when the command runs, not at the top: --help loads none of it.
+    import dataclasses
+
     from highlightsmail.sending import dispatch
+    from highlightsmail.sending.when import current
 
     while True:
         outcome = dispatch.send(obj.ws, path, events=talk, **options)
         if outcome.paused_until is None or no_wait:
             return outcome
-        wait_for(obj.ws, outcome.plan.slug, outcome.paused_until)
+        slug = outcome.plan.slug
+        wait_for(obj.ws, slug, outcome.paused_until)
+        now = current(obj.ws, slug)
+        if now is not None and now.state == "cancelled":  # `send --cancel` came meanwhile
+            return dataclasses.replace(outcome, paused_until=None, cancelled=True)
+        if now is not None and now.state != "paused":  # a runner took it meanwhile
+            click.echo(f"{slug}: {state_line(obj.ws, now)}; this send leaves it at that", err=True)
+            return outcome
         talk.yes = True  # asked once: the rest of this send goes on by itself
         options["resend_in_doubt"] = False
 

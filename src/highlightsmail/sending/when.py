@@ -15,7 +15,7 @@ from highlightsmail.store import Schedule, Store
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
 
-__all__ = ["describe", "local_time", "note", "shown"]
+__all__ = ["current", "describe", "local_time", "note", "shown"]
 
 
 def local_time(stored: str, zone: str) -> str:
@@ -47,14 +47,19 @@ def describe(schedule: Schedule, default_zone: str) -> str:
     return state + (f": {schedule.reason}" if schedule.reason else "")
 
 
-def note(ws: Workspace, slug: str) -> str | None:
-    """The issue's schedule as one line, when it has one; None when it has none or the
-    database cannot say (a check or a preview does not stop for that)."""
+def current(ws: Workspace, slug: str) -> Schedule | None:
+    """The issue's schedule, or None when it has none or the database cannot say."""
     if not ws.database_exists():
         return None
     try:
         with Store.open(ws) as store:
-            found = store.schedule_of(slug)
+            return store.schedule_of(slug)
     except HighlightsError:
         return None
+
+
+def note(ws: Workspace, slug: str) -> str | None:
+    """The issue's schedule as one line, when it has one (a check or a preview does not
+    stop when the database cannot say)."""
+    found = current(ws, slug)
     return f"{slug}: {describe(found, ws.settings.timezone)}" if found else None
