@@ -67,6 +67,25 @@ def test_desktop_column_is_600px(page, example_html: str) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_correction_text_contrast_is_at_least_4_5(page, workspace: Path, scheme: str) -> None:
+    """The correction notice is readable in either mode (every element's contrast)."""
+    from highlightsmail.authoring.issue import load_issue
+    from highlightsmail.rendering.correction import render_correction
+
+    ws = load_workspace()
+    text = "The second item said **eight**; it is [two](https://example.org/p).\n\n- one\n- two"
+    html = render_correction(ws, load_issue(ws.issue_path("2024-w02")), text, "2024-w02~correction-1").html
+    page.emulate_media(color_scheme=scheme)
+    page.set_viewport_size(DESKTOP)
+    page.set_content(html)
+    elements = page.evaluate(TEXT_ELEMENTS_JS)
+    assert len(elements) > 8
+    assert [e for e in elements if e["contrast"] < 4.5] == []
+    card = page.evaluate("getComputedStyle(document.querySelector('.hl-card')).backgroundColor")
+    assert card == ("rgb(17, 26, 46)" if scheme == "dark" else "rgb(255, 255, 255)")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_text_contrast_is_at_least_4_5(page, example_html: str, scheme: str) -> None:
     page.emulate_media(color_scheme=scheme)
     page.set_viewport_size(DESKTOP)
@@ -130,11 +149,19 @@ def _class_on_body_instead(html: str) -> str:
 
 
 @pytest.mark.parametrize("placement", ["wrapper", "body"])
-@pytest.mark.parametrize("kind", ["issue", "confirmation"])
+@pytest.mark.parametrize("kind", ["issue", "confirmation", "correction"])
 def test_dark_page_background_wherever_the_class_lands(page, example_html: str, kind: str, placement: str) -> None:
+    from highlightsmail.authoring.issue import load_issue
+    from highlightsmail.rendering.correction import render_correction
     from highlightsmail.subscribers.signup import render_confirmation
 
-    email = example_html if kind == "issue" else render_confirmation(load_workspace()).html
+    ws = load_workspace()
+    emails = {
+        "issue": lambda: example_html,
+        "confirmation": lambda: render_confirmation(ws).html,
+        "correction": lambda: render_correction(ws, load_issue(ws.issue_path("2024-w02")), "It is *two*.", "c").html,
+    }
+    email = emails[kind]()
     html = email if placement == "wrapper" else _class_on_body_instead(email)
     page.set_viewport_size(DESKTOP)
     page.set_content(html)

@@ -79,12 +79,12 @@ def dump(target: Path | str) -> dict[str, list[tuple]]:
 def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 8
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 10
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         else:
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(8,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(10,)]
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
             indexes = {
                 r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
@@ -106,7 +106,7 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
     assert "deliveries" not in tables  # the ledger is kept per batch, not per recipient
     assert {"ledger_batches_range", "ledger_exceptions_batch", "ledger_recipients_last"} <= indexes
-    assert store.schema_version == 8
+    assert store.schema_version == 10
 
 
 def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> None:

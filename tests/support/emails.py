@@ -86,11 +86,27 @@ def welcome_email(root: Path) -> Path:
     return _only(root / "outbox" / EXAMPLE)
 
 
+CORRECTION = "The second item said the model routes to **eight** experts; it picks [two of eight](https://arxiv.org/abs/2401.04088) per token."
+
+
+def correction_email(root: Path) -> Path:
+    """A correction notice, as a reader who received the example issue gets it."""
+    from highlightsmail.sending.corrections import send_correction, send_correction_test
+
+    issue_email(root)
+    ws = load_workspace(root)
+    path = ws.issue_path(EXAMPLE)
+    send_correction_test(ws, path, CORRECTION, [ws.settings.editors[0]])
+    send_correction(ws, path, CORRECTION)
+    return _only(root / "outbox" / f"{EXAMPLE}~correction-1")
+
+
 EMAIL_KINDS: dict[str, Callable[[Path], Path]] = {
     "issue": issue_email,
     "test": editors_email,
     "welcome": welcome_email,
     "confirmation": confirmation_email,
+    "correction": correction_email,
 }
 
 

@@ -23,6 +23,8 @@ def slug_problem(slug: str) -> str | None:
     problem = header_problem(slug)
     if problem is None and slug.startswith("_"):
         problem = "must not start with '_', which marks the tool's own mail"
+    if problem is None and "~correction-" in slug:
+        problem = "holds '~correction-', which names the corrections of a sent issue"
     if problem is None:
         return None
     return f"the file name {slug + '.yaml'!r} cannot name an issue: it {problem}"

@@ -14,7 +14,7 @@ import sys
 import click
 
 from highlightsmail import __version__
-from highlightsmail.cli import authoring, db, feedback, schedule, sending, subscribers, web
+from highlightsmail.cli import authoring, db, feedback, messages, schedule, sending, subscribers, web
 from highlightsmail.cli.context import Ctx
 
 
@@ -89,3 +89,6 @@ for command in (
     web.publish,
 ):
     main.add_command(command)
+
+# Kept apart from cli/subscribers.py: rebuilding a sent message is its own piece of work.
+subscribers.subscribers.add_command(messages.show)

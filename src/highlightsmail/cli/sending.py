@@ -6,14 +6,16 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from highlightsmail.cli import schedule as later
-from highlightsmail.cli.context import Ctx, pass_ctx, slug_of
+from highlightsmail.cli.context import Ctx, PathArg, pass_ctx, slug_of
 
 if TYPE_CHECKING:  # for the annotations only: --help loads none of it
+    from pathlib import Path
+
     from highlightsmail.sending.dispatch import Reason, SendOutcome, SendPlan, Summary, TestSendResult
 
 
@@ -30,6 +32,12 @@ if TYPE_CHECKING:  # for the annotations only: --help loads none of it
     "--resend-in-doubt", is_flag=True, help="Send again to recipients whose batch was in flight when a run died."
 )
 @click.option("--skip-test-check", is_flag=True, help="Send even if this rendering was not test-sent.")
+@click.option(
+    "--correction", metavar="TEXT", help="Mail a correction notice (Markdown) to those who received ISSUE instead."
+)
+@click.option(
+    "--correction-file", metavar="FILE", type=PathArg(dir_okay=False), help="As --correction, the text read from FILE."
+)
 @click.option("--at", "at", metavar="'YYYY-MM-DD HH:MM[:SS]'", help="Schedule the send for this time, then exit.")
 @click.option("--tz", "tz", metavar="ZONE", help="With --at: the time zone (default: timezone: in highlights.yaml).")
 @click.option("--cancel", is_flag=True, help="Cancel the scheduled send, or stop the send under way.")
@@ -45,6 +53,8 @@ def send(
     limit: int | None,
     resend_in_doubt: bool,
     skip_test_check: bool,
+    correction: str | None,
+    correction_file: Path | None,
     at: str | None = None,
     tz: str | None = None,
     cancel: bool = False,
@@ -54,9 +64,17 @@ def send(
 
     Without --test, ISSUE goes to every active subscriber, after a confirmation; with
     --at, at that time (`highlights run-due` or `serve` sends it). ISSUE is a path, a
-    slug or `latest`."""
+    slug or `latest`. With --correction (or --correction-file), a short correction
+    notice goes instead, to exactly those the ledger says received ISSUE and who are
+    still subscribed, once its own --test was sent."""
     if to and not test:
         raise click.UsageError("--to goes with --test")
+    if correction is not None or correction_file is not None:
+        if limit or skip_test_check or at or tz or cancel or no_wait:
+            raise click.UsageError("a correction goes with --test, --to, --yes, --dry-run and --resend-in-doubt only")
+        again = {"yes": yes, "dry_run": dry_run, "resend_in_doubt": resend_in_doubt}
+        _send_correction(obj, issue, correction, correction_file, test=test, to=to, **again)
+        return
     if later.scheduling(
         obj, issue, at, tz, cancel, alone=not (test or dry_run or limit), yes=yes, skip=skip_test_check
     ):
@@ -68,12 +86,13 @@ def send(
     if test:
         _said_test(dispatch.send_test(obj.ws, path, list(to), dry_run=dry_run))
         return
-    options = {
-        "dry_run": dry_run,
-        "limit": limit,
-        "resend_in_doubt": resend_in_doubt,
-        "skip_test_check": skip_test_check,
-    }
+    options = {"dry_run": dry_run, "limit": limit, "resend_in_doubt": resend_in_doubt}
+    _send_to_subscribers(obj, path, yes=yes, no_wait=no_wait, skip_test_check=skip_test_check, **options)
+
+
+def _send_to_subscribers(obj: Ctx, path: Path, *, yes: bool, no_wait: bool, **options: Any) -> None:
+    """`send` to the subscribers: run it (waiting for the limits' windows unless
+    `no_wait`), then say how it went."""
     outcome = later.send_waiting(obj, _SendTalk(yes=yes), path, no_wait=no_wait, **options)
     if later.said_stopped(obj, outcome):
         return
@@ -94,6 +113,70 @@ def send(
         click.echo(f"{plan.slug}: {_summary_line(summary)}.")
         _show_reasons(outcome.reasons)
     _finish(plan.slug, summary)
+
+
+def _send_correction(
+    obj: Ctx,
+    issue: str,
+    text: str | None,
+    file: Path | None,
+    *,
+    test: bool,
+    to: tuple[str, ...],
+    yes: bool,
+    dry_run: bool,
+    resend_in_doubt: bool,
+) -> None:
+    """`send ISSUE --correction ...`: its test send, or its dispatch."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.sending import corrections
+
+    path = obj.ws.issue_path(issue)
+    words = corrections.correction_text(text, file)
+    if test:
+        correction, tested = corrections.send_correction_test(obj.ws, path, words, list(to), dry_run=dry_run)
+        if tested.dry_run:
+            click.echo(f"Dry run: would send a test of {correction.name} to {', '.join(tested.recipients)}")
+            return
+        click.echo(
+            f"Test of {correction.name} sent to {', '.join(tested.recipients)} "
+            f"through {tested.backend} (fingerprint {tested.fingerprint[:12]})."
+        )
+        click.echo("When it looks right, send it: the same command without --test")
+        return
+    outcome = corrections.send_correction(
+        obj.ws, path, words, events=_SendTalk(yes=yes), dry_run=dry_run, resend_in_doubt=resend_in_doubt
+    )
+    _said_sent(outcome)
+
+
+def _said_sent(outcome: SendOutcome) -> None:
+    """What a correction's send did, as its last lines; what to do next is the same
+    command again (its text names the correction)."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.errors import HighlightsError
+
+    plan = outcome.plan
+    if outcome.dry_run:
+        _said_dry_run(outcome)
+        return
+    if outcome.stopped:
+        raise HighlightsError(f"{plan.slug}: stopped; resume with the same command")
+    summary = outcome.summary
+    assert summary is not None
+    if outcome.nothing_left:
+        click.echo(f"{plan.slug}: nothing left to send ({_summary_line(summary)}).")
+    else:
+        click.echo(f"{plan.slug}: {_summary_line(summary)}.")
+        _show_reasons(outcome.reasons)
+    failed, doubt = summary["failed"], summary["in_doubt"]
+    if failed or doubt:
+        raise HighlightsError(
+            f"{failed} failed and {doubt} in doubt: see `highlights status {plan.slug}`; "
+            "the same command retries the failed ones" + (", add --resend-in-doubt for those in doubt" if doubt else "")
+        )
+    if summary["pending"]:
+        click.echo(f"{summary['pending']} still to send: run the same command again")
 
 
 def _said_test(tested: TestSendResult) -> None:

@@ -35,13 +35,23 @@ class Addressee(Protocol):
 class Batches:
     """Batches of one rendered email. `tag` is the dispatch's: every message token, and
     so every Message-ID, derives from it and the subscriber's id (nothing per recipient
-    is stored to know it again); without it the Message-IDs are random."""
+    is stored to know it again); without it the Message-IDs are random. `date` is the
+    Date of every message to subscribers (when the run kept its message); None: when each is built."""
 
-    def __init__(self, rendered: RenderedIssue, settings: Settings, signer: Signer, *, tag: str | None = None) -> None:
+    def __init__(
+        self,
+        rendered: RenderedIssue,
+        settings: Settings,
+        signer: Signer,
+        *,
+        tag: str | None = None,
+        date: float | None = None,
+    ) -> None:
         self.rendered = rendered
         self.settings = settings
         self.signer = signer
         self.tag = tag
+        self.date = date
         self._links: Callable[[int], RecipientLinks] | None = None
 
     def _subscriber_links(self) -> Callable[[int], RecipientLinks]:
@@ -64,7 +74,7 @@ class Batches:
             )
             for row in rows
         ]
-        return Batch.of(self.rendered, self.settings, envelopes, number=number)
+        return Batch.of(self.rendered, self.settings, envelopes, number=number, date=self.date)
 
     def to_editors(self, recipients: Iterable[Recipient]) -> Batch:
         """A test send: keyed 1, 2, ... in order, with test links (they open a page that

@@ -60,17 +60,26 @@ class MessageTemplate:
     The first recipient's result is checked against `build_message`'s: any difference,
     or a message of another shape, and every message is built fully instead.
 
-    `links` is any recipient's links: only the names of their headers are used.
+    `links` is any recipient's links: only the names of their headers are used. `date`
+    is every message's Date (a dispatch's: when its run kept it, so the message can be told
+    again from the ledger); None: the time each is built.
     """
 
     _PER_RECIPIENT = ("to", "date", "message-id")
 
     def __init__(
-        self, rendered: RenderedIssue, settings: Settings, links: RecipientLinks, *, test: bool = False
+        self,
+        rendered: RenderedIssue,
+        settings: Settings,
+        links: RecipientLinks,
+        *,
+        test: bool = False,
+        date: float | None = None,
     ) -> None:
         self.rendered = rendered
         self.settings = settings
         self.test = test
+        self.date = date
         self._domain = sender_domain(settings)
         self._link_names = {name.lower() for name in links.headers}
         # The layout comes from a plain ASCII stand-in, so no odd first address can spoil it.
@@ -148,6 +157,7 @@ class MessageTemplate:
                 test=self.test,
                 eight_bit=eight_bit,
                 message_id=message_id,
+                date=self.date,
             )
         return self._render_fast(recipient, links, eight_bit, message_id)
 
@@ -165,7 +175,7 @@ class MessageTemplate:
                 out.append(line)
                 utf8 |= wide
             elif item == "date":
-                out.append(_header("Date", mail_date())[0])
+                out.append(_header("Date", mail_date(self.date))[0])
             elif item == "message-id":
                 out.append(_header("Message-ID", message_id or self.message_id(None))[0])
             else:  # "links": List-Unsubscribe, List-Unsubscribe-Post, List-Id
@@ -279,9 +289,10 @@ def full_message(
     test: bool,
     eight_bit: bool,
     message_id: str | None,
+    date: float | None = None,
 ) -> Outgoing:
     """The slow, general path: the email package does everything."""
-    msg = build_message(rendered, settings, recipient, links, test=test, message_id=message_id)
+    msg = build_message(rendered, settings, recipient, links, test=test, message_id=message_id, date=date)
     policy = email.policy.SMTP if eight_bit else email.policy.SMTP.clone(cte_type="7bit")
     try:
         data = msg.as_bytes(policy=policy)
@@ -291,7 +302,7 @@ def full_message(
 
 
 class TemplateCache:
-    """One MessageTemplate per (rendered issue, settings, test flag): a dispatch reuses
+    """One MessageTemplate per (rendered issue, settings, test flag, date): a dispatch reuses
     it for every batch instead of building the reference message again."""
 
     def __init__(self) -> None:
@@ -299,12 +310,19 @@ class TemplateCache:
         self._lock = threading.Lock()
 
     def get(
-        self, rendered: RenderedIssue, settings: Settings, links: RecipientLinks, *, test: bool = False
+        self,
+        rendered: RenderedIssue,
+        settings: Settings,
+        links: RecipientLinks,
+        *,
+        test: bool = False,
+        date: float | None = None,
     ) -> MessageTemplate:
         with self._lock:
             template = self._template
-            if template is None or (template.rendered, template.settings, template.test) != (rendered, settings, test):
-                template = self._template = MessageTemplate(rendered, settings, links, test=test)
+            known = (template.rendered, template.settings, template.test, template.date) if template else None
+            if template is None or known != (rendered, settings, test, date):
+                template = self._template = MessageTemplate(rendered, settings, links, test=test, date=date)
             return template
 
 

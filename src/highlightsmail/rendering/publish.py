@@ -37,6 +37,7 @@ from highlightsmail import __version__
 from highlightsmail.authoring.issue import Issue, load_issue
 from highlightsmail.authoring.workspace import Settings, Workspace
 from highlightsmail.errors import HighlightsError, display_path
+from highlightsmail.rendering.changes import Changes, changes, issue_from_text
 from highlightsmail.rendering.render import issue_context, render_template
 from highlightsmail.rendering.site import write_site
 from highlightsmail.store import Store
@@ -56,6 +57,21 @@ ISSUE_TEMPLATE = "site/issue.html.j2"
 ENTRY_TEMPLATE = "site/entry.html.j2"
 NOT_FOUND_TEMPLATE = "site/404.html.j2"
 _HEADING_TAG = re.compile(r"<(/?)h([1-6])\b")
+# English month names whatever the locale (as the issue's own dates are written).
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 T = TypeVar("T")
 
@@ -85,11 +101,19 @@ class Entry:
     sent: bool
     #: The file's (mtime, size) when it was read.
     stamp: tuple[int, int]
+    #: When the file was changed after it was sent (its last change), and what changed.
+    corrected: datetime | None = None
+    changes: Changes | None = None
 
     @property
-    def key(self) -> tuple[str, tuple[int, int], datetime]:
+    def key(self) -> tuple[str, tuple[int, int], datetime, datetime | None]:
         """What a page built from this entry depends on."""
-        return (self.slug, self.stamp, self.published)
+        return (self.slug, self.stamp, self.published, self.corrected)
+
+    @property
+    def updated(self) -> datetime:
+        """When it last changed for a reader: its correction, else its publication."""
+        return self.corrected or self.published
 
 
 def _started(value: str) -> datetime:
@@ -177,18 +201,43 @@ class Archive:
 
     # -- which issues
 
-    def _sent(self, slugs: list[str]) -> dict[str, datetime]:
-        """When each issue's dispatch started, for those that have one. No database
-        yet means nothing was sent (and none is created here)."""
+    def _sent(self, slugs: list[str]) -> dict[str, tuple[datetime, str | None]]:
+        """When each issue's dispatch started, for those that have one, and the issue
+        file's text it kept then (None if it kept none). No database yet means nothing
+        was sent (and none is created here)."""
         if not slugs or not self.ws.database_exists():
             return {}
-        started: dict[str, datetime] = {}
+        started: dict[str, tuple[datetime, str | None]] = {}
         with Store.open(self.ws) as store:
             for slug in slugs:
                 info = store.dispatch_info(slug)
                 if info is not None:
-                    started[slug] = _started(info.started)
+                    kept = store.kept_message(slug)
+                    started[slug] = (_started(info.started), kept.source if kept else None)
         return started
+
+    def _correction(
+        self, path: Path, stamp: tuple[int, int], issue: Issue, sent: tuple[datetime, str | None]
+    ) -> tuple[datetime | None, Changes | None]:
+        """When the sent issue at `path` was corrected and what changed, or (None, None)."""
+        published, text = sent
+        if text is None:
+            return None, None
+
+        def make() -> tuple[datetime | None, Changes | None]:
+            try:
+                if path.read_text(encoding="utf-8") == text:
+                    return None, None
+            except (OSError, UnicodeError):
+                return None, None
+            before = issue_from_text(text)
+            found = changes(before, issue) if before is not None else None
+            if found is not None and not found:
+                return None, None  # only its layout or comments changed: nothing a reader sees
+            edited = datetime.fromtimestamp(stamp[0] // 1_000_000_000, UTC)
+            return max(edited, published), found
+
+        return self._remember(("correction", path, stamp, published), make)
 
     def entries(self, *, strict: bool = True) -> tuple[list[Entry], list[str]]:
         """The issues the archive lists, newest first, and the files left out with why.
@@ -231,8 +280,11 @@ class Archive:
                 )
                 skipped.append(f"{display_path(path)}: left out, it is not valid")
                 continue
-            published = sent.get(slug) or _midnight(issue.date)
-            entries.append(Entry(slug, path, issue, published, slug in sent, stamp))
+            if slug in sent:
+                corrected, changed = self._correction(path, stamp, issue, sent[slug])
+                entries.append(Entry(slug, path, issue, sent[slug][0], True, stamp, corrected, changed))
+            else:
+                entries.append(Entry(slug, path, issue, _midnight(issue.date), False, stamp))
         entries.sort(key=lambda e: (e.issue.date, e.published, e.slug), reverse=True)
         return entries, skipped
 
@@ -280,6 +332,23 @@ class Archive:
             "type": "article",
             "image": image,
             "published": entry.published.isoformat().replace("+00:00", "Z"),
+            "modified": entry.corrected.isoformat().replace("+00:00", "Z") if entry.corrected else None,
+        }
+
+    @staticmethod
+    def _corrections(entry: Entry) -> dict[str, Any]:
+        """What the page says of a correction: when, and each changed part's diff."""
+        if entry.corrected is None:
+            return {"correction": None, "corrected_items": frozenset()}
+        day = entry.corrected.date()
+        found = entry.changes
+        return {
+            "correction": {
+                "date_iso": day.isoformat(),
+                "date_long": f"{day.day} {_MONTHS[day.month - 1]} {day.year}",
+                "parts": found.parts if found else [],
+            },
+            "corrected_items": found.items if found else frozenset(),
         }
 
     def issue_page(self, entry: Entry, newer: Entry | None = None, older: Entry | None = None) -> str:
@@ -296,6 +365,7 @@ class Archive:
                 **view,
                 **self._common("../"),
                 "page": self._page(entry, view),
+                **self._corrections(entry),
                 "newer": neighbour(newer),
                 "older": neighbour(older),
             }
@@ -348,7 +418,7 @@ class Archive:
     def _entry_content(self, entry: Entry) -> str:
         def make() -> str:
             view = self._view(entry)
-            context = {**view, **self._common("../"), "page": self._page(entry, view)}
+            context = {**view, **self._common("../"), "page": self._page(entry, view), **self._corrections(entry)}
             return render_template(self.ws, ENTRY_TEMPLATE, context).strip()
 
         return self._remember(("entry", entry.key, self._templates_stamp()), make)
@@ -356,7 +426,8 @@ class Archive:
     def feed(self, entries: list[Entry]) -> bytes:
         """`feed.xml`: Atom 1.0 (RFC 4287), one entry per listed issue, newest first,
         each with its full content. An entry's id is its page's URL, which never
-        changes; it is updated when it was published (the start of its dispatch)."""
+        changes; it is updated when it was published (the start of its dispatch), or
+        when it was corrected after that."""
 
         def make() -> bytes:
             settings = self.ws.settings
@@ -369,7 +440,7 @@ class Archive:
             fg.language("en")
             fg.generator("highlightsmail", version=__version__)
             # An empty feed is as new as the moment it was made; otherwise as its newest entry.
-            fg.updated(max((e.published for e in entries), default=datetime.now(UTC).replace(microsecond=0)))
+            fg.updated(max((e.updated for e in entries), default=datetime.now(UTC).replace(microsecond=0)))
             for entry in entries:
                 view = self._view(entry)
                 url = urls(settings).issue_page(entry.slug)
@@ -378,7 +449,7 @@ class Archive:
                 fe.title(view["issue"]["title"])
                 fe.link(href=url, rel="alternate", type="text/html")
                 fe.published(entry.published)
-                fe.updated(entry.published)
+                fe.updated(entry.updated)
                 fe.summary(view["issue"]["preheader"])
                 fe.content(self._entry_content(entry), type="html")
             atom: bytes = fg.atom_str(pretty=True)

@@ -23,6 +23,7 @@ from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.backends import get_backend
 from highlightsmail.mail.backends.base import Backend, Batch, BatchResult, DeliveryError
 from highlightsmail.mail.batches import Batches
+from highlightsmail.mail.kept import keepable
 from highlightsmail.mail.message import Recipient, build_message, fingerprint
 from highlightsmail.mail.pool import BackendPool
 from highlightsmail.rendering.render import render_issue
@@ -39,7 +40,7 @@ from highlightsmail.store.records import utc_now
 from highlightsmail.tokens import Signer, load_signer
 
 if TYPE_CHECKING:
-    from highlightsmail.authoring.workspace import Workspace
+    from highlightsmail.authoring.workspace import Settings, Workspace
 
 __all__ = [
     "Group",
@@ -94,7 +95,11 @@ def _editors(ws: Workspace, to: list[str]) -> list[Recipient]:
 def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool = False) -> TestSendResult:
     """Send the issue to the editors (or `to`) with [TEST] in the subject, and record
     the fingerprint of what was sent so that `send` knows it was seen."""
-    rendered = _render(ws, issue_path)
+    return send_test_of(ws, _render(ws, issue_path), to, dry_run=dry_run)
+
+
+def send_test_of(ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_run: bool = False) -> TestSendResult:
+    """`send_test` of an email already rendered (an issue, or a correction notice)."""
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     recipients = _editors(ws, to)
     batch = Batches(rendered, ws.settings, _signer(ws, dry_run=dry_run)).to_editors(recipients)
@@ -186,10 +191,29 @@ def send(
             events.found_in_doubt(plan.found_in_doubt)
         limits = Limits(store, ws.settings, rendered.slug, clock, stopping)
         outcome = _run(
-            store, backend, plan, events, lambda: issue_batches(store, rendered, ws.settings, signer), limit, limits
+            store,
+            backend,
+            plan,
+            events,
+            lambda: issue_batches(store, rendered, ws.settings, signer),
+            limit,
+            keep=lambda: keep_message(store, rendered, ws.settings, issue_path),
+            limits=limits,
         )
         _settle(store, outcome, limits, digest)
         return outcome
+
+
+def keep_message(store: Store, rendered: RenderedIssue, settings: Settings, source: Path | None) -> None:
+    """Keep the message this dispatch sends, and the issue file as it is now (the first
+    run of a dispatch keeps them; later runs find them kept)."""
+    text = None
+    if source is not None:
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeError):
+            text = None  # it was just read to render it; without it no correction shows
+    store.keep_message(rendered.slug, keepable(rendered, settings), text)
 
 
 def _dry_build(store: Store, batches: Batches, plan: SendPlan) -> None:
@@ -206,10 +230,13 @@ def _run(
     events: SendEvents,
     batches: Callable[[], Batches],
     limit: int | None,
+    *,
+    keep: Callable[[], None] = lambda: None,
     limits: Limits | None = None,
 ) -> SendOutcome:
     """Run a plan: ask, begin (or resume) the dispatch, run the send loop. `batches`
-    are made once the dispatch has begun: its tag is made with it."""
+    are made once the dispatch has begun: its tag is made with it; `keep` keeps the
+    message it sends then (mail/kept.py)."""
     slug = plan.slug
     if plan.pending == 0:
         if not plan.resume:
@@ -219,6 +246,7 @@ def _run(
     if not events.confirm(plan):
         raise HighlightsError("nothing was sent")
     _begin(store, plan, backend.name, events)
+    keep()
     store.sending_started(slug)
     with events.progress(plan.count) as advance:
         run = run_dispatch(store, backend, batches(), limit=limit, progress=advance, events=events, gate=limits)

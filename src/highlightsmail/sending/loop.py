@@ -17,6 +17,7 @@ when it says none, the loop claims no more and the batches under way finish.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -84,9 +85,15 @@ class Claim:
 
 def issue_batches(store: Store, rendered: RenderedIssue, settings: Settings, signer: Signer) -> Batches:
     """The batches of an issue's dispatch. Its tag is read once: every sender of the
-    dispatch derives the same Message-IDs from it."""
+    dispatch derives the same Message-IDs from it, and every message is dated when the
+    message it sends was kept (store.keep_message, at the start of the run; so the
+    message a subscriber got can be told again: mail/kept.py), else when it began."""
     info = store.dispatch_info(rendered.slug)
-    return Batches(rendered, settings, signer, tag=info.tag if info else None)
+    if info is None:
+        return Batches(rendered, settings, signer)
+    kept = store.kept_message(rendered.slug, store.next_batch_number(rendered.slug))
+    date = kept.kept_at if kept is not None else info.started_at
+    return Batches(rendered, settings, signer, tag=info.tag, date=date)
 
 
 def outcome(keys: list[int], result: Callable[[], BatchResult]) -> BatchResult:
@@ -127,6 +134,8 @@ def send_claimed(store: Store, backend: Backend, batches: Batches, delivery: Del
     doubt. The ledger row is what keeps a later resume from sending a second copy.
     `backend` is open; `batches` carry the dispatch's tag. Returns the state they ended in."""
     batch = batches.to_subscribers([delivery], number=delivery.batch or 0, tokens=backend.message_tokens)
+    # Dated now, not when the dispatch began: a welcome days later must not look old.
+    batch = dataclasses.replace(batch, date=None)
     result = outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
     record(store, batches.rendered.slug, result, batch=delivery.batch)
     return state_of(result)

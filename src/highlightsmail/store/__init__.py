@@ -16,6 +16,7 @@ from highlightsmail.store.engine import (
     UnusableDatabase,
 )
 from highlightsmail.store.facade import Store
+from highlightsmail.store.messages import KeptMessage
 from highlightsmail.store.migrator import SCHEMA_VERSION
 from highlightsmail.store.records import (
     DELIVERY_KINDS,
@@ -63,6 +64,7 @@ __all__ = [
     "Event",
     "ImportResult",
     "ImportRow",
+    "KeptMessage",
     "MergedAddressesWarning",
     "NoHighlightsData",
     "OutdatedSchema",

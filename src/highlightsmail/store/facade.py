@@ -14,9 +14,11 @@ from highlightsmail.dburl import is_postgresql
 from highlightsmail.errors import display_path
 from highlightsmail.store import migrator
 from highlightsmail.store.copying import Copying
+from highlightsmail.store.corrections import Corrections
 from highlightsmail.store.deliveries import DeliveryEvents
 from highlightsmail.store.engine import Engine, MergedAddressesWarning, UnusableDatabase
 from highlightsmail.store.ledger import Ledger
+from highlightsmail.store.messages import KeptMessages
 from highlightsmail.store.records import Place, utc_now
 from highlightsmail.store.schedules import Schedules
 from highlightsmail.store.signups import Signups
@@ -26,7 +28,7 @@ from highlightsmail.store.subscribers import Subscribers
 BUSY_TIMEOUT_S = 30.0
 
 
-class Store(Subscribers, Ledger, DeliveryEvents, Signups, Schedules, Copying):
+class Store(Subscribers, Ledger, DeliveryEvents, Signups, Schedules, Copying, KeptMessages, Corrections):
     """The database of one workspace. Also a context manager that closes it.
 
     `target` is the SQLite file's path or a PostgreSQL URL. An empty database gets the

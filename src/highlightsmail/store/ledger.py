@@ -81,8 +81,10 @@ class Ledger(LedgerState):
         return [r[0] for r in self._query("SELECT issue FROM dispatches WHERE tag = ? ORDER BY issue", (tag,))]
 
     def latest_dispatch(self) -> str | None:
-        """The issue whose dispatch began last, or None."""
-        rows = self._query("SELECT issue FROM dispatches ORDER BY started DESC, issue DESC LIMIT 1")
+        """The issue whose dispatch began last, or None (a correction's is no issue's)."""
+        rows = self._query(
+            "SELECT issue FROM dispatches WHERE issue NOT LIKE '%~correction-%' ORDER BY started DESC, issue DESC LIMIT 1"
+        )
         return str(rows[0][0]) if rows else None
 
     def begin_dispatch(self, issue: str, backend: str) -> int:

@@ -163,6 +163,11 @@ class DispatchInfo:
     finished: str | None
     tag: str | None = None  # the dispatch's tag, in every message token (tokens.py)
 
+    @property
+    def started_at(self) -> float:
+        """When the dispatch began, as a POSIX time."""
+        return datetime.fromisoformat(self.started.replace("Z", "+00:00")).timestamp()
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:

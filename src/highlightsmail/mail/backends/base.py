@@ -71,6 +71,8 @@ class Batch:
     settings: Settings
     envelopes: list[Envelope]
     test: bool = False
+    # Every message's Date (when its run kept the message, so it can be told again); None: now.
+    date: float | None = None
 
     @classmethod
     def of(
@@ -81,9 +83,10 @@ class Batch:
         *,
         number: int = 0,
         test: bool = False,
+        date: float | None = None,
     ) -> Batch:
         """The one way a batch is made: its slug is the rendered email's."""
-        return cls(number, rendered.slug, rendered, settings, envelopes, test)
+        return cls(number, rendered.slug, rendered, settings, envelopes, test, date)
 
 
 @dataclass

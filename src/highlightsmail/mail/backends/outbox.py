@@ -72,7 +72,9 @@ class OutboxBackend(Backend):
             taken = self._taken(folder)
         except OSError as err:
             raise DeliveryError(f"outbox: cannot write to {display_path(folder)}: {err.strerror or err}") from None
-        template = self._templates.get(batch.rendered, batch.settings, batch.envelopes[0].links, test=batch.test)
+        template = self._templates.get(
+            batch.rendered, batch.settings, batch.envelopes[0].links, test=batch.test, date=batch.date
+        )
         result = BatchResult()
         for env in batch.envelopes:
             try:

@@ -259,7 +259,9 @@ class SmtpBackend(Backend):
     def send_batch(self, batch: Batch) -> BatchResult:
         result = BatchResult()
         envelopes = batch.envelopes
-        template = self._templates.get(batch.rendered, batch.settings, envelopes[0].links, test=batch.test)
+        template = self._templates.get(
+            batch.rendered, batch.settings, envelopes[0].links, test=batch.test, date=batch.date
+        )
         for index, env in enumerate(envelopes):
             message_id = template.message_id(env.token)  # a retry is the same message
             # VERP (delivery.bounces.verp): the return address carries the message's token.
