@@ -35,16 +35,14 @@ def state_line(ws: Workspace, schedule: Schedule) -> str:
     return describe(schedule, ws.settings.timezone)
 
 
-def check_note(ws: Workspace, issue_path: Path) -> None:
-    """`check`: the issue's schedule, when it has one."""
+def check_note(ws: Workspace, issue_path: Path) -> str | None:
+    """`check`: the issue's schedule as one line, when it has one."""
     if not ws.database_exists():
-        return  # nothing scheduled, and `check` loads nothing of the store (tests/cli/test_startup.py)
+        return None  # nothing scheduled, and `check` loads nothing of the store (tests/cli/test_startup.py)
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.sending.when import note
 
-    line = note(ws, issue_path.stem)
-    if line:
-        click.echo(line)
+    return note(ws, issue_path.stem)
 
 
 def scheduling(

@@ -36,7 +36,6 @@ from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSen
 from highlightsmail.sending.plan import NO_SUBSCRIBERS, SendPlan, check_tested, make_plan
 from highlightsmail.sending.status import Group, StatusReport, status
 from highlightsmail.store import Store, format_time
-from highlightsmail.store.records import utc_now
 from highlightsmail.tokens import Signer, load_signer
 
 if TYPE_CHECKING:
@@ -153,7 +152,7 @@ def send(
     limit: int | None = None,
     resend_in_doubt: bool = False,
     skip_test_check: bool = False,
-    clock: Callable[[], datetime] = utc_now,
+    clock: Callable[[], datetime] | None = None,
     approved: str | None = None,
     hold: tuple[int, str] | None = None,
     stopping: Callable[[], bool] = lambda: False,
@@ -173,7 +172,8 @@ def send(
     if dry_run and not ws.database_exists():
         # Opening would create the database, and a dry run changes nothing.
         raise HighlightsError(NO_SUBSCRIBERS)
-    with Store.open(ws, clock=clock) as store, as_sender(ws, store, rendered.slug, dry_run=dry_run):
+    opening = {"clock": clock} if clock is not None else {}  # else the store's own clock
+    with Store.open(ws, **opening) as store, as_sender(ws, store, rendered.slug, dry_run=dry_run):
         tested = check_tested(store, rendered.slug, digest, skip=skip_test_check)
         backend = get_backend(ws)
         if hold is not None:
@@ -189,7 +189,7 @@ def send(
             events.suppressions_applied(plan.suppressed, backend.name)
         if plan.found_in_doubt:
             events.found_in_doubt(plan.found_in_doubt)
-        limits = Limits(store, ws.settings, rendered.slug, clock, stopping)
+        limits = Limits(store, ws.settings, rendered.slug, stopping)
         outcome = _run(
             store,
             backend,

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from highlightsmail.authoring.sendtimes import rate_of
 from highlightsmail.store import format_time
-from highlightsmail.store.records import utc_now
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Settings
@@ -50,18 +49,12 @@ class Limits:
     why it stopped claiming, if it did."""
 
     def __init__(
-        self,
-        store: Store,
-        settings: Settings,
-        slug: str,
-        clock: Callable[[], datetime] = utc_now,
-        stopping: Callable[[], bool] = lambda: False,
+        self, store: Store, settings: Settings, slug: str, stopping: Callable[[], bool] = lambda: False
     ) -> None:
         delivery = settings.delivery
         self.stopping = stopping  # the runner's server is shutting down: pause now
         self.store = store
         self.slug = slug
-        self.clock = clock
         self.rate = rate_of(delivery.rate_limit) if delivery.rate_limit else None
         self.daily = delivery.daily_limit
         self.warmup = list(delivery.warmup)
@@ -69,6 +62,10 @@ class Limits:
         self.paused_until: datetime | None = None
         self.reason = "a sending limit was reached"  # why it paused
         self.cancelled = False
+
+    def clock(self) -> datetime:
+        """Now, by the store's clock (injectable: tests move it by days)."""
+        return parse_time(self.store.now())
 
     @property
     def limited(self) -> bool:
