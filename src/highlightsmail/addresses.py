@@ -7,9 +7,6 @@ from __future__ import annotations
 import functools
 import unicodedata
 
-import idna  # email-validator's own IDNA 2008 library, which checks the domains
-from email_validator import EmailNotValidError, validate_email
-
 
 class BadAddress(ValueError):
     """An address that is not valid; the message says why."""
@@ -18,6 +15,11 @@ class BadAddress(ValueError):
 def normalize_address(raw: str) -> str:
     """The stored form of an address: trimmed, syntax checked (no DNS lookups), and
     normalised by email-validator (domain lower-cased and IDNA-checked, Unicode NFC)."""
+    # Here, not at the top: compiling email-validator's patterns is a tenth of the
+    # start-up of commands that check no address (or know their addresses are good:
+    # authoring.fields keeps the settings' verdicts).
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         return validate_email(raw.strip(), check_deliverability=False).normalized
     except EmailNotValidError as exc:
@@ -29,6 +31,8 @@ def ascii_address(address: str) -> str | None:
     SendGrid takes it: an internationalised domain in its ASCII (IDNA) form
     (`ada@xn--bcher-kva.example` for `ada@bücher.example`); None when the part before
     the @ is not ASCII, which has no such form."""
+    if address.isascii():
+        return address  # the usual case: once per recipient of a send
     local, _, domain = address.rpartition("@")
     if not local.isascii():
         return None
@@ -40,6 +44,8 @@ def ascii_address(address: str) -> str | None:
 
 @functools.lru_cache(maxsize=4096)
 def _idna(domain: str) -> str | None:
+    import idna  # email-validator's own IDNA 2008 library, which checks the domains
+
     try:
         return idna.encode(domain, uts46=True).decode("ascii")
     except idna.IDNAError:

@@ -10,18 +10,23 @@ file being written, so each caller can word its own one-line message.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 __all__ = [
     "TEMP_SUFFIX",
+    "cache_folder",
     "new_file_mode",
+    "own_cache_folder",
     "remove_stale_temporaries",
     "temp_prefix",
+    "write_cache_json",
     "write_file",
     "write_files",
 ]
@@ -197,3 +202,51 @@ def _sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- the cache folder
+
+
+def cache_folder() -> Path:
+    """Where what a new process would otherwise redo is kept (compiled templates, parsed
+    CSS, inlined HTML, the settings' addresses found good): XDG_CACHE_HOME (else
+    ~/.cache)/highlightsmail/."""
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    # A relative XDG_CACHE_HOME is invalid by the spec: ignored, as other programs do.
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
+    return root / "highlightsmail"
+
+
+def own_cache_folder() -> Path | None:
+    """cache_folder(), or None (use no cache) when it cannot be found or is not this
+    user's alone: what is read from it is run (compiled templates) or shapes the mail,
+    so a folder another user owns or may write to is not trusted."""
+    try:
+        folder = cache_folder()
+        found = folder.stat()
+    except FileNotFoundError:
+        return folder  # made on first write, this user's, mode 0700
+    except (OSError, RuntimeError):  # RuntimeError: no home folder to be found
+        return None
+    if found.st_uid != os.getuid() or found.st_mode & 0o022:
+        return None
+    return folder
+
+
+def write_cache_json(path: Path, data: Any) -> None:
+    """`data` as JSON in `path` (a cache entry), written whole under a name of this
+    process and thread, then renamed into place, so that a reader never sees half a
+    file; nothing is kept when the folder cannot be written (a cache is never a reason
+    to fail, nor a write that a build's own files wait for)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            with open(temp, "x", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+    except OSError:
+        pass

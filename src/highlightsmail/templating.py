@@ -28,8 +28,17 @@ from jinja2.bccache import Bucket
 from jinja2.loaders import split_template_path
 
 from highlightsmail import __version__
+from highlightsmail.files import cache_folder, own_cache_folder
 
-__all__ = ["environment", "package_loader", "package_template", "ui_environment", "workspace_loader"]
+__all__ = [
+    "cache_folder",
+    "environment",
+    "own_cache_folder",
+    "package_loader",
+    "package_template",
+    "ui_environment",
+    "workspace_loader",
+]
 
 PACKAGE = "highlightsmail"
 TEMPLATES = "templates"
@@ -100,30 +109,6 @@ class _CompiledTemplates(jinja2.FileSystemBytecodeCache):
             super().dump_bytecode(bucket)
         except OSError:
             pass  # nothing kept: the next run compiles again
-
-
-def cache_folder() -> Path:
-    """Where compiled templates are kept: XDG_CACHE_HOME (else ~/.cache)/highlightsmail/."""
-    base = os.environ.get("XDG_CACHE_HOME") or ""
-    # A relative XDG_CACHE_HOME is invalid by the spec: ignored, as other programs do.
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
-    return root / "highlightsmail"
-
-
-def own_cache_folder() -> Path | None:
-    """cache_folder(), or None (use no cache) when it cannot be found or is not this
-    user's alone: what is read from it is run (compiled templates) or shapes the mail,
-    so a folder another user owns or may write to is not trusted."""
-    try:
-        folder = cache_folder()
-        found = folder.stat()
-    except FileNotFoundError:
-        return folder  # made on first write, this user's, mode 0700
-    except (OSError, RuntimeError):  # RuntimeError: no home folder to be found
-        return None
-    if found.st_uid != os.getuid() or found.st_mode & 0o022:
-        return None
-    return folder
 
 
 @cache

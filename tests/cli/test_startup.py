@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from highlightsmail.cli import main
@@ -70,7 +71,7 @@ def test_help_loads_no_engine(workspace: Path, tmp_path: Path) -> None:
 def test_check_renders_without_the_message_store_or_network_layers(workspace: Path, tmp_path: Path) -> None:
     modules = loaded_by(workspace, tmp_path, "check", "2024-w02")
     assert {
-        "premailer",
+        "highlightsmail.rendering.inlining",
         "highlightsmail.rendering.render",
         "highlightsmail.review.lint",
     } <= modules  # it did render and lint
@@ -81,9 +82,36 @@ def test_check_renders_without_the_message_store_or_network_layers(workspace: Pa
 
 def test_build_loads_the_message_but_no_store_or_network_layer(workspace: Path, tmp_path: Path) -> None:
     modules = loaded_by(workspace, tmp_path, "build", "2024-w02", "--out", str(tmp_path / "out"))
-    assert {"premailer", "highlightsmail.mail.message"} <= modules
+    assert {"highlightsmail.rendering.inlining", "highlightsmail.mail.message"} <= modules
     assert (tmp_path / "out" / "2024-w02.eml").is_file()
     assert not (_NEVER_FOR_ONE_ISSUE | {"highlightsmail.rendering.publish"}) & modules
+
+
+def test_check_again_loads_neither_premailer_nor_email_validator(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What premailer made of the HTML and the settings' addresses found good are kept
+    in the cache folder: checking the same issue again imports neither premailer (nor
+    cssutils) nor email-validator, and says the same."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    judges = {"premailer", "cssutils", "email_validator"}
+    say = [sys.executable, "-c", "from highlightsmail.cli import main; main()", "check", "2024-w02"]
+
+    first = subprocess.run(say, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = loaded_by(workspace, tmp_path, "check", "2024-w02")
+    assert {"highlightsmail.rendering.render", "highlightsmail.review.lint"} <= again
+    assert not judges & again
+    second = subprocess.run(say, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert (second.returncode, second.stdout, second.stderr) == (0, first.stdout, first.stderr)
+    assert "more items of this size fit" in first.stdout + first.stderr
+
+
+def test_a_new_cache_folder_means_premailer_and_email_validator_again(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    assert {"premailer", "cssutils", "email_validator"} <= loaded_by(workspace, tmp_path, "check", "2024-w02")
 
 
 def test_premailer_gets_the_real_requests_when_it_uses_it(workspace: Path) -> None:

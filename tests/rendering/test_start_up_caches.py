@@ -14,6 +14,7 @@ import premailer.cache
 import pytest
 
 from highlightsmail import templating
+from highlightsmail.authoring import fields
 from highlightsmail.rendering import inlining
 
 
@@ -30,6 +31,8 @@ def _forget_caches() -> None:
     """As a new process starts: nothing in memory, the cache folder looked up again."""
     templating._bytecode_cache.cache_clear()
     inlining._rules_folder.cache_clear()
+    inlining._inlined_folder.cache_clear()
+    fields._known_addresses.cache_clear()
     inlining._inliner_class()._rules.clear()
     inlining._declarations.cache_clear()
     premailer.cache.cache.clear()
@@ -219,3 +222,99 @@ def test_a_cache_folder_others_may_write_to_is_not_used(cache_home: Path, tmp_pa
     assert not list((cache_home / "highlightsmail").iterdir())
     _forget_caches()
     assert inlining.inline_css(_EMAIL) == first
+
+
+# ---------------------------------------------------------------------------- inlined HTML
+
+
+def _forbid_inlining(monkeypatch: pytest.MonkeyPatch) -> None:
+    def inline_nothing(html: str) -> str:
+        raise AssertionError("inlined although the cache holds the HTML")
+
+    monkeypatch.setattr(inlining, "inline_css", inline_nothing)
+
+
+def _inlined_files(cache_home: Path) -> list[Path]:
+    return list(cache_home.glob("highlightsmail/inlined-*/*.json"))
+
+
+def test_html_inlined_once_is_read_from_the_cache_next_time(cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = inlining.inline_css_kept(_EMAIL)
+    assert first == inlining.inline_css(_EMAIL)
+    assert len(_inlined_files(cache_home)) == 1
+
+    _forget_caches()
+    _forbid_inlining(monkeypatch)
+    assert inlining.inline_css_kept(_EMAIL) == first
+
+
+def test_other_html_is_inlined_again(cache_home: Path) -> None:
+    inlining.inline_css_kept(_EMAIL)
+    other = inlining.inline_css_kept(_EMAIL.replace("Text", "Other text"))
+    assert "Other text" in other
+    assert len(_inlined_files(cache_home)) == 2
+
+
+def test_a_damaged_inlined_file_is_inlined_anew(cache_home: Path) -> None:
+    first = inlining.inline_css_kept(_EMAIL)
+    for kept in _inlined_files(cache_home):
+        kept.write_text('{"inlined": "<html><bo', encoding="utf-8")
+    _forget_caches()
+    assert inlining.inline_css_kept(_EMAIL) == first
+
+
+def test_only_the_newest_inlined_files_are_kept(cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inlining, "_INLINED_KEPT", 2)
+    for n in range(4):
+        inlining.inline_css_kept(_EMAIL.replace("Text", f"Text {n}"))
+    assert len(_inlined_files(cache_home)) == 2
+
+
+def test_no_cache_folder_means_inlining_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder", encoding="utf-8")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    _forget_caches()
+    try:
+        assert inlining.inline_css_kept(_EMAIL) == inlining.inline_css(_EMAIL)
+    finally:
+        _forget_caches()
+
+
+# ---------------------------------------------------------------------------- settings' addresses
+
+
+def _forbid_judging(monkeypatch: pytest.MonkeyPatch) -> None:
+    def judge_nothing(raw: str) -> str:
+        raise AssertionError("judged although the cache holds the verdict")
+
+    monkeypatch.setattr(fields, "normalize_address", judge_nothing)
+
+
+def test_a_good_settings_address_is_not_judged_again(cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fields._address("Ada <ada@example.org>") == "Ada <ada@example.org>"
+    assert list(cache_home.glob("highlightsmail/addresses-*.json"))
+    _forget_caches()
+    _forbid_judging(monkeypatch)
+    assert fields._address('"Ada L." <ada@example.org>') == '"Ada L." <ada@example.org>'
+
+
+def test_a_bad_settings_address_is_refused_every_time(cache_home: Path) -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError, match="is not an email address"):
+            fields._address("Ada <ada@@example.org>")
+        _forget_caches()
+    kept = list(cache_home.glob("highlightsmail/addresses-*.json"))
+    assert all("ada@@" not in p.read_text(encoding="utf-8") for p in kept)
+
+
+def test_a_damaged_addresses_file_means_judging_again(cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fields._address("ada@example.org")
+    for kept in cache_home.glob("highlightsmail/addresses-*.json"):
+        kept.write_text('["ada@exa', encoding="utf-8")
+    _forget_caches()
+    judged: list[str] = []
+    real = fields.normalize_address
+    monkeypatch.setattr(fields, "normalize_address", lambda raw: judged.append(raw) or real(raw))
+    assert fields._address("ada@example.org") == "ada@example.org"
+    assert judged == ["ada@example.org"]

@@ -7,15 +7,21 @@ What text may hold is decided in `highlightsmail.text` and what an address is in
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
+import json
+import os
 import re
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator
 
-from highlightsmail import text
+from highlightsmail import __version__, addresses, text
 from highlightsmail.addresses import BadAddress, ascii_address, normalize_address
+from highlightsmail.files import own_cache_folder, write_cache_json
 
 
 def _http_url(value: str) -> str:
@@ -129,11 +135,68 @@ def _address(value: str) -> str:
     _, addr = split_address(value)
     if "@" not in addr:
         raise ValueError(f"'{value}' is not an email address")
-    try:
-        normalize_address(addr)
-    except BadAddress as exc:
-        raise ValueError(f"'{value}' is not an email address: {exc}") from None
+    if addr not in _known_addresses():
+        try:
+            normalize_address(addr)
+        except BadAddress as exc:
+            raise ValueError(f"'{value}' is not an email address: {exc}") from None
+        _known_addresses().add(addr)
     return value
+
+
+class _KnownAddresses:
+    """The settings' addresses found good before, kept in the user's cache folder under
+    a name made of the files that judged them (email-validator, idna, addresses.py), so
+    `check` and `build` need not import email-validator to judge the same few again.
+    Only good verdicts are kept; a damaged file means judging again."""
+
+    def __init__(self) -> None:
+        self.path = _known_addresses_file()
+        self.good: set[str] = set()
+        if self.path is not None:
+            try:
+                kept = json.loads(self.path.read_bytes())
+                self.good = {a for a in kept if isinstance(a, str)} if isinstance(kept, list) else set()
+            except (OSError, ValueError):
+                pass
+
+    def __contains__(self, addr: str) -> bool:
+        return addr in self.good
+
+    def add(self, addr: str) -> None:
+        self.good.add(addr)
+        if self.path is not None and len(self.good) <= _KNOWN_ADDRESSES_KEPT:
+            write_cache_json(self.path, sorted(self.good))
+
+
+_KNOWN_ADDRESSES_KEPT = 256
+# email-validator's files that judge an address (its version among them).
+_JUDGES = ("version.py", "syntax.py", "validate_email.py", "rfc_constants.py")
+
+
+@functools.cache
+def _known_addresses() -> _KnownAddresses:
+    return _KnownAddresses()
+
+
+def _known_addresses_file() -> Path | None:
+    from importlib.util import find_spec
+
+    folder = own_cache_folder()
+    if folder is None:
+        return None
+    try:
+        shaping = [addresses.__file__]
+        for package, names in (("email_validator", _JUDGES), ("idna", ("package_data.py", "core.py"))):
+            spec = find_spec(package)
+            places = list(spec.submodule_search_locations or ()) if spec else []
+            if not places:
+                return None
+            shaping.extend(os.path.join(places[0], name) for name in names)
+        stamp = repr([(__version__, name, os.stat(name).st_size, os.stat(name).st_mtime_ns) for name in shaping])
+    except (OSError, ImportError, ValueError):
+        return None
+    return folder / f"addresses-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.json"
 
 
 def _sender_address(value: str) -> str:

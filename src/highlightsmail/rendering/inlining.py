@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import types
 import urllib
 from functools import lru_cache
@@ -24,9 +23,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from highlightsmail import __version__
-from highlightsmail.templating import own_cache_folder
+from highlightsmail.files import own_cache_folder, write_cache_json
 
-__all__ = ["compact", "inline_css", "keep_head_styles"]
+__all__ = ["compact", "inline_css", "inline_css_kept", "keep_head_styles"]
 
 _MJ_INLINE_STYLE = re.compile(r"<mj-style\b[^>]*\binline\s*=\s*[\"']inline[\"'][^>]*>(.*?)</mj-style>", re.S | re.I)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
@@ -190,24 +189,7 @@ def _store_rules(css_body: str, ruleset_index: int, options: tuple[bool, ...], r
     """Keep `rules` for later runs. A cache that cannot be written is left out."""
     path = _rules_file(css_body, ruleset_index, options)
     if path is not None:
-        _write_json(path, rules)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """`data` as JSON in `path`, written whole, then renamed into place, so that a reader
-    never sees half a file; nothing is kept when the folder cannot be written."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-            os.replace(temp, path)
-        except BaseException:
-            os.unlink(temp)
-            raise
-    except OSError:
-        pass
+        write_cache_json(path, rules)
 
 
 #: Declarations kept at most; past this, only those of the last run are kept.
@@ -255,7 +237,7 @@ class _StoredDeclarations:
         self._added = False
         if len(self._known) > _DECLARATIONS_KEPT:
             self._known = {key: self._known[key] for key in self._used}
-        _write_json(self._path, self._known)
+        write_cache_json(self._path, self._known)
 
 
 @lru_cache(maxsize=1)
@@ -401,3 +383,78 @@ def compact(html: str) -> str:
     html = _STYLE_TAG.sub(lambda m: f"<style{m.group(1)}>{_short_css(m.group(2))}</style>", html)
     html = _ADJACENT_MSO.sub("", html)
     return html.replace("<tbody>", "").replace("</tbody>", "")
+
+
+# --------------------------------------------------------------------------- inlined HTML on disk
+
+# `check` and `build` of an unchanged issue compile the same HTML again. What premailer
+# makes of it is kept in the user's cache folder, named by the HTML and by the files that
+# shape the result (premailer, cssutils, lxml and this module), so such a run does not
+# import premailer and cssutils at all (most of `check`'s start-up). The newest
+# _INLINED_KEPT are kept; the folder is safe to delete.
+
+_INLINED_KEPT = 32
+# Files whose size and time name the kept HTML, by package (found without importing it).
+_SHAPING_FILES = (
+    ("premailer", ("premailer.py", "merge_style.py")),
+    ("cssutils", ("__init__.py", "css/cssstyledeclaration.py")),
+    ("lxml", ("__init__.py",)),
+)
+
+
+@lru_cache(maxsize=1)
+def _inlined_folder() -> Path | None:
+    """Where inlined HTML is kept, or None (inline every time) without a cache folder or
+    when the installed packages cannot be told apart."""
+    from importlib.util import find_spec
+
+    folder = own_cache_folder()
+    if folder is None:
+        return None
+    shaping: list[tuple[str, int, int]] = [(__file__, *_stat(Path(__file__)))]
+    try:
+        for package, names in _SHAPING_FILES:
+            spec = find_spec(package)
+            places = list(spec.submodule_search_locations or ()) if spec else []
+            if not places:
+                return None
+            shaping.extend((f"{package}/{name}", *_stat(Path(places[0]) / name)) for name in names)
+    except (OSError, ImportError, ValueError):
+        return None
+    stamp = repr((__version__, shaping))
+    return folder / f"inlined-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    found = path.stat()
+    return found.st_size, found.st_mtime_ns
+
+
+def inline_css_kept(html: str) -> str:
+    """`inline_css`, read from the cache folder when this HTML was inlined before by the
+    same packages; a damaged or missing entry means inlining it again."""
+    folder = _inlined_folder()
+    if folder is None:
+        return inline_css(html)
+    path = folder / f"{hashlib.sha256(html.encode()).hexdigest()}.json"
+    try:
+        kept = json.loads(path.read_bytes())
+        if isinstance(kept, dict) and isinstance(kept.get("inlined"), str):
+            inlined: str = kept["inlined"]
+            return inlined
+    except (OSError, ValueError):
+        pass  # not kept yet, or damaged (a half-written file is never renamed into place)
+    inlined = inline_css(html)
+    write_cache_json(path, {"inlined": inlined})
+    _keep_newest(folder)
+    return inlined
+
+
+def _keep_newest(folder: Path) -> None:
+    """Delete all but the newest _INLINED_KEPT entries (another process may be at it too)."""
+    try:
+        entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in entries[_INLINED_KEPT:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -23,7 +23,7 @@ from highlightsmail.authoring.issue import Issue, Item
 from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.rendering import folding
-from highlightsmail.rendering.inlining import compact, inline_css, keep_head_styles
+from highlightsmail.rendering.inlining import compact, inline_css_kept, keep_head_styles
 from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from highlightsmail.urls import has_page, urls
 
@@ -358,7 +358,7 @@ def render_email(ws: Workspace, html_template: str, text_template: str, context:
     templates_dir = str(ws.templates_dir)
     env = _environment(templates_dir)
     mjml_source, mjml_file = _render_template(env, html_template, context, templates_dir)
-    html = compact(inline_css(keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source)))
+    html = compact(inline_css_kept(keep_head_styles(_compile_mjml(mjml_source, mjml_file), mjml_source)))
     text = _tidy_text(_render_template(env, text_template, context, templates_dir)[0])
     # Every line within RFC 5322's 998 octets, for every recipient's own link too.
     room = len(urls(ws.settings).base) + _RECIPIENT_LINK_TAIL

@@ -67,6 +67,19 @@ def _cut(text: str) -> str:
 
 
 def redact(text: str, *, safe: str = _LOG_SAFE) -> str:
+    """A logged path that holds no working link (`_redact` says how), remembered for the
+    short texts every request logs again (its method, path, protocol, the access log's
+    format): working them out was most of a log record's cost."""
+    if len(text) > _REMEMBERED_LENGTH:
+        return _redact(text, safe)
+    return _remembered(text, safe)
+
+
+#: Texts longer than this are worked out each time (a traceback's line, a long query).
+_REMEMBERED_LENGTH = 512
+
+
+def _redact(text: str, safe: str) -> str:
     """A logged path that holds no working link: whatever follows a token route (`/u/`,
     `/confirm/`) is cut, however mangled (`/u/u1+.SIG`, a signature split by `%20` or
     followed by `%0D%0A`), except the token's kind and id; anything token-shaped
@@ -82,6 +95,11 @@ def redact(text: str, *, safe: str = _LOG_SAFE) -> str:
     if cut == decoded:
         return text  # nothing of a token at any depth
     return cut if decoded == text else quote(cut, safe=safe)
+
+
+# A few thousand short texts: a token's path is remembered only as its redacted form
+# is, in this process's memory, which held the request anyway.
+_remembered = functools.lru_cache(maxsize=4096)(_redact)
 
 
 def redact_lines(text: str) -> str:

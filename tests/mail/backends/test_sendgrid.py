@@ -3,6 +3,7 @@ request against a schema (SendGrid's own where present) and the documented limit
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,35 @@ def test_a_batch_of_1000_is_one_valid_request(workspace: Path, sg: SendGridServe
     assert [c["value"].replace(UNSUBSCRIBE_PLACEHOLDER, url) for c in body["content"]] == list(
         reversed(rendered.personalize(url))
     )
+
+
+def test_names_and_addresses_that_need_escaping_arrive_as_written(workspace: Path, sg: SendGridServer) -> None:
+    """The body is JSON text spliced from escaped strings: a backslash, quotes, a
+    character beyond the BMP, an internationalised domain, and a test send's links all
+    arrive as SendGrid would read them from json.dumps."""
+    backend = _backend(workspace)
+    people = [
+        Recipient("back@example.org", "Back\\slash \"Quoted\" 'Single'", 1),
+        Recipient("emoji@example.org", "Rocket \U0001f680 Émile", 2),
+        Recipient("idn@bücher.example", "Ünïcødé", 3),
+        Recipient("plain@example.org", "  spaced   out  ", 4),
+    ]
+    batch = make_batch(backend.ws, people)
+    backend.open()
+    assert backend.send_batch(batch).sent == [1, 2, 3, 4]
+    body = sg.accepted[0].body
+    assert [p["to"][0] for p in body["personalizations"]] == [
+        {"email": "back@example.org", "name": "Back\\slash \"Quoted\" 'Single'"},
+        {"email": "emoji@example.org", "name": "Rocket \U0001f680 Émile"},
+        {"email": "idn@xn--bcher-kva.example", "name": "Ünïcødé"},
+        {"email": "plain@example.org", "name": "spaced out"},
+    ]
+    for env, p in zip(batch.envelopes, body["personalizations"], strict=True):
+        assert p["substitutions"] == {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url}
+        assert p["custom_args"] == {"issue": "2024-w02", "subscriber_id": str(env.key)}
+    # Only ASCII on the wire, as json.dumps writes it.
+    assert sg.accepted[0].body == json.loads(backend.payload(batch)[0])
+    assert backend.payload(batch)[0].isascii()
 
 
 def test_test_send_payload(workspace: Path, sg: SendGridServer) -> None:
