@@ -90,7 +90,7 @@ def test_the_app_route_table_is_the_one_in_urls(workspace: Path) -> None:
     app = create_app(load_workspace(workspace))
     assert _first_segments(app.routes, "/archive") == APP_SEGMENTS
     with_token = {r.path.split("/")[1] for r in app.routes if "{token}" in getattr(r, "path", "")}
-    assert with_token == TOKEN_SEGMENTS == {"u", "confirm"}
+    assert with_token == TOKEN_SEGMENTS == {"u", "confirm", "p"}
 
 
 def test_no_module_but_urls_spells_a_public_route() -> None:

@@ -8,7 +8,8 @@ subscriber or another purpose without the secret.
 A confirmation token (signup with double opt-in) is `c<id>.<made>.<mac>`: also the time
 it was made (unix seconds, base 36), so that a link can expire. Its kind is part of what
 is signed, and each route reads only its own kinds: a confirmation token opens nothing
-on `/u/`, an unsubscribe token nothing on `/confirm/`.
+on `/u/`, an unsubscribe token nothing on `/confirm/`. A preference page's token
+(`p<id>.<made>.<mac>`) is made the same way and opens only `/p/`.
 
 A message token names one message of a dispatch: `<tag>.<id>.<mac>`, where `tag` is the
 dispatch's own random value (8 base32 characters, recorded once when it begins), `id`
@@ -47,6 +48,8 @@ _MAC_BYTES = 16  # 128 bits: far beyond guessing, and keeps the link tidy
 _TOKEN_RE = re.compile(r"^([ut])([0-9a-z]{1,13})\.([A-Za-z0-9_-]{22})$")
 CONFIRM_KIND = "c"
 _CONFIRM_RE = re.compile(r"c([0-9a-z]{1,13})\.([0-9a-z]{1,13})\.([A-Za-z0-9_-]{22})")
+PREFERENCES_KIND = "p"
+_PREFERENCES_RE = re.compile(r"p([0-9a-z]{1,13})\.([0-9a-z]{1,13})\.([A-Za-z0-9_-]{22})")
 _DOMAIN = b"highlightsmail/token/v1"
 #: The shortest secret accepted, current or previous: an HMAC key is only as strong as
 #: it is hard to guess, and a previous secret still signs working links.
@@ -133,6 +136,29 @@ class Signer:
         subscriber_id, made_at = _number(sid), _number(made)
         self._verify(CONFIRM_KIND, f"{sid}.{made}", mac_text)
         return subscriber_id, made_at
+
+    def make_preferences(self, subscriber_id: int, made: int) -> str:
+        """A preference page's token (`p<id>.<made>.<mac>`): the subscriber, and when the
+        link was made (unix seconds), so that it can expire."""
+        if subscriber_id < 0 or made < 0:
+            raise ValueError("subscriber ids and times are not negative")
+        ident = f"{_base36(subscriber_id)}.{_base36(made)}"
+        return f"{PREFERENCES_KIND}{ident}.{_b64(self._mac(self.secret, PREFERENCES_KIND, ident)).decode()}"
+
+    def read_preferences(self, token: str) -> tuple[int, int]:
+        """(subscriber id, unix time made) of a valid preference token; InvalidToken for
+        anything else, other kinds of token included."""
+        match = _PREFERENCES_RE.fullmatch(token or "")
+        if not match:
+            raise InvalidToken("this link is not valid")
+        sid, made, mac_text = match.groups()
+        self._verify(PREFERENCES_KIND, f"{sid}.{made}", mac_text)
+        return _number(sid), _number(made)
+
+    def address_hash(self, key: str) -> str:
+        """The keyed hash of an address (its `address_key`) kept after it is erased: the
+        address cannot be read back from it without the secret."""
+        return hmac.new(self.secret, b"|".join((_DOMAIN, b"erased", key.encode())), hashlib.sha256).hexdigest()
 
     def make_message(self, issue: str, tag: str, subscriber_id: int) -> str:
         """The token of the message of `issue`'s dispatch (tagged `tag`) to this subscriber:

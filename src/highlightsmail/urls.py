@@ -24,6 +24,7 @@ __all__ = [
     "HEALTH",
     "NOT_FOUND_FILE",
     "PLAIN_NAME",
+    "PREFERENCES",
     "RESUBSCRIBE",
     "SENDGRID_WEBHOOK",
     "SITE_FILES",
@@ -58,8 +59,9 @@ RESUBSCRIBE = "/u/{token}/resubscribe"
 SUBSCRIBE = "/subscribe"
 CONFIRM = "/confirm/{token}"
 HEALTH = "/healthz"
+PREFERENCES = "/p/{token}"
 SENDGRID_WEBHOOK = "/webhooks/sendgrid"
-_ROUTES = (UNSUBSCRIBE, RESUBSCRIBE, SUBSCRIBE, CONFIRM, HEALTH, SENDGRID_WEBHOOK)
+_ROUTES = (UNSUBSCRIBE, RESUBSCRIBE, SUBSCRIBE, CONFIRM, HEALTH, SENDGRID_WEBHOOK, PREFERENCES)
 
 #: First path segments the web app itself answers; the archive can't live under them.
 APP_SEGMENTS = frozenset(route.split("/")[1] for route in _ROUTES)
@@ -97,6 +99,10 @@ class Urls:
 
     def confirm(self, token: str) -> str:
         return self.base + CONFIRM.format(token=token)
+
+    def preferences(self, token: str) -> str:
+        """A reader's preference page (the "Manage preferences" link)."""
+        return self.base + PREFERENCES.format(token=token)
 
     def subscribe(self) -> str:
         return self.base + SUBSCRIBE

@@ -248,7 +248,7 @@ def test_unknown_key_without_a_close_match_lists_the_keys(tmp_path):
     path = write(tmp_path, "title: T\ndate: 2024-01-12\nsponsor: ACME\nitems:\n" + items(1))
     assert problems(path) == [
         "issue.yaml:3:1: sponsor: unknown key 'sponsor' "
-        "(allowed here: title, date, subject, preheader, intro, items, outro)"
+        "(allowed here: title, date, subject, preheader, intro, items, outro, audience)"
     ]
 
 

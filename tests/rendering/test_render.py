@@ -35,7 +35,7 @@ from highlightsmail.rendering.render import (
     render_issue,
     render_markdown,
 )
-from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from support.workspace import EXAMPLE_SETTINGS
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -629,14 +629,20 @@ def test_user_text_cannot_forge_the_unsubscribe_placeholder(ws: Workspace) -> No
 
 def test_personalize_replaces_only_the_placeholder(rendered: RenderedIssue) -> None:
     url = "https://highlights.example.org/u/abc.DEF-123_x?a=1&b=2"
-    html, text = rendered.personalize(url)
+    page = "https://highlights.example.org/p/pa.b.C-d?x=1&y=2"
+    html, text = rendered.personalize(url, page)
     escaped = "https://highlights.example.org/u/abc.DEF-123_x?a=1&amp;b=2"
+    escaped_page = "https://highlights.example.org/p/pa.b.C-d?x=1&amp;y=2"
     assert UNSUBSCRIBE_PLACEHOLDER not in html and UNSUBSCRIBE_PLACEHOLDER not in text
+    assert PREFERENCES_PLACEHOLDER not in html and PREFERENCES_PLACEHOLDER not in text
     assert html.count(escaped) == 1 and text.count(url) == 1
-    assert html.replace(escaped, UNSUBSCRIBE_PLACEHOLDER) == rendered.html
-    assert text.replace(url, UNSUBSCRIBE_PLACEHOLDER) == rendered.text
+    assert html.count(escaped_page) == 1 and text.count(page) == 1
+    back = html.replace(escaped, UNSUBSCRIBE_PLACEHOLDER).replace(escaped_page, PREFERENCES_PLACEHOLDER)
+    assert back == rendered.html
+    assert text.replace(url, UNSUBSCRIBE_PLACEHOLDER).replace(page, PREFERENCES_PLACEHOLDER) == rendered.text
     doc = lxml_html.fromstring(html)
     assert doc.xpath('//a[text()="Unsubscribe"]/@href') == [url]
+    assert doc.xpath('//a[text()="Manage preferences"]/@href') == [page]
 
 
 def test_the_test_send_fingerprint_covers_subject_html_and_text(rendered: RenderedIssue, ws: Workspace) -> None:

@@ -347,8 +347,11 @@ def example(workspace: Path):
 
 def _padded(rendered, total: int):
     """The example's rendering with an HTML comment making it `total` bytes, as sent
-    with a full-length unsubscribe URL."""
-    html, _ = rendered.personalize("https://highlights.example.org/u/u" + "z" * 13 + "." + "A" * 22)
+    with a full-length unsubscribe URL and preference page."""
+    html, _ = rendered.personalize(
+        "https://highlights.example.org/u/u" + "z" * 13 + "." + "A" * 22,
+        "https://highlights.example.org/p/p" + "z" * 13 + "." + "z" * 7 + "." + "A" * 22,
+    )
     pad = total - len(html.encode()) - len("<!---->")
     assert pad > 0
     return dataclasses.replace(rendered, html=rendered.html.replace("</body>", f"<!--{'x' * pad}--></body>"))

@@ -417,7 +417,8 @@ def test_sendgrid_end_to_end_with_suppressions(workspace: Path, sg: SendGridServ
         assert len(req.body["personalizations"]) <= 10
         for p in req.body["personalizations"]:
             url = p["headers"]["List-Unsubscribe"].strip("<>")
-            assert list(p["substitutions"].values()) == [url]
+            unsubscribe, preferences = p["substitutions"].values()
+            assert unsubscribe == url and preferences.startswith("https://highlights.example.org/p/p")
             assert p["custom_args"]["issue"] == "2024-w02"
             assert "@" not in p["custom_args"]["subscriber_id"]
     # The one-click POST to one delivered recipient's URL unsubscribes exactly them.

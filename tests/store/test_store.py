@@ -102,6 +102,8 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
         "consents",
         "confirmation_mails",
         "signup_posts",
+        "subscriber_topics",
+        "erased_addresses",
     } <= tables
     assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
     assert "deliveries" not in tables  # the ledger is kept per batch, not per recipient

@@ -268,7 +268,7 @@ def test_export_replaces_a_file_whole_or_not_at_all(workspace: Path, monkeypatch
     target = workspace / "out.csv"
     target.write_text("the previous export\n")
 
-    def broken(out, store, rows):
+    def broken(out, store, rows, *, with_topics=False):
         out.write("email,name,status,created,updated\nhalf")
         raise OSError(28, "No space left on device")
 
@@ -666,9 +666,10 @@ def test_the_engine_prints_nothing_and_returns_what_happened(
 
     ws = load_workspace(workspace)
     (workspace / "list.csv").write_text("email,name\nada@example.org,Ada\nbob@,Bob\n")
-    parsed = subscribers_module.parse_csv(workspace / "list.csv")
-    assert len(parsed.rejected) == 1 and parsed.rejected[0].startswith("list.csv:3: invalid address 'bob@': ")
-    assert subscribers_module.import_parsed(ws, workspace / "list.csv", parsed).new == 1
+    told: list[str] = []
+    imported = subscribers_module.import_file(ws, workspace / "list.csv", tell=told.append)
+    assert len(told) == 1 and told[0].startswith("list.csv:3: invalid address 'bob@': ")
+    assert imported.result.new == 1 and imported.rejected == 1
     added = subscribers_module.add(ws, "grace@example.org", "Grace")
     assert added.created and added.subscriber.email == "grace@example.org"
     assert subscribers_module.add(ws, "GRACE@example.org", "Grace H.").renamed

@@ -118,7 +118,12 @@ def check_message(msg: EmailMessage, env: Envelope, settings: Settings, *, test:
     assert url in text
     assert f'href="{url}"' in html
     assert set(re.findall(r"https://highlights\.example\.org/u/[^\s\"<>]+", text + html)) == {url}
+    # The preference page beside it, in both parts: a link of its own kind.
+    preferences = env.links.preferences_url
+    assert preferences in text and f'href="{preferences}"' in html
+    assert re.fullmatch(r"https://highlights\.example\.org/p/[^\s\"<>]+", preferences), preferences
+    assert set(re.findall(r"https://highlights\.example\.org/p/[^\s\"<>]+", text + html)) == {preferences}
     # And otherwise the issue as rendered once for everyone.
-    want_html, want_text = rendered.personalize(url)
+    want_html, want_text = rendered.personalize(url, preferences)
     assert html.replace("\r\n", "\n") == want_html.replace("\r\n", "\n") + ("" if want_html.endswith("\n") else "\n")
     assert text.replace("\r\n", "\n") == want_text + ("" if want_text.endswith("\n") else "\n")

@@ -125,19 +125,19 @@ def test_our_own_log_lines_and_tracebacks_are_redacted_too(server_log: pytest.Lo
 
 
 def test_a_route_with_a_token_must_be_one_the_logs_cut() -> None:
-    """The list of token routes is one place: a new route with a token (the preference
-    page's /p/TOKEN) that is not on it stops the app from being made."""
+    """The list of token routes is one place (the preference page's /p/TOKEN is on it): a
+    new route with a token that is not on it stops the app from being made."""
     from starlette.routing import Mount, Route
 
     from highlightsmail.urls import APP_SEGMENTS
 
-    assert {"u", "confirm"} <= redaction.TOKEN_ROUTES <= APP_SEGMENTS
+    assert {"u", "confirm", "p"} <= redaction.TOKEN_ROUTES <= APP_SEGMENTS
 
     async def page(request):  # pragma: no cover - never called
         raise AssertionError
 
     redaction.check_token_routes([Route("/u/{token}", page), Mount("/x", routes=[Route("/y", page)])])
-    for routes in ([Route("/p/{token}", page)], [Mount("/x", routes=[Route("/p/{token}", page)])]):
+    for routes in ([Route("/q/{token}", page)], [Mount("/x", routes=[Route("/q/{token}", page)])]):
         with pytest.raises(RuntimeError, match="TOKEN_ROUTES"):
             redaction.check_token_routes(routes)
 
@@ -166,6 +166,20 @@ def test_confirmation_links_however_mangled_never_reach_the_log(
     assert server.count("HTTP/1.1") == len(targets)
     assert _hidden(server, mac), server
     assert f"/confirm/{head}.[redacted]" in server
+
+
+def test_preference_links_never_reach_the_log(workspace: Path, server_log: pytest.LogCaptureFixture) -> None:
+    with serve_workspace(workspace) as site:
+        sid = site.add("ada@example.org")
+        token = site.signer.make_preferences(sid, 1_700_000_000)
+        head, mac = token.rsplit(".", 1)
+        targets = [f"/p/{token}", f"/p/{head}+.{mac}", f"/P/{token}%0D%0A", f"/%70/{head}.{mac}"]
+        for target in targets:
+            assert raw_http(site.url, target).status in (200, 400, 404, 410), target
+    server = server_text(server_log)
+    assert server.count("HTTP/1.1") == len(targets)
+    assert _hidden(server, mac), server
+    assert f"/p/{head}.[redacted]" in server
 
 
 @pytest.mark.slow

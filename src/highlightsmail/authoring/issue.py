@@ -65,6 +65,10 @@ class Issue(_Strict):
     intro: Markdown | None = None
     items: list[Item] = Field(min_length=1, max_length=50)
     outro: Markdown | None = None
+    # Topic ids (settings `topics:`): the issue goes to active subscribers in any of them.
+    audience: list[Annotated[SingleLine, Field(max_length=40)]] | None = Field(
+        default=None, min_length=1, max_length=50
+    )
 
     # Not in the file: where it came from. The slug is the file name without .yaml.
     slug: str = Field(default="", exclude=True)

@@ -286,6 +286,35 @@ def _distinct_names(feeds: list[FeedSettings]) -> list[FeedSettings]:
     return feeds
 
 
+#: A topic's id: a short slug, typed after `--topic` and written in the CSV's `topics` cell.
+_TOPIC_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+def _topic_id(value: str) -> str:
+    if not _TOPIC_ID.fullmatch(value):
+        raise ValueError("must be a short slug: lower-case letters, digits and -, at most 40")
+    return value
+
+
+class TopicSettings(_Strict):
+    """A topic readers may choose (the signup form, the preference page) and an issue may
+    be sent to (`audience:`)."""
+
+    id: Annotated[SingleLine, AfterValidator(_topic_id)]
+    name: SingleLine = Field(max_length=80)
+    description: SingleLine = Field(default="", max_length=300)
+    # New subscribers (a signup that chose nothing, an import's empty cell) get it.
+    default: bool = False
+
+
+def _distinct_topics(topics: list[TopicSettings]) -> list[TopicSettings]:
+    ids = [topic.id for topic in topics]
+    twice = next((ident for i, ident in enumerate(ids) if ident in ids[:i]), None)
+    if twice is not None:
+        raise ValueError(f"two topics have the id {twice!r}; give each its own")
+    return topics
+
+
 class Settings(_Strict):
     """The newsletter's settings, from highlights.yaml."""
 
@@ -305,6 +334,18 @@ class Settings(_Strict):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     # Feeds `highlights new --from-feed NAME` drafts an issue from.
     feeds: Annotated[list[FeedSettings], AfterValidator(_distinct_names)] = Field(default_factory=list, max_length=100)
+    # Topics readers choose; none: one list, as before.
+    topics: Annotated[list[TopicSettings], AfterValidator(_distinct_topics)] = Field(
+        default_factory=list, max_length=50
+    )
+
+    def topic_ids(self) -> tuple[str, ...]:
+        """The topics' ids, in the order of the settings."""
+        return tuple(topic.id for topic in self.topics)
+
+    def default_topics(self) -> tuple[str, ...]:
+        """The ids a new subscriber gets when they chose none."""
+        return tuple(topic.id for topic in self.topics if topic.default)
 
 
 @dataclass(frozen=True)

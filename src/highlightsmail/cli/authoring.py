@@ -112,6 +112,8 @@ def check(obj: Ctx, issue: str) -> None:
     click.echo(report.summary)
     if scheduled:
         click.echo(scheduled)
+    if report.audience:
+        click.echo(report.audience)
 
 
 @click.command()

@@ -188,6 +188,8 @@ def _said_test(tested: TestSendResult) -> None:
         f"Test of {tested.slug} sent to {', '.join(tested.recipients)} "
         f"through {tested.backend} (fingerprint {tested.fingerprint[:12]})."
     )
+    if tested.audience:
+        click.echo(tested.audience)
     click.echo(f"When it looks right: highlights send {tested.slug}")
 
 
@@ -198,7 +200,15 @@ def _said_dry_run(outcome: SendOutcome) -> None:
         click.echo(
             f"Dry run: {outcome.suppressed} subscriber(s) would be marked from {plan.backend}'s suppression lists."
         )
-    click.echo(f"Dry run: would send {plan.slug} to {plan.count} recipient(s) through {plan.backend}; nothing sent.")
+    click.echo(
+        f"Dry run: would send {plan.slug} to {plan.count} recipient(s){_among(plan)} through {plan.backend}; "
+        "nothing sent."
+    )
+
+
+def _among(plan: SendPlan) -> str:
+    """Where the recipients come from, when an audience names topics."""
+    return f" (subscribers in the topics {', '.join(plan.audience)})" if plan.audience else ""
 
 
 _STATE_WORDS = {"failed": "failed", "in_doubt": "in doubt"}
@@ -230,7 +240,7 @@ class _SendTalk:
             verb = "Resume sending" if plan.resume else "Send"
             try:
                 answer = click.confirm(
-                    f"{verb} {plan.slug} to {plan.count} recipient(s) through {plan.backend}?", err=True
+                    f"{verb} {plan.slug} to {plan.count} recipient(s){_among(plan)} through {plan.backend}?", err=True
                 )
             except (click.Abort, RuntimeError) as exc:  # Ctrl-C, or no input at all (RuntimeError: none open)
                 if isinstance(exc, RuntimeError) or _input_ended():  # cron, CI, a pipe: say what to do

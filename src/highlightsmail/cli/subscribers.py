@@ -1,4 +1,5 @@
-"""`subscribers` (import, add, remove, list, export) and `form`, the signup form to paste."""
+"""`subscribers` (import, add, remove, list, export, forget) and `form`, the signup form
+to paste. (`subscribers show` is in messages.py.)"""
 
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def subscribers_import(obj: Ctx, file: Path, dry_run: bool) -> None:
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--name", default="", help="The subscriber's name.")
+@click.option("--topic", "topics", multiple=True, metavar="ID", help="A topic (repeatable; default: the default ones).")
 @pass_ctx
-def subscribers_add(obj: Ctx, email: str, name: str) -> None:
+def subscribers_add(obj: Ctx, email: str, name: str, topics: tuple[str, ...]) -> None:
     """Add one subscriber.
 
     Someone who left (unsubscribed, bounced or complained) is never made active again
@@ -52,7 +54,7 @@ def subscribers_add(obj: Ctx, email: str, name: str) -> None:
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.subscribers import manage as engine
 
-    added = engine.add(obj.ws, email, name=name)
+    added = engine.add(obj.ws, email, name=name, topics=topics)
     if added.created:
         click.echo(f"added {added.subscriber.email}")
     elif added.renamed:
@@ -93,14 +95,15 @@ def subscribers_remove(obj: Ctx, email: str) -> None:
     show_default=True,
     help="csv has export's columns.",
 )
+@click.option("--topic", metavar="ID", help="Only the subscribers in this topic.")
 @pass_ctx
-def subscribers_list(obj: Ctx, status_: str | None, fmt: str) -> None:
+def subscribers_list(obj: Ctx, status_: str | None, fmt: str, topic: str | None) -> None:
     """List subscribers."""
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.subscribers import manage as engine
 
     with streamed_stdout() as out:
-        engine.write_list(obj.ws, out, status=status_, fmt=fmt)  # type: ignore[arg-type]  # click.Choice
+        engine.write_list(obj.ws, out, status=status_, fmt=fmt, topic=topic)  # type: ignore[arg-type]  # click.Choice
     warn_if_committable(None)
 
 
@@ -125,6 +128,26 @@ def subscribers_export(obj: Ctx, file: Path | None) -> None:
     count = engine.export(obj.ws, file)
     click.echo(f"exported {count} subscribers to {display_path(file)}", err=True)
     warn_if_committable(file)
+
+
+@subscribers.command("forget")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask to confirm.")
+@pass_ctx
+def subscribers_forget(obj: Ctx, email: str, yes: bool) -> None:
+    """Erase EMAIL and everything held about it (on request).
+
+    Only a keyed hash of the address stays, so an import never adds it back; the person
+    may still sign up again through the form."""
+    # Imported when the command runs, not at the top: --help loads none of it.
+    from highlightsmail.subscribers import privacy
+    from highlightsmail.subscribers.manage import address_argument
+
+    address = address_argument(email)
+    if not yes and not click.confirm(f"Erase {address} and everything held about it? This cannot be undone"):
+        raise click.ClickException("nothing was erased")
+    sub = privacy.forget(obj.ws, address)
+    click.echo(f"erased {sub.email}: only a keyed hash of the address is kept, so no import adds it back")
 
 
 @click.command()

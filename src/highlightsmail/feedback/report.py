@@ -47,6 +47,7 @@ JSON_KEYS = (
     "links",
     "rates",
     "warnings",
+    "audience",
 )
 RATE_KEYS = ("bounced", "soft_bounced", "complaints", "unsubscribes", "unique_opens", "unique_clicks")
 
@@ -103,6 +104,8 @@ class Report:
     #: that have passed (at most CHART_HOURS).
     hourly: dict[str, list[int]] = field(default_factory=dict)
     scheduled: str | None = None  # the time it was scheduled for (stored format), if it was
+    #: The topics the issue went to (`audience:`); empty: every active subscriber.
+    audience: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         """The JSON form: exactly JSON_KEYS."""
@@ -120,6 +123,7 @@ class Report:
             "links": [{"url": x.url, "clicks": x.clicks, "unique_clicks": x.unique_clicks} for x in self.links],
             "rates": dict(self.rates),
             "warnings": list(self.warnings),
+            "audience": list(self.audience),
         }
         assert tuple(data) == JSON_KEYS
         return data
@@ -162,6 +166,7 @@ def build_report(store: Store, issue: str) -> Report:
         warnings=_warnings(rates),
         hourly=_hourly(store, issue, info.started),
         scheduled=_scheduled(store, issue),
+        audience=store.dispatch_audience(issue),
         **figures,
     )
 
@@ -246,10 +251,16 @@ def _rows(report: Report) -> list[tuple[str, int, str, str]]:
     ]
 
 
+def audience_words(audience: list[str]) -> str:
+    """Whom a dispatch went to, in words."""
+    return f"subscribers in the topics {', '.join(audience)}" if audience else "every active subscriber"
+
+
 def format_table(report: Report) -> str:
     """The report as text for a terminal."""
     scheduled = f" (scheduled for {report.scheduled})" if report.scheduled else ""
     lines = [f"{report.issue}: sent through {report.backend}, dispatch started {report.started}{scheduled}", ""]
+    lines.insert(1, f"audience: {audience_words(report.audience)}")
     for label, figure, rate, note in _rows(report):
         lines.append(f"  {label:<15}{figure:>9}  {rate:>9}" + (f"  ({note})" if note else "").rstrip())
     lines = [line.rstrip() for line in lines]

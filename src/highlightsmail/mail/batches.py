@@ -57,7 +57,7 @@ class Batches:
     def _subscriber_links(self) -> Callable[[int], RecipientLinks]:
         # Worked out at first use (two threads may both do it: the same result).
         if self._links is None:
-            self._links = links_maker(self.settings, self.signer)
+            self._links = links_maker(self.settings, self.signer, self.date)
         return self._links
 
     def to_subscribers(self, rows: Iterable[Addressee], *, number: int = 0, tokens: bool = True) -> Batch:

@@ -26,6 +26,7 @@ from highlightsmail.mail.message import (
     unsubscribe_url,
 )
 from highlightsmail.rendering.rendered import RenderedIssue
+from highlightsmail.urls import urls
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Settings
@@ -34,6 +35,8 @@ __all__ = ["KEPT_FORMAT", "keepable", "rebuild", "sender_domain_of"]
 
 #: Stands for the recipient's unsubscribe token in the kept message (links and List-*).
 TOKEN_PLACEHOLDER = "-highlights_recipient_token-"
+#: Stands for the recipient's preference-page token (made at the message's date).
+PREFERENCES_TOKEN_PLACEHOLDER = "-highlights_preferences_token-"
 _TO = "-highlights_recipient-@example.invalid"
 _DATE = "-highlights_date-"
 _MESSAGE_ID = "<-highlights_message_id-@example.invalid>"
@@ -46,7 +49,11 @@ KEPT_FORMAT = 1
 def keepable(rendered: RenderedIssue, settings: Settings) -> str:
     """The message every subscriber of a dispatch of `rendered` gets, as text to keep:
     what differs per recipient left as placeholders."""
-    links = links_for(settings, unsubscribe_url(settings, TOKEN_PLACEHOLDER))
+    links = links_for(
+        settings,
+        unsubscribe_url(settings, TOKEN_PLACEHOLDER),
+        urls(settings).preferences(PREFERENCES_TOKEN_PLACEHOLDER),
+    )
     msg = build_message(rendered, settings, Recipient(email=_TO), links, date=0.0, message_id=_MESSAGE_ID)
     headers = []
     for name, value in msg.items():
@@ -54,7 +61,7 @@ def keepable(rendered: RenderedIssue, settings: Settings) -> str:
         if lname in _MIME_HEADERS:
             continue
         headers.append([name, _PER_MESSAGE.get(lname, str(value))])
-    html, text = rendered.personalize(links.unsubscribe_url)
+    html, text = rendered.personalize(links.unsubscribe_url, links.preferences_url)
     kept = {"format": KEPT_FORMAT, "slug": rendered.slug, "headers": headers, "text": text, "html": html}
     return json.dumps(kept, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
@@ -86,14 +93,21 @@ def _headers(data: dict[str, object]) -> list[tuple[str, str]]:
     return [(str(name), str(value)) for name, value in found]
 
 
-def rebuild(kept: str, recipient: Recipient, *, token: str, message_id: str, date: float) -> EmailMessage:
+def rebuild(
+    kept: str, recipient: Recipient, *, token: str, message_id: str, date: float, preferences_token: str = ""
+) -> EmailMessage:
     """The message `recipient` got: the kept one with their address, `date`, their
-    `message_id` and their unsubscribe `token` in place of the placeholders."""
+    `message_id`, their unsubscribe `token` and their `preferences_token` in place of
+    the placeholders."""
     data = _read(kept)
+    text, html = str(data["text"]), str(data["html"])
+    if preferences_token:
+        text = text.replace(PREFERENCES_TOKEN_PLACEHOLDER, preferences_token)
+        html = html.replace(PREFERENCES_TOKEN_PLACEHOLDER, preferences_token)
     values = {"to": format_recipient(recipient), "date": mail_date(date), "message-id": message_id}
     msg = EmailMessage()
     for name, value in _headers(data):
         msg[name] = values.get(name.lower(), value.replace(TOKEN_PLACEHOLDER, token))
-    msg.set_content(str(data["text"]).replace(TOKEN_PLACEHOLDER, token), subtype="plain", charset="utf-8")
-    msg.add_alternative(str(data["html"]).replace(TOKEN_PLACEHOLDER, token), subtype="html", charset="utf-8")
+    msg.set_content(text.replace(TOKEN_PLACEHOLDER, token), subtype="plain", charset="utf-8")
+    msg.add_alternative(html.replace(TOKEN_PLACEHOLDER, token), subtype="html", charset="utf-8")
     return msg

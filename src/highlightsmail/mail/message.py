@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -65,6 +66,7 @@ class RecipientLinks:
 
     unsubscribe_url: str
     headers: dict[str, str]
+    preferences_url: str = ""  # the reader's preference page ("Manage preferences")
 
 
 def header_value(field: str, value: str) -> str:
@@ -151,7 +153,7 @@ def _check_base_url(base_url: str) -> None:
     header_value(f"{SETTINGS_FILE}: base_url", base_url)
 
 
-def links_for(settings: Settings, url: str) -> RecipientLinks:
+def links_for(settings: Settings, url: str, preferences_url: str = "") -> RecipientLinks:
     """The footer's unsubscribe URL and the List-* headers for it.
 
     RFC 8058 asks for List-Unsubscribe-Post only with an https URL, since the POST
@@ -160,29 +162,33 @@ def links_for(settings: Settings, url: str) -> RecipientLinks:
     headers = {"List-Unsubscribe": f"<{url}>", "List-Id": list_id(settings)}
     if url.startswith("https://"):
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    return RecipientLinks(unsubscribe_url=url, headers=headers)
+    return RecipientLinks(unsubscribe_url=url, headers=headers, preferences_url=preferences_url)
 
 
 def recipient_links(settings: Settings, signer: Signer, subscriber_id: int, *, test: bool = False) -> RecipientLinks:
-    """The links of one recipient, all from one token (a test token changes nothing)."""
+    """The links of one recipient (a test token changes nothing, on either page)."""
     token = signer.make(subscriber_id, "test" if test else "unsubscribe")
-    return links_for(settings, unsubscribe_url(settings, token))
+    preferences = token if test else signer.make_preferences(subscriber_id, int(time.time()))
+    return links_for(settings, unsubscribe_url(settings, token), _checked_urls(settings).preferences(preferences))
 
 
-def links_maker(settings: Settings, signer: Signer) -> Callable[[int], RecipientLinks]:
+def links_maker(settings: Settings, signer: Signer, made: float | None = None) -> Callable[[int], RecipientLinks]:
     """`recipient_links` for many subscribers of one dispatch: what depends only on the
     settings (the checked base URL, List-Id, whether the URL is https) is worked out once."""
     base = _checked_urls(settings).unsubscribe_prefix
     ident = list_id(settings)
     post = base.startswith("https://")
-    make = signer.make
+    make, make_preferences, preferences = signer.make, signer.make_preferences, _checked_urls(settings).preferences
+    # One time for the run's preference links: the date its messages carry (so a kept
+    # message is rebuilt with the same link), else now.
+    made_at = int(time.time() if made is None else made)
 
     def links(subscriber_id: int) -> RecipientLinks:
         url = base + make(subscriber_id)
         headers = {"List-Unsubscribe": f"<{url}>", "List-Id": ident}
         if post:
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        return RecipientLinks(url, headers)
+        return RecipientLinks(url, headers, preferences(make_preferences(subscriber_id, made_at)))
 
     return links
 
@@ -231,7 +237,7 @@ def build_message(
 ) -> EmailMessage:
     """One multipart/alternative message: text/plain first, then text/html (RFC 2046:
     the last part is the preferred one)."""
-    html, text = rendered.personalize(links.unsubscribe_url)
+    html, text = rendered.personalize(links.unsubscribe_url, links.preferences_url)
     msg = EmailMessage()
     msg["From"] = from_header(settings)
     msg["To"] = format_recipient(recipient)
@@ -257,7 +263,9 @@ def fingerprint(rendered: RenderedIssue, settings: Settings) -> str:
     reader could see does not."""
     import email.policy
 
-    links = links_for(settings, unsubscribe_url(settings, _FINGERPRINT_TOKEN))
+    links = links_for(
+        settings, unsubscribe_url(settings, _FINGERPRINT_TOKEN), _checked_urls(settings).preferences(_FINGERPRINT_TOKEN)
+    )
     msg = build_message(
         rendered,
         settings,

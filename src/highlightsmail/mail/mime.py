@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import email
 import email.policy
+import re
 import secrets
 import threading
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from highlightsmail.mail.message import (
     make_message_id,
     sender_domain,
 )
-from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Settings
@@ -114,14 +115,14 @@ class MessageTemplate:
                 part_heads.append(b"".join(lines))
             # The same substitution as RenderedIssue.personalize, applied to the placeholder
             # alone: gives what each part shows in its place (HTML-escaped or not).
-            self._bare = replace(self.rendered, html=UNSUBSCRIBE_PLACEHOLDER, text=UNSUBSCRIBE_PLACEHOLDER)
+            self._bare = replace(self.rendered, html=_BOTH, text=_BOTH)
         except (UnicodeError, ValueError, TypeError):
             return False
         # A boundary no body line can hold: "=_" never occurs in quoted-printable text
         # ("=" is always followed by hex or a line break), and 96 random bits elsewhere.
         boundary = ("=_hl_" + secrets.token_hex(12)).encode("ascii")
-        self._text = _SplitBody(self.rendered.text, UNSUBSCRIBE_PLACEHOLDER, b"--" + boundary, part_heads[0])
-        self._html = _SplitBody(self.rendered.html, UNSUBSCRIBE_PLACEHOLDER, b"\r\n--" + boundary, part_heads[1])
+        self._text = _SplitBody(self.rendered.text, b"--" + boundary, part_heads[0])
+        self._html = _SplitBody(self.rendered.html, b"\r\n--" + boundary, part_heads[1])
         self._head = head
         self._mime = b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n\r\n'
         self._end = b"\r\n--" + boundary + b"--\r\n"
@@ -164,7 +165,7 @@ class MessageTemplate:
     def _render_fast(
         self, recipient: Recipient, links: RecipientLinks, eight_bit: bool, message_id: str | None
     ) -> Outgoing:
-        html_url, text_url = self._bare.personalize(links.unsubscribe_url)
+        html_urls, text_urls = self._bare.personalize(links.unsubscribe_url, links.preferences_url)
         utf8 = False
         out: list[bytes] = []
         for item in self._head:
@@ -182,8 +183,8 @@ class MessageTemplate:
                 for name, value in links.headers.items():
                     out.append(_header(name, value)[0])
         out.append(self._mime)
-        text, text_8bit = self._text.fill(text_url, eight_bit)
-        html, html_8bit = self._html.fill(html_url, eight_bit)
+        text, text_8bit = self._text.fill(text_urls.split(_SEPARATOR), eight_bit)
+        html, html_8bit = self._html.fill(html_urls.split(_SEPARATOR), eight_bit)
         out += [text, html, self._end]
         return Outgoing(b"".join(out), smtputf8=utf8, eight_bit=text_8bit or html_8bit)
 
@@ -195,12 +196,23 @@ def _headers(msg: EmailMessage) -> list[tuple[str, str]]:
     return [(k, " ".join(str(v).split())) for k, v in msg.items() if k.lower() not in skip]
 
 
+#: Both placeholders, as `_bare` personalizes them: what each becomes, in a part, split
+#: apart again by a separator no URL holds.
+_SEPARATOR = "\x00"
+_BOTH = UNSUBSCRIBE_PLACEHOLDER + _SEPARATOR + PREFERENCES_PLACEHOLDER
+_HOLDERS = re.compile("(" + re.escape(UNSUBSCRIBE_PLACEHOLDER) + "|" + re.escape(PREFERENCES_PLACEHOLDER) + ")")
+_HOLDER_BYTES = re.compile(_HOLDERS.pattern.encode("ascii"))
+
+
 class _SplitBody:
     """One part (boundary line, headers, body), prepared once in pieces around the
-    placeholder; a recipient's copy is the pieces joined by their URL."""
+    placeholders; a recipient's copy is the pieces joined by their URLs (each gap the
+    unsubscribe URL, 0, or the preference page, 1)."""
 
-    def __init__(self, body: str, placeholder: str, delimiter: bytes, headers: bytes) -> None:
-        pieces = body.split(placeholder)
+    def __init__(self, body: str, delimiter: bytes, headers: bytes) -> None:
+        split = _HOLDERS.split(body)
+        pieces = split[0::2]
+        self._gaps = [0 if holder == UNSUBSCRIBE_PLACEHOLDER else 1 for holder in split[1::2]]
         start = delimiter + b"\r\n" + headers + b"Content-Transfer-Encoding: "
         self._qp_start = start + b"quoted-printable\r\n\r\n"
         self._qp = [_qp(p, last=i == len(pieces) - 1) for i, p in enumerate(pieces)]
@@ -210,30 +222,36 @@ class _SplitBody:
         self._raw = [_crlf(p) for p in pieces]
         if not self._raw[-1].endswith(b"\r\n"):
             self._raw[-1] += b"\r\n"
-        # As it is only if no line can outgrow 998 octets once the URL is in (a line's
+        # As it is only if no line can outgrow 998 octets once the URLs are in (a line's
         # length without its placeholders, and how many it holds), and no NUL (RFC 6152).
         lines = [
-            (len(line.replace(placeholder.encode(), b"")), line.count(placeholder.encode()))
-            for line in _crlf(body).split(b"\r\n")
+            (len(_HOLDER_BYTES.sub(b"", line)), len(_HOLDER_BYTES.findall(line))) for line in _crlf(body).split(b"\r\n")
         ]
         self._raw_ok = "\x00" not in body and all(n or size <= _MAX_LINE for size, n in lines)
         self._holders = [(size, n) for size, n in lines if n]
 
-    def fill(self, insert: str, eight_bit: bool) -> tuple[bytes, bool]:
-        """(the part's bytes, whether they are 8bit)."""
-        data = insert.encode("utf-8")
-        plain = self._ascii and data.isascii()
+    def _join(self, parts: list[bytes], inserts: list[bytes]) -> bytes:
+        out = [parts[0]]
+        for gap, part in zip(self._gaps, parts[1:], strict=True):
+            out += (inserts[gap], part)
+        return b"".join(out)
+
+    def fill(self, inserts: list[str], eight_bit: bool) -> tuple[bytes, bool]:
+        """(the part's bytes, whether they are 8bit), with `inserts` (the unsubscribe URL,
+        the preference page) where their placeholders were."""
+        datas = [insert.encode("utf-8") for insert in inserts]
+        plain = self._ascii and all(data.isascii() for data in datas)
+        longest = max(map(len, datas))
         if (
             self._raw_ok
             and (plain or eight_bit)
-            and b"\r" not in data
-            and b"\n" not in data
-            and all(size + n * len(data) <= _MAX_LINE for size, n in self._holders)
+            and not any(b"\r" in data or b"\n" in data for data in datas)
+            and all(size + n * longest <= _MAX_LINE for size, n in self._holders)
         ):
-            return (self._7bit_start if plain else self._8bit_start) + data.join(self._raw), not plain
+            return (self._7bit_start if plain else self._8bit_start) + self._join(self._raw, datas), not plain
         if len(self._qp) == 1:
             return self._qp_start + self._qp[0], False
-        return self._qp_start + _qp(insert, last=False).join(self._qp), False
+        return self._qp_start + self._join(self._qp, [_qp(insert, last=False) for insert in inserts]), False
 
 
 def _lf(text: str) -> bytes:

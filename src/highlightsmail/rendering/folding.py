@@ -85,13 +85,14 @@ class _Breaks:
     spare: list[_Spare] = field(default_factory=list)
 
 
-def fold_html(html: str, *, placeholder: str = "", room: int = 0) -> str:
+def fold_html(html: str, *, placeholder: str | tuple[str, ...] = "", room: int = 0) -> str:
     """`html` with every line within FOLD_AT octets where it can be, and none over
-    LINE_LIMIT unless one URL alone is longer; a `placeholder` counts as `room` octets."""
+    LINE_LIMIT unless one URL alone is longer; a `placeholder` (or each of several of one
+    length) counts as `room` octets."""
     return _fold(html, placeholder, room, _html_breaks, html=True)
 
 
-def fold_text(text: str, *, placeholder: str = "", room: int = 0) -> str:
+def fold_text(text: str, *, placeholder: str | tuple[str, ...] = "", room: int = 0) -> str:
     """Plain text with every line within LINE_LIMIT octets: a line over FOLD_AT is broken
     at a space, and a run without one is cut only where it would pass the limit."""
     return _fold(text, placeholder, room, _text_breaks, html=False)
@@ -102,20 +103,23 @@ def fold_text(text: str, *, placeholder: str = "", room: int = 0) -> str:
 
 def _fold(
     document: str,
-    placeholder: str,
+    placeholders: str | tuple[str, ...],
     room: int,
     breaks_of: Callable[[str, list[tuple[int, int]]], dict[int, _Breaks]],
     *,
     html: bool,
 ) -> str:
-    extra = max(room - len(placeholder.encode("utf-8")), 0) if placeholder else 0
+    holders = tuple(h for h in ((placeholders,) if isinstance(placeholders, str) else placeholders) if h)
+    assert len({len(h) for h in holders}) <= 1, "placeholders of one length"
+    placeholder = re.compile("|".join(map(re.escape, holders))) if holders else None
+    extra = max(room - len(holders[0].encode("utf-8")), 0) if holders else 0
     lines = document.split("\n")
     # Most lines are short: only those whose octets could pass FOLD_AT are measured.
     long = [
         i
         for i, line in enumerate(lines)
         if len(line) * 4 > FOLD_AT
-        and len(line.encode("utf-8")) + (line.count(placeholder) * extra if placeholder else 0) > FOLD_AT
+        and len(line.encode("utf-8")) + (len(placeholder.findall(line)) * extra if placeholder else 0) > FOLD_AT
     ]
     if not long:
         return document
@@ -125,19 +129,21 @@ def _fold(
         at += len(line) + 1
     found = breaks_of(document, [(offsets[i], offsets[i] + len(lines[i])) for i in long])
     for i in long:
-        lines[i] = _Line(lines[i], placeholder, extra).fold(found[offsets[i]], html=html)
+        lines[i] = _Line(lines[i], placeholder, len(holders[0]) if holders else 0, extra).fold(
+            found[offsets[i]], html=html
+        )
     return "\n".join(lines)
 
 
 class _Line:
     """One line being folded, and where its placeholders are."""
 
-    def __init__(self, line: str, placeholder: str, extra: int) -> None:
+    def __init__(self, line: str, placeholder: re.Pattern[str] | None, size: int, extra: int) -> None:
         self.text = line
         self._ascii = line.isascii()
-        self._size = len(placeholder)
+        self._size = size
         self._extra = extra
-        self._holders = [m.start() for m in re.finditer(re.escape(placeholder), line)] if placeholder else []
+        self._holders = [m.start() for m in placeholder.finditer(line)] if placeholder else []
 
     def cost(self, start: int, end: int, added: str = "") -> int:
         """Octets of line[start:end] with `added` (text put around it), each whole

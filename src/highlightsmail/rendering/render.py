@@ -24,7 +24,7 @@ from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.rendering import folding
 from highlightsmail.rendering.inlining import compact, inline_css_kept, keep_head_styles
-from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 from highlightsmail.urls import has_page, urls
 
 __all__ = [
@@ -41,7 +41,9 @@ __all__ = [
     "render_template",
 ]
 
-_RESERVED = (UNSUBSCRIBE_PLACEHOLDER,)
+_RESERVED = (UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)
+#: What becomes each recipient's own links (one length: folding counts each as `room`).
+_PLACEHOLDERS = (UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)
 
 #: What follows base_url in the longest link one recipient gets: urls.CONFIRM with a
 #: confirmation token of at most 51 characters, with room to spare.
@@ -163,6 +165,8 @@ def _context(issue: Issue, ws: Workspace) -> dict[str, Any]:
         "outro_text": outro_text,
         "outro_refs": outro_refs,
         "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER,
+        # The reader's preference page (topics, a pause, their data), beside unsubscribe.
+        "preferences_url": PREFERENCES_PLACEHOLDER,
         # The issue's page in the web archive ("View in browser"), or None when there is none.
         "web_url": _url(web_url) if web_url else None,
         "text_width": TEXT_WIDTH,
@@ -363,8 +367,8 @@ def render_email(ws: Workspace, html_template: str, text_template: str, context:
     # Every line within RFC 5322's 998 octets, for every recipient's own link too.
     room = len(urls(ws.settings).base) + _RECIPIENT_LINK_TAIL
     return (
-        folding.fold_html(html, placeholder=UNSUBSCRIBE_PLACEHOLDER, room=room),
-        folding.fold_text(text, placeholder=UNSUBSCRIBE_PLACEHOLDER, room=room),
+        folding.fold_html(html, placeholder=_PLACEHOLDERS, room=room),
+        folding.fold_text(text, placeholder=_PLACEHOLDERS, room=room),
     )
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import html as html_lib
 from dataclasses import dataclass
 
-__all__ = ["UNSUBSCRIBE_PLACEHOLDER", "RenderedIssue"]
+__all__ = ["PREFERENCES_PLACEHOLDER", "UNSUBSCRIBE_PLACEHOLDER", "RenderedIssue"]
 
 #: Stands for the recipient's unsubscribe URL in both parts until `personalize` (or a
 #: SendGrid substitution) puts the real one in. Plain ASCII without characters that
 #: HTML, URL or CSS processing would touch, so it survives MJML and premailer as is.
 UNSUBSCRIBE_PLACEHOLDER = "-highlights_unsubscribe_url-"
+#: Stands for the recipient's preference page ("Manage preferences"), the same way.
+PREFERENCES_PLACEHOLDER = "-highlights_preferences_url-"
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,12 @@ class RenderedIssue:
     html: str
     text: str
 
-    def personalize(self, unsubscribe_url: str) -> tuple[str, str]:
-        """(html, text) with this recipient's unsubscribe URL in place of the placeholder."""
-        return (
-            self.html.replace(UNSUBSCRIBE_PLACEHOLDER, html_lib.escape(unsubscribe_url, quote=True)),
-            self.text.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe_url),
-        )
+    def personalize(self, unsubscribe_url: str, preferences_url: str = "") -> tuple[str, str]:
+        """(html, text) with this recipient's unsubscribe URL and preference page in place
+        of the placeholders (a message without a preference page keeps neither)."""
+        html = self.html.replace(UNSUBSCRIBE_PLACEHOLDER, html_lib.escape(unsubscribe_url, quote=True))
+        text = self.text.replace(UNSUBSCRIBE_PLACEHOLDER, unsubscribe_url)
+        if PREFERENCES_PLACEHOLDER in html or PREFERENCES_PLACEHOLDER in text:
+            html = html.replace(PREFERENCES_PLACEHOLDER, html_lib.escape(preferences_url, quote=True))
+            text = text.replace(PREFERENCES_PLACEHOLDER, preferences_url)
+        return html, text

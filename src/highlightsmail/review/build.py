@@ -31,6 +31,9 @@ class _SampleSigner:
     def make(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
         return SAMPLE_TOKEN
 
+    def make_preferences(self, subscriber_id: int, made: int) -> str:
+        return SAMPLE_TOKEN
+
 
 def build_command(ws: Workspace, issue_path: Path, out_dir: Path) -> list[Path]:
     """Render the issue once and write OUT/<slug>.html, .txt and .eml; returns their paths.
@@ -42,7 +45,7 @@ def build_command(ws: Workspace, issue_path: Path, out_dir: Path) -> list[Path]:
 
     # The same header logic as a real send, with the sample token.
     links = recipient_links(ws.settings, _SampleSigner(), 0)  # type: ignore[arg-type]
-    html, text = rendered.personalize(links.unsubscribe_url)
+    html, text = rendered.personalize(links.unsubscribe_url, links.preferences_url)
     reader = Recipient(email=SAMPLE_READER[0], name=SAMPLE_READER[1])
     message = build_message(rendered, ws.settings, reader, links)
     # SMTP policy: CRLF line ends, as a mail client expects in a .eml file.

@@ -48,6 +48,7 @@ SUBJECT_MAX = 78
 DATE_DRIFT_DAYS = 14
 # The longest token tokens.Signer makes: kind, 13 base-36 digits, '.', 22 characters.
 _TOKEN_SHAPE = "u" + "z" * 13 + "." + "A" * 22
+_PREFERENCES_SHAPE = "p" + "z" * 13 + "." + "z" * 7 + "." + "A" * 22
 
 _TODO = re.compile(r"\bTODO\b")
 
@@ -443,7 +444,8 @@ def _settings_problems(ws: Workspace) -> list[Problem]:
 def _as_sent(ws: Workspace, rendered: RenderedIssue) -> tuple[str, str]:
     """(html, text) with an unsubscribe URL as long as any real one."""
 
-    return rendered.personalize(urls(ws.settings).unsubscribe(_TOKEN_SHAPE))
+    addresses = urls(ws.settings)
+    return rendered.personalize(addresses.unsubscribe(_TOKEN_SHAPE), addresses.preferences(_PREFERENCES_SHAPE))
 
 
 def _html_text(value: str) -> str:
@@ -503,6 +505,7 @@ class CheckReport:
     problems: list[Problem]
     items: int
     room: HtmlRoom  # the HTML as sent, with an unsubscribe URL as long as a real one
+    audience: str | None = None  # whom a send would reach now (sending.plan.audience_line)
 
     @property
     def html_bytes(self) -> int:
@@ -550,7 +553,18 @@ def check_command(ws: Workspace, issue_path: Path) -> CheckReport:
         problems=lint_issue(ws, issue, rendered),
         items=len(issue.items),
         room=html_room(ws, issue, rendered),
+        audience=_audience(ws, issue),
     )
+
+
+def _audience(ws: Workspace, issue: Issue) -> str | None:
+    """Whom a send would reach now; None (and the store not even loaded: `check` starts
+    fast) for a workspace without topics whose issue names no audience."""
+    if not ws.settings.topics and issue.audience is None:
+        return None
+    from highlightsmail.sending.plan import audience_line  # here: see above
+
+    return audience_line(ws, issue)
 
 
 __all__ = [

@@ -53,6 +53,7 @@ from highlightsmail.templating import ui_environment
 PAGE_TEMPLATE = "preview.html.j2"
 #: What the unsubscribe links point to in the preview: nowhere, so a click changes nothing.
 PREVIEW_UNSUBSCRIBE_URL = "#unsubscribe-preview"
+PREVIEW_PREFERENCES_URL = "#preferences-preview"
 
 # Save-to-page budget is 500 ms: wait only 50 ms for a save's burst of events to settle
 # (watchfiles' default debounce, 1.6 s, would spend it three times over).
@@ -187,7 +188,7 @@ class _Preview:
                 settings_loaded = True
             issue = load_issue(self.issue_path)
             rendered = render_issue(issue, ws)
-            html, text = rendered.personalize(PREVIEW_UNSUBSCRIBE_URL)
+            html, text = rendered.personalize(PREVIEW_UNSUBSCRIBE_URL, PREVIEW_PREFERENCES_URL)
         except Exception as exc:
             return _Built(
                 Snapshot(

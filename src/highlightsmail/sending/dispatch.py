@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from highlightsmail.addresses import BadAddress, address_key, normalize_address
-from highlightsmail.authoring.issue import load_issue
+from highlightsmail.authoring.issue import Issue, load_issue
 from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.backends import get_backend
 from highlightsmail.mail.backends.base import Backend, Batch, BatchResult, DeliveryError
@@ -33,7 +33,14 @@ from highlightsmail.sending.limits import Limits
 from highlightsmail.sending.lock import as_sender
 from highlightsmail.sending.loop import issue_batches, run_dispatch, send_claimed
 from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSendResult
-from highlightsmail.sending.plan import NO_SUBSCRIBERS, SendPlan, check_tested, make_plan
+from highlightsmail.sending.plan import (
+    NO_SUBSCRIBERS,
+    SendPlan,
+    audience_line,
+    audience_of,
+    check_tested,
+    make_plan,
+)
 from highlightsmail.sending.status import Group, StatusReport, status
 from highlightsmail.store import Store, format_time
 from highlightsmail.tokens import Signer, load_signer
@@ -58,8 +65,8 @@ __all__ = [
 ]
 
 
-def _render(ws: Workspace, issue_path: Path) -> RenderedIssue:
-    return render_issue(load_issue(issue_path), ws)
+def _render(ws: Workspace, issue: Issue) -> RenderedIssue:
+    return render_issue(issue, ws)
 
 
 def _signer(ws: Workspace, *, dry_run: bool = False) -> Signer:
@@ -94,18 +101,22 @@ def _editors(ws: Workspace, to: list[str]) -> list[Recipient]:
 def send_test(ws: Workspace, issue_path: Path, to: list[str], *, dry_run: bool = False) -> TestSendResult:
     """Send the issue to the editors (or `to`) with [TEST] in the subject, and record
     the fingerprint of what was sent so that `send` knows it was seen."""
-    return send_test_of(ws, _render(ws, issue_path), to, dry_run=dry_run)
+    issue = load_issue(issue_path)
+    return send_test_of(ws, _render(ws, issue), to, dry_run=dry_run, reach=audience_line(ws, issue))
 
 
-def send_test_of(ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_run: bool = False) -> TestSendResult:
-    """`send_test` of an email already rendered (an issue, or a correction notice)."""
+def send_test_of(
+    ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_run: bool = False, reach: str | None = None
+) -> TestSendResult:
+    """`send_test` of an email already rendered (an issue, or a correction notice);
+    `reach` says whom the real send would reach (plan.audience_line)."""
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     recipients = _editors(ws, to)
     batch = Batches(rendered, ws.settings, _signer(ws, dry_run=dry_run)).to_editors(recipients)
     sent_to = [r.email for r in recipients]
     backend = get_backend(ws, test=True)
     if dry_run:
-        return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True)
+        return TestSendResult(rendered.slug, sent_to, backend.name, digest, dry_run=True, audience=reach)
     # Recording the test must be possible before it goes out: one sent and then not
     # recorded (no data in the database, a server down) would have to be sent again.
     Store.open(ws).close()
@@ -119,7 +130,7 @@ def send_test_of(ws: Workspace, rendered: RenderedIssue, to: list[str], *, dry_r
         raise HighlightsError(f"test send failed for {lines}")
     with Store.open(ws) as store:
         store.record_test_send(rendered.slug, digest, sent_to)
-    return TestSendResult(rendered.slug, sent_to, backend.name, digest)
+    return TestSendResult(rendered.slug, sent_to, backend.name, digest, audience=reach)
 
 
 def _send_test_batch(backend: Backend, batch: Batch) -> BatchResult:
@@ -140,7 +151,7 @@ def _send_test_batch(backend: Backend, batch: Batch) -> BatchResult:
 def approved_fingerprint(ws: Workspace, issue_path: Path) -> str:
     """The fingerprint of the issue as it would go now (what a schedule compares with
     the one it recorded)."""
-    return fingerprint(_render(ws, issue_path), ws.settings)
+    return fingerprint(_render(ws, load_issue(issue_path)), ws.settings)
 
 
 def send(
@@ -157,15 +168,12 @@ def send(
     hold: tuple[int, str] | None = None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> SendOutcome:
-    """Dispatch the issue to every subscriber active when its first send began: plan
-    it, then, once the editor says yes, run it, as far as the sending limits allow now
-    (`clock`: the time they are read at). `approved`: the fingerprint a schedule
-    recorded; a message that is no longer it is not sent. `hold`: (send_at, batch id)
-    for a provider that holds the mail until then (sending/provider.py). `stopping`:
-    when it says so, no more batches are claimed and the send pauses (a runner's server
-    shutting down)."""
+    """Plan the dispatch to those active when its first send began; once the editor says
+    yes, run it as far as the sending limits allow (the schedule's arguments: `_backend`)."""
     events = events or Quiet()
-    rendered = _render(ws, issue_path)
+    issue = load_issue(issue_path)
+    audience = audience_of(issue, ws.settings)
+    rendered = _render(ws, issue)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
     if approved is not None and digest != approved:
         raise HighlightsError(f"{rendered.slug}: the message is no longer the one that was scheduled")
@@ -175,12 +183,17 @@ def send(
     opening = {"clock": clock} if clock is not None else {}  # else the store's own clock
     with Store.open(ws, **opening) as store, as_sender(ws, store, rendered.slug, dry_run=dry_run):
         tested = check_tested(store, rendered.slug, digest, skip=skip_test_check)
-        backend = get_backend(ws)
-        if hold is not None:
-            backend.hold_until(*hold)
+        backend = _backend(ws, hold)
         signer = _signer(ws, dry_run=dry_run)
         plan = make_plan(
-            store, backend, rendered.slug, tested=tested, dry_run=dry_run, limit=limit, resend_in_doubt=resend_in_doubt
+            store,
+            backend,
+            rendered.slug,
+            tested=tested,
+            dry_run=dry_run,
+            limit=limit,
+            resend_in_doubt=resend_in_doubt,
+            audience=audience,
         )
         if dry_run:
             _dry_build(store, issue_batches(store, rendered, ws.settings, signer), plan)
@@ -200,8 +213,21 @@ def send(
             keep=lambda: keep_message(store, rendered, ws.settings, issue_path),
             limits=limits,
         )
-        _settle(store, outcome, limits, digest)
-        return outcome
+        return _settle(store, outcome, limits, digest)
+
+
+def _backend(ws: Workspace, hold: tuple[int, str] | None) -> Backend:
+    """The workspace's backend; with `hold` (send_at, batch id), one the provider holds
+    the mail of until then (sending/provider.py).
+
+    The schedule's arguments of `send`: `clock` the time the limits are read
+    at; `approved` the fingerprint a schedule recorded (a message that is no longer it
+    is not sent); `hold` as here; `stopping` says when to claim no more and pause (a
+    runner's server shutting down)."""
+    backend = get_backend(ws)
+    if hold is not None:
+        backend.hold_until(*hold)
+    return backend
 
 
 def keep_message(store: Store, rendered: RenderedIssue, settings: Settings, source: Path | None) -> None:
@@ -240,6 +266,11 @@ def _run(
     slug = plan.slug
     if plan.pending == 0:
         if not plan.resume:
+            if plan.audience:
+                raise HighlightsError(
+                    f"{slug}: no active subscriber (not paused) is in the topics {', '.join(plan.audience)}; "
+                    "nothing was sent"
+                )
             raise HighlightsError(NO_SUBSCRIBERS)
         summary = Summary.from_counts(store.delivery_counts(slug))
         return SendOutcome(plan, suppressed=plan.suppressed, summary=summary, nothing_left=True)
@@ -266,12 +297,13 @@ def _run(
     )
 
 
-def _settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> None:
+def _settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> SendOutcome:
     """What the issue's schedule says after a run: paused until the limits' window opens
-    (a runner resumes it), sent, or stopped by hand (a runner leaves it alone)."""
+    (a runner resumes it), sent, or stopped by hand (a runner leaves it alone). Returns
+    the outcome."""
     slug = outcome.plan.slug
     if outcome.cancelled or outcome.summary is None:
-        return
+        return outcome
     if outcome.paused_until is not None:
         store.sending_stopped(slug, "paused", reason=limits.reason, until=outcome.paused_until, fingerprint=digest)
     elif outcome.summary["pending"] == 0:
@@ -279,13 +311,14 @@ def _settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> 
     else:
         why = "stopped by Ctrl-C" if outcome.stopped else "stopped after --limit"
         store.sending_stopped(slug, "cancelled", reason=why)
+    return outcome
 
 
 def _begin(store: Store, plan: SendPlan, backend: str, events: SendEvents) -> None:
     """Begin the dispatch, or put back in the queue what this run sends again."""
     if not plan.resume:
         try:
-            store.begin_dispatch(plan.slug, backend)
+            store.begin_dispatch(plan.slug, backend, plan.audience)
         except HighlightsError:
             if store.dispatch_info(plan.slug) is None:
                 raise

@@ -55,6 +55,7 @@ class TestSendResult:
     backend: str
     fingerprint: str
     dry_run: bool = False
+    audience: str | None = None  # whom the real send would reach (plan.audience_line)
 
 
 @dataclass

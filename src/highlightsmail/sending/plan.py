@@ -12,14 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from highlightsmail.errors import HighlightsError
+from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.mail.backends.base import Backend, DeliveryError
 from highlightsmail.store import DeliveryState
 
 if TYPE_CHECKING:
+    from highlightsmail.authoring.issue import Issue
+    from highlightsmail.authoring.workspace import Settings, Workspace
     from highlightsmail.store import Store
 
-__all__ = ["NO_SUBSCRIBERS", "SendPlan", "check_tested", "make_plan"]
+__all__ = ["NO_SUBSCRIBERS", "SendPlan", "audience_line", "audience_of", "audience_words", "check_tested", "make_plan"]
 
 NO_SUBSCRIBERS = "there are no active subscribers; import some with `highlights subscribers import FILE`"
 
@@ -37,6 +39,7 @@ class SendPlan:
     found_in_doubt: int = 0  # left in flight by a run that stopped, in doubt now
     tested: bool = True  # this version was test-sent (False: the check was skipped)
     resend_in_doubt: bool = False  # in-doubt recipients go again
+    audience: tuple[str, ...] = ()  # the issue's topics (none: every active subscriber)
 
 
 def make_plan(
@@ -48,6 +51,7 @@ def make_plan(
     dry_run: bool = False,
     limit: int | None = None,
     resend_in_doubt: bool = False,
+    audience: tuple[str, ...] = (),
 ) -> SendPlan:
     """Work out what a send would do (see the module's docstring), once `check_tested`
     has passed (`tested`: False when it was skipped)."""
@@ -59,7 +63,8 @@ def make_plan(
         pending = left_to_send(store, slug, resend_in_doubt=resend_in_doubt)
     else:
         # On a dry run nobody was marked: leave out those who would have been.
-        pending = store.count_by_status()["active"] - (suppressed if dry_run else 0)
+        # Active, not paused, and in the audience's topics (when it names some).
+        pending = max(store.count_audience(audience) - (suppressed if dry_run else 0), 0)
     return SendPlan(
         slug=slug,
         backend=backend.name,
@@ -70,7 +75,44 @@ def make_plan(
         found_in_doubt=doubt,
         tested=tested,
         resend_in_doubt=resend_in_doubt,
+        audience=audience,
     )
+
+
+def audience_of(issue: Issue, settings: Settings) -> tuple[str, ...]:
+    """The issue's `audience:` as topic ids of the settings; () for everyone. An id the
+    settings do not have is an error naming the issue file."""
+    if issue.audience is None:
+        return ()
+    known = settings.topic_ids()
+    unknown = [ident for ident in issue.audience if ident not in known]
+    if unknown:
+        where = display_path(issue.source) if issue.source else issue.slug
+        hint = f"the topics are {', '.join(known)}" if known else "highlights.yaml has no `topics:`"
+        raise HighlightsError(f"{where}: audience names unknown topics {', '.join(map(repr, unknown))}; {hint}")
+    return tuple(dict.fromkeys(issue.audience))
+
+
+def audience_words(audience: tuple[str, ...]) -> str:
+    """Whom a dispatch goes to, in words."""
+    return f"subscribers in the topics {', '.join(audience)}" if audience else "every active subscriber"
+
+
+def audience_line(ws: Workspace, issue: Issue) -> str | None:
+    """What `check` and the test send say of the audience: whom the issue goes to and
+    how many that is now (active, not paused); None for a workspace without topics whose
+    issue names no audience (nothing to say: everyone). The database is only read, and
+    not made when there is none yet."""
+    if not ws.settings.topics and issue.audience is None:
+        return None
+    audience = audience_of(issue, ws.settings)
+    who = audience_words(audience)
+    if not ws.database_url and not ws.database_exists():
+        return f"audience: {who} (no subscribers yet)"
+    from highlightsmail.store import Store  # here: `check` without topics never loads the store
+
+    with Store.open(ws) as store:
+        return f"audience: {who}: {store.count_audience(audience)} subscriber(s) now"
 
 
 def check_tested(store: Store, slug: str, digest: str, *, skip: bool) -> bool:

@@ -80,6 +80,12 @@ class Engine(Protocol):
         """The writes inside it make one transaction (the send loop's)."""
         ...
 
+    def erasing(self) -> AbstractContextManager[Conn]:
+        """One write transaction that deletes a person's rows, leaving no copy of them in
+        the database's own files where the engine can (SQLite: deleted content zeroed
+        and the write-ahead log emptied into the file)."""
+        ...
+
     def schema_version(self, conn: Conn | None = None) -> int:
         """The schema's version (0: no schema yet), read on `conn` or a connection of its own."""
         ...

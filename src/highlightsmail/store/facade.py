@@ -19,6 +19,7 @@ from highlightsmail.store.deliveries import DeliveryEvents
 from highlightsmail.store.engine import Engine, MergedAddressesWarning, UnusableDatabase
 from highlightsmail.store.ledger import Ledger
 from highlightsmail.store.messages import KeptMessages
+from highlightsmail.store.preferences import Preferences
 from highlightsmail.store.records import Place, utc_now
 from highlightsmail.store.schedules import Schedules
 from highlightsmail.store.signups import Signups
@@ -28,7 +29,7 @@ from highlightsmail.store.subscribers import Subscribers
 BUSY_TIMEOUT_S = 30.0
 
 
-class Store(Subscribers, Ledger, DeliveryEvents, Signups, Schedules, Copying, KeptMessages, Corrections):
+class Store(Subscribers, Ledger, DeliveryEvents, Signups, Schedules, Copying, KeptMessages, Corrections, Preferences):
     """The database of one workspace. Also a context manager that closes it.
 
     `target` is the SQLite file's path or a PostgreSQL URL. An empty database gets the

@@ -46,8 +46,8 @@ StageRow = tuple[int, str, str, str, str, str]
 def stage_row(line: int, row: ImportRow) -> StageRow:
     """A checked row of the file, as Staging takes it."""
     extra = ""
-    if row.created or row.updated or row.consented or row.consent_source:
-        extra = json.dumps([row.created, row.updated, row.consented, row.consent_source])
+    if row.created or row.updated or row.consented or row.consent_source or row.topics:
+        extra = json.dumps([row.created, row.updated, row.consented, row.consent_source, row.topics])
     # ASCII (most addresses): NFC changes nothing and case folding is lower-casing.
     key = row.email.lower() if row.email.isascii() else address_key(row.email)
     return line, key, row.email, row.name, row.status, extra
@@ -102,7 +102,8 @@ class Staging:
             self._conn.execute(_insert(len(rest[0]) // len(_STAGED_COLUMNS)), rest[0])
         self._conn.execute(
             "UPDATE import_stage SET created = json_extract(extra, '$[0]'), updated = json_extract(extra, '$[1]'),"
-            " consented = json_extract(extra, '$[2]'), consent_source = json_extract(extra, '$[3]')"
+            " consented = json_extract(extra, '$[2]'), consent_source = json_extract(extra, '$[3]'),"
+            " topics = json_extract(extra, '$[4]')"
             " WHERE extra <> ''"
         )
         self._conn.execute("COMMIT")
@@ -132,11 +133,22 @@ class Staging:
     def import_rows(self) -> Iterator[ImportRow]:
         """The staged rows by line, as ImportRows."""
         rows = self._conn.execute(
-            "SELECT email, name, status, created, updated, ? || pos, consented, consent_source FROM import_stage"
+            "SELECT email, name, status, created, updated, ? || pos, consented, consent_source, topics"
+            " FROM import_stage"
             " ORDER BY pos",
             (self.detail,),
         )
         return (ImportRow._make(row) for row in rows)
+
+    def addresses(self) -> Iterator[tuple[int, str, str]]:
+        """(line, address key, address) of each staged row, by line."""
+        return iter(self._conn.execute("SELECT pos, email_key, email FROM import_stage ORDER BY pos").fetchall())
+
+    def drop_lines(self, lines: list[int]) -> None:
+        """Take these rows out (an import refuses them)."""
+        self._conn.execute("BEGIN")
+        self._conn.executemany("DELETE FROM import_stage WHERE pos = ?", ((line,) for line in lines))
+        self._conn.execute("COMMIT")
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
         """The staged rows by line, the columns IMPORT_NAMES (for a store that copies them)."""

@@ -27,6 +27,7 @@ from typing import Any, LiteralString
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store.engine import Conn
 from highlightsmail.store.ledger_state import LedgerState, holds, parse_ids, recipient_state
+from highlightsmail.store.preferences import audience_filter
 from highlightsmail.store.records import Delivery, DispatchInfo, TestSend, check
 from highlightsmail.tokens import new_dispatch_tag
 
@@ -80,15 +81,30 @@ class Ledger(LedgerState):
         """The issues whose dispatch has this tag (one, unless two random tags met)."""
         return [r[0] for r in self._query("SELECT issue FROM dispatches WHERE tag = ? ORDER BY issue", (tag,))]
 
-    def latest_dispatch(self) -> str | None:
-        """The issue whose dispatch began last, or None (a correction's is no issue's)."""
-        rows = self._query(
-            "SELECT issue FROM dispatches WHERE issue NOT LIKE '%~correction-%' ORDER BY started DESC, issue DESC LIMIT 1"
-        )
-        return str(rows[0][0]) if rows else None
+    def latest_dispatch(self, subscriber_id: int | None = None) -> str | None:
+        """The issue whose dispatch began last, or None (a correction's is no issue's);
+        with `subscriber_id`, the last one whose audience they are in (the welcome issue
+        of a reader who chose topics is one written for them)."""
+        if subscriber_id is None:
+            rows = self._query(
+                "SELECT issue FROM dispatches WHERE issue NOT LIKE '%~correction-%'"
+                " ORDER BY started DESC, issue DESC LIMIT 1"
+            )
+            return str(rows[0][0]) if rows else None
+        chosen = {
+            str(r[0])
+            for r in self._query("SELECT topic FROM subscriber_topics WHERE subscriber_id = ?", (subscriber_id,))
+        }
+        for issue, audience in self._query(
+            "SELECT issue, audience FROM dispatches WHERE issue NOT LIKE '%~correction-%' ORDER BY started DESC, issue DESC"
+        ):
+            if not audience or chosen & set(str(audience).split(",")):
+                return str(issue)
+        return None
 
-    def begin_dispatch(self, issue: str, backend: str) -> int:
-        """Fix the recipients of an issue: every subscriber active now, as chunks of ids,
+    def begin_dispatch(self, issue: str, backend: str, audience: Sequence[str] = ()) -> int:
+        """Fix the recipients of an issue: every subscriber active now (and not paused; in
+        any of the `audience`'s topics when it names some), as chunks of ids,
         and the dispatch's tag (the one per-dispatch value its Message-IDs are derived
         from). Returns how many."""
         now = self.now()
@@ -99,12 +115,13 @@ class Ledger(LedgerState):
             # stays flat however long the list, where a window over the whole list in
             # SQL would sort it in memory.
             total, last = 0, 0
+            chosen = audience_filter(audience)
             while chunk := [
                 int(r[0])
                 for r in conn.execute(
-                    "SELECT id FROM subscribers WHERE status = 'active' AND merged_into IS NULL AND id > ?"
-                    " ORDER BY id LIMIT ?",
-                    (last, CHUNK),
+                    "SELECT id FROM subscribers AS s WHERE status = 'active' AND merged_into IS NULL AND id > ?"
+                    f" AND {chosen} ORDER BY id LIMIT ?",
+                    (last, now, *audience, CHUNK),
                 ).fetchall()
             ]:
                 last = chunk[-1]
@@ -114,8 +131,8 @@ class Ledger(LedgerState):
                 )
                 total += len(chunk)
             conn.execute(
-                "INSERT INTO dispatches (issue, started, backend, total, tag) VALUES (?, ?, ?, ?, ?)",
-                (issue, now, backend, int(total), new_dispatch_tag()),
+                "INSERT INTO dispatches (issue, started, backend, total, tag, audience) VALUES (?, ?, ?, ?, ?, ?)",
+                (issue, now, backend, int(total), new_dispatch_tag(), ",".join(audience) or None),
             )
             return int(total)
 
@@ -249,7 +266,7 @@ class Ledger(LedgerState):
         ).fetchall()
         if not rows:
             return [], 0
-        people = _people(conn, "s.id IN (" + ", ".join("?" for _ in rows) + ")", [r[0] for r in rows])
+        people = _people(conn, "s.id IN (" + ", ".join("?" for _ in rows) + ")", [r[0] for r in rows], now)
         claimed: list[Delivery] = []
         gone: list[tuple[Any, ...]] = []
         for sid, attempts in rows:
@@ -289,7 +306,7 @@ class Ledger(LedgerState):
                     (issue, low, high),
                 ).fetchall()
             }
-            people = _people(conn, "s.id > ? AND s.id <= ?", (low, high))
+            people = _people(conn, "s.id > ? AND s.id <= ?", (low, high), now)
             for sid in wanted:
                 if sid in excepted:
                     continue
@@ -538,18 +555,25 @@ def _except(
     )
 
 
-def _people(conn: Conn, where: LiteralString, params: Sequence[Any]) -> dict[int, tuple[str, str, str]]:
+def _people(conn: Conn, where: LiteralString, params: Sequence[Any], now: str) -> dict[int, tuple[str, str, str]]:
     """(email, name, status) of the subscribers `where` says, as people (a row merged
-    into another has that one's name and status)."""
+    into another has that one's name and status); one paused at `now` is `paused`, so a
+    pause that begins mid-send is honoured for the batches not yet claimed, like leaving."""
     # No join for the merged rows' people: the few there are are read apart (a join let
     # PostgreSQL's planner hash every subscriber for each batch).
     rows = conn.execute(
-        f"SELECT id, email, name, status, merged_into FROM subscribers AS s WHERE {where}", params
+        f"SELECT id, email, name, status, merged_into, paused_until FROM subscribers AS s WHERE {where}", params
     ).fetchall()
-    people = {int(r[0]): (r[1], r[2], r[3]) for r in rows}
+    people = {int(r[0]): (r[1], r[2], _paused(r[3], r[5], now)) for r in rows}
     merged = {int(r[0]): int(r[4]) for r in rows if r[4] is not None}
     for sid, into in merged.items():
-        found = conn.execute("SELECT name, status FROM subscribers WHERE id = ?", (into,)).fetchone()
+        found = conn.execute("SELECT name, status, paused_until FROM subscribers WHERE id = ?", (into,)).fetchone()
         if found is not None:
-            people[sid] = (people[sid][0], found[0], found[1])
+            people[sid] = (people[sid][0], found[0], _paused(found[1], found[2], now))
     return people
+
+
+def _paused(status: str, until: str | None, now: str) -> str:
+    """`paused` for an active subscriber whose pause lasts past `now` (stored times sort
+    as text), else their status."""
+    return "paused" if status == "active" and until is not None and until > now else status

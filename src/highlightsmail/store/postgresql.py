@@ -207,6 +207,13 @@ class PgEngine:
             yield PgConn(raw)
 
     @contextmanager
+    def erasing(self) -> Iterator[Conn]:
+        """A write: PostgreSQL keeps no deleted row where a query or a dump can see it
+        (its files are the server's, cleared by its own vacuum)."""
+        with self.write() as conn:
+            yield conn
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         """The writes inside it make one transaction. It takes no writers' lock: a sender's
         turn must not hold up the others."""

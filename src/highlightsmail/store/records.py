@@ -143,6 +143,7 @@ class ImportRow(NamedTuple):
     detail: str | None = None  # recorded with the event, e.g. "subscribers.csv:12"
     consented: str | None = None  # when the person consented (stored format), if the file says
     consent_source: str | None = None  # how they consented, as the file says (else the import's source)
+    topics: str | None = None  # topic ids as `;a;b;` (None: the cell was empty)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,20 @@ class SqliteEngine:
                 raise problem from None
 
     @contextmanager
+    def erasing(self) -> Iterator[Conn]:
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete = ON")  # freed space is zeroed, not left
+            try:
+                with self.write() as conn:
+                    yield conn
+            finally:
+                self._conn.execute("PRAGMA secure_delete = OFF")
+            if not self._outer:
+                # The pages as they were before the erasure go from the log; readers may
+                # hold it a moment, which the busy timeout waits for.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         with self.write():
             self._outer += 1

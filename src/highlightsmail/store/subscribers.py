@@ -6,8 +6,9 @@ address) drops out of lists and counts, and its id stands for the row it joined.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, LiteralString
 
 from highlightsmail.addresses import address_key
@@ -34,10 +35,12 @@ from highlightsmail.store.records import (
 IMPORT_STAGE: LiteralString = "import_stage"
 IMPORT_COLUMNS: LiteralString = (
     "pos INTEGER PRIMARY KEY, email_key TEXT NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,"
-    " status TEXT NOT NULL, created TEXT, updated TEXT, consented TEXT, consent_source TEXT, detail TEXT"
+    " status TEXT NOT NULL, created TEXT, updated TEXT, consented TEXT, consent_source TEXT, detail TEXT,"
+    " topics TEXT"
 )
 IMPORT_NAMES: tuple[LiteralString, ...] = (
     "pos", "email_key", "email", "name", "status", "created", "updated", "consented", "consent_source", "detail",
+    "topics",
 )  # fmt: skip
 IMPORT_KEY: LiteralString = "email_key"
 
@@ -57,6 +60,46 @@ def _renames(old_name: LiteralString) -> LiteralString:
 
 
 _DETAIL: LiteralString = "coalesce(i.detail, CAST(? AS TEXT) || i.pos)"  # `?`: the detail prefix
+
+
+@dataclass(frozen=True)
+class TopicChoice:
+    """The topics an import knows (the settings' ids) and gives a new address whose row
+    names none."""
+
+    known: tuple[str, ...]
+    defaults: tuple[str, ...] = ()
+
+
+def _one_of(ids: Sequence[str]) -> LiteralString:
+    """SQL: a table `t` of one column `id`, one `?` per id."""
+    return " UNION ALL ".join("SELECT CAST(? AS TEXT) AS id" for _ in ids)
+
+
+def import_topics(conn: Conn, before: int, topics: TopicChoice) -> None:
+    """The staged rows' topics (`;a;b;`): a row that names some puts its address in
+    exactly those; a new address (id above `before`) whose row names none gets the
+    defaults; a known one whose row names none keeps its topics."""
+    conn.execute(
+        "DELETE FROM subscriber_topics WHERE subscriber_id IN (SELECT s.id FROM import_stage AS i"
+        " JOIN subscribers AS s ON s.email_key = i.email_key AND s.merged_into IS NULL WHERE i.topics IS NOT NULL)"
+    )
+    conn.execute(
+        "INSERT INTO subscriber_topics (subscriber_id, topic) SELECT s.id, t.id"
+        " FROM import_stage AS i JOIN subscribers AS s ON s.email_key = i.email_key AND s.merged_into IS NULL"
+        f" JOIN ({_one_of(topics.known)}) AS t ON i.topics LIKE '%;' || t.id || ';%'"
+        " WHERE i.topics IS NOT NULL ON CONFLICT DO NOTHING",
+        topics.known,
+    )
+    if topics.defaults:
+        conn.execute(
+            f"INSERT INTO subscriber_topics (subscriber_id, topic) SELECT s.id, t.id FROM subscribers AS s,"
+            f" ({_one_of(topics.defaults)}) AS t"
+            " WHERE s.id > ? AND s.merged_into IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM import_stage AS i WHERE i.email_key = s.email_key AND i.topics IS NOT NULL)"
+            " ON CONFLICT DO NOTHING",
+            (*topics.defaults, before),
+        )
 
 
 class _Rollback(Exception):
@@ -231,7 +274,12 @@ class Subscribers(Part):
     # -- import ---------------------------------------------------------------------------
 
     def import_rows(
-        self, rows: Iterable[ImportRow], *, source: Source = "import", dry_run: bool = False
+        self,
+        rows: Iterable[ImportRow],
+        *,
+        source: Source = "import",
+        dry_run: bool = False,
+        topics: TopicChoice | None = None,
     ) -> ImportResult:
         """Import validated rows in ONE transaction; with `dry_run`, roll it back.
 
@@ -265,6 +313,7 @@ class Subscribers(Part):
                 r.consented,
                 r.consent_source,
                 r.detail,
+                r.topics,
             )
             for pos, r in enumerate(rows, start=1)
         )
@@ -277,10 +326,16 @@ class Subscribers(Part):
             if twice:
                 raise ValueError(f"an address appears twice in the rows to import: {twice[0]}")
 
-        return self._import(self._write(), source, None, dry_run, stage)
+        return self._import(self._write(), source, None, dry_run, topics, stage)
 
     def import_staged(
-        self, staged: StagedFile, *, detail: str, source: Source = "import", dry_run: bool = False
+        self,
+        staged: StagedFile,
+        *,
+        detail: str,
+        source: Source = "import",
+        dry_run: bool = False,
+        topics: TopicChoice | None = None,
     ) -> ImportResult:
         """Import the rows of a staged file (store/importing.Staging: the columns
         IMPORT_NAMES, unique by `email_key`) by the rules of `import_rows`, in ONE
@@ -288,7 +343,7 @@ class Subscribers(Part):
         `detail` followed by its `pos` (a file's line) with its event."""
         check(source, SOURCES, "source")
         assert staged.table == IMPORT_STAGE and staged.definition == IMPORT_COLUMNS, "the layout the statements read"
-        return self._import(self._db.staged_write(staged), source, detail, dry_run)
+        return self._import(self._db.staged_write(staged), source, detail, dry_run, topics)
 
     def _import(
         self,
@@ -296,6 +351,7 @@ class Subscribers(Part):
         source: str,
         detail: str | None,
         dry_run: bool,
+        topics: TopicChoice | None,
         stage: Callable[[Conn], None] | None = None,
     ) -> ImportResult:
         now = self.now()
@@ -303,7 +359,10 @@ class Subscribers(Part):
             with transaction as conn:
                 if stage is not None:
                     stage(conn)
+                before = int(conn.execute("SELECT coalesce(max(id), 0) FROM subscribers").fetchone()[0])
                 result = self._merge(conn, now, source, detail)
+                if topics is not None and topics.known:
+                    import_topics(conn, before, topics)
                 if stage is not None:
                     conn.execute("DROP TABLE import_stage")  # the temporary one: it would hide a staged file's
                 if dry_run:

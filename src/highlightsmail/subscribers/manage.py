@@ -18,54 +18,45 @@ from __future__ import annotations
 import csv
 import heapq
 import io
+import itertools
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.files import write_file
-from highlightsmail.store import ImportResult, ImportRow, Status, Store, Subscriber
+from highlightsmail.store import ImportResult, Status, Store, Subscriber
 from highlightsmail.store.importing import Staging
-from highlightsmail.subscribers.reading import CSV_COLUMNS, CsvRows, check_name, protect_cell, shown_value
+from highlightsmail.store.subscribers import TopicChoice
+from highlightsmail.subscribers.reading import (
+    CSV_COLUMNS,
+    TOPICS_COLUMN,
+    CsvRows,
+    check_name,
+    protect_cell,
+    shown_value,
+)
+from highlightsmail.tokens import load_signer
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
 
-# -- reading a CSV ------------------------------------------------------------------
 
-
-@dataclass
-class ParsedFile:
-    """What a CSV file holds: the valid rows, and a message per rejected row or warning."""
-
-    rows: list[ImportRow] = field(default_factory=list[ImportRow])
-    rejected: list[str] = field(default_factory=list[str])
-    warnings: list[str] = field(default_factory=list[str])
-
-
-def parse_csv(path: Path) -> ParsedFile:
-    """Read and check a subscribers CSV whole (the rows in a list: for small files and
-    tests; `import_file` streams). Raises HighlightsError (naming file and line) when
-    the file as a whole cannot be used; bad rows are collected, not raised."""
-    rows = CsvRows(path)
-    rejected: list[tuple[int, str]] = []
-    with Staging(path.name) as staging:
-        staging.load(rows.staged(rejected))
-        duplicates = staging.drop_duplicates()
-        return ParsedFile(
-            rows=list(staging.import_rows()),
-            rejected=list(_rejects(rows.shown, rejected, duplicates)),
-            warnings=rows.warnings,
-        )
-
-
-def _rejects(shown: str, rejected: list[tuple[int, str]], duplicates: list[tuple[int, int, str]]) -> Iterator[str]:
-    """One message per rejected row, by line: bad rows and duplicates in one order."""
+def _rejects(
+    shown: str,
+    rejected: list[tuple[int, str]],
+    duplicates: list[tuple[int, int, str]],
+    erased: Sequence[tuple[int, str]] = (),
+) -> Iterator[str]:
+    """One message per rejected row, by line: bad rows, duplicates and addresses erased
+    on request in one order."""
     marked = heapq.merge(
-        rejected, ((line, f"duplicate of line {first} ({email})") for line, first, email in duplicates)
+        rejected,
+        ((line, f"duplicate of line {first} ({email})") for line, first, email in duplicates),
+        erased,
     )
     return (f"{shown}:{line}: {problem}" for line, problem in marked)
 
@@ -87,15 +78,17 @@ def import_file(ws: Workspace, file: Path, *, dry_run: bool = False, tell: Calla
     import every good row in one transaction (rolled back for a dry run). Raises
     HighlightsError when the file cannot be used, or had rows and none was usable;
     either way nothing is written."""
-    rows = CsvRows(file)
+    topics = ws.settings.topic_ids()
+    rows = CsvRows(file, topics)
     rejected: list[tuple[int, str]] = []  # only the rejects are held in memory
     with Staging(file.name) as staging:
         staging.load(rows.staged(rejected))
         duplicates = staging.drop_duplicates()
+        erased = erased_lines(ws, staging)
         for message in rows.warnings:
             tell(message)
-        count = len(rejected) + len(duplicates)
-        for message in _rejects(rows.shown, rejected, duplicates):
+        count = len(rejected) + len(duplicates) + len(erased)
+        for message in _rejects(rows.shown, rejected, duplicates, erased):
             tell(message)
         good = staging.count()
         if count and not good:
@@ -104,19 +97,8 @@ def import_file(ws: Workspace, file: Path, *, dry_run: bool = False, tell: Calla
             # Nothing to compare with, and a dry run must not even create the database.
             return Imported(ImportResult(new=good, updated=0, unchanged=0), count)
         with Store.open(ws) as store:
-            return Imported(store.import_staged(staging, detail=staging.detail, dry_run=dry_run), count)
-
-
-def import_parsed(ws: Workspace, file: Path, parsed: ParsedFile, dry_run: bool = False) -> ImportResult:
-    """Import the good rows of a file `parse_csv` read, in one transaction (rolled back
-    for a dry run). Raises HighlightsError when the file had rows and none was usable."""
-    rejected = len(parsed.rejected)
-    if rejected and not parsed.rows:
-        raise HighlightsError(f"{display_path(file)}: no valid rows ({rejected} rejected); nothing imported")
-    if dry_run and not ws.database_exists():
-        return ImportResult(new=len(parsed.rows), updated=0, unchanged=0)
-    with Store.open(ws) as store:
-        return store.import_rows(parsed.rows, dry_run=dry_run)
+            choice = TopicChoice(topics, ws.settings.default_topics())
+            return Imported(store.import_staged(staging, detail=staging.detail, dry_run=dry_run, topics=choice), count)
 
 
 @dataclass(frozen=True)
@@ -129,10 +111,13 @@ class Added:
     renamed: bool = False
 
 
-def add(ws: Workspace, email: str, name: str = "") -> Added:
-    """`subscribers add EMAIL [--name NAME]`: add an active subscriber. Someone who left
-    is not made active by the editor; only their own resubscribe link does that."""
+def add(ws: Workspace, email: str, name: str = "", topics: Sequence[str] = ()) -> Added:
+    """`subscribers add EMAIL [--name NAME] [--topic ID]...`: add an active subscriber, in
+    the topics given (else the default ones); a subscriber already there is put in the
+    topics given as well. Someone who left is not made active by the editor; only their
+    own resubscribe link does that."""
     address = address_argument(email)
+    chosen = topic_arguments(ws, topics)
     try:
         name = check_name(name)
     except ValueError as exc:
@@ -140,6 +125,7 @@ def add(ws: Workspace, email: str, name: str = "") -> Added:
     with Store.open(ws) as store:
         subscriber, created = store.add(address, name, source="cli")
         if created:
+            store.set_topics(subscriber.id, chosen or ws.settings.default_topics())
             return Added(subscriber, created=True)
         if subscriber.status == "pending":
             # Joined through the form and not confirmed: only their confirmation makes
@@ -154,6 +140,8 @@ def add(ws: Workspace, email: str, name: str = "") -> Added:
                 "with the resubscribe button on the page their unsubscribe link opens"
             )
         renamed = bool(name) and name != subscriber.name and store.set_name(subscriber.id, name)
+        if chosen:
+            store.set_topics(subscriber.id, {*store.topics(subscriber.id), *chosen})
         return Added(subscriber, created=False, renamed=renamed)
 
 
@@ -183,14 +171,22 @@ def address_argument(raw: str) -> str:
 _TABLE = "{:>7}  {:<40}  {:<24}  {:<12}  {}"  # fixed widths: printing starts at the first row
 
 
-def write_list(ws: Workspace, out: TextIO, status: Status | None = None, fmt: str = "table") -> None:
-    """`subscribers list [--status S] [--format table|csv|json]`, streamed row by row to `out`."""
+def write_list(
+    ws: Workspace, out: TextIO, status: Status | None = None, fmt: str = "table", topic: str | None = None
+) -> None:
+    """`subscribers list [--status S] [--topic ID] [--format table|csv|json]`, streamed
+    row by row to `out`."""
+    if topic is not None:
+        topic_arguments(ws, [topic])
     with Store.open(ws) as store:
         rows = store.iter_subscribers(status)
+        if topic is not None:
+            members = store.in_topic(topic)
+            rows = (s for s in rows if s.id in members)
         if fmt == "csv":
-            _write_csv(out, store, rows)
+            _write_csv(out, store, rows, with_topics=bool(ws.settings.topics))
         elif fmt == "json":
-            _write_json(out, rows)
+            _write_json(out, rows, store if ws.settings.topics else None)
         else:
             _write_table(out, rows)
 
@@ -200,54 +196,94 @@ def export(ws: Workspace, file: Path | None, out: TextIO | None = None) -> int:
     a reader never sees half a file) or else to `out`. Returns how many."""
     if file is not None:
         ws.check_output(file)
+    topics = bool(ws.settings.topics)
     with Store.open(ws) as store:
         if file is None:
             assert out is not None, "export to a stream needs the stream"
-            return _write_csv(out, store, store.iter_subscribers())
-        return _atomic_write(file, lambda stream: _write_csv(stream, store, store.iter_subscribers()))
-
-
-def _write_csv(out: TextIO, store: Store, rows: Iterator[Subscriber]) -> int:
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    count = 0
-    for s, source, consented in store.with_consent(rows):
-        writer.writerow(
-            (
-                protect_cell(s.email),
-                protect_cell(s.name),
-                s.status,
-                s.created,
-                s.updated,
-                protect_cell(source),
-                consented,
-            )
+            return _write_csv(out, store, store.iter_subscribers(), with_topics=topics)
+        return _atomic_write(
+            file, lambda stream: _write_csv(stream, store, store.iter_subscribers(), with_topics=topics)
         )
+
+
+def _write_csv(out: TextIO, store: Store, rows: Iterator[Subscriber], *, with_topics: bool = False) -> int:
+    """The CSV of export (and `list --format csv`); the `topics` column last when the
+    workspace has topics."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS + ((TOPICS_COLUMN,) if with_topics else ()))
+    count = 0
+    for s, source, consented, topics in _with_topics(store if with_topics else None, store.with_consent(rows)):
+        cells = (
+            protect_cell(s.email),
+            protect_cell(s.name),
+            s.status,
+            s.created,
+            s.updated,
+            protect_cell(source),
+            consented,
+        )
+        writer.writerow(cells + ((";".join(topics),) if with_topics else ()))
         count += 1
         if count == 1:
             out.flush()  # the first row shows at once, even through a pipe
     return count
 
 
-def _write_json(out: TextIO, rows: Iterator[Subscriber]) -> None:
-    # One JSON array, one subscriber per line: valid JSON as a whole, and still streamed.
+def _with_topics(
+    store: Store | None, rows: Iterator[tuple[Subscriber, str, str]], chunk: int = 500
+) -> Iterator[tuple[Subscriber, str, str, list[str]]]:
+    """Each row with its subscriber's topics, looked up a chunk at a time ([] without `store`)."""
+    if store is None:
+        yield from ((s, source, at, []) for s, source, at in rows)
+        return
+    while part := list(itertools.islice(rows, chunk)):
+        found = store.topics_of([s.id for s, _source, _at in part])
+        yield from ((s, source, at, found.get(s.id, [])) for s, source, at in part)
+
+
+def topic_arguments(ws: Workspace, topics: Iterable[str]) -> tuple[str, ...]:
+    """Topic ids typed on the command line, checked against the settings."""
+    known = ws.settings.topic_ids()
+    chosen = tuple(dict.fromkeys(t.strip().lower() for t in topics))
+    unknown = [t for t in chosen if t not in known]
+    if unknown:
+        hint = f"the topics are {', '.join(known)}" if known else "highlights.yaml has no `topics:`"
+        raise HighlightsError(f"--topic {unknown[0]!r} is not a topic; {hint}")
+    return chosen
+
+
+def erased_lines(ws: Workspace, staging: Staging) -> list[tuple[int, str]]:
+    """Take out of the staged rows every address erased on request, and return them as
+    (line, why): an import never adds such an address back."""
+    if not ws.database_exists():
+        return []
+    with Store.open(ws) as store:
+        hashes = store.erased_hashes()
+    if not hashes:
+        return []
+    signer = load_signer(ws.secret_path)
+    found = [(line, email) for line, key, email in staging.addresses() if signer.address_hash(key) in hashes]
+    staging.drop_lines([line for line, _email in found])
+    return [(line, f"erased on request ({email}); it is not added back") for line, email in found]
+
+
+def _write_json(out: TextIO, rows: Iterator[Subscriber], topics_from: Store | None = None) -> None:
+    """One JSON array, one subscriber per line: valid JSON as a whole, and still streamed;
+    each with its `topics` when the workspace has topics (`topics_from`)."""
     out.write("[")
     separator = "\n"
-    for s in rows:
-        out.write(
-            separator
-            + json.dumps(
-                {
-                    "id": s.id,
-                    "email": s.email,
-                    "name": s.name,
-                    "status": s.status,
-                    "created": s.created,
-                    "updated": s.updated,
-                },
-                ensure_ascii=False,
-            )
-        )
+    for s, _source, _at, topics in _with_topics(topics_from, ((s, "", "") for s in rows)):
+        row: dict[str, object] = {
+            "id": s.id,
+            "email": s.email,
+            "name": s.name,
+            "status": s.status,
+            "created": s.created,
+            "updated": s.updated,
+        }
+        if topics_from is not None:
+            row["topics"] = topics
+        out.write(separator + json.dumps(row, ensure_ascii=False))
         if separator == "\n":
             out.flush()  # the first row shows at once, even through a pipe
         separator = ",\n"

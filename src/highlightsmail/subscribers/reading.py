@@ -30,6 +30,8 @@ from highlightsmail.store.importing import StageRow, stage_row
 from highlightsmail.text import header_problem, line_problem
 
 CSV_COLUMNS = ("email", "name", "status", "created", "updated", "source", "consented")
+#: The column of topic ids (separated by `;`), written and read when there are topics.
+TOPICS_COLUMN = "topics"
 MAX_SOURCE = 100
 MAX_NAME = 200
 # OWASP's list of characters that make a spreadsheet cell a formula.
@@ -156,8 +158,9 @@ class CsvRows:
     file as a whole cannot be used, with the same precedence as reading it whole: a
     byte that is not UTF-8 anywhere in the file is named before any other problem."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, topics: tuple[str, ...] = ()) -> None:
         self.path = path
+        self.topics = topics  # the settings' topic ids: a `topics` cell may name only these
         self.shown = display_path(path)
         self.warnings: list[str] = []
 
@@ -232,7 +235,9 @@ class CsvRows:
             raise HighlightsError(
                 f"{self.shown}: the file is empty; its first line must name the columns, e.g. email,name"
             )
-        return _RecordCheck(_columns(header, self.shown, line, self.warnings), len(header)), reader.line_num + 1
+        check = _RecordCheck(_columns(header, self.shown, line, self.warnings), len(header))
+        check.known_topics = frozenset(self.topics)
+        return check, reader.line_num + 1
 
 
 def _csv_problem(exc: csv.Error, shown: str, line: int, text: str) -> str:
@@ -256,7 +261,7 @@ def _columns(header: list[str], shown: str, line: int, warnings: list[str]) -> d
     for index, name in enumerate(names):
         if name in columns:
             raise HighlightsError(f"{shown}:{line}: the column {name!r} appears twice")
-        if name in CSV_COLUMNS:
+        if name in CSV_COLUMNS or name == TOPICS_COLUMN:
             columns[name] = index
         elif name:
             warnings.append(f"{shown}:{line}: warning: ignoring the column {header[index].strip()!r}")
@@ -311,10 +316,14 @@ class _RecordCheck:
         self.name_at = columns.get("name")
         self.status_at = columns.get("status")
         self.source_at = columns.get("source")
+        self.topics_at = columns.get(TOPICS_COLUMN)
+        self.known_topics: frozenset[str] = frozenset()
         # Only the time columns the file has, in the order their errors are named.
         self.times = [(column, columns[column]) for column in ("created", "updated", "consented") if column in columns]
         # The cells a plain row leaves empty (a row with one goes through the whole check).
-        self.extras = tuple(at for _column, at in self.times) + (() if self.source_at is None else (self.source_at,))
+        self.extras = tuple(at for _column, at in self.times) + tuple(
+            at for at in (self.source_at, self.topics_at) if at is not None
+        )
         self.domains = _Domains()
 
     def plain(self, record: list[str], line: int) -> StageRow | None:
@@ -384,7 +393,21 @@ class _RecordCheck:
         source = None if self.source_at is None else (unprotect_cell(record[self.source_at].strip()) or None)
         if source is not None and (line_problem(source) or len(source) > MAX_SOURCE):
             return None, f"source {shown_value(source)} must be one line of at most {MAX_SOURCE} characters ({email})"
+        chosen, problem = self._topics(record, email)
+        if problem:
+            return None, problem
         # No detail: the staging makes each row's "FILE:line" from its line.
         return ImportRow(
-            email, name, status, times["created"], times["updated"], None, times["consented"], source
+            email, name, status, times["created"], times["updated"], None, times["consented"], source, chosen
         ), None
+
+    def _topics(self, record: list[str], email: str) -> tuple[str | None, str | None]:
+        """The row's topic ids as `;a;b;` (None: the cell is empty), or why it is refused:
+        a row naming a topic the settings do not have is refused whole."""
+        cell = "" if self.topics_at is None else record[self.topics_at].strip()
+        ids = sorted({t.strip().lower() for t in cell.split(";") if t.strip()})
+        unknown = [t for t in ids if t not in self.known_topics]
+        if unknown:
+            known = ", ".join(sorted(self.known_topics)) or "none (highlights.yaml has no `topics:`)"
+            return None, f"unknown topic {shown_value(unknown[0])} ({email}); the topics are {known}"
+        return (";" + ";".join(ids) + ";" if ids else None), None

@@ -103,6 +103,7 @@ def rebuild_message(ws: Workspace, address: str, slug: str, out: Path) -> Rebuil
         token=signer.make(sub.id),
         message_id=message_id,
         date=kept.kept_at,
+        preferences_token=signer.make_preferences(sub.id, int(kept.kept_at)),
     )
     if own_ids:
         del msg["Message-ID"]  # the provider gave it one of its own

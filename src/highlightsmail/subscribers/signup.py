@@ -312,7 +312,7 @@ class Signup:
         welcome = None
         if what == "confirmed" and self.ws.settings.signup.welcome == "latest":
             # Claimed here, sent in the background: the page can say whether it comes.
-            slug = store.latest_dispatch()
+            slug = store.latest_dispatch(sub.id)
             delivery = store.claim_one(slug, sub.id) if slug else None
             if slug and delivery:
                 self.mailer.welcome(slug, delivery)

@@ -47,6 +47,7 @@ from highlightsmail.web.database import AppDatabase
 from highlightsmail.web.health import health_route
 from highlightsmail.web.middleware import BasePath, BodyLimit, SecurityHeaders
 from highlightsmail.web.pages import Pages
+from highlightsmail.web.preferences import PreferenceRoutes
 from highlightsmail.web.signup import SignupEndpoint
 from highlightsmail.web.unsubscribe import UnsubscribeRoutes
 
@@ -86,6 +87,7 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         health_route(db.health),
         *UnsubscribeRoutes(pages, signer, db).routes,
+        *PreferenceRoutes(ws, pages, signer, db).routes,
         *(signup.routes if signup else ()),
         *archive_routes(ws),
         *sendgrid.routes,

@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import InvalidToken
+from highlightsmail.store import Store
 from highlightsmail.subscribers.signup import (
     EMAIL_FIELD,
     MAILS_PER_ADDRESS,
@@ -52,6 +53,10 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 PENDING = {"status": "pending"}
+#: The form's checkbox of a topic (one field per topic ticked), and the JSON's list.
+TOPIC_FIELD = "topic"
+TOPICS_FIELD = "topics"
+_MAX_FIELDS = 80  # the form's fields and a checkbox per topic (at most 50)
 #: Every answer of /subscribe differs by the Origin it was asked from (CORS).
 _VARY = {"Vary": "Origin"}
 _PREFLIGHT_MAX_AGE = "600"
@@ -80,8 +85,11 @@ async def _fields(request: Request, as_json: bool) -> dict[str, Any]:
         return data
     try:
         fields: dict[str, Any] = {}
-        for key, value in read_fields(request.headers.get("content-type", ""), body):
-            fields.setdefault(key, value)  # the first of repeated fields
+        for key, value in read_fields(request.headers.get("content-type", ""), body, max_fields=_MAX_FIELDS):
+            if key == TOPIC_FIELD:
+                fields.setdefault(TOPICS_FIELD, []).append(value)  # a checkbox per topic
+            else:
+                fields.setdefault(key, value)  # the first of repeated fields
         return fields
     except FormError:  # malformed multipart, too many fields, a file
         raise _BadBody("the form could not be read") from None
@@ -91,6 +99,18 @@ def _client(request: Request) -> str | None:
     # uvicorn has already put the address from X-Forwarded-For here when the request
     # came through a trusted proxy (FORWARDED_ALLOW_IPS), and only then.
     return request.client.host if request.client else None
+
+
+def choose_topics(store: Store, ws: Workspace, email: str, chosen: object) -> None:
+    """The topics ticked on the form, for an address that joined just now (pending, in
+    no topic yet); none ticked: the default ones. Anyone else's topics stay as they are:
+    the form proves nothing about who sent it, so only the preference page changes them."""
+    sub = store.find(email)
+    if sub is None or sub.status != "pending" or store.topics(sub.id):
+        return
+    known = ws.settings.topic_ids()
+    ids = [t for t in chosen if isinstance(t, str) and t in known] if isinstance(chosen, list) else []
+    store.set_topics(sub.id, ids or ws.settings.default_topics())
 
 
 class SignupEndpoint:
@@ -143,6 +163,10 @@ class SignupEndpoint:
             title="Subscribe",
             email_value=values.get(EMAIL_FIELD, ""),
             name_value=values.get(NAME_FIELD, ""),
+            topics=[
+                {"id": t.id, "name": t.name, "description": t.description, "chosen": t.default}
+                for t in self.ws.settings.topics
+            ],
             problem_field=problem.field if problem else None,
             problem=_problem_text(problem) if problem else None,
         )
@@ -191,6 +215,8 @@ class SignupEndpoint:
         wait = (await self._write(self.signup.ask, form, _client(request))).wait
         if wait is not None:
             return self._too_many(as_json, wait, headers)
+        if self.ws.settings.topics and not form.trapped:
+            await self.db.write(lambda store: choose_topics(store, self.ws, form.email, fields.get(TOPICS_FIELD)))
         return self._accepted(as_json, headers)
 
     async def _not_taken(self, request: Request, as_json: bool, headers: dict[str, str], refusal: Response) -> Response:

@@ -14,7 +14,7 @@ from highlightsmail.mail.backends import get_backend
 from highlightsmail.mail.backends.base import DeliveryError, InDoubtError, PermanentError, TransientError
 from highlightsmail.mail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
 from highlightsmail.mail.message import Recipient
-from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 from support.delivery import example_issue, make_batch, make_workspace, recipients
 from support.sendgrid import SendGridServer
 
@@ -87,15 +87,18 @@ def test_a_batch_of_1000_is_one_valid_request(workspace: Path, sg: SendGridServe
         # SendGrid drops mail whose recipient name has a comma or semicolon: they go.
         name = " ".join(env.recipient.name.replace(",", " ").replace(";", " ").split())
         assert p["to"] == [{"email": env.recipient.email, **({"name": name} if name else {})}]
-        assert p["substitutions"] == {UNSUBSCRIBE_PLACEHOLDER: url}
+        preferences = env.links.preferences_url
+        assert preferences.startswith("https://highlights.example.org/p/p")
+        assert p["substitutions"] == {UNSUBSCRIBE_PLACEHOLDER: url, PREFERENCES_PLACEHOLDER: preferences}
         assert p["headers"] == {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
         # The id, as a string, never the address.
         assert p["custom_args"] == {"issue": "2024-w02", "subscriber_id": str(env.recipient.subscriber_id)}
     # What SendGrid's substitution makes of the content is each recipient's own message.
-    url = batch.envelopes[0].links.unsubscribe_url
-    assert [c["value"].replace(UNSUBSCRIBE_PLACEHOLDER, url) for c in body["content"]] == list(
-        reversed(rendered.personalize(url))
-    )
+    url, preferences = batch.envelopes[0].links.unsubscribe_url, batch.envelopes[0].links.preferences_url
+    assert [
+        c["value"].replace(UNSUBSCRIBE_PLACEHOLDER, url).replace(PREFERENCES_PLACEHOLDER, preferences)
+        for c in body["content"]
+    ] == list(reversed(rendered.personalize(url, preferences)))
 
 
 def test_names_and_addresses_that_need_escaping_arrive_as_written(workspace: Path, sg: SendGridServer) -> None:
@@ -120,7 +123,10 @@ def test_names_and_addresses_that_need_escaping_arrive_as_written(workspace: Pat
         {"email": "plain@example.org", "name": "spaced out"},
     ]
     for env, p in zip(batch.envelopes, body["personalizations"], strict=True):
-        assert p["substitutions"] == {UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url}
+        assert p["substitutions"] == {
+            UNSUBSCRIBE_PLACEHOLDER: env.links.unsubscribe_url,
+            PREFERENCES_PLACEHOLDER: env.links.preferences_url,
+        }
         assert p["custom_args"] == {"issue": "2024-w02", "subscriber_id": str(env.key)}
     # Only ASCII on the wire, as json.dumps writes it.
     assert sg.accepted[0].body == json.loads(backend.payload(batch)[0])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from highlightsmail.mail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
-from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER
+from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 from support.delivery import example_issue, make_batch, make_workspace, recipients
 from support.sendgrid import SendGridServer
 
@@ -40,14 +40,16 @@ def send(root: Path, sg: SendGridServer, **sendgrid: object) -> dict:
     return sg.accepted[-1].body
 
 
-def test_track_clicks_tracks_every_html_link_but_the_unsubscribe_link(workspace: Path, sg: SendGridServer) -> None:
+def test_track_clicks_tracks_every_html_link_but_the_reader_s_own(workspace: Path, sg: SendGridServer) -> None:
+    """The unsubscribe link and the preference page carry the reader's token: SendGrid's
+    click tracking leaves both alone."""
     body = send(workspace, sg, track_clicks=True)
     assert body["tracking_settings"]["click_tracking"] == {"enable": True, "enable_text": False}
     text, html = (part["value"] for part in body["content"])
     links = anchors(html)
-    unsubscribe = [a for a in links if UNSUBSCRIBE_PLACEHOLDER in a]
-    others = [a for a in links if UNSUBSCRIBE_PLACEHOLDER not in a]
-    assert unsubscribe and all(a.startswith("<a clicktracking=off ") for a in unsubscribe)
+    own = [a for a in links if UNSUBSCRIBE_PLACEHOLDER in a or PREFERENCES_PLACEHOLDER in a]
+    others = [a for a in links if a not in own]
+    assert len(own) == 2 and all(a.startswith("<a clicktracking=off ") for a in own)
     assert len(others) > 10 and not any("clicktracking" in a for a in others)
     # Only the attribute was added: the rest of the HTML and the text part are as rendered.
     rendered = example_issue()

@@ -477,8 +477,8 @@ def test_a_personalize_it_cannot_reproduce_falls_back_to_build_message(workspace
     @dataclasses.dataclass(frozen=True)
     class Signed(RenderedIssue):
         # Not a plain substitution: adds a line at the very end, wherever the link is.
-        def personalize(self, unsubscribe_url: str) -> tuple[str, str]:
-            html, text = super().personalize(unsubscribe_url)
+        def personalize(self, unsubscribe_url: str, preferences_url: str = "") -> tuple[str, str]:
+            html, text = super().personalize(unsubscribe_url, preferences_url)
             return html, text + "\n-- sent to you (ONE CLICK above)"
 
     ws = make_workspace(workspace)

@@ -49,7 +49,7 @@ from highlightsmail.mail.backends.base import (
     with_retries,
 )
 from highlightsmail.mail.message import display_name, from_header, list_id, reply_to_header, subject_for
-from highlightsmail.rendering.rendered import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
+from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Settings, Workspace
@@ -155,7 +155,8 @@ class SendGridBackend(Backend):
             raise PermanentError(f"SendGrid takes 1 to 1000 recipients per request, not {len(batch.envelopes)}")
         string = _json_string
         issue = string(batch.slug)
-        placeholder = string(UNSUBSCRIBE_PLACEHOLDER)
+        unsubscribe = string(UNSUBSCRIBE_PLACEHOLDER)
+        preferences = string(PREFERENCES_PLACEHOLDER)
         personalizations: list[str] = []
         failed: dict[int, str] = {}
         for env in batch.envelopes:
@@ -173,7 +174,8 @@ class SendGridBackend(Backend):
             # only); the placeholder is in both the HTML and the text.
             personalizations.append(
                 f'{{"to":[{_address_json(to, display_name(recipient), recipient=True)}],'
-                f'"substitutions":{{{placeholder}:{string(env.links.unsubscribe_url)}}},'
+                f'"substitutions":{{{unsubscribe}:{string(env.links.unsubscribe_url)},'
+                f"{preferences}:{string(env.links.preferences_url)}}},"
                 f'"headers":{{{headers}}},"custom_args":{{"issue":{issue},{args}}}}}'
             )
         body = '{"personalizations":[' + ",".join(personalizations) + "]," + self._shared(batch)
@@ -367,7 +369,8 @@ class SendGridBackend(Backend):
 def untracked_unsubscribe(html: str) -> str:
     """The HTML with SendGrid's `clicktracking=off` on every link to the unsubscribe URL
     (the placeholder each recipient's URL replaces), so click tracking leaves it alone."""
-    link = re.compile(r"<a(?=\s[^>]*\bhref\s*=\s*([\"'])" + re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"\1)", re.I)
+    holders = "|".join(map(re.escape, (UNSUBSCRIBE_PLACEHOLDER, PREFERENCES_PLACEHOLDER)))
+    link = re.compile(r"<a(?=\s[^>]*\bhref\s*=\s*([\"'])(?:" + holders + r")\1)", re.I)
     return link.sub("<a clicktracking=off", html)
 
 

@@ -1,2 +1,0 @@
--- 9: reserved for issue 19 (topics, preferences, erasure), built on another branch: this empty
--- file only keeps the numbers in order on the corrections branch, and gives way on merge.
