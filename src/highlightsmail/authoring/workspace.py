@@ -24,6 +24,7 @@ from highlightsmail.authoring.fields import (
     SingleLine,
     WholeNumber,
 )
+from highlightsmail.authoring.sendtimes import Rate, ScheduleSettings, Zone
 from highlightsmail.authoring.yamlfile import load_model
 from highlightsmail.dburl import HOLDS_A_PASSWORD, is_postgresql, url_problem
 from highlightsmail.errors import HighlightsError, display_path
@@ -58,6 +59,9 @@ class SendGridSettings(_Strict):
     webhook_public_key: SingleLine | None = None
     # Click tracking on every link but the unsubscribe link (never in the text part).
     track_clicks: bool = False
+    # runner: our runner sends a scheduled issue at its time; provider: a send due within
+    # 72 hours is handed to SendGrid with send_at and a batch id.
+    schedule: Literal["runner", "provider"] = "runner"
 
 
 class SmtpSettings(_Strict):
@@ -126,6 +130,11 @@ class DeliverySettings(_Strict):
     # Retries of throttling, server errors, time-outs and dropped connections.
     max_attempts: WholeNumber = Field(default=5, ge=1, le=20)
     backoff: Number = Field(default=0.5, ge=0, le=60)
+    # The sending limits, shared by every sender of the workspace (kept in the database).
+    rate_limit: Rate | None = None  # N/second, N/minute or N/hour, a sliding window
+    daily_limit: WholeNumber | None = Field(default=None, ge=1)  # recipients per day (UTC)
+    # Per-day caps for the first days a sending domain is used, then no cap.
+    warmup: list[Annotated[WholeNumber, Field(ge=1)]] = Field(default_factory=list, max_length=366)
 
 
 # With an issue's name (a file name, at most 255), the archive's link to it stays within
@@ -320,6 +329,9 @@ class Settings(_Strict):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     signup: SignupSettings = Field(default_factory=SignupSettings)
     database: Annotated[SingleLine, AfterValidator(_database)] = "subscribers/highlights.db"
+    # The zone a scheduled time is read in when `send --at` has no --tz.
+    timezone: Zone = "UTC"
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     # Feeds `highlights new --from-feed NAME` drafts an issue from.
     feeds: Annotated[list[FeedSettings], AfterValidator(_distinct_names)] = Field(default_factory=list, max_length=100)
     # Topics readers choose; none: one list, as before.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from highlightsmail.cli import schedule
 from highlightsmail.cli.context import PORT, Ctx, PathArg, one_shot, pass_ctx
 
 if TYPE_CHECKING:  # for the annotations only: --help loads none of it
@@ -101,12 +102,16 @@ def check(obj: Ctx, issue: str) -> None:
         from highlightsmail.errors import HighlightsError
         from highlightsmail.review.lint import check_command
 
-        report = check_command(obj.ws, obj.ws.issue_path(issue))
+        path = obj.ws.issue_path(issue)
+        report = check_command(obj.ws, path)
+        scheduled = schedule.check_note(obj.ws, path)  # when it is to go, if it is scheduled
     for problem in report.problems:
         click.echo(str(problem), err=True)
     if not report.ok:
         raise HighlightsError(report.summary)
     click.echo(report.summary)
+    if scheduled:
+        click.echo(scheduled)
     if report.audience:
         click.echo(report.audience)
 

@@ -6,10 +6,11 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from highlightsmail.cli import schedule as later
 from highlightsmail.cli.context import Ctx, PathArg, pass_ctx, slug_of
 
 if TYPE_CHECKING:  # for the annotations only: --help loads none of it
@@ -37,6 +38,10 @@ if TYPE_CHECKING:  # for the annotations only: --help loads none of it
 @click.option(
     "--correction-file", metavar="FILE", type=PathArg(dir_okay=False), help="As --correction, the text read from FILE."
 )
+@click.option("--at", "at", metavar="'YYYY-MM-DD HH:MM[:SS]'", help="Schedule the send for this time, then exit.")
+@click.option("--tz", "tz", metavar="ZONE", help="With --at: the time zone (default: timezone: in highlights.yaml).")
+@click.option("--cancel", is_flag=True, help="Cancel the scheduled send, or stop the send under way.")
+@click.option("--no-wait", is_flag=True, help="When a sending limit is reached, exit and let the runner finish.")
 @pass_ctx
 def send(
     obj: Ctx,
@@ -50,20 +55,29 @@ def send(
     skip_test_check: bool,
     correction: str | None,
     correction_file: Path | None,
+    at: str | None = None,
+    tz: str | None = None,
+    cancel: bool = False,
+    no_wait: bool = False,
 ) -> None:
     """Test-send ISSUE to the editors, or send it to the subscribers.
 
-    Without --test, ISSUE goes to every active subscriber, after a confirmation. ISSUE
-    is a path, a slug or `latest`. With --correction (or --correction-file), a short
-    correction notice goes instead, to exactly those the ledger says received ISSUE and
-    who are still subscribed, once its own --test was sent."""
+    Without --test, ISSUE goes to every active subscriber, after a confirmation; with
+    --at, at that time (`highlights run-due` or `serve` sends it). ISSUE is a path, a
+    slug or `latest`. With --correction (or --correction-file), a short correction
+    notice goes instead, to exactly those the ledger says received ISSUE and who are
+    still subscribed, once its own --test was sent."""
     if to and not test:
         raise click.UsageError("--to goes with --test")
     if correction is not None or correction_file is not None:
-        if limit or skip_test_check:
+        if limit or skip_test_check or at or tz or cancel or no_wait:
             raise click.UsageError("a correction goes with --test, --to, --yes, --dry-run and --resend-in-doubt only")
         again = {"yes": yes, "dry_run": dry_run, "resend_in_doubt": resend_in_doubt}
         _send_correction(obj, issue, correction, correction_file, test=test, to=to, **again)
+        return
+    if later.scheduling(
+        obj, issue, at, tz, cancel, alone=not (test or dry_run or limit), yes=yes, skip=skip_test_check
+    ):
         return
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.sending import dispatch
@@ -72,15 +86,16 @@ def send(
     if test:
         _said_test(dispatch.send_test(obj.ws, path, list(to), dry_run=dry_run))
         return
-    outcome = dispatch.send(
-        obj.ws,
-        path,
-        events=_SendTalk(yes=yes),
-        dry_run=dry_run,
-        limit=limit,
-        resend_in_doubt=resend_in_doubt,
-        skip_test_check=skip_test_check,
-    )
+    options = {"dry_run": dry_run, "limit": limit, "resend_in_doubt": resend_in_doubt}
+    _send_to_subscribers(obj, path, yes=yes, no_wait=no_wait, skip_test_check=skip_test_check, **options)
+
+
+def _send_to_subscribers(obj: Ctx, path: Path, *, yes: bool, no_wait: bool, **options: Any) -> None:
+    """`send` to the subscribers: run it (waiting for the limits' windows unless
+    `no_wait`), then say how it went."""
+    outcome = later.send_waiting(obj, _SendTalk(yes=yes), path, no_wait=no_wait, **options)
+    if later.said_stopped(obj, outcome):
+        return
     plan = outcome.plan
     if outcome.dry_run:
         _said_dry_run(outcome)
@@ -315,14 +330,18 @@ def status(obj: Ctx, issue: str, verbose: bool) -> None:
         click.echo(f"{slug}: last test send {last.at} to {', '.join(last.recipients)}")
     else:
         click.echo(f"{slug}: no test send yet")
+    if report.schedule is not None:
+        click.echo(f"{slug}: {later.state_line(obj.ws, report.schedule)}")
     if report.info is None or report.summary is None:
         click.echo(f"{slug}: not sent yet ({report.active} active subscribers)")
         return
     info, summary = report.info, report.summary
     state = "finished" if info.finished else ("sending now" if report.running else "stopped")
+    cancelled = report.schedule is not None and report.schedule.state == "cancelled" and not report.running
     click.echo(f"{slug}: dispatch through {info.backend} started {info.started}, {state}")
     click.echo(
-        f"  recipients {summary.total}: {_summary_line(summary)}, pending {summary['pending']}"
+        f"  recipients {summary.total}: {_summary_line(summary)}, "
+        + (f"cancelled {summary['pending']}" if cancelled else f"pending {summary['pending']}")
         + (f", in flight {summary['in_flight']}" if summary["in_flight"] else "")
     )
     shown = None

@@ -103,6 +103,7 @@ class Report:
     #: Series label -> events in each hour since the dispatch started, for the hours
     #: that have passed (at most CHART_HOURS).
     hourly: dict[str, list[int]] = field(default_factory=dict)
+    scheduled: str | None = None  # the time it was scheduled for (stored format), if it was
     #: The topics the issue went to (`audience:`); empty: every active subscriber.
     audience: list[str] = field(default_factory=list)
 
@@ -164,9 +165,16 @@ def build_report(store: Store, issue: str) -> Report:
         rates=rates,
         warnings=_warnings(rates),
         hourly=_hourly(store, issue, info.started),
+        scheduled=_scheduled(store, issue),
         audience=store.dispatch_audience(issue),
         **figures,
     )
+
+
+def _scheduled(store: Store, issue: str) -> str | None:
+    """The time the send was scheduled for (None for a send begun by hand)."""
+    schedule = store.schedule_of(issue)
+    return schedule.due if schedule is not None and schedule.zone else None
 
 
 def _warnings(rates: dict[str, float | None]) -> list[str]:
@@ -250,7 +258,8 @@ def audience_words(audience: list[str]) -> str:
 
 def format_table(report: Report) -> str:
     """The report as text for a terminal."""
-    lines = [f"{report.issue}: sent through {report.backend}, dispatch started {report.started}", ""]
+    scheduled = f" (scheduled for {report.scheduled})" if report.scheduled else ""
+    lines = [f"{report.issue}: sent through {report.backend}, dispatch started {report.started}{scheduled}", ""]
     lines.insert(1, f"audience: {audience_words(report.audience)}")
     for label, figure, rate, note in _rows(report):
         lines.append(f"  {label:<15}{figure:>9}  {rate:>9}" + (f"  ({note})" if note else "").rstrip())
@@ -276,6 +285,7 @@ def render_html(report: Report, settings: Settings, *, generated: datetime | Non
         chart=_chart(report),
         percent=percent,
         started=_when(report.started),
+        scheduled=_when(report.scheduled) if report.scheduled else None,
         generated=_when(generated or datetime.now(UTC)),
     )
 

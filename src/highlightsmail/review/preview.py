@@ -45,6 +45,7 @@ from highlightsmail.rendering import render
 from highlightsmail.rendering.render import render_issue
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.review.lint import html_room, lint_issue
+from highlightsmail.sending.when import note as schedule_note
 from highlightsmail.serving import bind_socket
 from highlightsmail.templating import ui_environment
 
@@ -89,6 +90,7 @@ class Snapshot:
     lint: list[Problem] | None = None  # None: lint did not run (see lint_note)
     lint_note: str | None = None
     html_size: str | None = None  # "42 KB of 102 KB; about 20 more items of this size fit"
+    schedule: str | None = None  # when it is to go, if it is scheduled (sending/when.py)
     render_ms: float = 0.0
     rendered_at: datetime = field(default_factory=datetime.now)
 
@@ -107,6 +109,7 @@ class Snapshot:
             *(str(p) for p in self.lint or []),
             self.lint_note,
             self.html_size,
+            self.schedule,
         ]
         h = hashlib.sha256()
         for part in parts:
@@ -205,6 +208,7 @@ class _Preview:
             lint=lint,
             lint_note=note,
             html_size=size,
+            schedule=schedule_note(ws, rendered.slug),
             render_ms=_ms_since(started),
         )
         return _Built(snapshot, ws)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
+from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from highlightsmail.mail.pool import BackendPool
 from highlightsmail.rendering.render import render_issue
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.sending.events import Quiet, SendEvents
+from highlightsmail.sending.limits import Limits
 from highlightsmail.sending.lock import as_sender
 from highlightsmail.sending.loop import issue_batches, run_dispatch, send_claimed
 from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSendResult
@@ -40,7 +42,7 @@ from highlightsmail.sending.plan import (
     make_plan,
 )
 from highlightsmail.sending.status import Group, StatusReport, status
-from highlightsmail.store import Store
+from highlightsmail.store import Store, format_time
 from highlightsmail.tokens import Signer, load_signer
 
 if TYPE_CHECKING:
@@ -146,6 +148,12 @@ def _send_test_batch(backend: Backend, batch: Batch) -> BatchResult:
 # ---------------------------------------------------------------------------- dispatch
 
 
+def approved_fingerprint(ws: Workspace, issue_path: Path) -> str:
+    """The fingerprint of the issue as it would go now (what a schedule compares with
+    the one it recorded)."""
+    return fingerprint(_render(ws, load_issue(issue_path)), ws.settings)
+
+
 def send(
     ws: Workspace,
     issue_path: Path,
@@ -155,20 +163,27 @@ def send(
     limit: int | None = None,
     resend_in_doubt: bool = False,
     skip_test_check: bool = False,
+    clock: Callable[[], datetime] | None = None,
+    approved: str | None = None,
+    hold: tuple[int, str] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> SendOutcome:
-    """Dispatch the issue to every subscriber active when its first send began: plan
-    it, then, once the editor says yes, run it."""
+    """Plan the dispatch to those active when its first send began; once the editor says
+    yes, run it as far as the sending limits allow (the schedule's arguments: `_backend`)."""
     events = events or Quiet()
     issue = load_issue(issue_path)
     audience = audience_of(issue, ws.settings)
     rendered = _render(ws, issue)
     digest = fingerprint(rendered, ws.settings)  # also refuses any header text that could break out
+    if approved is not None and digest != approved:
+        raise HighlightsError(f"{rendered.slug}: the message is no longer the one that was scheduled")
     if dry_run and not ws.database_exists():
         # Opening would create the database, and a dry run changes nothing.
         raise HighlightsError(NO_SUBSCRIBERS)
-    with Store.open(ws) as store, as_sender(ws, store, rendered.slug, dry_run=dry_run):
+    opening = {"clock": clock} if clock is not None else {}  # else the store's own clock
+    with Store.open(ws, **opening) as store, as_sender(ws, store, rendered.slug, dry_run=dry_run):
         tested = check_tested(store, rendered.slug, digest, skip=skip_test_check)
-        backend = get_backend(ws)
+        backend = _backend(ws, hold)
         signer = _signer(ws, dry_run=dry_run)
         plan = make_plan(
             store,
@@ -187,7 +202,8 @@ def send(
             events.suppressions_applied(plan.suppressed, backend.name)
         if plan.found_in_doubt:
             events.found_in_doubt(plan.found_in_doubt)
-        return _run(
+        limits = Limits(store, ws.settings, rendered.slug, stopping)
+        outcome = _run(
             store,
             backend,
             plan,
@@ -195,7 +211,23 @@ def send(
             lambda: issue_batches(store, rendered, ws.settings, signer),
             limit,
             keep=lambda: keep_message(store, rendered, ws.settings, issue_path),
+            limits=limits,
         )
+        return _settle(store, outcome, limits, digest)
+
+
+def _backend(ws: Workspace, hold: tuple[int, str] | None) -> Backend:
+    """The workspace's backend; with `hold` (send_at, batch id), one the provider holds
+    the mail of until then (sending/provider.py).
+
+    The schedule's arguments of `send`: `clock` the time the limits are read
+    at; `approved` the fingerprint a schedule recorded (a message that is no longer it
+    is not sent); `hold` as here; `stopping` says when to claim no more and pause (a
+    runner's server shutting down)."""
+    backend = get_backend(ws)
+    if hold is not None:
+        backend.hold_until(*hold)
+    return backend
 
 
 def keep_message(store: Store, rendered: RenderedIssue, settings: Settings, source: Path | None) -> None:
@@ -226,6 +258,7 @@ def _run(
     limit: int | None,
     *,
     keep: Callable[[], None] = lambda: None,
+    limits: Limits | None = None,
 ) -> SendOutcome:
     """Run a plan: ask, begin (or resume) the dispatch, run the send loop. `batches`
     are made once the dispatch has begun: its tag is made with it; `keep` keeps the
@@ -245,14 +278,40 @@ def _run(
         raise HighlightsError("nothing was sent")
     _begin(store, plan, backend.name, events)
     keep()
+    store.sending_started(slug)
     with events.progress(plan.count) as advance:
-        run = run_dispatch(store, backend, batches(), limit=limit, progress=advance, events=events)
+        run = run_dispatch(store, backend, batches(), limit=limit, progress=advance, events=events, gate=limits)
     if store.shares_dispatch:
         # A sender that died while this one ran left its batch in flight: in doubt now.
         store.mark_in_doubt(slug)
     summary = Summary.from_counts(store.delivery_counts(slug))
     reasons = [Reason(state, why, n) for (state, why), n in run.reasons.most_common()]
-    return SendOutcome(plan, suppressed=plan.suppressed, summary=summary, reasons=reasons, stopped=run.stopped)
+    return SendOutcome(
+        plan,
+        suppressed=plan.suppressed,
+        summary=summary,
+        reasons=reasons,
+        stopped=run.stopped,
+        paused_until=format_time(limits.paused_until) if limits and limits.paused_until else None,
+        cancelled=bool(limits and limits.cancelled),
+    )
+
+
+def _settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> SendOutcome:
+    """What the issue's schedule says after a run: paused until the limits' window opens
+    (a runner resumes it), sent, or stopped by hand (a runner leaves it alone). Returns
+    the outcome."""
+    slug = outcome.plan.slug
+    if outcome.cancelled or outcome.summary is None:
+        return outcome
+    if outcome.paused_until is not None:
+        store.sending_stopped(slug, "paused", reason=limits.reason, until=outcome.paused_until, fingerprint=digest)
+    elif outcome.summary["pending"] == 0:
+        store.sending_stopped(slug, "sent")
+    else:
+        why = "stopped by Ctrl-C" if outcome.stopped else "stopped after --limit"
+        store.sending_stopped(slug, "cancelled", reason=why)
+    return outcome
 
 
 def _begin(store: Store, plan: SendPlan, backend: str, events: SendEvents) -> None:

@@ -10,7 +10,9 @@ nobody gets two copies by default.
 Only the loop's thread touches the database; `backend.concurrency` worker threads,
 each with its backend from the pool, build the batches and make the requests. Each
 turn records what came back and claims what is next in one transaction (`turn`); a
-claim and its record are one step each per batch (`claim`, `record`).
+claim and its record are one step each per batch (`claim`, `record`). A `Gate` (the
+sending limits and a cancel: `limits.py`) says before each claim how many may go now;
+when it says none, the loop claims no more and the batches under way finish.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from highlightsmail.errors import HighlightsError, reason
 from highlightsmail.mail.backends.base import Backend, BatchResult, DeliveryError, InDoubtError
@@ -36,7 +38,17 @@ if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Settings
     from highlightsmail.tokens import Signer
 
-__all__ = ["Claim", "RunResult", "SendLoop", "issue_batches", "outcome", "record", "run_dispatch", "send_claimed"]
+__all__ = [
+    "Claim",
+    "Gate",
+    "RunResult",
+    "SendLoop",
+    "issue_batches",
+    "outcome",
+    "record",
+    "run_dispatch",
+    "send_claimed",
+]
 
 
 @dataclass
@@ -46,6 +58,17 @@ class RunResult:
 
     reasons: Counter[tuple[DeliveryState, str]] = field(default_factory=Counter)
     stopped: bool = False
+
+
+class Gate(Protocol):
+    """What may be claimed: asked in each claim's transaction."""
+
+    def allowance(self, wanted: int) -> int:
+        """How many of `wanted` recipients may be claimed now (0: claim no more)."""
+        ...
+
+    def spend(self, count: int) -> None:
+        """`count` recipients were just claimed."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +156,10 @@ class SendLoop:
         limit: int | None = None,
         progress: Callable[[int], None] = ignore,
         events: SendEvents | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.store = store
+        self.gate = gate
         self.backends = backends
         self.batches = batches
         self.slug = batches.rendered.slug
@@ -221,6 +246,8 @@ class SendLoop:
         """Claim the next batch `in_flight` (in the open transaction): the claim, or None
         when nothing is left, and how many were skipped for having left."""
         size = self.batch_size if self.remaining is None else min(self.batch_size, self.remaining)
+        if size > 0 and self.gate is not None:
+            size = self.gate.allowance(size)
         if size <= 0:
             self.exhausted = True
             return None, 0
@@ -228,6 +255,8 @@ class SendLoop:
         if not rows:
             self.exhausted = True
             return None, gone
+        if self.gate is not None:
+            self.gate.spend(len(rows))
         claim = Claim(rows[0].batch or self.next_number, rows)
         self.next_number += 1
         if self.remaining is not None:
@@ -263,6 +292,7 @@ def run_dispatch(
     limit: int | None = None,
     progress: Callable[[int], None] = ignore,
     events: SendEvents | None = None,
+    gate: Gate | None = None,
 ) -> RunResult:
     """Run the send loop of a dispatch through `backend` (not yet open; this closes it)."""
     rendered: RenderedIssue = batches.rendered
@@ -288,6 +318,7 @@ def run_dispatch(
             limit=limit,
             progress=progress,
             events=events,
+            gate=gate,
         )
         return loop.run()
     finally:

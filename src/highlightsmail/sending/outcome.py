@@ -67,3 +67,5 @@ class SendOutcome:
     reasons: list[Reason] = field(default_factory=list)  # this run's failures and doubts
     nothing_left: bool = False
     stopped: bool = False  # Ctrl-C: what was under way finished, the rest is pending
+    paused_until: str | None = None  # a sending limit was reached: it may go on then (stored format)
+    cancelled: bool = False  # `send --cancel` stopped it: the rest is pending, shown as cancelled

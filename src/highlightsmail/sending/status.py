@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from highlightsmail.sending.lock import send_running
 from highlightsmail.sending.outcome import Summary
-from highlightsmail.store import DeliveryState, DispatchInfo, Store, TestSend
+from highlightsmail.store import DeliveryState, DispatchInfo, Schedule, Store, TestSend
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
@@ -41,6 +41,7 @@ class StatusReport:
     summary: Summary | None = None  # in-flight rows of a run that stopped counted as in doubt
     groups: list[Group] = field(default_factory=list)  # in doubt first, then failed
     has_events: bool = False  # delivery events were recorded (`highlights report` has more)
+    schedule: Schedule | None = None  # when it is (or was) to go, and where that stands
 
 
 def status(ws: Workspace, slug: str, *, verbose: bool = False) -> StatusReport:
@@ -51,7 +52,9 @@ def status(ws: Workspace, slug: str, *, verbose: bool = False) -> StatusReport:
         last = tests[-1] if tests else None
         info = store.dispatch_info(slug)
         if info is None:
-            return StatusReport(slug, last, None, active=store.count_by_status()["active"])
+            return StatusReport(
+                slug, last, None, active=store.count_by_status()["active"], schedule=store.schedule_of(slug)
+            )
         running = send_running(ws, store, slug)
         summary = Summary.from_counts(store.delivery_counts(slug))
         # Rows left in flight by a run that is gone are in doubt already: counted and
@@ -72,6 +75,7 @@ def status(ws: Workspace, slug: str, *, verbose: bool = False) -> StatusReport:
             summary=summary,
             groups=groups,
             has_events=store.has_delivery_events(slug),
+            schedule=store.schedule_of(slug),
         )
 
 

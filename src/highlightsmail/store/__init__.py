@@ -4,7 +4,8 @@ with its records and errors, so callers import from `highlightsmail.store`.
 
 records.py the record types and the status order; engine.py the protocol the engines
 (sqlite.py, postgresql.py) fulfil and the errors; migrator.py with sql/<engine>/ the
-schema; one part per kind of data (subscribers, ledger, deliveries, signups, copying);
+schema; one part per kind of data (subscribers, ledger, deliveries, signups, schedules,
+copying);
 facade.py the Store made of them."""
 
 from highlightsmail.store.engine import (
@@ -20,6 +21,7 @@ from highlightsmail.store.migrator import SCHEMA_VERSION
 from highlightsmail.store.records import (
     DELIVERY_KINDS,
     DELIVERY_STATES,
+    SCHEDULE_STATES,
     SOURCES,
     STATUSES,
     SUPPRESSED,
@@ -35,6 +37,8 @@ from highlightsmail.store.records import (
     ImportRow,
     Place,
     RecordResult,
+    Schedule,
+    ScheduleState,
     Source,
     Status,
     Subscriber,
@@ -45,6 +49,7 @@ from highlightsmail.store.records import (
 __all__ = [
     "DELIVERY_KINDS",
     "DELIVERY_STATES",
+    "SCHEDULE_STATES",
     "SCHEMA_VERSION",
     "SOURCES",
     "STATUSES",
@@ -65,6 +70,8 @@ __all__ = [
     "OutdatedSchema",
     "Place",
     "RecordResult",
+    "Schedule",
+    "ScheduleState",
     "Source",
     "Status",
     "Store",

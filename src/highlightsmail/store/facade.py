@@ -21,6 +21,7 @@ from highlightsmail.store.ledger import Ledger
 from highlightsmail.store.messages import KeptMessages
 from highlightsmail.store.preferences import Preferences
 from highlightsmail.store.records import Place, utc_now
+from highlightsmail.store.schedules import Schedules
 from highlightsmail.store.signups import Signups
 from highlightsmail.store.sqlite import SqliteEngine
 from highlightsmail.store.subscribers import Subscribers
@@ -28,7 +29,7 @@ from highlightsmail.store.subscribers import Subscribers
 BUSY_TIMEOUT_S = 30.0
 
 
-class Store(Subscribers, Ledger, DeliveryEvents, Signups, Copying, KeptMessages, Corrections, Preferences):
+class Store(Subscribers, Ledger, DeliveryEvents, Signups, Schedules, Copying, KeptMessages, Corrections, Preferences):
     """The database of one workspace. Also a context manager that closes it.
 
     `target` is the SQLite file's path or a PostgreSQL URL. An empty database gets the

@@ -59,6 +59,13 @@ def leaving_rank(status: str) -> int:
 DeliveryState = Literal["pending", "in_flight", "sent", "skipped", "failed", "in_doubt"]
 DELIVERY_STATES: tuple[LiteralString, ...] = ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt")
 
+#: Where a schedule stands: `scheduled` (waiting for its time), `running`, `held` (what
+#: would go is no longer what was approved), `paused` (a sending limit was reached),
+#: `cancelled`, `missed` (no runner came within the grace) and `sent` (nothing left).
+ScheduleState = Literal["scheduled", "running", "held", "paused", "cancelled", "missed", "sent"]
+SCHEDULE_STATES: tuple[LiteralString, ...] = get_args(ScheduleState)
+
+
 #: What the delivery events of an issue can be: SendGrid's event types (a bounce of
 #: type `blocked` is kept as `blocked`), and permanent or temporary failures read from
 #: bounce mail (DSNs).
@@ -220,3 +227,21 @@ class Consent:
     source: str
     ip: str | None
     detail: str | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The send of an issue at a time: when (UTC, stored format), the zone the editor gave,
+    the fingerprint that was approved, and where it stands."""
+
+    issue: str
+    due: str
+    zone: str  # "" for a send begun by hand (not scheduled) that paused or was cancelled
+    fingerprint: str
+    state: str  # one of SCHEDULE_STATES
+    reason: str | None = None  # why it is held, missed or paused
+    paused_until: str | None = None
+    started: str | None = None  # when its dispatch began (the runner's, or a plain send's)
+    provider_batch: str | None = None  # the provider holds it (SendGrid's batch id)
+    version: int = 0  # moved only by compare-and-set on this
+    updated: str = ""

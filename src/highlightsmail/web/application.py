@@ -13,6 +13,8 @@ Behaviour that holds for every route (each route module says what its routes do)
   error is a plain 500 page, its traceback in the log only.
 - No redirects (RFC 8058 forbids them for the one-click POST): `/u/TOKEN/` is a 404.
 - Logs never hold a working link (web/redaction.py).
+- While it runs, it starts the scheduled sends that are due (sending/runner.py), as
+  `highlights run-due` does.
 """
 
 from __future__ import annotations
@@ -99,9 +101,15 @@ def create_app(ws: Workspace, signer: Signer | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Imported here, not at the top: the send path loads only once the server starts.
+        from highlightsmail.sending.runner import Runner
+
         if signup is not None:
             signup.start()  # sends what a previous server reserved and never sent
+        runner = Runner(ws)  # starts the scheduled sends that are due, every 15 s at most
+        runner.start()
         yield
+        runner.stop()  # waits for the batches under way of a send it runs
         if signup is not None:
             signup.close()  # waits for the emails under way, which use the database
         db.close()

@@ -240,6 +240,7 @@ class _Schemas:
 
     mail: Draft202012Validator
     suppressions: dict[str, Draft202012Validator]  # response schemas, by route kind
+    batch: Draft202012Validator | None = None  # POST /v3/mail/batch's answer (official files only)
 
 
 SUPPRESSION_ROUTES = {
@@ -288,7 +289,8 @@ def _load_schemas(folder: Path) -> _Schemas:
                 "application/json",
                 "schema",
             )
-    return _Schemas(mail=mail, suppressions=responses)
+    batch = _validator_for(mail_uri, mail_registry, "components", "schemas", "MailBatchResponse")
+    return _Schemas(mail=mail, suppressions=responses, batch=batch)
 
 
 @lru_cache(maxsize=1)
@@ -810,6 +812,10 @@ class SendGridServer:
         self.rejected: list[RejectedRequest] = []
         self.faulted: list[tuple[int, str]] = []  # (mail-send request number, behaviour)
         self.recipient_ids: Counter[str | None] = Counter()
+        # Scheduled sends: batch id -> "open" (made), "cancel" or "pause" (the scheduled-
+        # sends API), and the recipients of mail sent with send_at in each batch.
+        self.batches: dict[str, str] = {}
+        self.held: dict[str, list[str]] = {}
         self._stats = SendStats()
 
         self._lock = threading.Lock()
@@ -964,6 +970,10 @@ class SendGridServer:
             return self._mail_send(headers, body, body_error)
         if path.startswith(("/v3/suppression/", "/v3/asm/")):
             return self._suppressions(method, path, query, headers)
+        if path in ("/v3/mail/batch", "/v3/user/scheduled_sends"):
+            if method != "POST":
+                return _error_reply(405, [ApiError("Method not allowed.")], {"Allow": "POST"})
+            return self._scheduling(path, headers, body)
         return _error_reply(404, [ApiError(f"Not found: {path} is not served by the SendGrid test server.")])
 
     def _authorize(self, headers: Mapping[str, str]) -> ApiError | None:
@@ -1034,6 +1044,9 @@ class SendGridServer:
             unverified = ApiError(_SENDER_NOT_VERIFIED, "from")
             return self._reject(path, 403, [unverified], headers, body)
 
+        batch_error = self._check_batch(body)
+        if batch_error is not None:
+            return self._reject(path, 400, [batch_error], headers, body)
         message_id = secrets.token_urlsafe(16)
         pers = body["personalizations"]
         recipients = sum(len(p.get(kind, ())) for p in pers for kind in ("to", "cc", "bcc"))
@@ -1047,6 +1060,54 @@ class SendGridServer:
             elif ids is not None:
                 self.recipient_ids.update(ids)
         return _Reply(202, b"", {"X-Message-Id": message_id})
+
+    def _check_batch(self, body: dict[str, Any]) -> ApiError | None:
+        """A mail send naming a batch: the batch must have been made here and not be
+        cancelled; its recipients are held until send_at."""
+        batch_id = body.get("batch_id")
+        if batch_id is None:
+            return None
+        with self._lock:
+            state = self.batches.get(batch_id)
+            if state is None:
+                return ApiError("The batch ID is not valid.", "batch_id")
+            if state == "cancel":
+                return ApiError("The batch ID has been cancelled.", "batch_id")
+            if body.get("send_at") is not None:
+                self.held.setdefault(batch_id, []).extend(
+                    to["email"] for p in body["personalizations"] for to in p.get("to", ())
+                )
+        return None
+
+    def _scheduling(self, path: str, headers: Mapping[str, str], raw: bytes | None) -> _Reply:
+        """`POST /v3/mail/batch` (a new batch id, its answer checked against the official
+        schema) and `POST /v3/user/scheduled_sends` (`{"batch_id", "status": "cancel" |
+        "pause"}`; that API's file is not among the official ones given, so its body is
+        checked here by SendGrid's documentation)."""
+        auth_error = self._authorize(headers)
+        if auth_error is not None:
+            return self._reject(path, 401, [auth_error], headers)
+        if path == "/v3/mail/batch":
+            answer = {"batch_id": secrets.token_urlsafe(24)}
+            if self._schemas.batch is not None:
+                problem = next(self._schemas.batch.iter_errors(answer), None)
+                assert problem is None, problem
+            with self._lock:
+                self.batches[answer["batch_id"]] = "open"
+            return _json_reply(201, answer)
+        try:
+            body = json.loads(raw or b"")
+        except ValueError as exc:
+            return self._reject(path, 400, [ApiError(f"Invalid JSON: {exc}")], headers)
+        if not isinstance(body, dict) or set(body) != {"batch_id", "status"}:
+            return self._reject(path, 400, [ApiError("batch_id and status are required.")], headers, body)
+        if body["status"] not in ("cancel", "pause"):
+            return self._reject(path, 400, [ApiError("status must be cancel or pause.", "status")], headers, body)
+        with self._lock:
+            if body["batch_id"] not in self.batches:
+                return self._reject(path, 400, [ApiError("The batch ID is not valid.", "batch_id")], headers, body)
+            self.batches[body["batch_id"]] = body["status"]
+        return _json_reply(201, body)
 
     def _ids(self, body: dict[str, Any]) -> list[str | None]:
         if self.id_key is None:

@@ -179,3 +179,8 @@ class Backend(ABC):
     def suppressions(self) -> Iterator[Suppression]:
         """Addresses the provider itself suppresses; nothing for backends without any."""
         return iter(())
+
+    def hold_until(self, send_at: int, batch_id: str) -> None:
+        """Have the provider hold what is sent from now on until `send_at` (a unix time),
+        in its batch `batch_id`; only a provider that can (SendGrid) does."""
+        raise PermanentError(f"{self.name} cannot hold a send until a time; schedule it with the runner")

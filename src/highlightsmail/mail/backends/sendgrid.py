@@ -91,12 +91,19 @@ class SendGridBackend(Backend):
         self.policy = RetryPolicy(attempts=delivery.max_attempts, base=delivery.backoff)
         self._sleep = sleep
         self._client: Any = None
+        self.hold: tuple[int, str] | None = None  # (send_at, batch_id): SendGrid holds the mail
         # `_shared`'s last answer: (rendered, settings, test, JSON text).
         self._shared_json: tuple[RenderedIssue, Settings, bool, str] | None = None
 
     def clone(self) -> SendGridBackend:
         # The package's client keeps request headers between calls: one per worker.
-        return SendGridBackend(self.ws, sleep=self._sleep)
+        twin = SendGridBackend(self.ws, sleep=self._sleep)
+        twin.hold = self.hold
+        return twin
+
+    def hold_until(self, send_at: int, batch_id: str) -> None:
+        self.hold = (send_at, batch_id)
+        self._shared_json = None  # the body's shared part carries them
 
     def _api(self) -> Any:
         if self._client is None:
@@ -207,6 +214,8 @@ class SendGridBackend(Backend):
             shared["categories"] = list(dict.fromkeys(self.config.categories))
         if self.config.asm_group_id is not None:
             shared["asm"] = {"group_id": self.config.asm_group_id}
+        if self.hold is not None:
+            shared["send_at"], shared["batch_id"] = self.hold
         text = json.dumps(shared, separators=(",", ":"))[1:]
         self._shared_json = (rendered, settings, batch.test, text)
         return text
@@ -265,6 +274,43 @@ class SendGridBackend(Backend):
             raise InDoubtError(
                 f"connection to SendGrid lost after sending {what}: {err or type(err).__name__}"
             ) from None
+
+    # -- scheduled sends (SendGrid holds the mail until send_at; its batch can be cancelled)
+
+    def new_batch_id(self) -> str:
+        """A new batch id (`POST /v3/mail/batch`): mail sent with it can be cancelled."""
+        client = self._api()
+
+        def post() -> Any:
+            try:
+                return self._call(lambda: client.mail.batch.post(timeout=self.timeout), "POST /v3/mail/batch")
+            except InDoubtError as err:
+                raise TransientError(err.message) from None  # an unused batch id harms nothing
+
+        response = with_retries(post, self.policy, sleep=self._sleep)
+        try:
+            batch_id = json.loads(response.body)["batch_id"]
+        except (ValueError, KeyError, TypeError):
+            raise DeliveryError("SendGrid answered POST /v3/mail/batch without a batch_id") from None
+        if not isinstance(batch_id, str) or not batch_id:
+            raise DeliveryError("SendGrid answered POST /v3/mail/batch without a batch_id")
+        return batch_id
+
+    def cancel_batch(self, batch_id: str) -> None:
+        """Cancel the mail SendGrid holds in `batch_id` (`POST /v3/user/scheduled_sends`)."""
+        client = self._api()
+        body = {"batch_id": batch_id, "status": "cancel"}
+
+        def post() -> Any:
+            try:
+                return self._call(
+                    lambda: client.user.scheduled_sends.post(request_body=body, timeout=self.timeout),
+                    "POST /v3/user/scheduled_sends",
+                )
+            except InDoubtError as err:
+                raise TransientError(err.message) from None  # cancelling twice is cancelling once
+
+        with_retries(post, self.policy, sleep=self._sleep)
 
     # -- suppressions
 

@@ -1,2 +1,0 @@
--- 8: reserved for issue 18 (scheduling), built on another branch: this empty file only keeps
--- the numbers in order on the corrections branch, and gives way to that branch's 0008 on merge.
