@@ -151,6 +151,20 @@ def test_send_at_refuses_bad_times_on_the_command_line(workspace: Path) -> None:
     assert run("schedule").output == "nothing scheduled\n"
 
 
+def test_send_at_counts_only_the_issue_s_audience(workspace: Path) -> None:
+    """An issue with an `audience:` is scheduled to reach the readers of those topics."""
+    settings(workspace, topics=[{"id": "llm", "name": "Language models"}, {"id": "vision", "name": "Vision"}])
+    issue = workspace / "issues" / f"{ISSUE}.yaml"
+    data = yaml.safe_load(issue.read_text(encoding="utf-8"))
+    issue.write_text(yaml.safe_dump({**data, "audience": ["vision"]}, sort_keys=False), encoding="utf-8")
+    for address, topic in (("a@example.org", "vision"), ("b@example.org", "llm"), ("c@example.org", "llm")):
+        assert run("subscribers", "add", address, "--topic", topic).exit_code == 0
+    assert run("send", ISSUE, "--test").exit_code == 0
+    done = run("send", ISSUE, "--at", "2099-01-15 08:00", "--yes")
+    assert done.exit_code == 0, done.output
+    assert "it would reach 1 subscriber(s) now" in done.output
+
+
 def test_send_at_needs_the_test_send_like_send(workspace: Path) -> None:
     add_subscribers(workspace, 2)
     refused = run("send", ISSUE, "--at", "2099-01-01 08:00", "--yes")

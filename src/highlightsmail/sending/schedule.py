@@ -23,7 +23,7 @@ from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.message import fingerprint
 from highlightsmail.rendering.render import render_issue
 from highlightsmail.sending import provider
-from highlightsmail.sending.plan import NO_SUBSCRIBERS, check_tested
+from highlightsmail.sending.plan import NO_SUBSCRIBERS, audience_of, check_tested
 from highlightsmail.sending.when import local_time
 from highlightsmail.store import Schedule, Store, format_time
 from highlightsmail.store.records import utc_now
@@ -88,7 +88,9 @@ def schedule_send(
     the checks `send` makes; `confirm` is asked before anything is recorded."""
     zone = zone or ws.settings.timezone
     moment = parse_at(at, zone, clock())
-    rendered = render_issue(load_issue(issue_path), ws)
+    loaded = load_issue(issue_path)
+    audience = audience_of(loaded, ws.settings)
+    rendered = render_issue(loaded, ws)
     digest = fingerprint(rendered, ws.settings)
     slug = rendered.slug
     with Store.open(ws, clock=clock) as store:
@@ -97,7 +99,7 @@ def schedule_send(
         if info is not None and info.finished:
             raise HighlightsError(f"{slug}: it was sent already ({info.finished}); nothing to schedule")
         counts = store.delivery_counts(slug) if info else {}
-        reach = counts.get("pending", 0) + counts.get("failed", 0) if info else store.count_by_status()["active"]
+        reach = counts.get("pending", 0) + counts.get("failed", 0) if info else store.count_audience(audience)
         if reach == 0:
             raise HighlightsError(NO_SUBSCRIBERS)
         due = format_time(moment)
