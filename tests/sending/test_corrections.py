@@ -79,7 +79,7 @@ def test_a_correction_goes_to_who_received_the_issue_and_is_still_here(workspace
     assert "it is two [1]" in body and "https://arxiv.org/abs/2401.04088" in body
     # Like every email, it links the reader's own preference page beside unsubscribe.
     assert "Manage preferences" in body and "/p/p" in body
-    assert 'Manage preferences</a>' in msg.get_body(("html",)).get_content()
+    assert "Manage preferences</a>" in msg.get_body(("html",)).get_content()
 
     again = run("send", ISSUE, "--correction", TEXT, "--yes")
     assert again.exit_code == 0 and "nothing left to send" in again.output
