@@ -38,7 +38,7 @@ from highlightsmail.authoring.issue import Issue, load_issue
 from highlightsmail.authoring.workspace import Settings, Workspace
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.rendering.changes import Changes, changes, issue_from_text
-from highlightsmail.rendering.render import issue_context, render_template
+from highlightsmail.rendering.render import issue_context, long_date, render_template
 from highlightsmail.rendering.site import write_site
 from highlightsmail.store import Store
 from highlightsmail.urls import FEED_FILE, NOT_FOUND_FILE, has_page, urls
@@ -57,21 +57,6 @@ ISSUE_TEMPLATE = "site/issue.html.j2"
 ENTRY_TEMPLATE = "site/entry.html.j2"
 NOT_FOUND_TEMPLATE = "site/404.html.j2"
 _HEADING_TAG = re.compile(r"<(/?)h([1-6])\b")
-# English month names whatever the locale (as the issue's own dates are written).
-_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
 
 T = TypeVar("T")
 
@@ -345,7 +330,7 @@ class Archive:
         return {
             "correction": {
                 "date_iso": day.isoformat(),
-                "date_long": f"{day.day} {_MONTHS[day.month - 1]} {day.year}",
+                "date_long": long_date(day),
                 "parts": found.parts if found else [],
             },
             "corrected_items": found.items if found else frozenset(),

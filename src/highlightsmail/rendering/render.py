@@ -9,6 +9,7 @@ import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "TEXT_WIDTH",
     "effective_preheader",
     "issue_context",
+    "long_date",
     "markdown_to_text",
     "mjml_source",
     "render_email",
@@ -72,6 +74,13 @@ _MONTHS = (
     "November",
     "December",
 )
+
+
+def long_date(day: date) -> str:
+    """A date as the issue and its page write it: `12 January 2024`, in English whatever the locale."""
+    return f"{day.day} {_MONTHS[day.month - 1]} {day.year}"
+
+
 # Dark-mode support is announced in <head> (MJML has no element for this meta).
 _HEAD_META = '<meta name="color-scheme" content="light dark">'
 
@@ -204,7 +213,7 @@ def _issue_view(issue: Issue, name: str) -> dict[str, Any]:
         "subject": _text(issue.effective_subject),
         "preheader": _text(effective_preheader(issue)),
         "date_iso": issue.date.isoformat(),
-        "date_long": f"{issue.date.day} {_MONTHS[issue.date.month - 1]} {issue.date.year}",
+        "date_long": long_date(issue.date),
     }
 
 
