@@ -5,17 +5,20 @@ still on the list, once each, as a dispatch of its own."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
-from highlightsmail.store import ImportRow, Store
+from highlightsmail.store import ImportRow, Store, format_time
 
 pytestmark = pytest.mark.usefixtures("engine")
 ISSUE = "2024-w02"
@@ -175,3 +178,82 @@ def test_a_correction_left_in_flight_is_in_doubt_until_asked(workspace: Path) ->
     assert again.exit_code == 0, again.output
     assert f"{FIRST}: sent 5, skipped 0, failed 0, in doubt 0." in again.output
     assert addressees(outbox) == [f"Reader {i} <reader{i}@example.org>" for i in range(1, 6)]
+
+
+# ---------------------------------------------------------------- the sending limits
+
+
+class Clock:
+    """A clock a test moves by hand."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def rate_limit(root: Path, rate: str) -> None:
+    path = root / "highlights.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["delivery"]["rate_limit"] = rate
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def test_a_correction_counts_toward_the_limits_and_pauses_when_they_are_reached(workspace: Path) -> None:
+    """3 a minute, 5 readers: 3 go, it pauses until the window opens, then the other 2."""
+    from highlightsmail.sending.corrections import send_correction
+
+    sent_issue(workspace)
+    rate_limit(workspace, "3/minute")
+    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
+    ws = load_workspace(workspace)
+    outbox = workspace / "outbox" / FIRST
+    clock = Clock(datetime.now(UTC) + timedelta(minutes=5))  # the issue's own counts have left the window
+
+    first = send_correction(ws, ws.issue_path(ISSUE), TEXT, clock=clock)
+    assert first.paused_until == format_time(clock.now + timedelta(seconds=61))
+    assert first.summary is not None and (first.summary["sent"], first.summary["pending"]) == (3, 2)
+    assert len(addressees(outbox)) == 3
+    with Store.open(ws, clock=clock) as store:  # in the window every sender shares
+        assert store.sent_since(format_time(clock.now - timedelta(minutes=1))) == 3
+
+    clock.advance(30)  # the window is still full: nothing more goes
+    again = send_correction(ws, ws.issue_path(ISSUE), TEXT, clock=clock)
+    assert again.paused_until is not None and len(addressees(outbox)) == 3
+
+    clock.advance(32)
+    rest = send_correction(ws, ws.issue_path(ISSUE), TEXT, clock=clock)
+    assert rest.paused_until is None
+    assert rest.summary is not None and (rest.summary["sent"], rest.summary["pending"]) == (5, 0)
+    assert addressees(outbox) == [f"Reader {i} <reader{i}@example.org>" for i in range(1, 6)]
+    # A correction is no schedule: the runner has nothing of it to resume.
+    with Store.open(ws) as store:
+        assert store.schedule_of(FIRST) is None
+
+
+def test_a_correction_on_the_command_line_waits_or_leaves_the_rest_to_the_same_command(workspace: Path) -> None:
+    sent_issue(workspace)
+    rate_limit(workspace, "3/second")
+    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
+    outbox = workspace / "outbox" / FIRST
+    time.sleep(2.1)  # the issue's own counts leave the window (times are kept to the second)
+
+    left = run("send", ISSUE, "--correction", TEXT, "--yes", "--no-wait")
+    assert left.exit_code == 0, left.output
+    assert f"{FIRST}: sent 3, skipped 0, failed 0, in doubt 0." in left.output
+    assert f"{FIRST}: paused until " in left.output and "the same command sends the rest" in left.output
+    assert len(addressees(outbox)) == 3
+
+    time.sleep(1.2)
+    add(workspace, range(6, 9))  # joined after the issue: not the correction's
+    with Store.open(load_workspace(workspace)) as store:
+        store.count_sent(3, "example.org")  # another sender fills the window meanwhile
+    waited = CliRunner().invoke(main, ["send", ISSUE, "--correction", TEXT, "--yes"])
+    assert waited.exit_code == 0, waited.output
+    assert "paused until" in waited.output and "waiting" in waited.output
+    assert f"{FIRST}: sent 5, skipped 0, failed 0, in doubt 0." in waited.output
+    assert len(addressees(outbox)) == 5

@@ -908,3 +908,31 @@ def test_import_takes_files_with_or_without_the_new_columns(workspace: Path, tmp
         assert bob and cy and store.find("dee@example.org") is None
         assert [(c.source, c.at) for c in store.consents(bob.id)] == [("landing-page", "2023-05-01T10:00:00Z")]
         assert store.consents(cy.id) == []
+
+
+def test_a_welcome_counts_toward_the_sending_limits_but_is_not_held(workspace: Path, http: httpx.Client) -> None:
+    """Each welcome goes out at once even with the window full (one message, to a reader
+    who has just confirmed), and is counted in it: the send after them waits."""
+    import yaml
+
+    from highlightsmail.sending.dispatch import send
+
+    enable_signup(workspace)
+    delivery = yaml.safe_load((workspace / "highlights.yaml").read_text(encoding="utf-8"))["delivery"]
+    configure(workspace, delivery={**delivery, "rate_limit": "1/hour"})
+    ws = load_workspace(workspace)
+    with Store.open(ws) as store:
+        store.add("early@example.org")
+    mark_sent(workspace, "2024-w02")  # the dispatch began with `early`, who has not got it yet
+    issue_dir = workspace / "outbox" / "2024-w02"
+    with serve_workspace(workspace) as site:
+        for n, address in enumerate(["ada@example.org", "grace@example.org"]):
+            path = join(site, http, address, n)
+            assert "latest issue is on its way" in http.post(site.url + path).text
+            wait_for_mails(issue_dir, n + 1)  # the second too, with the window full
+    with Store.open(ws) as store:
+        assert store.sent_since("2000-01-01T00:00:00Z") == 2  # the confirmations are not counted
+    resumed = send(ws, ws.issue_path("2024-w02"), skip_test_check=True)
+    assert resumed.paused_until is not None
+    assert resumed.summary is not None and (resumed.summary["sent"], resumed.summary["pending"]) == (2, 1)
+    assert sorted(str(read_mail(p)["To"]) for p in mails(issue_dir)) == ["ada@example.org", "grace@example.org"]

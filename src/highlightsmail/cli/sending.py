@@ -70,9 +70,11 @@ def send(
     if to and not test:
         raise click.UsageError("--to goes with --test")
     if correction is not None or correction_file is not None:
-        if limit or skip_test_check or at or tz or cancel or no_wait:
-            raise click.UsageError("a correction goes with --test, --to, --yes, --dry-run and --resend-in-doubt only")
-        again = {"yes": yes, "dry_run": dry_run, "resend_in_doubt": resend_in_doubt}
+        if limit or skip_test_check or at or tz or cancel:
+            raise click.UsageError(
+                "a correction goes with --test, --to, --yes, --dry-run, --resend-in-doubt and --no-wait only"
+            )
+        again = {"yes": yes, "dry_run": dry_run, "resend_in_doubt": resend_in_doubt, "no_wait": no_wait}
         _send_correction(obj, issue, correction, correction_file, test=test, to=to, **again)
         return
     if later.scheduling(
@@ -126,8 +128,10 @@ def _send_correction(
     yes: bool,
     dry_run: bool,
     resend_in_doubt: bool,
+    no_wait: bool,
 ) -> None:
-    """`send ISSUE --correction ...`: its test send, or its dispatch."""
+    """`send ISSUE --correction ...`: its test send, or its dispatch (waiting for the
+    limits' windows as `send` does, unless `no_wait`)."""
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.sending import corrections
 
@@ -144,13 +148,20 @@ def _send_correction(
         )
         click.echo("When it looks right, send it: the same command without --test")
         return
-    outcome = corrections.send_correction(
-        obj.ws, path, words, events=_SendTalk(yes=yes), dry_run=dry_run, resend_in_doubt=resend_in_doubt
-    )
-    _said_sent(outcome)
+    talk = _SendTalk(yes=yes)
+    while True:
+        outcome = corrections.send_correction(
+            obj.ws, path, words, events=talk, dry_run=dry_run, resend_in_doubt=resend_in_doubt
+        )
+        if outcome.paused_until is None or no_wait:
+            break
+        later.wait_for(obj.ws, outcome.plan.slug, outcome.paused_until)
+        talk.yes = True  # asked once: the rest of this send goes on by itself
+        resend_in_doubt = False
+    _said_sent(obj, outcome)
 
 
-def _said_sent(outcome: SendOutcome) -> None:
+def _said_sent(obj: Ctx, outcome: SendOutcome) -> None:
     """What a correction's send did, as its last lines; what to do next is the same
     command again (its text names the correction)."""
     # Imported when the command runs, not at the top: --help loads none of it.
@@ -175,7 +186,12 @@ def _said_sent(outcome: SendOutcome) -> None:
             f"{failed} failed and {doubt} in doubt: see `highlights status {plan.slug}`; "
             "the same command retries the failed ones" + (", add --resend-in-doubt for those in doubt" if doubt else "")
         )
-    if summary["pending"]:
+    if outcome.paused_until is not None:  # --no-wait; no runner resumes a correction (corrections.py)
+        click.echo(
+            f"{plan.slug}: paused until {later.shown(obj.ws, outcome.paused_until)} (a sending limit); "
+            "the same command sends the rest"
+        )
+    elif summary["pending"]:
         click.echo(f"{summary['pending']} still to send: run the same command again")
 
 

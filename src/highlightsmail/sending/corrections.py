@@ -6,11 +6,18 @@ its test send is recorded under that name with the notice's fingerprint, so the 
 is the issue's (`check_tested`); its recipients are fixed when it begins as those the
 issue's ledger has sent, and the send loop skips whoever left since. An unfinished
 correction is resumed by the next `--correction`; after a finished one, the same text
-finds nothing left to send and another text is a new correction (N + 1)."""
+finds nothing left to send and another text is a new correction (N + 1).
+
+Its claims go through the sending limits like an issue's (`limits.py`): counted in the
+window every sender shares, and paused when it is full. A paused correction gets no
+schedule, so `run-due` and `serve` leave it alone (a runner renders an issue from its
+file; a correction's text is only on the command line): the same command resumes it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,11 +30,12 @@ from highlightsmail.rendering.correction import render_correction
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.sending.dispatch import keep_message, send_test_of
 from highlightsmail.sending.events import Quiet, SendEvents
+from highlightsmail.sending.limits import Limits
 from highlightsmail.sending.lock import as_sender
 from highlightsmail.sending.loop import issue_batches, run_dispatch
 from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSendResult
 from highlightsmail.sending.plan import SendPlan, check_tested, left_to_send, read_suppressions
-from highlightsmail.store import Store
+from highlightsmail.store import Store, format_time
 from highlightsmail.store.corrections import correction_name
 from highlightsmail.tokens import load_signer
 
@@ -101,13 +109,16 @@ def send_correction(
     events: SendEvents | None = None,
     dry_run: bool = False,
     resend_in_doubt: bool = False,
+    clock: Callable[[], datetime] | None = None,
 ) -> SendOutcome:
     """Mail the correction notice to the issue's recipients who are still on the list,
-    once the editor says yes; only the version that was test-sent goes."""
+    once the editor says yes, as far as the sending limits allow now (read at `clock`,
+    else the store's); only the version that was test-sent goes."""
     events = events or Quiet()
     if not ws.database_exists():
         raise HighlightsError("there is no database yet: nothing was sent, so there is nothing to correct")
-    with Store.open(ws) as store:
+    opening = {"clock": clock} if clock is not None else {}
+    with Store.open(ws, **opening) as store:
         correction = prepare(ws, store, issue_path, text)
         rendered = correction.rendered
         digest = fingerprint(rendered, ws.settings)
@@ -169,10 +180,14 @@ def _run(
         store.requeue(name, "failed")
     keep_message(store, correction.rendered, ws.settings, None)
     batches = issue_batches(store, correction.rendered, ws.settings, load_signer(ws.secret_path))
+    limits = Limits(store, ws.settings, name)
     with events.progress(plan.count) as advance:
-        run = run_dispatch(store, backend, batches, progress=advance, events=events)
+        run = run_dispatch(store, backend, batches, progress=advance, events=events, gate=limits)
     if store.shares_dispatch:
         store.mark_in_doubt(name)
     summary = Summary.from_counts(store.delivery_counts(name))
     reasons = [Reason(state, why, n) for (state, why), n in run.reasons.most_common()]
-    return SendOutcome(plan, suppressed=plan.suppressed, summary=summary, reasons=reasons, stopped=run.stopped)
+    until = format_time(limits.paused_until) if limits.paused_until else None
+    return SendOutcome(
+        plan, suppressed=plan.suppressed, summary=summary, reasons=reasons, stopped=run.stopped, paused_until=until
+    )

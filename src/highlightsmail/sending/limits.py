@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Settings
     from highlightsmail.store import Store
 
-__all__ = ["Limits", "parse_time", "sending_domain"]
+__all__ = ["Limits", "count_welcome", "parse_time", "sending_domain"]
 
 #: Stored times have whole seconds: a count leaves the window the second after its end.
 _TICK = timedelta(seconds=1)
@@ -37,6 +37,17 @@ def parse_time(stored: str) -> datetime:
 def sending_domain(settings: Settings) -> str:
     """The domain mail goes out from (the warm-up is per domain)."""
     return parseaddr(settings.from_)[1].rpartition("@")[2].lower()
+
+
+def count_welcome(store: Store, settings: Settings) -> None:
+    """Count a welcome issue (one message, to a reader who has just confirmed) in the
+    window every sender shares, so the sends after it leave room for it.
+
+    It is counted but never held: it is one message, a reader who has just confirmed
+    should not wait for the window (up to a day under `daily_limit`), and holding it
+    would need a queue beside the mailer's thread that outlives a restart. So it may
+    take the window one past its limit, and the next send waits that much longer."""
+    store.count_sent(1, sending_domain(settings))
 
 
 def _midnight_after(moment: datetime) -> datetime:

@@ -32,6 +32,7 @@ from highlightsmail.mail.message import check_headers
 from highlightsmail.mail.pool import BackendPool
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.sending.events import Quiet, SendEvents, ignore
+from highlightsmail.sending.limits import count_welcome
 from highlightsmail.store import Delivery, DeliveryState, Store
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ def send_claimed(store: Store, backend: Backend, batches: Batches, delivery: Del
     doubt. The ledger row is what keeps a later resume from sending a second copy.
     `backend` is open; `batches` carry the dispatch's tag. Returns the state they ended in."""
     batch = batches.to_subscribers([delivery], number=delivery.batch or 0, tokens=backend.message_tokens)
+    count_welcome(store, batches.settings)  # claimed: counted like a claim of the loop (limits.py)
     # Dated now, not when the dispatch began: a welcome days later must not look old.
     batch = dataclasses.replace(batch, date=None)
     result = outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
