@@ -6,6 +6,8 @@ kept when it began (store/messages.py). Each test runs on SQLite and on PostgreS
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import feedparser
@@ -42,6 +44,12 @@ def site(root: Path) -> tuple[str, feedparser.FeedParserDict]:
     page = (out / ISSUE / "index.html").read_text(encoding="utf-8")
     strict_parse(page, ISSUE)
     return page, feedparser.parse((out / "feed.xml").read_bytes())
+
+
+def corrected_on(page: str) -> str:
+    """The page's correction notice, as text."""
+    (note,) = lxml_html.fromstring(page).cssselect("#correction-title")
+    return str(note.text_content())
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -83,6 +91,37 @@ def test_a_changed_sent_issue_shows_its_correction(workspace: Path) -> None:
     rebuilt = workspace / "m.eml"
     run("subscribers", "show", "reader@example.org", "--issue", ISSUE, "--eml", str(rebuilt))
     assert b"Mixtral of Many Experts" not in rebuilt.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed: the commit date cannot be read")
+def test_in_git_the_correction_is_dated_by_its_commit_not_the_checkout(workspace: Path) -> None:
+    """A fresh clone sets every file's mtime to the checkout: the correction's date and the
+    feed's `updated` come from the file's last commit, so each build says the same."""
+    enable_archive(workspace)
+    send(workspace)
+    issue = workspace / "issues" / f"{ISSUE}.yaml"
+    edit(issue, "Mixtral of Experts", "Mixtral of Many Experts")
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Editor",
+        "GIT_AUTHOR_EMAIL": "editor@example.org",
+        "GIT_COMMITTER_NAME": "Editor",
+        "GIT_COMMITTER_EMAIL": "editor@example.org",
+        "GIT_AUTHOR_DATE": "2031-03-04T05:06:07Z",
+        "GIT_COMMITTER_DATE": "2031-03-04T05:06:07Z",
+    }
+    for args in (["init", "-q"], ["add", "issues"], ["commit", "-q", "-m", "the correction"]):
+        subprocess.run(["git", *args], cwd=workspace, env=env, check=True)
+    updated = []
+    for checkout in (1990000000, 2000000000):  # two checkouts, two mtimes
+        os.utime(issue, (checkout, checkout))
+        page, feed = site(workspace)
+        assert corrected_on(page).startswith("Corrected on 4 March 2031.")
+        updated.append(feed.entries[0].updated)
+    assert updated[0] == updated[1] and updated[0].startswith("2031-03-04T05:06:07")
+    # Edited since its last commit: the file's own time again.
+    edit(issue, "Mixtral of Many Experts", "Mixtral of Very Many Experts")
+    assert corrected_on(site(workspace)[0]).startswith("Corrected on 1 January 2030.")
 
 
 def test_a_change_no_reader_sees_is_no_correction(workspace: Path) -> None:

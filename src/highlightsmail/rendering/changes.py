@@ -6,14 +6,18 @@ outro), each changed part with a line-by-line diff of its text, for the archive'
 from __future__ import annotations
 
 import difflib
+import shutil
+import subprocess
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
 from highlightsmail.authoring.issue import Issue, Item
 
-__all__ = ["Change", "Changes", "changes", "issue_from_text"]
+__all__ = ["Change", "Changes", "changes", "issue_from_text", "last_changed"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +90,31 @@ def changes(sent: Issue, now: Issue) -> Changes:
     if (sent.outro or "").strip() != (now.outro or "").strip():
         parts.append(Change("Closing note", "", _diff((sent.outro or "").strip(), (now.outro or "").strip())))
     return Changes(parts, frozenset(items))
+
+
+def last_changed(path: Path, mtime_ns: int) -> datetime:
+    """When the issue file was last changed: its last commit's time when git tracks it
+    unchanged, else its modification time. A clone or checkout sets every file's mtime to
+    that moment, which would move each corrected issue's date and feed entry on every
+    build from a fresh checkout (a site built in CI)."""
+    modified = datetime.fromtimestamp(mtime_ns // 1_000_000_000, UTC)
+    git = shutil.which("git")
+    if git is None:
+        return modified
+    try:
+        # Outside a repository, untracked or edited since its last commit: the mtime is right.
+        dirty = _git(git, path, "status", "--porcelain", "--")
+        if dirty is None or dirty:
+            return modified
+        stamp = _git(git, path, "log", "-1", "--format=%ct", "--")
+    except (OSError, subprocess.SubprocessError):
+        return modified
+    return datetime.fromtimestamp(int(stamp), UTC) if stamp and stamp.isdigit() else modified
+
+
+def _git(git: str, path: Path, *args: str) -> str | None:
+    """git's output about `path` (run in its folder), or None when git says no."""
+    done = subprocess.run(
+        [git, *args, path.name], cwd=path.parent, capture_output=True, text=True, timeout=10, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else None

@@ -37,7 +37,7 @@ from highlightsmail import __version__
 from highlightsmail.authoring.issue import Issue, load_issue
 from highlightsmail.authoring.workspace import Settings, Workspace
 from highlightsmail.errors import HighlightsError, display_path
-from highlightsmail.rendering.changes import Changes, changes, issue_from_text
+from highlightsmail.rendering.changes import Changes, changes, issue_from_text, last_changed
 from highlightsmail.rendering.render import issue_context, long_date, render_template
 from highlightsmail.rendering.site import write_site
 from highlightsmail.store import Store
@@ -219,7 +219,7 @@ class Archive:
             found = changes(before, issue) if before is not None else None
             if found is not None and not found:
                 return None, None  # only its layout or comments changed: nothing a reader sees
-            edited = datetime.fromtimestamp(stamp[0] // 1_000_000_000, UTC)
+            edited = last_changed(path, stamp[0])
             return max(edited, published), found
 
         return self._remember(("correction", path, stamp, published), make)
