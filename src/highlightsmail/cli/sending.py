@@ -98,23 +98,7 @@ def _send_to_subscribers(obj: Ctx, path: Path, *, yes: bool, no_wait: bool, **op
     outcome = later.send_waiting(obj, _SendTalk(yes=yes), path, no_wait=no_wait, **options)
     if later.said_stopped(obj, outcome):
         return
-    plan = outcome.plan
-    if outcome.dry_run:
-        _said_dry_run(outcome)
-        return
-    if outcome.stopped:
-        # Imported when the command runs, not at the top: --help loads none of it.
-        from highlightsmail.errors import HighlightsError
-
-        raise HighlightsError(f"stopped; resume with: highlights send {plan.slug}")
-    summary = outcome.summary
-    assert summary is not None
-    if outcome.nothing_left:
-        click.echo(f"{plan.slug}: nothing left to send ({_summary_line(summary)}).")
-    else:
-        click.echo(f"{plan.slug}: {_summary_line(summary)}.")
-        _show_reasons(outcome.reasons)
-    _finish(plan.slug, summary)
+    _said_sent(obj, outcome, f"highlights send {outcome.plan.slug}")
 
 
 def _send_correction(
@@ -158,12 +142,12 @@ def _send_correction(
         later.wait_for(obj.ws, outcome.plan.slug, outcome.paused_until)
         talk.yes = True  # asked once: the rest of this send goes on by itself
         resend_in_doubt = False
-    _said_sent(obj, outcome)
+    _said_sent(obj, outcome, None)
 
 
-def _said_sent(obj: Ctx, outcome: SendOutcome) -> None:
-    """What a correction's send did, as its last lines; what to do next is the same
-    command again (its text names the correction)."""
+def _said_sent(obj: Ctx, outcome: SendOutcome, again: str | None) -> None:
+    """What a send did, as its last lines. `again` is the command that goes on; None for
+    a correction, whose text names it: the same command again."""
     # Imported when the command runs, not at the top: --help loads none of it.
     from highlightsmail.errors import HighlightsError
 
@@ -172,7 +156,9 @@ def _said_sent(obj: Ctx, outcome: SendOutcome) -> None:
         _said_dry_run(outcome)
         return
     if outcome.stopped:
-        raise HighlightsError(f"{plan.slug}: stopped; resume with the same command")
+        raise HighlightsError(
+            f"stopped; resume with: {again}" if again else f"{plan.slug}: stopped; resume with the same command"
+        )
     summary = outcome.summary
     assert summary is not None
     if outcome.nothing_left:
@@ -184,15 +170,16 @@ def _said_sent(obj: Ctx, outcome: SendOutcome) -> None:
     if failed or doubt:
         raise HighlightsError(
             f"{failed} failed and {doubt} in doubt: see `highlights status {plan.slug}`; "
-            "the same command retries the failed ones" + (", add --resend-in-doubt for those in doubt" if doubt else "")
+            f"{f'`{again}`' if again else 'the same command'} retries the failed ones"
+            + (", add --resend-in-doubt for those in doubt" if doubt else "")
         )
-    if outcome.paused_until is not None:  # --no-wait; no runner resumes a correction (corrections.py)
+    if again is None and outcome.paused_until is not None:  # --no-wait; no runner resumes a correction
         click.echo(
             f"{plan.slug}: paused until {later.shown(obj.ws, outcome.paused_until)} (a sending limit); "
             "the same command sends the rest"
         )
     elif summary["pending"]:
-        click.echo(f"{summary['pending']} still to send: run the same command again")
+        click.echo(f"{summary['pending']} still to send: {again or 'run the same command again'}")
 
 
 def _said_test(tested: TestSendResult) -> None:
@@ -310,21 +297,6 @@ def _show_reasons(reasons: list[Reason]) -> None:
         click.echo(f"  {_STATE_WORDS[reason.state]} {reason.count}: {reason.reason}")
     if len(reasons) > _MAX_REASONS:
         click.echo(f"  ... and {len(reasons) - _MAX_REASONS} other reason(s): see highlights status")
-
-
-def _finish(slug: str, summary: Summary) -> None:
-    # Imported when the command runs, not at the top: --help loads none of it.
-    from highlightsmail.errors import HighlightsError
-
-    failed, doubt = summary["failed"], summary["in_doubt"]
-    if failed or doubt:
-        raise HighlightsError(
-            f"{failed} failed and {doubt} in doubt: see `highlights status {slug}`; "
-            f"`highlights send {slug}` retries the failed ones"
-            + (", add --resend-in-doubt for those in doubt" if doubt else "")
-        )
-    if summary["pending"]:
-        click.echo(f"{summary['pending']} still to send: highlights send {slug}")
 
 
 @click.command()
