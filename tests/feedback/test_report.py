@@ -17,19 +17,12 @@ from highlightsmail.cli import main
 from highlightsmail.feedback.events import record
 from highlightsmail.feedback.report import JSON_KEYS, build_report, render_html
 from highlightsmail.store import DeliveryEventRow, Store
+from support.clock import Clock
 from support.events import add_readers, sent_to_everyone
 
 ISSUE = "2024-w02"
 START = datetime(2024, 1, 12, 9, 0, tzinfo=UTC)
 LONG_URL = "https://example.org/" + "a-very-long-path-segment-without-any-break" * 5
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def db_of(root: Path) -> Path:

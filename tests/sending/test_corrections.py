@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
 from highlightsmail.store import ImportRow, Store, format_time
+from support.clock import Clock
 
 pytestmark = pytest.mark.usefixtures("engine")
 ISSUE = "2024-w02"
@@ -181,19 +182,6 @@ def test_a_correction_left_in_flight_is_in_doubt_until_asked(workspace: Path) ->
 
 
 # ---------------------------------------------------------------- the sending limits
-
-
-class Clock:
-    """A clock a test moves by hand."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def rate_limit(root: Path, rate: str) -> None:

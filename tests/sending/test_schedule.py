@@ -24,6 +24,7 @@ from highlightsmail.errors import HighlightsError
 from highlightsmail.sending import runner
 from highlightsmail.sending.schedule import parse_at
 from highlightsmail.store import ImportRow, Store, format_time
+from support.clock import Clock
 
 ISSUE = "2024-w02"
 pytestmark = pytest.mark.usefixtures("engine")
@@ -71,19 +72,6 @@ def schedule_state(root: Path) -> str:
         found = store.schedule_of(ISSUE)
         assert found is not None
         return found.state
-
-
-class Clock:
-    """A clock a test moves by hand."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def scheduled_in(root: Path, seconds: int, *extra: str) -> Any:
