@@ -218,9 +218,68 @@ def test_a_correction_counts_toward_the_limits_and_pauses_when_they_are_reached(
     assert rest.paused_until is None
     assert rest.summary is not None and (rest.summary["sent"], rest.summary["pending"]) == (5, 0)
     assert addressees(outbox) == [f"Reader {i} <reader{i}@example.org>" for i in range(1, 6)]
-    # A correction is no schedule: the runner has nothing of it to resume.
+    # Paused, it had a schedule a runner could resume; sent, the schedule says so.
     with Store.open(ws) as store:
-        assert store.schedule_of(FIRST) is None
+        schedule = store.schedule_of(FIRST)
+        assert schedule is not None and schedule.state == "sent"
+
+
+def test_the_runner_sends_the_rest_of_a_correction_the_limits_paused(workspace: Path) -> None:
+    """3 a minute, 5 readers: the command sends 3; run-due, too early, sends nothing; a
+    minute on it renders the notice again from the kept text and sends the other 2."""
+    from highlightsmail.sending.corrections import send_correction
+    from highlightsmail.sending.runner import run_due
+
+    sent_issue(workspace)
+    rate_limit(workspace, "3/minute")
+    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
+    ws = load_workspace(workspace)
+    outbox = workspace / "outbox" / FIRST
+    clock = Clock(datetime.now(UTC) + timedelta(minutes=5))
+
+    first = send_correction(ws, ws.issue_path(ISSUE), TEXT, clock=clock)
+    assert first.paused_until is not None and len(addressees(outbox)) == 3
+    with Store.open(ws) as store:
+        schedule = store.schedule_of(FIRST)
+        assert schedule is not None and (schedule.state, schedule.paused_until) == ("paused", first.paused_until)
+
+    clock.advance(30)
+    assert run_due(ws, clock=clock) == [] and len(addressees(outbox)) == 3  # not due yet
+
+    clock.advance(32)
+    reports = run_due(ws, clock=clock)
+    assert [(r.issue, r.what) for r in reports] == [(FIRST, "sent")], reports
+    assert addressees(outbox) == [f"Reader {i} <reader{i}@example.org>" for i in range(1, 6)]
+    with Store.open(ws) as store:
+        schedule = store.schedule_of(FIRST)
+        assert schedule is not None and schedule.state == "sent"
+        assert store.delivery_counts(FIRST)["sent"] == 5
+    assert run_due(ws, clock=clock) == []  # nothing due any more: nobody gets it twice
+
+
+def test_the_runner_holds_a_paused_correction_whose_notice_changed(workspace: Path) -> None:
+    """A template edited after the correction's test send: the runner renders another
+    notice, so it holds the correction and says why instead of sending it."""
+    from highlightsmail.sending.corrections import send_correction
+    from highlightsmail.sending.runner import CORRECTION_HELD, run_due
+
+    sent_issue(workspace)
+    rate_limit(workspace, "3/minute")
+    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
+    ws = load_workspace(workspace)
+    outbox = workspace / "outbox" / FIRST
+    clock = Clock(datetime.now(UTC) + timedelta(minutes=5))
+    assert send_correction(ws, ws.issue_path(ISSUE), TEXT, clock=clock).paused_until is not None
+
+    template = workspace / "templates" / "correction.txt.j2"
+    template.write_text(template.read_text(encoding="utf-8") + "\nOne more line.\n", encoding="utf-8")
+    clock.advance(62)
+    reports = run_due(load_workspace(workspace), clock=clock)
+    assert [(r.issue, r.what, r.detail) for r in reports] == [(FIRST, "held", CORRECTION_HELD)]
+    assert len(addressees(outbox)) == 3  # nobody more got anything
+    with Store.open(ws) as store:
+        schedule = store.schedule_of(FIRST)
+        assert schedule is not None and (schedule.state, schedule.reason) == ("held", CORRECTION_HELD)
 
 
 def test_a_correction_on_the_command_line_waits_or_leaves_the_rest_to_the_same_command(workspace: Path) -> None:
@@ -233,7 +292,7 @@ def test_a_correction_on_the_command_line_waits_or_leaves_the_rest_to_the_same_c
     left = run("send", ISSUE, "--correction", TEXT, "--yes", "--no-wait")
     assert left.exit_code == 0, left.output
     assert f"{FIRST}: sent 3, skipped 0, failed 0, in doubt 0." in left.output
-    assert f"{FIRST}: paused until " in left.output and "the same command sends the rest" in left.output
+    assert f"{FIRST}: paused until " in left.output and "`highlights run-due` or serve sends the rest" in left.output
     assert len(addressees(outbox)) == 3
 
     time.sleep(1.2)

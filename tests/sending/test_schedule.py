@@ -319,6 +319,12 @@ def test_cancel_during_the_send_stops_claiming_and_send_resumes(
     assert sum(1 for s in states.values() if s == "sent") == 100
     status = run("status", ISSUE).output
     assert "2024-w02: cancelled" in status and "cancelled 150" in status
+    # A reader the cancelled send did not reach sees it so in their data; one it reached, sent.
+    reached = {e for e, s in states.items() if s == "sent"}
+    left, got = next(e for e in emails if e not in reached), next(iter(reached))
+    for email, state in ((left, "cancelled"), (got, "sent")):
+        data = json.loads(run("subscribers", "show", email, "--format", "json").output)
+        assert data["deliveries"] == [{"issue": ISSUE, "state": state}]
     assert runner.run_due(load_workspace(workspace)) == []  # a runner leaves it alone
 
     monkeypatch.setattr(OutboxBackend, "send_batch", real)

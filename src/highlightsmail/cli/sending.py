@@ -173,10 +173,10 @@ def _said_sent(obj: Ctx, outcome: SendOutcome, again: str | None) -> None:
             f"{f'`{again}`' if again else 'the same command'} retries the failed ones"
             + (", add --resend-in-doubt for those in doubt" if doubt else "")
         )
-    if again is None and outcome.paused_until is not None:  # --no-wait; no runner resumes a correction
+    if again is None and outcome.paused_until is not None:  # a correction with --no-wait
         click.echo(
             f"{plan.slug}: paused until {later.shown(obj.ws, outcome.paused_until)} (a sending limit); "
-            "the same command sends the rest"
+            "`highlights run-due` or serve sends the rest, as does the same command"
         )
     elif summary["pending"]:
         click.echo(f"{summary['pending']} still to send: {again or 'run the same command again'}")

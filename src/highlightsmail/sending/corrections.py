@@ -9,9 +9,10 @@ correction is resumed by the next `--correction`; after a finished one, the same
 finds nothing left to send and another text is a new correction (N + 1).
 
 Its claims go through the sending limits like an issue's (`limits.py`): counted in the
-window every sender shares, and paused when it is full. A paused correction gets no
-schedule, so `run-due` and `serve` leave it alone (a runner renders an issue from its
-file; a correction's text is only on the command line): the same command resumes it."""
+window every sender shares, and paused when it is full. The correction's text is kept
+with its message (store/messages.py), so a paused correction gets a schedule as a paused
+issue does and `run-due` or `serve` sends the rest (`resume_correction`), as long as the
+notice rendered again is the one that was test-sent; the same command resumes it too."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from highlightsmail.authoring.issue import load_issue
 from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.backends import get_backend
 from highlightsmail.mail.backends.base import Backend
+from highlightsmail.mail.kept import keepable
 from highlightsmail.mail.message import fingerprint
 from highlightsmail.rendering.correction import render_correction
 from highlightsmail.rendering.rendered import RenderedIssue
-from highlightsmail.sending.dispatch import keep_message, send_test_of
+from highlightsmail.sending.dispatch import send_test_of, settle
 from highlightsmail.sending.events import Quiet, SendEvents
 from highlightsmail.sending.limits import Limits
 from highlightsmail.sending.lock import as_sender
@@ -42,17 +44,25 @@ from highlightsmail.tokens import load_signer
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
 
-__all__ = ["Correction", "correction_text", "prepare", "send_correction", "send_correction_test"]
+__all__ = [
+    "Correction",
+    "correction_text",
+    "kept_text",
+    "prepare",
+    "send_correction",
+    "send_correction_test",
+]
 
 
 @dataclass(frozen=True)
 class Correction:
     """A correction about to be test-sent or sent: its dispatch's name, whether that
-    dispatch has begun (it is resumed), and the notice rendered."""
+    dispatch has begun (it is resumed), its Markdown and the notice rendered."""
 
     issue: str
     name: str
     begun: bool
+    text: str
     rendered: RenderedIssue
 
 
@@ -84,9 +94,16 @@ def prepare(ws: Workspace, store: Store, issue_path: Path, text: str) -> Correct
         # Unfinished: this resumes it. Finished, and this is the text it sent: it is
         # done (nothing left to send), not a new correction.
         if corrections[-1][2] is None or store.has_test_send(last, fingerprint(again, ws.settings)):
-            return Correction(slug, last, True, again)
+            return Correction(slug, last, True, text, again)
     name = correction_name(slug, len(corrections) + 1)
-    return Correction(slug, name, False, render_correction(ws, issue, text, name))
+    return Correction(slug, name, False, text, render_correction(ws, issue, text, name))
+
+
+def kept_text(store: Store, name: str) -> str | None:
+    """The Markdown of the correction dispatch `name` as its first run kept it, or None
+    (not begun, or begun before a correction's text was kept)."""
+    kept = store.kept_message(name)
+    return kept.source if kept is not None else None
 
 
 def send_correction_test(
@@ -110,10 +127,14 @@ def send_correction(
     dry_run: bool = False,
     resend_in_doubt: bool = False,
     clock: Callable[[], datetime] | None = None,
+    approved: str | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> SendOutcome:
     """Mail the correction notice to the issue's recipients who are still on the list,
     once the editor says yes, as far as the sending limits allow now (read at `clock`,
-    else the store's); only the version that was test-sent goes."""
+    else the store's); only the version that was test-sent goes. A runner passes the
+    fingerprint its schedule recorded (`approved`: anything else is not sent) and
+    `stopping` (claim no more and pause)."""
     events = events or Quiet()
     if not ws.database_exists():
         raise HighlightsError("there is no database yet: nothing was sent, so there is nothing to correct")
@@ -122,6 +143,8 @@ def send_correction(
         correction = prepare(ws, store, issue_path, text)
         rendered = correction.rendered
         digest = fingerprint(rendered, ws.settings)
+        if approved is not None and digest != approved:
+            raise HighlightsError(f"{correction.name}: the notice is no longer the one that was test-sent")
         with as_sender(ws, store, correction.name, dry_run=dry_run):
             check_tested(store, correction.name, digest, skip=False)
             backend = get_backend(ws)
@@ -132,7 +155,8 @@ def send_correction(
                 events.suppressions_applied(plan.suppressed, backend.name)
             if plan.found_in_doubt:
                 events.found_in_doubt(plan.found_in_doubt)
-            return _run(ws, store, backend, plan, correction, events)
+            limits = Limits(store, ws.settings, correction.name, stopping)
+            return settle(store, _run(ws, store, backend, plan, correction, events, limits), limits, digest)
 
 
 def _plan(store: Store, backend: Backend, correction: Correction, *, dry_run: bool, resend_in_doubt: bool) -> SendPlan:
@@ -156,7 +180,13 @@ def _plan(store: Store, backend: Backend, correction: Correction, *, dry_run: bo
 
 
 def _run(
-    ws: Workspace, store: Store, backend: Backend, plan: SendPlan, correction: Correction, events: SendEvents
+    ws: Workspace,
+    store: Store,
+    backend: Backend,
+    plan: SendPlan,
+    correction: Correction,
+    events: SendEvents,
+    limits: Limits,
 ) -> SendOutcome:
     """Ask, begin (or resume) the correction's dispatch, keep its message, run the loop."""
     name = correction.name
@@ -178,9 +208,10 @@ def _run(
         if plan.resend_in_doubt:
             store.requeue(name, "in_doubt")
         store.requeue(name, "failed")
-    keep_message(store, correction.rendered, ws.settings, None)
+    # Its text is kept with it: a runner renders the notice again from it to resume.
+    store.keep_message(name, keepable(correction.rendered, ws.settings), correction.text)
+    store.sending_started(name)
     batches = issue_batches(store, correction.rendered, ws.settings, load_signer(ws.secret_path))
-    limits = Limits(store, ws.settings, name)
     with events.progress(plan.count) as advance:
         run = run_dispatch(store, backend, batches, progress=advance, events=events, gate=limits)
     if store.shares_dispatch:
@@ -189,5 +220,11 @@ def _run(
     reasons = [Reason(state, why, n) for (state, why), n in run.reasons.most_common()]
     until = format_time(limits.paused_until) if limits.paused_until else None
     return SendOutcome(
-        plan, suppressed=plan.suppressed, summary=summary, reasons=reasons, stopped=run.stopped, paused_until=until
+        plan,
+        suppressed=plan.suppressed,
+        summary=summary,
+        reasons=reasons,
+        stopped=run.stopped,
+        paused_until=until,
+        cancelled=limits.cancelled,
     )

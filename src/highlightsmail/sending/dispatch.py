@@ -61,6 +61,7 @@ __all__ = [
     "send",
     "send_claimed",
     "send_test",
+    "settle",
     "status",
 ]
 
@@ -213,7 +214,7 @@ def send(
             keep=lambda: keep_message(store, rendered, ws.settings, issue_path),
             limits=limits,
         )
-        return _settle(store, outcome, limits, digest)
+        return settle(store, outcome, limits, digest)
 
 
 def _backend(ws: Workspace, hold: tuple[int, str] | None) -> Backend:
@@ -297,7 +298,7 @@ def _run(
     )
 
 
-def _settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> SendOutcome:
+def settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> SendOutcome:
     """What the issue's schedule says after a run: paused until the limits' window opens
     (a runner resumes it), sent, or stopped by hand (a runner leaves it alone). Returns
     the outcome."""

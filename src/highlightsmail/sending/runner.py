@@ -6,7 +6,8 @@ whose message is no longer the approved one (the issue file, a template or a set
 changed) is `held`; otherwise the runner takes it (`scheduled` or `paused` to `running`
 by compare-and-set, so of several runners exactly one starts it) and sends. A send
 found `running` whose runner is gone (killed) is taken over the same way and resumes
-from the ledger, which keeps everyone to at most one copy."""
+from the ledger, which keeps everyone to at most one copy. A correction paused by the
+limits is resumed the same way, its notice rendered again from the text it kept."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from highlightsmail.errors import HighlightsError, reason
-from highlightsmail.sending import dispatch
+from highlightsmail.mail.message import fingerprint
+from highlightsmail.sending import corrections, dispatch
 from highlightsmail.sending.limits import parse_time
 from highlightsmail.sending.lock import send_running
+from highlightsmail.sending.outcome import SendOutcome
 from highlightsmail.store import Schedule, Store, UnusableDatabase, format_time
+from highlightsmail.store.corrections import CORRECTION_MARK
 from highlightsmail.store.records import utc_now
 
 if TYPE_CHECKING:
@@ -36,6 +39,11 @@ log = logging.getLogger("highlightsmail.runner")
 CHECK_EVERY_S = 15.0
 #: Why a schedule is held (`status` and `schedule` show it).
 HELD = "the issue, a template or a setting changed since it was scheduled; test-send it and schedule it again"
+#: Why a correction paused by the limits is held instead of resumed.
+CORRECTION_HELD = (
+    "the notice rendered again is not the one that was test-sent (the issue, a template or a setting changed); "
+    "test-send the correction again and run its command"
+)
 #: A send `running` with no sender alive is taken over only after this long without a
 #: change: the runner that took it may not have joined as a sender yet.
 TAKEOVER_AFTER = timedelta(seconds=30)
@@ -94,6 +102,8 @@ def _one(
         if store.move_schedule(slug, schedule.version, "missed", reason=why):
             return DueReport(slug, "missed", why)
         return None
+    if CORRECTION_MARK in slug:
+        return _correction(ws, store, schedule, clock, stopping)
     try:
         path = ws.issue_path(slug)
         digest = dispatch.approved_fingerprint(ws, path)
@@ -103,7 +113,39 @@ def _one(
         return _hold(store, schedule, HELD)
     if not store.move_schedule(slug, schedule.version, "running", started=True):
         return None  # another runner took it first
-    return _send(ws, slug, path, digest, clock, stopping)
+    return _send(
+        ws,
+        slug,
+        lambda: dispatch.send(ws, path, skip_test_check=True, approved=digest, clock=clock, stopping=stopping),
+        clock,
+    )
+
+
+def _correction(
+    ws: Workspace, store: Store, schedule: Schedule, clock: Callable[[], datetime], stopping: Callable[[], bool]
+) -> DueReport | None:
+    """A correction the limits paused: its notice rendered again from the text it kept,
+    and sent on if that is still the notice that was test-sent."""
+    slug = schedule.issue
+    text = corrections.kept_text(store, slug)
+    if text is None:
+        return _hold(store, schedule, "its text was not kept; run its `send --correction` command again")
+    try:
+        path = ws.issue_path(slug.split(CORRECTION_MARK)[0])
+        correction = corrections.prepare(ws, store, path, text)
+        digest = fingerprint(correction.rendered, ws.settings)
+    except HighlightsError as err:
+        return _hold(store, schedule, f"it cannot be rendered now: {err.format_message()}")
+    if correction.name != slug or digest != schedule.fingerprint:
+        return _hold(store, schedule, CORRECTION_HELD)
+    if not store.move_schedule(slug, schedule.version, "running", started=True):
+        return None  # another runner took it first
+    return _send(
+        ws,
+        slug,
+        lambda: corrections.send_correction(ws, path, text, clock=clock, approved=digest, stopping=stopping),
+        clock,
+    )
 
 
 def _grace(ws: Workspace) -> timedelta:
@@ -116,11 +158,10 @@ def _hold(store: Store, schedule: Schedule, why: str) -> DueReport | None:
     return None
 
 
-def _send(
-    ws: Workspace, slug: str, path: Path, digest: str, clock: Callable[[], datetime], stopping: Callable[[], bool]
-) -> DueReport:
+def _send(ws: Workspace, slug: str, sending: Callable[[], SendOutcome], clock: Callable[[], datetime]) -> DueReport:
+    """Run `sending` (the send of the schedule `slug`) and say how it went."""
     try:
-        outcome = dispatch.send(ws, path, skip_test_check=True, approved=digest, clock=clock, stopping=stopping)
+        outcome = sending()
     except HighlightsError as err:
         # Paused, not dropped: the next look after RETRY_AFTER tries again, and `status`
         # says why meanwhile (a missing key, a server down, another send of it running).

@@ -35,7 +35,7 @@ def message_digest(message: str) -> str:
 @dataclass(frozen=True, slots=True)
 class KeptMessage:
     """What a dispatch sent from batch `first_batch` on: its message (placeholders in),
-    that message's digest, the issue file's text (None for a correction), when it was kept."""
+    that message's digest, the issue file's text (for a correction, its Markdown), when it was kept."""
 
     issue: str
     first_batch: int

@@ -169,11 +169,20 @@ class Preferences(Part):
         return data
 
     def _deliveries_of(self, subscriber_id: int) -> list[dict[str, Any]]:
-        """Each issue whose recipients held this subscriber, with where their copy stands."""
+        """Each issue whose recipients held this subscriber, with where their copy stands:
+        one still pending in a send that was cancelled is `cancelled` (the ledger keeps it
+        pending, so that a later `send` resumes it)."""
         with self._db.connection() as conn:
             issues = [str(r[0]) for r in conn.execute("SELECT issue FROM dispatches ORDER BY started").fetchall()]
             found = [(issue, recipient_state(conn, issue, subscriber_id)) for issue in issues]
-        return [{"issue": issue, "state": state} for issue, state in found if state is not None]
+            cancelled = {
+                str(r[0]) for r in conn.execute("SELECT issue FROM schedules WHERE state = 'cancelled'").fetchall()
+            }
+        return [
+            {"issue": issue, "state": "cancelled" if state == "pending" and issue in cancelled else state}
+            for issue, state in found
+            if state is not None
+        ]
 
     # -- erasure ----------------------------------------------------------------------------
 
