@@ -178,14 +178,20 @@ class SendGridBackend(Backend):
         preferences = string(PREFERENCES_PLACEHOLDER)
         personalizations: list[str] = []
         failed: dict[int, str] = {}
-        for env in batch.envelopes:
-            recipient = env.recipient
+        names: dict[str, str] = {}  # header names as JSON text, escaped once a batch
+        for key, recipient, links, _token in batch.envelopes:
             to = ascii_address(recipient.email)
             if to is None:
-                failed[env.key] = f"SendGrid cannot send to {recipient.email!r}: it takes only ASCII before the @"
+                failed[key] = f"SendGrid cannot send to {recipient.email!r}: it takes only ASCII before the @"
                 continue
             # SendGrid sets List-Id once for all (in `_shared`); the rest are this recipient's.
-            headers = ",".join(f"{string(k)}:{string(v)}" for k, v in env.links.headers.items() if k != "List-Id")
+            headers = ",".join(
+                [
+                    f"{names.get(k) or names.setdefault(k, string(k))}:{string(v)}"
+                    for k, v in links.headers.items()
+                    if k != "List-Id"
+                ]
+            )
             sid = recipient.subscriber_id
             # custom_args come back in SendGrid's events: the id, never the address.
             args = f'"subscriber_id":"{sid:d}"' if sid is not None else '"test":"true"'
@@ -193,8 +199,8 @@ class SendGridBackend(Backend):
             # only); the placeholder is in both the HTML and the text.
             personalizations.append(
                 f'{{"to":[{_address_json(to, display_name(recipient), recipient=True)}],'
-                f'"substitutions":{{{unsubscribe}:{string(env.links.unsubscribe_url)},'
-                f"{preferences}:{string(env.links.preferences_url)}}},"
+                f'"substitutions":{{{unsubscribe}:{string(links.unsubscribe_url)},'
+                f"{preferences}:{string(links.preferences_url)}}},"
                 f'"headers":{{{headers}}},"custom_args":{{"issue":{issue},{args}}}}}'
             )
         body = '{"personalizations":[' + ",".join(personalizations) + "]," + self._shared(batch)
