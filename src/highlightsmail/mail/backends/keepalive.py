@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.client
 import select
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -113,6 +112,8 @@ class KeptConnection:
         self.close()
         conn: http.client.HTTPConnection
         if self.https:
+            import ssl  # only for https (the stand-in server of the tests is http)
+
             conn = http.client.HTTPSConnection(
                 self.hostname, self.port, timeout=self.timeout, context=ssl.create_default_context()
             )
