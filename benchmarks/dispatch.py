@@ -17,13 +17,14 @@ validation is what costs most there). Target: at most 1.5 times the floor, memor
 
 What stands in the way of the targets (1.3 times the floor on SQLite, 1.5 on
 PostgreSQL), measured on 2 cores shared by the sender, the database server and the
-stand-in: the floor spends about 8 us of CPU per recipient (building the personalization
-and JSON), a send about 30: the ledger's writes (each recipient's row inserted when the
-dispatch begins, then claimed and finished: 5 to 8 us on SQLite, more on PostgreSQL,
-whose server also needs the same two cores), the signed link and its headers (4 us),
-and the payload (2 us), all in one Python process. Worker processes instead of threads
-were tried: about 20 % faster on SQLite, and not kept for the processes they leave
-behind a send that is killed.
+stand-in: the floor spends about 9 us of CPU per recipient (building the personalization
+and JSON, and its HTTP client's debug line of every body), a send about 12 (its two
+signed links and their headers about 3.7 us, the payload about 2.3, the ledger per batch
+about 2, each recipient's row read at the claim included), all in one Python process,
+and before that about 0.4 s of CPU starting (imports, mostly, then rendering the issue)
+where the floor takes 0.1. Worker processes instead of threads were tried once: about
+20 % faster on SQLite, and not kept for the processes they leave behind a send that is
+killed.
 
 For each size: a fresh copy of the example workspace with N active subscribers, then the
 whole `highlights send 2024-w02 --yes --skip-test-check` process is timed; its peak
