@@ -8,21 +8,23 @@ the bare floor of the same traffic.
 
 With --postgresql: the state in a PostgreSQL server started for the run (Debian's, in a
 temporary folder, fsync on as a real server runs), one sender and then two
-`highlights send` processes sharing the dispatch, each beside the bare floor measured in
-the same run against the same server: the `sendgrid` package posting the same recipients,
+`highlights send` processes sharing the dispatch (`client cpu s`: theirs together), each
+beside the bare floor measured in the same run against the same server: the `sendgrid`
+package posting the same recipients,
 1,000 per request from 4 threads, no database. The server does not validate requests
 in this mode (the floor and the sends pay the same for the server either way, and
 validation is what costs most there). Target: at most 1.5 times the floor, memory flat.
 
 What stands in the way of the targets (1.3 times the floor on SQLite, 1.5 on
 PostgreSQL), measured on 2 cores shared by the sender, the database server and the
-stand-in: the floor spends about 8 us of CPU per recipient (building the personalization
-and JSON), a send about 30: the ledger's writes (each recipient's row inserted when the
-dispatch begins, then claimed and finished: 5 to 8 us on SQLite, more on PostgreSQL,
-whose server also needs the same two cores), the signed link and its headers (4 us),
-and the payload (2 us), all in one Python process. Worker processes instead of threads
-were tried: about 20 % faster on SQLite, and not kept for the processes they leave
-behind a send that is killed.
+stand-in: the floor spends about 9 us of CPU per recipient (building the personalization
+and JSON, and its HTTP client's debug line of every body), a send about 12 (its two
+signed links and their headers about 3.7 us, the payload about 2.3, the ledger per batch
+about 2, each recipient's row read at the claim included), all in one Python process,
+and before that about 0.4 s of CPU starting (imports, mostly, then rendering the issue)
+where the floor takes 0.1. Worker processes instead of threads were tried once: about
+20 % faster on SQLite, and not kept for the processes they leave behind a send that is
+killed.
 
 For each size: a fresh copy of the example workspace with N active subscribers, then the
 whole `highlights send 2024-w02 --yes --skip-test-check` process is timed; its peak
@@ -236,6 +238,7 @@ def run_postgresql(n: int, folder: Path, url: str, senders: int) -> dict[str, fl
             "HIGHLIGHTS_DATABASE_URL": url,
         }
         cmd = [str(REPO / ".venv" / "bin" / "highlights"), "send", "2024-w02", "--yes", "--skip-test-check"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         procs = [
             subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(senders)
@@ -245,6 +248,7 @@ def run_postgresql(n: int, folder: Path, url: str, senders: int) -> dict[str, fl
             out, err = proc.communicate()
             if proc.returncode != 0:
                 raise SystemExit(f"send failed ({proc.returncode}):\n{out}\n{err}")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         once = sum(1 for c in sg.recipient_ids.values() if c == 1)
         twice = sum(1 for c in sg.recipient_ids.values() if c > 1)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -265,6 +269,7 @@ def run_postgresql(n: int, folder: Path, url: str, senders: int) -> dict[str, fl
         "wall_s": wall,
         "floor_s": floor_s,
         "ratio": wall / floor_s,
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         "peak_mb": peak_kb / 1024,
         "floor_mb": floor_mb,
         "once": once,
@@ -279,7 +284,7 @@ def main_postgresql(sizes: list[int]) -> None:
 
     print(
         f"{'engine':>10} {'senders':>7} {'recipients':>11} {'wall s':>8} {'floor s':>8} {'ratio':>6} "
-        f"{'peak MB':>8} {'floor MB':>8} {'once':>9} {'twice':>5}  rows per sender"
+        f"{'client cpu s':>12} {'peak MB':>8} {'floor MB':>8} {'once':>9} {'twice':>5}  rows per sender"
     )
     with tempfile.TemporaryDirectory() as tmp, running_cluster(durable=True) as cluster:
         url = cluster.create_database("bench")
@@ -288,7 +293,7 @@ def main_postgresql(sizes: list[int]) -> None:
                 r = run_postgresql(n, Path(tmp), url, senders)
                 print(
                     f"{'postgresql':>10} {r['senders']:>7} {r['n']:>11,} {r['wall_s']:>8.2f} {r['floor_s']:>8.2f} "
-                    f"{r['ratio']:>6.2f} {r['peak_mb']:>8.1f} {r['floor_mb']:>8.1f} {r['once']:>9,} {r['twice']:>5}  "
+                    f"{r['ratio']:>6.2f} {r['cpu_s']:>12.2f} {r['peak_mb']:>8.1f} {r['floor_mb']:>8.1f} {r['once']:>9,} {r['twice']:>5}  "
                     f"{r['shares']}",
                     flush=True,
                 )

@@ -310,3 +310,50 @@ def test_a_link_token_is_hmac_sha256_over_its_kind_and_id(secret: bytes) -> None
             want = f"{kind}{ident}." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
             assert signer.make(sid, purpose) == want
             assert signer.read(want) == (purpose, sid)
+
+
+def _reference_base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+@pytest.mark.parametrize("secret", [b"0123456789abcdef", b"a longer secret than a block of SHA-256 " * 3])
+def test_a_dispatchs_link_tokens_are_the_tokens_make_and_make_preferences_give(secret: bytes) -> None:
+    """The per-dispatch maker (what a send uses for every recipient) makes exactly the
+    unsubscribe and preference tokens of the one-at-a-time methods, down to the spelling
+    of the id in base 36 at every carry, and each reads back."""
+    signer = Signer(secret)
+    made = 1_700_000_000
+    tokens = signer.link_tokens(made)
+    edges = [0, 1, 35, 36, 1295, 1296, 1297, 46655, 46656, 36**4 - 1, 36**4, 36**5, 10**12, 2**63 - 1]
+    for sid in [*edges, *range(0, 5000, 7)]:
+        unsubscribe, preferences = tokens(sid)
+        assert unsubscribe == signer.make(sid)
+        assert preferences == signer.make_preferences(sid, made)
+        assert unsubscribe.split(".")[0] == "u" + _reference_base36(sid)
+        assert signer.read(unsubscribe) == ("unsubscribe", sid)
+        assert signer.read_preferences(preferences) == (sid, made)
+    with pytest.raises(ValueError, match="not negative"):
+        tokens(-1)
+    with pytest.raises(ValueError, match="not negative"):
+        signer.link_tokens(-1)
+
+
+def test_a_dispatchs_tokens_signed_with_another_secret_or_moved_fail() -> None:
+    unsubscribe, preferences = Signer(FORGOTTEN.encode()).link_tokens(1_700_000_000)(42)
+    signer = Signer(NEW.encode())
+    assert not _readable(signer, unsubscribe)
+    with pytest.raises(InvalidToken):
+        signer.read_preferences(preferences)
+    own_u, own_p = signer.link_tokens(1_700_000_000)(42)
+    moved_u = "u" + "43" + own_u[own_u.index(".") :]  # another subscriber, the same MAC
+    assert not _readable(signer, moved_u)
+    with pytest.raises(InvalidToken):
+        signer.read_preferences(own_p.replace("p16.", "p17.", 1))
+    with pytest.raises(InvalidToken):
+        signer.read(own_p)  # a preference token opens nothing on /u/

@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +145,36 @@ class Signer:
             raise ValueError("subscriber ids and times are not negative")
         ident = f"{_base36(subscriber_id)}.{_base36(made)}"
         return f"{PREFERENCES_KIND}{ident}.{_b64(self._mac(self.secret, PREFERENCES_KIND, ident)).decode()}"
+
+    def link_tokens(self, made: int) -> Callable[[int], tuple[str, str]]:
+        """For the links of many subscribers: a function of a subscriber's id giving the
+        tokens `make` (unsubscribe) and `make_preferences` (made at `made`) give, the
+        same ones, with what they share worked out once (a dispatch makes both for every
+        recipient, and that was most of its cost per recipient)."""
+        if made < 0:
+            raise ValueError("times are not negative")
+        u_inner, u_outer = _prefixed(self.secret, KINDS["unsubscribe"])
+        p_inner, p_outer = _prefixed(self.secret, PREFERENCES_KIND)
+        made_part = "." + _base36(made)
+
+        def tokens(subscriber_id: int) -> tuple[str, str]:
+            if subscriber_id < 0:
+                raise ValueError("subscriber ids are not negative")
+            ident = _base36(subscriber_id)
+            inner = u_inner.copy()
+            inner.update(ident.encode())
+            mac = u_outer.copy()
+            mac.update(inner.digest())
+            unsubscribe = _b64(mac.digest()[:_MAC_BYTES]).decode()
+            both = ident + made_part
+            inner = p_inner.copy()
+            inner.update(both.encode())
+            mac = p_outer.copy()
+            mac.update(inner.digest())
+            preferences = _b64(mac.digest()[:_MAC_BYTES]).decode()
+            return f"u{ident}.{unsubscribe}", f"{PREFERENCES_KIND}{both}.{preferences}"
+
+        return tokens
 
     def read_preferences(self, token: str) -> tuple[int, int]:
         """(subscriber id, unix time made) of a valid preference token; InvalidToken for
@@ -258,14 +289,18 @@ def _b64(mac: bytes) -> bytes:
     return base64.urlsafe_b64encode(mac).rstrip(b"=")
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: Every pair of base-36 digits, "00" to "zz": two digits a step (a token per recipient).
+_PAIRS = [a + b for a in _DIGITS for b in _DIGITS]
+
+
 def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    """`n` (not negative) in base 36, lowercase, without leading zeros."""
     out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if n == 0:
-            return out
+    while n >= 1296:
+        n, r = divmod(n, 1296)
+        out = _PAIRS[r] + out
+    return (_DIGITS[n] if n < 36 else _PAIRS[n]) + out
 
 
 def _previous_secrets() -> tuple[bytes, ...]:

@@ -93,6 +93,7 @@ class Urls:
         #: An unsubscribe link is this and the recipient's token (kept whole: the send
         #: loop appends a token per recipient).
         self.unsubscribe_prefix = self.base + UNSUBSCRIBE.removesuffix("{token}")
+        self.preferences_prefix = self.base + PREFERENCES.removesuffix("{token}")
 
     def unsubscribe(self, token: str) -> str:
         return self.unsubscribe_prefix + token
@@ -102,7 +103,7 @@ class Urls:
 
     def preferences(self, token: str) -> str:
         """A reader's preference page (the "Manage preferences" link)."""
-        return self.base + PREFERENCES.format(token=token)
+        return self.preferences_prefix + token
 
     def subscribe(self) -> str:
         return self.base + SUBSCRIBE

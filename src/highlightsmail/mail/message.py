@@ -14,12 +14,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from highlightsmail.addresses import ascii_address
 from highlightsmail.authoring.fields import split_address
@@ -51,17 +50,21 @@ class UnsafeHeader(HighlightsError):
 ISSUE_HEADER = "X-Highlights-Issue"
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """Someone a message goes to. Editors on a test send have no subscriber id."""
+#: List-Unsubscribe-Post's one value (RFC 8058).
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+class Recipient(NamedTuple):
+    """Someone a message goes to. Editors on a test send have no subscriber id. (A named
+    tuple, as the envelope types are: a send makes one per recipient, and a frozen
+    dataclass costs several times as much to make.)"""
 
     email: str
     name: str = ""
     subscriber_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientLinks:
+class RecipientLinks(NamedTuple):
     """The unsubscribe URL of one recipient and the headers carrying it (RFC 2369, RFC 8058)."""
 
     unsubscribe_url: str
@@ -161,7 +164,7 @@ def links_for(settings: Settings, url: str, preferences_url: str = "") -> Recipi
     """
     headers = {"List-Unsubscribe": f"<{url}>", "List-Id": list_id(settings)}
     if url.startswith("https://"):
-        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        headers["List-Unsubscribe-Post"] = ONE_CLICK
     return RecipientLinks(unsubscribe_url=url, headers=headers, preferences_url=preferences_url)
 
 
@@ -175,20 +178,22 @@ def recipient_links(settings: Settings, signer: Signer, subscriber_id: int, *, t
 def links_maker(settings: Settings, signer: Signer, made: float | None = None) -> Callable[[int], RecipientLinks]:
     """`recipient_links` for many subscribers of one dispatch: what depends only on the
     settings (the checked base URL, List-Id, whether the URL is https) is worked out once."""
-    base = _checked_urls(settings).unsubscribe_prefix
+    checked = _checked_urls(settings)
+    base, preferences = checked.unsubscribe_prefix, checked.preferences_prefix
     ident = list_id(settings)
     post = base.startswith("https://")
-    make, make_preferences, preferences = signer.make, signer.make_preferences, _checked_urls(settings).preferences
     # One time for the run's preference links: the date its messages carry (so a kept
     # message is rebuilt with the same link), else now.
-    made_at = int(time.time() if made is None else made)
+    tokens = signer.link_tokens(int(time.time() if made is None else made))
 
     def links(subscriber_id: int) -> RecipientLinks:
-        url = base + make(subscriber_id)
-        headers = {"List-Unsubscribe": f"<{url}>", "List-Id": ident}
+        unsubscribe, prefs = tokens(subscriber_id)
+        url = base + unsubscribe
         if post:
-            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        return RecipientLinks(url, headers, preferences(make_preferences(subscriber_id, made_at)))
+            headers = {"List-Unsubscribe": f"<{url}>", "List-Id": ident, "List-Unsubscribe-Post": ONE_CLICK}
+        else:
+            headers = {"List-Unsubscribe": f"<{url}>", "List-Id": ident}
+        return RecipientLinks(url, headers, preferences + prefs)
 
     return links
 

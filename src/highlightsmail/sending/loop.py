@@ -97,17 +97,19 @@ def issue_batches(store: Store, rendered: RenderedIssue, settings: Settings, sig
     return Batches(rendered, settings, signer, tag=info.tag, date=date)
 
 
-def outcome(keys: list[int], result: Callable[[], BatchResult]) -> BatchResult:
+def outcome(keys: Callable[[], list[int]], result: Callable[[], BatchResult]) -> BatchResult:
     """What the backend did with a batch (`result` gives it or raises), as a result for
-    every recipient: a request sent whole with no answer is in doubt, a refusal failed."""
+    every recipient: a request sent whole with no answer is in doubt, a refusal failed.
+    `keys` gives the batch's recipients; it is asked only when the batch fared as one
+    (a list of a thousand made for each batch that went well was a cost for nothing)."""
     try:
         return result()
     except InDoubtError as err:
-        return BatchResult(in_doubt=dict.fromkeys(keys, err.message))
+        return BatchResult(in_doubt=dict.fromkeys(keys(), err.message))
     except DeliveryError as err:
-        return BatchResult(failed=dict.fromkeys(keys, err.message))
+        return BatchResult(failed=dict.fromkeys(keys(), err.message))
     except Exception as err:  # a bug in a backend must not lose the ledger
-        return BatchResult(failed=dict.fromkeys(keys, reason(err)))
+        return BatchResult(failed=dict.fromkeys(keys(), reason(err)))
 
 
 def record(store: Store, slug: str, result: BatchResult, *, batch: int | None = None) -> None:
@@ -138,7 +140,7 @@ def send_claimed(store: Store, backend: Backend, batches: Batches, delivery: Del
     count_welcome(store, batches.settings)  # claimed: counted like a claim of the loop (limits.py)
     # Dated now, not when the dispatch began: a welcome days later must not look old.
     batch = dataclasses.replace(batch, date=None)
-    result = outcome([delivery.subscriber_id], lambda: backend.send_batch(batch))
+    result = outcome(lambda: [delivery.subscriber_id], lambda: backend.send_batch(batch))
     record(store, batches.rendered.slug, result, batch=delivery.batch)
     return state_of(result)
 
@@ -211,7 +213,7 @@ class SendLoop:
         for one to come back. Nothing is handed to a worker before that commit, and a
         batch leaves `under_way` only once its outcome is committed (a Ctrl-C in between
         rolls back, and the next turn records it again). False when all is done."""
-        results = {fut: outcome(self.under_way[fut].keys(), fut.result) for fut in self.done if fut in self.under_way}
+        results = {fut: outcome(self.under_way[fut].keys, fut.result) for fut in self.done if fut in self.under_way}
         claims: list[Claim] = []
         skipped = 0
         with self.store.transaction():

@@ -170,9 +170,9 @@ class DispatchInfo:
         return datetime.fromisoformat(self.started.replace("Z", "+00:00")).timestamp()
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One recipient's row in the ledger of an issue."""
+class Delivery(NamedTuple):
+    """One recipient's row in the ledger of an issue (a named tuple: a claim makes one
+    per recipient)."""
 
     subscriber_id: int
     email: str

@@ -4,7 +4,9 @@ request against a schema (SendGrid's own where present) and the documented limit
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from highlightsmail.mail.backends import get_backend
 from highlightsmail.mail.backends.base import DeliveryError, InDoubtError, PermanentError, TransientError
+from highlightsmail.mail.backends.keepalive import Answer, KeptConnection
 from highlightsmail.mail.backends.sendgrid import ENV_API_KEY, ENV_HOST, SendGridBackend
 from highlightsmail.mail.message import Recipient
 from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
@@ -243,6 +246,77 @@ def test_each_worker_has_its_own_client(workspace: Path, sg: SendGridServer) -> 
         t.join(30)
     assert sorted(k for r in results for k in r.sent) == list(range(1, 1001))
     assert sg.stats.accepted == 4 and sg.stats.personalizations == 1000
+
+
+# ---------------------------------------------------------------------------- the kept connection
+
+
+def test_a_worker_keeps_one_connection_for_its_batches(workspace: Path, sg: SendGridServer) -> None:
+    backend = _backend(workspace)
+    backend.open()
+    for number in range(3):
+        assert backend.send_batch(make_batch(backend.ws, recipients(2, start=1 + 2 * number))).sent
+    assert sg.stats.accepted == 3 and sg.stats.connections == 1
+    backend.close()
+    assert sg.stats.connections == 1
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_not_in_doubt(workspace: Path, sg: SendGridServer) -> None:
+    """The server hangs up on an idle kept connection (as servers do): the next batch goes
+    on a new one, sent once, and nobody is in doubt."""
+    backend = _backend(workspace)
+    assert backend.send_batch(make_batch(backend.ws, recipients(2))).sent == [1, 2]
+    with sg._lock:
+        server_side = list(sg._connections)
+    for conn in server_side:
+        conn.shutdown(socket.SHUT_RDWR)
+    deadline = time.monotonic() + 5
+    while sg.open_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.send_batch(make_batch(backend.ws, recipients(2, start=3))).sent == [3, 4]
+    assert sg.stats.accepted == 2 and sg.stats.received == 2 and sg.stats.connections == 2
+
+
+def test_a_request_that_cannot_be_written_on_a_kept_connection_goes_on_a_new_one(
+    workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing fails on the kept connection (it looked usable): the request never arrived
+    whole, so it is written again on a new connection at once, not put in doubt."""
+    waits = Waits()
+    backend = _backend(workspace, waits)
+    assert backend.send_batch(make_batch(backend.ws, recipients(1))).sent == [1]
+    kept = backend._mail
+    assert kept is not None and kept._conn is not None and kept._conn.sock is not None
+    kept._conn.sock.close()  # writing on it now fails
+    monkeypatch.setattr(KeptConnection, "_usable", lambda self: True)
+    assert backend.send_batch(make_batch(backend.ws, recipients(1, start=2))).sent == [2]
+    assert sg.stats.received == 2 and sg.stats.connections == 2 and waits.asked == []
+
+
+def test_a_redirect_is_not_taken_for_sent(workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _backend(workspace, Waits())
+    real = KeptConnection.request
+
+    def moved(self: KeptConnection, *args: object, **kwargs: object) -> Answer:
+        answer: Answer = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        return Answer(301, answer.headers, b"", "Moved Permanently")
+
+    monkeypatch.setattr(KeptConnection, "request", moved)
+    with pytest.raises(PermanentError, match=r"refused POST /v3/mail/send \(301\): Moved Permanently"):
+        backend.send_batch(make_batch(backend.ws, recipients(1)))
+
+
+def test_a_proxy_in_the_environment_is_honoured(
+    workspace: Path, sg: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a proxy set for the host, the mail goes through the package's client (which
+    honours it), not a direct kept connection."""
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens: unreachable
+    monkeypatch.setenv("no_proxy", "")
+    backend = _backend(workspace, Waits())
+    with pytest.raises(TransientError, match="cannot reach SendGrid"):
+        backend.send_batch(make_batch(backend.ws, recipients(1)))
+    assert backend._mail is None and sg.stats.received == 0
 
 
 # ---------------------------------------------------------------------------- faults

@@ -258,7 +258,7 @@ def test_each_message_has_its_derived_message_id_and_a_retry_keeps_it(workspace:
         batch = make_batch(ws, people)
         tokens = {e.recipient.email: SIGNER.make_message(batch.slug, "abcdefgh", e.key) for e in batch.envelopes}
         batch = dataclasses.replace(
-            batch, envelopes=[dataclasses.replace(e, token=tokens[e.recipient.email]) for e in batch.envelopes]
+            batch, envelopes=[e._replace(token=tokens[e.recipient.email]) for e in batch.envelopes]
         )
         _backend, result = _send(ws, batch)
     assert result.sent == [p.subscriber_id for p in people]
@@ -286,10 +286,7 @@ def test_verp_puts_the_message_token_in_the_return_address(workspace: Path) -> N
         batch = make_batch(ws, recipients(2, start=2**63 - 2))  # the longest ids there are
         batch = dataclasses.replace(
             batch,
-            envelopes=[
-                dataclasses.replace(e, token=SIGNER.make_message(batch.slug, "abcdefgh", e.key))
-                for e in batch.envelopes
-            ],
+            envelopes=[e._replace(token=SIGNER.make_message(batch.slug, "abcdefgh", e.key)) for e in batch.envelopes],
         )
         _send(ws, batch)
         _send(ws, make_batch(ws, recipients(1), test=True))

@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from highlightsmail.errors import HighlightsError
 from highlightsmail.rendering.rendered import RenderedIssue
@@ -49,9 +49,9 @@ class PermanentError(DeliveryError):
     """A refusal that will not change by trying again (4xx, SMTP 5xx)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One recipient of a batch, with everything per-recipient already worked out."""
+class Envelope(NamedTuple):
+    """One recipient of a batch, with everything per-recipient already worked out (a
+    named tuple: one is made per recipient)."""
 
     key: int  # the subscriber id (or the editor's index on a test send)
     recipient: Recipient

@@ -48,6 +48,7 @@ from highlightsmail.mail.backends.base import (
     TransientError,
     with_retries,
 )
+from highlightsmail.mail.backends.keepalive import KeptConnection
 from highlightsmail.mail.message import display_name, from_header, list_id, reply_to_header, subject_for
 from highlightsmail.rendering.rendered import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER, RenderedIssue
 
@@ -91,6 +92,9 @@ class SendGridBackend(Backend):
         self.policy = RetryPolicy(attempts=delivery.max_attempts, base=delivery.backoff)
         self._sleep = sleep
         self._client: Any = None
+        # The kept-alive connection for the mail itself (None until the first request;
+        # never through a proxy, which only the package's client honours).
+        self._mail: KeptConnection | None = None
         self.hold: tuple[int, str] | None = None  # (send_at, batch_id): SendGrid holds the mail
         # `_shared`'s last answer: (rendered, settings, test, JSON text).
         self._shared_json: tuple[RenderedIssue, Settings, bool, str] | None = None
@@ -140,6 +144,21 @@ class SendGridBackend(Backend):
         """Check the API key is there before anything is claimed."""
         self._api()
 
+    def close(self) -> None:
+        mail, self._mail = self._mail, None
+        if mail is not None:
+            mail.close()
+
+    def _kept(self) -> KeptConnection | None:
+        """This worker's kept-alive connection for the mail, or None where a proxy is set
+        for the host (the package's client goes through it)."""
+        if self._mail is None:
+            client = self._api()
+            if _proxied(self.host):
+                return None
+            self._mail = KeptConnection(self.host, client.request_headers, self.timeout)
+        return self._mail
+
     # -- sending
 
     def payload(self, batch: Batch) -> tuple[str, dict[int, str]]:
@@ -159,14 +178,20 @@ class SendGridBackend(Backend):
         preferences = string(PREFERENCES_PLACEHOLDER)
         personalizations: list[str] = []
         failed: dict[int, str] = {}
-        for env in batch.envelopes:
-            recipient = env.recipient
+        names: dict[str, str] = {}  # header names as JSON text, escaped once a batch
+        for key, recipient, links, _token in batch.envelopes:
             to = ascii_address(recipient.email)
             if to is None:
-                failed[env.key] = f"SendGrid cannot send to {recipient.email!r}: it takes only ASCII before the @"
+                failed[key] = f"SendGrid cannot send to {recipient.email!r}: it takes only ASCII before the @"
                 continue
             # SendGrid sets List-Id once for all (in `_shared`); the rest are this recipient's.
-            headers = ",".join(f"{string(k)}:{string(v)}" for k, v in env.links.headers.items() if k != "List-Id")
+            headers = ",".join(
+                [
+                    f"{names.get(k) or names.setdefault(k, string(k))}:{string(v)}"
+                    for k, v in links.headers.items()
+                    if k != "List-Id"
+                ]
+            )
             sid = recipient.subscriber_id
             # custom_args come back in SendGrid's events: the id, never the address.
             args = f'"subscriber_id":"{sid:d}"' if sid is not None else '"test":"true"'
@@ -174,8 +199,8 @@ class SendGridBackend(Backend):
             # only); the placeholder is in both the HTML and the text.
             personalizations.append(
                 f'{{"to":[{_address_json(to, display_name(recipient), recipient=True)}],'
-                f'"substitutions":{{{unsubscribe}:{string(env.links.unsubscribe_url)},'
-                f"{preferences}:{string(env.links.preferences_url)}}},"
+                f'"substitutions":{{{unsubscribe}:{string(links.unsubscribe_url)},'
+                f"{preferences}:{string(links.preferences_url)}}},"
                 f'"headers":{{{headers}}},"custom_args":{{"issue":{issue},{args}}}}}'
             )
         body = '{"personalizations":[' + ",".join(personalizations) + "]," + self._shared(batch)
@@ -237,6 +262,12 @@ class SendGridBackend(Backend):
         )
 
     def _post(self, body: str) -> str | None:
+        kept = self._kept()
+        if kept is not None:
+            answer = kept.request("POST", "/v3/mail/send", body.encode("utf-8"), _JSON_TEXT, "POST /v3/mail/send")
+            if not 200 <= answer.status < 300:  # 202 Accepted; a redirect took nothing either
+                raise _status_error(answer.status, answer.body, answer.reason, answer.headers, "POST /v3/mail/send")
+            return answer.headers.get("X-Message-Id")
         client = self._api()
         # The body is JSON text already: a Content-Type other than the bare
         # `application/json` is what makes the package send text as it is, rather than
@@ -386,6 +417,14 @@ def _stored_form(address: str) -> str:
         return address
 
 
+def _proxied(host: str) -> bool:
+    """Whether the environment sets a proxy for this host (HTTPS_PROXY, NO_PROXY...)."""
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(host)
+    return parts.scheme in getproxies() and not proxy_bypass(parts.netloc)
+
+
 def _check_host(origin: str, host: str) -> None:
     """A typo in the host is a refusal naming where it came from: urllib would raise a
     bare ValueError for `api.sendgrid.com` (no scheme), or retry `htps://...` in vain."""
@@ -430,10 +469,15 @@ def _clean_name(name: str, *, recipient: bool) -> str:
 
 def _http_error(err: Any, what: str) -> DeliveryError:
     """SendGrid's answer as an error carrying its own words (`errors[].message`)."""
-    status = int(err.status_code)
-    reason = _error_text(err.body) or str(getattr(err, "reason", "") or "no details")
+    return _status_error(int(err.status_code), err.body, str(getattr(err, "reason", "") or ""), err.headers, what)
+
+
+def _status_error(status: int, body: bytes | str | None, why: str, headers: Any, what: str) -> DeliveryError:
+    """An answer with this status (400 and above) as a DeliveryError: 429, 5xx and 408
+    are worth trying again, the rest are refusals."""
+    reason = _error_text(body) or why or "no details"
     if status == 429:
-        return TransientError(f"SendGrid is throttling {what} (429): {reason}", retry_after=_retry_after(err.headers))
+        return TransientError(f"SendGrid is throttling {what} (429): {reason}", retry_after=_retry_after(headers))
     if status >= 500 or status == 408:
         return TransientError(f"SendGrid failed {what} ({status}): {reason}")
     return PermanentError(f"SendGrid refused {what} ({status}): {reason}")
