@@ -554,17 +554,27 @@ def test_a_staged_file_follows_the_same_rules_and_the_store_takes_more_after_it(
 
 
 def test_a_staged_import_leaves_the_schema_s_checks_on(db: Path) -> None:
-    """SQLite skips the schema's CHECKs for the import's own statements (its values were
-    checked as the file was read), and for nothing after them."""
+    """SQLite skips the schema's CHECKs and foreign keys for the import's own statements
+    (its values were checked as the file was read, and each id it writes comes from the
+    subscriber it joins), and for nothing after them."""
     db.parent.mkdir()
     with Store(db) as store:
         with _staged("list.csv", [(2, ImportRow("ada@example.org"))]) as staging:
             assert store.import_staged(staging, detail=staging.detail).new == 1
-        with store._db.connection() as conn, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-            conn.execute(  # on the import's own connection
-                "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
-                " VALUES ('bob@example.org', 'bob@example.org', '', 'paused', 'now', 'now')"
-            )
+        ada = store.find("ada@example.org")
+        assert ada is not None
+        assert [(e.to_status, e.detail) for e in store.events(ada.id)] == [("active", "list.csv:2")]
+        with store._db.connection() as conn:  # on the import's own connection
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+                conn.execute(
+                    "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+                    " VALUES ('bob@example.org', 'bob@example.org', '', 'paused', 'now', 'now')"
+                )
+            with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+                conn.execute(
+                    "INSERT INTO events (subscriber_id, at, to_status, source) VALUES (?, 'now', 'active', 'cli')",
+                    (ada.id + 1000,),
+                )
 
 
 # -- many writers at once -------------------------------------------------------------------
