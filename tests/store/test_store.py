@@ -79,12 +79,12 @@ def dump(target: Path | str) -> dict[str, list[tuple]]:
 def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 10
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 11
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         else:
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(10,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(11,)]
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
             indexes = {
                 r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
@@ -108,7 +108,7 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
     assert "deliveries" not in tables  # the ledger is kept per batch, not per recipient
     assert {"ledger_batches_range", "ledger_exceptions_batch", "ledger_recipients_last"} <= indexes
-    assert store.schema_version == 10
+    assert store.schema_version == 11
 
 
 def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> None:
@@ -190,6 +190,54 @@ def test_every_dispatch_has_its_own_tag_and_the_upgrade_gives_one_to_dispatches_
             "2024-w02": ["2024-w02"],
         }
         assert s.issues_tagged(new) == ["2024-w03"] and s.issues_tagged("aaaaaaaa") == []
+
+
+def _address_indexes(db: Path) -> list[tuple[str, int]]:
+    """(name, unique) of each index of the subscribers table that holds the address."""
+    with raw_connection(db) as conn:
+        return sorted(
+            (name, unique)
+            for _seq, name, unique, _origin, _partial in conn.execute("PRAGMA index_list(subscribers)")
+            if any(col[2] in ("email", "email_key") for col in conn.execute(f"PRAGMA index_info('{name}')"))
+        )
+
+
+def test_one_index_finds_a_subscriber_by_address_and_the_upgrade_drops_the_first_schema_s_second(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's first schema made `email` UNIQUE as well: a second index on the address
+    that every new subscriber paid for. Migration 11 makes the table again without it,
+    keeping every row, id, event and the other indexes; `email_key` still refuses a
+    second subscriber of one address."""
+    db.parent.mkdir()
+    with monkeypatch.context() as older:  # the schema before migration 11
+        older.setattr(migrator, "MIGRATIONS", {engine: m[:10] for engine, m in migrator.MIGRATIONS.items()})
+        older.setattr(migrator, "SCHEMA_VERSION", 10)
+        with Store(db, clock=Clock()) as s:
+            ada, _ = s.add("Ada@example.org", "Ada")
+            s.set_status(ada.id, "unsubscribed", "web")
+            s.import_rows([ImportRow("bob@example.org", "Bob"), ImportRow("cy@example.org", status="bounced")])
+        assert _address_indexes(db) == [("sqlite_autoindex_subscribers_1", 1), ("subscribers_email_key", 1)]
+        before = dump_tables(db)
+    with Store(db, upgrade=True) as s:
+        assert (s.upgraded_from, s.schema_version) == (10, 11)
+    assert _address_indexes(db) == [("subscribers_email_key", 1)]
+    assert dump_tables(db) == before  # every row, with its id
+    with raw_connection(db) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'subscribers'")}
+        assert {"subscribers_status", "subscribers_email_key"} <= indexes
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    with Store(db) as s:
+        assert s.add("ADA@example.org") == (s.find("ada@example.org"), False)
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), s._db.write() as conn:
+            conn.execute(
+                "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+                " VALUES ('bob@example.org', 'bob@example.org', '', 'active', 'now', 'now')"
+            )
+    # A new database has the one index from the start.
+    fresh = db.with_name("fresh.db")
+    Store(fresh).close()
+    assert _address_indexes(fresh) == [("subscribers_email_key", 1)]
 
 
 def test_a_failing_migration_changes_nothing(target: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:

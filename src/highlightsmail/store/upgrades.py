@@ -131,7 +131,29 @@ def allow_in_checks(conn: Conn, table: str, additions: dict[str, str]) -> list[s
         (match,) = matches
         if f"'{value}'" not in match.group(1):
             sql = f"{sql[: match.start()]}CHECK ({column} IN ({match.group(1)}, '{value}')){sql[match.end() :]}"
-    extras = [
+    _rebuild(conn, identifier(table), sql, _indexes_and_triggers(conn, table))
+    return []
+
+
+def one_address_index(conn: Conn) -> list[str]:
+    """Migration 11 (SQLite): the subscribers table again without the UNIQUE that the first
+    schema put on `email` (COLLATE NOCASE kept), every row with its id, and its other
+    indexes. Since migration 2 the unique `email_key` (Unicode case folding) is what makes
+    one subscriber of an address, as PostgreSQL's schema always had it; the second index
+    had every new subscriber pay a third of its insert (tests/store/test_store.py).
+    The way the table is made again is `allow_in_checks`'."""
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscribers'").fetchone()
+    without, found = re.subn(r"(\bemail\s+TEXT\s+NOT\s+NULL)\s+UNIQUE\b", r"\1", sql, flags=re.IGNORECASE)
+    if found != 1:
+        raise HighlightsError("the subscribers table has no single UNIQUE on email to drop; is this database ours?")
+    _rebuild(conn, "subscribers", without, _indexes_and_triggers(conn, "subscribers"))
+    return []
+
+
+def _indexes_and_triggers(conn: Conn, table: str) -> list[str]:
+    """The statements that make the indexes and triggers of `table` (not SQLite's own
+    indexes for UNIQUE, which the table's definition makes)."""
+    return [
         row[0]
         for row in conn.execute(
             "SELECT sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL"
@@ -139,8 +161,6 @@ def allow_in_checks(conn: Conn, table: str, additions: dict[str, str]) -> list[s
             (table,),
         )
     ]
-    _rebuild(conn, identifier(table), sql, extras)
-    return []
 
 
 def _rebuild(conn: Conn, table: str, sql: str, extras: list[str]) -> None:
@@ -230,4 +250,5 @@ STEPS: dict[str, Callable[..., list[str]]] = {
     "tag_dispatches": tag_dispatches,
     "allow_in_checks": allow_in_checks,
     "ledger_by_batch": ledger_by_batch,
+    "one_address_index": one_address_index,
 }

@@ -1,0 +1,3 @@
+-- 11: one index finds a subscriber by address, the unique `email_key`. Nothing to do here:
+-- this schema never had a second one (SQLite's first schema had UNIQUE on `email`).
+-- Frozen once released: a change to the schema is a new file, for both engines.
