@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import highlightsmail.store as store_module
+from highlightsmail.addresses import address_key
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import ImportRow, Store, UnknownSubscriber, migrator
 from highlightsmail.store.importing import Staging, stage_row
@@ -106,6 +107,7 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
         "erased_addresses",
     } <= tables
     assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
+    assert "subscribers_merged" in indexes  # what a subscriber's erasure looks for (merged rows)
     assert "deliveries" not in tables  # the ledger is kept per batch, not per recipient
     assert {"ledger_batches_range", "ledger_exceptions_batch", "ledger_recipients_last"} <= indexes
     assert store.schema_version == 11
@@ -217,16 +219,28 @@ def test_one_index_finds_a_subscriber_by_address_and_the_upgrade_drops_the_first
             ada, _ = s.add("Ada@example.org", "Ada")
             s.set_status(ada.id, "unsubscribed", "web")
             s.import_rows([ImportRow("bob@example.org", "Bob"), ImportRow("cy@example.org", status="bounced")])
+            zoe, _ = s.add("Zo\u00eb@example.org")
+        with raw_connection(db) as conn:  # another spelling merged into Zoë's, as migration 2 leaves one
+            conn.execute(
+                "INSERT INTO subscribers (email, email_key, name, status, created, updated, merged_into)"
+                " VALUES ('Zoe\u0308@example.org', ?, '', 'active', 'then', 'then', ?)",
+                (address_key("Zoe\u0308@example.org"), zoe.id),
+            )
+            conn.commit()
         assert _address_indexes(db) == [("sqlite_autoindex_subscribers_1", 1), ("subscribers_email_key", 1)]
         before = dump_tables(db)
     with Store(db, upgrade=True) as s:
         assert (s.upgraded_from, s.schema_version) == (10, 11)
     assert _address_indexes(db) == [("subscribers_email_key", 1)]
-    assert dump_tables(db) == before  # every row, with its id
+    assert dump_tables(db) == before  # every row, with its id, the merged one too
     with raw_connection(db) as conn:
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'subscribers'")}
-        assert {"subscribers_status", "subscribers_email_key"} <= indexes
+        assert {"subscribers_status", "subscribers_email_key", "subscribers_merged"} <= indexes
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        # What the foreign key looks for, for each row, as the table is made again (and
+        # when a subscriber is erased): by the index, not by reading the whole table.
+        plan = conn.execute("EXPLAIN QUERY PLAN SELECT 1 FROM subscribers WHERE merged_into = 1").fetchall()
+        assert "subscribers_merged" in " ".join(str(row[-1]) for row in plan)
     with Store(db) as s:
         assert s.add("ADA@example.org") == (s.find("ada@example.org"), False)
         with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), s._db.write() as conn:
