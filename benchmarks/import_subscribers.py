@@ -5,9 +5,14 @@ soon `subscribers list --status active` starts printing over them.
 Each figure is a whole `highlights` process (interpreter start-up included), as an
 editor would see it: wall-clock time, the CPU time (user + system) the process used,
 which stays meaningful on a busy machine, and its peak resident memory. Run:
-`.venv/bin/python benchmarks/import_subscribers.py [ROWS ...] [--postgresql]`
+`.venv/bin/python benchmarks/import_subscribers.py [ROWS ...] [--postgresql] [--runs N]`
 (default 100000 1000000; --postgresql keeps the state in a PostgreSQL server started
-for the run, Debian's, as the tests start it).
+for the run, Debian's, as the tests start it). With `--runs N` each import is made N
+times (a new empty database each time, then the same file again) and its figure is the
+fastest and the median run, wall and CPU apart, with the largest peak: other work on a
+shared machine slows single runs. Run it with another checkout's interpreter
+(`/other/.venv/bin/python benchmarks/import_subscribers.py`) to time that checkout's
+`highlights` by the same script.
 Targets: 100,000 rows in at most 2 s and 1,000,000 in at most 20 s, into an empty
 database and with every address known, memory flat.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,9 +45,32 @@ def write_csv(path: Path, rows: int, domains: int) -> None:
             out.write(f'Reader.{i}@Mail{i % domains}.Example.org,"Reader {i}, Esq.",{statuses[i % len(statuses)]}\r\n')
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[str, str]:
+class Measured:
+    """Wall and CPU seconds and peak memory (MB) of one or more runs of a command."""
+
+    def __init__(self) -> None:
+        self.walls: list[float] = []
+        self.cpus: list[float] = []
+        self.peaks: list[float] = []
+
+    def add(self, wall: float, cpu: float, peak: float) -> None:
+        self.walls.append(wall)
+        self.cpus.append(cpu)
+        self.peaks.append(peak)
+
+    def __str__(self) -> str:
+        if len(self.walls) == 1:
+            return f"{self.walls[0]:6.2f} s (cpu {self.cpus[0]:6.2f} s, peak {self.peaks[0]:5.0f} MB)"
+        return (
+            f"{min(self.walls):6.2f} s min, {statistics.median(self.walls):6.2f} s median "
+            f"(cpu {min(self.cpus):6.2f} min, {statistics.median(self.cpus):6.2f} median; "
+            f"peak {max(self.peaks):5.0f} MB; {len(self.walls)} runs)"
+        )
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, into: Measured | None = None) -> tuple[str, str]:
     """(wall and CPU seconds and peak memory, the last line of output) of one
-    `highlights` process."""
+    `highlights` process; the figures are added to `into` when given."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen([str(HIGHLIGHTS), *args], cwd=cwd, stdout=out, stderr=err, env=env)
@@ -53,9 +82,9 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[
         stdout, stderr = out.read().strip(), err.read().strip()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(args)} failed ({proc.returncode}): {stderr}")
-    used = usage.ru_utime + usage.ru_stime
-    figure = f"{elapsed:6.2f} s (cpu {used:6.2f} s, peak {usage.ru_maxrss / 1024:5.0f} MB)"
-    return figure, stdout.splitlines()[-1] if stdout else ""
+    one = into if into is not None else Measured()
+    one.add(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return str(one), stdout.splitlines()[-1] if stdout else ""
 
 
 def time_to_first_line(args: list[str], cwd: Path) -> tuple[float, float, int]:
@@ -71,8 +100,9 @@ def time_to_first_line(args: list[str], cwd: Path) -> tuple[float, float, int]:
     return first, time.perf_counter() - start, lines
 
 
-def imports(rows: int, work: Path, env: dict[str, str] | None, engine: str) -> None:
-    """The import figures for one size: a dry run, into an empty database, and again."""
+def imports(rows: int, work: Path, env: dict[str, str] | None, engine: str, runs: int = 1) -> None:
+    """The import figures for one size: a dry run, into an empty database, and again;
+    `runs` times, each from an empty database (SQLite only: on PostgreSQL, once)."""
     csv_path = work / "list.csv"
     write_csv(csv_path, rows, domains=100)
     print(
@@ -80,12 +110,22 @@ def imports(rows: int, work: Path, env: dict[str, str] | None, engine: str) -> N
         f"cores: {os.cpu_count()}; load average: {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    for label, args in (
+    cases = (
         ("import --dry-run, empty database:   ", ["--dry-run"]),
         ("import into an empty database:      ", []),
         ("import again, every address known: ", []),
-    ):
-        figure, summary = run(["subscribers", "import", str(csv_path), *args], work, env)
+    )
+    measured = [Measured() for _ in cases]
+    summaries = [""] * len(cases)
+    for attempt in range(runs):
+        if attempt:
+            for old in (work / "subscribers").glob("highlights.db*"):
+                old.unlink()
+        for number, (_label, args) in enumerate(cases):
+            _figure, summaries[number] = run(
+                ["subscribers", "import", str(csv_path), *args], work, env, into=measured[number]
+            )
+    for (label, _args), figure, summary in zip(cases, measured, summaries, strict=True):
         print(f"  {label} {figure}  {summary}", flush=True)
 
 
@@ -116,12 +156,12 @@ def workspace() -> Path:
     return work
 
 
-def main_sqlite(sizes: list[int]) -> None:
+def main_sqlite(sizes: list[int], runs: int) -> None:
     for rows in sizes:
         work = workspace()
         try:
-            imports(rows, work, None, "sqlite")
-            if rows == sizes[0]:
+            imports(rows, work, None, "sqlite", runs)
+            if rows == sizes[0] and runs == 1:
                 listing(work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -149,6 +189,9 @@ def main() -> None:
     parser.add_argument(
         "--postgresql", action="store_true", help="the state in a PostgreSQL server started for the run"
     )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="make each SQLite import this many times: fastest and median (no listing)"
+    )
     args = parser.parse_args()
     sizes = args.rows or [100_000, 1_000_000]
     figure, _ = run(["--version"], REPO)
@@ -156,7 +199,7 @@ def main() -> None:
     if args.postgresql:
         main_postgresql(sizes)
     else:
-        main_sqlite(sizes)
+        main_sqlite(sizes, max(1, args.runs))
 
 
 if __name__ == "__main__":

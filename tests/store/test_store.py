@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import highlightsmail.store as store_module
+from highlightsmail.addresses import address_key
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import ImportRow, Store, UnknownSubscriber, migrator
 from highlightsmail.store.importing import Staging, stage_row
@@ -79,12 +80,12 @@ def dump(target: Path | str) -> dict[str, list[tuple]]:
 def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
     with raw_connection(target) as conn:
         if isinstance(target, Path):
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 10
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrator.SCHEMA_VERSION == 11
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         else:
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(10,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(11,)]
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
             indexes = {
                 r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
@@ -106,9 +107,10 @@ def test_new_database_has_the_schema(store: Store, target: Path | str) -> None:
         "erased_addresses",
     } <= tables
     assert {"subscribers_status", "events_subscriber", "subscribers_email_key", "dispatches_tag"} <= indexes
+    assert "subscribers_merged" in indexes  # what a subscriber's erasure looks for (merged rows)
     assert "deliveries" not in tables  # the ledger is kept per batch, not per recipient
     assert {"ledger_batches_range", "ledger_exceptions_batch", "ledger_recipients_last"} <= indexes
-    assert store.schema_version == 10
+    assert store.schema_version == 11
 
 
 def test_open_creates_the_folder_of_the_workspace_database(tmp_path: Path) -> None:
@@ -190,6 +192,66 @@ def test_every_dispatch_has_its_own_tag_and_the_upgrade_gives_one_to_dispatches_
             "2024-w02": ["2024-w02"],
         }
         assert s.issues_tagged(new) == ["2024-w03"] and s.issues_tagged("aaaaaaaa") == []
+
+
+def _address_indexes(db: Path) -> list[tuple[str, int]]:
+    """(name, unique) of each index of the subscribers table that holds the address."""
+    with raw_connection(db) as conn:
+        return sorted(
+            (name, unique)
+            for _seq, name, unique, _origin, _partial in conn.execute("PRAGMA index_list(subscribers)")
+            if any(col[2] in ("email", "email_key") for col in conn.execute(f"PRAGMA index_info('{name}')"))
+        )
+
+
+def test_one_index_finds_a_subscriber_by_address_and_the_upgrade_drops_the_first_schema_s_second(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's first schema made `email` UNIQUE as well: a second index on the address
+    that every new subscriber paid for. Migration 11 makes the table again without it,
+    keeping every row, id, event and the other indexes; `email_key` still refuses a
+    second subscriber of one address."""
+    db.parent.mkdir()
+    with monkeypatch.context() as older:  # the schema before migration 11
+        older.setattr(migrator, "MIGRATIONS", {engine: m[:10] for engine, m in migrator.MIGRATIONS.items()})
+        older.setattr(migrator, "SCHEMA_VERSION", 10)
+        with Store(db, clock=Clock()) as s:
+            ada, _ = s.add("Ada@example.org", "Ada")
+            s.set_status(ada.id, "unsubscribed", "web")
+            s.import_rows([ImportRow("bob@example.org", "Bob"), ImportRow("cy@example.org", status="bounced")])
+            zoe, _ = s.add("Zo\u00eb@example.org")
+        with raw_connection(db) as conn:  # another spelling merged into Zoë's, as migration 2 leaves one
+            conn.execute(
+                "INSERT INTO subscribers (email, email_key, name, status, created, updated, merged_into)"
+                " VALUES ('Zoe\u0308@example.org', ?, '', 'active', 'then', 'then', ?)",
+                (address_key("Zoe\u0308@example.org"), zoe.id),
+            )
+            conn.commit()
+        assert _address_indexes(db) == [("sqlite_autoindex_subscribers_1", 1), ("subscribers_email_key", 1)]
+        before = dump_tables(db)
+    with Store(db, upgrade=True) as s:
+        assert (s.upgraded_from, s.schema_version) == (10, 11)
+    assert _address_indexes(db) == [("subscribers_email_key", 1)]
+    assert dump_tables(db) == before  # every row, with its id, the merged one too
+    with raw_connection(db) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'subscribers'")}
+        assert {"subscribers_status", "subscribers_email_key", "subscribers_merged"} <= indexes
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        # What the foreign key looks for, for each row, as the table is made again (and
+        # when a subscriber is erased): by the index, not by reading the whole table.
+        plan = conn.execute("EXPLAIN QUERY PLAN SELECT 1 FROM subscribers WHERE merged_into = 1").fetchall()
+        assert "subscribers_merged" in " ".join(str(row[-1]) for row in plan)
+    with Store(db) as s:
+        assert s.add("ADA@example.org") == (s.find("ada@example.org"), False)
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), s._db.write() as conn:
+            conn.execute(
+                "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+                " VALUES ('bob@example.org', 'bob@example.org', '', 'active', 'now', 'now')"
+            )
+    # A new database has the one index from the start.
+    fresh = db.with_name("fresh.db")
+    Store(fresh).close()
+    assert _address_indexes(fresh) == [("subscribers_email_key", 1)]
 
 
 def test_a_failing_migration_changes_nothing(target: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -554,17 +616,27 @@ def test_a_staged_file_follows_the_same_rules_and_the_store_takes_more_after_it(
 
 
 def test_a_staged_import_leaves_the_schema_s_checks_on(db: Path) -> None:
-    """SQLite skips the schema's CHECKs for the import's own statements (its values were
-    checked as the file was read), and for nothing after them."""
+    """SQLite skips the schema's CHECKs and foreign keys for the import's own statements
+    (its values were checked as the file was read, and each id it writes comes from the
+    subscriber it joins), and for nothing after them."""
     db.parent.mkdir()
     with Store(db) as store:
         with _staged("list.csv", [(2, ImportRow("ada@example.org"))]) as staging:
             assert store.import_staged(staging, detail=staging.detail).new == 1
-        with store._db.connection() as conn, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-            conn.execute(  # on the import's own connection
-                "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
-                " VALUES ('bob@example.org', 'bob@example.org', '', 'paused', 'now', 'now')"
-            )
+        ada = store.find("ada@example.org")
+        assert ada is not None
+        assert [(e.to_status, e.detail) for e in store.events(ada.id)] == [("active", "list.csv:2")]
+        with store._db.connection() as conn:  # on the import's own connection
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+                conn.execute(
+                    "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
+                    " VALUES ('bob@example.org', 'bob@example.org', '', 'paused', 'now', 'now')"
+                )
+            with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+                conn.execute(
+                    "INSERT INTO events (subscriber_id, at, to_status, source) VALUES (?, 'now', 'active', 'cli')",
+                    (ada.id + 1000,),
+                )
 
 
 # -- many writers at once -------------------------------------------------------------------

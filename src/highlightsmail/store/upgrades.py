@@ -131,7 +131,36 @@ def allow_in_checks(conn: Conn, table: str, additions: dict[str, str]) -> list[s
         (match,) = matches
         if f"'{value}'" not in match.group(1):
             sql = f"{sql[: match.start()]}CHECK ({column} IN ({match.group(1)}, '{value}')){sql[match.end() :]}"
-    extras = [
+    _rebuild(conn, identifier(table), sql, _indexes_and_triggers(conn, table))
+    return []
+
+
+def one_address_index(conn: Conn) -> list[str]:
+    """Migration 11 (SQLite): the subscribers table again without the UNIQUE that the first
+    schema put on `email` (COLLATE NOCASE kept), every row with its id, and its other
+    indexes. Since migration 2 the unique `email_key` (Unicode case folding) is what makes
+    one subscriber of an address, as PostgreSQL's schema always had it; the second index
+    had every new subscriber pay a third of its insert (tests/store/test_store.py).
+    The way the table is made again is `allow_in_checks`'."""
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscribers'").fetchone()
+    without, found = re.subn(r"(\bemail\s+TEXT\s+NOT\s+NULL)\s+UNIQUE\b", r"\1", sql, flags=re.IGNORECASE)
+    if found != 1:
+        raise HighlightsError("the subscribers table has no single UNIQUE on email to drop; is this database ours?")
+    # The table points at itself (merged_into): taking its rows out and putting them back
+    # looks, for each row, for the rows merged into it. The index on merged_into (made by
+    # this migration's file, before this step) must be there first, or each look is a
+    # scan of the whole table (100,000 subscribers: minutes, not a second).
+    extras = _indexes_and_triggers(conn, "subscribers")
+    first = [statement for statement in extras if "subscribers_merged" in statement]
+    assert first, "the migration's file makes subscribers_merged before this step"
+    _rebuild(conn, "subscribers", without, [s for s in extras if s not in first], before_rows=first)
+    return []
+
+
+def _indexes_and_triggers(conn: Conn, table: str) -> list[str]:
+    """The statements that make the indexes and triggers of `table` (not SQLite's own
+    indexes for UNIQUE, which the table's definition makes)."""
+    return [
         row[0]
         for row in conn.execute(
             "SELECT sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL"
@@ -139,12 +168,11 @@ def allow_in_checks(conn: Conn, table: str, additions: dict[str, str]) -> list[s
             (table,),
         )
     ]
-    _rebuild(conn, identifier(table), sql, extras)
-    return []
 
 
-def _rebuild(conn: Conn, table: str, sql: str, extras: list[str]) -> None:
-    """Make `table` again from its new definition `sql`, with its rows, indexes and triggers."""
+def _rebuild(conn: Conn, table: str, sql: str, extras: list[str], *, before_rows: list[str] | None = None) -> None:
+    """Make `table` again from its new definition `sql`, with its rows, indexes and triggers
+    (`before_rows`: those made before the rows go back)."""
     # Every text here is the schema's own (sqlite_master) or a checked name: SQL text
     # that cannot be a parameter, and that the store's code did not spell out.
     run = conn.execute
@@ -152,6 +180,8 @@ def _rebuild(conn: Conn, table: str, sql: str, extras: list[str]) -> None:
     run(trusted(f"CREATE TABLE temp.rebuild_{table} AS SELECT * FROM {table}"))
     run(trusted(f"DROP TABLE {table}"))
     run(trusted(sql))
+    for statement in before_rows or ():
+        run(trusted(statement))
     run(trusted(f"INSERT INTO {table} SELECT * FROM temp.rebuild_{table}"))
     run(trusted(f"DROP TABLE temp.rebuild_{table}"))
     for statement in extras:
@@ -230,4 +260,5 @@ STEPS: dict[str, Callable[..., list[str]]] = {
     "tag_dispatches": tag_dispatches,
     "allow_in_checks": allow_in_checks,
     "ledger_by_batch": ledger_by_batch,
+    "one_address_index": one_address_index,
 }
