@@ -68,25 +68,7 @@ def main(ctx: click.Context, workspace: str | None) -> None:
     # its first model (importlib.metadata and a walk through site-packages: a tenth of
     # `check`); this program's models use none. A value the user set is kept.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    _no_plugin_loader()
     ctx.obj = Ctx(workspace)
-
-
-def _no_plugin_loader() -> None:
-    """With every plugin turned off, pydantic's plugin loader finds none, yet importing it
-    imports importlib.metadata (with email and zipfile: 10 to 20 ms, the largest import
-    `check` has no use for). Its one function, as it answers then, stands in for it
-    (tests/cli/test_startup.py); a user who names plugins to skip gets the real one."""
-    if (
-        os.environ["PYDANTIC_DISABLE_PLUGINS"] not in ("__all__", "1", "true")
-        or "pydantic.plugin._loader" in sys.modules
-    ):
-        return
-    import types
-
-    loader = types.ModuleType("pydantic.plugin._loader", "No pydantic plugins (highlightsmail turns them all off).")
-    setattr(loader, "get_plugins", lambda: ())  # noqa: B010 (a module made here: no attribute to type)
-    sys.modules["pydantic.plugin._loader"] = loader
 
 
 for command in (
