@@ -339,6 +339,25 @@ def test_set_status_only_from_leaves_any_other_status_alone(store: Store) -> Non
     assert store.get(sub.id).status == "active"
 
 
+def test_leave_unsubscribes_an_active_subscriber_once_and_leaves_any_other_status(store: Store) -> None:
+    ada, _ = store.add("ada@example.org")
+    grace, _ = store.add("grace@example.org")
+    store.set_status(grace.id, "bounced", "sendgrid")
+    left = store.leave(ada.id, "one-click")
+    assert left is not None and (left.id, left.email, left.status) == (ada.id, ada.email, "unsubscribed")
+    assert left == store.get(ada.id)
+    assert store.leave(ada.id, "web") == left  # a repeat: the same, and no event
+    assert [(e.from_status, e.to_status, e.source) for e in store.events(ada.id)] == [
+        (None, "active", "cli"),
+        ("active", "unsubscribed", "one-click"),
+    ]
+    kept = store.leave(grace.id, "one-click")
+    assert kept is not None and kept.status == "bounced" and len(store.events(grace.id)) == 2
+    assert store.leave(12345, "web") is None
+    with pytest.raises(ValueError):
+        store.leave(ada.id, "fax")  # type: ignore[arg-type]
+
+
 def test_count_by_status_names_every_status(store: Store) -> None:
     assert store.count_by_status() == {"active": 0, "unsubscribed": 0, "bounced": 0, "complained": 0, "pending": 0}
     for i in range(3):

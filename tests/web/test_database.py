@@ -6,6 +6,9 @@ restart. PostgreSQL's side is in tests/store/test_postgresql.py."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.urls import SENDGRID_WEBHOOK
+from highlightsmail.web.database import AppDatabase
 from support.db import damage_pages_holding, read_only
 from support.events import sent_to_everyone, statuses
 from support.sendgrid_events import EventSender
@@ -208,3 +212,47 @@ def test_a_database_file_deleted_under_the_app_is_made_anew_for_every_route_grou
         assert http.post(f"{site.url}/subscribe", data={"email": "hedy@example.org"}).status_code == 200
     with Store.open(site.ws) as store:
         assert [(s.email, s.status) for s in store.iter_subscribers()] == [("hedy@example.org", "pending")]
+
+
+# ---------------------------------------------------------------- quick writes
+
+
+def test_a_quick_write_is_made_in_the_event_loop_unless_the_file_is_busy(workspace: Path) -> None:
+    """A quick write runs where it is asked once its Store is open (the first opens it,
+    in the writer thread); when another process holds the file it is made in the writer
+    thread, which waits, and the attempt before it changed nothing."""
+    ws = load_workspace(workspace)
+    with Store.open(ws) as store:
+        ada, _ = store.add("ada@example.org")
+        grace, _ = store.add("grace@example.org")
+    db = AppDatabase(ws)
+    where: list[str] = []
+
+    def leave(sid: int) -> Callable[[Store], object]:
+        def work(store: Store) -> object:
+            where.append(threading.current_thread().name)
+            return store.leave(sid, "one-click")
+
+        return work
+
+    async def writes() -> None:
+        await db.write(leave(ada.id), quick=True)
+        await db.write(leave(ada.id), quick=True)
+        holder = sqlite3.connect(ws.db_path, isolation_level=None)  # another process, writing
+        holder.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, holder.execute, "ROLLBACK")
+        try:
+            await db.write(leave(grace.id), quick=True)
+        finally:
+            holder.close()
+
+    try:
+        asyncio.run(writes())
+    finally:
+        db.close()
+    here = threading.current_thread().name
+    assert where[0].startswith("highlights-writer") and where[1:3] == [here, here]
+    assert where[3].startswith("highlights-writer") and len(where) == 4
+    assert statuses(ws.db_path) == {"ada@example.org": "unsubscribed", "grace@example.org": "unsubscribed"}
+    with Store.open(ws) as store:
+        assert [e.to_status for e in store.events(grace.id)] == ["active", "unsubscribed"]
