@@ -1123,3 +1123,14 @@ def test_upgrading_turns_each_recipients_row_into_the_ledger_kept_per_batch(db: 
         assert s.sent_address("i", 1) == "u1@example.org" and s.sent_address("i", 2) is None
     with raw_connection(db) as raw:
         assert raw.execute("SELECT name FROM sqlite_master WHERE name = 'deliveries'").fetchall() == []
+
+
+def test_a_store_that_checkpoints_later_leaves_the_log_for_its_checkpoint(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        store.checkpoint_later()
+        for i in range(400):  # four pages of log or more each: past SQLite's own 1,000
+            store.add(f"u{i}@example.org")
+        store.checkpoint()
+        with sqlite3.connect(tmp_path / "db") as raw:
+            _busy, logged, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert logged > 1000 and copied == logged  # no checkpoint restarted the log; the one asked for copied it all

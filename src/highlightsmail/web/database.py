@@ -63,6 +63,9 @@ from highlightsmail.web.health import DatabaseHealth
 
 #: The connect timeout of the health check on PostgreSQL: the shortest libpq takes.
 _CHECK_TIMEOUT_S = 2
+#: Quick writes between two checkpoints in the writer thread (about SQLite's own 1,000
+#: pages of log for an unsubscribe's five).
+_CHECKPOINT_EVERY = 200
 
 _T = TypeVar("_T")
 
@@ -103,6 +106,7 @@ class AppDatabase:
         self._opened: dict[threading.Thread, Store] = {}  # SQLite: every thread's, to close
         self._inline: _Kept | None = None  # SQLite: the event loop's, for `read`
         self._quick: _Kept | None = None  # SQLite: the event loop's, for quick writes; never waits
+        self._quick_writes = 0  # since the last checkpoint asked for
         self._opening = threading.Lock()  # SQLite: one request opens it
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="highlights-writer")  # SQLite
         self._renewals = 0
@@ -168,11 +172,24 @@ class AppDatabase:
         if not self._writers.acquire(blocking=False):
             return None
         try:
-            return (work(kept.store),)
+            done = (work(kept.store),)
         except UnusableDatabase:  # busy (it never waits), or worse: the writer thread's turn says
             return None
         finally:
             self._writers.release()
+        self._quick_writes += 1
+        if self._quick_writes == _CHECKPOINT_EVERY:
+            self._writer.submit(self._checkpoint)
+        return done
+
+    def _checkpoint(self) -> None:
+        """In the writer thread: the log of the quick writes copied into the file (the
+        event loop does not wait for the disk's sync), waiting for no reader or writer."""
+        self._quick_writes = 0
+        try:
+            self._thread_store().checkpoint()
+        except HighlightsError:
+            pass  # the database cannot be used now: the requests say so, the next checkpoint tries again
 
     def _written_quick_next(self, work: Callable[[Store], _T]) -> _T:
         """`_written`, then (in the writer thread, where opening may wait) the Store for
@@ -190,6 +207,11 @@ class AppDatabase:
             store = Store.open(self._place, clock=self._clock, timeout=0)
         except HighlightsError:
             return  # the database cannot be used now: tried again at the next write
+        try:
+            store.checkpoint_later()  # in the writer thread (`_checkpoint`), not the event loop
+        except HighlightsError:
+            close_quietly(store)
+            return
         self._quick = _Kept(store, renewal, _file_of(self._path))
 
     def _written(self, work: Callable[[Store], _T]) -> _T:
