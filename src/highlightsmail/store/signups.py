@@ -90,18 +90,14 @@ class Signups(Part):
     def _count_post(self, conn: Conn, client: str, limit: int, window: timedelta) -> int | None:
         now = self._clock()
         conn.execute("DELETE FROM signup_posts WHERE at <= ?", (format_time(now - window),))
-        # Counted and added in one statement (a signup is made of a few, each with its
-        # cost): the row goes in only while the client is under the limit.
-        added = conn.execute(
-            "INSERT INTO signup_posts (client, at) SELECT ?, ?"
-            " WHERE (SELECT count(*) FROM signup_posts WHERE client = ?) < ? RETURNING id",
-            (client, format_time(now), client, limit),
+        count, oldest = conn.execute(
+            "SELECT count(*), min(at) FROM signup_posts WHERE client = ?", (client,)
         ).fetchone()
-        if added is not None:
-            return None
-        (oldest,) = conn.execute("SELECT min(at) FROM signup_posts WHERE client = ?", (client,)).fetchone()
-        wait = datetime.fromisoformat(oldest) + window - now
-        return max(1, -int(-wait.total_seconds() // 1))
+        if count >= limit:
+            wait = datetime.fromisoformat(oldest) + window - now
+            return max(1, -int(-wait.total_seconds() // 1))
+        conn.execute("INSERT INTO signup_posts (client, at) VALUES (?, ?)", (client, format_time(now)))
+        return None
 
     def ask_to_join(
         self,
@@ -133,21 +129,17 @@ class Signups(Part):
     def _pending(self, conn: Conn, email: str, key: str, name: str) -> Subscriber:
         """The subscriber with this address, added as `pending` (source `form`) if new:
         what `Subscribers.add` does, inside the caller's transaction."""
+        row = conn.execute(
+            f"SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE email_key = ? AND merged_into IS NULL", (key,)
+        ).fetchone()
+        if row:
+            return Subscriber(*row)
         now = self.now()
-        # Added unless the address is there (one statement for a new address, most
-        # requests to join), else read.
-        added = conn.execute(
+        (sid,) = conn.execute(
             "INSERT INTO subscribers (email, email_key, name, status, created, updated)"
-            " VALUES (?, ?, ?, 'pending', ?, ?)"
-            " ON CONFLICT (email_key) WHERE merged_into IS NULL DO NOTHING RETURNING id",
+            " VALUES (?, ?, ?, 'pending', ?, ?) RETURNING id",
             (email, key, name, now, now),
         ).fetchone()
-        if added is None:
-            row = conn.execute(
-                f"SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE email_key = ? AND merged_into IS NULL", (key,)
-            ).fetchone()
-            return Subscriber(*row)
-        (sid,) = added
         self._event(conn, sid, now, None, "pending", "form", None)
         return Subscriber(sid, email, name, "pending", now, now)
 
