@@ -25,15 +25,18 @@ the app's one writer thread: the writes take turns anyway, and twenty worker thr
 queueing on the lock each had to win the interpreter lock back from the loop at every
 step (a one-click POST's p99 was 250 ms).
 
-A write that is one short transaction (`write(..., quick=True)`: an unsubscribe, a
-request to join) is made on SQLite in the event loop's thread itself, over a Store kept
-for it that never waits for a lock: when the app's other writes are under way, or
-another process holds the file (an import, a send), or anything else keeps it from
-being made at once, it is made in the writer thread as any other. A handover to the
-writer thread and back cost more than the write: each step of the write waited for the
-interpreter lock while the event loop held it (a one-click POST answered at 0.35 of a
-bare app's rate). Such a work must change nothing until its one transaction, so that it
-can be made again in the writer thread when its transaction could not be.
+A write that is one short transaction (`write(..., quick=True)`: an unsubscribe) is
+made on SQLite in the event loop's thread itself, over a Store kept for it that never
+waits for a lock: when the app's other writes are under way, or another process holds
+the file (an import, a send), or anything else keeps it from being made at once, it is
+made in the writer thread as any other. A handover to the writer thread and back cost
+more than the write: each step of the write waited for the interpreter lock while the
+event loop held it (a one-click POST answered at 0.32-0.40 of a bare app's rate). Such a
+work must change nothing until its one transaction, so that it can be made again in the
+writer thread when its transaction could not be. That Store's commits never copy the
+log into the file (SQLite's checkpoint syncs the disk): the writer thread does, after
+every _CHECKPOINT_EVERY quick writes. A request to join is not quick: the mailer's
+writes take turns with it, and a third of them found the lock taken.
 
 Nothing is opened before it is needed, and an opening that fails is tried again by the
 next request: a database that cannot be used yet (an empty PostgreSQL one before
@@ -179,7 +182,10 @@ class AppDatabase:
             self._writers.release()
         self._quick_writes += 1
         if self._quick_writes == _CHECKPOINT_EVERY:
-            self._writer.submit(self._checkpoint)
+            try:
+                self._writer.submit(self._checkpoint)
+            except RuntimeError:
+                pass  # the app is stopping: the Store's closing checkpoints
         return done
 
     def _checkpoint(self) -> None:
@@ -192,13 +198,12 @@ class AppDatabase:
             pass  # the database cannot be used now: the requests say so, the next checkpoint tries again
 
     def _written_quick_next(self, work: Callable[[Store], _T]) -> _T:
-        """`_written`, then (in the writer thread, where opening may wait) the Store for
-        quick writes, if there is none."""
-        try:
-            return self._written(work)
-        finally:
-            if self._quick is None:
-                self._open_quick()
+        """`_written`, then, once a write worked, the Store for quick writes if there is
+        none (here in the writer thread: opening it may wait)."""
+        done = self._written(work)
+        if self._quick is None:
+            self._open_quick()
+        return done
 
     def _open_quick(self) -> None:
         renewal = self._renewals
