@@ -18,7 +18,6 @@ import pytest
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.urls import SENDGRID_WEBHOOK
-from highlightsmail.web import database
 from highlightsmail.web.database import AppDatabase
 from support.db import damage_pages_holding, read_only
 from support.events import sent_to_everyone, statuses
@@ -257,34 +256,3 @@ def test_a_quick_write_is_made_in_the_event_loop_unless_the_file_is_busy(workspa
     assert statuses(ws.db_path) == {"ada@example.org": "unsubscribed", "grace@example.org": "unsubscribed"}
     with Store.open(ws) as store:
         assert [e.to_status for e in store.events(grace.id)] == ["active", "unsubscribed"]
-
-
-def test_the_apps_writes_are_checkpointed_in_a_thread_of_their_own(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Neither the event loop nor the writer thread copies the log into the file (and
-    waits for the disk's sync): a checkpoint thread does, every so many writes."""
-    monkeypatch.setattr(database, "_CHECKPOINT_EVERY", 4)
-    seen: list[str] = []
-    real = Store.checkpoint
-
-    def checkpoint(store: Store) -> None:
-        seen.append(threading.current_thread().name)
-        real(store)
-
-    monkeypatch.setattr(Store, "checkpoint", checkpoint)
-    ws = load_workspace(workspace)
-    with Store.open(ws) as store:
-        ids = [store.add(f"reader{n}@example.org")[0].id for n in range(9)]
-    db = AppDatabase(ws)
-
-    async def writes() -> None:
-        for sid in ids:  # the first in the writer thread, the others in the event loop
-            await db.write(lambda store, sid=sid: store.leave(sid, "web"), quick=True)
-
-    try:
-        asyncio.run(writes())
-    finally:
-        db.close()
-    assert seen and all(name.startswith("highlights-checkpoint") for name in seen)
-    assert set(statuses(ws.db_path).values()) == {"unsubscribed"}

@@ -33,13 +33,10 @@ made in the writer thread as any other. A handover to the writer thread and back
 more than the write: each step of the write waited for the interpreter lock while the
 event loop held it (a one-click POST answered at 0.32-0.40 of a bare app's rate). Such a
 work must change nothing until its one transaction, so that it can be made again in the
-writer thread when its transaction could not be. A request to join is not quick: the
-mailer's writes take turns with it, and a third of them found the lock taken.
-
-The app's commits on SQLite never copy the log into the file (SQLite's automatic
-checkpoint, every 1,000 pages, syncs the disk inside a commit): a thread of its own
-does, after every _CHECKPOINT_EVERY of the app's writes, so neither the event loop nor
-the writer thread waits for the disk.
+writer thread when its transaction could not be. That Store's commits never copy the
+log into the file (SQLite's checkpoint syncs the disk): the writer thread does, after
+every _CHECKPOINT_EVERY quick writes. A request to join is not quick: the mailer's
+writes take turns with it, and a third of them found the lock taken.
 
 Nothing is opened before it is needed, and an opening that fails is tried again by the
 next request: a database that cannot be used yet (an empty PostgreSQL one before
@@ -69,8 +66,8 @@ from highlightsmail.web.health import DatabaseHealth
 
 #: The connect timeout of the health check on PostgreSQL: the shortest libpq takes.
 _CHECK_TIMEOUT_S = 2
-#: The app's writes between two checkpoints (about SQLite's own 1,000 pages of log for
-#: an unsubscribe's five).
+#: Quick writes between two checkpoints in the writer thread (about SQLite's own 1,000
+#: pages of log for an unsubscribe's five).
 _CHECKPOINT_EVERY = 200
 
 _T = TypeVar("_T")
@@ -112,11 +109,9 @@ class AppDatabase:
         self._opened: dict[threading.Thread, Store] = {}  # SQLite: every thread's, to close
         self._inline: _Kept | None = None  # SQLite: the event loop's, for `read`
         self._quick: _Kept | None = None  # SQLite: the event loop's, for quick writes; never waits
-        self._writes = 0  # since the last checkpoint
-        self._checkpoint_asked = False
+        self._quick_writes = 0  # since the last checkpoint asked for
         self._opening = threading.Lock()  # SQLite: one request opens it
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="highlights-writer")  # SQLite
-        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="highlights-checkpoint")  # SQLite
         self._renewals = 0
         where = describe_url(self._url) if self._url else display_path(self._path)
         self.health = DatabaseHealth(self.check, where)
@@ -185,24 +180,18 @@ class AppDatabase:
             return None
         finally:
             self._writers.release()
-        self._counted()
+        self._quick_writes += 1
+        if self._quick_writes == _CHECKPOINT_EVERY:
+            try:
+                self._writer.submit(self._checkpoint)
+            except RuntimeError:
+                pass  # the app is stopping: the Store's closing checkpoints
         return done
 
-    def _counted(self) -> None:
-        """One more of the app's writes (in the event loop or the writer thread): every
-        _CHECKPOINT_EVERY or so, a checkpoint."""
-        self._writes += 1
-        if self._writes >= _CHECKPOINT_EVERY and not self._checkpoint_asked:
-            self._checkpoint_asked = True
-            try:
-                self._checkpointer.submit(self._checkpoint)
-            except RuntimeError:
-                pass  # the app is stopping: SQLite checkpoints as the last connection closes
-
     def _checkpoint(self) -> None:
-        """In a thread of its own: the log of the app's writes copied into the file (no
-        write waits for the disk's sync), waiting for no reader or writer."""
-        self._writes, self._checkpoint_asked = 0, False
+        """In the writer thread: the log of the quick writes copied into the file (the
+        event loop does not wait for the disk's sync), waiting for no reader or writer."""
+        self._quick_writes = 0
         try:
             self._thread_store().checkpoint()
         except HighlightsError:
@@ -224,7 +213,7 @@ class AppDatabase:
         except HighlightsError:
             return  # the database cannot be used now: tried again at the next write
         try:
-            store.checkpoint_later()  # in a thread of its own (`_checkpoint`), not the event loop
+            store.checkpoint_later()  # in the writer thread (`_checkpoint`), not the event loop
         except HighlightsError:
             close_quietly(store)
             return
@@ -232,10 +221,7 @@ class AppDatabase:
 
     def _written(self, work: Callable[[Store], _T]) -> _T:
         with self.writing() as store:
-            done = work(store)
-        if not self._url:
-            self._counted()
-        return done
+            return work(store)
 
     def _fresh(self, kept: _Kept) -> bool:
         """Whether a kept Store is still the one to use (see `_thread_store`)."""
@@ -273,11 +259,6 @@ class AppDatabase:
             return kept.store
         renewal = self._renewals
         store = Store.open(self._place, clock=self._clock)  # a new SQLite file's schema too
-        try:
-            store.checkpoint_later()  # in a thread of its own (`_checkpoint`): no write waits for the disk's sync
-        except BaseException:
-            close_quietly(store)
-            raise
         self._local.kept = _Kept(store, renewal, _file_of(self._path))
         this = threading.current_thread()
         with self._lock:
@@ -322,7 +303,6 @@ class AppDatabase:
         """Stop the health checks and close every Store (the app has stopped)."""
         self.health.close()
         self._writer.shutdown(wait=True)  # the writes under way finish first
-        self._checkpointer.shutdown(wait=True)
         with self._lock:
             self._renewals += 1  # a Store a thread still holds is not used again
             kept = (self._inline, self._quick)
