@@ -18,6 +18,7 @@ import pytest
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.urls import SENDGRID_WEBHOOK
+from highlightsmail.web import database
 from highlightsmail.web.database import AppDatabase
 from support.db import damage_pages_holding, read_only
 from support.events import sent_to_everyone, statuses
@@ -256,3 +257,39 @@ def test_a_quick_write_is_made_in_the_event_loop_unless_the_file_is_busy(workspa
     assert statuses(ws.db_path) == {"ada@example.org": "unsubscribed", "grace@example.org": "unsubscribed"}
     with Store.open(ws) as store:
         assert [e.to_status for e in store.events(grace.id)] == ["active", "unsubscribed"]
+
+
+def test_the_quick_writes_log_is_copied_in_the_writer_thread_and_starts_again(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop's commits never copy the log into the file (and wait for the
+    disk's sync): the writer thread does, every so many quick writes, as one of the
+    app's writes, so the copy is whole and the log starts again instead of growing."""
+    monkeypatch.setattr(database, "_CHECKPOINT_EVERY", 50)
+    seen: list[str] = []
+    real = Store.checkpoint
+
+    def checkpoint(store: Store) -> None:
+        seen.append(threading.current_thread().name)
+        real(store)
+
+    monkeypatch.setattr(Store, "checkpoint", checkpoint)
+    ws = load_workspace(workspace)
+    with Store.open(ws) as store:
+        store.import_rows(ImportRow(f"reader{n}@example.org", "") for n in range(300))
+    db = AppDatabase(ws)
+
+    async def writes() -> None:
+        for sid in range(1, 301):  # the first in the writer thread, the others in the event loop
+            await db.write(lambda store, sid=sid: store.leave(sid, "web"), quick=True)
+
+    try:
+        asyncio.run(writes())
+        with sqlite3.connect(ws.db_path) as raw:  # while the app's Stores are open
+            _busy, logged, _copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        db.close()
+    assert seen and all(name.startswith("highlights-writer") for name in seen)
+    # Five pages each: 1,500 pages had the log only grown; it started again at the last checkpoint.
+    assert logged < 60 * 5
+    assert set(statuses(ws.db_path).values()) == {"unsubscribed"}

@@ -190,10 +190,14 @@ class AppDatabase:
 
     def _checkpoint(self) -> None:
         """In the writer thread: the log of the quick writes copied into the file (the
-        event loop does not wait for the disk's sync), waiting for no reader or writer."""
+        event loop does not wait for the disk's sync). As one of the app's writes: with
+        none of them in between, the copy is whole, and the next write starts the log
+        from its beginning again (while writes went on beside it, the log only grew:
+        227 MB after 9,000 requests)."""
         self._quick_writes = 0
         try:
-            self._thread_store().checkpoint()
+            with self.writing() as store:
+                store.checkpoint()
         except HighlightsError:
             pass  # the database cannot be used now: the requests say so, the next checkpoint tries again
 
