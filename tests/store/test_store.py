@@ -401,6 +401,25 @@ def test_set_status_only_from_leaves_any_other_status_alone(store: Store) -> Non
     assert store.get(sub.id).status == "active"
 
 
+def test_leave_unsubscribes_an_active_subscriber_once_and_leaves_any_other_status(store: Store) -> None:
+    ada, _ = store.add("ada@example.org")
+    grace, _ = store.add("grace@example.org")
+    store.set_status(grace.id, "bounced", "sendgrid")
+    left = store.leave(ada.id, "one-click")
+    assert left is not None and (left.id, left.email, left.status) == (ada.id, ada.email, "unsubscribed")
+    assert left == store.get(ada.id)
+    assert store.leave(ada.id, "web") == left  # a repeat: the same, and no event
+    assert [(e.from_status, e.to_status, e.source) for e in store.events(ada.id)] == [
+        (None, "active", "cli"),
+        ("active", "unsubscribed", "one-click"),
+    ]
+    kept = store.leave(grace.id, "one-click")
+    assert kept is not None and kept.status == "bounced" and len(store.events(grace.id)) == 2
+    assert store.leave(12345, "web") is None
+    with pytest.raises(ValueError):
+        store.leave(ada.id, "fax")  # type: ignore[arg-type]
+
+
 def test_count_by_status_names_every_status(store: Store) -> None:
     assert store.count_by_status() == {"active": 0, "unsubscribed": 0, "bounced": 0, "complained": 0, "pending": 0}
     for i in range(3):
@@ -1176,3 +1195,14 @@ def test_upgrading_turns_each_recipients_row_into_the_ledger_kept_per_batch(db: 
         assert s.sent_address("i", 1) == "u1@example.org" and s.sent_address("i", 2) is None
     with raw_connection(db) as raw:
         assert raw.execute("SELECT name FROM sqlite_master WHERE name = 'deliveries'").fetchall() == []
+
+
+def test_a_store_that_checkpoints_later_leaves_the_log_for_its_checkpoint(tmp_path: Path) -> None:
+    with Store(tmp_path / "db") as store:
+        store.checkpoint_later()
+        for i in range(400):  # four pages of log or more each: past SQLite's own 1,000
+            store.add(f"u{i}@example.org")
+        store.checkpoint()
+        with sqlite3.connect(tmp_path / "db") as raw:
+            _busy, logged, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert logged > 1000 and copied == logged  # no checkpoint restarted the log; the one asked for copied it all

@@ -6,8 +6,12 @@ restart. PostgreSQL's side is in tests/store/test_postgresql.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +19,8 @@ import pytest
 from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.store import ImportRow, Store
 from highlightsmail.urls import SENDGRID_WEBHOOK
+from highlightsmail.web import database
+from highlightsmail.web.database import AppDatabase
 from support.db import damage_pages_holding, read_only
 from support.events import sent_to_everyone, statuses
 from support.sendgrid_events import EventSender
@@ -208,3 +214,102 @@ def test_a_database_file_deleted_under_the_app_is_made_anew_for_every_route_grou
         assert http.post(f"{site.url}/subscribe", data={"email": "hedy@example.org"}).status_code == 200
     with Store.open(site.ws) as store:
         assert [(s.email, s.status) for s in store.iter_subscribers()] == [("hedy@example.org", "pending")]
+
+
+# ---------------------------------------------------------------- quick writes
+
+
+def _in_a_loop_of_its_own(writes: Callable[[], Coroutine[Any, Any, None]]) -> str:
+    """Run `writes()` in an event loop in a thread of its own (a test before may have
+    left a loop running in this one); the thread's name."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(writes())
+        except BaseException as exc:  # raised again in the test's own thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="the-event-loop")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return thread.name
+
+
+def test_a_quick_write_is_made_in_the_event_loop_unless_the_file_is_busy(workspace: Path) -> None:
+    """A quick write runs where it is asked once its Store is open (the first opens it,
+    in the writer thread); when another process holds the file it is made in the writer
+    thread, which waits, and the attempt before it changed nothing."""
+    ws = load_workspace(workspace)
+    with Store.open(ws) as store:
+        ada, _ = store.add("ada@example.org")
+        grace, _ = store.add("grace@example.org")
+    db = AppDatabase(ws)
+    where: list[str] = []
+
+    def leave(sid: int) -> Callable[[Store], object]:
+        def work(store: Store) -> object:
+            where.append(threading.current_thread().name)
+            return store.leave(sid, "one-click")
+
+        return work
+
+    async def writes() -> None:
+        await db.write(leave(ada.id), quick=True)
+        await db.write(leave(ada.id), quick=True)
+        holder = sqlite3.connect(ws.db_path, isolation_level=None)  # another process, writing
+        holder.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, holder.execute, "ROLLBACK")
+        try:
+            await db.write(leave(grace.id), quick=True)
+        finally:
+            holder.close()
+
+    try:
+        here = _in_a_loop_of_its_own(writes)
+    finally:
+        db.close()
+    assert where[0].startswith("highlights-writer") and where[1:3] == [here, here]
+    assert where[3].startswith("highlights-writer") and len(where) == 4
+    assert statuses(ws.db_path) == {"ada@example.org": "unsubscribed", "grace@example.org": "unsubscribed"}
+    with Store.open(ws) as store:
+        assert [e.to_status for e in store.events(grace.id)] == ["active", "unsubscribed"]
+
+
+def test_the_quick_writes_log_is_copied_in_the_writer_thread_and_starts_again(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop's commits never copy the log into the file (and wait for the
+    disk's sync): the writer thread does, every so many quick writes, as one of the
+    app's writes, so the copy is whole and the log starts again instead of growing."""
+    monkeypatch.setattr(database, "_CHECKPOINT_EVERY", 50)
+    seen: list[str] = []
+    real = Store.checkpoint
+
+    def checkpoint(store: Store) -> None:
+        seen.append(threading.current_thread().name)
+        real(store)
+
+    monkeypatch.setattr(Store, "checkpoint", checkpoint)
+    ws = load_workspace(workspace)
+    with Store.open(ws) as store:
+        store.import_rows(ImportRow(f"reader{n}@example.org", "") for n in range(300))
+    db = AppDatabase(ws)
+
+    async def writes() -> None:
+        for sid in range(1, 301):  # the first in the writer thread, the others in the event loop
+            await db.write(lambda store, sid=sid: store.leave(sid, "web"), quick=True)
+
+    try:
+        _in_a_loop_of_its_own(writes)
+        with sqlite3.connect(ws.db_path) as raw:  # while the app's Stores are open
+            _busy, logged, _copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        db.close()
+    assert seen and all(name.startswith("highlights-writer") for name in seen)
+    # Five pages each: 1,500 pages had the log only grown; it started again after a
+    # checkpoint, some fifty writes ago (or a few more, as the threads took turns).
+    assert logged < 1000
+    assert set(statuses(ws.db_path).values()) == {"unsubscribed"}

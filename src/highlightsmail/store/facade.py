@@ -115,6 +115,19 @@ class Store(Subscribers, Ledger, DeliveryEvents, Signups, Schedules, Copying, Ke
         with self._db.transaction():
             yield
 
+    def checkpoint_later(self) -> None:
+        """SQLite: this Store's commits no longer copy the write-ahead log into the file
+        when it has grown (SQLite's automatic checkpoint, which syncs the disk), for a
+        caller that calls `checkpoint` elsewhere: a commit stays a write to the log."""
+        if self.path is not None:
+            self._query("PRAGMA wal_autocheckpoint = 0")
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the file as far as readers and writers
+        let it now, waiting for none of them (PASSIVE)."""
+        if self.path is not None:
+            self._query("PRAGMA wal_checkpoint(PASSIVE)")
+
     def ping(self) -> None:
         """Ask the database something; UnusableDatabase when it cannot answer."""
         self._query("SELECT count(*) FROM dispatches")
