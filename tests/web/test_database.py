@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,42 @@ def test_a_quick_write_is_made_in_the_event_loop_unless_the_file_is_busy(workspa
     assert statuses(ws.db_path) == {"ada@example.org": "unsubscribed", "grace@example.org": "unsubscribed"}
     with Store.open(ws) as store:
         assert [e.to_status for e in store.events(grace.id)] == ["active", "unsubscribed"]
+
+
+def test_a_quick_write_waits_for_the_writer_thread_s_write_instead_of_queueing_behind_it(workspace: Path) -> None:
+    """While the writer thread is at one of the app's writes, quick writes wait for it
+    in the event loop and are then made there: queued behind it, each would find the
+    writer busy with the one before, and every later request would go there too."""
+    ws = load_workspace(workspace)
+    with Store.open(ws) as store:
+        ids = [store.add(f"reader{i}@example.org")[0].id for i in range(6)]
+    db = AppDatabase(ws)
+    where: list[str] = []
+
+    def leave(sid: int) -> Callable[[Store], object]:
+        def work(store: Store) -> object:
+            where.append(threading.current_thread().name)
+            return store.leave(sid, "one-click")
+
+        return work
+
+    def slow(store: Store) -> None:
+        time.sleep(0.005)  # one of the app's slower writes (a signup's), in the writer thread
+
+    async def writes() -> None:
+        await db.write(leave(ids[0]), quick=True)  # opens the quick Store, in the writer thread
+        writer = asyncio.ensure_future(db.write(slow))
+        await asyncio.sleep(0.001)  # the writer thread holds the app's writes now
+        await asyncio.gather(*(db.write(leave(sid), quick=True) for sid in ids[1:]))
+        await writer
+
+    try:
+        here = _in_a_loop_of_its_own(writes)
+    finally:
+        db.close()
+    assert where[0].startswith("highlights-writer")
+    assert where[1:] == [here] * 5, where
+    assert set(statuses(ws.db_path).values()) == {"unsubscribed"}
 
 
 def test_the_quick_writes_log_is_copied_in_the_writer_thread_and_starts_again(

@@ -69,6 +69,10 @@ _CHECK_TIMEOUT_S = 2
 #: Quick writes between two checkpoints in the writer thread (about SQLite's own 1,000
 #: pages of log for an unsubscribe's five).
 _CHECKPOINT_EVERY = 200
+#: How often, and how long apart, a quick write looks again for the writer thread to be
+#: done before it goes there itself (at most 20 ms).
+_QUICK_TRIES = 20
+_QUICK_WAIT_S = 0.001
 
 _T = TypeVar("_T")
 
@@ -155,16 +159,22 @@ class AppDatabase:
         if self._url:
             return await run_in_threadpool(self._written, work)
         if quick:
-            done = self._write_here(work)
-            if done is not None:
-                return done[0]
+            for _ in range(_QUICK_TRIES):
+                done = self._write_here(work)
+                if isinstance(done, tuple):
+                    return done[0]
+                if done is None:
+                    break
+                # The writer thread is at a write: wait for it here rather than queue
+                # behind it, or every request would find it busy from then on.
+                await asyncio.sleep(_QUICK_WAIT_S)
         return await asyncio.get_running_loop().run_in_executor(self._writer, self._written_quick_next, work)
 
-    def _write_here(self, work: Callable[[Store], _T]) -> tuple[_T] | None:
-        """What `work` gave, made now over the Store that never waits; None: no such Store
-        yet (the writer thread opens it), the app's other writes are under way, or the
-        write could not be made at once (the writer thread makes it, and says what is
-        wrong if anything is)."""
+    def _write_here(self, work: Callable[[Store], _T]) -> tuple[_T] | bool | None:
+        """What `work` gave, made now over the Store that never waits; False: the app's
+        other writes are under way (try again in a moment); None: no such Store yet (the
+        writer thread opens it), or the write could not be made at once (the writer
+        thread makes it, and says what is wrong if anything is)."""
         kept = self._quick
         if kept is None:
             return None
@@ -173,7 +183,7 @@ class AppDatabase:
             close_quietly(kept.store)  # here, in the only thread that uses it
             return None
         if not self._writers.acquire(blocking=False):
-            return None
+            return False
         try:
             done = (work(kept.store),)
         except UnusableDatabase:  # busy (it never waits), or worse: the writer thread's turn says
