@@ -114,6 +114,7 @@ class AppDatabase:
         self._inline: _Kept | None = None  # SQLite: the event loop's, for `read`
         self._quick: _Kept | None = None  # SQLite: the event loop's, for quick writes; never waits
         self._quick_writes = 0  # since the last checkpoint asked for
+        self._checkpoint_due = False  # asked for and not made yet: quick writes wait for it
         self._opening = threading.Lock()  # SQLite: one request opens it
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="highlights-writer")  # SQLite
         self._renewals = 0
@@ -182,7 +183,9 @@ class AppDatabase:
             self._quick = None
             close_quietly(kept.store)  # here, in the only thread that uses it
             return None
-        if not self._writers.acquire(blocking=False):
+        if self._checkpoint_due or not self._writers.acquire(blocking=False):
+            # A checkpoint asked for goes first: the loop would take the lock back before
+            # the writer thread woke, and the log would grow meanwhile.
             return False
         try:
             done = (work(kept.store),)
@@ -194,6 +197,7 @@ class AppDatabase:
         if self._quick_writes == _CHECKPOINT_EVERY:
             try:
                 self._writer.submit(self._checkpoint)
+                self._checkpoint_due = True
             except RuntimeError:
                 pass  # the app is stopping: the Store's closing checkpoints
         return done
@@ -210,6 +214,8 @@ class AppDatabase:
                 store.checkpoint()
         except HighlightsError:
             pass  # the database cannot be used now: the requests say so, the next checkpoint tries again
+        finally:
+            self._checkpoint_due = False
 
     def _written_quick_next(self, work: Callable[[Store], _T]) -> _T:
         """`_written`, then, once a write worked, the Store for quick writes if there is
