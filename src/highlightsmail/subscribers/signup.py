@@ -245,15 +245,16 @@ class Signup:
         seconds until it may (HTTP 429, Retry-After)."""
         return self._store().record_signup_post(client_key(ip), limit=POSTS_PER_CLIENT, window=POST_WINDOW)
 
-    def ask(self, form: SignupForm, ip: str | None) -> Asked:
+    def ask(self, form: SignupForm, ip: str | None, store: Store | None = None) -> Asked:
         """Someone asked to join with this address, from client `ip`: counted against
         the per-client limit (over it, the seconds to wait, and nothing else is done);
         then a new address becomes `pending`, any other keeps its status; a
         confirmation email is reserved unless the address is active or had one within
         the limits. All in one transaction. The email goes out in the mailer's next turn
         (the answer to the request does not wait for it), or at the next start if this
-        server stops first. A request caught in the trap is counted, and nothing else."""
-        joining = self._store().ask_to_join(
+        server stops first. A request caught in the trap is counted, and nothing else.
+        `store`: the one to make it in (the web app's, for a quick write), else this one's."""
+        joining = (store or self._store()).ask_to_join(
             client_key(ip),
             None if form.trapped else form.email,
             form.name,

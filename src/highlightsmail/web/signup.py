@@ -211,8 +211,10 @@ class SignupEndpoint:
             form = read_form(fields)
         except FieldProblem as problem:
             return await self._not_taken(request, as_json, headers, self._bad_field(problem, as_json, headers, fields))
-        # Counted, added and the email reserved in one write.
-        wait = (await self._write(self.signup.ask, form, _client(request))).wait
+        # Counted, added and the email reserved in one transaction, a quick write (in the
+        # event loop when it can be: web/database.py); the email is queued after it.
+        client = _client(request)
+        wait = (await self.db.write(lambda store: self.signup.ask(form, client, store), quick=True)).wait
         if wait is not None:
             return self._too_many(as_json, wait, headers)
         if self.ws.settings.topics and not form.trapped:
