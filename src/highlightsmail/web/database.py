@@ -25,18 +25,20 @@ the app's one writer thread: the writes take turns anyway, and twenty worker thr
 queueing on the lock each had to win the interpreter lock back from the loop at every
 step (a one-click POST's p99 was 250 ms).
 
-A write that is one short transaction (`write(..., quick=True)`: an unsubscribe) is
-made on SQLite in the event loop's thread itself, over a Store kept for it that never
-waits for a lock: when the app's other writes are under way, or another process holds
-the file (an import, a send), or anything else keeps it from being made at once, it is
-made in the writer thread as any other. A handover to the writer thread and back cost
+A write that is one short transaction (`write(..., quick=True)`: an unsubscribe, a
+request to join) is made on SQLite in the event loop's thread itself, over a Store kept
+for it that never waits for a lock. While the writer thread is at one of the app's
+writes (or a checkpoint), it waits for it a moment in the loop: queued behind it, each
+request would find the writer busy with the one before, and all would go there from
+then on. When that wait runs out, another process holds the file (an import, a send),
+or anything else keeps it from being made at once, it is made in the writer thread as
+any other. A handover to the writer thread and back cost
 more than the write: each step of the write waited for the interpreter lock while the
 event loop held it (a one-click POST answered at 0.32-0.40 of a bare app's rate). Such a
 work must change nothing until its one transaction, so that it can be made again in the
 writer thread when its transaction could not be. That Store's commits never copy the
 log into the file (SQLite's checkpoint syncs the disk): the writer thread does, after
-every _CHECKPOINT_EVERY quick writes. A request to join is not quick: the mailer's
-writes take turns with it, and a third of them found the lock taken.
+every _CHECKPOINT_EVERY quick writes.
 
 Nothing is opened before it is needed, and an opening that fails is tried again by the
 next request: a database that cannot be used yet (an empty PostgreSQL one before
