@@ -191,16 +191,21 @@ def rate_limit(root: Path, rate: str) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
+def correction_tested_at_3_a_minute(root: Path) -> tuple[Any, Path, Clock]:
+    """The issue sent to 5 readers, a limit of 3 a minute and the correction test-sent:
+    the workspace, the correction's outbox, and a clock 5 minutes on (the issue's own
+    counts have left the window)."""
+    sent_issue(root)
+    rate_limit(root, "3/minute")
+    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
+    return load_workspace(root), root / "outbox" / FIRST, Clock(datetime.now(UTC) + timedelta(minutes=5))
+
+
 def test_a_correction_counts_toward_the_limits_and_pauses_when_they_are_reached(workspace: Path) -> None:
     """3 a minute, 5 readers: 3 go, it pauses until the window opens, then the other 2."""
     from highlightsmail.sending.corrections import send_correction
 
-    sent_issue(workspace)
-    rate_limit(workspace, "3/minute")
-    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
-    ws = load_workspace(workspace)
-    outbox = workspace / "outbox" / FIRST
-    clock = Clock(datetime.now(UTC) + timedelta(minutes=5))  # the issue's own counts have left the window
+    ws, outbox, clock = correction_tested_at_3_a_minute(workspace)
 
     first = send_correction(ws, ws.issue_path(ISSUE), TEXT, clock=clock)
     assert first.paused_until == format_time(clock.now + timedelta(seconds=61))
@@ -230,12 +235,7 @@ def test_the_runner_sends_the_rest_of_a_correction_the_limits_paused(workspace: 
     from highlightsmail.sending.corrections import send_correction
     from highlightsmail.sending.runner import run_due
 
-    sent_issue(workspace)
-    rate_limit(workspace, "3/minute")
-    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
-    ws = load_workspace(workspace)
-    outbox = workspace / "outbox" / FIRST
-    clock = Clock(datetime.now(UTC) + timedelta(minutes=5))
+    ws, outbox, clock = correction_tested_at_3_a_minute(workspace)
 
     first = send_correction(ws, ws.issue_path(ISSUE), TEXT, clock=clock)
     assert first.paused_until is not None and len(addressees(outbox)) == 3
@@ -263,12 +263,7 @@ def test_the_runner_holds_a_paused_correction_whose_notice_changed(workspace: Pa
     from highlightsmail.sending.corrections import send_correction
     from highlightsmail.sending.runner import CORRECTION_HELD, run_due
 
-    sent_issue(workspace)
-    rate_limit(workspace, "3/minute")
-    assert run("send", ISSUE, "--correction", TEXT, "--test").exit_code == 0
-    ws = load_workspace(workspace)
-    outbox = workspace / "outbox" / FIRST
-    clock = Clock(datetime.now(UTC) + timedelta(minutes=5))
+    ws, outbox, clock = correction_tested_at_3_a_minute(workspace)
     assert send_correction(ws, ws.issue_path(ISSUE), TEXT, clock=clock).paused_until is not None
 
     template = workspace / "templates" / "correction.txt.j2"

@@ -239,6 +239,19 @@ def _in_a_loop_of_its_own(writes: Callable[[], Coroutine[Any, Any, None]]) -> st
     return thread.name
 
 
+def _leaving(where: list[str]) -> Callable[[int], Callable[[Store], object]]:
+    """A quick write's work that unsubscribes one reader, noting the thread that made it."""
+
+    def leave(sid: int) -> Callable[[Store], object]:
+        def work(store: Store) -> object:
+            where.append(threading.current_thread().name)
+            return store.leave(sid, "one-click")
+
+        return work
+
+    return leave
+
+
 def test_a_quick_write_is_made_in_the_event_loop_unless_the_file_is_busy(workspace: Path) -> None:
     """A quick write runs where it is asked once its Store is open (the first opens it,
     in the writer thread); when another process holds the file it is made in the writer
@@ -249,13 +262,7 @@ def test_a_quick_write_is_made_in_the_event_loop_unless_the_file_is_busy(workspa
         grace, _ = store.add("grace@example.org")
     db = AppDatabase(ws)
     where: list[str] = []
-
-    def leave(sid: int) -> Callable[[Store], object]:
-        def work(store: Store) -> object:
-            where.append(threading.current_thread().name)
-            return store.leave(sid, "one-click")
-
-        return work
+    leave = _leaving(where)
 
     async def writes() -> None:
         await db.write(leave(ada.id), quick=True)
@@ -288,13 +295,7 @@ def test_a_quick_write_waits_for_the_writer_thread_s_write_instead_of_queueing_b
         ids = [store.add(f"reader{i}@example.org")[0].id for i in range(6)]
     db = AppDatabase(ws)
     where: list[str] = []
-
-    def leave(sid: int) -> Callable[[Store], object]:
-        def work(store: Store) -> object:
-            where.append(threading.current_thread().name)
-            return store.leave(sid, "one-click")
-
-        return work
+    leave = _leaving(where)
 
     def slow(store: Store) -> None:
         time.sleep(0.005)  # one of the app's slower writes (a signup's), in the writer thread
