@@ -80,13 +80,7 @@ class Signer:
         # HMAC-SHA256 over `domain|kind|ident`, spelt out over hashlib: a dispatch signs a
         # token per recipient, and copying two hashes that have taken the key and the
         # shared prefix already costs a fraction of hmac's own copy and update.
-        inner, outer = _prefixed(key, kind)
-        digest = inner.copy()
-        digest.update(ident.encode())
-        mac = outer.copy()
-        mac.update(digest.digest())
-        out: bytes = mac.digest()
-        return out[:_MAC_BYTES]
+        return _signed(*_prefixed(key, kind), ident)
 
     def make(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
         """A token for this subscriber and purpose (`unsubscribe` or `test`)."""
@@ -153,7 +147,8 @@ class Signer:
         recipient, and that was most of its cost per recipient)."""
         if made < 0:
             raise ValueError("times are not negative")
-        u_inner, u_outer = _prefixed(self.secret, KINDS["unsubscribe"])
+        u_kind = KINDS["unsubscribe"]
+        u_inner, u_outer = _prefixed(self.secret, u_kind)
         p_inner, p_outer = _prefixed(self.secret, PREFERENCES_KIND)
         made_part = "." + _base36(made)
 
@@ -161,18 +156,10 @@ class Signer:
             if subscriber_id < 0:
                 raise ValueError("subscriber ids are not negative")
             ident = _base36(subscriber_id)
-            inner = u_inner.copy()
-            inner.update(ident.encode())
-            mac = u_outer.copy()
-            mac.update(inner.digest())
-            unsubscribe = _b64(mac.digest()[:_MAC_BYTES]).decode()
             both = ident + made_part
-            inner = p_inner.copy()
-            inner.update(both.encode())
-            mac = p_outer.copy()
-            mac.update(inner.digest())
-            preferences = _b64(mac.digest()[:_MAC_BYTES]).decode()
-            return f"u{ident}.{unsubscribe}", f"{PREFERENCES_KIND}{both}.{preferences}"
+            unsubscribe = _b64(_signed(u_inner, u_outer, ident)).decode()
+            preferences = _b64(_signed(p_inner, p_outer, both)).decode()
+            return f"{u_kind}{ident}.{unsubscribe}", f"{PREFERENCES_KIND}{both}.{preferences}"
 
         return tokens
 
@@ -265,6 +252,16 @@ def _message_keyed(key: bytes, issue: str, tag: str) -> hmac.HMAC:
     mac = _keyed(key).copy()
     mac.update(b"|".join((_DOMAIN, MESSAGE_KIND.encode(), f"{len(issue)}:{issue}".encode(), tag.encode(), b"")))
     return mac
+
+
+def _signed(inner: hashlib._Hash, outer: hashlib._Hash, ident: str) -> bytes:
+    """The MAC of `ident` from `_prefixed`'s two hashes (copied, so they serve again)."""
+    digest = inner.copy()
+    digest.update(ident.encode())
+    mac = outer.copy()
+    mac.update(digest.digest())
+    out: bytes = mac.digest()
+    return out[:_MAC_BYTES]
 
 
 @functools.lru_cache(maxsize=16)

@@ -30,7 +30,7 @@ from highlightsmail.mail.kept import keepable
 from highlightsmail.mail.message import fingerprint
 from highlightsmail.rendering.correction import render_correction
 from highlightsmail.rendering.rendered import RenderedIssue
-from highlightsmail.sending.dispatch import send_test_of, settle
+from highlightsmail.sending.dispatch import announce, send_test_of, settle
 from highlightsmail.sending.events import Quiet, SendEvents
 from highlightsmail.sending.limits import Limits
 from highlightsmail.sending.lock import as_sender
@@ -151,10 +151,7 @@ def send_correction(
             plan = _plan(store, backend, correction, dry_run=dry_run, resend_in_doubt=resend_in_doubt)
             if dry_run:
                 return SendOutcome(plan, dry_run=True, suppressed=plan.suppressed)
-            if plan.suppressed:
-                events.suppressions_applied(plan.suppressed, backend.name)
-            if plan.found_in_doubt:
-                events.found_in_doubt(plan.found_in_doubt)
+            announce(events, plan, backend.name)
             limits = Limits(store, ws.settings, correction.name, stopping)
             return settle(store, _run(ws, store, backend, plan, correction, events, limits), limits, digest)
 

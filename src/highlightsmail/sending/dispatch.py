@@ -58,6 +58,7 @@ __all__ = [
     "StatusReport",
     "Summary",
     "TestSendResult",
+    "announce",
     "send",
     "send_claimed",
     "send_test",
@@ -199,10 +200,7 @@ def send(
         if dry_run:
             _dry_build(store, issue_batches(store, rendered, ws.settings, signer), plan)
             return SendOutcome(plan, dry_run=True, suppressed=plan.suppressed)
-        if plan.suppressed:
-            events.suppressions_applied(plan.suppressed, backend.name)
-        if plan.found_in_doubt:
-            events.found_in_doubt(plan.found_in_doubt)
+        announce(events, plan, backend.name)
         limits = Limits(store, ws.settings, rendered.slug, stopping)
         outcome = _run(
             store,
@@ -296,6 +294,15 @@ def _run(
         paused_until=format_time(limits.paused_until) if limits and limits.paused_until else None,
         cancelled=bool(limits and limits.cancelled),
     )
+
+
+def announce(events: SendEvents, plan: SendPlan, backend: str) -> None:
+    """Tell the editor what the plan found before it runs: suppressions applied, and
+    recipients found in doubt."""
+    if plan.suppressed:
+        events.suppressions_applied(plan.suppressed, backend)
+    if plan.found_in_doubt:
+        events.found_in_doubt(plan.found_in_doubt)
 
 
 def settle(store: Store, outcome: SendOutcome, limits: Limits, digest: str) -> SendOutcome:

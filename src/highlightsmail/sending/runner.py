@@ -102,28 +102,35 @@ def _one(
         if store.move_schedule(slug, schedule.version, "missed", reason=why):
             return DueReport(slug, "missed", why)
         return None
-    if CORRECTION_MARK in slug:
-        return _correction(ws, store, schedule, clock, stopping)
+    approved = (_correction if CORRECTION_MARK in slug else _issue)(ws, store, schedule, clock, stopping)
+    if not callable(approved):
+        return approved  # held (or another runner held it first)
+    if not store.move_schedule(slug, schedule.version, "running", started=True):
+        return None  # another runner took it first
+    return _send(ws, slug, approved, clock)
+
+
+#: What a runner sends for a schedule it may take; a DueReport (or None) when it holds it instead.
+_Approved = Callable[[], SendOutcome] | DueReport | None
+
+
+def _issue(
+    ws: Workspace, store: Store, schedule: Schedule, clock: Callable[[], datetime], stopping: Callable[[], bool]
+) -> _Approved:
+    """An issue's send, if the message is still the one that was scheduled."""
     try:
-        path = ws.issue_path(slug)
+        path = ws.issue_path(schedule.issue)
         digest = dispatch.approved_fingerprint(ws, path)
     except HighlightsError as err:
         return _hold(store, schedule, f"it cannot be rendered now: {err.format_message()}")
     if digest != schedule.fingerprint:
         return _hold(store, schedule, HELD)
-    if not store.move_schedule(slug, schedule.version, "running", started=True):
-        return None  # another runner took it first
-    return _send(
-        ws,
-        slug,
-        lambda: dispatch.send(ws, path, skip_test_check=True, approved=digest, clock=clock, stopping=stopping),
-        clock,
-    )
+    return lambda: dispatch.send(ws, path, skip_test_check=True, approved=digest, clock=clock, stopping=stopping)
 
 
 def _correction(
     ws: Workspace, store: Store, schedule: Schedule, clock: Callable[[], datetime], stopping: Callable[[], bool]
-) -> DueReport | None:
+) -> _Approved:
     """A correction the limits paused: its notice rendered again from the text it kept,
     and sent on if that is still the notice that was test-sent."""
     slug = schedule.issue
@@ -138,14 +145,7 @@ def _correction(
         return _hold(store, schedule, f"it cannot be rendered now: {err.format_message()}")
     if correction.name != slug or digest != schedule.fingerprint:
         return _hold(store, schedule, CORRECTION_HELD)
-    if not store.move_schedule(slug, schedule.version, "running", started=True):
-        return None  # another runner took it first
-    return _send(
-        ws,
-        slug,
-        lambda: corrections.send_correction(ws, path, text, clock=clock, approved=digest, stopping=stopping),
-        clock,
-    )
+    return lambda: corrections.send_correction(ws, path, text, clock=clock, approved=digest, stopping=stopping)
 
 
 def _grace(ws: Workspace) -> timedelta:
