@@ -18,6 +18,7 @@ may have gone out), and the next batch goes to a new one.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -89,7 +90,15 @@ class Workers:
 
     def _fork(self) -> _Worker:
         ours, theirs = Pipe()
-        pid = os.fork()
+        # Out of the collector's sight while forking: its passes would write to every
+        # object a worker shares with the loop, copying their pages into each worker
+        # (a fifth of the send's memory, and its time).
+        gc.freeze()
+        try:
+            pid = os.fork()
+        finally:
+            if os.getpid() == self._parent:
+                gc.unfreeze()
         if pid == 0:  # the worker: never returns
             ours.close()
             for other in self._pipes():
