@@ -90,15 +90,11 @@ class Workers:
 
     def _fork(self) -> _Worker:
         ours, theirs = Pipe()
-        # Out of the collector's sight while forking: its passes would write to every
-        # object a worker shares with the loop, copying their pages into each worker
-        # (a fifth of the send's memory, and its time).
+        # Out of the collector's sight until `close`, in the loop and in the workers:
+        # its passes write to every object they look at, and each would copy the
+        # pages the two share (a third of the send's memory, and a tenth of its time).
         gc.freeze()
-        try:
-            pid = os.fork()
-        finally:
-            if os.getpid() == self._parent:
-                gc.unfreeze()
+        pid = os.fork()
         if pid == 0:  # the worker: never returns
             ours.close()
             for other in self._pipes():
@@ -175,6 +171,7 @@ class Workers:
         flight: in doubt at the next run)."""
         workers = self._idle + [worker for worker, _future in self._busy.values()]
         self._idle, self._busy = [], {}
+        gc.unfreeze()
         for worker in workers:
             worker.conn.close()
         deadline = time.monotonic() + wait
