@@ -161,7 +161,7 @@ class Workers:
 
     def _bury(self, worker: _Worker) -> None:
         worker.conn.close()
-        with contextlib.suppress(ChildProcessError):
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
             os.kill(worker.pid, signal.SIGKILL)
             os.waitpid(worker.pid, 0)
 
