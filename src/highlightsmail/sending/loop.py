@@ -18,6 +18,7 @@ when it says none, the loop claims no more and the batches under way finish.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections import Counter
@@ -34,7 +35,7 @@ from highlightsmail.mail.pool import BackendPool
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.sending.events import Quiet, SendEvents, ignore
 from highlightsmail.sending.limits import count_welcome
-from highlightsmail.sending.workers import Workers, can_fork
+from highlightsmail.sending.workers import Workers, can_fork, held_ctrl_c
 from highlightsmail.store import Delivery, DeliveryState, Store
 
 if TYPE_CHECKING:
@@ -230,6 +231,17 @@ class SendLoop:
         for one to come back. Nothing is handed to a worker before that commit, and a
         batch leaves `under_way` only once its outcome is committed (a Ctrl-C in between
         rolls back, and the next turn records it again). False when all is done."""
+        # With worker processes, a Ctrl-C waits for the wait: landing between the commit
+        # and the hand-out, it would leave a batch claimed that no worker has. (With
+        # threads it cannot be held so: any thread may take it for the process.)
+        with held_ctrl_c() if self.forked is not None else contextlib.nullcontext():
+            if not self._record_and_hand_out(pool):
+                return False
+        self.done = self._wait()
+        return True
+
+    def _record_and_hand_out(self, pool: ThreadPoolExecutor) -> bool:
+        """`turn` up to its wait: whether any batch is under way."""
         results = {fut: outcome(self.under_way[fut].keys, fut.result) for fut in self.done if fut in self.under_way}
         claims: list[Claim] = []
         skipped = 0
@@ -252,10 +264,7 @@ class SendLoop:
         self.done = set()
         for claim in claims:
             self.under_way[self.hand_out(pool, claim)] = claim
-        if not self.under_way:
-            return False
-        self.done = self._wait()
-        return True
+        return bool(self.under_way)
 
     def _wants_more(self, claimed: int) -> bool:
         busy = len(self.under_way) - len(self.done) + claimed

@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, Pipe, wait
 from typing import NamedTuple
@@ -33,7 +33,7 @@ from highlightsmail.errors import reason
 from highlightsmail.mail.backends.base import Backend, BatchResult, DeliveryError, InDoubtError
 from highlightsmail.mail.batches import Addressee, Batches
 
-__all__ = ["Workers", "can_fork"]
+__all__ = ["Workers", "can_fork", "held_ctrl_c"]
 
 # What a worker answers: (0, BatchResult), (1, why it is in doubt) or (2, why it failed).
 _SENT, _IN_DOUBT, _FAILED = 0, 1, 2
@@ -61,6 +61,17 @@ def can_fork(backend: Backend, workers: int) -> bool:
         and threading.active_count() == 1
         and threading.current_thread() is threading.main_thread()
     )
+
+
+@contextlib.contextmanager
+def held_ctrl_c() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back until the block ends, then raised as ever. Only for a
+    process with no other thread: the kernel would hand the signal to one of those."""
+    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
 
 
 class _Worker(NamedTuple):
@@ -133,13 +144,10 @@ class Workers:
             assert isinstance(conn, Connection)
             # Ctrl-C waits until the answer is read and noted: lost in between, the
             # batch would never come back.
-            masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            try:
+            with held_ctrl_c():
                 worker, future = self._busy.pop(conn)
                 self._answer(worker, future)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, masked)
-            done.add(future)
+                done.add(future)
         return done
 
     def _answer(self, worker: _Worker, future: Future[BatchResult]) -> None:
