@@ -483,18 +483,23 @@ class Ledger(LedgerState):
     ) -> None:
         """Finish one batch: its row takes the commonest outcome; the others are exceptions."""
         (state, error), _n = Counter(outcomes.values()).most_common(1)[0]
-        row = conn.execute(
-            "SELECT ids FROM ledger_batches WHERE issue = ? AND batch = ? AND state = 'in_flight'", (issue, number)
-        ).fetchone()
-        if row is None:  # finished or found in doubt already
-            return
         others = [(sid, how) for sid, how in outcomes.items() if how != (state, error)]
-        members = set(parse_ids(row[0])) if others else set()
-        conn.execute(
+        apart = 0  # those of its ids that become exceptions
+        if others:  # (a batch that fared as one, nearly all of them, needs not read its ids)
+            row = conn.execute(
+                "SELECT ids FROM ledger_batches WHERE issue = ? AND batch = ? AND state = 'in_flight'", (issue, number)
+            ).fetchone()
+            if row is None:  # finished or found in doubt already
+                return
+            members = set(parse_ids(row[0]))
+            apart = sum(1 for sid, _how in others if sid in members)
+        updated = conn.execute(
             "UPDATE ledger_batches SET state = ?, last_error = ?, message_id = ?, updated = ?,"
-            " counted = counted - ? WHERE issue = ? AND batch = ?",
-            (state, error, message_id, now, sum(1 for sid, _how in others if sid in members), issue, number),
+            " counted = counted - ? WHERE issue = ? AND batch = ? AND state = 'in_flight'",
+            (state, error, message_id, now, apart, issue, number),
         )
+        if updated.rowcount == 0:  # finished or found in doubt already
+            return
         # A batch of retries or of one: its recipients are exceptions, in flight in it.
         conn.execute(
             "UPDATE ledger_exceptions SET state = ?, last_error = ?, message_id = ?, updated = ?"
