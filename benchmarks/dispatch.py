@@ -340,6 +340,7 @@ def main() -> None:
         "--postgresql", action="store_true", help="the state in a PostgreSQL server started for the run"
     )
     args = parser.parse_args()
+    benchargs.compile_source()
     if args.postgresql:
         if args.validate:
             parser.error("--validate is for the SQLite runs: the server does not validate with --postgresql")
