@@ -39,7 +39,6 @@ __all__ = ["Workers", "can_fork", "held_ctrl_c"]
 _SENT, _IN_DOUBT, _FAILED = 0, 1, 2
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_NICER = 5
 
 
 class _Row(NamedTuple):
@@ -220,9 +219,6 @@ def _work(
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with(parent, prctl)
-        # The loop that keeps the ledger is the one step every batch waits for: when
-        # the cores are all busy, the workers give way to it.
-        os.nice(_NICER)
         backend: Backend | None = None
         while True:
             try:
