@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,11 +24,10 @@ from highlightsmail.mail.backends.base import Backend, Batch, BatchResult
 from highlightsmail.sending.workers import can_fork
 from highlightsmail.store import ImportRow, Store
 from support.sendgrid import SendGridServer
+from support.sendproc import ledger, send_process
 
 API_KEY = "SG.worker-tests"
 BATCH = 100
-HIGHLIGHTS = [sys.executable, "-m", "highlightsmail"]
-ALL_STATES = ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt")
 
 
 def _setup(root: Path, n: int, *, timeout: float = 5, concurrency: int = 3) -> list[str]:
@@ -51,21 +49,6 @@ def _env(sg: SendGridServer) -> dict[str, str]:
         "HIGHLIGHTS_SENDGRID_HOST": sg.url,
         "HIGHLIGHTS_SECRET": os.environ["HIGHLIGHTS_SECRET"],
     }
-
-
-def _send(root: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
-    # A session of its own, as a terminal's foreground job is a group of its own: Ctrl-C
-    # there signals every process of the group, the workers too.
-    return subprocess.Popen(
-        [*HIGHLIGHTS, "send", "2024-w02", "--yes", "--skip-test-check", *extra],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def _children(pid: int) -> set[int]:
@@ -100,11 +83,6 @@ def _watch(proc: subprocess.Popen[str], seen: set[int]) -> tuple[str, str]:
     return proc.communicate(timeout=30)
 
 
-def _ledger(root: Path) -> dict[str, str]:
-    with Store(root / "subscribers" / "highlights.db") as store:
-        return {d.email: d.state for d in store.iter_deliveries("2024-w02", ALL_STATES)}
-
-
 @pytest.mark.slow
 def test_a_send_goes_out_from_worker_processes_once_each(workspace: Path) -> None:
     emails = _setup(workspace, 3000)
@@ -112,13 +90,13 @@ def test_a_send_goes_out_from_worker_processes_once_each(workspace: Path) -> Non
         # Request 4 refused for good, 7 dropped after it was sent whole, 10 a server
         # error twice (tried again, then taken).
         sg.plan_faults({4: "400", 7: "drop", 10: "500", 11: "500"})
-        proc = _send(workspace, _env(sg))
+        proc = send_process(workspace, _env(sg))
         seen: set[int] = set()
         out, err = _watch(proc, seen)
         copies = sg.recipient_ids
     assert len(seen) >= 2, "the send did not use worker processes"
     assert not [pid for pid in seen if _alive(pid)], "a worker outlived the send"
-    state = _ledger(workspace)
+    state = ledger(workspace)
     counts = Counter(state.values())
     assert counts == {"sent": 2800, "failed": BATCH, "in_doubt": BATCH}, counts
     assert proc.returncode == 1, err
@@ -134,7 +112,7 @@ def test_kill_9_of_the_send_leaves_no_worker_and_nobody_twice(workspace: Path) -
     with SendGridServer(api_key=API_KEY, record="ids", stall_seconds=60) as sg:
         sg.plan_faults({3: "stall"})  # a worker waits on it while the others go on
         env = _env(sg)
-        proc = _send(workspace, env)
+        proc = send_process(workspace, env)
         _until(lambda: sg.stats.received >= 8)
         workers = _children(proc.pid)
         assert len(workers) == 3, workers
@@ -147,10 +125,10 @@ def test_kill_9_of_the_send_leaves_no_worker_and_nobody_twice(workspace: Path) -
         time.sleep(0.5)
         assert sg.stats.received == received
 
-        resumed = _send(workspace, env)
+        resumed = send_process(workspace, env)
         _out, err = resumed.communicate(timeout=120)
         copies = sg.recipient_ids
-    state = _ledger(workspace)
+    state = ledger(workspace)
     assert set(state.values()) <= {"sent", "in_doubt"}, Counter(state.values())
     doubt = [e for e, s in state.items() if s == "in_doubt"]
     # The batches the workers held (the stalled one among them), and no more.
@@ -166,14 +144,14 @@ def test_ctrl_c_lets_the_batches_under_way_finish(workspace: Path) -> None:
     _setup(workspace, 20000, timeout=2)
     with SendGridServer(api_key=API_KEY, record="ids", stall_seconds=60) as sg:
         sg.plan_faults({3: "stall"})  # no answer: in doubt after the 2 s time-out
-        proc = _send(workspace, _env(sg))
+        proc = send_process(workspace, _env(sg))
         _until(lambda: sg.stats.received >= 10)
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C at a terminal: the workers get it too
         out, err = proc.communicate(timeout=60)
         copies = sg.recipient_ids
     assert "Stopping after the batches under way" in err
     assert "stopped" in out + err
-    state = _ledger(workspace)
+    state = ledger(workspace)
     counts = Counter(state.values())
     # Nothing left under way: what the workers had finished (sent), the stalled batch
     # waited for until its time-out (in doubt), and the rest left for the next run.
@@ -189,7 +167,7 @@ def test_a_worker_killed_mid_batch_leaves_that_batch_in_doubt(workspace: Path) -
     emails = _setup(workspace, 5000, timeout=30)
     with SendGridServer(api_key=API_KEY, record="ids", stall_seconds=60) as sg:
         sg.plan_faults({3: "stall"})
-        proc = _send(workspace, _env(sg))
+        proc = send_process(workspace, _env(sg))
         _until(lambda: sg.stats.received >= 3)
         workers = _children(proc.pid)
         # One of them waits on the stalled request. Every worker is killed: only the
@@ -201,7 +179,7 @@ def test_a_worker_killed_mid_batch_leaves_that_batch_in_doubt(workspace: Path) -
         out, err = _watch(proc, seen)
         copies = sg.recipient_ids
     assert seen - workers, "no new worker took over"
-    state = _ledger(workspace)
+    state = ledger(workspace)
     counts = Counter(state.values())
     assert set(counts) <= {"sent", "in_doubt", "failed"}, counts
     assert BATCH <= counts["in_doubt"] <= 3 * BATCH, counts
