@@ -377,6 +377,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=15, help="runs of each command (default: %(default)s)")
     args = parser.parse_args()
+    benchargs.compile_source()
     if not (REPO / "highlights.yaml").is_file():
         sys.exit("run from a checkout with the example workspace (highlights.yaml, issues/)")
     root = copy_workspace()

@@ -22,6 +22,7 @@ import yaml
 
 from highlightsmail.store import ImportRow, Store
 from support.sendgrid import SendGridServer
+from support.sendproc import ledger, send_process
 
 API_KEY = "SG.crash-tests"
 N = 5000
@@ -36,33 +37,12 @@ def _configure(root: Path) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
-def _send(root: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*HIGHLIGHTS, "send", "2024-w02", "--yes", "--skip-test-check", *extra],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def _status(root: Path, env: dict[str, str], *extra: str) -> str:
     done = subprocess.run(
         [*HIGHLIGHTS, "status", "2024-w02", *extra], cwd=root, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def _ledger(root: Path) -> dict[str, str]:
-    with Store(root / "subscribers" / "highlights.db") as store:
-        return {
-            d.email: d.state
-            for d in store.iter_deliveries(
-                "2024-w02", ("pending", "in_flight", "sent", "skipped", "failed", "in_doubt")
-            )
-        }
 
 
 @pytest.mark.slow
@@ -83,7 +63,7 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
         kills = 0
         for _ in range(4):
             before = sg.stats.received
-            proc = _send(workspace, env)
+            proc = send_process(workspace, env)
             # Kill once this run has made a random number of requests (a random moment
             # of the dispatch), plus a random slice of a request's time.
             target = before + rng.randint(1, 12)
@@ -99,7 +79,7 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
 
         # Straight after a kill, before any resume, status already counts what was under
         # way as in doubt (the count and the list agree), and names each address.
-        before = _ledger(workspace)
+        before = ledger(workspace)
         in_flight = sorted(e for e, s in before.items() if s == "in_flight")
         doubt_now = sum(1 for s in before.values() if s in ("in_flight", "in_doubt"))
         status = _status(workspace, env, "--verbose")
@@ -112,13 +92,13 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
         assert _status(workspace, env).count("@example.org") == 0  # addresses only with --verbose
 
         # Resume without --resend-in-doubt: everyone else goes out; in-doubt stays.
-        proc = _send(workspace, env)
+        proc = send_process(workspace, env)
         _out, err = proc.communicate(timeout=120)
-        state = _ledger(workspace)
+        state = ledger(workspace)
         doubt = sorted(e for e, s in state.items() if s == "in_doubt")
         assert set(state.values()) <= {"sent", "in_doubt"}, set(state.values())
         assert len(state) == N
-        assert proc.returncode == (1 if doubt else 0), err.decode()
+        assert proc.returncode == (1 if doubt else 0), err
 
         copies = sg.recipient_ids
         for email, s in state.items():
@@ -135,10 +115,10 @@ def test_kill_9_at_random_moments_then_resume(workspace: Path) -> None:
             assert "--resend-in-doubt" in status
 
         # Only now, and only when asked, do those in doubt get a copy again.
-        proc = _send(workspace, env, "--resend-in-doubt")
+        proc = send_process(workspace, env, "--resend-in-doubt")
         _out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()
-        assert set(_ledger(workspace).values()) == {"sent"}
+        assert proc.returncode == 0, err
+        assert set(ledger(workspace).values()) == {"sent"}
         for email in emails:
             want = (1, 2) if email in doubt else (1,)
             assert sg.recipient_ids[email] in want, (email, sg.recipient_ids[email])

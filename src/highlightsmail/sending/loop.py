@@ -8,7 +8,8 @@ them into `in_doubt` and sends those again only when asked (`--resend-in-doubt`)
 nobody gets two copies by default.
 
 Only the loop's thread touches the database; `backend.concurrency` worker threads,
-each with its backend from the pool, build the batches and make the requests. Each
+each with its backend from the pool, build the batches and make the requests (or as
+many worker processes, for a backend whose requests cost Python's time: workers.py). Each
 turn records what came back and claims what is next in one transaction (`turn`); a
 claim and its record are one step each per batch (`claim`, `record`). A `Gate` (the
 sending limits and a cancel: `limits.py`) says before each claim how many may go now;
@@ -17,6 +18,7 @@ when it says none, the loop claims no more and the batches under way finish.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections import Counter
@@ -33,6 +35,7 @@ from highlightsmail.mail.pool import BackendPool
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.sending.events import Quiet, SendEvents, ignore
 from highlightsmail.sending.limits import count_welcome
+from highlightsmail.sending.workers import Workers, can_fork, held_ctrl_c
 from highlightsmail.store import Delivery, DeliveryState, Store
 
 if TYPE_CHECKING:
@@ -161,8 +164,13 @@ class SendLoop:
         progress: Callable[[int], None] = ignore,
         events: SendEvents | None = None,
         gate: Gate | None = None,
+        processes: Callable[[], Backend] | None = None,
     ) -> None:
         self.store = store
+        # Set: each worker thread sends through a worker process with a backend this
+        # makes (workers.py).
+        self.processes = processes
+        self.forked: Workers | None = None
         self.gate = gate
         self.backends = backends
         self.batches = batches
@@ -180,6 +188,10 @@ class SendLoop:
         self.next_number = store.next_batch_number(self.slug)
 
     def run(self) -> RunResult:
+        if self.processes is not None:
+            # Worker processes instead of the pool's threads (workers.py): the pool then
+            # starts none.
+            self.forked = Workers(self.workers, self.processes, self.batches)
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="send")
         # SQLite lets go of Python's lock while it works, but this loop then waits for a
         # worker to hand it back, by default up to 5 ms each time (the switch interval):
@@ -187,12 +199,18 @@ class SendLoop:
         # of running side by side. A shorter interval lets them overlap.
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, 0.0002))
+        finished = False
         try:
             while self._turn_or_stop(pool):
                 pass
+            finished = True
         finally:
             sys.setswitchinterval(switch_interval)
             pool.shutdown(wait=not self.result.stopped or not self.under_way, cancel_futures=True)
+            if self.forked is not None:
+                # Left early (a second Ctrl-C, an error): what is under way is not
+                # waited for, as its threads would not be; it stays in flight.
+                self.forked.close(wait=10.0 if finished else 0.0)
         self.store.finish_dispatch_if_done(self.slug)
         return self.result
 
@@ -213,6 +231,17 @@ class SendLoop:
         for one to come back. Nothing is handed to a worker before that commit, and a
         batch leaves `under_way` only once its outcome is committed (a Ctrl-C in between
         rolls back, and the next turn records it again). False when all is done."""
+        # With worker processes, a Ctrl-C waits for the wait: landing between the commit
+        # and the hand-out, it would leave a batch claimed that no worker has. (With
+        # threads it cannot be held so: any thread may take it for the process.)
+        with held_ctrl_c() if self.forked is not None else contextlib.nullcontext():
+            if not self._record_and_hand_out(pool):
+                return False
+        self.done = self._wait()
+        return True
+
+    def _record_and_hand_out(self, pool: ThreadPoolExecutor) -> bool:
+        """`turn` up to its wait: whether any batch is under way."""
         results = {fut: outcome(self.under_way[fut].keys, fut.result) for fut in self.done if fut in self.under_way}
         claims: list[Claim] = []
         skipped = 0
@@ -235,10 +264,7 @@ class SendLoop:
         self.done = set()
         for claim in claims:
             self.under_way[self.hand_out(pool, claim)] = claim
-        if not self.under_way:
-            return False
-        self.done, _ = wait(list(self.under_way), return_when=FIRST_COMPLETED)
-        return True
+        return bool(self.under_way)
 
     def _wants_more(self, claimed: int) -> bool:
         busy = len(self.under_way) - len(self.done) + claimed
@@ -269,7 +295,16 @@ class SendLoop:
 
     def hand_out(self, pool: ThreadPoolExecutor, claim: Claim) -> Future[BatchResult]:
         """Give a claimed batch to a worker."""
+        if self.forked is not None:
+            return self.forked.submit(claim.number, claim.rows)
         return pool.submit(self._deliver, claim)
+
+    def _wait(self) -> set[Future[BatchResult]]:
+        """Wait for at least one batch under way to come back."""
+        if self.forked is not None:
+            return self.forked.wait(self.under_way)
+        done, _ = wait(list(self.under_way), return_when=FIRST_COMPLETED)
+        return done
 
     def _deliver(self, claim: Claim) -> BatchResult:
         # Built here, in the worker, so the loop that claims and records (the one
@@ -323,6 +358,7 @@ def run_dispatch(
             progress=progress,
             events=events,
             gate=gate,
+            processes=backend.clone if can_fork(backend, workers) else None,
         )
         return loop.run()
     finally:

@@ -241,13 +241,21 @@ class Ledger(LedgerState):
             raise ValueError("claim_batch on PostgreSQL needs join_dispatch first")
         now = self.now()
         with self._write(serial=False) as conn:
+            # Whether any are put back to pending, asked with the row: one round trip
+            # to the server fewer per batch, where nearly always none are.
             found = conn.execute(
-                f"SELECT claimed_to, batches FROM dispatches WHERE issue = ?{self._db.lock_row}", (issue,)
+                "SELECT claimed_to, batches, EXISTS (SELECT 1 FROM ledger_exceptions"
+                " WHERE issue = dispatches.issue AND state = 'pending')"
+                f" FROM dispatches WHERE issue = ?{self._db.lock_row}",
+                (issue,),
             ).fetchone()
             if found is None:
                 return [], 0, 0
             reached, number = int(found[0]), int(found[1]) + 1
-            claimed, skipped = self._claim_retries(conn, issue, number, size, now)
+            claimed: list[Delivery] = []
+            skipped = 0
+            if found[2]:
+                claimed, skipped = self._claim_retries(conn, issue, number, size, now)
             if not claimed and not skipped:
                 claimed, skipped, reached = self._claim_fresh(conn, issue, number, size, reached, now)
             if claimed or skipped:
@@ -475,18 +483,23 @@ class Ledger(LedgerState):
     ) -> None:
         """Finish one batch: its row takes the commonest outcome; the others are exceptions."""
         (state, error), _n = Counter(outcomes.values()).most_common(1)[0]
-        row = conn.execute(
-            "SELECT ids FROM ledger_batches WHERE issue = ? AND batch = ? AND state = 'in_flight'", (issue, number)
-        ).fetchone()
-        if row is None:  # finished or found in doubt already
-            return
         others = [(sid, how) for sid, how in outcomes.items() if how != (state, error)]
-        members = set(parse_ids(row[0])) if others else set()
-        conn.execute(
+        apart = 0  # those of its ids that become exceptions
+        if others:  # (a batch that fared as one, nearly all of them, needs not read its ids)
+            row = conn.execute(
+                "SELECT ids FROM ledger_batches WHERE issue = ? AND batch = ? AND state = 'in_flight'", (issue, number)
+            ).fetchone()
+            if row is None:  # finished or found in doubt already
+                return
+            members = set(parse_ids(row[0]))
+            apart = sum(1 for sid, _how in others if sid in members)
+        updated = conn.execute(
             "UPDATE ledger_batches SET state = ?, last_error = ?, message_id = ?, updated = ?,"
-            " counted = counted - ? WHERE issue = ? AND batch = ?",
-            (state, error, message_id, now, sum(1 for sid, _how in others if sid in members), issue, number),
+            " counted = counted - ? WHERE issue = ? AND batch = ? AND state = 'in_flight'",
+            (state, error, message_id, now, apart, issue, number),
         )
+        if updated.rowcount == 0:  # finished or found in doubt already
+            return
         # A batch of retries or of one: its recipients are exceptions, in flight in it.
         conn.execute(
             "UPDATE ledger_exceptions SET state = ?, last_error = ?, message_id = ?, updated = ?"

@@ -158,6 +158,9 @@ class Backend(ABC):
     #: Whether it reads each envelope's message token (its own Message-IDs, VERP); one
     #: that does not (SendGrid makes its own) is spared signing one per recipient.
     message_tokens: bool = True
+    #: Whether a send may build and post its batches from worker processes
+    #: (sending/workers.py): worth it where that work is Python's, not the server's.
+    processes: bool = False
 
     def open(self) -> None:
         """Connect or check credentials before anything is claimed."""

@@ -77,6 +77,7 @@ class SendGridBackend(Backend):
 
     name = "sendgrid"
     message_tokens = False  # SendGrid gives each message its own Message-ID
+    processes = True  # its requests cost their building, not waiting for a server
 
     def __init__(self, ws: Workspace, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.ws = ws
