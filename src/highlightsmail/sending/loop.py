@@ -167,8 +167,8 @@ class SendLoop:
         processes: Callable[[], Backend] | None = None,
     ) -> None:
         self.store = store
-        # Set: each worker thread sends through a worker process with a backend this
-        # makes (workers.py).
+        # Set: the batches go to worker processes instead of the pool's threads, each
+        # with a backend this makes (workers.py).
         self.processes = processes
         self.forked: Workers | None = None
         self.gate = gate
