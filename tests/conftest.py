@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,14 @@ import pytest
 
 from support.chromium import CHROMIUM, launch
 from support.workspace import copy_example
+
+# A run started in the background by a shell without job control has SIGINT ignored,
+# and every process the tests start would inherit that: the tests that press Ctrl-C on
+# `highlights send` or a server would find it ignored, and fail. With Python's own
+# handler here, each child starts with the default again (an exec resets a handled
+# signal, not an ignored one).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
