@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/web_endpoint.py [--requests 3000] [--clients 20]
 
-Two servers on loopback, each a process of its own under the same uvicorn settings
-(`Server.run`: proxy headers, no server header, the access log on):
+Servers on loopback, each a process of its own under the same uvicorn settings
+(`uvicorn_config`: proxy headers, no server header, the access log on):
 
 - the floor: a bare Starlette app; GET answers a 2 KB HTML page, POST reads the body,
   does one SQLite insert (WAL, synchronous=NORMAL, a connection kept per thread) in the
-  thread pool and answers the same page;
+  thread pool and answers the same page. Its log is written by uvicorn's own handlers.
+- the same floor with its log written as `highlights serve` writes its own (once per
+  turn of the event loop, web/accesslog.py): shown beside the first, so that what the
+  app costs beyond a bare one can be read apart from what the log writer saves.
 - `highlights serve` on a fresh copy of the example workspace, signup on, the outbox
   backend, with a subscriber for every one-click POST.
 
@@ -20,7 +23,8 @@ written as raw bytes) measure, each case timed after a short warm-up:
 | one-click POST /u/TOKEN (`List-Unsubscribe=One-Click`, RFC 8058), a distinct reader each, so each changes a row | POST |
 | POST /subscribe, a new address each, from its own address behind the trusted proxy (as benchmarks/signup.py) | - |
 
-Printed: requests per second, p50 and p99 latency, the ratio to the floor, and the CPU
+Printed: requests per second, p50 and p99 latency, the ratio to the floor (and, in
+brackets, to the floor with the product's log writer), and the CPU
 time the server used per request (steadier than the rates on a busy machine), and how
 busy the clients and the server were (the clients must use far less than a core, or
 they are what is measured). Targets: GET /u/TOKEN >= 0.4 of the floor's GET, p99 < 20 ms;
@@ -78,8 +82,11 @@ FLOOR_PAGE = (
 )
 
 
-def serve_floor(db_path: str) -> None:
-    """The bare app, served as `highlights serve` serves its own (Server.run)."""
+def serve_floor(db_path: str, writer: str) -> None:
+    """The bare app under uvicorn with `highlights serve`'s settings (`uvicorn_config`),
+    its log written by uvicorn's own handlers, or (`writer` "ours") by the one `highlights
+    serve` puts in their place."""
+    import uvicorn
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -87,7 +94,8 @@ def serve_floor(db_path: str) -> None:
     from starlette.routing import Route
 
     from highlightsmail.serving import bind_socket
-    from highlightsmail.web.application import Server
+    from highlightsmail.web import accesslog
+    from highlightsmail.web.application import uvicorn_config
 
     local = threading.local()
 
@@ -110,11 +118,17 @@ def serve_floor(db_path: str) -> None:
     sock = bind_socket("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
     print(f"Serving the floor on {url}", flush=True)
-    Server(app, sock, url).run()  # type: ignore[arg-type]
+    config = uvicorn_config(app)
+    if writer == "ours":
+        accesslog.batch("uvicorn", "uvicorn.access")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
 
 
-def make_floor_db(root: Path) -> Path:
-    path = root / "floor.db"
+def make_floor_db(root: Path, name: str) -> Path:
+    path = root / name
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE hits (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
@@ -271,12 +285,14 @@ def drive(port: int, pid: int, requests: list[bytes], clients: int) -> Run:
 # ---------------------------------------------------------------- the report
 
 
-def line(name: str, run: Run, floor: Run | None = None) -> str:
+def line(name: str, run: Run, floor: Run | None = None, floor2: Run | None = None) -> str:
     text = f"  {name:<30} {run.rps:>7,.0f} req/s  p50 {run.percentile(50):5.1f} ms  p99 {run.percentile(99):6.1f} ms"
     text += f"  server CPU {run.server_cpu / len(run.latencies_ms) * 1e6:5.0f} us/request"
     text += f"  (busy: clients {run.client_cpu / run.wall:4.0%}, server {run.server_cpu / run.wall:4.0%})"
     if floor is not None:
         text += f"  ratio {run.rps / floor.rps:.2f}"
+    if floor2 is not None:
+        text += f" ({run.rps / floor2.rps:.2f})"
     return text
 
 
@@ -284,7 +300,7 @@ def verdict(ok: bool, what: str) -> str:
     return f"    {what}: {'ok' if ok else 'MISSED'}"
 
 
-def check_database(root: Path, tokens: list[str], signups: int, floor_db: Path, floor_posts: int) -> list[str]:
+def check_database(root: Path, tokens: list[str], signups: int, floor_dbs: list[Path], floor_posts: int) -> list[str]:
     """What was not recorded as it should have been (nothing, when all is well)."""
     problems = []
     db = sqlite3.connect(root / "subscribers" / "highlights.db")
@@ -307,17 +323,18 @@ def check_database(root: Path, tokens: list[str], signups: int, floor_db: Path, 
     to = {re.sub(r"^\d+-|(\.\d+)?\.eml$", "", p.name) for p in emails}
     if len(emails) != len(joiners) or to != set(joiners):
         problems.append(f"confirmation emails: {len(emails)} for {len(joiners)} signups, {len(to)} addresses")
-    floor = sqlite3.connect(floor_db)
-    rows = floor.execute("SELECT COUNT(*) FROM hits").fetchone()[0]
-    floor.close()
-    if rows != floor_posts:
-        problems.append(f"the floor's table: {rows} rows for {floor_posts} POSTs")
+    for path in floor_dbs:
+        floor = sqlite3.connect(path)
+        rows = floor.execute("SELECT COUNT(*) FROM hits").fetchone()[0]
+        floor.close()
+        if rows != floor_posts:
+            problems.append(f"the floor's table ({path.name}): {rows} rows for {floor_posts} POSTs")
     return problems
 
 
 def main() -> int:
     if sys.argv[1:2] == ["--serve-floor"]:
-        serve_floor(sys.argv[2])
+        serve_floor(sys.argv[2], sys.argv[3])
         return 0
     parser = benchargs.parser(__doc__)
     parser.add_argument("--requests", type=int, default=3000, help="requests in each case (default: 3000)")
@@ -329,16 +346,18 @@ def main() -> int:
     try:
         root = tmp / "workspace"
         tokens = make_workspace(root, WARM_UP + n)
-        floor_db = make_floor_db(tmp)
+        floor_db, floor2_db = make_floor_db(tmp, "floor.db"), make_floor_db(tmp, "floor2.db")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HIGHLIGHTS_", "SENDGRID_"))}
         env |= {"HIGHLIGHTS_SECRET": SECRET}
-        floor_command = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(floor_db)]
+        floor_command = [sys.executable, str(Path(__file__).resolve()), "--serve-floor"]
         runs: dict[str, Run] = {}
         with (
-            serve_process(tmp, environ=env, command=floor_command, check=False) as floor,
+            serve_process(tmp, environ=env, command=[*floor_command, str(floor_db), "uvicorn"], check=False) as floor,
+            serve_process(tmp, environ=env, command=[*floor_command, str(floor2_db), "ours"], check=False) as floor2,
             serve_process(root, environ=env, check=False, stop_timeout=300) as served,
         ):
             fport, fpid = int(floor.url.rsplit(":", 1)[1]), floor.process.pid
+            f2port, f2pid = int(floor2.url.rsplit(":", 1)[1]), floor2.process.pid
             sport, spid = int(served.url.rsplit(":", 1)[1]), served.process.pid
 
             def case(name: str, port: int, pid: int, warm: list[bytes], timed: list[bytes]) -> None:
@@ -349,16 +368,18 @@ def main() -> int:
             floor_get = request("GET", "/page")
             floor_post = request("POST", "/page", ONE_CLICK, {"Content-Type": FORM})
             case("floor GET", fport, fpid, [floor_get] * WARM_UP, [floor_get] * n)
+            case("floor GET, our log writer", f2port, f2pid, [floor_get] * WARM_UP, [floor_get] * n)
             gets = [request("GET", f"/u/{t}") for t in tokens]
             case("GET /u/TOKEN", sport, spid, gets[:WARM_UP], gets[WARM_UP:])
             case("floor POST", fport, fpid, [floor_post] * WARM_UP, [floor_post] * n)
+            case("floor POST, our log writer", f2port, f2pid, [floor_post] * WARM_UP, [floor_post] * n)
             posts = [request("POST", f"/u/{t}", ONE_CLICK, {"Content-Type": FORM}) for t in tokens]
             case("one-click POST /u/TOKEN", sport, spid, posts[:WARM_UP], posts[WARM_UP:])
             joins = [signup_request(i) for i in range(WARM_UP + n)]
             case("POST /subscribe", sport, spid, joins[:WARM_UP], joins[WARM_UP:])
-        log = served.stdout + served.stderr + floor.stderr
+        log = served.stdout + served.stderr + floor.stderr + floor2.stderr
 
-        problems = check_database(root, tokens, WARM_UP + n, floor_db, WARM_UP + n)
+        problems = check_database(root, tokens, WARM_UP + n, [floor_db, floor2_db], WARM_UP + n)
         answers = sorted({s for run in runs.values() for s in run.statuses})
         if answers != [200]:
             problems.append(f"answers other than 200: {answers}")
@@ -369,11 +390,13 @@ def main() -> int:
         print(f"{n} requests per case from {clients} kept-open clients on loopback, each server one process:")
         get, post, join = runs["GET /u/TOKEN"], runs["one-click POST /u/TOKEN"], runs["POST /subscribe"]
         print(line("floor GET (2 KB page)", runs["floor GET"]))
-        print(line("GET /u/TOKEN", get, runs["floor GET"]))
+        print(line("  with our log writer", runs["floor GET, our log writer"]))
+        print(line("GET /u/TOKEN", get, runs["floor GET"], runs["floor GET, our log writer"]))
         get_ok = get.rps >= TARGET_GET_RATIO * runs["floor GET"].rps and get.percentile(99) < TARGET_GET_P99_MS
         print(verdict(get_ok, f"target >= {TARGET_GET_RATIO} of the floor, p99 < {TARGET_GET_P99_MS} ms"))
         print(line("floor POST (one insert)", runs["floor POST"]))
-        print(line("one-click POST /u/TOKEN", post, runs["floor POST"]))
+        print(line("  with our log writer", runs["floor POST, our log writer"]))
+        print(line("one-click POST /u/TOKEN", post, runs["floor POST"], runs["floor POST, our log writer"]))
         post_ok = post.rps >= TARGET_POST_RATIO * runs["floor POST"].rps and post.percentile(99) < TARGET_POST_P99_MS
         print(verdict(post_ok, f"target >= {TARGET_POST_RATIO} of the floor, p99 < {TARGET_POST_P99_MS} ms"))
         print(line("POST /subscribe", join))

@@ -33,7 +33,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from highlightsmail import urls
 from highlightsmail.authoring.workspace import Workspace, load_workspace
@@ -41,7 +41,7 @@ from highlightsmail.errors import HighlightsError, show_warnings_plainly
 from highlightsmail.serving import bind_socket
 from highlightsmail.store import Store, UnusableDatabase
 from highlightsmail.tokens import Signer, load_signer
-from highlightsmail.web import redaction, webhooks
+from highlightsmail.web import accesslog, redaction, webhooks
 from highlightsmail.web.archive import archive_routes
 from highlightsmail.web.database import AppDatabase
 from highlightsmail.web.health import health_route
@@ -160,6 +160,17 @@ class _LazyApp:
 app = _LazyApp()
 
 
+def uvicorn_config(app: ASGIApp) -> uvicorn.Config:
+    """The settings `highlights serve` runs uvicorn with (configuring uvicorn's logging)."""
+    return uvicorn.Config(
+        app,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        server_header=False,
+        log_level="info",
+    )
+
+
 @dataclass
 class Server:
     """The endpoint bound to its socket, ready to run: `url` is where it listens."""
@@ -175,19 +186,18 @@ class Server:
         (uvicorn's setting; 127.0.0.1 by default), so it can sit behind a reverse proxy
         doing HTTPS.
         """
-        config = uvicorn.Config(
-            self.app,
-            proxy_headers=True,
-            forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-            server_header=False,
-            log_level="info",
-        )
+        config = uvicorn_config(self.app)
+        # The server's lines written once per turn of the event loop, the access log's
+        # made straight from its record (web/accesslog.py).
+        kept = accesslog.batch("uvicorn", "uvicorn.access")
         try:
             uvicorn.Server(config).run(sockets=[self.sock])
         except KeyboardInterrupt:
             # uvicorn shuts down cleanly, then re-raises the Ctrl-C; stopping is the normal end.
             pass
         finally:
+            for handler in kept:  # the lines of the loop's last turn
+                handler.flush()
             self.sock.close()
 
 
@@ -203,4 +213,4 @@ def open_server(ws: Workspace, host: str = "127.0.0.1", port: int = 8000) -> Ser
     return Server(application, sock, f"http://{shown_host}:{sock.getsockname()[1]}/")
 
 
-__all__ = ["Server", "app", "create_app", "open_server"]
+__all__ = ["Server", "app", "create_app", "open_server", "uvicorn_config"]
