@@ -105,6 +105,7 @@ def is_utf8(value: str) -> bool:
 #: The largest whole number the databases store (SQLite's INTEGER, PostgreSQL's BIGINT).
 MAX_INT64 = 2**63 - 1
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_DIGITS_OF = {base: frozenset(_DIGITS[:base]) for base in range(2, len(_DIGITS) + 1)}
 
 
 def parse_number(value: str | bytes | None, *, base: int = 10, low: int = 0, high: int = MAX_INT64) -> int | None:
@@ -118,7 +119,7 @@ def parse_number(value: str | bytes | None, *, base: int = 10, low: int = 0, hig
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     # No number up to `high` has more digits than in base 2: longer text is refused unread.
-    if not value or len(value) > max(1, high.bit_length()) or not set(value) <= set(_DIGITS[:base]):
+    if not value or len(value) > max(1, high.bit_length()) or not _DIGITS_OF[base].issuperset(value):
         return None
     number = int(value, base)
     return number if low <= number <= high else None

@@ -200,23 +200,23 @@ class Subscribers(Part):
         is afterwards, or None for an unknown id.
 
         What `set_status(..., only_from="active")` does, in fewer statements (a request's
-        work, under load): the read outside the transaction, and the update itself
-        checks the status, so a change made in between (a bounce) is never overwritten."""
+        work, under load): the update finds the row the id names and checks its status
+        itself, so a change made meanwhile (a bounce) is never overwritten; only when it
+        changes nothing is the subscriber read, to say how they are."""
         check(source, SOURCES, "source")
-        sub = self.get(subscriber_id)
-        if sub is None or sub.status != "active":
-            return sub
         with self._write() as conn:
             now = self.now()
             changed = conn.execute(
-                "UPDATE subscribers SET status = 'unsubscribed', updated = ? WHERE id = ? AND status = 'active'"
+                "UPDATE subscribers SET status = 'unsubscribed', updated = ?"
+                " WHERE id = (SELECT coalesce(merged_into, id) FROM subscribers WHERE id = ?) AND status = 'active'"
                 f" RETURNING {SUBSCRIBER_COLUMNS}",
-                (now, sub.id),
+                (now, subscriber_id),
             ).fetchone()
             if changed is not None:
+                sub = Subscriber(*changed)
                 self._event(conn, sub.id, now, "active", "unsubscribed", source, None)
-                return Subscriber(*changed)
-        return self.get(subscriber_id)  # changed or deleted in between: as it is now
+                return sub
+        return self.get(subscriber_id)  # not active, or unknown: as it is
 
     @staticmethod
     def _locate(conn: Conn, ident: int | str) -> tuple[int, str, str]:
