@@ -31,7 +31,7 @@ _LEFT_SINCE: LiteralString = (
 )
 
 
-def _same_mailbox(email_key: str) -> tuple[LiteralString, tuple[str, ...]]:
+def _same_mailbox(email_key: str) -> tuple[LiteralString, tuple[str | int, ...]]:
     """A query (and its parameters) for the ids of every address of the mailbox that
     `email_key` reaches (addresses.mailbox_key): the mailbox itself, and
     `mailbox+anything@domain`, each found in the index on email_key (as one condition
@@ -41,17 +41,17 @@ def _same_mailbox(email_key: str) -> tuple[LiteralString, tuple[str, ...]]:
         # `+tag@`: no mailbox name to share
         return "SELECT id FROM subscribers WHERE email_key = ? AND merged_into IS NULL", (email_key,)
     local, _, domain = mailbox.rpartition("@")
-
-    def escaped(text: str) -> str:
-        return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
     ids: LiteralString = (
         "SELECT id FROM subscribers WHERE email_key = ? AND merged_into IS NULL UNION ALL"
-        " SELECT id FROM subscribers WHERE email_key >= ? AND email_key < ? AND email_key LIKE ? ESCAPE '\\'"
-        " AND merged_into IS NULL"
+        " SELECT id FROM subscribers WHERE email_key >= ? AND email_key < ?"
+        " AND substr(email_key, length(email_key) + 1 - ?) = ? AND length(email_key) >= ? AND merged_into IS NULL"
     )
-    # `+` is followed by `,` in ASCII: the range holds every `local+...`.
-    return ids, (mailbox, f"{local}+", f"{local},", f"{escaped(local)}+%@{escaped(domain)}")
+    # `+` is followed by `,` in ASCII: the range holds every `local+...`; of those, the
+    # ones at `@domain`. Not a LIKE with its pattern as a parameter: SQLite prepares such
+    # a statement again for each new pattern, which made this the costliest query of a
+    # signup (45 us, where the rest of it takes 5).
+    at_domain = f"@{domain}"
+    return ids, (mailbox, f"{local}+", f"{local},", len(at_domain), at_domain, len(local) + 1 + len(at_domain))
 
 
 class Joining(NamedTuple):
