@@ -1,9 +1,10 @@
 """The server's log lines, written once per turn of the event loop rather than once per
-request: a write to a pipe or a journal per request cost a one-click POST a fifth of its
-time (the reader woken for every line).
+request, and the access line made straight from its record. uvicorn's access log took
+about a sixth of a one-click POST's server time (370-390 us of CPU with it, 320 without):
+its formatter copies each record twice, and each line was a write and a flush of its own.
 
 `TurnHandler` is a StreamHandler. A record logged in a running event loop's thread (the
-access log, and the app's own lines) is formatted at once and kept; the lines kept in one
+access log, and uvicorn's own lines) is formatted at once and kept; the lines kept in one
 turn of the loop are written together, at the start of the next. A record logged in any
 other thread (the app's writer thread, a send) writes what is kept and itself at once, so
 the lines stay in order. Whatever is kept when the server stops is written then
