@@ -7,6 +7,8 @@ import asyncio
 import io
 import logging
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from uvicorn.config import LOGGING_CONFIG
@@ -15,6 +17,7 @@ from uvicorn.logging import AccessFormatter
 from highlightsmail.web import accesslog
 from highlightsmail.web.application import uvicorn_config
 
+_T = TypeVar("_T")
 _FMT = LOGGING_CONFIG["formatters"]["access"]["fmt"]
 
 
@@ -28,6 +31,27 @@ class _Stream(io.StringIO):
     def write(self, text: str) -> int:
         self.writes.append(text)
         return super().write(text)
+
+
+def _apart(work: Callable[[], _T]) -> _T:
+    """`work()` in a thread of its own: the test session's main thread may have an event
+    loop running already (the browser tests' driver keeps one), which a line logged
+    there would wait for."""
+    results: list[_T] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(work())
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
+    return results[0]
 
 
 def _record(
@@ -61,7 +85,7 @@ def test_lines_logged_in_one_turn_are_written_together_at_the_next() -> None:
         await asyncio.sleep(0)
         return before
 
-    assert asyncio.run(serve()) == []
+    assert _apart(lambda: asyncio.run(serve())) == []
     assert stream.writes == ["line 0\nline 1\nline 2\n"]
 
 
@@ -76,22 +100,27 @@ def test_a_line_from_another_thread_comes_after_those_kept() -> None:
         elsewhere.join()
         assert stream.getvalue() == "from the loop\nfrom a thread\n"  # at once, in order
 
-    asyncio.run(serve())
+    _apart(lambda: asyncio.run(serve()))
 
 
 def test_flush_writes_what_a_stopped_loop_left() -> None:
     stream = _Stream()
     handler = accesslog.TurnHandler(stream)
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.sleep(0))
 
-        async def last() -> None:
-            handler.handle(logging.makeLogRecord({"msg": "the last request"}))
+    def serve_and_stop() -> None:
+        loop = asyncio.new_event_loop()
+        try:
 
-        loop.run_until_complete(last())  # stops before its write's turn
-    finally:
-        loop.close()
+            async def last() -> None:
+                asyncio.get_running_loop().stop()  # this turn is the loop's last
+                handler.handle(logging.makeLogRecord({"msg": "the last request"}))
+
+            loop.run_until_complete(last())
+        finally:
+            loop.close()
+
+    _apart(serve_and_stop)
+    assert stream.getvalue() == ""
     handler.flush()
     assert stream.getvalue() == "the last request\n"
 
@@ -107,7 +136,7 @@ def test_batch_takes_the_place_of_uvicorns_handlers_with_the_same_output() -> No
     try:
         assert [type(h) for h in access.handlers] == [accesslog.TurnHandler]
         assert {h.stream for h in made} >= {stream}
-        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", "/healthz", "1.1", 200)  # outside a loop
+        _apart(lambda: access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", "/healthz", "1.1", 200))
         assert stream.getvalue() == 'INFO:     127.0.0.1:1 - "GET /healthz HTTP/1.1" 200 OK\n'
     finally:
         uvicorn_config(lambda scope, receive, send: None)  # uvicorn's own handlers again
