@@ -298,6 +298,7 @@ def test_db_copy_of_a_workspace_with_100000_subscribers_and_a_finished_dispatch(
             sum(source.delivery_counts(ISSUE).values()),
         )
     assert f"subscribers {n}" in copied.stdout and "ledger_batches" in copied.stdout
+    assert _rows_planned(pg_url, "subscribers") == want[0]  # its first send planned with them
     with raw_connection(db) as sqlite_conn, raw_connection(pg_url) as pg_conn:
         for table in (
             "subscribers",
@@ -703,3 +704,37 @@ def test_the_readmes_steps_to_postgresql_work_in_their_order(workspace: Path, pg
     again = _highlights(workspace, "db", "copy", "--to", pg_url)
     assert again.returncode == 1
     assert "run it before pointing `database:`" in again.stderr
+
+
+# ------------------------------------------------------------------ statistics after bulk writes
+
+
+def _rows_planned(url: str, table: str) -> float:
+    """The rows PostgreSQL's planner thinks `table` holds (below 1: it has never looked)."""
+    with raw_connection(url) as conn:
+        return float(conn.execute("SELECT reltuples FROM pg_class WHERE relname = ?", (table,)).fetchone()[0])
+
+
+def _chunk_plan(url: str) -> str:
+    """The plan of the query that fixes a send's recipients a chunk at a time."""
+    with raw_connection(url) as conn:
+        rows = conn.execute(
+            "EXPLAIN SELECT id FROM subscribers AS s WHERE status = 'active' AND merged_into IS NULL AND id > ?"
+            " AND (s.paused_until IS NULL OR s.paused_until <= ?) ORDER BY id LIMIT ?",
+            (0, "2026-01-01T00:00:00Z", 1000),
+        ).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def test_a_large_import_gathers_the_statistics_the_next_send_is_planned_with(pg_url: str) -> None:
+    """Autovacuum gathers them a while later; a send begun before then fixed its
+    recipients by scanning every subscriber for each chunk."""
+    with Store(pg_url) as store:
+        store.import_rows(ImportRow(f"early{i}@example.org", "") for i in range(5))
+        assert _rows_planned(pg_url, "subscribers") < 1  # a few rows: left to autovacuum
+        store.import_rows((ImportRow(f"tried{i}@example.org", "") for i in range(3000)), dry_run=True)
+        assert _rows_planned(pg_url, "subscribers") < 1  # rolled back, statistics and all
+        store.import_rows(ImportRow(f"reader{i}@example.org", "") for i in range(3000))
+    assert _rows_planned(pg_url, "subscribers") == 3005
+    assert _rows_planned(pg_url, "subscriber_topics") >= 0
+    assert "Bitmap" not in _chunk_plan(pg_url)  # read in id order, a chunk at a time

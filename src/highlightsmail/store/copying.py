@@ -43,6 +43,8 @@ class Copying(Part):
             # Identities continue after the copied ids (batch numbers are copied with their
             # dispatches).
             sink.restart_identities(there)
+            # A new database's first send is planned with the statistics of what it holds.
+            target._db.gather_statistics(there, [identifier(t) for t in counts])
         return counts
 
     @staticmethod

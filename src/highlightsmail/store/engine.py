@@ -107,6 +107,11 @@ class Engine(Protocol):
         its statistics, which a temporary table lacks); the caller drops it."""
         ...
 
+    def gather_statistics(self, conn: Conn, tables: Sequence[LiteralString]) -> None:
+        """After many rows were written to `tables` at once (an import, a copy): PostgreSQL
+        gathers their statistics again in the transaction; SQLite needs none."""
+        ...
+
     def staged_write(self, staged: StagedFile) -> AbstractContextManager[Conn]:
         """One write transaction (as `write`) in which `staged.table` reads as the table of
         that name in the SQLite file `staged.path`. SQLite attaches the file and reads it

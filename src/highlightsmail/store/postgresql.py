@@ -309,6 +309,13 @@ class PgEngine:
         # first guess at joining 1,000,000 rows took minutes.
         conn.execute(f"ANALYZE {table}")
 
+    def gather_statistics(self, conn: Conn, tables: Sequence[LiteralString]) -> None:
+        # Autovacuum gathers them a while later; a send begun before then was planned
+        # without them: fixing 100,000 recipients scanned every subscriber for each
+        # chunk of 1,000 (0.8 s, where 0.04 s with them), a cost that grows with the
+        # square of the list. ANALYZE reads a sample of at most 30,000 rows a table.
+        conn.execute(f"ANALYZE {', '.join(tables)}")
+
     @contextmanager
     def staged_write(self, staged: StagedFile) -> Iterator[Conn]:
         """The staged file's rows copied into a temporary table of the same name."""

@@ -102,6 +102,10 @@ def import_topics(conn: Conn, before: int, topics: TopicChoice) -> None:
         )
 
 
+#: Rows an import adds or changes from which the database's statistics are gathered again.
+_MANY = 1000
+
+
 class _Rollback(Exception):
     def __init__(self, result: ImportResult) -> None:
         self.result = result
@@ -393,6 +397,9 @@ class Subscribers(Part):
                     conn.execute("DROP TABLE import_stage")  # the temporary one: it would hide a staged file's
                 if dry_run:
                     raise _Rollback(result)
+                if result.new + result.updated >= _MANY:
+                    # The next send is planned with what the list holds now (postgresql.py).
+                    self._db.gather_statistics(conn, ("subscribers", "subscriber_topics"))
         except _Rollback as rollback:
             return rollback.result
         return result
