@@ -985,6 +985,52 @@ def _sender(store: Store, issue: str) -> Store:
     return store
 
 
+def test_a_reader_erased_mid_send_is_claimed_from_no_chunk_read_before(store: Store, target: Path | str) -> None:
+    """Batches smaller than a chunk: the chunk read for the first batch is not used again
+    as it was once an erasure has taken an id out of it."""
+    store.import_rows(ImportRow(f"u{i}@example.org") for i in range(10))
+    assert store.begin_dispatch("2024-w02", "outbox") == 10
+    _sender(store, "2024-w02")
+    first, _, after = store.claim_batch("2024-w02", 1, 3)
+    erased = store.find("u4@example.org")
+    assert erased is not None
+    store.forget(erased.id, "0" * 64)
+    second, skipped, _ = store.claim_batch("2024-w02", 2, 3, after)
+    assert [c.email for c in second] == ["u3@example.org", "u5@example.org", "u6@example.org"] and skipped == 0
+    with raw_connection(target) as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM ledger_exceptions WHERE subscriber_id = ?", (erased.id,)).fetchone()[0]
+            == 0
+        )
+    third, _, _ = store.claim_batch("2024-w02", 3, 10, second[-1].subscriber_id)
+    for batch in (first, second, third):
+        store.finish_batch("2024-w02", sent=[c.subscriber_id for c in batch], failed={}, batch=batch[0].batch)
+    assert store.delivery_counts("2024-w02") == {"sent": 9}  # none left pending for ever
+    assert store.finish_dispatch_if_done("2024-w02")
+
+
+@pytest.mark.parametrize("fate", ["sent", "failed", "welcome"])
+def test_a_reader_erased_after_a_dispatch_leaves_its_counts_whole(store: Store, fate: str) -> None:
+    store.import_rows(ImportRow(f"u{i}@example.org") for i in range(4))
+    assert store.begin_dispatch("2024-w02", "outbox") == 4
+    _sender(store, "2024-w02")
+    batch, _, _ = store.claim_batch("2024-w02", 1, 10)
+    ids = [c.subscriber_id for c in batch]
+    failed = {ids[1]: "550 no such user"} if fate == "failed" else {}
+    store.finish_batch("2024-w02", sent=[i for i in ids if i not in failed], failed=failed, batch=batch[0].batch)
+    late = store.add("late@example.org")[0]  # joined after the dispatch began: a batch of their own
+    welcome = store.claim_one("2024-w02", late.id)
+    assert welcome is not None
+    store.finish_batch("2024-w02", sent=[late.id], failed={}, batch=welcome.batch)
+    before = store.delivery_counts("2024-w02")
+    erased = late.id if fate == "welcome" else ids[1]
+    store.forget(erased, "0" * 64)
+    after = store.delivery_counts("2024-w02")
+    gone = "failed" if fate == "failed" else "sent"
+    assert after == {k: n - (k == gone) for k, n in before.items() if n - (k == gone)}
+    assert "pending" not in after
+
+
 def test_the_ledger_claims_each_recipient_once_and_skips_who_left(store: Store) -> None:
     store.import_rows(ImportRow(f"u{i}@example.org") for i in range(10))
     assert store.begin_dispatch("2024-w02", "outbox") == 10

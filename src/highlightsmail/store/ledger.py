@@ -39,8 +39,8 @@ class Ledger(LedgerState):
     """The send ledger part of the Store."""
 
     _sender: int | None = None
-    #: The chunk of recipient ids read last: (issue, chunk number), its ids.
-    _chunk: tuple[tuple[str, int], list[int]] = (("", -1), [])
+    #: The chunk of recipient ids read last: (issue, chunk number, its text), its ids.
+    _chunk: tuple[tuple[str, int, str], list[int]] = (("", -1, ""), [])
 
     # -- test sends ---------------------------------------------------------------------
 
@@ -316,9 +316,9 @@ class Ledger(LedgerState):
             }
             people = _people(conn, "s.id > ? AND s.id <= ?", (low, high), now)
             for sid in wanted:
-                if sid in excepted:
+                if sid in excepted or sid not in people:  # not there: erased since the chunk was read
                     continue
-                email, name, status = people.get(sid, ("", "", "unknown"))
+                email, name, status = people[sid]
                 if status == "active":
                     claimed.append(Delivery(sid, email, name, "in_flight", number, 1, None))
                 else:
@@ -344,8 +344,10 @@ class Ledger(LedgerState):
             ).fetchone()
             if row is None:
                 break
-            key = (issue, int(row[0]))
-            if self._chunk[0] != key:  # read once, however many batches it makes
+            key = (issue, int(row[0]), str(row[1]))
+            # Parsed once, however many batches it makes; read again each time, since an
+            # erasure takes an id out of the chunk (its person then left no row to name).
+            if self._chunk[0] != key:
                 self._chunk = (key, parse_ids(row[1]))
             ids = self._chunk[1]
             start = bisect_right(ids, reached)

@@ -255,9 +255,13 @@ def _forget_one(conn: Conn, sid: int) -> None:
     }
     for sql in _NAMING:
         conn.execute(sql, (sid,))
+    recipient_of = set(apart)  # the dispatches that count them among their recipients
     for issue, chunk, ids in conn.execute(
         "SELECT issue, chunk, ids FROM ledger_recipients WHERE first_id <= ? AND last_id >= ?", (sid, sid)
     ).fetchall():
+        if not holds(ids, sid):
+            continue
+        recipient_of.add(str(issue))
         kept = [i for i in parse_ids(ids) if i != sid]
         if not kept:
             conn.execute("DELETE FROM ledger_recipients WHERE issue = ? AND chunk = ?", (issue, chunk))
@@ -283,6 +287,9 @@ def _forget_one(conn: Conn, sid: int) -> None:
                 batch,
             ),
         )
+    # One recipient fewer: counted nowhere now, they would show as pending for ever.
+    for issue in sorted(recipient_of):
+        conn.execute("UPDATE dispatches SET total = total - 1 WHERE issue = ?", (issue,))
     conn.execute("DELETE FROM subscribers WHERE id = ?", (sid,))
 
 
