@@ -1009,6 +1009,27 @@ def test_a_reader_erased_mid_send_is_claimed_from_no_chunk_read_before(store: St
     assert store.finish_dispatch_if_done("2024-w02")
 
 
+@pytest.mark.parametrize("retry", [False, True])
+def test_a_reader_erased_while_their_batch_is_in_flight_leaves_its_outcome_whole(store: Store, retry: bool) -> None:
+    """The backend's answer may name them on its own (a refused address) after they were
+    erased: the others' outcome is recorded, and no row names them again."""
+    store.import_rows(ImportRow(f"u{i}@example.org") for i in range(4))
+    assert store.begin_dispatch("2024-w02", "outbox") == 4
+    _sender(store, "2024-w02")
+    batch, _, _ = store.claim_batch("2024-w02", 1, 10)
+    ids = [c.subscriber_id for c in batch]
+    if retry:  # a batch of retries: its recipients are exception rows
+        store.finish_batch("2024-w02", sent=[], failed=dict.fromkeys(ids, "421 try later"), batch=batch[0].batch)
+        assert store.requeue("2024-w02", "failed") == 4
+        batch, _, _ = store.claim_batch("2024-w02", 2, 10)
+        assert sorted(c.subscriber_id for c in batch) == ids
+    store.forget(ids[1], "0" * 64)
+    sent = [ids[0], ids[2], ids[3]]
+    store.finish_batch("2024-w02", sent=sent, failed={ids[1]: "550 no such user"}, batch=batch[0].batch)
+    assert store.delivery_counts("2024-w02") == {"sent": 3}
+    assert store.finish_dispatch_if_done("2024-w02")
+
+
 @pytest.mark.parametrize("fate", ["sent", "failed", "welcome"])
 def test_a_reader_erased_after_a_dispatch_leaves_its_counts_whole(store: Store, fate: str) -> None:
     store.import_rows(ImportRow(f"u{i}@example.org") for i in range(4))

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, LiteralString
 
 from highlightsmail.errors import HighlightsError
+from highlightsmail.store.base import marks
 from highlightsmail.store.engine import Conn
 from highlightsmail.store.ledger_state import LedgerState, holds, parse_ids, recipient_state
 from highlightsmail.store.preferences import audience_filter
@@ -560,13 +561,20 @@ def _except(
     message_id: str | None,
     now: str,
 ) -> None:
-    """Exception rows for recipients of batch `number` whose fate differs from the batch's."""
+    """Exception rows for recipients of batch `number` whose fate differs from the batch's
+    (but for one erased since the batch was claimed: no row may name them again)."""
+    if not rows:
+        return
+    ids = [sid for sid, _how in rows]
+    found = {
+        int(r[0]) for r in conn.execute(f"SELECT id FROM subscribers WHERE id IN ({marks(len(ids))})", ids).fetchall()
+    }
     conn.executemany(
         "INSERT INTO ledger_exceptions (issue, subscriber_id, state, batch, attempts, last_error, message_id, updated)"
         " VALUES (?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (issue, subscriber_id) DO UPDATE SET"
         " state = excluded.state, last_error = excluded.last_error, message_id = excluded.message_id,"
         " updated = excluded.updated",
-        [(issue, sid, how[0], number, how[1], message_id, now) for sid, how in rows],
+        [(issue, sid, how[0], number, how[1], message_id, now) for sid, how in rows if sid in found],
     )
 
 
