@@ -22,12 +22,12 @@ import json
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, LiteralString
+from typing import Any
 
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store.base import marks
 from highlightsmail.store.engine import Conn
-from highlightsmail.store.ledger_state import LedgerState, holds, parse_ids, recipient_state
+from highlightsmail.store.ledger_state import LedgerState, holds, parse_ids, people_now, recipient_state
 from highlightsmail.store.preferences import audience_filter
 from highlightsmail.store.records import Delivery, DispatchInfo, TestSend, check
 from highlightsmail.tokens import new_dispatch_tag
@@ -275,7 +275,7 @@ class Ledger(LedgerState):
         ).fetchall()
         if not rows:
             return [], 0
-        people = _people(conn, "s.id IN (" + ", ".join("?" for _ in rows) + ")", [r[0] for r in rows], now)
+        people = people_now(conn, "s.id IN (" + ", ".join("?" for _ in rows) + ")", [r[0] for r in rows], now)
         claimed: list[Delivery] = []
         gone: list[tuple[Any, ...]] = []
         for sid, attempts in rows:
@@ -315,7 +315,7 @@ class Ledger(LedgerState):
                     (issue, low, high),
                 ).fetchall()
             }
-            people = _people(conn, "s.id > ? AND s.id <= ?", (low, high), now)
+            people = people_now(conn, "s.id > ? AND s.id <= ?", (low, high), now)
             for sid in wanted:
                 if sid in excepted or sid not in people:  # not there: erased since the chunk was read
                     continue
@@ -576,31 +576,3 @@ def _except(
         " updated = excluded.updated",
         [(issue, sid, how[0], number, how[1], message_id, now) for sid, how in rows if sid in found],
     )
-
-
-def _people(conn: Conn, where: LiteralString, params: Sequence[Any], now: str) -> dict[int, tuple[str, str, str]]:
-    """(email, name, status) of the subscribers `where` says, as people (a row merged
-    into another has that one's name and status); one paused at `now` is `paused`, so a
-    pause that begins mid-send is honoured for the batches not yet claimed, like leaving."""
-    # No join for the merged rows' people: the few there are are read apart (a join let
-    # PostgreSQL's planner hash every subscriber for each batch).
-    rows = conn.execute(
-        f"SELECT id, email, name, status, merged_into, paused_until FROM subscribers AS s WHERE {where}", params
-    ).fetchall()
-    # `_paused` spelt out: a claim reads a thousand people, and nearly none is paused.
-    people = {
-        int(sid): (email, name, "paused" if until is not None and status == "active" and until > now else status)
-        for sid, email, name, status, _merged, until in rows
-    }
-    merged = {int(r[0]): int(r[4]) for r in rows if r[4] is not None}
-    for sid, into in merged.items():
-        found = conn.execute("SELECT name, status, paused_until FROM subscribers WHERE id = ?", (into,)).fetchone()
-        if found is not None:
-            people[sid] = (people[sid][0], found[0], _paused(found[1], found[2], now))
-    return people
-
-
-def _paused(status: str, until: str | None, now: str) -> str:
-    """`paused` for an active subscriber whose pause lasts past `now` (stored times sort
-    as text), else their status."""
-    return "paused" if status == "active" and until is not None and until > now else status
