@@ -6,9 +6,9 @@ its formatter copies each record twice, and each line was a write and a flush of
 `TurnHandler` is a StreamHandler. A record logged in a running event loop's thread (the
 access log, and uvicorn's own lines) is formatted at once and kept; the lines kept in one
 turn of the loop are written together, at the start of the next. A record logged in any
-other thread (the app's writer thread, a send) writes what is kept and itself at once, so
-the lines stay in order. Whatever is kept when the server stops is written then
-(`flush`, and logging's own at exit).
+other thread, or with no loop running, writes what is kept and itself at once, so the
+lines stay in order. Whatever is kept when the server stops is written then (`flush`,
+and logging's own at exit): a `kill -9` loses at most the lines of one turn.
 """
 
 from __future__ import annotations
