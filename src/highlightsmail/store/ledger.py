@@ -40,8 +40,8 @@ class Ledger(LedgerState):
     """The send ledger part of the Store."""
 
     _sender: int | None = None
-    #: The chunk of recipient ids read last: (issue, chunk number, its text), its ids.
-    _chunk: tuple[tuple[str, int, str], list[int]] = (("", -1, ""), [])
+    #: The chunk of recipient ids read last: its text, and its ids.
+    _chunk: tuple[str, list[int]] = ("", [])
 
     # -- test sends ---------------------------------------------------------------------
 
@@ -275,7 +275,7 @@ class Ledger(LedgerState):
         ).fetchall()
         if not rows:
             return [], 0
-        people = people_now(conn, "s.id IN (" + ", ".join("?" for _ in rows) + ")", [r[0] for r in rows], now)
+        people = people_now(conn, f"s.id IN ({marks(len(rows))})", [r[0] for r in rows], now)
         claimed: list[Delivery] = []
         gone: list[tuple[Any, ...]] = []
         for sid, attempts in rows:
@@ -340,16 +340,15 @@ class Ledger(LedgerState):
         found: list[int] = []
         while len(found) < count:
             row = conn.execute(
-                "SELECT chunk, ids FROM ledger_recipients WHERE issue = ? AND last_id > ? ORDER BY last_id LIMIT 1",
+                "SELECT ids FROM ledger_recipients WHERE issue = ? AND last_id > ? ORDER BY last_id LIMIT 1",
                 (issue, reached),
             ).fetchone()
             if row is None:
                 break
-            key = (issue, int(row[0]), str(row[1]))
             # Parsed once, however many batches it makes; read again each time, since an
             # erasure takes an id out of the chunk (its person then left no row to name).
-            if self._chunk[0] != key:
-                self._chunk = (key, parse_ids(row[1]))
+            if self._chunk[0] != row[0]:
+                self._chunk = (str(row[0]), parse_ids(row[0]))
             ids = self._chunk[1]
             start = bisect_right(ids, reached)
             found.extend(ids[start : start + count - len(found)])

@@ -82,7 +82,7 @@ class AccessLine(AccessFormatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         args: Any = record.args
-        if self.use_colors or not isinstance(args, tuple) or len(args) != 5:
+        if not isinstance(args, tuple) or len(args) != 5:  # not uvicorn's access record
             return super().formatMessage(record)
         client, method, path, version, status = args
         level = record.levelname
