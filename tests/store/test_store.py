@@ -310,6 +310,34 @@ def test_many_first_opens_at_once_migrate_exactly_once(target: Path | str) -> No
         assert s.schema_version == migrator.SCHEMA_VERSION
 
 
+def test_a_first_open_waits_for_a_writer_that_got_the_new_file_first(db: Path) -> None:
+    """The race behind the test above, made certain: another connection holds the write
+    lock of a new file still in its first journal mode. SQLite answers the switch to WAL
+    busy at once, without its timeout; the open must wait for the lock all the same."""
+    db.parent.mkdir()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    opened: list[object] = []
+
+    def opener() -> None:
+        try:
+            with Store(db, timeout=10) as s:
+                opened.append(s.add("ada@example.org"))
+        except BaseException as exc:
+            opened.append(exc)
+
+    thread = threading.Thread(target=opener)
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive() and opened == []  # still waiting, not failed
+    other.execute("COMMIT")
+    other.close()
+    thread.join(10)
+    assert len(opened) == 1 and not isinstance(opened[0], BaseException), opened
+    with Store(db) as s:
+        assert s.count_by_status()["active"] == 1
+
+
 def test_constraints_hold_in_the_database_itself(store: Store, target: Path | str) -> None:
     store.add("ada@example.org")
     refused = integrity_errors()

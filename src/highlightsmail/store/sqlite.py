@@ -27,6 +27,7 @@ import os
 import shlex
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,10 +83,28 @@ class SqliteEngine:
         except sqlite3.Error as exc:
             raise self._unusable(exc) or HighlightsError(f"{self.where}: cannot open the database: {exc}") from None
         with self.opening(), self._guard():
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._to_wal()
             self._conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA temp_store = MEMORY")
+
+    def _to_wal(self) -> None:
+        """Put the file in WAL mode (a no-op once it is). On a new file, connections that
+        open it at the same moment race to write the header; SQLite answers the loser
+        SQLITE_BUSY at once, without its busy timeout (the pragma reads the header, then
+        asks for the write lock while holding the read lock), so the wait is ours."""
+        deadline = time.monotonic() + self._timeout
+        pause = 0.001
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy_now = getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY")
+                if not busy_now or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def close(self) -> None:
         with self._lock:
