@@ -3,7 +3,6 @@ port option's range, and running a one-shot command without the cyclic collector
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 import os
@@ -52,9 +51,8 @@ def one_shot() -> Iterator[None]:
         yield
     finally:
         # What the command made counts as old from here (frozen, then back in the oldest
-        # generation): turning the collector on again does not start by walking it all,
-        atexit.unregister(gc.freeze)
-        atexit.register(gc.freeze)  # and the last pass, at exit, skips it.
+        # generation): turning the collector on again does not start by walking it all.
+        # The last pass, at exit, skips it too (cli/main.py freezes everything then).
         gc.freeze()
         gc.unfreeze()
         if enabled:

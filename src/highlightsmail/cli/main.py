@@ -8,6 +8,7 @@ nothing but click (tests/cli/test_startup.py).
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import sys
@@ -98,3 +99,8 @@ subscribers.subscribers.add_command(messages.show)
 # (context.one_shot); what importing the commands left in the youngest generation would
 # set it off there, for nothing to free. Emptying that generation now costs microseconds.
 gc.collect(0)
+# At exit the collector makes one last pass over everything the command loaded (its
+# modules, models, templates, connections), to free next to nothing: a sixth of a short
+# `send` on PostgreSQL. Freezing all of it first makes that pass skip it. Registered
+# first, so it runs last, after every other exit handler. `one_shot` does the same.
+atexit.register(gc.freeze)
