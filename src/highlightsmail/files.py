@@ -250,3 +250,14 @@ def write_cache_json(path: Path, data: Any) -> None:
             raise
     except OSError:
         pass
+
+
+def keep_newest(folder: Path, count: int) -> None:
+    """Delete all but the newest `count` cache entries (*.json) in `folder`; another
+    process may be at it too, and a folder that cannot be read keeps what it has."""
+    try:
+        entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in entries[count:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from highlightsmail import __version__
-from highlightsmail.files import own_cache_folder, write_cache_json
+from highlightsmail.files import keep_newest, own_cache_folder, write_cache_json
 
 __all__ = ["compact", "inline_css", "inline_css_kept", "keep_head_styles"]
 
@@ -446,15 +446,5 @@ def inline_css_kept(html: str) -> str:
         pass  # not kept yet, or damaged (a half-written file is never renamed into place)
     inlined = inline_css(html)
     write_cache_json(path, {"inlined": inlined})
-    _keep_newest(folder)
+    keep_newest(folder, _INLINED_KEPT)
     return inlined
-
-
-def _keep_newest(folder: Path) -> None:
-    """Delete all but the newest _INLINED_KEPT entries (another process may be at it too)."""
-    try:
-        entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-        for old in entries[_INLINED_KEPT:]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass

@@ -26,7 +26,7 @@ from highlightsmail.mail.batches import Batches
 from highlightsmail.mail.kept import keepable
 from highlightsmail.mail.message import Recipient, build_message, fingerprint
 from highlightsmail.mail.pool import BackendPool
-from highlightsmail.rendering.render import render_issue
+from highlightsmail.rendering.once import rendered_issue
 from highlightsmail.rendering.rendered import RenderedIssue
 from highlightsmail.sending.events import Quiet, SendEvents
 from highlightsmail.sending.limits import Limits
@@ -68,7 +68,7 @@ __all__ = [
 
 
 def _render(ws: Workspace, issue: Issue) -> RenderedIssue:
-    return render_issue(issue, ws)
+    return rendered_issue(issue, ws)
 
 
 def _signer(ws: Workspace, *, dry_run: bool = False) -> Signer:

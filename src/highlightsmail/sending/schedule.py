@@ -21,7 +21,7 @@ from highlightsmail.authoring.issue import load_issue
 from highlightsmail.authoring.sendtimes import zone_problem
 from highlightsmail.errors import HighlightsError
 from highlightsmail.mail.message import fingerprint
-from highlightsmail.rendering.render import render_issue
+from highlightsmail.rendering.once import rendered_issue
 from highlightsmail.sending import provider
 from highlightsmail.sending.plan import NO_SUBSCRIBERS, audience_of, check_tested
 from highlightsmail.sending.when import local_time
@@ -90,7 +90,7 @@ def schedule_send(
     moment = parse_at(at, zone, clock())
     loaded = load_issue(issue_path)
     audience = audience_of(loaded, ws.settings)
-    rendered = render_issue(loaded, ws)
+    rendered = rendered_issue(loaded, ws)
     digest = fingerprint(rendered, ws.settings)
     slug = rendered.slug
     with Store.open(ws, clock=clock) as store:
