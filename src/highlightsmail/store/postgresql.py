@@ -23,15 +23,17 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, LiteralString
+from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
-import psycopg_pool
 from psycopg import errors
 
 from highlightsmail.dburl import describe_url
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store.engine import Conn, StagedFile, UnusableDatabase, busy, first_line, identifier, trusted
+
+if TYPE_CHECKING:
+    import psycopg_pool
 
 #: How long the web app's pool keeps retrying a lost connection before it gives up and
 #: waits for a request to need one.
@@ -133,6 +135,10 @@ class PgEngine:
                 self._raw = psycopg.connect(url, **options)
 
     def _open_pool(self, options: dict[str, Any]) -> psycopg_pool.ConnectionPool[Any]:
+        # Here, not at the top: only the web endpoint pools its connections, and a
+        # command's start does not pay for loading the pool.
+        import psycopg_pool
+
         _quiet_pool_log()
         # Checked on the way out of the pool: a server restarted since is met with a
         # new connection, not a failed request.
