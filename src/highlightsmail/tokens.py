@@ -82,6 +82,21 @@ class Signer:
         # shared prefix already costs a fraction of hmac's own copy and update.
         return _signed(*_prefixed(key, kind), ident)
 
+    def key_id(self) -> str:
+        """A name of the current secret that does not tell it: kept with the message a
+        dispatch sends, so that a message rebuilt after a rotation carries the links it
+        was sent with (`signing_with`)."""
+        return _key_id(self.secret)
+
+    def signing_with(self, key: str) -> Signer | None:
+        """This signer, making tokens with the secret `key` names (the current one or a
+        previous one), or None when neither is it."""
+        every = (self.secret, *self.previous)
+        for secret in every:
+            if hmac.compare_digest(_key_id(secret), key):
+                return Signer(secret, tuple(other for other in every if other != secret))
+        return None
+
     def make(self, subscriber_id: int, purpose: str = "unsubscribe") -> str:
         """A token for this subscriber and purpose (`unsubscribe` or `test`)."""
         kind = KINDS[purpose]
@@ -277,6 +292,10 @@ def _prefixed(key: bytes, kind: str) -> tuple[hashlib._Hash, hashlib._Hash]:
 
 
 @functools.lru_cache(maxsize=8)
+def _key_id(secret: bytes) -> str:
+    return hmac.new(secret, b"|".join((_DOMAIN, b"key-id")), hashlib.sha256).hexdigest()[:16]
+
+
 def _keyed(key: bytes) -> hmac.HMAC:
     """HMAC-SHA256 with this key and nothing hashed yet, to copy for each token."""
     return hmac.new(key, digestmod=hashlib.sha256)

@@ -192,3 +192,39 @@ def test_a_run_days_later_dates_its_messages_anew_and_each_is_rebuilt(
         out = tmp_path / f"{email}.eml"
         assert run("subscribers", "show", email, "--issue", ISSUE, "--eml", str(out)).exit_code == 0
         assert shape(parse(out.read_bytes())) == shape(parse(outbox[email].read_bytes()))
+
+
+def test_after_a_rotation_each_message_is_rebuilt_with_the_secret_that_signed_it(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch went before the secret was rotated, the rest after: each rebuilt
+    message carries the links its reader got. Without the old secret in
+    HIGHLIGHTS_SECRET_PREVIOUS, the first cannot be rebuilt: one line, no file."""
+    old, new = "old-secret-0123456789abcdef", "new-secret-0123456789abcdef"
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", old)
+    emails = add(workspace, 3)
+    assert run("send", ISSUE, "--test").exit_code == 0
+    assert run("send", ISSUE, "--yes", "--limit", "1").exit_code == 0
+    monkeypatch.setenv("HIGHLIGHTS_SECRET", new)
+    monkeypatch.setenv("HIGHLIGHTS_SECRET_PREVIOUS", old)
+    assert run("send", ISSUE, "--yes").exit_code == 0
+    outbox = {p.name.split("-", 1)[1].removesuffix(".eml"): p for p in (workspace / "outbox" / ISSUE).glob("*.eml")}
+    with Store.open(load_workspace(workspace)) as store:
+        assert store.kept_count() == 2  # the same message but for the secret its links are signed with
+    links = []
+    for email in emails:
+        out = tmp_path / f"{email}.eml"
+        assert run("subscribers", "show", email, "--issue", ISSUE, "--eml", str(out)).exit_code == 0
+        ours, theirs = parse(out.read_bytes()), parse(outbox[email].read_bytes())
+        assert shape(ours) == shape(theirs)
+        assert ours["Message-ID"] == theirs["Message-ID"]
+        links.append(str(ours["List-Unsubscribe"]))
+    assert len(set(links)) == 3
+
+    monkeypatch.delenv("HIGHLIGHTS_SECRET_PREVIOUS")
+    out = tmp_path / "first.eml"
+    said = CliRunner().invoke(main, ["subscribers", "show", emails[0], "--issue", ISSUE, "--eml", str(out)])
+    assert said.exit_code == 1 and not out.exists()
+    assert said.output.startswith(f"Error: {ISSUE}: its links were signed with a secret that is neither")
+    assert old not in said.output and new not in said.output
+    assert run("subscribers", "show", emails[1], "--issue", ISSUE, "--eml", str(out)).exit_code == 0

@@ -31,7 +31,7 @@ from highlightsmail.urls import urls
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Settings
 
-__all__ = ["KEPT_FORMAT", "keepable", "rebuild", "sender_domain_of"]
+__all__ = ["KEPT_FORMAT", "keepable", "rebuild", "sender_domain_of", "signing_key_of"]
 
 #: Stands for the recipient's unsubscribe token in the kept message (links and List-*).
 TOKEN_PLACEHOLDER = "-highlights_recipient_token-"
@@ -46,9 +46,10 @@ _MIME_HEADERS = ("mime-version", "content-type", "content-transfer-encoding")
 KEPT_FORMAT = 1
 
 
-def keepable(rendered: RenderedIssue, settings: Settings) -> str:
+def keepable(rendered: RenderedIssue, settings: Settings, *, key: str = "") -> str:
     """The message every subscriber of a dispatch of `rendered` gets, as text to keep:
-    what differs per recipient left as placeholders."""
+    what differs per recipient left as placeholders; `key` names the secret its links
+    are signed with (tokens.Signer.key_id)."""
     links = links_for(
         settings,
         unsubscribe_url(settings, TOKEN_PLACEHOLDER),
@@ -63,6 +64,8 @@ def keepable(rendered: RenderedIssue, settings: Settings) -> str:
         headers.append([name, _PER_MESSAGE.get(lname, str(value))])
     html, text = rendered.personalize(links.unsubscribe_url, links.preferences_url)
     kept = {"format": KEPT_FORMAT, "slug": rendered.slug, "headers": headers, "text": text, "html": html}
+    if key:
+        kept["key"] = key
     return json.dumps(kept, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
@@ -74,6 +77,13 @@ def _read(kept: str) -> dict[str, object]:
     if not isinstance(data, dict) or data.get("format") != KEPT_FORMAT:
         raise HighlightsError("the kept message is in a form this highlightsmail does not read")
     return data
+
+
+def signing_key_of(kept: str) -> str:
+    """The name of the secret the kept message's links were signed with ("" when it was
+    kept before that was recorded)."""
+    key = _read(kept).get("key", "")
+    return key if isinstance(key, str) else ""
 
 
 def sender_domain_of(kept: str) -> str:

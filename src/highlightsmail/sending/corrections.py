@@ -206,9 +206,10 @@ def _run(
             store.requeue(name, "in_doubt")
         store.requeue(name, "failed")
     # Its text is kept with it: a runner renders the notice again from it to resume.
-    store.keep_message(name, keepable(correction.rendered, ws.settings), correction.text)
+    signer = load_signer(ws.secret_path)
+    store.keep_message(name, keepable(correction.rendered, ws.settings, key=signer.key_id()), correction.text)
     store.sending_started(name)
-    batches = issue_batches(store, correction.rendered, ws.settings, load_signer(ws.secret_path))
+    batches = issue_batches(store, correction.rendered, ws.settings, signer)
     with events.progress(plan.count) as advance:
         run = run_dispatch(store, backend, batches, progress=advance, events=events, gate=limits)
     if store.shares_dispatch:

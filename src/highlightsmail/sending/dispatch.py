@@ -209,7 +209,7 @@ def send(
             events,
             lambda: issue_batches(store, rendered, ws.settings, signer),
             limit,
-            keep=lambda: keep_message(store, rendered, ws.settings, issue_path),
+            keep=lambda: keep_message(store, rendered, ws.settings, issue_path, signer),
             limits=limits,
         )
         return settle(store, outcome, limits, digest)
@@ -229,16 +229,19 @@ def _backend(ws: Workspace, hold: tuple[int, str] | None) -> Backend:
     return backend
 
 
-def keep_message(store: Store, rendered: RenderedIssue, settings: Settings, source: Path | None) -> None:
-    """Keep the message this dispatch sends, and the issue file as it is now (the first
-    run of a dispatch keeps them; later runs find them kept)."""
+def keep_message(
+    store: Store, rendered: RenderedIssue, settings: Settings, source: Path | None, signer: Signer
+) -> None:
+    """Keep the message this dispatch sends, with the name of the secret that signs its
+    links, and the issue file as it is now (the first run of a dispatch keeps them;
+    later runs find them kept, unless the secret changed since)."""
     text = None
     if source is not None:
         try:
             text = source.read_text(encoding="utf-8")
         except (OSError, UnicodeError):
             text = None  # it was just read to render it; without it no correction shows
-    store.keep_message(rendered.slug, keepable(rendered, settings), text)
+    store.keep_message(rendered.slug, keepable(rendered, settings, key=signer.key_id()), text)
 
 
 def _dry_build(store: Store, batches: Batches, plan: SendPlan) -> None:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 from highlightsmail.addresses import BadAddress, normalize_address
 from highlightsmail.errors import HighlightsError, display_path
 from highlightsmail.files import write_file
-from highlightsmail.mail.kept import rebuild, sender_domain_of
+from highlightsmail.mail.kept import rebuild, sender_domain_of, signing_key_of
 from highlightsmail.mail.message import Recipient, make_message_id
 from highlightsmail.store import Store, Subscriber
 from highlightsmail.store.ledger_state import WENT
-from highlightsmail.tokens import load_signer
+from highlightsmail.tokens import Signer, load_signer
 
 if TYPE_CHECKING:
     from highlightsmail.authoring.workspace import Workspace
@@ -90,7 +90,7 @@ def rebuild_message(ws: Workspace, address: str, slug: str, out: Path) -> Rebuil
         kept = store.kept_message(slug, batch)
     if info is None or kept is None:
         raise HighlightsError(f"{slug}: its dispatch kept no message (it began before messages were kept)")
-    signer = load_signer(ws.secret_path)
+    signer = _signer_of(ws, slug, kept.message)
     own_ids = info.backend in _OWN_MESSAGE_IDS or not info.tag
     message_id = (
         ""
@@ -112,6 +112,23 @@ def rebuild_message(ws: Workspace, address: str, slug: str, out: Path) -> Rebuil
     except OSError as err:
         raise HighlightsError(f"{display_path(out)}: cannot write it: {err.strerror or err}") from None
     return Rebuilt(out, slug, sub.email, state, kept.digest)
+
+
+def _signer_of(ws: Workspace, slug: str, kept: str) -> Signer:
+    """The signer with the secret the kept message's links were signed with: after a
+    rotation, the previous secret (HIGHLIGHTS_SECRET_PREVIOUS) it names."""
+    signer = load_signer(ws.secret_path)
+    key = signing_key_of(kept)
+    if not key:
+        return signer  # kept before the secret was named with it: the current one
+    then = signer.signing_with(key)
+    if then is None:
+        raise HighlightsError(
+            f"{slug}: its links were signed with a secret that is neither HIGHLIGHTS_SECRET nor in "
+            "HIGHLIGHTS_SECRET_PREVIOUS; put that secret in HIGHLIGHTS_SECRET_PREVIOUS to rebuild it; "
+            "nothing was written"
+        )
+    return then
 
 
 def _as_bytes(msg: EmailMessage) -> bytes:
