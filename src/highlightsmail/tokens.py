@@ -291,11 +291,11 @@ def _prefixed(key: bytes, kind: str) -> tuple[hashlib._Hash, hashlib._Hash]:
     return inner, outer
 
 
-@functools.lru_cache(maxsize=8)
 def _key_id(secret: bytes) -> str:
     return hmac.new(secret, b"|".join((_DOMAIN, b"key-id")), hashlib.sha256).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=8)
 def _keyed(key: bytes) -> hmac.HMAC:
     """HMAC-SHA256 with this key and nothing hashed yet, to copy for each token."""
     return hmac.new(key, digestmod=hashlib.sha256)

@@ -102,5 +102,5 @@ gc.collect(0)
 # At exit the collector makes one last pass over everything the command loaded (its
 # modules, models, templates, connections), to free next to nothing: a sixth of a short
 # `send` on PostgreSQL. Freezing all of it first makes that pass skip it. Registered
-# first, so it runs last, after every other exit handler. `one_shot` does the same.
+# first, so it runs last, after every other exit handler (`one_shot` counts on it).
 atexit.register(gc.freeze)
