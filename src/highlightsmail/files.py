@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -261,3 +261,24 @@ def keep_newest(folder: Path, count: int) -> None:
             old.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def installed_stamp(files: Iterable[tuple[str, Iterable[str]]]) -> list[tuple[str, int, int]] | None:
+    """(package/file, size, modification time) of these files of installed packages, by
+    package, found without importing them: what names a cache entry they shaped, so an
+    upgrade or an edited install makes a new one. None when one cannot be found."""
+    from importlib.util import find_spec
+
+    stamps: list[tuple[str, int, int]] = []
+    try:
+        for package, names in files:
+            spec = find_spec(package)
+            places = list(spec.submodule_search_locations or ()) if spec else []
+            if not places:
+                return None
+            for name in names:
+                found = os.stat(Path(places[0]) / name)
+                stamps.append((f"{package}/{name}", found.st_size, found.st_mtime_ns))
+    except (OSError, ImportError, ValueError):
+        return None
+    return stamps

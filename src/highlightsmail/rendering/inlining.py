@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from highlightsmail import __version__
-from highlightsmail.files import keep_newest, own_cache_folder, write_cache_json
+from highlightsmail.files import installed_stamp, keep_newest, own_cache_folder, write_cache_json
 
 __all__ = ["compact", "inline_css", "inline_css_kept", "keep_head_styles"]
 
@@ -406,28 +406,15 @@ _SHAPING_FILES = (
 def _inlined_folder() -> Path | None:
     """Where inlined HTML is kept, or None (inline every time) without a cache folder or
     when the installed packages cannot be told apart."""
-    from importlib.util import find_spec
-
     folder = own_cache_folder()
     if folder is None:
         return None
-    shaping: list[tuple[str, int, int]] = [(__file__, *_stat(Path(__file__)))]
-    try:
-        for package, names in _SHAPING_FILES:
-            spec = find_spec(package)
-            places = list(spec.submodule_search_locations or ()) if spec else []
-            if not places:
-                return None
-            shaping.extend((f"{package}/{name}", *_stat(Path(places[0]) / name)) for name in names)
-    except (OSError, ImportError, ValueError):
+    shaping = installed_stamp(_SHAPING_FILES)
+    if shaping is None:
         return None
-    stamp = repr((__version__, shaping))
+    own = Path(__file__).stat()
+    stamp = repr((__version__, [(__file__, own.st_size, own.st_mtime_ns), *shaping]))
     return folder / f"inlined-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    found = path.stat()
-    return found.st_size, found.st_mtime_ns
 
 
 def inline_css_kept(html: str) -> str:

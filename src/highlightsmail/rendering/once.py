@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from highlightsmail import __version__
-from highlightsmail.files import keep_newest, own_cache_folder, write_cache_json
+from highlightsmail.files import installed_stamp, keep_newest, own_cache_folder, write_cache_json
 from highlightsmail.rendering.rendered import RenderedIssue
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["rendered_issue"]
 
-# The packages whose code shapes an issue's HTML and text (found without importing them).
+# The packages whose code shapes an issue's HTML and text.
 _RENDERING_PACKAGES = (
     "jinja2",
     "markupsafe",
@@ -117,8 +117,9 @@ def _files(folder: Path) -> list[Path]:
 def _code_stamp() -> str | None:
     """This package's files and the rendering libraries', by size and time (None when
     they cannot be read: then nothing is kept)."""
-    from importlib.util import find_spec
-
+    libraries = installed_stamp((name, ("__init__.py",)) for name in _RENDERING_PACKAGES)
+    if libraries is None:
+        return None
     stamps: list[tuple[str, int, int]] = []
     package = Path(__file__).resolve().parent.parent
     try:
@@ -127,15 +128,7 @@ def _code_stamp() -> str | None:
             stamps.append((str(path.relative_to(package)), found.st_size, found.st_mtime_ns))
     except OSError:
         return None
-    for name in _RENDERING_PACKAGES:
-        spec = find_spec(name)
-        origin = spec.origin if spec else None
-        if origin and os.path.exists(origin):
-            found = os.stat(origin)
-            stamps.append((name, found.st_size, found.st_mtime_ns))
-        else:
-            stamps.append((name, -1, -1))
-    return repr((__version__, sys.version, stamps))
+    return repr((__version__, sys.version, stamps, libraries))
 
 
 @lru_cache(maxsize=1)
