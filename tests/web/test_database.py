@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import httpx
 import pytest
 
 from highlightsmail.authoring.workspace import load_workspace
-from highlightsmail.store import ImportRow, Store
+from highlightsmail.store import ImportRow, Joining, Store, UnusableDatabase
+from highlightsmail.subscribers.signup import MAILS_PER_ADDRESS
 from highlightsmail.urls import SENDGRID_WEBHOOK
 from highlightsmail.web import database
 from highlightsmail.web.database import AppDatabase
@@ -351,3 +353,140 @@ def test_the_quick_writes_log_is_copied_in_the_writer_thread_and_starts_again(
     # checkpoint, some fifty writes ago (or a few more, as the threads took turns).
     assert logged < 1000
     assert set(statuses(ws.db_path).values()) == {"unsubscribed"}
+
+
+def _log_frames(db: Path) -> int:
+    """The pages written to the SQLite log since it last started again."""
+    with sqlite3.connect(db) as raw:
+        return int(raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def test_quick_writes_asked_in_one_turn_of_the_loop_share_one_commit(workspace: Path) -> None:
+    """Quick writes asked together are made in the loop's next turn as one transaction:
+    each page they touch goes to the log once, not once per write."""
+    ws = load_workspace(workspace)
+    with Store.open(ws) as store:
+        store.import_rows(ImportRow(f"reader{n}@example.org", "") for n in range(41))
+    db = AppDatabase(ws)
+    where: list[str] = []
+    leave = _leaving(where)
+    frames: dict[str, int] = {}
+
+    async def writes() -> None:
+        await db.write(leave(1), quick=True)  # opens the quick Store, in the writer thread
+        await db.write(leave(2), quick=True)
+        db._writer.submit(db._checkpoint).result()  # the log starts again from here
+        before = _log_frames(ws.db_path)
+        for sid in range(3, 23):  # one at a time: a commit each
+            await db.write(leave(sid), quick=True)
+        frames["one by one"] = _log_frames(ws.db_path) - before
+        db._writer.submit(db._checkpoint).result()
+        before = _log_frames(ws.db_path)
+        await asyncio.gather(
+            *(db.write(leave(sid), quick=True) for sid in range(23, 42)), db.write(leave(42), quick=True)
+        )
+        frames["together"] = _log_frames(ws.db_path) - before
+
+    try:
+        here = _in_a_loop_of_its_own(writes)
+    finally:
+        db.close()
+    assert where[1:] == [here] * 41
+    assert set(statuses(ws.db_path).values()) == {"unsubscribed"}
+    with Store.open(ws) as store:
+        assert all([e.to_status for e in store.events(sid)] == ["active", "unsubscribed"] for sid in range(1, 42))
+    # Twenty commits of a few pages each, against one commit of those same few pages.
+    assert frames["together"] * 5 < frames["one by one"], frames
+
+
+def test_a_quick_write_that_fails_among_others_is_undone_alone(workspace: Path) -> None:
+    """In a shared transaction, a work that raises after writing has its own changes
+    undone and its caller gets the exception; the others commit."""
+    ws = load_workspace(workspace)
+    with Store.open(ws) as store:
+        ids = [store.add(f"reader{i}@example.org")[0].id for i in range(5)]
+    db = AppDatabase(ws)
+    leave = _leaving([])
+
+    def leave_then_fail(store: Store) -> object:
+        store.leave(ids[2], "web")
+        raise ValueError("a bug in one request's work")
+
+    async def writes() -> list[object]:
+        await db.write(leave(ids[0]), quick=True)  # opens the quick Store
+        asked = [db.write(leave(sid), quick=True) for sid in (ids[1], ids[3], ids[4])]
+        return await asyncio.gather(asked[0], db.write(leave_then_fail, quick=True), *asked[1:], return_exceptions=True)
+
+    outcomes: list[list[object]] = []
+    try:
+        _in_a_loop_of_its_own(lambda: _keep(outcomes, writes()))
+    finally:
+        db.close()
+    (results,) = outcomes
+    assert isinstance(results[1], ValueError)
+    assert [getattr(r, "status", None) for r in results] == ["unsubscribed", None, "unsubscribed", "unsubscribed"]
+    assert list(statuses(ws.db_path).values()) == [
+        "unsubscribed",
+        "unsubscribed",
+        "active",
+        "unsubscribed",
+        "unsubscribed",
+    ]
+    with Store.open(ws) as store:
+        assert [e.to_status for e in store.events(ids[2])] == ["active"]
+
+
+def test_quick_writes_that_cannot_share_a_transaction_are_each_made_in_the_writer_thread(workspace: Path) -> None:
+    """When the shared transaction cannot be made (a work finds the database unusable),
+    nothing of it stays: each work is made again in the writer thread, and each caller
+    gets what its own work gave there (a signup's reservation is its own subscriber's)."""
+    ws = load_workspace(workspace)
+    db = AppDatabase(ws)
+    where: list[str] = []
+    failed = []
+
+    def join(n: int) -> Callable[[Store], Joining]:
+        def work(store: Store) -> Joining:
+            where.append(threading.current_thread().name)
+            email = f"joiner{n}@example.org"
+            return store.ask_to_join(f"10.0.0.{n}", email, "", posts=(30, timedelta(hours=1)), limits=MAILS_PER_ADDRESS)
+
+        return work
+
+    def unusable_in_the_loop(store: Store) -> str:
+        if not threading.current_thread().name.startswith("highlights-writer"):
+            failed.append(1)
+            raise UnusableDatabase("busy for a moment")
+        return "made"
+
+    async def writes() -> list[object]:
+        await db.write(join(0), quick=True)  # opens the quick Store
+        return await asyncio.gather(
+            db.write(join(1), quick=True), db.write(unusable_in_the_loop, quick=True), db.write(join(2), quick=True)
+        )
+
+    outcomes: list[list[object]] = []
+    try:
+        here = _in_a_loop_of_its_own(lambda: _keep(outcomes, writes()))
+    finally:
+        db.close()
+    (results,) = outcomes
+    assert failed == [1] and results[1] == "made"
+    # The first work was made in the loop and undone with the transaction; the one after
+    # the failure never started there.
+    assert where[1] == here and len(where) == 4
+    assert all(name.startswith("highlights-writer") for name in where[2:]), where
+    with sqlite3.connect(ws.db_path) as raw:
+        owners = dict(raw.execute("SELECT id, subscriber_id FROM confirmation_mails"))
+        emails = dict(raw.execute("SELECT id, email FROM subscribers"))
+    assert len(owners) == 3 and len(emails) == 3
+    for n in (1, 2):
+        joining = results[0 if n == 1 else 2]
+        assert isinstance(joining, Joining) and joining.subscriber is not None
+        assert joining.subscriber.email == f"joiner{n}@example.org"
+        assert owners[joining.reservation] == joining.subscriber.id
+        assert emails[joining.subscriber.id] == f"joiner{n}@example.org"
+
+
+async def _keep(into: list[Any], outcome: Coroutine[Any, Any, Any]) -> None:
+    into.append(await outcome)

@@ -45,6 +45,7 @@ from highlightsmail.store.records import (
     TestSend,
     format_time,
 )
+from highlightsmail.store.signups import Joining
 
 __all__ = [
     "DELIVERY_KINDS",
@@ -64,6 +65,7 @@ __all__ = [
     "Event",
     "ImportResult",
     "ImportRow",
+    "Joining",
     "KeptMessage",
     "MergedAddressesWarning",
     "NoHighlightsData",

@@ -38,7 +38,7 @@ from highlightsmail.addresses import BadAddress
 from highlightsmail.errors import HighlightsError, InvalidToken
 from highlightsmail.mail.message import Recipient
 from highlightsmail.rendering.render import render_template
-from highlightsmail.store import Store, Subscriber
+from highlightsmail.store import Joining, Store, Subscriber
 from highlightsmail.subscribers.mailer import CONFIRM_SLUG, Mailer, render_confirmation
 from highlightsmail.subscribers.reading import fast_normalize_address
 from highlightsmail.text import header_problem, is_utf8
@@ -250,17 +250,27 @@ class Signup:
         the per-client limit (over it, the seconds to wait, and nothing else is done);
         then a new address becomes `pending`, any other keeps its status; a
         confirmation email is reserved unless the address is active or had one within
-        the limits. All in one transaction. The email goes out in the mailer's next turn
-        (the answer to the request does not wait for it), or at the next start if this
-        server stops first. A request caught in the trap is counted, and nothing else.
-        `store`: the one to make it in (the web app's, for a quick write), else this one's."""
-        joining = (store or self._store()).ask_to_join(
+        the limits. All in one transaction (`join`), then the email queued (`mail`): it
+        goes out in the mailer's next turn (the answer to the request does not wait for
+        it), or at the next start if this server stops first. A request caught in the
+        trap is counted, and nothing else."""
+        return self.mail(self.join(form, ip, store))
+
+    def join(self, form: SignupForm, ip: str | None, store: Store | None = None) -> Joining:
+        """What `ask` writes, in its one transaction, and nothing more: the web app makes
+        it as a quick write, whose transaction may be shared with others and commit only
+        after it returns, so the email is queued (`mail`) once the write has returned.
+        `store`: the one to make it in (the web app's), else this one's."""
+        return (store or self._store()).ask_to_join(
             client_key(ip),
             None if form.trapped else form.email,
             form.name,
             posts=(POSTS_PER_CLIENT, POST_WINDOW),
             limits=MAILS_PER_ADDRESS,
         )
+
+    def mail(self, joining: Joining) -> Asked:
+        """The confirmation email `join` reserved (if it did), queued for the mailer."""
         sub = joining.subscriber
         if sub is None or joining.reservation is None:
             return Asked(joining.wait)

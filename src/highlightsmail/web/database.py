@@ -27,18 +27,22 @@ step (a one-click POST's p99 was 250 ms).
 
 A write that is one short transaction (`write(..., quick=True)`: an unsubscribe, a
 request to join) is made on SQLite in the event loop's thread itself, over a Store kept
-for it that never waits for a lock. While the writer thread is at one of the app's
-writes (or a checkpoint), it waits for it a moment in the loop: queued behind it, each
-request would find the writer busy with the one before, and all would go there from
-then on. When that wait runs out, another process holds the file (an import, a send),
-or anything else keeps it from being made at once, it is made in the writer thread as
-any other. A handover to the writer thread and back cost
-more than the write: each step of the write waited for the interpreter lock while the
-event loop held it (a one-click POST answered at 0.32-0.40 of a bare app's rate). Such a
-work must change nothing until its one transaction, so that it can be made again in the
-writer thread when its transaction could not be. That Store's commits never copy the
-log into the file (SQLite's checkpoint syncs the disk): the writer thread does, after
-every _CHECKPOINT_EVERY quick writes.
+for it that never waits for a lock. The quick writes asked in one turn of the loop are
+made in its next turn as one transaction, each in a savepoint of its own: a commit
+writes the log's pages of every table and index it touched, so one commit for many
+requests writes each page once (a commit was a third of a signup's SQLite time). While
+the writer thread is at one of the app's writes (or a checkpoint), they wait for it a
+moment in the loop: queued behind it, each request would find the writer busy with the
+one before, and all would go there from then on. When that wait runs out, another
+process holds the file (an import, a send), or anything else keeps them from being made
+at once, each is made in the writer thread as any other. A handover to the writer thread
+and back cost more than the write: each step of the write waited for the interpreter
+lock while the event loop held it (a one-click POST answered at 0.32-0.40 of a bare
+app's rate). Such a work must change nothing outside its one transaction (a signup's
+email is queued once the write has returned, so once it is committed), so that it can be
+made again in the writer thread when its transaction could not be. That Store's commits
+never copy the log into the file (SQLite's checkpoint syncs the disk): the writer thread
+does, after every _CHECKPOINT_EVERY quick writes.
 
 Nothing is opened before it is needed, and an opening that fails is tried again by the
 next request: a database that cannot be used yet (an empty PostgreSQL one before
@@ -57,7 +61,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
@@ -77,6 +81,7 @@ _QUICK_TRIES = 20
 _QUICK_WAIT_S = 0.001
 
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,50 @@ def _file_of(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+@dataclass(frozen=True)
+class _Asked(Generic[_T]):
+    """A quick write waiting for its turn of the event loop: the work, and the future
+    that gets `(what it gave,)`, its exception, or None (made in the writer thread)."""
+
+    work: Callable[[Store], _T]
+    done: asyncio.Future[tuple[_T] | None]
+
+
+def _tell(done: asyncio.Future[_V], value: _V) -> None:
+    if not done.done():  # the request may have gone (its client closed the connection)
+        done.set_result(value)
+
+
+def _made_together(store: Store, asked: list[_Asked[Any]]) -> list[tuple[Any] | BaseException | None]:
+    """Each work made over `store`: alone, a work is its own transaction; several make
+    one transaction, each in a savepoint of its own, so a work that raises is undone
+    alone and the others commit. None for every work when the transaction could not be
+    made or committed (busy, or worse): the writer thread makes each again, and says
+    what is wrong if anything is, which is why a quick work changes nothing outside
+    its transaction."""
+    if len(asked) == 1:
+        try:
+            return [(asked[0].work(store),)]
+        except UnusableDatabase:
+            return [None]
+        except Exception as exc:
+            return [exc]
+    outcomes: list[tuple[Any] | BaseException | None] = []
+    try:
+        with store.transaction():
+            for each in asked:
+                try:
+                    with store.transaction():  # a savepoint of its own
+                        outcomes.append((each.work(store),))
+                except UnusableDatabase:
+                    raise
+                except Exception as exc:
+                    outcomes.append(exc)
+    except UnusableDatabase:
+        return [None] * len(asked)
+    return outcomes
 
 
 class AppDatabase:
@@ -116,6 +165,7 @@ class AppDatabase:
         self._inline: _Kept | None = None  # SQLite: the event loop's, for `read`
         self._quick: _Kept | None = None  # SQLite: the event loop's, for quick writes; never waits
         self._quick_writes = 0  # since the last checkpoint asked for
+        self._asked: list[_Asked[Any]] = []  # quick writes waiting for the loop's next turn
         self._checkpoint_due = False  # asked for and not made yet: quick writes wait for it
         self._opening = threading.Lock()  # SQLite: one request opens it
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="highlights-writer")  # SQLite
@@ -158,51 +208,63 @@ class AppDatabase:
         """`work(store)` as one of the app's writes (`writing()`): on SQLite in the app's
         writer thread, on PostgreSQL in a worker thread (the database orders them).
         `quick`: a work that changes nothing until its one short transaction, made on
-        SQLite in the calling (event loop) thread when it can be at once."""
+        SQLite in the calling (event loop) thread when it can be at once, in one
+        transaction with the other quick writes asked in the same turn of the loop."""
         if self._url:
             return await run_in_threadpool(self._written, work)
-        if quick:
-            for _ in range(_QUICK_TRIES):
-                done = self._write_here(work)
-                if isinstance(done, tuple):
-                    return done[0]
-                if done is None:
-                    break
-                # The writer thread is at a write: wait for it here rather than queue
-                # behind it, or every request would find it busy from then on.
-                await asyncio.sleep(_QUICK_WAIT_S)
+        if quick and self._quick is not None:
+            loop = asyncio.get_running_loop()
+            asked: _Asked[_T] = _Asked(work, loop.create_future())
+            self._asked.append(asked)
+            if len(self._asked) == 1:
+                loop.call_soon(self._make_asked, loop, 0)
+            done = await asked.done
+            if done is not None:
+                return done[0]
         return await asyncio.get_running_loop().run_in_executor(self._writer, self._written_quick_next, work)
 
-    def _write_here(self, work: Callable[[Store], _T]) -> tuple[_T] | bool | None:
-        """What `work` gave, made now over the Store that never waits; False: the app's
-        other writes are under way (try again in a moment); None: no such Store yet (the
-        writer thread opens it), or the write could not be made at once (the writer
-        thread makes it, and says what is wrong if anything is)."""
+    def _make_asked(self, loop: asyncio.AbstractEventLoop, tries: int) -> None:
+        """In the event loop: the quick writes asked so far, made as one transaction over
+        the Store that never waits (one commit, one write of the log's pages, for all).
+        While the writer thread is at one of the app's writes they wait for it a moment
+        here: queued behind it, each request would find the writer busy with the one
+        before, and all would go there from then on. Each asker is told what its work gave
+        (or raised); None: made in the writer thread instead (the writes could not be
+        made at once, or the Store is not the one to use)."""
         kept = self._quick
-        if kept is None:
-            return None
-        if not self._fresh(kept):
+        if kept is not None and not self._fresh(kept):
             self._quick = None
             close_quietly(kept.store)  # here, in the only thread that uses it
-            return None
-        if self._checkpoint_due or not self._writers.acquire(blocking=False):
+            kept = None
+        if kept is not None and (self._checkpoint_due or not self._writers.acquire(blocking=False)):
             # A checkpoint asked for goes first: the loop would take the lock back before
             # the writer thread woke, and the log would grow meanwhile.
-            return False
+            if tries + 1 < _QUICK_TRIES:
+                loop.call_later(_QUICK_WAIT_S, self._make_asked, loop, tries + 1)
+                return
+            kept = None
+        asked, self._asked = self._asked, []
+        if kept is None:
+            for each in asked:
+                _tell(each.done, None)
+            return
         try:
-            done = (work(kept.store),)
-        except UnusableDatabase:  # busy (it never waits), or worse: the writer thread's turn says
-            return None
+            outcomes = _made_together(kept.store, asked)
         finally:
             self._writers.release()
-        self._quick_writes += 1
-        if self._quick_writes == _CHECKPOINT_EVERY:
+        for each, outcome in zip(asked, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not each.done.done():
+                    each.done.set_exception(outcome)
+            else:
+                _tell(each.done, outcome)
+        self._quick_writes += len(asked)
+        if self._quick_writes >= _CHECKPOINT_EVERY and not self._checkpoint_due:
             try:
                 self._writer.submit(self._checkpoint)
                 self._checkpoint_due = True
             except RuntimeError:
                 pass  # the app is stopping: the Store's closing checkpoints
-        return done
 
     def _checkpoint(self) -> None:
         """In the writer thread: the log of the quick writes copied into the file (the

@@ -212,9 +212,12 @@ class SignupEndpoint:
         except FieldProblem as problem:
             return await self._not_taken(request, as_json, headers, self._bad_field(problem, as_json, headers, fields))
         # Counted, added and the email reserved in one transaction, a quick write (in the
-        # event loop when it can be: web/database.py); the email is queued after it.
+        # event loop when it can be: web/database.py); the email is queued once it is
+        # committed, which is when the write returns.
         client = _client(request)
-        wait = (await self.db.write(lambda store: self.signup.ask(form, client, store), quick=True)).wait
+        wait = self.signup.mail(
+            await self.db.write(lambda store: self.signup.join(form, client, store), quick=True)
+        ).wait
         if wait is not None:
             return self._too_many(as_json, wait, headers)
         if self.ws.settings.topics and not form.trapped:
