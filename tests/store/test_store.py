@@ -21,6 +21,7 @@ from highlightsmail.addresses import address_key
 from highlightsmail.errors import HighlightsError
 from highlightsmail.store import ImportRow, Store, UnknownSubscriber, migrator
 from highlightsmail.store.importing import Staging, stage_row
+from highlightsmail.store.ledger import CHUNK, READ_CHUNKS
 from support.db import damage_pages_holding, dump_tables, integrity_errors, raw_connection, read_only
 
 T0 = datetime(2024, 1, 12, 8, 30, tzinfo=UTC)
@@ -1301,3 +1302,24 @@ def test_a_store_that_checkpoints_later_leaves_the_log_for_its_checkpoint(tmp_pa
         with sqlite3.connect(tmp_path / "db") as raw:
             _busy, logged, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert logged > 1000 and copied == logged  # no checkpoint restarted the log; the one asked for copied it all
+
+
+def test_a_list_longer_than_one_read_is_fixed_in_whole_chunks_in_id_order(store: Store, target: Path | str) -> None:
+    """The list is read several chunks at a time: across reads the chunks still number on
+    from 0, hold CHUNK ids each in order (the last the rest), and hold exactly the
+    subscribers active at the start, each once."""
+    n = CHUNK * READ_CHUNKS + 2 * CHUNK + 7  # more than one read, its last chunk short
+    store.import_rows(
+        ImportRow(f"u{i:06}@example.org", status="unsubscribed" if i % 97 == 0 else "active") for i in range(n)
+    )
+    active = [s.id for s in store.iter_subscribers() if s.status == "active"]
+    assert store.begin_dispatch("2024-w02", "outbox") == len(active)
+    with raw_connection(target) as conn:
+        rows = conn.execute(
+            "SELECT chunk, first_id, last_id, size, ids FROM ledger_recipients WHERE issue = '2024-w02' ORDER BY chunk"
+        ).fetchall()
+    assert [r[0] for r in rows] == list(range(len(rows)))
+    chunks = [[int(i) for i in r[4].split(",")] for r in rows]
+    assert [len(c) for c in chunks[:-1]] == [CHUNK] * (len(rows) - 1) and 0 < len(chunks[-1]) <= CHUNK
+    assert all((r[1], r[2], r[3]) == (c[0], c[-1], len(c)) for r, c in zip(rows, chunks, strict=True))
+    assert [i for c in chunks for i in c] == sorted(active)
