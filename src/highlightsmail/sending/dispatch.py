@@ -9,6 +9,7 @@ its caller about progress through `SendEvents` (`events.py`).
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from collections.abc import Callable
@@ -278,6 +279,11 @@ def _run(
         return SendOutcome(plan, suppressed=plan.suppressed, summary=summary, nothing_left=True)
     if not events.confirm(plan):
         raise HighlightsError("nothing was sent")
+    # What the command loaded to get here lives until it exits: kept out of the
+    # collector's full passes from now on, which the begin's rows would otherwise set off
+    # over all of it (15-30 ms each on PostgreSQL at 100,000). The workers' fork freezes
+    # it anyway, and their close puts it back.
+    gc.freeze()
     _begin(store, plan, backend.name, events)
     keep()
     store.sending_started(slug)
