@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from highlightsmail.authoring.workspace import Workspace
 from highlightsmail.errors import InvalidToken
-from highlightsmail.store import Store
+from highlightsmail.store import Joining, Store
 from highlightsmail.subscribers.signup import (
     EMAIL_FIELD,
     MAILS_PER_ADDRESS,
@@ -211,17 +211,24 @@ class SignupEndpoint:
             form = read_form(fields)
         except FieldProblem as problem:
             return await self._not_taken(request, as_json, headers, self._bad_field(problem, as_json, headers, fields))
-        # Counted, added and the email reserved in one transaction, a quick write (in the
-        # event loop when it can be: web/database.py); the email is queued once it is
-        # committed, which is when the write returns.
+        # Counted, added, the email reserved and the topics chosen in one transaction, a
+        # quick write (in the event loop when it can be: web/database.py); the email is
+        # queued once it is committed, which is when the write returns.
         client = _client(request)
-        wait = self.signup.mail(
-            await self.db.write(lambda store: self.signup.join(form, client, store), quick=True)
-        ).wait
+        topics = bool(self.ws.settings.topics) and not form.trapped
+
+        def join(store: Store) -> Joining:
+            if not topics:
+                return self.signup.join(form, client, store)
+            with store.transaction():
+                joining = self.signup.join(form, client, store)
+                if joining.wait is None:
+                    choose_topics(store, self.ws, form.email, fields.get(TOPICS_FIELD))
+                return joining
+
+        wait = self.signup.mail(await self.db.write(join, quick=True)).wait
         if wait is not None:
             return self._too_many(as_json, wait, headers)
-        if self.ws.settings.topics and not form.trapped:
-            await self.db.write(lambda store: choose_topics(store, self.ws, form.email, fields.get(TOPICS_FIELD)))
         return self._accepted(as_json, headers)
 
     async def _not_taken(self, request: Request, as_json: bool, headers: dict[str, str], refusal: Response) -> Response:
