@@ -166,6 +166,7 @@ class AppDatabase:
         self._quick: _Kept | None = None  # SQLite: the event loop's, for quick writes; never waits
         self._quick_writes = 0  # since the last checkpoint asked for
         self._asked: list[_Asked[Any]] = []  # quick writes waiting for the loop's next turn
+        self._asked_loop: asyncio.AbstractEventLoop | None = None  # the loop they wait in
         self._checkpoint_due = False  # asked for and not made yet: quick writes wait for it
         self._opening = threading.Lock()  # SQLite: one request opens it
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="highlights-writer")  # SQLite
@@ -212,16 +213,19 @@ class AppDatabase:
         transaction with the other quick writes asked in the same turn of the loop."""
         if self._url:
             return await run_in_threadpool(self._written, work)
-        if quick and self._quick is not None:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        # The quick Store belongs to one event loop's thread (uvicorn runs one); a write
+        # from another loop meanwhile goes to the writer thread.
+        if quick and self._quick is not None and (not self._asked or self._asked_loop is loop):
             asked: _Asked[_T] = _Asked(work, loop.create_future())
             self._asked.append(asked)
             if len(self._asked) == 1:
+                self._asked_loop = loop
                 loop.call_soon(self._make_asked, loop, 0)
             done = await asked.done
             if done is not None:
                 return done[0]
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._written_quick_next, work)
+        return await loop.run_in_executor(self._writer, self._written_quick_next, work)
 
     def _make_asked(self, loop: asyncio.AbstractEventLoop, tries: int) -> None:
         """In the event loop: the quick writes asked so far, made as one transaction over
