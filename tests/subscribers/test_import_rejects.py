@@ -18,6 +18,7 @@ from highlightsmail.authoring.workspace import load_workspace
 from highlightsmail.cli import main
 from highlightsmail.store import Store
 from highlightsmail.store.importing import stage_row
+from highlightsmail.subscribers import reading
 from highlightsmail.subscribers.reading import _columns, _plain_domain, _RecordCheck, fast_normalize_address
 
 HOSTILE = (
@@ -377,3 +378,25 @@ def test_the_quick_domain_pattern_says_what_email_validator_says() -> None:
         seen["ok" if fast.startswith("ok") else "bad"] += 1
         seen["by pattern"] += _plain_domain(domain) is not None
     assert seen["by pattern"] > 1000 and seen["ok"] > seen["by pattern"] and seen["bad"] > 500, seen
+
+
+def test_the_reader_keeps_a_bounded_number_of_domains_and_stages_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list whose addresses each have a domain of their own must not hold every domain
+    in memory: the reader keeps at most so many, and a domain it let go of is judged
+    again at its next address, staged as the first time."""
+    header = "email,name,status"
+    lines = [f"r{i}@d{i % 7}.example.org,Reader {i},active" for i in range(40)]
+
+    def staged(kept: int) -> tuple[list[object], int]:
+        monkeypatch.setattr(reading, "_DOMAINS_KEPT", kept)
+        check = _RecordCheck(_columns(header.split(","), "list.csv", 1, []), 3)
+        rows, most = [], 0
+        for n, line in enumerate(lines, start=2):
+            rows.append(check.plain(next(csv.reader([line])), n))
+            most = max(most, len(check.domains))
+        return rows, most
+
+    unbounded, held = staged(1000)
+    bounded, held_bounded = staged(3)
+    assert held == 7 and held_bounded <= 3
+    assert None not in bounded and bounded == unbounded
