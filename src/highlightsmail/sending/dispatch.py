@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from email.utils import parseaddr
@@ -282,8 +283,10 @@ def _run(
     # What the command loaded to get here lives until it exits: kept out of the
     # collector's full passes from now on, which the begin's rows would otherwise set off
     # over all of it (15-30 ms each on PostgreSQL at 100,000). The workers' fork freezes
-    # it anyway, and their close puts it back.
-    gc.freeze()
+    # it anyway, and their close puts it back. Not in a server's scheduled send (a thread
+    # of its own): what the server holds is no command's to keep.
+    if threading.current_thread() is threading.main_thread():
+        gc.freeze()
     _begin(store, plan, backend.name, events)
     keep()
     store.sending_started(slug)
