@@ -631,6 +631,30 @@ def test_a_runner_that_stops_mid_send_pauses_it_for_the_next(workspace: Path, mo
     assert len(outbox(workspace)) == 250 and set(ledger(workspace).values()) == {"sent"}
 
 
+def test_a_runner_that_stops_once_the_last_batch_is_in_flight_leaves_the_send_sent(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` told to stop while the last batch is in flight: that batch is recorded and
+    nothing is left, so the schedule is sent, not paused for a runner that would find
+    nothing to send (a race `serve`'s own test met: stopped right after the mail went)."""
+    from highlightsmail.mail.backends.outbox import OutboxBackend
+
+    add_subscribers(workspace, 4)
+    assert scheduled_in(workspace, 60).exit_code == 0
+    stop = threading.Event()
+    real = OutboxBackend.send_batch
+
+    def stopping_now(self: OutboxBackend, batch: Any) -> Any:
+        stop.set()
+        return real(self, batch)
+
+    monkeypatch.setattr(OutboxBackend, "send_batch", stopping_now)
+    reports = runner.run_due(load_workspace(workspace), clock=due_clock(workspace), stopping=stop.is_set)
+    assert [r.what for r in reports] == ["sent"]
+    assert len(outbox(workspace)) == 4 and set(ledger(workspace).values()) == {"sent"}
+    assert schedule_state(workspace) == "sent"
+
+
 def test_a_waiting_send_cancelled_meanwhile_stops(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from highlightsmail.cli import schedule as cli_schedule
 

@@ -30,14 +30,14 @@ from highlightsmail.mail.kept import keepable
 from highlightsmail.mail.message import fingerprint
 from highlightsmail.rendering.correction import render_correction
 from highlightsmail.rendering.rendered import RenderedIssue
-from highlightsmail.sending.dispatch import announce, send_test_of, settle
+from highlightsmail.sending.dispatch import announce, paused_until, send_test_of, settle
 from highlightsmail.sending.events import Quiet, SendEvents
 from highlightsmail.sending.limits import Limits
 from highlightsmail.sending.lock import as_sender
 from highlightsmail.sending.loop import issue_batches, run_dispatch
 from highlightsmail.sending.outcome import Reason, SendOutcome, Summary, TestSendResult
 from highlightsmail.sending.plan import SendPlan, check_tested, left_to_send, read_suppressions
-from highlightsmail.store import Store, format_time
+from highlightsmail.store import Store
 from highlightsmail.store.corrections import correction_name
 from highlightsmail.tokens import load_signer
 
@@ -216,13 +216,12 @@ def _run(
         store.mark_in_doubt(name)
     summary = Summary.from_counts(store.delivery_counts(name))
     reasons = [Reason(state, why, n) for (state, why), n in run.reasons.most_common()]
-    until = format_time(limits.paused_until) if limits.paused_until else None
     return SendOutcome(
         plan,
         suppressed=plan.suppressed,
         summary=summary,
         reasons=reasons,
         stopped=run.stopped,
-        paused_until=until,
+        paused_until=paused_until(limits, summary),
         cancelled=limits.cancelled,
     )

@@ -303,9 +303,18 @@ def _run(
         summary=summary,
         reasons=reasons,
         stopped=run.stopped,
-        paused_until=format_time(limits.paused_until) if limits and limits.paused_until else None,
+        paused_until=paused_until(limits, summary),
         cancelled=bool(limits and limits.cancelled),
     )
+
+
+def paused_until(limits: Limits | None, summary: Summary) -> str | None:
+    """When a run that stopped claiming may go on: the limits' time, unless nothing is
+    left (what stopped the claims after the last batch, the runner's server stopping or
+    a limit, then stopped nothing: the send is done, not paused)."""
+    if limits is None or limits.paused_until is None or summary["pending"] == 0:
+        return None
+    return format_time(limits.paused_until)
 
 
 def announce(events: SendEvents, plan: SendPlan, backend: str) -> None:
