@@ -75,8 +75,8 @@ _CHECK_TIMEOUT_S = 2
 #: Quick writes between two checkpoints in the writer thread (about SQLite's own 1,000
 #: pages of log for an unsubscribe's five).
 _CHECKPOINT_EVERY = 200
-#: How often, and how long apart, a quick write looks again for the writer thread to be
-#: done before it goes there itself (at most 20 ms).
+#: How often, and how long apart, the quick writes waiting look again for the writer
+#: thread to be done before they go there themselves (at most 20 ms).
 _QUICK_TRIES = 20
 _QUICK_WAIT_S = 0.001
 
@@ -110,9 +110,14 @@ class _Asked(Generic[_T]):
     done: asyncio.Future[tuple[_T] | None]
 
 
-def _tell(done: asyncio.Future[_V], value: _V) -> None:
-    if not done.done():  # the request may have gone (its client closed the connection)
-        done.set_result(value)
+def _tell(done: asyncio.Future[_V], outcome: _V | BaseException) -> None:
+    """Give a waiting write its outcome: what its work gave, or what it raised."""
+    if done.done():  # the request may have gone (its client closed the connection)
+        return
+    if isinstance(outcome, BaseException):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
 
 
 def _made_together(store: Store, asked: list[_Asked[Any]]) -> list[tuple[Any] | BaseException | None]:
@@ -257,11 +262,7 @@ class AppDatabase:
         finally:
             self._writers.release()
         for each, outcome in zip(asked, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not each.done.done():
-                    each.done.set_exception(outcome)
-            else:
-                _tell(each.done, outcome)
+            _tell(each.done, outcome)
         self._quick_writes += len(asked)
         if self._quick_writes >= _CHECKPOINT_EVERY and not self._checkpoint_due:
             try:
